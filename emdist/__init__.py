@@ -1,0 +1,24 @@
+"""emdist: distributed, out-of-core K-means and Gaussian mixtures fitted by EM.
+
+The data is a row-chunked Dask array (typically backed by Zarr). One EM iteration is one
+pass over it: every block maps to sufficient statistics, these are tree-reduced, and the
+M-step on the client turns them into new parameters.
+"""
+
+from __future__ import annotations
+
+from emdist.engine.em import IterationState
+from emdist.exceptions import ConvergenceWarning, FitError, InvalidDataError
+from emdist.models.gaussian_mixture import GaussianMixture
+from emdist.models.kmeans import KMeans
+
+__all__ = [
+    "ConvergenceWarning",
+    "FitError",
+    "GaussianMixture",
+    "InvalidDataError",
+    "IterationState",
+    "KMeans",
+]
+
+__version__ = "0.1.0"

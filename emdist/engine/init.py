@@ -1,0 +1,141 @@
+"""Initialisation at scale: one scan pass, then seeding on a sample in memory.
+
+Seeding for data that does not fit in memory must not read the data once per centre.
+The scan pass (see :mod:`emdist.kernels.scan`) validates the data, computes its moments and
+draws a uniform sample of rows reproducibly; k-means++ then runs on that sample.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+
+from emdist._typing import FloatArray, IntArray
+from emdist.engine.reduce import map_reduce, row_offsets
+from emdist.exceptions import InvalidDataError
+from emdist.kernels.scan import ScanStats, scan_chunk
+
+__all__ = ["DataSummary", "kmeans_plusplus", "scan_data"]
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What the scan pass learns about the data.
+
+    Attributes
+    ----------
+    n_samples, n_features : int
+    mean, variance : ndarray of shape (n_features,)
+    sample : ndarray of shape (m, n_features)
+        Uniform sample of rows, in random order (float64).
+    sample_rows : ndarray of shape (m,)
+        Global indices of the sampled rows.
+    """
+
+    n_samples: int
+    n_features: int
+    mean: FloatArray
+    variance: FloatArray
+    sample: FloatArray
+    sample_rows: IntArray
+
+
+def scan_data(X: da.Array, seed: int, sample_size: int) -> DataSummary:
+    """One pass: reject non-finite values, compute moments, draw a uniform sample.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n_samples, n_features)
+    seed : int
+        Seed of the sampling stream (the sample depends only on it and the data).
+    sample_size : int
+        Rows to sample (all rows if the data has fewer).
+
+    Returns
+    -------
+    DataSummary
+
+    Raises
+    ------
+    InvalidDataError
+        If the data holds NaN or infinity; the message names the row, column and block.
+    """
+    stats: ScanStats = map_reduce(X, scan_chunk, seed, sample_size, with_offset=True)
+    if stats.bad_row >= 0:
+        block = bisect.bisect_right(row_offsets(X), stats.bad_row) - 1
+        raise InvalidDataError(
+            f"X contains NaN or infinity at row {stats.bad_row}, column {stats.bad_col} "
+            f"(row-block {block}); remove or impute non-finite values before fitting."
+        )
+    return DataSummary(
+        n_samples=stats.n,
+        n_features=int(X.shape[1]),
+        mean=stats.mean,
+        variance=stats.variance,
+        sample=stats.sample,
+        sample_rows=stats.sample_rows,
+    )
+
+
+def kmeans_plusplus(
+    X: FloatArray,
+    n_clusters: int,
+    rng: np.random.Generator,
+    sample_weight: FloatArray | None = None,
+    n_local_trials: int | None = None,
+) -> IntArray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) on in-memory rows.
+
+    Each new centre is the best of ``n_local_trials`` candidates drawn with probability
+    proportional to the (weighted) squared distance to the nearest chosen centre.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, n_features)
+    n_clusters : int
+    rng : numpy.random.Generator
+    sample_weight : ndarray of shape (n,), optional
+        Row weights (k-means|| candidates are weighted by the points they attract).
+    n_local_trials : int, optional
+        Defaults to ``2 + int(log(n_clusters))``, as scikit-learn.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters,)
+        Indices of the chosen rows.
+    """
+    n = X.shape[0]
+    if n < n_clusters:
+        raise InvalidDataError(f"cannot seed {n_clusters} clusters from {n} rows")
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if n_local_trials is None:
+        n_local_trials = 2 + int(np.log(n_clusters))
+    indices = np.empty(n_clusters, dtype=np.int64)
+    first = int(rng.choice(n, p=w / w.sum()))
+    indices[0] = first
+
+    def sqdist(rows: FloatArray) -> FloatArray:
+        diff = rows[:, None, :] - X[None, :, :]
+        return np.asarray(np.einsum("cnd,cnd->cn", diff, diff))
+
+    closest = sqdist(X[[first]])[0]
+    potential = float(w @ closest)
+    for c in range(1, n_clusters):
+        if potential <= 0.0:
+            # Fewer distinct rows than clusters: take unused rows in order (never the origin).
+            unused = np.setdiff1d(np.arange(n), indices[:c])
+            indices[c] = unused[0]
+            continue
+        draws = rng.uniform(size=n_local_trials) * potential
+        candidates = np.searchsorted(np.cumsum(w * closest), draws)
+        np.clip(candidates, 0, n - 1, out=candidates)
+        cand_dist = np.minimum(closest, sqdist(X[candidates]))
+        pots = cand_dist @ w
+        best = int(np.argmin(pots))
+        indices[c] = candidates[best]
+        closest = cand_dist[best]
+        potential = float(pots[best])
+    return indices

@@ -1,0 +1,159 @@
+"""The scan pass: validation, moments and a uniform sample, all in one read of the data.
+
+Before any EM iteration, estimators read the data once to (1) find the first non-finite
+value, (2) compute per-feature mean and variance, and (3) draw a uniform sample of rows for
+seeding. The sample uses *priority sampling*: every row gets a uniform key from a
+counter-based generator (Philox) positioned at the row's global index, and the rows with the
+smallest keys form the sample. Because the key of row ``i`` depends only on ``(seed, i)``,
+the sample is identical for every chunking, scheduler and worker count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from emdist._typing import AnyArray, FloatArray, IntArray
+
+__all__ = ["ScanStats", "row_uniforms", "scan_chunk"]
+
+
+def row_uniforms(seed: int, row_start: int, n_rows: int, per_row: int = 1) -> FloatArray:
+    """Uniform draws for rows ``row_start .. row_start + n_rows`` of a global stream.
+
+    The stream is Philox keyed by ``seed``; the draws of row ``i`` are the same whichever
+    chunk asks for them, which makes random initialisation chunking-invariant.
+
+    Parameters
+    ----------
+    seed : int
+        Key of the counter-based generator.
+    row_start : int
+        Global index of the first row.
+    n_rows : int
+        Number of rows.
+    per_row : int, default=1
+        Draws per row.
+
+    Returns
+    -------
+    ndarray of shape (n_rows, per_row)
+    """
+    first = row_start * per_row
+    bit_gen = np.random.Philox(key=seed)
+    # Philox produces 4 uint64 per counter step and each double consumes one of them.
+    bit_gen.advance(first // 4)
+    gen = np.random.Generator(bit_gen)
+    skip = first % 4
+    draws = gen.random(skip + n_rows * per_row)[skip:]
+    return draws.reshape(n_rows, per_row)
+
+
+@dataclass(frozen=True, eq=False)
+class ScanStats:
+    """Summable result of the scan pass.
+
+    Attributes
+    ----------
+    n : int
+        Number of rows seen.
+    mean, m2 : ndarray of shape (n_features,)
+        Per-feature mean and sum of squared deviations (merged by Chan et al.'s formula,
+        which needs no common shift and loses no precision far from the origin).
+    bad_row, bad_col : int
+        Global position of the first non-finite value, or -1.
+    sample_keys : ndarray of shape (m,)
+        Priority keys of the sampled rows (the ``m`` smallest seen so far).
+    sample_rows : ndarray of shape (m,)
+        Global indices of the sampled rows.
+    sample : ndarray of shape (m, n_features)
+        The sampled rows (float64).
+    sample_size : int
+        Capacity of the sample.
+    """
+
+    n: int
+    mean: FloatArray
+    m2: FloatArray
+    bad_row: int
+    bad_col: int
+    sample_keys: FloatArray
+    sample_rows: IntArray
+    sample: FloatArray
+    sample_size: int
+
+    def __add__(self, other: ScanStats) -> ScanStats:
+        n = self.n + other.n
+        if self.n == 0:
+            mean, m2 = other.mean, other.m2
+        elif other.n == 0:
+            mean, m2 = self.mean, self.m2
+        else:
+            delta = other.mean - self.mean
+            mean = self.mean + delta * (other.n / n)
+            m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
+        bad = [(r, c) for r, c in ((self.bad_row, self.bad_col), (other.bad_row, other.bad_col))]
+        bad = [b for b in bad if b[0] >= 0]
+        bad_row, bad_col = min(bad) if bad else (-1, -1)
+        keys = np.concatenate([self.sample_keys, other.sample_keys])
+        rows = np.concatenate([self.sample_rows, other.sample_rows])
+        # Order by (key, row): a total order, so the merge is associative and commutative.
+        order = np.lexsort((rows, keys))[: self.sample_size]
+        sample = np.concatenate([self.sample, other.sample])[order]
+        return ScanStats(
+            n, mean, m2, bad_row, bad_col, keys[order], rows[order], sample, self.sample_size
+        )
+
+    @property
+    def variance(self) -> FloatArray:
+        """Per-feature population variance (``ddof=0``, as ``np.var``)."""
+        return self.m2 / max(self.n, 1)
+
+
+def scan_chunk(X: AnyArray, row_offset: int, seed: int, sample_size: int) -> ScanStats:
+    """Scan one block: first non-finite value, moments, and its share of the sample.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features)
+        The block, any real dtype.
+    row_offset : int
+        Global index of the block's first row.
+    seed : int
+        Key of the sampling stream.
+    sample_size : int
+        Number of rows the whole sample holds.
+
+    Returns
+    -------
+    ScanStats
+    """
+    n, d = X.shape
+    Xf = np.asarray(X, dtype=np.float64)
+    finite = np.isfinite(Xf)
+    if finite.all():
+        bad_row = bad_col = -1
+        mean = Xf.mean(axis=0) if n else np.zeros(d)
+        m2 = ((Xf - mean) ** 2).sum(axis=0) if n else np.zeros(d)
+    else:
+        r, c = np.argwhere(~finite)[0]
+        bad_row, bad_col = int(r) + row_offset, int(c)
+        # The fit will stop with an error naming this row; moments are irrelevant now.
+        mean = np.zeros(d)
+        m2 = np.zeros(d)
+    keys = row_uniforms(seed, row_offset, n)[:, 0]
+    take = min(sample_size, n)
+    idx = np.argpartition(keys, take - 1)[:take] if 0 < take < n else np.arange(take)
+    order = idx[np.lexsort((idx, keys[idx]))]
+    return ScanStats(
+        n=n,
+        mean=mean,
+        m2=m2,
+        bad_row=bad_row,
+        bad_col=bad_col,
+        sample_keys=keys[order],
+        sample_rows=(order + row_offset).astype(np.int64),
+        sample=Xf[order].copy(),
+        sample_size=sample_size,
+    )

@@ -1,0 +1,8 @@
+"""Estimators with scikit-learn's conventions."""
+
+from __future__ import annotations
+
+from emdist.models.gaussian_mixture import GaussianMixture
+from emdist.models.kmeans import KMeans
+
+__all__ = ["GaussianMixture", "KMeans"]

@@ -1,0 +1,364 @@
+"""K-means (Lloyd) fitted one pass per iteration over row-chunked data."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal, Self
+
+import dask.array as da
+import numpy as np
+
+from emdist._typing import AnyArray, FloatArray
+from emdist.engine.em import EMResult, Observer, run_em
+from emdist.engine.init import kmeans_plusplus
+from emdist.engine.reduce import map_reduce
+from emdist.exceptions import ConvergenceWarning, InvalidDataError
+from emdist.kernels.kmeans import (
+    KMeansParams,
+    KMeansStats,
+    kmeans_estep_chunk,
+    kmeans_labels_chunk,
+    kmeans_mstep,
+    kmeans_transform_chunk,
+)
+from emdist.models._base import (
+    BaseEstimator,
+    FitData,
+    apply_rows,
+    child_seeds,
+    compute_context,
+    prepare_fit_data,
+    resolve_seed,
+)
+
+__all__ = ["KMeans", "KMeansFamily", "fit_kmeans"]
+
+
+@dataclass(frozen=True)
+class KMeansFamily:
+    """K-means as a model family of the EM engine (hard assignments, Lloyd updates).
+
+    The lower bound is ``-inertia / n_samples``; convergence is scikit-learn's: the squared
+    centre shift summed over clusters is at most ``tol`` (an absolute tolerance here; the
+    estimator scales the user's ``tol`` by the mean feature variance).
+    """
+
+    def estep_chunk(self, X: AnyArray, row_offset: int, params: KMeansParams) -> KMeansStats:
+        """Assignment statistics of one block."""
+        return kmeans_estep_chunk(X, params, row_offset)
+
+    def mstep(self, stats: KMeansStats, params: KMeansParams) -> KMeansParams:
+        """New centres; empty clusters re-seeded from far points."""
+        return kmeans_mstep(stats)[0]
+
+    def lower_bound(self, stats: KMeansStats, params: KMeansParams) -> float:
+        """Minus the mean squared distance to the assigned centre."""
+        return -stats.inertia / stats.n
+
+    def converged(
+        self,
+        prev_bound: float,
+        bound: float,
+        params: KMeansParams,
+        new_params: KMeansParams,
+        tol: float,
+    ) -> bool:
+        """Squared centre shift at most ``tol``."""
+        return float(np.sum((new_params.centers - params.centers) ** 2)) <= tol
+
+
+@dataclass(frozen=True)
+class KMeansRun:
+    """Outcome of one K-means restart, with the inertia of its final centres."""
+
+    result: EMResult[KMeansParams, KMeansStats]
+    inertia: float
+
+
+def _finish_run(
+    X: da.Array, result: EMResult[KMeansParams, KMeansStats]
+) -> KMeansRun:
+    stats = result.stats
+    assert stats is not None
+    if np.array_equal(stats.shift, result.params.centers):
+        # Labels did not change in the last pass: its inertia is that of the final centres.
+        return KMeansRun(result, stats.inertia)
+    # As scikit-learn: re-assign under the final centres so inertia and labels match them.
+    final: KMeansStats = map_reduce(
+        X, KMeansFamily().estep_chunk, result.params, with_offset=True
+    )
+    return KMeansRun(result, final.inertia)
+
+
+def initial_centers(
+    data: FitData, n_clusters: int, init: Any, seed: int
+) -> FloatArray:
+    """Starting centres: k-means++ or random rows of the scan sample, or user arrays."""
+    sample = data.summary.sample
+    rng = np.random.default_rng(seed)
+    if isinstance(init, str):
+        if init == "k-means++":
+            return sample[kmeans_plusplus(sample, n_clusters, rng)].copy()
+        if init == "random":
+            return sample[rng.choice(len(sample), n_clusters, replace=False)].copy()
+        raise ValueError(f"init must be 'k-means++', 'random' or an array; got {init!r}")
+    centers = np.asarray(init, dtype=np.float64)
+    expected = (n_clusters, data.summary.n_features)
+    if centers.shape != expected:
+        raise ValueError(f"init has shape {centers.shape}; expected {expected}")
+    if not np.all(np.isfinite(centers)):
+        raise ValueError("init contains NaN or infinity")
+    return centers
+
+
+def fit_kmeans(
+    data: FitData,
+    *,
+    n_clusters: int,
+    init: Any,
+    n_init: int,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    observer: Observer | None = None,
+) -> KMeansRun:
+    """Run ``n_init`` restarts of Lloyd's algorithm and keep the lowest inertia.
+
+    Parameters
+    ----------
+    data : FitData
+        Opened and scanned data.
+    n_clusters, init, n_init, max_iter, tol :
+        As :class:`KMeans`; ``tol`` is relative to the mean feature variance.
+    seed : int
+        Seed of the fit.
+    observer : callable, optional
+        Called after every iteration.
+
+    Returns
+    -------
+    KMeansRun
+    """
+    abs_tol = float(np.mean(data.summary.variance)) * tol
+    best: KMeansRun | None = None
+    for restart, restart_seed in enumerate(child_seeds(seed, n_init)):
+        centers = initial_centers(data, n_clusters, init, restart_seed)
+        result = run_em(
+            data.X,
+            KMeansFamily(),
+            KMeansParams(centers),
+            tol=abs_tol,
+            max_iter=max_iter,
+            observer=observer,
+            restart=restart,
+        )
+        run = _finish_run(data.X, result)
+        if best is None or run.inertia < best.inertia:
+            best = run
+    assert best is not None
+    return best
+
+
+class KMeans(BaseEstimator):
+    """K-means clustering by Lloyd's algorithm, one pass over the data per iteration.
+
+    Accepts data that does not fit in memory (a Dask array, a Zarr array or its path):
+    each iteration streams the row-blocks once, reduces them to per-cluster counts and
+    sums, and updates the centres on the client.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters.
+    init : {'k-means++', 'random'} or ndarray of shape (n_clusters, n_features), \
+default='k-means++'
+        Seeding. Both strategies run on a uniform sample of rows drawn in the one scan
+        pass that also validates the data (``init_sample_size`` rows), never one pass per
+        centre.
+    n_init : 'auto' or int, default='auto'
+        Restarts; the one with the lowest inertia is kept. ``'auto'`` means 1 for
+        ``k-means++`` and for an explicit array, 10 for ``random``.
+    max_iter : int, default=300
+        Maximum Lloyd iterations per restart.
+    tol : float, default=1e-4
+        Relative tolerance: converged when the summed squared centre shift is at most
+        ``tol`` times the mean feature variance (scikit-learn's meaning).
+    random_state : int, RandomState, Generator or None, default=None
+        Seed of everything random in the fit (sampling and seeding).
+    init_sample_size : int, optional
+        Rows sampled for seeding; default ``max(10000, 100 * n_clusters)``.
+    observer : callable, optional
+        Called with an :class:`emdist.engine.IterationState` after every iteration;
+        returning ``True`` stops the fit.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+    labels_ : ndarray of shape (n_samples,) or dask.array.Array
+        Labels of the training data (lazy when the data was not in memory).
+    inertia_ : float
+        ``Σ ‖x - c_label‖²`` under the final centres.
+    n_iter_ : int
+        Lloyd iterations of the best restart.
+    converged_ : bool
+    lower_bounds_ : list of float
+        ``-inertia / n_samples`` per iteration of the best restart.
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from emdist import KMeans
+    >>> X = np.array([[1.0, 2.0], [1.0, 4.0], [1.0, 0.0], [10.0, 2.0], [10.0, 4.0], [10.0, 0.0]])
+    >>> km = KMeans(n_clusters=2, random_state=0).fit(X)
+    >>> sorted(km.cluster_centers_[:, 0].tolist())
+    [1.0, 10.0]
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init: Literal["k-means++", "random"] | AnyArray = "k-means++",
+        n_init: Literal["auto"] | int = "auto",
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        random_state: Any = None,
+        init_sample_size: int | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.init_sample_size = init_sample_size
+        self.observer = observer
+
+    def _validate_params(self) -> int:
+        if not isinstance(self.n_clusters, int | np.integer) or self.n_clusters < 1:
+            raise ValueError(f"n_clusters must be a positive int; got {self.n_clusters!r}")
+        if not isinstance(self.max_iter, int | np.integer) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be a positive int; got {self.max_iter!r}")
+        if not self.tol >= 0:
+            raise ValueError(f"tol must be >= 0; got {self.tol!r}")
+        if self.n_init == "auto":
+            return 10 if isinstance(self.init, str) and self.init == "random" else 1
+        if not isinstance(self.n_init, int | np.integer) or self.n_init < 1:
+            raise ValueError(f"n_init must be 'auto' or a positive int; got {self.n_init!r}")
+        if not isinstance(self.init, str) and self.n_init != 1:
+            warnings.warn(
+                "Explicit initial centres given: performing only one init (n_init=1).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return 1
+        return int(self.n_init)
+
+    def fit(self, X: Any, y: Any = None) -> Self:
+        """Compute the clustering.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+            Data of shape (n_samples, n_features); a path names a Zarr array.
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        n_init = self._validate_params()
+        seed = resolve_seed(self.random_state)
+        sample_seed, fit_seed = child_seeds(seed, 2)
+        with compute_context():
+            data = prepare_fit_data(
+                X,
+                n_clusters=int(self.n_clusters),
+                seed=sample_seed,
+                sample_size=self.init_sample_size,
+                what="n_clusters",
+            )
+            best = fit_kmeans(
+                data,
+                n_clusters=int(self.n_clusters),
+                init=self.init,
+                n_init=n_init,
+                max_iter=int(self.max_iter),
+                tol=float(self.tol),
+                seed=fit_seed,
+                observer=self.observer,
+            )
+        result = best.result
+        self.cluster_centers_ = result.params.centers
+        self.inertia_ = float(best.inertia)
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.lower_bounds_ = list(result.lower_bounds)
+        self.n_features_in_ = data.summary.n_features
+        self.labels_ = self.predict(X if data.in_memory else data.X)
+        if not result.converged:
+            warnings.warn(
+                f"KMeans did not converge in max_iter={self.max_iter} iterations; "
+                f"increase max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "cluster_centers_"):
+            raise InvalidDataError(
+                f"This {type(self).__name__} instance is not fitted yet; call fit first."
+            )
+
+    def predict(self, X: Any) -> Any:
+        """Index of the nearest centre of every sample.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+
+        Returns
+        -------
+        ndarray of shape (n_samples,), or a lazy dask.array.Array for non-numpy input
+        """
+        self._check_fitted()
+        return apply_rows(
+            X,
+            kmeans_labels_chunk,
+            self.cluster_centers_,
+            n_features=self.n_features_in_,
+            name=type(self).__name__,
+            out_width=None,
+            dtype=np.int64,
+        )
+
+    def transform(self, X: Any) -> Any:
+        """Euclidean distance of every sample to every centre, (n_samples, n_clusters)."""
+        self._check_fitted()
+        return apply_rows(
+            X,
+            kmeans_transform_chunk,
+            self.cluster_centers_,
+            n_features=self.n_features_in_,
+            name=type(self).__name__,
+            out_width=self.cluster_centers_.shape[0],
+        )
+
+    def fit_predict(self, X: Any, y: Any = None) -> Any:
+        """Fit, then return the labels of ``X``."""
+        return self.fit(X).labels_
+
+    def fit_transform(self, X: Any, y: Any = None) -> Any:
+        """Fit, then return the distances of ``X`` to the centres."""
+        return self.fit(X).transform(X)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Minus the inertia of ``X`` under the fitted centres."""
+        d = self.transform(X)
+        closest = d.min(axis=1)
+        total = (closest**2).sum()
+        return -float(total.compute() if isinstance(total, da.Array) else total)
