@@ -13,15 +13,15 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-import dask
 import dask.array as da
+from dask.base import compute
 from dask.delayed import Delayed, delayed
 
 from emdist.engine.threads import single_blas_task
 
 __all__ = ["Summable", "map_reduce", "row_offsets"]
 
-S = TypeVar("S", bound="Summable")
+S = TypeVar("S")
 
 
 class Summable(Protocol):
@@ -30,7 +30,7 @@ class Summable(Protocol):
     def __add__(self: S, other: S, /) -> S: ...
 
 
-def _sum_values(*values: S) -> S:
+def _sum_values(*values: Any) -> Any:
     return functools.reduce(lambda a, b: a + b, values)
 
 
@@ -102,7 +102,7 @@ def map_reduce(
     -------
     The sum of the per-block statistics.
     """
-    result: S = dask.compute(
+    result: S = compute(
         build_reduction(X, chunk_fn, *args, with_offset=with_offset, split_every=split_every)
     )[0]
     return result

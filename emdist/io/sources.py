@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
@@ -24,7 +24,7 @@ __all__ = ["as_dask_array", "open_zarr_array", "validate_array_like"]
 _NUMPY_BLOCK_BYTES = 32 * 2**20
 
 
-def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array:
+def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array[Any]:
     """Open a Zarr array read-only, with a clear error when it is not one."""
     try:
         node = zarr.open(str(path), mode="r")
@@ -92,16 +92,16 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
     if isinstance(X, zarr.Array):
         validate_array_like(X.shape, X.dtype)
         rows = chunk_rows or (X.shards or X.chunks)[0]
-        return da.from_zarr(X, chunks=(rows, X.shape[1]))
+        return cast(da.Array, da.from_zarr(X, chunks=(rows, X.shape[1])))
     if isinstance(X, da.Array):
         validate_array_like(X.shape, X.dtype)
         if math.isnan(X.shape[0]):
             raise InvalidDataError("X has unknown chunk sizes; call X.compute_chunk_sizes()")
         if chunk_rows is not None:
-            return X.rechunk((chunk_rows, -1))
-        return X if X.numblocks[1] == 1 else X.rechunk({1: -1})
+            return cast(da.Array, X.rechunk((chunk_rows, -1)))
+        return X if X.numblocks[1] == 1 else cast(da.Array, X.rechunk({1: -1}))
     arr = np.asarray(X)
     validate_array_like(arr.shape, arr.dtype)
     rows = chunk_rows or _numpy_chunk_rows(arr.shape[0], arr.shape[1], arr.dtype.itemsize)
     # name=False: don't hash the whole array to name it; each fit makes its own view.
-    return da.from_array(arr, chunks=(rows, -1), name=False)
+    return cast(da.Array, da.from_array(arr, chunks=(rows, -1), name=False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Self
@@ -15,6 +16,7 @@ import numpy as np
 from emdist.engine.init import DataSummary, scan_data
 from emdist.engine.threads import blas_single_threaded
 from emdist.exceptions import InvalidDataError
+from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array
 
 __all__ = ["BaseEstimator", "FitData", "active_client", "compute_context", "resolve_seed"]
@@ -97,16 +99,13 @@ def resolve_seed(random_state: Any) -> int:
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(0, 2**63 - 1))
     raise ValueError(
-        f"random_state must be None, an int, a numpy RandomState or Generator; "
-        f"got {random_state!r}"
+        f"random_state must be None, an int, a numpy RandomState or Generator; got {random_state!r}"
     )
 
 
 def child_seeds(seed: int, n: int) -> list[int]:
     """``n`` independent integer seeds derived from ``seed``."""
-    return [
-        int(s.generate_state(1, np.uint64)[0]) for s in np.random.SeedSequence(seed).spawn(n)
-    ]
+    return [int(s.generate_state(1, np.uint64)[0]) for s in np.random.SeedSequence(seed).spawn(n)]
 
 
 def active_client() -> Any | None:
@@ -184,8 +183,7 @@ def check_features(X: da.Array | np.ndarray[Any, Any], n_features: int, name: st
     """Reject data whose number of features differs from the fitted one."""
     if X.shape[1] != n_features:
         raise InvalidDataError(
-            f"X has {X.shape[1]} features, but {name} is expecting {n_features} features "
-            f"as input."
+            f"X has {X.shape[1]} features, but {name} is expecting {n_features} features as input."
         )
 
 
@@ -238,9 +236,33 @@ def apply_rows(
     Xd = as_dask_array(X)
     check_features(Xd, n_features, name)
     if out_width is None:
-        return Xd.map_blocks(
-            _rowwise_block, fn, args, dtype=dtype, drop_axis=1, chunks=(Xd.chunks[0],)
+        return da.map_blocks(
+            _rowwise_block, Xd, fn, args, dtype=dtype, drop_axis=1, chunks=(Xd.chunks[0],)
         )
-    return Xd.map_blocks(
-        _rowwise_block, fn, args, dtype=dtype, chunks=(Xd.chunks[0], (out_width,))
+    return da.map_blocks(
+        _rowwise_block, Xd, fn, args, dtype=dtype, chunks=(Xd.chunks[0], (out_width,))
     )
+
+
+_NOT_CONFIG = ("observer", "checkpoint")
+
+
+def as_checkpoint(value: Any) -> CheckpointStore | None:
+    """A :class:`CheckpointStore` from ``None``, a store, or a path."""
+    if value is None or isinstance(value, CheckpointStore):
+        return value
+    if isinstance(value, str | os.PathLike):
+        return CheckpointStore(value)
+    raise ValueError(f"checkpoint must be None, a path or a CheckpointStore; got {value!r}")
+
+
+def estimator_config(estimator: BaseEstimator, **resolved: Any) -> dict[str, Any]:
+    """The configuration a checkpoint is tied to: class, parameters, resolved values."""
+    params = {k: v for k, v in estimator.get_params().items() if k not in _NOT_CONFIG}
+    return {"estimator": type(estimator).__name__, **params, **resolved}
+
+
+def fit_seed(random_state: Any, checkpoint: CheckpointStore | None) -> int:
+    """The fit's seed: the one a resumable checkpoint recorded, else from ``random_state``."""
+    stored = checkpoint.stored_seed() if checkpoint is not None else None
+    return stored if stored is not None else resolve_seed(random_state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,12 +12,12 @@ import dask.array as da
 import numpy as np
 
 from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray
-from emdist.engine.em import EMResult, Observer, run_em
+from emdist.engine.em import Observer
 from emdist.engine.init import kmeans_plusplus
 from emdist.engine.reduce import map_reduce
 from emdist.exceptions import ConvergenceWarning, InvalidDataError
+from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.gaussian import (
-    compute_precision_cholesky,
     covariances_from_precisions,
     precision_cholesky_from_precisions,
     precisions_from_cholesky,
@@ -37,14 +38,21 @@ from emdist.models._base import (
     BaseEstimator,
     FitData,
     apply_rows,
+    as_checkpoint,
     child_seeds,
     compute_context,
+    estimator_config,
+    fit_seed,
     prepare_fit_data,
     resolve_seed,
 )
+from emdist.models._restarts import run_restarts
 from emdist.models.kmeans import fit_kmeans
 
 __all__ = ["GaussianMixture", "GaussianMixtureFamily", "initial_mixture_params"]
+
+ChunkFns = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], tuple[Any, ...]]
+"""Per-block kernels for labels, responsibilities and log-likelihood, and their arguments."""
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -84,9 +92,7 @@ class GaussianMixtureFamily:
         return abs(bound - prev_bound) < tol
 
 
-def _check_user_array(
-    value: Any, shape: tuple[int, ...], name: str
-) -> FloatArray:
+def _check_user_array(value: Any, shape: tuple[int, ...], name: str) -> FloatArray:
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape != shape:
         raise ValueError(f"{name} has shape {arr.shape}; expected {shape}")
@@ -96,9 +102,7 @@ def _check_user_array(
 
 
 def _precisions_shape(covariance_type: CovarianceType, K: int, d: int) -> tuple[int, ...]:
-    return {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}[
-        covariance_type
-    ]
+    return {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}[covariance_type]
 
 
 def initial_mixture_params(
@@ -122,7 +126,9 @@ def initial_mixture_params(
     """
     K, d = n_components, data.summary.n_features
     family = GaussianMixtureFamily(covariance_type, reg_covar)
-    weights = None if weights_init is None else _check_user_array(weights_init, (K,), "weights_init")
+    weights = (
+        None if weights_init is None else _check_user_array(weights_init, (K,), "weights_init")
+    )
     if weights is not None and (np.any(weights < 0) or not np.isclose(weights.sum(), 1.0)):
         raise ValueError("weights_init must be non-negative and sum to 1")
     means = None if means_init is None else _check_user_array(means_init, (K, d), "means_init")
@@ -154,7 +160,7 @@ def initial_mixture_params(
         stats = map_reduce(
             data.X,
             mixture_hard_resp_stats_chunk,
-            run.result.params.centers,
+            run.params.centers,
             shift,
             covariance_type,
         )
@@ -196,7 +202,9 @@ class BaseMixture(BaseEstimator):
     n_features_in_: int
     n_components: int
 
-    def _chunk_fns(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], tuple[Any, ...]]:
+    def _chunk_fns(
+        self,
+    ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], tuple[Any, ...]]:
         raise NotImplementedError
 
     def _check_fitted(self) -> None:
@@ -288,6 +296,11 @@ class GaussianMixture(BaseMixture):
     observer : callable, optional
         Called with an :class:`emdist.engine.IterationState` after every iteration;
         returning ``True`` stops the fit.
+    checkpoint : CheckpointStore, str or path, optional
+        Where to commit the fit state after iterations (see
+        :class:`emdist.io.checkpoint.CheckpointStore`). A fit given a location that holds a
+        checkpoint of the same configuration and data resumes from it and ends with exactly
+        the model of an uninterrupted fit; one of another configuration or data is refused.
 
     Attributes
     ----------
@@ -319,6 +332,7 @@ class GaussianMixture(BaseMixture):
         warm_start: bool = False,
         init_sample_size: int | None = None,
         observer: Observer | None = None,
+        checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -334,14 +348,14 @@ class GaussianMixture(BaseMixture):
         self.warm_start = warm_start
         self.init_sample_size = init_sample_size
         self.observer = observer
+        self.checkpoint = checkpoint
 
     def _validate_params(self) -> None:
         if not isinstance(self.n_components, int | np.integer) or self.n_components < 1:
             raise ValueError(f"n_components must be a positive int; got {self.n_components!r}")
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
-                f"covariance_type must be one of {COVARIANCE_TYPES}; "
-                f"got {self.covariance_type!r}"
+                f"covariance_type must be one of {COVARIANCE_TYPES}; got {self.covariance_type!r}"
             )
         if self.init_params not in INIT_PARAMS:
             raise ValueError(f"init_params must be one of {INIT_PARAMS}; got {self.init_params!r}")
@@ -371,12 +385,29 @@ class GaussianMixture(BaseMixture):
         self
         """
         self._validate_params()
-        seed = resolve_seed(self.random_state)
-        sample_seed, fit_seed = child_seeds(seed, 2)
+        checkpoint = as_checkpoint(self.checkpoint)
+        seed = fit_seed(self.random_state, checkpoint)
+        sample_seed, restarts_seed = child_seeds(seed, 2)
         warm = bool(self.warm_start) and hasattr(self, "converged_")
         n_init = 1 if warm else int(self.n_init)
         family = self._family()
-        best: EMResult[MixtureParams, MixtureStats] | None = None
+        previous = self._params() if warm else None
+
+        def make_start(restart: int, restart_seed: int) -> MixtureParams:
+            if previous is not None:
+                return previous
+            return initial_mixture_params(
+                data,
+                n_components=int(self.n_components),
+                covariance_type=self.covariance_type,
+                reg_covar=float(self.reg_covar),
+                init_params=self.init_params,
+                weights_init=self.weights_init,
+                means_init=self.means_init,
+                precisions_init=self.precisions_init,
+                seed=restart_seed,
+            )
+
         with compute_context():
             data = prepare_fit_data(
                 X,
@@ -385,33 +416,21 @@ class GaussianMixture(BaseMixture):
                 sample_size=self.init_sample_size,
                 what="n_components",
             )
-            for restart, restart_seed in enumerate(child_seeds(fit_seed, n_init)):
-                if warm:
-                    start = self._params()
-                else:
-                    start = initial_mixture_params(
-                        data,
-                        n_components=int(self.n_components),
-                        covariance_type=self.covariance_type,
-                        reg_covar=float(self.reg_covar),
-                        init_params=self.init_params,
-                        weights_init=self.weights_init,
-                        means_init=self.means_init,
-                        precisions_init=self.precisions_init,
-                        seed=restart_seed,
-                    )
-                result = run_em(
-                    data.X,
-                    family,
-                    start,
-                    tol=float(self.tol),
-                    max_iter=int(self.max_iter),
-                    observer=self.observer,
-                    restart=restart,
-                )
-                if best is None or result.lower_bound > best.lower_bound:
-                    best = result
-        assert best is not None
+            best = run_restarts(
+                data,
+                family,
+                n_init=n_init,
+                seeds=child_seeds(restarts_seed, n_init),
+                make_start=make_start,
+                params_from_arrays=MixtureParams,
+                score=lambda result: result.lower_bound,
+                tol=float(self.tol),
+                max_iter=int(self.max_iter),
+                observer=self.observer,
+                checkpoint=checkpoint,
+                config=estimator_config(self, n_init=n_init, warm_start=warm),
+                seed=seed,
+            )
         self._set_params(best.params)
         self.converged_ = best.converged
         self.n_iter_ = best.n_iter
@@ -433,14 +452,18 @@ class GaussianMixture(BaseMixture):
         self.means_ = params.means
         self.covariances_ = params.covariances
         self.precisions_cholesky_ = params.precisions_cholesky
-        self.precisions_ = precisions_from_cholesky(params.precisions_cholesky, self.covariance_type)
+        self.precisions_ = precisions_from_cholesky(
+            params.precisions_cholesky, self.covariance_type
+        )
 
     def _params(self) -> MixtureParams:
         return MixtureParams(
             self.weights_, self.means_, self.covariances_, self.precisions_cholesky_
         )
 
-    def _chunk_fns(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], tuple[Any, ...]]:
+    def _chunk_fns(
+        self,
+    ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], tuple[Any, ...]]:
         return (
             mixture_labels_chunk,
             mixture_proba_chunk,
@@ -469,7 +492,7 @@ class GaussianMixture(BaseMixture):
     def bic(self, X: Any) -> float:
         """Bayesian information criterion of the model on ``X`` (lower is better)."""
         n = self._n_samples(X)
-        return -2 * self.score(X) * n + self._n_parameters() * np.log(n)
+        return float(-2 * self.score(X) * n + self._n_parameters() * np.log(n))
 
     def aic(self, X: Any) -> float:
         """Akaike information criterion of the model on ``X`` (lower is better)."""

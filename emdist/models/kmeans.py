@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Self
@@ -10,10 +11,11 @@ import dask.array as da
 import numpy as np
 
 from emdist._typing import AnyArray, FloatArray
-from emdist.engine.em import EMResult, Observer, run_em
+from emdist.engine.em import EMResult, Observer
 from emdist.engine.init import kmeans_plusplus
 from emdist.engine.reduce import map_reduce
 from emdist.exceptions import ConvergenceWarning, InvalidDataError
+from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.kmeans import (
     KMeansParams,
     KMeansStats,
@@ -26,11 +28,14 @@ from emdist.models._base import (
     BaseEstimator,
     FitData,
     apply_rows,
+    as_checkpoint,
     child_seeds,
     compute_context,
+    estimator_config,
+    fit_seed,
     prepare_fit_data,
-    resolve_seed,
 )
+from emdist.models._restarts import BestRun, run_restarts
 
 __all__ = ["KMeans", "KMeansFamily", "fit_kmeans"]
 
@@ -68,32 +73,18 @@ class KMeansFamily:
         return float(np.sum((new_params.centers - params.centers) ** 2)) <= tol
 
 
-@dataclass(frozen=True)
-class KMeansRun:
-    """Outcome of one K-means restart, with the inertia of its final centres."""
-
-    result: EMResult[KMeansParams, KMeansStats]
-    inertia: float
-
-
-def _finish_run(
-    X: da.Array, result: EMResult[KMeansParams, KMeansStats]
-) -> KMeansRun:
+def _final_inertia(X: da.Array, result: EMResult[KMeansParams, KMeansStats]) -> float:
+    """Inertia of the final centres (re-assigning if the last pass ran under other ones)."""
     stats = result.stats
-    assert stats is not None
-    if np.array_equal(stats.shift, result.params.centers):
+    if stats is not None and np.array_equal(stats.shift, result.params.centers):
         # Labels did not change in the last pass: its inertia is that of the final centres.
-        return KMeansRun(result, stats.inertia)
+        return stats.inertia
     # As scikit-learn: re-assign under the final centres so inertia and labels match them.
-    final: KMeansStats = map_reduce(
-        X, KMeansFamily().estep_chunk, result.params, with_offset=True
-    )
-    return KMeansRun(result, final.inertia)
+    final: KMeansStats = map_reduce(X, KMeansFamily().estep_chunk, result.params, with_offset=True)
+    return final.inertia
 
 
-def initial_centers(
-    data: FitData, n_clusters: int, init: Any, seed: int
-) -> FloatArray:
+def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> FloatArray:
     """Starting centres: k-means++ or random rows of the scan sample, or user arrays."""
     sample = data.summary.sample
     rng = np.random.default_rng(seed)
@@ -122,7 +113,9 @@ def fit_kmeans(
     tol: float,
     seed: int,
     observer: Observer | None = None,
-) -> KMeansRun:
+    checkpoint: CheckpointStore | None = None,
+    config: dict[str, Any] | None = None,
+) -> BestRun[KMeansParams]:
     """Run ``n_init`` restarts of Lloyd's algorithm and keep the lowest inertia.
 
     Parameters
@@ -135,29 +128,32 @@ def fit_kmeans(
         Seed of the fit.
     observer : callable, optional
         Called after every iteration.
+    checkpoint : CheckpointStore, optional
+        Where to commit the fit state; a matching checkpoint there is resumed.
+    config : dict, optional
+        Configuration recorded with the checkpoint.
 
     Returns
     -------
-    KMeansRun
+    BestRun
+        ``score`` is minus the inertia of the kept centres.
     """
     abs_tol = float(np.mean(data.summary.variance)) * tol
-    best: KMeansRun | None = None
-    for restart, restart_seed in enumerate(child_seeds(seed, n_init)):
-        centers = initial_centers(data, n_clusters, init, restart_seed)
-        result = run_em(
-            data.X,
-            KMeansFamily(),
-            KMeansParams(centers),
-            tol=abs_tol,
-            max_iter=max_iter,
-            observer=observer,
-            restart=restart,
-        )
-        run = _finish_run(data.X, result)
-        if best is None or run.inertia < best.inertia:
-            best = run
-    assert best is not None
-    return best
+    return run_restarts(
+        data,
+        KMeansFamily(),
+        n_init=n_init,
+        seeds=child_seeds(seed, n_init),
+        make_start=lambda restart, s: KMeansParams(initial_centers(data, n_clusters, init, s)),
+        params_from_arrays=KMeansParams,
+        score=lambda result: -_final_inertia(data.X, result),
+        tol=abs_tol,
+        max_iter=max_iter,
+        observer=observer,
+        checkpoint=checkpoint,
+        config=config or {},
+        seed=seed,
+    )
 
 
 class KMeans(BaseEstimator):
@@ -191,6 +187,11 @@ default='k-means++'
     observer : callable, optional
         Called with an :class:`emdist.engine.IterationState` after every iteration;
         returning ``True`` stops the fit.
+    checkpoint : CheckpointStore, str or path, optional
+        Where to commit the fit state after iterations (see
+        :class:`emdist.io.checkpoint.CheckpointStore`). A fit given a location that holds a
+        checkpoint of the same configuration and data resumes from it and ends with exactly
+        the model of an uninterrupted fit; one of another configuration or data is refused.
 
     Attributes
     ----------
@@ -227,6 +228,7 @@ default='k-means++'
         random_state: Any = None,
         init_sample_size: int | None = None,
         observer: Observer | None = None,
+        checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.init = init
@@ -236,6 +238,7 @@ default='k-means++'
         self.random_state = random_state
         self.init_sample_size = init_sample_size
         self.observer = observer
+        self.checkpoint = checkpoint
 
     def _validate_params(self) -> int:
         if not isinstance(self.n_clusters, int | np.integer) or self.n_clusters < 1:
@@ -271,8 +274,9 @@ default='k-means++'
         self
         """
         n_init = self._validate_params()
-        seed = resolve_seed(self.random_state)
-        sample_seed, fit_seed = child_seeds(seed, 2)
+        checkpoint = as_checkpoint(self.checkpoint)
+        seed = fit_seed(self.random_state, checkpoint)
+        sample_seed, kmeans_seed = child_seeds(seed, 2)
         with compute_context():
             data = prepare_fit_data(
                 X,
@@ -288,18 +292,19 @@ default='k-means++'
                 n_init=n_init,
                 max_iter=int(self.max_iter),
                 tol=float(self.tol),
-                seed=fit_seed,
+                seed=kmeans_seed,
                 observer=self.observer,
+                checkpoint=checkpoint,
+                config=estimator_config(self, n_init=n_init),
             )
-        result = best.result
-        self.cluster_centers_ = result.params.centers
-        self.inertia_ = float(best.inertia)
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        self.lower_bounds_ = list(result.lower_bounds)
+        self.cluster_centers_ = best.params.centers
+        self.inertia_ = -best.score
+        self.n_iter_ = best.n_iter
+        self.converged_ = best.converged
+        self.lower_bounds_ = list(best.lower_bounds)
         self.n_features_in_ = data.summary.n_features
         self.labels_ = self.predict(X if data.in_memory else data.X)
-        if not result.converged:
+        if not best.converged:
             warnings.warn(
                 f"KMeans did not converge in max_iter={self.max_iter} iterations; "
                 f"increase max_iter or tol.",
