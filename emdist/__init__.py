@@ -9,16 +9,23 @@ from __future__ import annotations
 
 from emdist.engine.em import IterationState
 from emdist.exceptions import ConvergenceWarning, FitError, InvalidDataError
+from emdist.io.checkpoint import CheckpointStore
+from emdist.io.outputs import write_predictions
+from emdist.io.persistence import load_model, save_model
 from emdist.models.gaussian_mixture import GaussianMixture
 from emdist.models.kmeans import KMeans
 
 __all__ = [
+    "CheckpointStore",
     "ConvergenceWarning",
     "FitError",
     "GaussianMixture",
     "InvalidDataError",
     "IterationState",
     "KMeans",
+    "load_model",
+    "save_model",
+    "write_predictions",
 ]
 
 __version__ = "0.1.0"
