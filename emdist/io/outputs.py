@@ -83,5 +83,5 @@ def write_predictions(
             )
             stores.append((arr, target))
         # One compute: every output of a block comes from one read of it.
-        da.store([a for a, _ in stores], [t for _, t in stores], lock=False)
+        da.store([a for a, _ in stores], [t for _, t in stores], lock=False)  # type: ignore[misc]
     return Path(dest)
