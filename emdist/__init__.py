@@ -12,10 +12,12 @@ from emdist.exceptions import ConvergenceWarning, FitError, InvalidDataError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.outputs import write_predictions
 from emdist.io.persistence import load_model, save_model
+from emdist.models.bayesian_mixture import BayesianGaussianMixture
 from emdist.models.gaussian_mixture import GaussianMixture
 from emdist.models.kmeans import KMeans
 
 __all__ = [
+    "BayesianGaussianMixture",
     "CheckpointStore",
     "ConvergenceWarning",
     "FitError",

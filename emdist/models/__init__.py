@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from emdist.models.bayesian_mixture import BayesianGaussianMixture
 from emdist.models.gaussian_mixture import GaussianMixture
 from emdist.models.kmeans import KMeans
 
-__all__ = ["GaussianMixture", "KMeans"]
+__all__ = ["BayesianGaussianMixture", "GaussianMixture", "KMeans"]

@@ -1,0 +1,680 @@
+"""Variational Bayesian Gaussian mixture, one pass over row-chunked data per iteration.
+
+The same engine as every other family: a pass maps the row-blocks to summable statistics
+(:func:`~emdist.kernels.variational.variational_estep_chunk`), tree-reduces them, and the
+client runs the variational M-step and evaluates the ELBO from the reduced statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Self
+
+import numpy as np
+
+from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray
+from emdist.engine.em import Observer
+from emdist.engine.init import kmeans_plusplus
+from emdist.engine.reduce import map_reduce
+from emdist.exceptions import ConvergenceWarning, InvalidDataError
+from emdist.io.checkpoint import CheckpointStore
+from emdist.kernels.gaussian import precisions_from_cholesky
+from emdist.kernels.mixture import (
+    MixtureStats,
+    mixture_hard_resp_stats_chunk,
+    mixture_random_resp_stats_chunk,
+    mixture_stats_from_resp,
+)
+from emdist.kernels.variational import (
+    WEIGHT_PRIOR_TYPES,
+    VariationalParams,
+    VariationalPriors,
+    VariationalStats,
+    WeightPriorType,
+    scatter_stats_chunk,
+    variational_estep_chunk,
+    variational_labels_chunk,
+    variational_lower_bound,
+    variational_mstep,
+    variational_proba_chunk,
+    variational_score_samples_chunk,
+)
+from emdist.models._base import (
+    FitData,
+    as_checkpoint,
+    child_seeds,
+    compute_context,
+    estimator_config,
+    fit_seed,
+    prepare_fit_data,
+    resolve_seed,
+)
+from emdist.models._restarts import run_restarts
+from emdist.models.gaussian_mixture import INIT_PARAMS, BaseMixture
+from emdist.models.kmeans import fit_kmeans
+
+__all__ = [
+    "BayesianGaussianMixture",
+    "BayesianMixtureFamily",
+    "initial_resp_stats",
+    "resolve_priors",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class BayesianMixtureFamily:
+    """The variational Gaussian mixture as a model family of the EM engine.
+
+    The lower bound of a pass run under ``q_t(θ)`` is the ELBO of that pass's
+    responsibilities ``q_t(Z)`` together with the posterior ``q_{t+1}(θ)`` the M-step
+    computes from them — scikit-learn's ``_compute_lower_bound`` after its ``_m_step`` —
+    divided by the number of samples. Converged when its change is below ``tol`` in
+    absolute value.
+
+    Attributes
+    ----------
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    reg_covar : float
+    priors : VariationalPriors
+    """
+
+    covariance_type: CovarianceType
+    reg_covar: float
+    priors: VariationalPriors
+
+    def estep_chunk(
+        self, X: AnyArray, row_offset: int, params: VariationalParams
+    ) -> VariationalStats:
+        """Variational responsibilities of one block, reduced to statistics."""
+        return variational_estep_chunk(X, params, self.covariance_type)
+
+    def mstep(self, stats: VariationalStats, params: VariationalParams) -> VariationalParams:
+        """The posterior given the responsibilities summarised by ``stats``."""
+        return variational_mstep(stats.moments, self.priors, self.covariance_type, self.reg_covar)
+
+    def lower_bound(self, stats: VariationalStats, params: VariationalParams) -> float:
+        """Per-sample ELBO of ``stats``' responsibilities and the posterior they give.
+
+        The M-step is a few small factorisations on the client; running it here as well
+        as in :meth:`mstep` keeps the family stateless.
+        """
+        posterior = self.mstep(stats, params)
+        return float(variational_lower_bound(stats, posterior, self.covariance_type) / stats.n)
+
+    def converged(
+        self,
+        prev_bound: float,
+        bound: float,
+        params: VariationalParams,
+        new_params: VariationalParams,
+        tol: float,
+    ) -> bool:
+        """``|Δ per-sample ELBO| < tol``."""
+        return abs(bound - prev_bound) < tol
+
+
+def initial_resp_stats(
+    data: FitData,
+    *,
+    n_components: int,
+    covariance_type: CovarianceType,
+    init_params: str,
+    seed: int,
+) -> MixtureStats:
+    """Moments of the initial responsibilities of one restart.
+
+    scikit-learn's ``BayesianGaussianMixture`` starts with the variational M-step applied
+    to initial responsibilities, so it needs their statistics rather than the parameters
+    :func:`~emdist.models.gaussian_mixture.initial_mixture_params` returns. The
+    responsibilities are those of :class:`~emdist.GaussianMixture` with the same seed:
+    ``k-means++`` and ``random_from_data`` give one-hot rows of the scan sample (no data
+    pass), ``random`` takes one pass, ``kmeans`` runs K-means first.
+
+    Parameters
+    ----------
+    data : FitData
+    n_components : int
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}
+    seed : int
+        Seed of the restart.
+
+    Returns
+    -------
+    MixtureStats
+        About the data mean (every component), with ``log_lik = 0``.
+    """
+    K = n_components
+    shift = np.tile(data.summary.mean, (K, 1))
+    rng = np.random.default_rng(seed)
+    if init_params == "kmeans":
+        (km_seed,) = child_seeds(seed, 1)
+        run = fit_kmeans(
+            data, n_clusters=K, init="k-means++", n_init=1, max_iter=300, tol=1e-4, seed=km_seed
+        )
+        stats: MixtureStats = map_reduce(
+            data.X, mixture_hard_resp_stats_chunk, run.params.centers, shift, covariance_type
+        )
+        return stats
+    if init_params in ("k-means++", "random_from_data"):
+        sample = data.summary.sample
+        if init_params == "k-means++":
+            idx = kmeans_plusplus(sample, K, rng)
+        else:
+            idx = rng.choice(len(sample), K, replace=False)
+        # One row per component, as scikit-learn's one-hot responsibilities at those rows.
+        return mixture_stats_from_resp(sample[idx], np.eye(K), shift, covariance_type)
+    if init_params == "random":
+        stats = map_reduce(
+            data.X,
+            mixture_random_resp_stats_chunk,
+            int(rng.integers(2**63 - 1)),
+            shift,
+            covariance_type,
+            with_offset=True,
+        )
+        return stats
+    raise ValueError(f"init_params must be one of {INIT_PARAMS}; got {init_params!r}")
+
+
+# ---------------------------------------------------------------------------- the priors
+
+
+def _positive_real(value: Any, name: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be None or a positive finite float; got {value!r}")
+    return float(value)
+
+
+def _user_array(value: Any, shape: tuple[int, ...], name: str) -> FloatArray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an array of shape {shape}; got {value!r}") from None
+    if arr.shape != shape:
+        raise ValueError(f"{name} has shape {arr.shape}; expected {shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return arr
+
+
+@dataclass(frozen=True)
+class _UserPriors:
+    """The user's priors, checked against ``n_features``; ``None`` = from the data."""
+
+    weight_concentration: float | None
+    mean_precision: float
+    mean: FloatArray | None
+    degrees_of_freedom: float
+    covariance: FloatArray | float | None
+
+
+def _check_priors(
+    est: BayesianGaussianMixture, n_features: int, covariance_type: CovarianceType
+) -> _UserPriors:
+    """Validate the prior parameters before any data is read."""
+    d = n_features
+    wc = est.weight_concentration_prior
+    weight = None if wc is None else _positive_real(wc, "weight_concentration_prior")
+    mp = est.mean_precision_prior
+    mean_precision = 1.0 if mp is None else _positive_real(mp, "mean_precision_prior")
+    mean = None if est.mean_prior is None else _user_array(est.mean_prior, (d,), "mean_prior")
+    dof = est.degrees_of_freedom_prior
+    if dof is None:
+        degrees_of_freedom = float(d)
+    else:
+        degrees_of_freedom = _positive_real(dof, "degrees_of_freedom_prior")
+        if not degrees_of_freedom > d - 1.0:
+            raise ValueError(
+                f"degrees_of_freedom_prior must be greater than n_features - 1 = {d - 1} "
+                f"(a Wishart needs it); got {dof!r}"
+            )
+    cp = est.covariance_prior
+    covariance: FloatArray | float | None
+    if cp is None:
+        covariance = None
+    elif covariance_type in ("full", "tied"):
+        covariance = _user_array(cp, (d, d), f"{covariance_type} covariance_prior")
+        if not (
+            np.allclose(covariance, covariance.T) and np.all(np.linalg.eigvalsh(covariance) > 0)
+        ):
+            raise ValueError(
+                f"{covariance_type} covariance_prior must be symmetric positive definite"
+            )
+    elif covariance_type == "diag":
+        covariance = _user_array(cp, (d,), "diag covariance_prior")
+        if np.any(covariance <= 0):
+            raise ValueError("diag covariance_prior must be positive")
+    else:
+        covariance = _positive_real(cp, "spherical covariance_prior")
+    return _UserPriors(weight, mean_precision, mean, degrees_of_freedom, covariance)
+
+
+def resolve_priors(
+    data: FitData,
+    *,
+    n_components: int,
+    covariance_type: CovarianceType,
+    weight_concentration_prior_type: WeightPriorType,
+    weight_concentration_prior: float | None,
+    mean_precision_prior: float,
+    mean_prior: FloatArray | None,
+    degrees_of_freedom_prior: float,
+    covariance_prior: FloatArray | float | None,
+) -> VariationalPriors:
+    """Fill in the data-dependent defaults of the priors, as scikit-learn.
+
+    ``weight_concentration_prior`` defaults to ``1 / n_components``; ``mean_prior`` to the
+    data mean and ``covariance_prior`` to the empirical covariance (``ddof=1``: full and
+    tied the matrix, diag the variances, spherical their mean). Mean and variances come
+    from the scan pass; the full matrix takes one extra pass, accumulated about the scan
+    pass's mean so that it suffers no cancellation.
+
+    Raises
+    ------
+    InvalidDataError
+        If the empirical covariance is needed and there is a single sample.
+    """
+    summary = data.summary
+    n = summary.n_samples
+    covariance: FloatArray | float
+    if covariance_prior is not None:
+        covariance = covariance_prior
+    else:
+        if n < 2:
+            raise InvalidDataError(
+                "The default covariance_prior is the empirical covariance of X, which needs "
+                "at least 2 samples; pass covariance_prior or more data."
+            )
+        if covariance_type in ("full", "tied"):
+            scatter: MixtureStats = map_reduce(data.X, scatter_stats_chunk, summary.mean)
+            delta = scatter.sx[0] / n
+            covariance = (scatter.sxx[0] - n * np.outer(delta, delta)) / (n - 1)
+        elif covariance_type == "diag":
+            covariance = summary.variance * (n / (n - 1))
+        else:
+            covariance = float(np.mean(summary.variance * (n / (n - 1))))
+    return VariationalPriors(
+        weight_concentration_prior_type=weight_concentration_prior_type,
+        weight_concentration=(
+            1.0 / n_components
+            if weight_concentration_prior is None
+            else float(weight_concentration_prior)
+        ),
+        mean_precision=float(mean_precision_prior),
+        mean=summary.mean.copy() if mean_prior is None else mean_prior,
+        degrees_of_freedom=float(degrees_of_freedom_prior),
+        covariance=covariance,
+    )
+
+
+def _n_features(X: Any) -> int:
+    """Number of columns of ``X`` without reading it."""
+    shape = np.shape(X) if isinstance(X, np.ndarray | list | tuple) else None
+    if shape is None:
+        from emdist.io.sources import as_dask_array
+
+        shape = as_dask_array(X).shape
+    if len(shape) != 2:
+        raise InvalidDataError(
+            f"X must be 2-D (n_samples, n_features); got {len(shape)}-D data of shape "
+            f"{tuple(shape)}. Reshape 1-D data with X.reshape(-1, 1)."
+        )
+    return int(shape[1])
+
+
+# ----------------------------------------------------------------------------- estimator
+
+
+class BayesianGaussianMixture(BaseMixture):
+    """Variational Bayesian Gaussian mixture, one pass over the data per iteration.
+
+    Follows :class:`sklearn.mixture.BayesianGaussianMixture` (names, meanings, attributes,
+    numbers): from the same initial responsibilities it reproduces its iterations. The
+    data may be a Dask array, a Zarr array or a path to one, larger than memory: each
+    iteration maps the row-blocks to summable statistics (moments of the variational
+    responsibilities and ``Σ r log r``), tree-reduces them, and runs the variational
+    M-step and the ELBO on the client. With ``n_components`` set above the number of
+    clusters, the weights of unneeded components shrink towards zero.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        Upper bound on the number of components.
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}, default='full'
+    tol : float, default=1e-3
+        Converged when the **per-sample** lower bound changes by less than ``tol``. Unlike
+        scikit-learn, which compares the change of the *total* bound with ``tol``, this
+        ``tol`` means the same for any dataset size and the same as for
+        :class:`~emdist.GaussianMixture`; scikit-learn's ``tol=t`` on ``n`` samples is
+        ``tol=t / n`` here.
+    reg_covar : float, default=1e-6
+        Added to the diagonal of the empirical covariances of the components.
+    max_iter : int, default=100
+        Iterations per restart (one pass over the data each).
+    n_init : int, default=1
+        Restarts; the one with the highest final lower bound is kept.
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
+        How the initial responsibilities are chosen (the same as
+        :class:`~emdist.GaussianMixture`'s for the same ``random_state``); the posterior
+        starts as the variational M-step of them.
+    weight_concentration_prior_type : {'dirichlet_process', 'dirichlet_distribution'}, \
+default='dirichlet_process'
+        Stick-breaking (truncated Dirichlet process) or finite Dirichlet prior on the
+        weights.
+    weight_concentration_prior : float, optional
+        ``γ`` / ``α_0`` > 0; higher values activate more components. Default
+        ``1 / n_components``.
+    mean_precision_prior : float, optional
+        ``β_0`` > 0; larger values pull the means towards ``mean_prior``. Default 1.
+    mean_prior : array-like of shape (n_features,), optional
+        ``m_0``. Default: the mean of X.
+    degrees_of_freedom_prior : float, optional
+        ``ν_0`` > ``n_features - 1``. Default ``n_features``.
+    covariance_prior : float or array-like, optional
+        ``W_0⁻¹``: (n_features, n_features) for full and tied, (n_features,) for diag, a
+        float for spherical. Default: the empirical covariance of X (``ddof=1``; the full
+        matrix costs one extra pass over the data).
+    random_state : int, RandomState, Generator or None, default=None
+    warm_start : bool, default=False
+        Start from the previous fit's posterior (one restart).
+    init_sample_size : int, optional
+        Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
+    observer : callable, optional
+        Called with an :class:`emdist.engine.IterationState` after every iteration;
+        returning ``True`` stops the fit.
+    checkpoint : CheckpointStore, str or path, optional
+        Where to commit the fit state after iterations (see
+        :class:`emdist.io.checkpoint.CheckpointStore`). A fit given a location that holds a
+        checkpoint of the same configuration and data resumes from it and ends with exactly
+        the model of an uninterrupted fit; one of another configuration or data is refused.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+        Expected mixing weights ``E[π_k]``.
+    means_ : ndarray of shape (n_components, n_features)
+        Posterior means ``m_k`` of the component means.
+    covariances_, precisions_, precisions_cholesky_ : ndarray
+        ``W_k⁻¹ / ν_k``, its inverse ``ν_k W_k`` (the expected precision) and the latter's
+        Cholesky factor; shaped by ``covariance_type`` as in
+        :class:`~emdist.GaussianMixture`.
+    weight_concentration_ : ndarray of shape (2, n_components) or (n_components,)
+        ``dirichlet_process``: the Beta parameters ``(a_k, b_k)`` of the stick-breaking
+        fractions, one per row — scikit-learn's tuple ``(a, b)`` as an array, so
+        ``a, b = weight_concentration_`` works the same (and the model saves as arrays);
+        ``dirichlet_distribution``: the Dirichlet ``α_k``.
+    mean_precision_ : ndarray of shape (n_components,)
+        ``β_k``.
+    degrees_of_freedom_ : ndarray of shape (n_components,) or float (tied)
+        ``ν_k``.
+    weight_concentration_prior_, mean_precision_prior_, mean_prior_, \
+degrees_of_freedom_prior_, covariance_prior_ :
+        The priors used, defaults resolved.
+    converged_ : bool
+    n_iter_ : int
+    lower_bound_ : float
+        scikit-learn's lower bound divided by ``n_samples``: the ELBO per sample, up to an
+        additive constant fixed by the priors, ``n_samples`` and ``n_features`` (scikit-learn
+        drops those terms; compare bounds only between fits of the same data and priors).
+        It belongs to the responsibilities of the last pass together with the posterior
+        computed from them, i.e. the fitted parameters. scikit-learn's ``lower_bound_`` is
+        this times ``n_samples``.
+    lower_bounds_ : list of float
+        ``lower_bound`` per iteration of the best restart (never decreasing).
+    n_features_in_ : int
+
+    Notes
+    -----
+    ``predict``, ``predict_proba`` and ``score_samples`` use the variational
+    responsibilities (Bishop eq. 10.46-10.49), as scikit-learn: ``score_samples`` is
+    ``log Σ_k ρ_k(x)``, not the log-density of a plug-in mixture.
+    """
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        covariance_type: CovarianceType = "full",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        weight_concentration_prior_type: WeightPriorType = "dirichlet_process",
+        weight_concentration_prior: float | None = None,
+        mean_precision_prior: float | None = None,
+        mean_prior: AnyArray | None = None,
+        degrees_of_freedom_prior: float | None = None,
+        covariance_prior: AnyArray | float | None = None,
+        random_state: Any = None,
+        warm_start: bool = False,
+        init_sample_size: int | None = None,
+        observer: Observer | None = None,
+        checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weight_concentration_prior_type = weight_concentration_prior_type
+        self.weight_concentration_prior = weight_concentration_prior
+        self.mean_precision_prior = mean_precision_prior
+        self.mean_prior = mean_prior
+        self.degrees_of_freedom_prior = degrees_of_freedom_prior
+        self.covariance_prior = covariance_prior
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.init_sample_size = init_sample_size
+        self.observer = observer
+        self.checkpoint = checkpoint
+
+    def _validate_params(self) -> None:
+        if not isinstance(self.n_components, int | np.integer) or self.n_components < 1:
+            raise ValueError(f"n_components must be a positive int; got {self.n_components!r}")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(
+                f"covariance_type must be one of {COVARIANCE_TYPES}; got {self.covariance_type!r}"
+            )
+        if self.init_params not in INIT_PARAMS:
+            raise ValueError(f"init_params must be one of {INIT_PARAMS}; got {self.init_params!r}")
+        if self.weight_concentration_prior_type not in WEIGHT_PRIOR_TYPES:
+            raise ValueError(
+                f"weight_concentration_prior_type must be one of {WEIGHT_PRIOR_TYPES}; "
+                f"got {self.weight_concentration_prior_type!r}"
+            )
+        for name in ("max_iter", "n_init"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        if not self.tol >= 0:
+            raise ValueError(f"tol must be >= 0; got {self.tol!r}")
+        if not self.reg_covar >= 0:
+            raise ValueError(f"reg_covar must be >= 0; got {self.reg_covar!r}")
+
+    def fit(self, X: Any, y: Any = None) -> Self:
+        """Fit the variational posterior by coordinate ascent on the ELBO.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+            Data of shape (n_samples, n_features); a path names a Zarr array.
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        covariance_type: CovarianceType = self.covariance_type
+        K = int(self.n_components)
+        user = _check_priors(self, _n_features(X), covariance_type)
+        checkpoint = as_checkpoint(self.checkpoint)
+        seed = fit_seed(self.random_state, checkpoint)
+        # The same derivation as GaussianMixture: the same random_state gives the same
+        # scan sample and the same initial responsibilities.
+        sample_seed, restarts_seed = child_seeds(seed, 2)
+        warm = bool(self.warm_start) and hasattr(self, "converged_")
+        n_init = 1 if warm else int(self.n_init)
+        previous = self._params() if warm else None
+
+        def make_start(restart: int, restart_seed: int) -> VariationalParams:
+            if previous is not None:
+                return previous
+            stats = initial_resp_stats(
+                data,
+                n_components=K,
+                covariance_type=covariance_type,
+                init_params=self.init_params,
+                seed=restart_seed,
+            )
+            return variational_mstep(stats, priors, covariance_type, family.reg_covar)
+
+        with compute_context():
+            data = prepare_fit_data(
+                X,
+                n_clusters=K,
+                seed=sample_seed,
+                sample_size=self.init_sample_size,
+                what="n_components",
+            )
+            priors = resolve_priors(
+                data,
+                n_components=K,
+                covariance_type=covariance_type,
+                weight_concentration_prior_type=self.weight_concentration_prior_type,
+                weight_concentration_prior=user.weight_concentration,
+                mean_precision_prior=user.mean_precision,
+                mean_prior=user.mean,
+                degrees_of_freedom_prior=user.degrees_of_freedom,
+                covariance_prior=user.covariance,
+            )
+            family = BayesianMixtureFamily(covariance_type, float(self.reg_covar), priors)
+            best = run_restarts(
+                data,
+                family,
+                n_init=n_init,
+                seeds=child_seeds(restarts_seed, n_init),
+                make_start=make_start,
+                params_from_arrays=VariationalParams,
+                score=lambda result: result.lower_bound,
+                tol=float(self.tol),
+                max_iter=int(self.max_iter),
+                observer=self.observer,
+                checkpoint=checkpoint,
+                config=estimator_config(self, n_init=n_init, warm_start=warm),
+                seed=seed,
+            )
+        self._set_priors(priors)
+        self._set_params(best.params)
+        self.converged_ = best.converged
+        self.n_iter_ = best.n_iter
+        self.lower_bound_ = best.lower_bound
+        self.lower_bounds_ = list(best.lower_bounds)
+        self.n_features_in_ = data.summary.n_features
+        if not best.converged:
+            warnings.warn(
+                f"BayesianGaussianMixture did not converge in max_iter={self.max_iter} "
+                f"iterations (last change of the per-sample lower bound above "
+                f"tol={self.tol}); try different init parameters, or increase max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def _set_priors(self, priors: VariationalPriors) -> None:
+        self.weight_concentration_prior_ = priors.weight_concentration
+        self.mean_precision_prior_ = priors.mean_precision
+        self.mean_prior_ = priors.mean
+        self.degrees_of_freedom_prior_ = priors.degrees_of_freedom
+        self.covariance_prior_ = priors.covariance
+
+    def _set_params(self, params: VariationalParams) -> None:
+        self.weight_concentration_ = params.weight_concentration
+        self.mean_precision_ = params.mean_precision
+        self.means_ = params.means
+        dof = params.degrees_of_freedom
+        self.degrees_of_freedom_: FloatArray | float = float(dof) if dof.ndim == 0 else dof
+        self.covariances_ = params.covariances
+        self.precisions_cholesky_ = params.precisions_cholesky
+        self.precisions_ = precisions_from_cholesky(
+            params.precisions_cholesky, self.covariance_type
+        )
+        self.weights_ = params.weights
+
+    def _params(self) -> VariationalParams:
+        return VariationalParams(
+            np.asarray(self.weight_concentration_, dtype=np.float64),
+            self.mean_precision_,
+            self.means_,
+            np.asarray(self.degrees_of_freedom_, dtype=np.float64),
+            self.covariances_,
+            self.precisions_cholesky_,
+        )
+
+    def _chunk_fns(
+        self,
+    ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], tuple[Any, ...]]:
+        return (
+            variational_labels_chunk,
+            variational_proba_chunk,
+            variational_score_samples_chunk,
+            (self._params(), self.covariance_type),
+        )
+
+    def score_samples(self, X: Any) -> Any:
+        """``log Σ_k ρ_k(x)`` of every sample (scikit-learn's meaning); lazy for non-numpy input.
+
+        ``ρ_k`` are the unnormalised variational responsibilities (Bishop eq. 10.46); this
+        is what scikit-learn's ``BayesianGaussianMixture.score_samples`` returns, not the
+        log-density of a plug-in mixture.
+        """
+        return super().score_samples(X)
+
+    def sample(self, n_samples: int = 1) -> tuple[FloatArray, AnyArray]:
+        """Draw samples from the mixture with the fitted weights, means and covariances.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            Component of every sample.
+        """
+        self._check_fitted()
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1; got {n_samples}")
+        rng = np.random.default_rng(
+            None if self.random_state is None else resolve_seed(self.random_state)
+        )
+        counts = rng.multinomial(n_samples, self.weights_)
+        d = self.n_features_in_
+        parts = []
+        for k, count in enumerate(counts):
+            if self.covariance_type == "full":
+                cov = self.covariances_[k]
+            elif self.covariance_type == "tied":
+                cov = self.covariances_
+            elif self.covariance_type == "diag":
+                cov = np.diag(self.covariances_[k])
+            else:
+                cov = np.eye(d) * self.covariances_[k]
+            parts.append(rng.multivariate_normal(self.means_[k], cov, int(count)))
+        y = np.repeat(np.arange(len(counts)), counts)
+        return np.vstack(parts), y
