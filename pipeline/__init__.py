@@ -1,0 +1,1 @@
+"""The clustering job as plain Python steps, its configuration and its CLI (no Prefect)."""

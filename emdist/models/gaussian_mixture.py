@@ -489,6 +489,27 @@ class GaussianMixture(BaseMixture):
             shape = as_dask_array(X).shape
         return int(shape[0])
 
+    def information_criteria(self, X: Any) -> dict[str, float]:
+        """Mean log-likelihood, BIC and AIC of ``X`` from one pass over it.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+
+        Returns
+        -------
+        dict
+            ``{"score": ..., "bic": ..., "aic": ...}``.
+        """
+        n = self._n_samples(X)
+        score = self.score(X)
+        p = self._n_parameters()
+        return {
+            "score": score,
+            "bic": float(-2 * score * n + p * np.log(n)),
+            "aic": float(-2 * score * n + 2 * p),
+        }
+
     def bic(self, X: Any) -> float:
         """Bayesian information criterion of the model on ``X`` (lower is better)."""
         n = self._n_samples(X)

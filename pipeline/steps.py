@@ -1,0 +1,380 @@
+"""The job's steps as plain functions: prepare data → fit → label → report.
+
+Each step takes the validated :class:`~pipeline.config.RunConfig` and small references
+(paths, addresses), and returns a small, JSON-able reference: the orchestrator (the Prefect
+flow in ``flows/``, or the CLI) passes these between steps, never arrays. Every step is
+idempotent: re-running it after a failure resumes (fit) or redoes it atomically (outputs).
+Nothing here knows Prefect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+from distributed import Client
+
+import emdist
+from emdist.engine.em import IterationState, Observer
+from emdist.io.checkpoint import CheckpointStore
+from emdist.io.sources import open_zarr_array
+from emdist.io.synthetic import make_gaussian_mixture, open_synthetic
+from pipeline.config import ModelConfig, RunConfig
+
+__all__ = [
+    "DatasetRef",
+    "FitSummary",
+    "PredictionsRef",
+    "SelectionResult",
+    "build_estimator",
+    "connect",
+    "fit_model",
+    "label_data",
+    "prepare_data",
+    "select_components",
+]
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset ready for fitting: a row-chunked Zarr array on disk."""
+
+    path: str
+    n_samples: int
+    n_features: int
+    chunk_rows: int
+    n_chunks: int
+    truth: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    """What a fit produced, for the report and the orchestrator."""
+
+    model_path: str
+    family: str
+    n_components: int
+    n_iter: int
+    converged: bool
+    lower_bounds: list[float]
+    iteration_seconds: list[float]
+    fit_seconds: float
+    resumed_iterations: int
+    score: float | None = None
+    bic: float | None = None
+    aic: float | None = None
+    inertia: float | None = None
+    weights: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PredictionsRef:
+    """Labels written to Zarr, with the size of every cluster."""
+
+    path: str
+    counts: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """A fit per candidate number of components, and the pick."""
+
+    rows: list[dict[str, Any]]
+    best_k: int
+    criterion: str
+    best_fit: FitSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def connect(scheduler: str | None) -> Iterator[Client | None]:
+    """A client of the scheduler at ``scheduler``, or the local threaded scheduler."""
+    if scheduler is None:
+        yield None
+        return
+    with Client(scheduler, set_as_default=True) as client:
+        yield client
+
+
+def _describe(path: Path, truth: str | None = None) -> DatasetRef:
+    arr = open_zarr_array(path)
+    rows = int((arr.shards or arr.chunks)[0])
+    n = int(arr.shape[0])
+    return DatasetRef(
+        path=str(path),
+        n_samples=n,
+        n_features=int(arr.shape[1]),
+        chunk_rows=rows,
+        n_chunks=-(-n // rows),
+        truth=truth,
+    )
+
+
+def prepare_data(config: RunConfig) -> DatasetRef:
+    """Make the input a row-chunked Zarr array: generate it, ingest it, or open it.
+
+    Idempotent: a generated dataset with the same settings, or an ingested one from the
+    same unchanged source, is reused.
+    """
+    from pipeline.ingest import ingest
+
+    gen = config.input.generate
+    if gen is not None:
+        group = config.synthetic_path
+        with contextlib.suppress(Exception):
+            existing = open_synthetic(group)
+            same = (
+                existing.n_samples,
+                existing.n_features,
+                existing.n_components,
+                existing.truth.covariance_type,
+                existing.separation,
+                existing.chunk_rows,
+                existing.seed,
+            ) == (
+                gen.n_samples,
+                gen.n_features,
+                gen.n_components,
+                gen.covariance_type,
+                gen.separation,
+                min(gen.chunk_rows, gen.n_samples),
+                gen.random_state,
+            )
+            if same:
+                return _describe(existing.data_path, str(group))
+        ds = make_gaussian_mixture(
+            group,
+            n_samples=gen.n_samples,
+            n_features=gen.n_features,
+            n_components=gen.n_components,
+            covariance_type=gen.covariance_type,
+            separation=gen.separation,
+            chunk_rows=gen.chunk_rows,
+            random_state=gen.random_state,
+            overwrite=True,
+        )
+        return _describe(ds.data_path, str(group))
+    assert config.input.path is not None
+    source = Path(config.input.path)
+    if config.data_path == source:
+        return _describe(source)
+    result = ingest(
+        source,
+        config.data_path,
+        source_format=None if config.input.format == "auto" else config.input.format,
+        dataset=config.input.dataset,
+        overwrite=config.output.overwrite,
+    )
+    return _describe(Path(result.path))
+
+
+def build_estimator(
+    model: ModelConfig,
+    *,
+    checkpoint: CheckpointStore | None = None,
+    observer: Observer | None = None,
+) -> Any:
+    """The estimator a model configuration describes."""
+    common: dict[str, Any] = {
+        "max_iter": model.max_iter,
+        "n_init": model.n_init,
+        "random_state": model.random_state,
+        "init_sample_size": model.init_sample_size,
+        "observer": observer,
+        "checkpoint": checkpoint,
+    }
+    if model.tol is not None:
+        common["tol"] = model.tol
+    if model.family == "kmeans":
+        init: Literal["k-means++", "random"] = (
+            "random" if model.init_params in ("random", "random_from_data") else "k-means++"
+        )
+        return emdist.KMeans(n_clusters=model.n_components, init=init, **common)
+    mixture: dict[str, Any] = {
+        "n_components": model.n_components,
+        "covariance_type": model.covariance_type,
+        "reg_covar": model.reg_covar,
+        "init_params": model.init_params,
+        **common,
+    }
+    if model.family == "gmm":
+        return emdist.GaussianMixture(**mixture)
+    bgmm = emdist.BayesianGaussianMixture
+    return bgmm(
+        weight_concentration_prior_type=model.weight_concentration_prior_type,
+        weight_concentration_prior=model.weight_concentration_prior,
+        **mixture,
+    )
+
+
+def checkpoint_store(config: RunConfig, path: Path | None = None) -> CheckpointStore | None:
+    """The checkpoint store of the fit, or ``None`` when checkpoints are off."""
+    if not config.checkpoint.enabled:
+        return None
+    return CheckpointStore(
+        path or config.checkpoint_path,
+        every=config.checkpoint.every,
+        keep=config.checkpoint.keep,
+        overwrite=config.checkpoint.restart,
+    )
+
+
+def _fit_and_save(
+    model: ModelConfig,
+    data: DatasetRef,
+    model_path: Path,
+    checkpoint: CheckpointStore | None,
+    observer: Observer | None,
+) -> FitSummary:
+    seconds: list[float] = []
+    first_iteration: list[int] = []
+
+    def watch(state: IterationState[Any]) -> bool | None:
+        if not first_iteration:
+            first_iteration.append(state.iteration)
+        seconds.append(state.seconds)
+        return observer(state) if observer is not None else None
+
+    estimator = build_estimator(model, checkpoint=checkpoint, observer=watch)
+    start = time.perf_counter()
+    estimator.fit(data.path)
+    fit_seconds = time.perf_counter() - start
+    extra: dict[str, Any] = {}
+    if model.family == "kmeans":
+        extra["inertia"] = float(estimator.inertia_)
+    else:
+        crit = estimator.information_criteria(data.path)
+        extra.update(score=crit["score"], bic=crit["bic"], aic=crit["aic"])
+        extra["weights"] = [float(w) for w in estimator.weights_]
+    emdist.save_model(estimator, model_path, overwrite=True)
+    return FitSummary(
+        model_path=str(model_path),
+        family=model.family,
+        n_components=model.n_components,
+        n_iter=int(estimator.n_iter_),
+        converged=bool(estimator.converged_),
+        lower_bounds=[float(v) for v in estimator.lower_bounds_],
+        iteration_seconds=seconds,
+        fit_seconds=fit_seconds,
+        resumed_iterations=(first_iteration[0] - 1) if first_iteration else 0,
+        **extra,
+    )
+
+
+def fit_model(
+    config: RunConfig,
+    data: DatasetRef,
+    *,
+    scheduler: str | None = None,
+    observer: Observer | None = None,
+) -> FitSummary:
+    """Fit the configured model to the dataset, checkpointed, and save it.
+
+    Re-running after a crash resumes from the checkpoint and ends with the same model.
+
+    Parameters
+    ----------
+    config : RunConfig
+    data : DatasetRef
+    scheduler : str, optional
+        Address of a Dask scheduler; the local threaded scheduler when ``None``.
+    observer : callable, optional
+        Called after every EM iteration (progress bars, logging).
+
+    Returns
+    -------
+    FitSummary
+    """
+    with connect(scheduler):
+        return _fit_and_save(
+            config.model, data, config.model_path, checkpoint_store(config), observer
+        )
+
+
+def label_data(
+    config: RunConfig, data: DatasetRef, model_path: str, *, scheduler: str | None = None
+) -> PredictionsRef:
+    """Write labels (and optional per-sample outputs) next to the data, atomically."""
+    model = emdist.load_model(model_path)
+    mixture = config.model.family != "kmeans"
+    with connect(scheduler):
+        path = emdist.write_predictions(
+            model,
+            data.path,
+            config.predictions_path,
+            responsibilities=config.output.responsibilities and mixture,
+            log_likelihood=config.output.log_likelihood and mixture,
+            overwrite=True,
+        )
+        labels = zarr.open_array(str(path / "labels"), mode="r")
+        import dask.array as da
+
+        counts = np.bincount(da.from_zarr(labels).compute(), minlength=config.model.n_components)
+    return PredictionsRef(str(path), [int(c) for c in counts])
+
+
+def select_components(
+    config: RunConfig,
+    data: DatasetRef,
+    candidates: list[int],
+    *,
+    scheduler: str | None = None,
+    observer: Observer | None = None,
+) -> SelectionResult:
+    """Fit one model per candidate number of components and pick the lowest BIC.
+
+    Each candidate has its own checkpoint and model path under the output folder, so a
+    re-run resumes the candidates that were interrupted and reuses the finished ones.
+    """
+    if not candidates:
+        raise ValueError("select_k needs at least one candidate number of components")
+    criterion = "inertia" if config.model.family == "kmeans" else "bic"
+    rows: list[dict[str, Any]] = []
+    fits: dict[int, FitSummary] = {}
+    base = Path(config.output.dir) / "select-k"
+    with connect(scheduler):
+        for k in sorted(set(candidates)):
+            model = config.model.model_copy(update={"n_components": k})
+            fit = _fit_and_save(
+                model,
+                data,
+                base / f"k{k}" / "model.zarr",
+                checkpoint_store(config, base / f"k{k}" / "checkpoint.zarr"),
+                observer,
+            )
+            fits[k] = fit
+            rows.append(
+                {
+                    "k": k,
+                    "bic": fit.bic,
+                    "aic": fit.aic,
+                    "inertia": fit.inertia,
+                    "lower_bound": fit.lower_bounds[-1] if fit.lower_bounds else None,
+                    "n_iter": fit.n_iter,
+                    "converged": fit.converged,
+                    "model_path": fit.model_path,
+                }
+            )
+    best = min(rows, key=lambda r: r[criterion])
+    return SelectionResult(rows, int(best["k"]), criterion, fits[int(best["k"])])
