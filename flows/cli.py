@@ -31,6 +31,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from flows.pipeline_flow import clustering_pipeline
+    from pipeline.demo import demo_config
+
+    config = demo_config(args.out, n_samples=args.n_samples)
+    start = time.perf_counter()
+    result = clustering_pipeline(config=config.model_dump())
+    print(
+        f"demo: {result['n_iter']} EM iterations "
+        f"({'converged' if result['converged'] else 'not converged'}), mean log-likelihood "
+        f"{result['lower_bound']:.4f}, BIC {result['bic']:.1f}, cluster sizes {result['counts']}"
+    )
+    print(f"wall time {time.perf_counter() - start:.1f} s; report: {result['report']}")
+    return 0
+
+
 def _cmd_select_k(args: argparse.Namespace) -> int:
     from flows.pipeline_flow import choose_components
     from pipeline.config import load_config
@@ -70,6 +88,11 @@ def build_full_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the whole job (ingest → fit → label → report) as a flow")
     p.add_argument("--config", required=True, help="YAML or TOML run configuration")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="generate a dataset and run the whole job on it (defaults)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--n-samples", type=int, default=1_000_000)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("select-k", help="fit a range of K and pick the best by BIC")
     p.add_argument("--config", required=True)

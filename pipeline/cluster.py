@@ -9,6 +9,7 @@ started here is closed on exit, also when the job fails.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -42,6 +43,8 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         with Client(config.address, set_as_default=True) as client:
             yield client
         return
+    # INFO from the scheduler and nannies drowns the job's own log lines.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     cores = os.cpu_count() or 1
     threads = config.threads_per_worker or 1
     workers = config.n_workers or max(1, cores // threads)

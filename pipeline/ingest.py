@@ -353,7 +353,7 @@ def _open_hdf5(path: Path, dataset: str | None) -> _ArrayReader:
             candidates = _hdf5_candidates(file)
             if len(candidates) != 1:
                 raise ValueError(
-                    f"{path} holds {len(candidates)} 2-D datasets "
+                    f"{path} holds {len(candidates)} two-dimensional datasets "
                     f"({', '.join(candidates) or 'none'}); pass dataset= to choose one"
                 )
             dataset = candidates[0]
