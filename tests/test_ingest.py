@@ -1,0 +1,449 @@
+"""pipeline.ingest: every format round-trips exactly; bad files fail loudly and leave nothing.
+
+All sources are real files written to ``tmp_path`` by the libraries users write them with
+(numpy, pyarrow, h5py, zarr, plain text); outputs are real Zarr v3 arrays read back with zarr.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+import emdist
+from emdist.io import as_dask_array
+from emdist.io.atomic import OutputExistsError, recover_output
+from pipeline.ingest import (
+    DEFAULT_CHUNK_BYTES,
+    IngestError,
+    chunk_rows_for_bytes,
+    detect_format,
+    ingest,
+)
+
+NAMES = ["alpha", "beta", "gamma", "delta"]
+CSV_ENGINES = ["numpy", "pyarrow"]
+
+
+@pytest.fixture(scope="module")
+def X() -> np.ndarray:
+    """1003 x 4 values of very different magnitudes: exactness is not an accident of scale."""
+    rng = np.random.default_rng(42)
+    X = rng.standard_normal((1003, 4)) * np.array([1.0, 1e-8, 1e12, 3.0])
+    X[0] = [0.0, -0.0, 1e-300, -1e300]
+    return X
+
+
+def write_csv(path: Path, X: np.ndarray, names: list[str] | None = None) -> Path:
+    with open(path, "w") as f:
+        if names is not None:
+            f.write(",".join(names) + "\n")
+        for row in X:
+            f.write(",".join(repr(float(v)) for v in row) + "\n")
+    return path
+
+
+def siblings(dest: Path) -> list[str]:
+    """What ingest left next to ``dest`` (partial or old outputs), besides dest itself."""
+    return sorted(p.name for p in dest.parent.glob(f"{dest.name}.*"))
+
+
+def read(dest: Path) -> zarr.Array:
+    arr = zarr.open_array(str(dest), mode="r")
+    assert arr.metadata.zarr_format == 3
+    return arr
+
+
+# --------------------------------------------------------------------------------------
+# Round trips
+
+
+def make_source(kind: str, tmp_path: Path, X: np.ndarray) -> tuple[Path, dict, list | None]:
+    """A source file holding ``X``; the ingest options it needs; the names it carries."""
+    if kind == "npy":
+        return _save(tmp_path / "x.npy", X), {}, None
+    if kind == "npy-fortran":
+        return _save(tmp_path / "x.npy", np.asfortranarray(X)), {}, None
+    if kind.startswith("csv-header"):
+        engine = kind.rsplit("-", 1)[1]
+        return write_csv(tmp_path / "x.csv", X, NAMES), {"csv_engine": engine}, NAMES
+    if kind.startswith("csv-bare"):
+        engine = kind.rsplit("-", 1)[1]
+        return write_csv(tmp_path / "x.csv", X), {"csv_engine": engine}, None
+    if kind == "parquet":
+        table = pa.table({name: X[:, j] for j, name in enumerate(NAMES)})
+        pq.write_table(table, tmp_path / "x.parquet", row_group_size=300)
+        return tmp_path / "x.parquet", {}, NAMES
+    if kind == "hdf5":
+        with h5py.File(tmp_path / "x.h5", "w") as f:
+            f.create_dataset("meta/ids", data=np.arange(10))  # 1-D: not a candidate
+            ds = f.create_dataset("group/features", data=X, chunks=(128, 4))
+            ds.attrs["feature_names"] = NAMES
+        return tmp_path / "x.h5", {}, NAMES
+    if kind == "zarr":
+        src = zarr.create_array(
+            str(tmp_path / "src.zarr"), shape=X.shape, chunks=(100, 4), dtype="float64"
+        )
+        src[...] = X
+        src.attrs["feature_names"] = NAMES
+        return tmp_path / "src.zarr", {}, NAMES
+    raise AssertionError(kind)
+
+
+def _save(path: Path, X: np.ndarray) -> Path:
+    np.save(path, X)
+    return path
+
+
+KINDS = [
+    "npy",
+    "npy-fortran",
+    "csv-header-numpy",
+    "csv-header-pyarrow",
+    "csv-bare-numpy",
+    "csv-bare-pyarrow",
+    "parquet",
+    "hdf5",
+    "zarr",
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_is_exact(kind: str, tmp_path: Path, X: np.ndarray) -> None:
+    src, options, names = make_source(kind, tmp_path, X)
+    dest = tmp_path / "out.zarr"
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    result = ingest(src, dest, chunk_rows=256, **options)
+
+    arr = read(dest)
+    np.testing.assert_array_equal(arr[...], X, strict=True)
+    assert arr.shape == X.shape == result.shape
+    assert arr.dtype == np.float64 and result.dtype == "float64"
+    assert arr.chunks == (256, 4) and result.chunk_rows == 256
+    assert arr.compressors == ()  # uncompressed by default
+    assert result.feature_names == (tuple(names) if names else None)
+    assert arr.attrs.get("feature_names") == names
+    prov = arr.attrs["provenance"]
+    assert prov["source"] == str(src.resolve())
+    assert prov["format"] == kind.split("-")[0]
+    assert prov["shape"] == prov["source_shape"] == list(X.shape)
+    assert prov["dtype"] == "float64"
+    assert prov["chunk_rows"] == 256
+    assert prov["compressor"] == "none"
+    assert prov["emdist_version"] == emdist.__version__
+    created = dt.datetime.fromisoformat(prov["created"])
+    assert created.utcoffset() == dt.timedelta(0)
+    assert before <= created <= dt.datetime.now(dt.UTC)
+    assert siblings(dest) == []
+
+
+def test_parquet_integer_columns_and_types_are_recorded(tmp_path: Path) -> None:
+    ints = np.arange(-5, 995, dtype=np.int64)
+    floats32 = np.linspace(-1, 1, 1000, dtype=np.float32)
+    pq.write_table(pa.table({"i": ints, "f": floats32}), tmp_path / "x.parquet")
+    ingest(tmp_path / "x.parquet", tmp_path / "out.zarr")
+    arr = read(tmp_path / "out.zarr")
+    np.testing.assert_array_equal(arr[:, 0], ints.astype(np.float64))
+    np.testing.assert_array_equal(arr[:, 1], floats32.astype(np.float64))
+    assert arr.attrs["provenance"]["source_dtype"] == "int64, float"
+
+
+def test_float32_output(tmp_path: Path, X: np.ndarray) -> None:
+    small = (X[:, [0, 3]] / 1e300 * 1e30).astype(np.float32)  # inside float32's range
+    np.save(tmp_path / "x.npy", small)
+    ingest(tmp_path / "x.npy", tmp_path / "out.zarr", dtype="float32")
+    arr = read(tmp_path / "out.zarr")
+    np.testing.assert_array_equal(arr[...], small, strict=True)
+    # From text, values are parsed as float64 then rounded once to float32.
+    write_csv(tmp_path / "x.csv", small.astype(np.float64))
+    ingest(tmp_path / "x.csv", tmp_path / "csv.zarr", dtype="float32")
+    np.testing.assert_array_equal(read(tmp_path / "csv.zarr")[...], small, strict=True)
+
+
+def test_csv_details(tmp_path: Path) -> None:
+    """Quoted numbers, spaces, CRLF, blank lines, a byte-order mark, a semicolon delimiter."""
+    text = '\ufeff"a";"b"\r\n1.5;"2"\r\n\r\n -3e2 ; 4\r\n\r\n'
+    (tmp_path / "x.csv").write_text(text, encoding="utf-8", newline="")
+    for engine in CSV_ENGINES:
+        dest = tmp_path / f"{engine}.zarr"
+        result = ingest(tmp_path / "x.csv", dest, delimiter=";", csv_engine=engine)
+        np.testing.assert_array_equal(read(dest)[...], [[1.5, 2.0], [-300.0, 4.0]])
+        assert result.feature_names == ("a", "b")
+
+
+def test_csv_numeric_header_needs_header_true(tmp_path: Path) -> None:
+    (tmp_path / "x.csv").write_text("1,2\n3,4\n")
+    ingest(tmp_path / "x.csv", tmp_path / "a.zarr")
+    assert read(tmp_path / "a.zarr").shape == (2, 2)
+    result = ingest(tmp_path / "x.csv", tmp_path / "b.zarr", header=True)
+    assert result.feature_names == ("1", "2") and result.shape == (1, 2)
+
+
+def test_hdf5_with_several_datasets_needs_a_name(tmp_path: Path, X: np.ndarray) -> None:
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["train"] = X
+        f["test"] = X[:10]
+    with pytest.raises(ValueError, match="2 two-dimensional datasets .test, train.; pass dataset="):
+        ingest(tmp_path / "x.h5", tmp_path / "out.zarr")
+    result = ingest(tmp_path / "x.h5", tmp_path / "out.zarr", dataset="test")
+    np.testing.assert_array_equal(read(tmp_path / "out.zarr")[...], X[:10])
+    assert read(result.path).attrs["provenance"]["dataset"] == "/test"
+
+
+def test_detect_format(tmp_path: Path) -> None:
+    assert detect_format("a/b.NPY") == "npy"
+    assert detect_format("b.tsv") == "csv"
+    assert detect_format("b.pq") == "parquet"
+    assert detect_format("b.hdf5") == "hdf5"
+    with pytest.raises(ValueError, match="source_format="):
+        detect_format("b.xlsx")
+
+
+# --------------------------------------------------------------------------------------
+# Chunking
+
+
+def test_default_chunk_is_in_the_measured_sweet_spot() -> None:
+    rows = chunk_rows_for_bytes(32, 8, DEFAULT_CHUNK_BYTES)
+    assert 50_000 <= rows <= 100_000  # ENVIRONMENT.md: 50k-100k rows of 32 float64 fastest
+    assert rows * 32 * 8 <= DEFAULT_CHUNK_BYTES < (rows + 1) * 32 * 8
+
+
+@pytest.mark.parametrize("kind", ["npy", "csv-header-pyarrow", "csv-header-numpy", "parquet"])
+@pytest.mark.parametrize("chunk_bytes", [4096, 10_000, 10**9])
+def test_chunk_rows_follow_the_byte_target(
+    kind: str, chunk_bytes: int, tmp_path: Path, X: np.ndarray
+) -> None:
+    src, options, _ = make_source(kind, tmp_path, X)
+    result = ingest(src, tmp_path / "out.zarr", chunk_bytes=chunk_bytes, **options)
+    arr = read(result.path)
+    row_bytes = X.shape[1] * 8
+    # The largest number of whole rows within the target, but never more rows than the data
+    # (Zarr stores edge chunks full-size: a huge chunk for small data wastes disk).
+    expected = min(chunk_bytes // row_bytes, X.shape[0])
+    assert arr.chunks == (expected, X.shape[1]) == (result.chunk_rows, X.shape[1])
+    np.testing.assert_array_equal(arr[...], X)
+    # The fitter's Dask blocks are the store's chunks: one block, one read.
+    assert as_dask_array(result.path).chunks[0][0] == expected
+
+
+def test_float32_halves_the_row_bytes(tmp_path: Path, X: np.ndarray) -> None:
+    np.save(tmp_path / "x.npy", np.ones((1003, 2), dtype=np.float32))
+    result = ingest(tmp_path / "x.npy", tmp_path / "o.zarr", chunk_bytes=4096, dtype="float32")
+    assert result.chunk_rows == 4096 // (2 * 4)
+
+
+# --------------------------------------------------------------------------------------
+# Validation: bad files raise a clear error and leave nothing behind
+
+BAD_CSV = {
+    # name: (text, line, data row, column index, column name, words in the message)
+    "nan": ("a,b,c\n1,2,3\n\n4,nan,6\n", 4, 1, 1, "b", "non-finite"),
+    "inf": ("a,b,c\n1,2,3\n4,5,-inf\n", 3, 1, 2, "c", "non-finite"),
+    "ragged-short": ("a,b,c\n1,2,3\n4,5\n", 3, 1, None, None, "2 value(s), expected 3"),
+    "ragged-long": ("a,b,c\n1,2,3\n4,5,6\n7,8,9,10\n", 4, 2, None, None, "4 value(s)"),
+    "text-column": ("a,b,label\n1,2,3\n4,5,cat\n", 3, 1, 2, "label", "'cat' is not a number"),
+    "empty-field": ("a,b,c\n1,2,3\n4,,6\n", 3, 1, 1, "b", "empty value"),
+    "no-header-text": ("1,2,x\n3,4,5\n", 1, 0, 2, None, "'x' is not a number"),
+}
+
+
+@pytest.mark.parametrize("engine", CSV_ENGINES)
+@pytest.mark.parametrize("case", sorted(BAD_CSV))
+def test_bad_csv_names_row_and_column_and_leaves_nothing(
+    case: str, engine: str, tmp_path: Path
+) -> None:
+    text, line, row, column, name, words = BAD_CSV[case]
+    src = tmp_path / f"{case}.csv"
+    src.write_text(text)
+    dest = tmp_path / "out.zarr"
+    with pytest.raises(IngestError) as info:
+        ingest(src, dest, csv_engine=engine, chunk_rows=1)
+    err = info.value
+    assert isinstance(err, ValueError) and isinstance(err, emdist.InvalidDataError)
+    assert (err.line, err.row, err.column, err.column_name) == (line, row, column, name)
+    message = str(err)
+    assert str(src) in message and f"line {line}" in message and words in message
+    if name is not None:
+        assert repr(name) in message
+    assert not dest.exists() and siblings(dest) == []
+
+
+@pytest.mark.parametrize("engine", CSV_ENGINES)
+def test_bad_row_far_into_the_file_is_located(engine: str, tmp_path: Path) -> None:
+    """The error is found after several chunks were written; the line number is exact."""
+    X = np.arange(30_000, dtype=np.float64).reshape(-1, 3)
+    src = write_csv(tmp_path / "x.csv", X, ["a", "b", "c"])
+    lines = src.read_text().splitlines()
+    lines[8765] = lines[8765].rsplit(",", 1)[0] + ",oops"  # line 8766, data row 8764
+    src.write_text("\n".join(lines) + "\n")
+    dest = tmp_path / "out.zarr"
+    with pytest.raises(IngestError, match="line 8766 .data row index 8764., column 'c'"):
+        ingest(src, dest, csv_engine=engine, chunk_rows=1000)
+    assert not dest.exists() and siblings(dest) == []
+
+
+def test_float32_overflow_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n3,1e300\n")
+    with pytest.raises(IngestError, match="overflows float32") as info:
+        ingest(tmp_path / "x.csv", tmp_path / "o.zarr", dtype="float32")
+    assert (info.value.line, info.value.column_name) == (3, "b")
+
+
+def test_bad_csv_does_not_touch_an_existing_good_output(tmp_path: Path, X: np.ndarray) -> None:
+    dest = tmp_path / "out.zarr"
+    ingest(write_csv(tmp_path / "good.csv", X, NAMES), dest, chunk_rows=100)
+    before = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    (tmp_path / "bad.csv").write_text("a,b,c,d\n1,2,3,4\n5,6,seven,8\n")
+    with pytest.raises(IngestError, match="'seven'"):
+        ingest(tmp_path / "bad.csv", dest, overwrite=True)
+    after = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    assert after == before
+    np.testing.assert_array_equal(read(dest)[...], X)
+    assert siblings(dest) == []
+
+
+def test_npy_problems(tmp_path: Path, X: np.ndarray) -> None:
+    bad = X.copy()
+    bad[700, 2] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(IngestError, match="data row index 700, column 2: non-finite") as info:
+        ingest(tmp_path / "nan.npy", tmp_path / "o.zarr", chunk_rows=256)
+    assert (info.value.row, info.value.column, info.value.line) == (700, 2, None)
+    np.save(tmp_path / "bool.npy", X > 0)
+    with pytest.raises(IngestError, match="dtype bool"):
+        ingest(tmp_path / "bool.npy", tmp_path / "o.zarr")
+    np.save(tmp_path / "flat.npy", X[:, 0])
+    with pytest.raises(IngestError, match="1-D"):
+        ingest(tmp_path / "flat.npy", tmp_path / "o.zarr")
+    np.save(tmp_path / "obj.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
+    with pytest.raises(IngestError, match="memory-map"):  # never unpickled
+        ingest(tmp_path / "obj.npy", tmp_path / "o.zarr")
+    np.save(tmp_path / "empty.npy", np.empty((0, 3)))
+    with pytest.raises(IngestError, match="no data rows"):
+        ingest(tmp_path / "empty.npy", tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists() and siblings(tmp_path / "o.zarr") == []
+
+
+def test_parquet_problems(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"x": [1.0, 2.0], "name": ["a", "b"]}), tmp_path / "text.parquet")
+    with pytest.raises(IngestError, match="column 'name' .index 1.: has type string") as info:
+        ingest(tmp_path / "text.parquet", tmp_path / "o.zarr")
+    assert info.value.row is None
+    pq.write_table(
+        pa.table({"x": [1.0, 2.0, 3.0], "y": pa.array([1.0, None, 3.0])}),
+        tmp_path / "null.parquet",
+    )
+    with pytest.raises(IngestError, match="data row index 1, column 'y' .index 1.: missing"):
+        ingest(tmp_path / "null.parquet", tmp_path / "o.zarr")
+    pq.write_table(pa.table({"x": [1.0], "b": [True]}), tmp_path / "bool.parquet")
+    with pytest.raises(IngestError, match="column 'b'.*type bool"):
+        ingest(tmp_path / "bool.parquet", tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists() and siblings(tmp_path / "o.zarr") == []
+
+
+# --------------------------------------------------------------------------------------
+# Overwrite and atomicity
+
+
+def test_overwrite(tmp_path: Path, X: np.ndarray) -> None:
+    dest = tmp_path / "out.zarr"
+    np.save(tmp_path / "a.npy", X)
+    np.save(tmp_path / "b.npy", X[:500] * 2)
+    ingest(tmp_path / "a.npy", dest)
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
+        ingest(tmp_path / "b.npy", dest)
+    np.testing.assert_array_equal(read(dest)[...], X)
+    ingest(tmp_path / "b.npy", dest, overwrite=True)
+    np.testing.assert_array_equal(read(dest)[...], X[:500] * 2)
+    assert siblings(dest) == []
+
+
+def test_overwrite_refuses_a_directory_that_is_not_zarr(tmp_path: Path, X: np.ndarray) -> None:
+    np.save(tmp_path / "a.npy", X)
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(FileExistsError, match="not a Zarr array"):
+        ingest(tmp_path / "a.npy", precious, overwrite=True)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_rechunk_a_zarr_array_in_place(tmp_path: Path, X: np.ndarray) -> None:
+    dest = tmp_path / "out.zarr"
+    first = ingest(write_csv(tmp_path / "x.csv", X, NAMES), dest, chunk_rows=100)
+    result = ingest(dest, dest, chunk_rows=333, compressor="zstd", overwrite=True)
+    arr = read(dest)
+    np.testing.assert_array_equal(arr[...], X)
+    assert arr.chunks == (333, 4) and result.compressor == "zstd"
+    assert arr.attrs["feature_names"] == NAMES
+    # The provenance chain still leads to the CSV.
+    assert arr.attrs["provenance"]["source_provenance"]["source"] == str(first.source.resolve())
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "lz4", "blosc-zstd"])
+def test_compressors_round_trip(compressor: str, tmp_path: Path, X: np.ndarray) -> None:
+    np.save(tmp_path / "x.npy", X)
+    result = ingest(tmp_path / "x.npy", tmp_path / "o.zarr", compressor=compressor)
+    arr = read(result.path)
+    assert len(arr.compressors) == 1
+    np.testing.assert_array_equal(arr[...], X)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pipeline.ingest import ingest
+    print("start", flush=True)
+    ingest(sys.argv[1], sys.argv[2], chunk_rows=2000, overwrite=True, compressor="zstd")
+    """
+)
+
+
+def test_sigkill_during_ingest_never_damages_the_old_output(tmp_path: Path) -> None:
+    """A real process, killed with SIGKILL mid-conversion: the old output stays whole."""
+    dest = tmp_path / "out.zarr"
+    old = np.arange(12.0).reshape(4, 3)
+    np.save(tmp_path / "old.npy", old)
+    ingest(tmp_path / "old.npy", dest)
+    big = np.random.default_rng(0).standard_normal((400_000, 3))  # ~10 MB, 200 chunks
+    np.save(tmp_path / "big.npy", big)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    rng = np.random.default_rng(7)
+    for _ in range(2):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "big.npy"), str(dest)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"start"
+        # Wait until the new array is being written beside the old one, then kill at a
+        # random moment of the conversion.
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("out.zarr.partial-*")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        # Killed mid-write, or finished first: either the old array or the complete new one.
+        arr = read(dest)
+        if arr.shape == old.shape:
+            np.testing.assert_array_equal(arr[...], old)
+            assert siblings(dest) != []  # it really was killed mid-write
+        else:
+            np.testing.assert_array_equal(arr[...], big)
+            ingest(tmp_path / "old.npy", dest, overwrite=True)
+        recover_output(dest)  # what the next ingest does first: stray partials go
+        assert siblings(dest) == []
