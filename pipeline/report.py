@@ -64,8 +64,22 @@ def data_sample(
 
 def _plot_lower_bound(fit: FitSummary, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    its = np.arange(1, len(fit.lower_bounds) + 1)
-    ax.plot(its, fit.lower_bounds, marker="o", ms=3)
+    bounds = np.asarray(fit.lower_bounds)
+    its = np.arange(1, len(bounds) + 1)
+    ax.plot(its, bounds, marker="o", ms=3)
+    if len(bounds) > 2:
+        # A seeding with tiny covariances (k-means++ init) makes the first bound enormous
+        # and flattens the rest; zoom on the later iterations and say so.
+        rest = bounds[1:]
+        span = float(rest.max() - rest.min()) or 1.0
+        if bounds[0] < rest.min() - 10 * span:
+            ax.set_ylim(rest.min() - 0.1 * span, rest.max() + 0.1 * span)
+            ax.annotate(
+                f"iteration 1: {bounds[0]:.4g} (off scale)",
+                xy=(0.02, 0.04),
+                xycoords="axes fraction",
+                fontsize=8,
+            )
     ax.set_xlabel("iteration")
     ax.set_ylabel("-inertia / n" if fit.family == "kmeans" else "lower bound per sample")
     ax.set_title(f"Convergence ({'converged' if fit.converged else 'not converged'})")
