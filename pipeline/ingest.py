@@ -980,7 +980,7 @@ def ingest(
     started = time.perf_counter()
     src = Path(source)
     out = Path(dest)
-    if not (src.exists()):
+    if not src.exists():
         raise FileNotFoundError(f"no such source: {src}")
     fmt = source_format or detect_format(src)
     target = np.dtype(dtype)
@@ -988,6 +988,8 @@ def ingest(
         raise ValueError(f"dtype must be float64 or float32; got {target}")
     if chunk_rows is not None and (not isinstance(chunk_rows, int | np.integer) or chunk_rows < 1):
         raise ValueError(f"chunk_rows must be a positive int; got {chunk_rows!r}")
+    if csv_engine not in ("auto", "pyarrow", "numpy"):
+        raise ValueError(f"csv_engine must be 'auto', 'pyarrow' or 'numpy'; got {csv_engine!r}")
     compressors, codec_name = _resolve_compressor(compressor, target.itemsize)
     _check_dest(out, overwrite)  # fail before reading a byte of a large source
 
