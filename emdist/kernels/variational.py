@@ -298,6 +298,8 @@ def variational_estep_chunk(
     -------
     VariationalStats
     """
+    if covariance_type in ("diag", "spherical"):
+        return _estep_axis_aligned(X, params, covariance_type)
     shift = params.means
     offsets = _log_offsets(params, X.shape[1])
     total = VariationalStats.zero(shift, covariance_type)
@@ -319,6 +321,61 @@ def variational_estep_chunk(
         )
     m = total.moments
     moments = MixtureStats(float(X.shape[0]), log_norm_sum, m.nk, m.sx, m.sxx, shift)
+    return VariationalStats(moments, r_log_r)
+
+
+def _estep_axis_aligned(
+    X: AnyArray, params: VariationalParams, covariance_type: CovarianceType
+) -> VariationalStats:
+    """Fused E-step for ``diag`` and ``spherical``: differences formed once, used twice.
+
+    The squared differences ``D²_k = (x - m_k)²`` give both the Mahalanobis terms and,
+    since the shift is ``m_k``, the second moments ``Σ r (x - m_k)²``; composing the generic
+    log-density and moment kernels forms them twice (measured ~2.5x slower here). Still
+    differences, never the ``x² - 2xm + m²`` expansion (DESIGN.md §3).
+    """
+    shift = params.means
+    K, d = shift.shape
+    prec = params.precisions_cholesky**2  # (K, d) diag, (K,) spherical
+    const = (
+        _log_offsets(params, d)
+        - 0.5 * d * math.log(2 * math.pi)
+        + log_det_cholesky(params.precisions_cholesky, covariance_type, d)
+    )
+    nk = np.zeros(K)
+    sx = np.zeros((K, d))
+    sxx = np.zeros((K, d)) if covariance_type == "diag" else np.zeros(K)
+    log_norm_sum = 0.0
+    r_log_r = 0.0
+    rows = sub_block_rows(2 * shift.size)
+    diff = np.empty((K, rows, d))
+    sq = np.empty((K, rows, d))
+    for _, Xb in iter_sub_blocks(X, rows):
+        b = len(Xb)
+        D, D2 = diff[:, :b], sq[:, :b]
+        np.subtract(Xb[None, :, :], shift[:, None, :], out=D)
+        np.square(D, out=D2)
+        if covariance_type == "diag":
+            maha = np.matmul(D2, prec[:, :, None])[:, :, 0]  # (K, b)
+        else:
+            row_sq = D2.sum(axis=2)  # (K, b)
+            maha = row_sq * prec[:, None]
+        log_resp = np.ascontiguousarray(maha.T)
+        log_resp *= -0.5
+        log_resp += const
+        log_norm = logsumexp_rows(log_resp)
+        log_norm_sum += float(log_norm.sum())
+        log_resp -= log_norm[:, None]
+        resp = np.exp(log_resp)
+        r_log_r += float(np.einsum("ij,ij->", resp, log_resp))
+        nk += resp.sum(axis=0)
+        resp_k = np.ascontiguousarray(resp.T)[:, None, :]  # (K, 1, b)
+        sx += np.matmul(resp_k, D)[:, 0, :]
+        if covariance_type == "diag":
+            sxx += np.matmul(resp_k, D2)[:, 0, :]
+        else:
+            sxx += np.einsum("kb,kb->k", resp_k[:, 0, :], row_sq)
+    moments = MixtureStats(float(X.shape[0]), log_norm_sum, nk, sx, sxx, shift)
     return VariationalStats(moments, r_log_r)
 
 
