@@ -131,6 +131,25 @@ def _describe(path: Path, truth: str | None = None) -> DatasetRef:
     )
 
 
+def _ingested_from(dest: Path, source: Path) -> bool:
+    """Whether ``dest`` was ingested from ``source`` as it is now (path, size, mtime)."""
+    import datetime as dt
+
+    if not (dest / "zarr.json").exists() or not source.exists():
+        return False
+    try:
+        prov = dict(open_zarr_array(dest).attrs.get("provenance") or {})  # type: ignore[arg-type]
+    except Exception:
+        return False
+    stat = source.stat()
+    mtime = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC).isoformat()
+    return bool(
+        prov.get("source") == str(source.resolve())
+        and prov.get("source_mtime") == mtime
+        and (source.is_dir() or prov.get("source_bytes") == stat.st_size)
+    )
+
+
 def prepare_data(config: RunConfig) -> DatasetRef:
     """Make the input a row-chunked Zarr array: generate it, ingest it, or open it.
 
@@ -179,6 +198,8 @@ def prepare_data(config: RunConfig) -> DatasetRef:
     source = Path(config.input.path)
     if config.data_path == source:
         return _describe(source)
+    if _ingested_from(config.data_path, source):
+        return _describe(config.data_path)
     result = ingest(
         source,
         config.data_path,
