@@ -52,6 +52,7 @@ __all__ = [
     "IngestError",
     "IngestResult",
     "SourceFormat",
+    "balanced_chunk_rows",
     "chunk_rows_for_bytes",
     "detect_format",
     "ingest",
@@ -210,6 +211,17 @@ def chunk_rows_for_bytes(n_features: int, itemsize: int, chunk_bytes: int) -> in
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be positive; got {chunk_bytes}")
     return max(1, chunk_bytes // max(1, n_features * itemsize))
+
+
+def balanced_chunk_rows(n_rows: int, max_rows: int) -> int:
+    """Rows per chunk, at most ``max_rows``, splitting ``n_rows`` into near-equal chunks.
+
+    Zarr stores the last chunk padded to the full chunk shape, so 1,000,000 rows in chunks
+    of 65,536 would take 16 full chunks on disk (5% padding when uncompressed); chunks of
+    62,500 take exactly the data. Equal chunks also make equal Dask tasks.
+    """
+    n_chunks = -(-n_rows // max_rows)
+    return -(-n_rows // n_chunks)
 
 
 # --------------------------------------------------------------------------------------
@@ -918,11 +930,12 @@ def ingest(
     dataset : str, optional
         HDF5 only: the dataset to read. Default: the file's only 2-D dataset.
     chunk_bytes : int, default=16 MiB
-        Target size of one chunk; rows per chunk is ``chunk_bytes // (n_features *
-        itemsize)`` (at least 1, at most ``n_samples``). 50k-100k rows of 32 float64
-        features (13-26 MB) read fastest on our machines.
+        Largest size of one chunk: at most ``chunk_bytes // (n_features * itemsize)``
+        rows (at least 1), lowered so that the rows split into near-equal chunks when the
+        source's length is known (every format but CSV); see :func:`balanced_chunk_rows`.
+        50k-100k rows of 32 float64 features (13-26 MB) read fastest on our machines.
     chunk_rows : int, optional
-        Rows per chunk, overriding ``chunk_bytes``.
+        Rows per chunk exactly (at most ``n_samples``), overriding ``chunk_bytes``.
     compressor : {'none', 'zstd', 'lz4', 'blosc-lz4', 'blosc-zstd'} or codec, optional
         Default: none. Dense float features barely compress (3-8%) and compressed chunks
         read several times slower; see ``benchmarks/bench_ingest.py``.
@@ -1002,13 +1015,14 @@ def ingest(
         csv_engine=csv_engine,
         dtype=target,
     )
-    rows = (
-        int(chunk_rows)
-        if chunk_rows is not None
-        else chunk_rows_for_bytes(reader.n_features, target.itemsize, chunk_bytes)
-    )
-    if reader.n_rows is not None:
-        rows = min(rows, max(1, reader.n_rows))
+    if chunk_rows is not None:
+        rows = int(chunk_rows)
+        if reader.n_rows:
+            rows = min(rows, reader.n_rows)
+    else:
+        rows = chunk_rows_for_bytes(reader.n_features, target.itemsize, chunk_bytes)
+        if reader.n_rows:
+            rows = balanced_chunk_rows(reader.n_rows, rows)
     try:
         # atomic_output writes into <dest>.partial-<id>, deletes it on any error, and on
         # success swaps it in (old dest renamed aside, new renamed in, old deleted).

@@ -57,8 +57,8 @@ GENERATION_BLOCK_ROWS = 8192
 """Rows drawn from one random stream. Part of the data's definition: changing it changes
 every dataset generated from a given seed."""
 
-# ~16 MiB chunks, as pipeline.ingest: 50k-100k rows of 32 float64 features read fastest
-# (ENVIRONMENT.md). Rounded down to whole generation blocks so chunks need no re-slicing.
+# At most 16 MiB chunks, as pipeline.ingest: 50k-100k rows of 32 float64 features read
+# fastest (ENVIRONMENT.md).
 _DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 # Standard deviations along the principal axes are drawn from this range, so that the
@@ -453,8 +453,8 @@ def make_gaussian_mixture(
     center : float or array-like of shape (n_features,), default=0.0
         Added to every mean: put the data far from the origin to test numerics.
     chunk_rows : int, optional
-        Rows per Zarr chunk. Default: about 16 MiB of data per chunk, a whole number of
-        generation blocks. The data do not depend on it.
+        Rows per Zarr chunk. Default: at most 16 MiB of data per chunk, the rows split into
+        near-equal chunks. The data do not depend on it.
     random_state : int, numpy Generator or RandomState, or None
         The seed; ``None`` draws a fresh one (stored in the attributes, so the dataset can
         be regenerated).
@@ -482,9 +482,10 @@ def make_gaussian_mixture(
     )
     n, d, K = int(n_samples), int(n_features), int(n_components)
     if chunk_rows is None:
-        by_bytes = _DEFAULT_CHUNK_BYTES // (d * out_dtype.itemsize)
-        G = GENERATION_BLOCK_ROWS
-        rows = max(G, by_bytes // G * G) if by_bytes >= G else max(1, by_bytes)
+        # At most ~16 MiB per chunk, split into near-equal chunks: Zarr pads the last chunk
+        # to full size on disk, and equal chunks make equal Dask tasks.
+        max_rows = max(1, _DEFAULT_CHUNK_BYTES // (d * out_dtype.itemsize))
+        rows = -(-n // -(-n // max_rows))
     else:
         if not isinstance(chunk_rows, int | np.integer) or chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive int; got {chunk_rows!r}")
