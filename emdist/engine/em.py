@@ -129,6 +129,7 @@ def run_em(
     observer: Observer | None = None,
     restart: int = 0,
     lower_bounds: tuple[float, ...] = (),
+    previous_bound: float | None = None,
 ) -> EMResult[P, S]:
     """Run EM from ``params`` until convergence or ``max_iter`` iterations.
 
@@ -150,13 +151,19 @@ def run_em(
         Restart index reported to the observer.
     lower_bounds : tuple of float, default=()
         History of a run being resumed: it continues at iteration ``len(lower_bounds) + 1``.
+    previous_bound : float, optional
+        Bound the first change is measured from when there is no history (a warm start);
+        ``-inf`` by default, so a fresh run never converges at its first iteration.
 
     Returns
     -------
     EMResult
     """
     history = list(lower_bounds)
-    prev = history[-1] if history else -math.inf
+    if history:
+        prev = history[-1]
+    else:
+        prev = -math.inf if previous_bound is None else float(previous_bound)
     stats: S | None = None
     converged = False
     bound = prev

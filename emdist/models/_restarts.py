@@ -90,6 +90,7 @@ def run_restarts(
     checkpoint: CheckpointStore | None,
     config: dict[str, Any],
     seed: int,
+    previous_bound: float | None = None,
 ) -> BestRun[P]:
     """Run the restarts, resuming from ``checkpoint`` if it holds a matching fit.
 
@@ -113,6 +114,8 @@ def run_restarts(
         Configuration recorded in, and checked against, the checkpoint.
     seed : int
         The fit's seed, recorded in the checkpoint.
+    previous_bound : float, optional
+        For a warm start: the previous fit's bound, which the first change is measured from.
 
     Returns
     -------
@@ -164,6 +167,7 @@ def run_restarts(
                 observer=save_iteration if checkpoint is not None else observer,
                 restart=restart,
                 lower_bounds=history,
+                previous_bound=previous_bound if restart == 0 else None,
             )
         value = float(score(result))
         if best is None or value > best.score:

@@ -137,14 +137,14 @@ def initial_mixture_params(
         precs = _check_user_array(
             precisions_init, _precisions_shape(covariance_type, K, d), "precisions_init"
         )
+        if covariance_type in ("diag", "spherical") and np.any(precs <= 0):
+            raise ValueError("precisions_init must be positive")
         try:
             prec_chol = precision_cholesky_from_precisions(precs, covariance_type)
         except np.linalg.LinAlgError:
             raise ValueError("precisions_init must be symmetric positive definite") from None
-        if not np.all(np.isfinite(prec_chol)) or (
-            covariance_type in ("diag", "spherical") and np.any(precs <= 0)
-        ):
-            raise ValueError("precisions_init must be positive")
+        if not np.all(np.isfinite(prec_chol)):
+            raise ValueError("precisions_init must be symmetric positive definite")
         covariances = covariances_from_precisions(precs, covariance_type)
     if weights is not None and means is not None and prec_chol is not None:
         return MixtureParams(weights, means, covariances, prec_chol)
@@ -430,6 +430,9 @@ class GaussianMixture(BaseMixture):
                 checkpoint=checkpoint,
                 config=estimator_config(self, n_init=n_init, warm_start=warm),
                 seed=seed,
+                # As scikit-learn: a warm start's first change is measured from the last
+                # bound of the previous fit, so it can converge at once.
+                previous_bound=self.lower_bound_ if warm else None,
             )
         self._set_params(best.params)
         self.converged_ = best.converged

@@ -304,6 +304,15 @@ default='k-means++'
         self.lower_bounds_ = list(best.lower_bounds)
         self.n_features_in_ = data.summary.n_features
         self.labels_ = self.predict(X if data.in_memory else data.X)
+        distinct = len(np.unique(self.cluster_centers_, axis=0))
+        if distinct < self.cluster_centers_.shape[0]:
+            warnings.warn(
+                f"Number of distinct clusters ({distinct}) found smaller than "
+                f"n_clusters ({self.cluster_centers_.shape[0]}). Possibly due to duplicate "
+                f"points in X.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         if not best.converged:
             warnings.warn(
                 f"KMeans did not converge in max_iter={self.max_iter} iterations; "
