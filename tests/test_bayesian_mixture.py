@@ -287,7 +287,11 @@ def test_statistics_add_associatively(X: np.ndarray) -> None:
 
 @pytest.mark.parametrize(
     ("covariance_type", "prior_type"),
-    [("full", "dirichlet_process"), ("diag", "dirichlet_distribution")],
+    [
+        ("full", "dirichlet_process"),
+        ("diag", "dirichlet_distribution"),
+        ("spherical", "dirichlet_process"),
+    ],
 )
 def test_prunes_to_the_three_true_components(covariance_type: str, prior_type: str) -> None:
     rng = np.random.default_rng(0)
@@ -297,9 +301,7 @@ def test_prunes_to_the_three_true_components(covariance_type: str, prior_type: s
         10,
         covariance_type=covariance_type,
         weight_concentration_prior_type=prior_type,
-        weight_concentration_prior=1e-3,
         max_iter=500,
-        tol=1e-6,
         random_state=0,
     ).fit(X)
     assert model.converged_

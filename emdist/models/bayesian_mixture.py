@@ -352,12 +352,16 @@ class BayesianGaussianMixture(BaseMixture):
     n_components : int, default=1
         Upper bound on the number of components.
     covariance_type : {'full', 'tied', 'diag', 'spherical'}, default='full'
-    tol : float, default=1e-3
+    tol : float, default=1e-5
         Converged when the **per-sample** lower bound changes by less than ``tol``. Unlike
         scikit-learn, which compares the change of the *total* bound with ``tol``, this
         ``tol`` means the same for any dataset size and the same as for
         :class:`~emdist.GaussianMixture`; scikit-learn's ``tol=t`` on ``n`` samples is
-        ``tol=t / n`` here.
+        ``tol=t / n`` here. The default is smaller than scikit-learn's ``1e-3`` because
+        unneeded components fade slowly, with small per-sample gains: on 3 clusters of 700
+        points fitted with 10 components, ``tol=1e-3`` per sample stopped after 25
+        iterations with 8 components above 1% weight, ``1e-5`` after 88 with 3 (scikit-learn,
+        whose ``1e-3`` on the total is ``5e-7`` per sample there, ran 100).
     reg_covar : float, default=1e-6
         Added to the diagonal of the empirical covariances of the components.
     max_iter : int, default=100
@@ -446,7 +450,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         n_components: int = 1,
         *,
         covariance_type: CovarianceType = "full",
-        tol: float = 1e-3,
+        tol: float = 1e-5,
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
