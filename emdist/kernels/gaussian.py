@@ -13,10 +13,12 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from emdist._typing import CovarianceType, FloatArray
+from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.exceptions import FitError
+from emdist.kernels._blocks import component_block_rows, iter_sub_blocks_t
 
 __all__ = [
+    "ComponentBlocks",
     "compute_precision_cholesky",
     "covariances_from_precisions",
     "estimate_log_gaussian_prob",
@@ -80,7 +82,9 @@ def precisions_from_cholesky(
 ) -> FloatArray:
     """Precision matrices ``U Uᵀ`` from their Cholesky factors."""
     if covariance_type == "full":
-        return np.einsum("kij,klj->kil", precisions_cholesky, precisions_cholesky)
+        return np.asarray(
+            np.einsum("kij,klj->kil", precisions_cholesky, precisions_cholesky), dtype=np.float64
+        )
     if covariance_type == "tied":
         return precisions_cholesky @ precisions_cholesky.T
     return precisions_cholesky**2
@@ -126,8 +130,123 @@ def log_det_cholesky(
     return np.asarray(n_features * np.log(precisions_cholesky))
 
 
+class ComponentBlocks:
+    """Differences of a sub-block to every component, and their log-densities.
+
+    Works feature-major: a sub-block arrives transposed, ``Xt`` of shape ``(d, m)``, and
+    :meth:`centre` fills ``Z[k] = Xt - s_k`` for every component, ``Z`` of shape
+    ``(K, d, m)``. Every elementwise step then runs along the ``m`` rows (long contiguous
+    loops instead of one short loop per row of ``d`` values), and the per-component products
+    are GEMMs on ``(d, d) @ (d, m)`` blocks. All temporaries are allocated once per chunk.
+
+    The differences are formed before anything is multiplied, so the log-densities keep
+    their precision far from the origin, and the same ``Z`` (when the shift is the means)
+    gives the second moments of the E-step without being formed again.
+
+    Parameters
+    ----------
+    shift : ndarray of shape (n_components, n_features)
+        The ``s_k``: the means for log-densities, any shift for moments only.
+    precisions_cholesky : ndarray or None
+        Shaped by ``covariance_type``; ``None`` when no log-density is needed.
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    rows : int, optional
+        Rows per sub-block; by default such that each temporary is about 1 MB.
+
+    Attributes
+    ----------
+    Z : ndarray of shape (n_components, n_features, m)
+        Differences of the current sub-block.
+    Z2 : ndarray of shape (n_components, n_features, m)
+        ``Z²`` (``diag`` only): the diagonal second moments and the log-densities use it.
+    ZZ : ndarray of shape (n_components, 2 n_features, m)
+        ``Z`` and ``Z2`` stacked (``diag`` only), so one product reduces both.
+    D : ndarray of shape (n_components, m)
+        ``‖Z_k‖²`` per row (``spherical`` only).
+    Y : ndarray of shape (n_components, n_features, m)
+        Scratch of ``Z``'s shape (``full``/``tied``: whitened differences, then the
+        responsibility-weighted differences).
+    """
+
+    def __init__(
+        self,
+        shift: FloatArray,
+        precisions_cholesky: FloatArray | None,
+        covariance_type: CovarianceType,
+        rows: int | None = None,
+    ) -> None:
+        K, d = shift.shape
+        self.shift = shift
+        self.covariance_type = covariance_type
+        width = 2 * d if covariance_type == "diag" else d
+        self.rows = component_block_rows(K, width) if rows is None else int(rows)
+        self._shift_col = shift[:, :, None]
+        self._m = -1
+        if precisions_cholesky is not None:
+            self._log_det = np.broadcast_to(
+                log_det_cholesky(precisions_cholesky, covariance_type, d), (K,)
+            )[:, None]
+            self._const = d * np.log(2 * np.pi)
+            if covariance_type == "full":
+                self._ut = np.ascontiguousarray(precisions_cholesky.transpose(0, 2, 1))
+            elif covariance_type == "tied":
+                self._ut = np.ascontiguousarray(precisions_cholesky.T)
+            elif covariance_type == "diag":
+                self._p2 = (precisions_cholesky**2)[:, None, :]
+            else:
+                self._p2 = (precisions_cholesky**2)[:, None]
+
+    def _allocate(self, m: int) -> None:
+        K, d = self.shift.shape
+        self._m = m
+        if self.covariance_type == "diag":
+            self.ZZ = np.empty((K, 2 * d, m))
+            self.Z = self.ZZ[:, :d]
+            self.Z2 = self.ZZ[:, d:]
+        else:
+            self.Z = np.empty((K, d, m))
+        if self.covariance_type in ("full", "tied"):
+            self.Y = np.empty((K, d, m))
+        if self.covariance_type == "spherical":
+            self.D = np.empty((K, m))
+        self.log_prob_out = np.empty((K, m))
+
+    def centre(self, Xt: FloatArray) -> None:
+        """Form the differences of the sub-block ``Xt`` (shape ``(d, m)``) to every shift."""
+        m = Xt.shape[1]
+        if m != self._m:
+            self._allocate(m)
+        np.subtract(Xt[None], self._shift_col, out=self.Z)
+        if self.covariance_type == "diag":
+            np.square(self.Z, out=self.Z2)
+        elif self.covariance_type == "spherical":
+            np.einsum("kdm,kdm->km", self.Z, self.Z, out=self.D)
+
+    def log_prob(self) -> FloatArray:
+        """``log N(x | μ_k, Σ_k)`` of the centred sub-block, shape ``(K, m)``.
+
+        Valid when the shift is the means. The result lives in a buffer that the next
+        call overwrites.
+        """
+        out = self.log_prob_out
+        ct = self.covariance_type
+        if ct == "full" or ct == "tied":
+            # ‖U_kᵀ (x - μ_k)‖² with one (d, d) @ (d, m) GEMM per component.
+            np.matmul(self._ut, self.Z, out=self.Y)
+            np.einsum("kdm,kdm->km", self.Y, self.Y, out=out)
+        elif ct == "diag":
+            np.matmul(self._p2, self.Z2, out=out[:, None, :])
+        else:
+            np.multiply(self.D, self._p2, out=out)
+        # As scikit-learn: -½ (d log 2π + maha) + log det U.
+        out += self._const
+        out *= -0.5
+        out += self._log_det
+        return out
+
+
 def estimate_log_gaussian_prob(
-    X: FloatArray,
+    X: AnyArray,
     means: FloatArray,
     precisions_cholesky: FloatArray,
     covariance_type: CovarianceType,
@@ -136,7 +255,8 @@ def estimate_log_gaussian_prob(
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features), float64
+    X : ndarray of shape (n_samples, n_features)
+        Any real dtype (computed in float64).
     means : ndarray of shape (n_components, n_features)
     precisions_cholesky : ndarray
         Shaped by ``covariance_type`` (see the module docstring).
@@ -149,29 +269,12 @@ def estimate_log_gaussian_prob(
 
     Notes
     -----
-    Squared distances are formed from differences, never by expanding
+    Squared distances are formed from differences ``x - μ_k``, never by expanding
     ``‖x‖² - 2x·μ + ‖μ‖²``, so data far from the origin loses no precision.
     """
-    n, d = X.shape
-    K = means.shape[0]
-    log_det = log_det_cholesky(precisions_cholesky, covariance_type, d)
-    if covariance_type == "full":
-        # One wide GEMM over all components: (n, d) @ (d, K*d).
-        U_all = precisions_cholesky.transpose(1, 0, 2).reshape(d, K * d)
-        mu_U = np.einsum("kd,kde->ke", means, precisions_cholesky).reshape(K * d)
-        Y = X @ U_all
-        Y -= mu_U
-        np.square(Y, out=Y)
-        maha = Y.reshape(n, K, d).sum(axis=2)
-    elif covariance_type == "tied":
-        XU = X @ precisions_cholesky
-        mu_U = means @ precisions_cholesky
-        diff = XU[:, None, :] - mu_U[None, :, :]
-        maha = np.einsum("nkd,nkd->nk", diff, diff)
-    elif covariance_type == "diag":
-        diff = (X[:, None, :] - means[None, :, :]) * precisions_cholesky[None, :, :]
-        maha = np.einsum("nkd,nkd->nk", diff, diff)
-    else:
-        diff = X[:, None, :] - means[None, :, :]
-        maha = np.einsum("nkd,nkd->nk", diff, diff) * precisions_cholesky**2
-    return np.asarray(-0.5 * (d * np.log(2 * np.pi) + maha) + log_det)
+    out = np.empty((X.shape[0], means.shape[0]))
+    blocks = ComponentBlocks(means, precisions_cholesky, covariance_type)
+    for start, Xt in iter_sub_blocks_t(X, blocks.rows):
+        blocks.centre(Xt)
+        out[start : start + Xt.shape[1]] = blocks.log_prob().T
+    return out
