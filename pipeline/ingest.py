@@ -1005,6 +1005,10 @@ def ingest(
         raise ValueError(f"csv_engine must be 'auto', 'pyarrow' or 'numpy'; got {csv_engine!r}")
     compressors, codec_name = _resolve_compressor(compressor, target.itemsize)
     _check_dest(out, overwrite)  # fail before reading a byte of a large source
+    # Size and mtime before reading: if the source changes while we convert, the recorded
+    # provenance no longer matches it, so pipeline.steps re-ingests instead of reusing.
+    source_bytes = _source_bytes(src)
+    source_mtime = dt.datetime.fromtimestamp(src.stat().st_mtime, dt.UTC).isoformat()
 
     reader = _open_reader(
         fmt,
@@ -1049,8 +1053,8 @@ def ingest(
                 "format": fmt,
                 "source_shape": [n, reader.n_features],
                 "source_dtype": reader.source_dtype,
-                "source_bytes": _source_bytes(src),
-                "source_mtime": dt.datetime.fromtimestamp(src.stat().st_mtime, dt.UTC).isoformat(),
+                "source_bytes": source_bytes,
+                "source_mtime": source_mtime,
                 **reader.extra,
                 "shape": [n, reader.n_features],
                 "dtype": str(target),
@@ -1074,7 +1078,7 @@ def ingest(
         chunk_rows=writer.chunk_rows,
         compressor=codec_name,
         feature_names=tuple(reader.feature_names) if reader.feature_names else None,
-        source_bytes=_source_bytes(src),
+        source_bytes=source_bytes,
         seconds=time.perf_counter() - started,
     )
 
