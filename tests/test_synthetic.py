@@ -132,6 +132,14 @@ def test_overwrite_and_validation(tmp_path: Path) -> None:
     make_gaussian_mixture(path, 50, 2, 2, random_state=1, overwrite=True)
     assert open_synthetic(path).seed == 1 and open_synthetic(path).n_samples == 50
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr"]
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "todo.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a Zarr store"):
+        make_gaussian_mixture(precious, 50, 2, 2, overwrite=True)
+    assert (precious / "todo.txt").read_text() == "keep me"
+    precious.joinpath("todo.txt").unlink()
+    precious.rmdir()
     for bad in (
         {"covariance_type": "banana"},
         {"weights": [1.0, -1.0]},

@@ -491,6 +491,14 @@ def make_gaussian_mixture(
             raise ValueError(f"chunk_rows must be a positive int; got {chunk_rows!r}")
         rows = int(chunk_rows)
     rows = min(rows, n)  # Zarr pads edge chunks to full size: no chunk larger than the data
+    target = Path(path)
+    if (
+        overwrite
+        and target.exists()
+        and not (target.is_dir() and ((target / "zarr.json").exists() or not any(target.iterdir())))
+    ):
+        # atomic_output would delete whatever is there: only ever replace a Zarr node.
+        raise FileExistsError(f"refusing to replace {target}: it is not a Zarr store")
     seed = _resolve_seed(random_state)
     truth = _draw_truth(_truth_rng(seed), d, K, covariance_type, separation, w, c)
     settings: dict[str, Any] = {
