@@ -347,18 +347,20 @@ def _estep_axis_aligned(
     sxx = np.zeros((K, d)) if covariance_type == "diag" else np.zeros(K)
     log_norm_sum = 0.0
     r_log_r = 0.0
+    diag = covariance_type == "diag"
     rows = sub_block_rows(2 * shift.size)
     diff = np.empty((K, rows, d))
-    sq = np.empty((K, rows, d))
+    sq = np.empty((K, rows, d)) if diag else diff
     for _, Xb in iter_sub_blocks(X, rows):
         b = len(Xb)
         D, D2 = diff[:, :b], sq[:, :b]
         np.subtract(Xb[None, :, :], shift[:, None, :], out=D)
-        np.square(D, out=D2)
-        if covariance_type == "diag":
+        if diag:
+            np.square(D, out=D2)
             maha = np.matmul(D2, prec[:, :, None])[:, :, 0]  # (K, b)
         else:
-            row_sq = D2.sum(axis=2)  # (K, b)
+            # Spherical needs only ‖x - m_k‖²: no (K, b, d) array of squares.
+            row_sq = np.einsum("kbd,kbd->kb", D, D)
             maha = row_sq * prec[:, None]
         log_resp = np.ascontiguousarray(maha.T)
         log_resp *= -0.5
@@ -371,7 +373,7 @@ def _estep_axis_aligned(
         nk += resp.sum(axis=0)
         resp_k = np.ascontiguousarray(resp.T)[:, None, :]  # (K, 1, b)
         sx += np.matmul(resp_k, D)[:, 0, :]
-        if covariance_type == "diag":
+        if diag:
             sxx += np.matmul(resp_k, D2)[:, 0, :]
         else:
             sxx += np.einsum("kb,kb->k", resp_k[:, 0, :], row_sq)
