@@ -344,6 +344,8 @@ def test_dask_worker_sigkilled_mid_fit_gives_the_same_model(
         assert "error" not in killed, killed.get("error")
         assert 3 <= killed["during_iteration"] <= max_iter, killed
         assert wait_gone([victim], 10) == [], "the SIGKILLed worker process still runs"
+        nanny_log = workers[1].service.log_text()
+        assert f"Worker process {victim.pid} was killed by signal 9" in nanny_log, nanny_log
         assert seen == list(range(1, max_iter + 1))
 
         # The nanny brought up a new worker process; the cluster has two workers again.
