@@ -376,6 +376,15 @@ def test_warm_start_continues(X: np.ndarray) -> None:
     assert model.lower_bounds_[0] >= first - 1e-12 * abs(first)
 
 
+def test_warm_start_of_a_converged_fit_stops_at_once(X: np.ndarray) -> None:
+    # As scikit-learn: the first change is measured from the previous fit's bound.
+    model = emdist.BayesianGaussianMixture(3, random_state=0, max_iter=500).fit(X)
+    assert model.converged_
+    model.set_params(warm_start=True)
+    model.fit(X)
+    assert model.converged_ and model.n_iter_ == 1
+
+
 def test_sample_and_lazy_predictions(X: np.ndarray) -> None:
     model = _fit(X, covariance_type="diag")
     Xs, y = model.sample(50)

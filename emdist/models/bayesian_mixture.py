@@ -581,6 +581,9 @@ degrees_of_freedom_prior_, covariance_prior_ :
                 checkpoint=checkpoint,
                 config=estimator_config(self, n_init=n_init, warm_start=warm),
                 seed=seed,
+                # As scikit-learn and GaussianMixture: a warm start's first change is
+                # measured from the previous fit's last bound, so it can converge at once.
+                previous_bound=getattr(self, "lower_bound_", None) if warm else None,
             )
         self._set_priors(priors)
         self._set_params(best.params)
