@@ -170,8 +170,7 @@ def test_initial_responsibilities_are_gaussian_mixtures(X: np.ndarray, init_para
     """The same seed gives the responsibilities GaussianMixture starts from."""
     from emdist.kernels.mixture import mixture_mstep
     from emdist.models._base import prepare_fit_data
-    from emdist.models.bayesian_mixture import initial_resp_stats
-    from emdist.models.gaussian_mixture import initial_mixture_params
+    from emdist.models.gaussian_mixture import initial_mixture_params, initial_resp_stats
 
     data = prepare_fit_data(_uneven(X), n_clusters=4, seed=5, sample_size=None, what="K")
     stats = initial_resp_stats(

@@ -19,16 +19,12 @@ import numpy as np
 
 from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray
 from emdist.engine.em import Observer
-from emdist.engine.init import kmeans_plusplus
 from emdist.engine.reduce import map_reduce
 from emdist.exceptions import ConvergenceWarning, InvalidDataError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.gaussian import precisions_from_cholesky
 from emdist.kernels.mixture import (
     MixtureStats,
-    mixture_hard_resp_stats_chunk,
-    mixture_random_resp_stats_chunk,
-    mixture_stats_from_resp,
 )
 from emdist.kernels.variational import (
     WEIGHT_PRIOR_TYPES,
@@ -52,16 +48,13 @@ from emdist.models._base import (
     estimator_config,
     fit_seed,
     prepare_fit_data,
-    resolve_seed,
 )
 from emdist.models._restarts import run_restarts
-from emdist.models.gaussian_mixture import INIT_PARAMS, BaseMixture
-from emdist.models.kmeans import fit_kmeans
+from emdist.models.gaussian_mixture import INIT_PARAMS, BaseMixture, initial_resp_stats
 
 __all__ = [
     "BayesianGaussianMixture",
     "BayesianMixtureFamily",
-    "initial_resp_stats",
     "resolve_priors",
 ]
 
@@ -116,70 +109,6 @@ class BayesianMixtureFamily:
     ) -> bool:
         """``|Δ per-sample ELBO| < tol``."""
         return abs(bound - prev_bound) < tol
-
-
-def initial_resp_stats(
-    data: FitData,
-    *,
-    n_components: int,
-    covariance_type: CovarianceType,
-    init_params: str,
-    seed: int,
-) -> MixtureStats:
-    """Moments of the initial responsibilities of one restart.
-
-    scikit-learn's ``BayesianGaussianMixture`` starts with the variational M-step applied
-    to initial responsibilities, so it needs their statistics rather than the parameters
-    :func:`~emdist.models.gaussian_mixture.initial_mixture_params` returns. The
-    responsibilities are those of :class:`~emdist.GaussianMixture` with the same seed:
-    ``k-means++`` and ``random_from_data`` give one-hot rows of the scan sample (no data
-    pass), ``random`` takes one pass, ``kmeans`` runs K-means first.
-
-    Parameters
-    ----------
-    data : FitData
-    n_components : int
-    covariance_type : {'full', 'tied', 'diag', 'spherical'}
-    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}
-    seed : int
-        Seed of the restart.
-
-    Returns
-    -------
-    MixtureStats
-        About the data mean (every component), with ``log_lik = 0``.
-    """
-    K = n_components
-    shift = np.tile(data.summary.mean, (K, 1))
-    rng = np.random.default_rng(seed)
-    if init_params == "kmeans":
-        (km_seed,) = child_seeds(seed, 1)
-        run = fit_kmeans(
-            data, n_clusters=K, init="k-means++", n_init=1, max_iter=300, tol=1e-4, seed=km_seed
-        )
-        stats: MixtureStats = map_reduce(
-            data.X, mixture_hard_resp_stats_chunk, run.params.centers, shift, covariance_type
-        )
-        return stats
-    if init_params in ("k-means++", "random_from_data"):
-        sample = data.summary.sample
-        if init_params == "k-means++":
-            idx = kmeans_plusplus(sample, K, rng)
-        else:
-            idx = rng.choice(len(sample), K, replace=False)
-        # One row per component, as scikit-learn's one-hot responsibilities at those rows.
-        return mixture_stats_from_resp(sample[idx], np.eye(K), shift, covariance_type)
-    if init_params == "random":
-        stats = map_reduce(
-            data.X,
-            mixture_random_resp_stats_chunk,
-            int(rng.integers(2**63 - 1)),
-            shift,
-            covariance_type,
-            with_offset=True,
-        )
-        return stats
-    raise ValueError(f"init_params must be one of {INIT_PARAMS}; got {init_params!r}")
 
 
 # ---------------------------------------------------------------------------- the priors
@@ -650,38 +579,3 @@ degrees_of_freedom_prior_, covariance_prior_ :
         log-density of a plug-in mixture.
         """
         return super().score_samples(X)
-
-    def sample(self, n_samples: int = 1) -> tuple[FloatArray, AnyArray]:
-        """Draw samples from the mixture with the fitted weights, means and covariances.
-
-        Parameters
-        ----------
-        n_samples : int, default=1
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_features)
-        y : ndarray of shape (n_samples,)
-            Component of every sample.
-        """
-        self._check_fitted()
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1; got {n_samples}")
-        rng = np.random.default_rng(
-            None if self.random_state is None else resolve_seed(self.random_state)
-        )
-        counts = rng.multinomial(n_samples, self.weights_)
-        d = self.n_features_in_
-        parts = []
-        for k, count in enumerate(counts):
-            if self.covariance_type == "full":
-                cov = self.covariances_[k]
-            elif self.covariance_type == "tied":
-                cov = self.covariances_
-            elif self.covariance_type == "diag":
-                cov = np.diag(self.covariances_[k])
-            else:
-                cov = np.eye(d) * self.covariances_[k]
-            parts.append(rng.multivariate_normal(self.means_[k], cov, int(count)))
-        y = np.repeat(np.arange(len(counts)), counts)
-        return np.vstack(parts), y

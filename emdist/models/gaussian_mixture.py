@@ -49,7 +49,12 @@ from emdist.models._base import (
 from emdist.models._restarts import run_restarts
 from emdist.models.kmeans import fit_kmeans
 
-__all__ = ["GaussianMixture", "GaussianMixtureFamily", "initial_mixture_params"]
+__all__ = [
+    "GaussianMixture",
+    "GaussianMixtureFamily",
+    "initial_mixture_params",
+    "initial_resp_stats",
+]
 
 ChunkFns = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], tuple[Any, ...]]
 """Per-block kernels for labels, responsibilities and log-likelihood, and their arguments."""
@@ -105,6 +110,69 @@ def _precisions_shape(covariance_type: CovarianceType, K: int, d: int) -> tuple[
     return {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}[covariance_type]
 
 
+def initial_resp_stats(
+    data: FitData,
+    *,
+    n_components: int,
+    covariance_type: CovarianceType,
+    init_params: str,
+    seed: int,
+) -> MixtureStats:
+    """Moments of the initial responsibilities of one restart.
+
+    Both mixtures start from an M-step on initial responsibilities (scikit-learn's
+    ``_initialize``): the maximum-likelihood one for :class:`GaussianMixture`, the
+    variational one for ``BayesianGaussianMixture``. ``k-means++`` and ``random_from_data``
+    give one-hot rows of the scan sample (no data pass), ``random`` takes one pass,
+    ``kmeans`` runs K-means first.
+
+    Parameters
+    ----------
+    data : FitData
+    n_components : int
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}
+    seed : int
+        Seed of the restart.
+
+    Returns
+    -------
+    MixtureStats
+        About the data mean (every component), with ``log_lik = 0``.
+    """
+    K = n_components
+    shift = np.tile(data.summary.mean, (K, 1))
+    rng = np.random.default_rng(seed)
+    if init_params == "kmeans":
+        (km_seed,) = child_seeds(seed, 1)
+        run = fit_kmeans(
+            data, n_clusters=K, init="k-means++", n_init=1, max_iter=300, tol=1e-4, seed=km_seed
+        )
+        stats: MixtureStats = map_reduce(
+            data.X, mixture_hard_resp_stats_chunk, run.params.centers, shift, covariance_type
+        )
+        return stats
+    if init_params in ("k-means++", "random_from_data"):
+        sample = data.summary.sample
+        if init_params == "k-means++":
+            idx = kmeans_plusplus(sample, K, rng)
+        else:
+            idx = rng.choice(len(sample), K, replace=False)
+        # One row per component, as scikit-learn's one-hot responsibilities at those rows.
+        return mixture_stats_from_resp(sample[idx], np.eye(K), shift, covariance_type)
+    if init_params == "random":
+        stats = map_reduce(
+            data.X,
+            mixture_random_resp_stats_chunk,
+            int(rng.integers(2**63 - 1)),
+            shift,
+            covariance_type,
+            with_offset=True,
+        )
+        return stats
+    raise ValueError(f"init_params must be one of {INIT_PARAMS}; got {init_params!r}")
+
+
 def initial_mixture_params(
     data: FitData,
     *,
@@ -149,41 +217,16 @@ def initial_mixture_params(
     if weights is not None and means is not None and prec_chol is not None:
         return MixtureParams(weights, means, covariances, prec_chol)
 
-    shift = np.tile(data.summary.mean, (K, 1))
-    rng = np.random.default_rng(seed)
-    stats: MixtureStats
-    if init_params == "kmeans":
-        (km_seed,) = child_seeds(seed, 1)
-        run = fit_kmeans(
-            data, n_clusters=K, init="k-means++", n_init=1, max_iter=300, tol=1e-4, seed=km_seed
-        )
-        stats = map_reduce(
-            data.X,
-            mixture_hard_resp_stats_chunk,
-            run.params.centers,
-            shift,
-            covariance_type,
-        )
-    elif init_params in ("k-means++", "random_from_data"):
-        sample = data.summary.sample
-        if init_params == "k-means++":
-            idx = kmeans_plusplus(sample, K, rng)
-        else:
-            idx = rng.choice(len(sample), K, replace=False)
-        # One row per component, as scikit-learn's one-hot responsibilities at those rows.
-        stats = mixture_stats_from_resp(sample[idx], np.eye(K), shift, covariance_type)
-    elif init_params == "random":
-        stats = map_reduce(
-            data.X,
-            mixture_random_resp_stats_chunk,
-            int(rng.integers(2**63 - 1)),
-            shift,
-            covariance_type,
-            with_offset=True,
-        )
-    else:
-        raise ValueError(f"init_params must be one of {INIT_PARAMS}; got {init_params!r}")
-    start = family.mstep(stats, MixtureParams(np.full(K, 1 / K), shift, np.empty(0), np.empty(0)))
+    stats = initial_resp_stats(
+        data,
+        n_components=K,
+        covariance_type=covariance_type,
+        init_params=init_params,
+        seed=seed,
+    )
+    start = family.mstep(
+        stats, MixtureParams(np.full(K, 1 / K), stats.shift, np.empty(0), np.empty(0))
+    )
     return MixtureParams(
         start.weights if weights is None else weights,
         start.means if means is None else means,
@@ -201,6 +244,12 @@ class BaseMixture(BaseEstimator):
 
     n_features_in_: int
     n_components: int
+    covariance_type: CovarianceType
+    random_state: Any
+    weights_: FloatArray
+    means_: FloatArray
+    covariances_: FloatArray
+    lower_bound_: float
 
     def _chunk_fns(
         self,
@@ -251,6 +300,41 @@ class BaseMixture(BaseEstimator):
         """Mean log-likelihood per sample of ``X`` (computed, also for lazy input)."""
         s = self.score_samples(X)
         return float(s.mean().compute() if isinstance(s, da.Array) else s.mean())
+
+    def sample(self, n_samples: int = 1) -> tuple[FloatArray, AnyArray]:
+        """Draw samples from the fitted mixture.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            Component of every sample.
+        """
+        self._check_fitted()
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1; got {n_samples}")
+        rng = np.random.default_rng(
+            None if self.random_state is None else resolve_seed(self.random_state)
+        )
+        counts = rng.multinomial(n_samples, self.weights_)
+        d = self.n_features_in_
+        parts = []
+        for k, count in enumerate(counts):
+            if self.covariance_type == "full":
+                cov = self.covariances_[k]
+            elif self.covariance_type == "tied":
+                cov = self.covariances_
+            elif self.covariance_type == "diag":
+                cov = np.diag(self.covariances_[k])
+            else:
+                cov = np.eye(d) * self.covariances_[k]
+            parts.append(rng.multivariate_normal(self.means_[k], cov, int(count)))
+        y = np.repeat(np.arange(len(counts)), counts)
+        return np.vstack(parts), y
 
     def fit_predict(self, X: Any, y: Any = None) -> Any:
         """Fit, then return the labels of ``X`` under the fitted model."""
@@ -521,38 +605,3 @@ class GaussianMixture(BaseMixture):
     def aic(self, X: Any) -> float:
         """Akaike information criterion of the model on ``X`` (lower is better)."""
         return -2 * self.score(X) * self._n_samples(X) + 2 * self._n_parameters()
-
-    def sample(self, n_samples: int = 1) -> tuple[FloatArray, AnyArray]:
-        """Draw samples from the fitted mixture.
-
-        Parameters
-        ----------
-        n_samples : int, default=1
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_features)
-        y : ndarray of shape (n_samples,)
-            Component of every sample.
-        """
-        self._check_fitted()
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1; got {n_samples}")
-        rng = np.random.default_rng(
-            None if self.random_state is None else resolve_seed(self.random_state)
-        )
-        counts = rng.multinomial(n_samples, self.weights_)
-        d = self.n_features_in_
-        parts = []
-        for k, count in enumerate(counts):
-            if self.covariance_type == "full":
-                cov = self.covariances_[k]
-            elif self.covariance_type == "tied":
-                cov = self.covariances_
-            elif self.covariance_type == "diag":
-                cov = np.diag(self.covariances_[k])
-            else:
-                cov = np.eye(d) * self.covariances_[k]
-            parts.append(rng.multivariate_normal(self.means_[k], cov, int(count)))
-        y = np.repeat(np.arange(len(counts)), counts)
-        return np.vstack(parts), y
