@@ -1,0 +1,366 @@
+"""Saving fitted estimators to Zarr and loading them back (issue 3, part 4).
+
+Real Zarr stores under ``tmp_path``; the tampering tests edit a saved model's metadata
+document by hand, as an attacker with write access to the store would.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+import emdist
+from emdist.io.atomic import OutputExistsError
+from emdist.io.persistence import ModelFormatError, load_model, save_model
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+def overlapping(n_per_cluster: int = 400, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0.0, 0.0, 0.0], [2.0, 2.0, 0.0], [0.0, 2.5, 2.0]])
+    parts = []
+    for k, c in enumerate(centers):
+        A = rng.standard_normal((3, 3)) * 0.5 + np.eye(3) * (0.6 + 0.2 * k)
+        parts.append(c + rng.standard_normal((n_per_cluster, 3)) @ A)
+    X = np.concatenate(parts)
+    return X[rng.permutation(len(X))]
+
+
+@pytest.fixture(scope="module")
+def X() -> np.ndarray:
+    return overlapping()
+
+
+@pytest.fixture(scope="module")
+def X_zarr(X: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("data") / "X.zarr"
+    zarr.create_array(str(path), data=X, chunks=(250, X.shape[1]), compressors=None)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def gmm(X: np.ndarray) -> emdist.GaussianMixture:
+    return emdist.GaussianMixture(3, init_params="k-means++", random_state=0).fit(X)
+
+
+def computed(value: Any) -> np.ndarray:
+    return np.asarray(value.compute() if hasattr(value, "compute") else value)
+
+
+def public_fitted(model: Any) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in vars(model).items()
+        if k.endswith("_") and not k.startswith("_") and k != "labels_"
+    }
+
+
+def assert_same_attributes(loaded: Any, original: Any) -> None:
+    want, got = public_fitted(original), public_fitted(loaded)
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        if isinstance(value, np.ndarray):
+            assert isinstance(got[key], np.ndarray), key
+            assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+            assert np.array_equal(got[key], value), key
+        else:
+            assert type(got[key]) is type(value), key
+            assert got[key] == value, key
+    lp, op = loaded.get_params(), original.get_params()
+    assert sorted(lp) == sorted(op)
+    for key, value in op.items():
+        if key in ("observer", "checkpoint"):
+            assert lp[key] is None
+        elif isinstance(value, np.ndarray):
+            assert np.array_equal(lp[key], value), key
+        else:
+            assert lp[key] == value and type(lp[key]) is type(value), key
+
+
+def assert_same_predictions(loaded: Any, original: Any, data: Any) -> None:
+    methods = ["predict"]
+    if isinstance(original, emdist.KMeans):
+        methods.append("transform")
+    else:
+        methods += ["predict_proba", "score_samples"]
+    for name in methods:
+        want = computed(getattr(original, name)(data))
+        got = computed(getattr(loaded, name)(data))
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        assert np.array_equal(got, want), name
+    assert loaded.score(data) == original.score(data)
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def siblings(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name != path.name)
+
+
+# --------------------------------------------------------------------------------------------
+# round trips
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["numpy", "zarr"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_gaussian_mixture_round_trip(
+    tmp_path: Path, X: np.ndarray, X_zarr: str, covariance_type: str, source: str
+) -> None:
+    data = X if source == "numpy" else X_zarr
+    model = emdist.GaussianMixture(
+        3, covariance_type=covariance_type, init_params="k-means++", random_state=1
+    ).fit(data)
+    save_model(model, tmp_path / "model.zarr")
+    loaded = load_model(tmp_path / "model.zarr")
+    assert type(loaded) is emdist.GaussianMixture
+    assert_same_attributes(loaded, model)
+    assert_same_predictions(loaded, model, X)
+    assert_same_predictions(loaded, model, X_zarr)  # lazy, out of core
+    assert loaded.bic(X) == model.bic(X) and loaded.aic(X) == model.aic(X)
+
+
+@pytest.mark.parametrize("source", ["numpy", "zarr"])
+def test_kmeans_round_trip(tmp_path: Path, X: np.ndarray, X_zarr: str, source: str) -> None:
+    data = X if source == "numpy" else X_zarr
+    model = emdist.KMeans(3, n_init=2, random_state=3).fit(data)
+    save_model(model, str(tmp_path / "km.zarr"))  # str paths too
+    loaded = load_model(str(tmp_path / "km.zarr"))
+    assert type(loaded) is emdist.KMeans
+    assert_same_attributes(loaded, model)
+    assert_same_predictions(loaded, model, X)
+    assert_same_predictions(loaded, model, X_zarr)
+    assert np.array_equal(computed(loaded.predict(data)), computed(model.labels_))
+
+
+def test_array_parameters_round_trip(tmp_path: Path, X: np.ndarray) -> None:
+    means = X[[0, 500, 1000]]
+    gm = emdist.GaussianMixture(
+        3, covariance_type="diag", means_init=means, weights_init=np.full(3, 1 / 3)
+    ).fit(X)
+    save_model(gm, tmp_path / "gm.zarr")
+    loaded = load_model(tmp_path / "gm.zarr")
+    assert np.array_equal(loaded.means_init, means)
+    assert_same_attributes(loaded, gm)
+    assert_same_predictions(loaded, gm, X)
+
+    km = emdist.KMeans(3, init=means).fit(X)
+    save_model(km, tmp_path / "km.zarr")
+    loaded_km = load_model(tmp_path / "km.zarr")
+    assert np.array_equal(loaded_km.init, means)
+    assert_same_attributes(loaded_km, km)
+    # The loaded estimator refits to the same model: its parameters are whole.
+    refit = loaded_km.fit(X)
+    assert np.array_equal(refit.cluster_centers_, km.cluster_centers_)
+
+
+def test_saved_model_is_only_json_metadata_and_raw_chunks(
+    tmp_path: Path, gmm: emdist.GaussianMixture
+) -> None:
+    path = tmp_path / "model.zarr"
+    save_model(gmm, path)
+    arrays = []
+    for meta in path.rglob("zarr.json"):
+        doc = json.loads(meta.read_text())
+        if doc["node_type"] == "array":
+            arrays.append(meta.parent)
+            assert doc["data_type"] in ("float64", "int64", "bool"), doc["data_type"]
+        else:
+            assert doc["node_type"] == "group"
+    assert {a.name for a in arrays} >= {"weights_", "means_", "covariances_"}
+    for p in path.rglob("*"):
+        if p.is_file() and p.name != "zarr.json":
+            owner = next(a for a in arrays if a in p.parents)
+            assert p.relative_to(owner).parts[0] == "c", p
+    attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+    assert attrs["format"] == "emdist-model" and attrs["estimator"] == "GaussianMixture"
+
+
+# --------------------------------------------------------------------------------------------
+# loading never executes code from the store
+# --------------------------------------------------------------------------------------------
+
+
+def tamper(path: Path, **attributes: Any) -> None:
+    doc = json.loads((path / "zarr.json").read_text())
+    doc["attributes"].update(attributes)
+    (path / "zarr.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    ("estimator", "params"),
+    [
+        ("os.system", {"command": "touch {marker}"}),
+        ("subprocess.getoutput", {"cmd": "touch {marker}"}),
+        ("builtins.eval", {"source": "open({marker!r}, 'w')"}),
+        ("builtins.exec", {"source": "open({marker!r}, 'w')"}),
+        ("pathlib.Path.touch", {"self": "{marker}"}),
+        ("emdist.GaussianMixture.__init__", {}),
+        ("gaussianmixture", {}),
+        ("", {}),
+    ],
+)
+def test_unknown_estimator_is_refused_and_nothing_runs(
+    tmp_path: Path, gmm: emdist.GaussianMixture, estimator: str, params: dict[str, str]
+) -> None:
+    path = tmp_path / "model.zarr"
+    marker = tmp_path / "pwned"
+    save_model(gmm, path)
+    tamper(
+        path,
+        estimator=estimator,
+        params={k: v.format(marker=str(marker)) for k, v in params.items()},
+    )
+    with pytest.raises(ModelFormatError, match="unknown estimator"):
+        load_model(path)
+    assert not marker.exists()
+
+
+MALFORMED = {
+    "no-params": lambda a: a.pop("params"),
+    "no-fitted": lambda a: a.pop("fitted"),
+    "params-not-a-mapping": lambda a: a.update(params=[1, 2]),
+    "unknown-parameter": lambda a: a["params"].update(bogus=1),
+    "fitted-shadows-a-method": lambda a: a["fitted"].update(predict=1),
+    "fitted-dunder": lambda a: a["fitted"].update(__class__="KMeans"),
+}
+
+
+def test_malformed_model_document_is_a_model_format_error(
+    tmp_path: Path, gmm: emdist.GaussianMixture
+) -> None:
+    """A model whose metadata was damaged or tampered with is refused with
+    ``ModelFormatError`` (not a ``KeyError``/``TypeError`` from deep inside, and not a model
+    whose methods were replaced by values from the store)."""
+    wrong = {}
+    for damage, edit in MALFORMED.items():
+        path = tmp_path / f"{damage}.zarr"
+        save_model(gmm, path)
+        doc = json.loads((path / "zarr.json").read_text())
+        edit(doc["attributes"])
+        (path / "zarr.json").write_text(json.dumps(doc))
+        try:
+            load_model(path)
+        except ModelFormatError:
+            continue
+        except Exception as exc:
+            wrong[damage] = f"{type(exc).__name__}: {exc}"
+        else:
+            wrong[damage] = "loaded without error"
+    assert wrong == {}
+
+
+def test_persistence_source_imports_and_evaluates_nothing_by_name() -> None:
+    """No import machinery, eval/exec or unpickling in the loader's code (docstrings aside)."""
+    tree = ast.parse(Path(emdist.io.persistence.__file__).read_text())
+    imported = set()
+    called = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call):
+            func = node.func
+            called.add(func.id if isinstance(func, ast.Name) else getattr(func, "attr", ""))
+    assert "zarr" in imported and "load_model" not in called  # the walk sees the code
+    assert not imported & {"importlib", "pickle", "cloudpickle", "dill", "marshal", "pydoc"}
+    assert not called & {"__import__", "eval", "exec", "import_module", "locate", "loads"}
+
+
+def test_wrong_version_is_refused(tmp_path: Path, gmm: emdist.GaussianMixture) -> None:
+    path = tmp_path / "model.zarr"
+    save_model(gmm, path)
+    tamper(path, version=99)
+    with pytest.raises(ModelFormatError, match="version 99"):
+        load_model(path)
+
+
+def test_non_model_paths_are_refused(
+    tmp_path: Path, X_zarr: str, gmm: emdist.GaussianMixture
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    plain = tmp_path / "file.txt"
+    plain.write_text("not a model")
+    group = tmp_path / "group.zarr"
+    zarr.open_group(str(group), mode="w").attrs["format"] = "something-else"
+    bare = tmp_path / "bare.zarr"
+    zarr.open_group(str(bare), mode="w")
+    ckpt = tmp_path / "ckpt"
+    emdist.GaussianMixture(3, max_iter=2, tol=10.0, checkpoint=ckpt, random_state=0).fit(X_zarr)
+    for path in [tmp_path / "missing", empty, plain, Path(X_zarr), group, bare, ckpt]:
+        with pytest.raises(ModelFormatError):
+            load_model(path)
+
+
+# --------------------------------------------------------------------------------------------
+# overwriting, atomically
+# --------------------------------------------------------------------------------------------
+
+
+def test_save_over_existing_model_needs_overwrite(
+    tmp_path: Path, X: np.ndarray, gmm: emdist.GaussianMixture
+) -> None:
+    path = tmp_path / "model.zarr"
+    save_model(gmm, path)
+    before = tree_digest(path)
+    other = emdist.KMeans(3, random_state=0).fit(X)
+    with pytest.raises(OutputExistsError):
+        save_model(other, path)
+    assert tree_digest(path) == before
+    assert type(load_model(path)) is emdist.GaussianMixture
+
+    save_model(other, path, overwrite=True)
+    loaded = load_model(path)
+    assert type(loaded) is emdist.KMeans
+    assert np.array_equal(loaded.cluster_centers_, other.cluster_centers_)
+    assert not (path / "fitted" / "means_").exists()  # replaced, not merged
+    assert siblings(path) == []  # no .partial-* or .old-* left behind
+
+
+class Unsaveable:
+    """A fitted attribute that cannot be written as JSON: saving fails after the arrays."""
+
+
+def test_failed_overwrite_leaves_the_old_model_intact(
+    tmp_path: Path, X: np.ndarray, gmm: emdist.GaussianMixture
+) -> None:
+    path = tmp_path / "model.zarr"
+    save_model(gmm, path)
+    before = tree_digest(path)
+    broken = emdist.GaussianMixture(2, random_state=0).fit(X)
+    broken.extra_ = Unsaveable()
+    with pytest.raises(Exception) as info:
+        save_model(broken, path, overwrite=True)
+    assert not isinstance(info.value, AssertionError)
+    assert tree_digest(path) == before
+    assert siblings(path) == []
+    assert_same_predictions(load_model(path), gmm, X)
+
+
+def test_unfitted_estimator_cannot_be_saved(tmp_path: Path) -> None:
+    for model in (emdist.GaussianMixture(2), emdist.KMeans(2)):
+        with pytest.raises(ValueError, match="not fitted"):
+            save_model(model, tmp_path / "model.zarr")
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_unsupported_object_cannot_be_saved(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="cannot save"):
+        save_model(object(), tmp_path / "model.zarr")
+    assert list(tmp_path.iterdir()) == []
