@@ -96,6 +96,8 @@ class ModelConfig(_Strict):
         "dirichlet_process"
     )
     weight_concentration_prior: float | None = Field(None, gt=0)
+    mean_precision_prior: float | None = Field(None, gt=0)
+    degrees_of_freedom_prior: float | None = Field(None, gt=0)
 
 
 class OutputConfig(_Strict):

@@ -245,6 +245,8 @@ def build_estimator(
     return bgmm(
         weight_concentration_prior_type=model.weight_concentration_prior_type,
         weight_concentration_prior=model.weight_concentration_prior,
+        mean_precision_prior=model.mean_precision_prior,
+        degrees_of_freedom_prior=model.degrees_of_freedom_prior,
         **mixture,
     )
 
@@ -284,9 +286,12 @@ def _fit_and_save(
     extra: dict[str, Any] = {}
     if model.family == "kmeans":
         extra["inertia"] = float(estimator.inertia_)
-    else:
+    elif model.family == "gmm":
         crit = estimator.information_criteria(data.path)
         extra.update(score=crit["score"], bic=crit["bic"], aic=crit["aic"])
+        extra["weights"] = [float(w) for w in estimator.weights_]
+    else:
+        # A variational mixture has no BIC/AIC: its own criterion is the ELBO.
         extra["weights"] = [float(w) for w in estimator.weights_]
     emdist.save_model(estimator, model_path, overwrite=True)
     return FitSummary(
