@@ -10,12 +10,17 @@ and give bitwise-identical totals.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import dask.array as da
-from dask.base import compute
-from dask.delayed import Delayed, delayed
+
+# Task specs as ``delayed`` itself builds them (dask is pinned exactly in pyproject.toml):
+# explicit ``TaskRef``s also reach blocks that a distributed client has persisted.
+from dask._task_spec import DataNode, Task, TaskRef
+from dask.base import compute, tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from emdist.engine.threads import single_blas_task
 
@@ -51,24 +56,47 @@ def build_reduction(
 ) -> Delayed:
     """Lazy tree reduction of ``chunk_fn(block, [row_offset,] *args)`` over row-blocks.
 
-    ``args`` are wrapped once into the graph, so each parameter object travels to a worker
-    once per pass rather than once per block.
+    ``args`` are put into the graph once (one key each), so each parameter object travels
+    to a worker once per pass rather than once per block.
+
+    The graph is written directly, with keys derived from one token of the pass (the data's
+    name, the function and its arguments): building it through ``delayed`` tokenized every
+    task and cost about as much as the threaded scheduler's whole run of a 16-block pass
+    (measured ~8 -> ~3 ms per pass on 1M x 32 in 16 blocks).
     """
     if X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
-    blocks: Sequence[Delayed] = X.to_delayed().ravel().tolist()
-    shared = [delayed(a, pure=True) if not _is_scalar(a) else a for a in args]
-    offsets = row_offsets(X)
-    parts: list[Delayed] = []
-    for block, offset in zip(blocks, offsets, strict=True):
-        call_args = (block, offset, *shared) if with_offset else (block, *shared)
-        parts.append(delayed(single_blas_task, pure=True)(chunk_fn, *call_args))
-    while len(parts) > 1:
-        parts = [
-            delayed(_sum_values, pure=True)(*parts[i : i + split_every])
-            for i in range(0, len(parts), split_every)
-        ]
-    return parts[0]
+    token = tokenize(X.name, chunk_fn, args, with_offset, split_every)
+    blocks: list[Any] = X.to_delayed().ravel().tolist()
+    layer: dict[Any, Any] = {}
+    arg_refs: list[Any] = []
+    for i, a in enumerate(args):
+        if _is_scalar(a):
+            arg_refs.append(a)
+        else:
+            arg_key = f"emdist-arg{i}-{token}"
+            layer[arg_key] = DataNode(arg_key, a)
+            arg_refs.append(TaskRef(arg_key))
+    keys: list[Any] = []
+    for i, (block, offset) in enumerate(zip(blocks, row_offsets(X), strict=True)):
+        stats_key = (f"emdist-stats-{token}", i)
+        head = (TaskRef(block.key), offset) if with_offset else (TaskRef(block.key),)
+        layer[stats_key] = Task(stats_key, single_blas_task, chunk_fn, *head, *arg_refs)
+        keys.append(stats_key)
+    level = 0
+    while len(keys) > 1:
+        parents = []
+        for j in range(0, len(keys), split_every):
+            sum_key = (f"emdist-sum-{token}", level, j // split_every)
+            layer[sum_key] = Task(
+                sum_key, _sum_values, *(TaskRef(k) for k in keys[j : j + split_every])
+            )
+            parents.append(sum_key)
+        keys = parents
+        level += 1
+    name = f"emdist-pass-{token}"
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=blocks)
+    return Delayed(keys[0], graph, layer=name)
 
 
 def _is_scalar(a: Any) -> bool:
