@@ -144,19 +144,50 @@ def kmeans_transform_chunk(X: AnyArray, centers: FloatArray) -> FloatArray:
     return out
 
 
-def _farthest(dist: FloatArray, n_keep: int) -> IntArray:
-    """Indices of the ``n_keep`` largest ``dist``, by decreasing distance then index.
+class _Farthest:
+    """The ``n_keep`` rows farthest from their centres, collected sub-block by sub-block.
 
-    Ties at the cut are resolved by index, so the choice does not depend on the chunking.
+    Rows at or above a running threshold (the ``n_keep``-th largest distance kept so far)
+    are candidates; once they are many, they are cut back to the best ``n_keep``. Ordered by
+    decreasing distance then increasing row, ties included, so the choice does not depend on
+    the chunking. Costs one comparison per row instead of a partition of the whole chunk.
     """
-    n = len(dist)
-    if n_keep < n:
-        threshold = np.partition(dist, n - n_keep)[n - n_keep]
-        candidates = np.flatnonzero(dist >= threshold)
-    else:
-        candidates = np.arange(n)
-    order = np.lexsort((candidates, -dist[candidates]))[:n_keep]
-    return np.asarray(candidates[order], dtype=np.intp)
+
+    def __init__(self, n_keep: int) -> None:
+        self.n_keep = n_keep
+        self.threshold = -np.inf
+        self.dist: list[FloatArray] = []
+        self.rows: list[IntArray] = []
+        self.count = 0
+
+    def add(self, dist: FloatArray, start: int) -> None:
+        """Offer the rows ``start, start + 1, ...`` with distances ``dist``."""
+        if self.n_keep == 0:
+            return
+        sel = np.flatnonzero(dist >= self.threshold)
+        if sel.size == 0:
+            return
+        self.dist.append(dist[sel])
+        self.rows.append(sel + start)
+        self.count += sel.size
+        if self.count > 4 * self.n_keep + 64:
+            self._cut()
+
+    def _cut(self) -> None:
+        dist = np.concatenate(self.dist)
+        rows = np.concatenate(self.rows)
+        keep = np.lexsort((rows, -dist))[: self.n_keep]
+        self.dist, self.rows = [dist[keep]], [rows[keep]]
+        self.count = len(keep)
+        if len(keep) == self.n_keep:
+            self.threshold = float(dist[keep[-1]])
+
+    def result(self) -> IntArray:
+        """Row indices (within the chunk) of the farthest rows, farthest first."""
+        if not self.dist:
+            return np.zeros(0, dtype=np.intp)
+        self._cut()
+        return np.asarray(self.rows[0], dtype=np.intp)
 
 
 def kmeans_estep_chunk(X: AnyArray, params: KMeansParams, row_offset: int) -> KMeansStats:
@@ -189,6 +220,7 @@ def kmeans_estep_chunk(X: AnyArray, params: KMeansParams, row_offset: int) -> KM
     # that is set and cleared in place (faster than a scatter-add on this machine).
     onehot = np.zeros((K, b))
     cols = np.arange(b)
+    far = _Farthest(min(K, n))
     for start, Xb in iter_row_blocks(X, rows):
         m = len(Xb)
         stop = start + m
@@ -197,12 +229,13 @@ def kmeans_estep_chunk(X: AnyArray, params: KMeansParams, row_offset: int) -> KM
         np.take(centers, lab, axis=0, out=dv)
         np.subtract(Xb, dv, out=dv)
         np.einsum("nd,nd->n", dv, dv, out=dist[start:stop])
+        far.add(dist[start:stop], start)
         oh = onehot[:, :m]
         oh[lab, cols[:m]] = 1.0
         np.matmul(oh, dv, out=part)
         oh[lab, cols[:m]] = 0.0
         sx += part
-    top = _farthest(dist, min(K, n))
+    top = far.result()
     return KMeansStats(
         n=int(n),
         counts=np.bincount(labels, minlength=K).astype(np.float64),
