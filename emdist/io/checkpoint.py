@@ -205,7 +205,7 @@ class CheckpointStore:
         A fit with ``random_state=None`` draws a fresh seed; resuming it must reuse the
         recorded one so that the resumed fit equals the uninterrupted one.
         """
-        if self.overwrite or not (self.path / "zarr.json").exists():
+        if self.overwrite or not (self.path / "zarr.json").exists() or self._is_bare_group():
             return None
         seed = self._open_root(mode="r").attrs.get("seed")
         return None if seed is None else int(str(seed))
@@ -239,17 +239,30 @@ class CheckpointStore:
         config_j = _json_safe(dict(config))
         fingerprint_j = _json_safe(dict(fingerprint))
         if self.overwrite and self.path.exists():
+            if not self._is_checkpoint_or_empty():
+                raise CheckpointError(
+                    f"{self.path} is not an emdist checkpoint; refusing to delete it to start "
+                    f"over. Choose another checkpoint location."
+                )
             shutil.rmtree(self.path)
             self.overwrite = False  # only the first open of this fit starts over
+        if self._is_bare_group():
+            # Left by a writer killed between creating the group and naming it (older
+            # versions wrote the two separately): nothing was ever committed.
+            shutil.rmtree(self.path)
         if not (self.path / "zarr.json").exists():
             if self.path.exists() and any(self.path.iterdir()):
                 raise CheckpointError(
                     f"{self.path} exists but is not an emdist checkpoint; choose another "
                     f"location or delete it"
                 )
-            root = zarr.open_group(str(self.path), mode="w", use_consolidated=False)
-            root.attrs.update(
-                {
+            # Created with its attributes in one metadata write: a kill can't leave a root
+            # group that says nothing (which the next run would refuse as foreign).
+            root = zarr.open_group(
+                str(self.path),
+                mode="w",
+                use_consolidated=False,
+                attributes={
                     "format": FORMAT,
                     "version": VERSION,
                     "config": config_j,
@@ -257,7 +270,7 @@ class CheckpointStore:
                     "committed": [],
                     # As a string: JSON numbers may lose 64-bit integers in other readers.
                     "seed": str(seed),
-                }
+                },
             )
             self._root = root
             return None
@@ -275,6 +288,26 @@ class CheckpointStore:
         self._root = root
         self._clean_strays()
         return self.load()
+
+    def _is_bare_group(self) -> bool:
+        meta = self.path / "zarr.json"
+        if not meta.is_file() or any(p.is_dir() for p in self.path.iterdir()):
+            return False
+        try:
+            doc = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            return False
+        return bool(doc.get("node_type") == "group" and not doc.get("attributes"))
+
+    def _is_checkpoint_or_empty(self) -> bool:
+        if not any(self.path.iterdir()):
+            return True
+        try:
+            self._open_root(mode="r")
+        except CheckpointError as exc:
+            # A damaged checkpoint of ours may be discarded; a foreign directory may not.
+            return "is not an emdist checkpoint" not in str(exc)
+        return True
 
     def _open_root(self, mode: str) -> zarr.Group:
         try:

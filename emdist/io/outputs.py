@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,50 @@ from emdist.io.atomic import atomic_output
 from emdist.io.sources import as_dask_array
 
 __all__ = ["write_predictions"]
+
+
+_active_lock = threading.Lock()
+_active: dict[str, int] = {}
+
+
+class _GuardedTarget:
+    """A store target that writes only while its output is still being built.
+
+    When one block fails, the other blocks already running go on and would write into the
+    partial output after :func:`~emdist.io.atomic.atomic_output` deleted it. So a write
+    first checks that the output's metadata document still exists, and counts itself as
+    in flight; :func:`_cancel` removes the document and waits for the writes in flight in
+    this process. (Writes in other worker processes see the missing document too.)
+    """
+
+    def __init__(self, target: zarr.Array[Any], root: Path) -> None:
+        self.target = target
+        self.root = root
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        name = str(self.root)
+        with _active_lock:
+            if not (self.root / "zarr.json").exists():
+                return
+            _active[name] = _active.get(name, 0) + 1
+        try:
+            self.target[key] = value
+        finally:
+            with _active_lock:
+                _active[name] -= 1
+
+
+def _cancel(root: Path, timeout: float = 60.0) -> None:
+    """Stop further writes into ``root`` and wait for those in flight in this process."""
+    with _active_lock:
+        (root / "zarr.json").unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with _active_lock:
+            if _active.get(str(root), 0) == 0:
+                _active.pop(str(root), None)
+                return
+        time.sleep(0.005)
 
 
 def write_predictions(
@@ -61,6 +107,10 @@ def write_predictions(
             outputs["responsibilities"] = estimator.predict_proba(Xd)
         if log_likelihood:
             outputs["log_likelihood"] = estimator.score_samples(Xd)
+    # One Zarr chunk per block: irregular Dask row-blocks (e.g. after a rechunk) are made
+    # regular first, or two blocks would write parts of one chunk and overwrite each other.
+    rows = max(Xd.chunks[0])
+    outputs = {k: v.rechunk({0: rows}) for k, v in outputs.items()}
     with atomic_output(dest, overwrite=overwrite) as tmp:
         group = zarr.open_group(str(tmp), mode="w")
         group.attrs.update(
@@ -84,7 +134,11 @@ def write_predictions(
                 # ingest); labels are rarely all zero, so write every chunk.
                 config={"write_empty_chunks": True},
             )
-            stores.append((arr, target))
+            stores.append((arr, _GuardedTarget(target, tmp)))
         # One compute: every output of a block comes from one read of it.
-        da.store([a for a, _ in stores], [t for _, t in stores], lock=False)  # type: ignore[misc]
+        try:
+            da.store([a for a, _ in stores], [t for _, t in stores], lock=False)  # type: ignore[misc]
+        except BaseException:
+            _cancel(tmp)
+            raise
     return Path(dest)

@@ -142,20 +142,34 @@ def load_model(path: str | os.PathLike[str]) -> Any:
     cls = _registry().get(str(attrs.get("estimator")))
     if cls is None:
         raise ModelFormatError(f"unknown estimator {attrs.get('estimator')!r} in {path}")
+    try:
+        return _build(cls, group, attrs)
+    except (KeyError, TypeError, ValueError, AssertionError) as exc:
+        raise ModelFormatError(
+            f"the model at {os.fspath(path)!r} is damaged ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _fitted_name(cls: type[Any], key: str) -> str:
+    # Only fitted-attribute names: never a method, a private name or a parameter.
+    if not key.endswith("_") or key.startswith("_") or hasattr(cls, key):
+        raise ValueError(f"{key!r} is not a fitted attribute")
+    return key
+
+
+def _build(cls: type[Any], group: zarr.Group, attrs: dict[str, Any]) -> Any:
     params = {k: _from_json(v) for k, v in dict(attrs["params"]).items()}
-    for prefix in ("params", "fitted"):
-        if prefix in group:
-            sub = group[prefix]
-            assert isinstance(sub, zarr.Group)
-            for key, arr in sub.arrays():
-                if prefix == "params":
-                    params[key] = np.asarray(arr[...])
+    if "params" in group:
+        sub = group["params"]
+        assert isinstance(sub, zarr.Group)
+        for key, arr in sub.arrays():
+            params[key] = np.asarray(arr[...])
     estimator = cls(**params)
     for key, value in dict(attrs["fitted"]).items():
-        setattr(estimator, key, _from_json(value))
+        setattr(estimator, _fitted_name(cls, key), _from_json(value))
     if "fitted" in group:
         sub = group["fitted"]
         assert isinstance(sub, zarr.Group)
         for key, arr in sub.arrays():
-            setattr(estimator, key, np.asarray(arr[...]))
+            setattr(estimator, _fitted_name(cls, key), np.asarray(arr[...]))
     return estimator

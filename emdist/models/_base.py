@@ -259,6 +259,10 @@ def as_checkpoint(value: Any) -> CheckpointStore | None:
 def estimator_config(estimator: BaseEstimator, **resolved: Any) -> dict[str, Any]:
     """The configuration a checkpoint is tied to: class, parameters, resolved values."""
     params = {k: v for k, v in estimator.get_params().items() if k not in _NOT_CONFIG}
+    if isinstance(params.get("random_state"), np.random.RandomState | np.random.Generator):
+        # The seed drawn from it is recorded with the checkpoint; the object's repr names a
+        # memory address, which would refuse every resume in a new process.
+        params["random_state"] = type(params["random_state"]).__name__
     return {"estimator": type(estimator).__name__, **params, **resolved}
 
 

@@ -115,6 +115,7 @@ def fit_kmeans(
     observer: Observer | None = None,
     checkpoint: CheckpointStore | None = None,
     config: dict[str, Any] | None = None,
+    record_seed: int | None = None,
 ) -> BestRun[KMeansParams]:
     """Run ``n_init`` restarts of Lloyd's algorithm and keep the lowest inertia.
 
@@ -132,6 +133,9 @@ def fit_kmeans(
         Where to commit the fit state; a matching checkpoint there is resumed.
     config : dict, optional
         Configuration recorded with the checkpoint.
+    record_seed : int, optional
+        The fit's top-level seed, recorded with the checkpoint so that a resumed fit derives
+        every stream from it again (default: ``seed``).
 
     Returns
     -------
@@ -152,7 +156,7 @@ def fit_kmeans(
         observer=observer,
         checkpoint=checkpoint,
         config=config or {},
-        seed=seed,
+        seed=seed if record_seed is None else record_seed,
     )
 
 
@@ -296,6 +300,7 @@ default='k-means++'
                 observer=self.observer,
                 checkpoint=checkpoint,
                 config=estimator_config(self, n_init=n_init),
+                record_seed=seed,
             )
         self.cluster_centers_ = best.params.centers
         self.inertia_ = -best.score
