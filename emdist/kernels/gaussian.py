@@ -166,6 +166,8 @@ class ComponentBlocks:
     Y : ndarray of shape (n_components, n_features, m)
         Scratch of ``Z``'s shape (``full``/``tied``: whitened differences, then the
         responsibility-weighted differences).
+    moments : ndarray of shape (n_components, n_features, n_features)
+        Scratch for one sub-block's second moments (``full``/``tied``).
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class ComponentBlocks:
             self.Z = np.empty((K, d, m))
         if self.covariance_type in ("full", "tied"):
             self.Y = np.empty((K, d, m))
+            self.moments = np.empty((K, d, d))
         if self.covariance_type == "spherical":
             self.D = np.empty((K, m))
         self.log_prob_out = np.empty((K, m))

@@ -149,7 +149,7 @@ def _accumulate(
     # √r ⊙ Z would halve the flops, but OpenBLAS runs this shape at a third of the GEMM rate.)
     W = blocks.Y
     np.multiply(Z, resp[:, None, :], out=W)
-    moments = np.matmul(W, Z.transpose(0, 2, 1))
+    moments = np.matmul(W, Z.transpose(0, 2, 1), out=blocks.moments)
     if ct == "full":
         sxx += moments
     else:
