@@ -20,8 +20,8 @@ demo: venv
 	$(BIN)/emdist demo
 
 lint: venv
-	$(BIN)/ruff check emdist pipeline flows tests benchmarks
-	$(BIN)/ruff format --check emdist pipeline flows tests benchmarks
+	$(BIN)/ruff check emdist pipeline flows tests benchmarks deploy
+	$(BIN)/ruff format --check emdist pipeline flows tests benchmarks deploy
 	$(BIN)/mypy
 
 test: lint
