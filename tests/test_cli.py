@@ -1,0 +1,500 @@
+"""The ``emdist`` command, run as a user runs it: a separate process per command.
+
+Each command runs once as ``python -m flows.cli`` with this interpreter (so CI's virtualenv
+is used), on a small generated dataset, in a scratch folder with relative paths. ``run``
+starts Prefect's embedded server and a LocalCluster in the child process; the test checks
+that neither outlives the command. A user's mistake must give exit status 2 and a readable
+message without a traceback. Further cases of the same commands (more mistakes, ``--help``
+of every subcommand) call the same ``main`` in this process: a process start costs seconds
+on a busy machine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+import emdist
+from emdist.io.synthetic import open_synthetic
+from flows.cli import build_full_parser, main
+from tests.prefect_fixtures import processes_with_env, subprocess_environment, wait_until_gone
+
+N_SAMPLES, N_FEATURES, TRUE_K, CHUNK_ROWS = 20_000, 4, 3, 4_000
+COMMANDS = (
+    "generate",
+    "ingest",
+    "fit",
+    "predict",
+    "report",
+    "run",
+    "demo",
+    "select-k",
+    "serve",
+    "deploy",
+)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    dir: Path
+    env: dict[str, str]
+
+    def emdist(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", *args],
+            cwd=cwd or self.dir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def user_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """Assert a readable failure (status 2, no traceback); return stderr on one line."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("error:") == 1, proc.stderr
+    # rich wraps long lines at 80 columns when stderr is not a terminal: unwrap to check.
+    return " ".join(proc.stderr.split())
+
+
+def in_process(
+    args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """Run ``emdist ARGS`` in this process (the same ``main``, minus a process start)."""
+    monkeypatch.chdir(cwd)
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, " ".join(err.split())
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    root = tmp_path_factory.mktemp("cli")
+    return Workspace(root, subprocess_environment(root / "prefect-home"))
+
+
+@pytest.fixture(scope="module")
+def generated(ws: Workspace) -> subprocess.CompletedProcess[str]:
+    return ws.emdist(
+        "generate",
+        "g.zarr",
+        "--n-samples",
+        str(N_SAMPLES),
+        "--n-features",
+        str(N_FEATURES),
+        "--n-components",
+        str(TRUE_K),
+        "--chunk-rows",
+        str(CHUNK_ROWS),
+        "--seed",
+        "3",
+    )
+
+
+def test_generate(
+    ws: Workspace,
+    generated: subprocess.CompletedProcess[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ok(generated)
+    assert f"wrote {N_SAMPLES:,} x {N_FEATURES}" in generated.stdout
+    data = zarr.open_array(str(ws.dir / "g.zarr" / "data"), mode="r")
+    assert data.shape == (N_SAMPLES, N_FEATURES)
+    assert data.chunks == (CHUNK_ROWS, N_FEATURES)
+    dataset = open_synthetic(ws.dir / "g.zarr")
+    assert (dataset.n_components, dataset.seed) == (TRUE_K, 3)
+    # Without --overwrite an existing dataset is kept and the user told.
+    code, _, err = in_process(
+        ["generate", "g.zarr", "--n-samples", "10"], ws.dir, monkeypatch, capsys
+    )
+    assert code == 2 and "g.zarr exists" in err
+    assert zarr.open_array(str(ws.dir / "g.zarr" / "data"), mode="r").shape[0] == N_SAMPLES
+
+
+def test_ingest_npy(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    X = np.random.default_rng(4).normal(size=(2_500, 3))
+    np.save(ws.dir / "x.npy", X)
+    proc = ok(ws.emdist("ingest", "x.npy", "x.zarr"))
+    assert "ingested 2,500 x 3 (npy)" in proc.stdout
+    np.testing.assert_array_equal(zarr.open_array(str(ws.dir / "x.zarr"), mode="r")[...], X)
+    code, _, err = in_process(["ingest", "x.npy", "x.zarr"], ws.dir, monkeypatch, capsys)
+    assert code == 2 and "x.zarr exists" in err
+    X2 = X[::2]
+    np.save(ws.dir / "x.npy", X2)
+    code, _, _ = in_process(
+        ["ingest", "x.npy", "x.zarr", "--overwrite"], ws.dir, monkeypatch, capsys
+    )
+    assert code == 0
+    np.testing.assert_array_equal(zarr.open_array(str(ws.dir / "x.zarr"), mode="r")[...], X2)
+
+
+def test_ingest_bad_data_is_a_user_error(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (ws.dir / "bad.csv").write_text("a,b\n1,2\n3,oops\n")
+    code, _, err = in_process(["ingest", "bad.csv", "bad.zarr"], ws.dir, monkeypatch, capsys)
+    assert code == 2
+    assert err.startswith("error:") and "bad.csv" in err
+    assert not (ws.dir / "bad.zarr").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=FileExistsError,
+    reason="bug: 'ingest --overwrite' onto something that is not a Zarr array raises a plain "
+    "FileExistsError, which pipeline.cli.USER_ERRORS does not list: traceback, exit 1",
+)
+def test_ingest_refusing_to_replace_a_file_is_a_user_error(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (ws.dir / "notes.txt").write_text("keep me\n")
+    np.save(ws.dir / "y.npy", np.ones((10, 2)))
+    args = ["ingest", "y.npy", "notes.txt", "--overwrite"]
+    code, _, err = in_process(args, ws.dir, monkeypatch, capsys)
+    assert code == 2 and "notes.txt" in err
+    assert (ws.dir / "notes.txt").read_text() == "keep me\n"
+
+
+# -- fit and predict --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted(
+    ws: Workspace, generated: subprocess.CompletedProcess[str]
+) -> subprocess.CompletedProcess[str]:
+    ok(generated)
+    return ws.emdist(
+        "fit", "g.zarr/data", "-k", str(TRUE_K), "--checkpoint", "ck.zarr", "--out", "m.zarr"
+    )
+
+
+def test_fit_prints_a_summary_and_checkpoints(
+    ws: Workspace, fitted: subprocess.CompletedProcess[str]
+) -> None:
+    ok(fitted)
+    summary = json.loads(fitted.stdout)
+    model = emdist.load_model(ws.dir / "m.zarr")
+    assert summary["model_path"] == str(ws.dir / "m.zarr")
+    assert summary["n_components"] == TRUE_K == model.n_components
+    assert summary["n_iter"] == model.n_iter_ >= 1
+    assert summary["converged"] is True
+    assert summary["lower_bound"] == model.lower_bounds_[-1]
+    assert summary["bic"] == pytest.approx(model.bic(ws.dir / "g.zarr" / "data"), rel=1e-9)
+    assert (ws.dir / "ck.zarr" / "zarr.json").is_file()
+    # The progress bar (on stderr) reached the last iteration.
+    assert f"{summary['n_iter']}/100" in fitted.stderr
+
+
+def test_fit_with_another_k_on_the_same_checkpoint(
+    ws: Workspace,
+    fitted: subprocess.CompletedProcess[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ok(fitted)
+    clash = ws.emdist("fit", "g.zarr/data", "-k", "4", "--checkpoint", "ck.zarr", "--out", "m.zarr")
+    message = user_error(clash)
+    assert clash.stdout == ""
+    assert "belongs to another run" in message
+    assert "n_components: checkpoint has 3, this run has 4" in message
+    # The model of the first fit is untouched.
+    assert emdist.load_model(ws.dir / "m.zarr").n_components == TRUE_K
+
+    args = ["fit", "g.zarr/data", "-k", "4", "--checkpoint", "ck.zarr", "--out", "m4.zarr"]
+    code, out, _ = in_process([*args, "--restart"], ws.dir, monkeypatch, capsys)
+    assert code == 0
+    assert json.loads(out)["n_components"] == 4
+    assert emdist.load_model(ws.dir / "m4.zarr").n_components == 4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: the checkpoint-mismatch error tells a CLI user to 'start over with "
+    "overwrite=True' (the Python API); the command's option is --restart",
+)
+def test_checkpoint_clash_names_the_cli_option(
+    ws: Workspace,
+    fitted: subprocess.CompletedProcess[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ok(fitted)
+    args = ["fit", "g.zarr/data", "-k", "5", "--checkpoint", "ck.zarr", "--out", "m5.zarr"]
+    code, _, err = in_process(args, ws.dir, monkeypatch, capsys)
+    assert code == 2 and "belongs to another run" in err
+    assert "--restart" in err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: pipeline.cli prints errors through a rich Console that wraps at 80 columns "
+    "when stderr is not a terminal (a scheduled job's log), splitting paths mid-name",
+)
+def test_error_keeps_a_long_path_on_one_line(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    missing = ws.dir / ("a-long-folder-name-" * 5) / "job.yaml"
+    monkeypatch.chdir(ws.dir)
+    assert main(["report", "--config", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: 'fit --help' says DATA may be 'a file to ingest next to --out', but "
+    "_fit_config forces input.format='zarr', so a .npy fails with 'no Zarr array'",
+)
+def test_fit_ingests_a_file_as_its_help_says(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(ws.dir / "f.npy", np.random.default_rng(5).normal(size=(500, 2)))
+    args = ["fit", "f.npy", "-k", "2", "--out", "fnpy/m.zarr"]
+    code, _, err = in_process(args, ws.dir, monkeypatch, capsys)
+    assert code == 0, err
+    assert emdist.load_model(ws.dir / "fnpy" / "m.zarr").n_components == 2
+
+
+def test_predict_writes_labels(ws: Workspace, fitted: subprocess.CompletedProcess[str]) -> None:
+    ok(fitted)
+    proc = ok(ws.emdist("predict", "m.zarr", "g.zarr/data", "labels.zarr"))
+    assert "labels.zarr" in proc.stdout
+    labels = np.asarray(zarr.open_array(str(ws.dir / "labels.zarr" / "labels"), mode="r")[:])
+    assert labels.shape == (N_SAMPLES,)
+    X = np.asarray(zarr.open_array(str(ws.dir / "g.zarr" / "data"), mode="r")[:])
+    np.testing.assert_array_equal(labels, emdist.load_model(ws.dir / "m.zarr").predict(X))
+    assert sorted(np.unique(labels).tolist()) == list(range(TRUE_K))
+
+
+# -- the whole job: run, then report ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    proc: subprocess.CompletedProcess[str]
+    config: Path
+    out: Path
+    leftovers: set[int]
+
+
+@pytest.fixture(scope="module")
+def ran(ws: Workspace) -> Run:
+    project = ws.dir / "project"
+    project.mkdir()
+    config = project / "job.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "cli-run",
+                "input": {
+                    "generate": {
+                        "n_samples": N_SAMPLES,
+                        "n_features": N_FEATURES,
+                        "n_components": TRUE_K,
+                        "chunk_rows": CHUNK_ROWS,
+                    }
+                },
+                "model": {"n_components": TRUE_K},
+                "output": {"dir": "out"},
+                "cluster": {"n_workers": 1, "processes": True},
+            }
+        )
+    )
+    # From another folder: relative paths in the file resolve against the file's folder.
+    proc = ws.emdist("run", "--config", str(config), cwd=ws.dir)
+    home = ws.env["PREFECT_HOME"]
+    leftovers = wait_until_gone(lambda: processes_with_env("PREFECT_HOME", home))
+    return Run(proc, config, project / "out", leftovers)
+
+
+def test_run_executes_the_whole_flow(ran: Run) -> None:
+    ok(ran.proc)
+    summary = json.loads((ran.out / "summary.json").read_text())
+    fit = summary["fit"]
+    match = re.search(
+        r"fitted (\d+) iterations \((converged|not converged)\), lower bound (\S+); "
+        r"cluster sizes \[([\d, ]+)\]",
+        ran.proc.stdout,
+    )
+    assert match is not None, ran.proc.stdout
+    assert int(match.group(1)) == fit["n_iter"]
+    assert match.group(2) == "converged"
+    assert float(match.group(3)) == pytest.approx(fit["lower_bounds"][-1], abs=5e-7)
+    counts = [int(c) for c in match.group(4).split(",")]
+    assert counts == summary["predictions"]["counts"]
+    assert sum(counts) == N_SAMPLES
+    report = ran.out / "report" / "report.md"
+    assert f"report: {report}" in ran.proc.stdout
+    assert report.is_file()
+    assert emdist.load_model(ran.out / "model.zarr").n_iter_ == fit["n_iter"]
+
+
+def test_run_leaves_no_server_or_worker_behind(ran: Run) -> None:
+    ok(ran.proc)
+    assert ran.leftovers == set(), "processes of the run (Prefect server, Dask) outlived it"
+
+
+def test_report_rewrites_the_report_from_disk(ws: Workspace, ran: Run) -> None:
+    ok(ran.proc)
+    report_dir = ran.out / "report"
+    for path in report_dir.iterdir():
+        path.unlink()
+    report_dir.rmdir()
+    proc = ok(ws.emdist("report", "--config", str(ran.config)))
+    assert f"report: {report_dir / 'report.md'}" in proc.stdout
+    n_iter = json.loads((ran.out / "summary.json").read_text())["fit"]["n_iter"]
+    assert f"iterations: {n_iter} (converged)" in (report_dir / "report.md").read_text()
+    for png in ("lower_bound.png", "clusters.png"):
+        assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_before_any_run_is_a_user_error(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = ws.dir / "fresh" / "job.toml"
+    config.parent.mkdir()
+    config.write_text('[input]\npath = "x.npy"\n')
+    code, _, err = in_process(["report", "--config", str(config)], ws.dir, monkeypatch, capsys)
+    assert code == 2
+    assert "summary.json" in err and "run the job" in err
+
+
+# -- help and bad configurations --------------------------------------------------------------
+
+
+def test_top_level_help_lists_commands_and_examples(ws: Workspace) -> None:
+    proc = ok(ws.emdist("--help"))
+    assert proc.stdout.startswith("usage: emdist")
+    assert "examples:" in proc.stdout
+    for command in COMMANDS:
+        assert command in proc.stdout
+    examples = proc.stdout.split("examples:")[1]
+    for command in ("run", "generate", "ingest", "fit", "predict", "report", "select-k"):
+        assert f"emdist {command} " in examples
+
+
+def test_console_script_is_installed(ws: Workspace) -> None:
+    script = Path(sys.executable).with_name("emdist")
+    assert script.is_file(), "the emdist console script is not installed next to python"
+    proc = subprocess.run(
+        [str(script), "--help"], env=ws.env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: emdist")
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("generate", ["dest", "--n-samples", "--n-features", "--chunk-rows", "--overwrite"]),
+        ("ingest", ["source", "dest", "--format", "{auto,npy,csv,parquet,hdf5,zarr}"]),
+        ("fit", ["--model", "{gmm,kmeans,bayesian_gmm}", "-k", "--checkpoint", "--restart"]),
+        ("predict", ["model", "data", "dest", "--responsibilities", "--scheduler"]),
+        ("report", ["--config"]),
+        ("run", ["--config"]),
+        ("demo", ["--out", "--n-samples"]),
+        ("select-k", ["--config", "--k"]),
+        ("serve", ["--config", "--cron", "--name"]),
+        ("deploy", ["--config", "--cron", "--pool"]),
+    ],
+)
+def test_subcommand_help_lists_its_options(
+    command: str, options: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: emdist {command}")
+    for option in options:
+        assert option in out
+    assert "-h, --help" in out
+
+
+def test_every_command_is_documented() -> None:
+    help_text = build_full_parser().format_help()
+    for command in COMMANDS:
+        assert re.search(rf"^\s+{re.escape(command)}\s+\S", help_text, re.M), command
+
+
+BAD_CONFIGS = {
+    "run-bad-fields": (
+        {"bad.yaml": "input:\n  path: x.npy\nmodel:\n  family: dbscan\n  n_comps: 3\n"},
+        ["run", "--config", "bad.yaml"],
+        ["model.family", "allowed values", "'gmm'", "'kmeans'", "model.n_comps", "unknown"],
+    ),
+    "fit-bad-choice": (
+        {},
+        ["fit", "nowhere.zarr", "--covariance-type", "ful"],
+        ["model.covariance_type", "'ful'", "allowed values", "'full'", "'spherical'"],
+    ),
+    "report-invalid-yaml": (
+        {"broken.yaml": "input: [\n"},
+        ["report", "--config", "broken.yaml"],
+        ["broken.yaml is not valid YAML"],
+    ),
+    "run-missing-config": (
+        {},
+        ["run", "--config", "missing.toml"],
+        ["missing.toml does not exist"],
+    ),
+    "select-k-bad-address": (
+        {"job.toml": '[input]\npath = "x.npy"\n[cluster]\naddress = "host:8786"\n'},
+        ["select-k", "--config", "job.toml", "--k", "2", "3"],
+        ["cluster.address", "tcp://host:port"],
+    ),
+}
+
+
+def _bad_config_folder(ws: Workspace, case: str, where: str) -> Path:
+    files = BAD_CONFIGS[case][0]
+    folder = ws.dir / f"bad-{where}-{case}"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("case", ["run-bad-fields", "fit-bad-choice"])
+def test_bad_configuration_is_a_readable_user_error(ws: Workspace, case: str) -> None:
+    """As a separate process: exit status 2, the field named, no traceback."""
+    folder = _bad_config_folder(ws, case, "subprocess")
+    proc = ws.emdist(*BAD_CONFIGS[case][1], cwd=folder)
+    message = user_error(proc)
+    assert proc.stdout == ""
+    for text in BAD_CONFIGS[case][2]:
+        assert text in message
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_configuration_in_process(
+    ws: Workspace, case: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same check on the same ``main``, without starting a process per case."""
+    _, args, expected = BAD_CONFIGS[case]
+    folder = _bad_config_folder(ws, case, "in-process")
+    code, out, err = in_process(args, folder, monkeypatch, capsys)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error:")
+    for text in expected:
+        assert text in err

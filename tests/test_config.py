@@ -1,0 +1,328 @@
+"""The run configuration: YAML and TOML files, path resolution, and readable errors."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.config import ConfigError, RunConfig, load_config, parse_config
+
+YAML_CONFIG = """\
+name: measurements
+input:
+  path: data/measurements.csv
+model:
+  family: kmeans
+  n_components: 4
+  max_iter: 50
+output:
+  dir: runs/out
+checkpoint:
+  every: 2
+cluster:
+  address: tcp://10.0.0.5:8786
+select_k: [2, 4, 8]
+"""
+
+TOML_CONFIG = """\
+name = "measurements"
+select_k = [2, 4, 8]
+
+[input]
+path = "data/measurements.csv"
+
+[model]
+family = "kmeans"
+n_components = 4
+max_iter = 50
+
+[output]
+dir = "runs/out"
+
+[checkpoint]
+every = 2
+
+[cluster]
+address = "tcp://10.0.0.5:8786"
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize(("name", "text"), [("job.yaml", YAML_CONFIG), ("job.toml", TOML_CONFIG)])
+def test_yaml_and_toml_give_the_same_config(tmp_path: Path, name: str, text: str) -> None:
+    config = load_config(write(tmp_path / "conf", name, text))
+    assert isinstance(config, RunConfig)
+    assert config.name == "measurements"
+    assert config.model.family == "kmeans"
+    assert config.model.n_components == 4
+    assert config.model.max_iter == 50
+    assert config.checkpoint.every == 2
+    assert config.cluster.address == "tcp://10.0.0.5:8786"
+    assert config.select_k == [2, 4, 8]
+    # Unset sections keep their defaults.
+    assert config.model.covariance_type == "full"
+    assert config.checkpoint.enabled is True
+
+
+def test_yml_suffix_is_yaml(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "job.yml", YAML_CONFIG))
+    assert config.model.family == "kmeans"
+
+
+@pytest.mark.parametrize("name", ["job.yaml", "job.toml"])
+def test_relative_paths_resolve_against_the_config_folder(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "project" / "conf"
+    path = write(folder, name, YAML_CONFIG if name.endswith("yaml") else TOML_CONFIG)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working directory must not matter
+    config = load_config(path)
+    assert config.input.path == str(folder / "data" / "measurements.csv")
+    assert config.output.dir == str(folder / "runs" / "out")
+    # Every derived location lives under the resolved output folder.
+    out = folder / "runs" / "out"
+    assert config.data_path == out / "data.zarr"
+    assert config.model_path == out / "model.zarr"
+    assert config.predictions_path == out / "predictions.zarr"
+    assert config.report_dir == out / "report"
+    assert config.checkpoint_path == out / "checkpoint.zarr"
+
+
+def test_absolute_paths_and_urls_are_kept(tmp_path: Path) -> None:
+    data = tmp_path / "abs" / "x.npy"
+    config = load_config(
+        write(
+            tmp_path / "conf",
+            "job.yaml",
+            f"""\
+            input:
+              path: {data}
+            output:
+              dir: s3://bucket/runs
+              model: ../models/m.zarr
+            checkpoint:
+              path: ckpt.zarr
+            """,
+        )
+    )
+    assert config.input.path == str(data)
+    assert config.output.dir == "s3://bucket/runs"
+    assert config.output.model == str((tmp_path / "models" / "m.zarr").resolve())
+    assert config.checkpoint_path == tmp_path / "conf" / "ckpt.zarr"
+
+
+def test_default_output_dir_is_under_the_config_folder(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "job.yaml", "input:\n  path: x.npy\n"))
+    assert config.output.dir == str(tmp_path / "runs" / "emdist")
+
+
+def test_parse_config_resolves_against_the_given_base(tmp_path: Path) -> None:
+    config = parse_config({"input": {"path": "x.npy"}, "output": {"dir": "out"}}, base=tmp_path)
+    assert config.input.path == str(tmp_path / "x.npy")
+    assert config.output.dir == str(tmp_path / "out")
+
+
+def test_zarr_input_is_fitted_in_place(tmp_path: Path) -> None:
+    config = parse_config({"input": {"path": "d.zarr"}}, base=tmp_path)
+    assert config.data_path == tmp_path / "d.zarr"
+    named = parse_config({"input": {"path": "store", "format": "zarr"}}, base=tmp_path)
+    assert named.data_path == tmp_path / "store"
+
+
+def test_generated_input_is_fitted_from_the_synthetic_group(tmp_path: Path) -> None:
+    config = parse_config(
+        {"input": {"generate": {"n_samples": 100}}, "output": {"dir": "o"}}, base=tmp_path
+    )
+    assert config.input.generate is not None
+    assert config.input.generate.n_samples == 100
+    assert config.data_path == tmp_path / "o" / "dataset.zarr" / "data"
+
+
+def test_config_is_frozen() -> None:
+    config = parse_config({"input": {"path": "/x.npy"}})
+    with pytest.raises(ValueError, match="frozen"):
+        config.name = "other"  # type: ignore[misc]
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+GOOD_INPUT: dict[str, Any] = {"path": "x.npy"}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(
+            {"input": GOOD_INPUT, "modle": {"family": "gmm"}},
+            ["modle", "unknown field"],
+            id="unknown-top-level-field",
+        ),
+        pytest.param(
+            {"input": GOOD_INPUT, "model": {"n_component": 3}},
+            ["model.n_component", "unknown field"],
+            id="unknown-nested-field",
+        ),
+        pytest.param(
+            {"input": GOOD_INPUT, "model": {"family": "dbscan"}},
+            ["model.family", "'dbscan'", "allowed values", "'gmm'", "'kmeans'", "'bayesian_gmm'"],
+            id="bad-family",
+        ),
+        pytest.param(
+            {"input": GOOD_INPUT, "model": {"covariance_type": "ful"}},
+            [
+                "model.covariance_type",
+                "allowed values",
+                "'full'",
+                "'tied'",
+                "'diag'",
+                "'spherical'",
+            ],
+            id="bad-covariance-type",
+        ),
+        pytest.param(
+            {"input": {"path": "x", "format": "xlsx"}},
+            ["input.format", "allowed values", "'npy'", "'csv'", "'parquet'", "'zarr'"],
+            id="bad-format",
+        ),
+        pytest.param(
+            {"input": GOOD_INPUT, "model": {"n_components": 0}},
+            ["model.n_components", "greater than 0"],
+            id="zero-components",
+        ),
+        pytest.param(
+            {"input": GOOD_INPUT, "model": {"n_components": "many"}},
+            ["model.n_components", "integer"],
+            id="non-integer-components",
+        ),
+        pytest.param(
+            {"input": GOOD_INPUT, "checkpoint": {"every": 0}},
+            ["checkpoint.every", "greater than 0"],
+            id="zero-checkpoint-frequency",
+        ),
+        pytest.param(
+            {"input": {"generate": {"n_samples": -5}}},
+            ["input.generate.n_samples", "greater than 0"],
+            id="negative-generated-samples",
+        ),
+        pytest.param(
+            {"input": GOOD_INPUT, "cluster": {"address": "127.0.0.1:8786"}},
+            ["cluster.address", "tcp://host:port"],
+            id="address-without-scheme",
+        ),
+        pytest.param(
+            {"input": {"path": "x.npy", "generate": {"n_samples": 10}}},
+            ["input", "exactly one of input.path and input.generate"],
+            id="both-path-and-generate",
+        ),
+        pytest.param(
+            {"input": {}},
+            ["input", "exactly one of input.path and input.generate"],
+            id="neither-path-nor-generate",
+        ),
+        pytest.param({}, ["input", "Field required"], id="missing-input"),
+    ],
+)
+def test_bad_fields_are_named(data: dict[str, Any], expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="job.yaml")
+    message = str(info.value)
+    assert message.startswith("invalid configuration in job.yaml:")
+    for text in expected:
+        assert text in message
+    # pydantic's own noise (URLs to its docs, input dumps) stays out of the message.
+    assert "errors.pydantic.dev" not in message
+
+
+def test_every_bad_field_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "input": GOOD_INPUT,
+                "model": {"family": "dbscan", "n_components": 0},
+                "cluster": {"address": "host:1"},
+            }
+        )
+    lines = str(info.value).splitlines()[1:]
+    assert len(lines) == 3
+    assert {line.split(":")[0].strip(" -") for line in lines} == {
+        "model.family",
+        "model.n_components",
+        "cluster.address",
+    }
+
+
+def test_config_error_is_a_value_error() -> None:
+    # The CLI turns ValueError subclasses into one readable line.
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.yaml", "- input\n- model\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(path)
+
+
+def test_empty_file_says_input_is_required(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"input: Field required"):
+        load_config(write(tmp_path, "job.yaml", ""))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        load_config(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.yaml", "input:\n  path: [unclosed\nmodel: {")
+    with pytest.raises(ConfigError, match="is not valid YAML") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.toml", '[input]\npath = "x.npy\n')
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(path)
+
+
+def test_unsupported_suffix(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.json", '{"input": {"path": "x.npy"}}')
+    with pytest.raises(ConfigError, match=r"\.yaml, \.yml or \.toml"):
+        load_config(path)
+
+
+def test_errors_name_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.toml", '[input]\npath = "x.npy"\n[model]\nfamily = "em"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"invalid configuration in {path}:")
+    assert "model.family" in str(info.value)
+
+
+def test_demo_defaults_span_many_chunks_on_an_embedded_cluster(tmp_path: Path) -> None:
+    from pipeline.demo import demo_config
+
+    config = demo_config(tmp_path / "demo")
+    gen = config.input.generate
+    assert gen is not None and config.input.path is None
+    assert -(-gen.n_samples // gen.chunk_rows) >= 10, "the demo should span many chunks"
+    assert config.model.n_components == gen.n_components
+    assert config.cluster.address is None  # an embedded LocalCluster
+    assert config.output.dir == str(tmp_path / "demo")
+    assert config.data_path == tmp_path / "demo" / "dataset.zarr" / "data"
+    small = demo_config("relative/demo", n_samples=1_000)
+    assert small.input.generate is not None and small.input.generate.n_samples == 1_000
+    assert Path(small.output.dir).is_absolute()

@@ -1,0 +1,394 @@
+"""The Prefect flows end to end, on one session-wide ``prefect_test_harness``.
+
+Everything is real: Prefect's temporary server on 127.0.0.1, Dask LocalClusters, Zarr on
+disk. What the flows tell Prefect (artifacts, logs) is read back through the API client and
+checked against the saved model and the data, not against the flow's own bookkeeping.
+
+Clusters: the main run and the failing run start the flow's own embedded LocalCluster of
+two (one) worker processes, as a user's job does; the re-run and the K selection connect
+to one in-process LocalCluster of this module by address (``cluster.address``), which is
+cheaper to start.
+"""
+
+# ruff: noqa: F811  (pytest fixtures imported from tests.prefect_fixtures are parameters here)
+
+from __future__ import annotations
+
+# Sets PREFECT_HOME, TMPDIR and the telemetry switches: keep it before Prefect's imports.
+from tests.prefect_fixtures import prefect_harness  # noqa: F401
+
+# isort: split
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+from distributed import LocalCluster
+from distributed.core import Status
+from distributed.deploy.spec import SpecCluster
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.logging.handlers import APILogHandler
+
+import emdist
+from emdist.exceptions import InvalidDataError
+from flows.pipeline_flow import choose_components, clustering_pipeline
+from tests import prefect_fixtures
+from tests.prefect_fixtures import dask_worker_processes, wait_until_gone
+
+N_SAMPLES, N_FEATURES, TRUE_K, CHUNK_ROWS = 20_000, 4, 3, 4_000
+ITERATION_LINE = re.compile(
+    r"restart (\d+) iteration (\d+): lower bound (\S+) \(change (\S+)\) in (\S+) s"
+)
+
+
+def job(out: str, cluster: dict[str, Any], **model: Any) -> dict[str, Any]:
+    return {
+        "name": "flow-test",
+        "input": {
+            "generate": {
+                "n_samples": N_SAMPLES,
+                "n_features": N_FEATURES,
+                "n_components": TRUE_K,
+                "chunk_rows": CHUNK_ROWS,
+                "random_state": 0,
+            }
+        },
+        "model": {"family": "gmm", "n_components": TRUE_K, **model},
+        "output": {"dir": out},
+        "cluster": cluster,
+    }
+
+
+def open_clusters() -> set[int]:
+    return {id(c) for c in SpecCluster._instances if c.status != Status.closed}
+
+
+@dataclass(frozen=True)
+class FlowRecord:
+    """A finished flow run and what it told Prefect."""
+
+    state: Any
+    result: Any
+    flow_run_id: UUID
+    artifacts: dict[str, Any]
+    logs: list[Any]
+    leftover_workers: set[int]
+    leftover_clusters: set[int]
+
+    def messages(self) -> list[str]:
+        return [log.message for log in self.logs]
+
+    def iteration_lines(self) -> list[re.Match[str]]:
+        return [m for m in map(ITERATION_LINE.search, self.messages()) if m]
+
+    def table(self, key: str) -> list[dict[str, Any]]:
+        import json
+
+        data = self.artifacts[key].data
+        return json.loads(data) if isinstance(data, str) else data
+
+
+def flow_logs(flow_run_id: UUID, patience: float = 60.0) -> list[Any]:
+    """The run's logs, once the engine's last line ("Finished in state ...") has arrived."""
+    APILogHandler().flush()
+    deadline = time.monotonic() + patience
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+            done = any(
+                log.task_run_id is None and log.message.startswith("Finished in state")
+                for log in logs
+            )
+            if done or time.monotonic() > deadline:
+                return logs
+            time.sleep(0.5)
+
+
+def flow_artifacts(flow_run_id: UUID) -> dict[str, Any]:
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    keys = [a.key for a in artifacts]
+    assert len(keys) == len(set(keys)), f"an artifact key was created twice in one run: {keys}"
+    return {a.key: a for a in artifacts}
+
+
+def run_flow(flow: Callable[..., Any], **parameters: Any) -> FlowRecord:
+    workers_before = dask_worker_processes()
+    clusters_before = open_clusters()
+    state = flow(**parameters, return_state=True)
+    flow_run_id = state.state_details.flow_run_id
+    return FlowRecord(
+        state=state,
+        result=state.result(raise_on_failure=False),
+        flow_run_id=flow_run_id,
+        artifacts=flow_artifacts(flow_run_id),
+        logs=flow_logs(flow_run_id),
+        leftover_workers=wait_until_gone(lambda: dask_worker_processes() - workers_before),
+        leftover_clusters=open_clusters() - clusters_before,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster_address() -> Iterator[str]:
+    """A LocalCluster of threads in this process, on TCP so flows can connect by address."""
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        protocol="tcp://",
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+# -- the whole pipeline -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FirstRun:
+    record: FlowRecord
+    config_path: Path
+    out: Path
+    means: np.ndarray
+    checkpoint_root: bytes
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness: str, tmp_path_factory: pytest.TempPathFactory) -> FirstRun:
+    """The flow from a YAML file with relative paths, on its own 2-process LocalCluster."""
+    folder = tmp_path_factory.mktemp("flow")
+    config_path = folder / "job.yaml"
+    config_path.write_text(
+        yaml.safe_dump(job("out", {"n_workers": 2, "threads_per_worker": 1, "processes": True}))
+    )
+    record = run_flow(clustering_pipeline, config_path=str(config_path))
+    assert record.state.is_completed(), record.state.message
+    out = folder / "out"
+    return FirstRun(
+        record,
+        config_path,
+        out,
+        np.array(emdist.load_model(out / "model.zarr").means_),
+        (out / "checkpoint.zarr" / "zarr.json").read_bytes(),
+    )
+
+
+def test_pipeline_returns_paths_that_exist_and_right_numbers(first_run: FirstRun) -> None:
+    result, out = first_run.record.result, first_run.out
+    # Relative paths in the file resolve against the file's folder.
+    assert result["data"] == str(out / "dataset.zarr" / "data")
+    assert result["model"] == str(out / "model.zarr")
+    assert result["predictions"] == str(out / "predictions.zarr")
+    assert result["report"] == str(out / "report" / "report.md")
+    for key in ("data", "model", "predictions", "report"):
+        assert Path(result[key]).exists(), key
+
+    model = emdist.load_model(result["model"])
+    labels = np.asarray(zarr.open_array(str(out / "predictions.zarr" / "labels"), mode="r")[:])
+    assert labels.shape == (N_SAMPLES,)
+    assert result["n_iter"] == model.n_iter_
+    assert result["converged"] is True and model.converged_
+    assert result["lower_bound"] == model.lower_bounds_[-1]
+    assert result["bic"] == pytest.approx(model.bic(result["data"]), rel=1e-9)
+    assert result["counts"] == np.bincount(labels, minlength=TRUE_K).tolist()
+    assert sum(result["counts"]) == N_SAMPLES
+    assert (out / "summary.json").is_file()
+    for png in ("lower_bound.png", "clusters.png"):
+        assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pipeline_artifacts_say_the_right_numbers(first_run: FirstRun) -> None:
+    record, result = first_run.record, first_run.record.result
+    assert {"emdist-report", "emdist-summary", "emdist-components", "emdist-fit-progress"} <= set(
+        record.artifacts
+    )
+
+    report = record.artifacts["emdist-report"]
+    assert report.type == "markdown"
+    assert f"BIC: {result['bic']:.2f}" in report.data
+    assert f"iterations: {result['n_iter']} (converged)" in report.data
+    assert f"final lower bound: {result['lower_bound']:.6f}" in report.data
+    assert str(first_run.out / "report") in report.data
+
+    assert record.artifacts["emdist-summary"].type == "table"
+    summary = {row["quantity"]: row["value"] for row in record.table("emdist-summary")}
+    assert summary["iterations"] == result["n_iter"]
+    assert summary["converged"] is True
+    assert summary["bic"] == pytest.approx(result["bic"], rel=1e-12)
+    assert summary["lower_bound"] == pytest.approx(result["lower_bound"], rel=1e-12)
+    assert summary["n_components"] == TRUE_K
+    assert summary["family"] == "gmm"
+    assert summary["fit_seconds"] > 0
+
+    components = record.table("emdist-components")
+    assert [row["component"] for row in components] == list(range(TRUE_K))
+    assert [row["n_samples"] for row in components] == result["counts"]
+
+    progress = record.artifacts["emdist-fit-progress"]
+    assert progress.type == "progress"
+    assert float(progress.data) == 100.0
+
+
+def test_pipeline_logs_one_line_per_em_iteration(first_run: FirstRun) -> None:
+    record = first_run.record
+    lines = record.iteration_lines()
+    model = emdist.load_model(record.result["model"])
+    assert [int(m.group(2)) for m in lines] == list(range(1, model.n_iter_ + 1))
+    assert {int(m.group(1)) for m in lines} == {0}
+    np.testing.assert_allclose(
+        [float(m.group(3)) for m in lines], model.lower_bounds_, rtol=1e-7, atol=1e-8
+    )
+    assert all(float(m.group(5)) >= 0 for m in lines)
+    assert "converged" in lines[-1].string
+    assert any(f"report written to {record.result['report']}" in m for m in record.messages())
+
+
+def test_pipeline_leaves_no_cluster_behind(first_run: FirstRun) -> None:
+    assert first_run.record.leftover_workers == set()
+    assert first_run.record.leftover_clusters == set()
+
+
+# -- re-running reuses the checkpoint ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rerun(first_run: FirstRun, cluster_address: str) -> FlowRecord:
+    """The same job again (only the cluster differs: it is not part of the checkpoint)."""
+    again = first_run.config_path.with_name("again.yaml")
+    config = yaml.safe_load(first_run.config_path.read_text())
+    config["cluster"] = {"address": cluster_address}
+    again.write_text(yaml.safe_dump(config))
+    record = run_flow(clustering_pipeline, config_path=str(again))
+    assert record.state.is_completed(), record.state.message
+    return record
+
+
+def test_rerun_resumes_from_the_finished_checkpoint(first_run: FirstRun, rerun: FlowRecord) -> None:
+    """What happens: the finished fit is restored; no EM iteration runs; same model."""
+    first = first_run.record.result
+    assert rerun.iteration_lines() == []
+    assert rerun.result["n_iter"] == first["n_iter"]
+    assert rerun.result["lower_bound"] == first["lower_bound"]
+    assert rerun.result["bic"] == pytest.approx(first["bic"], rel=1e-9)
+    assert rerun.result["counts"] == first["counts"]
+    model = emdist.load_model(rerun.result["model"])
+    np.testing.assert_array_equal(model.means_, first_run.means)
+    # The checkpoint's commit pointer did not move: nothing new was committed.
+    root = first_run.out / "checkpoint.zarr" / "zarr.json"
+    assert root.read_bytes() == first_run.checkpoint_root
+    summary = {row["quantity"]: row["value"] for row in rerun.table("emdist-summary")}
+    assert summary["iterations"] == first["n_iter"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: on a re-run restored from a finished checkpoint the IterationLogger is "
+    "never called, so emdist-fit-progress stays at 0 although the fit is converged",
+)
+def test_rerun_progress_artifact_is_complete(rerun: FlowRecord) -> None:
+    assert rerun.result["converged"] is True
+    assert float(rerun.artifacts["emdist-fit-progress"].data) == 100.0
+
+
+# -- choosing K -------------------------------------------------------------------------------
+
+
+def test_choose_components_picks_the_true_k_and_tabulates(
+    prefect_harness: str, cluster_address: str, tmp_path: Path
+) -> None:
+    config = job(str(tmp_path / "out"), {"address": cluster_address}, max_iter=50)
+    record = run_flow(choose_components, candidates=[4, 2, 3], config=config)
+    assert record.state.is_completed(), record.state.message
+    result = record.result
+    assert result["criterion"] == "bic"
+    assert result["best_k"] == TRUE_K
+    assert [row["k"] for row in result["rows"]] == [2, 3, 4]
+    assert min(result["rows"], key=lambda r: r["bic"])["k"] == TRUE_K
+
+    assert record.artifacts["emdist-select-k"].type == "table"
+    table = record.table("emdist-select-k")
+    assert [row["k"] for row in table] == [2, 3, 4]
+    for row, fitted in zip(table, result["rows"], strict=True):
+        assert row["bic"] == pytest.approx(fitted["bic"], rel=1e-12)
+        assert row["aic"] == pytest.approx(fitted["aic"], rel=1e-12)
+        model = emdist.load_model(fitted["model_path"])
+        assert model.n_components == row["k"]
+        assert row["n_iter"] == model.n_iter_
+    summary = {row["quantity"]: row["value"] for row in record.table("emdist-summary")}
+    assert summary["n_components"] == TRUE_K
+
+    report = Path(result["report"])
+    assert f"Best K by bic: **{TRUE_K}**" in report.read_text()
+    assert (report.parent / "selection.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Each candidate's iterations are logged too.
+    iterations = [int(m.group(2)) for m in record.iteration_lines()]
+    assert iterations.count(1) == 3
+    assert len(iterations) == sum(row["n_iter"] for row in table)
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+def test_nan_in_the_data_fails_clearly_and_stops_the_cluster(
+    prefect_harness: str, tmp_path: Path
+) -> None:
+    X = np.random.default_rng(0).normal(size=(6_000, 3))
+    X[4_321, 2] = np.nan
+    source = tmp_path / "bad.zarr"
+    zarr.create_array(str(source), data=X, chunks=(1_000, 3), zarr_format=3)
+    config = job(str(tmp_path / "out"), {"n_workers": 1, "processes": True})
+    config["input"] = {"path": str(source)}
+
+    record = run_flow(clustering_pipeline, config=config)
+    assert record.state.is_failed()
+    assert isinstance(record.result, InvalidDataError)
+    for text in ("NaN", "row 4321", "column 2"):
+        assert text in record.state.message
+    assert record.leftover_workers == set(), "a failed flow left Dask workers running"
+    assert record.leftover_clusters == set(), "a failed flow left its LocalCluster open"
+    assert not (tmp_path / "out" / "model.zarr").exists()
+    assert "emdist-report" not in record.artifacts
+
+
+def test_missing_input_fails_clearly(prefect_harness: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "measurements.csv"
+    config = job(str(tmp_path / "out"), {"n_workers": 1})
+    config["input"] = {"path": str(missing)}
+    record = run_flow(clustering_pipeline, config=config)
+    assert record.state.is_failed()
+    assert isinstance(record.result, FileNotFoundError)
+    assert str(missing) in record.state.message
+    assert record.leftover_workers == set()
+    assert record.leftover_clusters == set()
+
+
+def test_bad_inline_config_fails_naming_the_field(prefect_harness: str, tmp_path: Path) -> None:
+    config = job(str(tmp_path / "out"), {"address": "localhost:8786"})
+    record = run_flow(clustering_pipeline, config=config)
+    assert record.state.is_failed()
+    assert "cluster.address" in record.state.message
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_harness_started_once(prefect_harness: str) -> None:
+    assert prefect_fixtures.HARNESS_STARTS == 1
+    assert prefect_harness.startswith("http://127.0.0.1:")
