@@ -13,7 +13,7 @@ where they always are; child processes (Prefect's server, Dask workers) write th
 scratch space under ``TMPDIR``.
 
 pytest creates one fixture definition per module that imports a fixture, so a
-session-scoped fixture imported into two modules runs twice (checked with pytest 8). The
+session-scoped fixture imported into two modules runs twice (checked with pytest 9.2). The
 harness is therefore a reference-counted singleton: the first user starts it, the last
 teardown (at the end of the session) stops it, and :data:`HARNESS_STARTS` counts starts.
 
