@@ -73,6 +73,11 @@ class IterationLogger:
             update_progress_artifact(self.artifact_id, progress=min(progress, 100.0))
             self._last_update = now
 
+    def finish(self, fit: steps.FitSummary) -> None:
+        """Set the final progress: 100% for a converged fit, also one restored whole."""
+        progress = 100.0 if fit.converged else 100.0 * fit.n_iter / self.max_iter
+        update_progress_artifact(self.artifact_id, progress=min(progress, 100.0))
+
 
 @task(name="prepare-data", retries=2, retry_delay_seconds=2)
 def prepare_data_task(config: RunConfig) -> steps.DatasetRef:
@@ -91,9 +96,9 @@ def prepare_data_task(config: RunConfig) -> steps.DatasetRef:
 @task(name="fit")
 def fit_task(config: RunConfig, data: steps.DatasetRef, scheduler: str | None) -> steps.FitSummary:
     """Fit the model, checkpointed; a re-run resumes from the checkpoint."""
-    fit = steps.fit_model(
-        config, data, scheduler=scheduler, observer=IterationLogger(config.model.max_iter)
-    )
+    progress = IterationLogger(config.model.max_iter)
+    fit = steps.fit_model(config, data, scheduler=scheduler, observer=progress)
+    progress.finish(fit)
     if fit.resumed_iterations:
         get_run_logger().info("resumed after %d checkpointed iterations", fit.resumed_iterations)
     return fit

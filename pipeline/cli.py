@@ -35,6 +35,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     CheckpointMismatchError,
     OutputExistsError,
+    FileExistsError,
     FileNotFoundError,
     ValueError,
 )
@@ -127,7 +128,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _fit_config(args: argparse.Namespace) -> Any:
     data: dict[str, Any] = {
-        "input": {"path": args.data, "format": "zarr"},
+        "input": {"path": args.data},
         "model": {
             "family": args.model,
             "n_components": args.k,
@@ -259,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cli_hint(exc: BaseException) -> str | None:
+    """The command-line spelling of the remedy an API error message names."""
+    if isinstance(exc, CheckpointMismatchError | CheckpointError):
+        return "on the command line, --restart discards the checkpoint and starts over"
+    if isinstance(exc, FileExistsError) and "overwrite" in str(exc):
+        return "on the command line, --overwrite replaces the existing output"
+    return None
+
+
 def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, and turn a user's mistake into one readable line."""
     args = parser.parse_args(argv)
@@ -268,7 +278,12 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
     except USER_ERRORS as exc:
         if args.debug:
             raise
-        Console(stderr=True).print(Text("error: ", style="bold red") + Text(str(exc)))
+        # soft_wrap: a scheduled job's log is not a terminal; never split a path.
+        console = Console(stderr=True, soft_wrap=True)
+        console.print(Text("error: ", style="bold red") + Text(str(exc)))
+        hint = _cli_hint(exc)
+        if hint:
+            console.print(Text("hint: ", style="bold") + Text(hint))
         return 2
     except KeyboardInterrupt:
         return 130

@@ -53,9 +53,12 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
             n_workers=workers,
             threads_per_worker=threads,
             processes=config.processes,
+            # In-process clusters default to the inproc transport, which takes no host.
+            protocol="tcp://",
             memory_limit=config.memory_limit,
             host="127.0.0.1",
-            dashboard_address="127.0.0.1:0" if config.dashboard else None,
+            # Always a free local port: even "no dashboard" serves HTTP (on 8787 by default).
+            dashboard_address="127.0.0.1:0",
         )
     try:
         with Client(cluster, set_as_default=True) as client:

@@ -223,7 +223,12 @@ def write_report(
         f"- final lower bound: {fit.lower_bounds[-1]:.6f}"
         if fit.lower_bounds
         else "- no iterations",
-        f"- fit time: {fit.fit_seconds:.2f} s; median {per_iter:.3f} s per iteration",
+        (
+            f"- fit time: {fit.fit_seconds:.2f} s; median {per_iter:.3f} s per iteration"
+            if fit.iteration_seconds
+            else f"- fit time: {fit.fit_seconds:.2f} s; every iteration restored from the "
+            "checkpoint"
+        ),
     ]
     if fit.bic is not None:
         lines.append(

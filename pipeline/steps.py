@@ -210,6 +210,33 @@ def prepare_data(config: RunConfig) -> DatasetRef:
     return _describe(Path(result.path))
 
 
+def kmeans_information_criteria(estimator: Any, data: DatasetRef) -> dict[str, float]:
+    """BIC and AIC of a K-means fit read as identical spherical Gaussians (X-means).
+
+    Inertia alone always falls as K grows; Pelleg & Moore's X-means criterion scores the
+    clustering as a mixture of K spherical Gaussians with one shared variance
+    ``σ² = inertia / (d (n - K))`` and weights ``n_k / n``, so K can be chosen by BIC.
+    Costs one pass (the cluster sizes).
+    """
+    import dask.array as da
+
+    labels = estimator.predict(data.path)
+    K, d = estimator.cluster_centers_.shape
+    n = data.n_samples
+    counts = np.bincount(np.asarray(da.compute(labels)[0]), minlength=K).astype(float)
+    sigma2 = max(float(estimator.inertia_) / (d * max(n - K, 1)), np.finfo(float).tiny)
+    nz = counts[counts > 0]
+    log_lik = float(
+        np.sum(nz * np.log(nz / n)) - n * d / 2 * np.log(2 * np.pi * sigma2) - d * (n - K) / 2
+    )
+    n_params = K * d + 1 + (K - 1)
+    return {
+        "score": log_lik / n,
+        "bic": -2 * log_lik + n_params * np.log(n),
+        "aic": -2 * log_lik + 2 * n_params,
+    }
+
+
 def build_estimator(
     model: ModelConfig,
     *,
@@ -286,6 +313,7 @@ def _fit_and_save(
     extra: dict[str, Any] = {}
     if model.family == "kmeans":
         extra["inertia"] = float(estimator.inertia_)
+        extra.update(kmeans_information_criteria(estimator, data))
     elif model.family == "gmm":
         crit = estimator.information_criteria(data.path)
         extra.update(score=crit["score"], bic=crit["bic"], aic=crit["aic"])
@@ -303,7 +331,11 @@ def _fit_and_save(
         lower_bounds=[float(v) for v in estimator.lower_bounds_],
         iteration_seconds=seconds,
         fit_seconds=fit_seconds,
-        resumed_iterations=(first_iteration[0] - 1) if first_iteration else 0,
+        # Iterations this process did not run came from the checkpoint (all of them when the
+        # checkpoint held a finished fit).
+        resumed_iterations=(
+            (first_iteration[0] - 1) if first_iteration else int(estimator.n_iter_)
+        ),
         **extra,
     )
 
@@ -375,7 +407,9 @@ def select_components(
     """
     if not candidates:
         raise ValueError("select_k needs at least one candidate number of components")
-    criterion = "inertia" if config.model.family == "kmeans" else "bic"
+    # K-means is scored by the X-means BIC (see kmeans_information_criteria); inertia alone
+    # would always pick the largest K.
+    criterion = "bic"
     rows: list[dict[str, Any]] = []
     fits: dict[int, FitSummary] = {}
     base = Path(config.output.dir) / "select-k"

@@ -158,12 +158,6 @@ def test_ingest_bad_data_is_a_user_error(
     assert not (ws.dir / "bad.zarr").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FileExistsError,
-    reason="bug: 'ingest --overwrite' onto something that is not a Zarr array raises a plain "
-    "FileExistsError, which pipeline.cli.USER_ERRORS does not list: traceback, exit 1",
-)
 def test_ingest_refusing_to_replace_a_file_is_a_user_error(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -227,11 +221,6 @@ def test_fit_with_another_k_on_the_same_checkpoint(
     assert emdist.load_model(ws.dir / "m4.zarr").n_components == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the checkpoint-mismatch error tells a CLI user to 'start over with "
-    "overwrite=True' (the Python API); the command's option is --restart",
-)
 def test_checkpoint_clash_names_the_cli_option(
     ws: Workspace,
     fitted: subprocess.CompletedProcess[str],
@@ -245,11 +234,6 @@ def test_checkpoint_clash_names_the_cli_option(
     assert "--restart" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: pipeline.cli prints errors through a rich Console that wraps at 80 columns "
-    "when stderr is not a terminal (a scheduled job's log), splitting paths mid-name",
-)
 def test_error_keeps_a_long_path_on_one_line(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -260,11 +244,6 @@ def test_error_keeps_a_long_path_on_one_line(
     assert str(missing) in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: 'fit --help' says DATA may be 'a file to ingest next to --out', but "
-    "_fit_config forces input.format='zarr', so a .npy fails with 'no Zarr array'",
-)
 def test_fit_ingests_a_file_as_its_help_says(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -299,11 +299,6 @@ def test_rerun_resumes_from_the_finished_checkpoint(first_run: FirstRun, rerun: 
     assert summary["iterations"] == first["n_iter"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: on a re-run restored from a finished checkpoint the IterationLogger is "
-    "never called, so emdist-fit-progress stays at 0 although the fit is converged",
-)
 def test_rerun_progress_artifact_is_complete(rerun: FlowRecord) -> None:
     assert rerun.result["converged"] is True
     assert float(rerun.artifacts["emdist-fit-progress"].data) == 100.0

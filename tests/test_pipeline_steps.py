@@ -305,12 +305,6 @@ def test_refit_after_a_finished_checkpoint_runs_no_iteration(fitted: Fitted) -> 
     assert again.iteration_seconds == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a fit restored whole from a finished checkpoint reports "
-    "resumed_iterations=0 (steps._fit_and_save derives it from the first observed "
-    "iteration, and none is observed), so the report hides that nothing was recomputed",
-)
 def test_refit_after_a_finished_checkpoint_reports_the_resumed_iterations(
     fitted: Fitted,
 ) -> None:
@@ -369,11 +363,6 @@ def test_select_components_needs_candidates(tmp_path: Path) -> None:
         select_components(config, prepare_data(config), [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: for kmeans, select_components picks the K of least inertia, and inertia "
-    "only falls as K grows, so it always picks the largest candidate",
-)
 def test_select_components_kmeans_does_not_just_pick_the_largest_k(tmp_path: Path) -> None:
     config = generated_config(tmp_path / "out", model={"family": "kmeans"})
     selection = select_components(config, prepare_data(config), [1, 2, 3, 4, 5])
@@ -415,13 +404,6 @@ def test_run_job_end_to_end_on_a_local_cluster(
     assert result.predictions.counts == fitted.predictions.counts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="bug: cluster.processes=false fails to start: pipeline.cluster passes "
-    "host='127.0.0.1' to LocalCluster(processes=False), whose inproc transport rejects it "
-    "('Scheduler failed to start'); protocol='tcp://' would fix it",
-)
 def test_run_job_with_a_threaded_local_cluster(tmp_path: Path) -> None:
     config = generated_config(tmp_path / "out", cluster={"n_workers": 1, "processes": False})
     result = run_job(config)
