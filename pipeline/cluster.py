@@ -57,8 +57,9 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
             protocol="tcp://",
             memory_limit=config.memory_limit,
             host="127.0.0.1",
-            # Always a free local port: even "no dashboard" serves HTTP (on 8787 by default).
-            dashboard_address="127.0.0.1:0",
+            # Even "no dashboard" serves HTTP (on 8787 by default, clashing with other
+            # clusters): a free port unless the dashboard's usual one is asked for.
+            dashboard_address="127.0.0.1:8787" if config.dashboard else "127.0.0.1:0",
         )
     try:
         with Client(cluster, set_as_default=True) as client:

@@ -131,7 +131,7 @@ class ClusterConfig(_Strict):
     threads_per_worker: int | None = Field(None, gt=0)
     memory_limit: str | None = "auto"
     processes: bool = True
-    dashboard: bool = False
+    dashboard: bool = Field(False, description="serve the Dask dashboard on 127.0.0.1:8787")
 
     @field_validator("address")
     @classmethod
