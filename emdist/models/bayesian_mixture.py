@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
@@ -20,7 +19,7 @@ import numpy as np
 from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray
 from emdist.engine.em import Observer
 from emdist.engine.reduce import map_reduce
-from emdist.exceptions import ConvergenceWarning, InvalidDataError
+from emdist.exceptions import InvalidDataError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.gaussian import precisions_from_cholesky
 from emdist.kernels.mixture import (
@@ -516,19 +515,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
             )
         self._set_priors(priors)
         self._set_params(best.params)
-        self.converged_ = best.converged
-        self.n_iter_ = best.n_iter
-        self.lower_bound_ = best.lower_bound
-        self.lower_bounds_ = list(best.lower_bounds)
-        self.n_features_in_ = data.summary.n_features
-        if not best.converged:
-            warnings.warn(
-                f"BayesianGaussianMixture did not converge in max_iter={self.max_iter} "
-                f"iterations (last change of the per-sample lower bound above "
-                f"tol={self.tol}); try different init parameters, or increase max_iter or tol.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+        self._record_fit(best, data.summary.n_features, "per-sample lower bound")
         return self
 
     def _set_priors(self, priors: VariationalPriors) -> None:

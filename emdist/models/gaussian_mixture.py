@@ -46,7 +46,7 @@ from emdist.models._base import (
     prepare_fit_data,
     resolve_seed,
 )
-from emdist.models._restarts import run_restarts
+from emdist.models._restarts import BestRun, run_restarts
 from emdist.models.kmeans import fit_kmeans
 
 __all__ = [
@@ -250,6 +250,8 @@ class BaseMixture(BaseEstimator):
     means_: FloatArray
     covariances_: FloatArray
     lower_bound_: float
+    max_iter: int
+    tol: float
 
     def _chunk_fns(
         self,
@@ -335,6 +337,22 @@ class BaseMixture(BaseEstimator):
             parts.append(rng.multivariate_normal(self.means_[k], cov, int(count)))
         y = np.repeat(np.arange(len(counts)), counts)
         return np.vstack(parts), y
+
+    def _record_fit(self, best: BestRun[Any], n_features: int, bound_name: str) -> None:
+        """Set the fitted attributes every mixture shares; warn if it did not converge."""
+        self.converged_ = best.converged
+        self.n_iter_ = best.n_iter
+        self.lower_bound_ = best.lower_bound
+        self.lower_bounds_ = list(best.lower_bounds)
+        self.n_features_in_ = n_features
+        if not best.converged:
+            warnings.warn(
+                f"{type(self).__name__} did not converge in max_iter={self.max_iter} "
+                f"iterations (last change of the {bound_name} above tol={self.tol}); try "
+                f"different init parameters, or increase max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
 
     def fit_predict(self, X: Any, y: Any = None) -> Any:
         """Fit, then return the labels of ``X`` under the fitted model."""
@@ -519,19 +537,7 @@ class GaussianMixture(BaseMixture):
                 previous_bound=self.lower_bound_ if warm else None,
             )
         self._set_params(best.params)
-        self.converged_ = best.converged
-        self.n_iter_ = best.n_iter
-        self.lower_bound_ = best.lower_bound
-        self.lower_bounds_ = list(best.lower_bounds)
-        self.n_features_in_ = data.summary.n_features
-        if not best.converged:
-            warnings.warn(
-                f"GaussianMixture did not converge in max_iter={self.max_iter} iterations "
-                f"(last change of the mean log-likelihood above tol={self.tol}); try "
-                f"different init parameters, or increase max_iter or tol.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+        self._record_fit(best, data.summary.n_features, "mean log-likelihood")
         return self
 
     def _set_params(self, params: MixtureParams) -> None:
