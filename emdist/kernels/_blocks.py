@@ -1,9 +1,14 @@
 """Helpers for walking a chunk in cache-sized sub-blocks.
 
 A chunk (tens of MB) is processed in sub-blocks of a few hundred to a few thousand rows so
-that the per-sub-block temporaries stay in the core's L2 cache; the temporaries are
-allocated once per chunk and reused (``out=``), which also spares the page faults that
-fresh multi-MB allocations cost under distributed's ``MALLOC_TRIM_THRESHOLD_``.
+that the per-sub-block temporaries stay in (or near) the core's L2 cache; the temporaries
+are allocated once per chunk and reused (``out=``), which also spares the mmap and page
+faults that fresh allocations cost under distributed's ``MALLOC_TRIM_THRESHOLD_=65536``.
+
+Sub-blocks must not be too small either: every numpy call releases and re-takes the GIL, and
+with two Dask threads calls of ~10 us spend as long handing the GIL over as computing
+(measured: a 1024 x 32 subtraction ran 1.1x faster on two threads than on one, a 4096 x 32
+exponential 2.0x). Each kernel's sub-block size is a compromise measured on 1M x 32, K=16.
 """
 
 from __future__ import annotations
@@ -19,10 +24,19 @@ from emdist._typing import AnyArray, FloatArray
 # overhead grows as the sub-block shrinks, so the size is chosen from the temporary's width.
 _TARGET_TEMP_ELEMENTS = 1 << 19
 
-# Feature-major component temporaries ``(n_components, n_features, rows)``: ~1 MB each
-# (measured on 1M x 32, K = 16: 256 rows 2.2 s, 512 rows 2.4 s, 1024 rows 3.1 s per 1M rows
-# for the full-covariance E-step on one thread; the L2 cache is 1 MB per core here).
-_TARGET_COMPONENT_ELEMENTS = 1 << 17
+# Feature-major component temporaries ``(n_components, n_features, rows)``, per covariance
+# type (K=16, d=32: full/tied 256 rows, diag 512, spherical 1024). Measured on two threads,
+# wall per 1M rows (noisy): full 256 rows 1.4-1.7 s, 512 rows 1.7-2.5 s; diag 128 rows 1.4 s,
+# 512 rows 0.64 s, 2048 rows 0.97 s; spherical 256 rows 0.79 s, 1024 rows 0.51 s. The L2
+# cache is 1 MB per core: full/tied (two GEMMs per component) want their ~1 MB temporaries
+# in it; diag and spherical do a few cheap passes per sub-block, where fewer, longer numpy
+# calls (fewer GIL hand-overs between the Dask threads) matter more than the cache.
+_TARGET_COMPONENT_ELEMENTS = {
+    "full": 1 << 17,
+    "tied": 1 << 17,
+    "diag": 1 << 18,
+    "spherical": 1 << 19,
+}
 
 
 def sub_block_rows(width: int) -> int:
@@ -30,10 +44,10 @@ def sub_block_rows(width: int) -> int:
     return int(min(8192, max(256, _TARGET_TEMP_ELEMENTS // max(width, 1))))
 
 
-def component_block_rows(n_components: int, n_features: int) -> int:
+def component_block_rows(n_components: int, n_features: int, covariance_type: str) -> int:
     """Rows per sub-block for ``(n_components, n_features, rows)`` float64 temporaries."""
     width = max(n_components * n_features, 1)
-    return int(min(4096, max(64, _TARGET_COMPONENT_ELEMENTS // width)))
+    return int(min(4096, max(64, _TARGET_COMPONENT_ELEMENTS[covariance_type] // width)))
 
 
 def iter_sub_blocks(X: AnyArray, rows: int) -> Iterator[tuple[int, FloatArray]]:

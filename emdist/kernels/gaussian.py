@@ -151,7 +151,7 @@ class ComponentBlocks:
         Shaped by ``covariance_type``; ``None`` when no log-density is needed.
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
     rows : int, optional
-        Rows per sub-block; by default such that each temporary is about 1 MB.
+        Rows per sub-block; by default :func:`~emdist.kernels._blocks.component_block_rows`.
 
     Attributes
     ----------
@@ -180,8 +180,9 @@ class ComponentBlocks:
         K, d = shift.shape
         self.shift = shift
         self.covariance_type = covariance_type
-        width = 2 * d if covariance_type == "diag" else d
-        self.rows = component_block_rows(K, width) if rows is None else int(rows)
+        if rows is None:
+            rows = component_block_rows(K, d, covariance_type)
+        self.rows = int(rows)
         self._shift_col = shift[:, :, None]
         self._m = -1
         if precisions_cholesky is not None:
