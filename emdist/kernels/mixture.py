@@ -8,7 +8,9 @@ moments about the origin would cancel catastrophically for data far from the ori
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -18,14 +20,14 @@ from emdist.kernels._blocks import iter_sub_blocks_t, logsumexp_rows
 from emdist.kernels.gaussian import ComponentBlocks, compute_precision_cholesky
 
 __all__ = [
+    "labels_from_log_prob",
+    "proba_from_log_prob",
+    "score_samples_from_log_prob",
     "MixtureParams",
     "MixtureStats",
     "mixture_estep_chunk",
-    "mixture_labels_chunk",
     "mixture_log_prob_chunk",
     "mixture_mstep",
-    "mixture_proba_chunk",
-    "mixture_score_samples_chunk",
     "mixture_stats_from_resp",
 ]
 
@@ -319,27 +321,23 @@ def mixture_mstep(
     return MixtureParams(weights, means, covariances, precisions_cholesky)
 
 
-def mixture_labels_chunk(
-    X: AnyArray, params: MixtureParams, covariance_type: CovarianceType
-) -> AnyArray:
-    """Most probable component of every row of a block."""
-    return np.asarray(np.argmax(mixture_log_prob_chunk(X, params, covariance_type), axis=1))
+def labels_from_log_prob(X: AnyArray, log_prob: Callable[..., FloatArray], *args: Any) -> AnyArray:
+    """Most probable component of every row of a block, from ``log_prob(X, *args)``."""
+    return np.asarray(np.argmax(log_prob(X, *args), axis=1))
 
 
-def mixture_proba_chunk(
-    X: AnyArray, params: MixtureParams, covariance_type: CovarianceType
-) -> FloatArray:
-    """Responsibilities of every row of a block, (n, K)."""
-    lp = mixture_log_prob_chunk(X, params, covariance_type)
+def proba_from_log_prob(X: AnyArray, log_prob: Callable[..., FloatArray], *args: Any) -> FloatArray:
+    """Responsibilities of every row of a block, (n, K), from ``log_prob(X, *args)``."""
+    lp = log_prob(X, *args)
     lp -= logsumexp_rows(lp)[:, None]
     return np.exp(lp)
 
 
-def mixture_score_samples_chunk(
-    X: AnyArray, params: MixtureParams, covariance_type: CovarianceType
+def score_samples_from_log_prob(
+    X: AnyArray, log_prob: Callable[..., FloatArray], *args: Any
 ) -> FloatArray:
-    """``log p(x)`` of every row of a block."""
-    return logsumexp_rows(mixture_log_prob_chunk(X, params, covariance_type))
+    """``log Σ_k exp(log_prob)`` of every row of a block (``log p(x)`` for a GMM)."""
+    return logsumexp_rows(log_prob(X, *args))
 
 
 def mixture_random_resp_stats_chunk(

@@ -50,12 +50,9 @@ __all__ = [
     "expected_log_weights",
     "scatter_stats_chunk",
     "variational_estep_chunk",
-    "variational_labels_chunk",
     "variational_log_prob_chunk",
     "variational_lower_bound",
     "variational_mstep",
-    "variational_proba_chunk",
-    "variational_score_samples_chunk",
     "variational_weights",
 ]
 
@@ -595,26 +592,3 @@ def variational_lower_bound(
 
 
 # ----------------------------------------------------------------------------- predictors
-
-
-def variational_labels_chunk(
-    X: AnyArray, params: VariationalParams, covariance_type: CovarianceType
-) -> AnyArray:
-    """Most responsible component of every row of a block."""
-    return np.asarray(np.argmax(variational_log_prob_chunk(X, params, covariance_type), axis=1))
-
-
-def variational_proba_chunk(
-    X: AnyArray, params: VariationalParams, covariance_type: CovarianceType
-) -> FloatArray:
-    """Variational responsibilities ``r_nk`` of every row of a block, (n, K)."""
-    lp = variational_log_prob_chunk(X, params, covariance_type)
-    lp -= logsumexp_rows(lp)[:, None]
-    return np.exp(lp)
-
-
-def variational_score_samples_chunk(
-    X: AnyArray, params: VariationalParams, covariance_type: CovarianceType
-) -> FloatArray:
-    """``log Σ_k ρ_nk`` of every row of a block (scikit-learn's ``score_samples``)."""
-    return logsumexp_rows(variational_log_prob_chunk(X, params, covariance_type))

@@ -33,11 +33,9 @@ from emdist.kernels.variational import (
     WeightPriorType,
     scatter_stats_chunk,
     variational_estep_chunk,
-    variational_labels_chunk,
+    variational_log_prob_chunk,
     variational_lower_bound,
     variational_mstep,
-    variational_proba_chunk,
-    variational_score_samples_chunk,
 )
 from emdist.models._base import (
     FitData,
@@ -548,15 +546,8 @@ degrees_of_freedom_prior_, covariance_prior_ :
             self.precisions_cholesky_,
         )
 
-    def _chunk_fns(
-        self,
-    ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], tuple[Any, ...]]:
-        return (
-            variational_labels_chunk,
-            variational_proba_chunk,
-            variational_score_samples_chunk,
-            (self._params(), self.covariance_type),
-        )
+    def _log_prob(self) -> tuple[Callable[..., FloatArray], tuple[Any, ...]]:
+        return variational_log_prob_chunk, (self._params(), self.covariance_type)
 
     def score_samples(self, X: Any) -> Any:
         """``log Σ_k ρ_k(x)`` of every sample (scikit-learn's meaning); lazy for non-numpy input.

@@ -25,14 +25,15 @@ from emdist.kernels.gaussian import (
 from emdist.kernels.mixture import (
     MixtureParams,
     MixtureStats,
+    labels_from_log_prob,
     mixture_estep_chunk,
     mixture_hard_resp_stats_chunk,
-    mixture_labels_chunk,
+    mixture_log_prob_chunk,
     mixture_mstep,
-    mixture_proba_chunk,
     mixture_random_resp_stats_chunk,
-    mixture_score_samples_chunk,
     mixture_stats_from_resp,
+    proba_from_log_prob,
+    score_samples_from_log_prob,
 )
 from emdist.models._base import (
     BaseEstimator,
@@ -55,9 +56,6 @@ __all__ = [
     "initial_mixture_params",
     "initial_resp_stats",
 ]
-
-ChunkFns = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], tuple[Any, ...]]
-"""Per-block kernels for labels, responsibilities and log-likelihood, and their arguments."""
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -238,8 +236,8 @@ def initial_mixture_params(
 class BaseMixture(BaseEstimator):
     """Prediction and scoring shared by the mixture estimators.
 
-    Subclasses set ``n_features_in_`` and supply :meth:`_chunk_fns` (per-block kernels for
-    labels, responsibilities and log-likelihood, with their arguments).
+    Subclasses set ``n_features_in_`` and supply :meth:`_log_prob` (the per-block kernel for
+    labels, responsibilities and log-likelihood, with its arguments).
     """
 
     n_features_in_: int
@@ -253,9 +251,8 @@ class BaseMixture(BaseEstimator):
     max_iter: int
     tol: float
 
-    def _chunk_fns(
-        self,
-    ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], tuple[Any, ...]]:
+    def _log_prob(self) -> tuple[Callable[..., FloatArray], tuple[Any, ...]]:
+        """Per-block weighted log-densities ``(n, K)`` and their extra arguments."""
         raise NotImplementedError
 
     def _check_fitted(self) -> None:
@@ -264,13 +261,16 @@ class BaseMixture(BaseEstimator):
                 f"This {type(self).__name__} instance is not fitted yet; call fit first."
             )
 
-    def _apply(self, which: int, X: Any, out_width: int | None, dtype: Any = np.float64) -> Any:
+    def _apply(
+        self, fn: Callable[..., Any], X: Any, out_width: int | None, dtype: Any = np.float64
+    ) -> Any:
         self._check_fitted()
-        fns = self._chunk_fns()
+        log_prob, args = self._log_prob()
         return apply_rows(
             X,
-            fns[which],
-            *fns[3],
+            fn,
+            log_prob,
+            *args,
             n_features=self.n_features_in_,
             name=type(self).__name__,
             out_width=out_width,
@@ -288,15 +288,15 @@ class BaseMixture(BaseEstimator):
         -------
         ndarray of shape (n_samples,), or a lazy dask.array.Array for non-numpy input
         """
-        return self._apply(0, X, None, np.int64)
+        return self._apply(labels_from_log_prob, X, None, np.int64)
 
     def predict_proba(self, X: Any) -> Any:
         """Responsibilities, shape (n_samples, n_components); lazy for non-numpy input."""
-        return self._apply(1, X, self.n_components)
+        return self._apply(proba_from_log_prob, X, self.n_components)
 
     def score_samples(self, X: Any) -> Any:
         """Log-likelihood ``log p(x)`` of every sample; lazy for non-numpy input."""
-        return self._apply(2, X, None)
+        return self._apply(score_samples_from_log_prob, X, None)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per sample of ``X`` (computed, also for lazy input)."""
@@ -554,15 +554,8 @@ class GaussianMixture(BaseMixture):
             self.weights_, self.means_, self.covariances_, self.precisions_cholesky_
         )
 
-    def _chunk_fns(
-        self,
-    ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], tuple[Any, ...]]:
-        return (
-            mixture_labels_chunk,
-            mixture_proba_chunk,
-            mixture_score_samples_chunk,
-            (self._params(), self.covariance_type),
-        )
+    def _log_prob(self) -> tuple[Callable[..., FloatArray], tuple[Any, ...]]:
+        return mixture_log_prob_chunk, (self._params(), self.covariance_type)
 
     def _n_parameters(self) -> int:
         K, d = self.means_.shape
