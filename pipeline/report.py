@@ -106,21 +106,6 @@ def _plot_selection(selection: SelectionResult, path: Path) -> None:
     plt.close(fig)
 
 
-def _full_covariances(model: Any) -> np.ndarray[Any, Any] | None:
-    if not hasattr(model, "covariances_"):
-        return None
-    cov = np.asarray(model.covariances_)
-    K, d = model.means_.shape
-    kind = model.covariance_type
-    if kind == "full":
-        return cov
-    if kind == "tied":
-        return np.repeat(cov[None], K, axis=0)
-    if kind == "diag":
-        return np.stack([np.diag(c) for c in cov])
-    return np.stack([np.eye(d) * c for c in cov])
-
-
 def _plot_clusters(model: Any, X: np.ndarray[Any, Any], path: Path) -> None:
     labels = model.predict(X)
     center = X.mean(axis=0)
@@ -130,10 +115,10 @@ def _plot_clusters(model: Any, X: np.ndarray[Any, Any], path: Path) -> None:
     Z = (X - center) @ P.T
     fig, ax = plt.subplots(figsize=(6, 5))
     ax.scatter(Z[:, 0], Z[:, 1], c=labels, s=4, cmap="tab10", alpha=0.6)
-    means = model.means_ if hasattr(model, "means_") else model.cluster_centers_
-    M = (means - center) @ P.T
+    components = model.components()
+    M = (components.means - center) @ P.T
     ax.scatter(M[:, 0], M[:, 1], c="black", marker="x", s=60)
-    covs = _full_covariances(model)
+    covs = components.covariances
     if covs is not None:
         for m, cov in zip(M, covs, strict=True):
             c2 = P @ cov @ P.T
@@ -162,9 +147,8 @@ def _plot_clusters(model: Any, X: np.ndarray[Any, Any], path: Path) -> None:
 def summary_rows(fit: FitSummary, predictions: PredictionsRef | None) -> list[dict[str, Any]]:
     """One row per component: weight (or share), size, and the first mean coordinates."""
     model = emdist.load_model(fit.model_path)
-    means = model.means_ if hasattr(model, "means_") else model.cluster_centers_
     rows = []
-    for k, mean in enumerate(means):
+    for k, mean in enumerate(model.components().means):
         row: dict[str, Any] = {"component": k}
         if fit.weights:
             row["weight"] = round(fit.weights[k], 6)

@@ -36,7 +36,7 @@ import numpy as np
 import zarr
 
 from emdist._typing import AnyArray, FloatArray
-from emdist.exceptions import EmdistWarning
+from emdist.exceptions import EmdistError, EmdistWarning
 
 __all__ = [
     "BestState",
@@ -50,11 +50,11 @@ FORMAT = "emdist-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EmdistError, RuntimeError):
     """A checkpoint cannot be read (corrupted beyond its kept fallbacks)."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(EmdistError, ValueError):
     """A checkpoint belongs to another configuration or dataset."""
 
 

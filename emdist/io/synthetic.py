@@ -43,6 +43,7 @@ import zarr
 
 from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray, IntArray
 from emdist.io.atomic import atomic_output
+from emdist.kernels.covariance import full_covariances
 
 __all__ = [
     "GENERATION_BLOCK_ROWS",
@@ -99,15 +100,9 @@ class MixtureTruth:
 
     def full_covariances(self) -> FloatArray:
         """Every component's covariance as a (n_components, n_features, n_features) array."""
-        K, d = self.n_components, self.n_features
-        cov = self.covariances
-        if self.covariance_type == "full":
-            return cov
-        if self.covariance_type == "tied":
-            return np.broadcast_to(cov, (K, d, d)).copy()
-        if self.covariance_type == "diag":
-            return np.stack([np.diag(c) for c in cov])
-        return cov[:, None, None] * np.eye(d)[None]
+        return full_covariances(
+            self.covariances, self.covariance_type, self.n_components, self.n_features
+        )
 
 
 @dataclass(frozen=True)

@@ -197,15 +197,15 @@ class _Farthest:
         return np.asarray(self.rows[0], dtype=np.intp)
 
 
-def kmeans_estep_chunk(X: AnyArray, params: KMeansParams, row_offset: int) -> KMeansStats:
+def kmeans_estep_chunk(X: AnyArray, row_offset: int, params: KMeansParams) -> KMeansStats:
     """Assign the rows of one block and reduce them to statistics.
 
     Parameters
     ----------
     X : ndarray of shape (n_rows, n_features)
-    params : KMeansParams
     row_offset : int
         Global index of the block's first row (orders the far-point candidates).
+    params : KMeansParams
 
     Returns
     -------
