@@ -1,4 +1,4 @@
-"""Invariants (DESIGN.md §2-4, §8): what must not change the result, and what must hold always.
+"""Invariants (docs/design.md): what must not change the result, and what must hold always.
 
 - chunking (one block vs many uneven blocks, numpy vs Zarr on disk);
 - scheduler (synchronous, threaded, a real two-process LocalCluster);
@@ -161,7 +161,7 @@ def test_threaded_scheduler_gives_bitwise_the_same_fit(
     reference = _sync_reference(model, kind, zarr_path)
     with dask.config.set(scheduler="threads"):
         got = _summary(_estimator(model, quick=True).fit(_scheduler_input(kind, zarr_path)))
-    # DESIGN.md §4: a fixed reduction tree makes the same data, chunking and seed give
+    # A fixed reduction tree makes the same data, chunking and seed give
     # bitwise-identical results whatever the scheduler.
     _assert_same(reference, got, rtol=0)
 

@@ -2,7 +2,7 @@
 
 The graph is built from the array's blocks (``to_delayed``) rather than with
 ``map_blocks(...).sum()``: the statistics are small Python values, not arrays, and on a
-LocalCluster this shape measured ~2x faster for K-means (ENVIRONMENT.md). The tree has a
+LocalCluster this shape measured ~2x faster for K-means (docs/design.md). The tree has a
 fixed shape (``split_every``), so the same data and chunking always add in the same order
 and give bitwise-identical totals.
 """
@@ -24,7 +24,12 @@ from dask.highlevelgraph import HighLevelGraph
 
 from emdist.engine.threads import single_blas_task
 
-__all__ = ["Summable", "map_reduce", "row_offsets"]
+__all__ = [
+    "Summable",
+    "build_reduction",
+    "map_reduce",
+    "row_offsets",
+]
 
 S = TypeVar("S")
 

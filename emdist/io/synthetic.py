@@ -59,7 +59,7 @@ GENERATION_BLOCK_ROWS = 8192
 every dataset generated from a given seed."""
 
 # At most 16 MiB chunks, as pipeline.ingest: 50k-100k rows of 32 float64 features read
-# fastest (ENVIRONMENT.md).
+# fastest (docs/design.md).
 _DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 # Standard deviations along the principal axes are drawn from this range, so that the

@@ -90,11 +90,9 @@ class KMeansStats:
         )
 
 
-# Rows per sub-block of the assignment step. One thread alone runs fastest at ~1024 rows
-# (temporaries in L2), but each numpy call hands the GIL over, and two Dask threads doing
-# ~10 us calls spend their time waking each other (measured 3.3 voluntary context switches per
-# sub-block, 1.5x parallelism). At 4096 rows (calls of ~50-100 us): 1.9x parallelism, 10%
-# more CPU, ~20% less wall time for two threads (1M x 32, K = 16).
+# Rows per sub-block of the assignment step: longer than the cache optimum (~1024 rows) so
+# that two Dask threads do not spend their time handing the GIL over (benchmarks/README.md,
+# "Kernel sub-block sizes").
 _TARGET_ASSIGN_ELEMENTS = 1 << 17
 
 

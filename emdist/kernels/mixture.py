@@ -3,7 +3,7 @@
 Second moments are accumulated about a per-component *shift* (the means of the parameters
 the pass runs under), ``Σ r (x - s)(x - s)ᵀ``, and corrected exactly in the M-step. Raw
 moments about the origin would cancel catastrophically for data far from the origin
-(DESIGN.md §3); about the previous means the correction is tiny.
+(docs/design.md, "Numerics"); about the previous means the correction is tiny.
 """
 
 from __future__ import annotations
@@ -19,18 +19,22 @@ from emdist.exceptions import FitError
 from emdist.kernels._blocks import iter_sub_blocks_t, logsumexp_rows
 from emdist.kernels.covariance import covariance_shape
 from emdist.kernels.gaussian import ComponentBlocks, compute_precision_cholesky
+from emdist.kernels.kmeans import kmeans_labels_chunk
+from emdist.kernels.scan import row_uniforms
 
 __all__ = [
-    "labels_from_log_prob",
-    "proba_from_log_prob",
-    "score_samples_from_log_prob",
     "MixtureParams",
     "MixtureStats",
     "empirical_moments",
+    "labels_from_log_prob",
     "mixture_estep_chunk",
+    "mixture_hard_resp_stats_chunk",
     "mixture_log_prob_chunk",
     "mixture_mstep",
+    "mixture_random_resp_stats_chunk",
     "mixture_stats_from_resp",
+    "proba_from_log_prob",
+    "score_samples_from_log_prob",
 ]
 
 # scikit-learn adds 10 machine epsilons to every component's weight so that an empty
@@ -385,8 +389,6 @@ def mixture_random_resp_stats_chunk(
     Row ``i`` draws its responsibilities from a stream positioned at ``i``, so the
     initialisation does not depend on the chunking.
     """
-    from emdist.kernels.scan import row_uniforms
-
     resp = row_uniforms(seed, row_offset, X.shape[0], shift.shape[0])
     resp /= resp.sum(axis=1, keepdims=True)
     return mixture_stats_from_resp(X, resp, shift, covariance_type)
@@ -400,8 +402,6 @@ def mixture_hard_resp_stats_chunk(
     covariance_type: CovarianceType,
 ) -> MixtureStats:
     """Statistics under hard assignments to the nearest centre (``init_params='kmeans'``)."""
-    from emdist.kernels.kmeans import kmeans_labels_chunk
-
     labels = kmeans_labels_chunk(X, centers)
     resp = np.zeros((X.shape[0], centers.shape[0]))
     resp[np.arange(X.shape[0]), labels] = 1.0

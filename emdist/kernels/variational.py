@@ -42,10 +42,10 @@ from emdist.kernels.gaussian import (
 from emdist.kernels.mixture import MixtureStats, empirical_moments, mixture_stats_from_resp
 
 __all__ = [
-    "WEIGHT_PRIOR_TYPES",
     "VariationalParams",
     "VariationalPriors",
     "VariationalStats",
+    "WEIGHT_PRIOR_TYPES",
     "WeightPriorType",
     "expected_log_weights",
     "scatter_stats_chunk",
@@ -327,7 +327,7 @@ def _estep_axis_aligned(
     The squared differences ``D²_k = (x - m_k)²`` give both the Mahalanobis terms and,
     since the shift is ``m_k``, the second moments ``Σ r (x - m_k)²``; composing the generic
     log-density and moment kernels forms them twice (measured ~2.5x slower here). Still
-    differences, never the ``x² - 2xm + m²`` expansion (DESIGN.md §3).
+    differences, never the ``x² - 2xm + m²`` expansion (docs/design.md, "Numerics").
     """
     shift = params.means
     K, d = shift.shape
@@ -558,6 +558,3 @@ def variational_lower_bound(
         - log_norm_weight
         - 0.5 * d * np.sum(np.log(params.mean_precision))
     )
-
-
-# ----------------------------------------------------------------------------- predictors

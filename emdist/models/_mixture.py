@@ -45,7 +45,12 @@ from emdist.models._validation import (
 )
 from emdist.models.kmeans import fit_kmeans
 
-__all__ = ["INIT_PARAMS", "BaseMixture", "check_user_array", "initial_resp_stats"]
+__all__ = [
+    "BaseMixture",
+    "INIT_PARAMS",
+    "check_user_array",
+    "initial_resp_stats",
+]
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 

@@ -44,7 +44,13 @@ from emdist.models._validation import (
 )
 from emdist.registry import register_family
 
-__all__ = ["KMeans", "KMeansFamily", "fit_kmeans", "kmeans_plan"]
+__all__ = [
+    "KMeans",
+    "KMeansFamily",
+    "fit_kmeans",
+    "initial_centers",
+    "kmeans_plan",
+]
 
 
 @dataclass(frozen=True)
