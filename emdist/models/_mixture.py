@@ -240,12 +240,7 @@ class BaseMixture(BaseEstimator):
         self._set_params(best.params)
 
     def components(self) -> Components:
-        """Means, mixing weights and every component's full covariance.
-
-        Returns
-        -------
-        Components
-        """
+        """Means, mixing weights and every component's full covariance."""
         self._check_fitted()
         K, d = self.means_.shape
         return Components(

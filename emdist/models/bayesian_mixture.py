@@ -38,6 +38,7 @@ from emdist.kernels.variational import (
     variational_mstep,
 )
 from emdist.models._base import FitPlan
+from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, initial_resp_stats
 from emdist.models._validation import Constraint, one_of
 from emdist.registry import register_family
@@ -256,6 +257,7 @@ def _n_features(X: Any) -> int:
 @register_family(
     "bayesian_gmm", summary="variational Bayesian Gaussian mixture (prunes components)"
 )
+@fill_doc
 class BayesianGaussianMixture(BaseMixture):
     """Variational Bayesian Gaussian mixture, one pass over the data per iteration.
 
@@ -314,14 +316,7 @@ default='dirichlet_process'
         Start from the previous fit's posterior (one restart).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
-    observer : callable, optional
-        Called with an :class:`emdist.engine.IterationState` after every iteration;
-        returning ``True`` stops the fit.
-    checkpoint : CheckpointStore, str or path, optional
-        Where to commit the fit state after iterations (see
-        :class:`emdist.io.checkpoint.CheckpointStore`). A fit given a location that holds a
-        checkpoint of the same configuration and data resumes from it and ends with exactly
-        the model of an uninterrupted fit; one of another configuration or data is refused.
+    {{fit_hooks}}
 
     Attributes
     ----------
@@ -490,18 +485,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         return variational_log_prob_chunk, (self._params(), self.covariance_type)
 
     def summary_statistics(self, X: Any) -> dict[str, Any]:
-        """The mixing weights (a variational mixture's own criterion is its ELBO, no BIC).
-
-        Parameters
-        ----------
-        X : array-like, dask.array.Array, zarr.Array, str or path
-            Not read.
-
-        Returns
-        -------
-        dict
-            ``weights``.
-        """
+        """The mixing weights (a variational mixture is judged by its ELBO, not a BIC)."""
         self._check_fitted()
         return {"weights": [float(w) for w in self.weights_]}
 

@@ -28,6 +28,7 @@ from emdist.kernels.mixture import (
     mixture_mstep,
 )
 from emdist.models._base import FitPlan
+from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
 from emdist.registry import register_family
 
@@ -130,6 +131,7 @@ def initial_mixture_params(
 
 
 @register_family("gmm", summary="Gaussian mixture fitted by EM")
+@fill_doc
 class GaussianMixture(BaseMixture):
     """Gaussian mixture fitted by EM, one pass over the data per iteration.
 
@@ -162,14 +164,7 @@ class GaussianMixture(BaseMixture):
         Start from the previous fit's parameters (one restart).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
-    observer : callable, optional
-        Called with an :class:`emdist.engine.IterationState` after every iteration;
-        returning ``True`` stops the fit.
-    checkpoint : CheckpointStore, str or path, optional
-        Where to commit the fit state after iterations (see
-        :class:`emdist.io.checkpoint.CheckpointStore`). A fit given a location that holds a
-        checkpoint of the same configuration and data resumes from it and ends with exactly
-        the model of an uninterrupted fit; one of another configuration or data is refused.
+    {{fit_hooks}}
 
     Attributes
     ----------
@@ -308,17 +303,7 @@ class GaussianMixture(BaseMixture):
         return -2 * self.score(X) * self._n_samples(X) + 2 * self._n_parameters()
 
     def summary_statistics(self, X: Any) -> dict[str, Any]:
-        """Mean log-likelihood, BIC and AIC of ``X`` (one pass), and the mixing weights.
-
-        Parameters
-        ----------
-        X : array-like, dask.array.Array, zarr.Array, str or path
-
-        Returns
-        -------
-        dict
-            ``score``, ``bic``, ``aic`` and ``weights``.
-        """
+        """Mean log-likelihood, BIC and AIC of ``X`` (one pass), and the mixing weights."""
         return {
             **self.information_criteria(X),
             "weights": [float(w) for w in self.weights_],

@@ -34,6 +34,7 @@ from emdist.models._base import (
     apply_rows,
     child_seeds,
 )
+from emdist.models._docs import fill_doc
 from emdist.models._validation import (
     Constraint,
     any_of,
@@ -178,6 +179,7 @@ def fit_kmeans(
 
 
 @register_family("kmeans", summary="K-means (Lloyd), k-means++ seeding")
+@fill_doc
 class KMeans(BaseEstimator):
     """K-means clustering by Lloyd's algorithm, one pass over the data per iteration.
 
@@ -206,14 +208,7 @@ default='k-means++'
         Seed of everything random in the fit (sampling and seeding).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_clusters)``.
-    observer : callable, optional
-        Called with an :class:`emdist.engine.IterationState` after every iteration;
-        returning ``True`` stops the fit.
-    checkpoint : CheckpointStore, str or path, optional
-        Where to commit the fit state after iterations (see
-        :class:`emdist.io.checkpoint.CheckpointStore`). A fit given a location that holds a
-        checkpoint of the same configuration and data resumes from it and ends with exactly
-        the model of an uninterrupted fit; one of another configuration or data is refused.
+    {{fit_hooks}}
 
     Attributes
     ----------
@@ -318,12 +313,7 @@ default='k-means++'
         return super().from_config(params, **runtime)
 
     def components(self) -> Components:
-        """The centres (K-means has no weights or covariances).
-
-        Returns
-        -------
-        Components
-        """
+        """The centres (K-means has no weights or covariances)."""
         self._check_fitted()
         return Components(self.cluster_centers_, None, None)
 
@@ -364,18 +354,7 @@ default='k-means++'
         }
 
     def summary_statistics(self, X: Any) -> dict[str, Any]:
-        """Inertia, and the X-means score, BIC and AIC of the training data ``X``.
-
-        Parameters
-        ----------
-        X : array-like, dask.array.Array, zarr.Array, str or path
-            The training data.
-
-        Returns
-        -------
-        dict
-            ``inertia``, ``score``, ``bic``, ``aic``.
-        """
+        """Inertia, and the X-means score, BIC and AIC of the training data ``X`` (one pass)."""
         return {"inertia": float(self.inertia_), **self.information_criteria(X)}
 
     def predict(self, X: Any) -> Any:
