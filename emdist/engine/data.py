@@ -101,10 +101,4 @@ def prepare_fit_data(
     if size < n_clusters:
         raise ValueError(f"init_sample_size={size} must be >= {what}={n_clusters}")
     summary = scan_data(Xd, seed, size)
-    if n_clusters > 1 and not np.any(summary.variance > 0):
-        raise InvalidDataError(
-            f"X has zero variance in every feature (all {summary.n_samples} rows are "
-            f"identical), so it cannot be split into {what}={n_clusters} clusters. "
-            f"Use {what}=1 or check the data."
-        )
     return FitData(Xd, summary, in_memory)

@@ -253,7 +253,9 @@ def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:
 
     An empty cluster takes the row farthest from its own centre (then the next farthest,
     and so on), which leaves its old cluster — as scikit-learn's Lloyd does. No centre is
-    ever sent to the origin.
+    ever sent to the origin. A row that sits exactly on its centre is no candidate: moving
+    it lowers nothing, and on data with fewer distinct points than clusters it would make
+    the empty cluster chase the same point forever; such a cluster keeps its centre.
 
     Parameters
     ----------
@@ -272,7 +274,8 @@ def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:
     empty = np.flatnonzero(counts == 0)
     new_centers = np.empty_like(stats.shift)
     relocated: dict[int, FloatArray] = {}
-    for j, k in enumerate(empty[: len(stats.far_x)]):
+    n_candidates = int(np.count_nonzero(stats.far_dist > 0))
+    for j, k in enumerate(empty[:n_candidates]):
         x = stats.far_x[j]
         old = int(stats.far_label[j])
         sums[old] -= x
