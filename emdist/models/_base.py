@@ -106,6 +106,8 @@ class BaseEstimator:
     _n_components_param: ClassVar[str] = "n_components"
     #: What the convergence test watches, for the non-convergence warning.
     _convergence_quantity: ClassVar[str] = "change of the lower bound"
+    #: Whether ``tol`` bounds the change of ``lower_bounds_`` (plots draw it beside them).
+    tol_is_bound_change: ClassVar[bool] = True
     #: Family-neutral configuration names that this estimator calls otherwise.
     _config_aliases: ClassVar[dict[str, str]] = {}
 

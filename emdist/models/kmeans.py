@@ -243,6 +243,7 @@ default='k-means++'
     }
     _n_components_param = "n_clusters"
     _convergence_quantity = "squared centre shift"
+    tol_is_bound_change = False
     _config_aliases: ClassVar[dict[str, str]] = {"n_components": "n_clusters"}
 
     def __init__(
