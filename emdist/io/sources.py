@@ -13,11 +13,18 @@ from typing import Any, cast
 
 import dask.array as da
 import numpy as np
+import scipy.sparse
 import zarr
 
 from emdist.exceptions import InvalidDataError
 
-__all__ = ["as_dask_array", "open_zarr_array", "validate_array_like"]
+__all__ = [
+    "as_dask_array",
+    "as_numpy_array",
+    "is_out_of_core",
+    "open_zarr_array",
+    "validate_array_like",
+]
 
 # In-memory input is split into blocks of about this size so that the threaded scheduler
 # has work for every core while per-block overhead stays negligible.
@@ -45,19 +52,67 @@ def validate_array_like(shape: tuple[int, ...], dtype: np.dtype[Any], what: str 
     InvalidDataError
         With a message that says what is wrong and what is expected.
     """
+    # The messages contain scikit-learn's phrases ("Reshape your data", "Complex data not
+    # supported", "0 feature(s) (shape=...) while a minimum of 1 is required") so that code
+    # and checks written against scikit-learn's estimators recognise them.
     if len(shape) != 2:
         raise InvalidDataError(
             f"{what} must be 2-D (n_samples, n_features); got {len(shape)}-D data of "
-            f"shape {shape}. Reshape 1-D data with X.reshape(-1, 1)."
+            f"shape {shape}. Reshape your data, e.g. with X.reshape(-1, 1) if it has a "
+            f"single feature."
+        )
+    if np.issubdtype(dtype, np.complexfloating):
+        raise InvalidDataError(
+            f"{what} must hold real numbers; got dtype {dtype}. Complex data not supported."
         )
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or (
         np.issubdtype(dtype, np.bool_)
     ):
         raise InvalidDataError(f"{what} must hold real numbers; got dtype {dtype}.")
     if shape[0] == 0:
-        raise InvalidDataError(f"{what} has 0 samples; at least one is required.")
+        raise InvalidDataError(
+            f"{what} has 0 samples (0 sample(s) (shape={shape}) while a minimum of 1 is "
+            f"required)."
+        )
     if shape[1] == 0:
-        raise InvalidDataError(f"{what} has 0 features; at least one is required.")
+        raise InvalidDataError(
+            f"{what} has 0 feature(s) (shape={shape}) while a minimum of 1 is required."
+        )
+
+
+def is_out_of_core(X: Any) -> bool:
+    """Whether ``X`` is data we keep lazy: a Dask array, a Zarr array or node, or a path.
+
+    Everything else (numpy, lists, pandas, any object with ``__array__``) is converted to
+    numpy, as scikit-learn does, and results on it are numpy too.
+    """
+    return isinstance(X, da.Array | zarr.Array | zarr.Group | str | os.PathLike)
+
+
+def as_numpy_array(X: Any, what: str = "X") -> np.ndarray[Any, Any]:
+    """In-memory ``X`` as a validated numpy array (scikit-learn's ``check_array`` rules).
+
+    Sparse matrices are refused (every kernel works on dense row-blocks); an object array
+    (e.g. from a pandas frame of mixed columns) is converted to float64, which raises
+    ``TypeError`` for values that are not numbers.
+
+    Raises
+    ------
+    TypeError
+        For sparse input, or object values that are not numbers.
+    InvalidDataError
+        As :func:`validate_array_like`.
+    """
+    if scipy.sparse.issparse(X):
+        raise TypeError(
+            f"{what} is a sparse {type(X).__name__}; sparse data is not supported, pass a "
+            f"dense array (X.toarray()) or store it densely in Zarr."
+        )
+    arr = np.asarray(X)
+    if arr.dtype == object:
+        arr = arr.astype(np.float64)
+    validate_array_like(arr.shape, arr.dtype, what)
+    return arr
 
 
 def _numpy_chunk_rows(n: int, d: int, itemsize: int) -> int:
@@ -100,8 +155,7 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
         if chunk_rows is not None:
             return cast(da.Array, X.rechunk((chunk_rows, -1)))
         return X if X.numblocks[1] == 1 else cast(da.Array, X.rechunk({1: -1}))
-    arr = np.asarray(X)
-    validate_array_like(arr.shape, arr.dtype)
+    arr = as_numpy_array(X)
     rows = chunk_rows or _numpy_chunk_rows(arr.shape[0], arr.shape[1], arr.dtype.itemsize)
     # name=False: don't hash the whole array to name it; each fit makes its own view.
     return cast(da.Array, da.from_array(arr, chunks=(rows, -1), name=False))

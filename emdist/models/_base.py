@@ -17,16 +17,18 @@ from emdist.engine.init import DataSummary, scan_data
 from emdist.engine.threads import blas_single_threaded
 from emdist.exceptions import InvalidDataError
 from emdist.io.checkpoint import CheckpointStore
-from emdist.io.sources import as_dask_array
+from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
+from emdist.models._sklearn import SklearnEstimatorMixin
 
 __all__ = ["BaseEstimator", "FitData", "active_client", "compute_context", "resolve_seed"]
 
 
-class BaseEstimator:
+class BaseEstimator(SklearnEstimatorMixin):
     """``get_params`` / ``set_params`` / ``repr`` from the ``__init__`` signature.
 
     As in scikit-learn, ``__init__`` only stores its arguments; validation happens in
-    ``fit``, so ``set_params`` and cloning behave predictably.
+    ``fit``, so ``set_params`` and cloning behave predictably. The rest of scikit-learn's
+    protocol (tags, fitted test) comes from :class:`SklearnEstimatorMixin`.
     """
 
     @classmethod
@@ -156,7 +158,7 @@ def prepare_fit_data(
     InvalidDataError
         Non-finite values, fewer samples than components, wrong shape or dtype.
     """
-    in_memory = isinstance(X, np.ndarray | list | tuple)
+    in_memory = not is_out_of_core(X)
     Xd = as_dask_array(X)
     if Xd.shape[0] < n_clusters:
         raise InvalidDataError(
@@ -221,15 +223,12 @@ def apply_rows(
 ) -> Any:
     """Apply a per-block kernel to every row of ``X``.
 
-    numpy in, numpy out; Dask, Zarr or a path in, a lazy Dask array out. ``out_width``
+    In-memory data (numpy, lists, pandas...) in, numpy out; Dask, Zarr or a path in, a
+    lazy Dask array out. ``out_width``
     is the number of output columns, or ``None`` for one value per row.
     """
-    if isinstance(X, np.ndarray | list | tuple):
-        arr = np.asarray(X)
-        Xd_shape = arr.shape
-        from emdist.io.sources import validate_array_like
-
-        validate_array_like(Xd_shape, arr.dtype)
+    if not is_out_of_core(X):
+        arr = as_numpy_array(X)
         check_features(arr, n_features, name)
         _first_non_finite(arr, 0)
         return fn(arr, *args)

@@ -15,7 +15,7 @@ from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArra
 from emdist.engine.em import Observer
 from emdist.engine.init import kmeans_plusplus
 from emdist.engine.reduce import map_reduce
-from emdist.exceptions import ConvergenceWarning, InvalidDataError
+from emdist.exceptions import ConvergenceWarning
 from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.gaussian import (
     covariances_from_precisions,
@@ -48,6 +48,7 @@ from emdist.models._base import (
     resolve_seed,
 )
 from emdist.models._restarts import BestRun, run_restarts
+from emdist.models._sklearn import DensityMixin
 from emdist.models.kmeans import fit_kmeans
 
 __all__ = [
@@ -233,7 +234,7 @@ def initial_mixture_params(
     )
 
 
-class BaseMixture(BaseEstimator):
+class BaseMixture(DensityMixin, BaseEstimator):
     """Prediction and scoring shared by the mixture estimators.
 
     Subclasses set ``n_features_in_`` and supply :meth:`_log_prob` (the per-block kernel for
@@ -254,12 +255,6 @@ class BaseMixture(BaseEstimator):
     def _log_prob(self) -> tuple[Callable[..., FloatArray], tuple[Any, ...]]:
         """Per-block weighted log-densities ``(n, K)`` and their extra arguments."""
         raise NotImplementedError
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "n_features_in_"):
-            raise InvalidDataError(
-                f"This {type(self).__name__} instance is not fitted yet; call fit first."
-            )
 
     def _apply(
         self, fn: Callable[..., Any], X: Any, out_width: int | None, dtype: Any = np.float64

@@ -14,7 +14,7 @@ from emdist._typing import AnyArray, FloatArray
 from emdist.engine.em import EMResult, Observer
 from emdist.engine.init import kmeans_plusplus
 from emdist.engine.reduce import map_reduce
-from emdist.exceptions import ConvergenceWarning, InvalidDataError
+from emdist.exceptions import ConvergenceWarning
 from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.kmeans import (
     KMeansParams,
@@ -36,6 +36,7 @@ from emdist.models._base import (
     prepare_fit_data,
 )
 from emdist.models._restarts import BestRun, run_restarts
+from emdist.models._sklearn import ClusterMixin, TransformerMixin
 
 __all__ = ["KMeans", "KMeansFamily", "fit_kmeans"]
 
@@ -160,7 +161,7 @@ def fit_kmeans(
     )
 
 
-class KMeans(BaseEstimator):
+class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """K-means clustering by Lloyd's algorithm, one pass over the data per iteration.
 
     Accepts data that does not fit in memory (a Dask array, a Zarr array or its path):
@@ -326,12 +327,6 @@ default='k-means++'
                 stacklevel=2,
             )
         return self
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "cluster_centers_"):
-            raise InvalidDataError(
-                f"This {type(self).__name__} instance is not fitted yet; call fit first."
-            )
 
     def predict(self, X: Any) -> Any:
         """Index of the nearest centre of every sample.
