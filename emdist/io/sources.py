@@ -75,7 +75,8 @@ def validate_array_like(shape: tuple[int, ...], dtype: np.dtype[Any], what: str 
         )
     if shape[1] == 0:
         raise InvalidDataError(
-            f"{what} has 0 feature(s) (shape={shape}) while a minimum of 1 is required."
+            f"{what} has 0 features (0 feature(s) (shape={shape}) while a minimum of 1 is "
+            f"required)."
         )
 
 
@@ -91,14 +92,15 @@ def is_out_of_core(X: Any) -> bool:
 def as_numpy_array(X: Any, what: str = "X") -> np.ndarray[Any, Any]:
     """In-memory ``X`` as a validated numpy array (scikit-learn's ``check_array`` rules).
 
-    Sparse matrices are refused (every kernel works on dense row-blocks); an object array
-    (e.g. from a pandas frame of mixed columns) is converted to float64, which raises
-    ``TypeError`` for values that are not numbers.
+    Sparse matrices are refused (every kernel works on dense row-blocks). Unlike
+    scikit-learn, an object array is refused too rather than converted to float64: it
+    comes from text or mixed columns (a pandas frame with a string column), and the same
+    data stored in Zarr or Dask is refused as well, so both paths agree.
 
     Raises
     ------
     TypeError
-        For sparse input, or object values that are not numbers.
+        For sparse input.
     InvalidDataError
         As :func:`validate_array_like`.
     """
@@ -108,8 +110,6 @@ def as_numpy_array(X: Any, what: str = "X") -> np.ndarray[Any, Any]:
             f"dense array (X.toarray()) or store it densely in Zarr."
         )
     arr = np.asarray(X)
-    if arr.dtype == object:
-        arr = arr.astype(np.float64)
     validate_array_like(arr.shape, arr.dtype, what)
     return arr
 
