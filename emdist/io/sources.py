@@ -21,6 +21,7 @@ from emdist.exceptions import InvalidDataError
 __all__ = [
     "as_dask_array",
     "as_numpy_array",
+    "data_array_of_group",
     "is_out_of_core",
     "open_zarr_array",
     "validate_array_like",
@@ -31,17 +32,55 @@ __all__ = [
 _NUMPY_BLOCK_BYTES = 32 * 2**20
 
 
+# The array a dataset group holds: ``generate`` (emdist.io.synthetic) writes its rows to
+# ``<group>/data`` beside ``truth/`` and ``labels``.
+DATA_ARRAY_NAME = "data"
+
+
 def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array[Any]:
-    """Open a Zarr array read-only, with a clear error when it is not one."""
+    """Open a Zarr array read-only, with a clear error when it is not one.
+
+    Parameters
+    ----------
+    path : str or path
+        A Zarr array, or a dataset group (as ``emdist generate`` writes) whose ``data``
+        array is then opened.
+
+    Returns
+    -------
+    zarr.Array
+
+    Raises
+    ------
+    InvalidDataError
+        Nothing at ``path``, or a group without a ``data`` array (the message lists the
+        arrays it holds, to name one explicitly).
+    """
     try:
         node = zarr.open(str(path), mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
         raise InvalidDataError(f"no Zarr array at {os.fspath(path)!r}: {exc}") from None
-    if not isinstance(node, zarr.Array):
-        raise InvalidDataError(
-            f"{os.fspath(path)!r} is a Zarr group, not an array; pass the path of the array"
-        )
+    if isinstance(node, zarr.Group):
+        return data_array_of_group(node, os.fspath(path))
     return node
+
+
+def data_array_of_group(group: zarr.Group, where: str) -> zarr.Array[Any]:
+    """The ``data`` array of a dataset group; a clear error if it has none.
+
+    Only the name ``data`` is taken: a group's other arrays (``labels``, ``truth/means``)
+    are not rows to fit, so guessing among them could fit the wrong thing silently.
+    """
+    member = group.get(DATA_ARRAY_NAME)
+    if isinstance(member, zarr.Array):
+        return member
+    arrays = sorted(name for name, _ in group.arrays())
+    holds = f"it holds the arrays {arrays}" if arrays else "it holds no array"
+    example = f"{where}/{arrays[0]}" if arrays else f"{where}/<array>"
+    raise InvalidDataError(
+        f"{where!r} is a Zarr group, not an array, and has no {DATA_ARRAY_NAME!r} array "
+        f"({holds}); pass the path of the array to use, e.g. {example!r}"
+    )
 
 
 def validate_array_like(shape: tuple[int, ...], dtype: np.dtype[Any], what: str = "X") -> None:
@@ -125,8 +164,9 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
 
     Parameters
     ----------
-    X : array-like, dask.array.Array, zarr.Array, str or path
-        The data. A string or path names a Zarr array on disk.
+    X : array-like, dask.array.Array, zarr.Array, zarr.Group, str or path
+        The data. A string or path names a Zarr array on disk, or a dataset group whose
+        ``data`` array is used (as ``emdist generate`` writes).
     chunk_rows : int, optional
         Rows per block. Defaults: the store's chunk (or shard) rows for Zarr, the existing
         row chunks for Dask, about 32 MB blocks for numpy.
@@ -143,6 +183,8 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
     """
     if isinstance(X, str | os.PathLike | Path):
         X = open_zarr_array(X)
+    if isinstance(X, zarr.Group):
+        X = data_array_of_group(X, str(X.store_path))
     if isinstance(X, zarr.Array):
         validate_array_like(X.shape, X.dtype)
         rows = chunk_rows or (X.shards or X.chunks)[0]
