@@ -135,6 +135,10 @@ def test_pipeline_scaler_then_kmeans_transform() -> None:
     assert distances.shape == (len(X), 3)
     assert_array_equal(np.argmin(distances, axis=1), pipe.named_steps["kmeans"].labels_)
     assert adjusted_rand_score(y, pipe.predict(X)) == pytest.approx(1.0)
+    # Output names as scikit-learn's KMeans gives them, through the pipeline.
+    assert pipe.get_feature_names_out().tolist() == ["kmeans0", "kmeans1", "kmeans2"]
+    with pytest.raises(NotFittedError):
+        emdist.KMeans(3).get_feature_names_out()
 
 
 def test_grid_search_over_n_components_by_score() -> None:

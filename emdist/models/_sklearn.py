@@ -17,7 +17,10 @@ clustering checks, which our tests run by name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
+
+import numpy as np
 
 from emdist.exceptions import not_fitted_error
 
@@ -95,8 +98,35 @@ class TransformerMixin:
     """Mark a transformer: ``transform`` maps samples to new features.
 
     The output is float64 whatever the input dtype (statistics are computed in float64),
-    so only float64 is declared as preserved.
+    so only float64 is declared as preserved. The estimator gives the number of output
+    features in ``_n_features_out`` once fitted.
     """
+
+    @property
+    def _n_features_out(self) -> int:
+        """Number of output features of ``transform`` (set by the estimator)."""
+        raise NotImplementedError
+
+    _check_fitted: Callable[[], None]  # from SklearnEstimatorMixin, later in the MRO
+
+    def get_feature_names_out(self, input_features: Any = None) -> Any:
+        """Names of the output features: the class name in lower case and an index.
+
+        As scikit-learn's ``KMeans`` (``kmeans0``, ``kmeans1``, ...), so that
+        ``Pipeline.get_feature_names_out`` works through our transformers.
+
+        Parameters
+        ----------
+        input_features : ignored
+            The outputs do not depend on the input names.
+
+        Returns
+        -------
+        ndarray of str of shape (n_features_out,)
+        """
+        self._check_fitted()
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}{i}" for i in range(self._n_features_out)], dtype=object)
 
     def __sklearn_tags__(self) -> Any:
         """Tags of the next class in the MRO, with transformer tags."""

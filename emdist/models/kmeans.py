@@ -362,6 +362,11 @@ default='k-means++'
             out_width=self.cluster_centers_.shape[0],
         )
 
+    @property
+    def _n_features_out(self) -> int:
+        """Columns of :meth:`transform`: one distance per centre."""
+        return int(self.cluster_centers_.shape[0])
+
     def fit_predict(self, X: Any, y: Any = None) -> Any:
         """Fit, then return the labels of ``X``."""
         return self.fit(X).labels_
