@@ -110,12 +110,13 @@ def validate_array_like(shape: tuple[int, ...], dtype: np.dtype[Any], what: str 
         raise InvalidDataError(f"{what} must hold real numbers; got dtype {dtype}.")
     if shape[0] == 0:
         raise InvalidDataError(
-            f"{what} has 0 samples (0 sample(s) (shape={shape}) while a minimum of 1 is required)."
+            f"{what} has 0 samples: found array with 0 sample(s) (shape={shape}) while a "
+            f"minimum of 1 is required."
         )
     if shape[1] == 0:
         raise InvalidDataError(
-            f"{what} has 0 features (0 feature(s) (shape={shape}) while a minimum of 1 is "
-            f"required)."
+            f"{what} has 0 features: found array with 0 feature(s) (shape={shape}) while a "
+            f"minimum of 1 is required."
         )
 
 

@@ -224,8 +224,8 @@ def apply_rows(
     """Apply a per-block kernel to every row of ``X``.
 
     In-memory data (numpy, lists, pandas...) in, numpy out; Dask, Zarr or a path in, a
-    lazy Dask array out. ``out_width``
-    is the number of output columns, or ``None`` for one value per row.
+    lazy Dask array out. ``out_width`` is the number of output columns, or ``None`` for
+    one value per row.
     """
     if not is_out_of_core(X):
         arr = as_numpy_array(X)

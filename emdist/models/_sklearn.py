@@ -9,10 +9,11 @@ through a small protocol: ``get_params``/``set_params`` (in
 ``super().__sklearn_tags__()`` in the same order, so a class lists them before the base
 as with scikit-learn (``class KMeans(ClusterMixin, TransformerMixin, BaseEstimator)``).
 
-scikit-learn is imported inside ``__sklearn_tags__`` only, which only scikit-learn calls.
-We cannot subclass scikit-learn's mixins without importing it, so an ``isinstance(est,
-sklearn.base.ClusterMixin)`` test is false: ``check_estimator`` then skips its
-clustering checks, which our tests run by name.
+scikit-learn is imported inside ``__sklearn_tags__``, which only scikit-learn calls, and
+by :func:`emdist.exceptions.not_fitted_error` on the error path. We cannot subclass
+scikit-learn's mixins without importing it, so ``isinstance(est,
+sklearn.base.ClusterMixin)`` is false: ``check_estimator`` then skips its clustering
+checks, which our tests run by name.
 """
 
 from __future__ import annotations
