@@ -16,6 +16,8 @@ __all__ = [
     "FitError",
     "InvalidDataError",
     "InvalidParameterError",
+    "NotFittedError",
+    "not_fitted_error",
 ]
 
 
@@ -45,3 +47,80 @@ class InvalidDataError(EmdistError, ValueError):
 
 class FitError(EmdistError, ValueError):
     """The fit itself broke down (a collapsed component, a singular covariance)."""
+
+
+class NotFittedError(InvalidDataError, AttributeError):
+    """An estimator was used before ``fit``.
+
+    Both a ``ValueError`` and an ``AttributeError``, as scikit-learn's
+    ``sklearn.exceptions.NotFittedError`` (so ``hasattr`` probes and ``except ValueError``
+    both behave as with scikit-learn). It is also an :class:`InvalidDataError`, which
+    emdist raised here before this class existed, so existing ``except`` clauses still
+    catch it.
+
+    When scikit-learn is installed, what emdist raises (see :func:`not_fitted_error`) is
+    also an instance of ``sklearn.exceptions.NotFittedError``, so code written for
+    scikit-learn's estimators catches ours unchanged.
+    """
+
+
+_SKLEARN_NOT_FITTED: type[NotFittedError] | None = None
+_SKLEARN_LOOKED_UP = False
+
+
+def _not_fitted_class() -> type[NotFittedError]:
+    """:class:`NotFittedError`, also subclassing scikit-learn's one when it is installed.
+
+    ``except sklearn.exceptions.NotFittedError`` matches by the exception's class (Python
+    does not consult ``__instancecheck__`` there), so the only way to be caught by it is to
+    subclass it. scikit-learn is optional: it is imported here, on the error path, the
+    first time an unfitted estimator is used, never when emdist is imported.
+    """
+    global _SKLEARN_NOT_FITTED, _SKLEARN_LOOKED_UP
+    if not _SKLEARN_LOOKED_UP:
+        _SKLEARN_LOOKED_UP = True
+        try:
+            from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+        except ImportError:
+            pass
+        else:
+            # Named so that pickle finds it again (through the module ``__getattr__``
+            # below), e.g. when a Dask worker or a Prefect task sends the error back.
+            _SKLEARN_NOT_FITTED = type(
+                "NotFittedError",
+                (NotFittedError, SklearnNotFittedError),
+                {
+                    "__module__": __name__,
+                    "__qualname__": _SKLEARN_CLASS_NAME,
+                    "__doc__": NotFittedError.__doc__,
+                },
+            )
+    return _SKLEARN_NOT_FITTED or NotFittedError
+
+
+_SKLEARN_CLASS_NAME = "_SklearnNotFittedError"
+
+
+def __getattr__(name: str) -> object:
+    # Built on first use, not at import: scikit-learn stays optional and unimported.
+    if name == _SKLEARN_CLASS_NAME:
+        return _not_fitted_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def not_fitted_error(estimator: object) -> NotFittedError:
+    """The error to raise when ``estimator`` is used before ``fit``.
+
+    Parameters
+    ----------
+    estimator : object
+        The unfitted estimator (its class names the message).
+
+    Returns
+    -------
+    NotFittedError
+        Also a ``sklearn.exceptions.NotFittedError`` when scikit-learn is installed.
+    """
+    return _not_fitted_class()(
+        f"This {type(estimator).__name__} instance is not fitted yet; call fit first."
+    )

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
-import numpy as np
 
 from emdist.engine.seeding import DataSummary, scan_data
 from emdist.engine.threads import blas_single_threaded
 from emdist.exceptions import InvalidDataError
-from emdist.io.sources import as_dask_array
+from emdist.io.sources import as_dask_array, is_out_of_core
 
 __all__ = ["FitData", "active_client", "compute_context", "default_sample_size", "prepare_fit_data"]
 
@@ -87,7 +86,7 @@ def prepare_fit_data(
     InvalidDataError
         Non-finite values, fewer samples than components, wrong shape or dtype.
     """
-    in_memory = isinstance(X, np.ndarray | list | tuple)
+    in_memory = not is_out_of_core(X)
     Xd = as_dask_array(X)
     if Xd.shape[0] < n_clusters:
         raise InvalidDataError(

@@ -26,7 +26,8 @@ from emdist.engine.em import EMResult, ModelFamily
 from emdist.engine.restarts import BestRun, run_restarts
 from emdist.exceptions import ConvergenceWarning, InvalidDataError
 from emdist.io.checkpoint import CheckpointStore
-from emdist.io.sources import as_dask_array, validate_array_like
+from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
+from emdist.models._sklearn import SklearnEstimatorMixin
 from emdist.models._validation import Constraint, validate_parameters
 
 __all__ = [
@@ -89,12 +90,13 @@ class Components:
     covariances: FloatArray | None
 
 
-class BaseEstimator:
+class BaseEstimator(SklearnEstimatorMixin):
     """``get_params`` / ``set_params`` / ``repr`` from the ``__init__`` signature, and ``fit``.
 
     As in scikit-learn, ``__init__`` only stores its arguments; validation happens in
     ``fit``, so ``set_params`` and cloning behave predictably. Subclasses declare
-    ``_parameter_constraints`` and implement :meth:`_plan` and :meth:`_record`.
+    ``_parameter_constraints`` and implement :meth:`_plan` and :meth:`_record`. The rest of
+    scikit-learn's protocol (tags, fitted test) comes from :class:`SklearnEstimatorMixin`.
     """
 
     # Set by :func:`emdist.registry.register_family`.
@@ -312,12 +314,6 @@ class BaseEstimator:
         """
         raise NotImplementedError
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "n_features_in_"):
-            raise InvalidDataError(
-                f"This {type(self).__name__} instance is not fitted yet; call fit first."
-            )
-
 
 def resolve_seed(random_state: Any) -> int:
     """One integer seed for a fit, from ``None``, an int, a ``RandomState`` or a ``Generator``.
@@ -387,12 +383,12 @@ def apply_rows(
 ) -> Any:
     """Apply a per-block kernel to every row of ``X``.
 
-    numpy in, numpy out; Dask, Zarr or a path in, a lazy Dask array out. ``out_width``
-    is the number of output columns, or ``None`` for one value per row.
+    In-memory data (numpy, lists, pandas...) in, numpy out; Dask, Zarr or a path in, a
+    lazy Dask array out. ``out_width`` is the number of output columns, or ``None`` for
+    one value per row.
     """
-    if isinstance(X, np.ndarray | list | tuple):
-        arr = np.asarray(X)
-        validate_array_like(arr.shape, arr.dtype)
+    if not is_out_of_core(X):
+        arr = as_numpy_array(X)
         check_features(arr, n_features, name)
         _first_non_finite(arr, 0)
         return fn(arr, *args)

@@ -35,6 +35,7 @@ from emdist.models._base import (
     child_seeds,
     resolve_seed,
 )
+from emdist.models._sklearn import DensityMixin
 from emdist.models._validation import (
     Constraint,
     any_of,
@@ -127,7 +128,7 @@ def initial_resp_stats(
     raise ValueError(f"init_params must be one of {INIT_PARAMS}; got {init_params!r}")
 
 
-class BaseMixture(BaseEstimator):
+class BaseMixture(DensityMixin, BaseEstimator):
     """What the mixture estimators share: parameter table, fit record, prediction, sampling.
 
     Subclasses supply :meth:`_set_params` and :meth:`_log_prob` (the per-block kernel for

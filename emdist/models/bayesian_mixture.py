@@ -213,8 +213,8 @@ def resolve_priors(
     else:
         if n < 2:
             raise InvalidDataError(
-                "The default covariance_prior is the empirical covariance of X, which needs "
-                "at least 2 samples; pass covariance_prior or more data."
+                f"The default covariance_prior is the empirical covariance of X, which needs "
+                f"at least 2 samples (got n_samples={n}); pass covariance_prior or more data."
             )
         if covariance_type in ("full", "tied"):
             scatter: MixtureStats = map_reduce(data.X, scatter_stats_chunk, summary.mean)

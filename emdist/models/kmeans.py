@@ -35,6 +35,7 @@ from emdist.models._base import (
     child_seeds,
 )
 from emdist.models._docs import fill_doc
+from emdist.models._sklearn import ClusterMixin, TransformerMixin
 from emdist.models._validation import (
     Constraint,
     any_of,
@@ -180,7 +181,7 @@ def fit_kmeans(
 
 @register_family("kmeans", summary="K-means (Lloyd), k-means++ seeding")
 @fill_doc
-class KMeans(BaseEstimator):
+class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """K-means clustering by Lloyd's algorithm, one pass over the data per iteration.
 
     Accepts data that does not fit in memory (a Dask array, a Zarr array or its path):
@@ -391,6 +392,11 @@ default='k-means++'
             name=type(self).__name__,
             out_width=self.cluster_centers_.shape[0],
         )
+
+    @property
+    def _n_features_out(self) -> int:
+        """Columns of :meth:`transform`: one distance per centre."""
+        return int(self.cluster_centers_.shape[0])
 
     def fit_predict(self, X: Any, y: Any = None) -> Any:
         """Fit, then return the labels of ``X``."""
