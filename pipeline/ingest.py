@@ -46,6 +46,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 import emdist
 from emdist._typing import AnyArray
 from emdist.io.atomic import OutputExistsError, atomic_output
+from emdist.io.integrity import create_verified_array, seal
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -797,19 +798,16 @@ class _ChunkWriter:
 
     def _create(self, chunk_rows: int) -> zarr.Array[Any]:
         self.chunk_rows = chunk_rows
-        return zarr.create_array(
-            str(self.path),
+        # Every chunk written (data chunks are never all fill value, and skipping them
+        # costs a comparison per chunk that halved write speed), each with a CRC-32C.
+        return create_verified_array(
+            self.path,
             shape=(self.n_rows if self.n_rows is not None else 0, self.n_features),
             chunks=(chunk_rows, self.n_features),
             dtype=self.dtype,
             compressors=self.compressors,
             fill_value=0.0,
             dimension_names=("sample", "feature"),
-            zarr_format=3,
-            # Zarr's default skips chunks equal to the fill value, at the price of comparing
-            # every chunk with it: that halved write speed here. Data chunks are never
-            # empty, so write them all.
-            config={"write_empty_chunks": True},
         )
 
     def _flush(self, data: AnyArray) -> None:
@@ -1065,6 +1063,7 @@ def ingest(
                 "created_by": "pipeline.ingest",
             }
             array.attrs.update(attrs)
+            seal(array)  # shape, chunks, dtype and chunk count, checked on every open
             # Close before the swap: an HDF5 handle, or the old store when source is dest.
             reader.close()
     finally:

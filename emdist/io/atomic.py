@@ -7,22 +7,92 @@ aside, the new one renamed in, the old one deleted. A failure before the swap de
 partial output and leaves a previous good output untouched; a crash between the two renames
 leaves the previous output under ``<dest>.old-<id>``, which :func:`recover_output` puts
 back.
+
+With ``overwrite``, only an output of the same kind that emdist wrote (or an empty folder) is
+replaced: :func:`output_kind` recognises it by the attribute emdist writes in its root
+``zarr.json``. A user's folder given by mistake as a destination is never deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["OutputExistsError", "atomic_output", "recover_output"]
+__all__ = [
+    "NotAnOutputError",
+    "OutputExistsError",
+    "OutputKind",
+    "atomic_output",
+    "output_kind",
+    "recover_output",
+]
+
+OutputKind = Literal["model", "predictions", "synthetic", "dataset"]
+
+# Siblings atomic_output makes: <dest>.partial-<12 hex> and <dest>.old-<12 hex>. Only those
+# are ever deleted or renamed back, never another folder that merely starts with dest's name.
+_SIBLING = re.compile(r"\.(partial|old)-[0-9a-f]{12}")
 
 
 class OutputExistsError(FileExistsError):
     """The destination exists and overwriting was not asked for."""
+
+
+class NotAnOutputError(OutputExistsError):
+    """The destination exists and is not an output of the kind being written: never replaced."""
+
+
+def output_kind(path: str | os.PathLike[str]) -> OutputKind | None:
+    """The kind of emdist output at ``path``, from the attribute emdist writes in its root.
+
+    Parameters
+    ----------
+    path : path
+
+    Returns
+    -------
+    {'model', 'predictions', 'synthetic', 'dataset'} or None
+        ``None`` for anything else (not a Zarr node, unreadable, or not written by emdist).
+    """
+    meta = Path(path) / "zarr.json"
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    if not isinstance(attrs, dict):
+        return None
+    if attrs.get("format") == "emdist-model":
+        return "model"
+    if attrs.get("emdist") == "predictions":
+        return "predictions"
+    if isinstance(attrs.get("synthetic"), dict):
+        return "synthetic"
+    provenance = attrs.get("provenance")
+    if isinstance(provenance, dict) and provenance.get("created_by") == "pipeline.ingest":
+        return "dataset"
+    return None
+
+
+def _check_replaceable(dest: Path, kind: OutputKind) -> None:
+    if dest.is_symlink():
+        raise NotAnOutputError(f"refusing to replace {dest}: it is a symbolic link")
+    if dest.is_dir() and not any(dest.iterdir()):
+        return  # an empty folder: nothing to lose
+    found = output_kind(dest)
+    if found != kind:
+        what = f"an emdist {found} output" if found else "not an emdist output"
+        raise NotAnOutputError(
+            f"refusing to replace {dest}: it is {what}, and only an emdist {kind} output is "
+            f"replaced; choose another destination"
+        )
 
 
 def recover_output(dest: str | os.PathLike[str]) -> None:
@@ -32,16 +102,22 @@ def recover_output(dest: str | os.PathLike[str]) -> None:
     if parent is None:
         return
     for sibling in parent.glob(f"{dest.name}.old-*"):
+        if not _SIBLING.fullmatch(sibling.name[len(dest.name) :]):
+            continue
         if not dest.exists():
             os.replace(sibling, dest)
         else:
             shutil.rmtree(sibling, ignore_errors=True)
     for sibling in parent.glob(f"{dest.name}.partial-*"):
+        if not _SIBLING.fullmatch(sibling.name[len(dest.name) :]):
+            continue
         shutil.rmtree(sibling, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def atomic_output(dest: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output(
+    dest: str | os.PathLike[str], *, overwrite: bool = False, kind: OutputKind | None = None
+) -> Iterator[Path]:
     """Yield a temporary path to write ``dest`` into; swap it in when the block succeeds.
 
     Parameters
@@ -51,6 +127,11 @@ def atomic_output(dest: str | os.PathLike[str], *, overwrite: bool = False) -> I
     overwrite : bool, default=False
         Replace an existing ``dest``. Without it an existing ``dest`` raises
         :class:`OutputExistsError` before anything is written.
+    kind : {'model', 'predictions', 'synthetic', 'dataset'}, optional
+        What is written. When given, an existing ``dest`` is replaced only if it is an emdist
+        output of this kind (:func:`output_kind`) or an empty folder; anything else raises
+        :class:`NotAnOutputError` before anything is written. Without it the caller has
+        checked ``dest`` itself.
 
     Yields
     ------
@@ -59,8 +140,10 @@ def atomic_output(dest: str | os.PathLike[str], *, overwrite: bool = False) -> I
     """
     dest = Path(dest)
     recover_output(dest)
-    if dest.exists() and not overwrite:
+    if (dest.exists() or dest.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{dest} exists; pass overwrite=True to replace it")
+    if (dest.exists() or dest.is_symlink()) and kind is not None:
+        _check_replaceable(dest, kind)
     dest.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
     tmp = dest.with_name(f"{dest.name}.partial-{token}")

@@ -22,9 +22,9 @@ is opened for writing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -37,6 +37,8 @@ import zarr
 
 from emdist._typing import AnyArray, FloatArray
 from emdist.exceptions import EmdistWarning
+from emdist.io.integrity import UnsafeNameError, check_contained, safe_child, safe_name
+from emdist.io.integrity import array_digest as _digest
 
 __all__ = [
     "BestState",
@@ -48,6 +50,9 @@ __all__ = [
 
 FORMAT = "emdist-checkpoint"
 VERSION = 1
+# The only names save() gives state groups: anything else in `committed` was not written by
+# emdist, and nothing else in the folder is ever deleted as a stray.
+_STATE_NAME = re.compile(r"s[0-9]{6,}")
 
 
 class CheckpointError(RuntimeError):
@@ -118,15 +123,6 @@ class FitState:
     def iteration(self) -> int:
         """Iterations done in the current restart."""
         return len(self.lower_bounds)
-
-
-def _digest(arr: AnyArray) -> str:
-    a = np.ascontiguousarray(arr)
-    h = hashlib.sha256()
-    h.update(str(a.dtype).encode())
-    h.update(repr(a.shape).encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def _json_safe(obj: Any) -> Any:
@@ -268,6 +264,9 @@ class CheckpointStore:
                     "config": config_j,
                     "fingerprint": fingerprint_j,
                     "committed": [],
+                    # How many commits were made: `committed` may be empty only while this
+                    # is 0, so an emptied list is damage, not a fresh checkpoint.
+                    "commits": 0,
                     # As a string: JSON numbers may lose 64-bit integers in other readers.
                     "seed": str(seed),
                 },
@@ -328,18 +327,54 @@ class CheckpointStore:
         return root
 
     def _committed(self) -> list[str]:
+        """The committed state names, each checked to be a state group inside the store."""
         assert self._root is not None
-        names = self._root.attrs.get("committed", [])
-        return [str(n) for n in names] if isinstance(names, list) else []
+        attrs = self._root.attrs
+        names = attrs.get("committed", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(
+                f"the checkpoint at {self.path} is damaged: field 'committed' must be a list "
+                f"of state names; got {names!r}"
+            )
+        commits = attrs.get("commits", 0)
+        if not names and commits != 0:
+            # Reading on would discard (and prune) every state the checkpoint holds.
+            raise CheckpointError(
+                f"the checkpoint at {self.path} is damaged: field 'committed' is empty but "
+                f"{commits!r} commits were made; refusing to discard its states"
+            )
+        for name in names:
+            try:
+                safe_child(self.path, name, f"checkpoint field 'committed' of {self.path}")
+            except UnsafeNameError as exc:
+                raise CheckpointError(str(exc)) from None
+            if not _STATE_NAME.fullmatch(name):
+                raise CheckpointError(
+                    f"the checkpoint at {self.path} is damaged: field 'committed' names "
+                    f"{name!r}, which is not a state emdist writes"
+                )
+        return list(names)
+
+    def _check_contained(self) -> None:
+        try:
+            check_contained(self.path, "checkpoint")
+        except UnsafeNameError as exc:
+            raise CheckpointError(str(exc)) from None
 
     def _clean_strays(self) -> None:
         keep = set(self._committed())
+        self._check_contained()
         for child in self.path.iterdir():
-            if child.is_dir() and child.name not in keep:
+            # Only groups named as save() names them: never a folder emdist did not write.
+            if child.name in keep or not _STATE_NAME.fullmatch(child.name):
+                continue
+            if child.is_symlink():
+                child.unlink()
+            elif child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
         for stray in self.path.rglob("*.partial"):
             stray.unlink(missing_ok=True)
-        numbers = [int(n[1:]) for n in keep if n[1:].isdigit()]
+        numbers = [int(n[1:]) for n in keep]
         self._counter = max(numbers, default=-1) + 1
 
     # -- reading ---------------------------------------------------------------------------
@@ -349,6 +384,7 @@ class CheckpointStore:
         if self._root is None:
             self._root = self._open_root(mode="r")
         names = self._committed()
+        self._check_contained()
         errors = []
         for i, name in enumerate(reversed(names)):
             try:
@@ -374,8 +410,10 @@ class CheckpointStore:
 
     def _read_arrays(self, group: zarr.Group, checksums: Mapping[str, str]) -> dict[str, AnyArray]:
         out = {}
+        if not isinstance(checksums, Mapping):
+            raise CheckpointError("field 'checksums' is not a mapping")
         for name, expected in checksums.items():
-            node = group[name]
+            node = group[safe_name(name, "checkpoint field 'checksums'")]
             if not isinstance(node, zarr.Array):
                 raise CheckpointError(f"{name} is not an array")
             arr = np.asarray(node[...])
@@ -466,9 +504,16 @@ class CheckpointStore:
             }
         )
         committed = [*self._committed(), name]
+        commits = self._root.attrs.get("commits", 0)
         # The commit: one atomic rewrite of the root's metadata document.
-        self._root.attrs["committed"] = committed[-self.keep :]
+        self._root.attrs.update(
+            {
+                "committed": committed[-self.keep :],
+                "commits": (commits if isinstance(commits, int) else 0) + 1,
+            }
+        )
         for old in committed[: -self.keep]:
+            # Names checked by _committed(): state groups inside this store, not links.
             shutil.rmtree(self.path / old, ignore_errors=True)
 
     def describe(self) -> dict[str, Any]:

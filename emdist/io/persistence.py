@@ -4,6 +4,13 @@ A saved model is a Zarr group: its attributes hold the estimator's class name (l
 a fixed registry, never imported from the store), its constructor parameters and its scalar
 fitted attributes as JSON; its arrays hold the fitted arrays. Loading therefore never runs
 code from the store.
+
+Verification on load (issue 11): every array carries a SHA-256 in the attributes (the
+digest checkpoints use, :func:`emdist.io.integrity.array_digest`) and a CRC-32C per chunk; an
+array's declared size is bounded before it is read; and the values must make a usable model
+(weights >= 0 summing to 1, finite means, triangular precision Cholesky factors with a
+positive diagonal, shapes consistent with ``n_components`` and ``n_features_in_``). Anything
+else raises :class:`ModelFormatError` naming the field.
 """
 
 from __future__ import annotations
@@ -16,11 +23,26 @@ import numpy as np
 import zarr
 
 from emdist.io.atomic import atomic_output
+from emdist.io.integrity import (
+    IntegrityError,
+    UnsafeNameError,
+    array_digest,
+    check_contained,
+    check_declared_size,
+    create_verified_array,
+    safe_name,
+    seal,
+    verify_array,
+)
 
 __all__ = ["ModelFormatError", "load_model", "save_model"]
 
 FORMAT = "emdist-model"
-VERSION = 1
+# 2: arrays carry SHA-256 checksums and CRC-32C chunks (version 1 had neither).
+VERSION = 2
+_PREFIXES = ("params", "fitted")
+# Tolerance on the sum of the weights: they are normalised in float64 by the M-step.
+_WEIGHT_SUM_TOL = 1e-6
 # Not saved: callables and locations that belong to one run, and data-sized results.
 _SKIP_PARAMS = ("observer", "checkpoint")
 _SKIP_ATTRS = ("labels_",)
@@ -94,11 +116,19 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
             fitted_arrays[key] = value
         else:
             fitted[key] = _json_value(value)
-    with atomic_output(path, overwrite=overwrite) as tmp:
+    # kind="model": overwrite replaces only a model emdist saved, never another folder.
+    with atomic_output(path, overwrite=overwrite, kind="model") as tmp:
         group = zarr.open_group(str(tmp), mode="w")
+        checksums: dict[str, str] = {}
         for prefix, arrays in (("params", param_arrays), ("fitted", fitted_arrays)):
             for key, value in arrays.items():
-                group.create_array(f"{prefix}/{key}", data=np.ascontiguousarray(value))
+                value = np.ascontiguousarray(value)
+                target = create_verified_array(
+                    group, f"{prefix}/{key}", shape=value.shape, dtype=value.dtype
+                )
+                target[...] = value
+                seal(target)
+                checksums[f"{prefix}/{key}"] = array_digest(value)
         group.attrs.update(
             {
                 "format": FORMAT,
@@ -106,6 +136,7 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
                 "estimator": name,
                 "params": params,
                 "fitted": fitted,
+                "checksums": checksums,
             }
         )
 
@@ -125,8 +156,13 @@ def load_model(path: str | os.PathLike[str]) -> Any:
     Raises
     ------
     ModelFormatError
-        If ``path`` holds no emdist model, or one of an unknown kind or version.
+        If ``path`` holds no emdist model, one of an unknown kind or version, or one that
+        fails its verification (see the module docstring); the message names the field.
     """
+    try:
+        check_contained(path, "model")
+    except UnsafeNameError as exc:
+        raise ModelFormatError(str(exc)) from None
     try:
         group = zarr.open_group(str(path), mode="r")
         attrs: dict[str, Any] = dict(group.attrs.asdict())
@@ -135,19 +171,63 @@ def load_model(path: str | os.PathLike[str]) -> Any:
     if attrs.get("format") != FORMAT:
         raise ModelFormatError(f"{os.fspath(path)!r} does not hold an emdist model")
     if attrs.get("version") != VERSION:
+        older = (
+            " (saved without checksums: fit or save it again)" if attrs.get("version") == 1 else ""
+        )
         raise ModelFormatError(
             f"{os.fspath(path)!r} holds a version {attrs.get('version')} model; this emdist "
-            f"reads version {VERSION}"
+            f"reads version {VERSION}{older}"
         )
     cls = _registry().get(str(attrs.get("estimator")))
     if cls is None:
         raise ModelFormatError(f"unknown estimator {attrs.get('estimator')!r} in {path}")
+    where = f"the model at {os.fspath(path)!r}"
     try:
-        return _build(cls, group, attrs)
+        arrays = _read_arrays(group, attrs.get("checksums"), where)
+        estimator = _build(cls, arrays, attrs)
+    except ModelFormatError:
+        raise
+    except (IntegrityError, UnsafeNameError) as exc:
+        raise ModelFormatError(f"{where} is damaged: {exc}") from None
     except (KeyError, TypeError, ValueError, AssertionError) as exc:
-        raise ModelFormatError(
-            f"the model at {os.fspath(path)!r} is damaged ({type(exc).__name__}: {exc})"
-        ) from None
+        raise ModelFormatError(f"{where} is damaged ({type(exc).__name__}: {exc})") from None
+    _check_values(estimator, where)
+    return estimator
+
+
+def _read_arrays(group: zarr.Group, checksums: Any, where: str) -> dict[str, np.ndarray[Any, Any]]:
+    """Every array the model lists, each verified before and after it is read."""
+    if not isinstance(checksums, dict):
+        raise ModelFormatError(f"{where} is damaged: field 'checksums' is missing")
+    present: set[str] = set()
+    for prefix in _PREFIXES:
+        sub = group.get(prefix)
+        if isinstance(sub, zarr.Group):
+            present |= {f"{prefix}/{key}" for key, _ in sub.arrays()}
+    unlisted = sorted(present - set(checksums))
+    if unlisted:
+        raise ModelFormatError(f"{where} is damaged: array {unlisted[0]} has no checksum")
+    out: dict[str, np.ndarray[Any, Any]] = {}
+    for name, expected in checksums.items():
+        safe_name(name, "model field 'checksums'")
+        prefix, _, key = name.partition("/")
+        if prefix not in _PREFIXES or not key or "/" in key:
+            raise ModelFormatError(f"{where} is damaged: field 'checksums' names {name!r}")
+        node = group.get(name)
+        if not isinstance(node, zarr.Array):
+            raise ModelFormatError(f"{where} is damaged: array {name} is missing")
+        # Bound the declared size before reading: an edited header must not allocate TiBs.
+        check_declared_size(tuple(node.shape), node.dtype, f"array {name}")
+        if not verify_array(node, f"array {name}"):
+            raise ModelFormatError(f"{where} is damaged: array {name} lost its integrity record")
+        try:
+            value = np.asarray(node[...])
+        except ValueError as exc:  # zarr's CRC-32C failure
+            raise ModelFormatError(f"{where} is damaged: array {name}: {exc}") from None
+        if array_digest(value) != expected:
+            raise ModelFormatError(f"{where} is damaged: array {name} does not match its SHA-256")
+        out[name] = value
+    return out
 
 
 def _fitted_name(cls: type[Any], key: str) -> str:
@@ -157,19 +237,81 @@ def _fitted_name(cls: type[Any], key: str) -> str:
     return key
 
 
-def _build(cls: type[Any], group: zarr.Group, attrs: dict[str, Any]) -> Any:
+def _build(cls: type[Any], arrays: dict[str, np.ndarray[Any, Any]], attrs: dict[str, Any]) -> Any:
     params = {k: _from_json(v) for k, v in dict(attrs["params"]).items()}
-    if "params" in group:
-        sub = group["params"]
-        assert isinstance(sub, zarr.Group)
-        for key, arr in sub.arrays():
-            params[key] = np.asarray(arr[...])
+    for name, value in arrays.items():
+        if name.startswith("params/"):
+            params[name.removeprefix("params/")] = value
     estimator = cls(**params)
     for key, value in dict(attrs["fitted"]).items():
         setattr(estimator, _fitted_name(cls, key), _from_json(value))
-    if "fitted" in group:
-        sub = group["fitted"]
-        assert isinstance(sub, zarr.Group)
-        for key, arr in sub.arrays():
-            setattr(estimator, _fitted_name(cls, key), np.asarray(arr[...]))
+    for name, value in arrays.items():
+        if name.startswith("fitted/"):
+            setattr(estimator, _fitted_name(cls, name.removeprefix("fitted/")), value)
     return estimator
+
+
+def _positive_int(estimator: Any, field: str, where: str) -> int:
+    value = getattr(estimator, field, None)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelFormatError(f"{where} is damaged: field {field!r} is {value!r}, not an int >= 1")
+    return value
+
+
+def _array(estimator: Any, field: str, shape: tuple[int, ...], where: str) -> np.ndarray[Any, Any]:
+    value = getattr(estimator, field, None)
+    if not isinstance(value, np.ndarray):
+        raise ModelFormatError(f"{where} is damaged: field {field!r} is missing")
+    if value.shape != shape:
+        raise ModelFormatError(
+            f"{where} is damaged: field {field!r} has shape {value.shape}, expected {shape}"
+        )
+    if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
+        raise ModelFormatError(f"{where} is damaged: field {field!r} holds non-finite values")
+    return value
+
+
+def _cholesky_shape(covariance_type: str, K: int, d: int) -> tuple[int, ...]:
+    shapes = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}
+    if covariance_type not in shapes:
+        raise ModelFormatError(f"unknown covariance_type {covariance_type!r}")
+    return shapes[covariance_type]
+
+
+def _check_values(estimator: Any, where: str) -> None:
+    """Refuse fitted values that cannot be a model: predictions from them would be garbage."""
+    d = _positive_int(estimator, "n_features_in_", where)
+    if hasattr(estimator, "cluster_centers_") or hasattr(estimator, "n_clusters"):
+        K = _positive_int(estimator, "n_clusters", where)
+        _array(estimator, "cluster_centers_", (K, d), where)
+        return
+    K = _positive_int(estimator, "n_components", where)
+    weights = _array(estimator, "weights_", (K,), where)
+    if np.any(weights < 0) or abs(float(weights.sum()) - 1.0) > _WEIGHT_SUM_TOL:
+        raise ModelFormatError(
+            f"{where} is damaged: field 'weights_' must be >= 0 and sum to 1 "
+            f"(sum {float(weights.sum())!r}, min {float(weights.min())!r})"
+        )
+    _array(estimator, "means_", (K, d), where)
+    try:
+        shape = _cholesky_shape(str(estimator.covariance_type), K, d)
+    except ModelFormatError as exc:
+        raise ModelFormatError(f"{where} is damaged: field 'covariance_type': {exc}") from None
+    factor = _array(estimator, "precisions_cholesky_", shape, where)
+    for field in ("covariances_", "precisions_"):
+        if hasattr(estimator, field):
+            _array(estimator, field, shape, where)
+    if len(shape) == 1 or (len(shape) == 2 and estimator.covariance_type == "diag"):
+        diagonal = factor
+        triangular = True
+    else:
+        mats = factor.reshape(-1, d, d)
+        diagonal = np.diagonal(mats, axis1=-2, axis2=-1)
+        # A precision Cholesky factor is triangular (upper, as scikit-learn's); with a
+        # positive diagonal it is invertible, so precision = L L^T is positive definite.
+        triangular = bool(np.all(np.triu(mats, 1) == 0) or np.all(np.tril(mats, -1) == 0))
+    if not triangular or np.any(diagonal <= 0):
+        raise ModelFormatError(
+            f"{where} is damaged: field 'precisions_cholesky_' is not a triangular factor "
+            f"with a positive diagonal (its precision would not be positive definite)"
+        )
