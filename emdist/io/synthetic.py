@@ -553,9 +553,9 @@ def make_gaussian_mixture(
             ("means", truth.means),
             ("covariances", truth.covariances),
         ):
-            target = create_verified_array(t, name, shape=value.shape, dtype=np.float64)
-            target[...] = value
-            seal(target)
+            node = create_verified_array(t, name, shape=value.shape, dtype=np.float64)
+            node[...] = value
+            seal(node)
         for start in range(0, n, rows):
             stop = min(start + rows, n)
             X, y = source.rows(start, stop)
