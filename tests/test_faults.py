@@ -550,3 +550,61 @@ def test_checkpoint_with_every_state_damaged_is_refused(X: np.ndarray, checkpoin
     with pytest.raises(CheckpointError, match="no committed state"):
         fit(X, checkpoint=checkpoint)
     assert tree_digest(checkpoint) == before
+
+
+def _set_state(field: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(attrs: dict[str, Any]) -> None:
+        if field.startswith("best."):
+            attrs["best"][field.removeprefix("best.")] = value
+        else:
+            attrs[field] = value
+
+    return edit
+
+
+CHECKPOINT_TAMPERING: dict[str, tuple[str, Any, str]] = {
+    "restart-negative": ("restart", -1, r"field 'restart' is -1, outside 0\.\.1"),
+    "restart-beyond-n-init": ("restart", 7, r"field 'restart' is 7, outside 0\.\.1"),
+    "restart-a-string": ("restart", "0", r"field 'restart' is '0', not an integer"),
+    "iteration-wrong": ("iteration", 99, r"field 'iteration' is 99"),
+    "converged-a-string": ("converged", "yes", r"field 'converged'"),
+    "checksums-not-a-mapping": ("checksums", [1], r"field 'checksums'"),
+    "best-n-iter-negative": ("best.n_iter", -3, r"field 'best.n_iter' is -3"),
+    "best-score-a-string": ("best.score", "high", r"field 'best.score'"),
+}
+
+
+@pytest.fixture
+def checkpoint_two_restarts(tmp_path: Path, X: np.ndarray) -> Path:
+    """A checkpoint of an n_init=2 fit whose second restart is under way (has a best)."""
+    ckpt = tmp_path / "ckpt2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        emdist.GaussianMixture(3, random_state=0, max_iter=2, n_init=2, checkpoint=ckpt).fit(X)
+    return ckpt
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINT_TAMPERING))
+def test_tampered_checkpoint_fields_are_refused(
+    X: np.ndarray, checkpoint_two_restarts: Path, case: str
+) -> None:
+    field, value, expected = CHECKPOINT_TAMPERING[case]
+    ckpt = checkpoint_two_restarts
+    names = json.loads((ckpt / "zarr.json").read_text())["attributes"]["committed"]
+    for name in names:  # every kept state: no intact fallback
+        edit_attrs(ckpt / name, _set_state(field, value))
+    before = tree_digest(ckpt)
+    with pytest.raises(CheckpointError, match=expected) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        emdist.GaussianMixture(3, random_state=0, max_iter=2, n_init=2, checkpoint=ckpt).fit(X)
+    one_line(str(info.value))
+    assert tree_digest(ckpt) == before  # refused before anything was pruned or rewritten
+
+
+def test_tampered_newest_state_falls_back_to_the_previous(X: np.ndarray, checkpoint: Path) -> None:
+    newest = json.loads((checkpoint / "zarr.json").read_text())["attributes"]["committed"][-1]
+    edit_attrs(checkpoint / newest, _set_state("restart", -1))
+    from emdist.io.checkpoint import CheckpointFallbackWarning
+
+    with pytest.warns(CheckpointFallbackWarning, match="field 'restart'"):
+        fit(X, checkpoint=checkpoint)

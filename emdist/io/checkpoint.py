@@ -151,6 +151,26 @@ def _diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
     return []
 
 
+def _int_field(
+    attrs: Mapping[str, Any], key: str, low: int, high: int | None, prefix: str = ""
+) -> int:
+    """An integer attribute within ``[low, high]``, or CheckpointError naming the field."""
+    value = attrs.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CheckpointError(f"field '{prefix}{key}' is {value!r}, not an integer")
+    if value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise CheckpointError(f"field '{prefix}{key}' is {value}, outside {bound}")
+    return value
+
+
+def _float_array(arrays: Mapping[str, AnyArray], key: str, ndim: int) -> FloatArray:
+    value = arrays.get(key)
+    if value is None or value.dtype.kind != "f" or value.ndim != ndim:
+        raise CheckpointError(f"field {key!r} is missing or not a {ndim}-D float array")
+    return value
+
+
 class CheckpointStore:
     """A checkpoint location for a fit.
 
@@ -401,14 +421,15 @@ class CheckpointStore:
                 )
             return state
         if errors:
+            # One line: the CLI prints it as the whole error.
             raise CheckpointError(
-                f"no committed state of the checkpoint at {self.path} is intact:\n  - "
-                + "\n  - ".join(errors)
-                + "\nStart over with overwrite=True."
+                f"no committed state of the checkpoint at {self.path} is intact ("
+                + "; ".join(errors)
+                + "); start over with overwrite=True"
             )
         return None
 
-    def _read_arrays(self, group: zarr.Group, checksums: Mapping[str, str]) -> dict[str, AnyArray]:
+    def _read_arrays(self, group: zarr.Group, checksums: Any) -> dict[str, AnyArray]:
         out = {}
         if not isinstance(checksums, Mapping):
             raise CheckpointError("field 'checksums' is not a mapping")
@@ -422,37 +443,71 @@ class CheckpointStore:
             out[name] = arr
         return out
 
+    def _n_init(self) -> int | None:
+        assert self._root is not None
+        config = self._root.attrs.get("config")
+        n_init = config.get("n_init") if isinstance(config, dict) else None
+        return n_init if isinstance(n_init, int) and not isinstance(n_init, bool) else None
+
     def _read_state(self, name: str) -> FitState:
         group = zarr.open_group(str(self.path / name), mode="r", use_consolidated=False)
         attrs: dict[str, Any] = dict(group.attrs.asdict())
         if not attrs.get("complete"):
             raise CheckpointError("state was not completely written")
-        checksums = attrs["checksums"]
-        arrays = self._read_arrays(group, checksums)
+        n_init = self._n_init()
+        restart = _int_field(attrs, "restart", 0, None if n_init is None else n_init - 1)
+        for key in ("converged", "finished"):
+            if not isinstance(attrs.get(key), bool):
+                raise CheckpointError(f"field {key!r} is {attrs.get(key)!r}, not a boolean")
+        arrays = self._read_arrays(group, attrs.get("checksums"))
         params = {
             k.removeprefix("params/"): v for k, v in arrays.items() if k.startswith("params/")
         }
+        lower_bounds = _float_array(arrays, "lower_bounds", ndim=1)
+        _int_field(attrs, "iteration", len(lower_bounds), len(lower_bounds))
         best = None
         if attrs.get("best") is not None:
             b = attrs["best"]
+            if not isinstance(b, dict):
+                raise CheckpointError(f"field 'best' is {b!r}, not a mapping")
+            best_params = {
+                k.removeprefix("best/"): v for k, v in arrays.items() if k.startswith("best/")
+            }
+            for key, value in params.items():
+                other = best_params.get(key)
+                if other is None or other.shape != value.shape:
+                    raise CheckpointError(
+                        f"field 'best/{key}' does not match 'params/{key}' in shape"
+                    )
+            score = b.get("score")
+            if isinstance(score, bool) or not isinstance(score, int | float):
+                raise CheckpointError(f"field 'best.score' is {score!r}, not a number")
+            if not isinstance(b.get("converged"), bool):
+                raise CheckpointError(f"field 'best.converged' is {b.get('converged')!r}")
             best = BestState(
-                restart=int(b["restart"]),
-                params={
-                    k.removeprefix("best/"): v for k, v in arrays.items() if k.startswith("best/")
-                },
-                lower_bounds=arrays["best_lower_bounds"],
-                n_iter=int(b["n_iter"]),
-                converged=bool(b["converged"]),
-                score=float(b["score"]),
+                restart=_int_field(b, "restart", 0, restart, "best."),
+                params=best_params,
+                lower_bounds=_float_array(arrays, "best_lower_bounds", ndim=1),
+                n_iter=_int_field(b, "n_iter", 0, None, "best."),
+                converged=b["converged"],
+                score=float(score),
             )
+        for key, value in params.items():
+            # Parameters are float arrays (means, covariances, centres, weights...): anything
+            # else would fail deep inside EM, or worse, be silently cast.
+            if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
+                raise CheckpointError(f"field 'params/{key}' is not a finite float array")
+        extra = attrs.get("extra", {})
+        if not isinstance(extra, dict):
+            raise CheckpointError(f"field 'extra' is {extra!r}, not a mapping")
         return FitState(
-            restart=int(attrs["restart"]),
+            restart=restart,
             params=params,
-            lower_bounds=arrays["lower_bounds"],
-            converged=bool(attrs["converged"]),
-            finished=bool(attrs["finished"]),
+            lower_bounds=lower_bounds,
+            converged=attrs["converged"],
+            finished=attrs["finished"],
             best=best,
-            extra=dict(attrs.get("extra", {})),
+            extra=dict(extra),
         )
 
     # -- writing ---------------------------------------------------------------------------
