@@ -46,7 +46,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 import emdist
 from emdist._typing import AnyArray
 from emdist.io.atomic import OutputExistsError, atomic_output
-from emdist.io.integrity import create_verified_array, seal
+from emdist.io.integrity import create_verified_array, seal, verify_array
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -398,6 +398,7 @@ def _open_zarr(path: Path) -> _ArrayReader:
         array = zarr.open_array(str(path), mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
         raise ValueError(f"no Zarr array at {path}: {exc}") from None
+    verify_array(array, str(path))  # a damaged source emdist wrote is refused, not copied
     names = array.attrs.get("feature_names")
     source_rows = int((array.shards or array.chunks)[0])
     # Keep the chain: re-chunking an ingested array must not forget the original file.

@@ -608,3 +608,14 @@ def test_tampered_newest_state_falls_back_to_the_previous(X: np.ndarray, checkpo
 
     with pytest.warns(CheckpointFallbackWarning, match="field 'restart'"):
         fit(X, checkpoint=checkpoint)
+
+
+def test_reingesting_a_damaged_dataset_is_refused_and_keeps_it(
+    tmp_path: Path, dataset: Path
+) -> None:
+    _delete_chunk(dataset)
+    before = tree_digest(dataset)
+    with pytest.raises(IntegrityError, match="chunk 1/0 is missing"):
+        ingest(dataset, tmp_path / "copy.zarr")
+    assert not (tmp_path / "copy.zarr").exists()
+    assert tree_digest(dataset) == before
