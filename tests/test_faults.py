@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import zarr
 
 import emdist
 from emdist.exceptions import ConvergenceWarning, InvalidDataError
-from emdist.io.atomic import NotAnOutputError
+from emdist.io.atomic import DiskFullError, NotAnOutputError
 from emdist.io.checkpoint import CheckpointError, CheckpointStore
 from emdist.io.integrity import MAX_CHUNKS, IntegrityError, array_digest
 from emdist.io.persistence import ModelFormatError, load_model, save_model
@@ -619,3 +619,66 @@ def test_reingesting_a_damaged_dataset_is_refused_and_keeps_it(
         ingest(dataset, tmp_path / "copy.zarr")
     assert not (tmp_path / "copy.zarr").exists()
     assert tree_digest(dataset) == before
+
+
+# --------------------------------------------------------------------------------------------
+# a full disk: one line naming the path, nothing replaced or lost, resume after freeing space
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a real file system that fills up (mounting needs root)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_during_ingest_is_one_line_and_keeps_the_previous_output(
+    tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = np.random.default_rng(0).standard_normal((1000, 3))
+    big = np.random.default_rng(1).standard_normal((200_000, 3))  # 4.8 MB > 2 MiB
+    np.save(tmp_path / "small.npy", small)
+    np.save(tmp_path / "big.npy", big)
+    dest = small_disk / "data.zarr"
+    ingest(tmp_path / "small.npy", dest)
+    before = tree_digest(dest)
+    code = cli_main(["ingest", str(tmp_path / "big.npy"), str(dest), "--overwrite"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no space left on the device writing" in err and str(dest) in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert tree_digest(dest) == before  # the previous dataset is whole
+    assert sorted(p.name for p in small_disk.iterdir()) == ["data.zarr"]  # no partial left
+
+
+def test_full_disk_during_a_checkpoint_commit_resumes_after_space_is_freed(
+    X: np.ndarray, small_disk: Path
+) -> None:
+    store = CheckpointStore(small_disk / "ckpt", keep=1)
+    store.open({"k": 1}, {"n": 1})
+    rng = np.random.default_rng(0)
+    from emdist.io.checkpoint import FitState
+
+    small = FitState(0, {"means": rng.standard_normal((3, 3))}, np.zeros(2), False, False)
+    store.save(small)
+    with pytest.raises(DiskFullError, match="no space left on the device writing") as info:
+        # A state larger than the whole disk.
+        store.save(
+            FitState(0, {"means": rng.standard_normal((300, 1000))}, np.zeros(3), False, False)
+        )
+    one_line(str(info.value))
+    assert sorted(p.name for p in (small_disk / "ckpt").iterdir() if p.is_dir()) == ["s000000"]
+    resumed = CheckpointStore(small_disk / "ckpt", keep=1).open({"k": 1}, {"n": 1})
+    assert resumed is not None and resumed.iteration == 2
+    np.testing.assert_array_equal(resumed.params["means"], small.params["means"])

@@ -16,6 +16,7 @@ replaced: :func:`output_kind` recognises it by the attribute emdist writes in it
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 __all__ = [
+    "DiskFullError",
     "NotAnOutputError",
     "OutputExistsError",
     "OutputKind",
@@ -43,6 +45,67 @@ _SIBLING = re.compile(r"\.(partial|old)-[0-9a-f]{12}")
 
 class OutputExistsError(FileExistsError):
     """The destination exists and overwriting was not asked for."""
+
+
+class DiskFullError(OSError):
+    """The file system filled up while writing; what was partly written has been removed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is ``ENOSPC``/``EDQUOT``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # unreachable
+
+
+def disk_full_error(dest: Path, needed: int | None, written: Path | None = None) -> DiskFullError:
+    """A one-line :class:`DiskFullError` naming ``dest``, the space needed and what is free.
+
+    Parameters
+    ----------
+    dest : pathlib.Path
+        What was being written.
+    needed : int, optional
+        Bytes the whole output needs, when the caller knows.
+    written : pathlib.Path, optional
+        The partial output, to report how much fitted before the disk filled (measure it
+        before deleting it).
+    """
+    probe = dest if dest.exists() else dest.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        free = None
+    parts = [f"no space left on the device writing {dest}"]
+    if needed is not None:
+        parts.append(f"it needs about {_size(needed)}")
+    elif written is not None and written.exists():
+        done = sum(p.stat().st_size for p in written.rglob("*") if p.is_file())
+        parts.append(f"{_size(done)} were written before the disk filled")
+    if free is not None:
+        parts.append(f"{_size(free)} free")
+    return DiskFullError(
+        "; ".join(parts) + "; nothing was replaced or lost: free some space and run it again"
+    )
 
 
 class NotAnOutputError(OutputExistsError):
@@ -116,7 +179,11 @@ def recover_output(dest: str | os.PathLike[str]) -> None:
 
 @contextlib.contextmanager
 def atomic_output(
-    dest: str | os.PathLike[str], *, overwrite: bool = False, kind: OutputKind | None = None
+    dest: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    kind: OutputKind | None = None,
+    needed: int | None = None,
 ) -> Iterator[Path]:
     """Yield a temporary path to write ``dest`` into; swap it in when the block succeeds.
 
@@ -132,6 +199,8 @@ def atomic_output(
         output of this kind (:func:`output_kind`) or an empty folder; anything else raises
         :class:`NotAnOutputError` before anything is written. Without it the caller has
         checked ``dest`` itself.
+    needed : int, optional
+        Bytes the output needs, for the message if the disk fills up.
 
     Yields
     ------
@@ -149,8 +218,13 @@ def atomic_output(
     tmp = dest.with_name(f"{dest.name}.partial-{token}")
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
+        full = is_disk_full(exc)
+        error = disk_full_error(dest, needed, tmp) if full else None
         shutil.rmtree(tmp, ignore_errors=True)
+        if error is not None:
+            # One line instead of a 60-line traceback from deep inside Zarr.
+            raise error from None
         raise
     if not tmp.exists():
         raise FileNotFoundError(f"nothing was written to {tmp}")

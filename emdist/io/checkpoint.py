@@ -37,6 +37,7 @@ import zarr
 
 from emdist._typing import AnyArray, FloatArray
 from emdist.exceptions import EmdistWarning
+from emdist.io.atomic import disk_full_error, is_disk_full
 from emdist.io.integrity import UnsafeNameError, check_contained, safe_child, safe_name
 from emdist.io.integrity import array_digest as _digest
 
@@ -523,6 +524,19 @@ class CheckpointStore:
             raise CheckpointError("open() the checkpoint store before saving")
         name = f"s{self._counter:06d}"
         self._counter += 1
+        try:
+            self._save(name, state)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            needed = sum(np.asarray(v).nbytes for v in state.params.values()) * 2
+            error = disk_full_error(self.path, needed)
+            # The new state was never committed: the previous one stays the one to resume.
+            shutil.rmtree(self.path / name, ignore_errors=True)
+            raise error from None
+
+    def _save(self, name: str, state: FitState) -> None:
+        assert self._root is not None
         group = zarr.open_group(str(self.path / name), mode="w", use_consolidated=False)
         arrays: dict[str, AnyArray] = {f"params/{k}": v for k, v in state.params.items()}
         arrays["lower_bounds"] = np.asarray(state.lower_bounds, dtype=np.float64)
