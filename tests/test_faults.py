@@ -26,6 +26,7 @@ from emdist.exceptions import ConvergenceWarning, InvalidDataError
 from emdist.io.atomic import DiskFullError, NotAnOutputError
 from emdist.io.checkpoint import CheckpointError, CheckpointStore
 from emdist.io.integrity import MAX_CHUNKS, IntegrityError, array_digest
+from emdist.io.locks import WriterLockedError
 from emdist.io.persistence import ModelFormatError, load_model, save_model
 from pipeline.cli import main as cli_main
 from pipeline.ingest import ingest
@@ -682,3 +683,73 @@ def test_full_disk_during_a_checkpoint_commit_resumes_after_space_is_freed(
     resumed = CheckpointStore(small_disk / "ckpt", keep=1).open({"k": 1}, {"n": 1})
     assert resumed is not None and resumed.iteration == 2
     np.testing.assert_array_equal(resumed.params["means"], small.params["means"])
+
+
+# --------------------------------------------------------------------------------------------
+# two writers of one checkpoint or output
+# --------------------------------------------------------------------------------------------
+
+
+def hold_lock(target: Path, pid: int) -> Path:
+    import socket
+
+    lock = target.with_name(target.name + ".lock")
+    lock.write_text(
+        json.dumps({"host": socket.gethostname(), "pid": pid, "token": "x", "since": "then"})
+    )
+    return lock
+
+
+@pytest.fixture
+def other_process() -> Iterator[int]:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_second_writer_of_an_output_is_refused_naming_the_first(
+    tmp_path: Path, gmm: emdist.GaussianMixture, other_process: int
+) -> None:
+    path = tmp_path / "model.zarr"
+    save_model(gmm, path)
+    before = tree_digest(path)
+    lock = hold_lock(path, other_process)
+    with pytest.raises(WriterLockedError, match=f"pid {other_process}") as info:
+        save_model(gmm, path, overwrite=True)
+    one_line(str(info.value))
+    assert tree_digest(path) == before and lock.exists()  # the other writer's lock is kept
+
+
+def test_second_writer_of_a_checkpoint_is_refused_naming_the_first(
+    X: np.ndarray, checkpoint: Path, other_process: int
+) -> None:
+    before = tree_digest(checkpoint)
+    hold_lock(checkpoint, other_process)
+    with pytest.raises(WriterLockedError, match="another process is writing the checkpoint"):
+        fit(X, checkpoint=CheckpointStore(checkpoint, overwrite=True))
+    assert tree_digest(checkpoint) == before
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(
+    tmp_path: Path, X: np.ndarray, gmm: emdist.GaussianMixture
+) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = tmp_path / "model.zarr"
+    lock = hold_lock(path, dead.pid)
+    save_model(gmm, path)
+    assert load_model(path) is not None
+    assert not lock.exists()  # released after the write
+    ckpt = tmp_path / "ckpt"
+    hold_lock(ckpt, dead.pid)
+    fit(X, checkpoint=ckpt)
+    fit(X, checkpoint=ckpt)  # the same process again: its own lock is no obstacle

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+from emdist.io.locks import WriterLock
+
 __all__ = [
     "DiskFullError",
     "NotAnOutputError",
@@ -208,6 +210,20 @@ def atomic_output(
         Where to write. It does not exist yet.
     """
     dest = Path(dest)
+    # One writer at a time: a second one would delete the first's partial output in
+    # recover_output below, or swap over it.
+    lock = WriterLock(dest, "output").acquire()
+    try:
+        with _atomic_output(dest, overwrite, kind, needed) as tmp:
+            yield tmp
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _atomic_output(
+    dest: Path, overwrite: bool, kind: OutputKind | None, needed: int | None
+) -> Iterator[Path]:
     recover_output(dest)
     if (dest.exists() or dest.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{dest} exists; pass overwrite=True to replace it")

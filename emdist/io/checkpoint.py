@@ -40,6 +40,7 @@ from emdist.exceptions import EmdistWarning
 from emdist.io.atomic import disk_full_error, is_disk_full
 from emdist.io.integrity import UnsafeNameError, check_contained, safe_child, safe_name
 from emdist.io.integrity import array_digest as _digest
+from emdist.io.locks import WriterLock, WriterLockedError
 
 __all__ = [
     "BestState",
@@ -47,6 +48,7 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointStore",
     "FitState",
+    "WriterLockedError",
 ]
 
 FORMAT = "emdist-checkpoint"
@@ -207,6 +209,17 @@ class CheckpointStore:
         self.overwrite = bool(overwrite)
         self._root: zarr.Group | None = None
         self._counter = 0
+        self._lock: WriterLock | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (deepcopy, pickle) is a new writer: it takes its own lock when opened.
+        return {**self.__dict__, "_lock": None}
+
+    def close(self) -> None:
+        """Release the writer lock taken by :meth:`open` (a later ``open`` takes it again)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __repr__(self) -> str:
         return (
@@ -252,9 +265,15 @@ class CheckpointStore:
             ``overwrite``); the message lists what differs.
         CheckpointError
             If the location holds something that is not a readable checkpoint.
+        WriterLockedError
+            If another live process has this checkpoint open for writing.
         """
         config_j = _json_safe(dict(config))
         fingerprint_j = _json_safe(dict(fingerprint))
+        # One writer per checkpoint, taken before anything is deleted or written. Held until
+        # close(), or until this store is garbage-collected or the process exits.
+        if self._lock is None:
+            self._lock = WriterLock(self.path, "checkpoint").acquire()
         if self.overwrite and self.path.exists():
             if not self._is_checkpoint_or_empty():
                 raise CheckpointError(
