@@ -289,6 +289,10 @@ class _ArrayReader:
         self._length = int(shape[0])
         self.n_rows: int | None = self._length
         self.n_features = int(shape[1])
+        if self.n_features == 0:
+            raise IngestError(
+                path, f"the data has 0 columns (shape {shape}); at least one is required"
+            )
         if feature_names is not None and len(feature_names) != self.n_features:
             feature_names = None  # stale or foreign metadata: better no names than wrong ones
         self.feature_names = feature_names
@@ -499,16 +503,14 @@ class _CsvReader:
         path: Path,
         *,
         header: bool | None,
-        delimiter: str,
+        delimiter: str | None,
         engine: Literal["auto", "pyarrow", "numpy"],
         dtype: np.dtype[Any],
     ) -> None:
         self.path = path
         self._target_dtype = dtype
-        self.delimiter = delimiter
         self.n_rows: int | None = None
         self.source_dtype = "text"
-        self.extra: dict[str, Any] = {"delimiter": delimiter}
         if engine == "auto":
             try:
                 import pyarrow.csv  # type: ignore[import-untyped]  # noqa: F401
@@ -524,8 +526,12 @@ class _CsvReader:
             for line in f:
                 self._skip_lines += 1
                 if line.strip():
+                    if delimiter is None:
+                        delimiter = _detect_delimiter(path, line)
                     first = next(csv.reader([line], delimiter=delimiter))
                     break
+        self.delimiter = delimiter or ","
+        self.extra: dict[str, Any] = {"delimiter": self.delimiter}
         if first is None:
             raise IngestError(path, "the file is empty (no header, no data rows)")
         if header is None:
@@ -712,13 +718,20 @@ class _CsvReader:
         pass
 
 
+def _detect_delimiter(path: Path, first_line: str) -> str:
+    """Tab for a ``.tsv`` file or a first line with tabs and no comma; else comma."""
+    if path.suffix.lower() == ".tsv" or ("\t" in first_line and "," not in first_line):
+        return "\t"
+    return ","
+
+
 def _open_reader(
     fmt: SourceFormat,
     path: Path,
     *,
     dataset: str | None,
     header: bool | None,
-    delimiter: str,
+    delimiter: str | None,
     csv_engine: Literal["auto", "pyarrow", "numpy"],
     dtype: np.dtype[Any],
 ) -> _Reader:
@@ -911,7 +924,7 @@ def ingest(
     compressor: CompressorName | BytesBytesCodec | None = None,
     dtype: Literal["float64", "float32"] | type[np.floating[Any]] = "float64",
     header: bool | None = None,
-    delimiter: str = ",",
+    delimiter: str | None = None,
     csv_engine: Literal["auto", "pyarrow", "numpy"] = "auto",
     overwrite: bool = False,
 ) -> IngestResult:
@@ -943,8 +956,9 @@ def ingest(
     header : bool, optional
         CSV only: whether the first non-blank line holds column names. Default: inferred
         (a header is a first line in which no field is a number).
-    delimiter : str, default=','
-        CSV only.
+    delimiter : str, optional
+        CSV only. Default: a tab for a ``.tsv`` file or a first line holding tabs and no
+        comma, else a comma.
     csv_engine : {'auto', 'pyarrow', 'numpy'}, default='auto'
         CSV only: pyarrow's multi-threaded parser when installed, else numpy's.
     overwrite : bool, default=False

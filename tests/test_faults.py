@@ -753,3 +753,25 @@ def test_stale_lock_of_a_dead_process_is_taken_over(
     hold_lock(ckpt, dead.pid)
     fit(X, checkpoint=ckpt)
     fit(X, checkpoint=ckpt)  # the same process again: its own lock is no obstacle
+
+
+# --------------------------------------------------------------------------------------------
+# ingest: a .npy with zero columns, a tab-separated file
+# --------------------------------------------------------------------------------------------
+
+
+def test_npy_with_zero_columns_is_rejected(tmp_path: Path) -> None:
+    np.save(tmp_path / "empty.npy", np.empty((10, 0)))
+    with pytest.raises(InvalidDataError, match="0 columns") as info:
+        ingest(tmp_path / "empty.npy", tmp_path / "o.zarr")
+    one_line(str(info.value))
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize("name", ["x.tsv", "x.csv", "x.txt"])
+def test_tab_separated_file_is_read_as_such(tmp_path: Path, X: np.ndarray, name: str) -> None:
+    src = tmp_path / name
+    np.savetxt(src, X, delimiter="\t", header="a\tb\tc", comments="", fmt="%.17g")
+    result = ingest(src, tmp_path / "o.zarr")
+    assert result.shape == X.shape and result.feature_names == ("a", "b", "c")
+    np.testing.assert_array_equal(zarr.open_array(str(result.path))[...], X)
