@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from emdist.io.locks import WriterLock
+from emdist.io.locks import WriterLock, remove_stale_lock
 
 __all__ = [
     "DiskFullError",
@@ -161,8 +161,9 @@ def _check_replaceable(dest: Path, kind: OutputKind) -> None:
 
 
 def recover_output(dest: str | os.PathLike[str]) -> None:
-    """Undo a swap that a crash interrupted, and delete stray partial outputs of ``dest``."""
+    """Undo a swap that a crash interrupted; delete stray partial outputs and a stale lock."""
     dest = Path(dest)
+    remove_stale_lock(dest)
     parent = dest.parent if dest.parent.exists() else None
     if parent is None:
         return

@@ -23,7 +23,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WriterLock", "WriterLockedError"]
+__all__ = ["WriterLock", "WriterLockedError", "remove_stale_lock"]
 
 
 class WriterLockedError(FileExistsError):
@@ -130,3 +130,24 @@ def _release(path: Path, token: str) -> None:
         return
     if isinstance(doc, dict) and doc.get("token") == token:
         path.unlink(missing_ok=True)
+
+
+def remove_stale_lock(target: str | os.PathLike[str]) -> bool:
+    """Delete ``<target>.lock`` if its writer was a process of this host that is gone.
+
+    Returns
+    -------
+    bool
+        Whether a stale lock was removed.
+    """
+    target = Path(target)
+    lock = target.with_name(target.name + ".lock")
+    try:
+        doc = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return False
+    pid = doc.get("pid") if isinstance(doc, dict) else None
+    if doc.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        lock.unlink(missing_ok=True)
+        return True
+    return False
