@@ -283,8 +283,8 @@ def _checksum_codec_removed(d: Path) -> None:
 
 
 DATASET_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
-    "flip-1-byte": (_flip_1, r"rows 300-600 fails its crc32c checksum"),
-    "flip-50-bytes": (_flip_50, r"rows 600-900 fails its crc32c checksum"),
+    "flip-1-byte": (_flip_1, r"rows 300-600 failed the crc32c checksum"),
+    "flip-50-bytes": (_flip_50, r"rows 600-900 failed the crc32c checksum"),
     "delete-chunk": (_delete_chunk, r"chunk 1/0 is missing"),
     "chunk-is-a-directory": (_chunk_is_a_directory, r"chunk 1/0 is not a regular file"),
     "shape-larger": (_shape_larger, r"field 'shape'"),
@@ -314,7 +314,7 @@ def test_damaged_dataset_on_the_cli_is_one_line_and_writes_no_model(
     code = cli_main(["fit", str(dataset), "-k", "3", "--max-iter", "3", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2
-    assert "crc32c checksum" in err and "Traceback" not in err
+    assert "failed the crc32c checksum" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) <= 2  # the error, and perhaps a hint
     assert not out.exists()
 
@@ -775,3 +775,10 @@ def test_tab_separated_file_is_read_as_such(tmp_path: Path, X: np.ndarray, name:
     result = ingest(src, tmp_path / "o.zarr")
     assert result.shape == X.shape and result.feature_names == ("a", "b", "c")
     np.testing.assert_array_equal(zarr.open_array(str(result.path))[...], X)
+
+
+def test_damaged_truth_of_a_generated_dataset_is_refused(tmp_path: Path) -> None:
+    ds = emdist.io.synthetic.make_gaussian_mixture(tmp_path / "syn.zarr", 500, 3, 2, random_state=0)
+    flip(ds.path / "truth" / "means" / "c" / "0" / "0")
+    with pytest.raises(IntegrityError, match="truth/means.*crc32c"):
+        emdist.io.synthetic.open_synthetic(ds.path)

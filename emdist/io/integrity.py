@@ -411,8 +411,8 @@ class CheckedReader:
             if "checksum" not in str(exc):
                 raise
             rows = key[0] if isinstance(key, tuple) and key else key
-            span = f"rows {rows.start}-{rows.stop}" if isinstance(rows, slice) else "a chunk"
+            what = f"rows {rows.start}-{rows.stop}" if isinstance(rows, slice) else "one chunk"
             raise IntegrityError(
-                f"{self.where}: a chunk in {span} fails its crc32c checksum; the data are "
-                f"damaged (regenerate or re-ingest them)"
+                f"{self.where}: {what} failed the crc32c checksum of their chunk; the data "
+                f"are damaged (regenerate or re-ingest them)"
             ) from None

@@ -43,7 +43,7 @@ import zarr
 
 from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray, IntArray
 from emdist.io.atomic import atomic_output
-from emdist.io.integrity import create_verified_array, seal
+from emdist.io.integrity import CheckedReader, create_verified_array, seal, verify_array
 
 __all__ = [
     "GENERATION_BLOCK_ROWS",
@@ -596,8 +596,11 @@ def open_synthetic(path: str | os.PathLike[str]) -> SyntheticDataset:
 
     def read(name: str) -> FloatArray:
         node = truth_group[name]
-        assert isinstance(node, zarr.Array)
-        return np.asarray(node[...], dtype=np.float64)
+        if not isinstance(node, zarr.Array):
+            raise ValueError(f"{path}: truth/{name} is not an array")
+        # Datasets written before verification existed have no record and are read as is.
+        verify_array(node, f"{path}/truth/{name}")
+        return np.asarray(CheckedReader(node, f"{path}/truth/{name}")[...], dtype=np.float64)
 
     covariance_type = str(settings["covariance_type"])
     if covariance_type not in COVARIANCE_TYPES:
