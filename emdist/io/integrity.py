@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,13 +99,8 @@ def safe_name(name: Any, what: str) -> str:
     """
     if not isinstance(name, str) or not name:
         raise UnsafeNameError(f"{what}: {name!r} is not a name")
-    parts = PurePosixPath(name).parts
-    if (
-        _BAD_CHARS.search(name)
-        or name.startswith("/")
-        or any(p in ("", ".", "..") for p in name.split("/"))
-        or not parts
-    ):
+    # An empty part also catches a leading "/" (absolute) and "a//b".
+    if _BAD_CHARS.search(name) or any(p in ("", ".", "..") for p in name.split("/")):
         raise UnsafeNameError(f"{what}: {name!r} would lead outside the store; refused")
     return name
 
