@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import zarr
-from distributed import Client
 
 import emdist
 from emdist.engine.em import IterationState, Observer
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import open_zarr_array
 from emdist.io.synthetic import make_gaussian_mixture, open_synthetic
+from pipeline.cluster import connect
 from pipeline.config import ModelConfig, RunConfig
+from pipeline.outputs import check_outputs, claim, may_replace
 
 __all__ = [
     "DatasetRef",
@@ -107,16 +107,6 @@ class SelectionResult:
         return asdict(self)
 
 
-@contextlib.contextmanager
-def connect(scheduler: str | None) -> Iterator[Client | None]:
-    """A client of the scheduler at ``scheduler``, or the local threaded scheduler."""
-    if scheduler is None:
-        yield None
-        return
-    with Client(scheduler, set_as_default=True) as client:
-        yield client
-
-
 def _describe(path: Path, truth: str | None = None) -> DatasetRef:
     arr = open_zarr_array(path)
     rows = int((arr.shards or arr.chunks)[0])
@@ -191,8 +181,9 @@ def prepare_data(config: RunConfig) -> DatasetRef:
             separation=gen.separation,
             chunk_rows=gen.chunk_rows,
             random_state=gen.random_state,
-            overwrite=True,
+            overwrite=may_replace(group, config),
         )
+        claim(group, config)
         return _describe(ds.data_path, str(group))
     assert config.input.path is not None
     source = Path(config.input.path)
@@ -205,8 +196,9 @@ def prepare_data(config: RunConfig) -> DatasetRef:
         config.data_path,
         source_format=None if config.input.format == "auto" else config.input.format,
         dataset=config.input.dataset,
-        overwrite=config.output.overwrite,
+        overwrite=may_replace(config.data_path, config),
     )
+    claim(result.path, config)
     return _describe(Path(result.path))
 
 
@@ -364,10 +356,14 @@ def fit_model(
     -------
     FitSummary
     """
+    # Refused before the fit, not after an hour of it; _fit_and_save then replaces it.
+    check_outputs(config, [config.model_path])
     with connect(scheduler):
-        return _fit_and_save(
+        fit = _fit_and_save(
             config.model, data, config.model_path, checkpoint_store(config), observer
         )
+    claim(fit.model_path, config)
+    return fit
 
 
 def label_data(
@@ -383,8 +379,9 @@ def label_data(
             config.predictions_path,
             responsibilities=config.output.responsibilities and mixture,
             log_likelihood=config.output.log_likelihood and mixture,
-            overwrite=True,
+            overwrite=may_replace(config.predictions_path, config),
         )
+        claim(path, config)
         labels = zarr.open_array(str(path / "labels"), mode="r")
         import dask.array as da
 
@@ -413,6 +410,7 @@ def select_components(
     rows: list[dict[str, Any]] = []
     fits: dict[int, FitSummary] = {}
     base = Path(config.output.dir) / "select-k"
+    check_outputs(config, [base / f"k{k}" / "model.zarr" for k in sorted(set(candidates))])
     with connect(scheduler):
         for k in sorted(set(candidates)):
             model = config.model.model_copy(update={"n_components": k})
@@ -423,6 +421,7 @@ def select_components(
                 checkpoint_store(config, base / f"k{k}" / "checkpoint.zarr"),
                 observer,
             )
+            claim(fit.model_path, config)
             fits[k] = fit
             rows.append(
                 {
