@@ -75,6 +75,9 @@ class FitSummary:
     aic: float | None = None
     inertia: float | None = None
     weights: list[float] = field(default_factory=list)
+    # Warnings the fit emitted (non-convergence, checkpoint fallback), for the run's logs
+    # and summary; filled in by the orchestrator that caught them.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
