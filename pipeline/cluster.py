@@ -31,6 +31,7 @@ __all__ = [
     "connect",
     "dask_client",
     "scheduler_answers",
+    "unreachable_message",
     "worker_environment",
 ]
 
@@ -55,8 +56,9 @@ def worker_environment() -> dict[str, int]:
     return {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
 
 
-def _unreachable(address: str, timeout: float) -> SchedulerUnreachableError:
-    return SchedulerUnreachableError(
+def unreachable_message(address: str, timeout: float) -> str:
+    """What to tell a user whose scheduler at ``address`` did not answer."""
+    return (
         f"no Dask scheduler answered at {address} within {timeout:g} s: check the address "
         "and port, that a scheduler runs there (`dask scheduler --host HOST --port PORT`), "
         "and that this machine can reach it"
@@ -101,7 +103,7 @@ def connect(
     try:
         client = Client(address, timeout=timeout, set_as_default=True)
     except (OSError, TimeoutError):
-        raise _unreachable(address, timeout) from None
+        raise SchedulerUnreachableError(unreachable_message(address, timeout)) from None
     with client:
         yield client
 

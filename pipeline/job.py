@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +21,13 @@ from typing import Any, Protocol
 from emdist.engine.em import Observer
 from emdist.io.checkpoint import CheckpointStore
 from pipeline import steps as plain
-from pipeline.cluster import SchedulerLostError, dask_client, scheduler_answers
+from pipeline.cluster import (
+    SchedulerLostError,
+    SchedulerUnreachableError,
+    dask_client,
+    scheduler_answers,
+    unreachable_message,
+)
 from pipeline.config import RunConfig
 from pipeline.outputs import check_outputs, claim, derived_outputs, job_id
 from pipeline.report import ReportRef, write_report
@@ -221,9 +228,26 @@ def _iterations_saved(config: RunConfig) -> int | None:
 
 
 @contextlib.contextmanager
+def _quiet_reconnects() -> Iterator[None]:
+    """Silence the client's tracebacks while it tries to reconnect to a lost scheduler.
+
+    A lost scheduler is reported by :func:`_on_cluster` in one line; distributed's client
+    would log a traceback per reconnect attempt above it.
+    """
+    logger = logging.getLogger("distributed.client")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def _on_cluster(config: RunConfig, steps: JobSteps) -> Iterator[str]:
     """The job's scheduler address, for the numeric steps; says so if it goes away."""
-    with dask_client(config.cluster, announce=steps.log) as client:
+    quiet = contextlib.nullcontext() if config.cluster.address is None else _quiet_reconnects()
+    with quiet, dask_client(config.cluster, announce=steps.log) as client:
         address = str(client.scheduler_info()["address"])
         try:
             yield address
@@ -241,7 +265,22 @@ def _on_cluster(config: RunConfig, steps: JobSteps) -> Iterator[str]:
             raise SchedulerLostError(f"lost the Dask scheduler at {address} {resume}") from exc
 
 
-def _start(config: RunConfig, steps: JobSteps | None, observer: Observer | None) -> JobSteps:
+def _start(
+    config: RunConfig,
+    steps: JobSteps | None,
+    observer: Observer | None,
+    outputs: list[Path],
+    flag: str = "output.overwrite: true",
+) -> JobSteps:
+    """Check what the job would replace and that its scheduler answers, before any work."""
+    check_outputs(config, outputs, flag=flag)
+    address = config.cluster.address
+    # Before preparing the data, which can take long (an ingest): a wrong address is the
+    # user's to fix, and is said within connect_timeout seconds.
+    if address is not None and not scheduler_answers(address, config.cluster.connect_timeout):
+        raise SchedulerUnreachableError(
+            unreachable_message(address, config.cluster.connect_timeout)
+        )
     return steps if steps is not None else LocalSteps(observer)
 
 
@@ -263,8 +302,7 @@ def run_job(
     OutputExistsError
         Before any work, if an output exists that this job did not write.
     """
-    steps = _start(config, steps, observer)
-    check_outputs(config, derived_outputs(config))
+    steps = _start(config, steps, observer, derived_outputs(config))
     data = steps.prepare(config)
     with _on_cluster(config, steps) as address:
         fit = steps.fit(config, data, address)
@@ -286,8 +324,7 @@ def run_selection(
 
     Parameters are those of :func:`run_job`, plus ``candidates`` (numbers of components).
     """
-    steps = _start(config, steps, observer)
-    check_outputs(config, derived_outputs(config))
+    steps = _start(config, steps, observer, derived_outputs(config))
     data = steps.prepare(config)
     with _on_cluster(config, steps) as address:
         selection = steps.select(config, data, candidates, address)
@@ -315,8 +352,8 @@ def fit_only(
     a small file should not pay for starting worker processes). ``flag`` is how the user
     asks to replace an output, for the error message.
     """
-    steps = _start(config, steps, observer)
-    check_outputs(config, derived_outputs(config, label=False, report=False), flag=flag)
+    outputs = derived_outputs(config, label=False, report=False)
+    steps = _start(config, steps, observer, outputs, flag)
     data = steps.prepare(config)
     if config.cluster.address is None:
         return steps.fit(config, data, None)
