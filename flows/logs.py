@@ -37,9 +37,10 @@ class _DropUserErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, _MARK, False):
             return False
-        # The engine's last line repeats the failure ("Finished in state Failed(...)").
+        # The engines' last lines repeat the failure ("Finished in state Failed(...)"); the
+        # command prints it once, in the user's words.
         return not (
-            record.name.startswith("prefect.flow_runs")
+            record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
             and record.getMessage().startswith("Finished in state Failed")
         )
 
