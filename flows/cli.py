@@ -70,13 +70,20 @@ def run_command(config: str) -> None:
 @click.option(
     "--n-samples", type=click.IntRange(min=1), default=1_000_000, help="Rows to generate."
 )
-def demo_command(out: str, n_samples: int) -> None:
+@click.option(
+    "--overwrite", is_flag=True, help="Replace outputs in --out that the demo did not write."
+)
+def demo_command(out: str, n_samples: int, overwrite: bool) -> None:
     """Generate a dataset and run the whole job on it (embedded defaults)."""
     import time
 
     from pipeline.demo import demo_config
 
     config = demo_config(out, n_samples=n_samples)
+    if overwrite:
+        config = config.model_copy(
+            update={"output": config.output.model_copy(update={"overwrite": True})}
+        )
     on_interrupt(config)
     flows = _flows()
     start = time.perf_counter()
