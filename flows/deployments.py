@@ -70,7 +70,7 @@ def deploy_pipeline(
         The deployment's id.
     """
     loaded = flow.from_source(source=str(PROJECT_ROOT), entrypoint=entrypoint(flow))
-    deployment_id: UUID = loaded.deploy(  # type: ignore[union-attr]
+    deployment_id: UUID = loaded.deploy(  # type: ignore[union-attr,assignment]
         name=name,
         work_pool_name=work_pool,
         cron=cron,

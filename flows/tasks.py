@@ -10,9 +10,11 @@ fallback) go to the run's logs and its summary artifact.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -94,6 +96,24 @@ def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
 install_run_log_filter()
 
 
+@contextlib.contextmanager
+def logged_warnings() -> Iterator[list[str]]:
+    """Send the warnings raised inside to the run's logs; yield their lines.
+
+    A served or deployed run has no terminal: a non-convergence or a checkpoint fallback
+    must reach the run's logs (and, through the yielded list, its summary artifact).
+    """
+    said: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield said
+        finally:
+            for w in caught:
+                said.append(f"{w.category.__name__}: {w.message}")
+                get_run_logger().warning("%s", said[-1])
+
+
 @task(
     name="prepare-data",
     retries=2,
@@ -118,16 +138,8 @@ def fit_task(config: RunConfig, data: steps.DatasetRef, scheduler: str | None) -
     """Fit the model, checkpointed; a re-run resumes from the checkpoint."""
     logger = get_run_logger()
     progress = IterationLogger(config.model.max_iter)
-    # Caught here so that they reach the run's logs (a served or deployed run has no
-    # terminal), and its summary artifact.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with logged_warnings() as said:
         fit = steps.fit_model(config, data, scheduler=scheduler, observer=progress)
-    said = []
-    for w in caught:
-        text = f"{w.category.__name__}: {w.message}"
-        logger.warning("%s", text)
-        said.append(text)
     progress.finish(fit)
     if fit.resumed_iterations:
         logger.info("resumed after %d checkpointed iterations", fit.resumed_iterations)
@@ -206,13 +218,14 @@ def select_k_task(
     config: RunConfig, data: steps.DatasetRef, candidates: list[int], scheduler: str | None
 ) -> steps.SelectionResult:
     """Fit one checkpointed model per candidate K and pick the best by BIC (inertia)."""
-    return steps.select_components(
-        config,
-        data,
-        candidates,
-        scheduler=scheduler,
-        observer=IterationLogger(config.model.max_iter, key="emdist-select-k-progress"),
-    )
+    with logged_warnings():
+        return steps.select_components(
+            config,
+            data,
+            candidates,
+            scheduler=scheduler,
+            observer=IterationLogger(config.model.max_iter, key="emdist-select-k-progress"),
+        )
 
 
 class TaskSteps:
