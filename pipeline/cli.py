@@ -252,7 +252,12 @@ def generate_command(
 def ingest_command(
     source: Path, dest: Path, format_: str, dataset: str | None, overwrite: bool
 ) -> None:
-    """Convert SOURCE (.npy, .csv, .parquet, .h5 or Zarr) to a row-chunked Zarr array DEST."""
+    """Convert SOURCE to a row-chunked Zarr array DEST, checking every value.
+
+    \b
+    SOURCE  a .npy, .csv, .parquet, .h5 file or a Zarr array
+    DEST    the Zarr array to write (it appears whole or not at all)
+    """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
     from pipeline.ingest import ingest
 
     result = ingest(
@@ -351,11 +356,15 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
 @_scheduler
 @click.option("--json", "as_json", is_flag=True, help="Print the full fit summary.")
 def fit_command(**options: Any) -> None:
-    """Fit a model to DATA (a Zarr array, or a file to ingest first); checkpointed, resumable.
+    """Fit a model to DATA and save it to --out; checkpointed, resumable.
+
+    \b
+    DATA  a Zarr array (e.g. data.zarr/data of `emdist generate`), or a .npy, .csv,
+          .parquet or .h5 file, ingested first (to --ingest-to)
 
     Without --overwrite, an existing --out (or ingested copy) is replaced only when an
     earlier fit of the same DATA into the same folder wrote it.
-    """
+    """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
     config = _fit_config(options)
     from pipeline.job import LocalSteps, fit_only
 
@@ -392,7 +401,13 @@ def predict_command(
     overwrite: bool,
     scheduler: str | None,
 ) -> None:
-    """Write the labels of DATA (a Zarr array) under the saved MODEL to a Zarr group DEST."""
+    """Write the labels of DATA under a saved MODEL to a Zarr group DEST.
+
+    \b
+    MODEL  a model saved by `emdist fit` (its --out)
+    DATA   the Zarr array to label (e.g. data.zarr/data of `emdist generate`)
+    DEST   the Zarr group to write: arrays labels, responsibilities, log_likelihood
+    """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
     import emdist
     from pipeline.cluster import connect
 
