@@ -132,6 +132,8 @@ def test_generate(
         ["generate", "g.zarr", "--n-samples", "10"], ws.dir, monkeypatch, capsys
     )
     assert code == 2 and "g.zarr exists" in err
+    # In the command line's words.
+    assert "--overwrite" in err and "overwrite=True" not in err
     assert zarr.open_array(str(ws.dir / "g.zarr" / "data"), mode="r").shape[0] == N_SAMPLES
 
 
@@ -145,6 +147,7 @@ def test_ingest_npy(
     np.testing.assert_array_equal(zarr.open_array(str(ws.dir / "x.zarr"), mode="r")[...], X)
     code, _, err = in_process(["ingest", "x.npy", "x.zarr"], ws.dir, monkeypatch, capsys)
     assert code == 2 and "x.zarr exists" in err
+    assert "--overwrite" in err and "overwrite=True" not in err
     X2 = X[::2]
     np.save(ws.dir / "x.npy", X2)
     code, _, _ = in_process(
