@@ -1,4 +1,5 @@
-# Two commands a fresh machine needs: `make demo` and `make test`.
+# Two commands a fresh machine needs: `make demo` and `make test` (`make test-quick`: the
+# tests that start no service: no Prefect server, flow, emdist process or Dask scheduler).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -6,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-quick lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ lint: venv
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+test-quick: venv
+	$(BIN)/python -m pytest -q -m "not slow and not service"
 
 bench: venv
 	$(BIN)/python benchmarks/bench_em.py

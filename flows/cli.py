@@ -1,121 +1,204 @@
 """The ``emdist`` command: the pipeline's step commands plus the Prefect ones.
 
-``run`` and ``select-k`` run flows (Prefect's embedded server unless ``PREFECT_API_URL``
-points at one); ``serve`` runs the flow on a cron schedule in this process; ``deploy``
-registers a scheduled deployment on a process work pool.
+``run``, ``demo`` and ``select-k`` run flows (Prefect's temporary server unless
+``PREFECT_API_URL`` points at a running one); ``serve`` runs a flow on a cron schedule in
+this process; ``deploy`` registers a scheduled deployment on a process work pool.
+
+Each command validates its configuration *before* importing Prefect (an import of several
+seconds), so a mistake in the file is reported at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from pipeline.cli import build_parser, run_cli
+import click
 
-__all__ = ["main"]
+from pipeline.cli import help_text, make_cli, on_interrupt, run_cli
+from pipeline.config import ConfigError, load_config
+
+__all__ = ["build_cli", "help_text", "main", "parse_args"]
+
+FLOW_NAMES = ("pipeline", "select-k")
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.pipeline_flow import clustering_pipeline
-    from pipeline.config import load_config
+def _flows() -> Any:
+    """Import the flows (and Prefect), keeping user errors to one line on the terminal."""
+    from flows import pipeline_flow
+    from flows.logs import quiet_console_for_user_errors
 
-    load_config(args.config)  # fail fast, with a readable message, before Prefect starts
-    result = clustering_pipeline(config_path=args.config)
-    print(
+    quiet_console_for_user_errors()
+    return pipeline_flow
+
+
+def _finish(state: Any) -> Any:
+    """The flow's result, or its exception raised here (the CLI reports it)."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+_config_option = click.option(
+    "--config",
+    required=True,
+    metavar="FILE",
+    help="Run configuration (.yaml, .yml or .toml).",
+)
+
+
+@click.command("run")
+@_config_option
+def run_command(config: str) -> None:
+    """Run the whole job (prepare data → fit → label → report) as a Prefect flow."""
+    cfg = load_config(config)  # before Prefect's import: a bad file is reported at once
+    on_interrupt(cfg)
+    flows = _flows()
+    result = _finish(flows.clustering_pipeline(config_path=config, return_state=True))
+    click.echo(
         f"fitted {result['n_iter']} iterations "
         f"({'converged' if result['converged'] else 'not converged'}), "
         f"lower bound {result['lower_bound']:.6f}; cluster sizes {result['counts']}"
     )
-    print(f"report: {result['report']}")
-    return 0
+    click.echo(f"report: {result['report']}")
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+@click.command("demo")
+@click.option("--out", default="runs/demo", metavar="DIR", help="Output folder.")
+@click.option(
+    "--n-samples", type=click.IntRange(min=1), default=1_000_000, help="Rows to generate."
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace outputs in --out that the demo did not write."
+)
+def demo_command(out: str, n_samples: int, overwrite: bool) -> None:
+    """Generate a dataset and run the whole job on it (embedded defaults)."""
     import time
 
-    from flows.pipeline_flow import clustering_pipeline
     from pipeline.demo import demo_config
 
-    config = demo_config(args.out, n_samples=args.n_samples)
+    config = demo_config(out, n_samples=n_samples)
+    if overwrite:
+        config = config.model_copy(
+            update={"output": config.output.model_copy(update={"overwrite": True})}
+        )
+    on_interrupt(config)
+    flows = _flows()
     start = time.perf_counter()
-    result = clustering_pipeline(config=config.model_dump())
-    print(
+    result = _finish(flows.clustering_pipeline(config=config.model_dump(), return_state=True))
+    click.echo(
         f"demo: {result['n_iter']} EM iterations "
         f"({'converged' if result['converged'] else 'not converged'}), mean log-likelihood "
         f"{result['lower_bound']:.4f}, BIC {result['bic']:.1f}, cluster sizes {result['counts']}"
     )
-    print(f"wall time {time.perf_counter() - start:.1f} s; report: {result['report']}")
-    return 0
+    click.echo(f"wall time {time.perf_counter() - start:.1f} s; report: {result['report']}")
 
 
-def _cmd_select_k(args: argparse.Namespace) -> int:
-    from flows.pipeline_flow import choose_components
-    from pipeline.config import load_config
-
-    load_config(args.config)
-    result = choose_components(candidates=args.k, config_path=args.config)
-    print(f"best K by {result['criterion']}: {result['best_k']}; report: {result['report']}")
-    return 0
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from flows.deployments import serve_pipeline
-    from pipeline.config import load_config
-
-    load_config(args.config)
-    serve_pipeline(args.config, cron=args.cron, name=args.name)
-    return 0
-
-
-def _cmd_deploy(args: argparse.Namespace) -> int:
-    from flows.deployments import deploy_pipeline
-    from pipeline.config import load_config
-
-    load_config(args.config)
-    deployment_id = deploy_pipeline(
-        args.config, cron=args.cron, work_pool=args.pool, name=args.name
-    )
-    print(f"deployment {deployment_id} on work pool {args.pool!r} (cron {args.cron!r})")
-    print(f"start a worker with: prefect worker start --pool {args.pool}")
-    return 0
+@click.command("select-k")
+@_config_option
+@click.option(
+    "--k",
+    "k",
+    type=click.IntRange(min=1),
+    multiple=True,
+    metavar="K",
+    help="Candidate numbers of components: --k 2 4 8 (or --k 2 --k 4).  "
+    "[default: select_k of the configuration]",
+)
+@click.argument("more_k", metavar="", nargs=-1, type=click.IntRange(min=1))
+def select_k_command(config: str, k: tuple[int, ...], more_k: tuple[int, ...]) -> None:
+    """Fit each candidate K, pick the best by BIC and label the data with it."""
+    cfg = load_config(config)
+    candidates = [*k, *more_k] or list(cfg.select_k or [])
+    if more_k and not k:
+        raise click.UsageError("give the candidates after --k: --k 2 4 8")
+    if not candidates:
+        raise ConfigError("give candidate numbers of components: --k 2 4 8")
+    on_interrupt(cfg)
+    flows = _flows()
+    state = flows.choose_components(candidates=candidates, config_path=config, return_state=True)
+    result = _finish(state)
+    click.echo(f"best K by {result['criterion']}: {result['best_k']}; report: {result['report']}")
 
 
-def build_full_parser() -> argparse.ArgumentParser:
-    """The step commands' parser extended with the Prefect commands."""
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    p = sub.add_parser("run", help="run the whole job (ingest → fit → label → report) as a flow")
-    p.add_argument("--config", required=True, help="YAML or TOML run configuration")
-    p.set_defaults(func=_cmd_run)
-
-    p = sub.add_parser("demo", help="generate a dataset and run the whole job on it (defaults)")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--n-samples", type=int, default=1_000_000)
-    p.set_defaults(func=_cmd_demo)
-
-    p = sub.add_parser("select-k", help="fit a range of K and pick the best by BIC")
-    p.add_argument("--config", required=True)
-    p.add_argument("--k", type=int, nargs="+", required=True, help="candidate K values")
-    p.set_defaults(func=_cmd_select_k)
-
-    for name, func, help_ in (
-        ("serve", _cmd_serve, "serve the flow on a cron schedule (no work pool needed)"),
-        ("deploy", _cmd_deploy, "create a scheduled deployment on a process work pool"),
+def _schedule_options(command: Any) -> Any:
+    for option in reversed(
+        [
+            _config_option,
+            click.option(
+                "--cron", default="0 2 * * *", help="Cron schedule (UTC); the default is 02:00."
+            ),
+            click.option("--name", default="emdist-scheduled", help="Deployment name."),
+            click.option(
+                "--flow",
+                "flow_name",
+                type=click.Choice(FLOW_NAMES),
+                default="pipeline",
+                help="Which flow to schedule; select-k uses the configuration's select_k.",
+            ),
+        ]
     ):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("--config", required=True)
-        p.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: 02:00 daily)")
-        p.add_argument("--name", default="emdist-scheduled", help="deployment name")
-        if name == "deploy":
-            p.add_argument("--pool", default="emdist-process", help="process work pool")
-        p.set_defaults(func=func)
-    return parser
+        command = option(command)
+    return command
+
+
+def _flow_and_parameters(config: str, flow_name: str) -> tuple[Any, dict[str, Any]]:
+    cfg = load_config(config)
+    if flow_name == "select-k" and not cfg.select_k:
+        raise ConfigError(f"--flow select-k needs select_k (candidate K values) in {config}")
+    flows = _flows()
+    return flows.FLOWS[flow_name], {}
+
+
+@click.command("serve")
+@_schedule_options
+def serve_command(config: str, cron: str, name: str, flow_name: str) -> None:
+    """Run a flow on a cron schedule in this process (no work pool needed)."""
+    flow, parameters = _flow_and_parameters(config, flow_name)
+    from flows.deployments import serve_pipeline
+
+    serve_pipeline(config, cron=cron, name=name, flow=flow, parameters=parameters)
+
+
+@click.command("deploy")
+@_schedule_options
+@click.option("--pool", default="emdist-process", help="Process work pool to deploy to.")
+def deploy_command(config: str, cron: str, name: str, flow_name: str, pool: str) -> None:
+    """Register a scheduled deployment of a flow on a process work pool."""
+    flow, parameters = _flow_and_parameters(config, flow_name)
+    from flows.deployments import deploy_pipeline
+
+    deployment_id = deploy_pipeline(
+        config, cron=cron, work_pool=pool, name=name, flow=flow, parameters=parameters
+    )
+    click.echo(f"deployment {deployment_id} on work pool {pool!r} (cron {cron!r})")
+    click.echo(f"start a worker with: prefect worker start --pool {pool}")
+
+
+def build_cli() -> click.Group:
+    """The ``emdist`` group: the step commands and the Prefect ones."""
+    cli = make_cli()
+    for command in (run_command, demo_command, select_k_command, serve_command, deploy_command):
+        cli.add_command(command)
+    return cli
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """The command and its parameters that ``emdist ARGV`` would run (nothing runs)."""
+    cli = build_cli()
+    args = list(argv)
+    with click.Context(cli, info_name="emdist") as ctx:
+        name, command, rest = cli.resolve_command(ctx, args)
+        assert name is not None and command is not None
+        with command.make_context(name, rest, parent=ctx) as sub:
+            return name, dict(sub.params)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``emdist`` console script."""
-    return run_cli(build_full_parser(), argv)
+    return run_cli(build_cli(), argv)
 
 
 if __name__ == "__main__":

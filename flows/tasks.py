@@ -1,13 +1,20 @@
-"""Prefect tasks: thin shells over ``pipeline`` steps.
+"""Prefect tasks: thin shells over ``pipeline`` steps, and the job's steps as tasks.
 
-Retries go on I/O-bound steps (preparing data, writing labels and reports). The fit has no
-retries: it is checkpointed, so running it again — a retry of the flow, or a new run of the
-same configuration — resumes from the last committed iteration instead of starting over.
+Retries go on I/O-bound steps (preparing data, writing labels and reports), and never on a
+user's mistake (a missing input, bad data, an output that may not be replaced): trying again
+cannot fix those. The fit has no retries: it is checkpointed, so running it again — a retry
+of the flow, or a new run of the same configuration — resumes from the last committed
+iteration instead of starting over. Warnings of the fit (non-convergence, a checkpoint
+fallback) go to the run's logs and its summary artifact.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -19,13 +26,15 @@ from prefect.artifacts import (
 )
 
 from emdist.engine.em import IterationState
+from flows.logs import install_run_log_filter
 from pipeline import steps
 from pipeline.config import RunConfig
-from pipeline.job import write_summary
+from pipeline.errors import is_user_error
 from pipeline.report import ReportRef, inline_images, write_report
 
 __all__ = [
     "IterationLogger",
+    "TaskSteps",
     "fit_task",
     "label_task",
     "prepare_data_task",
@@ -79,7 +88,38 @@ class IterationLogger:
         update_progress_artifact(self.artifact_id, progress=min(progress, 100.0))
 
 
-@task(name="prepare-data", retries=2, retry_delay_seconds=2)
+def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``: retry an outage, not a user's mistake."""
+    return not is_user_error(state.result(raise_on_failure=False))
+
+
+install_run_log_filter()
+
+
+@contextlib.contextmanager
+def logged_warnings() -> Iterator[list[str]]:
+    """Send the warnings raised inside to the run's logs; yield their lines.
+
+    A served or deployed run has no terminal: a non-convergence or a checkpoint fallback
+    must reach the run's logs (and, through the yielded list, its summary artifact).
+    """
+    said: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield said
+        finally:
+            for w in caught:
+                said.append(f"{w.category.__name__}: {w.message}")
+                get_run_logger().warning("%s", said[-1])
+
+
+@task(
+    name="prepare-data",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_user_error,
+)
 def prepare_data_task(config: RunConfig) -> steps.DatasetRef:
     """Generate, ingest or open the dataset as row-chunked Zarr."""
     data = steps.prepare_data(config)
@@ -96,15 +136,22 @@ def prepare_data_task(config: RunConfig) -> steps.DatasetRef:
 @task(name="fit")
 def fit_task(config: RunConfig, data: steps.DatasetRef, scheduler: str | None) -> steps.FitSummary:
     """Fit the model, checkpointed; a re-run resumes from the checkpoint."""
+    logger = get_run_logger()
     progress = IterationLogger(config.model.max_iter)
-    fit = steps.fit_model(config, data, scheduler=scheduler, observer=progress)
+    with logged_warnings() as said:
+        fit = steps.fit_model(config, data, scheduler=scheduler, observer=progress)
     progress.finish(fit)
     if fit.resumed_iterations:
-        get_run_logger().info("resumed after %d checkpointed iterations", fit.resumed_iterations)
-    return fit
+        logger.info("resumed after %d checkpointed iterations", fit.resumed_iterations)
+    return dataclasses.replace(fit, warnings=said)
 
 
-@task(name="label", retries=2, retry_delay_seconds=2)
+@task(
+    name="label",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_user_error,
+)
 def label_task(
     config: RunConfig, data: steps.DatasetRef, model_path: str, scheduler: str | None
 ) -> steps.PredictionsRef:
@@ -112,7 +159,16 @@ def label_task(
     return steps.label_data(config, data, model_path, scheduler=scheduler)
 
 
-@task(name="report", retries=1, retry_delay_seconds=2)
+def _median(values: list[float]) -> float | None:
+    return round(sorted(values)[len(values) // 2], 4) if values else None
+
+
+@task(
+    name="report",
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_user_error,
+)
 def report_task(
     config: RunConfig,
     data: steps.DatasetRef,
@@ -120,11 +176,17 @@ def report_task(
     predictions: steps.PredictionsRef | None,
     selection: steps.SelectionResult | None = None,
 ) -> ReportRef:
-    """Write the report and publish it as Prefect artifacts (markdown and a table)."""
-    write_summary(config, data, fit, predictions)
+    """Write the report and publish it as Prefect artifacts (markdown and tables)."""
     report = write_report(config.name, data, fit, predictions, config.report_dir, selection)
+    banner = ""
+    if not fit.converged:
+        banner = (
+            f"**Not converged**: stopped after max_iter={fit.n_iter} iterations; raise "
+            "`model.max_iter` (CLI: `--max-iter`) or `model.tol`.\n\n"
+        )
     create_markdown_artifact(
-        markdown=inline_images(report.markdown, report.dir)
+        markdown=banner
+        + inline_images(report.markdown, report.dir)
         + f"\n\nReport folder: `{report.dir}`\n",
         key="emdist-report",
         description=f"emdist report of {config.name}",
@@ -139,12 +201,8 @@ def report_task(
         {"quantity": "aic", "value": fit.aic},
         {"quantity": "inertia", "value": fit.inertia},
         {"quantity": "fit_seconds", "value": round(fit.fit_seconds, 3)},
-        {
-            "quantity": "median_seconds_per_iteration",
-            "value": round(sorted(fit.iteration_seconds)[len(fit.iteration_seconds) // 2], 4)
-            if fit.iteration_seconds
-            else None,
-        },
+        {"quantity": "median_seconds_per_iteration", "value": _median(fit.iteration_seconds)},
+        {"quantity": "warnings", "value": "; ".join(fit.warnings) or "none"},
     ]
     create_table_artifact(table=run_rows, key="emdist-summary", description="run summary")
     create_table_artifact(table=report.rows, key="emdist-components", description="components")
@@ -162,10 +220,56 @@ def select_k_task(
     config: RunConfig, data: steps.DatasetRef, candidates: list[int], scheduler: str | None
 ) -> steps.SelectionResult:
     """Fit one checkpointed model per candidate K and pick the best by BIC (inertia)."""
-    return steps.select_components(
-        config,
-        data,
-        candidates,
-        scheduler=scheduler,
-        observer=IterationLogger(config.model.max_iter, key="emdist-select-k-progress"),
-    )
+    with logged_warnings():
+        return steps.select_components(
+            config,
+            data,
+            candidates,
+            scheduler=scheduler,
+            observer=IterationLogger(config.model.max_iter, key="emdist-select-k-progress"),
+        )
+
+
+class TaskSteps:
+    """The job's steps (:class:`pipeline.job.JobSteps`) as Prefect tasks of the current flow."""
+
+    def prepare(self, config: RunConfig) -> steps.DatasetRef:
+        """Run :func:`prepare_data_task`."""
+        return prepare_data_task(config)
+
+    def fit(
+        self, config: RunConfig, data: steps.DatasetRef, scheduler: str | None
+    ) -> steps.FitSummary:
+        """Run :func:`fit_task`."""
+        return fit_task(config, data, scheduler)
+
+    def select(
+        self,
+        config: RunConfig,
+        data: steps.DatasetRef,
+        candidates: list[int],
+        scheduler: str | None,
+    ) -> steps.SelectionResult:
+        """Run :func:`select_k_task`."""
+        return select_k_task(config, data, candidates, scheduler)
+
+    def label(
+        self, config: RunConfig, data: steps.DatasetRef, model_path: str, scheduler: str | None
+    ) -> steps.PredictionsRef:
+        """Run :func:`label_task`."""
+        return label_task(config, data, model_path, scheduler)
+
+    def report(
+        self,
+        config: RunConfig,
+        data: steps.DatasetRef,
+        fit: steps.FitSummary,
+        predictions: steps.PredictionsRef | None,
+        selection: steps.SelectionResult | None = None,
+    ) -> ReportRef:
+        """Run :func:`report_task`."""
+        return report_task(config, data, fit, predictions, selection)
+
+    def log(self, message: str) -> None:
+        """Log ``message`` to the flow run (and so to the terminal of ``emdist run``)."""
+        get_run_logger().info("%s", message)

@@ -1,68 +1,109 @@
 """Command-line interface of the job's steps (no Prefect here; see ``flows/cli.py``).
 
-``emdist ingest | generate | fit | predict | report`` run one step each;
-``flows.cli`` adds ``run``, ``select-k``, ``serve`` and ``deploy``, which go through Prefect.
-A user's mistake (bad config, bad data, a checkpoint of another run) prints one readable
-line and exits with status 2; ``--debug`` shows the traceback.
+``emdist generate | ingest | fit | predict | report`` run one step each; ``flows.cli`` adds
+``run``, ``demo``, ``select-k``, ``serve`` and ``deploy``, which go through Prefect, to the
+same group (:func:`make_cli`, then ``click.Group.add_command``).
+
+Built with Click: every option declares its help, default and choices once and Click
+prints them (``show_default``, ``click.Choice``); Click's public ``Group.add_command``
+assembles the two halves of the command. (Typer builds on Click and derives options from
+type hints, but adds rich tracebacks and "pretty" errors we would have to switch off, for
+nothing Click lacks here.)
+
+A user's mistake (bad options or config, bad data, a checkpoint of another run, an output
+that may not be replaced, an unreachable scheduler) prints one line ``error: ...`` and exits
+with status 2; ``--debug`` shows the traceback. Messages use the command line's spelling
+(``--overwrite``, ``-k``), not the library's (``overwrite=True``, ``model.n_components``).
+Heavy modules (Dask, Zarr, Prefect) are imported inside the commands, so that a mistake in
+the options or the configuration is reported before they load.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from emdist.engine.em import IterationState
-from emdist.exceptions import FitError, InvalidDataError
-from emdist.io.atomic import DiskFullError, OutputExistsError
-from emdist.io.checkpoint import CheckpointError, CheckpointMismatchError
+from emdist._typing import COVARIANCE_TYPES
 from emdist.registry import model_families
-from pipeline.config import ConfigError, load_config, parse_config
+from pipeline.config import ConfigError, RunConfig, load_config, parse_config
 
-__all__ = ["USER_ERRORS", "build_parser", "main", "progress_observer"]
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    InvalidDataError,
-    FitError,
-    CheckpointError,
-    CheckpointMismatchError,
-    OutputExistsError,
-    DiskFullError,
-    FileExistsError,
-    FileNotFoundError,
-    ValueError,
-)
+    from emdist.engine.em import IterationState
+
+__all__ = [
+    "STEP_COMMANDS",
+    "help_text",
+    "main",
+    "make_cli",
+    "on_interrupt",
+    "progress_observer",
+    "run_cli",
+]
+
+#: The registered model families (emdist.registry), as --model choices.
+FAMILIES = tuple(model_families())
+
+FORMATS = ("auto", "npy", "csv", "parquet", "hdf5", "zarr")
+#: Commands whose options are the user's interface (others read a configuration file).
+STEP_COMMANDS = ("generate", "ingest", "fit", "predict")
 
 EXAMPLES = textwrap.dedent(
     """
+    \b
     examples:
       emdist run --config job.yaml               # the whole job as a Prefect flow
       emdist generate data.zarr --n-samples 1000000 --n-features 16 --n-components 8
       emdist ingest measurements.csv data.zarr  # .npy, .csv, .parquet, .h5, Zarr
-      emdist fit data.zarr --model gmm -k 8 --checkpoint ckpt.zarr --out model.zarr
-      emdist predict model.zarr data.zarr labels.zarr --responsibilities
+      emdist fit data.zarr/data --model gmm -k 8 --checkpoint ckpt.zarr --out model.zarr
+      emdist predict model.zarr data.zarr/data labels.zarr --responsibilities
       emdist report --config job.yaml
       emdist select-k --config job.yaml --k 2 4 8 16
       emdist serve --config job.yaml --cron "0 2 * * *"
     """
 )
 
+# The fields of a configuration that `emdist fit` builds from its options, by option.
+FIT_OPTION_NAMES = {
+    "input.path": "DATA",
+    "model.family": "--model",
+    "model.n_components": "-k",
+    "model.covariance_type": "--covariance-type",
+    "model.max_iter": "--max-iter",
+    "model.n_init": "--n-init",
+    "model.tol": "--tol",
+    "model.random_state": "--seed",
+    "output.model": "--out",
+    "output.data": "--ingest-to",
+    "checkpoint.path": "--checkpoint",
+    "cluster.address": "--scheduler",
+}
+
 
 class progress_observer:  # noqa: N801 - used like a function
     """A rich progress bar fed by EM iterations (iteration, lower bound, seconds/iteration)."""
 
     def __init__(self, max_iter: int, console: Console | None = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.max_iter = max_iter
-        self.progress = Progress(
+        self.progress: Progress = Progress(
             TextColumn("[bold]EM[/] restart {task.fields[restart]}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -75,15 +116,22 @@ class progress_observer:  # noqa: N801 - used like a function
             "fit", total=max_iter, restart=0, bound="-", change="-", rate=""
         )
 
+        self._started = False
+
     def __enter__(self) -> progress_observer:
-        self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self._started:
+            self.progress.stop()
 
     def __call__(self, state: IterationState[Any]) -> None:
         """Advance the bar to ``state``'s iteration."""
+        # Shown from the first iteration on: an error before it (a bad output, a scheduler
+        # that does not answer) should not leave an empty bar above its one line.
+        if not self._started:
+            self.progress.start()
+            self._started = True
         self.progress.update(
             self.task,
             completed=state.iteration,
@@ -94,73 +142,169 @@ class progress_observer:  # noqa: N801 - used like a function
         )
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
+# -- what to say on Ctrl-C ------------------------------------------------------------------
+
+_interrupt_message: Callable[[], str] | None = None
+
+
+def on_interrupt(config: RunConfig) -> None:
+    """Have Ctrl-C during the current command say how to resume ``config``'s fit."""
+    global _interrupt_message
+
+    def message() -> str:
+        if not config.checkpoint.enabled:
+            return "no checkpoint was kept, so a rerun starts over"
+        from pipeline.job import _iterations_saved
+
+        saved = _iterations_saved(config)
+        if saved is None:
+            return "before the first checkpoint; rerun the same command to start again"
+        return (
+            f"after iteration {saved}: checkpoint saved in "
+            f"{config.checkpoint_path}; rerun the same command to resume"
+        )
+
+    _interrupt_message = message
+
+
+def _say(line: str, label: str = "error") -> None:
+    # soft_wrap: a scheduled job's log is not a terminal; never split a path.
+    console = Console(stderr=True, soft_wrap=True)
+    console.print(Text(f"{label}: ", style="bold red" if label == "error" else "bold") + line)
+
+
+# -- the step commands ----------------------------------------------------------------------
+
+
+def _overwrite(what: str = "DEST") -> Callable[[Any], Any]:
+    return click.option(
+        "--overwrite",
+        is_flag=True,
+        help=f"Replace {what} if it exists (atomically, once the new output is complete).",
+    )
+
+
+_scheduler = click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Dask scheduler address, e.g. tcp://127.0.0.1:8786.  [default: Dask's local threads]",
+)
+
+
+@click.command("generate")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--n-samples", type=click.IntRange(min=1), default=200_000, help="Rows to write.")
+@click.option("--n-features", type=click.IntRange(min=1), default=8, help="Columns to write.")
+@click.option(
+    "--n-components", type=click.IntRange(min=1), default=5, help="Mixture components drawn from."
+)
+@click.option(
+    "--covariance-type",
+    type=click.Choice(COVARIANCE_TYPES),
+    default="full",
+    help="Shape of the components' covariances.",
+)
+@click.option(
+    "--chunk-rows", type=click.IntRange(min=1), default=20_000, help="Rows per Zarr chunk."
+)
+@click.option("--seed", type=int, default=0, help="Random seed (same seed, same rows).")
+@_overwrite()
+def generate_command(
+    dest: Path,
+    n_samples: int,
+    n_features: int,
+    n_components: int,
+    covariance_type: str,
+    chunk_rows: int,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    """Write a synthetic Gaussian-mixture dataset (with its truth) to a Zarr group DEST.
+
+    The data array is DEST/data, the true parameters DEST/truth, the labels DEST/labels.
+    """
     from emdist.io.synthetic import make_gaussian_mixture
 
     ds = make_gaussian_mixture(
-        args.dest,
-        n_samples=args.n_samples,
-        n_features=args.n_features,
-        n_components=args.n_components,
-        covariance_type=args.covariance_type,
-        chunk_rows=args.chunk_rows,
-        random_state=args.seed,
-        overwrite=args.overwrite,
+        dest,
+        n_samples=n_samples,
+        n_features=n_features,
+        n_components=n_components,
+        covariance_type=covariance_type,  # type: ignore[arg-type]
+        chunk_rows=chunk_rows,
+        random_state=seed,
+        overwrite=overwrite,
     )
-    print(f"wrote {args.n_samples:,} x {args.n_features} to {ds.data_path}")
-    return 0
+    click.echo(f"wrote {n_samples:,} x {n_features} to {ds.data_path}")
 
 
-def _cmd_ingest(args: argparse.Namespace) -> int:
+@click.command("ingest")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(FORMATS),
+    default="auto",
+    help="Format of SOURCE; auto goes by its suffix.",
+)
+@click.option(
+    "--dataset", metavar="NAME", help="HDF5 dataset to read.  [default: the only 2-D one]"
+)
+@_overwrite()
+def ingest_command(
+    source: Path, dest: Path, format_: str, dataset: str | None, overwrite: bool
+) -> None:
+    """Convert SOURCE to a row-chunked Zarr array DEST, checking every value.
+
+    \b
+    SOURCE  a .npy, .csv, .parquet, .h5 file or a Zarr array
+    DEST    the Zarr array to write (it appears whole or not at all)
+    """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
     from pipeline.ingest import ingest
 
     result = ingest(
-        args.source,
-        args.dest,
-        source_format=None if args.format == "auto" else args.format,
-        dataset=args.dataset,
-        overwrite=args.overwrite,
+        source,
+        dest,
+        source_format=None if format_ == "auto" else format_,  # type: ignore[arg-type]
+        dataset=dataset,
+        overwrite=overwrite,
     )
-    print(
+    click.echo(
         f"ingested {result.shape[0]:,} x {result.shape[1]} ({result.source_format}) into "
         f"{result.path}: chunks of {result.chunk_rows:,} rows, {result.seconds:.1f} s"
     )
-    return 0
 
 
-def _fit_config(args: argparse.Namespace) -> Any:
+def _fit_config(options: dict[str, Any]) -> RunConfig:
+    out = Path(options["out"])
     data: dict[str, Any] = {
-        "input": {"path": args.data},
+        "input": {"path": str(options["data"])},
         "model": {
-            "family": args.model,
-            "n_components": args.k,
-            "covariance_type": args.covariance_type,
-            "max_iter": args.max_iter,
-            "n_init": args.n_init,
-            "random_state": args.seed,
+            "family": options["model"],
+            "n_components": options["k"],
+            "covariance_type": options["covariance_type"],
+            "max_iter": options["max_iter"],
+            "n_init": options["n_init"],
+            "random_state": options["seed"],
         },
-        "output": {"dir": str(Path(args.out).parent), "model": args.out},
+        "output": {
+            "dir": str(out.parent),
+            "model": str(out),
+            "overwrite": options["overwrite"],
+        },
         "checkpoint": {
-            "enabled": args.checkpoint is not None,
-            "path": args.checkpoint,
-            "restart": args.restart,
+            "enabled": options["checkpoint"] is not None,
+            "path": options["checkpoint"],
+            "restart": options["restart"],
         },
-        "cluster": {"address": args.scheduler},
+        "cluster": {"address": options["scheduler"]},
     }
-    if args.tol is not None:
-        data["model"]["tol"] = args.tol
-    return parse_config(data, "command line")
-
-
-def _cmd_fit(args: argparse.Namespace) -> int:
-    from pipeline.steps import fit_model, prepare_data
-
-    config = _fit_config(args)
-    data = prepare_data(config)
-    with progress_observer(config.model.max_iter) as bar:
-        summary = fit_model(config, data, scheduler=config.cluster.address, observer=bar)
-    print(json.dumps(summary.to_dict() if args.json else _short(summary.to_dict()), indent=2))
-    return 0
+    if options["ingest_to"] is not None:
+        data["output"]["data"] = str(options["ingest_to"])
+    if options["tol"] is not None:
+        data["model"]["tol"] = options["tol"]
+    return parse_config(data, "the command line", names=FIT_OPTION_NAMES)
 
 
 def _short(summary: dict[str, Any]) -> dict[str, Any]:
@@ -171,129 +315,247 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
+@click.command("fit")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Choice(FAMILIES), default="gmm", help="Model family.")
+@click.option(
+    "-k", "k", type=click.IntRange(min=1), default=8, help="Number of components (clusters)."
+)
+@click.option(
+    "--covariance-type",
+    type=click.Choice(COVARIANCE_TYPES),
+    default="full",
+    help="Covariance of each component (mixtures only).",
+)
+@click.option("--max-iter", type=click.IntRange(min=1), default=100, help="EM iterations at most.")
+@click.option(
+    "--n-init", type=click.IntRange(min=1), default=1, help="Restarts; the best one is kept."
+)
+@click.option(
+    "--tol",
+    type=click.FloatRange(min=0),
+    help="Convergence threshold.  [default: the model's: 1e-3 GMM, 1e-5 Bayesian, 1e-4 K-means]",
+)
+@click.option("--seed", type=int, default=0, help="Random seed of the initialisation.")
+@click.option(
+    "--checkpoint",
+    metavar="PATH",
+    help="Checkpoint folder: a fit of the same data and options resumes from it.  "
+    "[default: no checkpoint]",
+)
+@click.option("--restart", is_flag=True, help="Discard the --checkpoint and start over.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("model.zarr"),
+    help="Where to save the model.",
+)
+@click.option(
+    "--ingest-to",
+    type=click.Path(path_type=Path),
+    help="Where to ingest DATA when it is not a Zarr array.  [default: data.zarr beside --out]",
+)
+@_overwrite("--out and the ingested copy of DATA")
+@_scheduler
+@click.option("--json", "as_json", is_flag=True, help="Print the full fit summary.")
+def fit_command(**options: Any) -> None:
+    """Fit a model to DATA and save it to --out; checkpointed, resumable.
+
+    \b
+    DATA  a Zarr array (e.g. data.zarr/data of `emdist generate`), or a .npy, .csv,
+          .parquet or .h5 file, ingested first (to --ingest-to)
+
+    Without --overwrite, an existing --out (or ingested copy) is replaced only when an
+    earlier fit of the same DATA into the same folder wrote it.
+    """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
+    config = _fit_config(options)
+    from pipeline.job import LocalSteps, fit_only
+
+    on_interrupt(config)
+    with progress_observer(config.model.max_iter) as bar:
+        steps = LocalSteps(bar, log=lambda line: _say(line, "note"))
+        summary = fit_only(config, steps=steps, flag="--overwrite")
+    out = summary.to_dict() if options["as_json"] else _short(summary.to_dict())
+    click.echo(json.dumps(out, indent=2))
+
+
+@click.command("predict")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option(
+    "--responsibilities",
+    is_flag=True,
+    help="Also write each sample's component probabilities (mixtures only).",
+)
+@click.option(
+    "--log-likelihood",
+    is_flag=True,
+    help="Also write each sample's log-likelihood (mixtures only).",
+)
+@_overwrite()
+@_scheduler
+def predict_command(
+    model: Path,
+    data: Path,
+    dest: Path,
+    responsibilities: bool,
+    log_likelihood: bool,
+    overwrite: bool,
+    scheduler: str | None,
+) -> None:
+    """Write the labels of DATA under a saved MODEL to a Zarr group DEST.
+
+    \b
+    MODEL  a model saved by `emdist fit` (its --out)
+    DATA   the Zarr array to label (e.g. data.zarr/data of `emdist generate`)
+    DEST   the Zarr group to write: arrays labels, responsibilities, log_likelihood
+    """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
     import emdist
-    from pipeline.steps import connect
+    from pipeline.cluster import connect
 
-    model = emdist.load_model(args.model)
-    with connect(args.scheduler):
+    fitted = emdist.load_model(model)
+    with connect(scheduler):
         path = emdist.write_predictions(
-            model,
-            args.data,
-            args.dest,
-            responsibilities=args.responsibilities,
-            log_likelihood=args.log_likelihood,
-            overwrite=args.overwrite,
+            fitted,
+            data,
+            dest,
+            responsibilities=responsibilities,
+            log_likelihood=log_likelihood,
+            overwrite=overwrite,
         )
-    print(f"wrote predictions to {path}")
-    return 0
+    click.echo(f"wrote predictions to {path}")
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+_config_option = click.option(
+    "--config",
+    required=True,
+    metavar="FILE",
+    help="Run configuration (.yaml, .yml or .toml).",
+)
+
+
+@click.command("report")
+@_config_option
+def report_command(config: str) -> None:
+    """(Re)write the report of a finished run from its saved summary and model."""
+    cfg = load_config(config)
     from pipeline.job import report_from_disk
 
-    config = load_config(args.config)
-    ref = report_from_disk(config)
-    print(f"report: {ref.markdown_path}")
-    return 0
+    ref = report_from_disk(cfg)
+    click.echo(f"report: {ref.markdown_path}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the step commands."""
-    parser = argparse.ArgumentParser(
-        prog="emdist",
-        description="Out-of-core K-means and Gaussian mixtures fitted by EM on Dask and Zarr.",
+# -- assembly and errors --------------------------------------------------------------------
+
+
+class _OrderedGroup(click.Group):
+    """Lists commands in the order they were added (steps first, then the flows)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+def make_cli() -> click.Group:
+    """A new ``emdist`` group holding the step commands (``flows.cli`` adds its own)."""
+
+    @click.group(
+        "emdist",
+        cls=_OrderedGroup,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        context_settings={
+            "help_option_names": ["-h", "--help"],
+            "show_default": True,
+            "max_content_width": 100,
+        },
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+    def cli(debug: bool) -> None:
+        """Out-of-core K-means and Gaussian mixtures fitted by EM on Dask and Zarr."""
 
-    p = sub.add_parser("generate", help="write a synthetic Gaussian-mixture dataset to Zarr")
-    p.add_argument("dest")
-    p.add_argument("--n-samples", type=int, default=200_000)
-    p.add_argument("--n-features", type=int, default=8)
-    p.add_argument("--n-components", type=int, default=5)
-    p.add_argument("--covariance-type", default="full")
-    p.add_argument("--chunk-rows", type=int, default=20_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=_cmd_generate)
-
-    p = sub.add_parser("ingest", help="convert .npy/.csv/.parquet/.h5/Zarr to row-chunked Zarr")
-    p.add_argument("source")
-    p.add_argument("dest")
-    p.add_argument(
-        "--format", default="auto", choices=["auto", "npy", "csv", "parquet", "hdf5", "zarr"]
-    )
-    p.add_argument("--dataset", help="HDF5 dataset name")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=_cmd_ingest)
-
-    p = sub.add_parser("fit", help="fit a model to a Zarr array (checkpointed, resumable)")
-    p.add_argument("data", help="Zarr array (or a file to ingest next to --out)")
-    p.add_argument("--model", choices=list(model_families()), default="gmm")
-    p.add_argument("-k", type=int, default=8, help="number of components/clusters")
-    p.add_argument("--covariance-type", default="full")
-    p.add_argument("--max-iter", type=int, default=100)
-    p.add_argument("--n-init", type=int, default=1)
-    p.add_argument("--tol", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", help="checkpoint folder; a matching one is resumed")
-    p.add_argument("--restart", action="store_true", help="discard the checkpoint, start over")
-    p.add_argument("--out", default="model.zarr", help="where to save the model")
-    p.add_argument("--scheduler", help="Dask scheduler address (default: local threads)")
-    p.add_argument("--json", action="store_true", help="print the full fit summary")
-    p.set_defaults(func=_cmd_fit)
-
-    p = sub.add_parser("predict", help="write labels (and more) of a dataset to Zarr")
-    p.add_argument("model")
-    p.add_argument("data")
-    p.add_argument("dest")
-    p.add_argument("--responsibilities", action="store_true")
-    p.add_argument("--log-likelihood", action="store_true")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--scheduler")
-    p.set_defaults(func=_cmd_predict)
-
-    p = sub.add_parser("report", help="(re)write the report of a finished run")
-    p.add_argument("--config", required=True)
-    p.set_defaults(func=_cmd_report)
-    return parser
+    for command in (
+        generate_command,
+        ingest_command,
+        fit_command,
+        predict_command,
+        report_command,
+    ):
+        cli.add_command(command)
+    return cli
 
 
-def _cli_hint(exc: BaseException) -> str | None:
-    """The command-line spelling of the remedy an API error message names."""
-    if isinstance(exc, CheckpointMismatchError | CheckpointError):
-        return "on the command line, --restart discards the checkpoint and starts over"
-    if isinstance(exc, FileExistsError) and "overwrite" in str(exc):
-        return "on the command line, --overwrite replaces the existing output"
-    return None
+def help_text(cli: click.Group, *command: str) -> str:
+    """The help page of ``emdist [COMMAND]`` as the terminal would show it."""
+    with click.Context(cli, info_name="emdist", terminal_width=100) as ctx:
+        if not command:
+            return cli.get_help(ctx)
+        sub = cli.get_command(ctx, command[0])
+        assert sub is not None, command
+        with click.Context(sub, info_name=command[0], parent=ctx) as sub_ctx:
+            return sub.get_help(sub_ctx)
 
 
-def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, run the command, and turn a user's mistake into one readable line."""
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+def _is_user_error(exc: BaseException) -> bool:
+    # Config and file errors first: deciding those must not wait for Dask's import.
+    if isinstance(exc, ConfigError | FileNotFoundError | FileExistsError):
+        return True
+    from pipeline.errors import is_user_error
+
+    return is_user_error(exc)
+
+
+def _speak(exc: BaseException, command: str | None) -> tuple[str, str | None]:
+    """The message of ``exc`` in the user's interface, and a hint."""
+    text = str(exc)
+    step = command in STEP_COMMANDS
+    # By name: importing emdist.io.checkpoint (and Dask) would add seconds to every error.
+    checkpoint = type(exc).__name__.startswith("Checkpoint")
+    if checkpoint:
+        remedy = "--restart" if step else "checkpoint.restart: true"
+    else:
+        remedy = "--overwrite" if step else "output.overwrite: true"
+    text = re.sub(r"(CheckpointStore\(path, )?overwrite=True\)?", remedy, text)
+    if step:
+        text = text.replace("output.overwrite: true", "--overwrite")
+    hint = None
+    if checkpoint and remedy not in text:
+        hint = f"{remedy} discards the checkpoint and starts over"
+    return text, hint
+
+
+def run_cli(cli: click.Group, argv: Sequence[str] | None = None) -> int:
+    """Run ``emdist ARGV`` and turn a user's mistake into one readable line (status 2)."""
+    global _interrupt_message
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    command = next((a for a in args if not a.startswith("-")), None)
+    _interrupt_message = None
     try:
-        return func(args)
-    except USER_ERRORS as exc:
-        if args.debug:
-            raise
-        # soft_wrap: a scheduled job's log is not a terminal; never split a path.
-        console = Console(stderr=True, soft_wrap=True)
-        console.print(Text("error: ", style="bold red") + Text(str(exc)))
-        hint = _cli_hint(exc)
-        if hint:
-            console.print(Text("hint: ", style="bold") + Text(hint))
-        return 2
-    except KeyboardInterrupt:
+        result = cli.main(args=args, prog_name="emdist", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        # Click's own (bad option, bad choice): already in the command line's words.
+        _say(exc.format_message())
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        if _interrupt_message is not None:
+            _say(_interrupt_message(), "interrupted")
         return 130
+    except Exception as exc:
+        if debug or not _is_user_error(exc):
+            raise
+        text, hint = _speak(exc, command)
+        _say(text)
+        if hint:
+            _say(hint, "hint")
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m pipeline.cli``."""
-    return run_cli(build_parser(), argv)
+    """Entry point of ``python -m pipeline.cli`` (the step commands only)."""
+    return run_cli(make_cli(), argv)
 
 
 if __name__ == "__main__":

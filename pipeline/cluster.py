@@ -1,9 +1,15 @@
 """The Dask cluster a job runs on: a scheduler address from config, or an embedded one.
 
-The embedded default is a LocalCluster of worker *processes* bound to 127.0.0.1, sized to
-the machine (one single-threaded worker per core: our kernels call BLAS with one thread per
-Dask thread, and processes sidestep the GIL for the Python parts of a kernel). Whatever is
-started here is closed on exit, also when the job fails.
+This module is the one place that makes Dask clients. :func:`connect` joins a scheduler by
+address (or uses Dask's local threads for ``None``); :func:`dask_client` gives a job its
+cluster: the configured address, or an embedded LocalCluster of worker *processes* bound to
+127.0.0.1, sized to the machine (one single-threaded worker per core: our kernels call BLAS
+with one thread per Dask thread, and processes sidestep the GIL for the Python parts of a
+kernel). Whatever is started here is closed on exit, also when the job fails.
+
+A scheduler that does not answer is a user's problem to fix (a wrong address, a scheduler
+not started), so it raises :class:`SchedulerUnreachableError` after ``connect_timeout``
+seconds instead of distributed's 30 s and a traceback.
 """
 
 from __future__ import annotations
@@ -11,14 +17,34 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dask
 from distributed import Client, LocalCluster
 
+from emdist.exceptions import EmdistError
 from pipeline.config import ClusterConfig
 
-__all__ = ["dask_client", "worker_environment"]
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "SchedulerLostError",
+    "SchedulerUnreachableError",
+    "connect",
+    "dask_client",
+    "scheduler_answers",
+    "unreachable_message",
+    "worker_environment",
+]
+
+DEFAULT_CONNECT_TIMEOUT = ClusterConfig.model_fields["connect_timeout"].default
+
+
+class SchedulerUnreachableError(EmdistError, ConnectionError):
+    """No Dask scheduler answered at the configured address."""
+
+
+class SchedulerLostError(EmdistError, ConnectionError):
+    """The Dask scheduler went away while the job was using it."""
 
 
 def worker_environment() -> dict[str, int]:
@@ -31,9 +57,69 @@ def worker_environment() -> dict[str, int]:
     return {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
 
 
+def unreachable_message(address: str, timeout: float) -> str:
+    """What to tell a user whose scheduler at ``address`` did not answer."""
+    return (
+        f"no Dask scheduler answered at {address} within {timeout:g} s: check the address "
+        "and port, that a scheduler runs there (`dask scheduler --host HOST --port PORT`), "
+        "and that this machine can reach it"
+    )
+
+
+def scheduler_answers(address: str, timeout: float = 2.0) -> bool:
+    """Whether a scheduler at ``address`` accepts a connection within ``timeout`` seconds."""
+    try:
+        with Client(address, timeout=timeout, set_as_default=False):
+            return True
+    except (OSError, TimeoutError):
+        return False
+
+
 @contextlib.contextmanager
-def dask_client(config: ClusterConfig) -> Iterator[Client]:
+def connect(
+    address: str | None, *, timeout: float = DEFAULT_CONNECT_TIMEOUT
+) -> Iterator[Client | None]:
+    """A client of the scheduler at ``address``, or Dask's local threads for ``None``.
+
+    Parameters
+    ----------
+    address : str or None
+        A scheduler address such as ``tcp://127.0.0.1:8786``.
+    timeout : float
+        Seconds to wait for the scheduler to answer.
+
+    Yields
+    ------
+    distributed.Client or None
+        Set as the default client for the duration.
+
+    Raises
+    ------
+    SchedulerUnreachableError
+        If no scheduler answers within ``timeout`` seconds.
+    """
+    if address is None:
+        yield None
+        return
+    try:
+        client = Client(address, timeout=timeout, set_as_default=True)
+    except (OSError, TimeoutError):
+        raise SchedulerUnreachableError(unreachable_message(address, timeout)) from None
+    with client:
+        yield client
+
+
+@contextlib.contextmanager
+def dask_client(
+    config: ClusterConfig, announce: Callable[[str], None] | None = None
+) -> Iterator[Client]:
     """Connect to ``config.address``, or start (and later stop) a LocalCluster.
+
+    Parameters
+    ----------
+    config : ClusterConfig
+    announce : callable, optional
+        Told one line for the user (the dashboard's link when ``config.dashboard``).
 
     Yields
     ------
@@ -41,7 +127,10 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         Set as the default client for the duration.
     """
     if config.address is not None:
-        with Client(config.address, set_as_default=True) as client:
+        with connect(config.address, timeout=config.connect_timeout) as client:
+            assert client is not None
+            if config.dashboard and announce is not None:
+                announce(f"Dask dashboard: {client.dashboard_link}")
             yield client
         return
     # INFO from the scheduler and nannies drowns the job's own log lines.
@@ -64,6 +153,9 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         )
     try:
         with Client(cluster, set_as_default=True) as client:
+            if config.dashboard and announce is not None:
+                # The real port: distributed picks another when 8787 is taken.
+                announce(f"Dask dashboard: {client.dashboard_link}")
             yield client
     finally:
         cluster.close()

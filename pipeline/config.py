@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,7 +93,8 @@ class ModelConfig(_Strict):
     reg_covar: float = Field(1e-6, ge=0)
     max_iter: int = Field(100, gt=0)
     n_init: int = Field(1, gt=0)
-    init_params: Literal["kmeans", "k-means++", "random", "random_from_data"] = "k-means++"
+    # The estimators' own default (scikit-learn's too); tests/test_config.py checks they agree.
+    init_params: Literal["kmeans", "k-means++", "random", "random_from_data"] = "kmeans"
     random_state: int | None = 0
     init_sample_size: int | None = Field(None, gt=0)
     weight_concentration_prior_type: Literal["dirichlet_process", "dirichlet_distribution"] = (
@@ -122,7 +124,11 @@ class OutputConfig(_Strict):
     report: str | None = None
     responsibilities: bool = False
     log_likelihood: bool = False
-    overwrite: bool = True
+    overwrite: bool = Field(
+        False,
+        description="replace outputs this job did not write (an earlier run of the same job "
+        "may always be replaced)",
+    )
 
 
 class CheckpointConfig(_Strict):
@@ -144,6 +150,9 @@ class ClusterConfig(_Strict):
     memory_limit: str | None = "auto"
     processes: bool = True
     dashboard: bool = Field(False, description="serve the Dask dashboard on 127.0.0.1:8787")
+    connect_timeout: float = Field(
+        5.0, gt=0, description="seconds to wait for the scheduler at address to answer"
+    )
 
     @field_validator("address")
     @classmethod
@@ -235,10 +244,13 @@ def _looks_like_zarr(path: str) -> bool:
     return p.suffix == ".zarr" or (p / "zarr.json").exists()
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def _format_errors(
+    exc: ValidationError, source: str, names: Mapping[str, str] | None = None
+) -> str:
     lines = [f"invalid configuration in {source}:"]
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = (names or {}).get(where, where)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
@@ -252,7 +264,10 @@ def _format_errors(exc: ValidationError, source: str) -> str:
 
 
 def parse_config(
-    data: dict[str, Any], source: str = "<config>", base: Path | None = None
+    data: dict[str, Any],
+    source: str = "<config>",
+    base: Path | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> RunConfig:
     """Validate a configuration mapping.
 
@@ -264,6 +279,9 @@ def parse_config(
         Name of where it came from, for error messages.
     base : pathlib.Path, optional
         Folder relative paths are resolved against (default: the working directory).
+    names : mapping, optional
+        How the user spelled each field (``{"model.n_components": "-k"}`` for the command
+        line): errors name the field the way the user wrote it.
 
     Returns
     -------
@@ -279,7 +297,7 @@ def parse_config(
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(_format_errors(exc, source, names)) from None
     return config.resolved(base or Path.cwd())
 
 

@@ -45,6 +45,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 import emdist
 from emdist._typing import AnyArray
+from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.atomic import OutputExistsError, atomic_output
 from emdist.io.integrity import create_verified_array, seal, verify_array
 
@@ -197,10 +198,10 @@ def detect_format(source: str | os.PathLike[str]) -> SourceFormat:
     if path.is_dir():
         if (path / "zarr.json").exists() or (path / ".zarray").exists():
             return "zarr"
-        raise ValueError(f"{path} is a directory but not a Zarr array (no zarr.json)")
+        raise InvalidDataError(f"{path} is a directory but not a Zarr array (no zarr.json)")
     fmt = _SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(
+        raise InvalidDataError(
             f"cannot tell the format of {path} from its suffix {path.suffix!r}; pass "
             f"source_format= one of 'npy', 'csv', 'parquet', 'hdf5', 'zarr'"
         )
@@ -210,7 +211,7 @@ def detect_format(source: str | os.PathLike[str]) -> SourceFormat:
 def chunk_rows_for_bytes(n_features: int, itemsize: int, chunk_bytes: int) -> int:
     """Rows per chunk so that a chunk holds at most ``chunk_bytes`` (at least one row)."""
     if chunk_bytes < 1:
-        raise ValueError(f"chunk_bytes must be positive; got {chunk_bytes}")
+        raise InvalidParameterError(f"chunk_bytes must be positive; got {chunk_bytes}")
     return max(1, chunk_bytes // max(1, n_features * itemsize))
 
 
@@ -369,13 +370,13 @@ def _open_hdf5(path: Path, dataset: str | None) -> _ArrayReader:
         if dataset is None:
             candidates = _hdf5_candidates(file)
             if len(candidates) != 1:
-                raise ValueError(
+                raise InvalidDataError(
                     f"{path} holds {len(candidates)} two-dimensional datasets "
                     f"({', '.join(candidates) or 'none'}); pass dataset= to choose one"
                 )
             dataset = candidates[0]
         if dataset not in file or not isinstance(file[dataset], h5py.Dataset):
-            raise ValueError(f"{path} has no dataset {dataset!r}")
+            raise InvalidDataError(f"{path} has no dataset {dataset!r}")
         ds = file[dataset]
         names = None
         for key in ("feature_names", "columns", "column_names"):
@@ -401,7 +402,7 @@ def _open_zarr(path: Path) -> _ArrayReader:
     try:
         array = zarr.open_array(str(path), mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
-        raise ValueError(f"no Zarr array at {path}: {exc}") from None
+        raise InvalidDataError(f"no Zarr array at {path}: {exc}") from None
     verify_array(array, str(path))  # a damaged source emdist wrote is refused, not copied
     names = array.attrs.get("feature_names")
     source_rows = int((array.shards or array.chunks)[0])
@@ -745,7 +746,7 @@ def _open_reader(
         return _open_hdf5(path, dataset)
     if fmt == "zarr":
         return _open_zarr(path)
-    raise ValueError(f"unknown source_format {fmt!r}")
+    raise InvalidParameterError(f"unknown source_format {fmt!r}")
 
 
 # --------------------------------------------------------------------------------------
@@ -885,7 +886,7 @@ def _resolve_compressor(
         return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=itemsize)], (
             "blosc-zstd"
         )
-    raise ValueError(
+    raise InvalidDataError(
         f"compressor must be None, 'none', 'zstd', 'lz4', 'blosc-lz4', 'blosc-zstd' or a "
         f"Zarr bytes-to-bytes codec; got {compressor!r}"
     )
@@ -1011,11 +1012,13 @@ def ingest(
     fmt = source_format or detect_format(src)
     target = np.dtype(dtype)
     if target not in (np.dtype(np.float64), np.dtype(np.float32)):
-        raise ValueError(f"dtype must be float64 or float32; got {target}")
+        raise InvalidParameterError(f"dtype must be float64 or float32; got {target}")
     if chunk_rows is not None and (not isinstance(chunk_rows, int | np.integer) or chunk_rows < 1):
-        raise ValueError(f"chunk_rows must be a positive int; got {chunk_rows!r}")
+        raise InvalidParameterError(f"chunk_rows must be a positive int; got {chunk_rows!r}")
     if csv_engine not in ("auto", "pyarrow", "numpy"):
-        raise ValueError(f"csv_engine must be 'auto', 'pyarrow' or 'numpy'; got {csv_engine!r}")
+        raise InvalidParameterError(
+            f"csv_engine must be 'auto', 'pyarrow' or 'numpy'; got {csv_engine!r}"
+        )
     compressors, codec_name = _resolve_compressor(compressor, target.itemsize)
     _check_dest(out, overwrite)  # fail before reading a byte of a large source
     # Size and mtime before reading: if the source changes while we convert, the recorded

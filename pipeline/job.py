@@ -1,27 +1,50 @@
-"""The whole job as plain Python (what the Prefect flow orchestrates step by step)."""
+"""The job's sequence, written once: check outputs → prepare data → fit → label → report.
+
+:func:`run_job`, :func:`run_selection` and :func:`fit_only` say *what* runs in which order
+and on which cluster; a :class:`JobSteps` object says *how* each step runs.
+:class:`LocalSteps` calls the plain functions of :mod:`pipeline.steps`; the Prefect flows
+(``flows/pipeline_flow.py``) pass steps that run each one as a Prefect task. So the CLI,
+tests and the flows share one sequence, one output check and one cluster life cycle.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from emdist.engine.em import Observer
-from pipeline.cluster import dask_client
-from pipeline.config import RunConfig
-from pipeline.report import ReportRef, write_report
-from pipeline.steps import (
-    DatasetRef,
-    FitSummary,
-    PredictionsRef,
-    fit_model,
-    label_data,
-    prepare_data,
+from emdist.io.checkpoint import CheckpointStore
+from pipeline import steps as plain
+from pipeline.cluster import (
+    SchedulerLostError,
+    SchedulerUnreachableError,
+    dask_client,
+    scheduler_answers,
+    unreachable_message,
 )
+from pipeline.config import RunConfig
+from pipeline.outputs import check_outputs, claim, derived_outputs, job_id
+from pipeline.report import ReportRef, write_report
+from pipeline.steps import DatasetRef, FitSummary, PredictionsRef, SelectionResult
 
-__all__ = ["JobResult", "read_summary", "report_from_disk", "run_job", "write_summary"]
+__all__ = [
+    "JobResult",
+    "JobSteps",
+    "LocalSteps",
+    "SelectionJobResult",
+    "fit_only",
+    "read_summary",
+    "report_from_disk",
+    "run_job",
+    "run_selection",
+    "write_summary",
+]
 
 
 @dataclass(frozen=True)
@@ -32,6 +55,114 @@ class JobResult:
     fit: FitSummary
     predictions: PredictionsRef
     report: ReportRef
+
+
+@dataclass(frozen=True)
+class SelectionJobResult:
+    """What choosing the number of components produced."""
+
+    data: DatasetRef
+    selection: SelectionResult
+    predictions: PredictionsRef
+    report: ReportRef
+
+
+class JobSteps(Protocol):
+    """How each step of a job runs (plain calls, or Prefect tasks)."""
+
+    def prepare(self, config: RunConfig) -> DatasetRef:
+        """Generate, ingest or open the dataset."""
+        ...
+
+    def fit(self, config: RunConfig, data: DatasetRef, scheduler: str | None) -> FitSummary:
+        """Fit and save the model."""
+        ...
+
+    def select(
+        self, config: RunConfig, data: DatasetRef, candidates: list[int], scheduler: str | None
+    ) -> SelectionResult:
+        """Fit one model per candidate K and pick one."""
+        ...
+
+    def label(
+        self, config: RunConfig, data: DatasetRef, model_path: str, scheduler: str | None
+    ) -> PredictionsRef:
+        """Write the labels."""
+        ...
+
+    def report(
+        self,
+        config: RunConfig,
+        data: DatasetRef,
+        fit: FitSummary,
+        predictions: PredictionsRef | None,
+        selection: SelectionResult | None = None,
+    ) -> ReportRef:
+        """Write the report."""
+        ...
+
+    def log(self, message: str) -> None:
+        """Tell the user one line (the dashboard's link)."""
+        ...
+
+
+class LocalSteps:
+    """The steps as plain calls in this process.
+
+    Parameters
+    ----------
+    observer : callable, optional
+        Called after every EM iteration (a progress bar).
+    log : callable, optional
+        Where one-line messages go (default: nowhere).
+    """
+
+    def __init__(
+        self, observer: Observer | None = None, log: Callable[[str], None] | None = None
+    ) -> None:
+        self.observer = observer
+        self._log = log
+
+    def prepare(self, config: RunConfig) -> DatasetRef:
+        """Generate, ingest or open the dataset."""
+        return plain.prepare_data(config)
+
+    def fit(self, config: RunConfig, data: DatasetRef, scheduler: str | None) -> FitSummary:
+        """Fit and save the model."""
+        return plain.fit_model(config, data, scheduler=scheduler, observer=self.observer)
+
+    def select(
+        self, config: RunConfig, data: DatasetRef, candidates: list[int], scheduler: str | None
+    ) -> SelectionResult:
+        """Fit one model per candidate K and pick the best by BIC."""
+        return plain.select_components(
+            config, data, candidates, scheduler=scheduler, observer=self.observer
+        )
+
+    def label(
+        self, config: RunConfig, data: DatasetRef, model_path: str, scheduler: str | None
+    ) -> PredictionsRef:
+        """Write the labels."""
+        return plain.label_data(config, data, model_path, scheduler=scheduler)
+
+    def report(
+        self,
+        config: RunConfig,
+        data: DatasetRef,
+        fit: FitSummary,
+        predictions: PredictionsRef | None,
+        selection: SelectionResult | None = None,
+    ) -> ReportRef:
+        """Write the report."""
+        return write_report(config.name, data, fit, predictions, config.report_dir, selection)
+
+    def log(self, message: str) -> None:
+        """Pass ``message`` on."""
+        if self._log is not None:
+            self._log(message)
+
+
+# -- the run's summary on disk --------------------------------------------------------------
 
 
 def summary_path(config: RunConfig) -> Path:
@@ -46,6 +177,7 @@ def write_summary(
     path = summary_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
+        "job": job_id(config),
         "data": data.to_dict(),
         "fit": fit.to_dict(),
         "predictions": predictions.to_dict() if predictions else None,
@@ -75,16 +207,155 @@ def read_summary(
 def report_from_disk(config: RunConfig) -> ReportRef:
     """Rewrite the report of a finished run from its saved summary and model."""
     data, fit, predictions = read_summary(config)
-    return write_report(config.name, data, fit, predictions, config.report_dir)
-
-
-def run_job(config: RunConfig, observer: Observer | None = None) -> JobResult:
-    """Prepare data, fit (checkpointed), label and report, on the configured cluster."""
-    data = prepare_data(config)
-    with dask_client(config.cluster) as client:
-        address = str(client.scheduler_info()["address"])
-        fit = fit_model(config, data, scheduler=address, observer=observer)
-        predictions = label_data(config, data, fit.model_path, scheduler=address)
-    write_summary(config, data, fit, predictions)
+    check_outputs(config, [config.report_dir])
     report = write_report(config.name, data, fit, predictions, config.report_dir)
+    claim(config.report_dir, config)
+    return report
+
+
+# -- the sequence ---------------------------------------------------------------------------
+
+
+def _iterations_saved(config: RunConfig) -> int | None:
+    """Iterations of the current restart in the fit's checkpoint (``None``: none saved)."""
+    if not config.checkpoint.enabled or not config.checkpoint_path.exists():
+        return None
+    try:
+        state = CheckpointStore(config.checkpoint_path).load()
+    except Exception:  # a damaged checkpoint is not what this message is about
+        return None
+    return None if state is None else state.iteration
+
+
+@contextlib.contextmanager
+def _quiet_reconnects() -> Iterator[None]:
+    """Silence the client's tracebacks while it tries to reconnect to a lost scheduler.
+
+    A lost scheduler is reported by :func:`_on_cluster` in one line; distributed's client
+    would log a traceback per reconnect attempt above it.
+    """
+    logger = logging.getLogger("distributed.client")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _on_cluster(config: RunConfig, steps: JobSteps) -> Iterator[str]:
+    """The job's scheduler address, for the numeric steps; says so if it goes away."""
+    quiet = contextlib.nullcontext() if config.cluster.address is None else _quiet_reconnects()
+    with quiet, dask_client(config.cluster, announce=steps.log) as client:
+        address = str(client.scheduler_info()["address"])
+        try:
+            yield address
+        except Exception as exc:
+            # Only a scheduler of the user's (config.cluster.address) can vanish under us
+            # and be restarted by them; an embedded one dies with this process.
+            if config.cluster.address is None or scheduler_answers(address):
+                raise
+            saved = _iterations_saved(config)
+            resume = (
+                f"after iteration {saved}; the checkpoint is saved; rerun to resume"
+                if saved is not None
+                else "before any checkpoint was saved; rerun to start again"
+            )
+            raise SchedulerLostError(f"lost the Dask scheduler at {address} {resume}") from exc
+
+
+def _start(
+    config: RunConfig,
+    steps: JobSteps | None,
+    observer: Observer | None,
+    outputs: list[Path],
+    flag: str = "output.overwrite: true",
+) -> JobSteps:
+    """Check what the job would replace and that its scheduler answers, before any work."""
+    check_outputs(config, outputs, flag=flag)
+    address = config.cluster.address
+    # Before preparing the data, which can take long (an ingest): a wrong address is the
+    # user's to fix, and is said within connect_timeout seconds.
+    if address is not None and not scheduler_answers(address, config.cluster.connect_timeout):
+        raise SchedulerUnreachableError(
+            unreachable_message(address, config.cluster.connect_timeout)
+        )
+    return steps if steps is not None else LocalSteps(observer)
+
+
+def run_job(
+    config: RunConfig, observer: Observer | None = None, *, steps: JobSteps | None = None
+) -> JobResult:
+    """Prepare data, fit (checkpointed), label and report, on the configured cluster.
+
+    Parameters
+    ----------
+    config : RunConfig
+    observer : callable, optional
+        Called after every EM iteration (with the default :class:`LocalSteps`).
+    steps : JobSteps, optional
+        How each step runs (default: plain calls in this process).
+
+    Raises
+    ------
+    OutputExistsError
+        Before any work, if an output exists that this job did not write.
+    """
+    steps = _start(config, steps, observer, derived_outputs(config))
+    data = steps.prepare(config)
+    with _on_cluster(config, steps) as address:
+        fit = steps.fit(config, data, address)
+        predictions = steps.label(config, data, fit.model_path, address)
+    write_summary(config, data, fit, predictions)
+    report = steps.report(config, data, fit, predictions)
+    claim(config.report_dir, config)
     return JobResult(data, fit, predictions, report)
+
+
+def run_selection(
+    config: RunConfig,
+    candidates: list[int],
+    observer: Observer | None = None,
+    *,
+    steps: JobSteps | None = None,
+) -> SelectionJobResult:
+    """Fit each candidate K, pick the best by BIC, label with it and report.
+
+    Parameters are those of :func:`run_job`, plus ``candidates`` (numbers of components).
+    """
+    steps = _start(config, steps, observer, derived_outputs(config))
+    data = steps.prepare(config)
+    with _on_cluster(config, steps) as address:
+        selection = steps.select(config, data, candidates, address)
+        best = next(r for r in selection.rows if r["k"] == selection.best_k)
+        best_cfg = config.model_copy(
+            update={"model": config.model.model_copy(update={"n_components": selection.best_k})}
+        )
+        predictions = steps.label(best_cfg, data, best["model_path"], address)
+    write_summary(best_cfg, data, selection.best_fit, predictions)
+    report = steps.report(best_cfg, data, selection.best_fit, predictions, selection)
+    claim(config.report_dir, config)
+    return SelectionJobResult(data, selection, predictions, report)
+
+
+def fit_only(
+    config: RunConfig,
+    observer: Observer | None = None,
+    *,
+    steps: JobSteps | None = None,
+    flag: str = "output.overwrite: true",
+) -> FitSummary:
+    """Prepare data and fit, on ``config.cluster.address`` or Dask's local threads.
+
+    The ``emdist fit`` command: no labels, no report, no embedded LocalCluster (a fit of
+    a small file should not pay for starting worker processes). ``flag`` is how the user
+    asks to replace an output, for the error message.
+    """
+    outputs = derived_outputs(config, label=False, report=False)
+    steps = _start(config, steps, observer, outputs, flag)
+    data = steps.prepare(config)
+    if config.cluster.address is None:
+        return steps.fit(config, data, None)
+    with _on_cluster(config, steps) as address:
+        return steps.fit(config, data, address)

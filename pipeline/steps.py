@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-from distributed import Client
 
 import emdist
 from emdist.engine.em import IterationState, Observer
+from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import open_zarr_array
 from emdist.io.synthetic import make_gaussian_mixture, open_synthetic
 from emdist.registry import family_class
+from pipeline.cluster import connect
 from pipeline.config import ModelConfig, RunConfig
+from pipeline.outputs import check_outputs, claim, may_replace
 
 __all__ = [
     "DatasetRef",
@@ -76,6 +77,9 @@ class FitSummary:
     aic: float | None = None
     inertia: float | None = None
     weights: list[float] = field(default_factory=list)
+    # Warnings the fit emitted (non-convergence, checkpoint fallback), for the run's logs
+    # and summary; filled in by the orchestrator that caught them.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -106,16 +110,6 @@ class SelectionResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return asdict(self)
-
-
-@contextlib.contextmanager
-def connect(scheduler: str | None) -> Iterator[Client | None]:
-    """A client of the scheduler at ``scheduler``, or the local threaded scheduler."""
-    if scheduler is None:
-        yield None
-        return
-    with Client(scheduler, set_as_default=True) as client:
-        yield client
 
 
 def _describe(path: Path, truth: str | None = None) -> DatasetRef:
@@ -192,8 +186,9 @@ def prepare_data(config: RunConfig) -> DatasetRef:
             separation=gen.separation,
             chunk_rows=gen.chunk_rows,
             random_state=gen.random_state,
-            overwrite=True,
+            overwrite=may_replace(group, config),
         )
+        claim(group, config)
         return _describe(ds.data_path, str(group))
     assert config.input.path is not None
     source = Path(config.input.path)
@@ -206,8 +201,9 @@ def prepare_data(config: RunConfig) -> DatasetRef:
         config.data_path,
         source_format=None if config.input.format == "auto" else config.input.format,
         dataset=config.input.dataset,
-        overwrite=config.output.overwrite,
+        overwrite=may_replace(config.data_path, config),
     )
+    claim(result.path, config)
     return _describe(Path(result.path))
 
 
@@ -299,10 +295,14 @@ def fit_model(
     -------
     FitSummary
     """
+    # Refused before the fit, not after an hour of it; _fit_and_save then replaces it.
+    check_outputs(config, [config.model_path])
     with connect(scheduler):
-        return _fit_and_save(
+        fit = _fit_and_save(
             config.model, data, config.model_path, checkpoint_store(config), observer
         )
+    claim(fit.model_path, config)
+    return fit
 
 
 def label_data(
@@ -318,8 +318,9 @@ def label_data(
             config.predictions_path,
             responsibilities=config.output.responsibilities and mixture,
             log_likelihood=config.output.log_likelihood and mixture,
-            overwrite=True,
+            overwrite=may_replace(config.predictions_path, config),
         )
+        claim(path, config)
         labels = zarr.open_array(str(path / "labels"), mode="r")
         import dask.array as da
 
@@ -341,13 +342,14 @@ def select_components(
     re-run resumes the candidates that were interrupted and reuses the finished ones.
     """
     if not candidates:
-        raise ValueError("select_k needs at least one candidate number of components")
+        raise InvalidParameterError("select_k needs at least one candidate number of components")
     # K-means is scored by the X-means BIC (see emdist.KMeans.information_criteria); inertia
     # alone would always pick the largest K.
     criterion = "bic"
     rows: list[dict[str, Any]] = []
     fits: dict[int, FitSummary] = {}
     base = Path(config.output.dir) / "select-k"
+    check_outputs(config, [base / f"k{k}" / "model.zarr" for k in sorted(set(candidates))])
     with connect(scheduler):
         for k in sorted(set(candidates)):
             model = config.model.model_copy(update={"n_components": k})
@@ -358,6 +360,7 @@ def select_components(
                 checkpoint_store(config, base / f"k{k}" / "checkpoint.zarr"),
                 observer,
             )
+            claim(fit.model_path, config)
             fits[k] = fit
             rows.append(
                 {

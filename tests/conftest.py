@@ -113,3 +113,17 @@ def dask_client(local_cluster: distributed.LocalCluster) -> Iterator[distributed
     """A Client on the session cluster, the default client only for this test."""
     with distributed.Client(local_cluster) as client:
         yield client
+
+
+# Test modules that start services: Prefect's server (flows, the CLI's Prefect commands),
+# emdist processes, Dask schedulers. `make test-quick` (`-m "not slow and not service"`)
+# leaves them out; marking them here keeps the list in one place.
+SERVICE_MODULES = frozenset({"test_cli", "test_flows", "test_real_services"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of :data:`SERVICE_MODULES` as ``service``."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__.rsplit(".", 1)[-1] in SERVICE_MODULES:
+            item.add_marker(pytest.mark.service)

@@ -326,3 +326,28 @@ def test_demo_defaults_span_many_chunks_on_an_embedded_cluster(tmp_path: Path) -
     small = demo_config("relative/demo", n_samples=1_000)
     assert small.input.generate is not None and small.input.generate.n_samples == 1_000
     assert Path(small.output.dir).is_absolute()
+
+
+def test_default_init_params_is_the_library_default() -> None:
+    import inspect
+
+    import emdist
+
+    for estimator in (emdist.GaussianMixture, emdist.BayesianGaussianMixture):
+        library = inspect.signature(estimator).parameters["init_params"].default
+        assert RunConfig.model_fields["model"].default.init_params == library
+
+
+def test_outputs_are_not_replaced_by_default(tmp_path: Path) -> None:
+    config = parse_config({"input": {"path": "x.npy"}}, base=tmp_path)
+    assert config.output.overwrite is False
+
+
+def test_errors_can_name_fields_as_the_user_spelled_them() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            {"input": {"path": "x.zarr"}, "model": {"n_components": 0}},
+            "the command line",
+            names={"model.n_components": "-k"},
+        )
+    assert "  - -k: " in str(err.value) and "model.n_components" not in str(err.value)

@@ -38,6 +38,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
     LogFilter,
     LogFilterFlowRunId,
 )
@@ -45,7 +47,8 @@ from prefect.logging.handlers import APILogHandler
 
 import emdist
 from emdist.exceptions import InvalidDataError
-from flows.pipeline_flow import choose_components, clustering_pipeline
+from flows.deployments import PROJECT_ROOT, entrypoint
+from flows.pipeline_flow import FLOWS, choose_components, clustering_pipeline
 from tests import prefect_fixtures
 from tests.prefect_fixtures import dask_worker_processes, wait_until_gone
 
@@ -374,6 +377,17 @@ def test_missing_input_fails_clearly(prefect_harness: str, tmp_path: Path) -> No
     assert str(missing) in record.state.message
     assert record.leftover_workers == set()
     assert record.leftover_clusters == set()
+    # A user's mistake is not retried, and reaches the run's logs as one line.
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[record.flow_run_id]))
+        )
+    (prepare,) = [t for t in task_runs if t.name.startswith("prepare-data")]
+    assert prepare.run_count == 1
+    assert not any("Retry" in m for m in record.messages())
+    assert not any("Traceback" in m for m in record.messages())
+    errors = [m for m in record.messages() if m.startswith("FileNotFoundError: ")]
+    assert errors and all(str(missing) in m and "\n" not in m for m in errors)
 
 
 def test_bad_inline_config_fails_naming_the_field(prefect_harness: str, tmp_path: Path) -> None:
@@ -387,3 +401,47 @@ def test_bad_inline_config_fails_naming_the_field(prefect_harness: str, tmp_path
 def test_the_harness_started_once(prefect_harness: str) -> None:
     assert prefect_fixtures.HARNESS_STARTS == 1
     assert prefect_harness.startswith("http://127.0.0.1:")
+
+
+def test_a_fit_that_did_not_converge_says_so_in_logs_and_summary(
+    prefect_harness: str, cluster_address: str, tmp_path: Path
+) -> None:
+    config = job(str(tmp_path / "out"), {"address": cluster_address}, max_iter=2, tol=0.0)
+    record = run_flow(clustering_pipeline, config=config)
+    assert record.state.is_completed(), record.state.message
+    assert record.result["converged"] is False
+    warned = [m for m in record.messages() if m.startswith("ConvergenceWarning: ")]
+    assert len(warned) == 1
+    summary = {row["quantity"]: row["value"] for row in record.table("emdist-summary")}
+    assert summary["converged"] is False
+    assert summary["warnings"] == warned[0]
+    assert record.artifacts["emdist-report"].data.startswith("**Not converged**")
+
+
+def test_a_converged_fit_has_no_warnings(first_run: FirstRun) -> None:
+    summary = {row["quantity"]: row["value"] for row in first_run.record.table("emdist-summary")}
+    assert summary["warnings"] == "none"
+    assert not any("Warning: " in m for m in first_run.record.messages())
+
+
+def test_an_output_of_another_job_fails_the_flow_before_any_work(
+    prefect_harness: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    zarr.create_array(str(out / "model.zarr"), data=np.arange(6.0).reshape(3, 2), zarr_format=3)
+    record = run_flow(clustering_pipeline, config=job(str(out), {"n_workers": 1}))
+    assert record.state.is_failed()
+    assert "output.overwrite: true" in record.state.message
+    assert np.array_equal(
+        zarr.open_array(str(out / "model.zarr"), mode="r")[...], np.arange(6.0).reshape(3, 2)
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["model.zarr"]
+
+
+@pytest.mark.parametrize("name", sorted(FLOWS))
+def test_serve_and_deploy_reach_every_flow_by_its_entrypoint(name: str) -> None:
+    from prefect.flows import load_flow_from_entrypoint
+
+    flow = FLOWS[name]
+    loaded = load_flow_from_entrypoint(str(PROJECT_ROOT / entrypoint(flow)))
+    assert loaded.name == flow.name

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,13 @@ import zarr
 from sklearn.metrics import adjusted_rand_score
 
 import emdist
+from emdist.io.atomic import OutputExistsError
 from emdist.io.synthetic import open_synthetic
-from pipeline.config import RunConfig, parse_config
+from pipeline.cluster import SchedulerUnreachableError, connect, dask_client
+from pipeline.config import ClusterConfig, ConfigError, RunConfig, parse_config
+from pipeline.errors import is_user_error
 from pipeline.job import JobResult, read_summary, run_job
+from pipeline.outputs import job_id, owner
 from pipeline.report import ReportRef, write_report
 from pipeline.steps import (
     DatasetRef,
@@ -408,3 +414,92 @@ def test_run_job_with_a_threaded_local_cluster(tmp_path: Path) -> None:
     config = generated_config(tmp_path / "out", cluster={"n_workers": 1, "processes": False})
     result = run_job(config)
     assert sum(result.predictions.counts) == N_SAMPLES
+
+
+# -- outputs: a job replaces only what it wrote -----------------------------------------------
+
+
+def files(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` with its bytes: equal before and after means untouched."""
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("where", ["model.zarr", "predictions.zarr", "dataset.zarr"])
+def test_run_job_refuses_an_output_it_did_not_write_before_any_work(
+    tmp_path: Path, where: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    zarr.create_array(str(out / where), data=np.arange(12.0).reshape(6, 2), zarr_format=3)
+    before = files(out)
+    config = generated_config(out)
+    with pytest.raises(OutputExistsError, match=re.escape(str(out / where))) as err:
+        run_job(config)
+    assert "output.overwrite: true" in str(err.value)
+    assert files(out) == before, "the job wrote something although it refused to run"
+
+
+def test_run_job_replaces_what_an_earlier_run_of_the_same_job_wrote(tmp_path: Path) -> None:
+    config = generated_config(tmp_path / "out", cluster={"n_workers": 1, "processes": False})
+    first = run_job(config)
+    assert owner(Path(first.fit.model_path)) == job_id(config)
+    assert owner(config.report_dir) == job_id(config)
+    # Another K is the same job (same name, input and folder): its outputs are replaced.
+    again = config.model_copy(update={"model": config.model.model_copy(update={"n_components": 2})})
+    again = again.model_copy(
+        update={"checkpoint": again.checkpoint.model_copy(update={"restart": True})}
+    )
+    second = run_job(again)
+    assert emdist.load_model(second.fit.model_path).n_components == 2
+    # Another job (another name) may not replace them ...
+    other = again.model_copy(update={"name": "another-job"})
+    with pytest.raises(OutputExistsError):
+        run_job(other)
+    # ... unless told to.
+    told = other.model_copy(update={"output": other.output.model_copy(update={"overwrite": True})})
+    assert run_job(told).fit.n_components == 2
+
+
+def test_outputs_must_not_coincide_with_the_input(tmp_path: Path) -> None:
+    source = tmp_path / "x.zarr"
+    zarr.create_array(str(source), data=np.ones((10, 2)), zarr_format=3)
+    config = parse_config(
+        {
+            "input": {"path": str(source)},
+            "output": {"dir": str(tmp_path), "model": str(source), "overwrite": True},
+        }
+    )
+    with pytest.raises(ConfigError, match="would overwrite the input"):
+        run_job(config)
+    np.testing.assert_array_equal(zarr.open_array(str(source), mode="r")[...], np.ones((10, 2)))
+
+
+# -- the cluster ------------------------------------------------------------------------------
+
+
+def test_dashboard_is_served_and_its_link_announced() -> None:
+    lines: list[str] = []
+    config = ClusterConfig(n_workers=1, processes=False, dashboard=True)
+    with dask_client(config, announce=lines.append):
+        (line,) = lines
+        link = line.removeprefix("Dask dashboard: ")
+        assert link.startswith("http://127.0.0.1:") and link.endswith("/status")
+        with urllib.request.urlopen(link, timeout=30) as page:
+            html = page.read().decode()
+    assert page.status == 200
+    assert "needs bokeh" not in html.lower()
+    assert "<html" in html.lower()
+
+
+def test_an_unreachable_scheduler_is_named_with_what_to_check() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    with pytest.raises(SchedulerUnreachableError) as err:
+        with connect(address, timeout=1.0):
+            pass
+    assert address in str(err.value) and "dask scheduler" in str(err.value)
+    assert is_user_error(err.value)

@@ -15,7 +15,7 @@ import dask.array as da
 
 from emdist.engine.seeding import DataSummary, scan_data
 from emdist.engine.threads import blas_single_threaded
-from emdist.exceptions import InvalidDataError
+from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.sources import as_dask_array, is_out_of_core
 
 __all__ = ["FitData", "active_client", "compute_context", "default_sample_size", "prepare_fit_data"]
@@ -98,6 +98,6 @@ def prepare_fit_data(
         Xd = Xd.persist()
     size = default_sample_size(n_clusters) if sample_size is None else int(sample_size)
     if size < n_clusters:
-        raise ValueError(f"init_sample_size={size} must be >= {what}={n_clusters}")
+        raise InvalidParameterError(f"init_sample_size={size} must be >= {what}={n_clusters}")
     summary = scan_data(Xd, seed, size)
     return FitData(Xd, summary, in_memory)

@@ -35,6 +35,7 @@ __all__ = [
     "OutputExistsError",
     "OutputKind",
     "atomic_output",
+    "check_replaceable",
     "output_kind",
     "recover_output",
 ]
@@ -147,7 +148,14 @@ def output_kind(path: str | os.PathLike[str]) -> OutputKind | None:
     return None
 
 
-def _check_replaceable(dest: Path, kind: OutputKind) -> None:
+def check_replaceable(dest: Path, kind: OutputKind) -> None:
+    """Refuse to replace ``dest`` unless it is an emdist output of ``kind`` or an empty folder.
+
+    Raises
+    ------
+    NotAnOutputError
+        Naming what ``dest`` is (a link, another kind of output, not an emdist output).
+    """
     if dest.is_symlink():
         raise NotAnOutputError(f"refusing to replace {dest}: it is a symbolic link")
     if dest.is_dir() and not any(dest.iterdir()):
@@ -230,7 +238,7 @@ def _atomic_output(
     if (dest.exists() or dest.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{dest} exists; pass overwrite=True to replace it")
     if (dest.exists() or dest.is_symlink()) and kind is not None:
-        _check_replaceable(dest, kind)
+        check_replaceable(dest, kind)
     dest.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
     tmp = dest.with_name(f"{dest.name}.partial-{token}")

@@ -36,7 +36,7 @@ import numpy as np
 import zarr
 
 from emdist._typing import AnyArray, FloatArray
-from emdist.exceptions import EmdistError, EmdistWarning
+from emdist.exceptions import EmdistError, EmdistWarning, InvalidParameterError
 from emdist.io.atomic import disk_full_error, is_disk_full
 from emdist.io.integrity import UnsafeNameError, check_contained, safe_child, safe_name
 from emdist.io.integrity import array_digest as _digest
@@ -201,9 +201,9 @@ class CheckpointStore:
         overwrite: bool = False,
     ) -> None:
         if every < 1:
-            raise ValueError(f"every must be >= 1; got {every}")
+            raise InvalidParameterError(f"every must be >= 1; got {every}")
         if keep < 1:
-            raise ValueError(f"keep must be >= 1; got {keep}")
+            raise InvalidParameterError(f"keep must be >= 1; got {keep}")
         self.path = Path(path)
         self.every = int(every)
         self.keep = int(keep)

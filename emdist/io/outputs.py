@@ -17,6 +17,7 @@ from typing import Any
 import dask.array as da
 import zarr
 
+from emdist.exceptions import InvalidParameterError
 from emdist.io.atomic import atomic_output
 from emdist.io.integrity import create_verified_array, seal
 from emdist.io.sources import as_dask_array
@@ -105,7 +106,9 @@ def write_predictions(
     outputs: dict[str, da.Array] = {"labels": estimator.predict(Xd)}
     if responsibilities or log_likelihood:
         if not hasattr(estimator, "predict_proba"):
-            raise ValueError(f"{type(estimator).__name__} has no responsibilities or likelihood")
+            raise InvalidParameterError(
+                f"{type(estimator).__name__} has no responsibilities or likelihood"
+            )
         if responsibilities:
             outputs["responsibilities"] = estimator.predict_proba(Xd)
         if log_likelihood:

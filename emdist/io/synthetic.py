@@ -42,6 +42,7 @@ import numpy as np
 import zarr
 
 from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray, IntArray
+from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.atomic import atomic_output
 from emdist.io.integrity import CheckedReader, create_verified_array, seal, verify_array
 from emdist.kernels.covariance import full_covariances
@@ -253,13 +254,13 @@ def _resolve_seed(random_state: Any) -> int:
         return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
     if isinstance(random_state, int | np.integer) and not isinstance(random_state, bool):
         if random_state < 0:
-            raise ValueError(f"random_state must be non-negative; got {random_state}")
+            raise InvalidParameterError(f"random_state must be non-negative; got {random_state}")
         return int(random_state)
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(0, 2**63 - 1))
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(0, 2**31 - 1))
-    raise ValueError(
+    raise InvalidParameterError(
         f"random_state must be None, an int or a numpy Generator; got {random_state!r}"
     )
 
@@ -356,23 +357,25 @@ def _validate(
         ("n_components", n_components),
     ):
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}")
+            raise InvalidParameterError(f"{name} must be a positive int; got {value!r}")
     if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(
+        raise InvalidParameterError(
             f"covariance_type must be one of {COVARIANCE_TYPES}; got {covariance_type!r}"
         )
     if not (math.isfinite(separation) and separation >= 0):
-        raise ValueError(f"separation must be a finite number >= 0; got {separation!r}")
+        raise InvalidParameterError(f"separation must be a finite number >= 0; got {separation!r}")
     w: FloatArray | None = None
     if weights is not None:
         w = np.asarray(weights, dtype=np.float64)
         if w.shape != (n_components,) or not np.all(w > 0) or not np.all(np.isfinite(w)):
-            raise ValueError(f"weights must be {n_components} positive numbers; got {weights!r}")
+            raise InvalidParameterError(
+                f"weights must be {n_components} positive numbers; got {weights!r}"
+            )
         w = w / w.sum()
     c = np.broadcast_to(np.asarray(center, dtype=np.float64), (n_features,)).copy()
     out_dtype = np.dtype(dtype)
     if out_dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
-        raise ValueError(f"dtype must be float64 or float32; got {out_dtype}")
+        raise InvalidParameterError(f"dtype must be float64 or float32; got {out_dtype}")
     return w, c, out_dtype
 
 
@@ -484,7 +487,7 @@ def make_gaussian_mixture(
         rows = -(-n // -(-n // max_rows))
     else:
         if not isinstance(chunk_rows, int | np.integer) or chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be a positive int; got {chunk_rows!r}")
+            raise InvalidParameterError(f"chunk_rows must be a positive int; got {chunk_rows!r}")
         rows = int(chunk_rows)
     rows = min(rows, n)  # Zarr pads edge chunks to full size: no chunk larger than the data
     target = Path(path)
@@ -585,21 +588,21 @@ def open_synthetic(path: str | os.PathLike[str]) -> SyntheticDataset:
     root = zarr.open_group(str(path), mode="r")
     settings = root.attrs.get("synthetic")
     if not isinstance(settings, dict):
-        raise ValueError(f"{path} is not a synthetic dataset (no 'synthetic' attribute)")
+        raise InvalidDataError(f"{path} is not a synthetic dataset (no 'synthetic' attribute)")
     truth_group = root["truth"]
     assert isinstance(truth_group, zarr.Group)
 
     def read(name: str) -> FloatArray:
         node = truth_group[name]
         if not isinstance(node, zarr.Array):
-            raise ValueError(f"{path}: truth/{name} is not an array")
+            raise InvalidDataError(f"{path}: truth/{name} is not an array")
         # Datasets written before verification existed have no record and are read as is.
         verify_array(node, f"{path}/truth/{name}")
         return np.asarray(CheckedReader(node, f"{path}/truth/{name}")[...], dtype=np.float64)
 
     covariance_type = str(settings["covariance_type"])
     if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(f"{path}: unknown covariance_type {covariance_type!r}")
+        raise InvalidDataError(f"{path}: unknown covariance_type {covariance_type!r}")
     truth = MixtureTruth(
         weights=read("weights"),
         means=read("means"),

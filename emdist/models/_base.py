@@ -24,7 +24,7 @@ from emdist._typing import FloatArray
 from emdist.engine.data import FitData, compute_context, prepare_fit_data
 from emdist.engine.em import EMResult, ModelFamily
 from emdist.engine.restarts import BestRun, run_restarts
-from emdist.exceptions import ConvergenceWarning, InvalidDataError
+from emdist.exceptions import ConvergenceWarning, InvalidDataError, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
 from emdist.models._sklearn import SklearnEstimatorMixin
@@ -177,7 +177,7 @@ class BaseEstimator(SklearnEstimatorMixin):
         valid = set(self._param_names())
         for name, value in params.items():
             if name not in valid:
-                raise ValueError(
+                raise InvalidParameterError(
                     f"Invalid parameter {name!r} for {type(self).__name__}; "
                     f"valid parameters are {sorted(valid)}."
                 )
@@ -359,13 +359,13 @@ def resolve_seed(random_state: Any) -> int:
         return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         if int(random_state) < 0:
-            raise ValueError(f"random_state must be non-negative; got {random_state}")
+            raise InvalidParameterError(f"random_state must be non-negative; got {random_state}")
         return int(random_state)
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(0, 2**31 - 1))
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(0, 2**63 - 1))
-    raise ValueError(
+    raise InvalidParameterError(
         f"random_state must be None, an int, a numpy RandomState or Generator; got {random_state!r}"
     )
 
@@ -446,7 +446,9 @@ def as_checkpoint(value: Any) -> CheckpointStore | None:
         return value
     if isinstance(value, str | os.PathLike):
         return CheckpointStore(value)
-    raise ValueError(f"checkpoint must be None, a path or a CheckpointStore; got {value!r}")
+    raise InvalidParameterError(
+        f"checkpoint must be None, a path or a CheckpointStore; got {value!r}"
+    )
 
 
 def estimator_config(estimator: BaseEstimator, **resolved: Any) -> dict[str, Any]:

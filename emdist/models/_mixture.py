@@ -18,6 +18,7 @@ from emdist.engine.data import FitData
 from emdist.engine.reduce import map_reduce
 from emdist.engine.restarts import BestRun
 from emdist.engine.seeding import kmeans_plusplus
+from emdist.exceptions import InvalidParameterError
 from emdist.kernels.covariance import covariance_shape, full_covariances
 from emdist.kernels.mixture import (
     MixtureStats,
@@ -64,9 +65,9 @@ def check_user_array(value: Any, shape: tuple[int, ...], name: str) -> FloatArra
     """``value`` as a float64 array of ``shape`` with finite values, or ``ValueError``."""
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape != shape:
-        raise ValueError(f"{name} has shape {arr.shape}; expected {shape}")
+        raise InvalidParameterError(f"{name} has shape {arr.shape}; expected {shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinity")
+        raise InvalidParameterError(f"{name} contains NaN or infinity")
     return arr
 
 
@@ -129,7 +130,7 @@ def initial_resp_stats(
             covariance_type,
         )
         return stats
-    raise ValueError(f"init_params must be one of {INIT_PARAMS}; got {init_params!r}")
+    raise InvalidParameterError(f"init_params must be one of {INIT_PARAMS}; got {init_params!r}")
 
 
 class BaseMixture(DensityMixin, BaseEstimator):
@@ -222,7 +223,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         """
         self._check_fitted()
         if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1; got {n_samples}")
+            raise InvalidParameterError(f"n_samples must be >= 1; got {n_samples}")
         rng = np.random.default_rng(
             None if self.random_state is None else resolve_seed(self.random_state)
         )

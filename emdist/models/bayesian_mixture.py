@@ -20,7 +20,7 @@ from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.engine.data import FitData
 from emdist.engine.em import Observer
 from emdist.engine.reduce import map_reduce
-from emdist.exceptions import InvalidDataError
+from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array
 from emdist.kernels.gaussian import precisions_from_cholesky
@@ -112,7 +112,9 @@ def _positive_real(value: Any, name: str) -> float:
         or not math.isfinite(value)
         or value <= 0
     ):
-        raise ValueError(f"{name} must be None or a positive finite float; got {value!r}")
+        raise InvalidParameterError(
+            f"{name} must be None or a positive finite float; got {value!r}"
+        )
     return float(value)
 
 
@@ -120,11 +122,13 @@ def _user_array(value: Any, shape: tuple[int, ...], name: str) -> FloatArray:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an array of shape {shape}; got {value!r}") from None
+        raise InvalidParameterError(
+            f"{name} must be an array of shape {shape}; got {value!r}"
+        ) from None
     if arr.shape != shape:
-        raise ValueError(f"{name} has shape {arr.shape}; expected {shape}")
+        raise InvalidParameterError(f"{name} has shape {arr.shape}; expected {shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinity")
+        raise InvalidParameterError(f"{name} contains NaN or infinity")
     return arr
 
 
@@ -155,7 +159,7 @@ def _check_priors(
     else:
         degrees_of_freedom = _positive_real(dof, "degrees_of_freedom_prior")
         if not degrees_of_freedom > d - 1.0:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"degrees_of_freedom_prior must be greater than n_features - 1 = {d - 1} "
                 f"(a Wishart needs it); got {dof!r}"
             )
@@ -168,13 +172,13 @@ def _check_priors(
         if not (
             np.allclose(covariance, covariance.T) and np.all(np.linalg.eigvalsh(covariance) > 0)
         ):
-            raise ValueError(
+            raise InvalidParameterError(
                 f"{covariance_type} covariance_prior must be symmetric positive definite"
             )
     elif covariance_type == "diag":
         covariance = _user_array(cp, (d,), "diag covariance_prior")
         if np.any(covariance <= 0):
-            raise ValueError("diag covariance_prior must be positive")
+            raise InvalidParameterError("diag covariance_prior must be positive")
     else:
         covariance = _positive_real(cp, "spherical covariance_prior")
     return _UserPriors(weight, mean_precision, mean, degrees_of_freedom, covariance)

@@ -12,6 +12,7 @@ import numpy as np
 from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.engine.data import FitData
 from emdist.engine.em import Observer
+from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array
 from emdist.kernels.covariance import covariance_shape, n_covariance_parameters
@@ -93,7 +94,7 @@ def initial_mixture_params(
     family = GaussianMixtureFamily(covariance_type, reg_covar)
     weights = None if weights_init is None else check_user_array(weights_init, (K,), "weights_init")
     if weights is not None and (np.any(weights < 0) or not np.isclose(weights.sum(), 1.0)):
-        raise ValueError("weights_init must be non-negative and sum to 1")
+        raise InvalidParameterError("weights_init must be non-negative and sum to 1")
     means = None if means_init is None else check_user_array(means_init, (K, d), "means_init")
     prec_chol = None
     if precisions_init is not None:
@@ -101,13 +102,15 @@ def initial_mixture_params(
             precisions_init, covariance_shape(covariance_type, K, d), "precisions_init"
         )
         if covariance_type in ("diag", "spherical") and np.any(precs <= 0):
-            raise ValueError("precisions_init must be positive")
+            raise InvalidParameterError("precisions_init must be positive")
         try:
             prec_chol = precision_cholesky_from_precisions(precs, covariance_type)
         except np.linalg.LinAlgError:
-            raise ValueError("precisions_init must be symmetric positive definite") from None
+            raise InvalidParameterError(
+                "precisions_init must be symmetric positive definite"
+            ) from None
         if not np.all(np.isfinite(prec_chol)):
-            raise ValueError("precisions_init must be symmetric positive definite")
+            raise InvalidParameterError("precisions_init must be symmetric positive definite")
         covariances = covariances_from_precisions(precs, covariance_type)
     if weights is not None and means is not None and prec_chol is not None:
         return MixtureParams(weights, means, covariances, prec_chol)

@@ -17,7 +17,7 @@ from emdist.engine.em import EMResult, Observer
 from emdist.engine.reduce import map_reduce
 from emdist.engine.restarts import BestRun, run_restarts
 from emdist.engine.seeding import kmeans_plusplus
-from emdist.exceptions import ConvergenceWarning
+from emdist.exceptions import ConvergenceWarning, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.kmeans import (
     KMeansParams,
@@ -110,13 +110,13 @@ def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> Flo
             return sample[kmeans_plusplus(sample, n_clusters, rng)].copy()
         if init == "random":
             return sample[rng.choice(len(sample), n_clusters, replace=False)].copy()
-        raise ValueError(f"init must be 'k-means++', 'random' or an array; got {init!r}")
+        raise InvalidParameterError(f"init must be 'k-means++', 'random' or an array; got {init!r}")
     centers = np.asarray(init, dtype=np.float64)
     expected = (n_clusters, data.summary.n_features)
     if centers.shape != expected:
-        raise ValueError(f"init has shape {centers.shape}; expected {expected}")
+        raise InvalidParameterError(f"init has shape {centers.shape}; expected {expected}")
     if not np.all(np.isfinite(centers)):
-        raise ValueError("init contains NaN or infinity")
+        raise InvalidParameterError("init contains NaN or infinity")
     return centers
 
 
