@@ -18,10 +18,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from emdist.exceptions import EmdistError
+
 __all__ = ["OutputExistsError", "atomic_output", "recover_output"]
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(EmdistError, FileExistsError):
     """The destination exists and overwriting was not asked for."""
 
 

@@ -10,7 +10,7 @@ Layout of a checkpoint directory::
         best_lower_bounds
         zarr.json               attributes: restart, iteration, flags, checksums
 
-Commit protocol (DESIGN.md §6, ENVIRONMENT.md): a state is written completely into a new
+Commit protocol (docs/design.md, "Checkpoints"): a state is written completely into a new
 group, then *one* key — the root's ``zarr.json`` — is rewritten to point at it. Each key
 write is atomic (temp file + rename), so a crash at any instant leaves the previous pointer
 and the group it names intact. Readers follow the pointer and verify a SHA-256 of every
@@ -36,11 +36,12 @@ import numpy as np
 import zarr
 
 from emdist._typing import AnyArray, FloatArray
-from emdist.exceptions import EmdistWarning
+from emdist.exceptions import EmdistError, EmdistWarning
 
 __all__ = [
     "BestState",
     "CheckpointError",
+    "CheckpointFallbackWarning",
     "CheckpointMismatchError",
     "CheckpointStore",
     "FitState",
@@ -50,11 +51,11 @@ FORMAT = "emdist-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EmdistError, RuntimeError):
     """A checkpoint cannot be read (corrupted beyond its kept fallbacks)."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(EmdistError, ValueError):
     """A checkpoint belongs to another configuration or dataset."""
 
 

@@ -1,9 +1,9 @@
 """Save fitted estimators to Zarr and load them back — arrays and JSON only, no pickle.
 
-A saved model is a Zarr group: its attributes hold the estimator's class name (looked up in
-a fixed registry, never imported from the store), its constructor parameters and its scalar
-fitted attributes as JSON; its arrays hold the fitted arrays. Loading therefore never runs
-code from the store.
+A saved model is a Zarr group: its attributes hold the estimator's class name (looked up
+among the registered model families, :mod:`emdist.registry`, never imported from the
+store), its constructor parameters and its scalar fitted attributes as JSON; its arrays
+hold the fitted arrays. Loading therefore never runs code from the store.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import zarr
 
+from emdist.exceptions import EmdistError
 from emdist.io.atomic import atomic_output
+from emdist.registry import estimator_class, model_families
 
 __all__ = ["ModelFormatError", "load_model", "save_model"]
 
@@ -26,18 +28,8 @@ _SKIP_PARAMS = ("observer", "checkpoint")
 _SKIP_ATTRS = ("labels_",)
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(EmdistError, ValueError):
     """A path does not hold a model this version of emdist can load."""
-
-
-def _registry() -> dict[str, type[Any]]:
-    import emdist
-
-    return {
-        name: getattr(emdist, name)
-        for name in ("KMeans", "GaussianMixture", "BayesianGaussianMixture")
-        if hasattr(emdist, name)
-    }
 
 
 def _json_value(value: Any) -> Any:
@@ -70,8 +62,9 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
         Replace an existing model at ``path`` (the old one stays until the new one is whole).
     """
     name = type(estimator).__name__
-    if name not in _registry():
-        raise TypeError(f"cannot save a {name}; supported: {sorted(_registry())}")
+    if estimator_class(name) is not type(estimator):
+        supported = sorted(cls.__name__ for cls in model_families().values())
+        raise TypeError(f"cannot save a {name}; supported: {supported}")
     if not hasattr(estimator, "n_features_in_"):
         raise ValueError(f"this {name} is not fitted; fit it before saving")
     params: dict[str, Any] = {}
@@ -139,7 +132,7 @@ def load_model(path: str | os.PathLike[str]) -> Any:
             f"{os.fspath(path)!r} holds a version {attrs.get('version')} model; this emdist "
             f"reads version {VERSION}"
         )
-    cls = _registry().get(str(attrs.get("estimator")))
+    cls = estimator_class(str(attrs.get("estimator")))
     if cls is None:
         raise ModelFormatError(f"unknown estimator {attrs.get('estimator')!r} in {path}")
     try:
