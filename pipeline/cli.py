@@ -22,7 +22,7 @@ from rich.text import Text
 
 from emdist.engine.em import IterationState
 from emdist.exceptions import FitError, InvalidDataError
-from emdist.io.atomic import OutputExistsError
+from emdist.io.atomic import DiskFullError, OutputExistsError
 from emdist.io.checkpoint import CheckpointError, CheckpointMismatchError
 from emdist.registry import model_families
 from pipeline.config import ConfigError, load_config, parse_config
@@ -36,6 +36,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     CheckpointMismatchError,
     OutputExistsError,
+    DiskFullError,
     FileExistsError,
     FileNotFoundError,
     ValueError,

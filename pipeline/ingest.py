@@ -46,6 +46,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 import emdist
 from emdist._typing import AnyArray
 from emdist.io.atomic import OutputExistsError, atomic_output
+from emdist.io.integrity import create_verified_array, seal, verify_array
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -288,6 +289,10 @@ class _ArrayReader:
         self._length = int(shape[0])
         self.n_rows: int | None = self._length
         self.n_features = int(shape[1])
+        if self.n_features == 0:
+            raise IngestError(
+                path, f"the data has 0 columns (shape {shape}); at least one is required"
+            )
         if feature_names is not None and len(feature_names) != self.n_features:
             feature_names = None  # stale or foreign metadata: better no names than wrong ones
         self.feature_names = feature_names
@@ -397,6 +402,7 @@ def _open_zarr(path: Path) -> _ArrayReader:
         array = zarr.open_array(str(path), mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
         raise ValueError(f"no Zarr array at {path}: {exc}") from None
+    verify_array(array, str(path))  # a damaged source emdist wrote is refused, not copied
     names = array.attrs.get("feature_names")
     source_rows = int((array.shards or array.chunks)[0])
     # Keep the chain: re-chunking an ingested array must not forget the original file.
@@ -497,16 +503,14 @@ class _CsvReader:
         path: Path,
         *,
         header: bool | None,
-        delimiter: str,
+        delimiter: str | None,
         engine: Literal["auto", "pyarrow", "numpy"],
         dtype: np.dtype[Any],
     ) -> None:
         self.path = path
         self._target_dtype = dtype
-        self.delimiter = delimiter
         self.n_rows: int | None = None
         self.source_dtype = "text"
-        self.extra: dict[str, Any] = {"delimiter": delimiter}
         if engine == "auto":
             try:
                 import pyarrow.csv  # type: ignore[import-untyped]  # noqa: F401
@@ -522,8 +526,12 @@ class _CsvReader:
             for line in f:
                 self._skip_lines += 1
                 if line.strip():
+                    if delimiter is None:
+                        delimiter = _detect_delimiter(path, line)
                     first = next(csv.reader([line], delimiter=delimiter))
                     break
+        self.delimiter = delimiter or ","
+        self.extra: dict[str, Any] = {"delimiter": self.delimiter}
         if first is None:
             raise IngestError(path, "the file is empty (no header, no data rows)")
         if header is None:
@@ -710,13 +718,20 @@ class _CsvReader:
         pass
 
 
+def _detect_delimiter(path: Path, first_line: str) -> str:
+    """Tab for a ``.tsv`` file or a first line with tabs and no comma; else comma."""
+    if path.suffix.lower() == ".tsv" or ("\t" in first_line and "," not in first_line):
+        return "\t"
+    return ","
+
+
 def _open_reader(
     fmt: SourceFormat,
     path: Path,
     *,
     dataset: str | None,
     header: bool | None,
-    delimiter: str,
+    delimiter: str | None,
     csv_engine: Literal["auto", "pyarrow", "numpy"],
     dtype: np.dtype[Any],
 ) -> _Reader:
@@ -797,19 +812,16 @@ class _ChunkWriter:
 
     def _create(self, chunk_rows: int) -> zarr.Array[Any]:
         self.chunk_rows = chunk_rows
-        return zarr.create_array(
-            str(self.path),
+        # Every chunk written (data chunks are never all fill value, and skipping them
+        # costs a comparison per chunk that halved write speed), each with a CRC-32C.
+        return create_verified_array(
+            self.path,
             shape=(self.n_rows if self.n_rows is not None else 0, self.n_features),
             chunks=(chunk_rows, self.n_features),
             dtype=self.dtype,
             compressors=self.compressors,
             fill_value=0.0,
             dimension_names=("sample", "feature"),
-            zarr_format=3,
-            # Zarr's default skips chunks equal to the fill value, at the price of comparing
-            # every chunk with it: that halved write speed here. Data chunks are never
-            # empty, so write them all.
-            config={"write_empty_chunks": True},
         )
 
     def _flush(self, data: AnyArray) -> None:
@@ -912,7 +924,7 @@ def ingest(
     compressor: CompressorName | BytesBytesCodec | None = None,
     dtype: Literal["float64", "float32"] | type[np.floating[Any]] = "float64",
     header: bool | None = None,
-    delimiter: str = ",",
+    delimiter: str | None = None,
     csv_engine: Literal["auto", "pyarrow", "numpy"] = "auto",
     overwrite: bool = False,
 ) -> IngestResult:
@@ -944,8 +956,9 @@ def ingest(
     header : bool, optional
         CSV only: whether the first non-blank line holds column names. Default: inferred
         (a header is a first line in which no field is a number).
-    delimiter : str, default=','
-        CSV only.
+    delimiter : str, optional
+        CSV only. Default: a tab for a ``.tsv`` file or a first line holding tabs and no
+        comma, else a comma.
     csv_engine : {'auto', 'pyarrow', 'numpy'}, default='auto'
         CSV only: pyarrow's multi-threaded parser when installed, else numpy's.
     overwrite : bool, default=False
@@ -1065,6 +1078,7 @@ def ingest(
                 "created_by": "pipeline.ingest",
             }
             array.attrs.update(attrs)
+            seal(array)  # shape, chunks, dtype and chunk count, checked on every open
             # Close before the swap: an HDF5 handle, or the old store when source is dest.
             reader.close()
     finally:

@@ -133,7 +133,8 @@ def test_round_trip_is_exact(kind: str, tmp_path: Path, X: np.ndarray) -> None:
     assert arr.shape == X.shape == result.shape
     assert arr.dtype == np.float64 and result.dtype == "float64"
     assert arr.chunks == (256, 4) and result.chunk_rows == 256
-    assert arr.compressors == ()  # uncompressed by default
+    # Uncompressed by default: the only bytes codec is the per-chunk checksum.
+    assert [type(c).__name__ for c in arr.compressors] == ["Crc32cCodec"]
     assert result.feature_names == (tuple(names) if names else None)
     assert arr.attrs.get("feature_names") == names
     prov = arr.attrs["provenance"]
@@ -255,7 +256,8 @@ def test_balanced_chunks_waste_no_disk(tmp_path: Path) -> None:
     result = ingest(tmp_path / "x.npy", tmp_path / "o.zarr", chunk_bytes=64 * 3000)
     assert result.chunk_rows == 2500
     chunk_files = [p for p in (tmp_path / "o.zarr" / "c").rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in chunk_files) == 10_000 * 8 * 8
+    # The data and a 4-byte CRC-32C per chunk, no padding.
+    assert sum(p.stat().st_size for p in chunk_files) == 10_000 * 8 * 8 + 4 * len(chunk_files)
 
 
 def test_float32_halves_the_row_bytes(tmp_path: Path, X: np.ndarray) -> None:
@@ -417,7 +419,9 @@ def test_compressors_round_trip(compressor: str, tmp_path: Path, X: np.ndarray) 
     np.save(tmp_path / "x.npy", X)
     result = ingest(tmp_path / "x.npy", tmp_path / "o.zarr", compressor=compressor)
     arr = read(result.path)
-    assert len(arr.compressors) == 1
+    # The compressor, then the per-chunk checksum over the compressed bytes.
+    assert [type(c).__name__ for c in arr.compressors][1:] == ["Crc32cCodec"]
+    assert len(arr.compressors) == 2
     np.testing.assert_array_equal(arr[...], X)
 
 

@@ -22,9 +22,9 @@ is opened for writing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -37,6 +37,10 @@ import zarr
 
 from emdist._typing import AnyArray, FloatArray
 from emdist.exceptions import EmdistError, EmdistWarning
+from emdist.io.atomic import disk_full_error, is_disk_full
+from emdist.io.integrity import UnsafeNameError, check_contained, safe_child, safe_name
+from emdist.io.integrity import array_digest as _digest
+from emdist.io.locks import WriterLock, WriterLockedError
 
 __all__ = [
     "BestState",
@@ -45,10 +49,14 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointStore",
     "FitState",
+    "WriterLockedError",
 ]
 
 FORMAT = "emdist-checkpoint"
 VERSION = 1
+# The only names save() gives state groups: anything else in `committed` was not written by
+# emdist, and nothing else in the folder is ever deleted as a stray.
+_STATE_NAME = re.compile(r"s[0-9]{6,}")
 
 
 class CheckpointError(EmdistError, RuntimeError):
@@ -121,15 +129,6 @@ class FitState:
         return len(self.lower_bounds)
 
 
-def _digest(arr: AnyArray) -> str:
-    a = np.ascontiguousarray(arr)
-    h = hashlib.sha256()
-    h.update(str(a.dtype).encode())
-    h.update(repr(a.shape).encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def _json_safe(obj: Any) -> Any:
     """Plain-JSON version of a config (numpy scalars and arrays made explicit)."""
     if isinstance(obj, Mapping):
@@ -154,6 +153,26 @@ def _diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
     if saved != current:
         return [f"{prefix.rstrip('.')}: checkpoint has {saved!r}, this run has {current!r}"]
     return []
+
+
+def _int_field(
+    attrs: Mapping[str, Any], key: str, low: int, high: int | None, prefix: str = ""
+) -> int:
+    """An integer attribute within ``[low, high]``, or CheckpointError naming the field."""
+    value = attrs.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CheckpointError(f"field '{prefix}{key}' is {value!r}, not an integer")
+    if value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise CheckpointError(f"field '{prefix}{key}' is {value}, outside {bound}")
+    return value
+
+
+def _float_array(arrays: Mapping[str, AnyArray], key: str, ndim: int) -> FloatArray:
+    value = arrays.get(key)
+    if value is None or value.dtype.kind != "f" or value.ndim != ndim:
+        raise CheckpointError(f"field {key!r} is missing or not a {ndim}-D float array")
+    return value
 
 
 class CheckpointStore:
@@ -191,6 +210,17 @@ class CheckpointStore:
         self.overwrite = bool(overwrite)
         self._root: zarr.Group | None = None
         self._counter = 0
+        self._lock: WriterLock | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (deepcopy, pickle) is a new writer: it takes its own lock when opened.
+        return {**self.__dict__, "_lock": None}
+
+    def close(self) -> None:
+        """Release the writer lock taken by :meth:`open` (a later ``open`` takes it again)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __repr__(self) -> str:
         return (
@@ -236,9 +266,15 @@ class CheckpointStore:
             ``overwrite``); the message lists what differs.
         CheckpointError
             If the location holds something that is not a readable checkpoint.
+        WriterLockedError
+            If another live process has this checkpoint open for writing.
         """
         config_j = _json_safe(dict(config))
         fingerprint_j = _json_safe(dict(fingerprint))
+        # One writer per checkpoint, taken before anything is deleted or written. Held until
+        # close(), or until this store is garbage-collected or the process exits.
+        if self._lock is None:
+            self._lock = WriterLock(self.path, "checkpoint").acquire()
         if self.overwrite and self.path.exists():
             if not self._is_checkpoint_or_empty():
                 raise CheckpointError(
@@ -269,6 +305,9 @@ class CheckpointStore:
                     "config": config_j,
                     "fingerprint": fingerprint_j,
                     "committed": [],
+                    # How many commits were made: `committed` may be empty only while this
+                    # is 0, so an emptied list is damage, not a fresh checkpoint.
+                    "commits": 0,
                     # As a string: JSON numbers may lose 64-bit integers in other readers.
                     "seed": str(seed),
                 },
@@ -329,18 +368,54 @@ class CheckpointStore:
         return root
 
     def _committed(self) -> list[str]:
+        """The committed state names, each checked to be a state group inside the store."""
         assert self._root is not None
-        names = self._root.attrs.get("committed", [])
-        return [str(n) for n in names] if isinstance(names, list) else []
+        attrs = self._root.attrs
+        names = attrs.get("committed", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(
+                f"the checkpoint at {self.path} is damaged: field 'committed' must be a list "
+                f"of state names; got {names!r}"
+            )
+        commits = attrs.get("commits", 0)
+        if not names and commits != 0:
+            # Reading on would discard (and prune) every state the checkpoint holds.
+            raise CheckpointError(
+                f"the checkpoint at {self.path} is damaged: field 'committed' is empty but "
+                f"{commits!r} commits were made; refusing to discard its states"
+            )
+        for name in names:
+            try:
+                safe_child(self.path, name, f"checkpoint field 'committed' of {self.path}")
+            except UnsafeNameError as exc:
+                raise CheckpointError(str(exc)) from None
+            if not _STATE_NAME.fullmatch(name):
+                raise CheckpointError(
+                    f"the checkpoint at {self.path} is damaged: field 'committed' names "
+                    f"{name!r}, which is not a state emdist writes"
+                )
+        return list(names)
+
+    def _check_contained(self) -> None:
+        try:
+            check_contained(self.path, "checkpoint")
+        except UnsafeNameError as exc:
+            raise CheckpointError(str(exc)) from None
 
     def _clean_strays(self) -> None:
         keep = set(self._committed())
+        self._check_contained()
         for child in self.path.iterdir():
-            if child.is_dir() and child.name not in keep:
+            # Only groups named as save() names them: never a folder emdist did not write.
+            if child.name in keep or not _STATE_NAME.fullmatch(child.name):
+                continue
+            if child.is_symlink():
+                child.unlink()
+            elif child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
         for stray in self.path.rglob("*.partial"):
             stray.unlink(missing_ok=True)
-        numbers = [int(n[1:]) for n in keep if n[1:].isdigit()]
+        numbers = [int(n[1:]) for n in keep]
         self._counter = max(numbers, default=-1) + 1
 
     # -- reading ---------------------------------------------------------------------------
@@ -350,6 +425,7 @@ class CheckpointStore:
         if self._root is None:
             self._root = self._open_root(mode="r")
         names = self._committed()
+        self._check_contained()
         errors = []
         for i, name in enumerate(reversed(names)):
             try:
@@ -366,17 +442,20 @@ class CheckpointStore:
                 )
             return state
         if errors:
+            # One line: the CLI prints it as the whole error.
             raise CheckpointError(
-                f"no committed state of the checkpoint at {self.path} is intact:\n  - "
-                + "\n  - ".join(errors)
-                + "\nStart over with overwrite=True."
+                f"no committed state of the checkpoint at {self.path} is intact ("
+                + "; ".join(errors)
+                + "); start over with overwrite=True"
             )
         return None
 
-    def _read_arrays(self, group: zarr.Group, checksums: Mapping[str, str]) -> dict[str, AnyArray]:
+    def _read_arrays(self, group: zarr.Group, checksums: Any) -> dict[str, AnyArray]:
         out = {}
+        if not isinstance(checksums, Mapping):
+            raise CheckpointError("field 'checksums' is not a mapping")
         for name, expected in checksums.items():
-            node = group[name]
+            node = group[safe_name(name, "checkpoint field 'checksums'")]
             if not isinstance(node, zarr.Array):
                 raise CheckpointError(f"{name} is not an array")
             arr = np.asarray(node[...])
@@ -385,37 +464,71 @@ class CheckpointStore:
             out[name] = arr
         return out
 
+    def _n_init(self) -> int | None:
+        assert self._root is not None
+        config = self._root.attrs.get("config")
+        n_init = config.get("n_init") if isinstance(config, dict) else None
+        return n_init if isinstance(n_init, int) and not isinstance(n_init, bool) else None
+
     def _read_state(self, name: str) -> FitState:
         group = zarr.open_group(str(self.path / name), mode="r", use_consolidated=False)
         attrs: dict[str, Any] = dict(group.attrs.asdict())
         if not attrs.get("complete"):
             raise CheckpointError("state was not completely written")
-        checksums = attrs["checksums"]
-        arrays = self._read_arrays(group, checksums)
+        n_init = self._n_init()
+        restart = _int_field(attrs, "restart", 0, None if n_init is None else n_init - 1)
+        for key in ("converged", "finished"):
+            if not isinstance(attrs.get(key), bool):
+                raise CheckpointError(f"field {key!r} is {attrs.get(key)!r}, not a boolean")
+        arrays = self._read_arrays(group, attrs.get("checksums"))
         params = {
             k.removeprefix("params/"): v for k, v in arrays.items() if k.startswith("params/")
         }
+        lower_bounds = _float_array(arrays, "lower_bounds", ndim=1)
+        _int_field(attrs, "iteration", len(lower_bounds), len(lower_bounds))
         best = None
         if attrs.get("best") is not None:
             b = attrs["best"]
+            if not isinstance(b, dict):
+                raise CheckpointError(f"field 'best' is {b!r}, not a mapping")
+            best_params = {
+                k.removeprefix("best/"): v for k, v in arrays.items() if k.startswith("best/")
+            }
+            for key, value in params.items():
+                other = best_params.get(key)
+                if other is None or other.shape != value.shape:
+                    raise CheckpointError(
+                        f"field 'best/{key}' does not match 'params/{key}' in shape"
+                    )
+            score = b.get("score")
+            if isinstance(score, bool) or not isinstance(score, int | float):
+                raise CheckpointError(f"field 'best.score' is {score!r}, not a number")
+            if not isinstance(b.get("converged"), bool):
+                raise CheckpointError(f"field 'best.converged' is {b.get('converged')!r}")
             best = BestState(
-                restart=int(b["restart"]),
-                params={
-                    k.removeprefix("best/"): v for k, v in arrays.items() if k.startswith("best/")
-                },
-                lower_bounds=arrays["best_lower_bounds"],
-                n_iter=int(b["n_iter"]),
-                converged=bool(b["converged"]),
-                score=float(b["score"]),
+                restart=_int_field(b, "restart", 0, restart, "best."),
+                params=best_params,
+                lower_bounds=_float_array(arrays, "best_lower_bounds", ndim=1),
+                n_iter=_int_field(b, "n_iter", 0, None, "best."),
+                converged=b["converged"],
+                score=float(score),
             )
+        for key, value in params.items():
+            # Parameters are float arrays (means, covariances, centres, weights...): anything
+            # else would fail deep inside EM, or worse, be silently cast.
+            if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
+                raise CheckpointError(f"field 'params/{key}' is not a finite float array")
+        extra = attrs.get("extra", {})
+        if not isinstance(extra, dict):
+            raise CheckpointError(f"field 'extra' is {extra!r}, not a mapping")
         return FitState(
-            restart=int(attrs["restart"]),
+            restart=restart,
             params=params,
-            lower_bounds=arrays["lower_bounds"],
-            converged=bool(attrs["converged"]),
-            finished=bool(attrs["finished"]),
+            lower_bounds=lower_bounds,
+            converged=attrs["converged"],
+            finished=attrs["finished"],
             best=best,
-            extra=dict(attrs.get("extra", {})),
+            extra=dict(extra),
         )
 
     # -- writing ---------------------------------------------------------------------------
@@ -431,6 +544,19 @@ class CheckpointStore:
             raise CheckpointError("open() the checkpoint store before saving")
         name = f"s{self._counter:06d}"
         self._counter += 1
+        try:
+            self._save(name, state)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            needed = sum(np.asarray(v).nbytes for v in state.params.values()) * 2
+            error = disk_full_error(self.path, needed)
+            # The new state was never committed: the previous one stays the one to resume.
+            shutil.rmtree(self.path / name, ignore_errors=True)
+            raise error from None
+
+    def _save(self, name: str, state: FitState) -> None:
+        assert self._root is not None
         group = zarr.open_group(str(self.path / name), mode="w", use_consolidated=False)
         arrays: dict[str, AnyArray] = {f"params/{k}": v for k, v in state.params.items()}
         arrays["lower_bounds"] = np.asarray(state.lower_bounds, dtype=np.float64)
@@ -467,9 +593,16 @@ class CheckpointStore:
             }
         )
         committed = [*self._committed(), name]
+        commits = self._root.attrs.get("commits", 0)
         # The commit: one atomic rewrite of the root's metadata document.
-        self._root.attrs["committed"] = committed[-self.keep :]
+        self._root.attrs.update(
+            {
+                "committed": committed[-self.keep :],
+                "commits": (commits if isinstance(commits, int) else 0) + 1,
+            }
+        )
         for old in committed[: -self.keep]:
+            # Names checked by _committed(): state groups inside this store, not links.
             shutil.rmtree(self.path / old, ignore_errors=True)
 
     def describe(self) -> dict[str, Any]:

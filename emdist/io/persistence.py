@@ -4,6 +4,13 @@ A saved model is a Zarr group: its attributes hold the estimator's class name (l
 among the registered model families, :mod:`emdist.registry`, never imported from the
 store), its constructor parameters and its scalar fitted attributes as JSON; its arrays
 hold the fitted arrays. Loading therefore never runs code from the store.
+
+Verification on load: every array carries a SHA-256 in the attributes (the
+digest checkpoints use, :func:`emdist.io.integrity.array_digest`) and a CRC-32C per chunk; an
+array's declared size is bounded before it is read; and the values must make a usable model
+(weights >= 0 summing to 1, finite means, triangular precision Cholesky factors with a
+positive diagonal, shapes consistent with ``n_components`` and ``n_features_in_``). Anything
+else raises :class:`ModelFormatError` naming the field.
 """
 
 from __future__ import annotations
@@ -17,12 +24,26 @@ import zarr
 
 from emdist.exceptions import EmdistError
 from emdist.io.atomic import atomic_output
+from emdist.io.integrity import (
+    IntegrityError,
+    UnsafeNameError,
+    array_digest,
+    check_contained,
+    check_declared_size,
+    create_verified_array,
+    safe_name,
+    seal,
+    verify_array,
+)
 from emdist.registry import estimator_class, model_families
 
 __all__ = ["ModelFormatError", "load_model", "save_model"]
 
 FORMAT = "emdist-model"
-VERSION = 1
+# 2: arrays carry SHA-256 checksums and CRC-32C chunks (version 1 had neither).
+VERSION = 2
+_PREFIXES = ("params", "fitted")
+# Tolerance on the sum of the weights: they are normalised in float64 by the M-step.
 # Not saved: callables and locations that belong to one run, and data-sized results.
 _SKIP_PARAMS = ("observer", "checkpoint")
 _SKIP_ATTRS = ("labels_",)
@@ -87,11 +108,19 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
             fitted_arrays[key] = value
         else:
             fitted[key] = _json_value(value)
-    with atomic_output(path, overwrite=overwrite) as tmp:
+    # kind="model": overwrite replaces only a model emdist saved, never another folder.
+    with atomic_output(path, overwrite=overwrite, kind="model") as tmp:
         group = zarr.open_group(str(tmp), mode="w")
+        checksums: dict[str, str] = {}
         for prefix, arrays in (("params", param_arrays), ("fitted", fitted_arrays)):
             for key, value in arrays.items():
-                group.create_array(f"{prefix}/{key}", data=np.ascontiguousarray(value))
+                value = np.ascontiguousarray(value)
+                target = create_verified_array(
+                    group, f"{prefix}/{key}", shape=value.shape, dtype=value.dtype
+                )
+                target[...] = value
+                seal(target)
+                checksums[f"{prefix}/{key}"] = array_digest(value)
         group.attrs.update(
             {
                 "format": FORMAT,
@@ -99,6 +128,7 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
                 "estimator": name,
                 "params": params,
                 "fitted": fitted,
+                "checksums": checksums,
             }
         )
 
@@ -118,8 +148,13 @@ def load_model(path: str | os.PathLike[str]) -> Any:
     Raises
     ------
     ModelFormatError
-        If ``path`` holds no emdist model, or one of an unknown kind or version.
+        If ``path`` holds no emdist model, one of an unknown kind or version, or one that
+        fails its verification (see the module docstring); the message names the field.
     """
+    try:
+        check_contained(path, "model")
+    except UnsafeNameError as exc:
+        raise ModelFormatError(str(exc)) from None
     try:
         group = zarr.open_group(str(path), mode="r")
         attrs: dict[str, Any] = dict(group.attrs.asdict())
@@ -128,19 +163,63 @@ def load_model(path: str | os.PathLike[str]) -> Any:
     if attrs.get("format") != FORMAT:
         raise ModelFormatError(f"{os.fspath(path)!r} does not hold an emdist model")
     if attrs.get("version") != VERSION:
+        older = (
+            " (saved without checksums: fit or save it again)" if attrs.get("version") == 1 else ""
+        )
         raise ModelFormatError(
             f"{os.fspath(path)!r} holds a version {attrs.get('version')} model; this emdist "
-            f"reads version {VERSION}"
+            f"reads version {VERSION}{older}"
         )
     cls = estimator_class(str(attrs.get("estimator")))
     if cls is None:
         raise ModelFormatError(f"unknown estimator {attrs.get('estimator')!r} in {path}")
+    where = f"the model at {os.fspath(path)!r}"
     try:
-        return _build(cls, group, attrs)
+        arrays = _read_arrays(group, attrs.get("checksums"), where)
+        estimator = _build(cls, arrays, attrs)
+    except ModelFormatError:
+        raise
+    except (IntegrityError, UnsafeNameError) as exc:
+        raise ModelFormatError(f"{where} is damaged: {exc}") from None
     except (KeyError, TypeError, ValueError, AssertionError) as exc:
-        raise ModelFormatError(
-            f"the model at {os.fspath(path)!r} is damaged ({type(exc).__name__}: {exc})"
-        ) from None
+        raise ModelFormatError(f"{where} is damaged ({type(exc).__name__}: {exc})") from None
+    _check_values(estimator, where)
+    return estimator
+
+
+def _read_arrays(group: zarr.Group, checksums: Any, where: str) -> dict[str, np.ndarray[Any, Any]]:
+    """Every array the model lists, each verified before and after it is read."""
+    if not isinstance(checksums, dict):
+        raise ModelFormatError(f"{where} is damaged: field 'checksums' is missing")
+    present: set[str] = set()
+    for prefix in _PREFIXES:
+        sub = group.get(prefix)
+        if isinstance(sub, zarr.Group):
+            present |= {f"{prefix}/{key}" for key, _ in sub.arrays()}
+    unlisted = sorted(present - set(checksums))
+    if unlisted:
+        raise ModelFormatError(f"{where} is damaged: array {unlisted[0]} has no checksum")
+    out: dict[str, np.ndarray[Any, Any]] = {}
+    for name, expected in checksums.items():
+        safe_name(name, "model field 'checksums'")
+        prefix, _, key = name.partition("/")
+        if prefix not in _PREFIXES or not key or "/" in key:
+            raise ModelFormatError(f"{where} is damaged: field 'checksums' names {name!r}")
+        node = group.get(name)
+        if not isinstance(node, zarr.Array):
+            raise ModelFormatError(f"{where} is damaged: array {name} is missing")
+        # Bound the declared size before reading: an edited header must not allocate TiBs.
+        check_declared_size(tuple(node.shape), node.dtype, f"array {name}")
+        if not verify_array(node, f"array {name}"):
+            raise ModelFormatError(f"{where} is damaged: array {name} lost its integrity record")
+        try:
+            value = np.asarray(node[...])
+        except ValueError as exc:  # zarr's CRC-32C failure
+            raise ModelFormatError(f"{where} is damaged: array {name}: {exc}") from None
+        if array_digest(value) != expected:
+            raise ModelFormatError(f"{where} is damaged: array {name} does not match its SHA-256")
+        out[name] = value
+    return out
 
 
 def _fitted_name(cls: type[Any], key: str) -> str:
@@ -150,19 +229,27 @@ def _fitted_name(cls: type[Any], key: str) -> str:
     return key
 
 
-def _build(cls: type[Any], group: zarr.Group, attrs: dict[str, Any]) -> Any:
+def _build(cls: type[Any], arrays: dict[str, np.ndarray[Any, Any]], attrs: dict[str, Any]) -> Any:
     params = {k: _from_json(v) for k, v in dict(attrs["params"]).items()}
-    if "params" in group:
-        sub = group["params"]
-        assert isinstance(sub, zarr.Group)
-        for key, arr in sub.arrays():
-            params[key] = np.asarray(arr[...])
+    for name, value in arrays.items():
+        if name.startswith("params/"):
+            params[name.removeprefix("params/")] = value
     estimator = cls(**params)
     for key, value in dict(attrs["fitted"]).items():
         setattr(estimator, _fitted_name(cls, key), _from_json(value))
-    if "fitted" in group:
-        sub = group["fitted"]
-        assert isinstance(sub, zarr.Group)
-        for key, arr in sub.arrays():
-            setattr(estimator, _fitted_name(cls, key), np.asarray(arr[...]))
+    for name, value in arrays.items():
+        if name.startswith("fitted/"):
+            setattr(estimator, _fitted_name(cls, name.removeprefix("fitted/")), value)
     return estimator
+
+
+def _check_values(estimator: Any, where: str) -> None:
+    """Refuse fitted values that cannot be a model: predictions from them would be garbage.
+
+    The model says what its values must be (``check_fitted_values``); a failure names the
+    field.
+    """
+    try:
+        estimator.check_fitted_values()
+    except (TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{where} is damaged: {exc}") from None

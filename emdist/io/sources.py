@@ -2,6 +2,11 @@
 
 Dask row-blocks are aligned with the store's chunks (or shards) so that one block is one
 read. Column chunking is removed: every kernel needs whole rows.
+
+A Zarr array is verified before anything is read (:func:`emdist.io.integrity.verify_array`):
+one that emdist wrote must match the shape, chunks, dtype and chunk count it recorded and
+have every chunk file, and each chunk's CRC-32C is checked as it is read. Any array's
+declared chunk count and chunk size are bounded, so an edited header fails fast.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import dask.array as da
 import numpy as np
 import scipy.sparse
 import zarr
+from dask.base import tokenize
 
 from emdist.exceptions import InvalidDataError
+from emdist.io.integrity import CheckedReader, verify_array
 
 __all__ = [
     "as_dask_array",
@@ -38,7 +45,7 @@ DATA_ARRAY_NAME = "data"
 
 
 def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array[Any]:
-    """Open a Zarr array read-only, with a clear error when it is not one.
+    """Open a Zarr array read-only and verify it, with a clear error when that fails.
 
     Parameters
     ----------
@@ -49,19 +56,26 @@ def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array[Any]:
     Returns
     -------
     zarr.Array
+        Verified by :func:`emdist.io.integrity.verify_array`.
 
     Raises
     ------
     InvalidDataError
-        Nothing at ``path``, or a group without a ``data`` array (the message lists the
-        arrays it holds, to name one explicitly).
+        Nothing at ``path``, unreadable metadata, a group without a ``data`` array (the
+        message lists the arrays it holds), or (``IntegrityError``) an array that fails
+        verification.
     """
     try:
         node = zarr.open(str(path), mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
         raise InvalidDataError(f"no Zarr array at {os.fspath(path)!r}: {exc}") from None
+    except Exception as exc:  # zarr raises many kinds on a damaged zarr.json
+        raise InvalidDataError(
+            f"the Zarr metadata at {os.fspath(path)!r} cannot be read ({type(exc).__name__}: {exc})"
+        ) from None
     if isinstance(node, zarr.Group):
-        return data_array_of_group(node, os.fspath(path))
+        node = data_array_of_group(node, os.fspath(path))
+    verify_array(node, os.fspath(path))
     return node
 
 
@@ -81,6 +95,11 @@ def data_array_of_group(group: zarr.Group, where: str) -> zarr.Array[Any]:
         f"{where!r} is a Zarr group, not an array, and has no {DATA_ARRAY_NAME!r} array "
         f"({holds}); pass the path of the array to use, e.g. {example!r}"
     )
+
+
+def _where(array: zarr.Array[Any]) -> str:
+    root = getattr(array.store, "root", None)
+    return os.fspath(Path(root) / array.path) if root is not None else repr(array)
 
 
 def validate_array_like(shape: tuple[int, ...], dtype: np.dtype[Any], what: str = "X") -> None:
@@ -184,12 +203,26 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
     """
     if isinstance(X, str | os.PathLike | Path):
         X = open_zarr_array(X)
-    if isinstance(X, zarr.Group):
+    elif isinstance(X, zarr.Group):
         X = data_array_of_group(X, str(X.store_path))
+        verify_array(X, _where(X))
+    elif isinstance(X, zarr.Array):
+        verify_array(X, _where(X))
     if isinstance(X, zarr.Array):
         validate_array_like(X.shape, X.dtype)
         rows = chunk_rows or (X.shards or X.chunks)[0]
-        return cast(da.Array, da.from_zarr(X, chunks=(rows, X.shape[1])))
+        chunks = (rows, X.shape[1])
+        # As da.from_zarr does (same name, so graphs stay deterministic), but reading through
+        # CheckedReader: a chunk failing its CRC-32C is reported with the store and rows.
+        return cast(
+            da.Array,
+            da.from_array(
+                CheckedReader(X, _where(X)),
+                chunks=chunks,
+                name="from-zarr-" + tokenize(X, chunks),
+                fancy=False,
+            ),
+        )
     if isinstance(X, da.Array):
         validate_array_like(X.shape, X.dtype)
         if math.isnan(X.shape[0]):

@@ -40,6 +40,8 @@ __all__ = [
     "child_seeds",
     "estimator_config",
     "fit_seed",
+    "fitted_array",
+    "fitted_int",
     "resolve_seed",
 ]
 
@@ -95,8 +97,8 @@ class BaseEstimator(SklearnEstimatorMixin):
 
     As in scikit-learn, ``__init__`` only stores its arguments; validation happens in
     ``fit``, so ``set_params`` and cloning behave predictably. Subclasses declare
-    ``_parameter_constraints`` and implement :meth:`_plan` and :meth:`_record`. The rest
-    of scikit-learn's protocol (tags, fitted test) comes from :class:`SklearnEstimatorMixin`.
+    ``_parameter_constraints`` and implement :meth:`_plan` and :meth:`_record`. The rest of
+    scikit-learn's protocol (tags, fitted test) comes from :class:`SklearnEstimatorMixin`.
     """
 
     # Set by :func:`emdist.registry.register_family`.
@@ -288,6 +290,18 @@ class BaseEstimator(SklearnEstimatorMixin):
             )
         return self
 
+    # -- what a saved model must hold -----------------------------------------------------
+
+    def check_fitted_values(self) -> None:
+        """Check that the fitted attributes can be a model of this kind (after loading).
+
+        Raises
+        ------
+        ValueError
+            Naming the field that is missing, misshaped, non-finite or out of range.
+        """
+        fitted_int(self, "n_features_in_")
+
     # -- what reports ask of every model ---------------------------------------------------
 
     def components(self) -> Components:
@@ -313,6 +327,26 @@ class BaseEstimator(SklearnEstimatorMixin):
             (list of floats), as the model defines them.
         """
         raise NotImplementedError
+
+
+def fitted_int(estimator: Any, field: str) -> int:
+    """``estimator.<field>`` if it is an int >= 1, else ``ValueError`` naming the field."""
+    value = getattr(estimator, field, None)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"field {field!r} is {value!r}, not an int >= 1")
+    return int(value)
+
+
+def fitted_array(estimator: Any, field: str, shape: tuple[int, ...]) -> FloatArray:
+    """``estimator.<field>`` if it is a finite float array of ``shape``, else ``ValueError``."""
+    value = getattr(estimator, field, None)
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"field {field!r} is missing")
+    if value.shape != shape:
+        raise ValueError(f"field {field!r} has shape {value.shape}, expected {shape}")
+    if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
+        raise ValueError(f"field {field!r} holds non-finite values")
+    return value
 
 
 def resolve_seed(random_state: Any) -> int:

@@ -18,7 +18,7 @@ from emdist.engine.data import FitData
 from emdist.engine.reduce import map_reduce
 from emdist.engine.restarts import BestRun
 from emdist.engine.seeding import kmeans_plusplus
-from emdist.kernels.covariance import full_covariances
+from emdist.kernels.covariance import covariance_shape, full_covariances
 from emdist.kernels.mixture import (
     MixtureStats,
     labels_from_log_prob,
@@ -33,6 +33,8 @@ from emdist.models._base import (
     Components,
     apply_rows,
     child_seeds,
+    fitted_array,
+    fitted_int,
     resolve_seed,
 )
 from emdist.models._sklearn import DensityMixin
@@ -54,6 +56,8 @@ __all__ = [
 ]
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+# How far saved weights may sum from 1 (float rounding of a normalisation) and still load.
+_WEIGHT_SUM_TOL = 1e-6
 
 
 def check_user_array(value: Any, shape: tuple[int, ...], name: str) -> FloatArray:
@@ -239,6 +243,41 @@ class BaseMixture(DensityMixin, BaseEstimator):
     def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
         self.lower_bound_ = best.lower_bound
         self._set_params(best.params)
+
+    def check_fitted_values(self) -> None:
+        """Weights >= 0 summing to 1, finite means, triangular factors with a positive diagonal.
+
+        See the base class. With a positive diagonal a triangular Cholesky factor is
+        invertible, so the precision it gives is positive definite.
+        """
+        super().check_fitted_values()
+        d = fitted_int(self, "n_features_in_")
+        K = fitted_int(self, "n_components")
+        weights = fitted_array(self, "weights_", (K,))
+        if np.any(weights < 0) or abs(float(weights.sum()) - 1.0) > _WEIGHT_SUM_TOL:
+            raise ValueError(
+                f"field 'weights_' must be >= 0 and sum to 1 (sum {float(weights.sum())!r}, "
+                f"min {float(weights.min())!r})"
+            )
+        fitted_array(self, "means_", (K, d))
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"field 'covariance_type' is {self.covariance_type!r}")
+        shape = covariance_shape(self.covariance_type, K, d)
+        factor = fitted_array(self, "precisions_cholesky_", shape)
+        for field in ("covariances_", "precisions_"):
+            if hasattr(self, field):
+                fitted_array(self, field, shape)
+        if self.covariance_type in ("diag", "spherical"):
+            diagonal, triangular = factor, True
+        else:
+            mats = factor.reshape(-1, d, d)
+            diagonal = np.diagonal(mats, axis1=-2, axis2=-1)
+            triangular = bool(np.all(np.triu(mats, 1) == 0) or np.all(np.tril(mats, -1) == 0))
+        if not triangular or np.any(diagonal <= 0):
+            raise ValueError(
+                "field 'precisions_cholesky_' is not a triangular factor with a positive "
+                "diagonal (its precision would not be positive definite)"
+            )
 
     def components(self) -> Components:
         """Means, mixing weights and every component's full covariance."""

@@ -33,6 +33,8 @@ from emdist.models._base import (
     FitPlan,
     apply_rows,
     child_seeds,
+    fitted_array,
+    fitted_int,
 )
 from emdist.models._docs import fill_doc
 from emdist.models._sklearn import ClusterMixin, TransformerMixin
@@ -392,6 +394,12 @@ default='k-means++'
             name=type(self).__name__,
             out_width=self.cluster_centers_.shape[0],
         )
+
+    def check_fitted_values(self) -> None:
+        """Centres of shape (n_clusters, n_features_in_), finite (see the base class)."""
+        super().check_fitted_values()
+        shape = (fitted_int(self, "n_clusters"), fitted_int(self, "n_features_in_"))
+        fitted_array(self, "cluster_centers_", shape)
 
     @property
     def _n_features_out(self) -> int:
