@@ -782,3 +782,27 @@ def test_damaged_truth_of_a_generated_dataset_is_refused(tmp_path: Path) -> None
     flip(ds.path / "truth" / "means" / "c" / "0" / "0")
     with pytest.raises(IntegrityError, match="truth/means.*crc32c"):
         emdist.io.synthetic.open_synthetic(ds.path)
+
+
+def test_full_disk_during_predict_is_one_line_and_keeps_the_previous_predictions(
+    tmp_path: Path,
+    small_disk: Path,
+    gmm: emdist.GaussianMixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = tmp_path / "model.zarr"
+    save_model(gmm, model)
+    big = np.random.default_rng(0).standard_normal((100_000, 3))  # outputs ~4 MB > 2 MiB
+    np.save(tmp_path / "big.npy", big)
+    data = ingest(tmp_path / "big.npy", tmp_path / "big.zarr", chunk_rows=25_000).path
+    dest = small_disk / "pred.zarr"
+    emdist.write_predictions(gmm, overlapping(), dest)  # a previous, small output
+    before = tree_digest(dest)
+    argv = ["predict", str(model), str(data), str(dest), "--overwrite", "--responsibilities"]
+    code = cli_main([*argv, "--log-likelihood"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no space left on the device writing" in err and str(dest) in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert tree_digest(dest) == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["pred.zarr"]
