@@ -806,3 +806,34 @@ def test_full_disk_during_predict_is_one_line_and_keeps_the_previous_predictions
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert tree_digest(dest) == before
     assert sorted(p.name for p in small_disk.iterdir()) == ["pred.zarr"]
+
+
+@pytest.mark.parametrize("field", ["model", "predictions"])
+def test_job_config_output_pointing_at_a_foreign_folder_deletes_nothing(
+    tmp_path: Path, field: str
+) -> None:
+    from pipeline.config import parse_config
+    from pipeline.steps import fit_model, label_data, prepare_data
+
+    victim, before = make_victim(tmp_path)
+    config = parse_config(
+        {
+            "input": {
+                "generate": {
+                    "n_samples": 2000,
+                    "n_features": 3,
+                    "n_components": 2,
+                    "chunk_rows": 500,
+                    "random_state": 0,
+                }
+            },
+            "model": {"family": "gmm", "n_components": 2, "max_iter": 5},
+            "output": {"dir": str(tmp_path / "out"), field: str(victim)},
+        }
+    )
+    data = prepare_data(config)
+    with pytest.raises(NotAnOutputError, match="not an emdist output"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        summary = fit_model(config, data)
+        label_data(config, data, summary.model_path)
+    assert tree_digest(victim) == before
