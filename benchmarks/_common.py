@@ -2,7 +2,7 @@
 
 Nothing here is measured; it only makes the measurements reproducible and the output
 uniform. Data are Gaussian blobs drawn from a fixed seed; stores are uncompressed Zarr v3
-arrays chunked along rows (ENVIRONMENT.md: zstd reads 2.7x slower for a 3-8% saving on
+arrays chunked along rows (docs/design.md: zstd reads 2.7x slower for a 3-8% saving on
 dense floats, and 50k-100k-row chunks read fastest).
 """
 

@@ -85,7 +85,7 @@ def emdist_seconds(X: Any, k: int, covariance_type: str, iters: int) -> float:
 
 
 def write_zarr(X: np.ndarray, path: Path, chunk_rows: int) -> str:
-    """An uncompressed Zarr v3 array (ENVIRONMENT.md: zstd saves ~5% and reads 2.7x slower)."""
+    """An uncompressed Zarr v3 array (zstd saves ~5% and reads 2.7x slower)."""
     z = zarr.create_array(
         str(path), shape=X.shape, chunks=(chunk_rows, X.shape[1]), dtype=X.dtype, compressors=None
     )

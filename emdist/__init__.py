@@ -8,7 +8,7 @@ M-step on the client turns them into new parameters.
 from __future__ import annotations
 
 from emdist.engine.em import IterationState
-from emdist.exceptions import ConvergenceWarning, FitError, InvalidDataError
+from emdist.exceptions import ConvergenceWarning, FitError, InvalidDataError, NotFittedError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.outputs import write_predictions
 from emdist.io.persistence import load_model, save_model
@@ -25,6 +25,7 @@ __all__ = [
     "InvalidDataError",
     "IterationState",
     "KMeans",
+    "NotFittedError",
     "load_model",
     "save_model",
     "write_predictions",

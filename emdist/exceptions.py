@@ -1,8 +1,24 @@
-"""Warnings and errors raised by emdist."""
+"""Warnings and errors raised by emdist.
+
+Every error that means "the user's input or setting is wrong" derives from
+:class:`EmdistError`, so a command-line front end can print it as one line and exit with
+a usage status, while any other exception (a bug) keeps its traceback. Each also derives
+from the built-in exception a Python caller would expect (``ValueError``,
+``FileExistsError``...), so existing ``except`` clauses keep working.
+"""
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "EmdistWarning", "FitError", "InvalidDataError"]
+__all__ = [
+    "ConvergenceWarning",
+    "EmdistError",
+    "EmdistWarning",
+    "FitError",
+    "InvalidDataError",
+    "InvalidParameterError",
+    "NotFittedError",
+    "not_fitted_error",
+]
 
 
 class EmdistWarning(UserWarning):
@@ -13,9 +29,98 @@ class ConvergenceWarning(EmdistWarning):
     """A fit reached ``max_iter`` before the convergence criterion held."""
 
 
-class InvalidDataError(ValueError):
+class EmdistError(Exception):
+    """Base class of the errors that report a problem with the user's input or settings.
+
+    Checkpoint, output, model-format, configuration, ingest, data and parameter errors all
+    derive from it; the message is one line that says what is wrong and what to do.
+    """
+
+
+class InvalidParameterError(EmdistError, ValueError):
+    """An estimator parameter has a value it cannot take (named in the message)."""
+
+
+class InvalidDataError(EmdistError, ValueError):
     """The data handed to an estimator cannot be fitted (NaN, wrong shape, too few rows...)."""
 
 
-class FitError(ValueError):
+class FitError(EmdistError, ValueError):
     """The fit itself broke down (a collapsed component, a singular covariance)."""
+
+
+class NotFittedError(InvalidDataError, AttributeError):
+    """An estimator was used before ``fit``.
+
+    Both a ``ValueError`` and an ``AttributeError``, as scikit-learn's
+    ``sklearn.exceptions.NotFittedError`` (so ``hasattr`` probes and ``except ValueError``
+    both behave as with scikit-learn). It is also an :class:`InvalidDataError`, which
+    emdist raised here before this class existed, so existing ``except`` clauses still
+    catch it.
+
+    When scikit-learn is installed, what emdist raises (see :func:`not_fitted_error`) is
+    also an instance of ``sklearn.exceptions.NotFittedError``, so code written for
+    scikit-learn's estimators catches ours unchanged.
+    """
+
+
+_SKLEARN_NOT_FITTED: type[NotFittedError] | None = None
+_SKLEARN_LOOKED_UP = False
+
+
+def _not_fitted_class() -> type[NotFittedError]:
+    """:class:`NotFittedError`, also subclassing scikit-learn's one when it is installed.
+
+    ``except sklearn.exceptions.NotFittedError`` matches by the exception's class (Python
+    does not consult ``__instancecheck__`` there), so the only way to be caught by it is to
+    subclass it. scikit-learn is optional: it is imported here, on the error path, the
+    first time an unfitted estimator is used, never when emdist is imported.
+    """
+    global _SKLEARN_NOT_FITTED, _SKLEARN_LOOKED_UP
+    if not _SKLEARN_LOOKED_UP:
+        _SKLEARN_LOOKED_UP = True
+        try:
+            from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+        except ImportError:
+            pass
+        else:
+            # Named so that pickle finds it again (through the module ``__getattr__``
+            # below), e.g. when a Dask worker or a Prefect task sends the error back.
+            _SKLEARN_NOT_FITTED = type(
+                "NotFittedError",
+                (NotFittedError, SklearnNotFittedError),
+                {
+                    "__module__": __name__,
+                    "__qualname__": _SKLEARN_CLASS_NAME,
+                    "__doc__": NotFittedError.__doc__,
+                },
+            )
+    return _SKLEARN_NOT_FITTED or NotFittedError
+
+
+_SKLEARN_CLASS_NAME = "_SklearnNotFittedError"
+
+
+def __getattr__(name: str) -> object:
+    # Built on first use, not at import: scikit-learn stays optional and unimported.
+    if name == _SKLEARN_CLASS_NAME:
+        return _not_fitted_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def not_fitted_error(estimator: object) -> NotFittedError:
+    """The error to raise when ``estimator`` is used before ``fit``.
+
+    Parameters
+    ----------
+    estimator : object
+        The unfitted estimator (its class names the message).
+
+    Returns
+    -------
+    NotFittedError
+        Also a ``sklearn.exceptions.NotFittedError`` when scikit-learn is installed.
+    """
+    return _not_fitted_class()(
+        f"This {type(estimator).__name__} instance is not fitted yet; call fit first."
+    )

@@ -1,7 +1,7 @@
 """Prefect flows over the pipeline's steps: orchestration only, nothing numeric.
 
 Importing this package turns Prefect's telemetry off and gives its embedded server a
-startup timeout that holds on a busy 2-core machine (ENVIRONMENT.md), unless the
+startup timeout that holds on a busy 2-core machine (docs/design.md), unless the
 environment already says otherwise.
 """
 

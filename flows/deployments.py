@@ -2,8 +2,8 @@
 
 ``flow.serve`` runs scheduled flow runs in this process and needs no worker. ``deploy``
 registers a deployment on a *process* work pool; process workers need the code's location,
-so the flow is loaded ``from_source`` this checkout (ENVIRONMENT.md: a plain
-``flow.deploy()`` fails for process pools). ``deploy/prefect.yaml`` is the declarative
+so the flow is loaded ``from_source`` this checkout (a plain ``flow.deploy()`` fails for
+process pools; docs/design.md, "Orchestration"). ``deploy/prefect.yaml`` is the declarative
 equivalent for ``prefect deploy``.
 """
 

@@ -22,7 +22,7 @@ from emdist.engine.em import IterationState
 from pipeline import steps
 from pipeline.config import RunConfig
 from pipeline.job import write_summary
-from pipeline.report import ReportRef, write_report
+from pipeline.report import ReportRef, inline_images, write_report
 
 __all__ = [
     "IterationLogger",
@@ -124,7 +124,8 @@ def report_task(
     write_summary(config, data, fit, predictions)
     report = write_report(config.name, data, fit, predictions, config.report_dir, selection)
     create_markdown_artifact(
-        markdown=report.markdown + f"\n\nReport folder: `{report.dir}`\n",
+        markdown=inline_images(report.markdown, report.dir)
+        + f"\n\nReport folder: `{report.dir}`\n",
         key="emdist-report",
         description=f"emdist report of {config.name}",
     )

@@ -24,6 +24,7 @@ from emdist.engine.em import IterationState
 from emdist.exceptions import FitError, InvalidDataError
 from emdist.io.atomic import DiskFullError, OutputExistsError
 from emdist.io.checkpoint import CheckpointError, CheckpointMismatchError
+from emdist.registry import model_families
 from pipeline.config import ConfigError, load_config, parse_config
 
 __all__ = ["USER_ERRORS", "build_parser", "main", "progress_observer"]
@@ -231,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit a model to a Zarr array (checkpointed, resumable)")
     p.add_argument("data", help="Zarr array (or a file to ingest next to --out)")
-    p.add_argument("--model", choices=["gmm", "kmeans", "bayesian_gmm"], default="gmm")
+    p.add_argument("--model", choices=list(model_families()), default="gmm")
     p.add_argument("-k", type=int, default=8, help="number of components/clusters")
     p.add_argument("--covariance-type", default="full")
     p.add_argument("--max-iter", type=int, default=100)

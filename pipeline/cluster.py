@@ -25,7 +25,8 @@ def worker_environment() -> dict[str, int]:
     """Environment for worker processes.
 
     distributed's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` by default, which slowed our
-    kernels 16–70% here (ENVIRONMENT.md); we keep its one-thread BLAS settings and drop that.
+    kernels 16–70% (docs/design.md, "Out-of-core"); we keep its one-thread BLAS settings
+    and drop that.
     """
     return {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
 

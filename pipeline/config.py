@@ -30,6 +30,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from emdist.exceptions import EmdistError
+from emdist.registry import model_families
+
 __all__ = [
     "CheckpointConfig",
     "ClusterConfig",
@@ -44,7 +47,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(EmdistError, ValueError):
     """The run configuration is invalid; the message names each bad field."""
 
 
@@ -82,7 +85,7 @@ class InputConfig(_Strict):
 class ModelConfig(_Strict):
     """The model family and its parameters (scikit-learn's names and meanings)."""
 
-    family: Literal["gmm", "kmeans", "bayesian_gmm"] = "gmm"
+    family: str = Field("gmm", description="a registered model family (emdist.registry)")
     n_components: int = Field(8, gt=0)
     covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
     tol: float | None = Field(None, ge=0)
@@ -98,6 +101,15 @@ class ModelConfig(_Strict):
     weight_concentration_prior: float | None = Field(None, gt=0)
     mean_precision_prior: float | None = Field(None, gt=0)
     degrees_of_freedom_prior: float | None = Field(None, gt=0)
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        families = model_families()
+        if value not in families:
+            allowed = ", ".join(repr(name) for name in families)
+            raise ValueError(f"got {value!r}; allowed values: {allowed}")
+        return value
 
 
 class OutputConfig(_Strict):
@@ -230,6 +242,8 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
+        elif err["type"] == "value_error":
+            msg = str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else msg
         elif err["type"] == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
             msg = f"got {err['input']!r}; allowed values: {expected}"

@@ -12,7 +12,7 @@ Contract
   request), chunked by rows only: one chunk holds whole rows and about ``chunk_bytes``.
   ``emdist.io.as_dask_array`` aligns Dask blocks with these chunks, so one block is one read.
 - No compression by default: for dense float features it saved only 3-8% of space while
-  reading 2.7x slower (ENVIRONMENT.md, and ``benchmarks/bench_ingest.py``).
+  reading 2.7x slower (``benchmarks/bench_ingest.py``, docs/design.md).
 - Every value is checked while converting: numeric columns only, finite values (after the
   cast), one row length. The first problem raises :class:`IngestError` naming the file, the
   row (and the 1-based line for CSV) and the column.
@@ -63,7 +63,7 @@ SourceFormat: TypeAlias = Literal["npy", "csv", "parquet", "hdf5", "zarr"]
 CompressorName: TypeAlias = Literal["none", "zstd", "lz4", "blosc-lz4", "blosc-zstd"]
 
 # ~16 MiB per chunk: 65,536 rows of 32 float64 features. Row chunks of 50k-100k rows
-# (13-26 MB) read fastest here; 250k+ rows read 2x slower (ENVIRONMENT.md, Zarr section).
+# (13-26 MB) read fastest; 250k+ rows read 2x slower (docs/design.md, "Zarr layout").
 DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 _SUFFIXES: dict[str, SourceFormat] = {

@@ -8,7 +8,9 @@ whole.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,16 +19,28 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: the job may run where there is no display
 
+import dask.array as da  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import emdist  # noqa: E402
 from emdist.io.atomic import atomic_output  # noqa: E402
 from emdist.io.sources import open_zarr_array  # noqa: E402
+from emdist.io.synthetic import open_synthetic  # noqa: E402
 from pipeline.steps import DatasetRef, FitSummary, PredictionsRef, SelectionResult  # noqa: E402
 
-__all__ = ["ReportRef", "data_sample", "summary_rows", "write_report"]
+__all__ = [
+    "ReportRef",
+    "adjusted_rand_index",
+    "data_sample",
+    "feature_names",
+    "inline_images",
+    "summary_rows",
+    "truth_agreement",
+    "write_report",
+]
 
 
 @dataclass(frozen=True)
@@ -62,14 +76,15 @@ def data_sample(
     return X.astype(np.float64), index
 
 
-def _plot_lower_bound(fit: FitSummary, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+def _plot_lower_bound(fit: FitSummary, tol: float | None, path: Path) -> None:
+    """The bound per iteration, and its change on a log axis against ``tol``."""
+    fig, (ax, ax_change) = plt.subplots(1, 2, figsize=(10, 3.5))
     bounds = np.asarray(fit.lower_bounds)
     its = np.arange(1, len(bounds) + 1)
     ax.plot(its, bounds, marker="o", ms=3)
     if len(bounds) > 2:
-        # A seeding with tiny covariances (k-means++ init) makes the first bound enormous
-        # and flattens the rest; zoom on the later iterations and say so.
+        # A seeding with tiny covariances makes the first bound enormous and flattens the
+        # rest; zoom on the later iterations and say so.
         rest = bounds[1:]
         span = float(rest.max() - rest.min()) or 1.0
         if bounds[0] < rest.min() - 10 * span:
@@ -82,8 +97,35 @@ def _plot_lower_bound(fit: FitSummary, path: Path) -> None:
             )
     ax.set_xlabel("iteration")
     ax.set_ylabel("-inertia / n" if fit.family == "kmeans" else "lower bound per sample")
-    ax.set_title(f"Convergence ({'converged' if fit.converged else 'not converged'})")
-    ax.grid(alpha=0.3)
+    ax.set_title(f"Convergence ({'converged' if fit.converged else 'NOT converged'})")
+    change = np.abs(np.diff(bounds))
+    if len(change):
+        # A change of exactly zero has no place on a log axis: draw it as a downward
+        # triangle a decade below the smallest value shown.
+        shown = [float(v) for v in change[change > 0]] + ([tol] if tol else [])
+        floor = (min(shown) if shown else 1.0) / 10
+        zero = change == 0
+        ax_change.semilogy(its[1:], np.where(zero, floor, change), marker="o", ms=3)
+        if zero.any():
+            ax_change.scatter(
+                its[1:][zero],
+                np.full(zero.sum(), floor),
+                marker="v",
+                s=40,
+                color="black",
+                zorder=3,
+                label="exactly 0",
+            )
+        if tol is not None and tol > 0:
+            ax_change.axhline(tol, color="grey", ls="--", label=f"tol = {tol:g}")
+        if zero.any() or (tol is not None and tol > 0):
+            ax_change.legend(loc="upper right", fontsize=8)
+    ax_change.set_xlabel("iteration")
+    ax_change.set_ylabel("|change of the bound|")
+    ax_change.set_title("Change per iteration")
+    for axis in (ax, ax_change):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -106,36 +148,33 @@ def _plot_selection(selection: SelectionResult, path: Path) -> None:
     plt.close(fig)
 
 
-def _full_covariances(model: Any) -> np.ndarray[Any, Any] | None:
-    if not hasattr(model, "covariances_"):
-        return None
-    cov = np.asarray(model.covariances_)
-    K, d = model.means_.shape
-    kind = model.covariance_type
-    if kind == "full":
-        return cov
-    if kind == "tied":
-        return np.repeat(cov[None], K, axis=0)
-    if kind == "diag":
-        return np.stack([np.diag(c) for c in cov])
-    return np.stack([np.eye(d) * c for c in cov])
+def _component_colours(n_components: int) -> list[Any]:
+    cmap = plt.get_cmap("tab10" if n_components <= 10 else "tab20")
+    return [cmap(k % cmap.N) for k in range(n_components)]
 
 
-def _plot_clusters(model: Any, X: np.ndarray[Any, Any], path: Path) -> None:
-    labels = model.predict(X)
+def _plot_clusters(
+    model: Any, X: np.ndarray[Any, Any], counts: list[int] | None, path: Path
+) -> None:
+    """The sample in its 2-D PCA projection, coloured by component, and the cluster sizes."""
+    components = model.components()
+    K = len(components.means)
+    colours = _component_colours(K)
+    labels = np.asarray(model.predict(X))
     center = X.mean(axis=0)
     # PCA by SVD of the centred sample: the two directions of largest spread.
-    _, _, vt = np.linalg.svd(X - center, full_matrices=False)
+    _, sv, vt = np.linalg.svd(X - center, full_matrices=False)
+    explained = sv**2 / max(float(np.sum(sv**2)), np.finfo(float).tiny)
     P = vt[:2] if vt.shape[0] >= 2 else np.vstack([vt, np.zeros_like(vt)])
     Z = (X - center) @ P.T
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ax.scatter(Z[:, 0], Z[:, 1], c=labels, s=4, cmap="tab10", alpha=0.6)
-    means = model.means_ if hasattr(model, "means_") else model.cluster_centers_
-    M = (means - center) @ P.T
+    fig, (ax, ax_sizes) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [3, 2]})
+    for k in range(K):
+        mine = labels == k
+        ax.scatter(Z[mine, 0], Z[mine, 1], color=colours[k], s=4, alpha=0.6, label=str(k))
+    M = (components.means - center) @ P.T
     ax.scatter(M[:, 0], M[:, 1], c="black", marker="x", s=60)
-    covs = _full_covariances(model)
-    if covs is not None:
-        for m, cov in zip(M, covs, strict=True):
+    if components.covariances is not None:
+        for m, cov, colour in zip(M, components.covariances, colours, strict=True):
             c2 = P @ cov @ P.T
             vals, vecs = np.linalg.eigh(c2)
             vals = np.clip(vals, 0, None)
@@ -147,41 +186,154 @@ def _plot_clusters(model: Any, X: np.ndarray[Any, Any], path: Path) -> None:
                     4 * np.sqrt(vals[0]),
                     angle=angle,
                     fill=False,
-                    color="black",
-                    lw=1,
+                    color=colour,
+                    lw=1.2,
                 )
             )
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    ax.set_title("Clusters on a sample (2-D PCA projection)")
+    ax.legend(
+        title="component",
+        markerscale=3,
+        fontsize=7,
+        title_fontsize=8,
+        ncol=1 + K // 12,
+        loc="best",
+    )
+    pc = [f"{100 * e:.1f}%" for e in (list(explained[:2]) + [0.0, 0.0])[:2]]
+    ax.set_xlabel(f"PC 1 ({pc[0]} of the sample's variance)")
+    ax.set_ylabel(f"PC 2 ({pc[1]} of the sample's variance)")
+    ax.set_title("Clusters on a sample (2-D PCA projection; ellipses: 2 σ)")
+    if counts is not None:
+        ax_sizes.bar(range(K), counts, color=colours)
+        ax_sizes.set_title("Cluster sizes (all samples)")
+        ax_sizes.set_ylabel("samples")
+    else:
+        sample_counts = np.bincount(labels, minlength=K)
+        ax_sizes.bar(range(K), sample_counts, color=colours)
+        ax_sizes.set_title("Cluster sizes (in the plotted sample)")
+        ax_sizes.set_ylabel("samples in the sample")
+    ax_sizes.set_xlabel("component")
+    ax_sizes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_sizes.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def summary_rows(fit: FitSummary, predictions: PredictionsRef | None) -> list[dict[str, Any]]:
-    """One row per component: weight (or share), size, and the first mean coordinates."""
+def feature_names(path: str) -> list[str] | None:
+    """The names of the data's columns recorded at ingest (``feature_names``), if any."""
+    names = open_zarr_array(path).attrs.get("feature_names")
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not np.isfinite(value):
+            return str(value)
+        return f"{value:,.2f}" if abs(value) >= 1000 else f"{value:.6g}"
+    return str(value)
+
+
+def summary_rows(
+    fit: FitSummary, predictions: PredictionsRef | None, names: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per component: weight, size and share, and the first mean coordinates.
+
+    ``names`` label the coordinates (the data's ``feature_names``; ``x0, x1, ...`` without).
+    """
     model = emdist.load_model(fit.model_path)
-    means = model.means_ if hasattr(model, "means_") else model.cluster_centers_
+    means = model.components().means
+    d = means.shape[1]
+    names = names if names is not None and len(names) == d else [f"x{j}" for j in range(d)]
+    total = sum(predictions.counts) if predictions is not None else 0
+    shown = min(d, 3)
+    header = "mean" if d <= shown else f"mean (first {shown} of {d})"
     rows = []
     for k, mean in enumerate(means):
         row: dict[str, Any] = {"component": k}
         if fit.weights:
-            row["weight"] = round(fit.weights[k], 6)
+            row["weight"] = f"{fit.weights[k]:.6f}"
         if predictions is not None:
             row["n_samples"] = predictions.counts[k]
-        row["mean (first 3)"] = ", ".join(f"{v:.4g}" for v in mean[:3])
+            row["share"] = f"{100 * predictions.counts[k] / max(total, 1):.1f}%"
+        row[header] = ", ".join(f"{names[j]}={mean[j]:.4g}" for j in range(shown))
         rows.append(row)
     return rows
 
 
 def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table; columns with no value in any row are left out."""
     if not rows:
         return ""
-    cols = list(rows[0])
+    cols = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_format_value(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def inline_images(markdown: str, report_dir: str | Path) -> str:
+    """``markdown`` with its relative PNG links replaced by embedded ``data:`` images.
+
+    For viewers that cannot follow a link into the report folder (a Prefect artifact is
+    shown by the Prefect UI, which has no access to the job's files).
+    """
+    folder = Path(report_dir)
+
+    def embed(match: re.Match[str]) -> str:
+        image = folder / match.group(2)
+        if not image.is_file():
+            return match.group(0)
+        data = base64.b64encode(image.read_bytes()).decode("ascii")
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)/:]+\.png)\)", embed, markdown)
+
+
+def truth_agreement(data: DatasetRef, predictions: PredictionsRef | None) -> float | None:
+    """Adjusted Rand index of the predicted labels against a generated dataset's truth.
+
+    ``None`` when the data has no stored truth or no labels were written. The contingency
+    table is counted block by block (one pass over two integer columns).
+    """
+    if data.truth is None or predictions is None:
+        return None
+    truth_path = open_synthetic(data.truth).labels_path
+    if truth_path is None:
+        return None
+    truth = da.from_zarr(str(truth_path))
+    labels = da.from_zarr(str(Path(predictions.path) / "labels"))
+    if truth.shape != labels.shape:
+        return None
+    k_truth = int(truth.max().compute()) + 1
+    k_pred = len(predictions.counts)
+    table = da.bincount(
+        (truth.astype(np.int64) * k_pred + labels.astype(np.int64)).ravel(),
+        minlength=k_truth * k_pred,
+    ).compute()
+    return adjusted_rand_index(np.asarray(table).reshape(k_truth, k_pred))
+
+
+def adjusted_rand_index(contingency: np.ndarray[Any, Any]) -> float:
+    """Adjusted Rand index (Hubert & Arabie, 1985) from a contingency table of counts."""
+    c = np.asarray(contingency, dtype=np.float64)
+
+    def pairs(v: np.ndarray[Any, Any]) -> float:
+        return float(np.sum(v * (v - 1) / 2))
+
+    n = float(c.sum())
+    index = pairs(c)
+    rows, cols = pairs(c.sum(axis=1)), pairs(c.sum(axis=0))
+    total = n * (n - 1) / 2
+    expected = rows * cols / total if total > 0 else 0.0
+    maximum = (rows + cols) / 2
+    if maximum == expected:
+        return 1.0
+    return (index - expected) / (maximum - expected)
 
 
 def write_report(
@@ -199,7 +351,9 @@ def write_report(
     ReportRef
     """
     model = emdist.load_model(fit.model_path)
-    rows = summary_rows(fit, predictions)
+    names = feature_names(data.path)
+    rows = summary_rows(fit, predictions, names)
+    ari = truth_agreement(data, predictions)
     report_dir = Path(report_dir)
     per_iter = float(np.median(fit.iteration_seconds)) if fit.iteration_seconds else float("nan")
     images = ["lower_bound.png", "clusters.png"] + (["selection.png"] if selection else [])
@@ -236,6 +390,8 @@ def write_report(
         )
     if fit.inertia is not None:
         lines.append(f"- inertia: {fit.inertia:.6g}")
+    if ari is not None:
+        lines.append(f"- agreement with the generated truth (adjusted Rand index): {ari:.4f}")
     lines += ["", "## Components", "", _markdown_table(rows), "", "## Plots", ""]
     lines += [
         "![lower bound per iteration](lower_bound.png)",
@@ -259,8 +415,11 @@ def write_report(
     X, _ = data_sample(data.path)
     with atomic_output(report_dir, overwrite=True) as tmp:
         tmp.mkdir(parents=True)
-        _plot_lower_bound(fit, tmp / "lower_bound.png")
-        _plot_clusters(model, X, tmp / "clusters.png")
+        tol = float(model.tol) if model.tol_is_bound_change else None
+        _plot_lower_bound(fit, tol, tmp / "lower_bound.png")
+        _plot_clusters(
+            model, X, predictions.counts if predictions is not None else None, tmp / "clusters.png"
+        )
         if selection is not None:
             _plot_selection(selection, tmp / "selection.png")
         (tmp / "report.md").write_text(markdown)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import zarr
@@ -25,6 +25,7 @@ from emdist.engine.em import IterationState, Observer
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import open_zarr_array
 from emdist.io.synthetic import make_gaussian_mixture, open_synthetic
+from emdist.registry import family_class
 from pipeline.config import ModelConfig, RunConfig
 
 __all__ = [
@@ -210,72 +211,16 @@ def prepare_data(config: RunConfig) -> DatasetRef:
     return _describe(Path(result.path))
 
 
-def kmeans_information_criteria(estimator: Any, data: DatasetRef) -> dict[str, float]:
-    """BIC and AIC of a K-means fit read as identical spherical Gaussians (X-means).
-
-    Inertia alone always falls as K grows; Pelleg & Moore's X-means criterion scores the
-    clustering as a mixture of K spherical Gaussians with one shared variance
-    ``σ² = inertia / (d (n - K))`` and weights ``n_k / n``, so K can be chosen by BIC.
-    Costs one pass (the cluster sizes).
-    """
-    import dask.array as da
-
-    labels = estimator.predict(data.path)
-    K, d = estimator.cluster_centers_.shape
-    n = data.n_samples
-    counts = np.bincount(np.asarray(da.compute(labels)[0]), minlength=K).astype(float)
-    sigma2 = max(float(estimator.inertia_) / (d * max(n - K, 1)), np.finfo(float).tiny)
-    nz = counts[counts > 0]
-    log_lik = float(
-        np.sum(nz * np.log(nz / n)) - n * d / 2 * np.log(2 * np.pi * sigma2) - d * (n - K) / 2
-    )
-    n_params = K * d + 1 + (K - 1)
-    return {
-        "score": log_lik / n,
-        "bic": -2 * log_lik + n_params * np.log(n),
-        "aic": -2 * log_lik + 2 * n_params,
-    }
-
-
 def build_estimator(
     model: ModelConfig,
     *,
     checkpoint: CheckpointStore | None = None,
     observer: Observer | None = None,
 ) -> Any:
-    """The estimator a model configuration describes."""
-    common: dict[str, Any] = {
-        "max_iter": model.max_iter,
-        "n_init": model.n_init,
-        "random_state": model.random_state,
-        "init_sample_size": model.init_sample_size,
-        "observer": observer,
-        "checkpoint": checkpoint,
-    }
-    if model.tol is not None:
-        common["tol"] = model.tol
-    if model.family == "kmeans":
-        init: Literal["k-means++", "random"] = (
-            "random" if model.init_params in ("random", "random_from_data") else "k-means++"
-        )
-        return emdist.KMeans(n_clusters=model.n_components, init=init, **common)
-    mixture: dict[str, Any] = {
-        "n_components": model.n_components,
-        "covariance_type": model.covariance_type,
-        "reg_covar": model.reg_covar,
-        "init_params": model.init_params,
-        **common,
-    }
-    if model.family == "gmm":
-        return emdist.GaussianMixture(**mixture)
-    bgmm = emdist.BayesianGaussianMixture
-    return bgmm(
-        weight_concentration_prior_type=model.weight_concentration_prior_type,
-        weight_concentration_prior=model.weight_concentration_prior,
-        mean_precision_prior=model.mean_precision_prior,
-        degrees_of_freedom_prior=model.degrees_of_freedom_prior,
-        **mixture,
-    )
+    """The estimator a model configuration describes (its family from the registry)."""
+    estimator_type = family_class(model.family)
+    params = model.model_dump(exclude={"family"})
+    return estimator_type.from_config(params, checkpoint=checkpoint, observer=observer)
 
 
 def checkpoint_store(config: RunConfig, path: Path | None = None) -> CheckpointStore | None:
@@ -310,17 +255,7 @@ def _fit_and_save(
     start = time.perf_counter()
     estimator.fit(data.path)
     fit_seconds = time.perf_counter() - start
-    extra: dict[str, Any] = {}
-    if model.family == "kmeans":
-        extra["inertia"] = float(estimator.inertia_)
-        extra.update(kmeans_information_criteria(estimator, data))
-    elif model.family == "gmm":
-        crit = estimator.information_criteria(data.path)
-        extra.update(score=crit["score"], bic=crit["bic"], aic=crit["aic"])
-        extra["weights"] = [float(w) for w in estimator.weights_]
-    else:
-        # A variational mixture has no BIC/AIC: its own criterion is the ELBO.
-        extra["weights"] = [float(w) for w in estimator.weights_]
+    extra = estimator.summary_statistics(data.path)
     emdist.save_model(estimator, model_path, overwrite=True)
     return FitSummary(
         model_path=str(model_path),
@@ -407,8 +342,8 @@ def select_components(
     """
     if not candidates:
         raise ValueError("select_k needs at least one candidate number of components")
-    # K-means is scored by the X-means BIC (see kmeans_information_criteria); inertia alone
-    # would always pick the largest K.
+    # K-means is scored by the X-means BIC (see emdist.KMeans.information_criteria); inertia
+    # alone would always pick the largest K.
     criterion = "bic"
     rows: list[dict[str, Any]] = []
     fits: dict[int, FitSummary] = {}

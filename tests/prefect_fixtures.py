@@ -5,8 +5,8 @@ Use it from a test module with::
     from tests.prefect_fixtures import prefect_harness  # noqa: F401
 
 Importing this module points ``PREFECT_HOME`` and ``TMPDIR`` at a scratch folder, turns
-Prefect's telemetry off and gives its servers a 90 s startup timeout (ENVIRONMENT.md: the
-20-30 s defaults are too tight on two busy cores). The harness also sets these as Prefect
+Prefect's telemetry off and gives its servers a 90 s startup timeout (the 20-30 s
+defaults are too tight on two busy cores). The harness also sets these as Prefect
 settings, in case Prefect was imported (and read the environment) before this module.
 This process keeps its own temporary directory, so pytest's ``tmp_path`` folders stay
 where they always are; child processes (Prefect's server, Dask workers) write their

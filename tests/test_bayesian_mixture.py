@@ -168,8 +168,8 @@ def test_estimator_continues_like_sklearn(X: np.ndarray, covariance_type: str) -
 @pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random", "random_from_data"])
 def test_initial_responsibilities_are_gaussian_mixtures(X: np.ndarray, init_params: str) -> None:
     """The same seed gives the responsibilities GaussianMixture starts from."""
+    from emdist.engine.data import prepare_fit_data
     from emdist.kernels.mixture import mixture_mstep
-    from emdist.models._base import prepare_fit_data
     from emdist.models.gaussian_mixture import initial_mixture_params, initial_resp_stats
 
     data = prepare_fit_data(_uneven(X), n_clusters=4, seed=5, sample_size=None, what="K")
@@ -270,8 +270,8 @@ def test_statistics_add_associatively(X: np.ndarray) -> None:
     priors = VariationalPriors("dirichlet_process", 0.5, 1.0, X.mean(0), 3.0, np.cov(X.T))
     stats0 = mixture_stats_from_resp(X, np.full((len(X), K), 1 / K), X[:K].copy(), "full")
     params = variational_mstep(stats0, priors, "full", 1e-6)
-    a, b, c = (variational_estep_chunk(part, params, "full") for part in np.split(X, [100, 350]))
-    whole = variational_estep_chunk(X, params, "full")
+    a, b, c = (variational_estep_chunk(part, 0, params, "full") for part in np.split(X, [100, 350]))
+    whole = variational_estep_chunk(X, 0, params, "full")
     left, right = (a + b) + c, a + (b + c)
     for s in (left, right):
         assert s.n == whole.n

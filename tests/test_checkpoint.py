@@ -37,6 +37,7 @@ from emdist.io.checkpoint import (
     CheckpointMismatchError,
     CheckpointStore,
 )
+from tests.conftest import overlapping_data
 
 WORKER = Path(__file__).with_name("_fit_worker.py")
 EMDIST_SRC = Path(emdist.__file__).parent
@@ -44,18 +45,6 @@ EMDIST_SRC = Path(emdist.__file__).parent
 # --------------------------------------------------------------------------------------------
 # data and helpers
 # --------------------------------------------------------------------------------------------
-
-
-def overlapping(n_per_cluster: int = 1000, seed: int = 0) -> np.ndarray:
-    """Three overlapping anisotropic clusters in 3-D: EM takes 13-20 iterations on them."""
-    rng = np.random.default_rng(seed)
-    centers = np.array([[0.0, 0.0, 0.0], [2.0, 2.0, 0.0], [0.0, 2.5, 2.0]])
-    parts = []
-    for k, c in enumerate(centers):
-        A = rng.standard_normal((3, 3)) * 0.5 + np.eye(3) * (0.6 + 0.2 * k)
-        parts.append(c + rng.standard_normal((n_per_cluster, 3)) @ A)
-    X = np.concatenate(parts)
-    return X[rng.permutation(len(X))]
 
 
 def write_zarr(path: Path, X: np.ndarray, chunk_rows: int) -> str:
@@ -68,7 +57,8 @@ def write_zarr(path: Path, X: np.ndarray, chunk_rows: int) -> str:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> str:
     """3000 x 3 in six 500-row chunks on disk (read-only: tests that modify data copy it)."""
-    return write_zarr(tmp_path_factory.mktemp("small") / "small.zarr", overlapping(), 500)
+    X = overlapping_data(0, 1000)
+    return write_zarr(tmp_path_factory.mktemp("small") / "small.zarr", X, 500)
 
 
 @pytest.fixture(scope="module")

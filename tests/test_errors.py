@@ -9,6 +9,8 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from sklearn.cluster import KMeans as SkKMeans
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import emdist
 from tests.conftest import COVARIANCE_TYPES, make_blobs
@@ -127,11 +129,27 @@ def test_fewer_samples_than_components(model: str, name: str) -> None:
         est.fit(X)
 
 
-@pytest.mark.parametrize("model", ESTIMATORS)
-def test_zero_variance_data_with_several_components(model: str) -> None:
-    X = np.full((40, 3), 7.5)
-    with pytest.raises(emdist.InvalidDataError, match=r"zero variance.*identical"):
-        ESTIMATORS[model]().fit(X)
+def test_fewer_distinct_points_than_clusters_fits_and_warns_as_sklearn() -> None:
+    # 100 copies of a row that is not exactly representable: the scan variance is rounding
+    # residue, so only "the assignment stopped changing" can stop the fit (as scikit-learn).
+    X = np.repeat(np.array([[5.1, 3.5, 1.4, 0.2]]), 100, axis=0)
+    sk = SkKMeans(2, n_init=1, random_state=0)
+    with pytest.warns(Warning, match=r"Number of distinct clusters \(1\) found smaller"):
+        sk.fit(X)
+    with pytest.warns(emdist.ConvergenceWarning, match=r"distinct clusters \(1\) found smaller"):
+        km = emdist.KMeans(n_clusters=2, random_state=0).fit(X)
+    assert km.converged_ and km.n_iter_ == sk.n_iter_ == 1
+    assert km.inertia_ == pytest.approx(sk.inertia_, abs=1e-25)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_identical_rows_fit_a_mixture_as_sklearn() -> None:
+    X = np.repeat(np.array([[5.1, 3.5, 1.4, 0.2]]), 100, axis=0)
+    sk = SkGaussianMixture(2, random_state=0).fit(X)
+    gm = emdist.GaussianMixture(2, random_state=0).fit(X)
+    assert gm.converged_ and sk.converged_
+    np.testing.assert_allclose(np.sort(gm.weights_), np.sort(sk.weights_), atol=1e-12)
+    np.testing.assert_allclose(gm.means_, np.broadcast_to(X[0], (2, 4)), rtol=1e-12)
 
 
 def test_zero_variance_data_with_one_component_is_fine() -> None:

@@ -219,7 +219,7 @@ def test_detect_format(tmp_path: Path) -> None:
 
 def test_default_chunk_is_in_the_measured_sweet_spot() -> None:
     rows = chunk_rows_for_bytes(32, 8, DEFAULT_CHUNK_BYTES)
-    assert 50_000 <= rows <= 100_000  # ENVIRONMENT.md: 50k-100k rows of 32 float64 fastest
+    assert 50_000 <= rows <= 100_000  # docs/design.md: 50k-100k rows of 32 float64 fastest
     assert rows * 32 * 8 <= DEFAULT_CHUNK_BYTES < (rows + 1) * 32 * 8
 
 

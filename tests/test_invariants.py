@@ -1,4 +1,4 @@
-"""Invariants (DESIGN.md §2-4, §8): what must not change the result, and what must hold always.
+"""Invariants (docs/design.md): what must not change the result, and what must hold always.
 
 - chunking (one block vs many uneven blocks, numpy vs Zarr on disk);
 - scheduler (synchronous, threaded, a real two-process LocalCluster);
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
 import emdist
-from emdist.engine.init import scan_data
+from emdist.engine.seeding import scan_data
 from emdist.io import as_dask_array
 from emdist.kernels import (
     KMeansParams,
@@ -161,7 +161,7 @@ def test_threaded_scheduler_gives_bitwise_the_same_fit(
     reference = _sync_reference(model, kind, zarr_path)
     with dask.config.set(scheduler="threads"):
         got = _summary(_estimator(model, quick=True).fit(_scheduler_input(kind, zarr_path)))
-    # DESIGN.md §4: a fixed reduction tree makes the same data, chunking and seed give
+    # A fixed reduction tree makes the same data, chunking and seed give
     # bitwise-identical results whatever the scheduler.
     _assert_same(reference, got, rtol=0)
 
@@ -247,11 +247,11 @@ def _chunk_stats(kind: str, bounds: list[int], X: np.ndarray = _HX) -> list[Any]
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         block = X[lo:hi]
         if kind == "kmeans":
-            out.append(kmeans_estep_chunk(block, KMeansParams(_H_CENTERS), lo))
+            out.append(kmeans_estep_chunk(block, lo, KMeansParams(_H_CENTERS)))
         elif kind == "scan":
             out.append(scan_chunk(block, lo, 5, 16))
         else:
-            out.append(mixture_estep_chunk(block, _H_PARAMS[kind], kind))
+            out.append(mixture_estep_chunk(block, lo, _H_PARAMS[kind], kind))
     return out
 
 
@@ -357,11 +357,11 @@ def test_mixture_zero_is_the_identity(covariance_type: str) -> None:
 
 def test_statistics_about_different_shifts_do_not_add() -> None:
     params = _H_PARAMS["full"]
-    a = mixture_estep_chunk(_HX[:50], params, "full")
+    a = mixture_estep_chunk(_HX[:50], 0, params, "full")
     moved = MixtureParams(
         params.weights, params.means + 1.0, params.covariances, params.precisions_cholesky
     )
-    b = mixture_estep_chunk(_HX[50:], moved, "full")
+    b = mixture_estep_chunk(_HX[50:], 50, moved, "full")
     with pytest.raises(ValueError, match="different shifts"):
         _ = a + b
 

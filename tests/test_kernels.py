@@ -13,7 +13,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy.spatial.distance import cdist
 
 import emdist
-from emdist.engine.init import kmeans_plusplus
+from emdist.engine.seeding import kmeans_plusplus
 from emdist.kernels import (
     KMeansParams,
     MixtureParams,
@@ -210,7 +210,7 @@ def _mixture_params(covariance_type: str, seed: int = 9) -> MixtureParams:
 def test_mixture_estep_chunk_matches_brute_force(covariance_type: str) -> None:
     X = _data(n=500)
     params = _mixture_params(covariance_type)
-    stats = mixture_estep_chunk(X, params, covariance_type)
+    stats = mixture_estep_chunk(X, 0, params, covariance_type)
     resp, log_lik = _brute_mixture_stats(X, params, covariance_type)
     s = params.means  # the statistics are taken about the current means
 
@@ -263,8 +263,8 @@ def test_mixture_estep_accumulates_float32_in_float64() -> None:
     X64 = np.round(_data(n=300) * 64) / 64  # exactly representable in float32
     X32 = X64.astype(np.float32)
     params = _mixture_params("full")
-    a = mixture_estep_chunk(X32, params, "full")
-    b = mixture_estep_chunk(X64, params, "full")
+    a = mixture_estep_chunk(X32, 0, params, "full")
+    b = mixture_estep_chunk(X64, 0, params, "full")
     for name in ("nk", "sx", "sxx"):
         assert getattr(a, name).dtype == np.float64
         assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-12, atol=1e-12)
@@ -275,7 +275,7 @@ def test_kmeans_estep_chunk_matches_brute_force() -> None:
     rng = np.random.default_rng(11)
     X = rng.standard_normal((257, D)) * 3
     centers = rng.standard_normal((K, D)) * 3
-    stats = kmeans_estep_chunk(X, KMeansParams(centers), row_offset=1000)
+    stats = kmeans_estep_chunk(X, 1000, KMeansParams(centers))
     dist = cdist(X, centers, "sqeuclidean")
     labels = dist.argmin(axis=1)
     d_min = dist[np.arange(len(X)), labels]
@@ -295,7 +295,7 @@ def test_kmeans_estep_chunk_matches_brute_force() -> None:
 def test_kmeans_hand_solved_four_points() -> None:
     # Two obvious clusters; the new centres are the means, the inertia is by hand 4 * (1² + 1²).
     X = np.array([[0.0, 1.0], [0.0, -1.0], [10.0, 1.0], [10.0, -1.0]])
-    stats = kmeans_estep_chunk(X, KMeansParams(np.array([[1.0, 0.0], [9.0, 0.0]])), 0)
+    stats = kmeans_estep_chunk(X, 0, KMeansParams(np.array([[1.0, 0.0], [9.0, 0.0]])))
     assert stats.inertia == pytest.approx(4 * 2.0)
     params, relocated = kmeans_mstep(stats)
     assert relocated == 0
@@ -306,7 +306,7 @@ def test_kmeans_mstep_reseeds_empty_cluster_from_farthest_point() -> None:
     X = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [10.0, 0.0], [11.0, 0.0], [30.0, 0.0]])
     X = X + 100.0  # nowhere near the origin
     centers = np.array([[101.0, 100.0], [110.5, 100.0], [-500.0, -500.0]])
-    stats = kmeans_estep_chunk(X, KMeansParams(centers), 0)
+    stats = kmeans_estep_chunk(X, 0, KMeansParams(centers))
     assert stats.counts[2] == 0
     params, relocated = kmeans_mstep(stats)
     assert relocated == 1

@@ -18,19 +18,9 @@ import zarr
 import emdist
 from emdist.exceptions import InvalidDataError
 from emdist.io.atomic import OutputExistsError
+from tests.conftest import overlapping_data
 
 N, CHUNK = 4000, 250
-
-
-def overlapping(n_per_cluster: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = np.array([[0.0, 0.0, 0.0], [2.0, 2.0, 0.0], [0.0, 2.5, 2.0]])
-    parts = []
-    for k, c in enumerate(centers):
-        A = rng.standard_normal((3, 3)) * 0.5 + np.eye(3) * (0.6 + 0.2 * k)
-        parts.append(c + rng.standard_normal((n_per_cluster, 3)) @ A)
-    X = np.concatenate(parts)
-    return X[rng.permutation(len(X))]
 
 
 def write_zarr(path: Path, X: np.ndarray, chunk_rows: int = CHUNK) -> str:
@@ -40,7 +30,7 @@ def write_zarr(path: Path, X: np.ndarray, chunk_rows: int = CHUNK) -> str:
 
 @pytest.fixture(scope="module")
 def X() -> np.ndarray:
-    return overlapping(1334)[:N]
+    return overlapping_data(0, 1334)[:N]
 
 
 @pytest.fixture(scope="module")

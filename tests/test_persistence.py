@@ -19,24 +19,14 @@ import zarr
 import emdist
 from emdist.io.atomic import OutputExistsError
 from emdist.io.persistence import ModelFormatError, load_model, save_model
+from tests.conftest import overlapping_data
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
-def overlapping(n_per_cluster: int = 400, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = np.array([[0.0, 0.0, 0.0], [2.0, 2.0, 0.0], [0.0, 2.5, 2.0]])
-    parts = []
-    for k, c in enumerate(centers):
-        A = rng.standard_normal((3, 3)) * 0.5 + np.eye(3) * (0.6 + 0.2 * k)
-        parts.append(c + rng.standard_normal((n_per_cluster, 3)) @ A)
-    X = np.concatenate(parts)
-    return X[rng.permutation(len(X))]
-
-
 @pytest.fixture(scope="module")
 def X() -> np.ndarray:
-    return overlapping()
+    return overlapping_data(0, 400)
 
 
 @pytest.fixture(scope="module")

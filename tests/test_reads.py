@@ -1,4 +1,4 @@
-"""One read per chunk per iteration, counted on the store itself (DESIGN.md §2, §5, §8).
+"""One read per chunk per iteration, counted on the store itself (docs/design.md).
 
 A Zarr v3 array is written to disk and opened through a store wrapper that counts every
 ``get`` of every key. A fit reads the data in exactly these passes:
@@ -6,7 +6,8 @@ A Zarr v3 array is written to disk and opened through a store wrapper that count
 - 1 scan pass (validation, moments and the seeding sample, all at once);
 - 1 pass per EM iteration (the lower bound of θ_t comes out of the pass that gives θ_t+1);
 - K-means only: 1 final assignment pass when the last pass ran under centres other than
-  the final ones (``_finish_run``: labels and inertia must belong to the final centres).
+  the final ones (``emdist.models.kmeans._final_inertia``: labels and inertia must belong to
+  the final centres).
 
 With explicit initial parameters, or a seeding drawn from the scan sample, nothing else reads.
 """
@@ -209,7 +210,7 @@ def test_lazy_prediction_reads_each_chunk_once(
 
 
 def test_sharded_store_reads_each_shard_once_per_pass(tmp_path: Any) -> None:
-    # With Zarr shards, a Dask block is one shard (ENVIRONMENT.md): one get per shard per pass,
+    # With Zarr shards, a Dask block is one shard (emdist.io.sources): one get per shard per pass,
     # not one per inner chunk.
     X, _ = make_blobs(200, [[0.0, 0.0, 0.0], [4.0, 4.0, 0.0], [0.0, 4.0, 4.0]], seed=4)
     path = tmp_path / "sharded.zarr"

@@ -169,7 +169,7 @@ def run_em(
     bound = prev
     for iteration in range(len(history) + 1, max_iter + 1):
         start = time.perf_counter()
-        stats = map_reduce(X, family.estep_chunk, params, with_offset=True)
+        stats = map_reduce(X, family.estep_chunk, params)
         bound = family.lower_bound(stats, params)
         new_params = family.mstep(stats, params)
         converged = family.converged(prev, bound, params, new_params, tol)

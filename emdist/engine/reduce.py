@@ -2,7 +2,7 @@
 
 The graph is built from the array's blocks (``to_delayed``) rather than with
 ``map_blocks(...).sum()``: the statistics are small Python values, not arrays, and on a
-LocalCluster this shape measured ~2x faster for K-means (ENVIRONMENT.md). The tree has a
+LocalCluster this shape measured ~2x faster for K-means (docs/design.md). The tree has a
 fixed shape (``split_every``), so the same data and chunking always add in the same order
 and give bitwise-identical totals.
 """
@@ -24,7 +24,12 @@ from dask.highlevelgraph import HighLevelGraph
 
 from emdist.engine.threads import single_blas_task
 
-__all__ = ["Summable", "map_reduce", "row_offsets"]
+__all__ = [
+    "Summable",
+    "build_reduction",
+    "map_reduce",
+    "row_offsets",
+]
 
 S = TypeVar("S")
 
@@ -51,10 +56,9 @@ def build_reduction(
     X: da.Array,
     chunk_fn: Callable[..., S],
     *args: Any,
-    with_offset: bool = False,
     split_every: int = 8,
 ) -> Delayed:
-    """Lazy tree reduction of ``chunk_fn(block, [row_offset,] *args)`` over row-blocks.
+    """Lazy tree reduction of ``chunk_fn(block, row_offset, *args)`` over row-blocks.
 
     ``args`` are put into the graph once (one key each), so each parameter object travels
     to a worker once per pass rather than once per block.
@@ -66,7 +70,7 @@ def build_reduction(
     """
     if X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
-    token = tokenize(X.name, chunk_fn, args, with_offset, split_every)
+    token = tokenize(X.name, chunk_fn, args, split_every)
     blocks: list[Any] = X.to_delayed().ravel().tolist()
     layer: dict[Any, Any] = {}
     arg_refs: list[Any] = []
@@ -80,8 +84,9 @@ def build_reduction(
     keys: list[Any] = []
     for i, (block, offset) in enumerate(zip(blocks, row_offsets(X), strict=True)):
         stats_key = (f"emdist-stats-{token}", i)
-        head = (TaskRef(block.key), offset) if with_offset else (TaskRef(block.key),)
-        layer[stats_key] = Task(stats_key, single_blas_task, chunk_fn, *head, *arg_refs)
+        layer[stats_key] = Task(
+            stats_key, single_blas_task, chunk_fn, TaskRef(block.key), offset, *arg_refs
+        )
         keys.append(stats_key)
     level = 0
     while len(keys) > 1:
@@ -107,7 +112,6 @@ def map_reduce(
     X: da.Array,
     chunk_fn: Callable[..., S],
     *args: Any,
-    with_offset: bool = False,
     split_every: int = 8,
 ) -> S:
     """Compute the reduced statistics of ``X`` in one pass (one ``compute``).
@@ -117,12 +121,12 @@ def map_reduce(
     X : dask.array.Array of shape (n_samples, n_features)
         Row-chunked data.
     chunk_fn : callable
-        ``chunk_fn(block, *args)`` (or ``chunk_fn(block, row_offset, *args)`` when
-        ``with_offset``) returning a summable statistics value. Plain numpy.
+        ``chunk_fn(block, row_offset, *args)`` returning a summable statistics value, where
+        ``row_offset`` is the global index of the block's first row (every reduction
+        kernel takes it, so that row-seeded randomness and row numbers in errors need no
+        second signature). Plain numpy.
     *args
         Extra arguments, shipped once per pass.
-    with_offset : bool, default=False
-        Pass the global index of the block's first row to ``chunk_fn``.
     split_every : int, default=8
         Fan-in of the reduction tree.
 
@@ -130,7 +134,5 @@ def map_reduce(
     -------
     The sum of the per-block statistics.
     """
-    result: S = compute(
-        build_reduction(X, chunk_fn, *args, with_offset=with_offset, split_every=split_every)
-    )[0]
+    result: S = compute(build_reduction(X, chunk_fn, *args, split_every=split_every))[0]
     return result

@@ -1,7 +1,7 @@
 """BLAS thread policy: one BLAS thread per Dask thread.
 
 Under Dask each worker thread calls BLAS; a multi-threaded OpenBLAS in each of them
-oversubscribes the cores (measured: GMM 1.9x and K-means 2.5x slower, ENVIRONMENT.md).
+oversubscribes the cores (measured: GMM 1.9x and K-means 2.5x slower; docs/design.md).
 ``threadpoolctl`` limits numpy's and scipy's BLAS copies together.
 """
 

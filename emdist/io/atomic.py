@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+from emdist.exceptions import EmdistError
 from emdist.io.locks import WriterLock, remove_stale_lock
 
 __all__ = [
@@ -45,11 +46,11 @@ OutputKind = Literal["model", "predictions", "synthetic", "dataset"]
 _SIBLING = re.compile(r"\.(partial|old)-[0-9a-f]{12}")
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(EmdistError, FileExistsError):
     """The destination exists and overwriting was not asked for."""
 
 
-class DiskFullError(OSError):
+class DiskFullError(EmdistError, OSError):
     """The file system filled up while writing; what was partly written has been removed."""
 
     def __init__(self, message: str) -> None:

@@ -10,7 +10,7 @@ Layout of a checkpoint directory::
         best_lower_bounds
         zarr.json               attributes: restart, iteration, flags, checksums
 
-Commit protocol (DESIGN.md §6, ENVIRONMENT.md): a state is written completely into a new
+Commit protocol (docs/design.md, "Checkpoints"): a state is written completely into a new
 group, then *one* key — the root's ``zarr.json`` — is rewritten to point at it. Each key
 write is atomic (temp file + rename), so a crash at any instant leaves the previous pointer
 and the group it names intact. Readers follow the pointer and verify a SHA-256 of every
@@ -36,7 +36,7 @@ import numpy as np
 import zarr
 
 from emdist._typing import AnyArray, FloatArray
-from emdist.exceptions import EmdistWarning
+from emdist.exceptions import EmdistError, EmdistWarning
 from emdist.io.atomic import disk_full_error, is_disk_full
 from emdist.io.integrity import UnsafeNameError, check_contained, safe_child, safe_name
 from emdist.io.integrity import array_digest as _digest
@@ -45,6 +45,7 @@ from emdist.io.locks import WriterLock, WriterLockedError
 __all__ = [
     "BestState",
     "CheckpointError",
+    "CheckpointFallbackWarning",
     "CheckpointMismatchError",
     "CheckpointStore",
     "FitState",
@@ -58,11 +59,11 @@ VERSION = 1
 _STATE_NAME = re.compile(r"s[0-9]{6,}")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EmdistError, RuntimeError):
     """A checkpoint cannot be read (corrupted beyond its kept fallbacks)."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(EmdistError, ValueError):
     """A checkpoint belongs to another configuration or dataset."""
 
 

@@ -37,7 +37,7 @@ from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import Crc32cCodec
 
 from emdist._typing import AnyArray
-from emdist.exceptions import InvalidDataError
+from emdist.exceptions import EmdistError, InvalidDataError
 
 __all__ = [
     "RECORD_KEY",
@@ -67,7 +67,7 @@ class IntegrityError(InvalidDataError):
     """A store emdist wrote fails its verification (damaged, edited or incomplete)."""
 
 
-class UnsafeNameError(ValueError):
+class UnsafeNameError(EmdistError, ValueError):
     """A name read from a store would lead outside it (absolute, ``..``, symbolic link)."""
 
 

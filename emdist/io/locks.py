@@ -23,10 +23,12 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from emdist.exceptions import EmdistError
+
 __all__ = ["WriterLock", "WriterLockedError", "remove_stale_lock"]
 
 
-class WriterLockedError(FileExistsError):
+class WriterLockedError(EmdistError, FileExistsError):
     """Another process is writing the same checkpoint or output."""
 
 

@@ -1,11 +1,11 @@
 """Save fitted estimators to Zarr and load them back — arrays and JSON only, no pickle.
 
-A saved model is a Zarr group: its attributes hold the estimator's class name (looked up in
-a fixed registry, never imported from the store), its constructor parameters and its scalar
-fitted attributes as JSON; its arrays hold the fitted arrays. Loading therefore never runs
-code from the store.
+A saved model is a Zarr group: its attributes hold the estimator's class name (looked up
+among the registered model families, :mod:`emdist.registry`, never imported from the
+store), its constructor parameters and its scalar fitted attributes as JSON; its arrays
+hold the fitted arrays. Loading therefore never runs code from the store.
 
-Verification on load (issue 11): every array carries a SHA-256 in the attributes (the
+Verification on load: every array carries a SHA-256 in the attributes (the
 digest checkpoints use, :func:`emdist.io.integrity.array_digest`) and a CRC-32C per chunk; an
 array's declared size is bounded before it is read; and the values must make a usable model
 (weights >= 0 summing to 1, finite means, triangular precision Cholesky factors with a
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from emdist.exceptions import EmdistError
 from emdist.io.atomic import atomic_output
 from emdist.io.integrity import (
     IntegrityError,
@@ -34,6 +35,7 @@ from emdist.io.integrity import (
     seal,
     verify_array,
 )
+from emdist.registry import estimator_class, model_families
 
 __all__ = ["ModelFormatError", "load_model", "save_model"]
 
@@ -42,24 +44,13 @@ FORMAT = "emdist-model"
 VERSION = 2
 _PREFIXES = ("params", "fitted")
 # Tolerance on the sum of the weights: they are normalised in float64 by the M-step.
-_WEIGHT_SUM_TOL = 1e-6
 # Not saved: callables and locations that belong to one run, and data-sized results.
 _SKIP_PARAMS = ("observer", "checkpoint")
 _SKIP_ATTRS = ("labels_",)
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(EmdistError, ValueError):
     """A path does not hold a model this version of emdist can load."""
-
-
-def _registry() -> dict[str, type[Any]]:
-    import emdist
-
-    return {
-        name: getattr(emdist, name)
-        for name in ("KMeans", "GaussianMixture", "BayesianGaussianMixture")
-        if hasattr(emdist, name)
-    }
 
 
 def _json_value(value: Any) -> Any:
@@ -92,8 +83,9 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
         Replace an existing model at ``path`` (the old one stays until the new one is whole).
     """
     name = type(estimator).__name__
-    if name not in _registry():
-        raise TypeError(f"cannot save a {name}; supported: {sorted(_registry())}")
+    if estimator_class(name) is not type(estimator):
+        supported = sorted(cls.__name__ for cls in model_families().values())
+        raise TypeError(f"cannot save a {name}; supported: {supported}")
     if not hasattr(estimator, "n_features_in_"):
         raise ValueError(f"this {name} is not fitted; fit it before saving")
     params: dict[str, Any] = {}
@@ -178,7 +170,7 @@ def load_model(path: str | os.PathLike[str]) -> Any:
             f"{os.fspath(path)!r} holds a version {attrs.get('version')} model; this emdist "
             f"reads version {VERSION}{older}"
         )
-    cls = _registry().get(str(attrs.get("estimator")))
+    cls = estimator_class(str(attrs.get("estimator")))
     if cls is None:
         raise ModelFormatError(f"unknown estimator {attrs.get('estimator')!r} in {path}")
     where = f"the model at {os.fspath(path)!r}"
@@ -251,67 +243,13 @@ def _build(cls: type[Any], arrays: dict[str, np.ndarray[Any, Any]], attrs: dict[
     return estimator
 
 
-def _positive_int(estimator: Any, field: str, where: str) -> int:
-    value = getattr(estimator, field, None)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ModelFormatError(f"{where} is damaged: field {field!r} is {value!r}, not an int >= 1")
-    return value
-
-
-def _array(estimator: Any, field: str, shape: tuple[int, ...], where: str) -> np.ndarray[Any, Any]:
-    value = getattr(estimator, field, None)
-    if not isinstance(value, np.ndarray):
-        raise ModelFormatError(f"{where} is damaged: field {field!r} is missing")
-    if value.shape != shape:
-        raise ModelFormatError(
-            f"{where} is damaged: field {field!r} has shape {value.shape}, expected {shape}"
-        )
-    if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
-        raise ModelFormatError(f"{where} is damaged: field {field!r} holds non-finite values")
-    return value
-
-
-def _cholesky_shape(covariance_type: str, K: int, d: int) -> tuple[int, ...]:
-    shapes = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}
-    if covariance_type not in shapes:
-        raise ModelFormatError(f"unknown covariance_type {covariance_type!r}")
-    return shapes[covariance_type]
-
-
 def _check_values(estimator: Any, where: str) -> None:
-    """Refuse fitted values that cannot be a model: predictions from them would be garbage."""
-    d = _positive_int(estimator, "n_features_in_", where)
-    if hasattr(estimator, "cluster_centers_") or hasattr(estimator, "n_clusters"):
-        K = _positive_int(estimator, "n_clusters", where)
-        _array(estimator, "cluster_centers_", (K, d), where)
-        return
-    K = _positive_int(estimator, "n_components", where)
-    weights = _array(estimator, "weights_", (K,), where)
-    if np.any(weights < 0) or abs(float(weights.sum()) - 1.0) > _WEIGHT_SUM_TOL:
-        raise ModelFormatError(
-            f"{where} is damaged: field 'weights_' must be >= 0 and sum to 1 "
-            f"(sum {float(weights.sum())!r}, min {float(weights.min())!r})"
-        )
-    _array(estimator, "means_", (K, d), where)
+    """Refuse fitted values that cannot be a model: predictions from them would be garbage.
+
+    The model says what its values must be (``check_fitted_values``); a failure names the
+    field.
+    """
     try:
-        shape = _cholesky_shape(str(estimator.covariance_type), K, d)
-    except ModelFormatError as exc:
-        raise ModelFormatError(f"{where} is damaged: field 'covariance_type': {exc}") from None
-    factor = _array(estimator, "precisions_cholesky_", shape, where)
-    for field in ("covariances_", "precisions_"):
-        if hasattr(estimator, field):
-            _array(estimator, field, shape, where)
-    if len(shape) == 1 or (len(shape) == 2 and estimator.covariance_type == "diag"):
-        diagonal = factor
-        triangular = True
-    else:
-        mats = factor.reshape(-1, d, d)
-        diagonal = np.diagonal(mats, axis1=-2, axis2=-1)
-        # A precision Cholesky factor is triangular (upper, as scikit-learn's); with a
-        # positive diagonal it is invertible, so precision = L L^T is positive definite.
-        triangular = bool(np.all(np.triu(mats, 1) == 0) or np.all(np.tril(mats, -1) == 0))
-    if not triangular or np.any(diagonal <= 0):
-        raise ModelFormatError(
-            f"{where} is damaged: field 'precisions_cholesky_' is not a triangular factor "
-            f"with a positive diagonal (its precision would not be positive definite)"
-        )
+        estimator.check_fitted_values()
+    except (TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{where} is damaged: {exc}") from None

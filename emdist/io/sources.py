@@ -18,27 +18,52 @@ from typing import Any, cast
 
 import dask.array as da
 import numpy as np
+import scipy.sparse
 import zarr
 from dask.base import tokenize
 
 from emdist.exceptions import InvalidDataError
 from emdist.io.integrity import CheckedReader, verify_array
 
-__all__ = ["as_dask_array", "open_zarr_array", "validate_array_like"]
+__all__ = [
+    "as_dask_array",
+    "as_numpy_array",
+    "data_array_of_group",
+    "is_out_of_core",
+    "open_zarr_array",
+    "validate_array_like",
+]
 
 # In-memory input is split into blocks of about this size so that the threaded scheduler
 # has work for every core while per-block overhead stays negligible.
 _NUMPY_BLOCK_BYTES = 32 * 2**20
 
 
+# The array a dataset group holds: ``generate`` (emdist.io.synthetic) writes its rows to
+# ``<group>/data`` beside ``truth/`` and ``labels``.
+DATA_ARRAY_NAME = "data"
+
+
 def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array[Any]:
     """Open a Zarr array read-only and verify it, with a clear error when that fails.
+
+    Parameters
+    ----------
+    path : str or path
+        A Zarr array, or a dataset group (as ``emdist generate`` writes) whose ``data``
+        array is then opened.
+
+    Returns
+    -------
+    zarr.Array
+        Verified by :func:`emdist.io.integrity.verify_array`.
 
     Raises
     ------
     InvalidDataError
-        No array at ``path``, unreadable metadata, or (``IntegrityError``) an array that
-        fails :func:`emdist.io.integrity.verify_array`.
+        Nothing at ``path``, unreadable metadata, a group without a ``data`` array (the
+        message lists the arrays it holds), or (``IntegrityError``) an array that fails
+        verification.
     """
     try:
         node = zarr.open(str(path), mode="r")
@@ -48,12 +73,28 @@ def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array[Any]:
         raise InvalidDataError(
             f"the Zarr metadata at {os.fspath(path)!r} cannot be read ({type(exc).__name__}: {exc})"
         ) from None
-    if not isinstance(node, zarr.Array):
-        raise InvalidDataError(
-            f"{os.fspath(path)!r} is a Zarr group, not an array; pass the path of the array"
-        )
+    if isinstance(node, zarr.Group):
+        node = data_array_of_group(node, os.fspath(path))
     verify_array(node, os.fspath(path))
     return node
+
+
+def data_array_of_group(group: zarr.Group, where: str) -> zarr.Array[Any]:
+    """The ``data`` array of a dataset group; a clear error if it has none.
+
+    Only the name ``data`` is taken: a group's other arrays (``labels``, ``truth/means``)
+    are not rows to fit, so guessing among them could fit the wrong thing silently.
+    """
+    member = group.get(DATA_ARRAY_NAME)
+    if isinstance(member, zarr.Array):
+        return member
+    arrays = sorted(name for name, _ in group.arrays())
+    holds = f"it holds the arrays {arrays}" if arrays else "it holds no array"
+    example = f"{where}/{arrays[0]}" if arrays else f"{where}/<array>"
+    raise InvalidDataError(
+        f"{where!r} is a Zarr group, not an array, and has no {DATA_ARRAY_NAME!r} array "
+        f"({holds}); pass the path of the array to use, e.g. {example!r}"
+    )
 
 
 def _where(array: zarr.Array[Any]) -> str:
@@ -69,19 +110,67 @@ def validate_array_like(shape: tuple[int, ...], dtype: np.dtype[Any], what: str 
     InvalidDataError
         With a message that says what is wrong and what is expected.
     """
+    # The messages contain scikit-learn's phrases ("Reshape your data", "Complex data not
+    # supported", "0 feature(s) (shape=...) while a minimum of 1 is required") so that code
+    # and checks written against scikit-learn's estimators recognise them.
     if len(shape) != 2:
         raise InvalidDataError(
             f"{what} must be 2-D (n_samples, n_features); got {len(shape)}-D data of "
-            f"shape {shape}. Reshape 1-D data with X.reshape(-1, 1)."
+            f"shape {shape}. Reshape your data, e.g. with X.reshape(-1, 1) if it has a "
+            f"single feature."
+        )
+    if np.issubdtype(dtype, np.complexfloating):
+        raise InvalidDataError(
+            f"{what} must hold real numbers; got dtype {dtype}. Complex data not supported."
         )
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or (
         np.issubdtype(dtype, np.bool_)
     ):
         raise InvalidDataError(f"{what} must hold real numbers; got dtype {dtype}.")
     if shape[0] == 0:
-        raise InvalidDataError(f"{what} has 0 samples; at least one is required.")
+        raise InvalidDataError(
+            f"{what} has 0 samples: found array with 0 sample(s) (shape={shape}) while a "
+            f"minimum of 1 is required."
+        )
     if shape[1] == 0:
-        raise InvalidDataError(f"{what} has 0 features; at least one is required.")
+        raise InvalidDataError(
+            f"{what} has 0 features: found array with 0 feature(s) (shape={shape}) while a "
+            f"minimum of 1 is required."
+        )
+
+
+def is_out_of_core(X: Any) -> bool:
+    """Whether ``X`` is data we keep lazy: a Dask array, a Zarr array or node, or a path.
+
+    Everything else (numpy, lists, pandas, any object with ``__array__``) is converted to
+    numpy, as scikit-learn does, and results on it are numpy too.
+    """
+    return isinstance(X, da.Array | zarr.Array | zarr.Group | str | os.PathLike)
+
+
+def as_numpy_array(X: Any, what: str = "X") -> np.ndarray[Any, Any]:
+    """In-memory ``X`` as a validated numpy array (scikit-learn's ``check_array`` rules).
+
+    Sparse matrices are refused (every kernel works on dense row-blocks). Unlike
+    scikit-learn, an object array is refused too rather than converted to float64: it
+    comes from text or mixed columns (a pandas frame with a string column), and the same
+    data stored in Zarr or Dask is refused as well, so both paths agree.
+
+    Raises
+    ------
+    TypeError
+        For sparse input.
+    InvalidDataError
+        As :func:`validate_array_like`.
+    """
+    if scipy.sparse.issparse(X):
+        raise TypeError(
+            f"{what} is a sparse {type(X).__name__}; sparse data is not supported, pass a "
+            f"dense array (X.toarray()) or store it densely in Zarr."
+        )
+    arr = np.asarray(X)
+    validate_array_like(arr.shape, arr.dtype, what)
+    return arr
 
 
 def _numpy_chunk_rows(n: int, d: int, itemsize: int) -> int:
@@ -95,8 +184,9 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
 
     Parameters
     ----------
-    X : array-like, dask.array.Array, zarr.Array, str or path
-        The data. A string or path names a Zarr array on disk.
+    X : array-like, dask.array.Array, zarr.Array, zarr.Group, str or path
+        The data. A string or path names a Zarr array on disk, or a dataset group whose
+        ``data`` array is used (as ``emdist generate`` writes).
     chunk_rows : int, optional
         Rows per block. Defaults: the store's chunk (or shard) rows for Zarr, the existing
         row chunks for Dask, about 32 MB blocks for numpy.
@@ -113,6 +203,9 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
     """
     if isinstance(X, str | os.PathLike | Path):
         X = open_zarr_array(X)
+    elif isinstance(X, zarr.Group):
+        X = data_array_of_group(X, str(X.store_path))
+        verify_array(X, _where(X))
     elif isinstance(X, zarr.Array):
         verify_array(X, _where(X))
     if isinstance(X, zarr.Array):
@@ -137,8 +230,7 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
         if chunk_rows is not None:
             return cast(da.Array, X.rechunk((chunk_rows, -1)))
         return X if X.numblocks[1] == 1 else cast(da.Array, X.rechunk({1: -1}))
-    arr = np.asarray(X)
-    validate_array_like(arr.shape, arr.dtype)
+    arr = as_numpy_array(X)
     rows = chunk_rows or _numpy_chunk_rows(arr.shape[0], arr.shape[1], arr.dtype.itemsize)
     # name=False: don't hash the whole array to name it; each fit makes its own view.
     return cast(da.Array, da.from_array(arr, chunks=(rows, -1), name=False))

@@ -44,6 +44,7 @@ import zarr
 from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray, IntArray
 from emdist.io.atomic import atomic_output
 from emdist.io.integrity import CheckedReader, create_verified_array, seal, verify_array
+from emdist.kernels.covariance import full_covariances
 
 __all__ = [
     "GENERATION_BLOCK_ROWS",
@@ -59,7 +60,7 @@ GENERATION_BLOCK_ROWS = 8192
 every dataset generated from a given seed."""
 
 # At most 16 MiB chunks, as pipeline.ingest: 50k-100k rows of 32 float64 features read
-# fastest (ENVIRONMENT.md).
+# fastest (docs/design.md).
 _DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 # Standard deviations along the principal axes are drawn from this range, so that the
@@ -100,15 +101,9 @@ class MixtureTruth:
 
     def full_covariances(self) -> FloatArray:
         """Every component's covariance as a (n_components, n_features, n_features) array."""
-        K, d = self.n_components, self.n_features
-        cov = self.covariances
-        if self.covariance_type == "full":
-            return cov
-        if self.covariance_type == "tied":
-            return np.broadcast_to(cov, (K, d, d)).copy()
-        if self.covariance_type == "diag":
-            return np.stack([np.diag(c) for c in cov])
-        return cov[:, None, None] * np.eye(d)[None]
+        return full_covariances(
+            self.covariances, self.covariance_type, self.n_components, self.n_features
+        )
 
 
 @dataclass(frozen=True)

@@ -19,18 +19,24 @@ import numpy as np
 
 from emdist._typing import AnyArray, FloatArray
 
-# Sub-blocks of a few thousand rows keep the per-component temporaries in cache; measured in
-# ENVIRONMENT.md: 22.7 vs 14.1 GFLOP/s per thread for 512 vs 8192 rows. The Python loop
+__all__ = [
+    "component_block_rows",
+    "iter_row_blocks",
+    "iter_sub_blocks",
+    "iter_sub_blocks_t",
+    "logsumexp_rows",
+    "sub_block_rows",
+]
+
+# Sub-blocks of a few thousand rows keep the per-component temporaries in cache (measured
+# 22.7 vs 14.1 GFLOP/s per thread for 512 vs 8192 rows; docs/design.md). The Python loop
 # overhead grows as the sub-block shrinks, so the size is chosen from the temporary's width.
 _TARGET_TEMP_ELEMENTS = 1 << 19
 
 # Feature-major component temporaries ``(n_components, n_features, rows)``, per covariance
-# type (K=16, d=32: full/tied 256 rows, diag 512, spherical 1024). Measured on two threads,
-# wall per 1M rows (noisy): full 256 rows 1.4-1.7 s, 512 rows 1.7-2.5 s; diag 128 rows 1.4 s,
-# 512 rows 0.64 s, 2048 rows 0.97 s; spherical 256 rows 0.79 s, 1024 rows 0.51 s. The L2
-# cache is 1 MB per core: full/tied (two GEMMs per component) want their ~1 MB temporaries
-# in it; diag and spherical do a few cheap passes per sub-block, where fewer, longer numpy
-# calls (fewer GIL hand-overs between the Dask threads) matter more than the cache.
+# type (K=16, d=32: full/tied 256 rows, diag 512, spherical 1024): full/tied keep their
+# ~1 MB temporaries in L2; diag and spherical prefer fewer, longer numpy calls (fewer GIL
+# hand-overs). Measurements: benchmarks/README.md, "Kernel sub-block sizes".
 _TARGET_COMPONENT_ELEMENTS = {
     "full": 1 << 17,
     "tied": 1 << 17,

@@ -90,11 +90,9 @@ class KMeansStats:
         )
 
 
-# Rows per sub-block of the assignment step. One thread alone runs fastest at ~1024 rows
-# (temporaries in L2), but each numpy call hands the GIL over, and two Dask threads doing
-# ~10 us calls spend their time waking each other (measured 3.3 voluntary context switches per
-# sub-block, 1.5x parallelism). At 4096 rows (calls of ~50-100 us): 1.9x parallelism, 10%
-# more CPU, ~20% less wall time for two threads (1M x 32, K = 16).
+# Rows per sub-block of the assignment step: longer than the cache optimum (~1024 rows) so
+# that two Dask threads do not spend their time handing the GIL over (benchmarks/README.md,
+# "Kernel sub-block sizes").
 _TARGET_ASSIGN_ELEMENTS = 1 << 17
 
 
@@ -197,15 +195,15 @@ class _Farthest:
         return np.asarray(self.rows[0], dtype=np.intp)
 
 
-def kmeans_estep_chunk(X: AnyArray, params: KMeansParams, row_offset: int) -> KMeansStats:
+def kmeans_estep_chunk(X: AnyArray, row_offset: int, params: KMeansParams) -> KMeansStats:
     """Assign the rows of one block and reduce them to statistics.
 
     Parameters
     ----------
     X : ndarray of shape (n_rows, n_features)
-    params : KMeansParams
     row_offset : int
         Global index of the block's first row (orders the far-point candidates).
+    params : KMeansParams
 
     Returns
     -------
@@ -255,7 +253,9 @@ def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:
 
     An empty cluster takes the row farthest from its own centre (then the next farthest,
     and so on), which leaves its old cluster — as scikit-learn's Lloyd does. No centre is
-    ever sent to the origin.
+    ever sent to the origin. A row that sits exactly on its centre is no candidate: moving
+    it lowers nothing, and on data with fewer distinct points than clusters it would make
+    the empty cluster chase the same point forever; such a cluster keeps its centre.
 
     Parameters
     ----------
@@ -274,7 +274,8 @@ def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:
     empty = np.flatnonzero(counts == 0)
     new_centers = np.empty_like(stats.shift)
     relocated: dict[int, FloatArray] = {}
-    for j, k in enumerate(empty[: len(stats.far_x)]):
+    n_candidates = int(np.count_nonzero(stats.far_dist > 0))
+    for j, k in enumerate(empty[:n_candidates]):
         x = stats.far_x[j]
         old = int(stats.far_label[j])
         sums[old] -= x

@@ -3,7 +3,7 @@
 Second moments are accumulated about a per-component *shift* (the means of the parameters
 the pass runs under), ``Σ r (x - s)(x - s)ᵀ``, and corrected exactly in the M-step. Raw
 moments about the origin would cancel catastrophically for data far from the origin
-(DESIGN.md §3); about the previous means the correction is tiny.
+(docs/design.md, "Numerics"); about the previous means the correction is tiny.
 """
 
 from __future__ import annotations
@@ -17,18 +17,24 @@ import numpy as np
 from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.exceptions import FitError
 from emdist.kernels._blocks import iter_sub_blocks_t, logsumexp_rows
+from emdist.kernels.covariance import covariance_shape
 from emdist.kernels.gaussian import ComponentBlocks, compute_precision_cholesky
+from emdist.kernels.kmeans import kmeans_labels_chunk
+from emdist.kernels.scan import row_uniforms
 
 __all__ = [
-    "labels_from_log_prob",
-    "proba_from_log_prob",
-    "score_samples_from_log_prob",
     "MixtureParams",
     "MixtureStats",
+    "empirical_moments",
+    "labels_from_log_prob",
     "mixture_estep_chunk",
+    "mixture_hard_resp_stats_chunk",
     "mixture_log_prob_chunk",
     "mixture_mstep",
+    "mixture_random_resp_stats_chunk",
     "mixture_stats_from_resp",
+    "proba_from_log_prob",
+    "score_samples_from_log_prob",
 ]
 
 # scikit-learn adds 10 machine epsilons to every component's weight so that an empty
@@ -114,10 +120,8 @@ class MixtureStats:
     def zero(cls, shift: FloatArray, covariance_type: CovarianceType) -> MixtureStats:
         """The additive identity for statistics about ``shift``."""
         K, d = shift.shape
-        sxx_shape = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}
-        return cls(
-            0.0, 0.0, np.zeros(K), np.zeros((K, d)), np.zeros(sxx_shape[covariance_type]), shift
-        )
+        sxx = np.zeros(covariance_shape(covariance_type, K, d))
+        return cls(0.0, 0.0, np.zeros(K), np.zeros((K, d)), sxx, shift)
 
 
 def _accumulate(
@@ -199,7 +203,7 @@ def _normalise(lp: FloatArray, resp: FloatArray) -> float:
 
 
 def mixture_estep_chunk(
-    X: AnyArray, params: MixtureParams, covariance_type: CovarianceType
+    X: AnyArray, row_offset: int, params: MixtureParams, covariance_type: CovarianceType
 ) -> MixtureStats:
     """E-step on one block, reduced at once to sufficient statistics.
 
@@ -207,6 +211,8 @@ def mixture_estep_chunk(
     ----------
     X : ndarray of shape (n_rows, n_features)
         The block (any real dtype; computed in float64).
+    row_offset : int
+        Global index of the block's first row (unused: every reduction kernel takes it).
     params : MixtureParams
         Current parameters; their means are the shift of the statistics.
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
@@ -269,6 +275,56 @@ def mixture_stats_from_resp(
     )
 
 
+def empirical_moments(
+    stats: MixtureStats, covariance_type: CovarianceType, reg_covar: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Weighted counts, means and covariances from moments about a shift.
+
+    The M-step of every mixture starts here (Bishop eq. 10.51-10.53 for the variational
+    one): as scikit-learn's ``_estimate_gaussian_parameters``, the counts carry 10 machine
+    epsilons, the covariances ``reg_covar`` on their diagonal, tied is pooled over the
+    components and spherical is the mean of the diagonal. The moments about the shift
+    ``s_k`` are centred exactly: ``Σ r (x - x̄)(x - x̄)ᵀ = Σ r (x - s)(x - s)ᵀ - N_k δδᵀ``
+    with ``δ = x̄ - s`` (never ``E[xxᵀ] - x̄x̄ᵀ`` from raw moments, which cancels).
+
+    Parameters
+    ----------
+    stats : MixtureStats
+        Statistics summed over the whole dataset.
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    reg_covar : float
+
+    Returns
+    -------
+    nk : ndarray of shape (n_components,)
+    means : ndarray of shape (n_components, n_features)
+    covariances : ndarray
+        Shaped by ``covariance_type``.
+    """
+    nk_raw = stats.nk
+    nk = nk_raw + _NK_EPS
+    # Offset of the new mean from the shift; the exact weighted mean centres the moments.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = np.where(nk_raw[:, None] > 0, stats.sx / nk_raw[:, None], 0.0)
+    means = stats.shift + stats.sx / nk[:, None]
+    d = means.shape[1]
+    diag = np.arange(d)
+    if covariance_type == "full":
+        centred = stats.sxx - nk_raw[:, None, None] * delta[:, :, None] * delta[:, None, :]
+        covariances = centred / nk[:, None, None]
+        covariances[:, diag, diag] += reg_covar
+    elif covariance_type == "tied":
+        centred = stats.sxx - np.einsum("k,ki,kj->ij", nk_raw, delta, delta)
+        covariances = centred / nk.sum()
+        covariances[diag, diag] += reg_covar
+    elif covariance_type == "diag":
+        covariances = (stats.sxx - nk_raw[:, None] * delta**2) / nk[:, None] + reg_covar
+    else:
+        sq = np.sum(delta**2, axis=1)
+        covariances = (stats.sxx - nk_raw * sq) / nk / d + reg_covar
+    return nk, means, covariances
+
+
 def mixture_mstep(
     stats: MixtureStats, covariance_type: CovarianceType, reg_covar: float
 ) -> MixtureParams:
@@ -291,26 +347,7 @@ def mixture_mstep(
     FitError
         If a covariance is not positive definite or a parameter is not finite.
     """
-    nk_raw = stats.nk
-    nk = nk_raw + _NK_EPS
-    # Offset of the new mean from the shift; the exact weighted mean centres the moments.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        delta = np.where(nk_raw[:, None] > 0, stats.sx / nk_raw[:, None], 0.0)
-    means = stats.shift + stats.sx / nk[:, None]
-    K, d = means.shape
-    if covariance_type == "full":
-        centred = stats.sxx - nk_raw[:, None, None] * delta[:, :, None] * delta[:, None, :]
-        covariances = centred / nk[:, None, None]
-        covariances[:, np.arange(d), np.arange(d)] += reg_covar
-    elif covariance_type == "tied":
-        centred = stats.sxx - np.einsum("k,ki,kj->ij", nk_raw, delta, delta)
-        covariances = centred / nk.sum()
-        covariances[np.arange(d), np.arange(d)] += reg_covar
-    elif covariance_type == "diag":
-        covariances = (stats.sxx - nk_raw[:, None] * delta**2) / nk[:, None] + reg_covar
-    else:
-        sq = np.sum(delta**2, axis=1)
-        covariances = (stats.sxx - nk_raw * sq) / nk / d + reg_covar
+    nk, means, covariances = empirical_moments(stats, covariance_type, reg_covar)
     weights = nk / nk.sum()
     if not (np.all(np.isfinite(means)) and np.all(np.isfinite(covariances))):
         raise FitError(
@@ -352,19 +389,19 @@ def mixture_random_resp_stats_chunk(
     Row ``i`` draws its responsibilities from a stream positioned at ``i``, so the
     initialisation does not depend on the chunking.
     """
-    from emdist.kernels.scan import row_uniforms
-
     resp = row_uniforms(seed, row_offset, X.shape[0], shift.shape[0])
     resp /= resp.sum(axis=1, keepdims=True)
     return mixture_stats_from_resp(X, resp, shift, covariance_type)
 
 
 def mixture_hard_resp_stats_chunk(
-    X: AnyArray, centers: FloatArray, shift: FloatArray, covariance_type: CovarianceType
+    X: AnyArray,
+    row_offset: int,
+    centers: FloatArray,
+    shift: FloatArray,
+    covariance_type: CovarianceType,
 ) -> MixtureStats:
     """Statistics under hard assignments to the nearest centre (``init_params='kmeans'``)."""
-    from emdist.kernels.kmeans import kmeans_labels_chunk
-
     labels = kmeans_labels_chunk(X, centers)
     resp = np.zeros((X.shape[0], centers.shape[0]))
     resp[np.arange(X.shape[0]), labels] = 1.0

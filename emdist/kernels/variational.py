@@ -39,13 +39,13 @@ from emdist.kernels.gaussian import (
     estimate_log_gaussian_prob,
     log_det_cholesky,
 )
-from emdist.kernels.mixture import MixtureStats, mixture_stats_from_resp
+from emdist.kernels.mixture import MixtureStats, empirical_moments, mixture_stats_from_resp
 
 __all__ = [
-    "WEIGHT_PRIOR_TYPES",
     "VariationalParams",
     "VariationalPriors",
     "VariationalStats",
+    "WEIGHT_PRIOR_TYPES",
     "WeightPriorType",
     "expected_log_weights",
     "scatter_stats_chunk",
@@ -58,10 +58,6 @@ __all__ = [
 
 WeightPriorType: TypeAlias = Literal["dirichlet_process", "dirichlet_distribution"]
 WEIGHT_PRIOR_TYPES: tuple[WeightPriorType, ...] = ("dirichlet_process", "dirichlet_distribution")
-
-# As scikit-learn (and kernels.mixture): 10 machine epsilons added to every component's
-# count so that an empty component divides by a tiny number, not zero.
-_NK_EPS = 10 * np.finfo(np.float64).eps
 
 
 @dataclass(frozen=True, eq=False)
@@ -279,7 +275,7 @@ def variational_log_prob_chunk(
 
 
 def variational_estep_chunk(
-    X: AnyArray, params: VariationalParams, covariance_type: CovarianceType
+    X: AnyArray, row_offset: int, params: VariationalParams, covariance_type: CovarianceType
 ) -> VariationalStats:
     """Variational E-step on one block, reduced at once to summable statistics.
 
@@ -287,6 +283,8 @@ def variational_estep_chunk(
     ----------
     X : ndarray of shape (n_rows, n_features)
         The block (any real dtype; computed in float64).
+    row_offset : int
+        Global index of the block's first row (unused: every reduction kernel takes it).
     params : VariationalParams
         Current posterior; its means are the shift of the moments.
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
@@ -329,7 +327,7 @@ def _estep_axis_aligned(
     The squared differences ``D²_k = (x - m_k)²`` give both the Mahalanobis terms and,
     since the shift is ``m_k``, the second moments ``Σ r (x - m_k)²``; composing the generic
     log-density and moment kernels forms them twice (measured ~2.5x slower here). Still
-    differences, never the ``x² - 2xm + m²`` expansion (DESIGN.md §3).
+    differences, never the ``x² - 2xm + m²`` expansion (docs/design.md, "Numerics").
     """
     shift = params.means
     K, d = shift.shape
@@ -378,12 +376,14 @@ def _estep_axis_aligned(
     return VariationalStats(moments, r_log_r)
 
 
-def scatter_stats_chunk(X: AnyArray, center: FloatArray) -> MixtureStats:
+def scatter_stats_chunk(X: AnyArray, row_offset: int, center: FloatArray) -> MixtureStats:
     """One-component ``full`` moments of a block about ``center`` (for the covariance prior).
 
     Parameters
     ----------
     X : ndarray of shape (n_rows, n_features)
+    row_offset : int
+        Global index of the block's first row (unused: every reduction kernel takes it).
     center : ndarray of shape (n_features,)
         A fixed centre near the data mean (the scan pass's mean), so that the scatter is
         accumulated without cancellation.
@@ -398,37 +398,6 @@ def scatter_stats_chunk(X: AnyArray, center: FloatArray) -> MixtureStats:
 
 
 # ------------------------------------------------------------------------------- M-step
-
-
-def _empirical_moments(
-    moments: MixtureStats, covariance_type: CovarianceType, reg_covar: float
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """``N_k``, ``x̄_k`` and ``S_k`` (Bishop eq. 10.51-10.53) from moments about a shift.
-
-    As scikit-learn's ``_estimate_gaussian_parameters``: ``N_k`` carries 10 eps, ``S_k``
-    has ``reg_covar`` on its diagonal, tied ``S`` is pooled over components, spherical
-    ``S_k`` is the mean of the diagonal. The moments about the shift ``s_k`` are centred
-    exactly: ``Σ r (x - x̄)(x - x̄)ᵀ = Σ r (x - s)(x - s)ᵀ - N_k δδᵀ``, ``δ = x̄ - s``.
-    """
-    nk_raw = moments.nk
-    nk = nk_raw + _NK_EPS
-    with np.errstate(invalid="ignore", divide="ignore"):
-        delta = np.where(nk_raw[:, None] > 0, moments.sx / nk_raw[:, None], 0.0)
-    xk = moments.shift + moments.sx / nk[:, None]
-    d = xk.shape[1]
-    diag = np.arange(d)
-    if covariance_type == "full":
-        centred = moments.sxx - nk_raw[:, None, None] * delta[:, :, None] * delta[:, None, :]
-        sk = centred / nk[:, None, None]
-        sk[:, diag, diag] += reg_covar
-    elif covariance_type == "tied":
-        sk = (moments.sxx - np.einsum("k,ki,kj->ij", nk_raw, delta, delta)) / nk.sum()
-        sk[diag, diag] += reg_covar
-    elif covariance_type == "diag":
-        sk = (moments.sxx - nk_raw[:, None] * delta**2) / nk[:, None] + reg_covar
-    else:
-        sk = (moments.sxx - nk_raw * np.sum(delta**2, axis=1)) / nk / d + reg_covar
-    return nk, xk, sk
 
 
 def variational_mstep(
@@ -458,7 +427,7 @@ def variational_mstep(
     FitError
         If a parameter is not finite or a scale matrix is not positive definite.
     """
-    nk, xk, sk = _empirical_moments(moments, covariance_type, reg_covar)
+    nk, xk, sk = empirical_moments(moments, covariance_type, reg_covar)
     K = nk.shape[0]
 
     # Weights. Dirichlet (Bishop eq. 10.58): α_k = α_0 + N_k. Stick-breaking (Blei &
@@ -589,6 +558,3 @@ def variational_lower_bound(
         - log_norm_weight
         - 0.5 * d * np.sum(np.log(params.mean_precision))
     )
-
-
-# ----------------------------------------------------------------------------- predictors

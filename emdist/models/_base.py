@@ -1,38 +1,157 @@
-"""Shared machinery of the estimators: parameters, randomness, data preparation."""
+"""Shared machinery of the estimators: parameters, the fit template, randomness, row maps.
+
+Every estimator's ``fit`` is :meth:`BaseEstimator.fit`: validate the parameter table,
+derive the seeds, open and scan the data, run the restarts with the EM engine (resuming a
+checkpoint), record the fitted attributes, warn if the kept restart did not converge. A
+model says only what differs, in :meth:`BaseEstimator._plan` (its engine family, how a
+restart starts and how restarts compare) and :meth:`BaseEstimator._record`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import numbers
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import dask.array as da
 import numpy as np
 
-from emdist.engine.init import DataSummary, scan_data
-from emdist.engine.threads import blas_single_threaded
-from emdist.exceptions import InvalidDataError
+from emdist._typing import FloatArray
+from emdist.engine.data import FitData, compute_context, prepare_fit_data
+from emdist.engine.em import EMResult, ModelFamily
+from emdist.engine.restarts import BestRun, run_restarts
+from emdist.exceptions import ConvergenceWarning, InvalidDataError
 from emdist.io.checkpoint import CheckpointStore
-from emdist.io.sources import as_dask_array
+from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
+from emdist.models._sklearn import SklearnEstimatorMixin
+from emdist.models._validation import Constraint, validate_parameters
 
-__all__ = ["BaseEstimator", "FitData", "active_client", "compute_context", "resolve_seed"]
+__all__ = [
+    "BaseEstimator",
+    "Components",
+    "FitPlan",
+    "apply_rows",
+    "as_checkpoint",
+    "check_features",
+    "child_seeds",
+    "estimator_config",
+    "fit_seed",
+    "fitted_array",
+    "fitted_int",
+    "resolve_seed",
+]
+
+P = TypeVar("P")
 
 
-class BaseEstimator:
-    """``get_params`` / ``set_params`` / ``repr`` from the ``__init__`` signature.
+@dataclass(frozen=True)
+class FitPlan(Generic[P]):
+    """What one estimator's fit brings to the shared template.
+
+    Attributes
+    ----------
+    family : ModelFamily
+        The model as the EM engine sees it (E-step, M-step, bound, convergence).
+    make_start : callable
+        ``make_start(restart, seed)`` -> the restart's starting parameters.
+    params_type : callable
+        Rebuilds parameters from ``params.arrays()`` (checkpoints).
+    score : callable
+        Larger is better: which restart is kept (may run a final pass).
+    tol : float
+        The tolerance the family's convergence test receives.
+    """
+
+    family: ModelFamily[P, Any]
+    make_start: Callable[[int, int], P]
+    params_type: Callable[..., P]
+    score: Callable[[EMResult[P, Any]], float]
+    tol: float
+
+
+@dataclass(frozen=True)
+class Components:
+    """The fitted components in one shape for every family (reports, plots).
+
+    Attributes
+    ----------
+    means : ndarray of shape (n_components, n_features)
+        Means, or K-means centres.
+    weights : ndarray of shape (n_components,) or None
+        Mixing weights (``None`` for K-means).
+    covariances : ndarray of shape (n_components, n_features, n_features) or None
+        Every component's full covariance (``None`` for K-means).
+    """
+
+    means: FloatArray
+    weights: FloatArray | None
+    covariances: FloatArray | None
+
+
+class BaseEstimator(SklearnEstimatorMixin):
+    """``get_params`` / ``set_params`` / ``repr`` from the ``__init__`` signature, and ``fit``.
 
     As in scikit-learn, ``__init__`` only stores its arguments; validation happens in
-    ``fit``, so ``set_params`` and cloning behave predictably.
+    ``fit``, so ``set_params`` and cloning behave predictably. Subclasses declare
+    ``_parameter_constraints`` and implement :meth:`_plan` and :meth:`_record`. The rest of
+    scikit-learn's protocol (tags, fitted test) comes from :class:`SklearnEstimatorMixin`.
     """
+
+    # Set by :func:`emdist.registry.register_family`.
+    family_name: ClassVar[str]
+    family_summary: ClassVar[str]
+    #: What each parameter may be, checked before any data is read.
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {}
+    #: The estimator's word for the number of components (error messages, data checks).
+    _n_components_param: ClassVar[str] = "n_components"
+    #: What the convergence test watches, for the non-convergence warning.
+    _convergence_quantity: ClassVar[str] = "change of the lower bound"
+    #: Whether ``tol`` bounds the change of ``lower_bounds_`` (plots draw it beside them).
+    tol_is_bound_change: ClassVar[bool] = True
+    #: Family-neutral configuration names that this estimator calls otherwise.
+    _config_aliases: ClassVar[dict[str, str]] = {}
+
+    random_state: Any
+    max_iter: int
+    tol: float
+    init_sample_size: int | None
+    observer: Any
+    checkpoint: Any
+    n_features_in_: int
 
     @classmethod
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
         return [p for p in sig.parameters if p != "self"]
+
+    @classmethod
+    def from_config(cls, params: Mapping[str, Any], **runtime: Any) -> Self:
+        """Build the estimator from a family-neutral model configuration.
+
+        Parameters
+        ----------
+        params : mapping
+            Configuration fields (``n_components``, ``tol``, ``init_params``...); names
+            this estimator spells otherwise are translated (``_config_aliases``), fields
+            it has no parameter for are left out, and ``None`` means "the default".
+        **runtime
+            Parameters that belong to one run (``observer``, ``checkpoint``).
+
+        Returns
+        -------
+        estimator
+        """
+        names = set(cls._param_names())
+        kwargs = {}
+        for key, value in params.items():
+            name = cls._config_aliases.get(key, key)
+            if name in names and value is not None:
+                kwargs[name] = value
+        return cls(**kwargs, **runtime)
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Parameters of this estimator, by name.
@@ -81,6 +200,154 @@ class BaseEstimator:
                 changed.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(changed)})"
 
+    # -- the fit template ----------------------------------------------------------------
+
+    def _validate_params(self) -> None:
+        validate_parameters(self._parameter_constraints, self.get_params())
+
+    def _check_input(self, X: Any) -> None:
+        """Checks that need the data's shape but not its values (before any read)."""
+
+    def _n_init(self) -> int:
+        """Number of restarts (K-means resolves ``'auto'``)."""
+        return int(getattr(self, "n_init", 1))
+
+    def _warm(self) -> bool:
+        """Whether this fit continues from the previous one (``warm_start``)."""
+        return bool(getattr(self, "warm_start", False)) and hasattr(self, "converged_")
+
+    def _plan(self, data: FitData, warm: bool) -> FitPlan[Any]:
+        """The model's part of the fit, given the scanned data."""
+        raise NotImplementedError
+
+    def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
+        """Set the fitted attributes from the kept restart."""
+        raise NotImplementedError
+
+    def fit(self, X: Any, y: Any = None) -> Self:
+        """Fit the model, one pass over the data per iteration.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+            Data of shape (n_samples, n_features); a path names a Zarr array (or a
+            dataset group written by emdist, whose data array is used).
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        self._check_input(X)
+        warm = self._warm()
+        n_init = 1 if warm else self._n_init()
+        checkpoint = as_checkpoint(self.checkpoint)
+        seed = fit_seed(self.random_state, checkpoint)
+        sample_seed, restarts_seed = child_seeds(seed, 2)
+        resolved: dict[str, Any] = {"n_init": n_init}
+        if "warm_start" in self._param_names():
+            resolved["warm_start"] = warm
+        with compute_context():
+            data = prepare_fit_data(
+                X,
+                n_clusters=int(getattr(self, self._n_components_param)),
+                seed=sample_seed,
+                sample_size=self.init_sample_size,
+                what=self._n_components_param,
+            )
+            plan = self._plan(data, warm)
+            best = run_restarts(
+                data,
+                plan.family,
+                n_init=n_init,
+                seeds=child_seeds(restarts_seed, n_init),
+                make_start=plan.make_start,
+                params_from_arrays=plan.params_type,
+                score=plan.score,
+                tol=plan.tol,
+                max_iter=int(self.max_iter),
+                observer=self.observer,
+                checkpoint=checkpoint,
+                config=estimator_config(self, **resolved),
+                seed=seed,
+                # As scikit-learn: a warm start's first change is measured from the last
+                # bound of the previous fit, so it can converge at once.
+                previous_bound=getattr(self, "lower_bound_", None) if warm else None,
+            )
+        self.converged_ = best.converged
+        self.n_iter_ = best.n_iter
+        self.lower_bounds_ = list(best.lower_bounds)
+        self.n_features_in_ = data.summary.n_features
+        self._record(best, data, X)
+        if not best.converged:
+            warnings.warn(
+                f"{type(self).__name__} did not converge in max_iter={self.max_iter} "
+                f"iterations (last {self._convergence_quantity} above "
+                f"tol={self.tol}); try different init parameters, or increase max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    # -- what a saved model must hold -----------------------------------------------------
+
+    def check_fitted_values(self) -> None:
+        """Check that the fitted attributes can be a model of this kind (after loading).
+
+        Raises
+        ------
+        ValueError
+            Naming the field that is missing, misshaped, non-finite or out of range.
+        """
+        fitted_int(self, "n_features_in_")
+
+    # -- what reports ask of every model ---------------------------------------------------
+
+    def components(self) -> Components:
+        """The fitted components: means, weights and full covariances where the model has them.
+
+        Returns
+        -------
+        Components
+        """
+        raise NotImplementedError
+
+    def summary_statistics(self, X: Any) -> dict[str, Any]:
+        """The figures a report shows for this fit on ``X`` (at most one pass over it).
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+
+        Returns
+        -------
+        dict
+            Some of ``score``, ``bic``, ``aic``, ``inertia`` (floats) and ``weights``
+            (list of floats), as the model defines them.
+        """
+        raise NotImplementedError
+
+
+def fitted_int(estimator: Any, field: str) -> int:
+    """``estimator.<field>`` if it is an int >= 1, else ``ValueError`` naming the field."""
+    value = getattr(estimator, field, None)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"field {field!r} is {value!r}, not an int >= 1")
+    return int(value)
+
+
+def fitted_array(estimator: Any, field: str, shape: tuple[int, ...]) -> FloatArray:
+    """``estimator.<field>`` if it is a finite float array of ``shape``, else ``ValueError``."""
+    value = getattr(estimator, field, None)
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"field {field!r} is missing")
+    if value.shape != shape:
+        raise ValueError(f"field {field!r} has shape {value.shape}, expected {shape}")
+    if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
+        raise ValueError(f"field {field!r} holds non-finite values")
+    return value
+
 
 def resolve_seed(random_state: Any) -> int:
     """One integer seed for a fit, from ``None``, an int, a ``RandomState`` or a ``Generator``.
@@ -106,77 +373,6 @@ def resolve_seed(random_state: Any) -> int:
 def child_seeds(seed: int, n: int) -> list[int]:
     """``n`` independent integer seeds derived from ``seed``."""
     return [int(s.generate_state(1, np.uint64)[0]) for s in np.random.SeedSequence(seed).spawn(n)]
-
-
-def active_client() -> Any | None:
-    """The active ``dask.distributed`` Client, or ``None``."""
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
-
-
-@contextlib.contextmanager
-def compute_context() -> Iterator[None]:
-    """BLAS policy for a fit: one BLAS thread per Dask thread on local schedulers.
-
-    On a distributed cluster the workers limit themselves (see ``engine.threads``) and the
-    client keeps its BLAS threads for the small M-step.
-    """
-    if active_client() is not None:
-        yield
-    else:
-        with blas_single_threaded():
-            yield
-
-
-@dataclass(frozen=True)
-class FitData:
-    """The data of a fit, opened lazily, with what the scan pass learned of it."""
-
-    X: da.Array
-    summary: DataSummary
-    in_memory: bool
-
-
-def default_sample_size(n_clusters: int) -> int:
-    """Rows to sample for seeding: plenty for k-means++, always in memory."""
-    return max(10_000, 100 * n_clusters)
-
-
-def prepare_fit_data(
-    X: Any, *, n_clusters: int, seed: int, sample_size: int | None, what: str
-) -> FitData:
-    """Open ``X``, run the scan pass, and reject data that cannot be clustered.
-
-    Raises
-    ------
-    InvalidDataError
-        Non-finite values, fewer samples than components, wrong shape or dtype.
-    """
-    in_memory = isinstance(X, np.ndarray | list | tuple)
-    Xd = as_dask_array(X)
-    if Xd.shape[0] < n_clusters:
-        raise InvalidDataError(
-            f"n_samples={Xd.shape[0]} should be >= {what}={n_clusters}: every "
-            f"component needs at least one sample. Use fewer components or more data."
-        )
-    if in_memory and active_client() is not None:
-        # Ship in-memory data to the workers once, not with every iteration's graph.
-        Xd = Xd.persist()
-    size = default_sample_size(n_clusters) if sample_size is None else int(sample_size)
-    if size < n_clusters:
-        raise ValueError(f"init_sample_size={size} must be >= {what}={n_clusters}")
-    summary = scan_data(Xd, seed, size)
-    if n_clusters > 1 and not np.any(summary.variance > 0):
-        raise InvalidDataError(
-            f"X has zero variance in every feature (all {summary.n_samples} rows are "
-            f"identical), so it cannot be split into {what}={n_clusters} clusters. "
-            f"Use {what}=1 or check the data."
-        )
-    return FitData(Xd, summary, in_memory)
 
 
 def check_features(X: da.Array | np.ndarray[Any, Any], n_features: int, name: str) -> None:
@@ -221,15 +417,12 @@ def apply_rows(
 ) -> Any:
     """Apply a per-block kernel to every row of ``X``.
 
-    numpy in, numpy out; Dask, Zarr or a path in, a lazy Dask array out. ``out_width``
-    is the number of output columns, or ``None`` for one value per row.
+    In-memory data (numpy, lists, pandas...) in, numpy out; Dask, Zarr or a path in, a
+    lazy Dask array out. ``out_width`` is the number of output columns, or ``None`` for
+    one value per row.
     """
-    if isinstance(X, np.ndarray | list | tuple):
-        arr = np.asarray(X)
-        Xd_shape = arr.shape
-        from emdist.io.sources import validate_array_like
-
-        validate_array_like(Xd_shape, arr.dtype)
+    if not is_out_of_core(X):
+        arr = as_numpy_array(X)
         check_features(arr, n_features, name)
         _first_non_finite(arr, 0)
         return fn(arr, *args)

@@ -12,19 +12,19 @@ import numbers
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar
 
 import numpy as np
 
-from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray
+from emdist._typing import AnyArray, CovarianceType, FloatArray
+from emdist.engine.data import FitData
 from emdist.engine.em import Observer
 from emdist.engine.reduce import map_reduce
 from emdist.exceptions import InvalidDataError
 from emdist.io.checkpoint import CheckpointStore
+from emdist.io.sources import as_dask_array
 from emdist.kernels.gaussian import precisions_from_cholesky
-from emdist.kernels.mixture import (
-    MixtureStats,
-)
+from emdist.kernels.mixture import MixtureStats
 from emdist.kernels.variational import (
     WEIGHT_PRIOR_TYPES,
     VariationalParams,
@@ -37,17 +37,11 @@ from emdist.kernels.variational import (
     variational_lower_bound,
     variational_mstep,
 )
-from emdist.models._base import (
-    FitData,
-    as_checkpoint,
-    child_seeds,
-    compute_context,
-    estimator_config,
-    fit_seed,
-    prepare_fit_data,
-)
-from emdist.models._restarts import run_restarts
-from emdist.models.gaussian_mixture import INIT_PARAMS, BaseMixture, initial_resp_stats
+from emdist.models._base import FitPlan
+from emdist.models._docs import fill_doc
+from emdist.models._mixture import BaseMixture, initial_resp_stats
+from emdist.models._validation import Constraint, one_of
+from emdist.registry import register_family
 
 __all__ = [
     "BayesianGaussianMixture",
@@ -81,7 +75,7 @@ class BayesianMixtureFamily:
         self, X: AnyArray, row_offset: int, params: VariationalParams
     ) -> VariationalStats:
         """Variational responsibilities of one block, reduced to statistics."""
-        return variational_estep_chunk(X, params, self.covariance_type)
+        return variational_estep_chunk(X, row_offset, params, self.covariance_type)
 
     def mstep(self, stats: VariationalStats, params: VariationalParams) -> VariationalParams:
         """The posterior given the responsibilities summarised by ``stats``."""
@@ -219,8 +213,8 @@ def resolve_priors(
     else:
         if n < 2:
             raise InvalidDataError(
-                "The default covariance_prior is the empirical covariance of X, which needs "
-                "at least 2 samples; pass covariance_prior or more data."
+                f"The default covariance_prior is the empirical covariance of X, which needs "
+                f"at least 2 samples (got n_samples={n}); pass covariance_prior or more data."
             )
         if covariance_type in ("full", "tied"):
             scatter: MixtureStats = map_reduce(data.X, scatter_stats_chunk, summary.mean)
@@ -248,8 +242,6 @@ def _n_features(X: Any) -> int:
     """Number of columns of ``X`` without reading it."""
     shape = np.shape(X) if isinstance(X, np.ndarray | list | tuple) else None
     if shape is None:
-        from emdist.io.sources import as_dask_array
-
         shape = as_dask_array(X).shape
     if len(shape) != 2:
         raise InvalidDataError(
@@ -262,6 +254,10 @@ def _n_features(X: Any) -> int:
 # ----------------------------------------------------------------------------- estimator
 
 
+@register_family(
+    "bayesian_gmm", summary="variational Bayesian Gaussian mixture (prunes components)"
+)
+@fill_doc
 class BayesianGaussianMixture(BaseMixture):
     """Variational Bayesian Gaussian mixture, one pass over the data per iteration.
 
@@ -320,14 +316,7 @@ default='dirichlet_process'
         Start from the previous fit's posterior (one restart).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
-    observer : callable, optional
-        Called with an :class:`emdist.engine.IterationState` after every iteration;
-        returning ``True`` stops the fit.
-    checkpoint : CheckpointStore, str or path, optional
-        Where to commit the fit state after iterations (see
-        :class:`emdist.io.checkpoint.CheckpointStore`). A fit given a location that holds a
-        checkpoint of the same configuration and data resumes from it and ends with exactly
-        the model of an uninterrupted fit; one of another configuration or data is refused.
+    {{fit_hooks}}
 
     Attributes
     ----------
@@ -371,6 +360,12 @@ degrees_of_freedom_prior_, covariance_prior_ :
     ``log Σ_k ρ_k(x)``, not the log-density of a plug-in mixture.
     """
 
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        **BaseMixture._parameter_constraints,
+        "weight_concentration_prior_type": one_of(WEIGHT_PRIOR_TYPES),
+    }
+    _convergence_quantity = "change of the per-sample lower bound"
+
     def __init__(
         self,
         n_components: int = 1,
@@ -412,53 +407,28 @@ degrees_of_freedom_prior_, covariance_prior_ :
         self.observer = observer
         self.checkpoint = checkpoint
 
-    def _validate_params(self) -> None:
-        if not isinstance(self.n_components, int | np.integer) or self.n_components < 1:
-            raise ValueError(f"n_components must be a positive int; got {self.n_components!r}")
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(
-                f"covariance_type must be one of {COVARIANCE_TYPES}; got {self.covariance_type!r}"
-            )
-        if self.init_params not in INIT_PARAMS:
-            raise ValueError(f"init_params must be one of {INIT_PARAMS}; got {self.init_params!r}")
-        if self.weight_concentration_prior_type not in WEIGHT_PRIOR_TYPES:
-            raise ValueError(
-                f"weight_concentration_prior_type must be one of {WEIGHT_PRIOR_TYPES}; "
-                f"got {self.weight_concentration_prior_type!r}"
-            )
-        for name in ("max_iter", "n_init"):
-            value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
-        if not self.tol >= 0:
-            raise ValueError(f"tol must be >= 0; got {self.tol!r}")
-        if not self.reg_covar >= 0:
-            raise ValueError(f"reg_covar must be >= 0; got {self.reg_covar!r}")
+    def _check_input(self, X: Any) -> None:
+        # The priors are checked against n_features before the data is read.
+        _check_priors(self, _n_features(X), self.covariance_type)
 
-    def fit(self, X: Any, y: Any = None) -> Self:
-        """Fit the variational posterior by coordinate ascent on the ELBO.
-
-        Parameters
-        ----------
-        X : array-like, dask.array.Array, zarr.Array, str or path
-            Data of shape (n_samples, n_features); a path names a Zarr array.
-        y : ignored
-
-        Returns
-        -------
-        self
-        """
-        self._validate_params()
+    def _plan(self, data: FitData, warm: bool) -> FitPlan[VariationalParams]:
         covariance_type: CovarianceType = self.covariance_type
         K = int(self.n_components)
-        user = _check_priors(self, _n_features(X), covariance_type)
-        checkpoint = as_checkpoint(self.checkpoint)
-        seed = fit_seed(self.random_state, checkpoint)
-        # The same derivation as GaussianMixture: the same random_state gives the same
-        # scan sample and the same initial responsibilities.
-        sample_seed, restarts_seed = child_seeds(seed, 2)
-        warm = bool(self.warm_start) and hasattr(self, "converged_")
-        n_init = 1 if warm else int(self.n_init)
+        user = _check_priors(self, data.summary.n_features, covariance_type)
+        priors = resolve_priors(
+            data,
+            n_components=K,
+            covariance_type=covariance_type,
+            weight_concentration_prior_type=self.weight_concentration_prior_type,
+            weight_concentration_prior=user.weight_concentration,
+            mean_precision_prior=user.mean_precision,
+            mean_prior=user.mean,
+            degrees_of_freedom_prior=user.degrees_of_freedom,
+            covariance_prior=user.covariance,
+        )
+        # The resolved priors are attributes as soon as they are known, as scikit-learn's.
+        self._set_priors(priors)
+        family = BayesianMixtureFamily(covariance_type, float(self.reg_covar), priors)
         previous = self._params() if warm else None
 
         def make_start(restart: int, restart_seed: int) -> VariationalParams:
@@ -473,48 +443,13 @@ degrees_of_freedom_prior_, covariance_prior_ :
             )
             return variational_mstep(stats, priors, covariance_type, family.reg_covar)
 
-        with compute_context():
-            data = prepare_fit_data(
-                X,
-                n_clusters=K,
-                seed=sample_seed,
-                sample_size=self.init_sample_size,
-                what="n_components",
-            )
-            priors = resolve_priors(
-                data,
-                n_components=K,
-                covariance_type=covariance_type,
-                weight_concentration_prior_type=self.weight_concentration_prior_type,
-                weight_concentration_prior=user.weight_concentration,
-                mean_precision_prior=user.mean_precision,
-                mean_prior=user.mean,
-                degrees_of_freedom_prior=user.degrees_of_freedom,
-                covariance_prior=user.covariance,
-            )
-            family = BayesianMixtureFamily(covariance_type, float(self.reg_covar), priors)
-            best = run_restarts(
-                data,
-                family,
-                n_init=n_init,
-                seeds=child_seeds(restarts_seed, n_init),
-                make_start=make_start,
-                params_from_arrays=VariationalParams,
-                score=lambda result: result.lower_bound,
-                tol=float(self.tol),
-                max_iter=int(self.max_iter),
-                observer=self.observer,
-                checkpoint=checkpoint,
-                config=estimator_config(self, n_init=n_init, warm_start=warm),
-                seed=seed,
-                # As scikit-learn and GaussianMixture: a warm start's first change is
-                # measured from the previous fit's last bound, so it can converge at once.
-                previous_bound=getattr(self, "lower_bound_", None) if warm else None,
-            )
-        self._set_priors(priors)
-        self._set_params(best.params)
-        self._record_fit(best, data.summary.n_features, "per-sample lower bound")
-        return self
+        return FitPlan(
+            family,
+            make_start,
+            VariationalParams,
+            score=lambda result: result.lower_bound,
+            tol=float(self.tol),
+        )
 
     def _set_priors(self, priors: VariationalPriors) -> None:
         self.weight_concentration_prior_ = priors.weight_concentration
@@ -548,6 +483,11 @@ degrees_of_freedom_prior_, covariance_prior_ :
 
     def _log_prob(self) -> tuple[Callable[..., FloatArray], tuple[Any, ...]]:
         return variational_log_prob_chunk, (self._params(), self.covariance_type)
+
+    def summary_statistics(self, X: Any) -> dict[str, Any]:
+        """The mixing weights (a variational mixture is judged by its ELBO, not a BIC)."""
+        self._check_fitted()
+        return {"weights": [float(w) for w in self.weights_]}
 
     def score_samples(self, X: Any) -> Any:
         """``log Σ_k ρ_k(x)`` of every sample (scikit-learn's meaning); lazy for non-numpy input.

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal
 
 import dask.array as da
 import numpy as np
 
 from emdist._typing import AnyArray, FloatArray
+from emdist.engine.data import FitData
 from emdist.engine.em import EMResult, Observer
-from emdist.engine.init import kmeans_plusplus
 from emdist.engine.reduce import map_reduce
-from emdist.exceptions import ConvergenceWarning, InvalidDataError
+from emdist.engine.restarts import BestRun, run_restarts
+from emdist.engine.seeding import kmeans_plusplus
+from emdist.exceptions import ConvergenceWarning
 from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.kmeans import (
     KMeansParams,
@@ -26,18 +29,32 @@ from emdist.kernels.kmeans import (
 )
 from emdist.models._base import (
     BaseEstimator,
-    FitData,
+    Components,
+    FitPlan,
     apply_rows,
-    as_checkpoint,
     child_seeds,
-    compute_context,
-    estimator_config,
-    fit_seed,
-    prepare_fit_data,
+    fitted_array,
+    fitted_int,
 )
-from emdist.models._restarts import BestRun, run_restarts
+from emdist.models._docs import fill_doc
+from emdist.models._sklearn import ClusterMixin, TransformerMixin
+from emdist.models._validation import (
+    Constraint,
+    any_of,
+    is_none,
+    literal,
+    non_negative_real,
+    positive_int,
+)
+from emdist.registry import register_family
 
-__all__ = ["KMeans", "KMeansFamily", "fit_kmeans"]
+__all__ = [
+    "KMeans",
+    "KMeansFamily",
+    "fit_kmeans",
+    "initial_centers",
+    "kmeans_plan",
+]
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,7 @@ class KMeansFamily:
 
     def estep_chunk(self, X: AnyArray, row_offset: int, params: KMeansParams) -> KMeansStats:
         """Assignment statistics of one block."""
-        return kmeans_estep_chunk(X, params, row_offset)
+        return kmeans_estep_chunk(X, row_offset, params)
 
     def mstep(self, stats: KMeansStats, params: KMeansParams) -> KMeansParams:
         """New centres; empty clusters re-seeded from far points."""
@@ -80,7 +97,7 @@ def _final_inertia(X: da.Array, result: EMResult[KMeansParams, KMeansStats]) -> 
         # Labels did not change in the last pass: its inertia is that of the final centres.
         return stats.inertia
     # As scikit-learn: re-assign under the final centres so inertia and labels match them.
-    final: KMeansStats = map_reduce(X, KMeansFamily().estep_chunk, result.params, with_offset=True)
+    final: KMeansStats = map_reduce(X, KMeansFamily().estep_chunk, result.params)
     return final.inertia
 
 
@@ -103,6 +120,20 @@ def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> Flo
     return centers
 
 
+def kmeans_plan(data: FitData, n_clusters: int, init: Any, tol: float) -> FitPlan[KMeansParams]:
+    """Lloyd's algorithm as a fit plan: seeding, the family, and restarts compared by inertia.
+
+    ``tol`` is relative to the mean feature variance (scikit-learn's meaning).
+    """
+    return FitPlan(
+        KMeansFamily(),
+        lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed)),
+        KMeansParams,
+        score=lambda result: -_final_inertia(data.X, result),
+        tol=float(np.mean(data.summary.variance)) * tol,
+    )
+
+
 def fit_kmeans(
     data: FitData,
     *,
@@ -112,12 +143,11 @@ def fit_kmeans(
     max_iter: int,
     tol: float,
     seed: int,
-    observer: Observer | None = None,
-    checkpoint: CheckpointStore | None = None,
-    config: dict[str, Any] | None = None,
-    record_seed: int | None = None,
 ) -> BestRun[KMeansParams]:
     """Run ``n_init`` restarts of Lloyd's algorithm and keep the lowest inertia.
+
+    For other models' initialisation (``init_params='kmeans'``); :class:`KMeans` runs the
+    same plan through the estimators' fit template.
 
     Parameters
     ----------
@@ -126,41 +156,34 @@ def fit_kmeans(
     n_clusters, init, n_init, max_iter, tol :
         As :class:`KMeans`; ``tol`` is relative to the mean feature variance.
     seed : int
-        Seed of the fit.
-    observer : callable, optional
-        Called after every iteration.
-    checkpoint : CheckpointStore, optional
-        Where to commit the fit state; a matching checkpoint there is resumed.
-    config : dict, optional
-        Configuration recorded with the checkpoint.
-    record_seed : int, optional
-        The fit's top-level seed, recorded with the checkpoint so that a resumed fit derives
-        every stream from it again (default: ``seed``).
+        Seed of the restarts.
 
     Returns
     -------
     BestRun
         ``score`` is minus the inertia of the kept centres.
     """
-    abs_tol = float(np.mean(data.summary.variance)) * tol
+    plan = kmeans_plan(data, n_clusters, init, tol)
     return run_restarts(
         data,
-        KMeansFamily(),
+        plan.family,
         n_init=n_init,
         seeds=child_seeds(seed, n_init),
-        make_start=lambda restart, s: KMeansParams(initial_centers(data, n_clusters, init, s)),
-        params_from_arrays=KMeansParams,
-        score=lambda result: -_final_inertia(data.X, result),
-        tol=abs_tol,
+        make_start=plan.make_start,
+        params_from_arrays=plan.params_type,
+        score=plan.score,
+        tol=plan.tol,
         max_iter=max_iter,
-        observer=observer,
-        checkpoint=checkpoint,
-        config=config or {},
-        seed=seed if record_seed is None else record_seed,
+        observer=None,
+        checkpoint=None,
+        config={},
+        seed=seed,
     )
 
 
-class KMeans(BaseEstimator):
+@register_family("kmeans", summary="K-means (Lloyd), k-means++ seeding")
+@fill_doc
+class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """K-means clustering by Lloyd's algorithm, one pass over the data per iteration.
 
     Accepts data that does not fit in memory (a Dask array, a Zarr array or its path):
@@ -188,14 +211,7 @@ default='k-means++'
         Seed of everything random in the fit (sampling and seeding).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_clusters)``.
-    observer : callable, optional
-        Called with an :class:`emdist.engine.IterationState` after every iteration;
-        returning ``True`` stops the fit.
-    checkpoint : CheckpointStore, str or path, optional
-        Where to commit the fit state after iterations (see
-        :class:`emdist.io.checkpoint.CheckpointStore`). A fit given a location that holds a
-        checkpoint of the same configuration and data resumes from it and ends with exactly
-        the model of an uninterrupted fit; one of another configuration or data is refused.
+    {{fit_hooks}}
 
     Attributes
     ----------
@@ -221,6 +237,18 @@ default='k-means++'
     [1.0, 10.0]
     """
 
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "n_clusters": positive_int,
+        "max_iter": positive_int,
+        "tol": non_negative_real,
+        "n_init": any_of(literal("auto"), positive_int),
+        "init_sample_size": any_of(is_none, positive_int),
+    }
+    _n_components_param = "n_clusters"
+    _convergence_quantity = "squared centre shift"
+    tol_is_bound_change = False
+    _config_aliases: ClassVar[dict[str, str]] = {"n_components": "n_clusters"}
+
     def __init__(
         self,
         n_clusters: int = 8,
@@ -244,17 +272,9 @@ default='k-means++'
         self.observer = observer
         self.checkpoint = checkpoint
 
-    def _validate_params(self) -> int:
-        if not isinstance(self.n_clusters, int | np.integer) or self.n_clusters < 1:
-            raise ValueError(f"n_clusters must be a positive int; got {self.n_clusters!r}")
-        if not isinstance(self.max_iter, int | np.integer) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be a positive int; got {self.max_iter!r}")
-        if not self.tol >= 0:
-            raise ValueError(f"tol must be >= 0; got {self.tol!r}")
+    def _n_init(self) -> int:
         if self.n_init == "auto":
             return 10 if isinstance(self.init, str) and self.init == "random" else 1
-        if not isinstance(self.n_init, int | np.integer) or self.n_init < 1:
-            raise ValueError(f"n_init must be 'auto' or a positive int; got {self.n_init!r}")
         if not isinstance(self.init, str) and self.n_init != 1:
             warnings.warn(
                 "Explicit initial centres given: performing only one init (n_init=1).",
@@ -264,50 +284,12 @@ default='k-means++'
             return 1
         return int(self.n_init)
 
-    def fit(self, X: Any, y: Any = None) -> Self:
-        """Compute the clustering.
+    def _plan(self, data: FitData, warm: bool) -> FitPlan[KMeansParams]:
+        return kmeans_plan(data, int(self.n_clusters), self.init, float(self.tol))
 
-        Parameters
-        ----------
-        X : array-like, dask.array.Array, zarr.Array, str or path
-            Data of shape (n_samples, n_features); a path names a Zarr array.
-        y : ignored
-
-        Returns
-        -------
-        self
-        """
-        n_init = self._validate_params()
-        checkpoint = as_checkpoint(self.checkpoint)
-        seed = fit_seed(self.random_state, checkpoint)
-        sample_seed, kmeans_seed = child_seeds(seed, 2)
-        with compute_context():
-            data = prepare_fit_data(
-                X,
-                n_clusters=int(self.n_clusters),
-                seed=sample_seed,
-                sample_size=self.init_sample_size,
-                what="n_clusters",
-            )
-            best = fit_kmeans(
-                data,
-                n_clusters=int(self.n_clusters),
-                init=self.init,
-                n_init=n_init,
-                max_iter=int(self.max_iter),
-                tol=float(self.tol),
-                seed=kmeans_seed,
-                observer=self.observer,
-                checkpoint=checkpoint,
-                config=estimator_config(self, n_init=n_init),
-                record_seed=seed,
-            )
+    def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
         self.cluster_centers_ = best.params.centers
         self.inertia_ = -best.score
-        self.n_iter_ = best.n_iter
-        self.converged_ = best.converged
-        self.lower_bounds_ = list(best.lower_bounds)
-        self.n_features_in_ = data.summary.n_features
         self.labels_ = self.predict(X if data.in_memory else data.X)
         distinct = len(np.unique(self.cluster_centers_, axis=0))
         if distinct < self.cluster_centers_.shape[0]:
@@ -316,22 +298,68 @@ default='k-means++'
                 f"n_clusters ({self.cluster_centers_.shape[0]}). Possibly due to duplicate "
                 f"points in X.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        if not best.converged:
-            warnings.warn(
-                f"KMeans did not converge in max_iter={self.max_iter} iterations; "
-                f"increase max_iter or tol.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "cluster_centers_"):
-            raise InvalidDataError(
-                f"This {type(self).__name__} instance is not fitted yet; call fit first."
+    @classmethod
+    def from_config(cls, params: Mapping[str, Any], **runtime: Any) -> KMeans:
+        """Build from a family-neutral model configuration (see the base class).
+
+        ``n_components`` is ``n_clusters``; ``init_params`` ``'random'`` and
+        ``'random_from_data'`` seed with random rows, the others with k-means++.
+        """
+        params = dict(params)
+        init_params = params.pop("init_params", None)
+        if init_params is not None:
+            params["init"] = (
+                "random" if init_params in ("random", "random_from_data") else "k-means++"
             )
+        return super().from_config(params, **runtime)
+
+    def components(self) -> Components:
+        """The centres (K-means has no weights or covariances)."""
+        self._check_fitted()
+        return Components(self.cluster_centers_, None, None)
+
+    def information_criteria(self, X: Any) -> dict[str, float]:
+        """BIC and AIC of the clustering read as identical spherical Gaussians (X-means).
+
+        Inertia alone always falls as K grows; Pelleg & Moore's X-means criterion scores
+        the clustering as a mixture of K spherical Gaussians with one shared variance
+        ``σ² = inertia / (d (n - K))`` and weights ``n_k / n``, so K can be chosen by BIC.
+        ``inertia_`` must be that of ``X`` (the training data). Costs one pass (the
+        cluster sizes).
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+            The training data.
+
+        Returns
+        -------
+        dict
+            ``{"score": ..., "bic": ..., "aic": ...}``, the score being the mean
+            log-likelihood per sample.
+        """
+        labels = self.predict(X)
+        K, d = self.cluster_centers_.shape
+        n = int(labels.shape[0])
+        counts = np.bincount(np.asarray(da.compute(labels)[0]), minlength=K).astype(float)
+        sigma2 = max(float(self.inertia_) / (d * max(n - K, 1)), np.finfo(float).tiny)
+        nz = counts[counts > 0]
+        log_lik = float(
+            np.sum(nz * np.log(nz / n)) - n * d / 2 * np.log(2 * np.pi * sigma2) - d * (n - K) / 2
+        )
+        n_params = K * d + 1 + (K - 1)
+        return {
+            "score": log_lik / n,
+            "bic": float(-2 * log_lik + n_params * np.log(n)),
+            "aic": float(-2 * log_lik + 2 * n_params),
+        }
+
+    def summary_statistics(self, X: Any) -> dict[str, Any]:
+        """Inertia, and the X-means score, BIC and AIC of the training data ``X`` (one pass)."""
+        return {"inertia": float(self.inertia_), **self.information_criteria(X)}
 
     def predict(self, X: Any) -> Any:
         """Index of the nearest centre of every sample.
@@ -366,6 +394,17 @@ default='k-means++'
             name=type(self).__name__,
             out_width=self.cluster_centers_.shape[0],
         )
+
+    def check_fitted_values(self) -> None:
+        """Centres of shape (n_clusters, n_features_in_), finite (see the base class)."""
+        super().check_fitted_values()
+        shape = (fitted_int(self, "n_clusters"), fitted_int(self, "n_features_in_"))
+        fitted_array(self, "cluster_centers_", shape)
+
+    @property
+    def _n_features_out(self) -> int:
+        """Columns of :meth:`transform`: one distance per centre."""
+        return int(self.cluster_centers_.shape[0])
 
     def fit_predict(self, X: Any, y: Any = None) -> Any:
         """Fit, then return the labels of ``X``."""

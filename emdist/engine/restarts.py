@@ -1,4 +1,4 @@
-"""Restarts (``n_init``) with optional checkpoints, shared by every estimator.
+"""Restarts (``n_init``) with optional checkpoints: the fit loop every estimator drives.
 
 The loop runs each restart with the EM engine, keeps the best one, and — given a
 :class:`~emdist.io.checkpoint.CheckpointStore` — commits the fit state after iterations
@@ -16,9 +16,9 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from emdist.engine.data import FitData
 from emdist.engine.em import EMResult, IterationState, ModelFamily, Observer, run_em
 from emdist.io.checkpoint import BestState, CheckpointStore, FitState
-from emdist.models._base import FitData
 
 __all__ = ["BestRun", "data_fingerprint", "run_restarts"]
 

@@ -63,7 +63,7 @@ def scan_data(X: da.Array, seed: int, sample_size: int) -> DataSummary:
     InvalidDataError
         If the data holds NaN or infinity; the message names the row, column and block.
     """
-    stats: ScanStats = map_reduce(X, scan_chunk, seed, sample_size, with_offset=True)
+    stats: ScanStats = map_reduce(X, scan_chunk, seed, sample_size)
     if stats.bad_row >= 0:
         block = bisect.bisect_right(row_offsets(X), stats.bad_row) - 1
         raise InvalidDataError(

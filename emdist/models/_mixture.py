@@ -1,0 +1,294 @@
+"""What the Gaussian mixtures share: initialisation, parameter table, prediction, sampling.
+
+:class:`~emdist.GaussianMixture` and :class:`~emdist.BayesianGaussianMixture` both start
+from an M-step on initial responsibilities (:func:`initial_resp_stats`) and predict through
+the same per-block functions over their own log-probability kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import dask.array as da
+import numpy as np
+
+from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray
+from emdist.engine.data import FitData
+from emdist.engine.reduce import map_reduce
+from emdist.engine.restarts import BestRun
+from emdist.engine.seeding import kmeans_plusplus
+from emdist.kernels.covariance import covariance_shape, full_covariances
+from emdist.kernels.mixture import (
+    MixtureStats,
+    labels_from_log_prob,
+    mixture_hard_resp_stats_chunk,
+    mixture_random_resp_stats_chunk,
+    mixture_stats_from_resp,
+    proba_from_log_prob,
+    score_samples_from_log_prob,
+)
+from emdist.models._base import (
+    BaseEstimator,
+    Components,
+    apply_rows,
+    child_seeds,
+    fitted_array,
+    fitted_int,
+    resolve_seed,
+)
+from emdist.models._sklearn import DensityMixin
+from emdist.models._validation import (
+    Constraint,
+    any_of,
+    is_none,
+    non_negative_real,
+    one_of,
+    positive_int,
+)
+from emdist.models.kmeans import fit_kmeans
+
+__all__ = [
+    "BaseMixture",
+    "INIT_PARAMS",
+    "check_user_array",
+    "initial_resp_stats",
+]
+
+INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+# How far saved weights may sum from 1 (float rounding of a normalisation) and still load.
+_WEIGHT_SUM_TOL = 1e-6
+
+
+def check_user_array(value: Any, shape: tuple[int, ...], name: str) -> FloatArray:
+    """``value`` as a float64 array of ``shape`` with finite values, or ``ValueError``."""
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != shape:
+        raise ValueError(f"{name} has shape {arr.shape}; expected {shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return arr
+
+
+def initial_resp_stats(
+    data: FitData,
+    *,
+    n_components: int,
+    covariance_type: CovarianceType,
+    init_params: str,
+    seed: int,
+) -> MixtureStats:
+    """Moments of the initial responsibilities of one restart.
+
+    Both mixtures start from an M-step on initial responsibilities (scikit-learn's
+    ``_initialize``): the maximum-likelihood one for :class:`GaussianMixture`, the
+    variational one for ``BayesianGaussianMixture``. ``k-means++`` and ``random_from_data``
+    give one-hot rows of the scan sample (no data pass), ``random`` takes one pass,
+    ``kmeans`` runs K-means first.
+
+    Parameters
+    ----------
+    data : FitData
+    n_components : int
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}
+    seed : int
+        Seed of the restart.
+
+    Returns
+    -------
+    MixtureStats
+        About the data mean (every component), with ``log_lik = 0``.
+    """
+    K = n_components
+    shift = np.tile(data.summary.mean, (K, 1))
+    rng = np.random.default_rng(seed)
+    if init_params == "kmeans":
+        (km_seed,) = child_seeds(seed, 1)
+        run = fit_kmeans(
+            data, n_clusters=K, init="k-means++", n_init=1, max_iter=300, tol=1e-4, seed=km_seed
+        )
+        stats: MixtureStats = map_reduce(
+            data.X, mixture_hard_resp_stats_chunk, run.params.centers, shift, covariance_type
+        )
+        return stats
+    if init_params in ("k-means++", "random_from_data"):
+        sample = data.summary.sample
+        if init_params == "k-means++":
+            idx = kmeans_plusplus(sample, K, rng)
+        else:
+            idx = rng.choice(len(sample), K, replace=False)
+        # One row per component, as scikit-learn's one-hot responsibilities at those rows.
+        return mixture_stats_from_resp(sample[idx], np.eye(K), shift, covariance_type)
+    if init_params == "random":
+        stats = map_reduce(
+            data.X,
+            mixture_random_resp_stats_chunk,
+            int(rng.integers(2**63 - 1)),
+            shift,
+            covariance_type,
+        )
+        return stats
+    raise ValueError(f"init_params must be one of {INIT_PARAMS}; got {init_params!r}")
+
+
+class BaseMixture(DensityMixin, BaseEstimator):
+    """What the mixture estimators share: parameter table, fit record, prediction, sampling.
+
+    Subclasses supply :meth:`_set_params` and :meth:`_log_prob` (the per-block kernel for
+    labels, responsibilities and log-likelihood, with its arguments).
+    """
+
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "n_components": positive_int,
+        "covariance_type": one_of(COVARIANCE_TYPES),
+        "tol": non_negative_real,
+        "reg_covar": non_negative_real,
+        "max_iter": positive_int,
+        "n_init": positive_int,
+        "init_params": one_of(INIT_PARAMS),
+        "init_sample_size": any_of(is_none, positive_int),
+    }
+
+    n_features_in_: int
+    n_components: int
+    covariance_type: CovarianceType
+    random_state: Any
+    weights_: FloatArray
+    means_: FloatArray
+    covariances_: FloatArray
+    lower_bound_: float
+    max_iter: int
+    tol: float
+
+    def _log_prob(self) -> tuple[Callable[..., FloatArray], tuple[Any, ...]]:
+        """Per-block weighted log-densities ``(n, K)`` and their extra arguments."""
+        raise NotImplementedError
+
+    def _apply(
+        self, fn: Callable[..., Any], X: Any, out_width: int | None, dtype: Any = np.float64
+    ) -> Any:
+        self._check_fitted()
+        log_prob, args = self._log_prob()
+        return apply_rows(
+            X,
+            fn,
+            log_prob,
+            *args,
+            n_features=self.n_features_in_,
+            name=type(self).__name__,
+            out_width=out_width,
+            dtype=dtype,
+        )
+
+    def predict(self, X: Any) -> Any:
+        """Most probable component of every sample.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+
+        Returns
+        -------
+        ndarray of shape (n_samples,), or a lazy dask.array.Array for non-numpy input
+        """
+        return self._apply(labels_from_log_prob, X, None, np.int64)
+
+    def predict_proba(self, X: Any) -> Any:
+        """Responsibilities, shape (n_samples, n_components); lazy for non-numpy input."""
+        return self._apply(proba_from_log_prob, X, self.n_components)
+
+    def score_samples(self, X: Any) -> Any:
+        """Log-likelihood ``log p(x)`` of every sample; lazy for non-numpy input."""
+        return self._apply(score_samples_from_log_prob, X, None)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per sample of ``X`` (computed, also for lazy input)."""
+        s = self.score_samples(X)
+        return float(s.mean().compute() if isinstance(s, da.Array) else s.mean())
+
+    def sample(self, n_samples: int = 1) -> tuple[FloatArray, AnyArray]:
+        """Draw samples from the fitted mixture.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            Component of every sample.
+        """
+        self._check_fitted()
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1; got {n_samples}")
+        rng = np.random.default_rng(
+            None if self.random_state is None else resolve_seed(self.random_state)
+        )
+        counts = rng.multinomial(n_samples, self.weights_)
+        covariances = self.components().covariances
+        assert covariances is not None
+        parts = [
+            rng.multivariate_normal(mean, cov, int(count))
+            for mean, cov, count in zip(self.means_, covariances, counts, strict=True)
+        ]
+        y = np.repeat(np.arange(len(counts)), counts)
+        return np.vstack(parts), y
+
+    def _set_params(self, params: Any) -> None:
+        """Set the fitted parameter attributes from the engine's parameters."""
+        raise NotImplementedError
+
+    def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
+        self.lower_bound_ = best.lower_bound
+        self._set_params(best.params)
+
+    def check_fitted_values(self) -> None:
+        """Weights >= 0 summing to 1, finite means, triangular factors with a positive diagonal.
+
+        See the base class. With a positive diagonal a triangular Cholesky factor is
+        invertible, so the precision it gives is positive definite.
+        """
+        super().check_fitted_values()
+        d = fitted_int(self, "n_features_in_")
+        K = fitted_int(self, "n_components")
+        weights = fitted_array(self, "weights_", (K,))
+        if np.any(weights < 0) or abs(float(weights.sum()) - 1.0) > _WEIGHT_SUM_TOL:
+            raise ValueError(
+                f"field 'weights_' must be >= 0 and sum to 1 (sum {float(weights.sum())!r}, "
+                f"min {float(weights.min())!r})"
+            )
+        fitted_array(self, "means_", (K, d))
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"field 'covariance_type' is {self.covariance_type!r}")
+        shape = covariance_shape(self.covariance_type, K, d)
+        factor = fitted_array(self, "precisions_cholesky_", shape)
+        for field in ("covariances_", "precisions_"):
+            if hasattr(self, field):
+                fitted_array(self, field, shape)
+        if self.covariance_type in ("diag", "spherical"):
+            diagonal, triangular = factor, True
+        else:
+            mats = factor.reshape(-1, d, d)
+            diagonal = np.diagonal(mats, axis1=-2, axis2=-1)
+            triangular = bool(np.all(np.triu(mats, 1) == 0) or np.all(np.tril(mats, -1) == 0))
+        if not triangular or np.any(diagonal <= 0):
+            raise ValueError(
+                "field 'precisions_cholesky_' is not a triangular factor with a positive "
+                "diagonal (its precision would not be positive definite)"
+            )
+
+    def components(self) -> Components:
+        """Means, mixing weights and every component's full covariance."""
+        self._check_fitted()
+        K, d = self.means_.shape
+        return Components(
+            self.means_,
+            self.weights_,
+            full_covariances(self.covariances_, self.covariance_type, K, d),
+        )
+
+    def fit_predict(self, X: Any, y: Any = None) -> Any:
+        """Fit, then return the labels of ``X`` under the fitted model."""
+        return self.fit(X).predict(X)

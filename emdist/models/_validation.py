@@ -1,0 +1,97 @@
+"""Declarative checks of estimator parameters (as scikit-learn's ``_parameter_constraints``).
+
+Every estimator states, in one table, what each of its parameters may be; ``fit``
+validates the whole table before reading any data, and the error names the parameter, what
+it must be and what it got. Checks that need the data (shapes of user arrays, priors
+against ``n_features``) stay with the model.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from emdist.exceptions import InvalidParameterError
+
+__all__ = [
+    "Constraint",
+    "any_of",
+    "boolean",
+    "is_none",
+    "literal",
+    "non_negative_real",
+    "one_of",
+    "positive_finite_real",
+    "positive_int",
+    "validate_parameters",
+]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a parameter may be: a test and the words for it in an error message."""
+
+    description: str
+    test: Callable[[Any], bool]
+
+    def __call__(self, value: Any) -> bool:
+        """Whether ``value`` satisfies the constraint."""
+        try:
+            return bool(self.test(value))
+        except (TypeError, ValueError):
+            return False
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+positive_int = Constraint("a positive int", lambda v: _is_int(v) and int(v) >= 1)
+# A NaN fails ``>= 0`` as it should.
+non_negative_real = Constraint(">= 0", lambda v: _is_real(v) and float(v) >= 0)
+boolean = Constraint("a bool", lambda v: isinstance(v, bool))
+is_none = Constraint("None", lambda v: v is None)
+positive_finite_real = Constraint(
+    "a positive finite float", lambda v: _is_real(v) and math.isfinite(v) and float(v) > 0
+)
+
+
+def one_of(options: Sequence[str]) -> Constraint:
+    """One of the strings ``options``."""
+    choices = tuple(options)
+    return Constraint(f"one of {choices}", lambda v: isinstance(v, str) and v in choices)
+
+
+def literal(value: str) -> Constraint:
+    """Exactly the string ``value``."""
+    return Constraint(repr(value), lambda v: isinstance(v, str) and v == value)
+
+
+def any_of(*constraints: Constraint) -> Constraint:
+    """Any of ``constraints`` (``None or a positive int``)."""
+    return Constraint(
+        " or ".join(c.description for c in constraints),
+        lambda v: any(c(v) for c in constraints),
+    )
+
+
+def validate_parameters(constraints: Mapping[str, Constraint], params: Mapping[str, Any]) -> None:
+    """Check every parameter that has a constraint.
+
+    Raises
+    ------
+    InvalidParameterError
+        A ``ValueError``, ``"<name> must be <description>; got <value>"``, for the first
+        parameter that fails.
+    """
+    for name, constraint in constraints.items():
+        value = params[name]
+        if not constraint(value):
+            raise InvalidParameterError(f"{name} must be {constraint.description}; got {value!r}")
