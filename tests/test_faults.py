@@ -8,6 +8,7 @@ a previous output is byte for byte unchanged, no new output appears. No mocks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -837,3 +838,32 @@ def test_job_config_output_pointing_at_a_foreign_folder_deletes_nothing(
         summary = fit_model(config, data)
         label_data(config, data, summary.model_path)
     assert tree_digest(victim) == before
+
+
+def test_fit_whose_disk_fills_resumes_after_space_is_freed(X: np.ndarray, small_disk: Path) -> None:
+    """A fit whose checkpoint disk fills up stops with DiskFullError; once space is freed,
+    rerunning resumes from the last committed iteration and ends as an uninterrupted fit."""
+    ballast = small_disk / "ballast"
+    iterations: list[int] = []
+
+    def watch(state: Any) -> None:
+        iterations.append(state.iteration)
+        if state.iteration == 2 and not ballast.exists():  # fill the disk up
+            with ballast.open("wb") as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+
+    def gmm(**kwargs: Any) -> emdist.GaussianMixture:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return emdist.GaussianMixture(3, random_state=0, max_iter=8, tol=0.0, **kwargs).fit(X)
+
+    ckpt = small_disk / "ckpt"
+    with pytest.raises(DiskFullError, match=f"writing {ckpt}") as info:
+        gmm(checkpoint=ckpt, observer=watch)
+    one_line(str(info.value))
+    ballast.unlink()
+    iterations.clear()
+    resumed = gmm(checkpoint=ckpt, observer=watch)
+    assert iterations and 2 < iterations[0] <= 4  # resumed after iteration 2 or 3
+    np.testing.assert_array_equal(resumed.means_, gmm().means_)
