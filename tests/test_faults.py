@@ -8,6 +8,7 @@ a previous output is byte for byte unchanged, no new output appears. No mocks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -782,3 +783,87 @@ def test_damaged_truth_of_a_generated_dataset_is_refused(tmp_path: Path) -> None
     flip(ds.path / "truth" / "means" / "c" / "0" / "0")
     with pytest.raises(IntegrityError, match="truth/means.*crc32c"):
         emdist.io.synthetic.open_synthetic(ds.path)
+
+
+def test_full_disk_during_predict_is_one_line_and_keeps_the_previous_predictions(
+    tmp_path: Path,
+    small_disk: Path,
+    gmm: emdist.GaussianMixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = tmp_path / "model.zarr"
+    save_model(gmm, model)
+    big = np.random.default_rng(0).standard_normal((100_000, 3))  # outputs ~4 MB > 2 MiB
+    np.save(tmp_path / "big.npy", big)
+    data = ingest(tmp_path / "big.npy", tmp_path / "big.zarr", chunk_rows=25_000).path
+    dest = small_disk / "pred.zarr"
+    emdist.write_predictions(gmm, overlapping(), dest)  # a previous, small output
+    before = tree_digest(dest)
+    argv = ["predict", str(model), str(data), str(dest), "--overwrite", "--responsibilities"]
+    code = cli_main([*argv, "--log-likelihood"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no space left on the device writing" in err and str(dest) in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert tree_digest(dest) == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["pred.zarr"]
+
+
+@pytest.mark.parametrize("field", ["model", "predictions"])
+def test_job_config_output_pointing_at_a_foreign_folder_deletes_nothing(
+    tmp_path: Path, field: str
+) -> None:
+    from pipeline.config import parse_config
+    from pipeline.steps import fit_model, label_data, prepare_data
+
+    victim, before = make_victim(tmp_path)
+    config = parse_config(
+        {
+            "input": {
+                "generate": {
+                    "n_samples": 2000,
+                    "n_features": 3,
+                    "n_components": 2,
+                    "chunk_rows": 500,
+                    "random_state": 0,
+                }
+            },
+            "model": {"family": "gmm", "n_components": 2, "max_iter": 5},
+            "output": {"dir": str(tmp_path / "out"), field: str(victim)},
+        }
+    )
+    data = prepare_data(config)
+    with pytest.raises(NotAnOutputError, match="not an emdist output"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        summary = fit_model(config, data)
+        label_data(config, data, summary.model_path)
+    assert tree_digest(victim) == before
+
+
+def test_fit_whose_disk_fills_resumes_after_space_is_freed(X: np.ndarray, small_disk: Path) -> None:
+    """A fit whose checkpoint disk fills up stops with DiskFullError; once space is freed,
+    rerunning resumes from the last committed iteration and ends as an uninterrupted fit."""
+    ballast = small_disk / "ballast"
+    iterations: list[int] = []
+
+    def watch(state: Any) -> None:
+        iterations.append(state.iteration)
+        if state.iteration == 2 and not ballast.exists():  # fill the disk up
+            with ballast.open("wb") as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+
+    def gmm(**kwargs: Any) -> emdist.GaussianMixture:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return emdist.GaussianMixture(3, random_state=0, max_iter=8, tol=0.0, **kwargs).fit(X)
+
+    ckpt = small_disk / "ckpt"
+    with pytest.raises(DiskFullError, match=f"writing {ckpt}") as info:
+        gmm(checkpoint=ckpt, observer=watch)
+    one_line(str(info.value))
+    ballast.unlink()
+    iterations.clear()
+    resumed = gmm(checkpoint=ckpt, observer=watch)
+    assert iterations and 2 < iterations[0] <= 4  # resumed after iteration 2 or 3
+    np.testing.assert_array_equal(resumed.means_, gmm().means_)

@@ -43,7 +43,6 @@ FORMAT = "emdist-model"
 # 2: arrays carry SHA-256 checksums and CRC-32C chunks (version 1 had neither).
 VERSION = 2
 _PREFIXES = ("params", "fitted")
-# Tolerance on the sum of the weights: they are normalised in float64 by the M-step.
 # Not saved: callables and locations that belong to one run, and data-sized results.
 _SKIP_PARAMS = ("observer", "checkpoint")
 _SKIP_ATTRS = ("labels_",)
