@@ -649,25 +649,15 @@ def test_ctrl_c_on_a_checkpointed_fit_says_how_to_resume(
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        root = checkpoint / "zarr.json"
-        while proc.poll() is None:
-            if root.is_file() and json.loads(root.read_text())["attributes"].get("committed"):
-                break
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr
-    line = " ".join(stderr.split())
+    done = interrupt_after_first_commit(proc, checkpoint)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
     match = re.search(
         r"interrupted: after iteration (\d+): checkpoint saved in (\S+); "
         r"rerun the same command to resume",
-        line,
+        " ".join(done.stderr.split()),
     )
-    assert match is not None, stderr
+    assert match is not None, done.stderr
     assert Path(match.group(2)) == checkpoint
     saved = CheckpointStore(checkpoint).load()
     assert saved is not None and saved.iteration >= int(match.group(1)) >= 1
@@ -755,3 +745,66 @@ def test_a_missing_input_in_a_flow_is_one_line_and_not_retried(ws: Workspace) ->
     error_lines = [line for line in proc.stderr.splitlines() if "measurements.csv" in line]
     assert len(error_lines) == 1, proc.stderr
     print(f"missing input in a flow reported in {seconds:.1f} s (Prefect's server included)")
+
+
+def interrupt_after_first_commit(
+    proc: subprocess.Popen[str], checkpoint: Path
+) -> subprocess.CompletedProcess[str]:
+    """Send SIGINT (Ctrl-C) once ``checkpoint`` holds a committed iteration."""
+    try:
+        root = checkpoint / "zarr.json"
+        while proc.poll() is None:
+            if root.is_file() and json.loads(root.read_text())["attributes"].get("committed"):
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.service
+def test_ctrl_c_on_a_flow_run_says_how_to_resume(ws: Workspace) -> None:
+    folder = ws.dir / "ctrlc-run"
+    folder.mkdir()
+    (folder / "job.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "ctrl-c",
+                "input": {
+                    "generate": {
+                        "n_samples": N_SAMPLES,
+                        "n_features": N_FEATURES,
+                        "n_components": TRUE_K,
+                        "chunk_rows": CHUNK_ROWS,
+                    }
+                },
+                # tol 0: never converges, so the fit is still running when interrupted.
+                "model": {"n_components": TRUE_K, "tol": 0.0, "max_iter": 100_000},
+                "output": {"dir": "out"},
+                "cluster": {"n_workers": 1, "processes": False},
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--config", "job.yaml"],
+        cwd=folder,
+        env=ws.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoint = folder / "out" / "checkpoint.zarr"
+    done = interrupt_after_first_commit(proc, checkpoint)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    match = re.search(
+        r"interrupted: after iteration (\d+): checkpoint saved in (\S+); "
+        r"rerun the same command to resume",
+        " ".join(done.stderr.split()),
+    )
+    assert match is not None, done.stderr
+    assert Path(match.group(2)) == checkpoint
+    saved = CheckpointStore(checkpoint).load()
+    assert saved is not None and saved.iteration >= int(match.group(1)) >= 1
