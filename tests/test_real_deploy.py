@@ -175,6 +175,7 @@ def test_slurm_flow_job_runs_the_pipeline_on_slurm_worker_jobs(
     with it rerun on the other worker, and the same fit (no restart, no resume from the
     checkpoint) ends with the same model as the uninterrupted run."""
     max_iter = 25
+    checkout_before = sorted((PROJECT_ROOT / "deploy").rglob("*"))
     started = time.monotonic()
     job_id, out, log = submit_flow(slurm, tmp_path, "reference", max_iter)
     state = wait_job(slurm, job_id, log, 600)
@@ -224,6 +225,9 @@ def test_slurm_flow_job_runs_the_pipeline_on_slurm_worker_jobs(
         f"{time.monotonic() - started:.0f} s"
     )
     assert_same_model(interrupted, reference, "worker job cancelled vs uninterrupted")
+    # The jobs wrote nothing into the checkout (dask-jobqueue once dropped its jobqueue.yaml
+    # into deploy/dask, the flow job's DASK_CONFIG).
+    assert sorted((PROJECT_ROOT / "deploy").rglob("*")) == checkout_before
 
 
 # -- Docker + Compose ----------------------------------------------------------------------
