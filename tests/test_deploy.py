@@ -372,6 +372,15 @@ def test_dockerfile_passes_hadolint_and_copies_what_the_context_holds(tmp_path: 
     rejected(run(*cmd, str(broken)), "DL3008")
 
 
+def test_base_image_script_passes_shellcheck() -> None:
+    # deploy/docker/base-image.sh builds BASE_IMAGE without a registry; it runs for real in
+    # tests/test_real_deploy.py, here only its shell is checked.
+    script = DEPLOY / "docker" / "base-image.sh"
+    ok(run("bash", "-n", str(script)))
+    ok(run(tool("shellcheck"), "--severity=style", str(script)))
+    assert os.access(script, os.X_OK)
+
+
 def test_dask_config_of_the_image_drops_malloc_trim_and_keeps_one_blas_thread() -> None:
     import dask
 
