@@ -172,7 +172,8 @@ def test_slurm_flow_job_runs_the_pipeline_on_slurm_worker_jobs(
 ) -> None:
     """The sbatch script runs the flow; its Dask workers are SLURM jobs; the outputs are
     there. Then again, with one of the two worker jobs cancelled mid-fit: the tasks lost
-    with it rerun on the other worker, and the same fit (no restart, no resume from the
+    with it rerun on the other worker (``adapt`` also submits a replacement job, which joins
+    if it starts before the fit ends), and the same fit (no restart, no resume from the
     checkpoint) ends with the same model as the uninterrupted run."""
     max_iter = 25
     checkout_before = sorted((PROJECT_ROOT / "deploy").rglob("*"))
