@@ -310,6 +310,21 @@ def compose_override(ports: Ports, data: Path, base_image: str) -> dict[str, Any
     }
 
 
+#: The image compose.yaml builds and runs (its default EMDIST_IMAGE).
+IMAGE = "emdist:0.1.0"
+
+
+def image_id(tag: str) -> str:
+    """The ID of the local image ``tag`` ("" if there is none)."""
+    done = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", tag],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
 class Reset(list[Any]):
     """A sequence written with Compose's ``!reset`` tag (drops the base file's value)."""
 
@@ -330,7 +345,7 @@ class Compose:
         self.project = project
         self.log_dir = log_dir
         # No buildx plugin here: compose builds through the engine's own BuildKit.
-        self.env = dict(os.environ, COMPOSE_BAKE="false")
+        self.env = dict(os.environ, COMPOSE_BAKE="false", EMDIST_IMAGE=IMAGE)
         self.count = 0
 
     def __call__(self, *args: str, timeout: float = 600) -> str:
@@ -406,8 +421,13 @@ def test_compose_stack_in_docker_runs_the_deployment(tmp_path: Path) -> None:
             started = time.monotonic()
             # One build: all five services share the image (EMDIST_IMAGE); `build` of every
             # service would rebuild it from cache per service and leave four dangling copies.
+            previous = image_id(IMAGE)
             compose("build", "prefect-server", timeout=1800)
             timed("image build", started, figures)
+            if previous and previous != image_id(IMAGE):
+                # Our tag moved to the new build: drop the old one instead of leaving it
+                # dangling run after run (fails harmlessly if a container still uses it).
+                subprocess.run(["docker", "rmi", previous], capture_output=True, check=False)
 
             job = gmm_job(Path("/data/runs/compose"), max_iter=10)
             job["cluster"] = {"address": f"tcp://{HOST}:{ports.scheduler}"}
