@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test test-quick lint bench clean
+.PHONY: venv demo test test-quick test-deploy lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,17 @@ lint: venv
 	$(BIN)/ruff format --check emdist pipeline flows tests benchmarks deploy
 	$(BIN)/mypy
 
+# Everything, also tests/test_real_deploy.py (root + Debian packages: see .ci/run).
 test: lint
 	$(BIN)/python -m pytest -q
 
+# The quick subset: no services (Prefect, flows, CLI processes), no SLURM or Docker.
 test-quick: venv
-	$(BIN)/python -m pytest -q -m "not slow and not service"
+	$(BIN)/python -m pytest -q -m "not slow and not service and not real_deploy"
+
+# deploy/ for real: a one-node SLURM cluster and the compose stack in Docker (as root).
+test-deploy: venv
+	$(BIN)/python -m pytest -q -m real_deploy
 
 bench: venv
 	$(BIN)/python benchmarks/bench_em.py

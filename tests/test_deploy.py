@@ -340,7 +340,9 @@ def test_dockerfile_passes_hadolint_and_copies_what_the_context_holds(tmp_path: 
     ok(run(*cmd, str(dockerfile)))
 
     text = dockerfile.read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
+    assert "# syntax=" not in text  # BuildKit would pull the frontend from a registry
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert re.search(r'pip install --no-cache-dir "\./\[io\]"', text)  # = pip install .[io]
@@ -368,6 +370,15 @@ def test_dockerfile_passes_hadolint_and_copies_what_the_context_holds(tmp_path: 
     broken = tmp_path / "Dockerfile"
     broken.write_text(text.replace("USER 10001:10001", "RUN apt-get install gcc\nUSER 10001:10001"))
     rejected(run(*cmd, str(broken)), "DL3008")
+
+
+def test_base_image_script_passes_shellcheck() -> None:
+    # deploy/docker/base-image.sh builds BASE_IMAGE without a registry; it runs for real in
+    # tests/test_real_deploy.py, here only its shell is checked.
+    script = DEPLOY / "docker" / "base-image.sh"
+    ok(run("bash", "-n", str(script)))
+    ok(run(tool("shellcheck"), "--severity=style", str(script)))
+    assert os.access(script, os.X_OK)
 
 
 def test_dask_config_of_the_image_drops_malloc_trim_and_keeps_one_blas_thread() -> None:

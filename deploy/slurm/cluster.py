@@ -37,26 +37,34 @@ def cluster_kwargs(**overrides: Any) -> dict[str, Any]:
 
     Environment (all optional): ``EMDIST_SLURM_PARTITION``, ``EMDIST_SLURM_ACCOUNT``,
     ``EMDIST_SLURM_INTERFACE`` (network interface the workers reach the scheduler on,
-    e.g. ``ib0``), ``EMDIST_SLURM_EXTRA`` (more ``#SBATCH`` options, e.g.
+    e.g. ``ib0``; ``lo`` keeps everything on 127.0.0.1 on a one-node cluster),
+    ``EMDIST_SLURM_EXTRA`` (more ``#SBATCH`` options, e.g.
     ``"--qos=long --constraint=skylake"``), ``EMDIST_VENV`` (virtualenv to activate on
-    the compute nodes; default: the one running this script). ``overrides`` win.
+    the compute nodes; default: the one running this script), ``EMDIST_SLURM_CORES`` and
+    ``EMDIST_SLURM_MEMORY`` (per worker job: one single-threaded worker process per core
+    sharing the memory), ``EMDIST_SLURM_LOG_DIR`` (the worker jobs' output; default
+    ``logs/slurm`` of the checkout), ``EMDIST_SLURM_DASHBOARD`` (the scheduler's dashboard
+    address, default ``:8787``). ``overrides`` win.
     """
-    cores = int(overrides.pop("cores", DEFAULT_CORES))
+    env = os.environ
+    cores = int(overrides.pop("cores", env.get("EMDIST_SLURM_CORES") or DEFAULT_CORES))
     walltime = overrides.pop("walltime", DEFAULT_WALLTIME)
-    venv = Path(os.environ.get("EMDIST_VENV", sys.prefix))
-    extra = shlex.split(os.environ.get("EMDIST_SLURM_EXTRA", ""))
+    venv = Path(env.get("EMDIST_VENV", sys.prefix))
+    extra = shlex.split(env.get("EMDIST_SLURM_EXTRA", ""))
     kwargs: dict[str, Any] = {
         "job_name": "emdist-dask",
-        "queue": os.environ.get("EMDIST_SLURM_PARTITION") or None,
-        "account": os.environ.get("EMDIST_SLURM_ACCOUNT") or None,
+        "queue": env.get("EMDIST_SLURM_PARTITION") or None,
+        "account": env.get("EMDIST_SLURM_ACCOUNT") or None,
         "cores": cores,
         "processes": cores,  # one single-threaded worker process per core
-        "memory": DEFAULT_MEMORY,  # per job; each worker's --memory-limit is memory/processes
+        # Per job; each worker's --memory-limit is memory/processes.
+        "memory": env.get("EMDIST_SLURM_MEMORY") or DEFAULT_MEMORY,
         "walltime": walltime,
-        "interface": os.environ.get("EMDIST_SLURM_INTERFACE") or None,
+        "interface": env.get("EMDIST_SLURM_INTERFACE") or None,
+        "scheduler_options": {"dashboard_address": env.get("EMDIST_SLURM_DASHBOARD", ":8787")},
         # Spill to node-local disk, not to the shared filesystem.
         "local_directory": '"${TMPDIR:-/tmp}"',
-        "log_directory": str(PROJECT_ROOT / "logs" / "slurm"),
+        "log_directory": env.get("EMDIST_SLURM_LOG_DIR") or str(PROJECT_ROOT / "logs" / "slurm"),
         "job_extra_directives": [
             "--nodes=1",
             "--hint=nomultithread",  # one worker per physical core
@@ -94,7 +102,7 @@ def run(config_path: str, jobs: int, wait_timeout: float) -> dict[str, Any]:
     from pipeline.config import load_config
 
     config = load_config(config_path)  # fail on a bad config before submitting jobs
-    (PROJECT_ROOT / "logs" / "slurm").mkdir(parents=True, exist_ok=True)
+    Path(cluster_kwargs()["log_directory"]).mkdir(parents=True, exist_ok=True)
     with build_cluster() as cluster:
         cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)
         print(f"Dask scheduler {cluster.scheduler_address}; worker job script:")
