@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import dask.array as da
+import numpy as np
 
+from emdist.engine.reduce import Data
 from emdist.engine.seeding import DataSummary, scan_data
 from emdist.engine.threads import blas_single_threaded
 from emdist.exceptions import InvalidDataError, InvalidParameterError
-from emdist.io.sources import as_dask_array, is_out_of_core
+from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
 
 __all__ = ["FitData", "active_client", "compute_context", "default_sample_size", "prepare_fit_data"]
 
@@ -47,11 +48,28 @@ def compute_context() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class FitData:
-    """The data of a fit, opened lazily, with what the scan pass learned of it."""
+    """The data of a fit, opened lazily, with what the scan pass learned of it.
 
-    X: da.Array
+    Attributes
+    ----------
+    X : dask.array.Array or ndarray
+        Row-chunked data; in-memory data that fits in one block stays a numpy array, which
+        the passes then run on directly (:func:`emdist.engine.reduce.map_reduce`).
+    summary : DataSummary
+    in_memory : bool
+        Whether the user passed in-memory data.
+    """
+
+    X: Data
     summary: DataSummary
     in_memory: bool
+
+    @property
+    def row_chunks(self) -> tuple[int, ...]:
+        """Rows of every row-block (the chunking a checkpoint is tied to)."""
+        if isinstance(self.X, np.ndarray):
+            return (int(self.X.shape[0]),)
+        return tuple(int(c) for c in self.X.chunks[0])
 
 
 def default_sample_size(n_clusters: int) -> int:
@@ -93,11 +111,15 @@ def prepare_fit_data(
             f"n_samples={Xd.shape[0]} should be >= {what}={n_clusters}: every "
             f"component needs at least one sample. Use fewer components or more data."
         )
+    X_fit: Data = Xd
     if in_memory and active_client() is not None:
         # Ship in-memory data to the workers once, not with every iteration's graph.
-        Xd = Xd.persist()
+        X_fit = Xd.persist()
+    elif in_memory and Xd.numblocks[0] == 1:
+        # One block: no graph per pass (see map_reduce).
+        X_fit = as_numpy_array(X)
     size = default_sample_size(n_clusters) if sample_size is None else int(sample_size)
     if size < n_clusters:
         raise InvalidParameterError(f"init_sample_size={size} must be >= {what}={n_clusters}")
-    summary = scan_data(Xd, seed, size)
-    return FitData(Xd, summary, in_memory)
+    summary = scan_data(X_fit, seed, size)
+    return FitData(X_fit, summary, in_memory)

@@ -18,9 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-import dask.array as da
-
-from emdist.engine.reduce import map_reduce
+from emdist.engine.reduce import Data, map_reduce
 
 __all__ = ["EMResult", "IterationState", "ModelFamily", "Observer", "run_em"]
 
@@ -120,7 +118,7 @@ class EMResult(Generic[P, S]):
 
 
 def run_em(
-    X: da.Array,
+    X: Data,
     family: ModelFamily[P, S],
     params: P,
     *,

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import dask.array as da
+import numpy as np
 
 # Task specs as ``delayed`` itself builds them (dask is pinned exactly in pyproject.toml):
 # explicit ``TaskRef``s also reach blocks that a distributed client has persisted.
@@ -25,6 +26,7 @@ from dask.highlevelgraph import HighLevelGraph
 from emdist.engine.threads import single_blas_task
 
 __all__ = [
+    "Data",
     "Summable",
     "build_reduction",
     "map_reduce",
@@ -32,6 +34,8 @@ __all__ = [
 ]
 
 S = TypeVar("S")
+#: What a pass runs over: row-chunked Dask data, or a single in-memory block.
+Data: TypeAlias = da.Array | np.ndarray[Any, Any]
 
 
 class Summable(Protocol):
@@ -44,8 +48,10 @@ def _sum_values(*values: Any) -> Any:
     return functools.reduce(lambda a, b: a + b, values)
 
 
-def row_offsets(X: da.Array) -> list[int]:
-    """Global index of the first row of every row-block."""
+def row_offsets(X: Data) -> list[int]:
+    """Global index of the first row of every row-block (one block for numpy)."""
+    if isinstance(X, np.ndarray):
+        return [0]
     offsets = [0]
     for size in X.chunks[0][:-1]:
         offsets.append(offsets[-1] + int(size))
@@ -109,7 +115,7 @@ def _is_scalar(a: Any) -> bool:
 
 
 def map_reduce(
-    X: da.Array,
+    X: Data,
     chunk_fn: Callable[..., S],
     *args: Any,
     split_every: int = 8,
@@ -118,8 +124,10 @@ def map_reduce(
 
     Parameters
     ----------
-    X : dask.array.Array of shape (n_samples, n_features)
-        Row-chunked data.
+    X : dask.array.Array or ndarray of shape (n_samples, n_features)
+        Row-chunked data, or one in-memory block: then the kernel runs on it directly, with
+        no graph (a Dask pass costs several ms, which is most of a fit on a few thousand
+        rows; the result is the same, bit for bit).
     chunk_fn : callable
         ``chunk_fn(block, row_offset, *args)`` returning a summable statistics value, where
         ``row_offset`` is the global index of the block's first row (every reduction
@@ -134,5 +142,7 @@ def map_reduce(
     -------
     The sum of the per-block statistics.
     """
+    if isinstance(X, np.ndarray):
+        return single_blas_task(chunk_fn, X, 0, *args)
     result: S = compute(build_reduction(X, chunk_fn, *args, split_every=split_every))[0]
     return result

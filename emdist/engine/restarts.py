@@ -61,7 +61,7 @@ def data_fingerprint(data: FitData) -> dict[str, Any]:
     moments = hashlib.sha256()
     moments.update(np.ascontiguousarray(data.summary.mean).tobytes())
     moments.update(np.ascontiguousarray(data.summary.variance).tobytes())
-    chunks = hashlib.sha256(repr(data.X.chunks[0]).encode()).hexdigest()[:16]
+    chunks = hashlib.sha256(repr(data.row_chunks).encode()).hexdigest()[:16]
     return {
         "n_samples": data.summary.n_samples,
         "n_features": data.summary.n_features,

@@ -10,11 +10,10 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-import dask.array as da
 import numpy as np
 
 from emdist._typing import FloatArray, IntArray
-from emdist.engine.reduce import map_reduce, row_offsets
+from emdist.engine.reduce import Data, map_reduce, row_offsets
 from emdist.exceptions import InvalidDataError
 from emdist.kernels.scan import ScanStats, scan_chunk
 
@@ -43,12 +42,12 @@ class DataSummary:
     sample_rows: IntArray
 
 
-def scan_data(X: da.Array, seed: int, sample_size: int) -> DataSummary:
+def scan_data(X: Data, seed: int, sample_size: int) -> DataSummary:
     """One pass: reject non-finite values, compute moments, draw a uniform sample.
 
     Parameters
     ----------
-    X : dask.array.Array of shape (n_samples, n_features)
+    X : dask.array.Array or ndarray of shape (n_samples, n_features)
     seed : int
         Seed of the sampling stream (the sample depends only on it and the data).
     sample_size : int

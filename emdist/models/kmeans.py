@@ -14,7 +14,7 @@ import numpy as np
 from emdist._typing import AnyArray, FloatArray
 from emdist.engine.data import FitData
 from emdist.engine.em import EMResult, Observer
-from emdist.engine.reduce import map_reduce
+from emdist.engine.reduce import Data, map_reduce
 from emdist.engine.restarts import BestRun, run_restarts
 from emdist.engine.seeding import kmeans_plusplus
 from emdist.exceptions import ConvergenceWarning, InvalidParameterError
@@ -90,7 +90,7 @@ class KMeansFamily:
         return float(np.sum((new_params.centers - params.centers) ** 2)) <= tol
 
 
-def _final_inertia(X: da.Array, result: EMResult[KMeansParams, KMeansStats]) -> float:
+def _final_inertia(X: Data, result: EMResult[KMeansParams, KMeansStats]) -> float:
     """Inertia of the final centres (re-assigning if the last pass ran under other ones)."""
     stats = result.stats
     if stats is not None and np.array_equal(stats.shift, result.params.centers):
