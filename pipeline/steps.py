@@ -309,6 +309,7 @@ def label_data(
     config: RunConfig, data: DatasetRef, model_path: str, *, scheduler: str | None = None
 ) -> PredictionsRef:
     """Write labels (and optional per-sample outputs) next to the data, atomically."""
+    check_outputs(config, [config.predictions_path])
     model = emdist.load_model(model_path)
     mixture = config.model.family != "kmeans"
     with connect(scheduler):

@@ -431,7 +431,7 @@ def test_an_output_of_another_job_fails_the_flow_before_any_work(
     zarr.create_array(str(out / "model.zarr"), data=np.arange(6.0).reshape(3, 2), zarr_format=3)
     record = run_flow(clustering_pipeline, config=job(str(out), {"n_workers": 1}))
     assert record.state.is_failed()
-    assert "output.overwrite: true" in record.state.message
+    assert "not an emdist output" in record.state.message
     assert np.array_equal(
         zarr.open_array(str(out / "model.zarr"), mode="r")[...], np.arange(6.0).reshape(3, 2)
     )
