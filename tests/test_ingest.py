@@ -1,4 +1,4 @@
-"""pipeline.ingest: every format round-trips exactly; bad files fail loudly and leave nothing.
+"""emdist.io.ingest: every format round-trips exactly; bad files fail loudly and leave nothing.
 
 All sources are real files written to ``tmp_path`` by the libraries users write them with
 (numpy, pyarrow, h5py, zarr, plain text); outputs are real Zarr v3 arrays read back with zarr.
@@ -25,7 +25,7 @@ import zarr
 import emdist
 from emdist.io import as_dask_array
 from emdist.io.atomic import OutputExistsError, recover_output
-from pipeline.ingest import (
+from emdist.io.ingest import (
     DEFAULT_CHUNK_BYTES,
     IngestError,
     balanced_chunk_rows,
@@ -428,7 +428,7 @@ def test_compressors_round_trip(compressor: str, tmp_path: Path, X: np.ndarray) 
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from pipeline.ingest import ingest
+    from emdist.io.ingest import ingest
     print("start", flush=True)
     ingest(sys.argv[1], sys.argv[2], chunk_rows=2000, overwrite=True, compressor="zstd")
     """

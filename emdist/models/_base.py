@@ -110,6 +110,11 @@ class BaseEstimator(SklearnEstimatorMixin):
     _n_components_param: ClassVar[str] = "n_components"
     #: What the convergence test watches, for the non-convergence warning.
     _convergence_quantity: ClassVar[str] = "change of the lower bound"
+    #: What ``lower_bounds_`` holds, in words (axis labels, reports).
+    bound_name: ClassVar[str] = "lower bound per sample"
+    #: Whether the model gives responsibilities and log-likelihoods (``predict_proba``,
+    #: ``score_samples``) besides labels.
+    gives_responsibilities: ClassVar[bool] = False
     #: Whether ``tol`` bounds the change of ``lower_bounds_`` (plots draw it beside them).
     tol_is_bound_change: ClassVar[bool] = True
     #: Family-neutral configuration names that this estimator calls otherwise.

@@ -140,6 +140,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
     labels, responsibilities and log-likelihood, with its arguments).
     """
 
+    gives_responsibilities = True
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {
         "n_components": positive_int,
         "covariance_type": one_of(COVARIANCE_TYPES),

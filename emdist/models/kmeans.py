@@ -247,6 +247,7 @@ default='k-means++'
     _n_components_param = "n_clusters"
     _convergence_quantity = "squared centre shift"
     tol_is_bound_change = False
+    bound_name = "-inertia / n"
     _config_aliases: ClassVar[dict[str, str]] = {"n_components": "n_clusters"}
 
     def __init__(
