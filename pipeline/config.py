@@ -102,7 +102,8 @@ class ModelConfig(_Strict):
     reg_covar: float = Field(1e-6, ge=0)
     max_iter: int = Field(100, gt=0)
     n_init: int = Field(1, gt=0)
-    # The estimators' own default (scikit-learn's too); tests/test_config.py checks they agree.
+    # The estimators' own default (scikit-learn's too); tests/pipeline/test_config.py checks
+    # they agree.
     init_params: Literal["kmeans", "k-means++", "random", "random_from_data"] = "kmeans"
     random_state: int | None = 0
     init_sample_size: int | None = Field(None, gt=0)

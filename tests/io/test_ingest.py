@@ -443,7 +443,7 @@ def test_sigkill_during_ingest_never_damages_the_old_output(tmp_path: Path) -> N
     ingest(tmp_path / "old.npy", dest)
     big = np.random.default_rng(0).standard_normal((400_000, 3))  # ~10 MB, 200 chunks
     np.save(tmp_path / "big.npy", big)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     rng = np.random.default_rng(7)
     for _ in range(2):
         proc = subprocess.Popen(
