@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from emdist._random import resolve_seed
 from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray, IntArray
 from emdist._version import __version__
 from emdist.exceptions import InvalidDataError, InvalidParameterError
@@ -246,23 +247,6 @@ def _cholesky_factors(truth: MixtureTruth) -> FloatArray:
 # The rows
 
 
-def _resolve_seed(random_state: Any) -> int:
-    """An integer seed from None, an int, a Generator or a RandomState (recorded on disk)."""
-    if random_state is None:
-        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
-    if isinstance(random_state, int | np.integer) and not isinstance(random_state, bool):
-        if random_state < 0:
-            raise InvalidParameterError(f"random_state must be non-negative; got {random_state}")
-        return int(random_state)
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(0, 2**63 - 1))
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(0, 2**31 - 1))
-    raise InvalidParameterError(
-        f"random_state must be None, an int or a numpy Generator; got {random_state!r}"
-    )
-
-
 def _block_rng(seed: int, block: int) -> np.random.Generator:
     # Equal to SeedSequence(seed).spawn(2)[1].spawn(block + 1)[block]: a child's spawn key
     # is its parent's key plus its index. Building it directly costs O(1), not O(block).
@@ -404,7 +388,7 @@ def sample_gaussian_mixture(
     w, c, out_dtype = _validate(
         n_samples, n_features, n_components, covariance_type, separation, weights, center, dtype
     )
-    seed = _resolve_seed(random_state)
+    seed = resolve_seed(random_state)
     truth = _draw_truth(
         _truth_rng(seed), n_features, n_components, covariance_type, separation, w, c
     )
@@ -493,7 +477,7 @@ def make_gaussian_mixture(
     ):
         # atomic_output would delete whatever is there: only ever replace a Zarr node.
         raise FileExistsError(f"refusing to replace {target}: it is not a Zarr store")
-    seed = _resolve_seed(random_state)
+    seed = resolve_seed(random_state)
     truth = _draw_truth(_truth_rng(seed), d, K, covariance_type, separation, w, c)
     settings: dict[str, Any] = {
         "format_version": _FORMAT_VERSION,

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 import dask.array as da
 import numpy as np
 
+from emdist._random import child_seeds
 from emdist._typing import AnyArray, FloatArray
 from emdist.engine.data import FitData
 from emdist.engine.em import EMResult, Observer
@@ -32,7 +33,6 @@ from emdist.models._base import (
     Components,
     FitPlan,
     apply_rows,
-    child_seeds,
     fitted_array,
     fitted_int,
 )
