@@ -25,7 +25,7 @@ lint: venv
 	$(BIN)/ruff format --check emdist pipeline flows tests benchmarks deploy
 	$(BIN)/mypy
 
-# Everything, also tests/test_real_deploy.py (root + Debian packages: see .ci/run).
+# Everything, also tests/system/test_real_deploy.py (root + Debian packages: see .ci/run).
 test: lint
 	$(BIN)/python -m pytest -q
 

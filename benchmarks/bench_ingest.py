@@ -1,4 +1,4 @@
-"""Ingest and read throughput of Zarr datasets made by ``pipeline.ingest``.
+"""Ingest and read throughput of Zarr datasets made by ``emdist.io.ingest``.
 
 What it measures (warm page cache: every file was just written, so this is CPU and memory
 bandwidth, not the disk):
@@ -36,7 +36,7 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.ingest import ingest  # noqa: E402
+from emdist.io.ingest import ingest  # noqa: E402
 
 GEN_ROWS = 65_536
 

@@ -7,6 +7,7 @@ M-step on the client turns them into new parameters.
 
 from __future__ import annotations
 
+from emdist._version import __version__ as __version__
 from emdist.engine.em import IterationState
 from emdist.exceptions import ConvergenceWarning, FitError, InvalidDataError, NotFittedError
 from emdist.io.checkpoint import CheckpointStore
@@ -30,5 +31,3 @@ __all__ = [
     "save_model",
     "write_predictions",
 ]
-
-__version__ = "0.1.0"

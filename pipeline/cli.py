@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.text import Text
 
 from emdist._typing import COVARIANCE_TYPES
+from emdist.io.ingest import SOURCE_FORMATS
 from emdist.registry import model_families
 from pipeline.config import ConfigError, RunConfig, load_config, parse_config
 
@@ -54,7 +55,7 @@ __all__ = [
 #: The registered model families (emdist.registry), as --model choices.
 FAMILIES = tuple(model_families())
 
-FORMATS = ("auto", "npy", "csv", "parquet", "hdf5", "zarr")
+FORMATS = ("auto", *SOURCE_FORMATS)
 #: Commands whose options are the user's interface (others read a configuration file).
 STEP_COMMANDS = ("generate", "ingest", "fit", "predict")
 
@@ -261,12 +262,12 @@ def ingest_command(
     SOURCE  a .npy, .csv, .parquet, .h5 file or a Zarr array
     DEST    the Zarr array to write (it appears whole or not at all)
     """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
-    from pipeline.ingest import ingest
+    from emdist.io.ingest import ingest, parse_source_format
 
     result = ingest(
         source,
         dest,
-        source_format=None if format_ == "auto" else format_,  # type: ignore[arg-type]
+        source_format=parse_source_format(format_),
         dataset=dataset,
         overwrite=overwrite,
     )

@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emdist.exceptions import EmdistError
+from emdist.io.ingest import SOURCE_FORMATS
 from emdist.registry import model_families
 
 __all__ = [
@@ -72,9 +73,17 @@ class InputConfig(_Strict):
     """Where the data comes from: a file to ingest, a Zarr array, or a generator."""
 
     path: str | None = None
-    format: Literal["auto", "npy", "csv", "parquet", "hdf5", "zarr"] = "auto"
+    format: str = Field("auto", description="'auto' or one of emdist.io.ingest.SOURCE_FORMATS")
     dataset: str | None = Field(None, description="HDF5 dataset name")
     generate: SyntheticConfig | None = None
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value != "auto" and value not in SOURCE_FORMATS:
+            allowed = ", ".join(repr(f) for f in ("auto", *SOURCE_FORMATS))
+            raise ValueError(f"got {value!r}; allowed values: {allowed}")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> InputConfig:
@@ -93,7 +102,8 @@ class ModelConfig(_Strict):
     reg_covar: float = Field(1e-6, ge=0)
     max_iter: int = Field(100, gt=0)
     n_init: int = Field(1, gt=0)
-    # The estimators' own default (scikit-learn's too); tests/test_config.py checks they agree.
+    # The estimators' own default (scikit-learn's too); tests/pipeline/test_config.py checks
+    # they agree.
     init_params: Literal["kmeans", "k-means++", "random", "random_from_data"] = "kmeans"
     random_state: int | None = 0
     init_sample_size: int | None = Field(None, gt=0)

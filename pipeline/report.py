@@ -76,7 +76,7 @@ def data_sample(
     return X.astype(np.float64), index
 
 
-def _plot_lower_bound(fit: FitSummary, tol: float | None, path: Path) -> None:
+def _plot_lower_bound(fit: FitSummary, bound_name: str, tol: float | None, path: Path) -> None:
     """The bound per iteration, and its change on a log axis against ``tol``."""
     fig, (ax, ax_change) = plt.subplots(1, 2, figsize=(10, 3.5))
     bounds = np.asarray(fit.lower_bounds)
@@ -96,7 +96,7 @@ def _plot_lower_bound(fit: FitSummary, tol: float | None, path: Path) -> None:
                 fontsize=8,
             )
     ax.set_xlabel("iteration")
-    ax.set_ylabel("-inertia / n" if fit.family == "kmeans" else "lower bound per sample")
+    ax.set_ylabel(bound_name)
     ax.set_title(f"Convergence ({'converged' if fit.converged else 'NOT converged'})")
     change = np.abs(np.diff(bounds))
     if len(change):
@@ -416,7 +416,7 @@ def write_report(
     with atomic_output(report_dir, overwrite=True) as tmp:
         tmp.mkdir(parents=True)
         tol = float(model.tol) if model.tol_is_bound_change else None
-        _plot_lower_bound(fit, tol, tmp / "lower_bound.png")
+        _plot_lower_bound(fit, model.bound_name, tol, tmp / "lower_bound.png")
         _plot_clusters(
             model, X, predictions.counts if predictions is not None else None, tmp / "clusters.png"
         )

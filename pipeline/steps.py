@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import zarr
 
@@ -151,7 +152,7 @@ def prepare_data(config: RunConfig) -> DatasetRef:
     Idempotent: a generated dataset with the same settings, or an ingested one from the
     same unchanged source, is reused.
     """
-    from pipeline.ingest import ingest
+    from emdist.io.ingest import ingest, parse_source_format
 
     gen = config.input.generate
     if gen is not None:
@@ -199,7 +200,7 @@ def prepare_data(config: RunConfig) -> DatasetRef:
     result = ingest(
         source,
         config.data_path,
-        source_format=None if config.input.format == "auto" else config.input.format,
+        source_format=parse_source_format(config.input.format),
         dataset=config.input.dataset,
         overwrite=may_replace(config.data_path, config),
     )
@@ -311,7 +312,7 @@ def label_data(
     """Write labels (and optional per-sample outputs) next to the data, atomically."""
     check_outputs(config, [config.predictions_path])
     model = emdist.load_model(model_path)
-    mixture = config.model.family != "kmeans"
+    mixture = model.gives_responsibilities
     with connect(scheduler):
         path = emdist.write_predictions(
             model,
@@ -323,8 +324,6 @@ def label_data(
         )
         claim(path, config)
         labels = zarr.open_array(str(path / "labels"), mode="r")
-        import dask.array as da
-
         counts = np.bincount(da.from_zarr(labels).compute(), minlength=config.model.n_components)
     return PredictionsRef(str(path), [int(c) for c in counts])
 

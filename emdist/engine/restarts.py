@@ -75,6 +75,25 @@ def _arrays(params: Any) -> dict[str, Any]:
     return dict(params.arrays())
 
 
+def _state(
+    restart: int,
+    params: Any,
+    lower_bounds: tuple[float, ...],
+    converged: bool,
+    finished: bool,
+    best: BestState | None,
+) -> FitState:
+    """The fit state a checkpoint commits (after an iteration, or at a restart's end)."""
+    return FitState(
+        restart=restart,
+        params=_arrays(params),
+        lower_bounds=np.asarray(lower_bounds),
+        converged=converged,
+        finished=finished,
+        best=best,
+    )
+
+
 def run_restarts(
     data: FitData,
     family: ModelFamily[P, S],
@@ -144,14 +163,7 @@ def run_restarts(
             assert checkpoint is not None
             if it.iteration % checkpoint.every == 0 or it.converged or it.iteration == max_iter:
                 checkpoint.save(
-                    FitState(
-                        restart=restart,
-                        params=_arrays(it.params),
-                        lower_bounds=np.asarray(it.lower_bounds),
-                        converged=it.converged,
-                        finished=False,
-                        best=best,
-                    )
+                    _state(restart, it.params, it.lower_bounds, it.converged, False, best)
                 )
             return observer(it) if observer is not None else None
 
@@ -181,14 +193,7 @@ def run_restarts(
             )
         if checkpoint is not None:
             checkpoint.save(
-                FitState(
-                    restart=restart,
-                    params=_arrays(result.params),
-                    lower_bounds=np.asarray(result.lower_bounds),
-                    converged=result.converged,
-                    finished=True,
-                    best=best,
-                )
+                _state(restart, result.params, result.lower_bounds, result.converged, True, best)
             )
     assert best is not None
     bounds = tuple(float(v) for v in best.lower_bounds)

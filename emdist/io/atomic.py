@@ -143,7 +143,11 @@ def output_kind(path: str | os.PathLike[str]) -> OutputKind | None:
     if isinstance(attrs.get("synthetic"), dict):
         return "synthetic"
     provenance = attrs.get("provenance")
-    if isinstance(provenance, dict) and provenance.get("created_by") == "pipeline.ingest":
+    # "pipeline.ingest": stores ingested before ingest moved into emdist.io.
+    if isinstance(provenance, dict) and provenance.get("created_by") in (
+        "emdist.io.ingest",
+        "pipeline.ingest",
+    ):
         return "dataset"
     return None
 

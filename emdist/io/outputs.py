@@ -105,7 +105,7 @@ def write_predictions(
     Xd = as_dask_array(X)
     outputs: dict[str, da.Array] = {"labels": estimator.predict(Xd)}
     if responsibilities or log_likelihood:
-        if not hasattr(estimator, "predict_proba"):
+        if not estimator.gives_responsibilities:
             raise InvalidParameterError(
                 f"{type(estimator).__name__} has no responsibilities or likelihood"
             )

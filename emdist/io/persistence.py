@@ -85,7 +85,7 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
     if estimator_class(name) is not type(estimator):
         supported = sorted(cls.__name__ for cls in model_families().values())
         raise TypeError(f"cannot save a {name}; supported: {supported}")
-    if not hasattr(estimator, "n_features_in_"):
+    if not estimator.__sklearn_is_fitted__():
         raise ValueError(f"this {name} is not fitted; fit it before saving")
     params: dict[str, Any] = {}
     param_arrays: dict[str, np.ndarray[Any, Any]] = {}

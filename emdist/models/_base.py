@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 import dask.array as da
 import numpy as np
 
+from emdist._random import child_seeds, resolve_seed
 from emdist._typing import FloatArray
 from emdist.engine.data import FitData, compute_context, prepare_fit_data
 from emdist.engine.em import EMResult, ModelFamily
@@ -37,12 +38,10 @@ __all__ = [
     "apply_rows",
     "as_checkpoint",
     "check_features",
-    "child_seeds",
     "estimator_config",
     "fit_seed",
     "fitted_array",
     "fitted_int",
-    "resolve_seed",
 ]
 
 P = TypeVar("P")
@@ -110,6 +109,11 @@ class BaseEstimator(SklearnEstimatorMixin):
     _n_components_param: ClassVar[str] = "n_components"
     #: What the convergence test watches, for the non-convergence warning.
     _convergence_quantity: ClassVar[str] = "change of the lower bound"
+    #: What ``lower_bounds_`` holds, in words (axis labels, reports).
+    bound_name: ClassVar[str] = "lower bound per sample"
+    #: Whether the model gives responsibilities and log-likelihoods (``predict_proba``,
+    #: ``score_samples``) besides labels.
+    gives_responsibilities: ClassVar[bool] = False
     #: Whether ``tol`` bounds the change of ``lower_bounds_`` (plots draw it beside them).
     tol_is_bound_change: ClassVar[bool] = True
     #: Family-neutral configuration names that this estimator calls otherwise.
@@ -347,32 +351,6 @@ def fitted_array(estimator: Any, field: str, shape: tuple[int, ...]) -> FloatArr
     if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
         raise ValueError(f"field {field!r} holds non-finite values")
     return value
-
-
-def resolve_seed(random_state: Any) -> int:
-    """One integer seed for a fit, from ``None``, an int, a ``RandomState`` or a ``Generator``.
-
-    Everything random in a fit derives from this seed through ``SeedSequence``, so the fit
-    is reproducible whatever the scheduler and the chunking.
-    """
-    if random_state is None:
-        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        if int(random_state) < 0:
-            raise InvalidParameterError(f"random_state must be non-negative; got {random_state}")
-        return int(random_state)
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(0, 2**31 - 1))
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(0, 2**63 - 1))
-    raise InvalidParameterError(
-        f"random_state must be None, an int, a numpy RandomState or Generator; got {random_state!r}"
-    )
-
-
-def child_seeds(seed: int, n: int) -> list[int]:
-    """``n`` independent integer seeds derived from ``seed``."""
-    return [int(s.generate_state(1, np.uint64)[0]) for s in np.random.SeedSequence(seed).spawn(n)]
 
 
 def check_features(X: da.Array | np.ndarray[Any, Any], n_features: int, name: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import dask.array as da
 import numpy as np
 
+from emdist._random import child_seeds, resolve_seed
 from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray
 from emdist.engine.data import FitData
 from emdist.engine.reduce import map_reduce
@@ -33,10 +34,8 @@ from emdist.models._base import (
     BaseEstimator,
     Components,
     apply_rows,
-    child_seeds,
     fitted_array,
     fitted_int,
-    resolve_seed,
 )
 from emdist.models._sklearn import DensityMixin
 from emdist.models._validation import (
@@ -140,6 +139,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
     labels, responsibilities and log-likelihood, with its arguments).
     """
 
+    gives_responsibilities = True
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {
         "n_components": positive_int,
         "covariance_type": one_of(COVARIANCE_TYPES),

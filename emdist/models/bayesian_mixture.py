@@ -369,6 +369,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         "weight_concentration_prior_type": one_of(WEIGHT_PRIOR_TYPES),
     }
     _convergence_quantity = "change of the per-sample lower bound"
+    bound_name = "ELBO per sample"
 
     def __init__(
         self,

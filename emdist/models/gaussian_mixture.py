@@ -183,6 +183,7 @@ class GaussianMixture(BaseMixture):
     """
 
     _convergence_quantity = "change of the mean log-likelihood"
+    bound_name = "mean log-likelihood per sample"
 
     def __init__(
         self,

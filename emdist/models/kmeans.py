@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 import dask.array as da
 import numpy as np
 
+from emdist._random import child_seeds
 from emdist._typing import AnyArray, FloatArray
 from emdist.engine.data import FitData
 from emdist.engine.em import EMResult, Observer
@@ -32,7 +33,6 @@ from emdist.models._base import (
     Components,
     FitPlan,
     apply_rows,
-    child_seeds,
     fitted_array,
     fitted_int,
 )
@@ -247,6 +247,7 @@ default='k-means++'
     _n_components_param = "n_clusters"
     _convergence_quantity = "squared centre shift"
     tol_is_bound_change = False
+    bound_name = "-inertia / n"
     _config_aliases: ClassVar[dict[str, str]] = {"n_components": "n_clusters"}
 
     def __init__(

@@ -11,7 +11,7 @@ debootstrap``), which ``.ci/run`` installs. They start every daemon themselves o
   ``deploy/compose.yaml`` (with a host-network override), a deployment run triggered on its
   Prefect server and run by its Prefect worker against its Dask workers.
 
-Kubernetes stays statically validated (tests/test_deploy.py): no image can be pulled here.
+Kubernetes stays statically validated (tests/system/test_deploy.py): no image can be pulled here.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import emdist
 from tests.docker_engine import compose_binary, docker_engine
 from tests.services import HOST, PROJECT_ROOT, free_port, wait_for
 from tests.slurm import Slurm, slurm_cluster
-from tests.test_real_services import assert_same_model
+from tests.system.test_real_services import assert_same_model
 
 pytestmark = [pytest.mark.real_deploy, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""pipeline.ingest: every format round-trips exactly; bad files fail loudly and leave nothing.
+"""emdist.io.ingest: every format round-trips exactly; bad files fail loudly and leave nothing.
 
 All sources are real files written to ``tmp_path`` by the libraries users write them with
 (numpy, pyarrow, h5py, zarr, plain text); outputs are real Zarr v3 arrays read back with zarr.
@@ -25,7 +25,7 @@ import zarr
 import emdist
 from emdist.io import as_dask_array
 from emdist.io.atomic import OutputExistsError, recover_output
-from pipeline.ingest import (
+from emdist.io.ingest import (
     DEFAULT_CHUNK_BYTES,
     IngestError,
     balanced_chunk_rows,
@@ -428,7 +428,7 @@ def test_compressors_round_trip(compressor: str, tmp_path: Path, X: np.ndarray) 
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from pipeline.ingest import ingest
+    from emdist.io.ingest import ingest
     print("start", flush=True)
     ingest(sys.argv[1], sys.argv[2], chunk_rows=2000, overwrite=True, compressor="zstd")
     """
@@ -443,7 +443,7 @@ def test_sigkill_during_ingest_never_damages_the_old_output(tmp_path: Path) -> N
     ingest(tmp_path / "old.npy", dest)
     big = np.random.default_rng(0).standard_normal((400_000, 3))  # ~10 MB, 200 chunks
     np.save(tmp_path / "big.npy", big)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     rng = np.random.default_rng(7)
     for _ in range(2):
         proc = subprocess.Popen(

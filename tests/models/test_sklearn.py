@@ -56,7 +56,7 @@ def _expected_failed_checks(estimator: Any) -> dict[str, str]:
             "emdist refuses object arrays (InvalidDataError, 'must hold real numbers') "
             "where scikit-learn converts them to float64: they come from text or mixed "
             "columns, and the same data in Zarr or Dask is refused too, so the in-memory "
-            "and out-of-core paths agree (tests/test_errors.py pins this behaviour)."
+            "and out-of-core paths agree (tests/models/test_errors.py pins this behaviour)."
         ),
     }
 

@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 BIN = Path(sys.executable).parent
@@ -374,7 +374,7 @@ def test_dockerfile_passes_hadolint_and_copies_what_the_context_holds(tmp_path: 
 
 def test_base_image_script_passes_shellcheck() -> None:
     # deploy/docker/base-image.sh builds BASE_IMAGE without a registry; it runs for real in
-    # tests/test_real_deploy.py, here only its shell is checked.
+    # tests/system/test_real_deploy.py, here only its shell is checked.
     script = DEPLOY / "docker" / "base-image.sh"
     ok(run("bash", "-n", str(script)))
     ok(run(tool("shellcheck"), "--severity=style", str(script)))

@@ -13,12 +13,12 @@ import pytest
 import zarr
 from sklearn.metrics import adjusted_rand_score
 
+from emdist.io.ingest import ingest
 from emdist.io.synthetic import open_synthetic
 from pipeline.config import parse_config
-from pipeline.ingest import ingest
 from pipeline.report import adjusted_rand_index, inline_images, truth_agreement, write_report
 from pipeline.steps import fit_model, label_data, prepare_data
-from tests.test_pipeline_steps import PNG_SIGNATURE, assert_png, generated_config
+from tests.pipeline.test_pipeline_steps import PNG_SIGNATURE, assert_png, generated_config
 
 
 @pytest.mark.parametrize("seed", range(4))

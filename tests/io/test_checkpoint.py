@@ -39,7 +39,7 @@ from emdist.io.checkpoint import (
 )
 from tests.conftest import overlapping_data
 
-WORKER = Path(__file__).with_name("_fit_worker.py")
+WORKER = Path(__file__).parents[1] / "_fit_worker.py"
 EMDIST_SRC = Path(emdist.__file__).parent
 
 # --------------------------------------------------------------------------------------------

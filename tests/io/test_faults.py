@@ -26,11 +26,11 @@ import emdist
 from emdist.exceptions import ConvergenceWarning, InvalidDataError
 from emdist.io.atomic import DiskFullError, NotAnOutputError
 from emdist.io.checkpoint import CheckpointError, CheckpointStore
+from emdist.io.ingest import ingest
 from emdist.io.integrity import MAX_CHUNKS, IntegrityError, array_digest
 from emdist.io.locks import WriterLockedError
 from emdist.io.persistence import ModelFormatError, load_model, save_model
 from pipeline.cli import main as cli_main
-from pipeline.ingest import ingest
 
 # --------------------------------------------------------------------------------------------
 # helpers

@@ -36,36 +36,38 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias, get_args
 
 import numpy as np
 import zarr
 from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import BloscCodec, ZstdCodec
 
-import emdist
 from emdist._typing import AnyArray
+from emdist._version import __version__
 from emdist.exceptions import InvalidDataError, InvalidParameterError
-from emdist.io.atomic import OutputExistsError, atomic_output
+from emdist.io.atomic import OutputExistsError, atomic_output, check_replaceable
+from emdist.io.chunking import DEFAULT_CHUNK_BYTES, balanced_chunk_rows, chunk_rows_for_bytes
 from emdist.io.integrity import create_verified_array, seal, verify_array
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "IngestError",
     "IngestResult",
+    "SOURCE_FORMATS",
     "SourceFormat",
     "balanced_chunk_rows",
     "chunk_rows_for_bytes",
     "detect_format",
+    "parse_source_format",
     "ingest",
 ]
 
 SourceFormat: TypeAlias = Literal["npy", "csv", "parquet", "hdf5", "zarr"]
+#: The formats ingest reads: the one list the run configuration and the CLI offer.
+SOURCE_FORMATS: tuple[SourceFormat, ...] = get_args(SourceFormat)
 CompressorName: TypeAlias = Literal["none", "zstd", "lz4", "blosc-lz4", "blosc-zstd"]
 
-# ~16 MiB per chunk: 65,536 rows of 32 float64 features. Row chunks of 50k-100k rows
-# (13-26 MB) read fastest; 250k+ rows read 2x slower (docs/design.md, "Zarr layout").
-DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 _SUFFIXES: dict[str, SourceFormat] = {
     ".npy": "npy",
@@ -82,7 +84,7 @@ _SUFFIXES: dict[str, SourceFormat] = {
 }
 
 
-class IngestError(emdist.InvalidDataError):
+class IngestError(InvalidDataError):
     """A source cannot be converted: a text column, a missing or non-finite value, a ragged row.
 
     A subclass of :class:`emdist.InvalidDataError` (hence of ``ValueError``). The message
@@ -186,6 +188,23 @@ class IngestResult:
         return self.source_bytes / 1e6 / self.seconds if self.seconds > 0 else math.inf
 
 
+def parse_source_format(name: str | None) -> SourceFormat | None:
+    """A format name as the config and the CLI give it: ``None`` for ``'auto'``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the formats there are.
+    """
+    if name is None or name == "auto":
+        return None
+    for fmt in SOURCE_FORMATS:
+        if fmt == name:
+            return fmt
+    allowed = ", ".join(repr(f) for f in ("auto", *SOURCE_FORMATS))
+    raise InvalidParameterError(f"source_format must be one of {allowed}; got {name!r}")
+
+
 def detect_format(source: str | os.PathLike[str]) -> SourceFormat:
     """Guess a source's format from its name (or, for a directory, a Zarr ``zarr.json``).
 
@@ -203,27 +222,9 @@ def detect_format(source: str | os.PathLike[str]) -> SourceFormat:
     if fmt is None:
         raise InvalidDataError(
             f"cannot tell the format of {path} from its suffix {path.suffix!r}; pass "
-            f"source_format= one of 'npy', 'csv', 'parquet', 'hdf5', 'zarr'"
+            f"source_format= one of {', '.join(repr(f) for f in SOURCE_FORMATS)}"
         )
     return fmt
-
-
-def chunk_rows_for_bytes(n_features: int, itemsize: int, chunk_bytes: int) -> int:
-    """Rows per chunk so that a chunk holds at most ``chunk_bytes`` (at least one row)."""
-    if chunk_bytes < 1:
-        raise InvalidParameterError(f"chunk_bytes must be positive; got {chunk_bytes}")
-    return max(1, chunk_bytes // max(1, n_features * itemsize))
-
-
-def balanced_chunk_rows(n_rows: int, max_rows: int) -> int:
-    """Rows per chunk, at most ``max_rows``, splitting ``n_rows`` into near-equal chunks.
-
-    Zarr stores the last chunk padded to the full chunk shape, so 1,000,000 rows in chunks
-    of 65,536 would take 16 full chunks on disk (5% padding when uncompressed); chunks of
-    62,500 take exactly the data. Equal chunks also make equal Dask tasks.
-    """
-    n_chunks = -(-n_rows // max_rows)
-    return -(-n_rows // n_chunks)
 
 
 # --------------------------------------------------------------------------------------
@@ -892,22 +893,13 @@ def _resolve_compressor(
     )
 
 
-def _is_replaceable(dest: Path) -> bool:
-    """Only a Zarr node or an empty directory may be replaced: never someone's folder."""
-    if not dest.is_dir():
-        return False
-    return (dest / "zarr.json").exists() or not any(dest.iterdir())
-
-
 def _check_dest(dest: Path, overwrite: bool) -> None:
+    """Refuse, before reading the source, a destination that may not be replaced."""
     if not (dest.exists() or dest.is_symlink()):
         return
     if not overwrite:
         raise OutputExistsError(f"{dest} exists; pass overwrite=True to replace it")
-    if not _is_replaceable(dest):
-        raise FileExistsError(
-            f"refusing to replace {dest}: it is not a Zarr array or an empty directory"
-        )
+    check_replaceable(dest, "dataset")
 
 
 def _json_names(names: list[str] | None) -> list[str] | None:
@@ -1000,7 +992,7 @@ def ingest(
 
     Examples
     --------
-    >>> from pipeline.ingest import ingest  # doctest: +SKIP
+    >>> from emdist.io.ingest import ingest  # doctest: +SKIP
     >>> result = ingest("features.csv", "data/features.zarr")  # doctest: +SKIP
     >>> emdist.GaussianMixture(16).fit(result.path)  # doctest: +SKIP
     """
@@ -1046,7 +1038,7 @@ def ingest(
     try:
         # atomic_output writes into <dest>.partial-<id>, deletes it on any error, and on
         # success swaps it in (old dest renamed aside, new renamed in, old deleted).
-        with atomic_output(out, overwrite=overwrite) as tmp:
+        with atomic_output(out, overwrite=overwrite, kind="dataset") as tmp:
             writer = _ChunkWriter(
                 tmp,
                 n_features=reader.n_features,
@@ -1077,8 +1069,8 @@ def ingest(
                 "chunk_rows": writer.chunk_rows,
                 "compressor": codec_name,
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "emdist_version": emdist.__version__,
-                "created_by": "pipeline.ingest",
+                "emdist_version": __version__,
+                "created_by": "emdist.io.ingest",
             }
             array.attrs.update(attrs)
             seal(array)  # shape, chunks, dtype and chunk count, checked on every open
