@@ -23,16 +23,19 @@ Example (YAML)::
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from dask.utils import format_bytes, parse_bytes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emdist.exceptions import EmdistError
 from emdist.io.ingest import SOURCE_FORMATS
+from emdist.io.synthetic import MAX_COMPONENTS
 from emdist.registry import model_families
 
 __all__ = [
@@ -53,6 +56,11 @@ class ConfigError(EmdistError, ValueError):
     """The run configuration is invalid; the message names each bad field."""
 
 
+#: Below this a Dask worker cannot even start its process (and a fit would only hang).
+MIN_WORKER_MEMORY = 128 * 2**20
+_ADDRESS = re.compile(r"(tcp|tls)://[A-Za-z0-9_.\-\[\]:]+:\d{1,5}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,11 +70,20 @@ class SyntheticConfig(_Strict):
 
     n_samples: int = Field(200_000, gt=0)
     n_features: int = Field(8, gt=0)
-    n_components: int = Field(5, gt=0)
+    # The generator places the means by rejection sampling, quadratic in their number.
+    n_components: int = Field(5, gt=0, le=MAX_COMPONENTS)
     covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
-    separation: float = Field(6.0, gt=0)
+    separation: float = Field(6.0, gt=0, allow_inf_nan=False)
     chunk_rows: int = Field(20_000, gt=0)
-    random_state: int = 0
+    random_state: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _components_fit_the_rows(self) -> SyntheticConfig:
+        if self.n_components > self.n_samples:
+            raise ValueError(
+                f"n_components ({self.n_components}) must be <= n_samples ({self.n_samples})"
+            )
+        return self
 
 
 class InputConfig(_Strict):
@@ -98,14 +115,14 @@ class ModelConfig(_Strict):
     family: str = Field("gmm", description="a registered model family (emdist.registry)")
     n_components: int = Field(8, gt=0)
     covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
-    tol: float | None = Field(None, ge=0)
-    reg_covar: float = Field(1e-6, ge=0)
+    tol: float | None = Field(None, ge=0, allow_inf_nan=False)
+    reg_covar: float = Field(1e-6, ge=0, allow_inf_nan=False)
     max_iter: int = Field(100, gt=0)
     n_init: int = Field(1, gt=0)
     # The estimators' own default (scikit-learn's too); tests/pipeline/test_config.py checks
     # they agree.
     init_params: Literal["kmeans", "k-means++", "random", "random_from_data"] = "kmeans"
-    random_state: int | None = 0
+    random_state: int | None = Field(0, ge=0)
     init_sample_size: int | None = Field(None, gt=0)
     weight_concentration_prior_type: Literal["dirichlet_process", "dirichlet_distribution"] = (
         "dirichlet_process"
@@ -113,6 +130,15 @@ class ModelConfig(_Strict):
     weight_concentration_prior: float | None = Field(None, gt=0)
     mean_precision_prior: float | None = Field(None, gt=0)
     degrees_of_freedom_prior: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _sample_holds_the_components(self) -> ModelConfig:
+        if self.init_sample_size is not None and self.init_sample_size < self.n_components:
+            raise ValueError(
+                f"init_sample_size ({self.init_sample_size}) must be >= n_components "
+                f"({self.n_components}): every component is seeded from a sampled row"
+            )
+        return self
 
     @field_validator("family")
     @classmethod
@@ -167,8 +193,35 @@ class ClusterConfig(_Strict):
     @field_validator("address")
     @classmethod
     def _scheme(cls, value: str | None) -> str | None:
-        if value is not None and "://" not in value:
-            raise ValueError("must look like tcp://host:port")
+        if value is not None and not _ADDRESS.fullmatch(value):
+            raise ValueError(f"got {value!r}; must look like tcp://host:port (or tls://)")
+        return value
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is None or value == "auto":
+            return value
+        try:
+            nbytes = parse_bytes(value)
+        except (ValueError, TypeError):
+            raise ValueError(f"got {value!r}; give 'auto' or a size such as '4GiB'") from None
+        if nbytes < MIN_WORKER_MEMORY:
+            raise ValueError(
+                f"got {value!r}; a worker needs at least {format_bytes(MIN_WORKER_MEMORY)} "
+                "(its own process takes about that much before any data)"
+            )
+        return value
+
+    @field_validator("n_workers")
+    @classmethod
+    def _cores(cls, value: int | None) -> int | None:
+        cores = os.cpu_count() or 1
+        if value is not None and value > cores:
+            raise ValueError(
+                f"got {value}; this machine has {cores} cores, and an embedded cluster runs "
+                f"at most one worker process per core (give cluster.address for a larger one)"
+            )
         return value
 
 
@@ -182,6 +235,16 @@ class RunConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     cluster: ClusterConfig = ClusterConfig()
     select_k: list[int] | None = Field(None, description="candidate K for the selection flow")
+
+    @model_validator(mode="after")
+    def _enough_rows(self) -> RunConfig:
+        gen = self.input.generate
+        if gen is not None and self.model.n_components > gen.n_samples:
+            raise ValueError(
+                f"model.n_components ({self.model.n_components}) must be <= "
+                f"input.generate.n_samples ({gen.n_samples}): every component needs a sample"
+            )
+        return self
 
     # -- resolved locations ---------------------------------------------------------------
 
@@ -249,6 +312,25 @@ class RunConfig(_Strict):
         )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping.
+
+    PyYAML keeps the last of duplicate keys silently; in a run configuration that hides
+    the setting the user meant (two ``model:`` sections, say).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _looks_like_zarr(path: str) -> bool:
     p = Path(path)
     return p.suffix == ".zarr" or (p / "zarr.json").exists()
@@ -308,7 +390,43 @@ def parse_config(
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source, names)) from None
-    return config.resolved(base or Path.cwd())
+    config = config.resolved(base or Path.cwd())
+    problems = _location_problems(config)
+    if problems:
+        lines = [f"invalid configuration in {source}:"]
+        lines += [f"  - {(names or {}).get(field, field)}: {msg}" for field, msg in problems]
+        raise ConfigError("\n".join(lines))
+    return config
+
+
+def _location_problems(config: RunConfig) -> list[tuple[str, str]]:
+    """Paths that exist but cannot be what the job needs there: found before any work.
+
+    Only what stands on disk is checked (a missing input is reported when the job reads it;
+    outputs that do not exist yet are created): an input that is a folder but no Zarr
+    array, or a device; an output folder that is a file; a checkpoint location that is a
+    file, or a folder holding something other than a checkpoint (``/etc``).
+    """
+    problems: list[tuple[str, str]] = []
+    source = config.input.path
+    if source is not None and "://" not in source:
+        p = Path(source)
+        if p.is_dir() and not _looks_like_zarr(source):
+            problems.append(("input.path", f"{p} is a folder but not a Zarr array or group"))
+        elif p.exists() and not p.is_dir() and not p.is_file():
+            problems.append(("input.path", f"{p} is not a regular file (a device or a pipe?)"))
+    out = Path(config.output.dir)
+    if out.exists() and not out.is_dir():
+        problems.append(("output.dir", f"{out} is a file, not a folder"))
+    if config.checkpoint.enabled:
+        ckpt = config.checkpoint_path
+        if ckpt.exists() and not ckpt.is_dir():
+            problems.append(("checkpoint.path", f"{ckpt} is a file, not a checkpoint folder"))
+        elif ckpt.is_dir() and any(ckpt.iterdir()) and not (ckpt / "zarr.json").is_file():
+            problems.append(
+                ("checkpoint.path", f"{ckpt} is a folder that holds no emdist checkpoint")
+            )
+    return problems
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
@@ -327,9 +445,12 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
         if p.suffix == ".toml":
             data = tomllib.loads(text)
         elif p.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
         else:
             raise ConfigError(f"{p}: use a .yaml, .yml or .toml file")
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{p} is not valid {p.suffix[1:].upper()}: {exc}") from None
+        one_line = " ".join(str(exc).split())
+        raise ConfigError(f"{p} is not valid {p.suffix[1:].upper()}: {one_line}") from None
+    except RecursionError:
+        raise ConfigError(f"{p} is nested too deeply to be a run configuration") from None
     return parse_config(data or {}, str(p), p.parent.resolve())

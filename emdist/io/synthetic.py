@@ -52,6 +52,7 @@ from emdist.kernels.covariance import full_covariances
 
 __all__ = [
     "GENERATION_BLOCK_ROWS",
+    "MAX_COMPONENTS",
     "MixtureTruth",
     "SyntheticDataset",
     "make_gaussian_mixture",
@@ -62,6 +63,10 @@ __all__ = [
 GENERATION_BLOCK_ROWS = 8192
 """Rows drawn from one random stream. Part of the data's definition: changing it changes
 every dataset generated from a given seed."""
+
+#: The most components a dataset is generated with (their means are placed by rejection
+#: sampling, whose cost grows with the square of their number).
+MAX_COMPONENTS = 10_000
 
 # Standard deviations along the principal axes are drawn from this range, so that the
 # components differ in shape and size but none is degenerate.
@@ -340,6 +345,12 @@ def _validate(
     ):
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
             raise InvalidParameterError(f"{name} must be a positive int; got {value!r}")
+    if n_components > min(n_samples, MAX_COMPONENTS):
+        # The means are placed by rejection sampling, quadratic in their number.
+        raise InvalidParameterError(
+            f"n_components must be <= n_samples ({n_samples}) and <= {MAX_COMPONENTS:,}; "
+            f"got {n_components}"
+        )
     if covariance_type not in COVARIANCE_TYPES:
         raise InvalidParameterError(
             f"covariance_type must be one of {COVARIANCE_TYPES}; got {covariance_type!r}"

@@ -351,3 +351,57 @@ def test_errors_can_name_fields_as_the_user_spelled_them() -> None:
             names={"model.n_components": "-k"},
         )
     assert "  - -k: " in str(err.value) and "model.n_components" not in str(err.value)
+
+
+# -- faults a config fuzzer found: each one ConfigError naming the field, before any work ----
+
+_GEN = "input:\n  generate: {n_samples: 1000, n_features: 3, n_components: 3}\n"
+
+
+def _fault_cases(tmp: Path) -> list[tuple[str, str, list[str]]]:
+    (tmp / "a-file").write_text("not a folder\n")
+    (tmp / "not-zarr").mkdir()
+    (tmp / "not-zarr" / "notes.txt").write_text("mine\n")
+    return [
+        (
+            "input:\n  generate: {n_samples: 10, n_features: 3, n_components: 3}\n"
+            "model: {n_components: 50}\n",
+            "rows",
+            ["model.n_components (50)", "input.generate.n_samples (10)"],
+        ),
+        (_GEN + "model: {random_state: -1}\n", "seed", ["model.random_state", "greater than"]),
+        (_GEN + "model: {init_sample_size: 1}\n", "sample", ["init_sample_size (1)"]),
+        (_GEN + "model: {reg_covar: 1e309}\n", "reg", ["model.reg_covar", "finite"]),
+        (_GEN + f"checkpoint: {{path: {tmp / 'a-file'}}}\n", "ckpt-file", ["checkpoint.path"]),
+        (_GEN + "checkpoint: {path: /etc}\n", "ckpt-etc", ["checkpoint.path", "/etc"]),
+        (_GEN + f"output: {{dir: {tmp / 'a-file'}}}\n", "out-file", ["output.dir", "a file"]),
+        (_GEN + "cluster: {memory_limit: lots}\n", "mem", ["cluster.memory_limit", "'lots'"]),
+        (_GEN + "cluster: {memory_limit: 1MB}\n", "mem-tiny", ["cluster.memory_limit", "MiB"]),
+        (_GEN + "cluster: {n_workers: 4000}\n", "workers", ["cluster.n_workers", "cores"]),
+        (_GEN + "cluster: {address: 'tcp://'}\n", "addr", ["cluster.address", "tcp://host:port"]),
+        (_GEN + "cluster: {address: 'http://h:1'}\n", "scheme", ["cluster.address", "http://"]),
+        (
+            "input:\n  generate: {n_samples: 2000000, n_features: 3, n_components: 1000000}\n",
+            "gen-k",
+            ["input.generate.n_components", "10000"],
+        ),
+        (f"input: {{path: {tmp / 'not-zarr'}}}\n", "in-dir", ["input.path", "not a Zarr"]),
+        ("input: {path: /dev/zero}\n", "in-dev", ["input.path", "not a regular file"]),
+        (_GEN + "model: {n_components: 3}\nmodel: {n_components: 4}\n", "dup", ["duplicate key"]),
+        (_GEN + "x: " + "[" * 3000 + "]" * 3000 + "\n", "deep", ["nested too deeply"]),
+    ]
+
+
+@pytest.mark.parametrize("case", range(17))
+def test_config_faults_are_one_config_error_naming_the_field(tmp_path: Path, case: int) -> None:
+    text, name, expected = _fault_cases(tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    path = write(tmp_path, f"{name}.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    for part in expected:
+        assert part in message, (part, message)
+    assert "Traceback" not in message
+    # Only the config file itself was added: nothing was written.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, f"{name}.yaml"])
