@@ -24,6 +24,16 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 import emdist
 
 
+def contenders(X: np.ndarray, K: int) -> dict[str, Callable[[], object]]:
+    """One fit of each library on ``X`` with ``K`` components (scikit-learn's defaults)."""
+    return {
+        "km-sk": lambda: SkKMeans(K, n_init=1, random_state=0).fit(X),
+        "km-ours": lambda: emdist.KMeans(K, random_state=0).fit(X),
+        "gm-sk": lambda: SkGaussianMixture(K, random_state=0).fit(X),
+        "gm-ours": lambda: emdist.GaussianMixture(K, random_state=0).fit(X),
+    }
+
+
 def best(fits: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in fits}
     for _ in range(repeats):
@@ -45,15 +55,7 @@ def main() -> None:
         bunch = load()
         X = np.asarray(bunch.data, dtype=np.float64)
         K = len(np.unique(bunch.target))
-        t = best(
-            {
-                "km-sk": lambda: SkKMeans(K, n_init=1, random_state=0).fit(X),
-                "km-ours": lambda: emdist.KMeans(K, random_state=0).fit(X),
-                "gm-sk": lambda: SkGaussianMixture(K, random_state=0).fit(X),
-                "gm-ours": lambda: emdist.GaussianMixture(K, random_state=0).fit(X),
-            },
-            args.repeats,
-        )
+        t = best(contenders(X, K), args.repeats)
         rows.append(
             [
                 f"{name} {X.shape[0]}x{X.shape[1]}, K={K}",
