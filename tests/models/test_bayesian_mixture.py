@@ -253,7 +253,8 @@ def test_schedulers_give_bitwise_identical_fits(X: np.ndarray) -> None:
 
 
 def test_distributed_cluster_matches_threads(X: np.ndarray) -> None:
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     threaded = _fit(_uneven(X), covariance_type="tied")
     with (
         distributed.LocalCluster(
