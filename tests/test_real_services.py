@@ -46,6 +46,7 @@ import emdist
 from emdist.exceptions import ConvergenceWarning
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.synthetic import make_gaussian_mixture
+from pipeline.steps import data_version
 from tests.services import (
     BIN,
     PrefectServer,
@@ -405,7 +406,8 @@ def test_flow_run_sigkilled_mid_fit_is_resumed_by_a_new_run(
     }
     out = tmp_path / "out"
     job = write_job(tmp_path / "job.yaml", out, data, model)
-    checkpoint = out / "checkpoint.zarr"
+    # One checkpoint per version of the input data: this data's, under output/checkpoints.
+    checkpoint = out / "checkpoints" / data_version(dataset.data_path) / "checkpoint.zarr"
 
     # 1. Run, and SIGKILL the process group once two iterations are committed.
     run = services.start("emdist-run-killed", cli("run", "--config", str(job)), env)
