@@ -1,7 +1,8 @@
 """What a warm start saves a scheduled job whose input grew: iterations and wall time.
 
-The nightly case: a model was fitted (``emdist generate``'s overlapping mixture) to ``n / (1 + growth)`` rows; the input then grew to
-``n`` rows (the same distribution, the first rows unchanged). The new data is fitted twice
+The nightly case: a model was fitted to ``n / (1 + growth)`` rows (``emdist generate``'s
+overlapping mixture); the input then grew to ``n`` rows (the same distribution, the first
+rows unchanged). The new data is fitted twice
 from the same seed, on an uncompressed Zarr store, out of core:
 
 * **cold**: as configured (``init_params='kmeans'`` for the mixtures, which runs K-means
@@ -28,7 +29,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
-
 import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 
@@ -73,7 +73,8 @@ def main() -> None:
     n_before = int(round(n_after / (1 + args.growth)))
     print(_common.environment())
     print(
-        f"data: emdist generate, separation {args.separation}, {n_before} -> {n_after} rows (+{args.growth:.0%}) x {d}, K={k}\n"
+        f"data: emdist generate, separation {args.separation}, "
+        f"{n_before} -> {n_after} rows (+{args.growth:.0%}) x {d}, K={k}\n"
     )
     rows = []
     with _common.scratch_dir() as scratch:
