@@ -254,11 +254,10 @@ class BaseEstimator(SklearnEstimatorMixin):
         mine, theirs = int(getattr(self, name)), int(getattr(previous, name))
         if mine != theirs:
             return f"the previous model has {name}={theirs}, this fit {mine}"
-        if getattr(self, "covariance_type", None) != getattr(previous, "covariance_type", None):
-            return (
-                f"the previous model has covariance_type={previous.covariance_type!r}, "
-                f"this fit {self.covariance_type!r}"  # type: ignore[attr-defined]
-            )
+        mine_cov = getattr(self, "covariance_type", None)
+        theirs_cov = getattr(previous, "covariance_type", None)
+        if mine_cov != theirs_cov:
+            return f"the previous model has covariance_type={theirs_cov!r}, this fit {mine_cov!r}"
         width = getattr(previous, "n_features_in_", None)
         if width is None:
             return "the previous model is not fitted"
