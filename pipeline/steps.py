@@ -329,12 +329,14 @@ class _Start:
     keep_at: Path | None = None
 
 
-def _previous_model(config: RunConfig, version: Path | None) -> _Start:
+def _previous_model(
+    config: RunConfig, version: Path | None, model_path: Path | None = None
+) -> _Start:
     """The model the fit should start from, if any (compatibility is the estimator's call).
 
     A version folder that already holds the start model (an interrupted or finished run on
     this data) gives that one; a checkpoint without it began cold and must go on cold;
-    otherwise the model at ``output.model`` (the previous run's).
+    otherwise the model at ``model_path`` (default ``output.model``: the previous run's).
     """
     if not config.model.warm_start:
         return _Start(None, "cold start (model.warm_start is off)")
@@ -345,7 +347,7 @@ def _previous_model(config: RunConfig, version: Path | None) -> _Start:
         return _Start(emdist.load_model(kept), f"warm start from the previous model ({kept})")
     elif version is not None and (version / "checkpoint.zarr" / "zarr.json").exists():
         return _Start(None, "cold start (this data's checkpoint began cold)")
-    previous = config.model_path
+    previous = model_path or config.model_path
     if not previous.exists():
         return _Start(None, f"cold start (no previous model at {previous})")
     try:
@@ -498,17 +500,19 @@ def select_components(
     fits: dict[int, FitSummary] = {}
     base = Path(config.output.dir) / "select-k"
     check_outputs(config, [base / f"k{k}" / "model.zarr" for k in sorted(set(candidates))])
+    # As fit_model, per candidate: a checkpoint per data version, warm from its last model.
+    key = data_version(data.path) if config.checkpoint.enabled else None
     with connect(scheduler):
         for k in sorted(set(candidates)):
             model = config.model.model_copy(update={"n_components": k})
-            fit = _fit_and_save(
-                model,
-                data,
-                base / f"k{k}" / "model.zarr",
-                checkpoint_store(config, base / f"k{k}" / "checkpoint.zarr"),
-                observer,
-            )
+            model_path = base / f"k{k}" / "model.zarr"
+            version = base / f"k{k}" / "checkpoints" / key if key is not None else None
+            store = checkpoint_store(config, version / "checkpoint.zarr") if version else None
+            start = _previous_model(config, version, model_path)
+            fit = _fit_and_save(model, data, model_path, store, observer, start)
             claim(fit.model_path, config)
+            if version is not None:
+                prune_checkpoints(version.parent, config.checkpoint.versions, version)
             fits[k] = fit
             rows.append(
                 {

@@ -194,3 +194,22 @@ def test_warm_start_from_saves_iterations_in_every_family(
     fewer = {name: K - 1 for name in k}
     assert f"{next(iter(k))}={K}" in str(estimator(**fewer).warm_start_from(previous))
     assert "not a" in str(emdist.KMeans(K).warm_start_from(emdist.GaussianMixture(K)))
+
+
+def test_choosing_k_again_on_grown_data_warm_starts_every_candidate(tmp_path: Path) -> None:
+    from pipeline.steps import prepare_data, select_components
+
+    path, rows = grown_input(tmp_path)
+    config = job_config(path, tmp_path / "out")
+    first = select_components(config, prepare_data(config), [4, 5])
+    assert [r["k"] for r in first.rows] == [4, 5]
+    grow(path, rows)
+    # Before: "checkpoint has 10000, this run has 12000". Now each K has a checkpoint per
+    # data version and starts from its own previous model.
+    again = select_components(config, prepare_data(config), [4, 5])
+    assert again.best_fit.warm_started and again.best_k == first.best_k == K
+    for k in (4, 5):
+        model = emdist.load_model(tmp_path / "out" / "select-k" / f"k{k}" / "model.zarr")
+        assert model.n_components == k
+        versions = list((tmp_path / "out" / "select-k" / f"k{k}" / "checkpoints").iterdir())
+        assert len(versions) == 2
