@@ -343,8 +343,8 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
 @click.option(
     "--checkpoint",
     metavar="PATH",
-    help="Checkpoint folder: a fit of the same data and options resumes from it.  "
-    "[default: no checkpoint]",
+    help="Checkpoint folder, one checkpoint per version of DATA: a fit of the same data and "
+    "options resumes from it; changed DATA gets a new one.  [default: no checkpoint]",
 )
 @click.option("--restart", is_flag=True, help="Discard the --checkpoint and start over.")
 @click.option(
