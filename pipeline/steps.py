@@ -32,7 +32,7 @@ from emdist.io.sources import open_zarr_array
 from emdist.io.synthetic import make_gaussian_mixture, open_synthetic
 from emdist.registry import family_class
 from pipeline.cluster import connect
-from pipeline.config import ModelConfig, RunConfig
+from pipeline.config import ConfigError, ModelConfig, RunConfig
 from pipeline.outputs import check_outputs, claim, may_replace
 
 __all__ = [
@@ -270,8 +270,21 @@ def checkpoint_for(config: RunConfig, data_path: str | Path) -> Path:
     ``<checkpoint.path>/<data version>/checkpoint.zarr``; the version's folder also holds
     ``start.zarr``, the model a warm start began from (so a resumed run starts from the
     same model even after the previous run's model was replaced).
+
+    Raises
+    ------
+    ConfigError
+        ``checkpoint.path`` is itself one checkpoint (as earlier versions kept them): it is
+        not turned into a folder of checkpoints behind the user's back.
     """
-    return config.checkpoint_path / data_version(data_path) / "checkpoint.zarr"
+    root = config.checkpoint_path
+    if (root / "zarr.json").is_file():
+        raise ConfigError(
+            f"{root} is a single checkpoint (an earlier emdist's layout); checkpoints are now "
+            f"kept one per version of the data inside a folder: choose another checkpoint "
+            f"path, or delete {root}"
+        )
+    return root / data_version(data_path) / "checkpoint.zarr"
 
 
 def _versions(root: Path) -> list[Path]:

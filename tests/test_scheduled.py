@@ -19,7 +19,7 @@ import zarr
 import emdist
 from emdist.engine.em import IterationState
 from emdist.io.synthetic import make_gaussian_mixture
-from pipeline.config import RunConfig, parse_config
+from pipeline.config import ConfigError, RunConfig, parse_config
 from pipeline.job import run_job
 from pipeline.steps import checkpoint_for, data_version, prune_checkpoints
 
@@ -213,3 +213,12 @@ def test_choosing_k_again_on_grown_data_warm_starts_every_candidate(tmp_path: Pa
         assert model.n_components == k
         versions = list((tmp_path / "out" / "select-k" / f"k{k}" / "checkpoints").iterdir())
         assert len(versions) == 2
+
+
+def test_an_old_single_checkpoint_at_the_checkpoint_path_is_refused(tmp_path: Path) -> None:
+    path, _ = grown_input(tmp_path)
+    config = job_config(path, tmp_path / "out")
+    old = config.checkpoint_path
+    zarr.open_group(str(old), mode="w")  # what an earlier emdist left there
+    with pytest.raises(ConfigError, match="single checkpoint"):
+        checkpoint_for(config, path)
