@@ -141,6 +141,9 @@ def fit_task(config: RunConfig, data: steps.DatasetRef, scheduler: str | None) -
     with logged_warnings() as said:
         fit = steps.fit_model(config, data, scheduler=scheduler, observer=progress)
     progress.finish(fit)
+    if fit.start:
+        # Warm or cold, and why: a scheduled run on new data says which it did.
+        logger.info("%s", fit.start)
     if fit.resumed_iterations:
         logger.info("resumed after %d checkpointed iterations", fit.resumed_iterations)
     return dataclasses.replace(fit, warnings=said)
@@ -196,6 +199,7 @@ def report_task(
         {"quantity": "n_components", "value": fit.n_components},
         {"quantity": "iterations", "value": fit.n_iter},
         {"quantity": "converged", "value": fit.converged},
+        {"quantity": "start", "value": fit.start or "cold start"},
         {"quantity": "lower_bound", "value": fit.lower_bounds[-1] if fit.lower_bounds else None},
         {"quantity": "bic", "value": fit.bic},
         {"quantity": "aic", "value": fit.aic},

@@ -84,6 +84,7 @@ FIT_OPTION_NAMES = {
     "model.n_init": "--n-init",
     "model.tol": "--tol",
     "model.random_state": "--seed",
+    "model.warm_start": "--warm-start",
     "output.model": "--out",
     "output.data": "--ingest-to",
     "checkpoint.path": "--checkpoint",
@@ -156,13 +157,14 @@ def on_interrupt(config: RunConfig) -> None:
         if not config.checkpoint.enabled:
             return "no checkpoint was kept, so a rerun starts over"
         from pipeline.job import _iterations_saved
+        from pipeline.steps import latest_checkpoint
 
         saved = _iterations_saved(config)
         if saved is None:
             return "before the first checkpoint; rerun the same command to start again"
         return (
             f"after iteration {saved}: checkpoint saved in "
-            f"{config.checkpoint_path}; rerun the same command to resume"
+            f"{latest_checkpoint(config)}; rerun the same command to resume"
         )
 
     _interrupt_message = message
@@ -288,6 +290,7 @@ def _fit_config(options: dict[str, Any]) -> RunConfig:
             "max_iter": options["max_iter"],
             "n_init": options["n_init"],
             "random_state": options["seed"],
+            "warm_start": options["warm_start"],
         },
         "output": {
             "dir": str(out.parent),
@@ -341,10 +344,17 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
 @click.option(
     "--checkpoint",
     metavar="PATH",
-    help="Checkpoint folder: a fit of the same data and options resumes from it.  "
-    "[default: no checkpoint]",
+    help="Checkpoint folder, one checkpoint per version of DATA: a fit of the same data and "
+    "options resumes from it; changed DATA gets a new one.  [default: no checkpoint]",
 )
 @click.option("--restart", is_flag=True, help="Discard the --checkpoint and start over.")
+@click.option(
+    "--warm-start/--cold-start",
+    default=True,
+    show_default=True,
+    help="On new or changed DATA, start from the model already at --out when it has the same "
+    "--model, -k, --covariance-type and number of features (else cold, with a note).",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),

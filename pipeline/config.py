@@ -130,6 +130,11 @@ class ModelConfig(_Strict):
     weight_concentration_prior: float | None = Field(None, gt=0)
     mean_precision_prior: float | None = Field(None, gt=0)
     degrees_of_freedom_prior: float | None = Field(None, gt=0)
+    warm_start: bool = Field(
+        True,
+        description="on new data, start from the model at output.model when it has the same "
+        "family, n_components, covariance_type and n_features (else a cold start, logged)",
+    )
 
     @model_validator(mode="after")
     def _sample_holds_the_components(self) -> ModelConfig:
@@ -174,6 +179,12 @@ class CheckpointConfig(_Strict):
     path: str | None = None
     every: int = Field(1, gt=0)
     keep: int = Field(2, gt=0)
+    versions: int = Field(
+        3,
+        gt=0,
+        description="checkpoints kept under path, one per version of the input data "
+        "(the newest ones; older ones are deleted after a successful fit)",
+    )
     restart: bool = Field(False, description="discard an existing checkpoint and start over")
 
 
@@ -285,8 +296,13 @@ class RunConfig(_Strict):
 
     @property
     def checkpoint_path(self) -> Path:
-        """Folder of the fit checkpoint."""
-        return self._out(self.checkpoint.path, "checkpoint.zarr")
+        """Folder of the fit's checkpoints: one per version of the input data.
+
+        A run on the same data resumes its own checkpoint; a run on changed data (a
+        scheduled job whose input grew) gets a new one (see
+        :func:`pipeline.steps.checkpoint_for`).
+        """
+        return self._out(self.checkpoint.path, "checkpoints")
 
     def resolved(self, base: Path) -> RunConfig:
         """A copy with relative paths made absolute against ``base``."""

@@ -128,8 +128,11 @@ class LocalSteps:
         return plain.prepare_data(config)
 
     def fit(self, config: RunConfig, data: DatasetRef, scheduler: str | None) -> FitSummary:
-        """Fit and save the model."""
-        return plain.fit_model(config, data, scheduler=scheduler, observer=self.observer)
+        """Fit and save the model; say how it started when a previous model was involved."""
+        fit = plain.fit_model(config, data, scheduler=scheduler, observer=self.observer)
+        if fit.warm_started or "previous model" in fit.start:
+            self.log(fit.start)
+        return fit
 
     def select(
         self, config: RunConfig, data: DatasetRef, candidates: list[int], scheduler: str | None
@@ -218,10 +221,11 @@ def report_from_disk(config: RunConfig) -> ReportRef:
 
 def _iterations_saved(config: RunConfig) -> int | None:
     """Iterations of the current restart in the fit's checkpoint (``None``: none saved)."""
-    if not config.checkpoint.enabled or not config.checkpoint_path.exists():
+    path = plain.latest_checkpoint(config) if config.checkpoint.enabled else None
+    if path is None:
         return None
     try:
-        state = CheckpointStore(config.checkpoint_path).load()
+        state = CheckpointStore(path).load()
     except Exception:  # a damaged checkpoint is not what this message is about
         return None
     return None if state is None else state.iteration

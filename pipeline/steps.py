@@ -10,6 +10,11 @@ Nothing here knows Prefect.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import logging
+import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +28,12 @@ import emdist
 from emdist.engine.em import IterationState, Observer
 from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
+from emdist.io.integrity import RECORD_KEY
 from emdist.io.sources import open_zarr_array
 from emdist.io.synthetic import make_gaussian_mixture, open_synthetic
 from emdist.registry import family_class
 from pipeline.cluster import connect
-from pipeline.config import ModelConfig, RunConfig
+from pipeline.config import ConfigError, ModelConfig, RunConfig
 from pipeline.outputs import check_outputs, claim, may_replace
 
 __all__ = [
@@ -36,10 +42,14 @@ __all__ = [
     "PredictionsRef",
     "SelectionResult",
     "build_estimator",
+    "checkpoint_for",
     "connect",
+    "data_version",
     "fit_model",
     "label_data",
+    "latest_checkpoint",
     "prepare_data",
+    "prune_checkpoints",
     "select_components",
 ]
 
@@ -81,6 +91,9 @@ class FitSummary:
     # Warnings the fit emitted (non-convergence, checkpoint fallback), for the run's logs
     # and summary; filled in by the orchestrator that caught them.
     warnings: list[str] = field(default_factory=list)
+    # How the fit started: warm from the previous run's model, or cold and why.
+    warm_started: bool = False
+    start: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -216,8 +229,97 @@ def build_estimator(
 ) -> Any:
     """The estimator a model configuration describes (its family from the registry)."""
     estimator_type = family_class(model.family)
-    params = model.model_dump(exclude={"family"})
+    # warm_start here is the job's (start from the previous run's model, see fit_model),
+    # not scikit-learn's (continue this object's own fit).
+    params = model.model_dump(exclude={"family", "warm_start"})
     return estimator_type.from_config(params, checkpoint=checkpoint, observer=observer)
+
+
+_log = logging.getLogger("emdist.pipeline")
+_VERSION = re.compile(r"^[0-9a-f]{16}$")
+
+
+def data_version(path: str | Path) -> str:
+    """A cheap key of the dataset's current version: 16 hex digits.
+
+    Built from the array's shape, chunking and dtype, the integrity record and ingest
+    provenance in its attributes, and its metadata file's modification time (Zarr rewrites
+    it when the array is recreated or resized). One ``stat``, no data read: an input that
+    grew, was re-ingested or regenerated gets a new key; the same data keeps its key, so a
+    killed run finds its checkpoint again.
+    """
+    arr = open_zarr_array(path)
+    attrs = arr.attrs.asdict()
+    meta = Path(arr.store.root) / arr.path / "zarr.json" if hasattr(arr.store, "root") else None
+    stat = meta.stat() if meta is not None and meta.is_file() else None
+    material = {
+        "shape": list(arr.shape),
+        "chunks": list(arr.chunks),
+        "shards": list(arr.shards) if arr.shards else None,
+        "dtype": str(arr.dtype),
+        "record": attrs.get(RECORD_KEY),
+        "provenance": attrs.get("provenance"),
+        "metadata": [stat.st_mtime_ns, stat.st_size] if stat is not None else None,
+    }
+    blob = json.dumps(material, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def checkpoint_for(config: RunConfig, data_path: str | Path) -> Path:
+    """The checkpoint of a fit of ``config`` on the data at ``data_path`` as it is now.
+
+    ``<checkpoint.path>/<data version>/checkpoint.zarr``; the version's folder also holds
+    ``start.zarr``, the model a warm start began from (so a resumed run starts from the
+    same model even after the previous run's model was replaced).
+
+    Raises
+    ------
+    ConfigError
+        ``checkpoint.path`` is itself one checkpoint (as earlier versions kept them): it is
+        not turned into a folder of checkpoints behind the user's back.
+    """
+    root = config.checkpoint_path
+    if (root / "zarr.json").is_file():
+        raise ConfigError(
+            f"{root} is a single checkpoint (an earlier emdist's layout); checkpoints are now "
+            f"kept one per version of the data inside a folder: choose another checkpoint "
+            f"path, or delete {root}"
+        )
+    return root / data_version(data_path) / "checkpoint.zarr"
+
+
+def _versions(root: Path) -> list[Path]:
+    """Version folders under a checkpoint root, oldest first (by last write)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+
+    def touched(p: Path) -> int:
+        meta = p / "checkpoint.zarr" / "zarr.json"
+        return (meta if meta.is_file() else p).stat().st_mtime_ns
+
+    return sorted(found, key=touched)
+
+
+def latest_checkpoint(config: RunConfig) -> Path | None:
+    """The most recently written checkpoint of the job (for "resume" messages)."""
+    for version in reversed(_versions(config.checkpoint_path)):
+        if (version / "checkpoint.zarr").exists():
+            return version / "checkpoint.zarr"
+    return None
+
+
+def prune_checkpoints(root: Path, keep: int, current: Path | None = None) -> list[Path]:
+    """Delete all but the ``keep`` newest version folders under ``root`` (never ``current``).
+
+    Only folders named like a data version are touched: anything else a user put there
+    stays. Returns what was deleted.
+    """
+    versions = [v for v in _versions(root) if v != current]
+    doomed = versions[: max(0, len(versions) - (keep - (current is not None)))]
+    for version in doomed:
+        shutil.rmtree(version, ignore_errors=True)
+    return doomed
 
 
 def checkpoint_store(config: RunConfig, path: Path | None = None) -> CheckpointStore | None:
@@ -232,12 +334,50 @@ def checkpoint_store(config: RunConfig, path: Path | None = None) -> CheckpointS
     )
 
 
+@dataclass(frozen=True)
+class _Start:
+    """Where a fit starts: a previous model (or ``None``: cold), why, and where to keep it."""
+
+    previous: Any
+    why: str
+    keep_at: Path | None = None
+
+
+def _previous_model(
+    config: RunConfig, version: Path | None, model_path: Path | None = None
+) -> _Start:
+    """The model the fit should start from, if any (compatibility is the estimator's call).
+
+    A version folder that already holds the start model (an interrupted or finished run on
+    this data) gives that one; a checkpoint without it began cold and must go on cold;
+    otherwise the model at ``model_path`` (default ``output.model``: the previous run's).
+    """
+    if not config.model.warm_start:
+        return _Start(None, "cold start (model.warm_start is off)")
+    kept = version / "start.zarr" if version is not None else None
+    if kept is not None and config.checkpoint.restart:
+        shutil.rmtree(kept, ignore_errors=True)  # starting over: from today's previous model
+    elif kept is not None and kept.exists():
+        return _Start(emdist.load_model(kept), f"warm start from the previous model ({kept})")
+    elif version is not None and (version / "checkpoint.zarr" / "zarr.json").exists():
+        return _Start(None, "cold start (this data's checkpoint began cold)")
+    previous = model_path or config.model_path
+    if not previous.exists():
+        return _Start(None, f"cold start (no previous model at {previous})")
+    try:
+        model = emdist.load_model(previous)
+    except Exception as exc:  # a damaged or foreign model: fit from scratch, say why
+        return _Start(None, f"cold start (the model at {previous} cannot be read: {exc})")
+    return _Start(model, f"warm start from the previous model ({previous})", kept)
+
+
 def _fit_and_save(
     model: ModelConfig,
     data: DatasetRef,
     model_path: Path,
     checkpoint: CheckpointStore | None,
     observer: Observer | None,
+    start: _Start | None = None,
 ) -> FitSummary:
     seconds: list[float] = []
     first_iteration: list[int] = []
@@ -249,10 +389,24 @@ def _fit_and_save(
         return observer(state) if observer is not None else None
 
     estimator = build_estimator(model, checkpoint=checkpoint, observer=watch)
-    start = time.perf_counter()
+    warm, how = False, start.why if start is not None else ""
+    if start is not None and start.previous is not None:
+        refused = estimator.warm_start_from(start.previous, data.n_features)
+        if refused is not None:
+            how = f"cold start ({refused})"
+        else:
+            warm = True
+            if start.keep_at is not None and not start.keep_at.exists():
+                # Kept before the checkpoint exists: a resume starts from this very model
+                # even once the new one has replaced it at output.model.
+                emdist.save_model(start.previous, start.keep_at)
+    if how:
+        _log.info("%s", how)
+    start_time = time.perf_counter()
     estimator.fit(data.path)
-    fit_seconds = time.perf_counter() - start
+    fit_seconds = time.perf_counter() - start_time
     extra = estimator.summary_statistics(data.path)
+    # Atomic: the previous model stays whole at model_path until this one is complete.
     emdist.save_model(estimator, model_path, overwrite=True)
     return FitSummary(
         model_path=str(model_path),
@@ -268,6 +422,8 @@ def _fit_and_save(
         resumed_iterations=(
             (first_iteration[0] - 1) if first_iteration else int(estimator.n_iter_)
         ),
+        warm_started=warm,
+        start=how,
         **extra,
     )
 
@@ -281,7 +437,11 @@ def fit_model(
 ) -> FitSummary:
     """Fit the configured model to the dataset, checkpointed, and save it.
 
-    Re-running after a crash resumes from the checkpoint and ends with the same model.
+    Every version of the input data has its own checkpoint (:func:`checkpoint_for`):
+    re-running after a crash resumes it and ends with the same model; a run on changed
+    data (grown, re-ingested) starts a new one, warm-started from the previous run's model
+    when ``model.warm_start`` (the default) and that model is compatible. After a
+    successful fit, all but the ``checkpoint.versions`` newest checkpoints are deleted.
 
     Parameters
     ----------
@@ -298,11 +458,14 @@ def fit_model(
     """
     # Refused before the fit, not after an hour of it; _fit_and_save then replaces it.
     check_outputs(config, [config.model_path])
+    version = checkpoint_for(config, data.path).parent if config.checkpoint.enabled else None
+    store = checkpoint_store(config, version / "checkpoint.zarr") if version else None
+    start = _previous_model(config, version)
     with connect(scheduler):
-        fit = _fit_and_save(
-            config.model, data, config.model_path, checkpoint_store(config), observer
-        )
+        fit = _fit_and_save(config.model, data, config.model_path, store, observer, start)
     claim(fit.model_path, config)
+    if version is not None:
+        prune_checkpoints(config.checkpoint_path, config.checkpoint.versions, version)
     return fit
 
 
@@ -350,17 +513,19 @@ def select_components(
     fits: dict[int, FitSummary] = {}
     base = Path(config.output.dir) / "select-k"
     check_outputs(config, [base / f"k{k}" / "model.zarr" for k in sorted(set(candidates))])
+    # As fit_model, per candidate: a checkpoint per data version, warm from its last model.
+    key = data_version(data.path) if config.checkpoint.enabled else None
     with connect(scheduler):
         for k in sorted(set(candidates)):
             model = config.model.model_copy(update={"n_components": k})
-            fit = _fit_and_save(
-                model,
-                data,
-                base / f"k{k}" / "model.zarr",
-                checkpoint_store(config, base / f"k{k}" / "checkpoint.zarr"),
-                observer,
-            )
+            model_path = base / f"k{k}" / "model.zarr"
+            version = base / f"k{k}" / "checkpoints" / key if key is not None else None
+            store = checkpoint_store(config, version / "checkpoint.zarr") if version else None
+            start = _previous_model(config, version, model_path)
+            fit = _fit_and_save(model, data, model_path, store, observer, start)
             claim(fit.model_path, config)
+            if version is not None:
+                prune_checkpoints(version.parent, config.checkpoint.versions, version)
             fits[k] = fit
             rows.append(
                 {

@@ -126,6 +126,9 @@ class BaseEstimator(SklearnEstimatorMixin):
     observer: Any
     checkpoint: Any
     n_features_in_: int
+    #: Parameters the next fit starts from (set by :meth:`warm_start_from`), or ``None``.
+    #: Not a parameter: a clone starts as configured.
+    _start_from: Any = None
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -220,6 +223,56 @@ class BaseEstimator(SklearnEstimatorMixin):
         """Whether this fit continues from the previous one (``warm_start``)."""
         return bool(getattr(self, "warm_start", False)) and hasattr(self, "converged_")
 
+    def warm_start_from(self, previous: Any, n_features: int | None = None) -> str | None:
+        """Start the next :meth:`fit` from ``previous``'s fitted parameters, if they fit.
+
+        For a fit on new data (a scheduled job whose input grew): one restart, from the
+        previous model instead of a fresh initialisation, usually needs fewer passes. Unlike
+        ``warm_start``, the previous fit's bound is not carried over (it belongs to other
+        data), and ``previous`` may be another object (a loaded model).
+
+        Parameters
+        ----------
+        previous : estimator
+            A fitted model, typically the previous run's (:func:`emdist.load_model`).
+        n_features : int, optional
+            Features of the data about to be fitted; a model of another width is refused.
+
+        Returns
+        -------
+        str or None
+            ``None`` when the next fit will start from ``previous``; otherwise why not
+            (another family, number of components, covariance type or width), and the
+            next fit starts cold as configured.
+        """
+        reason = self._warm_refusal(previous, n_features)
+        if reason is None:
+            self._use_start(previous)
+        return reason
+
+    def _warm_refusal(self, previous: Any, n_features: int | None) -> str | None:
+        """Why ``previous`` cannot start this estimator's next fit (``None``: it can)."""
+        if type(previous) is not type(self):
+            return f"the previous model is a {type(previous).__name__}, not a {type(self).__name__}"
+        name = self._n_components_param
+        mine, theirs = int(getattr(self, name)), int(getattr(previous, name))
+        if mine != theirs:
+            return f"the previous model has {name}={theirs}, this fit {mine}"
+        mine_cov = getattr(self, "covariance_type", None)
+        theirs_cov = getattr(previous, "covariance_type", None)
+        if mine_cov != theirs_cov:
+            return f"the previous model has covariance_type={theirs_cov!r}, this fit {mine_cov!r}"
+        width = getattr(previous, "n_features_in_", None)
+        if width is None:
+            return "the previous model is not fitted"
+        if n_features is not None and int(width) != int(n_features):
+            return f"the previous model has {width} features, the data {n_features}"
+        return None
+
+    def _use_start(self, previous: Any) -> None:
+        """Make ``previous``'s parameters the start of the next fit (checked compatible)."""
+        self._start_from = previous._params()
+
     def _plan(self, data: FitData, warm: bool) -> FitPlan[Any]:
         """The model's part of the fit, given the scanned data."""
         raise NotImplementedError
@@ -245,13 +298,18 @@ class BaseEstimator(SklearnEstimatorMixin):
         self._validate_params()
         self._check_input(X)
         warm = self._warm()
-        n_init = 1 if warm else self._n_init()
+        start = self._start_from
+        n_init = 1 if warm or start is not None else self._n_init()
         checkpoint = as_checkpoint(self.checkpoint)
         seed = fit_seed(self.random_state, checkpoint)
         sample_seed, restarts_seed = child_seeds(seed, 2)
         resolved: dict[str, Any] = {"n_init": n_init}
         if "warm_start" in self._param_names():
             resolved["warm_start"] = warm
+        if start is not None:
+            # Tied to the checkpoint (arrays are hashed): a resume must start from the same
+            # model, or its first iterations would belong to another fit.
+            resolved["start_from"] = dict(start.arrays())
         with compute_context():
             data = prepare_fit_data(
                 X,

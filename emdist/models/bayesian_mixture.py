@@ -434,7 +434,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         # The resolved priors are attributes as soon as they are known, as scikit-learn's.
         self._set_priors(priors)
         family = BayesianMixtureFamily(covariance_type, float(self.reg_covar), priors)
-        previous = self._params() if warm else None
+        previous = self._params() if warm else self._start_from
 
         def make_start(restart: int, restart_seed: int) -> VariationalParams:
             if previous is not None:

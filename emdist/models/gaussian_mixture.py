@@ -224,7 +224,7 @@ class GaussianMixture(BaseMixture):
         return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar))
 
     def _plan(self, data: FitData, warm: bool) -> FitPlan[MixtureParams]:
-        previous = self._params() if warm else None
+        previous = self._params() if warm else self._start_from
 
         def make_start(restart: int, restart_seed: int) -> MixtureParams:
             if previous is not None:

@@ -285,6 +285,11 @@ default='k-means++'
             return 1
         return int(self.n_init)
 
+    def _use_start(self, previous: Any) -> None:
+        # scikit-learn's own way to start from given centres: an explicit ``init``, one run.
+        self.init = np.array(previous.cluster_centers_, dtype=np.float64, copy=True)
+        self.n_init = 1
+
     def _plan(self, data: FitData, warm: bool) -> FitPlan[KMeansParams]:
         return kmeans_plan(data, int(self.n_clusters), self.init, float(self.tol))
 

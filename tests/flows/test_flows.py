@@ -76,6 +76,13 @@ def job(out: str, cluster: dict[str, Any], **model: Any) -> dict[str, Any]:
     }
 
 
+def only_checkpoint(out: Path) -> Path:
+    """The job's one checkpoint (``checkpoints/<data version>/checkpoint.zarr``)."""
+    found = sorted((out / "checkpoints").glob("*/checkpoint.zarr"))
+    assert len(found) == 1, found
+    return found[0]
+
+
 def open_clusters() -> set[int]:
     return {id(c) for c in SpecCluster._instances if c.status != Status.closed}
 
@@ -191,7 +198,7 @@ def first_run(prefect_harness: str, tmp_path_factory: pytest.TempPathFactory) ->
         config_path,
         out,
         np.array(emdist.load_model(out / "model.zarr").means_),
-        (out / "checkpoint.zarr" / "zarr.json").read_bytes(),
+        (only_checkpoint(out) / "zarr.json").read_bytes(),
     )
 
 
@@ -296,7 +303,7 @@ def test_rerun_resumes_from_the_finished_checkpoint(first_run: FirstRun, rerun: 
     model = emdist.load_model(rerun.result["model"])
     np.testing.assert_array_equal(model.means_, first_run.means)
     # The checkpoint's commit pointer did not move: nothing new was committed.
-    root = first_run.out / "checkpoint.zarr" / "zarr.json"
+    root = only_checkpoint(first_run.out) / "zarr.json"
     assert root.read_bytes() == first_run.checkpoint_root
     summary = {row["quantity"]: row["value"] for row in rerun.table("emdist-summary")}
     assert summary["iterations"] == first["n_iter"]
@@ -308,6 +315,51 @@ def test_rerun_progress_artifact_is_complete(rerun: FlowRecord) -> None:
 
 
 # -- choosing K -------------------------------------------------------------------------------
+
+
+def test_scheduled_job_on_grown_input_fits_the_new_rows_warm_started(
+    prefect_harness: str, cluster_address: str, tmp_path: Path
+) -> None:
+    """A job run twice, its Zarr input grown by 20% in between (a nightly export): the
+    second flow run fits the new rows, warm-started from the first run's model, in a
+    checkpoint of its own, and says so in its logs and summary artifact."""
+    source = emdist.io.synthetic.make_gaussian_mixture(
+        tmp_path / "source.zarr",
+        n_samples=12_000,
+        n_features=N_FEATURES,
+        n_components=5,
+        separation=1.5,
+        chunk_rows=2_000,
+        random_state=0,
+    )
+    rows = np.asarray(zarr.open_array(str(source.data_path), mode="r")[:])
+    path = tmp_path / "input.zarr"
+    zarr.create_array(
+        str(path), shape=(10_000, N_FEATURES), chunks=(2_000, N_FEATURES), dtype="f8"
+    )[:] = rows[:10_000]
+    config = {
+        "name": "nightly",
+        "input": {"path": str(path)},
+        "model": {"family": "gmm", "n_components": 5, "tol": 1e-4, "max_iter": 500},
+        "output": {"dir": str(tmp_path / "out")},
+        "cluster": {"address": cluster_address},
+    }
+    first = run_flow(clustering_pipeline, config=config)
+    assert first.state.is_completed(), first.state.message
+    assert any("cold start (no previous model" in m for m in first.messages())
+
+    zarr.open_array(str(path), mode="r+").append(rows[10_000:])
+    second = run_flow(clustering_pipeline, config=config)
+    assert second.state.is_completed(), second.state.message
+    assert second.result["n_samples"] == 12_000 != first.result["n_samples"]
+    assert any(m.startswith("warm start from the previous model") for m in second.messages())
+    assert second.result["converged"] is True
+    assert second.result["n_iter"] < first.result["n_iter"]
+    summary = {row["quantity"]: row["value"] for row in second.table("emdist-summary")}
+    assert str(summary["start"]).startswith("warm start from the previous model")
+    assert sum(second.result["counts"]) == 12_000
+    versions = list((tmp_path / "out" / "checkpoints").glob("*/checkpoint.zarr"))
+    assert len(versions) == 2
 
 
 def test_choose_components_picks_the_true_k_and_tabulates(

@@ -11,6 +11,7 @@ on a busy machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -204,7 +205,8 @@ def test_fit_prints_a_summary_and_checkpoints(
     assert summary["converged"] is True
     assert summary["lower_bound"] == model.lower_bounds_[-1]
     assert summary["bic"] == pytest.approx(model.bic(ws.dir / "g.zarr" / "data"), rel=1e-9)
-    assert (ws.dir / "ck.zarr" / "zarr.json").is_file()
+    # --checkpoint is a folder of checkpoints, one per version of DATA.
+    assert (version_checkpoint(ws.dir / "ck.zarr") / "zarr.json").is_file()
     # The progress bar (on stderr) reached the last iteration.
     assert f"{summary['n_iter']}/100" in fitted.stderr
 
@@ -639,10 +641,10 @@ def test_ctrl_c_on_a_checkpointed_fit_says_how_to_resume(
     ws: Workspace, generated: subprocess.CompletedProcess[str]
 ) -> None:
     ok(generated)
-    checkpoint = ws.dir / "ctrlc-ck.zarr"
+    checkpoints = ws.dir / "ctrlc-ck.zarr"
     # tol 0: never converges, so the fit is still running when interrupted.
     args = ["fit", "g.zarr/data", "-k", "3", "--max-iter", "100000", "--tol", "0"]
-    args += ["--checkpoint", str(checkpoint), "--out", "ctrlc.zarr"]
+    args += ["--checkpoint", str(checkpoints), "--out", "ctrlc.zarr"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", *args],
         cwd=ws.dir,
@@ -651,7 +653,8 @@ def test_ctrl_c_on_a_checkpointed_fit_says_how_to_resume(
         stderr=subprocess.PIPE,
         text=True,
     )
-    done = interrupt_after_first_commit(proc, checkpoint)
+    done = interrupt_after_first_commit(proc, checkpoints)
+    checkpoint = version_checkpoint(checkpoints)
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr
     match = re.search(
@@ -699,9 +702,9 @@ def test_a_lost_scheduler_is_one_line_and_the_checkpoint_resumes(
 ) -> None:
     ok(generated)
     address, scheduler = dask_scheduler
-    checkpoint = ws.dir / "lost-ck.zarr"
+    checkpoints = ws.dir / "lost-ck.zarr"
     args = ["fit", "g.zarr/data", "-k", "3", "--max-iter", "100000", "--tol", "0"]
-    args += ["--checkpoint", str(checkpoint), "--out", "lost.zarr", "--scheduler", address]
+    args += ["--checkpoint", str(checkpoints), "--out", "lost.zarr", "--scheduler", address]
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", *args],
         cwd=ws.dir,
@@ -711,10 +714,7 @@ def test_a_lost_scheduler_is_one_line_and_the_checkpoint_resumes(
         text=True,
     )
     try:
-        root = checkpoint / "zarr.json"
-        while proc.poll() is None:
-            if root.is_file() and json.loads(root.read_text())["attributes"].get("committed"):
-                break
+        while proc.poll() is None and committed_checkpoint(checkpoints) is None:
             time.sleep(0.2)
         scheduler.kill()
         stdout, stderr = proc.communicate(timeout=300)
@@ -727,7 +727,7 @@ def test_a_lost_scheduler_is_one_line_and_the_checkpoint_resumes(
         message,
     )
     assert match is not None, stderr
-    saved = CheckpointStore(checkpoint).load()
+    saved = CheckpointStore(version_checkpoint(checkpoints)).load()
     assert saved is not None and saved.iteration >= int(match.group(1)) >= 1
 
 
@@ -749,15 +749,28 @@ def test_a_missing_input_in_a_flow_is_one_line_and_not_retried(ws: Workspace) ->
     print(f"missing input in a flow reported in {seconds:.1f} s (Prefect's server included)")
 
 
+def version_checkpoint(checkpoints: Path) -> Path:
+    """The one checkpoint under a job's checkpoint folder (one per version of its data)."""
+    found = sorted(checkpoints.glob("*/checkpoint.zarr"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def committed_checkpoint(checkpoints: Path) -> Path | None:
+    """A checkpoint under ``checkpoints`` holding a committed iteration, if any."""
+    for path in checkpoints.glob("*/checkpoint.zarr"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            if json.loads((path / "zarr.json").read_text())["attributes"].get("committed"):
+                return path
+    return None
+
+
 def interrupt_after_first_commit(
-    proc: subprocess.Popen[str], checkpoint: Path
+    proc: subprocess.Popen[str], checkpoints: Path
 ) -> subprocess.CompletedProcess[str]:
-    """Send SIGINT (Ctrl-C) once ``checkpoint`` holds a committed iteration."""
+    """Send SIGINT (Ctrl-C) once a checkpoint under ``checkpoints`` holds an iteration."""
     try:
-        root = checkpoint / "zarr.json"
-        while proc.poll() is None:
-            if root.is_file() and json.loads(root.read_text())["attributes"].get("committed"):
-                break
+        while proc.poll() is None and committed_checkpoint(checkpoints) is None:
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=300)
@@ -797,8 +810,8 @@ def test_ctrl_c_on_a_flow_run_says_how_to_resume(ws: Workspace) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    checkpoint = folder / "out" / "checkpoint.zarr"
-    done = interrupt_after_first_commit(proc, checkpoint)
+    done = interrupt_after_first_commit(proc, folder / "out" / "checkpoints")
+    checkpoint = version_checkpoint(folder / "out" / "checkpoints")
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr
     match = re.search(

@@ -96,7 +96,7 @@ def test_relative_paths_resolve_against_the_config_folder(
     assert config.model_path == out / "model.zarr"
     assert config.predictions_path == out / "predictions.zarr"
     assert config.report_dir == out / "report"
-    assert config.checkpoint_path == out / "checkpoint.zarr"
+    assert config.checkpoint_path == out / "checkpoints"
 
 
 def test_absolute_paths_and_urls_are_kept(tmp_path: Path) -> None:

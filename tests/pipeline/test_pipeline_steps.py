@@ -348,7 +348,8 @@ def test_select_components_picks_the_true_k_by_bic(tmp_path: Path) -> None:
         assert (
             Path(row["model_path"]).parent == Path(config.output.dir) / "select-k" / f"k{row['k']}"
         )
-        assert (Path(row["model_path"]).parent / "checkpoint.zarr" / "zarr.json").is_file()
+        checkpoints = Path(row["model_path"]).parent / "checkpoints"
+        assert len(list(checkpoints.glob("*/checkpoint.zarr/zarr.json"))) == 1
 
     report = write_report("select", data, selection.best_fit, None, tmp_path / "rep", selection)
     assert [Path(p).name for p in report.images][-1] == "selection.png"

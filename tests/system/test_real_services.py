@@ -46,6 +46,7 @@ import emdist
 from emdist.exceptions import ConvergenceWarning
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.synthetic import make_gaussian_mixture
+from pipeline.steps import data_version
 from tests.services import (
     BIN,
     PrefectServer,
@@ -405,7 +406,8 @@ def test_flow_run_sigkilled_mid_fit_is_resumed_by_a_new_run(
     }
     out = tmp_path / "out"
     job = write_job(tmp_path / "job.yaml", out, data, model)
-    checkpoint = out / "checkpoint.zarr"
+    # One checkpoint per version of the input data: this data's, under output/checkpoints.
+    checkpoint = out / "checkpoints" / data_version(dataset.data_path) / "checkpoint.zarr"
 
     # 1. Run, and SIGKILL the process group once two iterations are committed.
     run = services.start("emdist-run-killed", cli("run", "--config", str(job)), env)
@@ -473,3 +475,112 @@ def test_flow_run_sigkilled_mid_fit_is_resumed_by_a_new_run(
         if r.state is not None and r.state.is_completed()
     }
     assert {str(job), str(job_ref)} <= completed, completed
+
+
+# -- a scheduled job whose input grew: warm start, its own checkpoint, SIGKILL, resume ---------
+
+
+def test_run_on_grown_data_sigkilled_mid_fit_resumes_its_own_checkpoint(
+    prefect_server: PrefectServer, services: Services, tmp_path: Path
+) -> None:
+    """The nightly case: a job ran on 10 000 rows; the input grew by 20%; the next run
+    (warm-started from the first run's model, in a new checkpoint of its own) is SIGKILLed
+    mid-fit. The previous model and labels are intact; a new run resumes the grown data's
+    checkpoint and ends equal, bit for bit, to an uninterrupted warm run on the same data."""
+    env = prefect_server.env(tmp_path / "client")
+    n_before, n_after, max_iter = 10_000, 12_000, 40
+    dataset = make_gaussian_mixture(
+        tmp_path / "source.zarr",
+        n_samples=n_after,
+        n_features=4,
+        n_components=5,
+        separation=1.5,
+        chunk_rows=2_000,
+        random_state=0,
+    )
+    rows = np.asarray(zarr.open_array(str(dataset.data_path), mode="r")[:])
+    source = tmp_path / "input.zarr"
+    zarr.create_array(str(source), shape=(n_before, 4), chunks=(2_000, 4), dtype="f8")[:] = rows[
+        :n_before
+    ]
+    data = {"path": str(source), "format": "zarr"}
+    # tol 0: the second fit is still running when it is killed, and runs exactly max_iter.
+    model = {"family": "gmm", "n_components": 5, "tol": 0.0, "max_iter": max_iter}
+    out = tmp_path / "out"
+    job = write_job(tmp_path / "job.yaml", out, data, {**model, "random_state": 4})
+
+    # 1. The first run, on the data as it was.
+    code, first_output = run_command(
+        services, "emdist-run-first", cli("run", "--config", str(job)), env, 400
+    )
+    assert code == 0, first_output
+    first_model = emdist.load_model(out / "model.zarr")
+    first_labels = np.asarray(zarr.open_array(str(out / "predictions.zarr" / "labels"))[:])
+    old_checkpoint = out / "checkpoints" / data_version(source) / "checkpoint.zarr"
+    assert (old_checkpoint / "zarr.json").is_file()
+
+    # 2. The input grows; the next run gets a checkpoint of its own and is SIGKILLed after
+    # two committed iterations.
+    zarr.open_array(str(source), mode="r+").append(rows[n_before:])
+    checkpoint = out / "checkpoints" / data_version(source) / "checkpoint.zarr"
+    assert checkpoint != old_checkpoint
+    run = services.start("emdist-run-grown", cli("run", "--config", str(job)), env)
+
+    def two_committed() -> bool:
+        if not run.running:
+            raise AssertionError(f"the run ended before it was killed\n{run.log_tail()}")
+        run.descendants()
+        return len(committed_states(checkpoint)) >= 2
+
+    wait_for(two_committed, 300, "two committed checkpoint states", 0.02, run.log_tail)
+    family = [psutil.Process(run.pid), *run.descendants()]
+    run.signal_group(signal.SIGKILL)
+    assert run.wait(30) == -signal.SIGKILL
+    assert wait_gone(family, 30) == [], "processes of the killed run survived"
+    state = CheckpointStore(checkpoint).load()
+    assert state is not None and not state.finished and 2 <= state.iteration < max_iter
+
+    # The previous model and labels are intact; the warm start's model is kept beside the
+    # new checkpoint; the first run's checkpoint is still there.
+    np.testing.assert_array_equal(emdist.load_model(out / "model.zarr").means_, first_model.means_)
+    labels = np.asarray(zarr.open_array(str(out / "predictions.zarr" / "labels"))[:])
+    np.testing.assert_array_equal(labels, first_labels)
+    assert_same_model(
+        emdist.load_model(checkpoint.parent / "start.zarr"), first_model, "kept start model"
+    )
+    assert (old_checkpoint / "zarr.json").is_file()
+
+    # 3. An uninterrupted warm run on the grown data from the same previous model (a copy
+    # of it at its output.model), and the resumed run.
+    out_ref = tmp_path / "reference"
+    out_ref.mkdir()
+    emdist.save_model(first_model, out_ref / "model.zarr")
+    job_ref = write_job(tmp_path / "job-ref.yaml", out_ref, data, {**model, "random_state": 4})
+    ref_job = yaml.safe_load(job_ref.read_text())
+    ref_job["output"]["overwrite"] = True  # the copied model is not that job's own
+    job_ref.write_text(yaml.safe_dump(ref_job))
+    reference = services.start("emdist-run-reference", cli("run", "--config", str(job_ref)), env)
+    code, resumed_output = run_command(
+        services, "emdist-run-resumed", cli("run", "--config", str(job)), env, 400
+    )
+    assert code == 0, resumed_output
+    assert f"resumed after {state.iteration} checkpointed iterations" in resumed_output
+    assert "warm start from the previous model" in resumed_output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["n_samples"] == n_after
+    assert summary["fit"]["warm_started"] is True
+    assert summary["fit"]["resumed_iterations"] == state.iteration
+    assert summary["fit"]["n_iter"] == max_iter
+
+    assert reference.wait(400) == 0, reference.log_text()
+    reference_summary = json.loads((out_ref / "summary.json").read_text())["fit"]
+    assert reference_summary["warm_started"] is True
+    assert reference_summary["resumed_iterations"] == 0
+    assert summary["fit"]["lower_bounds"] == reference_summary["lower_bounds"]
+    assert_same_model(
+        emdist.load_model(out / "model.zarr"),
+        emdist.load_model(out_ref / "model.zarr"),
+        "resumed warm run vs uninterrupted warm run",
+    )
+    labels = np.asarray(zarr.open_array(str(out / "predictions.zarr" / "labels"))[:])
+    assert labels.shape == (n_after,)
