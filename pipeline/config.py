@@ -58,6 +58,8 @@ class ConfigError(EmdistError, ValueError):
 
 #: Below this a Dask worker cannot even start its process (and a fit would only hang).
 MIN_WORKER_MEMORY = 128 * 2**20
+#: Names of the per-data-version folders under ``checkpoint.path`` (pipeline.steps).
+CHECKPOINT_VERSION = re.compile(r"[0-9a-f]{16}")
 _ADDRESS = re.compile(r"(tcp|tls)://[A-Za-z0-9_.\-\[\]:]+:\d{1,5}")
 
 
@@ -415,6 +417,17 @@ def parse_config(
     return config
 
 
+def _holds_checkpoints(folder: Path) -> bool:
+    """Whether ``folder`` holds emdist checkpoints (data-version folders).
+
+    A folder that is itself one checkpoint (an earlier layout) counts too: it is refused
+    later, with its own message.
+    """
+    if (folder / "zarr.json").is_file():
+        return True
+    return any(p.is_dir() and CHECKPOINT_VERSION.fullmatch(p.name) for p in folder.iterdir())
+
+
 def _location_problems(config: RunConfig) -> list[tuple[str, str]]:
     """Paths that exist but cannot be what the job needs there: found before any work.
 
@@ -438,7 +451,7 @@ def _location_problems(config: RunConfig) -> list[tuple[str, str]]:
         ckpt = config.checkpoint_path
         if ckpt.exists() and not ckpt.is_dir():
             problems.append(("checkpoint.path", f"{ckpt} is a file, not a checkpoint folder"))
-        elif ckpt.is_dir() and any(ckpt.iterdir()) and not (ckpt / "zarr.json").is_file():
+        elif ckpt.is_dir() and any(ckpt.iterdir()) and not _holds_checkpoints(ckpt):
             problems.append(
                 ("checkpoint.path", f"{ckpt} is a folder that holds no emdist checkpoint")
             )

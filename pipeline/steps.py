@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,7 @@ from emdist.io.sources import open_zarr_array
 from emdist.io.synthetic import make_gaussian_mixture, open_synthetic
 from emdist.registry import family_class
 from pipeline.cluster import connect
-from pipeline.config import ConfigError, ModelConfig, RunConfig
+from pipeline.config import CHECKPOINT_VERSION, ConfigError, ModelConfig, RunConfig
 from pipeline.outputs import check_outputs, claim, may_replace
 
 __all__ = [
@@ -236,7 +235,6 @@ def build_estimator(
 
 
 _log = logging.getLogger("emdist.pipeline")
-_VERSION = re.compile(r"^[0-9a-f]{16}$")
 
 
 def data_version(path: str | Path) -> str:
@@ -292,7 +290,7 @@ def _versions(root: Path) -> list[Path]:
     """Version folders under a checkpoint root, oldest first (by last write)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+    found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT_VERSION.fullmatch(p.name)]
 
     def touched(p: Path) -> int:
         meta = p / "checkpoint.zarr" / "zarr.json"
