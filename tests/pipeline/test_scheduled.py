@@ -2,7 +2,7 @@
 
 The job runs as the CLI runs it (:func:`pipeline.job.run_job`, an embedded Dask cluster,
 Zarr on disk); the Prefect flow and the SIGKILL-resume of the same case are in
-``tests/test_flows.py`` and ``tests/test_real_services.py``.
+``tests/flows/test_flows.py`` and ``tests/system/test_real_services.py``.
 """
 
 from __future__ import annotations
