@@ -397,7 +397,8 @@ def test_overwrite_refuses_a_directory_that_is_not_zarr(tmp_path: Path, X: np.nd
     precious = tmp_path / "home"
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work")
-    with pytest.raises(FileExistsError, match="not a Zarr array"):
+    # overwrite replaces only a dataset emdist ingested, never someone's folder.
+    with pytest.raises(FileExistsError, match="not an emdist output"):
         ingest(tmp_path / "a.npy", precious, overwrite=True)
     assert (precious / "thesis.tex").read_text() == "years of work"
 
