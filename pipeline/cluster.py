@@ -156,6 +156,13 @@ def dask_client(
             if config.dashboard and announce is not None:
                 # The real port: distributed picks another when 8787 is taken.
                 announce(f"Dask dashboard: {client.dashboard_link}")
-            yield client
+            try:
+                yield client
+            except KeyboardInterrupt:
+                # Closing a cluster with a pass in flight makes distributed log the cancelled
+                # futures with their tracebacks; the user pressed Ctrl-C and is told how to
+                # resume, so those lines are noise.
+                logging.getLogger("distributed").setLevel(logging.CRITICAL)
+                raise
     finally:
         cluster.close()

@@ -79,14 +79,6 @@ class SyntheticConfig(_Strict):
     chunk_rows: int = Field(20_000, gt=0)
     random_state: int = Field(0, ge=0)
 
-    @model_validator(mode="after")
-    def _components_fit_the_rows(self) -> SyntheticConfig:
-        if self.n_components > self.n_samples:
-            raise ValueError(
-                f"n_components ({self.n_components}) must be <= n_samples ({self.n_samples})"
-            )
-        return self
-
 
 class InputConfig(_Strict):
     """Where the data comes from: a file to ingest, a Zarr array, or a generator."""

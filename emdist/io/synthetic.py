@@ -345,11 +345,10 @@ def _validate(
     ):
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
             raise InvalidParameterError(f"{name} must be a positive int; got {value!r}")
-    if n_components > min(n_samples, MAX_COMPONENTS):
+    if n_components > MAX_COMPONENTS:
         # The means are placed by rejection sampling, quadratic in their number.
         raise InvalidParameterError(
-            f"n_components must be <= n_samples ({n_samples}) and <= {MAX_COMPONENTS:,}; "
-            f"got {n_components}"
+            f"n_components must be <= {MAX_COMPONENTS:,}; got {n_components}"
         )
     if covariance_type not in COVARIANCE_TYPES:
         raise InvalidParameterError(

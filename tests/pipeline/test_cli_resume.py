@@ -59,13 +59,18 @@ def fit_args(data: Path, family: str, checkpoint: Path, out: Path) -> list[str]:
     ]
 
 
-def commits(checkpoint: Path) -> int:
-    """Committed states so far (the root's pointer; 0 before the first commit)."""
-    try:
-        meta = json.loads((checkpoint / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return 0
-    return int((meta.get("attributes") or {}).get("commits", 0) or 0)
+def commits(checkpoints: Path) -> int:
+    """Committed states so far of the fit's checkpoint (0 before the first commit).
+
+    ``--checkpoint`` names a folder with one checkpoint per version of the data.
+    """
+    for root in checkpoints.glob("*/checkpoint.zarr"):
+        try:
+            meta = json.loads((root / "zarr.json").read_text())
+        except (OSError, ValueError):
+            return 0
+        return int((meta.get("attributes") or {}).get("commits", 0) or 0)
+    return 0
 
 
 def same_model(a: Path, b: Path) -> None:
