@@ -23,7 +23,7 @@ import numpy as np
 from emdist._random import child_seeds, resolve_seed
 from emdist._typing import FloatArray
 from emdist.engine.data import FitData, compute_context, prepare_fit_data
-from emdist.engine.em import EMResult, ModelFamily
+from emdist.engine.em import EMResult, ModelFamily, Observer
 from emdist.engine.restarts import BestRun, run_restarts
 from emdist.exceptions import ConvergenceWarning, InvalidDataError, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
@@ -70,6 +70,52 @@ class FitPlan(Generic[P]):
     params_type: Callable[..., P]
     score: Callable[[EMResult[P, Any]], float]
     tol: float
+
+    def run(
+        self,
+        data: FitData,
+        *,
+        seeds: list[int],
+        max_iter: int,
+        seed: int,
+        observer: Observer | None = None,
+        checkpoint: CheckpointStore | None = None,
+        config: dict[str, Any] | None = None,
+        previous_bound: float | None = None,
+    ) -> BestRun[P]:
+        """Run one restart per seed with the EM engine and keep the best (see ``run_restarts``).
+
+        Parameters
+        ----------
+        data : FitData
+        seeds : list of int
+            One per restart.
+        max_iter : int
+        seed : int
+            The fit's seed, recorded with the checkpoint.
+        observer, checkpoint, config, previous_bound :
+            As :func:`emdist.engine.restarts.run_restarts`.
+
+        Returns
+        -------
+        BestRun
+        """
+        return run_restarts(
+            data,
+            self.family,
+            n_init=len(seeds),
+            seeds=seeds,
+            make_start=self.make_start,
+            params_from_arrays=self.params_type,
+            score=self.score,
+            tol=self.tol,
+            max_iter=max_iter,
+            observer=observer,
+            checkpoint=checkpoint,
+            config=config or {},
+            seed=seed,
+            previous_bound=previous_bound,
+        )
 
 
 @dataclass(frozen=True)
@@ -318,16 +364,9 @@ class BaseEstimator(SklearnEstimatorMixin):
                 sample_size=self.init_sample_size,
                 what=self._n_components_param,
             )
-            plan = self._plan(data, warm)
-            best = run_restarts(
+            best = self._plan(data, warm).run(
                 data,
-                plan.family,
-                n_init=n_init,
                 seeds=child_seeds(restarts_seed, n_init),
-                make_start=plan.make_start,
-                params_from_arrays=plan.params_type,
-                score=plan.score,
-                tol=plan.tol,
                 max_iter=int(self.max_iter),
                 observer=self.observer,
                 checkpoint=checkpoint,

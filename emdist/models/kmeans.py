@@ -16,7 +16,7 @@ from emdist._typing import AnyArray, FloatArray
 from emdist.engine.data import FitData
 from emdist.engine.em import EMResult, Observer
 from emdist.engine.reduce import Data, map_reduce
-from emdist.engine.restarts import BestRun, run_restarts
+from emdist.engine.restarts import BestRun
 from emdist.engine.seeding import kmeans_plusplus
 from emdist.exceptions import ConvergenceWarning, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
@@ -163,21 +163,8 @@ def fit_kmeans(
     BestRun
         ``score`` is minus the inertia of the kept centres.
     """
-    plan = kmeans_plan(data, n_clusters, init, tol)
-    return run_restarts(
-        data,
-        plan.family,
-        n_init=n_init,
-        seeds=child_seeds(seed, n_init),
-        make_start=plan.make_start,
-        params_from_arrays=plan.params_type,
-        score=plan.score,
-        tol=plan.tol,
-        max_iter=max_iter,
-        observer=None,
-        checkpoint=None,
-        config={},
-        seed=seed,
+    return kmeans_plan(data, n_clusters, init, tol).run(
+        data, seeds=child_seeds(seed, n_init), max_iter=max_iter, seed=seed
     )
 
 
