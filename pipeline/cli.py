@@ -551,6 +551,10 @@ def run_cli(cli: click.Group, argv: Sequence[str] | None = None) -> int:
         _say(exc.format_message())
         return exc.exit_code
     except (click.Abort, KeyboardInterrupt):
+        # Cancelled work may still be reported while the process winds down.
+        from pipeline.errors import silence_cancelled_work
+
+        silence_cancelled_work()
         if _interrupt_message is not None:
             _say(_interrupt_message(), "interrupted")
         return 130

@@ -21,9 +21,11 @@ from collections.abc import Callable, Iterator
 
 import dask
 from distributed import Client, LocalCluster
+from distributed.client import AllExit
 
 from emdist.exceptions import EmdistError
 from pipeline.config import ClusterConfig
+from pipeline.errors import silence_cancelled_work
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -73,6 +75,23 @@ def scheduler_answers(address: str, timeout: float = 2.0) -> bool:
             return True
     except (OSError, TimeoutError):
         return False
+
+
+class _DropUnretrievedAllExit(logging.Filter):
+    """Drop asyncio's "Task exception was never retrieved" for distributed's ``AllExit``.
+
+    ``AllExit`` is how the client's gather stops waiting early; when a pass is cancelled
+    (Ctrl-C, a lost worker) the gather's leftover waiters raise it with nobody to retrieve
+    it, and asyncio logs a traceback from the event loop's thread, at a moment no handler
+    of ours controls. It never carries news for the user.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, AllExit)
+
+
+_ALLEXIT_FILTER = _DropUnretrievedAllExit()
 
 
 @contextlib.contextmanager
@@ -126,6 +145,8 @@ def dask_client(
     distributed.Client
         Set as the default client for the duration.
     """
+    # Idempotent: a logger holds a filter once.
+    logging.getLogger("asyncio").addFilter(_ALLEXIT_FILTER)
     if config.address is not None:
         with connect(config.address, timeout=config.connect_timeout) as client:
             assert client is not None
@@ -162,7 +183,7 @@ def dask_client(
                 # Closing a cluster with a pass in flight makes distributed log the cancelled
                 # futures with their tracebacks; the user pressed Ctrl-C and is told how to
                 # resume, so those lines are noise.
-                logging.getLogger("distributed").setLevel(logging.CRITICAL)
+                silence_cancelled_work()
                 raise
     finally:
         cluster.close()

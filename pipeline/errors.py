@@ -9,9 +9,11 @@ traceback (``--debug`` shows a user error's too).
 
 from __future__ import annotations
 
+import logging
+
 from emdist.exceptions import EmdistError
 
-__all__ = ["USER_ERRORS", "is_user_error"]
+__all__ = ["USER_ERRORS", "is_user_error", "silence_cancelled_work"]
 
 # Every emdist error (configuration, data, parameters, checkpoints, outputs, models, ingest,
 # schedulers) derives from EmdistError; a missing or existing path is the user's too. A bare
@@ -22,3 +24,14 @@ USER_ERRORS: tuple[type[BaseException], ...] = (EmdistError, FileExistsError, Fi
 def is_user_error(exc: BaseException | None) -> bool:
     """Whether ``exc`` is a user's mistake (see the module docstring)."""
     return isinstance(exc, USER_ERRORS)
+
+
+def silence_cancelled_work() -> None:
+    """Quiet the loggers that report work cancelled by the user's Ctrl-C.
+
+    distributed logs the cancelled futures and the tasks it leaves behind (asyncio's "Task
+    exception was never retrieved"), possibly after the cluster closed: tracebacks for a stop
+    the user asked for and is told about.
+    """
+    for name in ("distributed", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
