@@ -17,7 +17,7 @@ from emdist.engine.reduce import Data, map_reduce, row_offsets
 from emdist.exceptions import InvalidDataError
 from emdist.kernels.scan import ScanStats, scan_chunk
 
-__all__ = ["DataSummary", "kmeans_plusplus", "scan_data"]
+__all__ = ["DataSummary", "kmeans_plusplus", "sample_summary", "scan_data"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,35 @@ def scan_data(X: Data, seed: int, sample_size: int) -> DataSummary:
         variance=stats.variance,
         sample=stats.sample,
         sample_rows=stats.sample_rows,
+    )
+
+
+def sample_summary(summary: DataSummary) -> DataSummary:
+    """The summary of the scan sample seen as a dataset of its own.
+
+    An initialisation that runs on the sample in memory (K-means for a mixture's
+    ``init_params='kmeans'``) scans nothing: its moments are the sample's, and its own
+    seeding sample is the whole sample.
+
+    Parameters
+    ----------
+    summary : DataSummary
+        The scan pass's summary of the data.
+
+    Returns
+    -------
+    DataSummary
+        ``n_samples`` = rows of the sample, their mean and (population) variance, the same
+        sample and global row indices.
+    """
+    sample = summary.sample
+    return DataSummary(
+        n_samples=int(sample.shape[0]),
+        n_features=summary.n_features,
+        mean=sample.mean(axis=0),
+        variance=sample.var(axis=0),
+        sample=sample,
+        sample_rows=summary.sample_rows,
     )
 
 

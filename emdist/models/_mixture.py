@@ -18,7 +18,7 @@ from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArra
 from emdist.engine.data import FitData
 from emdist.engine.reduce import map_reduce
 from emdist.engine.restarts import BestRun
-from emdist.engine.seeding import kmeans_plusplus
+from emdist.engine.seeding import kmeans_plusplus, sample_summary
 from emdist.exceptions import InvalidParameterError
 from emdist.kernels.covariance import covariance_shape, full_covariances
 from emdist.kernels.mixture import (
@@ -82,9 +82,10 @@ def initial_resp_stats(
 
     Both mixtures start from an M-step on initial responsibilities (scikit-learn's
     ``_initialize``): the maximum-likelihood one for :class:`GaussianMixture`, the
-    variational one for ``BayesianGaussianMixture``. ``k-means++`` and ``random_from_data``
-    give one-hot rows of the scan sample (no data pass), ``random`` takes one pass,
-    ``kmeans`` runs K-means first.
+    variational one for ``BayesianGaussianMixture``. ``kmeans`` labels the scan sample by
+    K-means run on it in memory, ``k-means++`` and ``random_from_data`` give one-hot rows of
+    the scan sample: none of them reads the data. ``random`` (random responsibilities for
+    every row, as scikit-learn) takes one pass.
 
     Parameters
     ----------
@@ -104,14 +105,22 @@ def initial_resp_stats(
     shift = np.tile(data.summary.mean, (K, 1))
     rng = np.random.default_rng(seed)
     if init_params == "kmeans":
+        # K-means on the scan sample, in memory: scikit-learn's start (hard K-means labels)
+        # at the cost of no pass over the data (docs/design.md#initialisation). When the data
+        # has no more rows than the sample, the sample is all of it.
+        sample = data.summary.sample
+        on_sample = FitData(sample, sample_summary(data.summary), in_memory=True)
         (km_seed,) = child_seeds(seed, 1)
         run = fit_kmeans(
-            data, n_clusters=K, init="k-means++", n_init=1, max_iter=300, tol=1e-4, seed=km_seed
+            on_sample,
+            n_clusters=K,
+            init="k-means++",
+            n_init=1,
+            max_iter=300,
+            tol=1e-4,
+            seed=km_seed,
         )
-        stats: MixtureStats = map_reduce(
-            data.X, mixture_hard_resp_stats_chunk, run.params.centers, shift, covariance_type
-        )
-        return stats
+        return mixture_hard_resp_stats_chunk(sample, 0, run.params.centers, shift, covariance_type)
     if init_params in ("k-means++", "random_from_data"):
         sample = data.summary.sample
         if init_params == "k-means++":

@@ -7,6 +7,7 @@ client runs the variational M-step and evaluates the ELBO from the reduced stati
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -18,8 +19,9 @@ import numpy as np
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.engine.data import FitData
-from emdist.engine.em import Observer
+from emdist.engine.em import Observer, run_em
 from emdist.engine.reduce import map_reduce
+from emdist.engine.threads import blas_single_threaded
 from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array
@@ -40,14 +42,22 @@ from emdist.kernels.variational import (
 from emdist.models._base import FitPlan
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, initial_resp_stats
-from emdist.models._validation import Constraint, one_of
+from emdist.models._validation import Constraint, boolean, one_of
 from emdist.registry import register_family
 
 __all__ = [
     "BayesianGaussianMixture",
     "BayesianMixtureFamily",
+    "prefit_on_sample",
     "resolve_priors",
 ]
+
+#: The fit on the scan sample stops at ``tol * PREFIT_TOL_FACTOR`` (or after
+#: ``max_iter * PREFIT_ITER_FACTOR`` iterations): a split cluster merges over a long plateau
+#: of small bound changes, and iterations in memory are cheap (benchmarks/README.md,
+#: "Variational mixture at its defaults").
+PREFIT_TOL_FACTOR = 0.1
+PREFIT_ITER_FACTOR = 10
 
 
 @dataclass(frozen=True, eq=False)
@@ -255,6 +265,58 @@ def _n_features(X: Any) -> int:
     return int(shape[1])
 
 
+# ------------------------------------------------------------------- fit on the sample
+
+
+def prefit_on_sample(
+    data: FitData,
+    family: BayesianMixtureFamily,
+    start: VariationalParams,
+    *,
+    tol: float,
+    max_iter: int,
+) -> VariationalParams:
+    """Run the variational fit on the scan sample in memory; its posterior, scaled to the data.
+
+    Unneeded components fade over hundreds of iterations (docs/design.md#initialisation);
+    on the scan sample, in memory, those iterations read no data. The last responsibilities
+    of the sample fit, their statistics scaled by ``n_samples / sample rows`` (statistics
+    are sums), give the posterior that the passes over the data start from: the components
+    the sample emptied start empty.
+
+    Parameters
+    ----------
+    data : FitData
+        The scanned data; its ``summary.sample`` is fitted.
+    family : BayesianMixtureFamily
+        The model, with the priors of the whole data.
+    start : VariationalParams
+        Where the sample fit starts (from ``init_params``).
+    tol, max_iter : float, int
+        Convergence test of the sample fit (per-sample bound, as the data fit's).
+
+    Returns
+    -------
+    VariationalParams
+    """
+    sample = data.summary.sample
+    # One BLAS thread whatever the scheduler: the start must not depend on it (bitwise).
+    with blas_single_threaded():
+        result = run_em(sample, family, start, tol=tol, max_iter=max_iter)
+        assert result.stats is not None  # max_iter >= 1: at least one pass ran
+        moments = result.stats.moments
+        factor = data.summary.n_samples / moments.n
+        scaled = dataclasses.replace(
+            moments,
+            n=moments.n * factor,
+            log_lik=moments.log_lik * factor,
+            nk=moments.nk * factor,
+            sx=moments.sx * factor,
+            sxx=moments.sxx * factor,
+        )
+        return variational_mstep(scaled, family.priors, family.covariance_type, family.reg_covar)
+
+
 # ----------------------------------------------------------------------------- estimator
 
 
@@ -271,7 +333,10 @@ class BayesianGaussianMixture(BaseMixture):
     iteration maps the row-blocks to summable statistics (moments of the variational
     responsibilities and ``Σ r log r``), tree-reduces them, and runs the variational
     M-step and the ELBO on the client. With ``n_components`` set above the number of
-    clusters, the weights of unneeded components shrink towards zero.
+    clusters, the weights of unneeded components shrink towards zero; by default they do
+    so first on the scan sample in memory (``prefit_on_sample``), so that the data is
+    read a few times rather than the hundreds of iterations that fading takes.
+    ``prefit_on_sample=False`` runs scikit-learn's iterations exactly.
 
     Parameters
     ----------
@@ -296,8 +361,20 @@ class BayesianGaussianMixture(BaseMixture):
         Restarts; the one with the highest final lower bound is kept.
     init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
         How the initial responsibilities are chosen (the same as
-        :class:`~emdist.GaussianMixture`'s for the same ``random_state``); the posterior
-        starts as the variational M-step of them.
+        :class:`~emdist.GaussianMixture`'s for the same ``random_state``: ``kmeans`` runs
+        K-means on the scan sample, reading no data); the posterior starts as the
+        variational M-step of them.
+    prefit_on_sample : bool, default=True
+        First run the variational fit in memory on the scan pass's uniform sample
+        (``init_sample_size`` rows) from that start, until the per-sample bound changes by
+        less than ``tol / 10`` (at most ``10 * max_iter`` iterations), and start the
+        passes over the data from its posterior, its statistics scaled to ``n_samples``.
+        Unneeded components take hundreds of iterations to fade; this way they fade in
+        memory and the data is read a few times, not hundreds. ``False`` runs
+        scikit-learn's algorithm: every iteration a pass over the data from the
+        ``init_params`` start. A cluster with fewer than a few dozen rows in the sample
+        can be emptied by the sample fit: raise ``init_sample_size`` if such small
+        clusters matter.
     weight_concentration_prior_type : {'dirichlet_process', 'dirichlet_distribution'}, \
 default='dirichlet_process'
         Stick-breaking (truncated Dirichlet process) or finite Dirichlet prior on the
@@ -367,6 +444,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {
         **BaseMixture._parameter_constraints,
         "weight_concentration_prior_type": one_of(WEIGHT_PRIOR_TYPES),
+        "prefit_on_sample": boolean,
     }
     _convergence_quantity = "change of the per-sample lower bound"
     bound_name = "ELBO per sample"
@@ -381,6 +459,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         max_iter: int = 100,
         n_init: int = 1,
         init_params: str = "kmeans",
+        prefit_on_sample: bool = True,
         weight_concentration_prior_type: WeightPriorType = "dirichlet_process",
         weight_concentration_prior: float | None = None,
         mean_precision_prior: float | None = None,
@@ -400,6 +479,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         self.max_iter = max_iter
         self.n_init = n_init
         self.init_params = init_params
+        self.prefit_on_sample = prefit_on_sample
         self.weight_concentration_prior_type = weight_concentration_prior_type
         self.weight_concentration_prior = weight_concentration_prior
         self.mean_precision_prior = mean_precision_prior
@@ -446,7 +526,16 @@ degrees_of_freedom_prior_, covariance_prior_ :
                 init_params=self.init_params,
                 seed=restart_seed,
             )
-            return variational_mstep(stats, priors, covariance_type, family.reg_covar)
+            start = variational_mstep(stats, priors, covariance_type, family.reg_covar)
+            if not self.prefit_on_sample:
+                return start
+            return prefit_on_sample(
+                data,
+                family,
+                start,
+                tol=float(self.tol) * PREFIT_TOL_FACTOR,
+                max_iter=int(self.max_iter) * PREFIT_ITER_FACTOR,
+            )
 
         return FitPlan(
             family,

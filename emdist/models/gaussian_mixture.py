@@ -86,9 +86,9 @@ def initial_mixture_params(
     """Starting parameters of one restart, as scikit-learn builds them.
 
     Responsibilities come from ``init_params`` and give weights, means and covariances by
-    one M-step; user arrays then replace what they give. ``k-means++`` and
-    ``random_from_data`` pick rows of the scan sample (no data pass); ``random`` takes one
-    pass; ``kmeans`` runs K-means first. Nothing is read when all three user arrays are given.
+    one M-step; user arrays then replace what they give. ``kmeans`` (K-means on the scan
+    sample), ``k-means++`` and ``random_from_data`` (rows of the scan sample) read no data;
+    ``random`` takes one pass. Nothing is read when all three user arrays are given.
     """
     K, d = n_components, data.summary.n_features
     family = GaussianMixtureFamily(covariance_type, reg_covar)
@@ -156,8 +156,12 @@ class GaussianMixture(BaseMixture):
     n_init : int, default=1
         Restarts; the one with the highest final lower bound is kept.
     init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
-        How the initial responsibilities are chosen. ``k-means++`` and ``random_from_data``
-        read no data beyond the scan pass; ``kmeans`` runs a full K-means first.
+        How the initial responsibilities are chosen. ``kmeans``: the labels of K-means
+        run in memory on the scan pass's uniform sample (``init_sample_size`` rows; all
+        rows of smaller data), where scikit-learn runs K-means over all the data;
+        ``k-means++`` and ``random_from_data``: one-hot rows of that sample. None of them
+        reads the data beyond the scan pass; ``random`` (random responsibilities for every
+        row) takes one pass.
     weights_init : ndarray of shape (n_components,), optional
     means_init : ndarray of shape (n_components, n_features), optional
     precisions_init : ndarray, optional

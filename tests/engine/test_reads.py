@@ -9,7 +9,9 @@ A Zarr v3 array is written to disk and opened through a store wrapper that count
   the final ones (``emdist.models.kmeans._final_inertia``: labels and inertia must belong to
   the final centres).
 
-With explicit initial parameters, or a seeding drawn from the scan sample, nothing else reads.
+With explicit initial parameters, or a start drawn from the scan sample (K-means on it,
+k-means++, random rows, the variational fit on it), nothing else reads; a variational
+mixture with a full or tied covariance prior reads one more pass for it.
 """
 
 from __future__ import annotations
@@ -224,3 +226,35 @@ def test_sharded_store_reads_each_shard_once_per_pass(tmp_path: Any) -> None:
         gm.fit(arr)
     n_passes = 1 + gm.n_iter_
     assert store.chunk_reads() == {f"c/{i}/0": n_passes for i in range(3)}
+
+
+@pytest.mark.parametrize("n_init", [1, 3])
+def test_gmm_default_kmeans_init_reads_nothing_extra(
+    counted: tuple[zarr.Array, CountingStore, np.ndarray], n_init: int
+) -> None:
+    # init_params="kmeans" (the default) runs K-means on the scan sample in memory: a fit
+    # reads the scan pass and its EM iterations, whatever the number of restarts.
+    arr, store, _ = counted
+    max_iter = 3
+    gm = emdist.GaussianMixture(
+        n_components=3, n_init=n_init, tol=0.0, max_iter=max_iter, random_state=0
+    )
+    assert gm.init_params == "kmeans"
+    with pytest.warns(emdist.ConvergenceWarning):
+        gm.fit(arr)
+    assert gm.n_iter_ == max_iter
+    _assert_each_chunk_read(store, 1 + n_init * max_iter)
+
+
+@pytest.mark.parametrize(("covariance_type", "prior_pass"), [("diag", 0), ("full", 1)])
+def test_bayesian_default_fit_reads_scan_prior_and_iterations(
+    counted: tuple[zarr.Array, CountingStore, np.ndarray], covariance_type: str, prior_pass: int
+) -> None:
+    # At the defaults the K-means start and the fit on the sample run in memory; a full
+    # covariance prior (the data's covariance matrix) costs one pass of its own.
+    arr, store, _ = counted
+    model = emdist.BayesianGaussianMixture(
+        n_components=6, covariance_type=covariance_type, random_state=0
+    ).fit(arr)
+    assert model.converged_
+    _assert_each_chunk_read(store, 1 + prior_pass + model.n_iter_)

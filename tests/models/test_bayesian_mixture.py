@@ -311,6 +311,51 @@ def test_prunes_to_the_three_true_components(covariance_type: str, prior_type: s
     assert np.allclose(np.sort(found, axis=0), np.sort(centres, axis=0), atol=0.2)
 
 
+def _three_clusters(n_per: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three well-separated unit clusters in 2-D, shuffled, with their labels."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    X = np.concatenate([rng.normal(size=(n_per, 2)) + c for c in centres])
+    y = np.repeat(np.arange(3), n_per)
+    order = rng.permutation(len(X))
+    return X[order], y[order]
+
+
+@pytest.mark.parametrize(("n_components", "seed"), [(10, 0), (20, 1)])
+def test_prunes_at_the_defaults(n_components: int, seed: int) -> None:
+    # Every parameter at its default: no ConvergenceWarning, exactly the 3 clusters carry
+    # weight, and the labels are the true ones.
+    from sklearn.metrics import adjusted_rand_score
+
+    X, y = _three_clusters(700, seed)
+    model = emdist.BayesianGaussianMixture(n_components, random_state=seed).fit(X)
+    assert model.converged_
+    assert int((model.weights_ > 0.01).sum()) == 3, np.sort(model.weights_)[::-1]
+    assert adjusted_rand_score(y, model.predict(X)) > 0.99
+
+
+def test_prunes_from_a_sample_smaller_than_the_data(tmp_path: Any) -> None:
+    # The fit on the scan sample (1,500 of 12,000 rows here) empties the unneeded
+    # components; the passes over the Zarr data then only refine, a few of them.
+    from sklearn.metrics import adjusted_rand_score
+
+    X, y = _three_clusters(4_000, seed=2)
+    path = tmp_path / "X.zarr"
+    zarr.create_array(str(path), data=X, chunks=(3_000, 2), zarr_format=3)
+    model = emdist.BayesianGaussianMixture(10, init_sample_size=1_500, random_state=0)
+    model.fit(str(path))
+    assert model.converged_ and model.n_iter_ <= 10, model.n_iter_
+    assert int((model.weights_ > 0.01).sum()) == 3
+    assert adjusted_rand_score(y, np.asarray(model.predict(X))) > 0.99
+    # scikit-learn's algorithm (every iteration a pass) has not emptied them by max_iter.
+    plain = emdist.BayesianGaussianMixture(
+        10, init_sample_size=1_500, random_state=0, prefit_on_sample=False
+    )
+    with pytest.warns(emdist.ConvergenceWarning):
+        plain.fit(str(path))
+    assert int((plain.weights_ > 0.01).sum()) > 3
+
+
 def test_fit_from_zarr_path_equals_in_memory(X: np.ndarray, tmp_path: Any) -> None:
     path = tmp_path / "X.zarr"
     z = zarr.create_array(str(path), shape=X.shape, chunks=(128, 3), dtype="f8")
