@@ -356,6 +356,32 @@ def test_prunes_from_a_sample_smaller_than_the_data(tmp_path: Any) -> None:
     assert int((plain.weights_ > 0.01).sum()) > 3
 
 
+def test_sample_fit_waits_for_the_weights(X: np.ndarray) -> None:
+    # On the plateau of a merge the bound barely moves while the weights do.
+    import dataclasses
+
+    from emdist.models.bayesian_mixture import SampleFitFamily
+
+    model = _fit(X, max_iter=2)
+    params = model._params()
+    priors = VariationalPriors(
+        "dirichlet_process",
+        model.weight_concentration_prior_,
+        model.mean_precision_prior_,
+        model.mean_prior_,
+        model.degrees_of_freedom_prior_,
+        model.covariance_prior_,
+    )
+    moved = dataclasses.replace(
+        params, weight_concentration=params.weight_concentration * np.array([1.01, 1.0])[:, None]
+    )
+    assert np.abs(moved.weights - params.weights).max() > 1e-4
+    family = SampleFitFamily("full", 1e-6, priors)
+    assert family.converged(0.0, 0.0, params, params, tol=1e-6)
+    assert not family.converged(0.0, 0.0, params, moved, tol=1e-6)
+    assert not family.converged(0.0, 1e-5, params, params, tol=1e-6)
+
+
 def test_fit_from_zarr_path_equals_in_memory(X: np.ndarray, tmp_path: Any) -> None:
     path = tmp_path / "X.zarr"
     z = zarr.create_array(str(path), shape=X.shape, chunks=(128, 3), dtype="f8")
