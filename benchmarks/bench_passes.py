@@ -35,6 +35,7 @@ from zarr.storage import LocalStore, WrapperStore  # noqa: E402
 import emdist  # noqa: E402
 
 MIXTURE_INITS = ("kmeans", "k-means++", "random", "random_from_data")
+HEADER = ("model", "init", "n_init", "n_iter", "passes", "bound", "s")
 
 
 class ReadCountingStore(WrapperStore[LocalStore]):
@@ -107,6 +108,13 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=6)
     parser.add_argument("--chunk-rows", type=int, default=25_000)
     parser.add_argument("--n-init", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--models", nargs="+", default=["kmeans", "gmm", "bayesian_gmm"])
+    parser.add_argument(
+        "--converge",
+        action="store_true",
+        help="fit to convergence at each model's default tol (max_iter 300) instead of "
+        "max_iter iterations with tol=0: compares where the starts lead",
+    )
     args = parser.parse_args()
     print(_common.environment())
     print(f"emdist from {Path(emdist.__file__).parent}")
@@ -122,27 +130,44 @@ def main() -> None:
             fill=lambda a, b: _common.blob_rows(a, b, args.n_features, args.k, seed=0),
         )
         for label, cls, params in cases(args.k):
+            if label.split()[0] not in args.models:
+                continue
             for n_init in args.n_init:
                 store = ReadCountingStore(LocalStore(str(path), read_only=True))
                 arr = zarr.open_array(store, mode="r")
                 store.counts.clear()
-                est = cls(**params, n_init=n_init, max_iter=args.max_iter, tol=0.0, random_state=0)
+                stop = (
+                    {"max_iter": 300} if args.converge else {"max_iter": args.max_iter, "tol": 0.0}
+                )
+                est = cls(**params, n_init=n_init, random_state=0, **stop)
                 start = time.perf_counter()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     est.fit(arr)
                 seconds = time.perf_counter() - start
                 init = params.get("init_params", params.get("init"))
+                bound = getattr(est, "lower_bound_", None)
+                if bound is None:
+                    bound = -est.inertia_ / args.n_samples
                 rows.append(
-                    (label, init, n_init, est.n_iter_, store.passes(n_chunks), f"{seconds:.1f}")
+                    (
+                        label,
+                        init,
+                        n_init,
+                        est.n_iter_,
+                        store.passes(n_chunks),
+                        f"{bound:.6f}",
+                        f"{seconds:.1f}",
+                    )
                 )
                 print(*rows[-1], sep="  ", flush=True)
     print()
+    stop = "default tol, max_iter=300" if args.converge else f"max_iter={args.max_iter}, tol=0"
     print(
-        f"{args.n_samples} x {args.n_features}, K={args.k}, max_iter={args.max_iter}, "
-        f"tol=0, {n_chunks} chunks of {args.chunk_rows} rows"
+        f"{args.n_samples} x {args.n_features}, K={args.k}, {stop}, {n_chunks} chunks of "
+        f"{args.chunk_rows} rows; bound: lower_bound_ (K-means: -inertia / n)"
     )
-    print(_common.format_table(("model", "init", "n_init", "n_iter", "passes", "s"), rows))
+    print(_common.format_table(HEADER, rows))
 
 
 if __name__ == "__main__":

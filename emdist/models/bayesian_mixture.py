@@ -393,7 +393,8 @@ class BayesianGaussianMixture(BaseMixture):
     prefit_on_sample : bool, default=True
         First run the variational fit in memory on the scan pass's uniform sample
         (``init_sample_size`` rows) from that start, until the per-sample bound changes by
-        less than ``tol / 10`` (at most ``10 * max_iter`` iterations), and start the
+        less than ``tol / 10`` and no weight moves by as much (at most ``10 * max_iter``
+        iterations; :class:`SampleFitFamily`), and start the
         passes over the data from its posterior, its statistics scaled to ``n_samples``.
         Unneeded components take hundreds of iterations to fade; this way they fade in
         memory and the data is read a few times, not hundreds. ``False`` runs
