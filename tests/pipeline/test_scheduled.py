@@ -179,7 +179,12 @@ def test_warm_start_from_saves_iterations_in_every_family(
     tmp_path: Path, estimator: Any, k: dict[str, int]
 ) -> None:
     _, rows = grown_input(tmp_path)
-    tol = {} if estimator is emdist.KMeans else {"tol": 1e-4}
+    tol: dict[str, Any] = {} if estimator is emdist.KMeans else {"tol": 1e-4}
+    if estimator is emdist.BayesianGaussianMixture:
+        # Its default cold start fits the scan sample in memory first and then needs ~2
+        # passes, as few as a warm start: compare with the cold start that iterates on the
+        # data (scikit-learn's), where the passes a warm start saves show.
+        tol["prefit_on_sample"] = False
     previous = estimator(**k, random_state=0, max_iter=500, **tol).fit(rows[:N_BEFORE])
     cold = estimator(**k, random_state=0, max_iter=500, **tol).fit(rows)
     warm = estimator(**k, random_state=0, max_iter=500, **tol)
