@@ -55,7 +55,7 @@ __all__ = [
 
 #: The fit on the scan sample stops at ``tol * PREFIT_TOL_FACTOR`` (or after
 #: ``max_iter * PREFIT_ITER_FACTOR`` iterations): a split cluster merges over a long plateau
-#: of small bound changes, and iterations in memory are cheap (benchmarks/README.md,
+#: of small bound changes, and iterations on the sample read no data (benchmarks/README.md,
 #: "Variational mixture at its defaults").
 PREFIT_TOL_FACTOR = 0.1
 PREFIT_ITER_FACTOR = 10
