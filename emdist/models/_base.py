@@ -63,6 +63,10 @@ class FitPlan(Generic[P]):
         Larger is better: which restart is kept (may run a final pass).
     tol : float
         The tolerance the family's convergence test receives.
+    final_pass : callable or None
+        ``final_pass(result)``: whether ``score`` needs the statistics of one more pass
+        under the restart's final parameters (K-means re-assigns under its final centres);
+        that pass is shared with the other restarts' iterations. ``None``: never.
     """
 
     family: ModelFamily[P, Any]
@@ -70,6 +74,7 @@ class FitPlan(Generic[P]):
     params_type: Callable[..., P]
     score: Callable[[EMResult[P, Any]], float]
     tol: float
+    final_pass: Callable[[EMResult[P, Any]], bool] | None = None
 
     def run(
         self,
@@ -115,6 +120,7 @@ class FitPlan(Generic[P]):
             config=config or {},
             seed=seed,
             previous_bound=previous_bound,
+            final_pass=self.final_pass,
         )
 
 

@@ -90,6 +90,12 @@ class KMeansFamily:
         return float(np.sum((new_params.centers - params.centers) ** 2)) <= tol
 
 
+def _needs_final_pass(result: EMResult[KMeansParams, KMeansStats]) -> bool:
+    """Whether the last pass ran under centres other than the final ones (or is unknown)."""
+    stats = result.stats
+    return stats is None or not np.array_equal(stats.shift, result.params.centers)
+
+
 def _final_inertia(X: Data, result: EMResult[KMeansParams, KMeansStats]) -> float:
     """Inertia of the final centres (re-assigning if the last pass ran under other ones)."""
     stats = result.stats
@@ -131,6 +137,9 @@ def kmeans_plan(data: FitData, n_clusters: int, init: Any, tol: float) -> FitPla
         KMeansParams,
         score=lambda result: -_final_inertia(data.X, result),
         tol=float(np.mean(data.summary.variance)) * tol,
+        # The restarts loop runs that pass beside the other restarts' iterations, so
+        # _final_inertia finds it done.
+        final_pass=_needs_final_pass,
     )
 
 
