@@ -672,20 +672,21 @@ def test_full_disk_during_a_checkpoint_commit_resumes_after_space_is_freed(
     store = CheckpointStore(small_disk / "ckpt", keep=1)
     store.open({"k": 1}, {"n": 1})
     rng = np.random.default_rng(0)
-    from emdist.io.checkpoint import FitState
+    from emdist.io.checkpoint import FitState, RestartState
 
-    small = FitState(0, {"means": rng.standard_normal((3, 3))}, np.zeros(2), False, False)
+    small = FitState((RestartState(0, {"means": rng.standard_normal((3, 3))}, np.zeros(2), False),))
     store.save(small)
     with pytest.raises(DiskFullError, match="no space left on the device writing") as info:
         # A state larger than the whole disk.
-        store.save(
-            FitState(0, {"means": rng.standard_normal((300, 1000))}, np.zeros(3), False, False)
-        )
+        big = {"means": rng.standard_normal((300, 1000))}
+        store.save(FitState((RestartState(0, big, np.zeros(3), False),)))
     one_line(str(info.value))
     assert sorted(p.name for p in (small_disk / "ckpt").iterdir() if p.is_dir()) == ["s000000"]
     resumed = CheckpointStore(small_disk / "ckpt", keep=1).open({"k": 1}, {"n": 1})
     assert resumed is not None and resumed.iteration == 2
-    np.testing.assert_array_equal(resumed.params["means"], small.params["means"])
+    np.testing.assert_array_equal(
+        resumed.running[0].params["means"], small.running[0].params["means"]
+    )
 
 
 # --------------------------------------------------------------------------------------------
