@@ -6,7 +6,9 @@ chunk read:
 
 * **restarts**: K-means with ``n_init=R`` (restarts side by side, one pass per iteration
   for all of them) against ``n_init=1``, and against the R restarts one after another (the
-  engine's plain EM loop per restart: what ``n_init=R`` cost before);
+  engine's plain EM loop per restart: what ``n_init=R`` cost before). By default every
+  restart runs exactly ``--max-iter`` iterations (``tol=0``), so the three differ only in
+  what a pass costs, not in how many iterations the restarts happen to need;
 * **K sweep**: :func:`emdist.select_n_components` over K = 2..12 (every fit sharing every
   pass, one more pass for all the BIC/AIC) against one fit plus one
   ``information_criteria`` per K.
@@ -15,6 +17,7 @@ Rounds interleave the variants; medians (min-max) are reported with the load ave
 
     python benchmarks/bench_shared_passes.py                       # 200k x 16
     python benchmarks/bench_shared_passes.py --n-samples 50000 --repeats 1   # quick
+    python benchmarks/bench_shared_passes.py --zstd     # compressed store: dearer reads
 """
 
 from __future__ import annotations
@@ -119,13 +122,16 @@ def sequential_restarts(X: Any, est: emdist.KMeans) -> float:
 
 
 def bench_restarts(path: Path, args: argparse.Namespace) -> list[list[Any]]:
+    def make(n_init: int) -> emdist.KMeans:
+        return emdist.KMeans(
+            args.k, n_init=n_init, random_state=0, tol=args.tol, max_iter=args.max_iter
+        )
+
     variants: dict[str, Callable[[Any], Any]] = {
-        "n_init=1": lambda X: emdist.KMeans(args.k, n_init=1, random_state=0).fit(X).inertia_,
-        f"n_init={args.n_init} side by side": lambda X: (
-            emdist.KMeans(args.k, n_init=args.n_init, random_state=0).fit(X).inertia_
-        ),
+        "n_init=1": lambda X: make(1).fit(X).inertia_,
+        f"n_init={args.n_init} side by side": lambda X: make(args.n_init).fit(X).inertia_,
         f"n_init={args.n_init} one after another": lambda X: sequential_restarts(
-            X, emdist.KMeans(args.k, n_init=args.n_init, random_state=0)
+            X, make(args.n_init)
         ),
     }
     seconds: dict[str, list[float]] = {name: [] for name in variants}
@@ -217,6 +223,9 @@ def main() -> None:
     parser.add_argument("--true-k", type=int, default=8, help="components of the data")
     parser.add_argument("--k", type=int, default=8, help="clusters of the restarts fits")
     parser.add_argument("--n-init", type=int, default=8)
+    parser.add_argument("--tol", type=float, default=0.0, help="K-means tol of the restarts")
+    parser.add_argument("--max-iter", type=int, default=20, help="of the restarts fits")
+    parser.add_argument("--zstd", action="store_true", help="zstd-compressed store")
     parser.add_argument("--k-max", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip", choices=["restarts", "sweep"], action="append", default=[])
@@ -226,16 +235,23 @@ def main() -> None:
     print(_common.environment())
     with _common.scratch_dir() as tmp:
         path = tmp / "blobs.zarr"
-        _common.write_zarr(
-            path,
-            args.n_samples,
-            args.n_features,
-            chunk_rows=args.chunk_rows,
-            fill=lambda a, b: _common.blob_rows(a, b, args.n_features, args.true_k, 0),
-        )
+        rows = _common.make_blobs(args.n_samples, args.n_features, args.true_k, 0)
+        if args.zstd:
+            zarr.create_array(
+                str(path),
+                data=rows,
+                chunks=(args.chunk_rows, args.n_features),
+                compressors=zarr.codecs.ZstdCodec(level=3),
+            )
+        else:
+            _common.write_zarr(
+                path, args.n_samples, args.n_features, chunk_rows=args.chunk_rows, fill=rows
+            )
         what = f"{args.n_samples} x {args.n_features}, chunks of {args.chunk_rows} rows"
+        what += ", zstd" if args.zstd else ", uncompressed"
         if "restarts" not in args.skip:
-            print(f"\nK-means K={args.k} restarts, from Zarr ({what}):")
+            budget = f"tol={args.tol}, max_iter={args.max_iter}"
+            print(f"\nK-means K={args.k} restarts ({budget}), from Zarr ({what}):")
             header = ["variant", "s median (min-max)", "vs n_init=1", "reads/chunk", "inertia"]
             print(_common.format_table([*header, "load"], bench_restarts(path, args)))
         if "sweep" not in args.skip:
