@@ -9,6 +9,8 @@ chunk read:
   engine's plain EM loop per restart: what ``n_init=R`` cost before). By default every
   restart runs exactly ``--max-iter`` iterations (``tol=0``), so the three differ only in
   what a pass costs, not in how many iterations the restarts happen to need;
+* **one pass**: a pass serving R K-means restarts against a pass serving one, and the
+  per-block kernel alone (what each extra restart adds), interleaved in one process;
 * **K sweep**: :func:`emdist.select_n_components` over K = 2..12 (every fit sharing every
   pass, one more pass for all the BIC/AIC) against one fit plus one
   ``information_criteria`` per K.
@@ -36,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 from zarr.storage import LocalStore, WrapperStore  # noqa: E402
 
@@ -43,6 +46,9 @@ import emdist  # noqa: E402
 from emdist._random import child_seeds, resolve_seed  # noqa: E402
 from emdist.engine.data import compute_context, prepare_fit_data  # noqa: E402
 from emdist.engine.em import run_em  # noqa: E402
+from emdist.engine.lockstep import shared_pass  # noqa: E402
+from emdist.kernels.kmeans import KMeansParams, kmeans_estep_chunk  # noqa: E402
+from emdist.models.kmeans import KMeansFamily  # noqa: E402
 
 
 class CountingStore(WrapperStore[LocalStore]):
@@ -163,6 +169,51 @@ def bench_restarts(path: Path, args: argparse.Namespace) -> list[list[Any]]:
     return rows
 
 
+def bench_pass(path: Path, args: argparse.Namespace) -> list[list[Any]]:
+    import dask.array as da
+
+    X = da.from_zarr(zarr.open_array(str(path), mode="r"))
+    block = X.blocks[0].compute()
+    rng = np.random.default_rng(0)
+    params = [
+        KMeansParams(block[rng.choice(len(block), args.k, replace=False)].copy())
+        for _ in range(args.n_init)
+    ]
+    family = KMeansFamily()
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    loads: list[float] = []
+    with compute_context():
+        for _ in range(args.repeats * 3):
+            loads.append(load())
+            for name, fn in {
+                "pass, 1 restart": lambda: shared_pass(X, [(family, params[0])]),
+                f"pass, {args.n_init} restarts": lambda: shared_pass(
+                    X, [(family, p) for p in params]
+                ),
+                "kernel on one block, 1 restart": lambda: kmeans_estep_chunk(block, 0, params[0]),
+                f"kernel on one block, {args.n_init} restarts": lambda: [
+                    kmeans_estep_chunk(block, 0, p) for p in params
+                ],
+            }.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    rows = []
+    names = list(times)
+    for i, name in enumerate(names):
+        med = _common.median(times[name])
+        base = _common.median(times[names[i - i % 2]])
+        rows.append(
+            [
+                name,
+                f"{med * 1e3:.1f} ({_common.spread([t * 1e3 for t in times[name]])})",
+                f"{med / base:.2f}x",
+                f"{_common.median(loads):.1f}",
+            ]
+        )
+    return rows
+
+
 def separate_sweep(X: Any, ks: list[int], template: Callable[[int], Any]) -> list[float]:
     out = []
     for k in ks:
@@ -228,7 +279,9 @@ def main() -> None:
     parser.add_argument("--zstd", action="store_true", help="zstd-compressed store")
     parser.add_argument("--k-max", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip", choices=["restarts", "sweep"], action="append", default=[])
+    parser.add_argument(
+        "--skip", choices=["pass", "restarts", "sweep"], action="append", default=[]
+    )
     parser.add_argument("--families", nargs="+", default=["kmeans", "gmm"])
     args = parser.parse_args()
 
@@ -249,6 +302,10 @@ def main() -> None:
             )
         what = f"{args.n_samples} x {args.n_features}, chunks of {args.chunk_rows} rows"
         what += ", zstd" if args.zstd else ", uncompressed"
+        if "pass" not in args.skip:
+            print(f"\nOne pass of K-means K={args.k}, from Zarr ({what}):")
+            header = ["what", "ms median (min-max)", "vs 1 restart", "load"]
+            print(_common.format_table(header, bench_pass(path, args)))
         if "restarts" not in args.skip:
             budget = f"tol={args.tol}, max_iter={args.max_iter}"
             print(f"\nK-means K={args.k} restarts ({budget}), from Zarr ({what}):")
