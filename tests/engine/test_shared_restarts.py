@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -229,3 +230,23 @@ def test_version_1_checkpoint_is_refused_with_what_to_do(tmp_path: Path, data_pa
     message = str(info.value)
     assert "\n" not in message
     assert str(ckpt) in message and "version 1" in message and "overwrite=True" in message
+
+
+def test_shared_passes_are_the_same_on_a_distributed_cluster(
+    data_path: str, dask_client: Any
+) -> None:
+    # The shared E-step and the criteria kernels travel to worker processes (pickled).
+    clustered = fit_quietly(MAKERS["kmeans"](), data_path)
+    sweep = emdist.select_n_components(data_path, MAKERS["gmm"](), n_components=[2, 3])
+    assert len(dask_client.scheduler_info()["workers"]) == 2
+    with dask.config.set(scheduler="synchronous"):  # the references, in this process
+        local = fit_quietly(MAKERS["kmeans"](), data_path)
+        alone = {
+            k: fit_quietly(MAKERS["gmm"]().set_params(n_components=k), data_path) for k in (2, 3)
+        }
+        bics = {k: m.information_criteria(data_path)["bic"] for k, m in alone.items()}
+    assert clustered.inertia_ == local.inertia_
+    assert_params_equal(params_of(clustered), params_of(local))
+    for k, model, row in zip(sweep.n_components, sweep.estimators, sweep.criteria, strict=True):
+        assert_params_equal(params_of(model), params_of(alone[k]))
+        assert row["bic"] == bics[k]
