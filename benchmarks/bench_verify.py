@@ -39,7 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 
-from emdist.io.checkpoint import BestState, CheckpointStore, FitState  # noqa: E402
+from emdist.io.checkpoint import (  # noqa: E402
+    BestState,
+    CheckpointStore,
+    FitState,
+    RestartState,
+)
 from emdist.io.integrity import array_digest, create_verified_array, seal  # noqa: E402
 from emdist.io.sources import as_dask_array  # noqa: E402
 
@@ -152,10 +157,10 @@ def checkpoint_commit(args: argparse.Namespace, root: Path) -> list[list[object]
         }
 
     best = BestState(0, params(), rng.standard_normal(50), 50, True, -1.0)
-    state = FitState(1, params(), rng.standard_normal(30), False, False, best)
+    state = FitState((RestartState(1, params(), rng.standard_normal(30), False),), (0,), best)
     store = CheckpointStore(root / "ckpt", keep=2)
     store.open({"k": K}, {"n": 1})
-    arrays = [*state.params.values(), *best.params.values()]
+    arrays = [*state.running[0].params.values(), *best.params.values()]
     save, digest, load = [], [], []
     for _ in range(args.repeats * 3):
         save.append(timed(lambda: store.save(state)))

@@ -16,10 +16,12 @@ from emdist.io.persistence import load_model, save_model
 from emdist.models.bayesian_mixture import BayesianGaussianMixture
 from emdist.models.gaussian_mixture import GaussianMixture
 from emdist.models.kmeans import KMeans
+from emdist.models.selection import ComponentSelection, fit_shared, select_n_components
 
 __all__ = [
     "BayesianGaussianMixture",
     "CheckpointStore",
+    "ComponentSelection",
     "ConvergenceWarning",
     "FitError",
     "GaussianMixture",
@@ -27,7 +29,9 @@ __all__ = [
     "IterationState",
     "KMeans",
     "NotFittedError",
+    "fit_shared",
     "load_model",
     "save_model",
+    "select_n_components",
     "write_predictions",
 ]

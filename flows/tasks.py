@@ -65,12 +65,14 @@ class IterationLogger:
     def __call__(self, state: IterationState[Any]) -> None:
         """Log ``state`` and advance the progress artifact."""
         self.logger.info(
-            "restart %d iteration %d: lower bound %.8f (change %.3e) in %.3f s%s",
+            "restart %d iteration %d: lower bound %.8f (change %.3e) in %.3f s%s%s",
             state.restart,
             state.iteration,
             state.lower_bound,
             state.change,
             state.seconds,
+            # Restarts share each pass: its seconds are those of the whole pass.
+            f" (pass shared by {state.in_pass} restarts)" if state.in_pass > 1 else "",
             " — converged" if state.converged else "",
         )
         # An artifact update is a synchronous API call (~tens of ms on a busy machine):

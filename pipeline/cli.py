@@ -137,7 +137,13 @@ class progress_observer:  # noqa: N801 - used like a function
         self.progress.update(
             self.task,
             completed=state.iteration,
-            restart=state.restart,
+            # Restarts run side by side, each pass iterating all of them: the bar's
+            # iteration is theirs, and the label says how many share it.
+            restart=(
+                f"{state.restart}"
+                if state.in_pass == 1
+                else f"{state.restart} ({state.in_pass} side by side)"
+            ),
             bound=f"{state.lower_bound:.6f}",
             change=f"{state.change:.2e}",
             rate=f"{state.seconds:.2f} s/it",

@@ -220,7 +220,7 @@ def report_from_disk(config: RunConfig) -> ReportRef:
 
 
 def _iterations_saved(config: RunConfig) -> int | None:
-    """Iterations of the current restart in the fit's checkpoint (``None``: none saved)."""
+    """Iterations of the running restarts in the fit's checkpoint (``None``: none saved)."""
     path = plain.latest_checkpoint(config) if config.checkpoint.enabled else None
     if path is None:
         return None
@@ -228,7 +228,10 @@ def _iterations_saved(config: RunConfig) -> int | None:
         state = CheckpointStore(path).load()
     except Exception:  # a damaged checkpoint is not what this message is about
         return None
-    return None if state is None else state.iteration
+    if state is None:
+        return None
+    # Every restart finished: the kept one's iterations.
+    return state.iteration if state.running or state.best is None else state.best.n_iter
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from emdist.io.checkpoint import CheckpointStore
 from emdist.io.integrity import RECORD_KEY
 from emdist.io.sources import open_zarr_array
 from emdist.io.synthetic import make_gaussian_mixture, open_synthetic
+from emdist.models.selection import summary_statistics_shared
 from emdist.registry import family_class
 from pipeline.cluster import connect
 from pipeline.config import CHECKPOINT_VERSION, ConfigError, ModelConfig, RunConfig
@@ -369,6 +370,78 @@ def _previous_model(
     return _Start(model, f"warm start from the previous model ({previous})", kept)
 
 
+@dataclass
+class _PreparedFit:
+    """An estimator ready to fit, with what its summary will need."""
+
+    estimator: Any
+    warm: bool
+    how: str
+    seconds: list[float] = field(default_factory=list)
+    first_iteration: list[int] = field(default_factory=list)
+
+
+def _prepare_fit(
+    model: ModelConfig,
+    data: DatasetRef,
+    checkpoint: CheckpointStore | None,
+    observer: Observer | None,
+    start: _Start | None = None,
+) -> _PreparedFit:
+    prepared = _PreparedFit(None, False, start.why if start is not None else "")
+
+    def watch(state: IterationState[Any]) -> bool | None:
+        if not prepared.first_iteration:
+            prepared.first_iteration.append(state.iteration)
+        prepared.seconds.append(state.seconds)
+        return observer(state) if observer is not None else None
+
+    estimator = build_estimator(model, checkpoint=checkpoint, observer=watch)
+    prepared.estimator = estimator
+    if start is not None and start.previous is not None:
+        refused = estimator.warm_start_from(start.previous, data.n_features)
+        if refused is not None:
+            prepared.how = f"cold start ({refused})"
+        else:
+            prepared.warm = True
+            if start.keep_at is not None and not start.keep_at.exists():
+                # Kept before the checkpoint exists: a resume starts from this very model
+                # even once the new one has replaced it at output.model.
+                emdist.save_model(start.previous, start.keep_at)
+    if prepared.how:
+        _log.info("%s", prepared.how)
+    return prepared
+
+
+def _save_fit(
+    prepared: _PreparedFit,
+    model: ModelConfig,
+    model_path: Path,
+    fit_seconds: float,
+    extra: dict[str, Any],
+) -> FitSummary:
+    estimator = prepared.estimator
+    # Atomic: the previous model stays whole at model_path until this one is complete.
+    emdist.save_model(estimator, model_path, overwrite=True)
+    first = prepared.first_iteration
+    return FitSummary(
+        model_path=str(model_path),
+        family=model.family,
+        n_components=model.n_components,
+        n_iter=int(estimator.n_iter_),
+        converged=bool(estimator.converged_),
+        lower_bounds=[float(v) for v in estimator.lower_bounds_],
+        iteration_seconds=prepared.seconds,
+        fit_seconds=fit_seconds,
+        # Iterations this process did not run came from the checkpoint (all of them when the
+        # checkpoint held a finished fit).
+        resumed_iterations=(first[0] - 1) if first else int(estimator.n_iter_),
+        warm_started=prepared.warm,
+        start=prepared.how,
+        **extra,
+    )
+
+
 def _fit_and_save(
     model: ModelConfig,
     data: DatasetRef,
@@ -377,53 +450,12 @@ def _fit_and_save(
     observer: Observer | None,
     start: _Start | None = None,
 ) -> FitSummary:
-    seconds: list[float] = []
-    first_iteration: list[int] = []
-
-    def watch(state: IterationState[Any]) -> bool | None:
-        if not first_iteration:
-            first_iteration.append(state.iteration)
-        seconds.append(state.seconds)
-        return observer(state) if observer is not None else None
-
-    estimator = build_estimator(model, checkpoint=checkpoint, observer=watch)
-    warm, how = False, start.why if start is not None else ""
-    if start is not None and start.previous is not None:
-        refused = estimator.warm_start_from(start.previous, data.n_features)
-        if refused is not None:
-            how = f"cold start ({refused})"
-        else:
-            warm = True
-            if start.keep_at is not None and not start.keep_at.exists():
-                # Kept before the checkpoint exists: a resume starts from this very model
-                # even once the new one has replaced it at output.model.
-                emdist.save_model(start.previous, start.keep_at)
-    if how:
-        _log.info("%s", how)
+    prepared = _prepare_fit(model, data, checkpoint, observer, start)
     start_time = time.perf_counter()
-    estimator.fit(data.path)
+    prepared.estimator.fit(data.path)
     fit_seconds = time.perf_counter() - start_time
-    extra = estimator.summary_statistics(data.path)
-    # Atomic: the previous model stays whole at model_path until this one is complete.
-    emdist.save_model(estimator, model_path, overwrite=True)
-    return FitSummary(
-        model_path=str(model_path),
-        family=model.family,
-        n_components=model.n_components,
-        n_iter=int(estimator.n_iter_),
-        converged=bool(estimator.converged_),
-        lower_bounds=[float(v) for v in estimator.lower_bounds_],
-        iteration_seconds=seconds,
-        fit_seconds=fit_seconds,
-        # Iterations this process did not run came from the checkpoint (all of them when the
-        # checkpoint held a finished fit).
-        resumed_iterations=(
-            (first_iteration[0] - 1) if first_iteration else int(estimator.n_iter_)
-        ),
-        warm_started=warm,
-        start=how,
-        **extra,
-    )
+    extra = prepared.estimator.summary_statistics(data.path)
+    return _save_fit(prepared, model, model_path, fit_seconds, extra)
 
 
 def fit_model(
@@ -499,8 +531,11 @@ def select_components(
 ) -> SelectionResult:
     """Fit one model per candidate number of components and pick the lowest BIC.
 
-    Each candidate has its own checkpoint and model path under the output folder, so a
-    re-run resumes the candidates that were interrupted and reuses the finished ones.
+    The candidates are fitted together (:func:`emdist.fit_shared`): every pass over the data
+    serves all of them, and one more pass gives all their criteria. Each candidate has its
+    own checkpoint and model path under the output folder, so a re-run resumes the
+    candidates that were interrupted and reuses the finished ones. ``fit_seconds`` of every
+    candidate is the wall time of the whole sweep's fit.
     """
     if not candidates:
         raise InvalidParameterError("select_k needs at least one candidate number of components")
@@ -510,17 +545,27 @@ def select_components(
     rows: list[dict[str, Any]] = []
     fits: dict[int, FitSummary] = {}
     base = Path(config.output.dir) / "select-k"
-    check_outputs(config, [base / f"k{k}" / "model.zarr" for k in sorted(set(candidates))])
+    ks = sorted(set(candidates))
+    check_outputs(config, [base / f"k{k}" / "model.zarr" for k in ks])
     # As fit_model, per candidate: a checkpoint per data version, warm from its last model.
     key = data_version(data.path) if config.checkpoint.enabled else None
     with connect(scheduler):
-        for k in sorted(set(candidates)):
+        plans = []
+        for k in ks:
             model = config.model.model_copy(update={"n_components": k})
             model_path = base / f"k{k}" / "model.zarr"
             version = base / f"k{k}" / "checkpoints" / key if key is not None else None
             store = checkpoint_store(config, version / "checkpoint.zarr") if version else None
             start = _previous_model(config, version, model_path)
-            fit = _fit_and_save(model, data, model_path, store, observer, start)
+            prepared = _prepare_fit(model, data, store, observer, start)
+            plans.append((k, model, model_path, version, prepared))
+        estimators = [prepared.estimator for *_, prepared in plans]
+        start_time = time.perf_counter()
+        emdist.fit_shared(estimators, data.path)
+        fit_seconds = time.perf_counter() - start_time
+        extras = summary_statistics_shared(estimators, data.path)
+        for (k, model, model_path, version, prepared), extra in zip(plans, extras, strict=True):
+            fit = _save_fit(prepared, model, model_path, fit_seconds, extra)
             claim(fit.model_path, config)
             if version is not None:
                 prune_checkpoints(version.parent, config.checkpoint.versions, version)

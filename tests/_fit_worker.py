@@ -41,7 +41,7 @@ import numpy as np
 import zarr
 
 import emdist
-from emdist.engine import em
+from emdist.engine import lockstep
 from emdist.exceptions import ConvergenceWarning
 from emdist.io.checkpoint import CheckpointStore, FitState
 
@@ -103,7 +103,8 @@ class MarkedStore(CheckpointStore):
     markers: Markers
 
     def save(self, state: FitState) -> None:
-        tag = f"{state.restart} {state.iteration} {int(state.finished)}"
+        # The restarts run side by side: the furthest iteration, restarts finished, all done.
+        tag = f"{state.iteration} {len(state.finished)} {int(state.done)}"
         self.markers(f"save-begin {tag}")
         _state.saving = True
         try:
@@ -114,8 +115,8 @@ class MarkedStore(CheckpointStore):
 
 
 def mark_estep_passes(markers: Markers) -> None:
-    """Log the start and end of every E-step pass of the EM loop."""
-    original = em.map_reduce
+    """Log the start and end of every E-step pass of the restarts loop (one for them all)."""
+    original = lockstep.map_reduce
 
     def map_reduce(*args: Any, **kwargs: Any) -> Any:
         markers("estep-begin")
@@ -123,7 +124,7 @@ def mark_estep_passes(markers: Markers) -> None:
         markers("estep-end")
         return result
 
-    em.map_reduce = map_reduce
+    lockstep.map_reduce = map_reduce
 
 
 def fitted_arrays(model: Any) -> dict[str, np.ndarray]:

@@ -74,6 +74,10 @@ class IterationState(Generic[P]):
         Wall time of this iteration.
     lower_bounds : tuple of float
         History of ``lower_bound`` for this restart, this iteration included.
+    in_pass : int
+        Restarts of this fit whose iterations ran in the same pass over the data (they run
+        side by side, :mod:`emdist.engine.lockstep`); the observer sees them one after
+        another, with the same ``iteration`` and ``seconds`` (the pass's wall time).
     """
 
     restart: int
@@ -84,6 +88,7 @@ class IterationState(Generic[P]):
     converged: bool
     seconds: float
     lower_bounds: tuple[float, ...]
+    in_pass: int = 1
 
 
 Observer = Callable[[IterationState[Any]], bool | None]

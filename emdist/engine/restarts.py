@@ -1,26 +1,36 @@
 """Restarts (``n_init``) with optional checkpoints: the fit loop every estimator drives.
 
-The loop runs each restart with the EM engine, keeps the best one, and — given a
-:class:`~emdist.io.checkpoint.CheckpointStore` — commits the fit state after iterations
-and at the end of every restart, so a killed fit resumes where it stopped and ends with
-exactly the model an uninterrupted fit would have produced: all randomness derives from the
-seed recorded with the checkpoint, and parameters are stored bit for bit.
+The restarts of a fit run side by side (:mod:`emdist.engine.lockstep`): each pass over the
+data feeds every restart still running, and a restart that has converged (or run out of
+iterations) drops out. The best restart is kept, and — given a
+:class:`~emdist.io.checkpoint.CheckpointStore` — the fit state (every running restart, the
+best finished one) is committed after iterations and whenever restarts finish, so a killed
+fit resumes where it stopped and ends with exactly the model an uninterrupted fit would
+have produced: all randomness derives from the seed recorded with the checkpoint, and
+parameters are stored bit for bit.
+
+Several fits (a K sweep: :func:`emdist.fit_shared`) run the same way, one
+:class:`RestartGroup` each, all sharing every pass: :func:`run_groups`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from emdist.engine.data import FitData
-from emdist.engine.em import EMResult, IterationState, ModelFamily, Observer, run_em
-from emdist.io.checkpoint import BestState, CheckpointStore, FitState
+from emdist.engine.em import EMResult, IterationState, ModelFamily, Observer
+from emdist.engine.lockstep import shared_pass
+from emdist.engine.reduce import Data
+from emdist.io.checkpoint import BestState, CheckpointStore, FitState, RestartState
 
-__all__ = ["BestRun", "data_fingerprint", "run_restarts"]
+__all__ = ["BestRun", "RestartGroup", "data_fingerprint", "run_groups", "run_restarts"]
 
 P = TypeVar("P")
 S = TypeVar("S")
@@ -75,23 +85,310 @@ def _arrays(params: Any) -> dict[str, Any]:
     return dict(params.arrays())
 
 
-def _state(
-    restart: int,
-    params: Any,
-    lower_bounds: tuple[float, ...],
-    converged: bool,
-    finished: bool,
-    best: BestState | None,
-) -> FitState:
-    """The fit state a checkpoint commits (after an iteration, or at a restart's end)."""
-    return FitState(
-        restart=restart,
-        params=_arrays(params),
-        lower_bounds=np.asarray(lower_bounds),
-        converged=converged,
-        finished=finished,
-        best=best,
-    )
+@dataclass
+class _Run(Generic[P, S]):
+    """One restart in flight: its parameters, bound history and state."""
+
+    restart: int
+    params: P
+    history: list[float]
+    prev: float
+    converged: bool = False
+    #: The observer asked to stop it.
+    stopped: bool = False
+    #: Statistics of its last pass (``None`` after a resume).
+    stats: S | None = None
+    #: Folded into the best: nothing more to do.
+    finished: bool = False
+    #: Its EM is over and its comparison needs one more pass under its final parameters.
+    wants_final: bool = False
+
+
+@dataclass
+class RestartGroup(Generic[P, S]):
+    """The restarts of one fit, driven pass by pass by :func:`run_groups`.
+
+    Built by :meth:`open`; holds the running restarts, the best finished one and the
+    fit's checkpoint.
+    """
+
+    family: ModelFamily[P, S]
+    params_from_arrays: Callable[..., P]
+    score: Callable[[EMResult[P, S]], float]
+    final_pass: Callable[[EMResult[P, S]], bool] | None
+    tol: float
+    max_iter: int
+    observer: Observer | None
+    checkpoint: CheckpointStore | None
+    runs: list[_Run[P, S]]
+    best: BestState | None
+    finished: list[int] = field(default_factory=list)
+
+    @classmethod
+    def open(
+        cls,
+        data: FitData,
+        family: ModelFamily[P, S],
+        *,
+        n_init: int,
+        seeds: list[int],
+        make_start: Callable[[int, int], P],
+        params_from_arrays: Callable[..., P],
+        score: Callable[[EMResult[P, S]], float],
+        tol: float,
+        max_iter: int,
+        observer: Observer | None,
+        checkpoint: CheckpointStore | None,
+        config: dict[str, Any],
+        seed: int,
+        previous_bound: float | None = None,
+        final_pass: Callable[[EMResult[P, S]], bool] | None = None,
+    ) -> RestartGroup[P, S]:
+        """Start the restarts, or resume them from ``checkpoint`` if it holds a matching fit.
+
+        Parameters are those of :func:`run_restarts`.
+        """
+        state: FitState | None = None
+        if checkpoint is not None:
+            state = checkpoint.open(config, data_fingerprint(data), seed)
+        resumed = {r.restart: r for r in state.running} if state is not None else {}
+        finished = list(state.finished) if state is not None else []
+        runs: list[_Run[P, S]] = []
+        for restart in range(n_init):
+            if restart in finished:
+                continue
+            saved = resumed.get(restart)
+            if saved is not None:
+                history = [float(v) for v in saved.lower_bounds]
+                run = _Run[P, S](
+                    restart,
+                    params_from_arrays(**saved.params),
+                    history,
+                    history[-1] if history else -math.inf,
+                    converged=saved.converged,
+                )
+            else:
+                # As scikit-learn: a warm start's first change is measured from the
+                # previous fit's bound (the only restart of a warm start).
+                prev = -math.inf
+                if restart == 0 and previous_bound is not None:
+                    prev = float(previous_bound)
+                run = _Run[P, S](restart, make_start(restart, seeds[restart]), [], prev)
+            runs.append(run)
+        return cls(
+            family=family,
+            params_from_arrays=params_from_arrays,
+            score=score,
+            final_pass=final_pass,
+            tol=tol,
+            max_iter=max_iter,
+            observer=observer,
+            checkpoint=checkpoint,
+            runs=runs,
+            best=state.best if state is not None else None,
+            finished=finished,
+        )
+
+    # -- what the driver asks ----------------------------------------------------------------
+
+    def _em_over(self, run: _Run[P, S]) -> bool:
+        return run.converged or run.stopped or len(run.history) >= self.max_iter
+
+    def _result(self, run: _Run[P, S]) -> EMResult[P, S]:
+        bound = run.history[-1] if run.history else run.prev
+        return EMResult(
+            run.params, bound, tuple(run.history), len(run.history), run.converged, run.stats
+        )
+
+    def settle(self) -> None:
+        """Compare the restarts whose EM is over (or mark them for a final pass); commit."""
+        changed = False
+        for run in self.runs:
+            if run.finished or run.wants_final or not self._em_over(run):
+                continue
+            result = self._result(run)
+            if self.final_pass is not None and self.final_pass(result):
+                run.wants_final = True
+                continue
+            self._fold(run, result)
+            changed = True
+        if changed:
+            self._commit()
+
+    def requests(self) -> list[tuple[ModelFamily[P, S], P]]:
+        """The E-steps this group needs from the next pass, in :meth:`advance`'s order."""
+        return [(self.family, run.params) for run in self._in_pass()]
+
+    def _in_pass(self) -> list[_Run[P, S]]:
+        return [
+            run
+            for run in self.runs
+            if not run.finished and (run.wants_final or not self._em_over(run))
+        ]
+
+    @property
+    def pending(self) -> bool:
+        """Whether any restart still needs a pass."""
+        return bool(self._in_pass())
+
+    def advance(
+        self, stats: Sequence[S], seconds: float
+    ) -> list[tuple[_Run[P, S], IterationState[P]]]:
+        """Apply one pass's statistics; commit; return the iterations for the observer.
+
+        Parameters
+        ----------
+        stats : sequence
+            The statistics :meth:`requests` asked for, in order.
+        seconds : float
+            Wall time of the shared pass.
+        """
+        runs = self._in_pass()
+        in_pass = sum(1 for run in runs if not run.wants_final)
+        iterations: list[tuple[_Run[P, S], IterationState[P]]] = []
+        commit = False
+        for run, s in zip(runs, stats, strict=True):
+            if run.wants_final:
+                # The pass ran under the final parameters: what the comparison needs.
+                run.stats = s
+                run.wants_final = False
+                self._fold(run, self._result(run))
+                commit = True
+                continue
+            bound = self.family.lower_bound(s, run.params)
+            new_params = self.family.mstep(s, run.params)
+            run.converged = self.family.converged(run.prev, bound, run.params, new_params, self.tol)
+            run.history.append(bound)
+            iteration = len(run.history)
+            iterations.append(
+                (
+                    run,
+                    IterationState(
+                        restart=run.restart,
+                        iteration=iteration,
+                        lower_bound=bound,
+                        change=bound - run.prev,
+                        params=new_params,
+                        converged=run.converged,
+                        seconds=seconds,
+                        lower_bounds=tuple(run.history),
+                        in_pass=in_pass,
+                    ),
+                )
+            )
+            run.params, run.prev, run.stats = new_params, bound, s
+            if self.checkpoint is not None and (
+                iteration % self.checkpoint.every == 0
+                or run.converged
+                or iteration == self.max_iter
+            ):
+                commit = True
+        for run in runs:
+            if run.finished or run.wants_final or not self._em_over(run):
+                continue
+            result = self._result(run)
+            if self.final_pass is not None and self.final_pass(result):
+                run.wants_final = True
+            else:
+                self._fold(run, result)
+                commit = True
+        if commit:
+            self._commit()
+        return iterations
+
+    def notify(self, run: _Run[P, S], state: IterationState[P]) -> None:
+        """Call the observer with one iteration; ``True`` stops that restart."""
+        if self.observer is not None and self.observer(state):
+            run.stopped = True
+
+    def _fold(self, run: _Run[P, S], result: EMResult[P, S]) -> None:
+        value = float(self.score(result))
+        best = self.best
+        # Restarts finish in any order: ties go to the lower index, as when they ran one
+        # after another and a later one had to beat the kept one strictly.
+        if (
+            best is None
+            or value > best.score
+            or (value == best.score and run.restart < best.restart)
+        ):
+            self.best = BestState(
+                restart=run.restart,
+                params=_arrays(result.params),
+                lower_bounds=np.asarray(result.lower_bounds),
+                n_iter=result.n_iter,
+                converged=result.converged,
+                score=value,
+            )
+        run.finished = True
+        run.stats = None
+        self.finished.append(run.restart)
+
+    def _commit(self) -> None:
+        self._dirty = False
+        if self.checkpoint is None:
+            return
+        running = tuple(
+            RestartState(run.restart, _arrays(run.params), np.asarray(run.history), run.converged)
+            for run in self.runs
+            if not run.finished
+        )
+        self.checkpoint.save(
+            FitState(running=running, finished=tuple(sorted(self.finished)), best=self.best)
+        )
+
+    def result(self) -> BestRun[P]:
+        """The kept restart (once every restart is finished)."""
+        best = self.best
+        assert best is not None and not self.pending
+        bounds = tuple(float(v) for v in best.lower_bounds)
+        return BestRun(
+            params=self.params_from_arrays(**best.params),
+            lower_bound=bounds[-1] if bounds else float("nan"),
+            lower_bounds=bounds,
+            n_iter=best.n_iter,
+            converged=best.converged,
+            score=best.score,
+            restart=best.restart,
+        )
+
+
+def run_groups(X: Data, groups: Sequence[RestartGroup[Any, Any]]) -> list[BestRun[Any]]:
+    """Run several fits' restarts side by side, one read of the data per pass for all.
+
+    Every pass serves every restart still running in every group (and the final
+    passes that comparisons need, such as K-means' re-assignment under its final centres).
+    A group commits its checkpoint after the pass, before its observer sees the iterations,
+    so an observer that raises leaves the state of that iteration committed.
+
+    Parameters
+    ----------
+    X : dask.array.Array or ndarray
+    groups : sequence of RestartGroup
+
+    Returns
+    -------
+    list of BestRun
+        One per group.
+    """
+    while True:
+        for group in groups:
+            group.settle()
+        requests = [group.requests() for group in groups]
+        steps = [step for part in requests for step in part]
+        if not steps:
+            break
+        start = time.perf_counter()
+        stats = shared_pass(X, steps)
+        seconds = time.perf_counter() - start
+        calls = []
+        offset = 0
+        for group, part in zip(groups, requests, strict=True):
+            done = group.advance(stats[offset : offset + len(part)], seconds)
+            calls += [(group, run, state) for run, state in done]
+            offset += len(part)
+        for group, run, state in calls:
+            group.notify(run, state)
+    return [group.result() for group in groups]
 
 
 def run_restarts(
@@ -110,8 +407,9 @@ def run_restarts(
     config: dict[str, Any],
     seed: int,
     previous_bound: float | None = None,
+    final_pass: Callable[[EMResult[P, S]], bool] | None = None,
 ) -> BestRun[P]:
-    """Run the restarts, resuming from ``checkpoint`` if it holds a matching fit.
+    """Run the restarts side by side, resuming from ``checkpoint`` if it holds a matching fit.
 
     Parameters
     ----------
@@ -125,9 +423,12 @@ def run_restarts(
     params_from_arrays : callable
         Rebuilds parameters from ``params.arrays()`` (for checkpoints).
     score : callable
-        Larger is better; may run a final pass (K-means re-assigns under final centres).
+        Larger is better: which restart is kept. Given the restart's result, whose
+        ``stats`` are those of a pass under its final parameters when ``final_pass``
+        asked for one (``None`` possible after a resume when ``final_pass`` is not given).
     tol, max_iter, observer :
-        As :func:`emdist.engine.run_em`.
+        As :func:`emdist.engine.run_em`; the observer sees every restart's iterations
+        (``IterationState.restart``), those of one pass one after another.
     checkpoint : CheckpointStore or None
     config : dict
         Configuration recorded in, and checked against, the checkpoint.
@@ -135,74 +436,30 @@ def run_restarts(
         The fit's seed, recorded in the checkpoint.
     previous_bound : float, optional
         For a warm start: the previous fit's bound, which the first change is measured from.
+    final_pass : callable, optional
+        ``final_pass(result)``: whether comparing this restart needs one more E-step pass
+        under its final parameters; that pass is shared with the next iteration of the
+        others.
 
     Returns
     -------
     BestRun
     """
-    state: FitState | None = None
-    if checkpoint is not None:
-        state = checkpoint.open(config, data_fingerprint(data), seed)
-    best: BestState | None = state.best if state is not None else None
-    first = 0 if state is None else state.restart + (1 if state.finished else 0)
-    resume = state if state is not None and not state.finished else None
-
-    for restart in range(first, n_init):
-        history: tuple[float, ...] = ()
-        done = False
-        if resume is not None and resume.restart == restart:
-            start = params_from_arrays(**resume.params)
-            history = tuple(float(v) for v in resume.lower_bounds)
-            done = resume.converged
-        else:
-            start = make_start(restart, seeds[restart])
-
-        def save_iteration(
-            it: IterationState[Any], restart: int = restart, best: BestState | None = best
-        ) -> bool | None:
-            assert checkpoint is not None
-            if it.iteration % checkpoint.every == 0 or it.converged or it.iteration == max_iter:
-                checkpoint.save(
-                    _state(restart, it.params, it.lower_bounds, it.converged, False, best)
-                )
-            return observer(it) if observer is not None else None
-
-        if done:
-            result: EMResult[P, S] = EMResult(start, history[-1], history, len(history), True, None)
-        else:
-            result = run_em(
-                data.X,
-                family,
-                start,
-                tol=tol,
-                max_iter=max_iter,
-                observer=save_iteration if checkpoint is not None else observer,
-                restart=restart,
-                lower_bounds=history,
-                previous_bound=previous_bound if restart == 0 else None,
-            )
-        value = float(score(result))
-        if best is None or value > best.score:
-            best = BestState(
-                restart=restart,
-                params=_arrays(result.params),
-                lower_bounds=np.asarray(result.lower_bounds),
-                n_iter=result.n_iter,
-                converged=result.converged,
-                score=value,
-            )
-        if checkpoint is not None:
-            checkpoint.save(
-                _state(restart, result.params, result.lower_bounds, result.converged, True, best)
-            )
-    assert best is not None
-    bounds = tuple(float(v) for v in best.lower_bounds)
-    return BestRun(
-        params=params_from_arrays(**best.params),
-        lower_bound=bounds[-1] if bounds else float("nan"),
-        lower_bounds=bounds,
-        n_iter=best.n_iter,
-        converged=best.converged,
-        score=best.score,
-        restart=best.restart,
+    group = RestartGroup.open(
+        data,
+        family,
+        n_init=n_init,
+        seeds=seeds,
+        make_start=make_start,
+        params_from_arrays=params_from_arrays,
+        score=score,
+        tol=tol,
+        max_iter=max_iter,
+        observer=observer,
+        checkpoint=checkpoint,
+        config=config,
+        seed=seed,
+        previous_bound=previous_bound,
+        final_pass=final_pass,
     )
+    return run_groups(data.X, [group])[0]

@@ -4,11 +4,16 @@ Layout of a checkpoint directory::
 
     <path>/zarr.json            root attributes: format, config, fingerprint, ``committed``
     <path>/<name>/              one group per committed state, e.g. ``s000012``
-        params/<array>          parameters after the state's last M-step
-        lower_bounds            lower bound per iteration of the running restart
+        r<i>/params/<array>     parameters of running restart ``i`` after its last M-step
+        r<i>/lower_bounds       its lower bound per iteration
         best/<array>            parameters of the best finished restart (if any)
         best_lower_bounds
-        zarr.json               attributes: restart, iteration, flags, checksums
+        zarr.json               attributes: running restarts, finished ones, best, checksums
+
+The restarts of a fit run side by side, sharing each pass over the data
+(:mod:`emdist.engine.lockstep`), so a state holds every restart still running; the
+finished ones are folded into ``best``. Version 1 checkpoints (one restart at a time) are
+refused with a message that says to start over.
 
 Commit protocol (docs/design.md, "Checkpoints"): a state is written completely into a new
 group, then *one* key — the root's ``zarr.json`` — is rewritten to point at it. Each key
@@ -44,6 +49,7 @@ from emdist.io.locks import WriterLock, WriterLockedError
 
 __all__ = [
     "BestState",
+    "RestartState",
     "CheckpointError",
     "CheckpointFallbackWarning",
     "CheckpointMismatchError",
@@ -53,10 +59,12 @@ __all__ = [
 ]
 
 FORMAT = "emdist-checkpoint"
-VERSION = 1
+VERSION = 2
 # The only names save() gives state groups: anything else in `committed` was not written by
 # emdist, and nothing else in the folder is ever deleted as a stray.
 _STATE_NAME = re.compile(r"s[0-9]{6,}")
+# Group of a running restart inside a state.
+_RUN_NAME = "r{}"
 
 
 class CheckpointError(EmdistError, RuntimeError):
@@ -95,38 +103,63 @@ class BestState:
 
 
 @dataclass(frozen=True)
-class FitState:
-    """Everything needed to continue a fit exactly where it stopped.
+class RestartState:
+    """One restart that has not been compared with the others yet.
 
     Attributes
     ----------
     restart : int
-        The restart this state belongs to.
+        Index of the restart.
     params : dict of str to ndarray
-        Parameters after the last M-step of that restart.
+        Parameters after its last M-step.
     lower_bounds : ndarray
-        Lower bound per iteration of that restart (its length is the iteration count).
+        Lower bound per iteration (its length is the iteration count).
     converged : bool
-        Whether the restart has converged.
-    finished : bool
-        Whether the restart is over (converged or out of iterations) and folded into
-        ``best``.
-    best : BestState or None
-        Best restart finished so far (including this one when ``finished``).
     """
 
     restart: int
     params: dict[str, AnyArray]
     lower_bounds: FloatArray
     converged: bool
-    finished: bool
+
+    @property
+    def iteration(self) -> int:
+        """Iterations done by this restart."""
+        return len(self.lower_bounds)
+
+
+@dataclass(frozen=True)
+class FitState:
+    """Everything needed to continue a fit exactly where it stopped.
+
+    Attributes
+    ----------
+    running : tuple of RestartState
+        The restarts not finished yet, by index. A restart whose EM is over (converged or
+        out of iterations) stays here until it has been compared (K-means: after its
+        final assignment pass).
+    finished : tuple of int
+        The restarts over and folded into ``best``.
+    best : BestState or None
+        Best restart finished so far.
+    extra : dict
+        JSON-able extras.
+    """
+
+    running: tuple[RestartState, ...]
+    finished: tuple[int, ...] = ()
     best: BestState | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def iteration(self) -> int:
-        """Iterations done in the current restart."""
-        return len(self.lower_bounds)
+        """Iterations done by the furthest running restart (0 when none runs)."""
+        return max((r.iteration for r in self.running), default=0)
+
+    @property
+    def done(self) -> bool:
+        """Whether every restart is finished (the fit is over)."""
+        return not self.running
 
 
 def _json_safe(obj: Any) -> Any:
@@ -360,6 +393,14 @@ class CheckpointStore:
             ) from exc
         if attrs.get("format") != FORMAT:
             raise CheckpointError(f"{self.path} is not an emdist checkpoint")
+        if attrs.get("version") == 1:
+            # Restarts ran one after another then; their states do not say which restarts
+            # are running side by side, and the few iterations they hold are cheap to redo.
+            raise CheckpointError(
+                f"{self.path} is a version 1 checkpoint (restarts one after another); this "
+                f"emdist runs restarts side by side and reads version {VERSION}: start over "
+                f"with overwrite=True (CLI: --restart) or use a new checkpoint location"
+            )
         if attrs.get("version") != VERSION:
             raise CheckpointError(
                 f"{self.path} is a version {attrs.get('version')} checkpoint; this emdist "
@@ -476,16 +517,44 @@ class CheckpointStore:
         if not attrs.get("complete"):
             raise CheckpointError("state was not completely written")
         n_init = self._n_init()
-        restart = _int_field(attrs, "restart", 0, None if n_init is None else n_init - 1)
-        for key in ("converged", "finished"):
-            if not isinstance(attrs.get(key), bool):
-                raise CheckpointError(f"field {key!r} is {attrs.get(key)!r}, not a boolean")
+        high = None if n_init is None else n_init - 1
         arrays = self._read_arrays(group, attrs.get("checksums"))
-        params = {
-            k.removeprefix("params/"): v for k, v in arrays.items() if k.startswith("params/")
-        }
-        lower_bounds = _float_array(arrays, "lower_bounds", ndim=1)
-        _int_field(attrs, "iteration", len(lower_bounds), len(lower_bounds))
+        entries = attrs.get("running")
+        if not isinstance(entries, list):
+            raise CheckpointError(f"field 'running' is {entries!r}, not a list")
+        finished_raw = attrs.get("finished")
+        if not isinstance(finished_raw, list):
+            raise CheckpointError(f"field 'finished' is {finished_raw!r}, not a list")
+        finished = tuple(_int_field({"finished": v}, "finished", 0, high) for v in finished_raw)
+        running: list[RestartState] = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise CheckpointError(f"field 'running[{i}]' is {entry!r}, not a mapping")
+            prefix = f"running[{i}]."
+            restart = _int_field(entry, "restart", 0, high, prefix)
+            if not isinstance(entry.get("converged"), bool):
+                raise CheckpointError(
+                    f"field '{prefix}converged' is {entry.get('converged')!r}, not a boolean"
+                )
+            run = _RUN_NAME.format(restart)
+            params = {
+                k.removeprefix(f"{run}/params/"): v
+                for k, v in arrays.items()
+                if k.startswith(f"{run}/params/")
+            }
+            if not params:
+                raise CheckpointError(f"restart {restart} has no parameters")
+            for key, value in params.items():
+                # Parameters are float arrays (means, covariances, centres, weights...):
+                # anything else would fail deep inside EM, or worse, be silently cast.
+                if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
+                    raise CheckpointError(f"field '{run}/params/{key}' is not a finite float array")
+            lower_bounds = _float_array(arrays, f"{run}/lower_bounds", ndim=1)
+            _int_field(entry, "iteration", len(lower_bounds), len(lower_bounds), prefix)
+            running.append(RestartState(restart, params, lower_bounds, entry["converged"]))
+        indices = [r.restart for r in running] + list(finished)
+        if len(set(indices)) != len(indices):
+            raise CheckpointError(f"restarts {indices} are listed twice (running, finished)")
         best = None
         if attrs.get("best") is not None:
             b = attrs["best"]
@@ -494,39 +563,37 @@ class CheckpointStore:
             best_params = {
                 k.removeprefix("best/"): v for k, v in arrays.items() if k.startswith("best/")
             }
-            for key, value in params.items():
-                other = best_params.get(key)
-                if other is None or other.shape != value.shape:
-                    raise CheckpointError(
-                        f"field 'best/{key}' does not match 'params/{key}' in shape"
-                    )
+            for run_state in running:
+                for key, value in run_state.params.items():
+                    other = best_params.get(key)
+                    if other is None or other.shape != value.shape:
+                        raise CheckpointError(
+                            f"field 'best/{key}' does not match the running restart "
+                            f"{run_state.restart}'s '{key}' in shape"
+                        )
             score = b.get("score")
             if isinstance(score, bool) or not isinstance(score, int | float):
                 raise CheckpointError(f"field 'best.score' is {score!r}, not a number")
             if not isinstance(b.get("converged"), bool):
                 raise CheckpointError(f"field 'best.converged' is {b.get('converged')!r}")
             best = BestState(
-                restart=_int_field(b, "restart", 0, restart, "best."),
+                restart=_int_field(b, "restart", 0, high, "best."),
                 params=best_params,
                 lower_bounds=_float_array(arrays, "best_lower_bounds", ndim=1),
                 n_iter=_int_field(b, "n_iter", 0, None, "best."),
                 converged=b["converged"],
                 score=float(score),
             )
-        for key, value in params.items():
-            # Parameters are float arrays (means, covariances, centres, weights...): anything
-            # else would fail deep inside EM, or worse, be silently cast.
-            if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
-                raise CheckpointError(f"field 'params/{key}' is not a finite float array")
+            if best.restart not in finished:
+                raise CheckpointError(f"field 'best.restart' ({best.restart}) is not finished")
+        elif finished:
+            raise CheckpointError(f"restarts {list(finished)} are finished but 'best' is missing")
         extra = attrs.get("extra", {})
         if not isinstance(extra, dict):
             raise CheckpointError(f"field 'extra' is {extra!r}, not a mapping")
         return FitState(
-            restart=restart,
-            params=params,
-            lower_bounds=lower_bounds,
-            converged=attrs["converged"],
-            finished=attrs["finished"],
+            running=tuple(sorted(running, key=lambda r: r.restart)),
+            finished=tuple(sorted(finished)),
             best=best,
             extra=dict(extra),
         )
@@ -549,7 +616,9 @@ class CheckpointStore:
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
-            needed = sum(np.asarray(v).nbytes for v in state.params.values()) * 2
+            needed = 2 * sum(
+                np.asarray(v).nbytes for run in state.running for v in run.params.values()
+            )
             error = disk_full_error(self.path, needed)
             # The new state was never committed: the previous one stays the one to resume.
             shutil.rmtree(self.path / name, ignore_errors=True)
@@ -558,8 +627,19 @@ class CheckpointStore:
     def _save(self, name: str, state: FitState) -> None:
         assert self._root is not None
         group = zarr.open_group(str(self.path / name), mode="w", use_consolidated=False)
-        arrays: dict[str, AnyArray] = {f"params/{k}": v for k, v in state.params.items()}
-        arrays["lower_bounds"] = np.asarray(state.lower_bounds, dtype=np.float64)
+        arrays: dict[str, AnyArray] = {}
+        running = []
+        for run in state.running:
+            name_r = _RUN_NAME.format(int(run.restart))
+            arrays.update({f"{name_r}/params/{k}": v for k, v in run.params.items()})
+            arrays[f"{name_r}/lower_bounds"] = np.asarray(run.lower_bounds, dtype=np.float64)
+            running.append(
+                {
+                    "restart": int(run.restart),
+                    "iteration": int(run.iteration),
+                    "converged": bool(run.converged),
+                }
+            )
         best_attrs = None
         if state.best is not None:
             arrays.update({f"best/{k}": v for k, v in state.best.params.items()})
@@ -582,10 +662,8 @@ class CheckpointStore:
             checksums[key] = _digest(value)
         group.attrs.update(
             {
-                "restart": int(state.restart),
-                "iteration": int(state.iteration),
-                "converged": bool(state.converged),
-                "finished": bool(state.finished),
+                "running": running,
+                "finished": [int(r) for r in state.finished],
                 "best": best_attrs,
                 "extra": _json_safe(state.extra),
                 "checksums": checksums,

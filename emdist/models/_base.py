@@ -22,9 +22,9 @@ import numpy as np
 
 from emdist._random import child_seeds, resolve_seed
 from emdist._typing import FloatArray
-from emdist.engine.data import FitData, compute_context, prepare_fit_data
+from emdist.engine.data import FitData, compute_context, default_sample_size, prepare_fit_data
 from emdist.engine.em import EMResult, ModelFamily, Observer
-from emdist.engine.restarts import BestRun, run_restarts
+from emdist.engine.restarts import BestRun, RestartGroup, run_restarts
 from emdist.exceptions import ConvergenceWarning, InvalidDataError, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
@@ -35,6 +35,7 @@ __all__ = [
     "BaseEstimator",
     "Components",
     "FitPlan",
+    "FitSetup",
     "apply_rows",
     "as_checkpoint",
     "check_features",
@@ -63,6 +64,10 @@ class FitPlan(Generic[P]):
         Larger is better: which restart is kept (may run a final pass).
     tol : float
         The tolerance the family's convergence test receives.
+    final_pass : callable or None
+        ``final_pass(result)``: whether ``score`` needs the statistics of one more pass
+        under the restart's final parameters (K-means re-assigns under its final centres);
+        that pass is shared with the other restarts' iterations. ``None``: never.
     """
 
     family: ModelFamily[P, Any]
@@ -70,6 +75,7 @@ class FitPlan(Generic[P]):
     params_type: Callable[..., P]
     score: Callable[[EMResult[P, Any]], float]
     tol: float
+    final_pass: Callable[[EMResult[P, Any]], bool] | None = None
 
     def run(
         self,
@@ -83,7 +89,7 @@ class FitPlan(Generic[P]):
         config: dict[str, Any] | None = None,
         previous_bound: float | None = None,
     ) -> BestRun[P]:
-        """Run one restart per seed with the EM engine and keep the best (see ``run_restarts``).
+        """Run one restart per seed, side by side, and keep the best (see ``run_restarts``).
 
         Parameters
         ----------
@@ -115,7 +121,117 @@ class FitPlan(Generic[P]):
             config=config or {},
             seed=seed,
             previous_bound=previous_bound,
+            final_pass=self.final_pass,
         )
+
+    def open(
+        self,
+        data: FitData,
+        *,
+        seeds: list[int],
+        max_iter: int,
+        seed: int,
+        observer: Observer | None = None,
+        checkpoint: CheckpointStore | None = None,
+        config: dict[str, Any] | None = None,
+        previous_bound: float | None = None,
+    ) -> RestartGroup[P, Any]:
+        """The restarts of :meth:`run`, started (or resumed), for ``run_groups`` to drive.
+
+        Several fits share their passes this way (:func:`emdist.fit_shared`).
+
+        Returns
+        -------
+        RestartGroup
+        """
+        return RestartGroup.open(
+            data,
+            self.family,
+            n_init=len(seeds),
+            seeds=seeds,
+            make_start=self.make_start,
+            params_from_arrays=self.params_type,
+            score=self.score,
+            tol=self.tol,
+            max_iter=max_iter,
+            observer=observer,
+            checkpoint=checkpoint,
+            config=config or {},
+            seed=seed,
+            previous_bound=previous_bound,
+            final_pass=self.final_pass,
+        )
+
+
+@dataclass(frozen=True)
+class FitSetup:
+    """What one fit decided before reading the data: scan, seeds, checkpoint, budget.
+
+    Attributes
+    ----------
+    warm : bool
+        Whether the fit continues the estimator's previous one (``warm_start``).
+    n_clusters : int
+        Components asked for.
+    what : str
+        The estimator's word for them (error messages).
+    sample_seed : int
+        Seed of the scan pass's sample.
+    sample_size : int or None
+        Rows the scan samples for seeding (``None``: the default for ``n_clusters``).
+    seeds : list of int
+        One per restart.
+    max_iter : int
+    observer : callable or None
+    checkpoint : CheckpointStore or None
+    config : dict
+        The configuration the checkpoint is tied to.
+    seed : int
+        The fit's seed.
+    previous_bound : float or None
+        A warm start's previous bound.
+    """
+
+    warm: bool
+    n_clusters: int
+    what: str
+    sample_seed: int
+    sample_size: int | None
+    seeds: list[int]
+    max_iter: int
+    observer: Observer | None
+    checkpoint: CheckpointStore | None
+    config: dict[str, Any]
+    seed: int
+    previous_bound: float | None
+
+    @property
+    def scan_key(self) -> tuple[int, int]:
+        """Fits with equal keys can share one scan pass (same sample seed and size)."""
+        size = self.sample_size
+        return self.sample_seed, default_sample_size(self.n_clusters) if size is None else size
+
+    def scan(self, X: Any, n_clusters: int | None = None) -> FitData:
+        """Open ``X`` and run the scan pass (``n_clusters``: the largest of fits sharing it)."""
+        return prepare_fit_data(
+            X,
+            n_clusters=self.n_clusters if n_clusters is None else n_clusters,
+            seed=self.sample_seed,
+            sample_size=self.scan_key[1],
+            what=self.what,
+        )
+
+    def run_args(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`FitPlan.run` and :meth:`FitPlan.open`."""
+        return {
+            "seeds": self.seeds,
+            "max_iter": self.max_iter,
+            "observer": self.observer,
+            "checkpoint": self.checkpoint,
+            "config": self.config,
+            "seed": self.seed,
+            "previous_bound": self.previous_bound,
+        }
 
 
 @dataclass(frozen=True)
@@ -341,6 +457,15 @@ class BaseEstimator(SklearnEstimatorMixin):
         -------
         self
         """
+        setup = self._setup_fit(X)
+        with compute_context():
+            data = setup.scan(X)
+            best = self._plan(data, setup.warm).run(data, **setup.run_args())
+        self._finish_fit(best, data, X)
+        return self
+
+    def _setup_fit(self, X: Any) -> FitSetup:
+        """Everything a fit decides before reading the data (parameters, seeds, checkpoint)."""
         self._validate_params()
         self._check_input(X)
         warm = self._warm()
@@ -356,26 +481,25 @@ class BaseEstimator(SklearnEstimatorMixin):
             # Tied to the checkpoint (arrays are hashed): a resume must start from the same
             # model, or its first iterations would belong to another fit.
             resolved["start_from"] = dict(start.arrays())
-        with compute_context():
-            data = prepare_fit_data(
-                X,
-                n_clusters=int(getattr(self, self._n_components_param)),
-                seed=sample_seed,
-                sample_size=self.init_sample_size,
-                what=self._n_components_param,
-            )
-            best = self._plan(data, warm).run(
-                data,
-                seeds=child_seeds(restarts_seed, n_init),
-                max_iter=int(self.max_iter),
-                observer=self.observer,
-                checkpoint=checkpoint,
-                config=estimator_config(self, **resolved),
-                seed=seed,
-                # As scikit-learn: a warm start's first change is measured from the last
-                # bound of the previous fit, so it can converge at once.
-                previous_bound=getattr(self, "lower_bound_", None) if warm else None,
-            )
+        return FitSetup(
+            warm=warm,
+            n_clusters=int(getattr(self, self._n_components_param)),
+            what=self._n_components_param,
+            sample_seed=sample_seed,
+            sample_size=self.init_sample_size,
+            seeds=child_seeds(restarts_seed, n_init),
+            max_iter=int(self.max_iter),
+            observer=self.observer,
+            checkpoint=checkpoint,
+            config=estimator_config(self, **resolved),
+            seed=seed,
+            # As scikit-learn: a warm start's first change is measured from the last
+            # bound of the previous fit, so it can converge at once.
+            previous_bound=getattr(self, "lower_bound_", None) if warm else None,
+        )
+
+    def _finish_fit(self, best: BestRun[Any], data: FitData, X: Any) -> None:
+        """Record the kept restart; warn if it did not converge."""
         self.converged_ = best.converged
         self.n_iter_ = best.n_iter
         self.lower_bounds_ = list(best.lower_bounds)
@@ -387,9 +511,8 @@ class BaseEstimator(SklearnEstimatorMixin):
                 f"iterations (last {self._convergence_quantity} above "
                 f"tol={self.tol}); try different init parameters, or increase max_iter or tol.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        return self
 
     # -- what a saved model must hold -----------------------------------------------------
 

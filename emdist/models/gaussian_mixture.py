@@ -12,6 +12,7 @@ import numpy as np
 from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.engine.data import FitData
 from emdist.engine.em import Observer
+from emdist.engine.reduce import map_reduce
 from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array
@@ -29,6 +30,7 @@ from emdist.kernels.mixture import (
     mixture_mstep,
 )
 from emdist.models._base import FitPlan
+from emdist.models._criteria import KernelStep, log_lik_sum_chunk, pass_data
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
 from emdist.registry import register_family
@@ -292,8 +294,22 @@ class GaussianMixture(BaseMixture):
         dict
             ``{"score": ..., "bic": ..., "aic": ...}``.
         """
-        n = self._n_samples(X)
-        score = self.score(X)
+        self._check_fitted()
+        step, args = self._criteria_step()
+        data = pass_data(X, self.n_features_in_, type(self).__name__)
+        return self._criteria_from(map_reduce(data, step.estep_chunk, args), int(data.shape[0]))
+
+    def _criteria_step(self) -> tuple[KernelStep, tuple[Any, ...]]:
+        """The reduction behind :meth:`information_criteria`: the summed log-likelihood."""
+        return KernelStep(log_lik_sum_chunk), (
+            mixture_log_prob_chunk,
+            self._params(),
+            self.covariance_type,
+        )
+
+    def _criteria_from(self, log_lik: float, n: int) -> dict[str, float]:
+        """Mean log-likelihood, BIC and AIC from the summed log-likelihood of ``n`` samples."""
+        score = float(log_lik) / n
         p = self._n_parameters()
         return {
             "score": score,
@@ -312,7 +328,7 @@ class GaussianMixture(BaseMixture):
 
     def summary_statistics(self, X: Any) -> dict[str, Any]:
         """Mean log-likelihood, BIC and AIC of ``X`` (one pass), and the mixing weights."""
-        return {
-            **self.information_criteria(X),
-            "weights": [float(w) for w in self.weights_],
-        }
+        return self._summary_with(self.information_criteria(X))
+
+    def _summary_with(self, criteria: dict[str, float]) -> dict[str, Any]:
+        return {**criteria, "weights": [float(w) for w in self.weights_]}

@@ -36,6 +36,7 @@ from emdist.models._base import (
     fitted_array,
     fitted_int,
 )
+from emdist.models._criteria import KernelStep, label_counts_chunk, pass_data
 from emdist.models._docs import fill_doc
 from emdist.models._sklearn import ClusterMixin, TransformerMixin
 from emdist.models._validation import (
@@ -90,6 +91,12 @@ class KMeansFamily:
         return float(np.sum((new_params.centers - params.centers) ** 2)) <= tol
 
 
+def _needs_final_pass(result: EMResult[KMeansParams, KMeansStats]) -> bool:
+    """Whether the last pass ran under centres other than the final ones (or is unknown)."""
+    stats = result.stats
+    return stats is None or not np.array_equal(stats.shift, result.params.centers)
+
+
 def _final_inertia(X: Data, result: EMResult[KMeansParams, KMeansStats]) -> float:
     """Inertia of the final centres (re-assigning if the last pass ran under other ones)."""
     stats = result.stats
@@ -131,6 +138,9 @@ def kmeans_plan(data: FitData, n_clusters: int, init: Any, tol: float) -> FitPla
         KMeansParams,
         score=lambda result: -_final_inertia(data.X, result),
         tol=float(np.mean(data.summary.variance)) * tol,
+        # The restarts loop runs that pass beside the other restarts' iterations, so
+        # _final_inertia finds it done.
+        final_pass=_needs_final_pass,
     )
 
 
@@ -267,7 +277,7 @@ default='k-means++'
             warnings.warn(
                 "Explicit initial centres given: performing only one init (n_init=1).",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,  # _n_init <- _setup_fit <- fit <- the caller
             )
             return 1
         return int(self.n_init)
@@ -291,7 +301,7 @@ default='k-means++'
                 f"n_clusters ({self.cluster_centers_.shape[0]}). Possibly due to duplicate "
                 f"points in X.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,  # _record <- _finish_fit <- fit <- the caller
             )
 
     @classmethod
@@ -334,10 +344,19 @@ default='k-means++'
             ``{"score": ..., "bic": ..., "aic": ...}``, the score being the mean
             log-likelihood per sample.
         """
-        labels = self.predict(X)
+        self._check_fitted()
+        step, args = self._criteria_step()
+        data = pass_data(X, self.n_features_in_, type(self).__name__)
+        return self._criteria_from(map_reduce(data, step.estep_chunk, args), int(data.shape[0]))
+
+    def _criteria_step(self) -> tuple[KernelStep, tuple[Any, ...]]:
+        """The reduction behind :meth:`information_criteria`: cluster sizes."""
+        return KernelStep(label_counts_chunk), (self.cluster_centers_,)
+
+    def _criteria_from(self, sizes: AnyArray, n: int) -> dict[str, float]:
+        """The X-means score, BIC and AIC from the cluster sizes of ``n`` samples."""
         K, d = self.cluster_centers_.shape
-        n = int(labels.shape[0])
-        counts = np.bincount(np.asarray(da.compute(labels)[0]), minlength=K).astype(float)
+        counts = np.asarray(sizes).astype(float)
         sigma2 = max(float(self.inertia_) / (d * max(n - K, 1)), np.finfo(float).tiny)
         nz = counts[counts > 0]
         log_lik = float(
@@ -352,7 +371,10 @@ default='k-means++'
 
     def summary_statistics(self, X: Any) -> dict[str, Any]:
         """Inertia, and the X-means score, BIC and AIC of the training data ``X`` (one pass)."""
-        return {"inertia": float(self.inertia_), **self.information_criteria(X)}
+        return self._summary_with(self.information_criteria(X))
+
+    def _summary_with(self, criteria: dict[str, float]) -> dict[str, Any]:
+        return {"inertia": float(self.inertia_), **criteria}
 
     def predict(self, X: Any) -> Any:
         """Index of the nearest centre of every sample.

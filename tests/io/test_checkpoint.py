@@ -130,6 +130,11 @@ def state_attrs(ckpt: Path, name: str) -> dict[str, Any]:
     return json.loads((ckpt / name / "zarr.json").read_text())["attributes"]
 
 
+def state_iteration(ckpt: Path, name: str) -> int:
+    """The furthest iteration of the restarts running in state ``name`` (0 if none)."""
+    return max((r["iteration"] for r in state_attrs(ckpt, name)["running"]), default=0)
+
+
 def state_dirs(ckpt: Path) -> set[str]:
     return {p.name for p in ckpt.iterdir() if p.is_dir()}
 
@@ -148,6 +153,8 @@ GMM = functools.partial(
 # SIGKILL at random moments, then resume == uninterrupted
 # --------------------------------------------------------------------------------------------
 
+# The restarts run side by side: a state is tagged (furthest iteration, restarts finished,
+# all done) by tests/_fit_worker.py.
 TAG = re.compile(r"^(save-begin|save-end) (\d+) (\d+) (\d)$")
 StateTag = tuple[int, int, bool]
 
@@ -163,9 +170,9 @@ def worker_env() -> dict[str, str]:
 
 
 def save_tags(lines: list[str], kind: str) -> list[StateTag]:
-    """``(restart, iteration, finished)`` of every ``save-begin`` or ``save-end`` marker."""
+    """``(iteration, finished, done)`` of every ``save-begin`` or ``save-end`` marker."""
     tags = [m.groups() for m in map(TAG.match, lines) if m]
-    return [(int(r), int(i), f == "1") for k, r, i, f in tags if k == kind]
+    return [(int(i), int(f), d == "1") for k, i, f, d in tags if k == kind]
 
 
 @dataclass(frozen=True)
@@ -187,7 +194,7 @@ class Kill:
     last_marker: str
     committed: StateTag
     uncommitted_groups: frozenset[str]
-    restart: int
+    iteration: int
 
     @property
     def mid_write(self) -> bool:
@@ -299,7 +306,7 @@ class KillRun:
         if not (self.ckpt / "zarr.json").exists():
             return None
         state = CheckpointStore(self.ckpt).load()
-        return None if state is None else (state.restart, state.iteration, state.finished)
+        return None if state is None else (state.iteration, len(state.finished), state.done)
 
     def kill_at(self, target: Target, cycle: int) -> Kill:
         before = self.committed_state()
@@ -351,7 +358,7 @@ class KillRun:
             last_marker=lines[-1],
             committed=now,
             uncommitted_groups=frozenset(state_dirs(self.ckpt) - set(committed(self.ckpt))),
-            restart=int(iters[-1].split()[1]) if iters else now[0],
+            iteration=int(iters[-1].split()[2]) if iters else now[0],
         )
         self.kills.append(kill)
         return kill
@@ -390,12 +397,16 @@ def check_resumed_from(before: StateTag | None, lines: list[str]) -> None:
     begins = save_tags(lines, "save-begin")
     got = begins[0] if begins else None
     if before is None:
-        allowed: set[StateTag | None] = {(0, 1, False)}
-    elif before[2]:  # a finished restart: the next one starts (or nothing is left to do)
-        allowed = {(before[0] + 1, 1, False), None}
-    else:  # the next iteration, or the end of a restart that converged or ran out
-        allowed = {(before[0], before[1] + 1, False), (before[0], before[1], True)}
-    assert got in allowed, f"resumed from {before} but first committed {got}"
+        ok = got is not None and got[0] == 1 and got[1] == 0  # the first pass
+    elif before[2]:  # every restart finished: nothing is left to do
+        ok = got is None
+    else:
+        # The next pass (every running restart one iteration further), or restarts folded
+        # into the best (after a final pass, or because their EM was already over).
+        ok = got is not None and (
+            (got[0] == before[0] + 1 and got[1] >= before[1]) or got[1] > before[1]
+        )
+    assert ok, f"resumed from {before} but first committed {got}"
 
 
 def kill_and_resume(
@@ -435,42 +446,40 @@ def test_sigkill_gmm_full_resumes_bit_for_bit(tmp_path: Path, big: str, zygote: 
         Target(r"^array ", rng.randint(2, 12), rng.uniform(0.0, wd)),
     ]
     run = kill_and_resume(tmp_path, big, "gmm", targets, wd, zygote)
-    assert run.kills[-1].committed[1] > 1
+    assert run.kills[-1].committed[0] > 1
 
 
 def test_sigkill_kmeans_restarts_resumes_bit_for_bit(
     tmp_path: Path, big: str, zygote: Zygote
 ) -> None:
-    # Restarts of 14 (converged), 16 (max_iter) and 16 (max_iter) iterations.
+    # Restarts of 14 (converged), 16 (max_iter) and 16 (max_iter) iterations, side by side.
     rng = random.Random(7)
     wd = 0.015
     targets = [
-        Target(r"^iter 0 ", rng.randint(1, 6), rng.uniform(0.0, 0.3)),
-        # During the write that ends restart 0: its converged, unfinished state is resumed.
-        Target(r"^save-begin 0 \d+ 1$", 1, rng.uniform(0.0, wd)),
-        Target(r"^estep-begin$", rng.randint(3, 8), rng.uniform(0.0, 0.004), after=r"^iter 1 "),
-        # During the write that ends restart 1 (out of iterations).
-        Target(r"^save-begin 1 \d+ 1$", 1, rng.uniform(0.0, wd)),
-        Target(r"^estep-begin$", rng.randint(1, 8), rng.uniform(0.0, 0.004), after=r"^iter 2 "),
+        Target(r"^iter \d ", rng.randint(3, 18), rng.uniform(0.0, 0.3)),
+        Target(r"^estep-begin$", rng.randint(2, 5), rng.uniform(0.0, 0.004)),
+        # During the write that folds restart 0 in (its final pass shared with iteration 15).
+        Target(r"^save-begin \d+ 1 0$", 1, rng.uniform(0.0, wd)),
+        # During the last write: every restart finished.
+        Target(r"^save-begin \d+ 3 1$", 1, rng.uniform(0.0, wd)),
     ]
     run = kill_and_resume(tmp_path, big, "kmeans", targets, wd, zygote)
-    assert {k.restart for k in run.kills} == {0, 1, 2}
+    assert max(k.committed[1] for k in run.kills) >= 1  # a kill after restarts finished
 
 
 def test_sigkill_gmm_restarts_resumes_bit_for_bit(tmp_path: Path, big: str, zygote: Zygote) -> None:
-    # Restarts of 12 (max_iter), 12 (max_iter) and 11 (converged) iterations.
+    # Restarts of 12 (max_iter), 12 (max_iter) and 11 (converged) iterations, side by side.
     rng = random.Random(11)
     wd = 0.01
     targets = [
-        Target(r"^iter 0 ", rng.randint(1, 6), rng.uniform(0.0, 0.3)),
-        Target(r"^save-begin 0 \d+ 1$", 1, rng.uniform(0.0, wd)),
-        Target(r"^save-begin 1 ", rng.randint(2, 8), rng.uniform(0.0, wd)),
-        Target(r"^estep-begin$", rng.randint(1, 5), rng.uniform(0.0, 0.004), after=r"^iter 2 "),
-        # During the write that ends restart 2 (converged): the last thing the fit commits.
-        Target(r"^save-begin 2 \d+ 1$", 1, rng.uniform(0.0, wd)),
+        Target(r"^iter \d ", rng.randint(1, 12), rng.uniform(0.0, 0.3)),
+        Target(r"^save-begin ", rng.randint(2, 4), rng.uniform(0.0, wd)),
+        Target(r"^estep-begin$", rng.randint(1, 3), rng.uniform(0.0, 0.004)),
+        # During the write that folds restart 2 in (converged at 11).
+        Target(r"^save-begin 11 1 0$", 1, rng.uniform(0.0, wd)),
     ]
     run = kill_and_resume(tmp_path, big, "gmm-restarts", targets, wd, zygote)
-    assert {k.restart for k in run.kills} == {0, 1, 2}
+    assert run.kills[-1].committed[0] >= 10
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,26 +504,28 @@ def interrupted(
     with pytest.raises(Crash):
         GMM(checkpoint=ckpt, observer=crash_at(0, 4)).fit(small)
     names = committed(ckpt)
-    assert [state_attrs(ckpt, n)["iteration"] for n in names] == [3, 4]
+    assert [state_iteration(ckpt, n) for n in names] == [3, 4]
     return ckpt, reference
 
 
 def delete_chunk(state: Path) -> None:
-    chunks = [p for p in (state / "params" / "means").rglob("*") if p.is_file()]
+    chunks = [p for p in (state / "r0" / "params" / "means").rglob("*") if p.is_file()]
     chunks = [p for p in chunks if p.name != "zarr.json"]
     assert chunks
     chunks[0].unlink()
 
 
 def flip_bytes(state: Path) -> None:
-    (chunk,) = [p for p in (state / "params" / "covariances" / "c").rglob("*") if p.is_file()]
+    (chunk,) = [
+        p for p in (state / "r0" / "params" / "covariances" / "c").rglob("*") if p.is_file()
+    ]
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     chunk.write_bytes(bytes(raw))
 
 
 def truncate_chunk(state: Path) -> None:
-    (chunk,) = [p for p in (state / "lower_bounds" / "c").rglob("*") if p.is_file()]
+    (chunk,) = [p for p in (state / "r0" / "lower_bounds" / "c").rglob("*") if p.is_file()]
     chunk.write_bytes(chunk.read_bytes()[:5])
 
 
@@ -523,7 +534,7 @@ def garble_metadata(state: Path) -> None:
 
 
 def drop_metadata(state: Path) -> None:
-    (state / "params" / "weights" / "zarr.json").unlink()
+    (state / "r0" / "params" / "weights" / "zarr.json").unlink()
 
 
 DAMAGE = {
@@ -741,9 +752,9 @@ def test_random_state_none_resumes_with_the_stored_seed(tmp_path: Path, small: s
         fresh = make(random_state=seed, observer=recorder(fresh_log)).fit(small)
         make(random_state=seed + 1, observer=recorder(other_log)).fit(small)
     assert_same_fit(fitted(resumed), fitted(fresh))
-    # Restarts 1 and 2 start after the resume: their starts come from the stored seed.
+    # The restarts run side by side: all three resume at iteration 3, from the stored seed.
     assert resumed_log[0][:2] == (0, 3)
-    assert resumed_log == [entry for entry in fresh_log if entry[:2] >= (0, 3)]
+    assert resumed_log == [entry for entry in fresh_log if entry[1] >= 3]
     assert {r for r, _, _ in resumed_log} == {0, 1, 2}
     # ...and the seed matters: another one gives other restarts.
     assert [e for e in other_log if e[0] > 0] != [e for e in fresh_log if e[0] > 0]
@@ -788,12 +799,15 @@ def test_kmeans_interrupted_in_each_restart_resumes_exactly(tmp_path: Path, smal
         )
     assert conv == {0: False, 1: True, 2: True}
     ckpt = tmp_path / "ckpt"
-    for restart, iteration in [(0, 3), (0, 8), (1, 2), (2, 5)]:
+    # The restarts run side by side: interruptions come in the order of their iterations.
+    for restart, iteration in [(1, 2), (0, 3), (2, 5), (0, 8)]:
         with pytest.raises(Crash), no_convergence_warning():
             make(checkpoint=ckpt, observer=crash_at(restart, iteration)).fit(small)
         state = CheckpointStore(ckpt).load()
         assert state is not None
-        assert (state.restart, state.iteration) == (restart, iteration)
+        assert state.iteration == iteration
+        assert restart in {r.restart for r in state.running}
+    assert state.finished == (1,)  # restart 1 converged at 7, and was compared
     with no_convergence_warning():
         assert_same_fit(fitted(make(checkpoint=ckpt).fit(small)), reference)
     # A finished checkpoint returns the same model without iterating.
@@ -829,42 +843,38 @@ def test_keep_prunes_old_states(tmp_path: Path, small: str, keep: int) -> None:
     assert len(seen) == 8
     assert len(committed(ckpt)) == keep
     assert state_dirs(ckpt) == set(committed(ckpt))
-    # 8 iteration commits and 2 restart-end commits; the newest is the end of restart 1.
+    # The two restarts side by side: one commit per pass; the last one also ends both.
     numbers = [int(n[1:]) for n in committed(ckpt)]
-    assert numbers == list(range(10 - keep, 10))
+    assert numbers == list(range(4 - keep, 4))
     last = state_attrs(ckpt, committed(ckpt)[-1])
-    assert (last["restart"], last["iteration"], last["finished"]) == (1, 4, True)
+    assert (last["running"], last["finished"]) == ([], [0, 1])
 
 
 def test_every_n_commits_every_nth_iteration_and_restart_ends(tmp_path: Path, small: str) -> None:
     ckpt = tmp_path / "ckpt"
-    newest_after: list[tuple[int, int, tuple[int, int, bool] | None]] = []
+    newest_after: list[tuple[int, int, int | str | None]] = []
 
     def observer(it: Any) -> None:
         names = committed(ckpt)
-        top = None
+        top: int | str | None = None
         if names:
             a = state_attrs(ckpt, names[-1])
-            top = (a["restart"], a["iteration"], a["finished"])
+            top = state_iteration(ckpt, names[-1]) if a["running"] else "done"
         newest_after.append((it.restart, it.iteration, top))
 
     with no_convergence_warning():
         GMM(n_init=2, tol=0.0, max_iter=8, checkpoint=CheckpointStore(ckpt, every=3)).set_params(
             observer=observer
         ).fit(small)
-    expected = []
-    for r in range(2):
-        for i in range(1, 9):
-            if i == 8:
-                top: tuple[int, int, bool] | None = (r, 8, False)  # max_iter always commits
-            elif i >= 3:
-                top = (r, i - i % 3, False)
-            else:
-                top = None if r == 0 else (0, 8, True)  # end of restart 0
-            expected.append((r, i, top))
+    expected: list[tuple[int, int, int | str | None]] = []
+    for i in range(1, 9):  # the two restarts side by side: both see each pass's commit
+        top: int | str | None = None if i < 3 else i - i % 3
+        if i == 8:
+            top = "done"  # max_iter always commits; both restarts end there
+        expected += [(0, i, top), (1, i, top)]
     assert newest_after == expected
     a = state_attrs(ckpt, committed(ckpt)[-1])
-    assert (a["restart"], a["iteration"], a["finished"]) == (1, 8, True)
+    assert (a["running"], a["finished"]) == ([], [0, 1])
 
 
 def test_every_n_resume_redoes_at_most_n_iterations_exactly(
@@ -892,10 +902,12 @@ def test_converged_iteration_commits_even_between_every(
     def observer(it: Any) -> None:
         if it.converged:
             a = state_attrs(ckpt, committed(ckpt)[-1])
-            tops.append((a["iteration"], a["converged"], a["finished"]))
+            best = a["best"]
+            tops.append((best["n_iter"], best["converged"], a["finished"]))
 
     GMM(checkpoint=CheckpointStore(ckpt, every=5), observer=observer).fit(small)
-    assert tops == [(n_iter, True, False)]
+    # The converged restart is committed at once, compared and kept.
+    assert tops == [(n_iter, True, [0])]
 
 
 def test_stray_partial_files_and_unreferenced_groups_are_cleaned_on_open(
@@ -907,7 +919,7 @@ def test_stray_partial_files_and_unreferenced_groups_are_cleaned_on_open(
         ckpt / "s999999",  # a group whose write a crash interrupted
         ckpt / "zarr.json.partial",
         ckpt / top / "zarr.json.partial",
-        ckpt / top / "params" / "means" / "c" / "0.partial",
+        ckpt / top / "r0" / "params" / "means" / "c" / "0.partial",
         ckpt / "s999999" / "lower_bounds" / "zarr.json.partial",
     ]
     (ckpt / "s999999" / "lower_bounds").mkdir(parents=True)
@@ -962,8 +974,18 @@ def test_source_never_unpickles() -> None:
 
 def test_checkpoint_holds_only_zarr_metadata_and_raw_chunks(tmp_path: Path, small: str) -> None:
     ckpt = tmp_path / "ckpt"
-    with pytest.raises(Crash):  # mid-way through restart 1: params and best/ are both stored
-        GMM(n_init=2, checkpoint=ckpt, observer=crash_at(1, 4)).fit(small)
+    # Restarts of 10 (max_iter), 7 (converged) and 9 (converged) iterations: at iteration 8
+    # restart 1 is finished (best/) while restart 0 still runs.
+    with pytest.raises(Crash), no_convergence_warning():
+        emdist.KMeans(
+            3,
+            n_init=3,
+            tol=1e-3,
+            max_iter=10,
+            random_state=0,
+            checkpoint=ckpt,
+            observer=crash_at(0, 8),
+        ).fit(small)
     arrays = set()
     for meta in ckpt.rglob("zarr.json"):
         doc = json.loads(meta.read_text())  # strict JSON
@@ -976,7 +998,7 @@ def test_checkpoint_holds_only_zarr_metadata_and_raw_chunks(tmp_path: Path, smal
             assert doc["node_type"] == "group"
     top = ckpt / committed(ckpt)[-1]
     names = {str(a.relative_to(top)) for a in arrays if top in a.parents}
-    assert {"params/means", "lower_bounds", "best/means", "best_lower_bounds"} <= names
+    assert {"r0/params/centers", "r0/lower_bounds", "best/centers", "best_lower_bounds"} <= names
     for path in ckpt.rglob("*"):
         if path.is_dir() or path.name == "zarr.json":
             continue

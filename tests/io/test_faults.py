@@ -545,8 +545,9 @@ def test_intact_models_of_every_kind_load(
 
 def test_checkpoint_with_every_state_damaged_is_refused(X: np.ndarray, checkpoint: Path) -> None:
     names = json.loads((checkpoint / "zarr.json").read_text())["attributes"]["committed"]
-    for name in names:
-        chunk = checkpoint / name / "params" / "means" / "c" / "0" / "0"
+    for name in names:  # a running restart's parameters, or the best's once it finished
+        group = "r0/params" if (checkpoint / name / "r0").exists() else "best"
+        chunk = checkpoint / name / group / "means" / "c" / "0" / "0"
         flip(chunk)
     before = tree_digest(checkpoint)
     with pytest.raises(CheckpointError, match="no committed state"):
@@ -555,34 +556,69 @@ def test_checkpoint_with_every_state_damaged_is_refused(X: np.ndarray, checkpoin
 
 
 def _set_state(field: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """Set a state attribute; ``running.0.x`` and ``best.x`` reach into those entries."""
+
     def edit(attrs: dict[str, Any]) -> None:
-        if field.startswith("best."):
-            attrs["best"][field.removeprefix("best.")] = value
-        else:
-            attrs[field] = value
+        *path, key = field.split(".")
+        target: Any = attrs
+        for part in path:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[key] = value
 
     return edit
 
 
 CHECKPOINT_TAMPERING: dict[str, tuple[str, Any, str]] = {
-    "restart-negative": ("restart", -1, r"field 'restart' is -1, outside 0\.\.1"),
-    "restart-beyond-n-init": ("restart", 7, r"field 'restart' is 7, outside 0\.\.1"),
-    "restart-a-string": ("restart", "0", r"field 'restart' is '0', not an integer"),
-    "iteration-wrong": ("iteration", 99, r"field 'iteration' is 99"),
-    "converged-a-string": ("converged", "yes", r"field 'converged'"),
+    "restart-negative": (
+        "running.0.restart",
+        -1,
+        r"field 'running\[0\]\.restart' is -1, outside 0\.\.1",
+    ),
+    "restart-beyond-n-init": (
+        "running.0.restart",
+        7,
+        r"field 'running\[0\]\.restart' is 7, outside 0\.\.1",
+    ),
+    "restart-a-string": (
+        "running.0.restart",
+        "0",
+        r"field 'running\[0\]\.restart' is '0', not an integer",
+    ),
+    "iteration-wrong": ("running.0.iteration", 99, r"field 'running\[0\]\.iteration' is 99"),
+    "converged-a-string": ("running.0.converged", "yes", r"field 'running\[0\]\.converged'"),
+    "running-not-a-list": ("running", {"0": 1}, r"field 'running' .* not a list"),
+    "finished-not-a-list": ("finished", 0, r"field 'finished' is 0, not a list"),
+    "restart-listed-twice": ("finished", [0, 1], r"listed twice"),
+    "best-not-finished": ("best.restart", 1, r"field 'best\.restart' \(1\) is not finished"),
     "checksums-not-a-mapping": ("checksums", [1], r"field 'checksums'"),
     "best-n-iter-negative": ("best.n_iter", -3, r"field 'best.n_iter' is -3"),
     "best-score-a-string": ("best.score", "high", r"field 'best.score'"),
 }
 
 
+def two_restarts(**kwargs: Any) -> emdist.GaussianMixture:
+    # Restarts side by side converging after 5 and 7 iterations on X.
+    return emdist.GaussianMixture(3, random_state=0, n_init=2, init_params="k-means++", **kwargs)
+
+
+class _Stop(Exception):
+    pass
+
+
 @pytest.fixture
 def checkpoint_two_restarts(tmp_path: Path, X: np.ndarray) -> Path:
-    """A checkpoint of an n_init=2 fit whose second restart is under way (has a best)."""
+    """A checkpoint of an n_init=2 fit: both kept states hold restart 1 running and a best."""
     ckpt = tmp_path / "ckpt2"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        emdist.GaussianMixture(3, random_state=0, max_iter=2, n_init=2, checkpoint=ckpt).fit(X)
+
+    def stop(state: Any) -> None:
+        if (state.restart, state.iteration) == (1, 6):
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        two_restarts(checkpoint=ckpt, observer=stop).fit(X)
+    for name in json.loads((ckpt / "zarr.json").read_text())["attributes"]["committed"]:
+        attrs = json.loads((ckpt / name / "zarr.json").read_text())["attributes"]
+        assert [r["restart"] for r in attrs["running"]] == [1] and attrs["best"] is not None
     return ckpt
 
 
@@ -598,17 +634,17 @@ def test_tampered_checkpoint_fields_are_refused(
     before = tree_digest(ckpt)
     with pytest.raises(CheckpointError, match=expected) as info, warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        emdist.GaussianMixture(3, random_state=0, max_iter=2, n_init=2, checkpoint=ckpt).fit(X)
+        two_restarts(checkpoint=ckpt).fit(X)
     one_line(str(info.value))
     assert tree_digest(ckpt) == before  # refused before anything was pruned or rewritten
 
 
 def test_tampered_newest_state_falls_back_to_the_previous(X: np.ndarray, checkpoint: Path) -> None:
     newest = json.loads((checkpoint / "zarr.json").read_text())["attributes"]["committed"][-1]
-    edit_attrs(checkpoint / newest, _set_state("restart", -1))
+    edit_attrs(checkpoint / newest, _set_state("best.restart", -1))
     from emdist.io.checkpoint import CheckpointFallbackWarning
 
-    with pytest.warns(CheckpointFallbackWarning, match="field 'restart'"):
+    with pytest.warns(CheckpointFallbackWarning, match="field 'best.restart'"):
         fit(X, checkpoint=checkpoint)
 
 
@@ -672,20 +708,21 @@ def test_full_disk_during_a_checkpoint_commit_resumes_after_space_is_freed(
     store = CheckpointStore(small_disk / "ckpt", keep=1)
     store.open({"k": 1}, {"n": 1})
     rng = np.random.default_rng(0)
-    from emdist.io.checkpoint import FitState
+    from emdist.io.checkpoint import FitState, RestartState
 
-    small = FitState(0, {"means": rng.standard_normal((3, 3))}, np.zeros(2), False, False)
+    small = FitState((RestartState(0, {"means": rng.standard_normal((3, 3))}, np.zeros(2), False),))
     store.save(small)
     with pytest.raises(DiskFullError, match="no space left on the device writing") as info:
         # A state larger than the whole disk.
-        store.save(
-            FitState(0, {"means": rng.standard_normal((300, 1000))}, np.zeros(3), False, False)
-        )
+        big = {"means": rng.standard_normal((300, 1000))}
+        store.save(FitState((RestartState(0, big, np.zeros(3), False),)))
     one_line(str(info.value))
     assert sorted(p.name for p in (small_disk / "ckpt").iterdir() if p.is_dir()) == ["s000000"]
     resumed = CheckpointStore(small_disk / "ckpt", keep=1).open({"k": 1}, {"n": 1})
     assert resumed is not None and resumed.iteration == 2
-    np.testing.assert_array_equal(resumed.params["means"], small.params["means"])
+    np.testing.assert_array_equal(
+        resumed.running[0].params["means"], small.running[0].params["means"]
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""One pass over the data for many EM runs at once: restarts and K sweeps in lockstep.
+
+For data that does not fit in memory a fit costs its passes over the data. Restarts
+(``n_init``) and the fits of a K sweep are independent runs of EM over the same data, so
+one pass can serve them all: every block is read once and each run's E-step runs on it
+(one kernel call per block and run), the per-run statistics travel together as one
+:class:`StatsTuple`, which adds element-wise, and the usual fixed-shape tree reduction
+(:func:`emdist.engine.reduce.map_reduce`) sums them. Every run's statistics are then the
+very sums it would have had alone — the same kernel on the same block, added in the same
+tree order — so results are identical, bit for bit, to running the runs one after another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from emdist.engine.em import ModelFamily
+from emdist.engine.reduce import Data, map_reduce
+
+__all__ = ["StatsTuple", "shared_pass"]
+
+
+@dataclass(frozen=True)
+class StatsTuple:
+    """The statistics of several runs; adding two adds them run by run.
+
+    (A plain ``tuple`` would concatenate under ``+``.)
+
+    Attributes
+    ----------
+    items : tuple
+        One statistics value per run.
+    """
+
+    items: tuple[Any, ...]
+
+    def __add__(self, other: StatsTuple) -> StatsTuple:
+        return StatsTuple(tuple(a + b for a, b in zip(self.items, other.items, strict=True)))
+
+
+def _estep_all(
+    X: Any,
+    row_offset: int,
+    families: tuple[ModelFamily[Any, Any], ...],
+    params: tuple[Any, ...],
+) -> StatsTuple:
+    """Every run's E-step on one block (one block read serves them all)."""
+    return StatsTuple(
+        tuple(f.estep_chunk(X, row_offset, p) for f, p in zip(families, params, strict=True))
+    )
+
+
+def shared_pass(X: Data, steps: Sequence[tuple[ModelFamily[Any, Any], Any]]) -> list[Any]:
+    """The E-step statistics of several runs from one pass over ``X`` (one ``compute``).
+
+    Parameters
+    ----------
+    X : dask.array.Array or ndarray of shape (n_samples, n_features)
+    steps : sequence of (family, params)
+        One entry per run: its model family and the parameters its E-step runs under.
+
+    Returns
+    -------
+    list
+        The reduced statistics of every run, in order; each equal, bit for bit, to
+        ``map_reduce(X, family.estep_chunk, params)``.
+    """
+    if not steps:
+        return []
+    if len(steps) == 1:
+        # The plain single-run pass: the same graph a lone fit builds.
+        family, params = steps[0]
+        return [map_reduce(X, family.estep_chunk, params)]
+    families = tuple(f for f, _ in steps)
+    params = tuple(p for _, p in steps)
+    total: StatsTuple = map_reduce(X, _estep_all, families, params)
+    return list(total.items)

@@ -1,0 +1,63 @@
+"""Information criteria from one pass: per-block statistics that add, for one model or many.
+
+A model that has information criteria (BIC, AIC) gives a *criteria step* — a reduction
+kernel and its arguments — and turns the reduced statistics into the criteria. One model
+runs it with :func:`~emdist.engine.reduce.map_reduce`; a K sweep runs every model's step in
+one shared pass (:func:`emdist.engine.lockstep.shared_pass`), with identical results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from emdist._typing import AnyArray
+from emdist.engine.reduce import Data
+from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
+from emdist.kernels.kmeans import kmeans_labels_chunk
+from emdist.kernels.mixture import score_samples_from_log_prob
+from emdist.models._base import _first_non_finite, check_features
+
+__all__ = ["KernelStep", "label_counts_chunk", "log_lik_sum_chunk", "pass_data"]
+
+
+@dataclass(frozen=True)
+class KernelStep:
+    """A reduction kernel behind the E-step signature the shared passes call.
+
+    Attributes
+    ----------
+    fn : callable
+        ``fn(block, row_offset, *args)`` -> summable statistics.
+    """
+
+    fn: Callable[..., Any]
+
+    def estep_chunk(self, X: AnyArray, row_offset: int, args: tuple[Any, ...]) -> Any:
+        """``fn(X, row_offset, *args)``."""
+        return self.fn(X, row_offset, *args)
+
+
+def label_counts_chunk(X: AnyArray, row_offset: int, centers: AnyArray) -> AnyArray:
+    """Samples of one block nearest to each centre (int64, adds exactly)."""
+    _first_non_finite(X, row_offset)
+    labels = kmeans_labels_chunk(X, centers)
+    return np.bincount(labels, minlength=centers.shape[0]).astype(np.int64)
+
+
+def log_lik_sum_chunk(
+    X: AnyArray, row_offset: int, log_prob: Callable[..., AnyArray], *args: Any
+) -> float:
+    """``Σ log p(x)`` over one block under a mixture's per-block log-probability kernel."""
+    _first_non_finite(X, row_offset)
+    return float(np.sum(score_samples_from_log_prob(X, log_prob, *args)))
+
+
+def pass_data(X: Any, n_features: int, name: str) -> Data:
+    """``X`` as a pass runs over it: numpy for in-memory data, else a row-chunked Dask array."""
+    arr: Data = as_dask_array(X) if is_out_of_core(X) else as_numpy_array(X)
+    check_features(arr, n_features, name)
+    return arr

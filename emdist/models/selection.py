@@ -1,0 +1,276 @@
+"""Several fits over the same data sharing every pass, and choosing K with them.
+
+For data that does not fit in memory a fit costs its passes over the data. The fits of a K
+sweep are independent, so they run side by side like the restarts of one fit
+(:mod:`emdist.engine.lockstep`): each pass reads every block once and feeds every restart
+of every K still running; the BIC/AIC of all of them then take one more shared pass.
+Each fitted model equals, bit for bit, the model of its own separate ``fit``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from emdist._random import resolve_seed
+from emdist.engine.data import FitData, compute_context
+from emdist.engine.lockstep import shared_pass
+from emdist.engine.restarts import run_groups
+from emdist.exceptions import InvalidParameterError
+from emdist.models._base import BaseEstimator, FitSetup
+from emdist.models._criteria import pass_data
+
+__all__ = [
+    "ComponentSelection",
+    "fit_shared",
+    "information_criteria_shared",
+    "select_n_components",
+    "summary_statistics_shared",
+]
+
+#: Criteria a selection may minimise (information criteria) or maximise (the bound).
+CRITERIA = ("bic", "aic", "lower_bound")
+
+
+def fit_shared(estimators: Sequence[BaseEstimator], X: Any) -> list[BaseEstimator]:
+    """Fit several estimators on the same data, one read of it per pass for all of them.
+
+    Every estimator is fitted as by its own ``fit`` (its parameters, seed, checkpoint,
+    observer, warm start) and ends with the same fitted model, bit for bit; the restarts of
+    all of them run side by side, so each block is read once per iteration of the longest
+    fit. Fits that sample the same rows for seeding (same seed and sample size) share one
+    scan pass. Seeding that reads the data on its own (``init_params='kmeans'`` or
+    ``'random'``) still takes its passes fit by fit.
+
+    Parameters
+    ----------
+    estimators : sequence of estimators
+        emdist estimators (any families), distinct objects.
+    X : array-like, dask.array.Array, zarr.Array, str or path
+        The data, as for ``fit``.
+
+    Returns
+    -------
+    list
+        ``estimators``, fitted.
+    """
+    estimators = list(estimators)
+    if not estimators:
+        raise InvalidParameterError("fit_shared needs at least one estimator")
+    if len({id(e) for e in estimators}) != len(estimators):
+        raise InvalidParameterError("fit_shared needs distinct estimators (one appears twice)")
+    for e in estimators:
+        if not isinstance(e, BaseEstimator):
+            raise InvalidParameterError(f"fit_shared fits emdist estimators; got {e!r}")
+    setups = [e._setup_fit(X) for e in estimators]
+    with compute_context():
+        datas = _scan_once_per_key(X, setups)
+        groups = [
+            e._plan(data, s.warm).open(data, **s.run_args())
+            for e, s, data in zip(estimators, setups, datas, strict=True)
+        ]
+        bests = run_groups(datas[0].X, groups)
+    for e, best, data in zip(estimators, bests, datas, strict=True):
+        e._finish_fit(best, data, X)
+    return estimators
+
+
+def _scan_once_per_key(X: Any, setups: list[FitSetup]) -> list[FitData]:
+    """One scan pass per distinct (sample seed, sample size): the data of every fit."""
+    largest: dict[tuple[int, int], int] = {}
+    for s in setups:
+        largest[s.scan_key] = max(largest.get(s.scan_key, 0), s.n_clusters)
+    scanned: dict[tuple[int, int], FitData] = {}
+    out = []
+    for s in setups:
+        if s.scan_key not in scanned:
+            scanned[s.scan_key] = s.scan(X, n_clusters=largest[s.scan_key])
+        out.append(scanned[s.scan_key])
+    return out
+
+
+def _has_criteria(model: Any) -> bool:
+    return hasattr(model, "_criteria_step")
+
+
+def information_criteria_shared(models: Sequence[Any], X: Any) -> list[dict[str, float]]:
+    """``model.information_criteria(X)`` of every model, from one pass over ``X``.
+
+    Parameters
+    ----------
+    models : sequence of fitted KMeans or GaussianMixture
+        Fitted on ``X`` (K-means' criteria need its training data).
+    X : array-like, dask.array.Array, zarr.Array, str or path
+
+    Returns
+    -------
+    list of dict
+        ``{"score", "bic", "aic"}`` per model, equal to its own ``information_criteria``.
+    """
+    models = list(models)
+    if not models:
+        return []
+    for m in models:
+        if not _has_criteria(m):
+            raise InvalidParameterError(
+                f"{type(m).__name__} has no information criteria (BIC, AIC); "
+                f"compare it by its lower bound instead"
+            )
+        m._check_fitted()
+    n_features = {int(m.n_features_in_) for m in models}
+    if len(n_features) != 1:
+        raise InvalidParameterError(f"the models were fitted on {sorted(n_features)} features")
+    data = pass_data(X, n_features.pop(), type(models[0]).__name__)
+    steps = [m._criteria_step() for m in models]
+    stats = shared_pass(data, steps)
+    n = int(data.shape[0])
+    return [m._criteria_from(s, n) for m, s in zip(models, stats, strict=True)]
+
+
+def summary_statistics_shared(models: Sequence[Any], X: Any) -> list[dict[str, Any]]:
+    """``model.summary_statistics(X)`` of every model, with one pass over ``X`` for all.
+
+    Parameters
+    ----------
+    models : sequence of fitted estimators
+    X : array-like, dask.array.Array, zarr.Array, str or path
+
+    Returns
+    -------
+    list of dict
+    """
+    models = list(models)
+    with_criteria = [m for m in models if _has_criteria(m)]
+    criteria = dict(
+        zip(map(id, with_criteria), information_criteria_shared(with_criteria, X), strict=True)
+    )
+    return [
+        m._summary_with(criteria[id(m)]) if id(m) in criteria else m.summary_statistics(X)
+        for m in models
+    ]
+
+
+@dataclass(frozen=True)
+class ComponentSelection:
+    """The fits of a K sweep and the chosen K.
+
+    Attributes
+    ----------
+    n_components : list of int
+        The candidates, ascending.
+    estimators : list
+        One fitted estimator per candidate.
+    criteria : list of dict
+        Per candidate: ``lower_bound`` (the kept restart's last bound) and, for models that
+        have them, ``score``, ``bic`` and ``aic``.
+    criterion : str
+        What chose: ``'bic'`` or ``'aic'`` (lowest) or ``'lower_bound'`` (highest).
+    best_index : int
+        Index of the chosen candidate.
+    """
+
+    n_components: list[int]
+    estimators: list[Any]
+    criteria: list[dict[str, float]]
+    criterion: str
+    best_index: int
+
+    @property
+    def best_n_components(self) -> int:
+        """The chosen number of components."""
+        return self.n_components[self.best_index]
+
+    @property
+    def best_estimator(self) -> Any:
+        """The fitted estimator of the chosen number of components."""
+        return self.estimators[self.best_index]
+
+
+def _candidates(n_components: Iterable[int]) -> list[int]:
+    values = list(n_components)
+    if not values:
+        raise InvalidParameterError("n_components must name at least one candidate")
+    for k in values:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise InvalidParameterError(f"n_components must be integers >= 1; got {k!r}")
+    return sorted({int(k) for k in values})
+
+
+def select_n_components(
+    X: Any,
+    estimator: BaseEstimator,
+    n_components: Iterable[int] = range(2, 13),
+    *,
+    criterion: str = "bic",
+) -> ComponentSelection:
+    """Fit ``estimator`` for every candidate number of components and choose one.
+
+    The fits share every pass over the data (:func:`fit_shared`): each block is read once
+    per iteration for the whole sweep, and once more for the criteria of all candidates.
+    Every fit equals a separate ``fit`` of the estimator with that number of components
+    and ``random_state`` set to the sweep's seed.
+
+    Parameters
+    ----------
+    X : array-like, dask.array.Array, zarr.Array, str or path
+    estimator : KMeans, GaussianMixture or BayesianGaussianMixture
+        A template: its parameters are kept, the number of components is set per
+        candidate. ``random_state`` is resolved to one seed for the whole sweep (an int is
+        kept; ``None`` or a generator draws one). Checkpoints are per fit: pass estimators
+        with their own checkpoints to :func:`fit_shared` instead.
+    n_components : iterable of int, default=range(2, 13)
+        The candidates (duplicates ignored).
+    criterion : {'bic', 'aic', 'lower_bound'}, default='bic'
+        ``'bic'`` and ``'aic'`` (lowest wins) for :class:`~emdist.GaussianMixture` and
+        :class:`~emdist.KMeans` (the X-means criteria, see
+        :meth:`emdist.KMeans.information_criteria`); ``'lower_bound'`` (highest wins) for
+        any family, and the one that applies to the variational mixture (its ELBO).
+
+    Returns
+    -------
+    ComponentSelection
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from emdist import GaussianMixture, select_n_components
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(c, 0.3, size=(200, 2)) for c in (-3.0, 0.0, 3.0)])
+    >>> sel = select_n_components(X, GaussianMixture(random_state=0), n_components=[1, 2, 3, 4])
+    >>> sel.best_n_components
+    3
+    """
+    if criterion not in CRITERIA:
+        raise InvalidParameterError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
+    if not isinstance(estimator, BaseEstimator):
+        raise InvalidParameterError(f"estimator must be an emdist estimator; got {estimator!r}")
+    if criterion != "lower_bound" and not _has_criteria(estimator):
+        raise InvalidParameterError(
+            f"{type(estimator).__name__} has no {criterion.upper()}; use criterion='lower_bound'"
+        )
+    if estimator.checkpoint is not None:
+        raise InvalidParameterError(
+            "select_n_components keeps no checkpoints (one checkpoint holds one fit); "
+            "give each candidate its own with fit_shared"
+        )
+    candidates = _candidates(n_components)
+    seed = resolve_seed(estimator.random_state)
+    params = {**estimator.get_params(), "random_state": seed}
+    name = estimator._n_components_param
+    models = [type(estimator)(**{**params, name: k}) for k in candidates]
+    fit_shared(models, X)
+    rows: list[dict[str, float]] = [
+        {"lower_bound": float(m.lower_bounds_[-1]) if m.lower_bounds_ else float("nan")}
+        for m in models
+    ]
+    if _has_criteria(estimator):
+        for row, c in zip(rows, information_criteria_shared(models, X), strict=True):
+            row.update(c)
+    values = [row[criterion] for row in rows]
+    if criterion == "lower_bound":
+        best = max(range(len(values)), key=values.__getitem__)
+    else:
+        best = min(range(len(values)), key=values.__getitem__)
+    return ComponentSelection(candidates, models, rows, criterion, best)
