@@ -14,13 +14,20 @@ exponential 2.0x). Each kernel's sub-block size is a compromise measured on 1M x
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from emdist._typing import AnyArray, FloatArray
 
+# Rows per converted block of iter_native_blocks: 2 MB of float64 at 32 features, small
+# next to a chunk, long enough that the compiled kernel's per-call cost does not show.
+_CONVERT_ROWS = 8192
+
 __all__ = [
     "component_block_rows",
+    "compute_dtype",
+    "iter_native_blocks",
     "iter_row_blocks",
     "iter_sub_blocks",
     "iter_sub_blocks_t",
@@ -78,6 +85,33 @@ def iter_row_blocks(X: AnyArray, rows: int) -> Iterator[tuple[int, FloatArray]]:
     buf = np.empty((min(rows, n), X.shape[1]))
     for start in range(0, n, rows):
         m = min(rows, n - start)
+        np.copyto(buf[:m], X[start : start + m], casting="unsafe")
+        yield start, buf[:m]
+
+
+def compute_dtype(X: AnyArray) -> np.dtype[np.floating[Any]]:
+    """The dtype a compiled kernel computes ``X`` in: float32 stays float32, all else float64."""
+    return np.dtype(np.float32 if np.asarray(X).dtype == np.float32 else np.float64)
+
+
+def iter_native_blocks(X: AnyArray) -> Iterator[tuple[int, AnyArray]]:
+    """Yield ``(start, block)``: C-contiguous row blocks in :func:`compute_dtype`.
+
+    Compiled kernels are specialised per dtype and memory layout, and each specialisation
+    costs a compilation: they see only C-contiguous float32 and float64. Such input is
+    yielded whole, as is; anything else (integers, Fortran order, strided views) is
+    converted block by block into one reused buffer, so a block is only valid until the
+    next step.
+    """
+    X = np.asarray(X)
+    dtype = compute_dtype(X)
+    if X.dtype == dtype and X.flags.c_contiguous:
+        yield 0, X
+        return
+    n = X.shape[0]
+    buf = np.empty((min(_CONVERT_ROWS, n), X.shape[1]), dtype=dtype)
+    for start in range(0, n, _CONVERT_ROWS):
+        m = min(_CONVERT_ROWS, n - start)
         np.copyto(buf[:m], X[start : start + m], casting="unsafe")
         yield start, buf[:m]
 
