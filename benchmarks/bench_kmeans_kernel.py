@@ -25,12 +25,21 @@ load average is printed before and after.
 
     .venv/bin/python benchmarks/bench_kmeans_kernel.py                 # ~5 min
     .venv/bin/python benchmarks/bench_kmeans_kernel.py --n-samples 200000 --repeats 3
+    .venv/bin/python benchmarks/bench_kmeans_kernel.py --compile-cost   # first calls only
+
+``--compile-cost`` instead times, in fresh processes, ``import emdist`` and the first call of
+each compiled kernel (float64 then float32): with an empty numba cache
+(``NUMBA_CACHE_DIR`` set to a new temporary directory: the compilation), then again with
+that cache warm (loading the machine code).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -202,15 +211,109 @@ def faiss_iteration(
     return (tn - t1) / (iters - 1), (cn - c1) / (iters - 1)
 
 
+_FIRST_CALLS = """
+import time
+t0, c0 = time.perf_counter(), time.process_time()
+import emdist
+from emdist.kernels.kmeans import (
+    KMeansParams, kmeans_estep_chunk, kmeans_labels_chunk, kmeans_transform_chunk,
+)
+print(f"import emdist: {time.perf_counter() - t0:.2f} s wall, {time.process_time() - c0:.2f} s CPU")
+import numpy as np
+X = np.random.default_rng(0).standard_normal((1000, 8))
+c = X[:4].copy()
+for dt in (np.float64, np.float32):
+    Xd = X.astype(dt)
+    for name, call in (
+        ("kmeans_estep_chunk", lambda: kmeans_estep_chunk(Xd, 0, KMeansParams(c))),
+        ("kmeans_labels_chunk", lambda: kmeans_labels_chunk(Xd, c)),
+        ("kmeans_transform_chunk", lambda: kmeans_transform_chunk(Xd, c)),
+    ):
+        t0, c0 = time.perf_counter(), time.process_time()
+        call()
+        w, p = time.perf_counter() - t0, time.process_time() - c0
+        print(f"first call {name} {np.dtype(dt).name}: {w:.2f} s wall, {p:.2f} s CPU")
+"""
+
+
+def compile_cost() -> None:
+    """First-call times in fresh processes, numba cache cold then warm."""
+    with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for state in ("cold", "warm"):
+            print(f"--- {state} cache ({cache}), load average {os.getloadavg()}")
+            out = subprocess.run(
+                [sys.executable, "-c", _FIRST_CALLS], env=env, check=True, capture_output=True
+            )
+            print(out.stdout.decode(), end="")
+
+
+def kernel_alone(X: np.ndarray, centers: np.ndarray, repeats: int) -> list[list[Any]]:
+    """CPU seconds of the kernels alone on one thread (``time.thread_time``), chunk by chunk.
+
+    Next to them: scikit-learn's own Lloyd step (``lloyd_iter_chunked_dense``, private) with
+    one thread, and the GEMM alone (the scores of every row, in emdist's sub-blocks), the
+    floor that the GEMM design shares with scikit-learn.
+    """
+    from sklearn.cluster._k_means_lloyd import lloyd_iter_chunked_dense
+
+    from emdist.kernels.kmeans import _sub_block_rows
+
+    K, d = centers.shape
+    n = X.shape[0]
+    rows = _sub_block_rows(K, d)
+    neg2_t = np.ascontiguousarray(-2.0 * centers.T, dtype=X.dtype)
+    scores = np.empty((rows, K), dtype=X.dtype)
+
+    def gemm() -> None:
+        for start in range(0, n, rows):
+            block = X[start : start + rows]
+            np.matmul(block, neg2_t, out=scores[: len(block)])
+
+    c = centers.astype(X.dtype)
+    weights = np.ones(n, dtype=X.dtype)
+    new, wic, shift = np.empty_like(c), np.empty(K, X.dtype), np.empty(K, X.dtype)
+    labels = np.empty(n, dtype=np.int32)
+
+    def per_chunk(kernel: Callable[..., KMeansStats]) -> None:
+        # As a pass calls it: once per 62 500-row chunk (the numpy reference's temporaries
+        # grow with the block).
+        params = KMeansParams(centers)
+        for start in range(0, n, CHUNK_ROWS):
+            kernel(X[start : start + CHUNK_ROWS], start, params)
+
+    calls: dict[str, Callable[[], Any]] = {
+        name: (lambda kernel=kernel: per_chunk(kernel)) for name, kernel in KERNELS.items()
+    }
+    calls["scikit-learn lloyd_iter_chunked_dense"] = lambda: lloyd_iter_chunked_dense(
+        X, weights, c, new, wic, labels, shift, 1, True
+    )
+    calls["GEMM alone (emdist's sub-blocks)"] = gemm
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    with threadpool_limits(1):
+        for _ in range(repeats):
+            for name, call in calls.items():
+                t0 = time.thread_time()
+                call()
+                times[name].append(time.thread_time() - t0)
+    tag = X.dtype.name
+    return [[f"{name}, {tag}", median(v), spread(v)] for name, v in times.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-samples", type=int, default=1_000_000)
     parser.add_argument("--n-features", type=int, default=32)
     parser.add_argument("--n-clusters", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sklearn-iters", type=int, default=6)
+    parser.add_argument("--sklearn-iters", type=int, default=21)
+    parser.add_argument("--compile-cost", action="store_true")
+    parser.add_argument("--only-kernels", action="store_true", help="the kernel-alone table only")
     args = parser.parse_args()
     print(environment())
+    if args.compile_cost:
+        compile_cost()
+        return
     n, d, K = args.n_samples, args.n_features, args.n_clusters
     X64 = make_blobs(n, d, K, seed=0)
     centers = X64[np.random.default_rng(1).choice(n, K, replace=False)].copy()
@@ -252,6 +355,14 @@ def main() -> None:
     for dtype in (np.float64, np.float32):
         for kernel in KERNELS.values():
             kernel(X64[:1000].astype(dtype), 0, KMeansParams(centers))
+    print(f"load average at start: {os.getloadavg()}")
+    alone = kernel_alone(X64, centers, args.repeats)
+    alone += kernel_alone(X64.astype(np.float32), centers, args.repeats)
+    print(f"load average at end: {os.getloadavg()}")
+    print(f"\nKernel alone, one thread, CPU seconds per {n} rows, median of {args.repeats}")
+    print(format_table(["kernel", "CPU s", "min-max"], alone))
+    if args.only_kernels:
+        return
     wall: dict[str, list[float]] = {name: [] for name, _ in contenders}
     cpu: dict[str, list[float]] = {name: [] for name, _ in contenders}
     print(f"load average at start: {os.getloadavg()}")
