@@ -53,7 +53,7 @@ from threadpoolctl import threadpool_limits
 
 from emdist.engine.reduce import map_reduce
 from emdist.engine.threads import blas_single_threaded
-from emdist.kernels._blocks import iter_native_blocks
+from emdist.kernels._blocks import as_row_major
 from emdist.kernels._jit import jit
 from emdist.kernels.kmeans import (
     KMeansParams,
@@ -135,12 +135,10 @@ def estep_direct(X: Any, row_offset: int, params: KMeansParams) -> KMeansStats:
     far_dist = np.empty(keep)
     far_row, far_label = np.empty(keep, np.int64), np.empty(keep, np.int64)
     inertia, n_far = 0.0, 0
-    for start, block in iter_native_blocks(X):
-        part, n_far = _direct_kernel(
-            block, start, centers, ref, shifted, SUB_BLOCK_ROWS, counts, sx,
-            far_dist, far_row, far_label, n_far,
-        )  # fmt: skip
-        inertia += part
+    inertia, n_far = _direct_kernel(
+        as_row_major(X), 0, centers, ref, shifted, SUB_BLOCK_ROWS, counts, sx,
+        far_dist, far_row, far_label, n_far,
+    )  # fmt: skip
     return KMeansStats(
         n, counts, sx, inertia, far_dist, far_row + row_offset, far_label,
         np.asarray(X[far_row], dtype=np.float64), centers,

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401
 
 from emdist._typing import AnyArray, FloatArray, IntArray
-from emdist.kernels._blocks import compute_dtype, iter_native_blocks
+from emdist.kernels._blocks import as_row_major
 from emdist.kernels._jit import jit
 
 __all__ = [
@@ -358,13 +358,10 @@ def kmeans_labels_chunk(X: AnyArray, centers: FloatArray) -> IntArray:
     out = np.empty(X.shape[0], dtype=np.int64)
     if X.shape[0] == 0:
         return out
-    scoring = _Scoring.of(centers, compute_dtype(X))
+    block = as_row_major(X)
+    scoring = _Scoring.of(centers, block.dtype)
     rows = _sub_block_rows(K, d)
-    for start, block in iter_native_blocks(X):
-        view = out[start : start + block.shape[0]]
-        _labels_kernel(
-            block, scoring.ref, scoring.neg2_t, scoring.bias, scoring.shift_rows, rows, view
-        )
+    _labels_kernel(block, scoring.ref, scoring.neg2_t, scoring.bias, scoring.shift_rows, rows, out)
     return out
 
 
@@ -373,8 +370,7 @@ def kmeans_transform_chunk(X: AnyArray, centers: FloatArray) -> FloatArray:
     centers = _centers(centers)
     out = np.empty((X.shape[0], centers.shape[0]))
     centers_t = np.ascontiguousarray(centers.T)
-    for start, block in iter_native_blocks(X):
-        _transform_kernel(block, centers_t, out[start : start + block.shape[0]])
+    _transform_kernel(as_row_major(X), centers_t, out)
     return out
 
 
@@ -405,14 +401,13 @@ def kmeans_estep_chunk(X: AnyArray, row_offset: int, params: KMeansParams) -> KM
     inertia = 0.0
     n_far = 0
     if n:
-        scoring = _Scoring.of(centers, compute_dtype(X))
+        block = as_row_major(X)
+        scoring = _Scoring.of(centers, block.dtype)
         rows = _sub_block_rows(K, d)
-        for start, block in iter_native_blocks(X):
-            part, n_far = _estep_kernel(
-                block, start, centers, scoring.ref, scoring.neg2_t, scoring.bias,
-                scoring.shift_rows, rows, counts, sx, far_dist, far_row, far_label, n_far,
-            )  # fmt: skip
-            inertia += part
+        inertia, n_far = _estep_kernel(
+            block, 0, centers, scoring.ref, scoring.neg2_t, scoring.bias, scoring.shift_rows,
+            rows, counts, sx, far_dist, far_row, far_label, n_far,
+        )  # fmt: skip
     return KMeansStats(
         n=int(n),
         counts=counts,
