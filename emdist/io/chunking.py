@@ -1,4 +1,4 @@
-"""How emdist cuts a dataset into row chunks: stored chunks when it writes, Dask blocks when it reads.
+"""How emdist cuts a dataset into row chunks: stored chunks to write, Dask blocks to read.
 
 Chunks hold whole rows and at most ``DEFAULT_CHUNK_BYTES`` (about 16 MiB: 65,536 rows of 32
 float64 features). Row chunks of 50k-100k rows (13-26 MB) read fastest here; 250k+ rows
