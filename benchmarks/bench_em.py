@@ -177,14 +177,17 @@ def read_floor(path: str) -> float:
 
 @contextlib.contextmanager
 def local_cluster_client() -> Iterator[Any]:
-    """A LocalCluster of one single-threaded worker process per core, not the default."""
-    from distributed import Client, LocalCluster
+    """A LocalCluster of one single-threaded worker process per core, not the default.
+
+    Started as a job starts its embedded cluster (``pipeline.cluster.local_cluster``).
+    """
+    from distributed import Client
+
+    from pipeline.cluster import local_cluster
 
     n_workers = os.cpu_count() or 1
     with (
-        LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
+        local_cluster(n_workers, 1, processes=True) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
         yield client

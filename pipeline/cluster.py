@@ -33,9 +33,11 @@ __all__ = [
     "SchedulerUnreachableError",
     "connect",
     "dask_client",
+    "local_cluster",
     "scheduler_answers",
     "unreachable_message",
     "worker_environment",
+    "worker_spawn_environment",
 ]
 
 DEFAULT_CONNECT_TIMEOUT = ClusterConfig.model_fields["connect_timeout"].default
@@ -49,14 +51,89 @@ class SchedulerLostError(EmdistError, ConnectionError):
     """The Dask scheduler went away while the job was using it."""
 
 
+#: The variable distributed's nanny sets to 65536 in every worker by default.
+MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
+
+
 def worker_environment() -> dict[str, int]:
-    """Environment for worker processes.
+    """Environment for worker processes (``distributed.nanny.pre-spawn-environ``).
 
     distributed's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` by default, which slowed our
-    kernels 16–70% (docs/design.md, "Out-of-core"); we keep its one-thread BLAS settings
-    and drop that.
+    kernels 16–70% and reading a store about 3x (docs/design.md, "malloc trimming"); we
+    keep its one-thread BLAS settings and drop that.
     """
     return {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+
+
+@contextlib.contextmanager
+def worker_spawn_environment() -> Iterator[None]:
+    """Spawn worker processes inside with :func:`worker_environment`, no malloc trimming.
+
+    Worker processes started inside get no ``MALLOC_TRIM_THRESHOLD_``. Leaving it out of
+    distributed's configuration is not enough: a worker process inherits this process's
+    environment, and every nanny writes its settings into this process's ``os.environ``
+    before it spawns (so a LocalCluster started earlier with distributed's defaults, in a
+    test session or a notebook, leaves 65536 behind); the nanny also prefers a value
+    already in ``os.environ`` to its configuration. So the variable is taken out of
+    ``os.environ`` while the workers run (a restarted worker is spawned again) and put back
+    afterwards. This process's own allocator read it when it started and is not affected.
+    """
+    saved = os.environ.pop(MALLOC_TRIM, None)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}):
+            yield
+    finally:
+        # Whatever a nanny wrote meanwhile goes too; the caller's own value comes back.
+        os.environ.pop(MALLOC_TRIM, None)
+        if saved is not None:
+            os.environ[MALLOC_TRIM] = saved
+
+
+@contextlib.contextmanager
+def local_cluster(
+    n_workers: int,
+    threads_per_worker: int,
+    *,
+    processes: bool = True,
+    memory_limit: str | float | None = "auto",
+    dashboard_address: str = "127.0.0.1:0",
+) -> Iterator[LocalCluster]:
+    """A LocalCluster on 127.0.0.1 whose workers run in :func:`worker_spawn_environment`.
+
+    The one way emdist, its tests and its benchmarks start a local cluster, so that they all
+    measure and run what a job runs.
+
+    Parameters
+    ----------
+    n_workers, threads_per_worker : int
+    processes : bool, default=True
+        Worker processes (each with a nanny), or threads in this process.
+    memory_limit : str, float or None, default="auto"
+        Per worker, as :class:`distributed.LocalCluster` takes it.
+    dashboard_address : str, default="127.0.0.1:0"
+        Even "no dashboard" serves HTTP (on 8787 by default, clashing with other
+        clusters): a free port unless another address is asked for.
+
+    Yields
+    ------
+    distributed.LocalCluster
+        Closed on exit.
+    """
+    with worker_spawn_environment():
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            # In-process clusters default to the inproc transport, which takes no host.
+            protocol="tcp://",
+            memory_limit=memory_limit,
+            host="127.0.0.1",
+            dashboard_address=dashboard_address,
+        )
+        try:
+            yield cluster
+        finally:
+            cluster.close()
 
 
 def unreachable_message(address: str, timeout: float) -> str:
@@ -159,31 +236,24 @@ def dask_client(
     cores = os.cpu_count() or 1
     threads = config.threads_per_worker or 1
     workers = config.n_workers or max(1, cores // threads)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}):
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=threads,
+    with (
+        local_cluster(
+            workers,
+            threads,
             processes=config.processes,
-            # In-process clusters default to the inproc transport, which takes no host.
-            protocol="tcp://",
             memory_limit=config.memory_limit,
-            host="127.0.0.1",
-            # Even "no dashboard" serves HTTP (on 8787 by default, clashing with other
-            # clusters): a free port unless the dashboard's usual one is asked for.
             dashboard_address="127.0.0.1:8787" if config.dashboard else "127.0.0.1:0",
-        )
-    try:
-        with Client(cluster, set_as_default=True) as client:
-            if config.dashboard and announce is not None:
-                # The real port: distributed picks another when 8787 is taken.
-                announce(f"Dask dashboard: {client.dashboard_link}")
-            try:
-                yield client
-            except KeyboardInterrupt:
-                # Closing a cluster with a pass in flight makes distributed log the cancelled
-                # futures with their tracebacks; the user pressed Ctrl-C and is told how to
-                # resume, so those lines are noise.
-                silence_cancelled_work()
-                raise
-    finally:
-        cluster.close()
+        ) as cluster,
+        Client(cluster, set_as_default=True) as client,
+    ):
+        if config.dashboard and announce is not None:
+            # The real port: distributed picks another when 8787 is taken.
+            announce(f"Dask dashboard: {client.dashboard_link}")
+        try:
+            yield client
+        except KeyboardInterrupt:
+            # Closing a cluster with a pass in flight makes distributed log the cancelled
+            # futures with their tracebacks; the user pressed Ctrl-C and is told how to
+            # resume, so those lines are noise.
+            silence_cancelled_work()
+            raise

@@ -96,15 +96,14 @@ def write_zarr(tmp_path: Path) -> Callable[..., str]:
 
 @pytest.fixture(scope="session")
 def local_cluster() -> Iterator[distributed.LocalCluster]:
-    """One real two-process LocalCluster on 127.0.0.1 for the whole session."""
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        memory_limit="1GiB",
-    ) as cluster:
+    """One real two-process LocalCluster on 127.0.0.1 for the whole session.
+
+    Started as a job starts its embedded cluster (``pipeline.cluster.local_cluster``: the
+    same worker environment, without ``MALLOC_TRIM_THRESHOLD_``).
+    """
+    from pipeline.cluster import local_cluster
+
+    with local_cluster(2, 1, processes=True, memory_limit="1GiB") as cluster:
         yield cluster
 
 

@@ -1,10 +1,16 @@
 """Map every row-block of a Dask array to a statistics value and tree-reduce them.
 
-The graph is built from the array's blocks (``to_delayed``) rather than with
-``map_blocks(...).sum()``: the statistics are small Python values, not arrays, and on a
-LocalCluster this shape measured ~2x faster for K-means (docs/design.md). The tree has a
-fixed shape (``split_every``), so the same data and chunking always add in the same order
-and give bitwise-identical totals.
+Each block's statistics come from ``da.map_blocks`` (an object "array" of one value per
+block that is never computed as an array), and the tree of sums over them is written
+directly rather than with ``.sum()``: the statistics are small Python values, not arrays,
+and on a LocalCluster this shape measured ~2x faster for K-means (docs/design.md). The tree
+has a fixed shape (``split_every``), so the same data and chunking always add in the same
+order and give bitwise-identical totals.
+
+Only public Dask API: ``map_blocks`` reaches the blocks through Dask's own graph
+machinery, also blocks that a distributed client has persisted (their keys are not in the
+pass's graph, so a tuple task naming them would pass the key itself); the sum tasks name
+only keys of the same graph, which tuple tasks may.
 """
 
 from __future__ import annotations
@@ -15,11 +21,8 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 
 import dask.array as da
 import numpy as np
-
-# Task specs as ``delayed`` itself builds them (dask is pinned exactly in pyproject.toml):
-# explicit ``TaskRef``s also reach blocks that a distributed client has persisted.
-from dask._task_spec import DataNode, Task, TaskRef
 from dask.base import compute, tokenize
+from dask.core import quote
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
@@ -58,6 +61,21 @@ def row_offsets(X: Data) -> list[int]:
     return offsets
 
 
+def _block_stats(
+    block: np.ndarray[Any, Any],
+    chunk_fn: Callable[..., Any],
+    offsets: list[int],
+    *args: Any,
+    block_id: tuple[int, ...],
+) -> Any:
+    return single_blas_task(chunk_fn, block, offsets[block_id[0]], *args)
+
+
+def _shared(key: str, value: Any) -> Delayed:
+    # One key holding the value as it is (``quote``: a list or tuple is not read as a task).
+    return Delayed(key, {key: quote(value)})
+
+
 def build_reduction(
     X: da.Array,
     chunk_fn: Callable[..., S],
@@ -66,47 +84,45 @@ def build_reduction(
 ) -> Delayed:
     """Lazy tree reduction of ``chunk_fn(block, row_offset, *args)`` over row-blocks.
 
-    ``args`` are put into the graph once (one key each), so each parameter object travels
-    to a worker once per pass rather than once per block.
+    ``args`` and the blocks' row offsets are put into the graph once (one key each), so
+    each parameter object travels to a worker once per pass rather than once per block.
 
-    The graph is written directly, with keys derived from one token of the pass (the data's
-    name, the function and its arguments): building it through ``delayed`` tokenized every
-    task and cost about as much as the threaded scheduler's whole run of a 16-block pass
-    (measured ~8 -> ~3 ms per pass on 1M x 32 in 16 blocks).
+    The graph is written with keys derived from one token of the pass (the data's name, the
+    function and its arguments): building it through ``delayed`` tokenized every task and
+    cost about as much as the threaded scheduler's whole run of a 16-block pass (measured
+    ~8 -> ~3 ms per pass on 1M x 32 in 16 blocks; benchmarks/bench_pass_graph.py).
     """
     if X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
     token = tokenize(X.name, chunk_fn, args, split_every)
-    blocks: list[Any] = X.to_delayed().ravel().tolist()
+    shared = [
+        a if _is_scalar(a) else _shared(f"emdist-arg{i}-{token}", a) for i, a in enumerate(args)
+    ]
+    stats = da.map_blocks(
+        _block_stats,
+        X,
+        chunk_fn,
+        _shared(f"emdist-offsets-{token}", row_offsets(X)),
+        *shared,
+        name=f"emdist-stats-{token}",
+        meta=np.empty((0, 0), dtype=object),
+        # Two dimensions like the data's blocks: dropping the column axis would make Dask
+        # concatenate (copy) every block before the kernel sees it.
+        chunks=((1,) * X.numblocks[0], (1,)),
+    )
     layer: dict[Any, Any] = {}
-    arg_refs: list[Any] = []
-    for i, a in enumerate(args):
-        if _is_scalar(a):
-            arg_refs.append(a)
-        else:
-            arg_key = f"emdist-arg{i}-{token}"
-            layer[arg_key] = DataNode(arg_key, a)
-            arg_refs.append(TaskRef(arg_key))
-    keys: list[Any] = []
-    for i, (block, offset) in enumerate(zip(blocks, row_offsets(X), strict=True)):
-        stats_key = (f"emdist-stats-{token}", i)
-        layer[stats_key] = Task(
-            stats_key, single_blas_task, chunk_fn, TaskRef(block.key), offset, *arg_refs
-        )
-        keys.append(stats_key)
+    keys: list[Any] = [(stats.name, i, 0) for i in range(X.numblocks[0])]
     level = 0
     while len(keys) > 1:
         parents = []
         for j in range(0, len(keys), split_every):
             sum_key = (f"emdist-sum-{token}", level, j // split_every)
-            layer[sum_key] = Task(
-                sum_key, _sum_values, *(TaskRef(k) for k in keys[j : j + split_every])
-            )
+            layer[sum_key] = (_sum_values, *keys[j : j + split_every])
             parents.append(sum_key)
         keys = parents
         level += 1
     name = f"emdist-pass-{token}"
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=blocks)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[stats])
     return Delayed(keys[0], graph, layer=name)
 
 

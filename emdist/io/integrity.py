@@ -383,7 +383,10 @@ class CheckedReader:
     """Array-like wrapper of a Zarr array for :func:`dask.array.from_array`.
 
     Zarr reports a chunk whose CRC-32C fails as a bare ``ValueError`` ("Stored and computed
-    checksum do not match") from deep inside a Dask task; this names the store and rows.
+    checksum do not match") from deep inside a Dask task; this names the store and the rows
+    of the stored chunk that failed. A Dask block may span several stored chunks
+    (:func:`emdist.io.chunking.read_block_rows`): after a failure, and only then, they are
+    read again one by one to find the damaged one.
 
     Parameters
     ----------
@@ -406,8 +409,23 @@ class CheckedReader:
             if "checksum" not in str(exc):
                 raise
             rows = key[0] if isinstance(key, tuple) and key else key
-            what = f"rows {rows.start}-{rows.stop}" if isinstance(rows, slice) else "one chunk"
+            what = self._damaged_rows(rows) if isinstance(rows, slice) else "one chunk"
             raise IntegrityError(
                 f"{self.where}: {what} failed the crc32c checksum of their chunk; the data "
                 f"are damaged (regenerate or re-ingest them)"
             ) from None
+
+    def _damaged_rows(self, rows: slice) -> str:
+        """``rows a-b`` of the first stored chunk in ``rows`` that fails its checksum."""
+        start, stop, _ = rows.indices(self.shape[0])
+        step = self.array.chunks[0]  # the checksummed unit (inner chunk of a shard)
+        first = start - start % step
+        for lo in range(first, stop, step):
+            hi = min(lo + step, self.shape[0])
+            try:
+                self.array[lo:hi]
+            except ValueError as exc:
+                if "checksum" in str(exc):
+                    return f"rows {lo}-{hi}"
+                raise
+        return f"rows {start}-{stop}"  # the failure did not repeat: name the whole block

@@ -1,7 +1,9 @@
 """Open what a user hands us (numpy, Dask, Zarr, a path) as a row-chunked Dask array.
 
-Dask row-blocks are aligned with the store's chunks (or shards) so that one block is one
-read. Column chunking is removed: every kernel needs whole rows.
+Dask row-blocks are aligned with the store's chunks (or shards): a block is a whole number
+of stored chunks, several small ones grouped up to a byte target
+(:func:`emdist.io.chunking.read_block_rows`), so each stored chunk is read once per pass.
+Column chunking is removed: every kernel needs whole rows.
 
 A Zarr array is verified before anything is read (:func:`emdist.io.integrity.verify_array`):
 one that emdist wrote must match the shape, chunks, dtype and chunk count it recorded and
@@ -23,6 +25,7 @@ import zarr
 from dask.base import tokenize
 
 from emdist.exceptions import InvalidDataError
+from emdist.io.chunking import read_block_rows
 from emdist.io.integrity import CheckedReader, verify_array
 
 __all__ = [
@@ -188,8 +191,10 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
         The data. A string or path names a Zarr array on disk, or a dataset group whose
         ``data`` array is used (as ``emdist generate`` writes).
     chunk_rows : int, optional
-        Rows per block. Defaults: the store's chunk (or shard) rows for Zarr, the existing
-        row chunks for Dask, about 32 MB blocks for numpy.
+        Rows per block. Defaults: for Zarr, whole stored chunks (or shards) grouped up to
+        the Dask configuration ``emdist.block-size`` (16 MiB unless set; see
+        :func:`emdist.io.chunking.read_block_rows`); the existing row chunks for Dask; about
+        32 MB blocks for numpy.
 
     Returns
     -------
@@ -210,7 +215,9 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
         verify_array(X, _where(X))
     if isinstance(X, zarr.Array):
         validate_array_like(X.shape, X.dtype)
-        rows = chunk_rows or (X.shards or X.chunks)[0]
+        stored_rows = (X.shards or X.chunks)[0]
+        row_bytes = X.shape[1] * X.dtype.itemsize
+        rows = chunk_rows or read_block_rows(X.shape[0], stored_rows, row_bytes)
         chunks = (rows, X.shape[1])
         # As da.from_zarr does (same name, so graphs stay deterministic), but reading through
         # CheckedReader: a chunk failing its CRC-32C is reported with the store and rows.

@@ -27,7 +27,7 @@ from sklearn.metrics import adjusted_rand_score
 import emdist
 from emdist.io.atomic import OutputExistsError
 from emdist.io.synthetic import open_synthetic
-from pipeline.cluster import SchedulerUnreachableError, connect, dask_client
+from pipeline.cluster import MALLOC_TRIM, SchedulerUnreachableError, connect, dask_client
 from pipeline.config import ClusterConfig, ConfigError, RunConfig, parse_config
 from pipeline.errors import is_user_error
 from pipeline.job import JobResult, read_summary, run_job
@@ -499,6 +499,29 @@ def test_dashboard_is_served_and_its_link_announced() -> None:
     assert page.status == 200
     assert "needs bokeh" not in html.lower()
     assert "<html" in html.lower()
+
+
+def test_embedded_workers_start_without_malloc_trim_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What a LocalCluster started earlier with distributed's defaults leaves in this
+    # process (its nanny writes its settings into os.environ), or a user's shell: the
+    # embedded cluster's workers must not inherit it (docs/design.md, "malloc trimming").
+    monkeypatch.setenv(MALLOC_TRIM, "65536")
+    config = ClusterConfig(n_workers=2, threads_per_worker=1, processes=True)
+    with dask_client(config) as client:
+        # A lambda travels by value (cloudpickle) and reads the worker's own os.environ.
+        seen = client.run(
+            lambda: {k: os.environ.get(k) for k in (MALLOC_TRIM, "OPENBLAS_NUM_THREADS")}
+        )
+        assert len(seen) == 2
+        for worker_env in seen.values():
+            assert worker_env == {MALLOC_TRIM: None, "OPENBLAS_NUM_THREADS": "1"}
+        # A restarted worker is spawned again, also without it.
+        client.restart()
+        restarted = client.run(lambda: os.environ.get(MALLOC_TRIM, "unset"))
+        assert list(restarted.values()) == ["unset"] * 2
+    assert os.environ[MALLOC_TRIM] == "65536"  # this process's value is given back
 
 
 def test_a_cancelled_gather_leaves_no_allexit_traceback(caplog: pytest.LogCaptureFixture) -> None:
