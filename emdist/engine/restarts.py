@@ -110,6 +110,7 @@ def run_restarts(
     config: dict[str, Any],
     seed: int,
     previous_bound: float | None = None,
+    n_shards: int | None = None,
 ) -> BestRun[P]:
     """Run the restarts, resuming from ``checkpoint`` if it holds a matching fit.
 
@@ -135,11 +136,35 @@ def run_restarts(
         The fit's seed, recorded in the checkpoint.
     previous_bound : float, optional
         For a warm start: the previous fit's bound, which the first change is measured from.
+    n_shards : int, optional
+        Incremental EM over this many shards (``family`` must be an
+        :class:`~emdist.engine.incremental.IncrementalFamily`); ``None``: batch EM.
 
     Returns
     -------
     BestRun
     """
+    if n_shards is not None:
+        # Imported here: the incremental loop builds on this module's BestRun.
+        from emdist.engine.incremental import run_incremental_restarts
+
+        return run_incremental_restarts(
+            data,
+            family,  # type: ignore[arg-type]
+            n_shards=n_shards,
+            n_init=n_init,
+            seeds=seeds,
+            make_start=make_start,
+            params_from_arrays=params_from_arrays,
+            score=score,
+            tol=tol,
+            max_iter=max_iter,
+            observer=observer,
+            checkpoint=checkpoint,
+            config=config,
+            seed=seed,
+            previous_bound=previous_bound,
+        )
     state: FitState | None = None
     if checkpoint is not None:
         state = checkpoint.open(config, data_fingerprint(data), seed)

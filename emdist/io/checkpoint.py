@@ -8,6 +8,8 @@ Layout of a checkpoint directory::
         lower_bounds            lower bound per iteration of the running restart
         best/<array>            parameters of the best finished restart (if any)
         best_lower_bounds
+        carry/<array>           what else the running restart needs to continue exactly
+                                (incremental EM: its shard statistics), if anything
         zarr.json               attributes: restart, iteration, flags, checksums
 
 Commit protocol (docs/design.md, "Checkpoints"): a state is written completely into a new
@@ -113,6 +115,11 @@ class FitState:
         ``best``.
     best : BestState or None
         Best restart finished so far (including this one when ``finished``).
+    extra : dict
+        JSON-able values.
+    carry : dict of str to ndarray
+        Arrays the running restart needs besides its parameters to continue bit for bit
+        (incremental EM keeps its shard statistics here); checksummed like the parameters.
     """
 
     restart: int
@@ -122,6 +129,7 @@ class FitState:
     finished: bool
     best: BestState | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    carry: dict[str, AnyArray] = field(default_factory=dict)
 
     @property
     def iteration(self) -> int:
@@ -529,6 +537,9 @@ class CheckpointStore:
             finished=attrs["finished"],
             best=best,
             extra=dict(extra),
+            carry={
+                k.removeprefix("carry/"): v for k, v in arrays.items() if k.startswith("carry/")
+            },
         )
 
     # -- writing ---------------------------------------------------------------------------
@@ -549,7 +560,9 @@ class CheckpointStore:
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
-            needed = sum(np.asarray(v).nbytes for v in state.params.values()) * 2
+            needed = sum(np.asarray(v).nbytes for v in state.params.values()) * 2 + sum(
+                np.asarray(v).nbytes for v in state.carry.values()
+            )
             error = disk_full_error(self.path, needed)
             # The new state was never committed: the previous one stays the one to resume.
             shutil.rmtree(self.path / name, ignore_errors=True)
@@ -560,6 +573,7 @@ class CheckpointStore:
         group = zarr.open_group(str(self.path / name), mode="w", use_consolidated=False)
         arrays: dict[str, AnyArray] = {f"params/{k}": v for k, v in state.params.items()}
         arrays["lower_bounds"] = np.asarray(state.lower_bounds, dtype=np.float64)
+        arrays.update({f"carry/{k}": np.asarray(v) for k, v in state.carry.items()})
         best_attrs = None
         if state.best is not None:
             arrays.update({f"best/{k}": v for k, v in state.best.params.items()})

@@ -63,6 +63,9 @@ class FitPlan(Generic[P]):
         Larger is better: which restart is kept (may run a final pass).
     tol : float
         The tolerance the family's convergence test receives.
+    n_shards : int or None, default=None
+        Incremental EM over this many shards (the family must support it, see
+        :mod:`emdist.engine.incremental`); ``None``: batch EM.
     """
 
     family: ModelFamily[P, Any]
@@ -70,6 +73,7 @@ class FitPlan(Generic[P]):
     params_type: Callable[..., P]
     score: Callable[[EMResult[P, Any]], float]
     tol: float
+    n_shards: int | None = None
 
     def run(
         self,
@@ -115,6 +119,7 @@ class FitPlan(Generic[P]):
             config=config or {},
             seed=seed,
             previous_bound=previous_bound,
+            n_shards=self.n_shards,
         )
 
 
