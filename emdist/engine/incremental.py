@@ -108,10 +108,21 @@ class ShardStatistics:
         return math.fsum(self.entropy)
 
     def to_arrays(self) -> dict[str, Any]:
-        """Flat arrays for a checkpoint's ``carry``."""
+        """Flat arrays for a checkpoint's ``carry``: each field stacked over the shards.
+
+        One array per field, not per field and shard: a checkpoint commit costs a few
+        milliseconds per array written (benchmarks/README.md, "Incremental EM"). A field
+        whose shape differs between shards (K-means' far points of a shard with fewer rows
+        than clusters) is stored per shard.
+        """
         out: dict[str, Any] = {"entropy": np.asarray(self.entropy, dtype=np.float64)}
-        for s, st in enumerate(self.stats):
-            out.update(stats_to_arrays(st, f"shard{s:04d}/"))
+        per_shard = [stats_to_arrays(st) for st in self.stats]
+        for name in per_shard[0]:
+            values = [arrays[name] for arrays in per_shard]
+            if all(v.shape == values[0].shape for v in values):
+                out[f"shards/{name}"] = np.stack(values)
+            else:
+                out.update({f"shard{s:04d}/{name}": v for s, v in enumerate(values)})
         return out
 
     @classmethod
@@ -121,17 +132,24 @@ class ShardStatistics:
         """Rebuild from :meth:`to_arrays` (``CheckpointError`` if something is missing)."""
         try:
             entropy = [float(v) for v in np.asarray(arrays["entropy"], dtype=np.float64)]
-            stats = [
-                stats_from_arrays(stats_type, arrays, f"shard{s:04d}/") for s in range(n_shards)
-            ]
-        except (KeyError, TypeError, ValueError) as exc:
+            if len(entropy) != n_shards:
+                raise ValueError(f"{len(entropy)} entropies for {n_shards} shards")
+            stats = []
+            for s in range(n_shards):
+                fields = {
+                    k.removeprefix("shards/"): v[s]
+                    for k, v in arrays.items()
+                    if k.startswith("shards/")
+                }
+                prefix = f"shard{s:04d}/"
+                fields.update(
+                    {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
+                )
+                stats.append(stats_from_arrays(stats_type, fields))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CheckpointError(
                 f"the shard statistics of the checkpoint are damaged ({exc})"
             ) from None
-        if len(entropy) != n_shards:
-            raise CheckpointError(
-                f"the checkpoint holds {len(entropy)} shard entropies for {n_shards} shards"
-            )
         return cls(stats, entropy)
 
 
