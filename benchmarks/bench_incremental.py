@@ -16,6 +16,7 @@ than clusters; passes until convergence (``tol`` default) and the number of comp
 left above 1% weight, batch vs incremental (``lower_bound_`` is exact for both).
 
     .venv/bin/python benchmarks/bench_incremental.py                    # 200k x 16, K=16
+    .venv/bin/python benchmarks/bench_incremental.py --n 50000 --chunk-rows 3125 --shards 8 16
     .venv/bin/python benchmarks/bench_incremental.py --n 1000000 --d 32 # the issue's size
 """
 
@@ -94,7 +95,7 @@ def part_gmm(args: argparse.Namespace, tmp: Path) -> None:
     n_blocks = -(-args.n // args.chunk_rows)
     print(
         f"## GaussianMixture full, n={args.n} d={args.d} K={args.k}, Zarr chunks of "
-        f"{args.chunk_rows} rows ({n_blocks} blocks), n_shards={args.shards}"
+        f"{args.chunk_rows} rows ({n_blocks} blocks)"
     )
     ref = emdist.GaussianMixture(
         args.k,
@@ -113,31 +114,46 @@ def part_gmm(args: argparse.Namespace, tmp: Path) -> None:
         f"(tol={args.tol_ref}), bound B* = {best:.8f}, {ref_wall:.1f} s"
     )
     target = best - args.gap
-    rows: dict[str, list[tuple[int, float, float]]] = {"batch": [], "incremental": []}
+    contenders = [("batch", 1)] + [("incremental", S) for S in args.shards]
+    rows: dict[tuple[str, int], list[tuple[int, float, float]]] = {c: [] for c in contenders}
     for r in range(args.repeats):
-        for updates in ("batch", "incremental") if r % 2 == 0 else ("incremental", "batch"):
-            p, secs, per_pass = gmm_run(path, X, target, args.k, args.passes, updates, args.shards)
-            rows[updates].append((p, secs, per_pass))
-            print(f"  round {r + 1} {updates}: {p} passes, {secs:.2f} s, {per_pass:.3f} s/pass")
+        # Interleaved, the order reversed every other round.
+        for updates, S in contenders if r % 2 == 0 else contenders[::-1]:
+            p, secs, per_pass = gmm_run(path, X, target, args.k, args.passes, updates, S)
+            rows[(updates, S)].append((p, secs, per_pass))
+            print(
+                f"  round {r + 1} {updates} S={S}: {p} passes, {secs:.2f} s, {per_pass:.3f} s/pass"
+            )
     table = []
-    for updates, got in rows.items():
+    batch_p = median([g[0] for g in rows[("batch", 1)]])
+    batch_s = median([g[1] for g in rows[("batch", 1)]])
+    for (updates, S), got in rows.items():
+        p, secs = median([g[0] for g in got]), median([g[1] for g in got])
         table.append(
             (
-                updates,
-                median([g[0] for g in got]),
-                median([g[1] for g in got]),
+                updates if updates == "batch" else f"incremental S={S}",
+                p,
+                secs,
                 spread([g[1] for g in got]),
                 median([g[2] for g in got]),
+                round(p / batch_p, 3),
+                round(secs / batch_s, 3),
             )
         )
     print(
         format_table(
-            ["updates", f"passes to B*-{args.gap:g}", "EM seconds", "(min-max)", "s/pass"],
+            [
+                "updates",
+                f"passes to B*-{args.gap:g}",
+                "EM seconds",
+                "(min-max)",
+                "s/pass",
+                "passes / batch",
+                "time / batch",
+            ],
             table,
         )
     )
-    (_, pb, sb, _, _), (_, pi, si, _, _) = table
-    print(f"ratios incremental/batch: passes {pi / pb:.3f}, time {si / sb:.3f}")
 
 
 def part_bayesian(args: argparse.Namespace, tmp: Path) -> None:
@@ -150,17 +166,19 @@ def part_bayesian(args: argparse.Namespace, tmp: Path) -> None:
     write_zarr(path, n, d, chunk_rows=args.vb_chunk_rows, fill=X)
     print(
         f"\n## BayesianGaussianMixture full, n={n} d={d}, {clusters} clusters, "
-        f"n_components={k}, chunks of {args.vb_chunk_rows} rows, n_shards={args.shards}"
+        f"n_components={k}, chunks of {args.vb_chunk_rows} rows, n_shards={args.shards[0]}, "
+        f"tol={args.vb_tol}"
     )
     table = []
     for updates in ("batch", "incremental"):
         model = emdist.BayesianGaussianMixture(
             k,
             max_iter=2000,
+            tol=args.vb_tol,
             random_state=0,
             init_params="k-means++",
             updates=updates,
-            n_shards=args.shards,
+            n_shards=args.shards[0],
         )
         start = time.perf_counter()
         model.fit(path)
@@ -183,13 +201,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk-rows", type=int, default=12_500)
-    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--shards", type=int, nargs="+", default=[8], help="shard counts")
     parser.add_argument("--passes", type=int, default=60, help="passes per timed fit")
     parser.add_argument("--tol-ref", type=float, default=1e-7, help="tol of the reference")
     parser.add_argument("--gap", type=float, default=1e-4, help="per-sample distance to B*")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vb-n", type=int, default=100_000)
     parser.add_argument("--vb-chunk-rows", type=int, default=10_000)
+    parser.add_argument("--vb-tol", type=float, default=1e-5, help="the estimator's default")
     parser.add_argument("--only", choices=("gmm", "bayesian"), default=None)
     parser.add_argument("--tmp", default=None, help="scratch root (default .bench-data/)")
     args = parser.parse_args()
