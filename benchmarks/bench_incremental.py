@@ -194,6 +194,58 @@ def part_bayesian(args: argparse.Namespace, tmp: Path) -> None:
     )
 
 
+def part_checkpoint(args: argparse.Namespace, tmp: Path) -> None:
+    """Commit time of a checkpoint state with and without the kept shard statistics."""
+    from emdist.engine.incremental import ShardStatistics
+    from emdist.io.checkpoint import CheckpointStore, FitState
+    from emdist.kernels.mixture import MixtureStats
+
+    K, d, S = args.k, args.d, args.shards[0]
+    rng = np.random.default_rng(0)
+    params = {
+        "weights": rng.random(K),
+        "means": rng.random((K, d)),
+        "covariances": rng.random((K, d, d)),
+        "precisions_cholesky": rng.random((K, d, d)),
+    }
+    stats = [
+        MixtureStats(
+            1e5, -1e6, rng.random(K), rng.random((K, d)), rng.random((K, d, d)), params["means"]
+        )
+        for _ in range(S)
+    ]
+    carry = {"assignment": np.arange(2 * S), **ShardStatistics(stats, [1.0] * S).to_arrays()}
+    print(
+        f"\n## Checkpoint commit, K={K} d={d} full, S={S}: carry {len(carry)} arrays "
+        f"{sum(v.nbytes for v in carry.values()) / 1e6:.2f} MB, parameters "
+        f"{sum(v.nbytes for v in params.values()) / 1e6:.2f} MB"
+    )
+    times: dict[str, list[float]] = {"batch": [], "incremental": []}
+    for r in range(args.repeats * 3):
+        for kind in ("batch", "incremental") if r % 2 == 0 else ("incremental", "batch"):
+            store = CheckpointStore(tmp / f"ckpt-{kind}-{r}")
+            store.open({"bench": 1}, {"data": 1}, 0)
+            state = FitState(
+                0,
+                params,
+                np.arange(5.0),
+                False,
+                False,
+                None,
+                carry=carry if kind == "incremental" else {},
+            )
+            start = time.perf_counter()
+            store.save(state)
+            times[kind].append(time.perf_counter() - start)
+            store.close()
+    print(
+        format_table(
+            ["updates", "commit ms", "(min-max)"],
+            [(k, median(v) * 1e3, spread([x * 1e3 for x in v])) for k, v in times.items()],
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200_000)
@@ -209,7 +261,7 @@ def main() -> None:
     parser.add_argument("--vb-n", type=int, default=100_000)
     parser.add_argument("--vb-chunk-rows", type=int, default=10_000)
     parser.add_argument("--vb-tol", type=float, default=1e-5, help="the estimator's default")
-    parser.add_argument("--only", choices=("gmm", "bayesian"), default=None)
+    parser.add_argument("--only", choices=("gmm", "bayesian", "checkpoint"), default=None)
     parser.add_argument("--tmp", default=None, help="scratch root (default .bench-data/)")
     args = parser.parse_args()
     print(environment())
@@ -218,6 +270,8 @@ def main() -> None:
             part_gmm(args, tmp)
         if args.only in (None, "bayesian"):
             part_bayesian(args, tmp)
+        if args.only in (None, "checkpoint"):
+            part_checkpoint(args, tmp)
 
 
 if __name__ == "__main__":
