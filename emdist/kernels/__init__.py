@@ -1,4 +1,4 @@
-"""Per-chunk kernels: plain numpy on one row-block, nothing of Dask.
+"""Per-chunk kernels: numpy (and numba-compiled loops) on one row-block, nothing of Dask.
 
 Every kernel maps one block of rows to a *statistics value*: a frozen object that adds
 (``a + b``) so that any chunking of the data, reduced in any tree, gives the same totals.

@@ -14,13 +14,16 @@ exponential 2.0x). Each kernel's sub-block size is a compromise measured on 1M x
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from emdist._typing import AnyArray, FloatArray
 
 __all__ = [
+    "as_row_major",
     "component_block_rows",
+    "compute_dtype",
     "iter_row_blocks",
     "iter_sub_blocks",
     "iter_sub_blocks_t",
@@ -82,19 +85,43 @@ def iter_row_blocks(X: AnyArray, rows: int) -> Iterator[tuple[int, FloatArray]]:
         yield start, buf[:m]
 
 
-def iter_sub_blocks_t(X: AnyArray, rows: int) -> Iterator[tuple[int, FloatArray]]:
-    """Yield ``(start, block_t)``: each sub-block transposed, ``(n_features, m)`` float64.
+def compute_dtype(dtype: np.dtype[Any]) -> type[np.floating[Any]]:
+    """The dtype a mixture kernel computes a block of ``dtype`` in: float32 stays float32.
+
+    float32 data runs its GEMMs in float32 (twice the float64 rate); every other dtype
+    (float64, integers) is computed in float64, so float64 data keeps scikit-learn's digits.
+    Statistics are accumulated in float64 either way (docs/design.md, "Numerics").
+    """
+    return np.float32 if dtype == np.float32 else np.float64
+
+
+def as_row_major(X: AnyArray) -> AnyArray:
+    """``X`` as the compiled row kernels take it: C-contiguous float32, else float64.
+
+    Returns ``X`` itself when it already is (chunks of a Zarr or Dask array are); other
+    layouts and dtypes are copied once.
+    """
+    X = np.asarray(X)
+    target = compute_dtype(X.dtype)
+    return np.ascontiguousarray(X, dtype=target)
+
+
+def iter_sub_blocks_t(
+    X: AnyArray, rows: int, dtype: Any = np.float64
+) -> Iterator[tuple[int, AnyArray]]:
+    """Yield ``(start, block_t)``: each sub-block transposed, ``(n_features, m)`` of ``dtype``.
 
     The feature-major copy is written into one reused buffer (the last, shorter sub-block
     gets its own), so the yielded array is only valid until the next step. Whatever the
-    input dtype, the values are converted to float64 exactly once, here.
+    input dtype, the values are converted to ``dtype`` (float64 by default) exactly once,
+    here.
     """
     n, d = X.shape
-    buf = np.empty((d, min(rows, n)))
+    buf = np.empty((d, min(rows, n)), dtype=dtype)
     for start in range(0, n, rows):
         m = min(rows, n - start)
         if m != buf.shape[1]:
-            buf = np.empty((d, m))
+            buf = np.empty((d, m), dtype=dtype)
         np.copyto(buf, X[start : start + m].T, casting="unsafe")
         yield start, buf
 

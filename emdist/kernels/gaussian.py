@@ -10,6 +10,8 @@ Shapes of ``precisions_cholesky`` by covariance type (as scikit-learn):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.linalg
 
@@ -152,6 +154,11 @@ class ComponentBlocks:
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
     rows : int, optional
         Rows per sub-block; by default :func:`~emdist.kernels._blocks.component_block_rows`.
+    dtype : {numpy.float64, numpy.float32}, optional
+        Dtype of ``Z``, ``Y`` and ``moments`` and of the GEMMs on them (float32 for float32
+        data; see :func:`~emdist.kernels._blocks.compute_dtype`). The differences are
+        formed in float64 and rounded once, so data far from the origin loses nothing to
+        the shift.
 
     Attributes
     ----------
@@ -176,9 +183,11 @@ class ComponentBlocks:
         precisions_cholesky: FloatArray | None,
         covariance_type: CovarianceType,
         rows: int | None = None,
+        dtype: Any = np.float64,
     ) -> None:
         K, d = shift.shape
         self.shift = shift
+        self.dtype = np.dtype(dtype)
         self.covariance_type = covariance_type
         if rows is None:
             rows = component_block_rows(K, d, covariance_type)
@@ -191,9 +200,11 @@ class ComponentBlocks:
             )[:, None]
             self._const = d * np.log(2 * np.pi)
             if covariance_type == "full":
-                self._ut = np.ascontiguousarray(precisions_cholesky.transpose(0, 2, 1))
+                self._ut = np.ascontiguousarray(
+                    precisions_cholesky.transpose(0, 2, 1), dtype=self.dtype
+                )
             elif covariance_type == "tied":
-                self._ut = np.ascontiguousarray(precisions_cholesky.T)
+                self._ut = np.ascontiguousarray(precisions_cholesky.T, dtype=self.dtype)
             elif covariance_type == "diag":
                 self._p2 = (precisions_cholesky**2)[:, None, :]
             else:
@@ -207,10 +218,10 @@ class ComponentBlocks:
             self.Z = self.ZZ[:, :d]
             self.Z2 = self.ZZ[:, d:]
         else:
-            self.Z = np.empty((K, d, m))
+            self.Z = np.empty((K, d, m), dtype=self.dtype)
         if self.covariance_type in ("full", "tied"):
-            self.Y = np.empty((K, d, m))
-            self.moments = np.empty((K, d, d))
+            self.Y = np.empty((K, d, m), dtype=self.dtype)
+            self.moments = np.empty((K, d, d), dtype=self.dtype)
         if self.covariance_type == "spherical":
             self.D = np.empty((K, m))
         self.log_prob_out = np.empty((K, m))
@@ -225,6 +236,13 @@ class ComponentBlocks:
             np.square(self.Z, out=self.Z2)
         elif self.covariance_type == "spherical":
             np.einsum("kdm,kdm->km", self.Z, self.Z, out=self.D)
+
+    def whiten(self) -> AnyArray:
+        """``Y[k] = U_kᵀ (x - μ_k)`` of the centred sub-block (``full``/``tied``), in ``Y``.
+
+        One ``(d, d) @ (d, m)`` GEMM per component; valid when the shift is the means.
+        """
+        return np.matmul(self._ut, self.Z, out=self.Y)
 
     def log_prob(self) -> FloatArray:
         """``log N(x | μ_k, Σ_k)`` of the centred sub-block, shape ``(K, m)``.

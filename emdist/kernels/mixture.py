@@ -16,9 +16,10 @@ import numpy as np
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.exceptions import FitError
-from emdist.kernels._blocks import iter_sub_blocks_t, logsumexp_rows
+from emdist.kernels._blocks import as_row_major, compute_dtype, iter_sub_blocks_t, logsumexp_rows
 from emdist.kernels.covariance import covariance_shape
-from emdist.kernels.gaussian import ComponentBlocks, compute_precision_cholesky
+from emdist.kernels.fused_estep import axis_aligned_estep, normalise_whitened, weight_differences
+from emdist.kernels.gaussian import ComponentBlocks, compute_precision_cholesky, log_det_cholesky
 from emdist.kernels.kmeans import kmeans_labels_chunk
 from emdist.kernels.scan import row_uniforms
 
@@ -26,6 +27,7 @@ __all__ = [
     "MixtureParams",
     "MixtureStats",
     "empirical_moments",
+    "fused_estep",
     "labels_from_log_prob",
     "mixture_estep_chunk",
     "mixture_hard_resp_stats_chunk",
@@ -186,22 +188,6 @@ def mixture_log_prob_chunk(
     return out
 
 
-def _normalise(lp: FloatArray, resp: FloatArray) -> float:
-    """Responsibilities from weighted log-densities ``lp`` (K, m) into ``resp``.
-
-    Log-sum-exp over the components, stably (max-shifted); returns ``Σ_i log p(x_i)``.
-    """
-    amax = np.max(lp, axis=0)
-    amax[~np.isfinite(amax)] = 0.0
-    np.subtract(lp, amax, out=resp)
-    np.exp(resp, out=resp)
-    total = np.sum(resp, axis=0)
-    resp /= total
-    log_norm = np.log(total)
-    log_norm += amax
-    return float(log_norm.sum())
-
-
 def mixture_estep_chunk(
     X: AnyArray, row_offset: int, params: MixtureParams, covariance_type: CovarianceType
 ) -> MixtureStats:
@@ -210,7 +196,8 @@ def mixture_estep_chunk(
     Parameters
     ----------
     X : ndarray of shape (n_rows, n_features)
-        The block (any real dtype; computed in float64).
+        The block (any real dtype and layout; float32 runs its ``full``/``tied`` GEMMs in
+        float32, everything else is computed in float64; statistics are float64).
     row_offset : int
         Global index of the block's first row (unused: every reduction kernel takes it).
     params : MixtureParams
@@ -222,24 +209,93 @@ def mixture_estep_chunk(
     MixtureStats
     """
     shift = params.means
-    stats = MixtureStats.zero(shift, covariance_type)
-    nk, sx, sxx = stats.nk, stats.sx, stats.sxx
-    log_lik = 0.0
-    log_w = np.log(params.weights)[:, None]
-    # The differences to the means serve twice: log-densities, then moments about the shift.
-    blocks = ComponentBlocks(shift, params.precisions_cholesky, covariance_type)
-    resp = np.empty(0)
-    for _, Xt in iter_sub_blocks_t(X, blocks.rows):
-        blocks.centre(Xt)
-        lp = blocks.log_prob()
-        lp += log_w
-        if resp.shape != lp.shape:
-            resp = np.empty_like(lp)
-        log_lik += _normalise(lp, resp)
-        _accumulate(blocks, resp, nk, sx, sxx)
-    return MixtureStats(
-        float(X.shape[0]), log_lik, nk, sx, _symmetrise(sxx, covariance_type), shift
+    nk, sx, sxx, log_lik, _ = fused_estep(
+        X, shift, params.precisions_cholesky, covariance_type, np.log(params.weights)
     )
+    return MixtureStats(float(X.shape[0]), log_lik, nk, sx, sxx, shift)
+
+
+def fused_estep(
+    X: AnyArray,
+    shift: FloatArray,
+    precisions_cholesky: FloatArray,
+    covariance_type: CovarianceType,
+    log_offsets: FloatArray,
+) -> tuple[FloatArray, FloatArray, FloatArray, float, float]:
+    """The E-step of a Gaussian mixture (EM or variational) on one block, as moments.
+
+    Log-responsibilities ``log ρ_ik = log_offsets_k + log N(x_i | s_k, Σ_k)``, normalised
+    over the components; the moments are taken about ``s_k`` (the means), where the
+    differences the densities need serve again. ``diag`` and ``spherical`` run entirely in
+    one compiled row loop; ``full`` and ``tied`` keep the two GEMMs per component in BLAS
+    and run the steps between them compiled (:mod:`emdist.kernels.fused_estep`). float32
+    data runs its GEMMs in float32 (:func:`~emdist.kernels._blocks.compute_dtype`).
+    The numpy reference is :func:`emdist.kernels.reference.mixture_estep_reference`.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features)
+        Any real dtype and layout.
+    shift : ndarray of shape (n_components, n_features)
+        The means.
+    precisions_cholesky : ndarray
+        Shaped by ``covariance_type``.
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    log_offsets : ndarray of shape (n_components,)
+        Added to every component's log-density (``log π_k`` for EM).
+
+    Returns
+    -------
+    nk : ndarray of shape (n_components,)
+    sx : ndarray of shape (n_components, n_features)
+    sxx : ndarray
+        As :class:`MixtureStats` (symmetric for ``full`` and ``tied``).
+    log_norm : float
+        ``Σ_i log Σ_k ρ_ik``.
+    r_log_r : float
+        ``Σ_i Σ_k r_ik log r_ik``.
+    """
+    K, d = shift.shape
+    zero = MixtureStats.zero(shift, covariance_type)
+    nk, sx, sxx = zero.nk, zero.sx, zero.sxx
+    log_det = np.broadcast_to(log_det_cholesky(precisions_cholesky, covariance_type, d), (K,))
+    const = np.ascontiguousarray(log_offsets + log_det - 0.5 * d * np.log(2 * np.pi))
+    if covariance_type in ("diag", "spherical"):
+        spherical = covariance_type == "spherical"
+        scale = precisions_cholesky**2
+        scale_t = scale[None, :] if spherical else scale.T
+        log_norm, r_log_r = axis_aligned_estep(
+            as_row_major(X),
+            np.ascontiguousarray(shift),
+            np.ascontiguousarray(shift.T),
+            np.ascontiguousarray(scale_t),
+            const,
+            spherical,
+            nk,
+            sx,
+            sxx.reshape(K, -1),
+        )
+        return nk, sx, sxx, float(log_norm), float(r_log_r)
+    dtype = compute_dtype(X.dtype)
+    blocks = ComponentBlocks(shift, precisions_cholesky, covariance_type, dtype=dtype)
+    log_norm = r_log_r = 0.0
+    resp = np.empty((K, 0))
+    for _, Xt in iter_sub_blocks_t(X, blocks.rows, dtype):
+        blocks.centre(Xt)
+        Y = blocks.whiten()
+        if resp.shape[1] != Xt.shape[1]:
+            resp = np.empty((K, Xt.shape[1]))
+        norm, rlr = normalise_whitened(Y, const, resp)
+        log_norm += norm
+        r_log_r += rlr
+        # Y is free again: it takes the responsibility-weighted differences r ⊙ Z.
+        weight_differences(blocks.Z, resp, Y, nk, sx)
+        moments = np.matmul(Y, blocks.Z.transpose(0, 2, 1), out=blocks.moments)
+        if covariance_type == "full":
+            sxx += moments
+        else:
+            sxx += moments.sum(axis=0)
+    return nk, sx, _symmetrise(sxx, covariance_type), float(log_norm), float(r_log_r)
 
 
 def mixture_stats_from_resp(

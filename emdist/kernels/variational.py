@@ -33,13 +33,18 @@ from scipy.special import betaln, digamma, gammaln
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.exceptions import FitError
-from emdist.kernels._blocks import iter_sub_blocks, logsumexp_rows, sub_block_rows
+from emdist.kernels._blocks import iter_sub_blocks, sub_block_rows
 from emdist.kernels.gaussian import (
     compute_precision_cholesky,
     estimate_log_gaussian_prob,
     log_det_cholesky,
 )
-from emdist.kernels.mixture import MixtureStats, empirical_moments, mixture_stats_from_resp
+from emdist.kernels.mixture import (
+    MixtureStats,
+    empirical_moments,
+    fused_estep,
+    mixture_stats_from_resp,
+)
 
 __all__ = [
     "VariationalParams",
@@ -282,7 +287,9 @@ def variational_estep_chunk(
     Parameters
     ----------
     X : ndarray of shape (n_rows, n_features)
-        The block (any real dtype; computed in float64).
+        The block (any real dtype and layout; computed as by
+        :func:`~emdist.kernels.mixture.fused_estep`: float32 runs its ``full``/``tied``
+        GEMMs in float32; statistics are float64).
     row_offset : int
         Global index of the block's first row (unused: every reduction kernel takes it).
     params : VariationalParams
@@ -293,86 +300,15 @@ def variational_estep_chunk(
     -------
     VariationalStats
     """
-    if covariance_type in ("diag", "spherical"):
-        return _estep_axis_aligned(X, params, covariance_type)
     shift = params.means
-    offsets = _log_offsets(params, X.shape[1])
-    total = VariationalStats.zero(shift, covariance_type)
-    log_norm_sum = 0.0
-    r_log_r = 0.0
-    for _, Xb in iter_sub_blocks(X, sub_block_rows(params.means.size)):
-        log_resp = estimate_log_gaussian_prob(
-            Xb, params.means, params.precisions_cholesky, covariance_type
-        )
-        log_resp += offsets
-        log_norm = logsumexp_rows(log_resp)
-        log_norm_sum += float(log_norm.sum())
-        log_resp -= log_norm[:, None]
-        resp = np.exp(log_resp)
-        # r log r with log r finite: an underflowed r = 0 contributes 0, as it should.
-        r_log_r += float(np.einsum("ij,ij->", resp, log_resp))
-        total = total + VariationalStats(
-            mixture_stats_from_resp(Xb, resp, shift, covariance_type), 0.0
-        )
-    m = total.moments
-    moments = MixtureStats(float(X.shape[0]), log_norm_sum, m.nk, m.sx, m.sxx, shift)
-    return VariationalStats(moments, r_log_r)
-
-
-def _estep_axis_aligned(
-    X: AnyArray, params: VariationalParams, covariance_type: CovarianceType
-) -> VariationalStats:
-    """Fused E-step for ``diag`` and ``spherical``: differences formed once, used twice.
-
-    The squared differences ``D²_k = (x - m_k)²`` give both the Mahalanobis terms and,
-    since the shift is ``m_k``, the second moments ``Σ r (x - m_k)²``; composing the generic
-    log-density and moment kernels forms them twice (measured ~2.5x slower here). Still
-    differences, never the ``x² - 2xm + m²`` expansion (docs/design.md, "Numerics").
-    """
-    shift = params.means
-    K, d = shift.shape
-    prec = params.precisions_cholesky**2  # (K, d) diag, (K,) spherical
-    const = (
-        _log_offsets(params, d)
-        - 0.5 * d * math.log(2 * math.pi)
-        + log_det_cholesky(params.precisions_cholesky, covariance_type, d)
+    nk, sx, sxx, log_norm, r_log_r = fused_estep(
+        X,
+        shift,
+        params.precisions_cholesky,
+        covariance_type,
+        _log_offsets(params, X.shape[1]),
     )
-    nk = np.zeros(K)
-    sx = np.zeros((K, d))
-    sxx = np.zeros((K, d)) if covariance_type == "diag" else np.zeros(K)
-    log_norm_sum = 0.0
-    r_log_r = 0.0
-    diag = covariance_type == "diag"
-    rows = sub_block_rows(2 * shift.size)
-    diff = np.empty((K, rows, d))
-    sq = np.empty((K, rows, d)) if diag else diff
-    for _, Xb in iter_sub_blocks(X, rows):
-        b = len(Xb)
-        D, D2 = diff[:, :b], sq[:, :b]
-        np.subtract(Xb[None, :, :], shift[:, None, :], out=D)
-        if diag:
-            np.square(D, out=D2)
-            maha = np.matmul(D2, prec[:, :, None])[:, :, 0]  # (K, b)
-        else:
-            # Spherical needs only ‖x - m_k‖²: no (K, b, d) array of squares.
-            row_sq = np.einsum("kbd,kbd->kb", D, D)
-            maha = row_sq * prec[:, None]
-        log_resp = np.ascontiguousarray(maha.T)
-        log_resp *= -0.5
-        log_resp += const
-        log_norm = logsumexp_rows(log_resp)
-        log_norm_sum += float(log_norm.sum())
-        log_resp -= log_norm[:, None]
-        resp = np.exp(log_resp)
-        r_log_r += float(np.einsum("ij,ij->", resp, log_resp))
-        nk += resp.sum(axis=0)
-        resp_k = np.ascontiguousarray(resp.T)[:, None, :]  # (K, 1, b)
-        sx += np.matmul(resp_k, D)[:, 0, :]
-        if diag:
-            sxx += np.matmul(resp_k, D2)[:, 0, :]
-        else:
-            sxx += np.einsum("kb,kb->k", resp_k[:, 0, :], row_sq)
-    moments = MixtureStats(float(X.shape[0]), log_norm_sum, nk, sx, sxx, shift)
+    moments = MixtureStats(float(X.shape[0]), log_norm, nk, sx, sxx, shift)
     return VariationalStats(moments, r_log_r)
 
 

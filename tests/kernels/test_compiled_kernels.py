@@ -1,0 +1,183 @@
+"""The compiled mixture E-steps against their numpy references, on random blocks.
+
+The kernels the estimators run (:mod:`emdist.kernels.fused_estep`, dispatched by
+``mixture_estep_chunk`` and ``variational_estep_chunk``) must give the statistics of the
+plain numpy E-steps in :mod:`emdist.kernels.reference` (float64, one numpy call per step)
+for every shape and input the engine can hand them: one component, one feature, one row,
+Fortran-ordered and strided blocks, integer and float32 data, components whose weight
+underflows, data far from the origin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from emdist.kernels import MixtureParams, compute_precision_cholesky, mixture_estep_chunk
+from emdist.kernels.mixture import MixtureStats
+from emdist.kernels.reference import mixture_estep_reference, variational_estep_reference
+from emdist.kernels.variational import VariationalParams, variational_estep_chunk
+from tests.conftest import COVARIANCE_TYPES
+
+
+def _covariances(covariance_type: str, K: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    if covariance_type == "full":
+        A = rng.standard_normal((K, d, d)) * 0.4
+        return np.asarray(A @ A.transpose(0, 2, 1) + 0.5 * np.eye(d))
+    if covariance_type == "tied":
+        A = rng.standard_normal((d, d)) * 0.4
+        return np.asarray(A @ A.T + 0.5 * np.eye(d))
+    if covariance_type == "diag":
+        return rng.uniform(0.3, 2.0, (K, d))
+    return rng.uniform(0.3, 2.0, K)
+
+
+def _gmm(
+    covariance_type: str, K: int, d: int, seed: int = 0, weights: Any = None, offset: float = 0.0
+) -> MixtureParams:
+    rng = np.random.default_rng(seed)
+    covariances = _covariances(covariance_type, K, d, rng)
+    if weights is None:
+        weights = rng.dirichlet(np.ones(K))
+    return MixtureParams(
+        np.asarray(weights, dtype=np.float64),
+        rng.standard_normal((K, d)) * 1.5 + offset,
+        covariances,
+        compute_precision_cholesky(covariances, covariance_type),
+    )
+
+
+def _variational(covariance_type: str, K: int, d: int, seed: int = 0) -> VariationalParams:
+    rng = np.random.default_rng(seed)
+    covariances = _covariances(covariance_type, K, d, rng)
+    dof = np.asarray(d + rng.uniform(1.0, 50.0)) if covariance_type == "tied" else None
+    return VariationalParams(
+        np.stack((1.0 + rng.uniform(0, 30, K), 1.0 + rng.uniform(0, 30, K))),
+        rng.uniform(1.0, 40.0, K),
+        rng.standard_normal((K, d)) * 1.5,
+        dof if dof is not None else d + rng.uniform(1.0, 50.0, K),
+        covariances,
+        compute_precision_cholesky(covariances, covariance_type),
+    )
+
+
+def _data(n: int, d: int, seed: int = 1, offset: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)) * 2.0 + offset
+
+
+def _assert_stats_close(got: MixtureStats, want: MixtureStats, rtol: float) -> None:
+    assert got.n == want.n
+    for name in ("nk", "sx", "sxx"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == np.float64
+        assert a.shape == b.shape
+        # Sums of signed terms: compare to the scale of the largest entry.
+        assert_allclose(a, b, rtol=rtol, atol=rtol * max(1.0, float(np.max(np.abs(b)))))
+    assert_allclose(got.log_lik, want.log_lik, rtol=rtol)
+
+
+SHAPES = [
+    pytest.param(500, 4, 3, id="n500-K4-d3"),
+    pytest.param(700, 16, 32, id="n700-K16-d32"),
+    pytest.param(300, 1, 5, id="K1"),
+    pytest.param(300, 5, 1, id="d1"),
+    pytest.param(1, 3, 4, id="one-row"),
+    pytest.param(4099, 3, 2, id="sub-blocks-and-a-tail"),
+]
+
+
+@pytest.mark.parametrize(("n", "K", "d"), SHAPES)
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_gmm_estep_matches_numpy_reference(covariance_type: str, n: int, K: int, d: int) -> None:
+    X = _data(n, d)
+    params = _gmm(covariance_type, K, d)
+    got = mixture_estep_chunk(X, 0, params, covariance_type)
+    want = mixture_estep_reference(X, 0, params, covariance_type)
+    _assert_stats_close(got, want, rtol=1e-10)
+    assert got.shift is params.means
+    # nk sums the responsibilities: exactly one per row.
+    assert_allclose(got.nk.sum(), n, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("n", "K", "d"), SHAPES)
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_variational_estep_matches_numpy_reference(
+    covariance_type: str, n: int, K: int, d: int
+) -> None:
+    X = _data(n, d, seed=2)
+    params = _variational(covariance_type, K, d)
+    got = variational_estep_chunk(X, 0, params, covariance_type)
+    want = variational_estep_reference(X, 0, params, covariance_type)
+    _assert_stats_close(got.moments, want.moments, rtol=1e-10)
+    assert_allclose(got.resp_log_resp, want.resp_log_resp, rtol=1e-9, atol=1e-9 * n)
+    assert got.resp_log_resp <= 0.0  # -entropy
+
+
+LAYOUTS = {
+    "fortran": lambda X: np.asfortranarray(X),
+    "strided-rows": lambda X: np.repeat(X, 2, axis=0)[::2],
+    "strided-columns": lambda X: np.repeat(X, 2, axis=1)[:, ::2],
+    "int64": lambda X: np.round(X * 4).astype(np.int64),
+    "int32": lambda X: np.round(X * 4).astype(np.int32),
+    "float32": lambda X: X.astype(np.float32),
+    "float32-fortran": lambda X: np.asfortranarray(X.astype(np.float32)),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_any_layout_and_dtype_gives_the_reference_statistics(
+    covariance_type: str, layout: str
+) -> None:
+    X = LAYOUTS[layout](_data(600, 6, seed=3))
+    params = _gmm(covariance_type, 5, 6, seed=4)
+    got = mixture_estep_chunk(X, 0, params, covariance_type)
+    # The reference computes everything in float64 from the same values.
+    want = mixture_estep_reference(np.asarray(X, dtype=np.float64), 0, params, covariance_type)
+    float32_products = X.dtype == np.float32 and covariance_type in ("full", "tied")
+    _assert_stats_close(got, want, rtol=2e-5 if float32_products else 1e-10)
+    v = _variational(covariance_type, 5, 6, seed=5)
+    got_v = variational_estep_chunk(X, 0, v, covariance_type)
+    want_v = variational_estep_reference(np.asarray(X, dtype=np.float64), 0, v, covariance_type)
+    _assert_stats_close(got_v.moments, want_v.moments, rtol=2e-5 if float32_products else 1e-10)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("tiny", [1e-12, 1e-250, 0.0])
+def test_components_of_tiny_weight(covariance_type: str, tiny: float) -> None:
+    K, d = 4, 3
+    weights = np.array([0.5, tiny, 0.5 - tiny, tiny])
+    weights /= weights.sum()
+    X = _data(400, d, seed=6)
+    params = _gmm(covariance_type, K, d, seed=7, weights=weights)
+    with np.errstate(divide="ignore"):  # log(0) for a weight of exactly zero
+        got = mixture_estep_chunk(X, 0, params, covariance_type)
+        want = mixture_estep_reference(X, 0, params, covariance_type)
+    assert np.all(np.isfinite(got.nk)) and np.all(np.isfinite(got.sxx))
+    _assert_stats_close(got, want, rtol=1e-10)
+    if tiny == 0.0:
+        assert got.nk[1] == 0.0 and got.nk[3] == 0.0
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_far_from_the_origin(covariance_type: str, dtype: Any) -> None:
+    # Data and means translated by 1e6: the kernels work on differences to the means, so the
+    # statistics (about those means) are those of the untranslated problem.
+    step = 2.0**-3 if dtype == np.float32 else 2.0**-10
+    X = np.round(_data(500, 4, seed=8) / step) * step  # data + 1e6 exact in the dtype
+    params = _gmm(covariance_type, 3, 4, seed=9)
+    moved = MixtureParams(
+        params.weights, params.means + 1e6, params.covariances, params.precisions_cholesky
+    )
+    Xt = (X + 1e6).astype(dtype)
+    near = mixture_estep_reference(X, 0, params, covariance_type)
+    far = mixture_estep_chunk(Xt, 0, moved, covariance_type)
+    float32_products = dtype == np.float32 and covariance_type in ("full", "tied")
+    # float64: the means at 1e6 keep ~1e-10 of their fraction (ulp(1e6) = 1.2e-10).
+    _assert_stats_close(far, near, rtol=2e-5 if float32_products else 1e-8)
+    assert far.shift is moved.means
