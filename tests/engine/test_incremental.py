@@ -19,12 +19,15 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+import zarr
 from numpy.testing import assert_allclose, assert_array_equal
 
 import emdist
 from emdist.engine.incremental import ShardStatistics
 from emdist.engine.shards import make_shards, shard_pass, stats_from_arrays, stats_to_arrays
-from emdist.io.checkpoint import CheckpointStore
+from emdist.exceptions import InvalidParameterError
+from emdist.io.checkpoint import CheckpointError, CheckpointStore, FitState, RestartState
+from emdist.io.integrity import UnsafeNameError
 from emdist.kernels import (
     KMeansParams,
     KMeansStats,
@@ -418,3 +421,56 @@ def test_checkpoint_of_an_incremental_fit_holds_shard_statistics(tmp_path: Any) 
     assert carry["entropy"].shape == (4,)
     assert carry["assignment"].shape == (N_ROWS // CHUNK,)
     assert max(v.size for v in carry.values()) < N_ROWS
+
+
+# --- the carry in the version-2 checkpoint ---------------------------------------------------
+
+
+def _carry_state(carry: dict[str, Any]) -> FitState:
+    params = {"means": np.arange(6.0).reshape(2, 3)}
+    return FitState(running=(RestartState(0, params, np.array([-3.0]), False, carry),))
+
+
+def test_carry_of_a_running_restart_round_trips_bit_for_bit(tmp_path: Any) -> None:
+    carry = {
+        "assignment": np.array([2, 0, 1, 1], dtype=np.int64),
+        "shards/nk": np.random.default_rng(0).random((4, 3)),
+        "entropy": np.array([0.1, 0.2, 0.3, 0.4]),
+    }
+    store = CheckpointStore(tmp_path / "ckpt")
+    store.open({"n_init": 1}, {"data": 1})
+    store.save(_carry_state(carry))
+    state = store.load()
+    assert state is not None
+    got = state.running[0].carry
+    assert sorted(got) == sorted(carry)
+    for key, value in carry.items():
+        assert got[key].dtype == value.dtype
+        assert_array_equal(got[key], value)
+
+
+def test_a_carry_array_gone_with_its_checksum_is_refused(tmp_path: Any) -> None:
+    # Deleting an array and its checksum entry passes the digests; the listed names do not.
+    store = CheckpointStore(tmp_path / "ckpt", keep=1)
+    store.open({"n_init": 1}, {"data": 1})
+    store.save(_carry_state({"entropy": np.ones(4), "shards/nk": np.ones((4, 3))}))
+    (name,) = [p for p in (tmp_path / "ckpt").iterdir() if p.is_dir()]
+    group = zarr.open_group(str(name), mode="r+", use_consolidated=False)
+    checksums = dict(group.attrs["checksums"])
+    del checksums["r0/carry/shards/nk"]
+    group.attrs["checksums"] = checksums
+    with pytest.raises(CheckpointError, match="carry"):
+        store.load()
+
+
+def test_an_unsafe_carry_name_is_not_committed(tmp_path: Any) -> None:
+    store = CheckpointStore(tmp_path / "ckpt")
+    store.open({"n_init": 1}, {"data": 1})
+    with pytest.raises(UnsafeNameError):
+        store.save(_carry_state({"../outside": np.ones(2)}))
+    assert not (tmp_path / "outside").exists()
+
+
+def test_fit_shared_refuses_incremental_fits() -> None:
+    with pytest.raises(InvalidParameterError, match="incremental"):
+        emdist.fit_shared([_gmm(), _gmm(updates="batch")], _dask())
