@@ -83,6 +83,8 @@ FIT_OPTION_NAMES = {
     "model.max_iter": "--max-iter",
     "model.n_init": "--n-init",
     "model.tol": "--tol",
+    "model.updates": "--updates",
+    "model.n_shards": "--n-shards",
     "model.random_state": "--seed",
     "model.warm_start": "--warm-start",
     "output.model": "--out",
@@ -295,6 +297,8 @@ def _fit_config(options: dict[str, Any]) -> RunConfig:
             "covariance_type": options["covariance_type"],
             "max_iter": options["max_iter"],
             "n_init": options["n_init"],
+            "updates": options["updates"],
+            "n_shards": options["n_shards"],
             "random_state": options["seed"],
             "warm_start": options["warm_start"],
         },
@@ -345,6 +349,20 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
     "--tol",
     type=click.FloatRange(min=0),
     help="Convergence threshold.  [default: the model's: 1e-3 GMM, 1e-5 Bayesian, 1e-4 K-means]",
+)
+@click.option(
+    "--updates",
+    type=click.Choice(["batch", "incremental"]),
+    default="batch",
+    show_default=True,
+    help="An M-step once per pass, or after every shard of the data (fewer passes).",
+)
+@click.option(
+    "--n-shards",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Shards of --updates incremental.",
 )
 @click.option("--seed", type=int, default=0, help="Random seed of the initialisation.")
 @click.option(

@@ -118,6 +118,13 @@ class ModelConfig(_Strict):
     init_params: Literal["kmeans", "k-means++", "random", "random_from_data"] = "kmeans"
     random_state: int | None = Field(0, ge=0)
     init_sample_size: int | None = Field(None, gt=0)
+    # The estimators' own defaults; tests/pipeline/test_config.py checks they agree.
+    updates: Literal["batch", "incremental"] = Field(
+        "batch",
+        description="'incremental': an M-step after every shard of the row-blocks, not once "
+        "per pass (usually fewer passes; README, 'Incremental EM')",
+    )
+    n_shards: int = Field(8, gt=0, description="shards of updates='incremental'")
     weight_concentration_prior_type: Literal["dirichlet_process", "dirichlet_distribution"] = (
         "dirichlet_process"
     )

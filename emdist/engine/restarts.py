@@ -408,8 +408,12 @@ def run_restarts(
     seed: int,
     previous_bound: float | None = None,
     final_pass: Callable[[EMResult[P, S]], bool] | None = None,
+    n_shards: int | None = None,
 ) -> BestRun[P]:
     """Run the restarts side by side, resuming from ``checkpoint`` if it holds a matching fit.
+
+    Incremental EM (``n_shards``) runs its restarts one after another instead
+    (:func:`emdist.engine.incremental.run_incremental_restarts`).
 
     Parameters
     ----------
@@ -440,11 +444,35 @@ def run_restarts(
         ``final_pass(result)``: whether comparing this restart needs one more E-step pass
         under its final parameters; that pass is shared with the next iteration of the
         others.
+    n_shards : int, optional
+        Incremental EM over this many shards (``family`` must be an
+        :class:`~emdist.engine.incremental.IncrementalFamily`); ``None``: batch EM.
 
     Returns
     -------
     BestRun
     """
+    if n_shards is not None:
+        # Imported here: the incremental loop builds on this module's BestRun.
+        from emdist.engine.incremental import run_incremental_restarts
+
+        return run_incremental_restarts(
+            data,
+            family,  # type: ignore[arg-type]
+            n_shards=n_shards,
+            n_init=n_init,
+            seeds=seeds,
+            make_start=make_start,
+            params_from_arrays=params_from_arrays,
+            score=score,
+            tol=tol,
+            max_iter=max_iter,
+            observer=observer,
+            checkpoint=checkpoint,
+            config=config,
+            seed=seed,
+            previous_bound=previous_bound,
+        )
     group = RestartGroup.open(
         data,
         family,

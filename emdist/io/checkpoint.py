@@ -6,13 +6,17 @@ Layout of a checkpoint directory::
     <path>/<name>/              one group per committed state, e.g. ``s000012``
         r<i>/params/<array>     parameters of running restart ``i`` after its last M-step
         r<i>/lower_bounds       its lower bound per iteration
+        r<i>/carry/<array>      what else running restart ``i`` needs to continue exactly
+                                (incremental EM: its shard statistics), if anything
         best/<array>            parameters of the best finished restart (if any)
         best_lower_bounds
         zarr.json               attributes: running restarts, finished ones, best, checksums
 
 The restarts of a fit run side by side, sharing each pass over the data
 (:mod:`emdist.engine.lockstep`), so a state holds every restart still running; the
-finished ones are folded into ``best``. Version 1 checkpoints (one restart at a time) are
+finished ones are folded into ``best``. Incremental EM runs its restarts one after another
+(:mod:`emdist.engine.incremental`): its states hold one running restart, with its shard
+statistics as that restart's ``carry``. Version 1 checkpoints (one restart at a time) are
 refused with a message that says to start over.
 
 Commit protocol (docs/design.md, "Checkpoints"): a state is written completely into a new
@@ -115,12 +119,18 @@ class RestartState:
     lower_bounds : ndarray
         Lower bound per iteration (its length is the iteration count).
     converged : bool
+    carry : dict of str to ndarray
+        Arrays the restart needs besides its parameters to continue bit for bit
+        (incremental EM keeps its shard statistics here; batch EM nothing); checksummed
+        like the parameters, and their names listed in the state so that none goes missing
+        unnoticed.
     """
 
     restart: int
     params: dict[str, AnyArray]
     lower_bounds: FloatArray
     converged: bool
+    carry: dict[str, AnyArray] = field(default_factory=dict)
 
     @property
     def iteration(self) -> int:
@@ -158,7 +168,11 @@ class FitState:
 
     @property
     def done(self) -> bool:
-        """Whether every restart is finished (the fit is over)."""
+        """Whether no restart is running.
+
+        The fit is over, or (incremental EM, whose restarts run one after another) between
+        two restarts.
+        """
         return not self.running
 
 
@@ -551,7 +565,24 @@ class CheckpointStore:
                     raise CheckpointError(f"field '{run}/params/{key}' is not a finite float array")
             lower_bounds = _float_array(arrays, f"{run}/lower_bounds", ndim=1)
             _int_field(entry, "iteration", len(lower_bounds), len(lower_bounds), prefix)
-            running.append(RestartState(restart, params, lower_bounds, entry["converged"]))
+            carry = {
+                k.removeprefix(f"{run}/carry/"): v
+                for k, v in arrays.items()
+                if k.startswith(f"{run}/carry/")
+            }
+            # The listed names must be exactly the checksummed arrays: an entry dropped from
+            # both 'checksums' and the group would otherwise pass as a smaller carry.
+            listed = entry.get("carry", [])
+            if (
+                not isinstance(listed, list)
+                or not all(isinstance(n, str) for n in listed)
+                or sorted(listed) != sorted(carry)
+            ):
+                raise CheckpointError(
+                    f"field '{prefix}carry' is {listed!r}; the state holds "
+                    f"{sorted(carry)!r} for restart {restart}"
+                )
+            running.append(RestartState(restart, params, lower_bounds, entry["converged"], carry))
         indices = [r.restart for r in running] + list(finished)
         if len(set(indices)) != len(indices):
             raise CheckpointError(f"restarts {indices} are listed twice (running, finished)")
@@ -617,7 +648,9 @@ class CheckpointStore:
             if not is_disk_full(exc):
                 raise
             needed = 2 * sum(
-                np.asarray(v).nbytes for run in state.running for v in run.params.values()
+                np.asarray(v).nbytes
+                for run in state.running
+                for v in (*run.params.values(), *run.carry.values())
             )
             error = disk_full_error(self.path, needed)
             # The new state was never committed: the previous one stays the one to resume.
@@ -628,16 +661,22 @@ class CheckpointStore:
         assert self._root is not None
         group = zarr.open_group(str(self.path / name), mode="w", use_consolidated=False)
         arrays: dict[str, AnyArray] = {}
-        running = []
+        running: list[dict[str, Any]] = []
         for run in state.running:
             name_r = _RUN_NAME.format(int(run.restart))
             arrays.update({f"{name_r}/params/{k}": v for k, v in run.params.items()})
             arrays[f"{name_r}/lower_bounds"] = np.asarray(run.lower_bounds, dtype=np.float64)
+            carry = sorted(run.carry)
+            for key in carry:
+                # Checked here too: a name the reader would refuse must not be committed.
+                safe_name(key, f"carry of restart {run.restart}")
+                arrays[f"{name_r}/carry/{key}"] = np.asarray(run.carry[key])
             running.append(
                 {
                     "restart": int(run.restart),
                     "iteration": int(run.iteration),
                     "converged": bool(run.converged),
+                    "carry": carry,
                 }
             )
         best_attrs = None

@@ -68,6 +68,9 @@ class FitPlan(Generic[P]):
         ``final_pass(result)``: whether ``score`` needs the statistics of one more pass
         under the restart's final parameters (K-means re-assigns under its final centres);
         that pass is shared with the other restarts' iterations. ``None``: never.
+    n_shards : int or None, default=None
+        Incremental EM over this many shards (the family must support it, see
+        :mod:`emdist.engine.incremental`); ``None``: batch EM.
     """
 
     family: ModelFamily[P, Any]
@@ -76,6 +79,7 @@ class FitPlan(Generic[P]):
     score: Callable[[EMResult[P, Any]], float]
     tol: float
     final_pass: Callable[[EMResult[P, Any]], bool] | None = None
+    n_shards: int | None = None
 
     def run(
         self,
@@ -122,6 +126,7 @@ class FitPlan(Generic[P]):
             seed=seed,
             previous_bound=previous_bound,
             final_pass=self.final_pass,
+            n_shards=self.n_shards,
         )
 
     def open(
@@ -143,7 +148,17 @@ class FitPlan(Generic[P]):
         Returns
         -------
         RestartGroup
+
+        Raises
+        ------
+        InvalidParameterError
+            For incremental EM, whose restarts run one after another, not side by side.
         """
+        if self.n_shards is not None:
+            raise InvalidParameterError(
+                "updates='incremental' fits run alone, not sharing passes with other fits: "
+                "fit each estimator with its own fit(), or use updates='batch'"
+            )
         return RestartGroup.open(
             data,
             self.family,

@@ -14,6 +14,18 @@ __all__ = ["fill_doc"]
 T = TypeVar("T")
 
 _BLOCKS = {
+    "updates": """\
+updates : {'batch', 'incremental'}, default='batch'
+    ``'batch'``: one M-step per pass over the data (classic EM). ``'incremental'``: the
+    row-blocks are dealt to ``n_shards`` shards by a seeded permutation and the M-step
+    runs after every shard, from the latest statistics of all of them (Neal & Hinton's
+    incremental EM; ``max_iter`` then counts passes, convergence is judged per pass,
+    ``lower_bounds_`` holds the free energy after each pass's last M-step, and a final
+    batch pass gives the exact ``lower_bound_``). Often fewer passes to converge; see
+    the README's "Incremental EM".
+n_shards : int, default=8
+    Shards of ``updates='incremental'`` (at most one per row-block; in-memory data in
+    one block is one shard, i.e. batch EM).""",
     "fit_hooks": """\
 observer : callable, optional
     Called with an :class:`emdist.engine.IterationState` after every iteration;

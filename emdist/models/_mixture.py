@@ -39,6 +39,7 @@ from emdist.models._base import (
 )
 from emdist.models._sklearn import DensityMixin
 from emdist.models._validation import (
+    UPDATES_CONSTRAINTS,
     Constraint,
     any_of,
     is_none,
@@ -158,6 +159,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         "n_init": positive_int,
         "init_params": one_of(INIT_PARAMS),
         "init_sample_size": any_of(is_none, positive_int),
+        **UPDATES_CONSTRAINTS,
     }
 
     n_features_in_: int

@@ -17,6 +17,8 @@ from typing import Any
 from emdist.exceptions import InvalidParameterError
 
 __all__ = [
+    "UPDATES",
+    "UPDATES_CONSTRAINTS",
     "Constraint",
     "any_of",
     "boolean",
@@ -26,6 +28,7 @@ __all__ = [
     "one_of",
     "positive_finite_real",
     "positive_int",
+    "shards_of",
     "validate_parameters",
 ]
 
@@ -80,6 +83,20 @@ def any_of(*constraints: Constraint) -> Constraint:
         " or ".join(c.description for c in constraints),
         lambda v: any(c(v) for c in constraints),
     )
+
+
+#: How often the parameters are updated: once per pass, or after every shard.
+UPDATES = ("batch", "incremental")
+#: The parameters of the update schedule, shared by every estimator's table.
+UPDATES_CONSTRAINTS: dict[str, Constraint] = {
+    "updates": one_of(UPDATES),
+    "n_shards": positive_int,
+}
+
+
+def shards_of(updates: str, n_shards: int) -> int | None:
+    """The shard count a fit plan receives: ``None`` for batch EM."""
+    return int(n_shards) if updates == "incremental" else None
 
 
 def validate_parameters(constraints: Mapping[str, Constraint], params: Mapping[str, Any]) -> None:

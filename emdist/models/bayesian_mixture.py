@@ -27,6 +27,7 @@ from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array
 from emdist.kernels.gaussian import precisions_from_cholesky
 from emdist.kernels.mixture import MixtureStats
+from emdist.kernels.rebase import rebase_mixture_stats
 from emdist.kernels.variational import (
     WEIGHT_PRIOR_TYPES,
     VariationalParams,
@@ -42,7 +43,7 @@ from emdist.kernels.variational import (
 from emdist.models._base import FitPlan
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, initial_resp_stats
-from emdist.models._validation import Constraint, boolean, one_of
+from emdist.models._validation import Constraint, boolean, one_of, shards_of
 from emdist.registry import register_family
 
 __all__ = [
@@ -81,6 +82,8 @@ class BayesianMixtureFamily:
     covariance_type: CovarianceType
     reg_covar: float
     priors: VariationalPriors
+    #: Incremental EM (emdist.engine.incremental) restores kept statistics of this class.
+    stats_type: ClassVar[type[VariationalStats]] = VariationalStats
 
     def estep_chunk(
         self, X: AnyArray, row_offset: int, params: VariationalParams
@@ -111,6 +114,23 @@ class BayesianMixtureFamily:
     ) -> bool:
         """``|Δ per-sample ELBO| < tol``."""
         return abs(bound - prev_bound) < tol
+
+    # -- incremental EM (emdist.engine.incremental) -------------------------------------
+
+    def rebase(self, stats: VariationalStats, params: VariationalParams) -> VariationalStats:
+        """``stats`` with their moments about the posterior means of ``params``."""
+        moments = rebase_mixture_stats(stats.moments, params.means, self.covariance_type)
+        return VariationalStats(moments, stats.resp_log_resp)
+
+    def entropy(self, stats: VariationalStats, params: VariationalParams) -> float:
+        """0: the statistics carry ``Σ r log r`` themselves."""
+        return 0.0
+
+    def free_energy(
+        self, stats: VariationalStats, entropy: float, params: VariationalParams
+    ) -> float:
+        """Per-sample ELBO of the kept responsibilities and ``params``, their posterior."""
+        return float(variational_lower_bound(stats, params, self.covariance_type) / stats.n)
 
 
 # ---------------------------------------------------------------------------- the priors
@@ -424,6 +444,9 @@ default='dirichlet_process'
         Start from the previous fit's posterior (one restart).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
+    {{updates}}
+        Incremental: the posterior's global factors are updated after every shard
+        (incremental variational Bayes).
     {{fit_hooks}}
 
     Attributes
@@ -496,6 +519,8 @@ degrees_of_freedom_prior_, covariance_prior_ :
         random_state: Any = None,
         warm_start: bool = False,
         init_sample_size: int | None = None,
+        updates: str = "batch",
+        n_shards: int = 8,
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
     ) -> None:
@@ -516,6 +541,8 @@ degrees_of_freedom_prior_, covariance_prior_ :
         self.random_state = random_state
         self.warm_start = warm_start
         self.init_sample_size = init_sample_size
+        self.updates = updates
+        self.n_shards = n_shards
         self.observer = observer
         self.checkpoint = checkpoint
 
@@ -570,6 +597,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
             VariationalParams,
             score=lambda result: result.lower_bound,
             tol=float(self.tol),
+            n_shards=shards_of(self.updates, self.n_shards),
         )
 
     def _set_priors(self, priors: VariationalPriors) -> None:

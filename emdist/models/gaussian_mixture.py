@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,10 +29,12 @@ from emdist.kernels.mixture import (
     mixture_log_prob_chunk,
     mixture_mstep,
 )
+from emdist.kernels.rebase import mixture_expected_log_lik, rebase_mixture_stats
 from emdist.models._base import FitPlan
 from emdist.models._criteria import KernelStep, log_lik_sum_chunk, pass_data
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
+from emdist.models._validation import shards_of
 from emdist.registry import register_family
 
 __all__ = ["GaussianMixture", "GaussianMixtureFamily", "initial_mixture_params"]
@@ -48,6 +50,8 @@ class GaussianMixtureFamily:
 
     covariance_type: CovarianceType
     reg_covar: float
+    #: Incremental EM (emdist.engine.incremental) restores kept statistics of this class.
+    stats_type: ClassVar[type[MixtureStats]] = MixtureStats
 
     def estep_chunk(self, X: AnyArray, row_offset: int, params: MixtureParams) -> MixtureStats:
         """Responsibilities of one block, reduced to sufficient statistics."""
@@ -71,6 +75,24 @@ class GaussianMixtureFamily:
     ) -> bool:
         """``|Δ mean log-likelihood| < tol``."""
         return abs(bound - prev_bound) < tol
+
+    # -- incremental EM (emdist.engine.incremental) -------------------------------------
+
+    def rebase(self, stats: MixtureStats, params: MixtureParams) -> MixtureStats:
+        """``stats`` about the means of ``params``."""
+        return rebase_mixture_stats(stats, params.means, self.covariance_type)
+
+    def entropy(self, stats: MixtureStats, params: MixtureParams) -> float:
+        """Entropy of the responsibilities of a pass under ``params``.
+
+        ``log p(x) = E_r[log p(x, z)] + H(r)`` for the posterior ``r``: the pass's
+        log-likelihood minus the expected complete-data one.
+        """
+        return stats.log_lik - mixture_expected_log_lik(stats, params, self.covariance_type)
+
+    def free_energy(self, stats: MixtureStats, entropy: float, params: MixtureParams) -> float:
+        """``(E_r[log p(X, Z | params)] + H(r)) / n`` for the responsibilities behind ``stats``."""
+        return (mixture_expected_log_lik(stats, params, self.covariance_type) + entropy) / stats.n
 
 
 def initial_mixture_params(
@@ -173,6 +195,7 @@ class GaussianMixture(BaseMixture):
         Start from the previous fit's parameters (one restart).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
+    {{updates}}
     {{fit_hooks}}
 
     Attributes
@@ -207,6 +230,8 @@ class GaussianMixture(BaseMixture):
         random_state: Any = None,
         warm_start: bool = False,
         init_sample_size: int | None = None,
+        updates: str = "batch",
+        n_shards: int = 8,
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
     ) -> None:
@@ -223,6 +248,8 @@ class GaussianMixture(BaseMixture):
         self.random_state = random_state
         self.warm_start = warm_start
         self.init_sample_size = init_sample_size
+        self.updates = updates
+        self.n_shards = n_shards
         self.observer = observer
         self.checkpoint = checkpoint
 
@@ -253,6 +280,7 @@ class GaussianMixture(BaseMixture):
             MixtureParams,
             score=lambda result: result.lower_bound,
             tol=float(self.tol),
+            n_shards=shards_of(self.updates, self.n_shards),
         )
 
     def _set_params(self, params: MixtureParams) -> None:

@@ -28,6 +28,7 @@ from emdist.kernels.kmeans import (
     kmeans_mstep,
     kmeans_transform_chunk,
 )
+from emdist.kernels.rebase import rebase_kmeans_stats
 from emdist.models._base import (
     BaseEstimator,
     Components,
@@ -40,12 +41,14 @@ from emdist.models._criteria import KernelStep, label_counts_chunk, pass_data
 from emdist.models._docs import fill_doc
 from emdist.models._sklearn import ClusterMixin, TransformerMixin
 from emdist.models._validation import (
+    UPDATES_CONSTRAINTS,
     Constraint,
     any_of,
     is_none,
     literal,
     non_negative_real,
     positive_int,
+    shards_of,
 )
 from emdist.registry import register_family
 
@@ -66,6 +69,9 @@ class KMeansFamily:
     centre shift summed over clusters is at most ``tol`` (an absolute tolerance here; the
     estimator scales the user's ``tol`` by the mean feature variance).
     """
+
+    #: Incremental EM (emdist.engine.incremental) restores kept statistics of this class.
+    stats_type: ClassVar[type[KMeansStats]] = KMeansStats
 
     def estep_chunk(self, X: AnyArray, row_offset: int, params: KMeansParams) -> KMeansStats:
         """Assignment statistics of one block."""
@@ -89,6 +95,25 @@ class KMeansFamily:
     ) -> bool:
         """Squared centre shift at most ``tol``."""
         return float(np.sum((new_params.centers - params.centers) ** 2)) <= tol
+
+    # -- incremental EM (emdist.engine.incremental) -------------------------------------
+
+    def rebase(self, stats: KMeansStats, params: KMeansParams) -> KMeansStats:
+        """The same assignments about (and measured from) the centres of ``params``."""
+        return rebase_kmeans_stats(stats, params.centers)
+
+    def entropy(self, stats: KMeansStats, params: KMeansParams) -> float:
+        """0: hard assignments have no entropy."""
+        return 0.0
+
+    def free_energy(self, stats: KMeansStats, entropy: float, params: KMeansParams) -> float:
+        """Minus the mean squared distance of the kept assignments to the centres of ``params``.
+
+        An empty cluster re-seeded by the M-step is not written back into the kept
+        assignments: its far point stays in its old cluster's statistics until its shard
+        is visited again (docs/design.md, "Incremental EM").
+        """
+        return -rebase_kmeans_stats(stats, params.centers).inertia / stats.n
 
 
 def _needs_final_pass(result: EMResult[KMeansParams, KMeansStats]) -> bool:
@@ -127,10 +152,13 @@ def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> Flo
     return centers
 
 
-def kmeans_plan(data: FitData, n_clusters: int, init: Any, tol: float) -> FitPlan[KMeansParams]:
+def kmeans_plan(
+    data: FitData, n_clusters: int, init: Any, tol: float, n_shards: int | None = None
+) -> FitPlan[KMeansParams]:
     """Lloyd's algorithm as a fit plan: seeding, the family, and restarts compared by inertia.
 
-    ``tol`` is relative to the mean feature variance (scikit-learn's meaning).
+    ``tol`` is relative to the mean feature variance (scikit-learn's meaning); ``n_shards``
+    asks for shard-wise (incremental) Lloyd updates.
     """
     return FitPlan(
         KMeansFamily(),
@@ -141,6 +169,7 @@ def kmeans_plan(data: FitData, n_clusters: int, init: Any, tol: float) -> FitPla
         # The restarts loop runs that pass beside the other restarts' iterations, so
         # _final_inertia finds it done.
         final_pass=_needs_final_pass,
+        n_shards=n_shards,
     )
 
 
@@ -208,6 +237,7 @@ default='k-means++'
         Seed of everything random in the fit (sampling and seeding).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_clusters)``.
+    {{updates}}
     {{fit_hooks}}
 
     Attributes
@@ -240,6 +270,7 @@ default='k-means++'
         "tol": non_negative_real,
         "n_init": any_of(literal("auto"), positive_int),
         "init_sample_size": any_of(is_none, positive_int),
+        **UPDATES_CONSTRAINTS,
     }
     _n_components_param = "n_clusters"
     _convergence_quantity = "squared centre shift"
@@ -257,6 +288,8 @@ default='k-means++'
         tol: float = 1e-4,
         random_state: Any = None,
         init_sample_size: int | None = None,
+        updates: str = "batch",
+        n_shards: int = 8,
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
     ) -> None:
@@ -267,6 +300,8 @@ default='k-means++'
         self.tol = tol
         self.random_state = random_state
         self.init_sample_size = init_sample_size
+        self.updates = updates
+        self.n_shards = n_shards
         self.observer = observer
         self.checkpoint = checkpoint
 
@@ -288,7 +323,13 @@ default='k-means++'
         self.n_init = 1
 
     def _plan(self, data: FitData, warm: bool) -> FitPlan[KMeansParams]:
-        return kmeans_plan(data, int(self.n_clusters), self.init, float(self.tol))
+        return kmeans_plan(
+            data,
+            int(self.n_clusters),
+            self.init,
+            float(self.tol),
+            shards_of(self.updates, self.n_shards),
+        )
 
     def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
         self.cluster_centers_ = best.params.centers

@@ -405,3 +405,28 @@ def test_config_faults_are_one_config_error_naming_the_field(tmp_path: Path, cas
     assert "Traceback" not in message
     # Only the config file itself was added: nothing was written.
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, f"{name}.yaml"])
+
+
+def test_update_schedule_defaults_are_the_library_defaults() -> None:
+    import inspect
+
+    import emdist
+
+    model = RunConfig.model_fields["model"].default
+    for estimator in (emdist.GaussianMixture, emdist.BayesianGaussianMixture, emdist.KMeans):
+        params = inspect.signature(estimator).parameters
+        assert model.updates == params["updates"].default == "batch"
+        assert model.n_shards == params["n_shards"].default
+
+
+def test_update_schedule_reaches_every_estimator() -> None:
+    from emdist.registry import model_families
+
+    config = parse_config(
+        {"input": {"path": "x.npy"}, "model": {"updates": "incremental", "n_shards": 3}}
+    )
+    for family in model_families().values():
+        estimator = family.from_config(config.model.model_dump())
+        assert (estimator.updates, estimator.n_shards) == ("incremental", 3)
+    with pytest.raises(ConfigError, match="model.updates"):
+        parse_config({"input": {"path": "x.npy"}, "model": {"updates": "online"}})
