@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 import dask.array as da
 import numpy as np
 from dask.base import compute, tokenize
-from dask.core import quote
+from dask.core import literal
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
@@ -72,8 +72,11 @@ def _block_stats(
 
 
 def _shared(key: str, value: Any) -> Delayed:
-    # One key holding the value as it is (``quote``: a list or tuple is not read as a task).
-    return Delayed(key, {key: quote(value)})
+    # One key holding the value as it is. Always wrapped in a ``literal``: ``quote`` leaves a
+    # tuple whose first item is not callable as it is, and Dask then reads tuples nested in
+    # it — e.g. ``(kernel, params, covariance_type)`` among a shared pass's arguments — as
+    # tasks and calls them.
+    return Delayed(key, {key: (literal(value),)})
 
 
 def build_reduction(
