@@ -382,15 +382,16 @@ def test_base_image_script_passes_shellcheck() -> None:
 
 
 def test_dask_config_of_the_image_drops_malloc_trim_and_keeps_one_blas_thread() -> None:
-    import dask
-
-    # Dask's default, which slowed our kernels 16-70%: what deploy/dask must undo.
-    assert "MALLOC_TRIM_THRESHOLD_" in dask.config.get("distributed.nanny.pre-spawn-environ")
     probe = (
         "import json; from distributed.nanny import _get_env_variables as g; "
         "print(json.dumps(g('distributed.nanny.pre-spawn-environ')))"
     )
+    # Fresh interpreters: this session's own clusters change the live configuration.
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    default = run(sys.executable, "-c", probe, env=env)
+    ok(default)
+    # Dask's default, which slowed our kernels 16-70%: what deploy/dask must undo.
+    assert "MALLOC_TRIM_THRESHOLD_" in json.loads(default.stdout)
     ours = run(sys.executable, "-c", probe, env={**env, "DASK_CONFIG": str(DEPLOY / "dask")})
     ok(ours)
     environ = json.loads(ours.stdout)  # what a nanny started with this config sets
