@@ -32,14 +32,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 import numpy as np
 
 from emdist.engine.data import FitData
 from emdist.engine.em import EMResult, IterationState, ModelFamily, Observer
 from emdist.engine.reduce import Data, map_reduce
-from emdist.engine.restarts import BestRun, data_fingerprint
+from emdist.engine.restarts import BestRun, RestartSpec, best_run, keep_best
 from emdist.engine.shards import (
     Shards,
     make_shards,
@@ -51,7 +51,6 @@ from emdist.engine.shards import (
 from emdist.io.checkpoint import (
     BestState,
     CheckpointError,
-    CheckpointStore,
     FitState,
     RestartState,
 )
@@ -279,28 +278,7 @@ def run_incremental(
     return EMResult(new_params, bound, tuple(history), len(history), converged, stats)
 
 
-def _arrays(params: Any) -> dict[str, Any]:
-    return dict(params.arrays())
-
-
-def run_incremental_restarts(
-    data: FitData,
-    family: IncrementalFamily[P, S],
-    *,
-    n_shards: int,
-    n_init: int,
-    seeds: list[int],
-    make_start: Callable[[int, int], P],
-    params_from_arrays: Callable[..., P],
-    score: Callable[[EMResult[P, S]], float],
-    tol: float,
-    max_iter: int,
-    observer: Observer | None,
-    checkpoint: CheckpointStore | None,
-    config: dict[str, Any],
-    seed: int,
-    previous_bound: float | None = None,
-) -> BestRun[P]:
+def run_incremental_restarts(data: FitData, spec: RestartSpec[P, S], n_shards: int) -> BestRun[P]:
     """The restarts of an incremental fit, one after the other, with checkpoints.
 
     As :func:`emdist.engine.restarts.run_restarts`, but sequential: a restart's sweeps
@@ -313,17 +291,17 @@ def run_incremental_restarts(
     (and are checked against the recorded assignment), the kept statistics are stored
     exactly.
     """
-    shards = make_shards(data.X, n_shards, seed)
+    family = cast(IncrementalFamily[P, S], spec.family)
+    checkpoint, max_iter = spec.checkpoint, spec.max_iter
+    shards = make_shards(data.X, n_shards, spec.seed)
     n_blocks = 1 if isinstance(data.X, np.ndarray) else int(data.X.numblocks[0])
     assignment = shards.assignment(n_blocks)
-    state: FitState | None = None
-    if checkpoint is not None:
-        state = checkpoint.open(config, data_fingerprint(data), seed)
+    state = spec.open_checkpoint(data)
     best: BestState | None = state.best if state is not None else None
     finished: list[int] = list(state.finished) if state is not None else []
     resumed = {r.restart: r for r in state.running} if state is not None else {}
 
-    for restart in range(n_init):
+    for restart in range(spec.n_init):
         if restart in finished:
             continue
         history: tuple[float, ...] = ()
@@ -331,7 +309,7 @@ def run_incremental_restarts(
         done = False
         saved = resumed.get(restart)
         if saved is not None:
-            start = params_from_arrays(**saved.params)
+            start = spec.params_from_arrays(**saved.params)
             history = tuple(float(v) for v in saved.lower_bounds)
             done = saved.converged
             if history:
@@ -343,7 +321,7 @@ def run_incremental_restarts(
                     )
                 kept = ShardStatistics.from_arrays(saved.carry, family.stats_type, len(shards))
         else:
-            start = make_start(restart, seeds[restart])
+            start = spec.make_start(restart, spec.seeds[restart])
 
         def save_sweep(
             it: IterationState[Any],
@@ -356,7 +334,7 @@ def run_incremental_restarts(
             if it.iteration % checkpoint.every == 0 or it.converged or last:
                 running = RestartState(
                     restart,
-                    _arrays(it.params),
+                    dict(it.params.arrays()),
                     np.asarray(it.lower_bounds, dtype=np.float64),
                     it.converged,
                     carry={"assignment": assignment, **kept.to_arrays()},
@@ -370,41 +348,20 @@ def run_incremental_restarts(
             family,
             start,
             shards,
-            tol=tol,
+            tol=spec.tol,
             max_iter=max_iter,
-            observer=observer,
+            observer=spec.observer,
             restart=restart,
             lower_bounds=history,
-            previous_bound=previous_bound if restart == 0 else None,
+            previous_bound=spec.previous_bound if restart == 0 else None,
             kept=kept,
             converged=done,
             on_sweep=save_sweep if checkpoint is not None else None,
         )
-        value = float(score(result))
-        # In index order, so a later restart must beat the kept one strictly (ties go to
-        # the lower index, as in the side-by-side runner).
-        if best is None or value > best.score:
-            best = BestState(
-                restart=restart,
-                params=_arrays(result.params),
-                lower_bounds=np.asarray(result.lower_bounds),
-                n_iter=result.n_iter,
-                converged=result.converged,
-                score=value,
-            )
+        best = keep_best(best, restart, result, float(spec.score(result)))
         finished.append(restart)
         if checkpoint is not None:
             # Nothing running until the next restart's first sweep: it starts afresh from
             # its seed, as it would have.
             checkpoint.save(FitState(running=(), finished=tuple(sorted(finished)), best=best))
-    assert best is not None
-    bounds = tuple(float(v) for v in best.lower_bounds)
-    return BestRun(
-        params=params_from_arrays(**best.params),
-        lower_bound=bounds[-1] if bounds else float("nan"),
-        lower_bounds=bounds,
-        n_iter=best.n_iter,
-        converged=best.converged,
-        score=best.score,
-        restart=best.restart,
-    )
+    return best_run(best, spec.params_from_arrays)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -30,7 +30,16 @@ from emdist.engine.lockstep import shared_pass
 from emdist.engine.reduce import Data
 from emdist.io.checkpoint import BestState, CheckpointStore, FitState, RestartState
 
-__all__ = ["BestRun", "RestartGroup", "data_fingerprint", "run_groups", "run_restarts"]
+__all__ = [
+    "BestRun",
+    "RestartGroup",
+    "RestartSpec",
+    "best_run",
+    "data_fingerprint",
+    "keep_best",
+    "run_groups",
+    "run_restarts",
+]
 
 P = TypeVar("P")
 S = TypeVar("S")
@@ -81,6 +90,102 @@ def data_fingerprint(data: FitData) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class RestartSpec(Generic[P, S]):
+    """A fit's restarts: how each starts, is compared and stops, and where it commits.
+
+    Attributes
+    ----------
+    family : ModelFamily
+    seeds : sequence of int
+        One seed per restart (``n_init = len(seeds)``).
+    make_start : callable
+        ``make_start(restart, seed)`` -> starting parameters.
+    params_from_arrays : callable
+        Rebuilds parameters from ``params.arrays()`` (for checkpoints).
+    score : callable
+        Larger is better: which restart is kept. Given the restart's result, whose
+        ``stats`` are those of a pass under its final parameters when ``final_pass``
+        asked for one (``None`` possible after a resume when ``final_pass`` is not given).
+    tol, max_iter :
+        As :func:`emdist.engine.run_em`.
+    seed : int
+        The fit's seed, recorded in the checkpoint.
+    observer : callable, optional
+        Sees every restart's iterations (``IterationState.restart``), those of one pass
+        one after another.
+    checkpoint : CheckpointStore, optional
+    config : mapping
+        Configuration recorded in, and checked against, the checkpoint.
+    previous_bound : float, optional
+        For a warm start: the previous fit's bound, which the first change is measured from.
+    final_pass : callable, optional
+        ``final_pass(result)``: whether comparing this restart needs one more E-step pass
+        under its final parameters; that pass is shared with the next iteration of the
+        others.
+    """
+
+    family: ModelFamily[P, S]
+    seeds: Sequence[int]
+    make_start: Callable[[int, int], P]
+    params_from_arrays: Callable[..., P]
+    score: Callable[[EMResult[P, S]], float]
+    tol: float
+    max_iter: int
+    seed: int
+    observer: Observer | None = None
+    checkpoint: CheckpointStore | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    previous_bound: float | None = None
+    final_pass: Callable[[EMResult[P, S]], bool] | None = None
+
+    @property
+    def n_init(self) -> int:
+        """Number of restarts."""
+        return len(self.seeds)
+
+    def open_checkpoint(self, data: FitData) -> FitState | None:
+        """The committed state of this fit, if its checkpoint holds one (checked first)."""
+        if self.checkpoint is None:
+            return None
+        return self.checkpoint.open(dict(self.config), data_fingerprint(data), self.seed)
+
+
+def keep_best(
+    best: BestState | None, restart: int, result: EMResult[Any, Any], value: float
+) -> BestState:
+    """``best``, or the finished ``restart`` if its score ``value`` beats it.
+
+    Ties go to the lower index, as when restarts run one after another and a later one
+    must beat the kept one strictly (side by side, they may finish in any order).
+    """
+    if not (best is None or value > best.score or (value == best.score and restart < best.restart)):
+        return best
+    return BestState(
+        restart=restart,
+        params=_arrays(result.params),
+        lower_bounds=np.asarray(result.lower_bounds),
+        n_iter=result.n_iter,
+        converged=result.converged,
+        score=value,
+    )
+
+
+def best_run(best: BestState | None, params_from_arrays: Callable[..., P]) -> BestRun[P]:
+    """The kept restart as a :class:`BestRun`."""
+    assert best is not None
+    bounds = tuple(float(v) for v in best.lower_bounds)
+    return BestRun(
+        params=params_from_arrays(**best.params),
+        lower_bound=bounds[-1] if bounds else float("nan"),
+        lower_bounds=bounds,
+        n_iter=best.n_iter,
+        converged=best.converged,
+        score=best.score,
+        restart=best.restart,
+    )
+
+
 def _arrays(params: Any) -> dict[str, Any]:
     return dict(params.arrays())
 
@@ -112,49 +217,22 @@ class RestartGroup(Generic[P, S]):
     fit's checkpoint.
     """
 
-    family: ModelFamily[P, S]
-    params_from_arrays: Callable[..., P]
-    score: Callable[[EMResult[P, S]], float]
-    final_pass: Callable[[EMResult[P, S]], bool] | None
-    tol: float
-    max_iter: int
-    observer: Observer | None
-    checkpoint: CheckpointStore | None
+    spec: RestartSpec[P, S]
     runs: list[_Run[P, S]]
     best: BestState | None
     finished: list[int] = field(default_factory=list)
 
     @classmethod
-    def open(
-        cls,
-        data: FitData,
-        family: ModelFamily[P, S],
-        *,
-        n_init: int,
-        seeds: list[int],
-        make_start: Callable[[int, int], P],
-        params_from_arrays: Callable[..., P],
-        score: Callable[[EMResult[P, S]], float],
-        tol: float,
-        max_iter: int,
-        observer: Observer | None,
-        checkpoint: CheckpointStore | None,
-        config: dict[str, Any],
-        seed: int,
-        previous_bound: float | None = None,
-        final_pass: Callable[[EMResult[P, S]], bool] | None = None,
-    ) -> RestartGroup[P, S]:
+    def open(cls, data: FitData, spec: RestartSpec[P, S]) -> RestartGroup[P, S]:
         """Start the restarts, or resume them from ``checkpoint`` if it holds a matching fit.
 
         Parameters are those of :func:`run_restarts`.
         """
-        state: FitState | None = None
-        if checkpoint is not None:
-            state = checkpoint.open(config, data_fingerprint(data), seed)
+        state = spec.open_checkpoint(data)
         resumed = {r.restart: r for r in state.running} if state is not None else {}
         finished = list(state.finished) if state is not None else []
         runs: list[_Run[P, S]] = []
-        for restart in range(n_init):
+        for restart in range(spec.n_init):
             if restart in finished:
                 continue
             saved = resumed.get(restart)
@@ -162,7 +240,7 @@ class RestartGroup(Generic[P, S]):
                 history = [float(v) for v in saved.lower_bounds]
                 run = _Run[P, S](
                     restart,
-                    params_from_arrays(**saved.params),
+                    spec.params_from_arrays(**saved.params),
                     history,
                     history[-1] if history else -math.inf,
                     converged=saved.converged,
@@ -171,19 +249,12 @@ class RestartGroup(Generic[P, S]):
                 # As scikit-learn: a warm start's first change is measured from the
                 # previous fit's bound (the only restart of a warm start).
                 prev = -math.inf
-                if restart == 0 and previous_bound is not None:
-                    prev = float(previous_bound)
-                run = _Run[P, S](restart, make_start(restart, seeds[restart]), [], prev)
+                if restart == 0 and spec.previous_bound is not None:
+                    prev = float(spec.previous_bound)
+                run = _Run[P, S](restart, spec.make_start(restart, spec.seeds[restart]), [], prev)
             runs.append(run)
         return cls(
-            family=family,
-            params_from_arrays=params_from_arrays,
-            score=score,
-            final_pass=final_pass,
-            tol=tol,
-            max_iter=max_iter,
-            observer=observer,
-            checkpoint=checkpoint,
+            spec=spec,
             runs=runs,
             best=state.best if state is not None else None,
             finished=finished,
@@ -192,7 +263,7 @@ class RestartGroup(Generic[P, S]):
     # -- what the driver asks ----------------------------------------------------------------
 
     def _em_over(self, run: _Run[P, S]) -> bool:
-        return run.converged or run.stopped or len(run.history) >= self.max_iter
+        return run.converged or run.stopped or len(run.history) >= self.spec.max_iter
 
     def _result(self, run: _Run[P, S]) -> EMResult[P, S]:
         bound = run.history[-1] if run.history else run.prev
@@ -207,7 +278,7 @@ class RestartGroup(Generic[P, S]):
             if run.finished or run.wants_final or not self._em_over(run):
                 continue
             result = self._result(run)
-            if self.final_pass is not None and self.final_pass(result):
+            if self.spec.final_pass is not None and self.spec.final_pass(result):
                 run.wants_final = True
                 continue
             self._fold(run, result)
@@ -217,7 +288,7 @@ class RestartGroup(Generic[P, S]):
 
     def requests(self) -> list[tuple[ModelFamily[P, S], P]]:
         """The E-steps this group needs from the next pass, in :meth:`advance`'s order."""
-        return [(self.family, run.params) for run in self._in_pass()]
+        return [(self.spec.family, run.params) for run in self._in_pass()]
 
     def _in_pass(self) -> list[_Run[P, S]]:
         return [
@@ -255,9 +326,11 @@ class RestartGroup(Generic[P, S]):
                 self._fold(run, self._result(run))
                 commit = True
                 continue
-            bound = self.family.lower_bound(s, run.params)
-            new_params = self.family.mstep(s, run.params)
-            run.converged = self.family.converged(run.prev, bound, run.params, new_params, self.tol)
+            bound = self.spec.family.lower_bound(s, run.params)
+            new_params = self.spec.family.mstep(s, run.params)
+            run.converged = self.spec.family.converged(
+                run.prev, bound, run.params, new_params, self.spec.tol
+            )
             run.history.append(bound)
             iteration = len(run.history)
             iterations.append(
@@ -277,17 +350,17 @@ class RestartGroup(Generic[P, S]):
                 )
             )
             run.params, run.prev, run.stats = new_params, bound, s
-            if self.checkpoint is not None and (
-                iteration % self.checkpoint.every == 0
+            if self.spec.checkpoint is not None and (
+                iteration % self.spec.checkpoint.every == 0
                 or run.converged
-                or iteration == self.max_iter
+                or iteration == self.spec.max_iter
             ):
                 commit = True
         for run in runs:
             if run.finished or run.wants_final or not self._em_over(run):
                 continue
             result = self._result(run)
-            if self.final_pass is not None and self.final_pass(result):
+            if self.spec.final_pass is not None and self.spec.final_pass(result):
                 run.wants_final = True
             else:
                 self._fold(run, result)
@@ -298,58 +371,31 @@ class RestartGroup(Generic[P, S]):
 
     def notify(self, run: _Run[P, S], state: IterationState[P]) -> None:
         """Call the observer with one iteration; ``True`` stops that restart."""
-        if self.observer is not None and self.observer(state):
+        if self.spec.observer is not None and self.spec.observer(state):
             run.stopped = True
 
     def _fold(self, run: _Run[P, S], result: EMResult[P, S]) -> None:
-        value = float(self.score(result))
-        best = self.best
-        # Restarts finish in any order: ties go to the lower index, as when they ran one
-        # after another and a later one had to beat the kept one strictly.
-        if (
-            best is None
-            or value > best.score
-            or (value == best.score and run.restart < best.restart)
-        ):
-            self.best = BestState(
-                restart=run.restart,
-                params=_arrays(result.params),
-                lower_bounds=np.asarray(result.lower_bounds),
-                n_iter=result.n_iter,
-                converged=result.converged,
-                score=value,
-            )
+        self.best = keep_best(self.best, run.restart, result, float(self.spec.score(result)))
         run.finished = True
         run.stats = None
         self.finished.append(run.restart)
 
     def _commit(self) -> None:
-        self._dirty = False
-        if self.checkpoint is None:
+        if self.spec.checkpoint is None:
             return
         running = tuple(
             RestartState(run.restart, _arrays(run.params), np.asarray(run.history), run.converged)
             for run in self.runs
             if not run.finished
         )
-        self.checkpoint.save(
+        self.spec.checkpoint.save(
             FitState(running=running, finished=tuple(sorted(self.finished)), best=self.best)
         )
 
     def result(self) -> BestRun[P]:
         """The kept restart (once every restart is finished)."""
-        best = self.best
-        assert best is not None and not self.pending
-        bounds = tuple(float(v) for v in best.lower_bounds)
-        return BestRun(
-            params=self.params_from_arrays(**best.params),
-            lower_bound=bounds[-1] if bounds else float("nan"),
-            lower_bounds=bounds,
-            n_iter=best.n_iter,
-            converged=best.converged,
-            score=best.score,
-            restart=best.restart,
-        )
+        assert not self.pending
+        return best_run(self.best, self.spec.params_from_arrays)
 
 
 def run_groups(X: Data, groups: Sequence[RestartGroup[Any, Any]]) -> list[BestRun[Any]]:
@@ -392,25 +438,9 @@ def run_groups(X: Data, groups: Sequence[RestartGroup[Any, Any]]) -> list[BestRu
 
 
 def run_restarts(
-    data: FitData,
-    family: ModelFamily[P, S],
-    *,
-    n_init: int,
-    seeds: list[int],
-    make_start: Callable[[int, int], P],
-    params_from_arrays: Callable[..., P],
-    score: Callable[[EMResult[P, S]], float],
-    tol: float,
-    max_iter: int,
-    observer: Observer | None,
-    checkpoint: CheckpointStore | None,
-    config: dict[str, Any],
-    seed: int,
-    previous_bound: float | None = None,
-    final_pass: Callable[[EMResult[P, S]], bool] | None = None,
-    n_shards: int | None = None,
+    data: FitData, spec: RestartSpec[P, S], *, n_shards: int | None = None
 ) -> BestRun[P]:
-    """Run the restarts side by side, resuming from ``checkpoint`` if it holds a matching fit.
+    """Run the restarts side by side, resuming from the checkpoint if it holds a matching fit.
 
     Incremental EM (``n_shards``) runs its restarts one after another instead
     (:func:`emdist.engine.incremental.run_incremental_restarts`).
@@ -418,34 +448,9 @@ def run_restarts(
     Parameters
     ----------
     data : FitData
-    family : ModelFamily
-    n_init : int
-    seeds : list of int
-        One seed per restart.
-    make_start : callable
-        ``make_start(restart, seed)`` -> starting parameters.
-    params_from_arrays : callable
-        Rebuilds parameters from ``params.arrays()`` (for checkpoints).
-    score : callable
-        Larger is better: which restart is kept. Given the restart's result, whose
-        ``stats`` are those of a pass under its final parameters when ``final_pass``
-        asked for one (``None`` possible after a resume when ``final_pass`` is not given).
-    tol, max_iter, observer :
-        As :func:`emdist.engine.run_em`; the observer sees every restart's iterations
-        (``IterationState.restart``), those of one pass one after another.
-    checkpoint : CheckpointStore or None
-    config : dict
-        Configuration recorded in, and checked against, the checkpoint.
-    seed : int
-        The fit's seed, recorded in the checkpoint.
-    previous_bound : float, optional
-        For a warm start: the previous fit's bound, which the first change is measured from.
-    final_pass : callable, optional
-        ``final_pass(result)``: whether comparing this restart needs one more E-step pass
-        under its final parameters; that pass is shared with the next iteration of the
-        others.
+    spec : RestartSpec
     n_shards : int, optional
-        Incremental EM over this many shards (``family`` must be an
+        Incremental EM over this many shards (``spec.family`` must be an
         :class:`~emdist.engine.incremental.IncrementalFamily`); ``None``: batch EM.
 
     Returns
@@ -453,41 +458,8 @@ def run_restarts(
     BestRun
     """
     if n_shards is not None:
-        # Imported here: the incremental loop builds on this module's BestRun.
+        # Imported here: the incremental loop builds on this module's RestartSpec.
         from emdist.engine.incremental import run_incremental_restarts
 
-        return run_incremental_restarts(
-            data,
-            family,  # type: ignore[arg-type]
-            n_shards=n_shards,
-            n_init=n_init,
-            seeds=seeds,
-            make_start=make_start,
-            params_from_arrays=params_from_arrays,
-            score=score,
-            tol=tol,
-            max_iter=max_iter,
-            observer=observer,
-            checkpoint=checkpoint,
-            config=config,
-            seed=seed,
-            previous_bound=previous_bound,
-        )
-    group = RestartGroup.open(
-        data,
-        family,
-        n_init=n_init,
-        seeds=seeds,
-        make_start=make_start,
-        params_from_arrays=params_from_arrays,
-        score=score,
-        tol=tol,
-        max_iter=max_iter,
-        observer=observer,
-        checkpoint=checkpoint,
-        config=config,
-        seed=seed,
-        previous_bound=previous_bound,
-        final_pass=final_pass,
-    )
-    return run_groups(data.X, [group])[0]
+        return run_incremental_restarts(data, spec, n_shards)
+    return run_groups(data.X, [RestartGroup.open(data, spec)])[0]

@@ -24,7 +24,7 @@ from emdist._random import child_seeds, resolve_seed
 from emdist._typing import FloatArray
 from emdist.engine.data import FitData, compute_context, default_sample_size, prepare_fit_data
 from emdist.engine.em import EMResult, ModelFamily, Observer
-from emdist.engine.restarts import BestRun, RestartGroup, run_restarts
+from emdist.engine.restarts import BestRun, RestartGroup, RestartSpec, run_restarts
 from emdist.exceptions import ConvergenceWarning, InvalidDataError, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
@@ -110,24 +110,8 @@ class FitPlan(Generic[P]):
         -------
         BestRun
         """
-        return run_restarts(
-            data,
-            self.family,
-            n_init=len(seeds),
-            seeds=seeds,
-            make_start=self.make_start,
-            params_from_arrays=self.params_type,
-            score=self.score,
-            tol=self.tol,
-            max_iter=max_iter,
-            observer=observer,
-            checkpoint=checkpoint,
-            config=config or {},
-            seed=seed,
-            previous_bound=previous_bound,
-            final_pass=self.final_pass,
-            n_shards=self.n_shards,
-        )
+        spec = self._spec(seeds, max_iter, seed, observer, checkpoint, config, previous_bound)
+        return run_restarts(data, spec, n_shards=self.n_shards)
 
     def open(
         self,
@@ -159,20 +143,31 @@ class FitPlan(Generic[P]):
                 "updates='incremental' fits run alone, not sharing passes with other fits: "
                 "fit each estimator with its own fit(), or use updates='batch'"
             )
-        return RestartGroup.open(
-            data,
-            self.family,
-            n_init=len(seeds),
+        spec = self._spec(seeds, max_iter, seed, observer, checkpoint, config, previous_bound)
+        return RestartGroup.open(data, spec)
+
+    def _spec(
+        self,
+        seeds: list[int],
+        max_iter: int,
+        seed: int,
+        observer: Observer | None,
+        checkpoint: CheckpointStore | None,
+        config: dict[str, Any] | None,
+        previous_bound: float | None,
+    ) -> RestartSpec[P, Any]:
+        return RestartSpec(
+            family=self.family,
             seeds=seeds,
             make_start=self.make_start,
             params_from_arrays=self.params_type,
             score=self.score,
             tol=self.tol,
             max_iter=max_iter,
+            seed=seed,
             observer=observer,
             checkpoint=checkpoint,
             config=config or {},
-            seed=seed,
             previous_bound=previous_bound,
             final_pass=self.final_pass,
         )
