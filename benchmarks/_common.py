@@ -8,18 +8,21 @@ dense floats, and 50k-100k-row chunks read fastest).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import platform
 import shutil
 import statistics
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.storage import LocalStore, WrapperStore
 
 REPO = Path(__file__).resolve().parent.parent
 # Scratch space for stores; .bench-data/ sits next to .venv/ and is meant to be gitignored.
@@ -171,3 +174,57 @@ def environment() -> str:
         f"distributed {distributed.__version__}, zarr {zarr.__version__}; "
         f"BLAS: {', '.join(sorted(set(blas)))}"
     )
+
+
+class CountingStore(WrapperStore[LocalStore]):
+    """A read-only store that counts the reads of every chunk key (whole, partial, batched).
+
+    A pass over the data is one read of every chunk, so the counts are passes.
+    """
+
+    def __init__(self, store: LocalStore, counts: collections.Counter[str] | None = None) -> None:
+        super().__init__(store)
+        self.counts: collections.Counter[str] = collections.Counter() if counts is None else counts
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open_array(cls, path: str | os.PathLike[str]) -> tuple[zarr.Array, CountingStore]:
+        """The array at ``path``, read through a new counting store."""
+        store = cls(LocalStore(str(path), read_only=True))
+        return zarr.open_array(store, mode="r"), store
+
+    def _with_store(self, store: LocalStore) -> CountingStore:
+        return type(self)(store, self.counts)
+
+    def _note(self, key: str) -> None:
+        if key.startswith("c/"):
+            with self._lock:
+                self.counts[key] += 1
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        self._note(key)
+        return await self._store.get(key, prototype, byte_range)
+
+    async def get_partial_values(
+        self, prototype: Any, key_ranges: Iterable[tuple[str, Any]]
+    ) -> list[Any]:
+        key_ranges = list(key_ranges)
+        for key, _ in key_ranges:
+            self._note(key)
+        return await self._store.get_partial_values(prototype, key_ranges)
+
+    async def _get_many(self, requests: Iterable[tuple[str, Any, Any]]) -> AsyncGenerator[Any]:
+        requests = list(requests)
+        for key, *_ in requests:
+            self._note(key)
+        async for item in self._store._get_many(requests):
+            yield item
+
+    def reads_per_chunk(self, n_chunks: int | None = None) -> str:
+        """Reads per chunk: one number when every chunk (of ``n_chunks``) was read as often."""
+        reads = list(self.counts.values())
+        if n_chunks is not None and len(reads) < n_chunks:
+            reads.append(0)
+        if reads and min(reads) == max(reads):
+            return str(reads[0])
+        return f"{min(reads, default=0)}-{max(reads, default=0)}"

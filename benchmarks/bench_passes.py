@@ -16,13 +16,10 @@ Run it once with the code before a change and once after (``PYTHONPATH``) to com
 from __future__ import annotations
 
 import argparse
-import collections
 import inspect
 import sys
-import threading
 import time
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,47 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 import zarr  # noqa: E402
-from zarr.storage import LocalStore, WrapperStore  # noqa: E402
+from zarr.storage import LocalStore  # noqa: E402
 
 import emdist  # noqa: E402
 
 MIXTURE_INITS = ("kmeans", "k-means++", "random", "random_from_data")
 HEADER = ("model", "init", "n_init", "n_iter", "passes", "bound", "s")
-
-
-class ReadCountingStore(WrapperStore[LocalStore]):
-    """A read-only store that counts the reads of every key (whole and partial)."""
-
-    def __init__(self, store: LocalStore, counts: collections.Counter[str] | None = None) -> None:
-        super().__init__(store)
-        self.counts: collections.Counter[str] = collections.Counter() if counts is None else counts
-        self._lock = threading.Lock()
-
-    def _with_store(self, store: LocalStore) -> ReadCountingStore:
-        return type(self)(store, self.counts)
-
-    def _note(self, key: str) -> None:
-        with self._lock:
-            self.counts[key] += 1
-
-    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        self._note(key)
-        return await self._store.get(key, prototype, byte_range)
-
-    async def get_partial_values(
-        self, prototype: Any, key_ranges: Iterable[tuple[str, Any]]
-    ) -> list[Any]:
-        key_ranges = list(key_ranges)
-        for key, _ in key_ranges:
-            self._note(key)
-        return await self._store.get_partial_values(prototype, key_ranges)
-
-    def passes(self, n_chunks: int) -> str:
-        """Reads per chunk: one number when every chunk was read equally often."""
-        reads = [v for k, v in self.counts.items() if k.startswith("c/")]
-        if len(reads) != n_chunks or min(reads) != max(reads):
-            return f"{min(reads, default=0)}-{max(reads, default=0)}"
-        return str(reads[0])
 
 
 def cases(k: int) -> list[tuple[str, Any, dict[str, Any]]]:
@@ -133,7 +95,7 @@ def main() -> None:
             if label.split()[0] not in args.models:
                 continue
             for n_init in args.n_init:
-                store = ReadCountingStore(LocalStore(str(path), read_only=True))
+                store = _common.CountingStore(LocalStore(str(path), read_only=True))
                 arr = zarr.open_array(store, mode="r")
                 store.counts.clear()
                 stop = (
@@ -155,7 +117,7 @@ def main() -> None:
                         init,
                         n_init,
                         est.n_iter_,
-                        store.passes(n_chunks),
+                        store.reads_per_chunk(n_chunks),
                         f"{bound:.6f}",
                         f"{seconds:.1f}",
                     )

@@ -28,10 +28,9 @@ import argparse
 import collections
 import os
 import sys
-import threading
 import time
 import warnings
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 import numpy as np  # noqa: E402
 import zarr  # noqa: E402
-from zarr.storage import LocalStore, WrapperStore  # noqa: E402
 
 import emdist  # noqa: E402
 from emdist._random import child_seeds, resolve_seed  # noqa: E402
@@ -49,52 +47,6 @@ from emdist.engine.em import run_em  # noqa: E402
 from emdist.engine.lockstep import shared_pass  # noqa: E402
 from emdist.kernels.kmeans import KMeansParams, kmeans_estep_chunk  # noqa: E402
 from emdist.models.kmeans import KMeansFamily  # noqa: E402
-
-
-class CountingStore(WrapperStore[LocalStore]):
-    """Counts the reads of every chunk key (``get``, partial and batched reads)."""
-
-    def __init__(self, store: LocalStore, counts: collections.Counter[str] | None = None) -> None:
-        super().__init__(store)
-        self.counts: collections.Counter[str] = collections.Counter() if counts is None else counts
-        self._lock = threading.Lock()
-
-    def _with_store(self, store: LocalStore) -> CountingStore:
-        return type(self)(store, self.counts)
-
-    def _note(self, key: str) -> None:
-        if key.startswith("c/"):
-            with self._lock:
-                self.counts[key] += 1
-
-    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        self._note(key)
-        return await self._store.get(key, prototype, byte_range)
-
-    async def get_partial_values(
-        self, prototype: Any, key_ranges: Iterable[tuple[str, Any]]
-    ) -> list[Any]:
-        key_ranges = list(key_ranges)
-        for key, _ in key_ranges:
-            self._note(key)
-        return await self._store.get_partial_values(prototype, key_ranges)
-
-    async def _get_many(self, requests: Iterable[tuple[str, Any, Any]]) -> AsyncGenerator[Any]:
-        requests = list(requests)
-        for key, *_ in requests:
-            self._note(key)
-        async for item in self._store._get_many(requests):
-            yield item
-
-
-def counted(path: Path) -> tuple[zarr.Array, CountingStore]:
-    store = CountingStore(LocalStore(str(path), read_only=True))
-    return zarr.open_array(store, mode="r"), store
-
-
-def reads_per_chunk(store: CountingStore) -> str:
-    values = set(store.counts.values())
-    return str(values.pop()) if len(values) == 1 else f"{min(values)}-{max(values)}"
 
 
 def load() -> float:
@@ -146,11 +98,11 @@ def bench_restarts(path: Path, args: argparse.Namespace) -> list[list[Any]]:
     inertia: dict[str, float] = {}
     for _ in range(args.repeats):
         for name, run in variants.items():
-            X, store = counted(path)
+            X, store = _common.CountingStore.open_array(path)
             loads[name].append(load())
             s, value = timed(lambda run=run, X=X: run(X))
             seconds[name].append(s)
-            reads[name] = reads_per_chunk(store)
+            reads[name] = store.reads_per_chunk()
             inertia[name] = float(value)
     base = _common.median(seconds["n_init=1"])
     rows = []
@@ -243,11 +195,11 @@ def bench_sweep(path: Path, args: argparse.Namespace, family: str) -> list[list[
     bics: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         for name, run in variants.items():
-            X, store = counted(path)
+            X, store = _common.CountingStore.open_array(path)
             loads[name].append(load())
             s, value = timed(lambda run=run, X=X: run(X))
             seconds[name].append(s)
-            reads[name] = reads_per_chunk(store)
+            reads[name] = store.reads_per_chunk()
             bics[name] = value
     assert bics["one fit per K"] == bics["select_n_components"], bics
     base = _common.median(seconds["one fit per K"])
