@@ -5,7 +5,7 @@ Three parts, chosen with ``--parts`` (default all):
 * ``kernels`` — one E-step on one chunk (``--chunk-rows`` x d, K components), one thread
   (BLAS capped at one thread, as under Dask), for every covariance type, for the
   Gaussian mixture and the variational one: the numpy reference
-  (:mod:`emdist.kernels.reference`) against the compiled kernel the estimators run
+  (:mod:`emdist.kernels.mixture_reference`) against the compiled kernel the estimators run
   (:mod:`emdist.kernels.fused_estep`), on float64 data, and the compiled kernel on the
   same data as float32. Interleaved rounds; medians in seconds per 1M rows.
 * ``iteration`` — seconds per iteration of a whole in-memory fit, emdist (default threaded
@@ -48,7 +48,7 @@ import bench_em  # noqa: E402
 import emdist  # noqa: E402
 from emdist.kernels import MixtureParams, compute_precision_cholesky  # noqa: E402
 from emdist.kernels.mixture import mixture_estep_chunk  # noqa: E402
-from emdist.kernels.reference import (  # noqa: E402
+from emdist.kernels.mixture_reference import (  # noqa: E402
     mixture_estep_reference,
     variational_estep_reference,
 )

@@ -18,7 +18,7 @@ no reduction (components for the log-densities, features or rows for the moments
 vectorises them without ``fastmath``, and the results do not depend on the chunking beyond
 the rounding of the sums. Inputs may be float32 or float64; everything is accumulated in
 float64. The numpy references these kernels are tested against are in
-:mod:`emdist.kernels.reference`.
+:mod:`emdist.kernels.mixture_reference`.
 """
 
 from __future__ import annotations

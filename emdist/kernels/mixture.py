@@ -230,7 +230,7 @@ def fused_estep(
     one compiled row loop; ``full`` and ``tied`` keep the two GEMMs per component in BLAS
     and run the steps between them compiled (:mod:`emdist.kernels.fused_estep`). float32
     data runs its GEMMs in float32 (:func:`~emdist.kernels._blocks.compute_dtype`).
-    The numpy reference is :func:`emdist.kernels.reference.mixture_estep_reference`.
+    The numpy reference is :func:`emdist.kernels.mixture_reference.mixture_estep_reference`.
 
     Parameters
     ----------

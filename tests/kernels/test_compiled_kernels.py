@@ -2,7 +2,7 @@
 
 The kernels the estimators run (:mod:`emdist.kernels.fused_estep`, dispatched by
 ``mixture_estep_chunk`` and ``variational_estep_chunk``) must give the statistics of the
-plain numpy E-steps in :mod:`emdist.kernels.reference` (float64, one numpy call per step)
+plain numpy E-steps in :mod:`emdist.kernels.mixture_reference` (float64, one numpy call per step)
 for every shape and input the engine can hand them: one component, one feature, one row,
 Fortran-ordered and strided blocks, integer and float32 data, components whose weight
 underflows, data far from the origin.
@@ -18,7 +18,7 @@ from numpy.testing import assert_allclose
 
 from emdist.kernels import MixtureParams, compute_precision_cholesky, mixture_estep_chunk
 from emdist.kernels.mixture import MixtureStats
-from emdist.kernels.reference import mixture_estep_reference, variational_estep_reference
+from emdist.kernels.mixture_reference import mixture_estep_reference, variational_estep_reference
 from emdist.kernels.variational import VariationalParams, variational_estep_chunk
 from tests.conftest import COVARIANCE_TYPES
 
