@@ -35,7 +35,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def fit_args(data: Path, family: str, checkpoint: Path, out: Path) -> list[str]:
+def fit_args(data: Path, family: str, updates: str, checkpoint: Path, out: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -56,6 +56,8 @@ def fit_args(data: Path, family: str, checkpoint: Path, out: Path) -> list[str]:
         str(checkpoint),
         "--out",
         str(out),
+        "--updates",
+        updates,
     ]
 
 
@@ -81,21 +83,23 @@ def same_model(a: Path, b: Path) -> None:
             assert np.array_equal(value, getattr(mb, name)), name
 
 
+@pytest.mark.parametrize("updates", ["batch", "incremental"])
 @pytest.mark.parametrize("family", list(model_families()))
 def test_fit_killed_at_a_random_moment_resumes_to_the_uninterrupted_model(
-    tmp_path: Path, data: Path, family: str
+    tmp_path: Path, data: Path, family: str, updates: str
 ) -> None:
+    # Incremental EM keeps its shard statistics in the checkpoint: they must resume too.
     env = subprocess_environment(tmp_path / "prefect-home")
-    rng = random.Random(f"emdist-cli-kill-{family}")
+    rng = random.Random(f"emdist-cli-kill-{family}-{updates}")
     reference = subprocess.run(
-        fit_args(data, family, tmp_path / "ref-ckpt.zarr", tmp_path / "ref.zarr"),
+        fit_args(data, family, updates, tmp_path / "ref-ckpt.zarr", tmp_path / "ref.zarr"),
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
     )
     assert reference.returncode == 0, reference.stderr
-    args = fit_args(data, family, tmp_path / "ckpt.zarr", tmp_path / "model.zarr")
+    args = fit_args(data, family, updates, tmp_path / "ckpt.zarr", tmp_path / "model.zarr")
     target, delay = rng.randint(2, 6), rng.uniform(0.0, 0.05)
     proc = subprocess.Popen(
         args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
