@@ -224,6 +224,9 @@ def dask_client(
     """
     # Idempotent: a logger holds a filter once.
     logging.getLogger("asyncio").addFilter(_ALLEXIT_FILTER)
+    # INFO from distributed (the scheduler, nannies, closed connections with their
+    # tracebacks) drowns the job's own log lines.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if config.address is not None:
         with connect(config.address, timeout=config.connect_timeout) as client:
             assert client is not None
@@ -231,8 +234,6 @@ def dask_client(
                 announce(f"Dask dashboard: {client.dashboard_link}")
             yield client
         return
-    # INFO from the scheduler and nannies drowns the job's own log lines.
-    logging.getLogger("distributed").setLevel(logging.WARNING)
     cores = os.cpu_count() or 1
     threads = config.threads_per_worker or 1
     workers = config.n_workers or max(1, cores // threads)

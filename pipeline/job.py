@@ -239,15 +239,18 @@ def _quiet_reconnects() -> Iterator[None]:
     """Silence the client's tracebacks while it tries to reconnect to a lost scheduler.
 
     A lost scheduler is reported by :func:`_on_cluster` in one line; distributed's client
-    would log a traceback per reconnect attempt above it.
+    would log a traceback per reconnect attempt above it, and its batched sender one for
+    the write the closed connection broke.
     """
-    logger = logging.getLogger("distributed.client")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    loggers = [logging.getLogger(name) for name in ("distributed.client", "distributed.batched")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager
