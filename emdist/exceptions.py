@@ -9,14 +9,19 @@ from the built-in exception a Python caller would expect (``ValueError``,
 
 from __future__ import annotations
 
+import sys
+
 __all__ = [
     "ConvergenceWarning",
     "EmdistError",
     "EmdistWarning",
+    "FeatureNamesWarning",
     "FitError",
     "InvalidDataError",
+    "InvalidDataTypeError",
     "InvalidParameterError",
     "NotFittedError",
+    "align_with_sklearn",
     "not_fitted_error",
 ]
 
@@ -26,7 +31,23 @@ class EmdistWarning(UserWarning):
 
 
 class ConvergenceWarning(EmdistWarning):
-    """A fit reached ``max_iter`` before the convergence criterion held."""
+    """A fit reached ``max_iter`` before the convergence criterion held.
+
+    Once scikit-learn is imported, this class also derives from
+    ``sklearn.exceptions.ConvergenceWarning`` (see :func:`align_with_sklearn`), so
+    ``warnings.filterwarnings("ignore", category=sklearn.exceptions.ConvergenceWarning)``
+    and ``pytest.warns`` of scikit-learn's class catch ours too.
+    """
+
+
+class FeatureNamesWarning(EmdistWarning):
+    """The data's feature names (DataFrame columns, a Zarr store's ``feature_names``)
+    cannot be checked against those seen in ``fit``: one side has names, the other none.
+
+    The message is scikit-learn's (``X has feature names, but ... was fitted without
+    feature names`` and ``X does not have valid feature names, but ...``), and the class
+    is a ``UserWarning`` as scikit-learn's, so filters written for scikit-learn match it.
+    """
 
 
 class EmdistError(Exception):
@@ -43,6 +64,14 @@ class InvalidParameterError(EmdistError, ValueError):
 
 class InvalidDataError(EmdistError, ValueError):
     """The data handed to an estimator cannot be fitted (NaN, wrong shape, too few rows...)."""
+
+
+class InvalidDataTypeError(InvalidDataError, TypeError):
+    """The data holds values that are not numbers (an object array with text or ``None``).
+
+    Also a ``TypeError``, as scikit-learn raises for such arrays (numpy's ``float()``
+    refusing the value), while still an :class:`InvalidDataError` (a ``ValueError``).
+    """
 
 
 class FitError(EmdistError, ValueError):
@@ -84,6 +113,7 @@ def _not_fitted_class() -> type[NotFittedError]:
         except ImportError:
             pass
         else:
+            align_with_sklearn()
             # Named so that pickle finds it again (through the module ``__getattr__``
             # below), e.g. when a Dask worker or a Prefect task sends the error back.
             _SKLEARN_NOT_FITTED = type(
@@ -106,6 +136,26 @@ def __getattr__(name: str) -> object:
     if name == _SKLEARN_CLASS_NAME:
         return _not_fitted_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def align_with_sklearn() -> None:
+    """Make :class:`ConvergenceWarning` a subclass of scikit-learn's, once it is imported.
+
+    A class is a subclass only through its bases, and emdist must not import scikit-learn
+    (optional, and seconds to import) to define its own. Code that names scikit-learn's
+    class has imported it, so it is enough to add it to our bases when scikit-learn is
+    already in ``sys.modules``: at import of this module, at the start of every fit (before
+    any warning is emitted) and when scikit-learn calls an estimator. The class stays the
+    same object (``__bases__`` is reassigned), so pickles, ``except`` clauses and filters
+    on ``emdist.ConvergenceWarning`` or :class:`EmdistWarning` are unchanged.
+    """
+    module = sys.modules.get("sklearn.exceptions")
+    theirs = getattr(module, "ConvergenceWarning", None)
+    if isinstance(theirs, type) and not issubclass(ConvergenceWarning, theirs):
+        ConvergenceWarning.__bases__ = (EmdistWarning, theirs)
+
+
+align_with_sklearn()
 
 
 def not_fitted_error(estimator: object) -> NotFittedError:

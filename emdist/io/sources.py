@@ -24,7 +24,7 @@ import scipy.sparse
 import zarr
 from dask.base import tokenize
 
-from emdist.exceptions import InvalidDataError
+from emdist.exceptions import InvalidDataError, InvalidDataTypeError
 from emdist.io.chunking import read_block_rows
 from emdist.io.integrity import CheckedReader, verify_array
 
@@ -154,15 +154,19 @@ def is_out_of_core(X: Any) -> bool:
 def as_numpy_array(X: Any, what: str = "X") -> np.ndarray[Any, Any]:
     """In-memory ``X`` as a validated numpy array (scikit-learn's ``check_array`` rules).
 
-    Sparse matrices are refused (every kernel works on dense row-blocks). Unlike
-    scikit-learn, an object array is refused too rather than converted to float64: it
-    comes from text or mixed columns (a pandas frame with a string column), and the same
-    data stored in Zarr or Dask is refused as well, so both paths agree.
+    Sparse matrices are refused (every kernel works on dense row-blocks). An object array
+    (a pandas frame with mixed or nullable columns, a list of ``Decimal``) is converted to
+    float64 as scikit-learn does; one holding a value that is not a number (text,
+    ``None``, ``pd.NA``) is refused naming the first such value, its row and column (and
+    the column's name for a DataFrame).
 
     Raises
     ------
     TypeError
         For sparse input.
+    InvalidDataTypeError
+        For an object array holding something that is not a number (a ``TypeError`` and
+        an :class:`InvalidDataError`).
     InvalidDataError
         As :func:`validate_array_like`.
     """
@@ -172,8 +176,31 @@ def as_numpy_array(X: Any, what: str = "X") -> np.ndarray[Any, Any]:
             f"dense array (X.toarray()) or store it densely in Zarr."
         )
     arr = np.asarray(X)
+    if arr.dtype == object and arr.ndim == 2:
+        arr = _object_to_float(arr, X, what)
     validate_array_like(arr.shape, arr.dtype, what)
     return arr
+
+
+def _object_to_float(arr: np.ndarray[Any, Any], X: Any, what: str) -> np.ndarray[Any, Any]:
+    """An object array of numbers as float64; else the first value that is not one."""
+    try:
+        return arr.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        failure = exc
+    for (row, col), value in np.ndenumerate(arr):
+        try:
+            float(value)
+        except (TypeError, ValueError) as exc:
+            columns = getattr(X, "columns", None)
+            name = f" ({columns[col]!r})" if columns is not None and len(columns) > col else ""
+            # numpy's own words end the message ("float() argument must be a string or a
+            # real number, not 'dict'"): code written against scikit-learn matches them.
+            raise InvalidDataTypeError(
+                f"{what} must hold real numbers; got {value!r} at row {row}, column "
+                f"{col}{name} of an object array ({exc})."
+            ) from None
+    raise InvalidDataTypeError(f"{what} must hold real numbers; got an object array ({failure}).")
 
 
 def _numpy_chunk_rows(n: int, d: int, itemsize: int) -> int:

@@ -478,6 +478,7 @@ class BaseEstimator(SklearnEstimatorMixin):
         """Everything a fit decides before reading the data (parameters, seeds, checkpoint)."""
         self._validate_params()
         self._check_input(X)
+        self._reset_fit_input(X)  # feature_names_in_, as scikit-learn's fit
         warm = self._warm()
         start = self._start_from
         n_init = 1 if warm or start is not None else self._n_init()

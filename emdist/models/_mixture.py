@@ -180,7 +180,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
     def _apply(
         self, fn: Callable[..., Any], X: Any, out_width: int | None, dtype: Any = np.float64
     ) -> Any:
-        self._check_fitted()
+        self._check_fitted(X)
         log_prob, args = self._log_prob()
         return apply_rows(
             X,

@@ -322,7 +322,7 @@ class GaussianMixture(BaseMixture):
         dict
             ``{"score": ..., "bic": ..., "aic": ...}``.
         """
-        self._check_fitted()
+        self._check_fitted(X)
         step, args = self._criteria_step()
         data = pass_data(X, self.n_features_in_, type(self).__name__)
         return self._criteria_from(map_reduce(data, step.estep_chunk, args), int(data.shape[0]))

@@ -385,7 +385,7 @@ default='k-means++'
             ``{"score": ..., "bic": ..., "aic": ...}``, the score being the mean
             log-likelihood per sample.
         """
-        self._check_fitted()
+        self._check_fitted(X)
         step, args = self._criteria_step()
         data = pass_data(X, self.n_features_in_, type(self).__name__)
         return self._criteria_from(map_reduce(data, step.estep_chunk, args), int(data.shape[0]))
@@ -428,7 +428,7 @@ default='k-means++'
         -------
         ndarray of shape (n_samples,), or a lazy dask.array.Array for non-numpy input
         """
-        self._check_fitted()
+        self._check_fitted(X)
         return apply_rows(
             X,
             kmeans_labels_chunk,
@@ -440,8 +440,15 @@ default='k-means++'
         )
 
     def transform(self, X: Any) -> Any:
-        """Euclidean distance of every sample to every centre, (n_samples, n_clusters)."""
-        self._check_fitted()
+        """Euclidean distance of every sample to every centre, (n_samples, n_clusters).
+
+        A DataFrame (columns ``kmeans0``...) after ``set_output(transform="pandas")``.
+        """
+        return self._wrap_output(self._distances(X), X)
+
+    def _distances(self, X: Any) -> Any:
+        """The distances :meth:`transform` returns, as an array whatever ``set_output``."""
+        self._check_fitted(X)
         return apply_rows(
             X,
             kmeans_transform_chunk,
@@ -472,7 +479,7 @@ default='k-means++'
 
     def score(self, X: Any, y: Any = None) -> float:
         """Minus the inertia of ``X`` under the fitted centres."""
-        d = self.transform(X)
+        d = self._distances(X)
         closest = d.min(axis=1)
         total = (closest**2).sum()
         return -float(total.compute() if isinstance(total, da.Array) else total)
