@@ -46,6 +46,8 @@ _PREFIXES = ("params", "fitted")
 # Not saved: callables and locations that belong to one run, and data-sized results.
 _SKIP_PARAMS = ("observer", "checkpoint")
 _SKIP_ATTRS = ("labels_",)
+# The names of the columns fitted on (scikit-learn's object array of str), kept as JSON.
+_FEATURE_NAMES = "feature_names_in_"
 
 
 class ModelFormatError(EmdistError, ValueError):
@@ -103,7 +105,9 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
     for key, value in vars(estimator).items():
         if not key.endswith("_") or key.startswith("_") or key in _SKIP_ATTRS:
             continue
-        if isinstance(value, np.ndarray):
+        if key == _FEATURE_NAMES:
+            fitted[key] = [str(name) for name in value]  # strings: JSON, not an object array
+        elif isinstance(value, np.ndarray):
             fitted_arrays[key] = value
         else:
             fitted[key] = _json_value(value)
@@ -235,11 +239,22 @@ def _build(cls: type[Any], arrays: dict[str, np.ndarray[Any, Any]], attrs: dict[
             params[name.removeprefix("params/")] = value
     estimator = cls(**params)
     for key, value in dict(attrs["fitted"]).items():
+        if key == _FEATURE_NAMES:
+            value = _feature_names(value)
         setattr(estimator, _fitted_name(cls, key), _from_json(value))
     for name, value in arrays.items():
         if name.startswith("fitted/"):
             setattr(estimator, _fitted_name(cls, name.removeprefix("fitted/")), value)
+    names = getattr(estimator, _FEATURE_NAMES, None)
+    if names is not None and len(names) != getattr(estimator, "n_features_in_", None):
+        raise ValueError(f"field {_FEATURE_NAMES!r} does not name n_features_in_ features")
     return estimator
+
+
+def _feature_names(value: Any) -> np.ndarray[Any, Any]:
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise ValueError(f"field {_FEATURE_NAMES!r} is not a list of strings")
+    return np.asarray(value, dtype=object)
 
 
 def _check_values(estimator: Any, where: str) -> None:

@@ -81,8 +81,12 @@ def test_predict_rejects_non_finite_values(
         pytest.param(np.arange(10.0), r"must be 2-D.*got 1-D.*reshape\(-1, 1\)", id="1-D"),
         pytest.param(np.zeros((4, 5, 2)), r"must be 2-D.*got 3-D", id="3-D"),
         pytest.param(np.array([["a", "b"], ["c", "d"]]), r"real numbers.*<U1", id="strings"),
+        # An object array of numbers is converted as scikit-learn does
+        # (tests/models/test_sklearn.py); one holding text is refused, naming the value.
         pytest.param(
-            np.array([[1.0, 2.0], [3.0, 4.0]], dtype=object), r"real numbers.*object", id="object"
+            np.array([[1.0, 2.0], [3.0, "x"]], dtype=object),
+            r"real numbers; got 'x' at row 1, column 1 of an object array",
+            id="object-with-text",
         ),
         pytest.param(np.ones((5, 2), dtype=complex), r"real numbers.*complex", id="complex"),
         pytest.param(np.empty((0, 3)), r"0 samples", id="zero-rows"),
