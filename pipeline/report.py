@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from matplotlib.patches import Ellipse  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import emdist  # noqa: E402
+from emdist.exceptions import FeatureNamesWarning  # noqa: E402
 from emdist.io.atomic import atomic_output  # noqa: E402
 from emdist.io.sources import open_zarr_array  # noqa: E402
 from emdist.io.synthetic import open_synthetic  # noqa: E402
@@ -160,7 +162,11 @@ def _plot_clusters(
     components = model.components()
     K = len(components.means)
     colours = _component_colours(K)
-    labels = np.asarray(model.predict(X))
+    with warnings.catch_warnings():
+        # X holds rows of the store the model was fitted on, read without its column
+        # names: nothing to warn the reader of the report about.
+        warnings.simplefilter("ignore", FeatureNamesWarning)
+        labels = np.asarray(model.predict(X))
     center = X.mean(axis=0)
     # PCA by SVD of the centred sample: the two directions of largest spread.
     _, sv, vt = np.linalg.svd(X - center, full_matrices=False)
