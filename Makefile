@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[pipeline,test]'
 	touch $@
 
 venv: $(BIN)/.installed

@@ -197,7 +197,7 @@ def parse_args(argv: Sequence[str]) -> tuple[str, dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``emdist`` console script."""
+    """Entry point of the command line (the ``emdist`` script runs it via ``flows.console``)."""
     return run_cli(build_cli(), argv)
 
 
