@@ -41,12 +41,12 @@ class ConvergenceWarning(EmdistWarning):
 
 
 class FeatureNamesWarning(EmdistWarning):
-    """The data's feature names (DataFrame columns, a Zarr store's ``feature_names``)
-    cannot be checked against those seen in ``fit``: one side has names, the other none.
+    """Only one of the data and the fit had feature names, so they cannot be compared.
 
-    The message is scikit-learn's (``X has feature names, but ... was fitted without
-    feature names`` and ``X does not have valid feature names, but ...``), and the class
-    is a ``UserWarning`` as scikit-learn's, so filters written for scikit-learn match it.
+    Feature names are a DataFrame's columns or a Zarr store's ``feature_names``. The
+    message is scikit-learn's (``X has feature names, but ... was fitted without feature
+    names`` and ``X does not have valid feature names, but ...``), and the class is a
+    ``UserWarning`` as scikit-learn's, so filters written for scikit-learn match it.
     """
 
 

@@ -137,6 +137,7 @@ class TransformerMixin:
         """Number of output features of ``transform`` (set by the estimator)."""
         raise NotImplementedError
 
+    n_features_in_: int  # set by fit
     _check_fitted: Callable[..., None]  # from SklearnEstimatorMixin, later in the MRO
 
     def get_feature_names_out(self, input_features: Any = None) -> Any:
@@ -167,7 +168,7 @@ class TransformerMixin:
             names = getattr(self, "feature_names_in_", None)
             if names is not None and not np.array_equal(names, given):
                 raise InvalidParameterError("input_features is not equal to feature_names_in_")
-            n_features = int(getattr(self, "n_features_in_"))
+            n_features = int(self.n_features_in_)
             if len(given) != n_features:
                 raise InvalidParameterError(
                     "input_features should have length equal to number of features "

@@ -376,9 +376,7 @@ def test_feature_name_mismatch_warns_and_raises_as_sklearn() -> None:
     assert _messages(ours, lambda e: e.predict, arr) == [
         "X does not have valid feature names, but KMeans was fitted with feature names"
     ]
-    assert _messages(ours, lambda e: e.predict, arr) == _messages(
-        theirs, lambda e: e.predict, arr
-    )
+    assert _messages(ours, lambda e: e.predict, arr) == _messages(theirs, lambda e: e.predict, arr)
     unnamed = emdist.KMeans(3, random_state=0).fit(arr)
     assert _messages(unnamed, lambda e: e.transform, df) == [
         "X has feature names, but KMeans was fitted without feature names"
