@@ -345,7 +345,8 @@ def test_dockerfile_passes_hadolint_and_copies_what_the_context_holds(tmp_path: 
     assert "# syntax=" not in text  # BuildKit would pull the frontend from a registry
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert re.search(r'pip install --no-cache-dir "\./\[io\]"', text)  # = pip install .[io]
+    # = pip install .[io,pipeline]: the flows and the CLI need the pipeline extra.
+    assert re.search(r'pip install --no-cache-dir "\./\[io,pipeline\]"', text)
     env = dict(re.findall(r"\b(PREFECT_SERVER_ANALYTICS_ENABLED|DO_NOT_TRACK)=(\S+)", text))
     assert env == TELEMETRY_OFF
     assert not re.search(r"(?i)(api_key|password|secret|token)\s*=", text)
