@@ -188,8 +188,9 @@ class TransformerMixin:
             ``"pandas"``: a DataFrame whose columns are :meth:`get_feature_names_out` and
             whose index is that of a DataFrame input. ``"default"``: as scikit-learn's
             global ``transform_output`` setting says (numpy unless set otherwise).
-            ``None``: unchanged. Out-of-core input (Dask, Zarr, a path) always gives a
-            lazy Dask array; with ``"pandas"`` it is refused rather than read into memory.
+            ``None``: unchanged. Out-of-core input (Dask, Zarr, a path) gives a lazy Dask
+            array under ``"default"`` and is refused under ``"pandas"`` rather than read
+            into memory.
 
         Returns
         -------
