@@ -213,6 +213,7 @@ def _run_python(code: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.service
 def test_importing_emdist_does_not_import_sklearn() -> None:
     result = _run_python(
         """
@@ -226,6 +227,7 @@ def test_importing_emdist_does_not_import_sklearn() -> None:
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.service
 def test_emdist_works_without_sklearn_installed() -> None:
     # A None entry in sys.modules makes every "import sklearn" raise ImportError, as on a
     # machine without it.
@@ -249,6 +251,7 @@ def test_emdist_works_without_sklearn_installed() -> None:
     assert result.stdout.split("\n")[:2] == ["unfitted: InvalidDataError", "labels: [2, 2]"]
 
 
+@pytest.mark.service
 def test_sklearn_array_api_check() -> None:
     # The one estimator check that needs SCIPY_ARRAY_API=1 before scipy is imported: with
     # array API dispatch on and numpy input, results are unchanged.

@@ -76,6 +76,7 @@ def summary(out: Path) -> dict[str, Any]:
     return dict(json.loads((out / "summary.json").read_text()))
 
 
+@pytest.mark.service
 def test_second_run_on_grown_data_warm_starts_and_keeps_the_old_outputs_until_done(
     tmp_path: Path,
 ) -> None:
@@ -135,6 +136,7 @@ def test_second_run_on_grown_data_warm_starts_and_keeps_the_old_outputs_until_do
     np.testing.assert_array_equal(emdist.load_model(out / "model.zarr").means_, new_model.means_)
 
 
+@pytest.mark.service
 def test_an_incompatible_previous_model_means_a_cold_start_that_says_why(tmp_path: Path) -> None:
     path, rows = grown_input(tmp_path)
     out = tmp_path / "out"

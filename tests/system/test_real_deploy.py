@@ -38,6 +38,7 @@ from prefect.client.orchestration import SyncPrefectClient
 
 import emdist
 from tests.docker_engine import compose_binary, docker_engine
+from tests.markers import service_fixture
 from tests.services import HOST, PROJECT_ROOT, free_port, wait_for
 from tests.slurm import Slurm, slurm_cluster
 from tests.system.test_real_services import assert_same_model
@@ -110,7 +111,7 @@ def check_outputs(out: Path, n_samples: int = 200_000) -> Any:
 # -- SLURM -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
+@service_fixture()
 def slurm(tmp_path: Path) -> Iterator[Slurm]:
     """A one-node SLURM cluster on 127.0.0.1 for one test (daemons, jobs and folder go)."""
     with slurm_cluster(clean_env(tmp_path)) as cluster:
