@@ -116,8 +116,8 @@ def test_hooks_skip_a_deploy_test_with_one_line_saying_what_is_missing(
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(
         [
-            "SKIPPED [[]1[]] test_hooked.py:*: deploy/ for real needs root and Debian packages munge:"
-            " run `sudo make test-deploy`*"
+            "SKIPPED [[]1[]] test_hooked.py:*: deploy/ for real needs root and Debian packages"
+            " munge: run `sudo make test-deploy`*"
         ]
     )
 

@@ -1,8 +1,11 @@
 """deploy/ run for real: the SLURM job script on a SLURM cluster, the compose stack in Docker.
 
 Both tests need root and Debian's packages (``slurm-wlm munge``; ``docker.io
-debootstrap``), which ``.ci/run`` installs. They start every daemon themselves on
-127.0.0.1 and stop it, with whatever it started, also when they fail. Nothing is mocked:
+debootstrap``), which ``tools/ensure-debian-packages`` installs (``make test`` and
+``make test-deploy`` run it as root). Without them the tests are skipped, saying what is
+missing, and under ``EMDIST_REQUIRE_ROOT_TESTS=1`` (.ci/run) they fail instead
+(tests/markers.py). They start every daemon themselves on 127.0.0.1 and stop it, with
+whatever it started, also when they fail. Nothing is mocked:
 
 * SLURM: ``sbatch deploy/slurm/run_flow.sbatch`` as deploy/README.md says; the flow job
   starts dask-jobqueue's ``SLURMCluster``, whose workers are SLURM jobs; then the same
