@@ -1,4 +1,4 @@
-"""Restarts side by side (issue 8): one pass per iteration feeds every running restart.
+"""Restarts side by side: one pass per iteration feeds every running restart.
 
 The reference is the restarts run one after another with the plain EM loop
 (:func:`emdist.engine.em.run_em`), from the starts and seeds the estimator derives

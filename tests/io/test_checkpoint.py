@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints and exact resume (issue 3, parts 2 and 3).
+"""Crash-safe checkpoints and exact resume.
 
 Everything is real: Zarr stores on disk under ``tmp_path``, fits killed with SIGKILL in
 subprocesses (``tests/_fit_worker.py``), checkpoints damaged by hand with file operations.

@@ -1,4 +1,4 @@
-"""Fault injection (issue 11): damaged, edited or hostile stores give one clear error, lose nothing.
+"""Fault injection: damaged, edited or hostile stores give one clear error, lose nothing.
 
 Every case damages a real Zarr store on disk (an ingested dataset, a saved model, a
 checkpoint) or points an output at a folder emdist did not write, then asserts the message's

@@ -1,4 +1,4 @@
-"""Per-sample outputs written out of core to Zarr, atomically (issue 3, part 4).
+"""Per-sample outputs written out of core to Zarr, atomically.
 
 Real Zarr stores under ``tmp_path``; failures are real (a NaN in a late chunk of the data
 makes the per-block check raise while the output is being stored).

@@ -1,4 +1,4 @@
-"""Saving fitted estimators to Zarr and loading them back (issue 3, part 4).
+"""Saving fitted estimators to Zarr and loading them back.
 
 Real Zarr stores under ``tmp_path``; the tampering tests edit a saved model's metadata
 document by hand, as an attacker with write access to the store would.

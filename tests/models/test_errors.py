@@ -1,4 +1,4 @@
-"""Bad input gets a clear error that says what is wrong and what to change (issue 2, item 5)."""
+"""Bad input gets a clear error that says what is wrong and what to change."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""K sweeps that share every pass (issue 8): ``select_n_components`` and ``fit_shared``.
+"""K sweeps that share every pass: ``select_n_components`` and ``fit_shared``.
 
 Each fit of a sweep must equal its own separate ``fit`` bit for bit (the sweep's seed set
 as ``random_state``), and the sweep must read each stored chunk once per pass for all K.
