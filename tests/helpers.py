@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore, WrapperStore
 
-__all__ = ["CountingStore", "open_counted", "tree_digest", "write_zarr"]
+__all__ = ["CountingStore", "estimator_classes", "open_counted", "tree_digest", "write_zarr"]
 
 
 def write_zarr(path: Path | str, X: np.ndarray, chunk_rows: int, *, compressors: Any = None) -> str:
@@ -92,3 +92,15 @@ def open_counted(path: Path | str) -> tuple[zarr.Array, CountingStore]:
     arr = zarr.open_array(store, mode="r")
     store.counts.clear()
     return arr, store
+
+
+def estimator_classes() -> list[type[Any]]:
+    """Every registered estimator class (``emdist.registry``), in the order of family names.
+
+    Tests that must hold for every estimator take their list from here, so that a new
+    family is tested as soon as it registers.
+    """
+    import emdist  # noqa: F401 - importing emdist registers the families
+    from emdist.registry import model_families
+
+    return [cls for _, cls in sorted(model_families().items())]

@@ -41,12 +41,9 @@ from sklearn.utils.validation import check_is_fitted
 import emdist
 from emdist.exceptions import InvalidDataError, NotFittedError
 from tests.conftest import make_blobs
+from tests.helpers import estimator_classes
 
-ESTIMATORS = [
-    emdist.KMeans(random_state=0),
-    emdist.GaussianMixture(random_state=0),
-    emdist.BayesianGaussianMixture(random_state=0),
-]
+ESTIMATORS = [cls(random_state=0) for cls in estimator_classes()]
 
 
 def _expected_failed_checks(estimator: Any) -> dict[str, str]:
@@ -260,8 +257,8 @@ def test_sklearn_array_api_check() -> None:
         import warnings
         import emdist
         from sklearn.utils.estimator_checks import estimator_checks_generator
-        for est in (emdist.KMeans(random_state=0), emdist.GaussianMixture(random_state=0),
-                    emdist.BayesianGaussianMixture(random_state=0)):
+        from emdist.registry import model_families
+        for est in (cls(random_state=0) for _, cls in sorted(model_families().items())):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 for e, check in estimator_checks_generator(est, mark=None):
@@ -273,10 +270,5 @@ def test_sklearn_array_api_check() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
-        "KMeans",
-        "passed",
-        "GaussianMixture",
-        "passed",
-        "BayesianGaussianMixture",
-        "passed",
+        word for cls in estimator_classes() for word in (cls.__name__, "passed")
     ]
