@@ -86,7 +86,7 @@ class CountingStore(WrapperStore[LocalStore]):
         return {k: v for k, v in self.counts.items() if k.startswith("c/")}
 
 
-def open_counted(path: Path | str) -> tuple[zarr.Array, CountingStore]:
+def open_counted(path: Path | str) -> tuple[zarr.Array[Any], CountingStore]:
     """The Zarr array at ``path``, read-only through a :class:`CountingStore` (counts at 0)."""
     store = CountingStore(LocalStore(str(path), read_only=True))
     arr = zarr.open_array(store, mode="r")
