@@ -370,6 +370,7 @@ RESUME_MODELS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::emdist.ConvergenceWarning")
 @pytest.mark.parametrize(
     ("model", "stop_at"),

@@ -171,6 +171,7 @@ def crash_at(restart: int, iteration: int) -> Any:
     return observer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(MAKERS))
 @pytest.mark.parametrize("every", [1, 3])
 def test_resume_mid_group_is_bit_identical(

@@ -756,6 +756,7 @@ def test_checkpoint_records_the_seed_of_the_fit(tmp_path: Path, small: str, esti
     assert CheckpointStore(ckpt).stored_seed() == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make_rng", [np.random.RandomState, np.random.default_rng], ids=["RandomState", "Generator"]
 )

@@ -113,6 +113,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_fit_shared_with_checkpoints_resumes_bit_for_bit(tmp_path: Path, data_path: str) -> None:
     def make(k: int, **kw: Any) -> Any:
         return TEMPLATES["gmm"](k, random_state=7, **kw)

@@ -336,6 +336,7 @@ def test_fit_without_checkpoint_writes_none(tmp_path: Path) -> None:
 # -- choosing K -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_select_components_picks_the_true_k_by_bic(tmp_path: Path) -> None:
     config = generated_config(tmp_path / "out", model={"max_iter": 50})
     data = prepare_data(config)

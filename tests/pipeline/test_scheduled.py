@@ -197,6 +197,7 @@ def test_warm_start_from_saves_iterations_in_every_family(tmp_path: Path, estima
     assert "not a" in str(emdist.KMeans(K).warm_start_from(emdist.GaussianMixture(K)))
 
 
+@pytest.mark.slow
 def test_choosing_k_again_on_grown_data_warm_starts_every_candidate(tmp_path: Path) -> None:
     from pipeline.steps import prepare_data, select_components
 
