@@ -1,7 +1,7 @@
 """One writer per checkpoint or output: a lock file naming the writer, stale locks detected.
 
 Two fits on one checkpoint, or two runs writing one output, would interleave their writes
-(issue 11 saw ``An array exists in store`` from the loser). So a writer first creates
+(the loser then failed with zarr's ``An array exists in store``). So a writer first creates
 ``<path>.lock`` beside the target, exclusively (``O_CREAT | O_EXCL``), holding its host, pid
 and a random token. Another writer finding it is refused with a message naming the holder,
 unless the holder is on this host and its process is gone: then the lock is stale and is

@@ -50,6 +50,7 @@ from emdist.exceptions import InvalidDataError
 from flows.deployments import PROJECT_ROOT, entrypoint
 from flows.pipeline_flow import FLOWS, choose_components, clustering_pipeline
 from tests import prefect_fixtures
+from tests.markers import service_fixture
 from tests.prefect_fixtures import dask_worker_processes, wait_until_gone
 
 N_SAMPLES, N_FEATURES, TRUE_K, CHUNK_ROWS = 20_000, 4, 3, 4_000
@@ -156,7 +157,7 @@ def run_flow(flow: Callable[..., Any], **parameters: Any) -> FlowRecord:
     )
 
 
-@pytest.fixture(scope="module")
+@service_fixture(scope="module")
 def cluster_address() -> Iterator[str]:
     """A LocalCluster of threads in this process, on TCP so flows can connect by address."""
     with LocalCluster(

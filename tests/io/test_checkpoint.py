@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints and exact resume (issue 3, parts 2 and 3).
+"""Crash-safe checkpoints and exact resume.
 
 Everything is real: Zarr stores on disk under ``tmp_path``, fits killed with SIGKILL in
 subprocesses (``tests/_fit_worker.py``), checkpoints damaged by hand with file operations.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import random
@@ -38,6 +37,8 @@ from emdist.io.checkpoint import (
     CheckpointStore,
 )
 from tests.conftest import overlapping_data
+from tests.helpers import tree_digest, write_zarr
+from tests.markers import service_fixture
 
 WORKER = Path(__file__).parents[1] / "_fit_worker.py"
 EMDIST_SRC = Path(emdist.__file__).parent
@@ -45,13 +46,6 @@ EMDIST_SRC = Path(emdist.__file__).parent
 # --------------------------------------------------------------------------------------------
 # data and helpers
 # --------------------------------------------------------------------------------------------
-
-
-def write_zarr(path: Path, X: np.ndarray, chunk_rows: int) -> str:
-    zarr.create_array(
-        str(path), data=X, chunks=(chunk_rows, X.shape[1]), compressors=None, overwrite=True
-    )
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +101,6 @@ def no_convergence_warning() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         yield
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    """Content hash of every file under ``path`` (to prove a location was left untouched)."""
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
 
 
 def root_attrs(ckpt: Path) -> dict[str, Any]:
@@ -274,7 +259,7 @@ class Zygote:
         self.proc.wait(timeout=60)
 
 
-@pytest.fixture(scope="module")
+@service_fixture(scope="module")
 def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
     server = Zygote(tmp_path_factory.mktemp("zygote") / "server.log")
     yield server
@@ -771,6 +756,7 @@ def test_checkpoint_records_the_seed_of_the_fit(tmp_path: Path, small: str, esti
     assert CheckpointStore(ckpt).stored_seed() == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make_rng", [np.random.RandomState, np.random.default_rng], ids=["RandomState", "Generator"]
 )

@@ -1,4 +1,4 @@
-"""Fault injection (issue 11): damaged, edited or hostile stores give one clear error, lose nothing.
+"""Fault injection: damaged, edited or hostile stores give one clear error, lose nothing.
 
 Every case damages a real Zarr store on disk (an ingested dataset, a saved model, a
 checkpoint) or points an output at a folder emdist did not write, then asserts the message's
@@ -9,7 +9,6 @@ a previous output is byte for byte unchanged, no new output appears. No mocks.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import time
@@ -31,19 +30,12 @@ from emdist.io.integrity import MAX_CHUNKS, IntegrityError, array_digest
 from emdist.io.locks import WriterLockedError
 from emdist.io.persistence import ModelFormatError, load_model, save_model
 from pipeline.cli import main as cli_main
+from tests.helpers import tree_digest
+from tests.markers import root_fixture, service_fixture
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    """Content hash of every file under ``path`` (proves a location was left untouched)."""
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
 
 
 def make_victim(parent: Path) -> tuple[Path, dict[str, str]]:
@@ -664,16 +656,15 @@ def test_reingesting_a_damaged_dataset_is_refused_and_keeps_it(
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
+@root_fixture("mounts a 2 MiB tmpfs")
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs: a real file system that fills up (mounting needs root)."""
-    import os
+    """A 2 MiB tmpfs: a real file system that fills up (mounting needs root).
+
+    Skipped where not root, and failed instead under ``EMDIST_REQUIRE_ROOT_TESTS=1`` (as
+    .ci/run runs): a skipped test proves nothing (``tests/markers.py``).
+    """
     import subprocess
 
-    if os.geteuid() != 0:
-        # Not skipped: a skipped test proves nothing. The suite runs as root (.ci/run), as
-        # the deploy tests need too.
-        pytest.fail("the full-disk tests mount a small tmpfs, which needs root: run as root")
     mnt = tmp_path / "small"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
@@ -740,7 +731,7 @@ def hold_lock(target: Path, pid: int) -> Path:
     return lock
 
 
-@pytest.fixture
+@service_fixture()
 def other_process() -> Iterator[int]:
     import subprocess
     import sys

@@ -436,6 +436,7 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.service
 def test_sigkill_during_ingest_never_damages_the_old_output(tmp_path: Path) -> None:
     """A real process, killed with SIGKILL mid-conversion: the old output stays whole."""
     dest = tmp_path / "out.zarr"

@@ -1,4 +1,4 @@
-"""Saving fitted estimators to Zarr and loading them back (issue 3, part 4).
+"""Saving fitted estimators to Zarr and loading them back.
 
 Real Zarr stores under ``tmp_path``; the tampering tests edit a saved model's metadata
 document by hand, as an attacker with write access to the store would.
@@ -7,7 +7,6 @@ document by hand, as an attacker with write access to the store would.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import emdist
 from emdist.io.atomic import OutputExistsError
 from emdist.io.persistence import ModelFormatError, load_model, save_model
 from tests.conftest import overlapping_data
+from tests.helpers import tree_digest
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -87,14 +87,6 @@ def assert_same_predictions(loaded: Any, original: Any, data: Any) -> None:
         assert got.dtype == want.dtype and got.shape == want.shape, name
         assert np.array_equal(got, want), name
     assert loaded.score(data) == original.score(data)
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
 
 
 def siblings(path: Path) -> list[str]:

@@ -1,7 +1,8 @@
-"""Bad input gets a clear error that says what is wrong and what to change (issue 2, item 5)."""
+"""Bad input gets a clear error that says what is wrong and what to change."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,10 +15,11 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import emdist
 from tests.conftest import COVARIANCE_TYPES, make_blobs
+from tests.helpers import estimator_classes
 
+# Every registered estimator, with 2 clusters or components (its first parameter).
 ESTIMATORS: dict[str, Callable[..., Any]] = {
-    "kmeans": lambda **kw: emdist.KMeans(n_clusters=2, random_state=0, **kw),
-    "gmm": lambda **kw: emdist.GaussianMixture(n_components=2, random_state=0, **kw),
+    cls.family_name: functools.partial(cls, 2, random_state=0) for cls in estimator_classes()
 }
 
 

@@ -34,6 +34,7 @@ from emdist.io.checkpoint import CheckpointStore
 from emdist.io.synthetic import open_synthetic
 from emdist.registry import model_families
 from flows.cli import build_cli, help_text, main
+from tests.markers import service_fixture
 from tests.prefect_fixtures import processes_with_env, subprocess_environment, wait_until_gone
 
 N_SAMPLES, N_FEATURES, TRUE_K, CHUNK_ROWS = 20_000, 4, 3, 4_000
@@ -92,7 +93,7 @@ def in_process(
     return code, out, " ".join(err.split())
 
 
-@pytest.fixture(scope="module")
+@service_fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     root = tmp_path_factory.mktemp("cli")
     return Workspace(root, subprocess_environment(root / "prefect-home"))
@@ -668,7 +669,7 @@ def test_ctrl_c_on_a_checkpointed_fit_says_how_to_resume(
     assert saved is not None and saved.iteration >= int(match.group(1)) >= 1
 
 
-@pytest.fixture
+@service_fixture()
 def dask_scheduler(ws: Workspace) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A real ``dask scheduler`` and one worker on 127.0.0.1, as separate processes."""
     with socket.socket() as s:

@@ -23,7 +23,7 @@ from emdist.registry import model_families
 from tests.conftest import overlapping_data
 from tests.prefect_fixtures import subprocess_environment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.service]
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ def test_adjusted_rand_index_equals_sklearns(seed: int) -> None:
     assert adjusted_rand_index(table) == pytest.approx(adjusted_rand_score(truth, pred), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_generated_data_report_states_the_agreement_with_the_truth(tmp_path: Path) -> None:
     config = generated_config(tmp_path / "out", model={"family": "kmeans", "n_components": 3})
     data = prepare_data(config)
