@@ -25,6 +25,7 @@ import pytest
 import zarr
 
 import emdist
+from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io import as_dask_array
 from emdist.io.atomic import DiskFullError, OutputExistsError, recover_output
 from emdist.io.ingest import (
@@ -295,7 +296,7 @@ def test_bad_csv_names_row_and_column_and_leaves_nothing(
     with pytest.raises(IngestError) as info:
         ingest(src, dest, csv_engine=engine, chunk_rows=1)
     err = info.value
-    assert isinstance(err, ValueError) and isinstance(err, emdist.InvalidDataError)
+    assert isinstance(err, ValueError) and isinstance(err, InvalidDataError)
     assert (err.line, err.row, err.column, err.column_name) == (line, row, column, name)
     message = str(err)
     assert str(src) in message and f"line {line}" in message and words in message
@@ -568,10 +569,10 @@ def test_utf16_is_named_as_such(tmp_path: Path) -> None:
 
 def test_a_nul_byte_in_a_path_is_one_line(tmp_path: Path, X: np.ndarray) -> None:
     np.save(tmp_path / "x.npy", X)
-    with pytest.raises(emdist.InvalidParameterError, match="source .* NUL byte") as info:
+    with pytest.raises(InvalidParameterError, match="source .* NUL byte") as info:
         ingest(str(tmp_path / "x\0.npy"), tmp_path / "o.zarr")
     one_line(str(info.value))
-    with pytest.raises(emdist.InvalidParameterError, match="dest .* NUL byte"):
+    with pytest.raises(InvalidParameterError, match="dest .* NUL byte"):
         ingest(tmp_path / "x.npy", str(tmp_path / "o\0.zarr"))
     assert list(tmp_path.iterdir()) == [tmp_path / "x.npy"]
 
@@ -588,7 +589,7 @@ def test_fitting_a_csv_path_says_to_ingest_it_first(
     estimator: str, tmp_path: Path, X: np.ndarray
 ) -> None:
     src = write_csv(tmp_path / "data.csv", X[:50], NAMES)
-    with pytest.raises(emdist.InvalidDataError, match="emdist.io.ingest") as info:
+    with pytest.raises(InvalidDataError, match="emdist.io.ingest") as info:
         getattr(emdist, estimator)(2).fit(str(src))
     message = one_line(str(info.value))
     assert f"{src} is a file, not a Zarr array" in message
