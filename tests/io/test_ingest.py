@@ -528,6 +528,15 @@ def test_a_csv_read_as_another_format_names_source_format(
     assert not (tmp_path / "o.zarr").exists() and siblings(tmp_path / "o.zarr") == []
 
 
+@pytest.mark.parametrize("fmt", ["csv", "npy", "parquet", "hdf5", "zarr"])
+def test_a_directory_read_as_a_file_format_is_one_line(fmt: str, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IngestError, match=f"d is not .*it is a directory.*{fmt!r}") as info:
+        ingest(tmp_path / "d", tmp_path / "o.zarr", source_format=fmt)
+    one_line(str(info.value))
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_a_parquet_file_read_as_csv_is_not_utf8_text(tmp_path: Path) -> None:
     pq.write_table(pa.table({"x": [1.0, 2.0]}), tmp_path / "x.parquet")
     with pytest.raises(IngestError, match="not UTF-8 text"):
