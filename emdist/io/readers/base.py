@@ -211,12 +211,12 @@ class Reader(abc.ABC):
             return IngestError(
                 path,
                 f"is not {cls.what} ({detail}), as source_format={cls.name!r} says; pass "
-                f"the format it holds",
+                f"the format it is in",
             ).naming("source_format", f"source_format={cls.name!r}", cls.name)
         return IngestError(
             path,
             f"is not {cls.what} ({detail}), as its suffix {path.suffix!r} says; pass "
-            f"source_format= the format it holds",
+            f"source_format= the format it is in",
         ).naming("source_format", "source_format=")
 
 

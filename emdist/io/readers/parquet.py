@@ -61,8 +61,9 @@ class ParquetReader(Reader):
         try:
             file = pq.ParquetFile(path)
         except (pa.ArrowInvalid, OSError) as exc:
-            # The first line of pyarrow's message ("Parquet magic bytes not found...").
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            # The first sentence of pyarrow's message ("Parquet magic bytes not found...").
+            lines = str(exc).strip().split(". ")[0].splitlines()
+            detail = lines[0] if lines else type(exc).__name__
             raise cls.not_this_format(path, detail, options) from None
         try:
             return cls(path, file)
