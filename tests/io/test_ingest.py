@@ -648,3 +648,57 @@ def test_a_full_disk_under_a_new_output_is_one_line_and_leaves_nothing(
     (full_disk / "fill").unlink()
     # Space freed: the same command now succeeds (nothing stale blocks it).
     np.testing.assert_array_equal(read(ingest(src, dest).path)[...], X)
+
+
+# --------------------------------------------------------------------------------------
+# The reader registry
+
+
+def test_a_new_format_is_one_reader_subclass(tmp_path: Path) -> None:
+    """Defining a Reader subclass is all a format needs: by name, by suffix, in provenance."""
+    import json
+
+    from emdist.io.ingest import parse_source_format
+    from emdist.io.readers import base
+
+    class JsonLinesReader(base.Reader):
+        name = "test-jsonl"
+        suffixes = (".jsonl",)
+        what = "a JSON-lines file"
+
+        @classmethod
+        def open(cls, path: Path, options: base.ReadOptions) -> JsonLinesReader:
+            reader = cls()
+            reader.path = path
+            reader.rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            reader.n_rows, reader.n_features = len(reader.rows), len(reader.rows[0])
+            reader.feature_names, reader.source_dtype, reader.extra = None, "json", {}
+            return reader
+
+        def blocks(self, rows: int) -> Iterator[tuple[np.ndarray, int]]:
+            for start in range(0, len(self.rows), rows):
+                yield np.asarray(self.rows[start : start + rows], dtype=float), start
+
+    try:
+        (tmp_path / "x.jsonl").write_text("[1, 2]\n[3, 4.5]\n[5, 6]\n")
+        assert detect_format(tmp_path / "x.jsonl") == "test-jsonl"
+        assert parse_source_format("test-jsonl") == "test-jsonl"
+        result = ingest(tmp_path / "x.jsonl", tmp_path / "o.zarr", chunk_rows=2)
+        np.testing.assert_array_equal(read(result.path)[...], [[1, 2], [3, 4.5], [5, 6]])
+        assert read(result.path).attrs["provenance"]["format"] == "test-jsonl"
+        (tmp_path / "y.jsonl").write_text("[1, 2]\n[3, NaN]\n")
+        with pytest.raises(IngestError, match="data row index 1, column 1: non-finite"):
+            ingest(tmp_path / "y.jsonl", tmp_path / "p.zarr")
+    finally:
+        base._REGISTRY.pop("test-jsonl", None)
+    with pytest.raises(IngestError, match="suffix '.jsonl'"):
+        detect_format(tmp_path / "x.jsonl")
+
+
+def test_every_reader_module_registers_its_format() -> None:
+    from emdist.io.ingest import SOURCE_FORMATS
+    from emdist.io.readers import reader_for_name
+
+    assert SOURCE_FORMATS == ("npy", "csv", "parquet", "hdf5", "zarr")
+    modules = {reader_for_name(f).__module__.rsplit(".", 1)[1] for f in SOURCE_FORMATS}
+    assert modules == {"npy", "csv_text", "parquet", "hdf5", "zarr_array"}
