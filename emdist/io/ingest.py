@@ -332,10 +332,12 @@ def ingest(
     Parameters
     ----------
     source : path
-        A ``.npy`` file, a CSV file, a Parquet file, an HDF5 file or a Zarr array.
+        A ``.npy`` file, a CSV file, a Parquet file, an HDF5 file or a Zarr array: a
+        regular file (of any length) or a Zarr directory, never a device, FIFO or socket.
     dest : path
         Where the Zarr array goes (a directory). Its parent is created if needed.
     source_format : {'npy', 'csv', 'parquet', 'hdf5', 'zarr'}, optional
+        One of :data:`SOURCE_FORMATS` (the readers of :mod:`emdist.io.readers`).
         Default: from the suffix (``.npy``, ``.csv``/``.tsv``/``.txt``, ``.parquet``/``.pq``,
         ``.h5``/``.hdf5``, ``.zarr`` or a directory holding ``zarr.json``).
     dataset : str, optional
@@ -376,11 +378,16 @@ def ingest(
     IngestError
         A non-numeric column, a missing, non-finite or (for float32) overflowing value, a
         ragged CSV row, a source that is not 2-D, or no data rows. The message names the
-        file, the row (and CSV line) and the column. No output is left behind.
+        file, the row (and CSV line) and the column. No output is left behind. Also, before
+        anything is read: a device, FIFO or socket; a file that is not ``source_format``;
+        CSV text that is not UTF-8 (naming the byte offset and line); an unknown suffix.
     FileExistsError
         ``dest`` exists and ``overwrite`` is false, or it is not something we may replace.
     ValueError
-        Unknown format or options.
+        Unknown format or options, a path holding a NUL byte (``InvalidParameterError``).
+    DiskFullError
+        The disk filled up: one line naming ``dest``, the space needed (when the source's
+        length is known) and free; nothing is left behind.
 
     Notes
     -----
