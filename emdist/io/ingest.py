@@ -415,10 +415,6 @@ def ingest(
     out = Path(dest)
     reader_type = reader_for_name(source_format) if source_format else reader_for_path(src)
     fmt = reader_type.name
-    if stat.S_ISDIR(info.st_mode) and not reader_type.claims(src):
-        raise reader_type.not_this_format(
-            src, "it is a directory", ReadOptions(np.dtype(np.float64), format_given=True)
-        )
     target = np.dtype(dtype)
     if target not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise InvalidParameterError(f"dtype must be float64 or float32; got {target}")
@@ -443,6 +439,8 @@ def ingest(
         csv_engine=csv_engine,
         format_given=source_format is not None,
     )
+    if stat.S_ISDIR(info.st_mode) and not reader_type.claims(src):
+        raise reader_type.not_this_format(src, "it is a directory", options)
     reader = reader_type.open(src, options)
     if chunk_rows is not None:
         rows = int(chunk_rows)
