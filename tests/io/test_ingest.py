@@ -296,7 +296,7 @@ def test_bad_csv_names_row_and_column_and_leaves_nothing(
     with pytest.raises(IngestError) as info:
         ingest(src, dest, csv_engine=engine, chunk_rows=1)
     err = info.value
-    assert isinstance(err, ValueError) and isinstance(err, InvalidDataError)
+    assert isinstance(err, ValueError) and isinstance(err, emdist.InvalidDataError)
     assert (err.line, err.row, err.column, err.column_name) == (line, row, column, name)
     message = str(err)
     assert str(src) in message and f"line {line}" in message and words in message
