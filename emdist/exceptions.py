@@ -10,6 +10,8 @@ from the built-in exception a Python caller would expect (``ValueError``,
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Self
 
 __all__ = [
     "ConvergenceWarning",
@@ -55,7 +57,49 @@ class EmdistError(Exception):
 
     Checkpoint, output, model-format, configuration, ingest, data and parameter errors all
     derive from it; the message is one line that says what is wrong and what to do.
+
+    The message speaks Python (``pass source_format=``). Where it names an argument, the
+    raiser records the exact words with :meth:`naming`, so that another interface (the
+    command line's ``--format``) can say the same in its own words with :meth:`speak`,
+    without guessing at the text.
     """
+
+    def naming(self, argument: str, words: str, value: object = None) -> Self:
+        """Record that the message names ``argument`` (set to ``value``) as ``words``.
+
+        Parameters
+        ----------
+        argument : str
+            The Python argument (or function, e.g. ``'emdist.io.ingest'``) named.
+        words : str
+            The exact text of the message that names it, e.g. ``"source_format='hdf5'"``.
+        value : object, optional
+            The value the message names with it, for :meth:`speak`.
+
+        Returns
+        -------
+        EmdistError
+            ``self``, to raise it: ``raise InvalidDataError(...).naming(...)``.
+        """
+        self.__dict__.setdefault("named", {})[argument] = (words, value)
+        return self
+
+    def speak(self, words: Callable[[str, object], str | None]) -> str:
+        """The message with each argument recorded by :meth:`naming` in other words.
+
+        Parameters
+        ----------
+        words : callable
+            ``words(argument, value)``: how the interface names it (e.g. ``'--format hdf5'``),
+            or None to keep the Python words.
+        """
+        text = str(self)
+        named: dict[str, tuple[str, object]] = self.__dict__.get("named", {})
+        for argument, (said, value) in named.items():
+            other = words(argument, value)
+            if other is not None:
+                text = text.replace(said, other)
+        return text
 
 
 class InvalidParameterError(EmdistError, ValueError):

@@ -249,9 +249,19 @@ def generate_command(
     click.echo(f"wrote {n_samples:,} x {n_features} to {ds.data_path}")
 
 
+class _FilePath(click.Path):
+    """A path argument; one holding a NUL byte is a usage error (Click's own stat raises)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Refuse a NUL byte in one line, as Click refuses any other bad value."""
+        if "\0" in str(value):
+            self.fail(f"{str(value)!r} holds a NUL byte, which no file name can", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @click.command("ingest")
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("source", type=_FilePath(path_type=Path))
+@click.argument("dest", type=_FilePath(path_type=Path))
 @click.option(
     "--format",
     "format_",
@@ -539,9 +549,48 @@ def _is_user_error(exc: BaseException) -> bool:
     return is_user_error(exc)
 
 
+# The Python arguments a library error names (recorded by EmdistError.naming), in the words
+# of the command that ran: its arguments and flags, or a job configuration's keys.
+_ARGUMENT_WORDS: dict[str, dict[str, str]] = {
+    "ingest": {
+        "source": "SOURCE",
+        "dest": "DEST",
+        "source_format": "--format",
+        "dataset": "--dataset",
+    },
+    # fit has no --format: a file it cannot tell is ingested first, by `emdist ingest`.
+    "fit": {"source": "DATA", "dest": "--ingest-to", "source_format": "emdist ingest --format"},
+}
+_CONFIG_WORDS = {
+    "source": "input.path",
+    "dest": "output.data",
+    "source_format": "input.format",
+    "dataset": "input.dataset",
+}
+
+
+def _argument_words(command: str | None) -> Callable[[str, object], str | None]:
+    """How ``command`` names a Python argument (set to a value) of the library."""
+    names = _ARGUMENT_WORDS.get(command or "", _CONFIG_WORDS)
+    flags = command in STEP_COMMANDS
+
+    def words(argument: str, value: object) -> str | None:
+        if argument == "emdist.io.ingest":
+            return f"emdist ingest {value} data.zarr"
+        name = names.get(argument)
+        if name is None or value is None or argument in ("source", "dest"):
+            return name  # a path is in the message already
+        # A value after a flag (--format hdf5), or a configuration key (input.format: hdf5).
+        return f"{name} {value}" if flags else f"{name}: {value}"
+
+    return words
+
+
 def _speak(exc: BaseException, command: str | None) -> tuple[str, str | None]:
     """The message of ``exc`` in the user's interface, and a hint."""
-    text = str(exc)
+    from emdist.exceptions import EmdistError
+
+    text = exc.speak(_argument_words(command)) if isinstance(exc, EmdistError) else str(exc)
     step = command in STEP_COMMANDS
     # By name: importing emdist.io.checkpoint (and Dask) would add seconds to every error.
     checkpoint = type(exc).__name__.startswith("Checkpoint")

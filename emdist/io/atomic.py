@@ -226,7 +226,13 @@ def atomic_output(
     dest = Path(dest)
     # One writer at a time: a second one would delete the first's partial output in
     # recover_output below, or swap over it.
-    lock = WriterLock(dest, "output").acquire()
+    try:
+        lock = WriterLock(dest, "output").acquire()
+    except OSError as exc:
+        # A disk too full for even the lock file: the same one line as a full disk later.
+        if not is_disk_full(exc):
+            raise
+        raise disk_full_error(dest, needed) from None
     try:
         with _atomic_output(dest, overwrite, kind, needed) as tmp:
             yield tmp

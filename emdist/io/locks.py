@@ -105,7 +105,12 @@ class WriterLock:
                     f" to finish, or delete the lock file if that process is gone"
                 ) from None
             else:
-                self._write(fd)
+                try:
+                    self._write(fd)
+                except BaseException:
+                    # An empty lock file (a full disk) would refuse every later writer.
+                    self.path.unlink(missing_ok=True)
+                    raise
                 break
         else:
             raise WriterLockedError(f"could not take the lock file {self.path}")

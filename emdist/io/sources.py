@@ -68,6 +68,16 @@ def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array[Any]:
         message lists the arrays it holds), or (``IntegrityError``) an array that fails
         verification.
     """
+    if "\0" not in os.fspath(path) and Path(path).is_file():
+        # A Zarr array is a directory; a file is data to convert first (CSV, .npy...).
+        raise InvalidDataError(
+            f"{os.fspath(path)} is a file, not a Zarr array; convert it first with "
+            f"emdist.io.ingest.ingest({os.fspath(path)!r}, 'data.zarr') and pass data.zarr"
+        ).naming(
+            "emdist.io.ingest",
+            f"emdist.io.ingest.ingest({os.fspath(path)!r}, 'data.zarr')",
+            os.fspath(path),
+        )
     try:
         node = zarr.open(str(path), mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
