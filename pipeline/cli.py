@@ -447,9 +447,13 @@ def predict_command(
     DEST   the Zarr group to write: arrays labels, responsibilities, log_likelihood
     """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
     import emdist
+    from emdist.io.persistence import NotAModelError
     from pipeline.cluster import connect
 
-    fitted = emdist.load_model(model)
+    try:
+        fitted = emdist.load_model(model)
+    except NotAModelError as exc:
+        raise NotAModelError(f"{exc} (MODEL is the --out of `emdist fit`)") from None
     with connect(scheduler):
         path = emdist.write_predictions(
             fitted,

@@ -823,3 +823,82 @@ def test_ctrl_c_on_a_flow_run_says_how_to_resume(ws: Workspace) -> None:
     assert Path(match.group(2)) == checkpoint
     saved = CheckpointStore(checkpoint).load()
     assert saved is not None and saved.iteration >= int(match.group(1)) >= 1
+
+
+# -- what a new user meets first ----------------------------------------------------------------
+
+
+def test_version_and_scikit_learn_spellings_of_k(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = in_process(["--version"], tmp_path, monkeypatch, capsys)
+    assert (code, out.strip(), err) == (0, f"emdist {emdist.__version__}", "")
+    from flows.cli import parse_args
+
+    for spelling in ("-k", "--n-components", "--n-clusters"):
+        name, params = parse_args(["fit", "d.zarr", spelling, "7"])
+        assert (name, params["k"]) == ("fit", 7), spelling
+    assert "--n-components" in help_text(build_cli(), "fit")
+
+
+def test_a_new_model_starts_cold_even_over_the_one_it_replaces(
+    ws: Workspace,
+    generated: subprocess.CompletedProcess[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ok(generated)
+    args = ["fit", "g.zarr/data", "-k", "4", "--out", "cold.zarr", "--max-iter", "2", "--json"]
+    code, out, err = in_process(args, ws.dir, monkeypatch, capsys)
+    assert code == 0, err
+    first = json.loads(out)
+    code, out, err = in_process([*args, "--overwrite"], ws.dir, monkeypatch, capsys)
+    assert code == 0, err
+    again = json.loads(out)
+    # The same fit from the same cold start, not a continuation of the model it replaced.
+    assert not again["warm_started"] and "warm start" not in err
+    assert again["lower_bounds"] == first["lower_bounds"]
+    # Asked for, the warm start continues from the model at --out.
+    code, out, err = in_process([*args, "--overwrite", "--warm-start"], ws.dir, monkeypatch, capsys)
+    assert code == 0, err
+    warm = json.loads(out)
+    assert warm["warm_started"] and "warm start from the previous model" in err
+    assert warm["lower_bounds"][0] != first["lower_bounds"][0]
+
+
+def test_a_fit_that_did_not_converge_says_so_in_one_line_of_the_cli(
+    ws: Workspace, generated: subprocess.CompletedProcess[str]
+) -> None:
+    ok(generated)
+    proc = ok(ws.emdist("fit", "g.zarr/data", "-k", "4", "--out", "nc.zarr", "--max-iter", "2"))
+    bounds = emdist.load_model(ws.dir / "nc.zarr").lower_bounds_
+    assert "Warning" not in proc.stderr and ".py:" not in proc.stderr
+    line = " ".join(proc.stderr.split())
+    change = abs(bounds[-1] - bounds[-2])
+    assert (
+        f"note: not converged after --max-iter 2 iterations (last change {change:.1e} >= "
+        "--tol 0.001); rerun with a larger --max-iter" in line
+    ), proc.stderr
+    # --tol 0 never stops before --max-iter: said so, not "above tol=0.0".
+    args = ["fit", "g.zarr/data", "-k", "4", "--out", "nc0.zarr", "--max-iter", "2", "--tol", "0"]
+    proc = ok(ws.emdist(*args))
+    line = " ".join(proc.stderr.split())
+    assert "Warning" not in proc.stderr and "above tol" not in proc.stderr
+    assert "note: not converged after --max-iter 2 iterations: --tol 0 never stops early" in line
+
+
+def test_predict_with_something_that_is_not_a_model_says_so(
+    ws: Workspace,
+    generated: subprocess.CompletedProcess[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ok(generated)
+    (ws.dir / "notes.md").write_text("not a model\n")
+    for not_a_model in ("g.zarr/data", "notes.md", "nothing-here.zarr"):
+        args = ["predict", not_a_model, "g.zarr/data", "p-nm.zarr"]
+        code, out, err = in_process(args, ws.dir, monkeypatch, capsys)
+        assert code == 2 and out == ""
+        what = "does not exist" if "nothing" in not_a_model else "is not an emdist model"
+        assert err == f"error: {not_a_model} {what} (MODEL is the --out of `emdist fit`)", err
+        assert not (ws.dir / "p-nm.zarr").exists()
