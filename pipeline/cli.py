@@ -32,6 +32,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from emdist import __version__
 from emdist._typing import COVARIANCE_TYPES
 from emdist.io.ingest import SOURCE_FORMATS
 from emdist.registry import model_families
@@ -333,7 +334,13 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--model", type=click.Choice(FAMILIES), default="gmm", help="Model family.")
 @click.option(
-    "-k", "k", type=click.IntRange(min=1), default=8, help="Number of components (clusters)."
+    "-k",
+    "--n-components",
+    "--n-clusters",
+    "k",
+    type=click.IntRange(min=1),
+    default=8,
+    help="Number of components (clusters); scikit-learn's n_components / n_clusters.",
 )
 @click.option(
     "--covariance-type",
@@ -509,6 +516,9 @@ def make_cli() -> click.Group:
         },
     )
     @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+    @click.version_option(
+        __version__, "--version", prog_name="emdist", message="%(prog)s %(version)s"
+    )
     def cli(debug: bool) -> None:
         """Out-of-core K-means and Gaussian mixtures fitted by EM on Dask and Zarr."""
 
