@@ -332,14 +332,14 @@ def not_converged_message(config: RunConfig, n_iter: int, lower_bounds: Sequence
     tol = float(config.model.tol if config.model.tol is not None else estimator.tol)
     stopped = f"not converged after --max-iter {n_iter} iterations"
     rerun = "rerun with a larger --max-iter"
-    if not estimator.tol_is_bound_change:
-        # K-means: tol bounds the centres' squared shift, not the change of the bound.
-        return f"{stopped} (the centres still moved by --tol {tol:g} or more); {rerun}"
     change = abs(lower_bounds[-1] - lower_bounds[-2]) if len(lower_bounds) >= 2 else None
     last = f"last change {change:.1e}" if change is not None else "one iteration"
     if tol == 0:
         # Convergence is a change below tol: with tol 0 only max_iter stops the fit.
         return f"{stopped}: --tol 0 never stops early ({last}); {rerun} or a --tol above 0"
+    if not estimator.tol_is_bound_change:
+        # K-means: tol bounds the centres' squared shift, not the change of the bound.
+        return f"{stopped} (the centres still moved by --tol {tol:g} or more); {rerun}"
     if change is None:
         return f"{stopped} ({last}); {rerun}"
     return f"{stopped} ({last} >= --tol {tol:g}); {rerun}"
