@@ -404,10 +404,12 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
 @click.option("--restart", is_flag=True, help="Discard the --checkpoint and start over.")
 @click.option(
     "--warm-start/--cold-start",
-    default=True,
+    # A new model starts cold: --overwrite must not turn into "continue the model it
+    # replaces". Scheduled jobs (run, serve, deploy) keep model.warm_start's default, true.
+    default=False,
     show_default=True,
-    help="On new or changed DATA, start from the model already at --out when it has the same "
-    "--model, -k, --covariance-type and number of features (else cold, with a note).",
+    help="Start from the model already at --out when it has the same --model, -k, "
+    "--covariance-type and number of features (else cold, with a note).",
 )
 @click.option(
     "--out",
