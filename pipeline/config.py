@@ -157,7 +157,10 @@ class ModelConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    """Where results go; everything defaults to files under ``dir``."""
+    """Where results go; everything defaults to files under ``dir``.
+
+    In a run configuration ``dir`` defaults to ``runs/<name>`` (the job's name).
+    """
 
     dir: str = "runs/emdist"
     data: str | None = Field(None, description="ingested Zarr array (default <dir>/data.zarr)")
@@ -247,6 +250,28 @@ class RunConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     cluster: ClusterConfig = ClusterConfig()
     select_k: list[int] | None = Field(None, description="candidate K for the selection flow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _output_dir_named_after_the_job(cls, data: Any) -> Any:
+        # Two jobs of different names must not share (and then refuse) one folder.
+        if not isinstance(data, dict):
+            return data
+        output = data.get("output", {})
+        name = data.get("name", "emdist")
+        if isinstance(output, dict) and "dir" not in output and isinstance(name, str):
+            data = {**data, "output": {**output, "dir": f"runs/{name}"}}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if value in ("", ".", "..") or "/" in value or "\\" in value:
+            raise ValueError(
+                f"got {value!r}; the name is also the default output folder runs/<name>: "
+                "give a name without '/' (and not '.' or '..')"
+            )
+        return value
 
     @model_validator(mode="after")
     def _enough_rows(self) -> RunConfig:
