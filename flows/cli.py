@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from pipeline.cli import help_text, make_cli, on_interrupt, run_cli
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, check_input, load_config
 
 __all__ = ["build_cli", "help_text", "main", "parse_args"]
 
@@ -54,6 +54,7 @@ _config_option = click.option(
 def run_command(config: str) -> None:
     """Run the whole job (prepare data → fit → label → report) as a Prefect flow."""
     cfg = load_config(config)  # before Prefect's import: a bad file is reported at once
+    check_input(cfg, config)
     on_interrupt(cfg)
     flows = _flows()
     result = _finish(flows.clustering_pipeline(config_path=config, return_state=True))
@@ -116,6 +117,7 @@ def select_k_command(config: str, k: tuple[int, ...], more_k: tuple[int, ...]) -
         raise click.UsageError("give the candidates after --k: --k 2 4 8")
     if not candidates:
         raise ConfigError("give candidate numbers of components: --k 2 4 8")
+    check_input(cfg, config)
     on_interrupt(cfg)
     flows = _flows()
     state = flows.choose_components(candidates=candidates, config_path=config, return_state=True)

@@ -47,6 +47,7 @@ __all__ = [
     "OutputConfig",
     "RunConfig",
     "SyntheticConfig",
+    "check_input",
     "load_config",
     "parse_config",
 ]
@@ -480,6 +481,31 @@ def _location_problems(config: RunConfig) -> list[tuple[str, str]]:
                 ("checkpoint.path", f"{ckpt} is a folder that holds no emdist checkpoint")
             )
     return problems
+
+
+def check_input(config: RunConfig, source: str = "the configuration") -> None:
+    """Refuse a job whose input file is missing or unreadable, before any service starts.
+
+    Not part of :func:`parse_config`: a scheduled job may be deployed before its first
+    input arrives. The commands that run a job now (``run``, ``select-k``) call it, so the
+    mistake is said before Prefect's server and a Dask cluster take their seconds to start.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``input.path`` and ``source``.
+    """
+    path = config.input.path
+    if path is None or "://" in path:
+        return
+    p = Path(path)
+    problem = None
+    if not p.exists():
+        problem = "does not exist"
+    elif not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
+        problem = "cannot be read (permissions)"
+    if problem is not None:
+        raise ConfigError(f"input.path: {p} {problem} (in {source})")
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:

@@ -902,3 +902,27 @@ def test_predict_with_something_that_is_not_a_model_says_so(
         what = "does not exist" if "nothing" in not_a_model else "is not an emdist model"
         assert err == f"error: {not_a_model} {what} (MODEL is the --out of `emdist fit`)", err
         assert not (ws.dir / "p-nm.zarr").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "select-k"])
+def test_a_missing_input_is_reported_before_prefect_starts(ws: Workspace, command: str) -> None:
+    folder = ws.dir / f"missing-before-{command}"
+    folder.mkdir()
+    (folder / "job.yaml").write_text(
+        "input:\n  path: nowhere/measurements.csv\nselect_k: [2, 3]\noutput:\n  dir: out\n"
+    )
+    probe = (
+        "import sys; from flows.cli import main; "
+        f"code = main([{command!r}, '--config', 'job.yaml']); "
+        "print(code, 'prefect' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=folder, env=ws.env, capture_output=True, text=True
+    )
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert message == (
+        f"error: input.path: {folder / 'nowhere' / 'measurements.csv'} does not exist "
+        f"(in {Path('job.yaml')})"
+    ), proc.stderr
+    assert not (folder / "out").exists()
