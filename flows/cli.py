@@ -19,7 +19,7 @@ import click
 from pipeline.cli import help_text, make_cli, on_interrupt, run_cli
 from pipeline.config import ConfigError, check_input, load_config
 
-__all__ = ["build_cli", "help_text", "main", "parse_args"]
+__all__ = ["build_cli", "help_text", "main", "parse_args", "selection_table"]
 
 FLOW_NAMES = ("pipeline", "select-k")
 
@@ -122,7 +122,24 @@ def select_k_command(config: str, k: tuple[int, ...], more_k: tuple[int, ...]) -
     flows = _flows()
     state = flows.choose_components(candidates=candidates, config_path=config, return_state=True)
     result = _finish(state)
+    click.echo(selection_table(result["rows"]))
     click.echo(f"best K by {result['criterion']}: {result['best_k']}; report: {result['report']}")
+
+
+def selection_table(rows: list[dict[str, Any]]) -> str:
+    """The fits of ``select-k``, one line per K: BIC, AIC, final lower bound, converged."""
+
+    def number(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [f"{'K':>4}  {'BIC':>16}  {'AIC':>16}  {'lower bound':>12}  converged"]
+    lines += [
+        f"{row['k']:>4}  {number(row.get('bic'), ',.2f'):>16}  "
+        f"{number(row.get('aic'), ',.2f'):>16}  {number(row.get('lower_bound'), '.6f'):>12}  "
+        f"{'yes' if row.get('converged') else 'no'}"
+        for row in rows
+    ]
+    return "\n".join(lines)
 
 
 def _schedule_options(command: Any) -> Any:

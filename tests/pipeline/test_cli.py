@@ -359,6 +359,45 @@ def test_report_rewrites_the_report_from_disk(ws: Workspace, ran: Run) -> None:
         assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_select_k_after_run_never_leaves_a_mixed_output_folder(ws: Workspace, ran: Run) -> None:
+    ok(ran.proc)
+    report = (ran.out / "report" / "report.md").read_text()
+    summary = (ran.out / "summary.json").read_text()
+    labels = np.asarray(zarr.open_array(str(ran.out / "predictions.zarr" / "labels"))[:])
+    # Without the true K among the candidates, the pick differs from the run's K.
+    proc = ok(ws.emdist("select-k", "--config", str(ran.config), "--k", "2", "4"))
+    best = int(re.search(r"best K by bic: (\d+)", proc.stdout).group(1))  # type: ignore[union-attr]
+    assert best != TRUE_K
+    # The run's folder is the run's, whole: model, labels, report and summary of K = TRUE_K.
+    assert emdist.load_model(ran.out / "model.zarr").n_components == TRUE_K
+    np.testing.assert_array_equal(
+        zarr.open_array(str(ran.out / "predictions.zarr" / "labels"))[:], labels
+    )
+    assert (ran.out / "report" / "report.md").read_text() == report
+    assert (ran.out / "summary.json").read_text() == summary
+    # The selection's are in select-k/, all of the best K.
+    chosen = ran.out / "select-k"
+    picked = emdist.load_model(chosen / f"k{best}" / "model.zarr")
+    assert picked.n_components == best
+    chosen_labels = zarr.open_array(str(chosen / "predictions.zarr" / "labels"))[:]
+    assert int(np.max(chosen_labels)) == best - 1
+    assert f"K = {best}" in (chosen / "report" / "report.md").read_text()
+    assert json.loads((chosen / "summary.json").read_text())["fit"]["n_components"] == best
+    assert f"report: {chosen / 'report' / 'report.md'}" in proc.stdout
+    # The table: one row per candidate, K, BIC, AIC, bound and convergence, as fitted.
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["K", "BIC", "AIC", "lower", "bound", "converged"], proc.stdout
+    for k, line in zip((2, 4), lines[1:3], strict=True):
+        model = emdist.load_model(chosen / f"k{k}" / "model.zarr")
+        fields = line.split()
+        assert int(fields[0]) == k
+        assert float(fields[1].replace(",", "")) == pytest.approx(
+            model.bic(ran.out / "dataset.zarr" / "data"), abs=0.01
+        )
+        assert float(fields[3]) == pytest.approx(model.lower_bounds_[-1], abs=5e-7)
+        assert fields[4] == ("yes" if model.converged_ else "no")
+
+
 def test_report_before_any_run_is_a_user_error(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
