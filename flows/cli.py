@@ -173,12 +173,19 @@ def _flow_and_parameters(config: str, flow_name: str) -> tuple[Any, dict[str, An
 
 @click.command("serve")
 @_schedule_options
-def serve_command(config: str, cron: str, name: str, flow_name: str) -> None:
+def serve_command(config: str, cron: str, name: str, flow_name: str) -> int:
     """Run a flow on a cron schedule in this process (no work pool needed)."""
     flow, parameters = _flow_and_parameters(config, flow_name)
     from flows.deployments import serve_pipeline
 
-    serve_pipeline(config, cron=cron, name=name, flow=flow, parameters=parameters)
+    try:
+        serve_pipeline(config, cron=cron, name=name, flow=flow, parameters=parameters)
+    except KeyboardInterrupt:
+        pass
+    # Serving ends only when stopped (Prefect's serve takes the Ctrl-C and returns): one
+    # line, and the status of a command stopped by Ctrl-C, as run and fit give.
+    click.echo(f"stopped: no more scheduled runs of {name} from this process", err=True)
+    return 130
 
 
 @click.command("deploy")

@@ -993,3 +993,39 @@ def test_a_missing_input_is_reported_before_prefect_starts(ws: Workspace, comman
         f"(in {Path('job.yaml')})"
     ), proc.stderr
     assert not (folder / "out").exists()
+
+
+@pytest.mark.service
+def test_ctrl_c_on_an_idle_serve_is_one_line_and_status_130(
+    ws: Workspace,
+    prefect_harness: str,  # noqa: F811 - the fixture imported above
+) -> None:
+    folder = ws.dir / "serve-idle"
+    folder.mkdir()
+    (folder / "job.yaml").write_text("input:\n  path: data.zarr\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--config", "job.yaml", "--cron", "0 2 * * *"],
+        cwd=folder,
+        env={**ws.env, "PREFECT_API_URL": prefect_harness},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # serving once it says so
+            if "is being served" in line:
+                break
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    for noise in ("Traceback", "ERROR", "Crash"):
+        assert noise not in stderr, stderr
+    stopped = [line for line in stderr.splitlines() if line.startswith("stopped:")]
+    assert stopped == ["stopped: no more scheduled runs of emdist-scheduled from this process"], (
+        stderr
+    )
