@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 
 import dask
@@ -195,6 +196,26 @@ class _DropUnretrievedAllExit(logging.Filter):
 _ALLEXIT_FILTER = _DropUnretrievedAllExit()
 
 
+class _DropDetachedDashboardSessions(logging.Filter):
+    """Drop bokeh's traceback for a dashboard tab closed while a message was in flight.
+
+    Closing the tab detaches the bokeh session; a message still being handled then reads
+    ``ServerConnection.session``, whose ``assert`` fails, and bokeh's websocket handler logs
+    that AssertionError with its traceback (into a flow run's log too). The job is
+    unaffected and the user closed the tab on purpose; bokeh's other errors stay.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, AssertionError):
+            return True
+        frames = traceback.extract_tb(error.__traceback__)
+        return not any(f.filename.endswith("bokeh/server/connection.py") for f in frames)
+
+
+_DASHBOARD_FILTER = _DropDetachedDashboardSessions()
+
+
 @contextlib.contextmanager
 def connect(
     address: str | None, *, timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -248,6 +269,7 @@ def dask_client(
     """
     # Idempotent: a logger holds a filter once.
     logging.getLogger("asyncio").addFilter(_ALLEXIT_FILTER)
+    logging.getLogger("bokeh.server.views.ws").addFilter(_DASHBOARD_FILTER)
     # INFO from distributed (the scheduler, nannies, closed connections with their
     # tracebacks) drowns the job's own log lines.
     logging.getLogger("distributed").setLevel(logging.WARNING)
