@@ -42,7 +42,7 @@ from pipeline.config import ConfigError, RunConfig, load_config, parse_config
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from emdist.engine.em import IterationState
+    from emdist import IterationState
 
 __all__ = [
     "STEP_COMMANDS",
