@@ -17,6 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
+import traceback
 from collections.abc import Callable, Iterator
 
 import dask
@@ -90,6 +93,27 @@ def worker_spawn_environment() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _children_ignore_ctrl_c(processes: bool) -> Iterator[None]:
+    """Spawn worker processes that ignore SIGINT; this process keeps its Ctrl-C.
+
+    A terminal's Ctrl-C reaches every process of its group: each worker would raise
+    KeyboardInterrupt inside distributed's nanny and print a traceback (and its peers a
+    ``CommClosedError`` each) above the one line the command prints. The workers need not
+    hear it: this process closes the cluster when it stops. A disposition of "ignore"
+    survives the spawn's exec, and Python installs its KeyboardInterrupt handler only over
+    the default one. Only the main thread may set a handler; elsewhere nothing changes.
+    """
+    if not processes or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def local_cluster(
     n_workers: int,
     threads_per_worker: int,
@@ -120,16 +144,17 @@ def local_cluster(
         Closed on exit.
     """
     with worker_spawn_environment():
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            processes=processes,
-            # In-process clusters default to the inproc transport, which takes no host.
-            protocol="tcp://",
-            memory_limit=memory_limit,
-            host="127.0.0.1",
-            dashboard_address=dashboard_address,
-        )
+        with _children_ignore_ctrl_c(processes):
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                processes=processes,
+                # In-process clusters default to the inproc transport, which takes no host.
+                protocol="tcp://",
+                memory_limit=memory_limit,
+                host="127.0.0.1",
+                dashboard_address=dashboard_address,
+            )
         try:
             yield cluster
         finally:
@@ -169,6 +194,26 @@ class _DropUnretrievedAllExit(logging.Filter):
 
 
 _ALLEXIT_FILTER = _DropUnretrievedAllExit()
+
+
+class _DropDetachedDashboardSessions(logging.Filter):
+    """Drop bokeh's traceback for a dashboard tab closed while a message was in flight.
+
+    Closing the tab detaches the bokeh session; a message still being handled then reads
+    ``ServerConnection.session``, whose ``assert`` fails, and bokeh's websocket handler logs
+    that AssertionError with its traceback (into a flow run's log too). The job is
+    unaffected and the user closed the tab on purpose; bokeh's other errors stay.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, AssertionError):
+            return True
+        frames = traceback.extract_tb(error.__traceback__)
+        return not any(f.filename.endswith("bokeh/server/connection.py") for f in frames)
+
+
+_DASHBOARD_FILTER = _DropDetachedDashboardSessions()
 
 
 @contextlib.contextmanager
@@ -224,6 +269,7 @@ def dask_client(
     """
     # Idempotent: a logger holds a filter once.
     logging.getLogger("asyncio").addFilter(_ALLEXIT_FILTER)
+    logging.getLogger("bokeh.server.views.ws").addFilter(_DASHBOARD_FILTER)
     # INFO from distributed (the scheduler, nannies, closed connections with their
     # tracebacks) drowns the job's own log lines.
     logging.getLogger("distributed").setLevel(logging.WARNING)

@@ -47,6 +47,7 @@ __all__ = [
     "OutputConfig",
     "RunConfig",
     "SyntheticConfig",
+    "check_input",
     "load_config",
     "parse_config",
 ]
@@ -157,7 +158,10 @@ class ModelConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    """Where results go; everything defaults to files under ``dir``."""
+    """Where results go; everything defaults to files under ``dir``.
+
+    In a run configuration ``dir`` defaults to ``runs/<name>`` (the job's name).
+    """
 
     dir: str = "runs/emdist"
     data: str | None = Field(None, description="ingested Zarr array (default <dir>/data.zarr)")
@@ -247,6 +251,28 @@ class RunConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     cluster: ClusterConfig = ClusterConfig()
     select_k: list[int] | None = Field(None, description="candidate K for the selection flow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _output_dir_named_after_the_job(cls, data: Any) -> Any:
+        # Two jobs of different names must not share (and then refuse) one folder.
+        if not isinstance(data, dict):
+            return data
+        output = data.get("output", {})
+        name = data.get("name", "emdist")
+        if isinstance(output, dict) and "dir" not in output and isinstance(name, str):
+            data = {**data, "output": {**output, "dir": f"runs/{name}"}}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if value in ("", ".", "..") or "/" in value or "\\" in value:
+            raise ValueError(
+                f"got {value!r}; the name is also the default output folder runs/<name>: "
+                "give a name without '/' (and not '.' or '..')"
+            )
+        return value
 
     @model_validator(mode="after")
     def _enough_rows(self) -> RunConfig:
@@ -455,6 +481,31 @@ def _location_problems(config: RunConfig) -> list[tuple[str, str]]:
                 ("checkpoint.path", f"{ckpt} is a folder that holds no emdist checkpoint")
             )
     return problems
+
+
+def check_input(config: RunConfig, source: str = "the configuration") -> None:
+    """Refuse a job whose input file is missing or unreadable, before any service starts.
+
+    Not part of :func:`parse_config`: a scheduled job may be deployed before its first
+    input arrives. The commands that run a job now (``run``, ``select-k``) call it, so the
+    mistake is said before Prefect's server and a Dask cluster take their seconds to start.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``input.path`` and ``source``.
+    """
+    path = config.input.path
+    if path is None or "://" in path:
+        return
+    p = Path(path)
+    problem = None
+    if not p.exists():
+        problem = "does not exist"
+    elif not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
+        problem = "cannot be read (permissions)"
+    if problem is not None:
+        raise ConfigError(f"input.path: {p} {problem} (in {source})")
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:

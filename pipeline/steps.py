@@ -34,7 +34,7 @@ from emdist.models.selection import summary_statistics_shared
 from emdist.registry import family_class
 from pipeline.cluster import connect
 from pipeline.config import CHECKPOINT_VERSION, ConfigError, ModelConfig, RunConfig
-from pipeline.outputs import check_outputs, claim, may_replace
+from pipeline.outputs import check_outputs, claim, may_replace, selection_dir
 
 __all__ = [
     "DatasetRef",
@@ -544,7 +544,7 @@ def select_components(
     criterion = "bic"
     rows: list[dict[str, Any]] = []
     fits: dict[int, FitSummary] = {}
-    base = Path(config.output.dir) / "select-k"
+    base = selection_dir(config)
     ks = sorted(set(candidates))
     check_outputs(config, [base / f"k{k}" / "model.zarr" for k in ks])
     # As fit_model, per candidate: a checkpoint per data version, warm from its last model.

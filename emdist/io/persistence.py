@@ -37,7 +37,7 @@ from emdist.io.integrity import (
 )
 from emdist.registry import estimator_class, model_families
 
-__all__ = ["ModelFormatError", "load_model", "save_model"]
+__all__ = ["ModelFormatError", "NotAModelError", "load_model", "save_model"]
 
 FORMAT = "emdist-model"
 # 2: arrays carry SHA-256 checksums and CRC-32C chunks (version 1 had neither).
@@ -52,6 +52,10 @@ _FEATURE_NAMES = "feature_names_in_"
 
 class ModelFormatError(EmdistError, ValueError):
     """A path does not hold a model this version of emdist can load."""
+
+
+class NotAModelError(ModelFormatError):
+    """A path holds no emdist model at all (nothing, a file, a data array, another group)."""
 
 
 def _json_value(value: Any) -> Any:
@@ -150,9 +154,11 @@ def load_model(path: str | os.PathLike[str]) -> Any:
 
     Raises
     ------
+    NotAModelError
+        If ``path`` does not exist or holds no emdist model (a :class:`ModelFormatError`).
     ModelFormatError
-        If ``path`` holds no emdist model, one of an unknown kind or version, or one that
-        fails its verification (see the module docstring); the message names the field.
+        If ``path`` holds a model of an unknown kind or version, or one that fails its
+        verification (see the module docstring); the message names the field.
     """
     try:
         check_contained(path, "model")
@@ -161,10 +167,15 @@ def load_model(path: str | os.PathLike[str]) -> Any:
     try:
         group = zarr.open_group(str(path), mode="r")
         attrs: dict[str, Any] = dict(group.attrs.asdict())
-    except Exception as exc:
-        raise ModelFormatError(f"no emdist model at {os.fspath(path)!r}: {exc}") from None
+    except Exception:
+        # Zarr's reason ("an array already exists in store file://...") names its internals,
+        # not the user's mistake.
+        attrs = {}
     if attrs.get("format") != FORMAT:
-        raise ModelFormatError(f"{os.fspath(path)!r} does not hold an emdist model")
+        missing = not os.path.lexists(path)
+        raise NotAModelError(
+            f"{os.fspath(path)} {'does not exist' if missing else 'is not an emdist model'}"
+        )
     if attrs.get("version") != VERSION:
         older = (
             " (saved without checksums: fit or save it again)" if attrs.get("version") == 1 else ""

@@ -128,6 +128,27 @@ def test_default_output_dir_is_under_the_config_folder(tmp_path: Path) -> None:
     assert config.output.dir == str(tmp_path / "runs" / "emdist")
 
 
+def test_default_output_dir_is_named_after_the_job(tmp_path: Path) -> None:
+    text = "name: nightly\ninput:\n  path: x.npy\noutput:\n  responsibilities: true\n"
+    config = load_config(write(tmp_path, "job.yaml", text))
+    assert config.output.dir == str(tmp_path / "runs" / "nightly")
+    assert config.model_path == tmp_path / "runs" / "nightly" / "model.zarr"
+    # Two jobs that differ only by name no longer share (and refuse) one output folder.
+    other = parse_config({"name": "weekly", "input": {"path": "x.npy"}}, base=tmp_path)
+    assert other.output.dir == str(tmp_path / "runs" / "weekly")
+    # An explicit output.dir wins.
+    given = parse_config(
+        {"name": "weekly", "input": {"path": "x.npy"}, "output": {"dir": "o"}}, base=tmp_path
+    )
+    assert given.output.dir == str(tmp_path / "o")
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "."])
+def test_a_job_name_that_cannot_name_its_folder_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="name: "):
+        parse_config({"name": name, "input": {"path": "x.npy"}})
+
+
 def test_parse_config_resolves_against_the_given_base(tmp_path: Path) -> None:
     config = parse_config({"input": {"path": "x.npy"}, "output": {"dir": "out"}}, base=tmp_path)
     assert config.input.path == str(tmp_path / "x.npy")

@@ -551,6 +551,32 @@ def test_a_cancelled_gather_leaves_no_allexit_traceback(caplog: pytest.LogCaptur
     assert [str(r.exc_info[1]) for r in unretrieved if r.exc_info] == ["a real fault"]
 
 
+def test_a_closed_dashboard_tab_leaves_no_bokeh_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    # A browser that closes the dashboard detaches the bokeh session while a message is in
+    # flight; handling it then reads ServerConnection.session, which asserts, and bokeh
+    # logs the AssertionError with its traceback. Other errors of bokeh's stay.
+    from bokeh.server.connection import ServerConnection
+
+    closed = ServerConnection.__new__(ServerConnection)
+    closed._session = None
+    try:
+        closed.session  # noqa: B018 - the property's own assertion
+    except AssertionError as exc:
+        detached = exc
+    ws_log = logging.getLogger("bokeh.server.views.ws")
+    config = ClusterConfig(n_workers=1, processes=False, dashboard=True)
+    with dask_client(config), caplog.at_level(logging.ERROR):
+        for error in (detached, RuntimeError("a real fault")):
+            try:
+                raise error
+            except Exception as e:
+                ws_log.error(
+                    "Handler or its work threw an exception: %r: %r", e, None, exc_info=True
+                )
+    logged = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert [type(e) for e in logged] == [RuntimeError]
+
+
 def test_an_unreachable_scheduler_is_named_with_what_to_check() -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
