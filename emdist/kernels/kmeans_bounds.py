@@ -459,6 +459,8 @@ class BoundedLloyd:
     full_rows, swept_rows : tuple of int
         Per assignment step: rows whose distances to every centre were computed, rows
         whose sums were recomputed (what the bounds saved).
+    label_history : tuple of ndarray
+        The labels of every iteration, when asked for (``record_labels``); else empty.
     """
 
     centers: FloatArray
@@ -470,6 +472,7 @@ class BoundedLloyd:
     final_labels: IntArray
     full_rows: tuple[int, ...]
     swept_rows: tuple[int, ...]
+    label_history: tuple[IntArray, ...] = ()
 
 
 IterationHook = Callable[[int, float, FloatArray, bool], bool | None]
@@ -483,6 +486,7 @@ def lloyd_bounds(
     max_iter: int,
     tol: float,
     on_iteration: IterationHook | None = None,
+    record_labels: bool = False,
 ) -> BoundedLloyd:
     """Lloyd's algorithm from ``centers`` with Hamerly's bounds, on one in-memory block.
 
@@ -499,6 +503,8 @@ def lloyd_bounds(
         Converged when the summed squared centre shift is at most ``tol`` (absolute).
     on_iteration : callable, optional
         Called after every update (see :data:`IterationHook`).
+    record_labels : bool, default=False
+        Keep a copy of every iteration's labels (tests).
 
     Returns
     -------
@@ -511,10 +517,13 @@ def lloyd_bounds(
     ref = np.ascontiguousarray(centers.mean(axis=0))
     state = LloydState.empty(n, K, d)
     inertias: list[float] = []
+    history: list[IntArray] = []
     converged = False
     for iteration in range(1, max_iter + 1):
         inertia, _ = _assign_step(block, centers, ref, state)
         inertias.append(inertia)
+        if record_labels:
+            history.append(state.labels.copy())
         new, _ = _update(block, centers, ref, state)
         drift, shift = _drift(centers, new)
         converged = shift <= tol
@@ -541,4 +550,5 @@ def lloyd_bounds(
         final_labels=state.labels.copy(),
         full_rows=tuple(state.full_rows),
         swept_rows=tuple(state.swept_rows),
+        label_history=tuple(history),
     )

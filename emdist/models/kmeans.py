@@ -7,7 +7,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import dask.array as da
@@ -208,43 +208,53 @@ def _fit_in_memory(
     the previous centre) in the last digits.
     """
     best = None
-    n = X.shape[0]
     for restart, restart_seed in enumerate(seeds):
         start = plan.make_start(restart, restart_seed).centers
-        history: list[float] = []
-        clock = [time.perf_counter()]
-
-        def hook(iteration: int, inertia: float, centers: FloatArray, converged: bool) -> bool:
-            now = time.perf_counter()
-            seconds, clock[0] = now - clock[0], now
-            bound = -inertia / n
-            change = bound - history[-1] if history else math.inf
-            history.append(bound)
-            if observer is None:
-                return False
-            state = IterationState(
-                restart=restart,
-                iteration=iteration,
-                lower_bound=bound,
-                change=change,
-                params=KMeansParams(centers),
-                converged=converged,
-                seconds=seconds,
-                lower_bounds=tuple(history),
-            )
-            return bool(observer(state))
-
-        run = lloyd_bounds(X, start, max_iter=max_iter, tol=plan.tol, on_iteration=hook)
+        report = _Report(restart, X.shape[0], observer)
+        run = lloyd_bounds(X, start, max_iter=max_iter, tol=plan.tol, on_iteration=report)
         result = EMResult[KMeansParams, KMeansStats](
             KMeansParams(run.centers),
-            history[-1],
-            tuple(history),
+            report.history[-1],
+            tuple(report.history),
             run.n_iter,
             run.converged,
             None,
         )
         best = keep_best(best, restart, result, -run.final_inertia)
     return best_run(best, KMeansParams)
+
+
+@dataclass
+class _Report:
+    """The iterations of one in-memory restart: its bounds, and the observer's view."""
+
+    restart: int
+    n_samples: int
+    observer: Observer | None
+    history: list[float] = field(default_factory=list)
+    clock: float = field(default_factory=time.perf_counter)
+
+    def __call__(
+        self, iteration: int, inertia: float, centers: FloatArray, converged: bool
+    ) -> bool:
+        now = time.perf_counter()
+        seconds, self.clock = now - self.clock, now
+        bound = -inertia / self.n_samples
+        change = bound - self.history[-1] if self.history else math.inf
+        self.history.append(bound)
+        if self.observer is None:
+            return False
+        state = IterationState(
+            restart=self.restart,
+            iteration=iteration,
+            lower_bound=bound,
+            change=change,
+            params=KMeansParams(centers),
+            converged=converged,
+            seconds=seconds,
+            lower_bounds=tuple(self.history),
+        )
+        return bool(self.observer(state))
 
 
 def kmeans_plan(
