@@ -150,9 +150,12 @@ def test_bounds_skip_most_rows_after_the_first_iterations(name: str) -> None:
     n = X.shape[0]
     assert got.full_rows[0] == n  # the first assignment scores every row
     assert got.n_iter > 3
-    # Only a fraction of the rows is scored against every centre, or summed again, later.
+    # Later, only a fraction of the rows is scored against every centre.
     assert sum(got.full_rows[1:]) < 0.5 * n * (got.n_iter - 1)
-    assert sum(got.swept_rows[1:]) < 0.8 * n * (got.n_iter - 1)
+    if name == "many-clusters":
+        # ... and, with many clusters, most are left alone by the moves: their rows are
+        # not summed again.
+        assert sum(got.swept_rows[1:]) < 0.8 * n * (got.n_iter - 1)
 
 
 def test_a_converged_run_keeps_its_centres_bit_for_bit() -> None:
