@@ -15,7 +15,7 @@ import numpy as np
 
 from emdist._random import child_seeds
 from emdist._typing import AnyArray, FloatArray
-from emdist.engine.data import FitData
+from emdist.engine.data import FitData, active_client
 from emdist.engine.em import EMResult, IterationState, Observer
 from emdist.engine.reduce import Data, map_reduce
 from emdist.engine.restarts import BestRun, best_run, keep_best
@@ -171,14 +171,15 @@ class _KMeansPlan(FitPlan[KMeansParams]):
         config: dict[str, Any] | None = None,
         previous_bound: float | None = None,
     ) -> BestRun[KMeansParams]:
-        """As :meth:`FitPlan.run`; one in-memory block without checkpoint runs in memory."""
+        """As :meth:`FitPlan.run`; in-memory data without checkpoint runs in memory."""
+        block = _in_memory_block(data)
         if (
-            isinstance(data.X, np.ndarray)
+            block is not None
             and self.n_shards is None
             and checkpoint is None
             and previous_bound is None
         ):
-            return _fit_in_memory(self, data.X, seeds, max_iter, observer)
+            return _fit_in_memory(self, block, seeds, max_iter, observer)
         return super().run(
             data,
             seeds=seeds,
@@ -189,6 +190,21 @@ class _KMeansPlan(FitPlan[KMeansParams]):
             config=config,
             previous_bound=previous_bound,
         )
+
+
+def _in_memory_block(data: FitData) -> AnyArray | None:
+    """The data as one numpy array when the user passed in-memory data and no cluster runs.
+
+    In-memory data larger than a few thousand rows arrives as a Dask view in several
+    blocks (``FitData`` does not keep the user's array): it is gathered into one array,
+    a copy of the data held for the fit.
+    """
+    if isinstance(data.X, np.ndarray):
+        return data.X
+    if not data.in_memory or active_client() is not None:
+        return None
+    block: AnyArray = data.X.compute(scheduler="synchronous")
+    return block
 
 
 def _fit_in_memory(
