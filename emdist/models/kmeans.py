@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import dask.array as da
@@ -13,10 +15,10 @@ import numpy as np
 
 from emdist._random import child_seeds
 from emdist._typing import AnyArray, FloatArray
-from emdist.engine.data import FitData
-from emdist.engine.em import EMResult, Observer
+from emdist.engine.data import FitData, active_client
+from emdist.engine.em import EMResult, IterationState, Observer
 from emdist.engine.reduce import Data, map_reduce
-from emdist.engine.restarts import BestRun
+from emdist.engine.restarts import BestRun, best_run, keep_best
 from emdist.engine.seeding import kmeans_plusplus
 from emdist.exceptions import ConvergenceWarning, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
@@ -28,6 +30,7 @@ from emdist.kernels.kmeans import (
     kmeans_mstep,
     kmeans_transform_chunk,
 )
+from emdist.kernels.kmeans_bounds import lloyd_bounds
 from emdist.kernels.rebase import rebase_kmeans_stats
 from emdist.models._base import (
     BaseEstimator,
@@ -152,15 +155,134 @@ def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> Flo
     return centers
 
 
+@dataclass(frozen=True)
+class _KMeansPlan(FitPlan[KMeansParams]):
+    """The fit plan of K-means: in-memory data runs :func:`_fit_in_memory` instead of passes."""
+
+    def run(
+        self,
+        data: FitData,
+        *,
+        seeds: list[int],
+        max_iter: int,
+        seed: int,
+        observer: Observer | None = None,
+        checkpoint: CheckpointStore | None = None,
+        config: dict[str, Any] | None = None,
+        previous_bound: float | None = None,
+    ) -> BestRun[KMeansParams]:
+        """As :meth:`FitPlan.run`; in-memory data without checkpoint runs in memory."""
+        block = _in_memory_block(data)
+        if (
+            block is not None
+            and self.n_shards is None
+            and checkpoint is None
+            and previous_bound is None
+        ):
+            return _fit_in_memory(self, block, seeds, max_iter, observer)
+        return super().run(
+            data,
+            seeds=seeds,
+            max_iter=max_iter,
+            seed=seed,
+            observer=observer,
+            checkpoint=checkpoint,
+            config=config,
+            previous_bound=previous_bound,
+        )
+
+
+def _in_memory_block(data: FitData) -> AnyArray | None:
+    """The data as one numpy array when the user passed in-memory data and no cluster runs.
+
+    In-memory data larger than a few thousand rows arrives as a Dask view in several
+    blocks (``FitData`` does not keep the user's array): it is gathered into one array,
+    a copy of the data held for the fit.
+    """
+    if isinstance(data.X, np.ndarray):
+        return data.X
+    if not data.in_memory or active_client() is not None:
+        return None
+    block: AnyArray = data.X.compute(scheduler="synchronous")
+    return block
+
+
+def _fit_in_memory(
+    plan: FitPlan[KMeansParams],
+    X: AnyArray,
+    seeds: list[int],
+    max_iter: int,
+    observer: Observer | None,
+) -> BestRun[KMeansParams]:
+    """The restarts on one in-memory block: Lloyd with Hamerly's bounds, one after another.
+
+    No pass over the data per iteration: the bounds, labels and distances of every row stay
+    in memory between iterations, and only rows whose bounds fail are scored
+    (:mod:`emdist.kernels.kmeans_bounds`). Assignments are exactly Lloyd's, as with the
+    passes; the observer sees the same iterations, restart after restart. Centres are each
+    cluster's mean about a fixed point, so they may differ from the passes' (the mean about
+    the previous centre) in the last digits.
+    """
+    best = None
+    for restart, restart_seed in enumerate(seeds):
+        start = plan.make_start(restart, restart_seed).centers
+        report = _Report(restart, X.shape[0], observer)
+        run = lloyd_bounds(X, start, max_iter=max_iter, tol=plan.tol, on_iteration=report)
+        result = EMResult[KMeansParams, KMeansStats](
+            KMeansParams(run.centers),
+            report.history[-1],
+            tuple(report.history),
+            run.n_iter,
+            run.converged,
+            None,
+        )
+        best = keep_best(best, restart, result, -run.final_inertia)
+    return best_run(best, KMeansParams)
+
+
+@dataclass
+class _Report:
+    """The iterations of one in-memory restart: its bounds, and the observer's view."""
+
+    restart: int
+    n_samples: int
+    observer: Observer | None
+    history: list[float] = field(default_factory=list)
+    clock: float = field(default_factory=time.perf_counter)
+
+    def __call__(
+        self, iteration: int, inertia: float, centers: FloatArray, converged: bool
+    ) -> bool:
+        now = time.perf_counter()
+        seconds, self.clock = now - self.clock, now
+        bound = -inertia / self.n_samples
+        change = bound - self.history[-1] if self.history else math.inf
+        self.history.append(bound)
+        if self.observer is None:
+            return False
+        state = IterationState(
+            restart=self.restart,
+            iteration=iteration,
+            lower_bound=bound,
+            change=change,
+            params=KMeansParams(centers),
+            converged=converged,
+            seconds=seconds,
+            lower_bounds=tuple(self.history),
+        )
+        return bool(self.observer(state))
+
+
 def kmeans_plan(
     data: FitData, n_clusters: int, init: Any, tol: float, n_shards: int | None = None
 ) -> FitPlan[KMeansParams]:
     """Lloyd's algorithm as a fit plan: seeding, the family, and restarts compared by inertia.
 
     ``tol`` is relative to the mean feature variance (scikit-learn's meaning); ``n_shards``
-    asks for shard-wise (incremental) Lloyd updates.
+    asks for shard-wise (incremental) Lloyd updates. In-memory data that is one block runs
+    with Hamerly's bounds (:func:`_fit_in_memory`).
     """
-    return FitPlan(
+    return _KMeansPlan(
         KMeansFamily(),
         lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed)),
         KMeansParams,
