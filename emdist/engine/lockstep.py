@@ -14,12 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from emdist.engine.em import ModelFamily
 from emdist.engine.reduce import Data, map_reduce
 
-__all__ = ["StatsTuple", "shared_pass"]
+__all__ = ["EStep", "StatsTuple", "shared_pass"]
+
+
+class EStep(Protocol):
+    """What a pass needs of a model family: its per-block E-step."""
+
+    def estep_chunk(self, X: Any, row_offset: int, params: Any, /) -> Any:
+        """Statistics of one block under ``params``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,7 @@ class StatsTuple:
 def _estep_all(
     X: Any,
     row_offset: int,
-    families: tuple[ModelFamily[Any, Any], ...],
+    families: tuple[EStep, ...],
     params: tuple[Any, ...],
 ) -> StatsTuple:
     """Every run's E-step on one block (one block read serves them all)."""
@@ -52,7 +59,7 @@ def _estep_all(
     )
 
 
-def shared_pass(X: Data, steps: Sequence[tuple[ModelFamily[Any, Any], Any]]) -> list[Any]:
+def shared_pass(X: Data, steps: Sequence[tuple[EStep, Any]]) -> list[Any]:
     """The E-step statistics of several runs from one pass over ``X`` (one ``compute``).
 
     Parameters

@@ -23,8 +23,17 @@ import numpy as np
 from emdist._random import child_seeds, resolve_seed
 from emdist._typing import FloatArray
 from emdist.engine.data import FitData, compute_context, default_sample_size, prepare_fit_data
-from emdist.engine.em import EMResult, ModelFamily, Observer
-from emdist.engine.restarts import BestRun, RestartGroup, RestartSpec, run_restarts
+from emdist.engine.em import (
+    BATCH,
+    EMResult,
+    ModelFamily,
+    Observer,
+    RestartGroup,
+    RestartSpec,
+    run_restarts,
+)
+from emdist.engine.incremental import IncrementalSchedule
+from emdist.engine.restarts import BestRun
 from emdist.exceptions import ConvergenceWarning, InvalidDataError, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
@@ -111,7 +120,7 @@ class FitPlan(Generic[P]):
         BestRun
         """
         spec = self._spec(seeds, max_iter, seed, observer, checkpoint, config, previous_bound)
-        return run_restarts(data, spec, n_shards=self.n_shards)
+        return run_restarts(data, spec)
 
     def open(
         self,
@@ -170,6 +179,7 @@ class FitPlan(Generic[P]):
             config=config or {},
             previous_bound=previous_bound,
             final_pass=self.final_pass,
+            schedule=BATCH if self.n_shards is None else IncrementalSchedule(self.n_shards),
         )
 
 

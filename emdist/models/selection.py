@@ -16,8 +16,8 @@ from typing import Any
 
 from emdist._random import resolve_seed
 from emdist.engine.data import FitData, compute_context
+from emdist.engine.em import run_groups
 from emdist.engine.lockstep import shared_pass
-from emdist.engine.restarts import run_groups
 from emdist.exceptions import InvalidParameterError
 from emdist.models._base import BaseEstimator, FitSetup
 from emdist.models._criteria import pass_data
