@@ -19,7 +19,14 @@ from emdist.engine.threads import blas_single_threaded
 from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
 
-__all__ = ["FitData", "active_client", "compute_context", "default_sample_size", "prepare_fit_data"]
+__all__ = [
+    "FitData",
+    "ScanSpec",
+    "active_client",
+    "compute_context",
+    "default_sample_size",
+    "prepare_fit_data",
+]
 
 
 def active_client() -> Any | None:
@@ -123,3 +130,41 @@ def prepare_fit_data(
         raise InvalidParameterError(f"init_sample_size={size} must be >= {what}={n_clusters}")
     summary = scan_data(X_fit, seed, size)
     return FitData(X_fit, summary, in_memory)
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """How a fit opens and scans its data, decided before reading it.
+
+    Attributes
+    ----------
+    n_clusters : int
+        Components asked for.
+    what : str
+        The estimator's word for them (error messages).
+    sample_seed : int
+        Seed of the scan pass's sample.
+    sample_size : int or None
+        Rows the scan samples for seeding (``None``: the default for ``n_clusters``).
+    """
+
+    n_clusters: int
+    what: str
+    sample_seed: int
+    sample_size: int | None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Fits with equal keys can share one scan pass (same sample seed and size)."""
+        size = self.sample_size
+        return self.sample_seed, default_sample_size(self.n_clusters) if size is None else size
+
+    def open(self, X: Any, n_clusters: int | None = None) -> FitData:
+        """Open ``X`` and run the scan pass (``n_clusters``: the largest of fits sharing it)."""
+        return prepare_fit_data(
+            X,
+            n_clusters=self.n_clusters if n_clusters is None else n_clusters,
+            seed=self.sample_seed,
+            sample_size=self.key[1],
+            what=self.what,
+        )

@@ -37,7 +37,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from emdist.engine.data import FitData
+from emdist.engine.data import FitData, ScanSpec
 from emdist.engine.lockstep import shared_pass
 from emdist.engine.reduce import Data
 from emdist.engine.restarts import BestRun, best_run, data_fingerprint, keep_best, param_arrays
@@ -50,9 +50,10 @@ __all__ = [
     "IterationState",
     "ModelFamily",
     "Observer",
+    "FitSpec",
+    "ModelPlan",
     "Pass",
     "RestartGroup",
-    "RestartSpec",
     "Run",
     "Schedule",
     "run_em",
@@ -223,16 +224,16 @@ class Schedule(Protocol):
         """Restore what ``run`` kept besides its parameters from its committed state."""
         ...
 
-    def em_over(self, run: Run[Any, Any], spec: RestartSpec[Any, Any]) -> bool:
+    def em_over(self, run: Run[Any, Any], spec: FitSpec[Any, Any]) -> bool:
         """Whether ``run``'s EM is over (it may still need a final pass to be compared)."""
         ...
 
-    def request(self, run: Run[Any, Any], spec: RestartSpec[Any, Any]) -> Pass[Any]:
+    def request(self, run: Run[Any, Any], spec: FitSpec[Any, Any]) -> Pass[Any]:
         """The E-step ``run`` needs from the next pass."""
         ...
 
     def apply(
-        self, run: Run[Any, Any], stats: Any, seconds: float, spec: RestartSpec[Any, Any]
+        self, run: Run[Any, Any], stats: Any, seconds: float, spec: FitSpec[Any, Any]
     ) -> tuple[IterationState[Any] | None, bool]:
         """Apply the statistics of ``run``'s pass: the finished iteration and whether to commit.
 
@@ -261,16 +262,16 @@ class BatchSchedule:
     def resume(self, run: Run[Any, Any], saved: RestartState, family: Any) -> None:
         """Nothing to restore besides the parameters and the history."""
 
-    def em_over(self, run: Run[Any, Any], spec: RestartSpec[Any, Any]) -> bool:
+    def em_over(self, run: Run[Any, Any], spec: FitSpec[Any, Any]) -> bool:
         """Converged, stopped by the observer, or out of iterations."""
         return run.converged or run.stopped or len(run.history) >= spec.max_iter
 
-    def request(self, run: Run[Any, Any], spec: RestartSpec[Any, Any]) -> Pass[Any]:
+    def request(self, run: Run[Any, Any], spec: FitSpec[Any, Any]) -> Pass[Any]:
         """The E-step over the whole data under the current parameters."""
         return Pass(spec.family, run.params)
 
     def apply(
-        self, run: Run[Any, Any], stats: Any, seconds: float, spec: RestartSpec[Any, Any]
+        self, run: Run[Any, Any], stats: Any, seconds: float, spec: FitSpec[Any, Any]
     ) -> tuple[IterationState[Any] | None, bool]:
         """Bound, M-step, convergence test; commit every ``checkpoint.every`` and at the end."""
         family = spec.family
@@ -308,24 +309,48 @@ BATCH = BatchSchedule()
 
 
 @dataclass(frozen=True)
-class RestartSpec(Generic[P, S]):
-    """One fit as the engine runs it: its restarts, how each starts, is compared and stops.
+class ModelPlan(Generic[P, S]):
+    """The model's part of a fit, once its data is scanned (an estimator's ``_plan``).
 
     Attributes
     ----------
     family : ModelFamily
-    seeds : sequence of int
-        One seed per restart (``n_init = len(seeds)``).
+        The model as the EM engine sees it (E-step, M-step, bound, convergence).
     make_start : callable
-        ``make_start(restart, seed)`` -> starting parameters.
-    params_from_arrays : callable
-        Rebuilds parameters from ``params.arrays()`` (for checkpoints).
+        ``make_start(restart, seed)`` -> the restart's starting parameters.
+    params_type : callable
+        Rebuilds parameters from ``params.arrays()`` (checkpoints).
     score : callable
         Larger is better: which restart is kept. Given the restart's result, whose
         ``stats`` are those of a pass under its final parameters when ``final_pass``
         asked for one (``None`` possible after a resume when ``final_pass`` is not given).
     tol : float
-        Convergence threshold, interpreted by ``family.converged``.
+        The tolerance the family's convergence test receives.
+    final_pass : callable or None
+        ``final_pass(result)``: whether ``score`` needs the statistics of one more pass
+        under the restart's final parameters (K-means re-assigns under its final centres);
+        that pass is shared with the other restarts' iterations. ``None``: never.
+    """
+
+    family: ModelFamily[P, S]
+    make_start: Callable[[int, int], P]
+    params_type: Callable[..., P]
+    score: Callable[[EMResult[P, S]], float]
+    tol: float
+    final_pass: Callable[[EMResult[P, S]], bool] | None = None
+
+
+@dataclass(frozen=True)
+class FitSpec(Generic[P, S]):
+    """One fit as the engine runs it, decided once (an estimator's ``_setup_fit``).
+
+    Everything but :attr:`model` is known before the data is read; the model's part needs
+    the scanned data and is attached by :meth:`planned`.
+
+    Attributes
+    ----------
+    seeds : sequence of int
+        One seed per restart (``n_init = len(seeds)``).
     max_iter : int
         Iteration budget of every restart (passes over the data).
     seed : int
@@ -338,28 +363,46 @@ class RestartSpec(Generic[P, S]):
         Configuration recorded in, and checked against, the checkpoint.
     previous_bound : float, optional
         For a warm start: the previous fit's bound, which the first change is measured from.
-    final_pass : callable, optional
-        ``final_pass(result)``: whether comparing this restart needs one more E-step pass
-        under its final parameters; that pass is shared with the next iteration of the
-        others.
     schedule : Schedule, default=BATCH
         Batch or incremental EM.
+    scan : ScanSpec, optional
+        How the data is opened and scanned (:func:`emdist.engine.data.prepare_fit_data`).
+    warm : bool, default=False
+        Whether the fit continues the estimator's previous one (``warm_start``).
+    model : ModelPlan, optional
+        The model's part (:meth:`planned`); required to run.
     """
 
-    family: ModelFamily[P, S]
     seeds: Sequence[int]
-    make_start: Callable[[int, int], P]
-    params_from_arrays: Callable[..., P]
-    score: Callable[[EMResult[P, S]], float]
-    tol: float
     max_iter: int
     seed: int
     observer: Observer | None = None
     checkpoint: CheckpointStore | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     previous_bound: float | None = None
-    final_pass: Callable[[EMResult[P, S]], bool] | None = None
     schedule: Schedule = BATCH
+    scan: ScanSpec | None = None
+    warm: bool = False
+    model: ModelPlan[P, S] | None = None
+
+    def planned(self, model: ModelPlan[P, S]) -> FitSpec[P, S]:
+        """The same fit with the model's part attached."""
+        return dataclasses.replace(self, model=model)
+
+    def _model(self) -> ModelPlan[P, S]:
+        if self.model is None:
+            raise ValueError("the fit has no model plan yet: FitSpec.planned(...) first")
+        return self.model
+
+    @property
+    def family(self) -> ModelFamily[P, S]:
+        """The model family (:attr:`ModelPlan.family`)."""
+        return self._model().family
+
+    @property
+    def tol(self) -> float:
+        """The tolerance of the family's convergence test (:attr:`ModelPlan.tol`)."""
+        return self._model().tol
 
     @property
     def n_init(self) -> int:
@@ -381,14 +424,14 @@ class RestartGroup(Generic[P, S]):
     fit's checkpoint.
     """
 
-    spec: RestartSpec[P, S]
+    spec: FitSpec[P, S]
     runs: list[Run[P, S]]
     best: BestState | None
     schedule: Schedule
     finished: list[int] = field(default_factory=list)
 
     @classmethod
-    def open(cls, data: FitData, spec: RestartSpec[P, S]) -> RestartGroup[P, S]:
+    def open(cls, data: FitData, spec: FitSpec[P, S]) -> RestartGroup[P, S]:
         """Start the restarts, or resume them from the checkpoint if it holds this fit."""
         schedule = spec.schedule.bind(data.X, spec.seed)
         state = spec.open_checkpoint(data)
@@ -403,7 +446,7 @@ class RestartGroup(Generic[P, S]):
                 history = [float(v) for v in saved.lower_bounds]
                 run = Run[P, S](
                     restart,
-                    spec.params_from_arrays(**saved.params),
+                    spec._model().params_type(**saved.params),
                     history,
                     history[-1] if history else -math.inf,
                     converged=saved.converged,
@@ -440,11 +483,12 @@ class RestartGroup(Generic[P, S]):
     def _settle(self, runs: Sequence[Run[P, S]]) -> bool:
         """Fold the runs whose EM is over (or mark them for a final pass); whether any was."""
         changed = False
+        final_pass = self.spec._model().final_pass
         for run in runs:
             if run.finished or run.wants_final or run.params is None or not self._em_over(run):
                 continue
             result = self._result(run)
-            if self.spec.final_pass is not None and self.spec.final_pass(result):
+            if final_pass is not None and final_pass(result):
                 run.wants_final = True
                 continue
             self._fold(run, result)
@@ -467,7 +511,9 @@ class RestartGroup(Generic[P, S]):
             waiting = waiting[:1]
         for run in waiting:
             if run.params is None:
-                run.params = self.spec.make_start(run.restart, self.spec.seeds[run.restart])
+                run.params = self.spec._model().make_start(
+                    run.restart, self.spec.seeds[run.restart]
+                )
         return waiting
 
     def requests(self) -> list[Pass[P]]:
@@ -531,7 +577,7 @@ class RestartGroup(Generic[P, S]):
             run.stopped = True
 
     def _fold(self, run: Run[P, S], result: EMResult[P, S]) -> None:
-        value = float(self.spec.score(result))
+        value = float(self.spec._model().score(result))
         self.best = keep_best(
             self.best, run.restart, result.params, result.lower_bounds, result.converged, value
         )
@@ -557,7 +603,7 @@ class RestartGroup(Generic[P, S]):
     def result(self) -> BestRun[P]:
         """The kept restart (once every restart is finished)."""
         assert not self.pending
-        return best_run(self.best, self.spec.params_from_arrays)
+        return best_run(self.best, self.spec._model().params_type)
 
 
 def _run_passes(X: Data, passes: Sequence[Pass[Any]]) -> list[Any]:
@@ -622,13 +668,13 @@ def run_groups(X: Data, groups: Sequence[RestartGroup[Any, Any]]) -> list[BestRu
     return [group.result() for group in groups]
 
 
-def run_restarts(data: FitData, spec: RestartSpec[P, S]) -> BestRun[P]:
+def run_restarts(data: FitData, spec: FitSpec[P, S]) -> BestRun[P]:
     """Run one fit's restarts, resuming from the checkpoint if it holds a matching fit.
 
     Parameters
     ----------
     data : FitData
-    spec : RestartSpec
+    spec : FitSpec
 
     Returns
     -------
@@ -685,17 +731,10 @@ def run_em(
         results.append(result)
         return 0.0
 
-    spec = RestartSpec(
-        family=family,
-        seeds=(0,) * (restart + 1),
-        make_start=lambda r, s: params,
-        params_from_arrays=lambda **arrays: params,
-        score=keep,
-        tol=tol,
-        max_iter=max_iter,
-        seed=0,
-        observer=observer,
-    )
+    model = ModelPlan(family, lambda r, s: params, lambda **arrays: params, keep, tol)
+    spec = FitSpec[P, S](
+        seeds=(0,) * (restart + 1), max_iter=max_iter, seed=0, observer=observer
+    ).planned(model)
     history = list(lower_bounds)
     if history:
         prev = history[-1]

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 import numpy as np
 
-from emdist.engine.em import IterationState, ModelFamily, Pass, RestartSpec, Run
+from emdist.engine.em import FitSpec, IterationState, ModelFamily, Pass, Run
 from emdist.engine.reduce import Data
 from emdist.engine.restarts import param_arrays
 from emdist.engine.shards import Shards, make_shards, stats_from_arrays, stats_to_arrays
@@ -226,15 +226,15 @@ class IncrementalSchedule:
             saved.carry, family.stats_type, len(self._shards())
         )
 
-    def _sweeping(self, run: Run[Any, Any], spec: RestartSpec[Any, Any]) -> bool:
+    def _sweeping(self, run: Run[Any, Any], spec: FitSpec[Any, Any]) -> bool:
         # ``max_iter`` counts passes: at most ``max_iter - 1`` sweeps and the final pass.
         return not run.converged and len(run.history) + 1 < spec.max_iter
 
-    def em_over(self, run: Run[Any, Any], spec: RestartSpec[Any, Any]) -> bool:
+    def em_over(self, run: Run[Any, Any], spec: FitSpec[Any, Any]) -> bool:
         """Stopped by the observer, or the final pass ran."""
         return run.stopped or self._state(run).final
 
-    def request(self, run: Run[Any, Any], spec: RestartSpec[Any, Any]) -> Pass[Any]:
+    def request(self, run: Run[Any, Any], spec: FitSpec[Any, Any]) -> Pass[Any]:
         """Every shard (first sweep), the next shard, or the whole data (final pass)."""
         state = self._state(run)
         if not self._sweeping(run, spec):
@@ -244,7 +244,7 @@ class IncrementalSchedule:
         return Pass(spec.family, run.params, self._shards(), state.shard)
 
     def apply(
-        self, run: Run[Any, Any], stats: Any, seconds: float, spec: RestartSpec[Any, Any]
+        self, run: Run[Any, Any], stats: Any, seconds: float, spec: FitSpec[Any, Any]
     ) -> tuple[IterationState[Any] | None, bool]:
         """One shard's update (or every shard's, first), a sweep's end, or the final pass."""
         family = cast(IncrementalFamily[Any, Any], spec.family)
@@ -275,7 +275,7 @@ class IncrementalSchedule:
         run: Run[Any, Any],
         family: IncrementalFamily[Any, Any],
         total: Any,
-        spec: RestartSpec[Any, Any],
+        spec: FitSpec[Any, Any],
     ) -> tuple[IterationState[Any], bool]:
         state = self._state(run)
         assert state.kept is not None
@@ -308,7 +308,7 @@ class IncrementalSchedule:
         return it, iteration % checkpoint.every == 0 or run.converged or last
 
     def _final(
-        self, run: Run[Any, Any], stats: Any, seconds: float, spec: RestartSpec[Any, Any]
+        self, run: Run[Any, Any], stats: Any, seconds: float, spec: FitSpec[Any, Any]
     ) -> IterationState[Any]:
         """The final batch pass: the exact bound of the parameters the sweeps ended with."""
         family = spec.family

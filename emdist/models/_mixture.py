@@ -7,6 +7,7 @@ the same per-block functions over their own log-probability kernel.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -173,9 +174,44 @@ class BaseMixture(DensityMixin, BaseEstimator):
     max_iter: int
     tol: float
 
+    def __init__(
+        self,
+        *,
+        n_components: int,
+        covariance_type: CovarianceType,
+        tol: float,
+        reg_covar: float,
+        max_iter: int,
+        n_init: int,
+        init_params: str,
+        random_state: Any,
+        warm_start: bool,
+        init_sample_size: int | None,
+        updates: str,
+        n_shards: int,
+        observer: Any,
+        checkpoint: Any,
+    ) -> None:
+        super().__init__(
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            random_state=random_state,
+            init_sample_size=init_sample_size,
+            updates=updates,
+            n_shards=n_shards,
+            observer=observer,
+            checkpoint=checkpoint,
+        )
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.reg_covar = reg_covar
+        self.init_params = init_params
+        self.warm_start = warm_start
+
+    @abc.abstractmethod
     def _log_prob(self) -> tuple[Callable[..., FloatArray], tuple[Any, ...]]:
         """Per-block weighted log-densities ``(n, K)`` and their extra arguments."""
-        raise NotImplementedError
 
     def _apply(
         self, fn: Callable[..., Any], X: Any, out_width: int | None, dtype: Any = np.float64
@@ -248,9 +284,9 @@ class BaseMixture(DensityMixin, BaseEstimator):
         y = np.repeat(np.arange(len(counts)), counts)
         return np.vstack(parts), y
 
+    @abc.abstractmethod
     def _set_params(self, params: Any) -> None:
         """Set the fitted parameter attributes from the engine's parameters."""
-        raise NotImplementedError
 
     def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
         self.lower_bound_ = best.lower_bound

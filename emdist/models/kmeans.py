@@ -14,7 +14,7 @@ import numpy as np
 from emdist._random import child_seeds
 from emdist._typing import AnyArray, FloatArray
 from emdist.engine.data import FitData
-from emdist.engine.em import EMResult, Observer
+from emdist.engine.em import EMResult, FitSpec, ModelPlan, Observer, run_restarts
 from emdist.engine.reduce import Data, map_reduce
 from emdist.engine.restarts import BestRun
 from emdist.engine.seeding import kmeans_plusplus
@@ -32,7 +32,6 @@ from emdist.kernels.rebase import rebase_kmeans_stats
 from emdist.models._base import (
     BaseEstimator,
     Components,
-    FitPlan,
     apply_rows,
     fitted_array,
     fitted_int,
@@ -48,7 +47,6 @@ from emdist.models._validation import (
     literal,
     non_negative_real,
     positive_int,
-    shards_of,
 )
 from emdist.registry import register_family
 
@@ -153,14 +151,13 @@ def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> Flo
 
 
 def kmeans_plan(
-    data: FitData, n_clusters: int, init: Any, tol: float, n_shards: int | None = None
-) -> FitPlan[KMeansParams]:
-    """Lloyd's algorithm as a fit plan: seeding, the family, and restarts compared by inertia.
+    data: FitData, n_clusters: int, init: Any, tol: float
+) -> ModelPlan[KMeansParams, KMeansStats]:
+    """Lloyd's algorithm as a model plan: seeding, the family, restarts compared by inertia.
 
-    ``tol`` is relative to the mean feature variance (scikit-learn's meaning); ``n_shards``
-    asks for shard-wise (incremental) Lloyd updates.
+    ``tol`` is relative to the mean feature variance (scikit-learn's meaning).
     """
-    return FitPlan(
+    return ModelPlan(
         KMeansFamily(),
         lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed)),
         KMeansParams,
@@ -169,7 +166,6 @@ def kmeans_plan(
         # The restarts loop runs that pass beside the other restarts' iterations, so
         # _final_inertia finds it done.
         final_pass=_needs_final_pass,
-        n_shards=n_shards,
     )
 
 
@@ -202,9 +198,10 @@ def fit_kmeans(
     BestRun
         ``score`` is minus the inertia of the kept centres.
     """
-    return kmeans_plan(data, n_clusters, init, tol).run(
-        data, seeds=child_seeds(seed, n_init), max_iter=max_iter, seed=seed
+    spec = FitSpec[KMeansParams, KMeansStats](
+        seeds=child_seeds(seed, n_init), max_iter=max_iter, seed=seed
     )
+    return run_restarts(data, spec.planned(kmeans_plan(data, n_clusters, init, tol)))
 
 
 @register_family("kmeans", summary="K-means (Lloyd), k-means++ seeding")
@@ -293,17 +290,19 @@ default='k-means++'
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
     ) -> None:
+        super().__init__(
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            random_state=random_state,
+            init_sample_size=init_sample_size,
+            updates=updates,
+            n_shards=n_shards,
+            observer=observer,
+            checkpoint=checkpoint,
+        )
         self.n_clusters = n_clusters
         self.init = init
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.tol = tol
-        self.random_state = random_state
-        self.init_sample_size = init_sample_size
-        self.updates = updates
-        self.n_shards = n_shards
-        self.observer = observer
-        self.checkpoint = checkpoint
 
     def _n_init(self) -> int:
         if self.n_init == "auto":
@@ -322,14 +321,8 @@ default='k-means++'
         self.init = np.array(previous.cluster_centers_, dtype=np.float64, copy=True)
         self.n_init = 1
 
-    def _plan(self, data: FitData, warm: bool) -> FitPlan[KMeansParams]:
-        return kmeans_plan(
-            data,
-            int(self.n_clusters),
-            self.init,
-            float(self.tol),
-            shards_of(self.updates, self.n_shards),
-        )
+    def _plan(self, data: FitData, warm: bool) -> ModelPlan[KMeansParams, KMeansStats]:
+        return kmeans_plan(data, int(self.n_clusters), self.init, float(self.tol))
 
     def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
         self.cluster_centers_ = best.params.centers
