@@ -7,13 +7,13 @@ moments, a uniform sample for seeding) and runs its passes inside :func:`compute
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from emdist.engine.reduce import Data
+from emdist.engine.reduce import Data, Rows
 from emdist.engine.seeding import DataSummary, scan_data
 from emdist.engine.threads import blas_single_threaded
 from emdist.exceptions import InvalidDataError, InvalidParameterError
@@ -65,11 +65,20 @@ class FitData:
     summary : DataSummary
     in_memory : bool
         Whether the user passed in-memory data.
+    per_row : mapping of str to array
+        Per-row inputs of the fit (``weights``...), chunked like ``X``
+        (:class:`~emdist.engine.reduce.Rows`).
     """
 
     X: Data
     summary: DataSummary
     in_memory: bool
+    per_row: Mapping[str, Data] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> Rows:
+        """What the passes run over: ``X`` and its per-row inputs."""
+        return Rows(self.X, self.per_row)
 
     @property
     def row_chunks(self) -> tuple[int, ...]:

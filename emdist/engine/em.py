@@ -39,10 +39,11 @@ import numpy as np
 
 from emdist.engine.data import FitData, ScanSpec
 from emdist.engine.lockstep import shared_pass
-from emdist.engine.reduce import Data
+from emdist.engine.reduce import PassData
 from emdist.engine.restarts import BestRun, best_run, data_fingerprint, keep_best, param_arrays
 from emdist.engine.shards import Shards, shard_pass, shards_pass
 from emdist.io.checkpoint import BestState, CheckpointStore, FitState, RestartState
+from emdist.kernels.rows import RowBlock
 
 __all__ = [
     "BATCH",
@@ -72,8 +73,8 @@ class ModelFamily(Protocol[P, S]):
     pickled to Dask workers with the E-step, so they must hold no data.
     """
 
-    def estep_chunk(self, X: Any, row_offset: int, params: P) -> S:
-        """Statistics of one block under ``params`` (plain numpy)."""
+    def estep_chunk(self, block: RowBlock, params: P) -> S:
+        """Statistics of one block (rows and per-row inputs) under ``params`` (plain numpy)."""
         ...
 
     def mstep(self, stats: S, params: P) -> P:
@@ -216,7 +217,7 @@ class Schedule(Protocol):
         """Whether the restarts run side by side (sharing passes) or one after another."""
         ...
 
-    def bind(self, X: Data, seed: int) -> Schedule:
+    def bind(self, X: PassData, seed: int) -> Schedule:
         """The schedule for a fit on ``X`` with seed ``seed``."""
         ...
 
@@ -255,7 +256,7 @@ class BatchSchedule:
         """True: every pass feeds every running restart."""
         return True
 
-    def bind(self, X: Data, seed: int) -> BatchSchedule:
+    def bind(self, X: PassData, seed: int) -> BatchSchedule:
         """Itself: batch EM keeps nothing that depends on the data."""
         return self
 
@@ -433,7 +434,7 @@ class RestartGroup(Generic[P, S]):
     @classmethod
     def open(cls, data: FitData, spec: FitSpec[P, S]) -> RestartGroup[P, S]:
         """Start the restarts, or resume them from the checkpoint if it holds this fit."""
-        schedule = spec.schedule.bind(data.X, spec.seed)
+        schedule = spec.schedule.bind(data.rows, spec.seed)
         state = spec.open_checkpoint(data)
         resumed = {r.restart: r for r in state.running} if state is not None else {}
         finished = list(state.finished) if state is not None else []
@@ -606,7 +607,7 @@ class RestartGroup(Generic[P, S]):
         return best_run(self.best, self.spec._model().params_type)
 
 
-def _run_passes(X: Data, passes: Sequence[Pass[Any]]) -> list[Any]:
+def _run_passes(X: PassData, passes: Sequence[Pass[Any]]) -> list[Any]:
     """The statistics of every pass: the whole-data ones share one read, shard ones alone."""
     out: list[Any] = [None] * len(passes)
     whole = [i for i, p in enumerate(passes) if p.shards is None]
@@ -624,7 +625,7 @@ def _run_passes(X: Data, passes: Sequence[Pass[Any]]) -> list[Any]:
     return out
 
 
-def drive(X: Data, groups: Sequence[RestartGroup[Any, Any]]) -> None:
+def drive(X: PassData, groups: Sequence[RestartGroup[Any, Any]]) -> None:
     """Run the groups' restarts until every one is finished (see :func:`run_groups`)."""
     while True:
         for group in groups:
@@ -646,7 +647,7 @@ def drive(X: Data, groups: Sequence[RestartGroup[Any, Any]]) -> None:
             group.notify(run, state)
 
 
-def run_groups(X: Data, groups: Sequence[RestartGroup[Any, Any]]) -> list[BestRun[Any]]:
+def run_groups(X: PassData, groups: Sequence[RestartGroup[Any, Any]]) -> list[BestRun[Any]]:
     """Run several fits' restarts side by side, one read of the data per pass for all.
 
     Every pass serves every restart still running in every group (and the final
@@ -656,7 +657,8 @@ def run_groups(X: Data, groups: Sequence[RestartGroup[Any, Any]]) -> list[BestRu
 
     Parameters
     ----------
-    X : dask.array.Array or ndarray
+    X : dask.array.Array, ndarray or Rows
+        The data and its per-row inputs (:attr:`FitData.rows`).
     groups : sequence of RestartGroup
 
     Returns
@@ -680,11 +682,11 @@ def run_restarts(data: FitData, spec: FitSpec[P, S]) -> BestRun[P]:
     -------
     BestRun
     """
-    return run_groups(data.X, [RestartGroup.open(data, spec)])[0]
+    return run_groups(data.rows, [RestartGroup.open(data, spec)])[0]
 
 
 def run_em(
-    X: Data,
+    X: PassData,
     family: ModelFamily[P, S],
     params: P,
     *,

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 import numpy as np
 
 from emdist.engine.em import FitSpec, IterationState, ModelFamily, Pass, Run
-from emdist.engine.reduce import Data
+from emdist.engine.reduce import PassData, as_rows
 from emdist.engine.restarts import param_arrays
 from emdist.engine.shards import Shards, make_shards, stats_from_arrays, stats_to_arrays
 from emdist.io.checkpoint import CheckpointError, RestartState
@@ -194,9 +194,10 @@ class IncrementalSchedule:
         """False: a restart's sweeps cannot share passes with another's."""
         return False
 
-    def bind(self, X: Data, seed: int) -> IncrementalSchedule:
+    def bind(self, X: PassData, seed: int) -> IncrementalSchedule:
         """The shards of ``X``, dealt by the fit's seed."""
         shards = make_shards(X, self.n_shards, seed)
+        X = as_rows(X).x
         n_blocks = 1 if isinstance(X, np.ndarray) else int(X.numblocks[0])
         return IncrementalSchedule(self.n_shards, shards, shards.assignment(n_blocks))
 

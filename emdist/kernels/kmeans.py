@@ -32,6 +32,7 @@ import scipy.linalg.cython_blas  # noqa: F401
 from emdist._typing import AnyArray, FloatArray, IntArray
 from emdist.kernels._blocks import as_row_major
 from emdist.kernels._jit import jit
+from emdist.kernels.rows import RowBlock
 
 __all__ = [
     "KMeansParams",
@@ -374,21 +375,20 @@ def kmeans_transform_chunk(X: AnyArray, centers: FloatArray) -> FloatArray:
     return out
 
 
-def kmeans_estep_chunk(X: AnyArray, row_offset: int, params: KMeansParams) -> KMeansStats:
+def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
     """Assign the rows of one block and reduce them to statistics.
 
     Parameters
     ----------
-    X : ndarray of shape (n_rows, n_features)
-        Any real dtype and memory layout; float32 is scored in float32.
-    row_offset : int
-        Global index of the block's first row (orders the far-point candidates).
+    block : RowBlock
+        The rows (any real dtype and layout), their global offset and per-row inputs.
     params : KMeansParams
 
     Returns
     -------
     KMeansStats
     """
+    X, row_offset = block.x, block.row_offset
     centers = _centers(params.centers)
     K, d = centers.shape
     n = X.shape[0]
@@ -401,11 +401,11 @@ def kmeans_estep_chunk(X: AnyArray, row_offset: int, params: KMeansParams) -> KM
     inertia = 0.0
     n_far = 0
     if n:
-        block = as_row_major(X)
-        scoring = _Scoring.of(centers, block.dtype)
+        Xr = as_row_major(X)
+        scoring = _Scoring.of(centers, Xr.dtype)
         rows = _sub_block_rows(K, d)
         inertia, n_far = _estep_kernel(
-            block, 0, centers, scoring.ref, scoring.neg2_t, scoring.bias, scoring.shift_rows,
+            Xr, 0, centers, scoring.ref, scoring.neg2_t, scoring.bias, scoring.shift_rows,
             rows, counts, sx, far_dist, far_row, far_label, n_far,
         )  # fmt: skip
     return KMeansStats(

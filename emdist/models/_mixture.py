@@ -31,6 +31,7 @@ from emdist.kernels.mixture import (
     proba_from_log_prob,
     score_samples_from_log_prob,
 )
+from emdist.kernels.rows import RowBlock
 from emdist.models._base import (
     BaseEstimator,
     Components,
@@ -122,7 +123,9 @@ def initial_resp_stats(
             tol=1e-4,
             seed=km_seed,
         )
-        return mixture_hard_resp_stats_chunk(sample, 0, run.params.centers, shift, covariance_type)
+        return mixture_hard_resp_stats_chunk(
+            RowBlock(sample), run.params.centers, shift, covariance_type
+        )
     if init_params in ("k-means++", "random_from_data"):
         sample = data.summary.sample
         if init_params == "k-means++":
@@ -133,7 +136,7 @@ def initial_resp_stats(
         return mixture_stats_from_resp(sample[idx], np.eye(K), shift, covariance_type)
     if init_params == "random":
         stats = map_reduce(
-            data.X,
+            data.rows,
             mixture_random_resp_stats_chunk,
             int(rng.integers(2**63 - 1)),
             shift,

@@ -28,6 +28,7 @@ from emdist.io.sources import as_dask_array
 from emdist.kernels.gaussian import precisions_from_cholesky
 from emdist.kernels.mixture import MixtureStats
 from emdist.kernels.rebase import rebase_mixture_stats
+from emdist.kernels.rows import RowBlock
 from emdist.kernels.variational import (
     WEIGHT_PRIOR_TYPES,
     VariationalParams,
@@ -84,11 +85,9 @@ class BayesianMixtureFamily:
     #: Incremental EM (emdist.engine.incremental) restores kept statistics of this class.
     stats_type: ClassVar[type[VariationalStats]] = VariationalStats
 
-    def estep_chunk(
-        self, X: AnyArray, row_offset: int, params: VariationalParams
-    ) -> VariationalStats:
+    def estep_chunk(self, block: RowBlock, params: VariationalParams) -> VariationalStats:
         """Variational responsibilities of one block, reduced to statistics."""
-        return variational_estep_chunk(X, row_offset, params, self.covariance_type)
+        return variational_estep_chunk(block, params, self.covariance_type)
 
     def mstep(self, stats: VariationalStats, params: VariationalParams) -> VariationalParams:
         """The posterior given the responsibilities summarised by ``stats``."""

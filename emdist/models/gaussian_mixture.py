@@ -30,6 +30,7 @@ from emdist.kernels.mixture import (
     mixture_mstep,
 )
 from emdist.kernels.rebase import mixture_expected_log_lik, rebase_mixture_stats
+from emdist.kernels.rows import RowBlock
 from emdist.models._criteria import KernelStep, log_lik_sum_chunk, pass_data
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
@@ -51,9 +52,9 @@ class GaussianMixtureFamily:
     #: Incremental EM (emdist.engine.incremental) restores kept statistics of this class.
     stats_type: ClassVar[type[MixtureStats]] = MixtureStats
 
-    def estep_chunk(self, X: AnyArray, row_offset: int, params: MixtureParams) -> MixtureStats:
+    def estep_chunk(self, block: RowBlock, params: MixtureParams) -> MixtureStats:
         """Responsibilities of one block, reduced to sufficient statistics."""
-        return mixture_estep_chunk(X, row_offset, params, self.covariance_type)
+        return mixture_estep_chunk(block, params, self.covariance_type)
 
     def mstep(self, stats: MixtureStats, params: MixtureParams) -> MixtureParams:
         """Weighted means, covariances and mixing weights."""

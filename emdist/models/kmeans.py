@@ -15,7 +15,7 @@ from emdist._random import child_seeds
 from emdist._typing import AnyArray, FloatArray
 from emdist.engine.data import FitData
 from emdist.engine.em import EMResult, FitSpec, ModelPlan, Observer, run_restarts
-from emdist.engine.reduce import Data, map_reduce
+from emdist.engine.reduce import PassData, map_reduce
 from emdist.engine.restarts import BestRun
 from emdist.engine.seeding import kmeans_plusplus
 from emdist.exceptions import ConvergenceWarning, InvalidParameterError
@@ -29,6 +29,7 @@ from emdist.kernels.kmeans import (
     kmeans_transform_chunk,
 )
 from emdist.kernels.rebase import rebase_kmeans_stats
+from emdist.kernels.rows import RowBlock
 from emdist.models._base import (
     BaseEstimator,
     Components,
@@ -71,9 +72,9 @@ class KMeansFamily:
     #: Incremental EM (emdist.engine.incremental) restores kept statistics of this class.
     stats_type: ClassVar[type[KMeansStats]] = KMeansStats
 
-    def estep_chunk(self, X: AnyArray, row_offset: int, params: KMeansParams) -> KMeansStats:
+    def estep_chunk(self, block: RowBlock, params: KMeansParams) -> KMeansStats:
         """Assignment statistics of one block."""
-        return kmeans_estep_chunk(X, row_offset, params)
+        return kmeans_estep_chunk(block, params)
 
     def mstep(self, stats: KMeansStats, params: KMeansParams) -> KMeansParams:
         """New centres; empty clusters re-seeded from far points."""
@@ -120,7 +121,7 @@ def _needs_final_pass(result: EMResult[KMeansParams, KMeansStats]) -> bool:
     return stats is None or not np.array_equal(stats.shift, result.params.centers)
 
 
-def _final_inertia(X: Data, result: EMResult[KMeansParams, KMeansStats]) -> float:
+def _final_inertia(X: PassData, result: EMResult[KMeansParams, KMeansStats]) -> float:
     """Inertia of the final centres (re-assigning if the last pass ran under other ones)."""
     stats = result.stats
     if stats is not None and np.array_equal(stats.shift, result.params.centers):
@@ -161,7 +162,7 @@ def kmeans_plan(
         KMeansFamily(),
         lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed)),
         KMeansParams,
-        score=lambda result: -_final_inertia(data.X, result),
+        score=lambda result: -_final_inertia(data.rows, result),
         tol=float(np.mean(data.summary.variance)) * tol,
         # The restarts loop runs that pass beside the other restarts' iterations, so
         # _final_inertia finds it done.
