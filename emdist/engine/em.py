@@ -430,6 +430,8 @@ class RestartGroup(Generic[P, S]):
     best: BestState | None
     schedule: Schedule
     finished: list[int] = field(default_factory=list)
+    #: Statistics of the kept restart's last pass, when this process ran it.
+    best_stats: Any = None
 
     @classmethod
     def open(cls, data: FitData, spec: FitSpec[P, S]) -> RestartGroup[P, S]:
@@ -579,9 +581,11 @@ class RestartGroup(Generic[P, S]):
 
     def _fold(self, run: Run[P, S], result: EMResult[P, S]) -> None:
         value = float(self.spec._model().score(result))
-        self.best = keep_best(
+        best = keep_best(
             self.best, run.restart, result.params, result.lower_bounds, result.converged, value
         )
+        if best is not self.best:
+            self.best, self.best_stats = best, result.stats
         run.finished = True
         run.stats = None
         run.carry = None
@@ -604,7 +608,7 @@ class RestartGroup(Generic[P, S]):
     def result(self) -> BestRun[P]:
         """The kept restart (once every restart is finished)."""
         assert not self.pending
-        return best_run(self.best, self.spec._model().params_type)
+        return best_run(self.best, self.spec._model().params_type, self.best_stats)
 
 
 def _run_passes(X: PassData, passes: Sequence[Pass[Any]]) -> list[Any]:

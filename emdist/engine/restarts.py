@@ -37,6 +37,10 @@ class BestRun(Generic[P]):
     score : float
         The compared quantity (lower bound, or minus inertia for K-means).
     restart : int
+    stats : object or None
+        Statistics of its last pass (a final pass, if its comparison asked for one), when
+        this process ran it; ``None`` after a resume that found it finished. What a model
+        can tell of its training data without another pass comes from here.
     """
 
     params: P
@@ -46,6 +50,7 @@ class BestRun(Generic[P]):
     converged: bool
     score: float
     restart: int
+    stats: Any = None
 
 
 def data_fingerprint(data: FitData) -> dict[str, Any]:
@@ -97,8 +102,10 @@ def keep_best(
     )
 
 
-def best_run(best: BestState | None, params_from_arrays: Callable[..., P]) -> BestRun[P]:
-    """The kept restart as a :class:`BestRun`."""
+def best_run(
+    best: BestState | None, params_from_arrays: Callable[..., P], stats: Any = None
+) -> BestRun[P]:
+    """The kept restart as a :class:`BestRun` (``stats``: of its last pass, if known)."""
     assert best is not None
     bounds = tuple(float(v) for v in best.lower_bounds)
     return BestRun(
@@ -109,4 +116,5 @@ def best_run(best: BestState | None, params_from_arrays: Callable[..., P]) -> Be
         converged=best.converged,
         score=best.score,
         restart=best.restart,
+        stats=stats,
     )

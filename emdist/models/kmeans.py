@@ -328,6 +328,18 @@ default='k-means++'
     def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
         self.cluster_centers_ = best.params.centers
         self.inertia_ = -best.score
+        # The cluster sizes of the training data under the final centres, when the kept
+        # restart's last pass ran under them (a final pass, or labels that did not change):
+        # the information criteria of that data then need no pass of their own. Known by the
+        # name of the Dask array fitted (in-memory data costs no read).
+        stats = best.stats
+        self._training_sizes: tuple[str, AnyArray] | None = None
+        if (
+            isinstance(data.X, da.Array)
+            and isinstance(stats, KMeansStats)
+            and np.array_equal(stats.shift, self.cluster_centers_)
+        ):
+            self._training_sizes = (data.X.name, np.asarray(stats.counts))
         self.labels_ = self.predict(X if data.in_memory else data.X)
         distinct = len(np.unique(self.cluster_centers_, axis=0))
         if distinct < self.cluster_centers_.shape[0]:
@@ -366,7 +378,8 @@ default='k-means++'
         the clustering as a mixture of K spherical Gaussians with one shared variance
         ``σ² = inertia / (d (n - K))`` and weights ``n_k / n``, so K can be chosen by BIC.
         ``inertia_`` must be that of ``X`` (the training data). Costs one pass (the
-        cluster sizes).
+        cluster sizes), or none when ``X`` is the Dask array just fitted and the fit's last
+        pass ran under the final centres (its sizes are those).
 
         Parameters
         ----------
@@ -382,6 +395,10 @@ default='k-means++'
         self._check_fitted()
         step, args = self._criteria_step()
         data = pass_data(X, self.n_features_in_, type(self).__name__)
+        known = getattr(self, "_training_sizes", None)
+        if known is not None and isinstance(data, da.Array) and data.name == known[0]:
+            # The training data as fitted: its sizes came with the fit's last pass.
+            return self._criteria_from(known[1], int(data.shape[0]))
         return self._criteria_from(map_reduce(data, step.estep_chunk, args), int(data.shape[0]))
 
     def _criteria_step(self) -> tuple[KernelStep, tuple[Any, ...]]:
