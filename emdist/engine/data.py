@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask.array as da
 import numpy as np
 
 from emdist.engine.reduce import Data, Rows
@@ -94,7 +95,13 @@ def default_sample_size(n_clusters: int) -> int:
 
 
 def prepare_fit_data(
-    X: Any, *, n_clusters: int, seed: int, sample_size: int | None, what: str
+    X: Any,
+    *,
+    n_clusters: int,
+    seed: int,
+    sample_size: int | None,
+    what: str,
+    per_row: Mapping[str, Any] | None = None,
 ) -> FitData:
     """Open ``X``, run the scan pass, and reject data that cannot be clustered.
 
@@ -110,6 +117,9 @@ def prepare_fit_data(
     what : str
         The estimator's name for ``n_clusters`` (``n_components`` or ``n_clusters``), for
         error messages in the user's words.
+    per_row : mapping of str to array-like, optional
+        Per-row inputs by :class:`~emdist.kernels.rows.RowBlock` field name, checked by the
+        model; here only aligned with ``X``'s row-blocks (numpy for in-memory ``X``).
 
     Returns
     -------
@@ -138,7 +148,22 @@ def prepare_fit_data(
     if size < n_clusters:
         raise InvalidParameterError(f"init_sample_size={size} must be >= {what}={n_clusters}")
     summary = scan_data(X_fit, seed, size)
-    return FitData(X_fit, summary, in_memory)
+    return FitData(X_fit, summary, in_memory, _aligned(X_fit, per_row or {}))
+
+
+def _aligned(X: Data, per_row: Mapping[str, Any]) -> dict[str, Data]:
+    """Every per-row input as ``X`` is held: numpy, or Dask with ``X``'s row chunks."""
+    out: dict[str, Data] = {}
+    for name, value in per_row.items():
+        arr: Data = value if isinstance(value, da.Array) else np.asarray(value)
+        if arr.shape[0] != X.shape[0]:
+            raise InvalidDataError(f"{name} has {arr.shape[0]} rows; X has {X.shape[0]}")
+        if isinstance(X, np.ndarray):
+            out[name] = np.asarray(arr)
+        else:
+            lazy = da.asarray(arr)
+            out[name] = lazy.rechunk({0: X.chunks[0], **{i: -1 for i in range(1, lazy.ndim)}})
+    return out
 
 
 @dataclass(frozen=True)
@@ -168,12 +193,18 @@ class ScanSpec:
         size = self.sample_size
         return self.sample_seed, default_sample_size(self.n_clusters) if size is None else size
 
-    def open(self, X: Any, n_clusters: int | None = None) -> FitData:
-        """Open ``X`` and run the scan pass (``n_clusters``: the largest of fits sharing it)."""
+    def open(
+        self, X: Any, n_clusters: int | None = None, per_row: Mapping[str, Any] | None = None
+    ) -> FitData:
+        """Open ``X`` and run the scan pass (``n_clusters``: the largest of fits sharing it).
+
+        ``per_row``: the fit's per-row inputs (:func:`prepare_fit_data`).
+        """
         return prepare_fit_data(
             X,
             n_clusters=self.n_clusters if n_clusters is None else n_clusters,
             seed=self.sample_seed,
             sample_size=self.key[1],
             what=self.what,
+            per_row=per_row,
         )

@@ -67,11 +67,17 @@ class Rows:
 
     def blocks(self, idx: Sequence[int]) -> Rows:
         """The row-blocks ``idx`` of ``x`` and of every per-row input (Dask data only)."""
-        assert isinstance(self.x, da.Array)
-        return Rows(
-            self.x.blocks[list(idx)],
-            {k: da.asarray(v).blocks[list(idx)] for k, v in self.per_row.items()},
-        )
+        x = self.x
+        assert isinstance(x, da.Array)
+        aligned = {k: _row_chunked(v, x.chunks[0]) for k, v in self.per_row.items()}
+        return Rows(x.blocks[list(idx)], {k: v.blocks[list(idx)] for k, v in aligned.items()})
+
+
+def _row_chunked(value: Data, row_chunks: tuple[int, ...]) -> da.Array:
+    """``value`` as a Dask array with these row chunks (and whole rows)."""
+    arr = da.asarray(value)
+    out: da.Array = arr.rechunk({0: row_chunks, **{i: -1 for i in range(1, arr.ndim)}})
+    return out
 
 
 #: What a pass runs over: data alone, or with its per-row inputs.
@@ -108,12 +114,17 @@ def _block_stats(
     x: np.ndarray[Any, Any],
     *parts: Any,
     names: tuple[str, ...],
+    flat: tuple[bool, ...],
     block_id: tuple[int, ...],
 ) -> Any:
-    # ``parts``: the blocks of the per-row inputs (``names``), the kernel, the blocks' row
-    # offsets, then the kernel's arguments.
+    # ``parts``: the blocks of the per-row inputs (``names``; ``flat``: one value per row,
+    # carried as an (n, 1) column), the kernel, the blocks' row offsets, then the kernel's
+    # arguments.
     n = len(names)
-    per_row = {name: part[:, 0] for name, part in zip(names, parts[:n], strict=True)}
+    per_row = {
+        name: part[:, 0] if one else part
+        for name, one, part in zip(names, flat, parts[:n], strict=True)
+    }
     chunk_fn, offsets, *args = parts[n:]
     block = RowBlock(x, offsets[block_id[0]], **per_row)
     return single_blas_task(chunk_fn, block, *args)
@@ -152,11 +163,14 @@ def build_reduction(
     assert isinstance(x, da.Array)
     if x.numblocks[1] != 1:
         x = x.rechunk({1: -1})
-    # Per-row inputs as (n, 1) columns chunked like the rows: map_blocks aligns blocks by
-    # index, and a 1-D array would be aligned with the columns.
+    # Per-row inputs chunked like the rows, two-dimensional: map_blocks aligns blocks by
+    # index, and a 1-D array would be aligned with the columns (so it travels as a column).
     names = tuple(sorted(rows.per_row))
+    inputs = [da.asarray(rows.per_row[name]) for name in names]
+    flat = tuple(a.ndim == 1 for a in inputs)
     columns = [
-        da.asarray(rows.per_row[name]).reshape(-1, 1).rechunk((x.chunks[0], (1,))) for name in names
+        (a.reshape(-1, 1) if one else a).rechunk({0: x.chunks[0], 1: -1})
+        for a, one in zip(inputs, flat, strict=True)
     ]
     starts = list(row_offsets(x) if offsets is None else offsets)
     token = tokenize(x.name, [c.name for c in columns], chunk_fn, args, starts, split_every)
@@ -171,6 +185,7 @@ def build_reduction(
         _shared(f"emdist-offsets-{token}", starts),
         *shared,
         names=names,
+        flat=flat,
         name=f"emdist-stats-{token}",
         meta=np.empty((0, 0), dtype=object),
         # Two dimensions like the data's blocks: dropping the column axis would make Dask
