@@ -19,6 +19,7 @@ statistics are float64 differences from the float64 centres whatever the dtype.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -389,6 +390,8 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
     KMeansStats
     """
     X, row_offset = block.x, block.row_offset
+    if block.weights is not None:
+        return _weighted_estep(block, params)
     centers = _centers(params.centers)
     K, d = centers.shape
     n = X.shape[0]
@@ -419,6 +422,26 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
         far_x=np.asarray(X[far_row], dtype=np.float64).reshape(keep, d),
         shift=params.centers,
     )
+
+
+def _weighted_estep(block: RowBlock, params: KMeansParams) -> KMeansStats:
+    """Assignment statistics of rows that count ``block.weights`` times each.
+
+    Counts, sums and inertia weigh every row (scikit-learn's ``sample_weight``); the far
+    points that re-seed empty clusters are those of the unweighted step.
+    """
+    X = np.asarray(block.x, dtype=np.float64)
+    w = np.asarray(block.weights, dtype=np.float64)
+    plain = kmeans_estep_chunk(RowBlock(block.x, block.row_offset), params)
+    centers = np.asarray(params.centers, dtype=np.float64)
+    K = centers.shape[0]
+    labels = kmeans_labels_chunk(block.x, centers)
+    diff = X - centers[labels]
+    counts = np.bincount(labels, weights=w, minlength=K).astype(np.float64)
+    sx = np.zeros_like(centers)
+    np.add.at(sx, labels, diff * w[:, None])
+    inertia = float(w @ np.einsum("ij,ij->i", diff, diff))
+    return dataclasses.replace(plain, counts=counts, sx=sx, inertia=inertia)
 
 
 def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:

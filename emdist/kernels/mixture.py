@@ -208,10 +208,31 @@ def mixture_estep_chunk(
     """
     X = block.x
     shift = params.means
+    if block.weights is not None:
+        return _weighted_mixture_estep(X, block.weights, params, covariance_type)
     nk, sx, sxx, log_lik, _ = fused_estep(
         X, shift, params.precisions_cholesky, covariance_type, np.log(params.weights)
     )
     return MixtureStats(float(X.shape[0]), log_lik, nk, sx, sxx, shift)
+
+
+def _weighted_mixture_estep(
+    X: AnyArray, weights: AnyArray, params: MixtureParams, covariance_type: CovarianceType
+) -> MixtureStats:
+    """The E-step of rows that count ``weights`` times each (``sample_weight``).
+
+    Every sum weighs its row: the statistics are those of the rows repeated ``w`` times
+    (for integer weights), so the M-step needs no change.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    log_prob = mixture_log_prob_chunk(X, params, covariance_type)
+    log_norm = logsumexp_rows(log_prob)
+    resp = np.exp(log_prob - log_norm[:, None])
+    resp *= w[:, None]
+    stats = mixture_stats_from_resp(X, resp, params.means, covariance_type)
+    return MixtureStats(
+        float(w.sum()), float(w @ log_norm), stats.nk, stats.sx, stats.sxx, stats.shift
+    )
 
 
 def fused_estep(

@@ -300,10 +300,23 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
         -------
         self
         """
+        return self._fit(X, None)
+
+    def _fit(self, X: Any, sample_weight: Any) -> Self:
+        """The fit template; ``sample_weight`` as :meth:`GaussianMixture.fit` takes it."""
+        if sample_weight is not None and self.checkpoint is not None:
+            # The checkpoint's fingerprint covers the data, not the weights: a resume with
+            # other weights would continue another fit.
+            raise InvalidParameterError("sample_weight cannot be used with a checkpoint")
         spec = self._setup_fit(X)
         assert spec.scan is not None
+        if sample_weight is not None:
+            if not is_out_of_core(X):
+                X = as_numpy_array(X)
+            sample_weight = check_sample_weight(sample_weight, _n_rows(X))
+        per_row = None if sample_weight is None else {"weights": sample_weight}
         with compute_context():
-            data = spec.scan.open(X)
+            data = spec.scan.open(X, per_row=per_row)
             best = run_restarts(data, spec.planned(self._plan(data, spec.warm)))
         self._finish_fit(best, data, X)
         return self
@@ -407,6 +420,46 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
             Some of ``score``, ``bic``, ``aic``, ``inertia`` (floats) and ``weights``
             (list of floats), as the model defines them.
         """
+
+
+def _n_rows(X: Any) -> int:
+    """Rows of ``X`` without reading its values (an in-memory ``X`` is numpy here)."""
+    return int(X.shape[0] if isinstance(X, np.ndarray) else as_dask_array(X).shape[0])
+
+
+def check_sample_weight(sample_weight: Any, n_samples: int) -> Any:
+    """``sample_weight`` checked: ``n_samples`` finite values >= 0, not all zero.
+
+    A Dask array stays lazy; its values are checked by one small compute over the
+    weights alone (not the data).
+
+    Raises
+    ------
+    InvalidParameterError
+        One line naming what is wrong.
+    """
+    w: Any = sample_weight if isinstance(sample_weight, da.Array) else np.asarray(sample_weight)
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise InvalidParameterError(
+            f"sample_weight has shape {tuple(w.shape)}; expected ({n_samples},), one weight "
+            f"per row of X"
+        )
+    if not np.issubdtype(w.dtype, np.number) or np.issubdtype(w.dtype, np.complexfloating):
+        raise InvalidParameterError(f"sample_weight must hold real numbers; got {w.dtype}")
+    w = w.astype(np.float64)
+    if n_samples == 0:
+        return w  # no rows: the data check says so
+    if isinstance(w, da.Array):
+        finite, low, total = da.compute(da.isfinite(w).all(), w.min(), w.sum())
+    else:
+        finite, low, total = np.isfinite(w).all(), w.min(), w.sum()
+    if not bool(finite):
+        raise InvalidParameterError("sample_weight contains NaN or infinity")
+    if float(low) < 0:
+        raise InvalidParameterError(f"sample_weight must be >= 0; its smallest is {float(low)}")
+    if float(total) <= 0:
+        raise InvalidParameterError("sample_weight sums to zero; at least one weight must be > 0")
+    return w
 
 
 def fitted_int(estimator: Any, field: str) -> int:

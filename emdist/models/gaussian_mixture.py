@@ -254,6 +254,26 @@ class GaussianMixture(BaseMixture):
         self.means_init = means_init
         self.precisions_init = precisions_init
 
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
+        """Fit the model, one pass over the data per iteration.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+            Data of shape (n_samples, n_features); a path names a Zarr array (or a
+            dataset group written by emdist, whose data array is used).
+        y : ignored
+        sample_weight : array-like or dask.array.Array of shape (n_samples,), optional
+            How many times each row counts (finite, >= 0, not all zero): integer weights
+            fit as the rows repeated that many times. ``None``: every row once. Checked
+            before any pass over ``X``; not with ``checkpoint``.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, sample_weight)
+
     def _family(self) -> GaussianMixtureFamily:
         return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar))
 
