@@ -63,6 +63,7 @@ from emdist.kernels.kmeans import (
     kmeans_mstep,
 )
 from emdist.kernels.kmeans_reference import kmeans_estep_reference
+from emdist.kernels.rows import RowBlock
 
 CHUNK_ROWS = 62_500
 SUB_BLOCK_ROWS = 128  # design (a): best of 64/128/256/512 in a first run
@@ -122,8 +123,9 @@ def _direct_kernel(
     return inertia, n_far
 
 
-def estep_direct(X: Any, row_offset: int, params: KMeansParams) -> KMeansStats:
+def estep_direct(block: RowBlock, params: KMeansParams) -> KMeansStats:
     """Design (a): the same statistics as ``kmeans_estep_chunk``, all in numba."""
+    X, row_offset = block.x, block.row_offset
     centers = params.centers
     K, d = centers.shape
     n = X.shape[0]
@@ -223,7 +225,7 @@ c = X[:4].copy()
 for dt in (np.float64, np.float32):
     Xd = X.astype(dt)
     for name, call in (
-        ("kmeans_estep_chunk", lambda: kmeans_estep_chunk(Xd, 0, KMeansParams(c))),
+        ("kmeans_estep_chunk", lambda: kmeans_estep_chunk(RowBlock(Xd, 0), KMeansParams(c))),
         ("kmeans_labels_chunk", lambda: kmeans_labels_chunk(Xd, c)),
         ("kmeans_transform_chunk", lambda: kmeans_transform_chunk(Xd, c)),
     ):
@@ -278,7 +280,7 @@ def kernel_alone(X: np.ndarray, centers: np.ndarray, repeats: int) -> list[list[
         # grow with the block).
         params = KMeansParams(centers)
         for start in range(0, n, CHUNK_ROWS):
-            kernel(X[start : start + CHUNK_ROWS], start, params)
+            kernel(RowBlock(X[start : start + CHUNK_ROWS], start), params)
 
     calls: dict[str, Callable[[], Any]] = {
         name: (lambda kernel=kernel: per_chunk(kernel)) for name, kernel in KERNELS.items()
@@ -352,7 +354,7 @@ def main() -> None:
     # Compile (and warm the caches) outside the timing.
     for dtype in (np.float64, np.float32):
         for kernel in KERNELS.values():
-            kernel(X64[:1000].astype(dtype), 0, KMeansParams(centers))
+            kernel(RowBlock(X64[:1000].astype(dtype)), KMeansParams(centers))
     print(f"load average at start: {os.getloadavg()}")
     alone = kernel_alone(X64, centers, args.repeats)
     alone += kernel_alone(X64.astype(np.float32), centers, args.repeats)

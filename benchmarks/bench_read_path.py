@@ -45,14 +45,15 @@ import emdist  # noqa: E402
 from emdist.engine.reduce import map_reduce  # noqa: E402
 from emdist.io import as_dask_array  # noqa: E402
 from emdist.io.chunking import BLOCK_SIZE_CONFIG  # noqa: E402
+from emdist.kernels.rows import RowBlock  # noqa: E402
 
 N, D = 1_000_000, 32
 MALLOC = "MALLOC_TRIM_THRESHOLD_"
 
 
-def count_rows(X: np.ndarray, offset: int) -> int:
+def count_rows(block: RowBlock) -> int:
     """The kernel of a read-only pass: the block must have been read to be counted."""
-    return int(X.shape[0])
+    return block.n_rows
 
 
 def read_pass(path: str) -> float:

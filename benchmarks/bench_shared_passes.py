@@ -46,6 +46,7 @@ from emdist.engine.data import compute_context, prepare_fit_data  # noqa: E402
 from emdist.engine.em import run_em  # noqa: E402
 from emdist.engine.lockstep import shared_pass  # noqa: E402
 from emdist.kernels.kmeans import KMeansParams, kmeans_estep_chunk  # noqa: E402
+from emdist.kernels.rows import RowBlock
 from emdist.models.kmeans import KMeansFamily  # noqa: E402
 
 
@@ -142,9 +143,11 @@ def bench_pass(path: Path, args: argparse.Namespace) -> list[list[Any]]:
                 f"pass, {args.n_init} restarts": lambda: shared_pass(
                     X, [(family, p) for p in params]
                 ),
-                "kernel on one block, 1 restart": lambda: kmeans_estep_chunk(block, 0, params[0]),
+                "kernel on one block, 1 restart": lambda: kmeans_estep_chunk(
+                    RowBlock(block, 0), params[0]
+                ),
                 f"kernel on one block, {args.n_init} restarts": lambda: [
-                    kmeans_estep_chunk(block, 0, p) for p in params
+                    kmeans_estep_chunk(RowBlock(block, 0), p) for p in params
                 ],
             }.items():
                 start = time.perf_counter()

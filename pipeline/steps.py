@@ -28,7 +28,7 @@ from emdist.engine.em import IterationState, Observer
 from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.integrity import RECORD_KEY
-from emdist.io.sources import open_zarr_array
+from emdist.io.sources import as_dask_array, open_zarr_array
 from emdist.io.synthetic import make_gaussian_mixture, open_synthetic
 from emdist.models.selection import summary_statistics_shared
 from emdist.registry import family_class
@@ -48,6 +48,7 @@ __all__ = [
     "fit_model",
     "label_data",
     "latest_checkpoint",
+    "open_dataset",
     "prepare_data",
     "prune_checkpoints",
     "select_components",
@@ -245,9 +246,13 @@ def data_version(path: str | Path) -> str:
     provenance in its attributes, and its metadata file's modification time (Zarr rewrites
     it when the array is recreated or resized). One ``stat``, no data read: an input that
     grew, was re-ingested or regenerated gets a new key; the same data keeps its key, so a
-    killed run finds its checkpoint again.
+    killed run finds its checkpoint again. Only the metadata is read: the fit opens and
+    verifies the data once, in :func:`open_dataset`.
     """
-    arr = open_zarr_array(path)
+    try:
+        arr = zarr.open_array(str(path), mode="r")
+    except Exception:  # not a plain array (a dataset group, damage): the checked open says why
+        arr = open_zarr_array(path)
     attrs = arr.attrs.asdict()
     meta = Path(arr.store.root) / arr.path / "zarr.json" if hasattr(arr.store, "root") else None
     stat = meta.stat() if meta is not None and meta.is_file() else None
@@ -442,9 +447,20 @@ def _save_fit(
     )
 
 
+def open_dataset(data: DatasetRef) -> da.Array:
+    """The dataset opened and verified once, as the row-chunked array a fit runs over.
+
+    The fit and its statistics take this array, not the path: opening a path verifies the
+    store again (every chunk file is checked), and the statistics of the training data
+    can come with the fit's last pass only when they see the very array it ran over.
+    """
+    return as_dask_array(data.path)
+
+
 def _fit_and_save(
     model: ModelConfig,
     data: DatasetRef,
+    X: da.Array,
     model_path: Path,
     checkpoint: CheckpointStore | None,
     observer: Observer | None,
@@ -452,9 +468,9 @@ def _fit_and_save(
 ) -> FitSummary:
     prepared = _prepare_fit(model, data, checkpoint, observer, start)
     start_time = time.perf_counter()
-    prepared.estimator.fit(data.path)
+    prepared.estimator.fit(X)
     fit_seconds = time.perf_counter() - start_time
-    extra = prepared.estimator.summary_statistics(data.path)
+    extra = prepared.estimator.summary_statistics(X)
     return _save_fit(prepared, model, model_path, fit_seconds, extra)
 
 
@@ -488,11 +504,13 @@ def fit_model(
     """
     # Refused before the fit, not after an hour of it; _fit_and_save then replaces it.
     check_outputs(config, [config.model_path])
+    # Opened and verified once, before anything is written (a damaged store is refused here).
+    X = open_dataset(data)
     version = checkpoint_for(config, data.path).parent if config.checkpoint.enabled else None
     store = checkpoint_store(config, version / "checkpoint.zarr") if version else None
     start = _previous_model(config, version)
     with connect(scheduler):
-        fit = _fit_and_save(config.model, data, config.model_path, store, observer, start)
+        fit = _fit_and_save(config.model, data, X, config.model_path, store, observer, start)
     claim(fit.model_path, config)
     if version is not None:
         prune_checkpoints(config.checkpoint_path, config.checkpoint.versions, version)
@@ -547,6 +565,7 @@ def select_components(
     base = selection_dir(config)
     ks = sorted(set(candidates))
     check_outputs(config, [base / f"k{k}" / "model.zarr" for k in ks])
+    X = open_dataset(data)
     # As fit_model, per candidate: a checkpoint per data version, warm from its last model.
     key = data_version(data.path) if config.checkpoint.enabled else None
     with connect(scheduler):
@@ -561,9 +580,9 @@ def select_components(
             plans.append((k, model, model_path, version, prepared))
         estimators = [prepared.estimator for *_, prepared in plans]
         start_time = time.perf_counter()
-        emdist.fit_shared(estimators, data.path)
+        emdist.fit_shared(estimators, X)
         fit_seconds = time.perf_counter() - start_time
-        extras = summary_statistics_shared(estimators, data.path)
+        extras = summary_statistics_shared(estimators, X)
         for (k, model, model_path, version, prepared), extra in zip(plans, extras, strict=True):
             fit = _save_fit(prepared, model, model_path, fit_seconds, extra)
             claim(fit.model_path, config)

@@ -7,19 +7,27 @@ moments, a uniform sample for seeding) and runs its passes inside :func:`compute
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import dask.array as da
 import numpy as np
 
-from emdist.engine.reduce import Data
+from emdist.engine.reduce import Data, Rows
 from emdist.engine.seeding import DataSummary, scan_data
 from emdist.engine.threads import blas_single_threaded
 from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
 
-__all__ = ["FitData", "active_client", "compute_context", "default_sample_size", "prepare_fit_data"]
+__all__ = [
+    "FitData",
+    "ScanSpec",
+    "active_client",
+    "compute_context",
+    "default_sample_size",
+    "prepare_fit_data",
+]
 
 
 def active_client() -> Any | None:
@@ -58,11 +66,20 @@ class FitData:
     summary : DataSummary
     in_memory : bool
         Whether the user passed in-memory data.
+    per_row : mapping of str to array
+        Per-row inputs of the fit (``weights``...), chunked like ``X``
+        (:class:`~emdist.engine.reduce.Rows`).
     """
 
     X: Data
     summary: DataSummary
     in_memory: bool
+    per_row: Mapping[str, Data] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> Rows:
+        """What the passes run over: ``X`` and its per-row inputs."""
+        return Rows(self.X, self.per_row)
 
     @property
     def row_chunks(self) -> tuple[int, ...]:
@@ -78,7 +95,13 @@ def default_sample_size(n_clusters: int) -> int:
 
 
 def prepare_fit_data(
-    X: Any, *, n_clusters: int, seed: int, sample_size: int | None, what: str
+    X: Any,
+    *,
+    n_clusters: int,
+    seed: int,
+    sample_size: int | None,
+    what: str,
+    per_row: Mapping[str, Any] | None = None,
 ) -> FitData:
     """Open ``X``, run the scan pass, and reject data that cannot be clustered.
 
@@ -94,6 +117,9 @@ def prepare_fit_data(
     what : str
         The estimator's name for ``n_clusters`` (``n_components`` or ``n_clusters``), for
         error messages in the user's words.
+    per_row : mapping of str to array-like, optional
+        Per-row inputs by :class:`~emdist.kernels.rows.RowBlock` field name, checked by the
+        model; here only aligned with ``X``'s row-blocks (numpy for in-memory ``X``).
 
     Returns
     -------
@@ -122,4 +148,63 @@ def prepare_fit_data(
     if size < n_clusters:
         raise InvalidParameterError(f"init_sample_size={size} must be >= {what}={n_clusters}")
     summary = scan_data(X_fit, seed, size)
-    return FitData(X_fit, summary, in_memory)
+    return FitData(X_fit, summary, in_memory, _aligned(X_fit, per_row or {}))
+
+
+def _aligned(X: Data, per_row: Mapping[str, Any]) -> dict[str, Data]:
+    """Every per-row input as ``X`` is held: numpy, or Dask with ``X``'s row chunks."""
+    out: dict[str, Data] = {}
+    for name, value in per_row.items():
+        arr: Data = value if isinstance(value, da.Array) else np.asarray(value)
+        if arr.shape[0] != X.shape[0]:
+            raise InvalidDataError(f"{name} has {arr.shape[0]} rows; X has {X.shape[0]}")
+        if isinstance(X, np.ndarray):
+            out[name] = np.asarray(arr)
+        else:
+            lazy = da.asarray(arr)
+            out[name] = lazy.rechunk({0: X.chunks[0], **{i: -1 for i in range(1, lazy.ndim)}})
+    return out
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """How a fit opens and scans its data, decided before reading it.
+
+    Attributes
+    ----------
+    n_clusters : int
+        Components asked for.
+    what : str
+        The estimator's word for them (error messages).
+    sample_seed : int
+        Seed of the scan pass's sample.
+    sample_size : int or None
+        Rows the scan samples for seeding (``None``: the default for ``n_clusters``).
+    """
+
+    n_clusters: int
+    what: str
+    sample_seed: int
+    sample_size: int | None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Fits with equal keys can share one scan pass (same sample seed and size)."""
+        size = self.sample_size
+        return self.sample_seed, default_sample_size(self.n_clusters) if size is None else size
+
+    def open(
+        self, X: Any, n_clusters: int | None = None, per_row: Mapping[str, Any] | None = None
+    ) -> FitData:
+        """Open ``X`` and run the scan pass (``n_clusters``: the largest of fits sharing it).
+
+        ``per_row``: the fit's per-row inputs (:func:`prepare_fit_data`).
+        """
+        return prepare_fit_data(
+            X,
+            n_clusters=self.n_clusters if n_clusters is None else n_clusters,
+            seed=self.sample_seed,
+            sample_size=self.key[1],
+            what=self.what,
+            per_row=per_row,
+        )

@@ -30,36 +30,21 @@ pass. Restarts run one after the other (docs/design.md, "Incremental EM").
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 import numpy as np
 
-from emdist.engine.data import FitData
-from emdist.engine.em import EMResult, IterationState, ModelFamily, Observer
-from emdist.engine.reduce import Data, map_reduce
-from emdist.engine.restarts import BestRun, RestartSpec, best_run, keep_best
-from emdist.engine.shards import (
-    Shards,
-    make_shards,
-    shard_pass,
-    shards_pass,
-    stats_from_arrays,
-    stats_to_arrays,
-)
-from emdist.io.checkpoint import (
-    BestState,
-    CheckpointError,
-    FitState,
-    RestartState,
-)
+from emdist.engine.em import FitSpec, IterationState, ModelFamily, Pass, Run
+from emdist.engine.reduce import PassData, as_rows
+from emdist.engine.restarts import param_arrays
+from emdist.engine.shards import Shards, make_shards, stats_from_arrays, stats_to_arrays
+from emdist.io.checkpoint import CheckpointError, RestartState
 
 __all__ = [
     "IncrementalFamily",
+    "IncrementalSchedule",
     "ShardStatistics",
-    "run_incremental",
-    "run_incremental_restarts",
 ]
 
 P = TypeVar("P")
@@ -158,210 +143,194 @@ class ShardStatistics:
         return cls(stats, entropy)
 
 
-#: Called after every sweep with its state and the shard statistics (checkpoints).
-SweepHook = Callable[[IterationState[Any], ShardStatistics], None]
+@dataclass
+class _Sweeps:
+    """What one incremental restart keeps between passes."""
+
+    #: The kept statistics of every shard (``None`` before the first sweep).
+    kept: ShardStatistics | None = None
+    #: The shard the next pass visits within the current sweep.
+    shard: int = 0
+    #: Parameters at the start of the current sweep (the convergence test compares them).
+    start: Any = None
+    #: Wall time of the current sweep so far.
+    seconds: float = 0.0
+    #: The restart after its last sweep, as committed.
+    saved: RestartState | None = None
+    #: Whether the final batch pass ran.
+    final: bool = False
 
 
-def run_incremental(
-    X: Data,
-    family: IncrementalFamily[P, S],
-    params: P,
-    shards: Shards,
-    *,
-    tol: float,
-    max_iter: int,
-    observer: Observer | None = None,
-    restart: int = 0,
-    lower_bounds: Sequence[float] = (),
-    previous_bound: float | None = None,
-    kept: ShardStatistics | None = None,
-    converged: bool = False,
-    on_sweep: SweepHook | None = None,
-) -> EMResult[P, S]:
-    """Run incremental EM from ``params``: sweeps of shard-wise updates, then one batch pass.
+@dataclass(frozen=True)
+class IncrementalSchedule:
+    """Incremental EM as a schedule of the EM driver (:mod:`emdist.engine.em`).
 
-    Parameters
+    A restart runs sweeps of shard-wise updates, then one batch pass; its restarts run one
+    after another (a restart's sweeps cannot share passes with another's: each visits its
+    shards with its own parameters in between). The checkpoint (format version 2) holds the
+    one running restart, with the shard statistics as its ``carry``, the finished restarts
+    and the best: committed after sweeps (every ``checkpoint.every``-th, the converged one
+    and the last) and when the restart is compared, when it moves from ``running`` to
+    ``finished``. A resumed fit repeats the uninterrupted one bit for bit: the shards derive
+    from the recorded seed (and are checked against the recorded assignment), the kept
+    statistics are stored exactly.
+
+    Attributes
     ----------
-    X : dask.array.Array or ndarray
-        Row-chunked data.
-    family : IncrementalFamily
-    params : P
-        Starting parameters (after the last sweep, when resuming).
-    shards : Shards
-    tol : float
-        Convergence threshold of the family's test, applied to whole sweeps.
-    max_iter : int
-        Passes over the data: sweeps and the final batch pass.
-    observer : callable, optional
-        Called with an :class:`IterationState` after every sweep and after the final pass
-        (``iteration`` counts passes); returning ``True`` stops at once.
-    restart : int, default=0
-    lower_bounds : sequence of float, default=()
-        Sweep bounds of a run being resumed.
-    previous_bound : float, optional
-        The bound the first change is measured from (warm start).
-    kept : ShardStatistics, optional
-        The shard statistics of a run being resumed (required with ``lower_bounds``).
-    converged : bool, default=False
-        Whether the resumed run's sweeps had converged (only the final pass is left).
-    on_sweep : callable, optional
-        Called after every sweep, before ``observer`` (commits checkpoints).
-
-    Returns
-    -------
-    EMResult
-        ``lower_bounds`` holds the sweep bounds and, last, the final pass's exact bound;
-        ``stats`` are the final pass's statistics.
+    n_shards : int
+        Shards asked for (at most one per row-block).
+    shards : Shards or None
+        Set by :meth:`bind`.
+    assignment : ndarray or None
+        The shard of every block, recorded with checkpoints.
     """
-    history = list(lower_bounds)
-    if history:
-        prev = history[-1]
-        if kept is None:
-            raise ValueError("resuming incremental EM needs the kept shard statistics")
-    else:
-        prev = -math.inf if previous_bound is None else float(previous_bound)
-    for iteration in range(len(history) + 1, max_iter):
-        if converged:
-            break
-        start_time = time.perf_counter()
-        start = params
-        if kept is None:
+
+    n_shards: int
+    shards: Shards | None = None
+    assignment: Any = None
+
+    @property
+    def side_by_side(self) -> bool:
+        """False: a restart's sweeps cannot share passes with another's."""
+        return False
+
+    def bind(self, X: PassData, seed: int) -> IncrementalSchedule:
+        """The shards of ``X``, dealt by the fit's seed."""
+        shards = make_shards(X, self.n_shards, seed)
+        X = as_rows(X).x
+        n_blocks = 1 if isinstance(X, np.ndarray) else int(X.numblocks[0])
+        return IncrementalSchedule(self.n_shards, shards, shards.assignment(n_blocks))
+
+    def _shards(self) -> Shards:
+        assert self.shards is not None, "bind() first"
+        return self.shards
+
+    @staticmethod
+    def _state(run: Run[Any, Any]) -> _Sweeps:
+        if run.carry is None:
+            run.carry = _Sweeps()
+        state: _Sweeps = run.carry
+        return state
+
+    def resume(self, run: Run[Any, Any], saved: RestartState, family: Any) -> None:
+        """The kept shard statistics of the committed sweep (checked against the shards)."""
+        state = self._state(run)
+        state.saved = saved
+        if not run.history:
+            return
+        recorded = saved.carry.get("assignment")
+        if recorded is None or not np.array_equal(recorded, self.assignment):
+            raise CheckpointError(
+                "the checkpoint's shards differ from this fit's; start over with overwrite=True"
+            )
+        state.kept = ShardStatistics.from_arrays(
+            saved.carry, family.stats_type, len(self._shards())
+        )
+
+    def _sweeping(self, run: Run[Any, Any], spec: FitSpec[Any, Any]) -> bool:
+        # ``max_iter`` counts passes: at most ``max_iter - 1`` sweeps and the final pass.
+        return not run.converged and len(run.history) + 1 < spec.max_iter
+
+    def em_over(self, run: Run[Any, Any], spec: FitSpec[Any, Any]) -> bool:
+        """Stopped by the observer, or the final pass ran."""
+        return run.stopped or self._state(run).final
+
+    def request(self, run: Run[Any, Any], spec: FitSpec[Any, Any]) -> Pass[Any]:
+        """Every shard (first sweep), the next shard, or the whole data (final pass)."""
+        state = self._state(run)
+        if not self._sweeping(run, spec):
+            return Pass(spec.family, run.params)
+        if state.kept is None:
+            return Pass(spec.family, run.params, self._shards(), None)
+        return Pass(spec.family, run.params, self._shards(), state.shard)
+
+    def apply(
+        self, run: Run[Any, Any], stats: Any, seconds: float, spec: FitSpec[Any, Any]
+    ) -> tuple[IterationState[Any] | None, bool]:
+        """One shard's update (or every shard's, first), a sweep's end, or the final pass."""
+        family = cast(IncrementalFamily[Any, Any], spec.family)
+        state = self._state(run)
+        if not self._sweeping(run, spec):
+            return self._final(run, stats, seconds, spec), False
+        params = run.params
+        if state.kept is None:
             # First sweep: every shard under the starting parameters in one pass.
-            fresh: list[S] = shards_pass(X, shards, family.estep_chunk, params)
-            kept = ShardStatistics(fresh, [family.entropy(st, params) for st in fresh])
-            total = kept.total(family, params)
-            params = family.mstep(total, params)
+            state.start, state.seconds = params, seconds
+            state.kept = ShardStatistics(stats, [family.entropy(st, params) for st in stats])
         else:
-            for s in range(len(shards)):
-                st: S = shard_pass(X, shards, s, family.estep_chunk, params)
-                kept.stats[s] = st
-                kept.entropy[s] = family.entropy(st, params)
-                total = kept.total(family, params)
-                params = family.mstep(total, params)
-        bound = family.free_energy(total, kept.total_entropy(), params)
-        converged = family.converged(prev, bound, start, params, tol)
-        history.append(bound)
-        state = IterationState(
-            restart=restart,
+            if state.shard == 0:
+                state.start, state.seconds = params, 0.0
+            state.kept.stats[state.shard] = stats
+            state.kept.entropy[state.shard] = family.entropy(stats, params)
+            state.seconds += seconds
+            state.shard += 1
+        total = state.kept.total(family, params)
+        run.params = family.mstep(total, params)
+        if 0 < state.shard < len(self._shards()):
+            return None, False
+        state.shard = 0
+        return self._end_sweep(run, family, total, spec)
+
+    def _end_sweep(
+        self,
+        run: Run[Any, Any],
+        family: IncrementalFamily[Any, Any],
+        total: Any,
+        spec: FitSpec[Any, Any],
+    ) -> tuple[IterationState[Any], bool]:
+        state = self._state(run)
+        assert state.kept is not None
+        bound = family.free_energy(total, state.kept.total_entropy(), run.params)
+        run.converged = family.converged(run.prev, bound, state.start, run.params, spec.tol)
+        run.history.append(bound)
+        iteration = len(run.history)
+        it = IterationState(
+            restart=run.restart,
             iteration=iteration,
             lower_bound=bound,
-            change=bound - prev,
-            params=params,
-            converged=converged,
-            seconds=time.perf_counter() - start_time,
-            lower_bounds=tuple(history),
+            change=bound - run.prev,
+            params=run.params,
+            converged=run.converged,
+            seconds=state.seconds,
+            lower_bounds=tuple(run.history),
         )
-        prev = bound
-        if on_sweep is not None:
-            on_sweep(state, kept)
-        if observer is not None and observer(state):
-            return EMResult(params, bound, tuple(history), len(history), converged, None)
-
-    # The final batch pass: the exact bound of the parameters the sweeps ended with.
-    start_time = time.perf_counter()
-    stats: S = map_reduce(X, family.estep_chunk, params)
-    bound = family.lower_bound(stats, params)
-    new_params = family.mstep(stats, params)
-    history.append(bound)
-    state = IterationState(
-        restart=restart,
-        iteration=len(history),
-        lower_bound=bound,
-        change=bound - prev,
-        params=new_params,
-        converged=converged,
-        seconds=time.perf_counter() - start_time,
-        lower_bounds=tuple(history),
-    )
-    if observer is not None:
-        observer(state)
-    return EMResult(new_params, bound, tuple(history), len(history), converged, stats)
-
-
-def run_incremental_restarts(data: FitData, spec: RestartSpec[P, S], n_shards: int) -> BestRun[P]:
-    """The restarts of an incremental fit, one after the other, with checkpoints.
-
-    As :func:`emdist.engine.restarts.run_restarts`, but sequential: a restart's sweeps
-    cannot share passes with another's (each visits its shards with its own parameters in
-    between). The checkpoint (format version 2) holds the one running restart, with the
-    shard statistics as its ``carry``, the finished restarts and the best: committed after
-    sweeps (every ``checkpoint.every``-th, the converged one and the last) and at the end
-    of every restart, when the restart moves from ``running`` to ``finished``. A resumed
-    fit repeats the uninterrupted one bit for bit: the shards derive from the recorded seed
-    (and are checked against the recorded assignment), the kept statistics are stored
-    exactly.
-    """
-    family = cast(IncrementalFamily[P, S], spec.family)
-    checkpoint, max_iter = spec.checkpoint, spec.max_iter
-    shards = make_shards(data.X, n_shards, spec.seed)
-    n_blocks = 1 if isinstance(data.X, np.ndarray) else int(data.X.numblocks[0])
-    assignment = shards.assignment(n_blocks)
-    state = spec.open_checkpoint(data)
-    best: BestState | None = state.best if state is not None else None
-    finished: list[int] = list(state.finished) if state is not None else []
-    resumed = {r.restart: r for r in state.running} if state is not None else {}
-
-    for restart in range(spec.n_init):
-        if restart in finished:
-            continue
-        history: tuple[float, ...] = ()
-        kept: ShardStatistics | None = None
-        done = False
-        saved = resumed.get(restart)
-        if saved is not None:
-            start = spec.params_from_arrays(**saved.params)
-            history = tuple(float(v) for v in saved.lower_bounds)
-            done = saved.converged
-            if history:
-                recorded = saved.carry.get("assignment")
-                if recorded is None or not np.array_equal(recorded, assignment):
-                    raise CheckpointError(
-                        "the checkpoint's shards differ from this fit's; start over with "
-                        "overwrite=True"
-                    )
-                kept = ShardStatistics.from_arrays(saved.carry, family.stats_type, len(shards))
-        else:
-            start = spec.make_start(restart, spec.seeds[restart])
-
-        def save_sweep(
-            it: IterationState[Any],
-            kept: ShardStatistics,
-            restart: int = restart,
-            best: BestState | None = best,
-        ) -> None:
-            assert checkpoint is not None
-            last = it.iteration >= max_iter - 1
-            if it.iteration % checkpoint.every == 0 or it.converged or last:
-                running = RestartState(
-                    restart,
-                    dict(it.params.arrays()),
-                    np.asarray(it.lower_bounds, dtype=np.float64),
-                    it.converged,
-                    carry={"assignment": assignment, **kept.to_arrays()},
-                )
-                checkpoint.save(
-                    FitState(running=(running,), finished=tuple(sorted(finished)), best=best)
-                )
-
-        result = run_incremental(
-            data.X,
-            family,
-            start,
-            shards,
-            tol=spec.tol,
-            max_iter=max_iter,
-            observer=spec.observer,
-            restart=restart,
-            lower_bounds=history,
-            previous_bound=spec.previous_bound if restart == 0 else None,
-            kept=kept,
-            converged=done,
-            on_sweep=save_sweep if checkpoint is not None else None,
+        run.prev = bound
+        checkpoint = spec.checkpoint
+        if checkpoint is None:
+            return it, False
+        state.saved = RestartState(
+            run.restart,
+            param_arrays(run.params),
+            np.asarray(run.history, dtype=np.float64),
+            run.converged,
+            carry={"assignment": self.assignment, **state.kept.to_arrays()},
         )
-        best = keep_best(best, restart, result, float(spec.score(result)))
-        finished.append(restart)
-        if checkpoint is not None:
-            # Nothing running until the next restart's first sweep: it starts afresh from
-            # its seed, as it would have.
-            checkpoint.save(FitState(running=(), finished=tuple(sorted(finished)), best=best))
-    return best_run(best, spec.params_from_arrays)
+        last = iteration >= spec.max_iter - 1
+        return it, iteration % checkpoint.every == 0 or run.converged or last
+
+    def _final(
+        self, run: Run[Any, Any], stats: Any, seconds: float, spec: FitSpec[Any, Any]
+    ) -> IterationState[Any]:
+        """The final batch pass: the exact bound of the parameters the sweeps ended with."""
+        family = spec.family
+        bound = family.lower_bound(stats, run.params)
+        new_params = family.mstep(stats, run.params)
+        run.history.append(bound)
+        it = IterationState(
+            restart=run.restart,
+            iteration=len(run.history),
+            lower_bound=bound,
+            change=bound - run.prev,
+            params=new_params,
+            converged=run.converged,
+            seconds=seconds,
+            lower_bounds=tuple(run.history),
+        )
+        run.params, run.prev, run.stats = new_params, bound, stats
+        self._state(run).final = True
+        return it
+
+    def saved(self, run: Run[Any, Any]) -> RestartState | None:
+        """The restart after its last committed sweep (``None`` before the first)."""
+        state: _Sweeps | None = run.carry
+        return None if state is None else state.saved

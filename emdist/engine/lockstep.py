@@ -14,12 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from emdist.engine.em import ModelFamily
-from emdist.engine.reduce import Data, map_reduce
+from emdist.engine.reduce import PassData, map_reduce
+from emdist.kernels.rows import RowBlock
 
-__all__ = ["StatsTuple", "shared_pass"]
+__all__ = ["EStep", "StatsTuple", "shared_pass"]
+
+
+class EStep(Protocol):
+    """What a pass needs of a model family: its per-block E-step."""
+
+    def estep_chunk(self, block: RowBlock, params: Any, /) -> Any:
+        """Statistics of one block under ``params``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -41,23 +49,20 @@ class StatsTuple:
 
 
 def _estep_all(
-    X: Any,
-    row_offset: int,
-    families: tuple[ModelFamily[Any, Any], ...],
+    block: RowBlock,
+    families: tuple[EStep, ...],
     params: tuple[Any, ...],
 ) -> StatsTuple:
     """Every run's E-step on one block (one block read serves them all)."""
-    return StatsTuple(
-        tuple(f.estep_chunk(X, row_offset, p) for f, p in zip(families, params, strict=True))
-    )
+    return StatsTuple(tuple(f.estep_chunk(block, p) for f, p in zip(families, params, strict=True)))
 
 
-def shared_pass(X: Data, steps: Sequence[tuple[ModelFamily[Any, Any], Any]]) -> list[Any]:
+def shared_pass(X: PassData, steps: Sequence[tuple[EStep, Any]]) -> list[Any]:
     """The E-step statistics of several runs from one pass over ``X`` (one ``compute``).
 
     Parameters
     ----------
-    X : dask.array.Array or ndarray of shape (n_samples, n_features)
+    X : dask.array.Array, ndarray or Rows
     steps : sequence of (family, params)
         One entry per run: its model family and the parameters its E-step runs under.
 

@@ -16,7 +16,8 @@ only keys of the same graph, which tuple tasks may.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import dask.array as da
@@ -27,9 +28,11 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from emdist.engine.threads import single_blas_task
+from emdist.kernels.rows import RowBlock
 
 __all__ = [
     "Data",
+    "Rows",
     "Summable",
     "build_reduction",
     "map_reduce",
@@ -37,8 +40,53 @@ __all__ = [
 ]
 
 S = TypeVar("S")
-#: What a pass runs over: row-chunked Dask data, or a single in-memory block.
+#: Row-chunked Dask data, or a single in-memory block.
 Data: TypeAlias = da.Array | np.ndarray[Any, Any]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The rows a pass runs over and their per-row inputs, chunked alike.
+
+    Attributes
+    ----------
+    x : dask.array.Array or ndarray of shape (n_samples, n_features)
+    per_row : mapping of str to array
+        Per-row inputs by the name of their :class:`~emdist.kernels.rows.RowBlock` field
+        (``weights``, ``mask``): numpy when ``x`` is, else Dask arrays with ``x``'s row
+        chunks. Each block's slice reaches the kernels in the block's ``RowBlock``.
+    """
+
+    x: Data
+    per_row: Mapping[str, Data] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of ``x``."""
+        return tuple(self.x.shape)
+
+    def blocks(self, idx: Sequence[int]) -> Rows:
+        """The row-blocks ``idx`` of ``x`` and of every per-row input (Dask data only)."""
+        x = self.x
+        assert isinstance(x, da.Array)
+        aligned = {k: _row_chunked(v, x.chunks[0]) for k, v in self.per_row.items()}
+        return Rows(x.blocks[list(idx)], {k: v.blocks[list(idx)] for k, v in aligned.items()})
+
+
+def _row_chunked(value: Data, row_chunks: tuple[int, ...]) -> da.Array:
+    """``value`` as a Dask array with these row chunks (and whole rows)."""
+    arr = da.asarray(value)
+    out: da.Array = arr.rechunk({0: row_chunks, **{i: -1 for i in range(1, arr.ndim)}})
+    return out
+
+
+#: What a pass runs over: data alone, or with its per-row inputs.
+PassData: TypeAlias = Data | Rows
+
+
+def as_rows(X: PassData) -> Rows:
+    """``X`` as :class:`Rows` (data alone has no per-row input)."""
+    return X if isinstance(X, Rows) else Rows(X)
 
 
 class Summable(Protocol):
@@ -51,8 +99,9 @@ def _sum_values(*values: Any) -> Any:
     return functools.reduce(lambda a, b: a + b, values)
 
 
-def row_offsets(X: Data) -> list[int]:
+def row_offsets(X: PassData) -> list[int]:
     """Global index of the first row of every row-block (one block for numpy)."""
+    X = as_rows(X).x
     if isinstance(X, np.ndarray):
         return [0]
     offsets = [0]
@@ -62,13 +111,23 @@ def row_offsets(X: Data) -> list[int]:
 
 
 def _block_stats(
-    block: np.ndarray[Any, Any],
-    chunk_fn: Callable[..., Any],
-    offsets: list[int],
-    *args: Any,
+    x: np.ndarray[Any, Any],
+    *parts: Any,
+    names: tuple[str, ...],
+    flat: tuple[bool, ...],
     block_id: tuple[int, ...],
 ) -> Any:
-    return single_blas_task(chunk_fn, block, offsets[block_id[0]], *args)
+    # ``parts``: the blocks of the per-row inputs (``names``; ``flat``: one value per row,
+    # carried as an (n, 1) column), the kernel, the blocks' row offsets, then the kernel's
+    # arguments.
+    n = len(names)
+    per_row = {
+        name: part[:, 0] if one else part
+        for name, one, part in zip(names, flat, parts[:n], strict=True)
+    }
+    chunk_fn, offsets, *args = parts[n:]
+    block = RowBlock(x, offsets[block_id[0]], **per_row)
+    return single_blas_task(chunk_fn, block, *args)
 
 
 def _shared(key: str, value: Any) -> Delayed:
@@ -80,41 +139,61 @@ def _shared(key: str, value: Any) -> Delayed:
 
 
 def build_reduction(
-    X: da.Array,
+    X: da.Array | Rows,
     chunk_fn: Callable[..., S],
     *args: Any,
+    offsets: Sequence[int] | None = None,
     split_every: int = 8,
 ) -> Delayed:
-    """Lazy tree reduction of ``chunk_fn(block, row_offset, *args)`` over row-blocks.
+    """Lazy tree reduction of ``chunk_fn(block, *args)`` over row-blocks.
 
-    ``args`` and the blocks' row offsets are put into the graph once (one key each), so
-    each parameter object travels to a worker once per pass rather than once per block.
+    Every block reaches ``chunk_fn`` as one :class:`~emdist.kernels.rows.RowBlock`: its
+    rows, the global index of its first row (``offsets``, by default those of ``X``'s own
+    blocks) and its slice of every per-row input. ``args`` and the offsets are put into the
+    graph once (one key each), so each parameter object travels to a worker once per pass
+    rather than once per block.
 
     The graph is written with keys derived from one token of the pass (the data's name, the
     function and its arguments): building it through ``delayed`` tokenized every task and
     cost about as much as the threaded scheduler's whole run of a 16-block pass
     (benchmarks/README.md, "Read path").
     """
-    if X.numblocks[1] != 1:
-        X = X.rechunk({1: -1})
-    token = tokenize(X.name, chunk_fn, args, split_every)
+    rows = as_rows(X)
+    x = rows.x
+    assert isinstance(x, da.Array)
+    if x.numblocks[1] != 1:
+        x = x.rechunk({1: -1})
+    # Per-row inputs chunked like the rows, two-dimensional: map_blocks aligns blocks by
+    # index, and a 1-D array would be aligned with the columns (so it travels as a column).
+    names = tuple(sorted(rows.per_row))
+    inputs = [da.asarray(rows.per_row[name]) for name in names]
+    flat = tuple(a.ndim == 1 for a in inputs)
+    columns = [
+        (a.reshape(-1, 1) if one else a).rechunk({0: x.chunks[0], 1: -1})
+        for a, one in zip(inputs, flat, strict=True)
+    ]
+    starts = list(row_offsets(x) if offsets is None else offsets)
+    token = tokenize(x.name, [c.name for c in columns], chunk_fn, args, starts, split_every)
     shared = [
         a if _is_scalar(a) else _shared(f"emdist-arg{i}-{token}", a) for i, a in enumerate(args)
     ]
     stats = da.map_blocks(
         _block_stats,
-        X,
+        x,
+        *columns,
         chunk_fn,
-        _shared(f"emdist-offsets-{token}", row_offsets(X)),
+        _shared(f"emdist-offsets-{token}", starts),
         *shared,
+        names=names,
+        flat=flat,
         name=f"emdist-stats-{token}",
         meta=np.empty((0, 0), dtype=object),
         # Two dimensions like the data's blocks: dropping the column axis would make Dask
         # concatenate (copy) every block before the kernel sees it.
-        chunks=((1,) * X.numblocks[0], (1,)),
+        chunks=((1,) * x.numblocks[0], (1,)),
     )
     layer: dict[Any, Any] = {}
-    keys: list[Any] = [(stats.name, i, 0) for i in range(X.numblocks[0])]
+    keys: list[Any] = [(stats.name, i, 0) for i in range(x.numblocks[0])]
     level = 0
     while len(keys) > 1:
         parents = []
@@ -134,26 +213,30 @@ def _is_scalar(a: Any) -> bool:
 
 
 def map_reduce(
-    X: Data,
+    X: PassData,
     chunk_fn: Callable[..., S],
     *args: Any,
+    offsets: Sequence[int] | None = None,
     split_every: int = 8,
 ) -> S:
     """Compute the reduced statistics of ``X`` in one pass (one ``compute``).
 
     Parameters
     ----------
-    X : dask.array.Array or ndarray of shape (n_samples, n_features)
-        Row-chunked data, or one in-memory block: then the kernel runs on it directly, with
-        no graph (a Dask pass costs several ms, which is most of a fit on a few thousand
-        rows; the result is the same, bit for bit).
+    X : dask.array.Array, ndarray or Rows
+        Row-chunked data (with its per-row inputs, as :class:`Rows`), or one in-memory
+        block: then the kernel runs on it directly, with no graph (a Dask pass costs several
+        ms, which is most of a fit on a few thousand rows; the result is the same, bit for
+        bit).
     chunk_fn : callable
-        ``chunk_fn(block, row_offset, *args)`` returning a summable statistics value, where
-        ``row_offset`` is the global index of the block's first row (every reduction
-        kernel takes it, so that row-seeded randomness and row numbers in errors need no
-        second signature). Plain numpy.
+        ``chunk_fn(block, *args)`` returning a summable statistics value, where ``block``
+        is a :class:`~emdist.kernels.rows.RowBlock`: the rows, the global index of the first
+        (row-seeded randomness, row numbers in errors) and the per-row inputs. Plain numpy.
     *args
         Extra arguments, shipped once per pass.
+    offsets : sequence of int, optional
+        Global index of the first row of every block of ``X`` (when ``X`` holds some of the
+        blocks of larger data: a shard); by default the blocks' own offsets.
     split_every : int, default=8
         Fan-in of the reduction tree.
 
@@ -161,7 +244,11 @@ def map_reduce(
     -------
     The sum of the per-block statistics.
     """
-    if isinstance(X, np.ndarray):
-        return single_blas_task(chunk_fn, X, 0, *args)
-    result: S = compute(build_reduction(X, chunk_fn, *args, split_every=split_every))[0]
+    rows = as_rows(X)
+    if isinstance(rows.x, np.ndarray):
+        start = 0 if offsets is None else int(offsets[0])
+        per_row = {k: np.asarray(v) for k, v in rows.per_row.items()}
+        return single_blas_task(chunk_fn, RowBlock(rows.x, start, **per_row), *args)
+    reduction = build_reduction(rows, chunk_fn, *args, offsets=offsets, split_every=split_every)
+    result: S = compute(reduction)[0]
     return result

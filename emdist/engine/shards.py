@@ -3,8 +3,9 @@
 A *shard* is a fixed set of row-blocks: the blocks are dealt to ``n_shards`` shards by a
 seeded permutation (so a dataset written cluster by cluster still gives every shard a bit
 of every cluster), each shard keeping its blocks in row order. A shard's pass is a
-reduction over the Dask array of its blocks (``X.blocks[idx]``), one ``compute``; the
-kernels still receive the *global* index of a block's first row.
+reduction over the Dask array of its blocks (``X.blocks[idx]``, per-row inputs alike), one
+``compute``; each block's :class:`~emdist.kernels.rows.RowBlock` holds the *global* index of
+its first row.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dask.base import compute
 
 from emdist._random import child_seeds
 from emdist._typing import AnyArray, IntArray
-from emdist.engine.reduce import Data, build_reduction, map_reduce, row_offsets
+from emdist.engine.reduce import PassData, as_rows, build_reduction, map_reduce, row_offsets
 
 __all__ = [
     "Shards",
@@ -43,13 +44,9 @@ class Shards:
     ----------
     blocks : tuple of tuple of int
         Block indices of every shard, in row order.
-    offsets : tuple of dict
-        For every shard: the row offset of each block *within the shard's array* -> its
-        global row offset.
     """
 
     blocks: tuple[tuple[int, ...], ...]
-    offsets: tuple[dict[int, int], ...]
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -62,7 +59,7 @@ class Shards:
         return out
 
 
-def make_shards(X: Data, n_shards: int, seed: int) -> Shards:
+def make_shards(X: PassData, n_shards: int, seed: int) -> Shards:
     """Deal the row-blocks of ``X`` to ``min(n_shards, n_blocks)`` shards.
 
     Parameters
@@ -77,9 +74,9 @@ def make_shards(X: Data, n_shards: int, seed: int) -> Shards:
     -------
     Shards
     """
+    X = as_rows(X).x
     chunks = (X.shape[0],) if isinstance(X, np.ndarray) else X.chunks[0]
     n_blocks = len(chunks)
-    starts = row_offsets(X)
     S = max(1, min(int(n_shards), n_blocks))
     if S == 1:
         order = np.arange(n_blocks)
@@ -87,43 +84,34 @@ def make_shards(X: Data, n_shards: int, seed: int) -> Shards:
         rng = np.random.default_rng(child_seeds(seed, _SHARD_STREAM + 1)[_SHARD_STREAM])
         order = rng.permutation(n_blocks)
     blocks = tuple(tuple(sorted(int(b) for b in part)) for part in np.array_split(order, S))
-    offsets = []
-    for idx in blocks:
-        table: dict[int, int] = {}
-        local = 0
-        for b in idx:
-            # An empty block shares its local offset with the next one; a block with rows wins.
-            if chunks[b] > 0 or local not in table:
-                table[local] = starts[b]
-            local += int(chunks[b])
-        offsets.append(table)
-    return Shards(blocks, tuple(offsets))
+    return Shards(blocks)
 
 
-def _at_global_offset(
-    block: AnyArray, local_offset: int, fn: Callable[..., Any], table: dict[int, int], *args: Any
-) -> Any:
-    """Run a reduction kernel with the global row offset of its block (not the shard's)."""
-    return fn(block, table[local_offset], *args)
-
-
-def _shard_array(X: Data, shards: Shards, s: int) -> Data:
-    if isinstance(X, np.ndarray):
-        return X
+def _shard(X: PassData, shards: Shards, s: int) -> tuple[PassData, list[int] | None]:
+    """The rows of shard ``s`` and the global row offset of each of its blocks."""
+    rows = as_rows(X)
+    if isinstance(rows.x, np.ndarray):
+        return X, None
     idx = list(shards.blocks[s])
-    return X if len(idx) == X.numblocks[0] else X.blocks[idx]
+    if len(idx) == rows.x.numblocks[0]:
+        return X, None
+    starts = row_offsets(rows.x)
+    return rows.blocks(idx), [starts[b] for b in idx]
 
 
-def shard_pass(X: Data, shards: Shards, s: int, chunk_fn: Callable[..., Any], *args: Any) -> Any:
+def shard_pass(
+    X: PassData, shards: Shards, s: int, chunk_fn: Callable[..., Any], *args: Any
+) -> Any:
     """Statistics of shard ``s`` (one ``compute`` over its blocks, in parallel).
 
     Parameters
     ----------
-    X : dask.array.Array or ndarray
+    X : dask.array.Array, ndarray or Rows
     shards : Shards
     s : int
     chunk_fn : callable
-        A reduction kernel, ``chunk_fn(block, row_offset, *args)``.
+        A reduction kernel, ``chunk_fn(block, *args)``; each block carries its global row
+        offset, not its offset within the shard.
     *args
         Its extra arguments.
 
@@ -131,25 +119,23 @@ def shard_pass(X: Data, shards: Shards, s: int, chunk_fn: Callable[..., Any], *a
     -------
     The statistics of the shard.
     """
-    part = _shard_array(X, shards, s)
-    if part is X:
-        return map_reduce(X, chunk_fn, *args)
-    return map_reduce(part, _at_global_offset, chunk_fn, shards.offsets[s], *args)
+    part, offsets = _shard(X, shards, s)
+    return map_reduce(part, chunk_fn, *args, offsets=offsets)
 
 
-def shards_pass(X: Data, shards: Shards, chunk_fn: Callable[..., Any], *args: Any) -> list[Any]:
+def shards_pass(X: PassData, shards: Shards, chunk_fn: Callable[..., Any], *args: Any) -> list[Any]:
     """Statistics of every shard, in one ``compute`` (one pass over the data).
 
     Each shard is its own fixed-shape reduction, so the values are bit for bit those of
     :func:`shard_pass` on each shard.
     """
-    if isinstance(X, np.ndarray) or len(shards) == 1:
+    if isinstance(as_rows(X).x, np.ndarray) or len(shards) == 1:
         return [shard_pass(X, shards, s, chunk_fn, *args) for s in range(len(shards))]
     graphs = []
     for s in range(len(shards)):
-        part = _shard_array(X, shards, s)
+        part, offsets = _shard(X, shards, s)
         assert not isinstance(part, np.ndarray)
-        graphs.append(build_reduction(part, _at_global_offset, chunk_fn, shards.offsets[s], *args))
+        graphs.append(build_reduction(part, chunk_fn, *args, offsets=offsets))
     return list(compute(*graphs))
 
 

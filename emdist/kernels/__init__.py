@@ -1,6 +1,8 @@
 """Per-chunk kernels: numpy (and numba-compiled loops) on one row-block, nothing of Dask.
 
-Every kernel maps one block of rows to a *statistics value*: a frozen object that adds
+Every reduction kernel takes one :class:`RowBlock` (the rows, their global offset and
+optional per-row inputs) and its arguments, ``kernel(block, *args)``, and maps the block to a
+*statistics value*: a frozen object that adds
 (``a + b``) so that any chunking of the data, reduced in any tree, gives the same totals.
 The M-step functions turn reduced statistics back into parameters.
 """
@@ -20,6 +22,7 @@ from emdist.kernels.mixture import (
     mixture_mstep,
     mixture_stats_from_resp,
 )
+from emdist.kernels.rows import RowBlock
 from emdist.kernels.scan import ScanStats, scan_chunk
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "KMeansStats",
     "MixtureParams",
     "MixtureStats",
+    "RowBlock",
     "ScanStats",
     "compute_precision_cholesky",
     "estimate_log_gaussian_prob",

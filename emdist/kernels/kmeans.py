@@ -19,6 +19,7 @@ statistics are float64 differences from the float64 centres whatever the dtype.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ import scipy.linalg.cython_blas  # noqa: F401
 from emdist._typing import AnyArray, FloatArray, IntArray
 from emdist.kernels._blocks import as_row_major
 from emdist.kernels._jit import jit
+from emdist.kernels.rows import RowBlock
 
 __all__ = [
     "KMeansParams",
@@ -374,21 +376,22 @@ def kmeans_transform_chunk(X: AnyArray, centers: FloatArray) -> FloatArray:
     return out
 
 
-def kmeans_estep_chunk(X: AnyArray, row_offset: int, params: KMeansParams) -> KMeansStats:
+def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
     """Assign the rows of one block and reduce them to statistics.
 
     Parameters
     ----------
-    X : ndarray of shape (n_rows, n_features)
-        Any real dtype and memory layout; float32 is scored in float32.
-    row_offset : int
-        Global index of the block's first row (orders the far-point candidates).
+    block : RowBlock
+        The rows (any real dtype and layout), their global offset and per-row inputs.
     params : KMeansParams
 
     Returns
     -------
     KMeansStats
     """
+    X, row_offset = block.x, block.row_offset
+    if block.weights is not None:
+        return _weighted_estep(block, params)
     centers = _centers(params.centers)
     K, d = centers.shape
     n = X.shape[0]
@@ -401,11 +404,11 @@ def kmeans_estep_chunk(X: AnyArray, row_offset: int, params: KMeansParams) -> KM
     inertia = 0.0
     n_far = 0
     if n:
-        block = as_row_major(X)
-        scoring = _Scoring.of(centers, block.dtype)
+        Xr = as_row_major(X)
+        scoring = _Scoring.of(centers, Xr.dtype)
         rows = _sub_block_rows(K, d)
         inertia, n_far = _estep_kernel(
-            block, 0, centers, scoring.ref, scoring.neg2_t, scoring.bias, scoring.shift_rows,
+            Xr, 0, centers, scoring.ref, scoring.neg2_t, scoring.bias, scoring.shift_rows,
             rows, counts, sx, far_dist, far_row, far_label, n_far,
         )  # fmt: skip
     return KMeansStats(
@@ -419,6 +422,26 @@ def kmeans_estep_chunk(X: AnyArray, row_offset: int, params: KMeansParams) -> KM
         far_x=np.asarray(X[far_row], dtype=np.float64).reshape(keep, d),
         shift=params.centers,
     )
+
+
+def _weighted_estep(block: RowBlock, params: KMeansParams) -> KMeansStats:
+    """Assignment statistics of rows that count ``block.weights`` times each.
+
+    Counts, sums and inertia weigh every row (scikit-learn's ``sample_weight``); the far
+    points that re-seed empty clusters are those of the unweighted step.
+    """
+    X = np.asarray(block.x, dtype=np.float64)
+    w = np.asarray(block.weights, dtype=np.float64)
+    plain = kmeans_estep_chunk(RowBlock(block.x, block.row_offset), params)
+    centers = np.asarray(params.centers, dtype=np.float64)
+    K = centers.shape[0]
+    labels = kmeans_labels_chunk(block.x, centers)
+    diff = X - centers[labels]
+    counts = np.bincount(labels, weights=w, minlength=K).astype(np.float64)
+    sx = np.zeros_like(centers)
+    np.add.at(sx, labels, diff * w[:, None])
+    inertia = float(w @ np.einsum("ij,ij->i", diff, diff))
+    return dataclasses.replace(plain, counts=counts, sx=sx, inertia=inertia)
 
 
 def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:

@@ -19,6 +19,7 @@ import scipy.sparse
 from emdist._typing import AnyArray, FloatArray, IntArray
 from emdist.kernels._blocks import iter_row_blocks, iter_sub_blocks, sub_block_rows
 from emdist.kernels.kmeans import KMeansParams, KMeansStats
+from emdist.kernels.rows import RowBlock
 
 __all__ = [
     "kmeans_estep_reference",
@@ -87,20 +88,20 @@ def _farthest(dist: FloatArray, n_keep: int) -> IntArray:
     return np.lexsort((np.arange(len(dist)), -dist))[:n_keep].astype(np.intp)
 
 
-def kmeans_estep_reference(X: AnyArray, row_offset: int, params: KMeansParams) -> KMeansStats:
+def kmeans_estep_reference(block: RowBlock, params: KMeansParams) -> KMeansStats:
     """Assign the rows of one block and reduce them to statistics (see ``KMeansStats``).
 
     Parameters
     ----------
-    X : ndarray of shape (n_rows, n_features)
-    row_offset : int
-        Global index of the block's first row (orders the far-point candidates).
+    block : RowBlock
+        The rows (any real dtype and layout), their global offset and per-row inputs.
     params : KMeansParams
 
     Returns
     -------
     KMeansStats
     """
+    X, row_offset = block.x, block.row_offset
     centers = params.centers
     K, d = centers.shape
     n = X.shape[0]

@@ -21,6 +21,7 @@ from emdist.kernels.covariance import covariance_shape
 from emdist.kernels.fused_estep import axis_aligned_estep, normalise_whitened, weight_differences
 from emdist.kernels.gaussian import ComponentBlocks, compute_precision_cholesky, log_det_cholesky
 from emdist.kernels.kmeans import kmeans_labels_chunk
+from emdist.kernels.rows import RowBlock
 from emdist.kernels.scan import row_uniforms
 
 __all__ = [
@@ -189,17 +190,14 @@ def mixture_log_prob_chunk(
 
 
 def mixture_estep_chunk(
-    X: AnyArray, row_offset: int, params: MixtureParams, covariance_type: CovarianceType
+    block: RowBlock, params: MixtureParams, covariance_type: CovarianceType
 ) -> MixtureStats:
     """E-step on one block, reduced at once to sufficient statistics.
 
     Parameters
     ----------
-    X : ndarray of shape (n_rows, n_features)
-        The block (any real dtype and layout; float32 runs its ``full``/``tied`` GEMMs in
-        float32, everything else is computed in float64; statistics are float64).
-    row_offset : int
-        Global index of the block's first row (unused: every reduction kernel takes it).
+    block : RowBlock
+        The rows (any real dtype and layout), their global offset and per-row inputs.
     params : MixtureParams
         Current parameters; their means are the shift of the statistics.
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
@@ -208,11 +206,33 @@ def mixture_estep_chunk(
     -------
     MixtureStats
     """
+    X = block.x
     shift = params.means
+    if block.weights is not None:
+        return _weighted_mixture_estep(X, block.weights, params, covariance_type)
     nk, sx, sxx, log_lik, _ = fused_estep(
         X, shift, params.precisions_cholesky, covariance_type, np.log(params.weights)
     )
     return MixtureStats(float(X.shape[0]), log_lik, nk, sx, sxx, shift)
+
+
+def _weighted_mixture_estep(
+    X: AnyArray, weights: AnyArray, params: MixtureParams, covariance_type: CovarianceType
+) -> MixtureStats:
+    """The E-step of rows that count ``weights`` times each (``sample_weight``).
+
+    Every sum weighs its row: the statistics are those of the rows repeated ``w`` times
+    (for integer weights), so the M-step needs no change.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    log_prob = mixture_log_prob_chunk(X, params, covariance_type)
+    log_norm = logsumexp_rows(log_prob)
+    resp = np.exp(log_prob - log_norm[:, None])
+    resp *= w[:, None]
+    stats = mixture_stats_from_resp(X, resp, params.means, covariance_type)
+    return MixtureStats(
+        float(w.sum()), float(w @ log_norm), stats.nk, stats.sx, stats.sxx, stats.shift
+    )
 
 
 def fused_estep(
@@ -434,8 +454,7 @@ def score_samples_from_log_prob(
 
 
 def mixture_random_resp_stats_chunk(
-    X: AnyArray,
-    row_offset: int,
+    block: RowBlock,
     seed: int,
     shift: FloatArray,
     covariance_type: CovarianceType,
@@ -445,19 +464,20 @@ def mixture_random_resp_stats_chunk(
     Row ``i`` draws its responsibilities from a stream positioned at ``i``, so the
     initialisation does not depend on the chunking.
     """
+    X, row_offset = block.x, block.row_offset
     resp = row_uniforms(seed, row_offset, X.shape[0], shift.shape[0])
     resp /= resp.sum(axis=1, keepdims=True)
     return mixture_stats_from_resp(X, resp, shift, covariance_type)
 
 
 def mixture_hard_resp_stats_chunk(
-    X: AnyArray,
-    row_offset: int,
+    block: RowBlock,
     centers: FloatArray,
     shift: FloatArray,
     covariance_type: CovarianceType,
 ) -> MixtureStats:
     """Statistics under hard assignments to the nearest centre (``init_params='kmeans'``)."""
+    X = block.x
     labels = kmeans_labels_chunk(X, centers)
     resp = np.zeros((X.shape[0], centers.shape[0]))
     resp[np.arange(X.shape[0]), labels] = 1.0

@@ -31,6 +31,7 @@ from emdist.kernels.mixture import (
     _symmetrise,
     mixture_stats_from_resp,
 )
+from emdist.kernels.rows import RowBlock
 from emdist.kernels.variational import VariationalParams, VariationalStats, _log_offsets
 
 __all__ = ["mixture_estep_reference", "variational_estep_reference"]
@@ -53,16 +54,14 @@ def _normalise(lp: FloatArray, resp: FloatArray) -> float:
 
 
 def mixture_estep_reference(
-    X: AnyArray, row_offset: int, params: MixtureParams, covariance_type: CovarianceType
+    block: RowBlock, params: MixtureParams, covariance_type: CovarianceType
 ) -> MixtureStats:
     """E-step on one block, reduced at once to sufficient statistics (numpy reference).
 
     Parameters
     ----------
-    X : ndarray of shape (n_rows, n_features)
-        The block (any real dtype; computed in float64).
-    row_offset : int
-        Global index of the block's first row (unused: every reduction kernel takes it).
+    block : RowBlock
+        The rows (any real dtype and layout), their global offset and per-row inputs.
     params : MixtureParams
         Current parameters; their means are the shift of the statistics.
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
@@ -71,6 +70,7 @@ def mixture_estep_reference(
     -------
     MixtureStats
     """
+    X = block.x
     shift = params.means
     stats = MixtureStats.zero(shift, covariance_type)
     nk, sx, sxx = stats.nk, stats.sx, stats.sxx
@@ -93,16 +93,14 @@ def mixture_estep_reference(
 
 
 def variational_estep_reference(
-    X: AnyArray, row_offset: int, params: VariationalParams, covariance_type: CovarianceType
+    block: RowBlock, params: VariationalParams, covariance_type: CovarianceType
 ) -> VariationalStats:
     """Variational E-step on one block, reduced at once to summable statistics (numpy reference).
 
     Parameters
     ----------
-    X : ndarray of shape (n_rows, n_features)
-        The block (any real dtype; computed in float64).
-    row_offset : int
-        Global index of the block's first row (unused: every reduction kernel takes it).
+    block : RowBlock
+        The rows (any real dtype and layout), their global offset and per-row inputs.
     params : VariationalParams
         Current posterior; its means are the shift of the moments.
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
@@ -111,6 +109,7 @@ def variational_estep_reference(
     -------
     VariationalStats
     """
+    X = block.x
     if covariance_type in ("diag", "spherical"):
         return _estep_axis_aligned(X, params, covariance_type)
     shift = params.means

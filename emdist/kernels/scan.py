@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emdist._typing import AnyArray, FloatArray, IntArray
+from emdist._typing import FloatArray, IntArray
+from emdist.kernels.rows import RowBlock
 
 __all__ = ["ScanStats", "row_uniforms", "scan_chunk"]
 
@@ -111,15 +112,13 @@ class ScanStats:
         return self.m2 / max(self.n, 1)
 
 
-def scan_chunk(X: AnyArray, row_offset: int, seed: int, sample_size: int) -> ScanStats:
+def scan_chunk(block: RowBlock, seed: int, sample_size: int) -> ScanStats:
     """Scan one block: first non-finite value, moments, and its share of the sample.
 
     Parameters
     ----------
-    X : ndarray of shape (n_rows, n_features)
-        The block, any real dtype.
-    row_offset : int
-        Global index of the block's first row.
+    block : RowBlock
+        The rows (any real dtype and layout), their global offset and per-row inputs.
     seed : int
         Key of the sampling stream.
     sample_size : int
@@ -129,6 +128,7 @@ def scan_chunk(X: AnyArray, row_offset: int, seed: int, sample_size: int) -> Sca
     -------
     ScanStats
     """
+    X, row_offset = block.x, block.row_offset
     n, d = X.shape
     Xf = np.asarray(X, dtype=np.float64)
     finite = np.isfinite(Xf)

@@ -45,6 +45,7 @@ from emdist.kernels.mixture import (
     fused_estep,
     mixture_stats_from_resp,
 )
+from emdist.kernels.rows import RowBlock
 
 __all__ = [
     "VariationalParams",
@@ -280,18 +281,14 @@ def variational_log_prob_chunk(
 
 
 def variational_estep_chunk(
-    X: AnyArray, row_offset: int, params: VariationalParams, covariance_type: CovarianceType
+    block: RowBlock, params: VariationalParams, covariance_type: CovarianceType
 ) -> VariationalStats:
     """Variational E-step on one block, reduced at once to summable statistics.
 
     Parameters
     ----------
-    X : ndarray of shape (n_rows, n_features)
-        The block (any real dtype and layout; computed as by
-        :func:`~emdist.kernels.mixture.fused_estep`: float32 runs its ``full``/``tied``
-        GEMMs in float32; statistics are float64).
-    row_offset : int
-        Global index of the block's first row (unused: every reduction kernel takes it).
+    block : RowBlock
+        The rows (any real dtype and layout), their global offset and per-row inputs.
     params : VariationalParams
         Current posterior; its means are the shift of the moments.
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
@@ -300,6 +297,7 @@ def variational_estep_chunk(
     -------
     VariationalStats
     """
+    X = block.x
     shift = params.means
     nk, sx, sxx, log_norm, r_log_r = fused_estep(
         X,
@@ -312,14 +310,13 @@ def variational_estep_chunk(
     return VariationalStats(moments, r_log_r)
 
 
-def scatter_stats_chunk(X: AnyArray, row_offset: int, center: FloatArray) -> MixtureStats:
+def scatter_stats_chunk(block: RowBlock, center: FloatArray) -> MixtureStats:
     """One-component ``full`` moments of a block about ``center`` (for the covariance prior).
 
     Parameters
     ----------
-    X : ndarray of shape (n_rows, n_features)
-    row_offset : int
-        Global index of the block's first row (unused: every reduction kernel takes it).
+    block : RowBlock
+        The rows (any real dtype and layout), their global offset and per-row inputs.
     center : ndarray of shape (n_features,)
         A fixed centre near the data mean (the scan pass's mean), so that the scatter is
         accumulated without cancellation.
@@ -329,6 +326,7 @@ def scatter_stats_chunk(X: AnyArray, row_offset: int, center: FloatArray) -> Mix
     MixtureStats
         ``sx = Σ (x - c)``, ``sxx = Σ (x - c)(x - c)ᵀ`` with one component.
     """
+    X = block.x
     resp = np.ones((X.shape[0], 1))
     return mixture_stats_from_resp(X, resp, center[None, :], "full")
 

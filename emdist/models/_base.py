@@ -1,41 +1,43 @@
 """Shared machinery of the estimators: parameters, the fit template, randomness, row maps.
 
-Every estimator's ``fit`` is :meth:`BaseEstimator.fit`: validate the parameter table,
-derive the seeds, open and scan the data, run the restarts with the EM engine (resuming a
-checkpoint), record the fitted attributes, warn if the kept restart did not converge. A
-model says only what differs, in :meth:`BaseEstimator._plan` (its engine family, how a
-restart starts and how restarts compare) and :meth:`BaseEstimator._record`.
+Every estimator's ``fit`` is :meth:`BaseEstimator.fit`: validate the parameter table and
+decide the fit once (:meth:`BaseEstimator._setup_fit` returns the
+:class:`~emdist.engine.em.FitSpec` the engine runs: seeds, schedule, checkpoint, budget),
+open and scan the data, run the restarts with the EM engine (resuming a checkpoint), record
+the fitted attributes, warn if the kept restart did not converge. A model says only what
+differs, in the abstract hooks :meth:`BaseEstimator._plan` (its engine family, how a restart
+starts and how restarts compare) and :meth:`BaseEstimator._record`.
 """
 
 from __future__ import annotations
 
+import abc
 import inspect
 import numbers
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Self
 
 import dask.array as da
 import numpy as np
 
 from emdist._random import child_seeds, resolve_seed
 from emdist._typing import FloatArray
-from emdist.engine.data import FitData, compute_context, default_sample_size, prepare_fit_data
-from emdist.engine.em import EMResult, ModelFamily, Observer
-from emdist.engine.restarts import BestRun, RestartGroup, RestartSpec, run_restarts
+from emdist.engine.data import FitData, ScanSpec, compute_context
+from emdist.engine.em import BATCH, FitSpec, ModelPlan, Schedule, run_restarts
+from emdist.engine.incremental import IncrementalSchedule
+from emdist.engine.restarts import BestRun
 from emdist.exceptions import ConvergenceWarning, InvalidDataError, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
 from emdist.models._sklearn import SklearnEstimatorMixin
-from emdist.models._validation import Constraint, validate_parameters
+from emdist.models._validation import Constraint, shards_of, validate_parameters
 
 __all__ = [
     "BaseEstimator",
     "Components",
-    "FitPlan",
-    "FitSetup",
     "apply_rows",
     "as_checkpoint",
     "check_features",
@@ -44,204 +46,6 @@ __all__ = [
     "fitted_array",
     "fitted_int",
 ]
-
-P = TypeVar("P")
-
-
-@dataclass(frozen=True)
-class FitPlan(Generic[P]):
-    """What one estimator's fit brings to the shared template.
-
-    Attributes
-    ----------
-    family : ModelFamily
-        The model as the EM engine sees it (E-step, M-step, bound, convergence).
-    make_start : callable
-        ``make_start(restart, seed)`` -> the restart's starting parameters.
-    params_type : callable
-        Rebuilds parameters from ``params.arrays()`` (checkpoints).
-    score : callable
-        Larger is better: which restart is kept (may run a final pass).
-    tol : float
-        The tolerance the family's convergence test receives.
-    final_pass : callable or None
-        ``final_pass(result)``: whether ``score`` needs the statistics of one more pass
-        under the restart's final parameters (K-means re-assigns under its final centres);
-        that pass is shared with the other restarts' iterations. ``None``: never.
-    n_shards : int or None, default=None
-        Incremental EM over this many shards (the family must support it, see
-        :mod:`emdist.engine.incremental`); ``None``: batch EM.
-    """
-
-    family: ModelFamily[P, Any]
-    make_start: Callable[[int, int], P]
-    params_type: Callable[..., P]
-    score: Callable[[EMResult[P, Any]], float]
-    tol: float
-    final_pass: Callable[[EMResult[P, Any]], bool] | None = None
-    n_shards: int | None = None
-
-    def run(
-        self,
-        data: FitData,
-        *,
-        seeds: list[int],
-        max_iter: int,
-        seed: int,
-        observer: Observer | None = None,
-        checkpoint: CheckpointStore | None = None,
-        config: dict[str, Any] | None = None,
-        previous_bound: float | None = None,
-    ) -> BestRun[P]:
-        """Run one restart per seed, side by side, and keep the best (see ``run_restarts``).
-
-        Parameters
-        ----------
-        data : FitData
-        seeds : list of int
-            One per restart.
-        max_iter : int
-        seed : int
-            The fit's seed, recorded with the checkpoint.
-        observer, checkpoint, config, previous_bound :
-            As :func:`emdist.engine.restarts.run_restarts`.
-
-        Returns
-        -------
-        BestRun
-        """
-        spec = self._spec(seeds, max_iter, seed, observer, checkpoint, config, previous_bound)
-        return run_restarts(data, spec, n_shards=self.n_shards)
-
-    def open(
-        self,
-        data: FitData,
-        *,
-        seeds: list[int],
-        max_iter: int,
-        seed: int,
-        observer: Observer | None = None,
-        checkpoint: CheckpointStore | None = None,
-        config: dict[str, Any] | None = None,
-        previous_bound: float | None = None,
-    ) -> RestartGroup[P, Any]:
-        """The restarts of :meth:`run`, started (or resumed), for ``run_groups`` to drive.
-
-        Several fits share their passes this way (:func:`emdist.fit_shared`).
-
-        Returns
-        -------
-        RestartGroup
-
-        Raises
-        ------
-        InvalidParameterError
-            For incremental EM, whose restarts run one after another, not side by side.
-        """
-        if self.n_shards is not None:
-            raise InvalidParameterError(
-                "updates='incremental' fits run alone, not sharing passes with other fits: "
-                "fit each estimator with its own fit(), or use updates='batch'"
-            )
-        spec = self._spec(seeds, max_iter, seed, observer, checkpoint, config, previous_bound)
-        return RestartGroup.open(data, spec)
-
-    def _spec(
-        self,
-        seeds: list[int],
-        max_iter: int,
-        seed: int,
-        observer: Observer | None,
-        checkpoint: CheckpointStore | None,
-        config: dict[str, Any] | None,
-        previous_bound: float | None,
-    ) -> RestartSpec[P, Any]:
-        return RestartSpec(
-            family=self.family,
-            seeds=seeds,
-            make_start=self.make_start,
-            params_from_arrays=self.params_type,
-            score=self.score,
-            tol=self.tol,
-            max_iter=max_iter,
-            seed=seed,
-            observer=observer,
-            checkpoint=checkpoint,
-            config=config or {},
-            previous_bound=previous_bound,
-            final_pass=self.final_pass,
-        )
-
-
-@dataclass(frozen=True)
-class FitSetup:
-    """What one fit decided before reading the data: scan, seeds, checkpoint, budget.
-
-    Attributes
-    ----------
-    warm : bool
-        Whether the fit continues the estimator's previous one (``warm_start``).
-    n_clusters : int
-        Components asked for.
-    what : str
-        The estimator's word for them (error messages).
-    sample_seed : int
-        Seed of the scan pass's sample.
-    sample_size : int or None
-        Rows the scan samples for seeding (``None``: the default for ``n_clusters``).
-    seeds : list of int
-        One per restart.
-    max_iter : int
-    observer : callable or None
-    checkpoint : CheckpointStore or None
-    config : dict
-        The configuration the checkpoint is tied to.
-    seed : int
-        The fit's seed.
-    previous_bound : float or None
-        A warm start's previous bound.
-    """
-
-    warm: bool
-    n_clusters: int
-    what: str
-    sample_seed: int
-    sample_size: int | None
-    seeds: list[int]
-    max_iter: int
-    observer: Observer | None
-    checkpoint: CheckpointStore | None
-    config: dict[str, Any]
-    seed: int
-    previous_bound: float | None
-
-    @property
-    def scan_key(self) -> tuple[int, int]:
-        """Fits with equal keys can share one scan pass (same sample seed and size)."""
-        size = self.sample_size
-        return self.sample_seed, default_sample_size(self.n_clusters) if size is None else size
-
-    def scan(self, X: Any, n_clusters: int | None = None) -> FitData:
-        """Open ``X`` and run the scan pass (``n_clusters``: the largest of fits sharing it)."""
-        return prepare_fit_data(
-            X,
-            n_clusters=self.n_clusters if n_clusters is None else n_clusters,
-            seed=self.sample_seed,
-            sample_size=self.scan_key[1],
-            what=self.what,
-        )
-
-    def run_args(self) -> dict[str, Any]:
-        """Keyword arguments of :meth:`FitPlan.run` and :meth:`FitPlan.open`."""
-        return {
-            "seeds": self.seeds,
-            "max_iter": self.max_iter,
-            "observer": self.observer,
-            "checkpoint": self.checkpoint,
-            "config": self.config,
-            "seed": self.seed,
-            "previous_bound": self.previous_bound,
-        }
 
 
 @dataclass(frozen=True)
@@ -263,12 +67,15 @@ class Components:
     covariances: FloatArray | None
 
 
-class BaseEstimator(SklearnEstimatorMixin):
+class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
     """``get_params`` / ``set_params`` / ``repr`` from the ``__init__`` signature, and ``fit``.
 
     As in scikit-learn, ``__init__`` only stores its arguments; validation happens in
-    ``fit``, so ``set_params`` and cloning behave predictably. Subclasses declare
-    ``_parameter_constraints`` and implement :meth:`_plan` and :meth:`_record`. The rest of
+    ``fit``, so ``set_params`` and cloning behave predictably. As scikit-learn's mixtures,
+    a concrete estimator lists every parameter in its own ``__init__`` (``get_params``
+    reads that signature) and passes the shared ones to ``super().__init__``. Subclasses
+    declare ``_parameter_constraints`` and implement the abstract hooks :meth:`_plan`,
+    :meth:`_record`, :meth:`components` and :meth:`summary_statistics`. The rest of
     scikit-learn's protocol (tags, fitted test) comes from :class:`SklearnEstimatorMixin`.
     """
 
@@ -301,6 +108,32 @@ class BaseEstimator(SklearnEstimatorMixin):
     #: Parameters the next fit starts from (set by :meth:`warm_start_from`), or ``None``.
     #: Not a parameter: a clone starts as configured.
     _start_from: Any = None
+
+    @abc.abstractmethod
+    def __init__(
+        self,
+        *,
+        n_init: Any,
+        max_iter: int,
+        tol: float,
+        random_state: Any,
+        init_sample_size: int | None,
+        updates: str,
+        n_shards: int,
+        observer: Any,
+        checkpoint: Any,
+    ) -> None:
+        # The parameters every family shares: restarts, budget, seed, seeding sample, EM
+        # schedule and the hooks of one run.
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.init_sample_size = init_sample_size
+        self.updates = updates
+        self.n_shards = n_shards
+        self.observer = observer
+        self.checkpoint = checkpoint
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -445,13 +278,13 @@ class BaseEstimator(SklearnEstimatorMixin):
         """Make ``previous``'s parameters the start of the next fit (checked compatible)."""
         self._start_from = previous._params()
 
-    def _plan(self, data: FitData, warm: bool) -> FitPlan[Any]:
+    @abc.abstractmethod
+    def _plan(self, data: FitData, warm: bool) -> ModelPlan[Any, Any]:
         """The model's part of the fit, given the scanned data."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
         """Set the fitted attributes from the kept restart."""
-        raise NotImplementedError
 
     def fit(self, X: Any, y: Any = None) -> Self:
         """Fit the model, one pass over the data per iteration.
@@ -467,15 +300,38 @@ class BaseEstimator(SklearnEstimatorMixin):
         -------
         self
         """
-        setup = self._setup_fit(X)
+        return self._fit(X, None)
+
+    def _fit(self, X: Any, sample_weight: Any) -> Self:
+        """The fit template; ``sample_weight`` as :meth:`GaussianMixture.fit` takes it."""
+        if sample_weight is not None and self.checkpoint is not None:
+            # The checkpoint's fingerprint covers the data, not the weights: a resume with
+            # other weights would continue another fit.
+            raise InvalidParameterError("sample_weight cannot be used with a checkpoint")
+        spec = self._setup_fit(X)
+        assert spec.scan is not None
+        if sample_weight is not None:
+            if not is_out_of_core(X):
+                X = as_numpy_array(X)
+            sample_weight = check_sample_weight(sample_weight, _n_rows(X))
+        per_row = None if sample_weight is None else {"weights": sample_weight}
         with compute_context():
-            data = setup.scan(X)
-            best = self._plan(data, setup.warm).run(data, **setup.run_args())
+            data = spec.scan.open(X, per_row=per_row)
+            best = run_restarts(data, spec.planned(self._plan(data, spec.warm)))
         self._finish_fit(best, data, X)
         return self
 
-    def _setup_fit(self, X: Any) -> FitSetup:
-        """Everything a fit decides before reading the data (parameters, seeds, checkpoint)."""
+    def _schedule(self) -> Schedule:
+        """Batch EM, or incremental EM over ``n_shards`` shards (``updates``)."""
+        n_shards = shards_of(self.updates, self.n_shards)
+        return BATCH if n_shards is None else IncrementalSchedule(n_shards)
+
+    def _setup_fit(self, X: Any) -> FitSpec[Any, Any]:
+        """The fit as the engine runs it, decided before reading the data.
+
+        Parameters, seeds, schedule, checkpoint and budget; the model's part is attached
+        once the data is scanned (:meth:`_plan`, :meth:`FitSpec.planned`).
+        """
         self._validate_params()
         self._check_input(X)
         self._reset_fit_input(X)  # feature_names_in_, as scikit-learn's fit
@@ -492,21 +348,24 @@ class BaseEstimator(SklearnEstimatorMixin):
             # Tied to the checkpoint (arrays are hashed): a resume must start from the same
             # model, or its first iterations would belong to another fit.
             resolved["start_from"] = dict(start.arrays())
-        return FitSetup(
-            warm=warm,
-            n_clusters=int(getattr(self, self._n_components_param)),
-            what=self._n_components_param,
-            sample_seed=sample_seed,
-            sample_size=self.init_sample_size,
+        return FitSpec(
             seeds=child_seeds(restarts_seed, n_init),
             max_iter=int(self.max_iter),
+            seed=seed,
             observer=self.observer,
             checkpoint=checkpoint,
             config=estimator_config(self, **resolved),
-            seed=seed,
             # As scikit-learn: a warm start's first change is measured from the last
             # bound of the previous fit, so it can converge at once.
             previous_bound=getattr(self, "lower_bound_", None) if warm else None,
+            schedule=self._schedule(),
+            scan=ScanSpec(
+                n_clusters=int(getattr(self, self._n_components_param)),
+                what=self._n_components_param,
+                sample_seed=sample_seed,
+                sample_size=self.init_sample_size,
+            ),
+            warm=warm,
         )
 
     def _finish_fit(self, best: BestRun[Any], data: FitData, X: Any) -> None:
@@ -539,6 +398,7 @@ class BaseEstimator(SklearnEstimatorMixin):
 
     # -- what reports ask of every model ---------------------------------------------------
 
+    @abc.abstractmethod
     def components(self) -> Components:
         """The fitted components: means, weights and full covariances where the model has them.
 
@@ -546,8 +406,8 @@ class BaseEstimator(SklearnEstimatorMixin):
         -------
         Components
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def summary_statistics(self, X: Any) -> dict[str, Any]:
         """The figures a report shows for this fit on ``X`` (at most one pass over it).
 
@@ -561,7 +421,46 @@ class BaseEstimator(SklearnEstimatorMixin):
             Some of ``score``, ``bic``, ``aic``, ``inertia`` (floats) and ``weights``
             (list of floats), as the model defines them.
         """
-        raise NotImplementedError
+
+
+def _n_rows(X: Any) -> int:
+    """Rows of ``X`` without reading its values (an in-memory ``X`` is numpy here)."""
+    return int(X.shape[0] if isinstance(X, np.ndarray) else as_dask_array(X).shape[0])
+
+
+def check_sample_weight(sample_weight: Any, n_samples: int) -> Any:
+    """``sample_weight`` checked: ``n_samples`` finite values >= 0, not all zero.
+
+    A Dask array stays lazy; its values are checked by one small compute over the
+    weights alone (not the data).
+
+    Raises
+    ------
+    InvalidParameterError
+        One line naming what is wrong.
+    """
+    w: Any = sample_weight if isinstance(sample_weight, da.Array) else np.asarray(sample_weight)
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise InvalidParameterError(
+            f"sample_weight has shape {tuple(w.shape)}; expected ({n_samples},), one weight "
+            f"per row of X"
+        )
+    if not np.issubdtype(w.dtype, np.number) or np.issubdtype(w.dtype, np.complexfloating):
+        raise InvalidParameterError(f"sample_weight must hold real numbers; got {w.dtype}")
+    w = w.astype(np.float64)
+    if n_samples == 0:
+        return w  # no rows: the data check says so
+    if isinstance(w, da.Array):
+        finite, low, total = da.compute(da.isfinite(w).all(), w.min(), w.sum())
+    else:
+        finite, low, total = np.isfinite(w).all(), w.min(), w.sum()
+    if not bool(finite):
+        raise InvalidParameterError("sample_weight contains NaN or infinity")
+    if float(low) < 0:
+        raise InvalidParameterError(f"sample_weight must be >= 0; its smallest is {float(low)}")
+    if float(total) <= 0:
+        raise InvalidParameterError("sample_weight sums to zero; at least one weight must be > 0")
+    return w
 
 
 def fitted_int(estimator: Any, field: str) -> int:

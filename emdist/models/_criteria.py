@@ -19,6 +19,7 @@ from emdist.engine.reduce import Data
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
 from emdist.kernels.kmeans import kmeans_labels_chunk
 from emdist.kernels.mixture import score_samples_from_log_prob
+from emdist.kernels.rows import RowBlock
 from emdist.models._base import _first_non_finite, check_features
 
 __all__ = ["KernelStep", "label_counts_chunk", "log_lik_sum_chunk", "pass_data"]
@@ -31,29 +32,28 @@ class KernelStep:
     Attributes
     ----------
     fn : callable
-        ``fn(block, row_offset, *args)`` -> summable statistics.
+        ``fn(block, *args)`` -> summable statistics, ``block`` a
+        :class:`~emdist.kernels.rows.RowBlock`.
     """
 
     fn: Callable[..., Any]
 
-    def estep_chunk(self, X: AnyArray, row_offset: int, args: tuple[Any, ...]) -> Any:
-        """``fn(X, row_offset, *args)``."""
-        return self.fn(X, row_offset, *args)
+    def estep_chunk(self, block: RowBlock, args: tuple[Any, ...]) -> Any:
+        """``fn(block, *args)``."""
+        return self.fn(block, *args)
 
 
-def label_counts_chunk(X: AnyArray, row_offset: int, centers: AnyArray) -> AnyArray:
+def label_counts_chunk(block: RowBlock, centers: AnyArray) -> AnyArray:
     """Samples of one block nearest to each centre (int64, adds exactly)."""
-    _first_non_finite(X, row_offset)
-    labels = kmeans_labels_chunk(X, centers)
+    _first_non_finite(block.x, block.row_offset)
+    labels = kmeans_labels_chunk(block.x, centers)
     return np.bincount(labels, minlength=centers.shape[0]).astype(np.int64)
 
 
-def log_lik_sum_chunk(
-    X: AnyArray, row_offset: int, log_prob: Callable[..., AnyArray], *args: Any
-) -> float:
+def log_lik_sum_chunk(block: RowBlock, log_prob: Callable[..., AnyArray], *args: Any) -> float:
     """``Σ log p(x)`` over one block under a mixture's per-block log-probability kernel."""
-    _first_non_finite(X, row_offset)
-    return float(np.sum(score_samples_from_log_prob(X, log_prob, *args)))
+    _first_non_finite(block.x, block.row_offset)
+    return float(np.sum(score_samples_from_log_prob(block.x, log_prob, *args)))
 
 
 def pass_data(X: Any, n_features: int, name: str) -> Data:

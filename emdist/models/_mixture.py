@@ -7,6 +7,7 @@ the same per-block functions over their own log-probability kernel.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -30,6 +31,7 @@ from emdist.kernels.mixture import (
     proba_from_log_prob,
     score_samples_from_log_prob,
 )
+from emdist.kernels.rows import RowBlock
 from emdist.models._base import (
     BaseEstimator,
     Components,
@@ -121,7 +123,9 @@ def initial_resp_stats(
             tol=1e-4,
             seed=km_seed,
         )
-        return mixture_hard_resp_stats_chunk(sample, 0, run.params.centers, shift, covariance_type)
+        return mixture_hard_resp_stats_chunk(
+            RowBlock(sample), run.params.centers, shift, covariance_type
+        )
     if init_params in ("k-means++", "random_from_data"):
         sample = data.summary.sample
         if init_params == "k-means++":
@@ -132,7 +136,7 @@ def initial_resp_stats(
         return mixture_stats_from_resp(sample[idx], np.eye(K), shift, covariance_type)
     if init_params == "random":
         stats = map_reduce(
-            data.X,
+            data.rows,
             mixture_random_resp_stats_chunk,
             int(rng.integers(2**63 - 1)),
             shift,
@@ -173,9 +177,44 @@ class BaseMixture(DensityMixin, BaseEstimator):
     max_iter: int
     tol: float
 
+    def __init__(
+        self,
+        *,
+        n_components: int,
+        covariance_type: CovarianceType,
+        tol: float,
+        reg_covar: float,
+        max_iter: int,
+        n_init: int,
+        init_params: str,
+        random_state: Any,
+        warm_start: bool,
+        init_sample_size: int | None,
+        updates: str,
+        n_shards: int,
+        observer: Any,
+        checkpoint: Any,
+    ) -> None:
+        super().__init__(
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            random_state=random_state,
+            init_sample_size=init_sample_size,
+            updates=updates,
+            n_shards=n_shards,
+            observer=observer,
+            checkpoint=checkpoint,
+        )
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.reg_covar = reg_covar
+        self.init_params = init_params
+        self.warm_start = warm_start
+
+    @abc.abstractmethod
     def _log_prob(self) -> tuple[Callable[..., FloatArray], tuple[Any, ...]]:
         """Per-block weighted log-densities ``(n, K)`` and their extra arguments."""
-        raise NotImplementedError
 
     def _apply(
         self, fn: Callable[..., Any], X: Any, out_width: int | None, dtype: Any = np.float64
@@ -248,9 +287,9 @@ class BaseMixture(DensityMixin, BaseEstimator):
         y = np.repeat(np.arange(len(counts)), counts)
         return np.vstack(parts), y
 
+    @abc.abstractmethod
     def _set_params(self, params: Any) -> None:
         """Set the fitted parameter attributes from the engine's parameters."""
-        raise NotImplementedError
 
     def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
         self.lower_bound_ = best.lower_bound

@@ -19,7 +19,7 @@ import numpy as np
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.engine.data import FitData
-from emdist.engine.em import Observer, run_em
+from emdist.engine.em import ModelPlan, Observer, run_em
 from emdist.engine.reduce import map_reduce
 from emdist.engine.threads import blas_single_threaded
 from emdist.exceptions import InvalidDataError, InvalidParameterError
@@ -28,6 +28,7 @@ from emdist.io.sources import as_dask_array
 from emdist.kernels.gaussian import precisions_from_cholesky
 from emdist.kernels.mixture import MixtureStats
 from emdist.kernels.rebase import rebase_mixture_stats
+from emdist.kernels.rows import RowBlock
 from emdist.kernels.variational import (
     WEIGHT_PRIOR_TYPES,
     VariationalParams,
@@ -40,10 +41,9 @@ from emdist.kernels.variational import (
     variational_lower_bound,
     variational_mstep,
 )
-from emdist.models._base import FitPlan
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, initial_resp_stats
-from emdist.models._validation import Constraint, boolean, one_of, shards_of
+from emdist.models._validation import Constraint, boolean, one_of
 from emdist.registry import register_family
 
 __all__ = [
@@ -85,11 +85,9 @@ class BayesianMixtureFamily:
     #: Incremental EM (emdist.engine.incremental) restores kept statistics of this class.
     stats_type: ClassVar[type[VariationalStats]] = VariationalStats
 
-    def estep_chunk(
-        self, X: AnyArray, row_offset: int, params: VariationalParams
-    ) -> VariationalStats:
+    def estep_chunk(self, block: RowBlock, params: VariationalParams) -> VariationalStats:
         """Variational responsibilities of one block, reduced to statistics."""
-        return variational_estep_chunk(X, row_offset, params, self.covariance_type)
+        return variational_estep_chunk(block, params, self.covariance_type)
 
     def mstep(self, stats: VariationalStats, params: VariationalParams) -> VariationalParams:
         """The posterior given the responsibilities summarised by ``stats``."""
@@ -524,13 +522,22 @@ degrees_of_freedom_prior_, covariance_prior_ :
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
     ) -> None:
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
+        super().__init__(
+            n_components=n_components,
+            covariance_type=covariance_type,
+            tol=tol,
+            reg_covar=reg_covar,
+            max_iter=max_iter,
+            n_init=n_init,
+            init_params=init_params,
+            random_state=random_state,
+            warm_start=warm_start,
+            init_sample_size=init_sample_size,
+            updates=updates,
+            n_shards=n_shards,
+            observer=observer,
+            checkpoint=checkpoint,
+        )
         self.prefit_on_sample = prefit_on_sample
         self.weight_concentration_prior_type = weight_concentration_prior_type
         self.weight_concentration_prior = weight_concentration_prior
@@ -538,19 +545,12 @@ degrees_of_freedom_prior_, covariance_prior_ :
         self.mean_prior = mean_prior
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
         self.covariance_prior = covariance_prior
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.init_sample_size = init_sample_size
-        self.updates = updates
-        self.n_shards = n_shards
-        self.observer = observer
-        self.checkpoint = checkpoint
 
     def _check_input(self, X: Any) -> None:
         # The priors are checked against n_features before the data is read.
         _check_priors(self, _n_features(X), self.covariance_type)
 
-    def _plan(self, data: FitData, warm: bool) -> FitPlan[VariationalParams]:
+    def _plan(self, data: FitData, warm: bool) -> ModelPlan[VariationalParams, VariationalStats]:
         covariance_type: CovarianceType = self.covariance_type
         K = int(self.n_components)
         user = _check_priors(self, data.summary.n_features, covariance_type)
@@ -591,13 +591,12 @@ degrees_of_freedom_prior_, covariance_prior_ :
                 max_iter=int(self.max_iter) * PREFIT_ITER_FACTOR,
             )
 
-        return FitPlan(
+        return ModelPlan(
             family,
             make_start,
             VariationalParams,
             score=lambda result: result.lower_bound,
             tol=float(self.tol),
-            n_shards=shards_of(self.updates, self.n_shards),
         )
 
     def _set_priors(self, priors: VariationalPriors) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.engine.data import FitData
-from emdist.engine.em import Observer
+from emdist.engine.em import ModelPlan, Observer
 from emdist.engine.reduce import map_reduce
 from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
@@ -30,11 +30,10 @@ from emdist.kernels.mixture import (
     mixture_mstep,
 )
 from emdist.kernels.rebase import mixture_expected_log_lik, rebase_mixture_stats
-from emdist.models._base import FitPlan
+from emdist.kernels.rows import RowBlock
 from emdist.models._criteria import KernelStep, log_lik_sum_chunk, pass_data
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
-from emdist.models._validation import shards_of
 from emdist.registry import register_family
 
 __all__ = ["GaussianMixture", "GaussianMixtureFamily", "initial_mixture_params"]
@@ -53,9 +52,9 @@ class GaussianMixtureFamily:
     #: Incremental EM (emdist.engine.incremental) restores kept statistics of this class.
     stats_type: ClassVar[type[MixtureStats]] = MixtureStats
 
-    def estep_chunk(self, X: AnyArray, row_offset: int, params: MixtureParams) -> MixtureStats:
+    def estep_chunk(self, block: RowBlock, params: MixtureParams) -> MixtureStats:
         """Responsibilities of one block, reduced to sufficient statistics."""
-        return mixture_estep_chunk(X, row_offset, params, self.covariance_type)
+        return mixture_estep_chunk(block, params, self.covariance_type)
 
     def mstep(self, stats: MixtureStats, params: MixtureParams) -> MixtureParams:
         """Weighted means, covariances and mixing weights."""
@@ -235,28 +234,50 @@ class GaussianMixture(BaseMixture):
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
     ) -> None:
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
+        super().__init__(
+            n_components=n_components,
+            covariance_type=covariance_type,
+            tol=tol,
+            reg_covar=reg_covar,
+            max_iter=max_iter,
+            n_init=n_init,
+            init_params=init_params,
+            random_state=random_state,
+            warm_start=warm_start,
+            init_sample_size=init_sample_size,
+            updates=updates,
+            n_shards=n_shards,
+            observer=observer,
+            checkpoint=checkpoint,
+        )
         self.weights_init = weights_init
         self.means_init = means_init
         self.precisions_init = precisions_init
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.init_sample_size = init_sample_size
-        self.updates = updates
-        self.n_shards = n_shards
-        self.observer = observer
-        self.checkpoint = checkpoint
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
+        """Fit the model, one pass over the data per iteration.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+            Data of shape (n_samples, n_features); a path names a Zarr array (or a
+            dataset group written by emdist, whose data array is used).
+        y : ignored
+        sample_weight : array-like or dask.array.Array of shape (n_samples,), optional
+            How many times each row counts (finite, >= 0, not all zero): integer weights
+            fit as the rows repeated that many times. ``None``: every row once. Checked
+            before any pass over ``X``; not with ``checkpoint``.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, sample_weight)
 
     def _family(self) -> GaussianMixtureFamily:
         return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar))
 
-    def _plan(self, data: FitData, warm: bool) -> FitPlan[MixtureParams]:
+    def _plan(self, data: FitData, warm: bool) -> ModelPlan[MixtureParams, MixtureStats]:
         previous = self._params() if warm else self._start_from
 
         def make_start(restart: int, restart_seed: int) -> MixtureParams:
@@ -274,13 +295,12 @@ class GaussianMixture(BaseMixture):
                 seed=restart_seed,
             )
 
-        return FitPlan(
+        return ModelPlan(
             self._family(),
             make_start,
             MixtureParams,
             score=lambda result: result.lower_bound,
             tol=float(self.tol),
-            n_shards=shards_of(self.updates, self.n_shards),
         )
 
     def _set_params(self, params: MixtureParams) -> None:

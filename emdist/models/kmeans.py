@@ -16,8 +16,16 @@ import numpy as np
 from emdist._random import child_seeds
 from emdist._typing import AnyArray, FloatArray
 from emdist.engine.data import FitData, active_client
-from emdist.engine.em import EMResult, IterationState, Observer
-from emdist.engine.reduce import Data, map_reduce
+from emdist.engine.em import (
+    BATCH,
+    EMResult,
+    FitSpec,
+    IterationState,
+    ModelPlan,
+    Observer,
+    run_restarts,
+)
+from emdist.engine.reduce import PassData, map_reduce
 from emdist.engine.restarts import BestRun, best_run, keep_best
 from emdist.engine.seeding import kmeans_plusplus
 from emdist.exceptions import ConvergenceWarning, InvalidParameterError
@@ -32,10 +40,10 @@ from emdist.kernels.kmeans import (
 )
 from emdist.kernels.kmeans_bounds import lloyd_bounds
 from emdist.kernels.rebase import rebase_kmeans_stats
+from emdist.kernels.rows import RowBlock
 from emdist.models._base import (
     BaseEstimator,
     Components,
-    FitPlan,
     apply_rows,
     fitted_array,
     fitted_int,
@@ -51,7 +59,6 @@ from emdist.models._validation import (
     literal,
     non_negative_real,
     positive_int,
-    shards_of,
 )
 from emdist.registry import register_family
 
@@ -76,9 +83,9 @@ class KMeansFamily:
     #: Incremental EM (emdist.engine.incremental) restores kept statistics of this class.
     stats_type: ClassVar[type[KMeansStats]] = KMeansStats
 
-    def estep_chunk(self, X: AnyArray, row_offset: int, params: KMeansParams) -> KMeansStats:
+    def estep_chunk(self, block: RowBlock, params: KMeansParams) -> KMeansStats:
         """Assignment statistics of one block."""
-        return kmeans_estep_chunk(X, row_offset, params)
+        return kmeans_estep_chunk(block, params)
 
     def mstep(self, stats: KMeansStats, params: KMeansParams) -> KMeansParams:
         """New centres; empty clusters re-seeded from far points."""
@@ -125,7 +132,7 @@ def _needs_final_pass(result: EMResult[KMeansParams, KMeansStats]) -> bool:
     return stats is None or not np.array_equal(stats.shift, result.params.centers)
 
 
-def _final_inertia(X: Data, result: EMResult[KMeansParams, KMeansStats]) -> float:
+def _final_inertia(X: PassData, result: EMResult[KMeansParams, KMeansStats]) -> float:
     """Inertia of the final centres (re-assigning if the last pass ran under other ones)."""
     stats = result.stats
     if stats is not None and np.array_equal(stats.shift, result.params.centers):
@@ -155,41 +162,26 @@ def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> Flo
     return centers
 
 
-@dataclass(frozen=True)
-class _KMeansPlan(FitPlan[KMeansParams]):
-    """The fit plan of K-means: in-memory data runs :func:`_fit_in_memory` instead of passes."""
+def _in_memory_run(
+    data: FitData, spec: FitSpec[KMeansParams, KMeansStats]
+) -> BestRun[KMeansParams] | None:
+    """The fit on in-memory data with Hamerly's bounds, or ``None`` where passes must run.
 
-    def run(
-        self,
-        data: FitData,
-        *,
-        seeds: list[int],
-        max_iter: int,
-        seed: int,
-        observer: Observer | None = None,
-        checkpoint: CheckpointStore | None = None,
-        config: dict[str, Any] | None = None,
-        previous_bound: float | None = None,
-    ) -> BestRun[KMeansParams]:
-        """As :meth:`FitPlan.run`; in-memory data without checkpoint runs in memory."""
-        block = _in_memory_block(data)
-        if (
-            block is not None
-            and self.n_shards is None
-            and checkpoint is None
-            and previous_bound is None
-        ):
-            return _fit_in_memory(self, block, seeds, max_iter, observer)
-        return super().run(
-            data,
-            seeds=seeds,
-            max_iter=max_iter,
-            seed=seed,
-            observer=observer,
-            checkpoint=checkpoint,
-            config=config,
-            previous_bound=previous_bound,
-        )
+    Passes run instead for data out of core or on a cluster, with a checkpoint (whose
+    iterations are passes), a warm start's previous bound, incremental updates, or per-row
+    weights (the bounds' centre sums are unweighted).
+    """
+    if (
+        spec.checkpoint is not None
+        or spec.previous_bound is not None
+        or spec.schedule is not BATCH
+        or data.per_row
+    ):
+        return None
+    block = _in_memory_block(data)
+    if block is None:
+        return None
+    return _fit_in_memory(spec, block)
 
 
 def _in_memory_block(data: FitData) -> AnyArray | None:
@@ -207,13 +199,7 @@ def _in_memory_block(data: FitData) -> AnyArray | None:
     return block
 
 
-def _fit_in_memory(
-    plan: FitPlan[KMeansParams],
-    X: AnyArray,
-    seeds: list[int],
-    max_iter: int,
-    observer: Observer | None,
-) -> BestRun[KMeansParams]:
+def _fit_in_memory(spec: FitSpec[KMeansParams, KMeansStats], X: AnyArray) -> BestRun[KMeansParams]:
     """The restarts on one in-memory block: Lloyd with Hamerly's bounds, one after another.
 
     No pass over the data per iteration: the bounds, labels and distances of every row stay
@@ -223,20 +209,23 @@ def _fit_in_memory(
     cluster's mean about a fixed point, so they may differ from the passes' (the mean about
     the previous centre) in the last digits.
     """
+    model = spec.model
+    assert model is not None
     best = None
-    for restart, restart_seed in enumerate(seeds):
-        start = plan.make_start(restart, restart_seed).centers
-        report = _Report(restart, X.shape[0], observer)
-        run = lloyd_bounds(X, start, max_iter=max_iter, tol=plan.tol, on_iteration=report)
-        result = EMResult[KMeansParams, KMeansStats](
+    for restart, restart_seed in enumerate(spec.seeds):
+        start = model.make_start(restart, restart_seed).centers
+        report = _Report(restart, X.shape[0], spec.observer)
+        run = lloyd_bounds(X, start, max_iter=spec.max_iter, tol=model.tol, on_iteration=report)
+        # One bound per iteration, as a pass-driven restart records them (n_iter_).
+        assert len(report.history) == run.n_iter
+        best = keep_best(
+            best,
+            restart,
             KMeansParams(run.centers),
-            report.history[-1],
             tuple(report.history),
-            run.n_iter,
             run.converged,
-            None,
+            -run.final_inertia,
         )
-        best = keep_best(best, restart, result, -run.final_inertia)
     return best_run(best, KMeansParams)
 
 
@@ -274,24 +263,23 @@ class _Report:
 
 
 def kmeans_plan(
-    data: FitData, n_clusters: int, init: Any, tol: float, n_shards: int | None = None
-) -> FitPlan[KMeansParams]:
-    """Lloyd's algorithm as a fit plan: seeding, the family, and restarts compared by inertia.
+    data: FitData, n_clusters: int, init: Any, tol: float
+) -> ModelPlan[KMeansParams, KMeansStats]:
+    """Lloyd's algorithm as a model plan: seeding, the family, restarts compared by inertia.
 
-    ``tol`` is relative to the mean feature variance (scikit-learn's meaning); ``n_shards``
-    asks for shard-wise (incremental) Lloyd updates. In-memory data that is one block runs
-    with Hamerly's bounds (:func:`_fit_in_memory`).
+    ``tol`` is relative to the mean feature variance (scikit-learn's meaning). In-memory
+    data runs with Hamerly's bounds (:func:`_in_memory_run`) instead of passes.
     """
-    return _KMeansPlan(
+    return ModelPlan(
         KMeansFamily(),
         lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed)),
         KMeansParams,
-        score=lambda result: -_final_inertia(data.X, result),
+        score=lambda result: -_final_inertia(data.rows, result),
         tol=float(np.mean(data.summary.variance)) * tol,
         # The restarts loop runs that pass beside the other restarts' iterations, so
         # _final_inertia finds it done.
         final_pass=_needs_final_pass,
-        n_shards=n_shards,
+        in_memory=_in_memory_run,
     )
 
 
@@ -324,9 +312,10 @@ def fit_kmeans(
     BestRun
         ``score`` is minus the inertia of the kept centres.
     """
-    return kmeans_plan(data, n_clusters, init, tol).run(
-        data, seeds=child_seeds(seed, n_init), max_iter=max_iter, seed=seed
+    spec = FitSpec[KMeansParams, KMeansStats](
+        seeds=child_seeds(seed, n_init), max_iter=max_iter, seed=seed
     )
+    return run_restarts(data, spec.planned(kmeans_plan(data, n_clusters, init, tol)))
 
 
 @register_family("kmeans", summary="K-means (Lloyd), k-means++ seeding")
@@ -415,17 +404,19 @@ default='k-means++'
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
     ) -> None:
+        super().__init__(
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            random_state=random_state,
+            init_sample_size=init_sample_size,
+            updates=updates,
+            n_shards=n_shards,
+            observer=observer,
+            checkpoint=checkpoint,
+        )
         self.n_clusters = n_clusters
         self.init = init
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.tol = tol
-        self.random_state = random_state
-        self.init_sample_size = init_sample_size
-        self.updates = updates
-        self.n_shards = n_shards
-        self.observer = observer
-        self.checkpoint = checkpoint
 
     def _n_init(self) -> int:
         if self.n_init == "auto":
@@ -444,18 +435,24 @@ default='k-means++'
         self.init = np.array(previous.cluster_centers_, dtype=np.float64, copy=True)
         self.n_init = 1
 
-    def _plan(self, data: FitData, warm: bool) -> FitPlan[KMeansParams]:
-        return kmeans_plan(
-            data,
-            int(self.n_clusters),
-            self.init,
-            float(self.tol),
-            shards_of(self.updates, self.n_shards),
-        )
+    def _plan(self, data: FitData, warm: bool) -> ModelPlan[KMeansParams, KMeansStats]:
+        return kmeans_plan(data, int(self.n_clusters), self.init, float(self.tol))
 
     def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
         self.cluster_centers_ = best.params.centers
         self.inertia_ = -best.score
+        # The cluster sizes of the training data under the final centres, when the kept
+        # restart's last pass ran under them (a final pass, or labels that did not change):
+        # the information criteria of that data then need no pass of their own. Known by the
+        # name of the Dask array fitted (in-memory data costs no read).
+        stats = best.stats
+        self._training_sizes: tuple[str, AnyArray] | None = None
+        if (
+            isinstance(data.X, da.Array)
+            and isinstance(stats, KMeansStats)
+            and np.array_equal(stats.shift, self.cluster_centers_)
+        ):
+            self._training_sizes = (data.X.name, np.asarray(stats.counts))
         self.labels_ = self.predict(X if data.in_memory else data.X)
         distinct = len(np.unique(self.cluster_centers_, axis=0))
         if distinct < self.cluster_centers_.shape[0]:
@@ -494,7 +491,8 @@ default='k-means++'
         the clustering as a mixture of K spherical Gaussians with one shared variance
         ``σ² = inertia / (d (n - K))`` and weights ``n_k / n``, so K can be chosen by BIC.
         ``inertia_`` must be that of ``X`` (the training data). Costs one pass (the
-        cluster sizes).
+        cluster sizes), or none when ``X`` is the Dask array just fitted and the fit's last
+        pass ran under the final centres (its sizes are those).
 
         Parameters
         ----------
@@ -510,6 +508,10 @@ default='k-means++'
         self._check_fitted(X)
         step, args = self._criteria_step()
         data = pass_data(X, self.n_features_in_, type(self).__name__)
+        known = getattr(self, "_training_sizes", None)
+        if known is not None and isinstance(data, da.Array) and data.name == known[0]:
+            # The training data as fitted: its sizes came with the fit's last pass.
+            return self._criteria_from(known[1], int(data.shape[0]))
         return self._criteria_from(map_reduce(data, step.estep_chunk, args), int(data.shape[0]))
 
     def _criteria_step(self) -> tuple[KernelStep, tuple[Any, ...]]:

@@ -16,10 +16,10 @@ from typing import Any
 
 from emdist._random import resolve_seed
 from emdist.engine.data import FitData, compute_context
+from emdist.engine.em import FitSpec, RestartGroup, run_groups
 from emdist.engine.lockstep import shared_pass
-from emdist.engine.restarts import run_groups
 from emdist.exceptions import InvalidParameterError
-from emdist.models._base import BaseEstimator, FitSetup
+from emdist.models._base import BaseEstimator
 from emdist.models._criteria import pass_data
 
 __all__ = [
@@ -64,12 +64,17 @@ def fit_shared(estimators: Sequence[BaseEstimator], X: Any) -> list[BaseEstimato
     for e in estimators:
         if not isinstance(e, BaseEstimator):
             raise InvalidParameterError(f"fit_shared fits emdist estimators; got {e!r}")
-    setups = [e._setup_fit(X) for e in estimators]
+    specs = [e._setup_fit(X) for e in estimators]
+    if not all(s.schedule.side_by_side for s in specs):
+        raise InvalidParameterError(
+            "updates='incremental' fits run alone, not sharing passes with other fits: "
+            "fit each estimator with its own fit(), or use updates='batch'"
+        )
     with compute_context():
-        datas = _scan_once_per_key(X, setups)
+        datas = _scan_once_per_key(X, specs)
         groups = [
-            e._plan(data, s.warm).open(data, **s.run_args())
-            for e, s, data in zip(estimators, setups, datas, strict=True)
+            RestartGroup.open(data, s.planned(e._plan(data, s.warm)))
+            for e, s, data in zip(estimators, specs, datas, strict=True)
         ]
         bests = run_groups(datas[0].X, groups)
     for e, best, data in zip(estimators, bests, datas, strict=True):
@@ -77,17 +82,21 @@ def fit_shared(estimators: Sequence[BaseEstimator], X: Any) -> list[BaseEstimato
     return estimators
 
 
-def _scan_once_per_key(X: Any, setups: list[FitSetup]) -> list[FitData]:
+def _scan_once_per_key(X: Any, specs: list[FitSpec[Any, Any]]) -> list[FitData]:
     """One scan pass per distinct (sample seed, sample size): the data of every fit."""
+    scans = [s.scan for s in specs]
+    assert all(scan is not None for scan in scans)
     largest: dict[tuple[int, int], int] = {}
-    for s in setups:
-        largest[s.scan_key] = max(largest.get(s.scan_key, 0), s.n_clusters)
+    for scan in scans:
+        assert scan is not None
+        largest[scan.key] = max(largest.get(scan.key, 0), scan.n_clusters)
     scanned: dict[tuple[int, int], FitData] = {}
     out = []
-    for s in setups:
-        if s.scan_key not in scanned:
-            scanned[s.scan_key] = s.scan(X, n_clusters=largest[s.scan_key])
-        out.append(scanned[s.scan_key])
+    for scan in scans:
+        assert scan is not None
+        if scan.key not in scanned:
+            scanned[scan.key] = scan.open(X, n_clusters=largest[scan.key])
+        out.append(scanned[scan.key])
     return out
 
 

@@ -33,6 +33,7 @@ from emdist.kernels import (
     KMeansStats,
     MixtureParams,
     MixtureStats,
+    RowBlock,
     compute_precision_cholesky,
     kmeans_estep_chunk,
     mixture_estep_chunk,
@@ -104,7 +105,7 @@ def test_rebased_mixture_statistics_equal_those_taken_about_the_new_shift(
 def test_rebased_kmeans_statistics_measure_the_same_assignments_from_new_centres() -> None:
     X = _data()
     old = KMeansParams(X[:4].copy())
-    stats = kmeans_estep_chunk(X, 0, old)
+    stats = kmeans_estep_chunk(RowBlock(X, 0), old)
     centers = X[10:14].copy()
     moved = rebase_kmeans_stats(stats, centers)
     # The assignments of the old step, measured from the new centres, directly.
@@ -127,7 +128,7 @@ def test_free_energy_of_a_pass_is_its_log_likelihood(covariance_type: str) -> No
     X = _data()
     family = GaussianMixtureFamily(covariance_type, 1e-6)  # type: ignore[arg-type]
     params = _params(X, 3, covariance_type, 0)
-    stats = mixture_estep_chunk(X, 0, params, covariance_type)  # type: ignore[arg-type]
+    stats = mixture_estep_chunk(RowBlock(X, 0), params, covariance_type)  # type: ignore[arg-type]
     entropy = family.entropy(stats, params)
     assert entropy > 0
     assert_allclose(family.free_energy(stats, entropy, params), stats.log_lik / stats.n, rtol=1e-12)
@@ -136,7 +137,7 @@ def test_free_energy_of_a_pass_is_its_log_likelihood(covariance_type: str) -> No
     new = family.mstep(stats, params)
     f_new = family.free_energy(stats, entropy, new)
     assert f_new > stats.log_lik / stats.n
-    assert f_new <= mixture_estep_chunk(X, 0, new, covariance_type).log_lik / stats.n  # type: ignore[arg-type]
+    assert f_new <= mixture_estep_chunk(RowBlock(X, 0), new, covariance_type).log_lik / stats.n  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("chunks", [(CHUNK,), (37, 500, 13, 1, 0, 49)])
@@ -168,8 +169,8 @@ def test_more_shards_than_blocks_gives_one_shard_per_block() -> None:
 def test_statistics_round_trip_through_arrays_bit_for_bit() -> None:
     X = _data()
     params = _params(X, 3, "full", 0)
-    mix = mixture_estep_chunk(X, 0, params, "full")
-    km = kmeans_estep_chunk(X, 7, KMeansParams(X[:3].copy()))
+    mix = mixture_estep_chunk(RowBlock(X, 0), params, "full")
+    km = kmeans_estep_chunk(RowBlock(X, 7), KMeansParams(X[:3].copy()))
     var = VariationalStats(mix, -12.5)
     for value in (mix, km, var):
         back = stats_from_arrays(type(value), stats_to_arrays(value))

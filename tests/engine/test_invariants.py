@@ -29,6 +29,7 @@ from emdist.kernels import (
     KMeansStats,
     MixtureParams,
     MixtureStats,
+    RowBlock,
     ScanStats,
     compute_precision_cholesky,
     kmeans_estep_chunk,
@@ -256,11 +257,11 @@ def _chunk_stats(kind: str, bounds: list[int], X: np.ndarray = _HX) -> list[Any]
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         block = X[lo:hi]
         if kind == "kmeans":
-            out.append(kmeans_estep_chunk(block, lo, KMeansParams(_H_CENTERS)))
+            out.append(kmeans_estep_chunk(RowBlock(block, lo), KMeansParams(_H_CENTERS)))
         elif kind == "scan":
-            out.append(scan_chunk(block, lo, 5, 16))
+            out.append(scan_chunk(RowBlock(block, lo), 5, 16))
         else:
-            out.append(mixture_estep_chunk(block, lo, _H_PARAMS[kind], kind))
+            out.append(mixture_estep_chunk(RowBlock(block, lo), _H_PARAMS[kind], kind))
     return out
 
 
@@ -366,11 +367,11 @@ def test_mixture_zero_is_the_identity(covariance_type: str) -> None:
 
 def test_statistics_about_different_shifts_do_not_add() -> None:
     params = _H_PARAMS["full"]
-    a = mixture_estep_chunk(_HX[:50], 0, params, "full")
+    a = mixture_estep_chunk(RowBlock(_HX[:50], 0), params, "full")
     moved = MixtureParams(
         params.weights, params.means + 1.0, params.covariances, params.precisions_cholesky
     )
-    b = mixture_estep_chunk(_HX[50:], 50, moved, "full")
+    b = mixture_estep_chunk(RowBlock(_HX[50:], 50), moved, "full")
     with pytest.raises(ValueError, match="different shifts"):
         _ = a + b
 

@@ -8,19 +8,18 @@ import dask.array as da
 import numpy as np
 
 from emdist.engine.reduce import map_reduce
+from emdist.kernels.rows import RowBlock
 
 
 def _scale(x: np.ndarray) -> np.ndarray:
     return 2.0 * x
 
 
-def _apply_nested(
-    X: np.ndarray, row_offset: int, steps: tuple[tuple[Any, ...], ...], flat: list[Any]
-) -> float:
+def _apply_nested(block: RowBlock, steps: tuple[tuple[Any, ...], ...], flat: list[Any]) -> float:
     # Every argument arrives as the caller built it: a tuple whose items are tuples headed by
     # a function (a shared pass's per-model arguments), and a list headed by one.
     assert callable(flat[0]) and flat[1] == "label"
-    return float(sum(np.sum(fn(X) * w) for fn, w in steps))
+    return float(sum(np.sum(fn(block.x) * w) for fn, w in steps))
 
 
 def test_nested_tuples_headed_by_a_function_are_not_run_as_tasks() -> None:

@@ -19,6 +19,7 @@ from numpy.testing import assert_allclose
 from emdist.kernels import MixtureParams, compute_precision_cholesky, mixture_estep_chunk
 from emdist.kernels.mixture import MixtureStats
 from emdist.kernels.mixture_reference import mixture_estep_reference, variational_estep_reference
+from emdist.kernels.rows import RowBlock
 from emdist.kernels.variational import VariationalParams, variational_estep_chunk
 from tests.conftest import COVARIANCE_TYPES
 
@@ -95,8 +96,8 @@ SHAPES = [
 def test_gmm_estep_matches_numpy_reference(covariance_type: str, n: int, K: int, d: int) -> None:
     X = _data(n, d)
     params = _gmm(covariance_type, K, d)
-    got = mixture_estep_chunk(X, 0, params, covariance_type)
-    want = mixture_estep_reference(X, 0, params, covariance_type)
+    got = mixture_estep_chunk(RowBlock(X, 0), params, covariance_type)
+    want = mixture_estep_reference(RowBlock(X, 0), params, covariance_type)
     _assert_stats_close(got, want, rtol=1e-10)
     assert got.shift is params.means
     # nk sums the responsibilities: exactly one per row.
@@ -110,8 +111,8 @@ def test_variational_estep_matches_numpy_reference(
 ) -> None:
     X = _data(n, d, seed=2)
     params = _variational(covariance_type, K, d)
-    got = variational_estep_chunk(X, 0, params, covariance_type)
-    want = variational_estep_reference(X, 0, params, covariance_type)
+    got = variational_estep_chunk(RowBlock(X, 0), params, covariance_type)
+    want = variational_estep_reference(RowBlock(X, 0), params, covariance_type)
     _assert_stats_close(got.moments, want.moments, rtol=1e-10)
     assert_allclose(got.resp_log_resp, want.resp_log_resp, rtol=1e-9, atol=1e-9 * n)
     assert got.resp_log_resp <= 0.0  # -entropy
@@ -135,14 +136,18 @@ def test_any_layout_and_dtype_gives_the_reference_statistics(
 ) -> None:
     X = LAYOUTS[layout](_data(600, 6, seed=3))
     params = _gmm(covariance_type, 5, 6, seed=4)
-    got = mixture_estep_chunk(X, 0, params, covariance_type)
+    got = mixture_estep_chunk(RowBlock(X, 0), params, covariance_type)
     # The reference computes everything in float64 from the same values.
-    want = mixture_estep_reference(np.asarray(X, dtype=np.float64), 0, params, covariance_type)
+    want = mixture_estep_reference(
+        RowBlock(np.asarray(X, dtype=np.float64), 0), params, covariance_type
+    )
     float32_products = X.dtype == np.float32 and covariance_type in ("full", "tied")
     _assert_stats_close(got, want, rtol=2e-5 if float32_products else 1e-10)
     v = _variational(covariance_type, 5, 6, seed=5)
-    got_v = variational_estep_chunk(X, 0, v, covariance_type)
-    want_v = variational_estep_reference(np.asarray(X, dtype=np.float64), 0, v, covariance_type)
+    got_v = variational_estep_chunk(RowBlock(X, 0), v, covariance_type)
+    want_v = variational_estep_reference(
+        RowBlock(np.asarray(X, dtype=np.float64), 0), v, covariance_type
+    )
     _assert_stats_close(got_v.moments, want_v.moments, rtol=2e-5 if float32_products else 1e-10)
 
 
@@ -155,8 +160,8 @@ def test_components_of_tiny_weight(covariance_type: str, tiny: float) -> None:
     X = _data(400, d, seed=6)
     params = _gmm(covariance_type, K, d, seed=7, weights=weights)
     with np.errstate(divide="ignore"):  # log(0) for a weight of exactly zero
-        got = mixture_estep_chunk(X, 0, params, covariance_type)
-        want = mixture_estep_reference(X, 0, params, covariance_type)
+        got = mixture_estep_chunk(RowBlock(X, 0), params, covariance_type)
+        want = mixture_estep_reference(RowBlock(X, 0), params, covariance_type)
     assert np.all(np.isfinite(got.nk)) and np.all(np.isfinite(got.sxx))
     _assert_stats_close(got, want, rtol=1e-10)
     if tiny == 0.0:
@@ -175,8 +180,8 @@ def test_far_from_the_origin(covariance_type: str, dtype: Any) -> None:
         params.weights, params.means + 1e6, params.covariances, params.precisions_cholesky
     )
     Xt = (X + 1e6).astype(dtype)
-    near = mixture_estep_reference(X, 0, params, covariance_type)
-    far = mixture_estep_chunk(Xt, 0, moved, covariance_type)
+    near = mixture_estep_reference(RowBlock(X, 0), params, covariance_type)
+    far = mixture_estep_chunk(RowBlock(Xt, 0), moved, covariance_type)
     float32_products = dtype == np.float32 and covariance_type in ("full", "tied")
     # float64: the means at 1e6 keep ~1e-10 of their fraction (ulp(1e6) = 1.2e-10).
     _assert_stats_close(far, near, rtol=2e-5 if float32_products else 1e-8)

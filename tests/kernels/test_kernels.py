@@ -17,6 +17,7 @@ from emdist.engine.seeding import kmeans_plusplus
 from emdist.kernels import (
     KMeansParams,
     MixtureParams,
+    RowBlock,
     compute_precision_cholesky,
     estimate_log_gaussian_prob,
     kmeans_estep_chunk,
@@ -210,7 +211,7 @@ def _mixture_params(covariance_type: str, seed: int = 9) -> MixtureParams:
 def test_mixture_estep_chunk_matches_brute_force(covariance_type: str) -> None:
     X = _data(n=500)
     params = _mixture_params(covariance_type)
-    stats = mixture_estep_chunk(X, 0, params, covariance_type)
+    stats = mixture_estep_chunk(RowBlock(X, 0), params, covariance_type)
     resp, log_lik = _brute_mixture_stats(X, params, covariance_type)
     s = params.means  # the statistics are taken about the current means
 
@@ -264,8 +265,8 @@ def test_mixture_estep_accumulates_float32_in_float64(covariance_type: str) -> N
     X64 = np.round(_data(n=300) * 64) / 64  # exactly representable in float32
     X32 = X64.astype(np.float32)
     params = _mixture_params(covariance_type)
-    a = mixture_estep_chunk(X32, 0, params, covariance_type)
-    b = mixture_estep_chunk(X64, 0, params, covariance_type)
+    a = mixture_estep_chunk(RowBlock(X32, 0), params, covariance_type)
+    b = mixture_estep_chunk(RowBlock(X64, 0), params, covariance_type)
     # full/tied run their GEMMs in float32 for float32 data (README, "Precision"): float32's
     # digits; diag/spherical compute in float64 whatever the input, so the same numbers.
     rtol = 1e-5 if covariance_type in ("full", "tied") else 1e-12
@@ -280,7 +281,7 @@ def test_kmeans_estep_chunk_matches_brute_force() -> None:
     rng = np.random.default_rng(11)
     X = rng.standard_normal((257, D)) * 3
     centers = rng.standard_normal((K, D)) * 3
-    stats = kmeans_estep_chunk(X, 1000, KMeansParams(centers))
+    stats = kmeans_estep_chunk(RowBlock(X, 1000), KMeansParams(centers))
     dist = cdist(X, centers, "sqeuclidean")
     labels = dist.argmin(axis=1)
     d_min = dist[np.arange(len(X)), labels]
@@ -300,7 +301,7 @@ def test_kmeans_estep_chunk_matches_brute_force() -> None:
 def test_kmeans_hand_solved_four_points() -> None:
     # Two obvious clusters; the new centres are the means, the inertia is by hand 4 * (1² + 1²).
     X = np.array([[0.0, 1.0], [0.0, -1.0], [10.0, 1.0], [10.0, -1.0]])
-    stats = kmeans_estep_chunk(X, 0, KMeansParams(np.array([[1.0, 0.0], [9.0, 0.0]])))
+    stats = kmeans_estep_chunk(RowBlock(X, 0), KMeansParams(np.array([[1.0, 0.0], [9.0, 0.0]])))
     assert stats.inertia == pytest.approx(4 * 2.0)
     params, relocated = kmeans_mstep(stats)
     assert relocated == 0
@@ -311,7 +312,7 @@ def test_kmeans_mstep_reseeds_empty_cluster_from_farthest_point() -> None:
     X = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [10.0, 0.0], [11.0, 0.0], [30.0, 0.0]])
     X = X + 100.0  # nowhere near the origin
     centers = np.array([[101.0, 100.0], [110.5, 100.0], [-500.0, -500.0]])
-    stats = kmeans_estep_chunk(X, 0, KMeansParams(centers))
+    stats = kmeans_estep_chunk(RowBlock(X, 0), KMeansParams(centers))
     assert stats.counts[2] == 0
     params, relocated = kmeans_mstep(stats)
     assert relocated == 1
@@ -324,7 +325,7 @@ def test_kmeans_mstep_reseeds_empty_cluster_from_farthest_point() -> None:
 
 def test_scan_chunk_moments_and_sample() -> None:
     X = _data(n=200) + 1e6
-    s = scan_chunk(X, row_offset=40, seed=3, sample_size=17)
+    s = scan_chunk(RowBlock(X, 40), seed=3, sample_size=17)
     assert s.n == 200
     assert_allclose(s.mean, X.mean(axis=0), rtol=1e-14)
     assert_allclose(s.variance, X.var(axis=0), rtol=1e-10)
@@ -340,7 +341,7 @@ def test_scan_chunk_finds_first_non_finite_value() -> None:
     X = _data(n=50)
     X[31, 2] = np.inf
     X[12, 1] = np.nan
-    s = scan_chunk(X, row_offset=100, seed=0, sample_size=5)
+    s = scan_chunk(RowBlock(X, 100), seed=0, sample_size=5)
     assert (s.bad_row, s.bad_col) == (112, 1)
 
 

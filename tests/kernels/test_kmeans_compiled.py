@@ -28,6 +28,7 @@ from emdist.kernels.kmeans_reference import (
     kmeans_labels_reference,
     kmeans_transform_reference,
 )
+from emdist.kernels.rows import RowBlock
 
 # (rows, features, clusters): one row, fewer rows than clusters, K = 1, d = 1, and blocks
 # longer than one sub-block (~680 rows at K = 16, d = 32) with a short last sub-block.
@@ -79,8 +80,8 @@ def test_compiled_estep_matches_the_numpy_reference(n: int, d: int, K: int, layo
     X, centers = _block(n, d, K, seed=n + d + K)
     Xl = LAYOUTS[layout](X)
     params = KMeansParams(centers)
-    got = kmeans_estep_chunk(Xl, 100, params)
-    assert_same_stats(got, kmeans_estep_reference(Xl, 100, params))
+    got = kmeans_estep_chunk(RowBlock(Xl, 100), params)
+    assert_same_stats(got, kmeans_estep_reference(RowBlock(Xl, 100), params))
     assert got.shift is params.centers
     assert_array_equal(kmeans_labels_chunk(Xl, centers), kmeans_labels_reference(Xl, centers))
     assert_allclose(
@@ -104,7 +105,7 @@ def test_ties_go_to_the_lowest_index_as_numpy_argmin(dtype: Any) -> None:
     want = np.array([0, 2, 0, 0])
     assert_array_equal(kmeans_labels_chunk(X, centers), want)
     assert_array_equal(kmeans_labels_reference(X, centers), want)
-    stats = kmeans_estep_chunk(X, 0, KMeansParams(centers))
+    stats = kmeans_estep_chunk(RowBlock(X, 0), KMeansParams(centers))
     assert_array_equal(stats.counts, [3, 0, 1, 0])
     assert stats.inertia == 1 + 1 + 1 + 0
 
@@ -112,11 +113,11 @@ def test_ties_go_to_the_lowest_index_as_numpy_argmin(dtype: Any) -> None:
 def test_empty_clusters_have_zero_counts_and_sums() -> None:
     X, _ = _block(500, 3, 1, seed=2)
     centers = np.array([[0.0, 0.0, 0.0], [1e3, 1e3, 1e3], [1.0, 1.0, 1.0], [-1e3, 0.0, 0.0]])
-    stats = kmeans_estep_chunk(X, 0, KMeansParams(centers))
+    stats = kmeans_estep_chunk(RowBlock(X, 0), KMeansParams(centers))
     assert stats.counts[1] == stats.counts[3] == 0
     assert np.all(stats.sx[[1, 3]] == 0)
     assert stats.counts.sum() == 500
-    assert_same_stats(stats, kmeans_estep_reference(X, 0, KMeansParams(centers)))
+    assert_same_stats(stats, kmeans_estep_reference(RowBlock(X, 0), KMeansParams(centers)))
 
 
 def test_tied_far_points_are_ordered_by_row_whatever_the_chunking() -> None:
@@ -126,11 +127,11 @@ def test_tied_far_points_are_ordered_by_row_whatever_the_chunking() -> None:
     X[:, 0] = rng.choice([-2.0, -1.0, 1.0, 2.0], 90)
     centers = np.array([[0.0, 0.0], [50.0, 0.0], [60.0, 0.0]])
     params = KMeansParams(centers)
-    whole = kmeans_estep_chunk(X, 0, params)
+    whole = kmeans_estep_chunk(RowBlock(X, 0), params)
     assert_array_equal(whole.far_dist, [4.0, 4.0, 4.0])
     assert_array_equal(whole.far_row, np.flatnonzero(np.abs(X[:, 0]) == 2)[:3])
     cuts = [0, 1, 7, 40, 41, 90]
-    parts = [kmeans_estep_chunk(X[a:b], a, params) for a, b in itertools.pairwise(cuts)]
+    parts = [kmeans_estep_chunk(RowBlock(X[a:b], a), params) for a, b in itertools.pairwise(cuts)]
     total = parts[0]
     for part in parts[1:]:
         total = total + part
@@ -143,7 +144,7 @@ def test_tied_far_points_are_ordered_by_row_whatever_the_chunking() -> None:
 
 def test_empty_block_gives_empty_statistics() -> None:
     centers = np.ones((3, 2))
-    stats = kmeans_estep_chunk(np.empty((0, 2)), 5, KMeansParams(centers))
+    stats = kmeans_estep_chunk(RowBlock(np.empty((0, 2)), 5), KMeansParams(centers))
     assert stats.n == 0 and stats.inertia == 0.0
     assert stats.far_row.shape == (0,) and stats.far_x.shape == (0, 2)
     assert_array_equal(stats.counts, np.zeros(3))
@@ -157,8 +158,8 @@ def test_float32_far_from_the_origin_keeps_labels_and_float64_statistics() -> No
     X = np.round(X * 8) / 8
     X32 = (X + 1e6).astype(np.float32)
     assert_array_equal(X32.astype(np.float64) - 1e6, X)
-    near = kmeans_estep_chunk(X, 0, KMeansParams(centers))
-    far = kmeans_estep_chunk(X32, 0, KMeansParams(centers + 1e6))
+    near = kmeans_estep_chunk(RowBlock(X, 0), KMeansParams(centers))
+    far = kmeans_estep_chunk(RowBlock(X32, 0), KMeansParams(centers + 1e6))
     assert_array_equal(kmeans_labels_chunk(X32, centers + 1e6), kmeans_labels_chunk(X, centers))
     assert_array_equal(far.counts, near.counts)
     # The differences are float64 from float64 centres: only the centres' rounding at 1e6

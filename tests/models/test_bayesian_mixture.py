@@ -14,6 +14,7 @@ from sklearn.mixture import BayesianGaussianMixture as SkBGMM
 import emdist
 from emdist.engine.em import run_em
 from emdist.kernels.mixture import mixture_stats_from_resp
+from emdist.kernels.rows import RowBlock
 from emdist.kernels.variational import (
     VariationalParams,
     VariationalPriors,
@@ -265,8 +266,11 @@ def test_statistics_add_associatively(X: np.ndarray) -> None:
     priors = VariationalPriors("dirichlet_process", 0.5, 1.0, X.mean(0), 3.0, np.cov(X.T))
     stats0 = mixture_stats_from_resp(X, np.full((len(X), K), 1 / K), X[:K].copy(), "full")
     params = variational_mstep(stats0, priors, "full", 1e-6)
-    a, b, c = (variational_estep_chunk(part, 0, params, "full") for part in np.split(X, [100, 350]))
-    whole = variational_estep_chunk(X, 0, params, "full")
+    a, b, c = (
+        variational_estep_chunk(RowBlock(part, 0), params, "full")
+        for part in np.split(X, [100, 350])
+    )
+    whole = variational_estep_chunk(RowBlock(X, 0), params, "full")
     left, right = (a + b) + c, a + (b + c)
     for s in (left, right):
         assert s.n == whole.n
