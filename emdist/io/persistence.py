@@ -8,9 +8,12 @@ hold the fitted arrays. Loading therefore never runs code from the store.
 Verification on load: every array carries a SHA-256 in the attributes (the
 digest checkpoints use, :func:`emdist.io.integrity.array_digest`) and a CRC-32C per chunk; an
 array's declared size is bounded before it is read; and the values must make a usable model
-(weights >= 0 summing to 1, finite means, triangular precision Cholesky factors with a
-positive diagonal, shapes consistent with ``n_components`` and ``n_features_in_``). Anything
-else raises :class:`ModelFormatError` naming the field.
+(each estimator's ``check_fitted_values``: weights >= 0 summing to 1, finite means,
+positive definite covariances, precision Cholesky factors triangular with a positive
+diagonal and inverse to the covariances, ``precisions_`` their product, shapes consistent
+with ``n_components`` and ``n_features_in_``, a finite ``lower_bound_`` that is the last of
+the ``n_iter_`` finite ``lower_bounds_``, a finite non-negative ``inertia_``). Anything else
+raises :class:`ModelFormatError` naming the field.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from emdist.exceptions import EmdistError
+from emdist.exceptions import EmdistError, not_fitted_error
 from emdist.io.atomic import atomic_output
 from emdist.io.integrity import (
     IntegrityError,
@@ -37,7 +40,7 @@ from emdist.io.integrity import (
 )
 from emdist.registry import estimator_class, model_families
 
-__all__ = ["ModelFormatError", "load_model", "save_model"]
+__all__ = ["ModelFormatError", "UnsupportedModelError", "load_model", "save_model"]
 
 FORMAT = "emdist-model"
 # 2: arrays carry SHA-256 checksums and CRC-32C chunks (version 1 had neither).
@@ -50,6 +53,10 @@ _SKIP_ATTRS = ("labels_",)
 
 class ModelFormatError(EmdistError, ValueError):
     """A path does not hold a model this version of emdist can load."""
+
+
+class UnsupportedModelError(EmdistError, TypeError):
+    """:func:`save_model` was given an object that is not an emdist estimator."""
 
 
 def _json_value(value: Any) -> Any:
@@ -84,9 +91,9 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
     name = type(estimator).__name__
     if estimator_class(name) is not type(estimator):
         supported = sorted(cls.__name__ for cls in model_families().values())
-        raise TypeError(f"cannot save a {name}; supported: {supported}")
+        raise UnsupportedModelError(f"cannot save a {name}; supported: {supported}")
     if not estimator.__sklearn_is_fitted__():
-        raise ValueError(f"this {name} is not fitted; fit it before saving")
+        raise not_fitted_error(estimator)
     params: dict[str, Any] = {}
     param_arrays: dict[str, np.ndarray[Any, Any]] = {}
     for key, value in estimator.get_params().items():

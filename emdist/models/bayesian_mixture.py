@@ -496,6 +496,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         "weight_concentration_prior_type": one_of(WEIGHT_PRIOR_TYPES),
         "prefit_on_sample": boolean,
     }
+    _params_type = VariationalParams
     _convergence_quantity = "change of the per-sample lower bound"
     bound_name = "ELBO per sample"
 

@@ -211,6 +211,7 @@ class GaussianMixture(BaseMixture):
     n_features_in_ : int
     """
 
+    _params_type = MixtureParams
     _convergence_quantity = "change of the mean log-likelihood"
     bound_name = "mean log-likelihood per sample"
 

@@ -35,6 +35,7 @@ from emdist.models._base import (
     FitPlan,
     apply_rows,
     fitted_array,
+    fitted_float,
     fitted_int,
 )
 from emdist.models._criteria import KernelStep, label_counts_chunk, pass_data
@@ -277,6 +278,7 @@ default='k-means++'
     tol_is_bound_change = False
     bound_name = "-inertia / n"
     _config_aliases: ClassVar[dict[str, str]] = {"n_components": "n_clusters"}
+    _params_type = KMeansParams
 
     def __init__(
         self,
@@ -452,10 +454,18 @@ default='k-means++'
         )
 
     def check_fitted_values(self) -> None:
-        """Centres of shape (n_clusters, n_features_in_), finite (see the base class)."""
+        """The base class's checks and a finite, non-negative ``inertia_``."""
         super().check_fitted_values()
+        if fitted_float(self, "inertia_") < 0:
+            raise ValueError(f"field 'inertia_' is {self.inertia_!r}, not >= 0")
+
+    def check_parameter_values(self) -> None:
+        """Centres of shape (n_clusters, n_features_in_), finite."""
         shape = (fitted_int(self, "n_clusters"), fitted_int(self, "n_features_in_"))
         fitted_array(self, "cluster_centers_", shape)
+
+    def _set_params(self, params: KMeansParams) -> None:
+        self.cluster_centers_ = params.centers
 
     @property
     def _n_features_out(self) -> int:
