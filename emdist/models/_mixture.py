@@ -49,6 +49,7 @@ from emdist.models._validation import (
     non_negative_real,
     one_of,
     positive_int,
+    restart_count,
 )
 from emdist.models.kmeans import fit_kmeans
 
@@ -171,7 +172,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         "tol": non_negative_real,
         "reg_covar": non_negative_real,
         "max_iter": positive_int,
-        "n_init": positive_int,
+        "n_init": restart_count,
         "init_params": one_of(INIT_PARAMS),
         "init_sample_size": any_of(is_none, positive_int),
         **UPDATES_CONSTRAINTS,

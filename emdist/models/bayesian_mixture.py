@@ -43,7 +43,7 @@ from emdist.kernels.variational import (
 from emdist.models._base import FitPlan
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, initial_resp_stats
-from emdist.models._validation import Constraint, boolean, one_of, shards_of
+from emdist.models._validation import Constraint, boolean, check_data_scale, one_of, shards_of
 from emdist.registry import register_family
 
 __all__ = [
@@ -552,6 +552,10 @@ degrees_of_freedom_prior_, covariance_prior_ :
         _check_priors(self, _n_features(X), self.covariance_type)
 
     def _plan(self, data: FitData, warm: bool) -> FitPlan[VariationalParams]:
+        summary = data.summary
+        check_data_scale(
+            summary.n_samples, summary.variance, summary.sample, "BayesianGaussianMixture"
+        )
         covariance_type: CovarianceType = self.covariance_type
         K = int(self.n_components)
         user = _check_priors(self, data.summary.n_features, covariance_type)

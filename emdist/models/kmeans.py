@@ -45,10 +45,12 @@ from emdist.models._validation import (
     UPDATES_CONSTRAINTS,
     Constraint,
     any_of,
+    check_data_scale,
     is_none,
     literal,
     non_negative_real,
     positive_int,
+    restart_count,
     shards_of,
 )
 from emdist.registry import register_family
@@ -161,6 +163,8 @@ def kmeans_plan(
     ``tol`` is relative to the mean feature variance (scikit-learn's meaning); ``n_shards``
     asks for shard-wise (incremental) Lloyd updates.
     """
+    summary = data.summary
+    check_data_scale(summary.n_samples, summary.variance, summary.sample, "K-means")
     return FitPlan(
         KMeansFamily(),
         lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed)),
@@ -269,7 +273,7 @@ default='k-means++'
         "n_clusters": positive_int,
         "max_iter": positive_int,
         "tol": non_negative_real,
-        "n_init": any_of(literal("auto"), positive_int),
+        "n_init": any_of(literal("auto"), restart_count),
         "init_sample_size": any_of(is_none, positive_int),
         **UPDATES_CONSTRAINTS,
     }
