@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import zarr
 
-from emdist.exceptions import EmdistError, not_fitted_error
+from emdist.exceptions import EmdistError, InvalidParameterError, not_fitted_error
 from emdist.io.atomic import atomic_output
 from emdist.io.integrity import (
     IntegrityError,
@@ -49,6 +50,8 @@ _PREFIXES = ("params", "fitted")
 # Not saved: callables and locations that belong to one run, and data-sized results.
 _SKIP_PARAMS = ("observer", "checkpoint")
 _SKIP_ATTRS = ("labels_",)
+# The attributes save_model writes itself.
+_MODEL_KEYS = ("format", "version", "estimator", "params", "fitted", "checksums")
 
 
 class ModelFormatError(EmdistError, ValueError):
@@ -77,7 +80,13 @@ def _from_json(value: Any) -> Any:
     return value
 
 
-def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+def save_model(
+    estimator: Any,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    attributes: Mapping[str, str] | None = None,
+) -> None:
     """Save a fitted estimator to a Zarr group at ``path`` (atomically).
 
     Parameters
@@ -87,7 +96,17 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
     path : str or path
     overwrite : bool, default=False
         Replace an existing model at ``path`` (the old one stays until the new one is whole).
+    attributes : mapping of str to str, optional
+        Extra attributes of the model's group (who wrote it), written with the model in the
+        same atomic step: a process killed after the model appears never leaves it without
+        them. They cannot replace the model's own keys.
     """
+    extra = dict(attributes or {})
+    clash = sorted(set(extra) & set(_MODEL_KEYS))
+    if clash or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise InvalidParameterError(
+            f"attributes must map new str names to str values (not {clash or extra!r})"
+        )
     name = type(estimator).__name__
     if estimator_class(name) is not type(estimator):
         supported = sorted(cls.__name__ for cls in model_families().values())
@@ -129,6 +148,7 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
                 checksums[f"{prefix}/{key}"] = array_digest(value)
         group.attrs.update(
             {
+                **extra,
                 "format": FORMAT,
                 "version": VERSION,
                 "estimator": name,

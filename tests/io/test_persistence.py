@@ -461,3 +461,16 @@ def test_kmeans_values_that_cannot_be_a_model_are_refused(
     save_model(model, tmp_path / "model.zarr")
     with pytest.raises(ModelFormatError, match=re.escape(f"'{field}'")):
         load_model(tmp_path / "model.zarr")
+
+
+def test_extra_attributes_are_written_with_the_model(
+    tmp_path: Path, gmm: emdist.GaussianMixture
+) -> None:
+    path = tmp_path / "model.zarr"
+    save_model(gmm, path, attributes={"emdist_job": "job-1"})
+    assert json.loads((path / "zarr.json").read_text())["attributes"]["emdist_job"] == "job-1"
+    assert_same_attributes(load_model(path), gmm)
+    for bad in ({"format": "x"}, {"checksums": "x"}, {"job": 1}):
+        with pytest.raises(EmdistError, match="attributes"):
+            save_model(gmm, tmp_path / "other.zarr", attributes=bad)  # type: ignore[dict-item]
+    assert not (tmp_path / "other.zarr").exists()
