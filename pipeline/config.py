@@ -468,6 +468,8 @@ def _format_errors(
             msg = "unknown field (check the spelling)"
         elif err["type"] == "value_error":
             msg = str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else msg
+        elif err["type"] in ("int_type", "int_from_float", "int_parsing"):
+            msg = f"got {err['input']!r}; expected an integer"
         elif err["type"] == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
             msg = f"got {err['input']!r}; allowed values: {expected}"
@@ -552,7 +554,8 @@ def _location_problems(config: RunConfig) -> list[tuple[str, str]]:
     if config.checkpoint.enabled:
         ckpt = config.checkpoint_path
         if ckpt.exists() and not ckpt.is_dir():
-            problems.append(("checkpoint.path", f"{ckpt} is a file, not a checkpoint folder"))
+            kind = "a regular file" if ckpt.is_file() else "a device, pipe or socket"
+            problems.append(("checkpoint.path", f"{ckpt} is {kind}, not a checkpoint folder"))
         elif ckpt.is_dir() and any(ckpt.iterdir()) and not _holds_checkpoints(ckpt):
             problems.append(
                 ("checkpoint.path", f"{ckpt} is a folder that holds no emdist checkpoint")
