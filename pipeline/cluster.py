@@ -14,6 +14,7 @@ seconds instead of distributed's 30 s and a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -21,10 +22,12 @@ import signal
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import dask
 from distributed import Client, LocalCluster
 from distributed.client import AllExit
+from distributed.comm.core import connect as comm_connect
 
 from emdist.exceptions import EmdistError
 from pipeline.config import ClusterConfig
@@ -37,6 +40,7 @@ __all__ = [
     "connect",
     "dask_client",
     "local_cluster",
+    "probe_scheduler",
     "scheduler_answers",
     "unreachable_message",
     "worker_environment",
@@ -170,6 +174,47 @@ def unreachable_message(address: str, timeout: float) -> str:
     )
 
 
+async def _identity(address: str, timeout: float) -> Any:
+    comm = await asyncio.wait_for(comm_connect(address, timeout=timeout), timeout)
+    try:
+        await asyncio.wait_for(comm.write({"op": "identity"}), timeout)
+        return await asyncio.wait_for(comm.read(), timeout)
+    finally:
+        comm.abort()
+
+
+def probe_scheduler(address: str, timeout: float) -> None:
+    """Check, within ``timeout`` seconds in all, that a Dask scheduler answers at ``address``.
+
+    distributed's ``Client(timeout=...)`` bounds the TCP connection only: a peer that
+    accepts it but never speaks Dask's protocol (an HTTP server, a wrong port) keeps the
+    client waiting for its handshake indefinitely, and an unroutable address ends in
+    distributed's own traceback. The probe asks the scheduler for its identity on a
+    separate thread's event loop (whatever loop the caller runs) with one deadline for the
+    connection, the handshake and the answer.
+
+    Raises
+    ------
+    SchedulerUnreachableError
+        One line naming the address and the timeout.
+    """
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(asyncio.run(_identity(address, timeout)))
+        except BaseException as exc:  # reported below as "no scheduler answered"
+            outcome.append(exc)
+
+    # A daemon thread: a peer that ignores even the deadline cannot keep the process alive.
+    thread = threading.Thread(target=run, name="emdist-scheduler-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    answer = outcome[0] if outcome else None
+    if not (isinstance(answer, dict) and answer.get("type") == "Scheduler"):
+        raise SchedulerUnreachableError(unreachable_message(address, timeout))
+
+
 def scheduler_answers(address: str, timeout: float = 2.0) -> bool:
     """Whether a scheduler at ``address`` accepts a connection within ``timeout`` seconds."""
     try:
@@ -242,6 +287,7 @@ def connect(
     if address is None:
         yield None
         return
+    probe_scheduler(address, timeout)
     try:
         client = Client(address, timeout=timeout, set_as_default=True)
     except (OSError, TimeoutError):

@@ -8,21 +8,25 @@ hold the fitted arrays. Loading therefore never runs code from the store.
 Verification on load: every array carries a SHA-256 in the attributes (the
 digest checkpoints use, :func:`emdist.io.integrity.array_digest`) and a CRC-32C per chunk; an
 array's declared size is bounded before it is read; and the values must make a usable model
-(weights >= 0 summing to 1, finite means, triangular precision Cholesky factors with a
-positive diagonal, shapes consistent with ``n_components`` and ``n_features_in_``). Anything
-else raises :class:`ModelFormatError` naming the field.
+(each estimator's ``check_fitted_values``: weights >= 0 summing to 1, finite means,
+positive definite covariances, precision Cholesky factors triangular with a positive
+diagonal and inverse to the covariances, ``precisions_`` their product, shapes consistent
+with ``n_components`` and ``n_features_in_``, a finite ``lower_bound_`` that is the last of
+the ``n_iter_`` finite ``lower_bounds_``, a finite non-negative ``inertia_``). Anything else
+raises :class:`ModelFormatError` naming the field.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import zarr
 
-from emdist.exceptions import EmdistError
+from emdist.exceptions import EmdistError, InvalidParameterError, not_fitted_error
 from emdist.io.atomic import atomic_output
 from emdist.io.integrity import (
     IntegrityError,
@@ -37,7 +41,13 @@ from emdist.io.integrity import (
 )
 from emdist.registry import estimator_class, model_families
 
-__all__ = ["ModelFormatError", "NotAModelError", "load_model", "save_model"]
+__all__ = [
+    "ModelFormatError",
+    "NotAModelError",
+    "UnsupportedModelError",
+    "load_model",
+    "save_model",
+]
 
 FORMAT = "emdist-model"
 # 2: arrays carry SHA-256 checksums and CRC-32C chunks (version 1 had neither).
@@ -48,6 +58,8 @@ _SKIP_PARAMS = ("observer", "checkpoint")
 _SKIP_ATTRS = ("labels_",)
 # The names of the columns fitted on (scikit-learn's object array of str), kept as JSON.
 _FEATURE_NAMES = "feature_names_in_"
+# The attributes save_model writes itself.
+_MODEL_KEYS = ("format", "version", "estimator", "params", "fitted", "checksums")
 
 
 class ModelFormatError(EmdistError, ValueError):
@@ -56,6 +68,10 @@ class ModelFormatError(EmdistError, ValueError):
 
 class NotAModelError(ModelFormatError):
     """A path holds no emdist model at all (nothing, a file, a data array, another group)."""
+
+
+class UnsupportedModelError(EmdistError, TypeError):
+    """:func:`save_model` was given an object that is not an emdist estimator."""
 
 
 def _json_value(value: Any) -> Any:
@@ -76,7 +92,13 @@ def _from_json(value: Any) -> Any:
     return value
 
 
-def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+def save_model(
+    estimator: Any,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    attributes: Mapping[str, str] | None = None,
+) -> None:
     """Save a fitted estimator to a Zarr group at ``path`` (atomically).
 
     Parameters
@@ -86,13 +108,23 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
     path : str or path
     overwrite : bool, default=False
         Replace an existing model at ``path`` (the old one stays until the new one is whole).
+    attributes : mapping of str to str, optional
+        Extra attributes of the model's group (who wrote it), written with the model in the
+        same atomic step: a process killed after the model appears never leaves it without
+        them. They cannot replace the model's own keys.
     """
+    extra = dict(attributes or {})
+    clash = sorted(set(extra) & set(_MODEL_KEYS))
+    if clash or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise InvalidParameterError(
+            f"attributes must map new str names to str values (not {clash or extra!r})"
+        )
     name = type(estimator).__name__
     if estimator_class(name) is not type(estimator):
         supported = sorted(cls.__name__ for cls in model_families().values())
-        raise TypeError(f"cannot save a {name}; supported: {supported}")
+        raise UnsupportedModelError(f"cannot save a {name}; supported: {supported}")
     if not estimator.__sklearn_is_fitted__():
-        raise ValueError(f"this {name} is not fitted; fit it before saving")
+        raise not_fitted_error(estimator)
     params: dict[str, Any] = {}
     param_arrays: dict[str, np.ndarray[Any, Any]] = {}
     for key, value in estimator.get_params().items():
@@ -130,6 +162,7 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
                 checksums[f"{prefix}/{key}"] = array_digest(value)
         group.attrs.update(
             {
+                **extra,
                 "format": FORMAT,
                 "version": VERSION,
                 "estimator": name,

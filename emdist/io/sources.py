@@ -185,7 +185,12 @@ def as_numpy_array(X: Any, what: str = "X") -> np.ndarray[Any, Any]:
             f"{what} is a sparse {type(X).__name__}; sparse data is not supported, pass a "
             f"dense array (X.toarray()) or store it densely in Zarr."
         )
-    arr = np.asarray(X)
+    try:
+        arr = np.asarray(X)
+    except ValueError as exc:  # rows of different lengths (a ragged list)
+        raise InvalidDataError(
+            f"{what} cannot be read as a 2-D array: {' '.join(str(exc).split())}"
+        ) from None
     if arr.dtype == object and arr.ndim == 2:
         arr = _object_to_float(arr, X, what)
     validate_array_like(arr.shape, arr.dtype, what)

@@ -43,7 +43,7 @@ from emdist.kernels.variational import (
 )
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, initial_resp_stats
-from emdist.models._validation import Constraint, boolean, one_of
+from emdist.models._validation import Constraint, boolean, check_data_scale, one_of
 from emdist.registry import register_family
 
 __all__ = [
@@ -494,6 +494,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         "weight_concentration_prior_type": one_of(WEIGHT_PRIOR_TYPES),
         "prefit_on_sample": boolean,
     }
+    _params_type = VariationalParams
     _convergence_quantity = "change of the per-sample lower bound"
     bound_name = "ELBO per sample"
 
@@ -551,6 +552,10 @@ degrees_of_freedom_prior_, covariance_prior_ :
         _check_priors(self, _n_features(X), self.covariance_type)
 
     def _plan(self, data: FitData, warm: bool) -> ModelPlan[VariationalParams, VariationalStats]:
+        summary = data.summary
+        check_data_scale(
+            summary.n_samples, summary.variance, summary.sample, "BayesianGaussianMixture"
+        )
         covariance_type: CovarianceType = self.covariance_type
         K = int(self.n_components)
         user = _check_priors(self, data.summary.n_features, covariance_type)

@@ -34,6 +34,7 @@ from emdist.kernels.rows import RowBlock
 from emdist.models._criteria import KernelStep, log_lik_sum_chunk, pass_data
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
+from emdist.models._validation import check_data_scale
 from emdist.registry import register_family
 
 __all__ = ["GaussianMixture", "GaussianMixtureFamily", "initial_mixture_params"]
@@ -210,6 +211,7 @@ class GaussianMixture(BaseMixture):
     n_features_in_ : int
     """
 
+    _params_type = MixtureParams
     _convergence_quantity = "change of the mean log-likelihood"
     bound_name = "mean log-likelihood per sample"
 
@@ -278,6 +280,8 @@ class GaussianMixture(BaseMixture):
         return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar))
 
     def _plan(self, data: FitData, warm: bool) -> ModelPlan[MixtureParams, MixtureStats]:
+        summary = data.summary
+        check_data_scale(summary.n_samples, summary.variance, summary.sample, "GaussianMixture")
         previous = self._params() if warm else self._start_from
 
         def make_start(restart: int, restart_seed: int) -> MixtureParams:

@@ -46,6 +46,7 @@ from emdist.models._base import (
     Components,
     apply_rows,
     fitted_array,
+    fitted_float,
     fitted_int,
 )
 from emdist.models._criteria import KernelStep, label_counts_chunk, pass_data
@@ -55,10 +56,12 @@ from emdist.models._validation import (
     UPDATES_CONSTRAINTS,
     Constraint,
     any_of,
+    check_data_scale,
     is_none,
     literal,
     non_negative_real,
     positive_int,
+    restart_count,
 )
 from emdist.registry import register_family
 
@@ -270,6 +273,8 @@ def kmeans_plan(
     ``tol`` is relative to the mean feature variance (scikit-learn's meaning). In-memory
     data runs with Hamerly's bounds (:func:`_in_memory_run`) instead of passes.
     """
+    summary = data.summary
+    check_data_scale(summary.n_samples, summary.variance, summary.sample, "K-means")
     return ModelPlan(
         KMeansFamily(),
         lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed)),
@@ -379,7 +384,7 @@ default='k-means++'
         "n_clusters": positive_int,
         "max_iter": positive_int,
         "tol": non_negative_real,
-        "n_init": any_of(literal("auto"), positive_int),
+        "n_init": any_of(literal("auto"), restart_count),
         "init_sample_size": any_of(is_none, positive_int),
         **UPDATES_CONSTRAINTS,
     }
@@ -388,6 +393,7 @@ default='k-means++'
     tol_is_bound_change = False
     bound_name = "-inertia / n"
     _config_aliases: ClassVar[dict[str, str]] = {"n_components": "n_clusters"}
+    _params_type = KMeansParams
 
     def __init__(
         self,
@@ -583,10 +589,18 @@ default='k-means++'
         )
 
     def check_fitted_values(self) -> None:
-        """Centres of shape (n_clusters, n_features_in_), finite (see the base class)."""
+        """The base class's checks and a finite, non-negative ``inertia_``."""
         super().check_fitted_values()
+        if fitted_float(self, "inertia_") < 0:
+            raise ValueError(f"field 'inertia_' is {self.inertia_!r}, not >= 0")
+
+    def check_parameter_values(self) -> None:
+        """Centres of shape (n_clusters, n_features_in_), finite."""
         shape = (fitted_int(self, "n_clusters"), fitted_int(self, "n_features_in_"))
         fitted_array(self, "cluster_centers_", shape)
+
+    def _set_params(self, params: KMeansParams) -> None:
+        self.cluster_centers_ = params.centers
 
     @property
     def _n_features_out(self) -> int:
