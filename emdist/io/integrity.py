@@ -577,15 +577,23 @@ def _check_plain_chunks(array: zarr.Array[Any], where: str) -> None:
             raise IntegrityError(
                 f"{where}: chunk {_coords_name(coords)} {problem} ({path}); the store is damaged"
             )
-    if missing:
-        total = int(np.prod(grid, dtype=np.int64))
+    total = int(np.prod(grid, dtype=np.int64))
+    said = (where, missing, total)
+    if missing and said not in _SAID_MISSING:
+        # Once per store and count per process: a fit opens its data more than once.
+        _SAID_MISSING.add(said)
+        fill = array.fill_value
         warnings.warn(
             f"{where}: {missing} of {total} chunks are missing and read as the fill value "
-            f"{array.fill_value!r} (a store emdist did not write cannot tell a chunk never "
-            f"written from one lost); ingest it to get a verified copy",
+            f"{fill.item() if isinstance(fill, np.generic) else fill!r} (a store emdist did "
+            f"not write cannot tell a chunk never written from one lost); ingest it to get "
+            f"a verified copy",
             IntegrityWarning,
             stacklevel=3,
         )
+
+
+_SAID_MISSING: set[tuple[str, int, int]] = set()
 
 
 def check_metadata_files(path: str | os.PathLike[str]) -> None:
