@@ -494,7 +494,7 @@ def verify_array(array: zarr.Array[Any], where: str) -> bool:
         if marker is not None:
             raise IntegrityError(
                 f"{where}: emdist wrote it ({marker}) but its integrity record "
-                f"{RECORD_KEY!r} was removed from zarr.json; the store was edited: re-ingest it"
+                f"{RECORD_KEY!r} was removed from zarr.json; the store was edited: write it again"
             )
         _check_plain_chunks(array, where)
         return False
@@ -545,8 +545,7 @@ def verify_array(array: zarr.Array[Any], where: str) -> bool:
         if crcs is not None and int.from_bytes(tail, "little") != crcs[i]:
             raise IntegrityError(
                 f"{where}: chunk {_coords_name(coords)} does not hold the data written there "
-                f"({_what_it_holds(tail, expected, chunk_coords)}); the store is damaged "
-                f"(re-ingest it)"
+                f"({_what_it_holds(tail, expected, chunk_coords)}); the store is damaged"
             )
     return True
 
