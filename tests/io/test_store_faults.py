@@ -378,6 +378,19 @@ def test_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_checkpoint(
     assert sorted(p.name for p in small_disk.iterdir()) == ["ballast", "ckpt"]  # no lock left
 
 
+def test_new_checkpoint_with_room_for_its_lock_only_is_one_line(
+    small_disk: Path, X: np.ndarray
+) -> None:
+    # One free page: the lock file fits, the checkpoint's root metadata does not.
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "ballast").write_bytes(b"\0" * (free - 4096))
+    ckpt = small_disk / "ckpt"
+    with pytest.raises(DiskFullError, match=f"no space left on the device writing {ckpt}") as e:
+        fit(X, checkpoint=CheckpointStore(ckpt))
+    one_line(str(e.value))
+    assert not ckpt.exists()  # no half-made checkpoint for the next run to refuse as foreign
+
+
 # --------------------------------------------------------------------------------------------
 # a lock file that names no writer
 # --------------------------------------------------------------------------------------------
