@@ -149,11 +149,13 @@ def test_chunk_moved_within_the_store_is_refused(dataset: Path, case: str) -> No
     assert str(dataset) in str(info.value)
 
 
-RECORD_REMOVED = {
+RECORD_REMOVED: dict[str, Callable[[Path], Any]] = {
     "record only": lambda s: edit_meta(s, _drop_record),
     "and a chunk deleted": lambda s: (edit_meta(s, _drop_record), chunk(s, 2).unlink()),
-    "and the chunk shape edited": lambda s: (edit_meta(s, _drop_record), edit_meta(s, _chunk_shape)),
-    "and the dtype edited": lambda s: (edit_meta(s, _drop_record), edit_meta(s, _dtype)),
+    "and the chunk shape edited": lambda s: edit_meta(
+        s, lambda d: (_drop_record(d), _chunk_shape(d))
+    ),
+    "and the dtype edited": lambda s: edit_meta(s, lambda d: (_drop_record(d), _dtype(d))),
 }
 
 
