@@ -517,16 +517,22 @@ def verify_array(array: zarr.Array[Any], where: str) -> bool:
         )
     version = record.get("version")
     crcs = pinned_crcs(array)
-    if version != 1 and "chunk_crc32c" in record and (crcs is None or len(crcs) != array.nchunks):
-        raise IntegrityError(f"{where}: attribute {RECORD_KEY!r} field 'chunk_crc32c' is damaged")
+    local = array.shards is None and _chunk_file(array, (0,) * array.ndim) is not None
     if version == 1:
         warnings.warn(
             f"{where} was written by an older emdist (integrity record version 1): a chunk "
-            f"copied or moved within it cannot be detected; re-ingest it to get that check",
+            f"copied or moved within it cannot be detected; write it again (re-ingest, "
+            f"regenerate or re-save it) to get that check",
             IntegrityWarning,
             stacklevel=3,
         )
-    if array.shards is not None or _chunk_file(array, (0,) * array.ndim) is None:
+    elif (local or "chunk_crc32c" in record) and (crcs is None or len(crcs) != array.nchunks):
+        # seal() records the CRCs of every local, unsharded array it seals.
+        raise IntegrityError(
+            f"{where}: attribute {RECORD_KEY!r} field 'chunk_crc32c' is missing or damaged; "
+            f"the metadata was edited"
+        )
+    if not local:
         return True
     grid = _grid(array)
     expected = {int(c): i for i, c in enumerate(crcs)} if crcs is not None else {}

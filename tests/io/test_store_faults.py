@@ -177,6 +177,22 @@ def test_ingested_store_with_only_its_provenance_is_refused_without_record(
         fit(str(dataset))
 
 
+@pytest.mark.parametrize("edit", ["removed", "shortened", "not base64"])
+def test_record_whose_chunk_crcs_were_edited_is_refused(dataset: Path, edit: str) -> None:
+    def change(d: dict[str, Any]) -> None:
+        record = d["attributes"][RECORD_KEY]
+        if edit == "removed":
+            del record["chunk_crc32c"]
+        elif edit == "shortened":
+            record["chunk_crc32c"] = record["chunk_crc32c"][:8]
+        else:
+            record["chunk_crc32c"] = "not base64!"
+
+    edit_meta(dataset, change)
+    with pytest.raises(IntegrityError, match="field 'chunk_crc32c' is missing or damaged"):
+        fit(str(dataset))
+
+
 def test_record_of_version_1_is_read_with_a_warning(dataset: Path, X: np.ndarray) -> None:
     def to_v1(d: dict[str, Any]) -> None:
         record = d["attributes"][RECORD_KEY]
@@ -184,7 +200,7 @@ def test_record_of_version_1_is_read_with_a_warning(dataset: Path, X: np.ndarray
         record["version"] = 1
 
     edit_meta(dataset, to_v1)
-    with pytest.warns(IntegrityWarning, match="record version 1.*re-ingest"):
+    with pytest.warns(IntegrityWarning, match="record version 1.*write it again"):
         model = fit(str(dataset))
     np.testing.assert_allclose(model.means_, fit(X).means_, rtol=1e-9)
 
