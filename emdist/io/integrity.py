@@ -481,6 +481,12 @@ def verify_array(array: zarr.Array[Any], where: str) -> bool:
         removed from an array emdist wrote, or a declared size beyond :data:`MAX_CHUNKS`
         chunks or the memory limit per chunk.
     """
+    unit = array.shards or array.chunks
+    if any(int(c) < 1 for c in (*array.chunks, *unit)):
+        raise IntegrityError(
+            f"{where}: zarr.json declares chunk shape {tuple(array.chunks)}; a chunk needs at "
+            f"least one element along each axis: the metadata is damaged"
+        )
     check_declared_size(tuple(array.chunks), array.dtype, f"a chunk of {where}")
     record = array.attrs.get(RECORD_KEY)
     if record is None:

@@ -228,6 +228,17 @@ def _flip(store: Path) -> None:
     chunk(store, 2).write_bytes(bytes(data))
 
 
+@pytest.mark.parametrize("make", [make_plain, make_dataset], ids=["plain", "emdist"])
+def test_chunk_shape_edited_to_zero_is_one_line(
+    tmp_path: Path, X: np.ndarray, make: Callable[..., Path]
+) -> None:
+    store = make(tmp_path, X, None)
+    edit_meta(store, lambda d: d["chunk_grid"]["configuration"].update(chunk_shape=[0, 3]))
+    with pytest.raises(IntegrityError, match="chunk shape") as info:
+        fit(str(store))
+    one_line(str(info.value))
+
+
 UNDECODABLE = {
     "truncated": (lambda s: chunk(s, 2).write_bytes(chunk(s, 2).read_bytes()[:20]), None),
     "empty": (lambda s: chunk(s, 2).write_bytes(b""), None),
