@@ -590,7 +590,8 @@ def _check_plain_chunks(array: zarr.Array[Any], where: str) -> None:
             )
     total = int(np.prod(grid, dtype=np.int64))
     said = (where, missing, total)
-    if missing and said not in _SAID_MISSING:
+    # Only for data that can be fitted: other dtypes are refused right after this check.
+    if missing and said not in _SAID_MISSING and array.dtype.kind in "iuf":
         # Once per store and count per process: a fit opens its data more than once.
         _SAID_MISSING.add(said)
         fill = array.fill_value
