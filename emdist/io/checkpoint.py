@@ -417,26 +417,7 @@ class CheckpointStore:
                     f"{self.path} exists but is not an emdist checkpoint; choose another "
                     f"location or delete it"
                 )
-            # Created with its attributes in one metadata write: a kill can't leave a root
-            # group that says nothing (which the next run would refuse as foreign).
-            root = zarr.open_group(
-                str(self.path),
-                mode="w",
-                use_consolidated=False,
-                attributes={
-                    "format": FORMAT,
-                    "version": VERSION,
-                    "config": config_j,
-                    "fingerprint": fingerprint_j,
-                    "committed": [],
-                    # How many commits were made: `committed` may be empty only while this
-                    # is 0, so an emptied list is damage, not a fresh checkpoint.
-                    "commits": 0,
-                    # As a string: JSON numbers may lose 64-bit integers in other readers.
-                    "seed": str(seed),
-                },
-            )
-            self._root = root
+            self._root = self._create_root(config_j, fingerprint_j, seed)
             return None
         root = self._open_root(mode="r+")
         attrs = root.attrs.asdict()
@@ -767,6 +748,37 @@ class CheckpointStore:
         )
 
     # -- writing ---------------------------------------------------------------------------
+
+    def _create_root(self, config_j: Any, fingerprint_j: Any, seed: int) -> zarr.Group:
+        """Create the root group of a new checkpoint; a full disk is one line, nothing left."""
+        existed = self.path.exists()
+        try:
+            # Created with its attributes in one metadata write: a kill can't leave a root
+            # group that says nothing (which the next run would refuse as foreign).
+            return zarr.open_group(
+                str(self.path),
+                mode="w",
+                use_consolidated=False,
+                attributes={
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "config": config_j,
+                    "fingerprint": fingerprint_j,
+                    "committed": [],
+                    # How many commits were made: `committed` may be empty only while this
+                    # is 0, so an emptied list is damage, not a fresh checkpoint.
+                    "commits": 0,
+                    # As a string: JSON numbers may lose 64-bit integers in other readers.
+                    "seed": str(seed),
+                },
+            )
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            error = disk_full_error(self.path, None)
+            if not existed:  # an empty folder was checked above; a new one is removed
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise error from None
 
     def save(self, state: FitState) -> None:
         """Commit ``state`` atomically, then prune old states.

@@ -7,8 +7,13 @@ Column chunking is removed: every kernel needs whole rows.
 
 A Zarr array is verified before anything is read (:func:`emdist.io.integrity.verify_array`):
 one that emdist wrote must match the shape, chunks, dtype and chunk count it recorded and
-have every chunk file, and each chunk's CRC-32C is checked as it is read. Any array's
-declared chunk count and chunk size are bounded, so an edited header fails fast.
+have every chunk file holding the data recorded for its position, and each chunk's CRC-32C
+is checked as it is read. Any array's declared chunk count and chunk size are bounded, so an
+edited header fails fast.
+
+While a Dask array made here from an emdist store lives (a fit), it holds a shared lock on
+the store (:class:`emdist.io.locks.ReaderLock`), so that ``ingest(..., overwrite=True)`` of
+the same path is refused instead of replacing the data under the fit.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from dask.base import tokenize
 
 from emdist.exceptions import InvalidDataError, InvalidDataTypeError
 from emdist.io.chunking import read_block_rows
-from emdist.io.integrity import CheckedReader, verify_array
+from emdist.io.integrity import RECORD_KEY, CheckedReader, check_metadata_files, verify_array
+from emdist.io.locks import ReaderLock
 
 __all__ = [
     "as_dask_array",
@@ -78,6 +84,7 @@ def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array[Any]:
             f"emdist.io.ingest.ingest({os.fspath(path)!r}, 'data.zarr')",
             os.fspath(path),
         )
+    check_metadata_files(path)  # before zarr opens it: a named pipe would never return
     try:
         node = zarr.open(str(path), mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
@@ -248,13 +255,15 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
     InvalidDataError
         For data of the wrong rank or dtype, or with no rows.
     """
+    verified = False
     if isinstance(X, str | os.PathLike | Path):
         X = open_zarr_array(X)
+        verified = X.attrs.get(RECORD_KEY) is not None
     elif isinstance(X, zarr.Group):
         X = data_array_of_group(X, str(X.store_path))
-        verify_array(X, _where(X))
+        verified = verify_array(X, _where(X))
     elif isinstance(X, zarr.Array):
-        verify_array(X, _where(X))
+        verified = verify_array(X, _where(X))
     if isinstance(X, zarr.Array):
         validate_array_like(X.shape, X.dtype)
         stored_rows = (X.shards or X.chunks)[0]
@@ -263,10 +272,15 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
         chunks = (rows, X.shape[1])
         # As da.from_zarr does (same name, so graphs stay deterministic), but reading through
         # CheckedReader: a chunk failing its CRC-32C is reported with the store and rows.
+        reader = CheckedReader(X, _where(X))
+        root = getattr(X.store, "root", None)
+        if verified and root is not None:
+            # Held by the reader, so for as long as the graph reading it lives.
+            reader.hold(ReaderLock(root).acquire())
         return cast(
             da.Array,
             da.from_array(
-                CheckedReader(X, _where(X)),
+                reader,
                 chunks=chunks,
                 name="from-zarr-" + tokenize(X, chunks),
                 fancy=False,

@@ -26,7 +26,7 @@ from emdist.exceptions import ConvergenceWarning, InvalidDataError
 from emdist.io.atomic import DiskFullError, NotAnOutputError
 from emdist.io.checkpoint import CheckpointError, CheckpointStore
 from emdist.io.ingest import ingest
-from emdist.io.integrity import MAX_CHUNKS, IntegrityError, array_digest
+from emdist.io.integrity import MAX_CHUNKS, IntegrityError, array_digest, seal
 from emdist.io.locks import WriterLockedError
 from emdist.io.persistence import ModelFormatError, load_model, save_model
 from pipeline.cli import main as cli_main
@@ -368,10 +368,12 @@ def test_one_chunk_declared_larger_than_memory_fails_fast(tmp_path: Path) -> Non
 
 
 def rewrite(model: Path, name: str, change: Callable[[np.ndarray], np.ndarray]) -> None:
-    """Change an array and its SHA-256 together: only the value checks can catch this."""
+    """Change an array, its SHA-256 and its record together: only the value checks can catch
+    this."""
     arr = zarr.open_array(str(model / name), mode="r+")
     value = change(np.asarray(arr[...]).copy())
     arr[...] = value
+    seal(arr)  # the chunk's new CRC in the record, as a tamperer who knows the format would
     edit_attrs(model, lambda a: a["checksums"].update({name: array_digest(value)}))
 
 
@@ -442,6 +444,7 @@ def _model_delete_array(p: Path) -> None:
 def _model_value_without_checksum(p: Path) -> None:
     arr = zarr.open_array(str(p / "fitted" / "means_"), mode="r+")
     arr[0, 0] = 1e6
+    seal(arr)  # its record follows the new chunk; the model's SHA-256 does not
 
 
 def _model_shape_edited(p: Path) -> None:
