@@ -49,7 +49,7 @@ import zarr
 
 from emdist._typing import AnyArray, FloatArray
 from emdist.exceptions import EmdistError, EmdistWarning, InvalidParameterError
-from emdist.io.atomic import disk_full_error, is_disk_full
+from emdist.io.disk import disk_full_error, is_disk_full
 from emdist.io.integrity import (
     UnsafeNameError,
     check_contained,

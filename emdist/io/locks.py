@@ -15,7 +15,7 @@ A lock file appears with its content in one step (written to a hidden temporary 
 hard-linked to ``<path>.lock``, which fails if it exists), so a lock file that does not parse
 as a writer (empty, a list, a pid that is not a positive integer) was left by no live writer:
 it is stale, and taken over with a warning naming it. A full disk while writing the lock is
-one :class:`~emdist.io.atomic.DiskFullError` line, and leaves no lock file behind.
+one :class:`~emdist.io.disk.DiskFullError` line, and leaves no lock file behind.
 
 Readers of an emdist dataset (a running fit) hold a *shared* lock: a file
 ``<path>.read-<token>.lock`` each (:class:`ReaderLock`). Replacing the dataset
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from emdist.exceptions import EmdistError, EmdistWarning
+from emdist.io.disk import disk_full_error
 
 __all__ = [
     "ReaderLock",
@@ -108,9 +109,6 @@ def _create_with(path: Path, doc: dict[str, Any]) -> bool:
 def _disk_full(path: Path, exc: OSError) -> None:
     """Raise a one-line DiskFullError for ``exc`` if it is ``ENOSPC``/``EDQUOT``."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, EmdistError):
-        # Imported here: atomic.py imports this module.
-        from emdist.io.atomic import disk_full_error
-
         raise disk_full_error(path, None) from None
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import zarr
 
 from emdist.exceptions import FeatureNamesWarning, InvalidDataError, InvalidDataTypeError
+from emdist.io.integrity import check_metadata_files
 from emdist.io.sources import DATA_ARRAY_NAME
 
 __all__ = ["check_feature_names", "feature_names_of", "reset_feature_names"]
@@ -55,6 +56,8 @@ def _store_names(X: Any) -> list[Any] | None:
     node: Any = X
     if isinstance(X, str | os.PathLike):
         try:
+            # Before zarr opens it: a metadata file that is a named pipe would never return.
+            check_metadata_files(X)
             node = zarr.open(os.fspath(X), mode="r")
         except Exception:
             return None
