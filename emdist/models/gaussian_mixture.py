@@ -11,7 +11,8 @@ import numpy as np
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.engine.data import FitData
-from emdist.engine.em import ModelPlan, Observer
+from emdist.engine.acceleration import ACCELERATIONS, AcceleratedSchedule
+from emdist.engine.em import BATCH, ModelPlan, Observer, Schedule
 from emdist.engine.reduce import map_reduce
 from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
@@ -29,11 +30,13 @@ from emdist.kernels.mixture import (
     mixture_log_prob_chunk,
     mixture_mstep,
 )
+from emdist.kernels.mixture_vector import mixture_from_vector, mixture_to_vector
 from emdist.kernels.rebase import mixture_expected_log_lik, rebase_mixture_stats
 from emdist.kernels.rows import RowBlock
 from emdist.models._criteria import KernelStep, log_lik_sum_chunk, pass_data
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
+from emdist.models._validation import Constraint, any_of, is_none, one_of
 from emdist.registry import register_family
 
 __all__ = ["GaussianMixture", "GaussianMixtureFamily", "initial_mixture_params"]
@@ -92,6 +95,16 @@ class GaussianMixtureFamily:
     def free_energy(self, stats: MixtureStats, entropy: float, params: MixtureParams) -> float:
         """``(E_r[log p(X, Z | params)] + H(r)) / n`` for the responsibilities behind ``stats``."""
         return (mixture_expected_log_lik(stats, params, self.covariance_type) + entropy) / stats.n
+
+    # -- accelerated EM (emdist.engine.acceleration) ------------------------------------
+
+    def to_vector(self, params: MixtureParams) -> FloatArray:
+        """Log-weights, means and covariances as one vector."""
+        return mixture_to_vector(params)
+
+    def from_vector(self, vector: FloatArray, like: MixtureParams) -> MixtureParams | None:
+        """Parameters from a vector, projected (simplex, covariances >= ``reg_covar``)."""
+        return mixture_from_vector(vector, like, self.covariance_type, self.reg_covar)
 
 
 def initial_mixture_params(
@@ -210,6 +223,10 @@ class GaussianMixture(BaseMixture):
     n_features_in_ : int
     """
 
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        **BaseMixture._parameter_constraints,
+        "acceleration": any_of(is_none, one_of(ACCELERATIONS)),
+    }
     _convergence_quantity = "change of the mean log-likelihood"
     bound_name = "mean log-likelihood per sample"
 
@@ -233,6 +250,7 @@ class GaussianMixture(BaseMixture):
         n_shards: int = 8,
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
+        acceleration: str | None = None,
     ) -> None:
         super().__init__(
             n_components=n_components,
@@ -253,6 +271,7 @@ class GaussianMixture(BaseMixture):
         self.weights_init = weights_init
         self.means_init = means_init
         self.precisions_init = precisions_init
+        self.acceleration = acceleration
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
         """Fit the model, one pass over the data per iteration.
@@ -273,6 +292,13 @@ class GaussianMixture(BaseMixture):
         self
         """
         return self._fit(X, sample_weight)
+
+    def _schedule(self) -> Schedule:
+        """Batch EM, accelerated batch EM (``acceleration``) or incremental EM (``updates``)."""
+        schedule = super()._schedule()
+        if schedule is BATCH and self.acceleration is not None:
+            return AcceleratedSchedule(self.acceleration)
+        return schedule
 
     def _family(self) -> GaussianMixtureFamily:
         return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar))
