@@ -66,6 +66,11 @@ def fit(
     return list(model.lower_bounds_), seconds, time.perf_counter() - start
 
 
+def ratio(values: list[float], plain: list[float]) -> str:
+    """Median of the per-seed ratios ``values / plain``."""
+    return f"{median([a / b for a, b in zip(values, plain, strict=True)]):.2f}"
+
+
 def first_within(history: list[float], target: float) -> int:
     """1-based pass whose bound first reaches ``target`` (``len + 1`` if none does)."""
     hits = np.flatnonzero(np.asarray(history) >= target)
@@ -114,14 +119,13 @@ def main() -> None:
             plain = per[None]
             for v in variants:
                 m = per[v]
-                ratios = [a / b for a, b in zip(m["passes"], plain["passes"], strict=True)]
                 mem_rows.append(
                     [
                         f"{ct} K={k}",
                         name[v],
                         " ".join(str(int(p)) for p in m["passes"]),
-                        f"{median(ratios):.2f}",
-                        f"{median([a / b for a, b in zip(m['secs'], plain['secs'], strict=True)]):.2f}",
+                        ratio(m["passes"], plain["passes"]),
+                        ratio(m["secs"], plain["secs"]),
                         f"{min(m['final']):.1e}",
                     ]
                 )
@@ -130,8 +134,8 @@ def main() -> None:
                         f"{ct} K={k}",
                         name[v],
                         " ".join(f"{r:.0f}" for r in m["reads"]),
-                        f"{median([a / b for a, b in zip(m['reads'], plain['reads'], strict=True)]):.2f}",
-                        f"{median([a / b for a, b in zip(m['wall'], plain['wall'], strict=True)]):.2f}",
+                        ratio(m["reads"], plain["reads"]),
+                        ratio(m["wall"], plain["wall"]),
                     ]
                 )
             print(f"done {ct}", flush=True)

@@ -19,8 +19,9 @@ its statistics give both the point's bound and its EM step. The passes alternate
   already gave, so a rejection costs exactly its one pass.
 
 ``step_max`` starts at 4 and grows 4x when the step length reached it and the proposal was
-accepted; a rejection divides it by 4 (not below 1, where the next EM pass allows 4 again). The **bound history** has one entry
-per pass: the accepted bound (a rejected pass repeats it), so it never decreases and its
+accepted; a rejection divides it by 4 (not below 1, where the next EM pass allows 4 again).
+
+The **bound history** has one entry per pass: the accepted bound (a rejected pass repeats it), so it never decreases and its
 length counts the passes. **Convergence** is tested on EM passes only, as batch EM tests
 it: the change of the bound from the accepted point to its EM step below ``tol``. The
 restart's parameters are always the EM step of its last accepted point (as batch EM's:
@@ -53,7 +54,7 @@ S = TypeVar("S")
 ACCELERATIONS = ("squarem", "overrelax")
 
 # Growth of the over-relaxation factor after an accepted step.
-_RELAX_GROWTH = float(__import__("os").environ.get("RELAX_GROWTH", "1.5"))
+_RELAX_GROWTH = 1.2
 
 # Growth (and shrink) factor of the largest step length (SQUAREM's ``mstep``).
 _STEP_FACTOR = 4.0
@@ -74,9 +75,7 @@ class AcceleratedFamily(ModelFamily[P, S], Protocol):
         ...
 
 
-def squarem_step(
-    x0: Any, x1: Any, x2: Any, step_max: float
-) -> tuple[Any, float]:
+def squarem_step(x0: Any, x1: Any, x2: Any, step_max: float) -> tuple[Any, float]:
     """SQUAREM's proposal from three EM iterates (``x1 = M(x0)``, ``x2 = M(x1)``).
 
     Returns the proposal and the step length ``α`` in ``[1, step_max]`` (S3:
@@ -140,9 +139,11 @@ class AcceleratedSchedule:
         carry = saved.carry
         try:
             flags = np.asarray(carry["steps"], dtype=np.float64)
-            point = {k.removeprefix("point/"): v for k, v in carry.items() if k.startswith("point/")}
+            point = {
+                k.removeprefix("point/"): v for k, v in carry.items() if k.startswith("point/")
+            }
             base = {k.removeprefix("base/"): v for k, v in carry.items() if k.startswith("base/")}
-            params_type = type(run.params)
+            params_type: Any = type(run.params)
             run.carry = _Squarem(
                 point=params_type(**point),
                 em_step=bool(flags[0]),

@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
-from emdist.engine.data import FitData
 from emdist.engine.acceleration import ACCELERATIONS, AcceleratedSchedule
+from emdist.engine.data import FitData
 from emdist.engine.em import BATCH, ModelPlan, Observer, Schedule
 from emdist.engine.reduce import map_reduce
 from emdist.exceptions import InvalidParameterError
