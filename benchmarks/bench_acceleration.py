@@ -36,7 +36,13 @@ from benchmarks._common import (
 )
 
 #: (covariance type, components fitted, components generated, features)
-CASES = [("diag", 6, 8, 8), ("full", 8, 8, 6), ("tied", 6, 8, 8), ("spherical", 6, 8, 8)]
+CASES = [
+    ("diag", 6, 8, 8),
+    ("full", 8, 8, 6),
+    ("full", 16, 16, 16),
+    ("tied", 6, 8, 8),
+    ("spherical", 6, 8, 8),
+]
 
 
 def fit(
@@ -95,7 +101,7 @@ def main() -> None:
     with scratch_dir() as tmp:
         for ct, k, k_data, d in [c for c in CASES if c[0] in args.cases]:
             X = make_blobs(args.n, d, k_data, seed=0)
-            path = str(tmp / f"{ct}.zarr")
+            path = str(tmp / f"{ct}{k}.zarr")
             write_zarr(path, args.n, d, chunk_rows=args.chunk_rows, fill=X)
             n_chunks = -(-args.n // args.chunk_rows)
             per: dict[str | None, dict[str, list[float]]] = {

@@ -1,31 +1,36 @@
-"""Accelerated EM: squared extrapolation (SQUAREM) at one pass over the data per proposal.
+"""Accelerated EM: extrapolation along EM steps, at one pass over the data per proposal.
 
 Near convergence EM is a linear iteration whose rate is the largest fraction of missing
-information: on overlapping mixtures it crawls. SQUAREM (Varadhan & Roland 2008, step
-length "S3") extrapolates along two consecutive EM steps ``r = θ1 - θ0``,
-``v = (θ2 - θ1) - r`` (``θ1 = M(θ0)``, ``θ2 = M(θ1)``, ``M`` the EM map)::
+information: on overlapping mixtures it crawls. Two accelerations, chosen by the
+estimators' ``acceleration`` parameter:
 
-    α = ||r|| / ||v||,  clipped to [1, step_max]
-    θ' = θ0 + 2 α r + α² v          (α = 1: θ' = θ2, plain EM)
+- ``"squarem"``: squared extrapolation (Varadhan & Roland 2008, step length "S3") along
+  two consecutive EM steps ``r = θ1 - θ0``, ``v = (θ2 - θ1) - r`` (``θ1 = M(θ0)``,
+  ``θ2 = M(θ1)``, ``M`` the EM map): ``α = ||r|| / ||v||`` clipped to ``[1, step_max]``,
+  ``θ' = θ0 + 2 α r + α² v`` (``α = 1`` gives ``θ2``, plain EM). ``step_max`` starts at
+  4, grows 4x when an accepted proposal reached it, and a rejection divides it by 4 (not
+  below 1; the next EM pass then allows 4 again).
+- ``"overrelax"``: adaptive over-relaxation (Salakhutdinov & Roweis 2003):
+  ``θ' = θ + η (M(θ) - θ)``, ``η`` grown 1.2x after every accepted pass, back to 1 (a
+  plain EM step) after a rejection.
 
-Out of core what counts is passes, not iterations, so every pass evaluates one point:
-its statistics give both the point's bound and its EM step. The passes alternate:
+Out of core what counts is passes, not iterations, so every pass evaluates one point: its
+statistics give both the point's bound and its EM step. A proposal is accepted when its
+bound is at least the accepted one; else the next pass evaluates the EM step of the
+accepted point (known from the pass that evaluated it), so a rejection costs exactly its
+one pass. SQUAREM alternates an *EM pass* at ``θ1 = M(θ0)`` (whose EM step ``θ2`` gives
+the extrapolation) and a *proposal pass*; over-relaxation proposes after every accepted
+pass. Proposals are made in the family's vector space and projected back onto the
+parameter space (:meth:`AcceleratedFamily.from_vector`).
 
-- an **EM pass** at ``θ1 = M(θ0)`` (``θ0`` the last accepted point): its bound and
-  ``θ2 = M(θ1)`` give the extrapolation, projected onto the parameter space (the family's
-  :meth:`AcceleratedFamily.from_vector`);
-- a **proposal pass** at ``θ'``: accepted when its bound is at least the accepted one,
-  else rejected; then the next pass is the EM pass at ``θ2 = M(θ1)``, which the EM pass
-  already gave, so a rejection costs exactly its one pass.
-
-``step_max`` starts at 4 and grows 4x when the step length reached it and the proposal was
-accepted; a rejection divides it by 4 (not below 1, where the next EM pass allows 4 again).
-
-The **bound history** has one entry per pass: the accepted bound (a rejected pass repeats it), so it never decreases and its
-length counts the passes. **Convergence** is tested on EM passes only, as batch EM tests
-it: the change of the bound from the accepted point to its EM step below ``tol``. The
-restart's parameters are always the EM step of its last accepted point (as batch EM's:
-the parameters after the last M-step), its bound that point's.
+- **Bound history**: one entry per pass, the accepted bound (a rejected pass repeats it),
+  so it never decreases and its length counts the passes.
+- **Convergence**: the family's test on the change of the bound from one accepted point
+  to the next — for SQUAREM only on EM passes (an accepted point to its EM step), as
+  batch EM tests it.
+- **Result**: the restart's parameters are the EM step of its last accepted point (as
+  batch EM's: the parameters after the last M-step); its bound is that point's, the best
+  evaluated.
 
 Restarts run side by side and K sweeps share passes as batch EM's do; the checkpoint's
 ``carry`` holds the next point, the accepted point and the step state, so a resumed fit
@@ -99,7 +104,7 @@ class _Squarem:
     em_step: bool = True
     #: The last accepted point (``None`` before the first pass).
     base: Any = None
-    #: Largest step length allowed.
+    #: SQUAREM: the largest step length allowed; over-relaxation: the factor ``η``.
     step_max: float = _STEP_FACTOR
     #: Step length of the pending proposal.
     alpha: float = 1.0
@@ -107,19 +112,23 @@ class _Squarem:
 
 @dataclass(frozen=True)
 class AcceleratedSchedule:
-    """Batch EM accelerated by SQUAREM, as a schedule of the EM driver.
+    """Batch EM accelerated by SQUAREM or over-relaxation, as a schedule of the EM driver.
 
     Restarts run side by side (one pass serves every running restart and the fits of a K
     sweep); each pass evaluates one point per restart. ``max_iter`` counts passes. The
     family must be an :class:`AcceleratedFamily`.
+
+    Attributes
+    ----------
+    method : {'squarem', 'overrelax'}
     """
+
+    method: str = "squarem"
 
     @property
     def side_by_side(self) -> bool:
         """True: every pass feeds every running restart."""
         return True
-
-    method: str = "squarem"
 
     def bind(self, X: PassData, seed: int) -> AcceleratedSchedule:
         """Itself: nothing depends on the data."""

@@ -209,17 +209,30 @@ class GaussianMixture(BaseMixture):
         Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
     {{updates}}
     {{fit_hooks}}
+    acceleration : {'squarem', 'overrelax'} or None, default=None
+        Accelerated EM with ``updates='batch'`` (:mod:`emdist.engine.acceleration`): every
+        pass evaluates one point, an EM iterate or an extrapolation along EM steps
+        (``'squarem'``: squared extrapolation, ``'overrelax'``: adaptive over-relaxation),
+        projected onto the parameter space; a proposal whose bound would drop is rejected
+        and the next pass takes the plain EM step, so the bound history never decreases.
+        ``None``: plain EM, scikit-learn's iterations.
 
     Attributes
     ----------
     weights_, means_, covariances_, precisions_, precisions_cholesky_ : ndarray
     converged_ : bool
+        Whether the change of the bound from one accepted point to its EM step fell below
+        ``tol`` (every iteration of plain EM).
     n_iter_ : int
+        Passes over the data of the best restart (with acceleration, rejected proposals
+        included).
     lower_bound_ : float
         Mean log-likelihood per sample of the parameters before the last M-step (as
-        scikit-learn).
+        scikit-learn); with acceleration, of the last accepted point, the best evaluated;
+        the fitted parameters are its EM step.
     lower_bounds_ : list of float
-        ``lower_bound`` per iteration of the best restart.
+        ``lower_bound`` per iteration (pass) of the best restart; a pass whose proposal
+        was rejected repeats the accepted bound.
     n_features_in_ : int
     """
 
@@ -296,9 +309,14 @@ class GaussianMixture(BaseMixture):
     def _schedule(self) -> Schedule:
         """Batch EM, accelerated batch EM (``acceleration``) or incremental EM (``updates``)."""
         schedule = super()._schedule()
-        if schedule is BATCH and self.acceleration is not None:
-            return AcceleratedSchedule(self.acceleration)
-        return schedule
+        if self.acceleration is None:
+            return schedule
+        if schedule is not BATCH:
+            raise InvalidParameterError(
+                f"acceleration={self.acceleration!r} needs updates='batch'; "
+                f"got updates={self.updates!r}"
+            )
+        return AcceleratedSchedule(self.acceleration)
 
     def _family(self) -> GaussianMixtureFamily:
         return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar))

@@ -238,3 +238,9 @@ def test_unknown_acceleration_is_refused_before_any_read(tmp_path: Any) -> None:
     missing = tmp_path / "nothing.zarr"
     with pytest.raises(InvalidParameterError, match="acceleration"):
         emdist.GaussianMixture(2, acceleration="anderson").fit(str(missing))
+
+
+def test_acceleration_with_incremental_updates_is_refused_before_any_read(tmp_path: Any) -> None:
+    missing = tmp_path / "nothing.zarr"
+    with pytest.raises(InvalidParameterError, match="acceleration='squarem' needs updates"):
+        emdist.GaussianMixture(2, acceleration="squarem", updates="incremental").fit(str(missing))
