@@ -45,12 +45,19 @@ from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
-from emdist.engine.em import FitSpec, IterationState, ModelFamily, Pass, Run
+from emdist.engine.em import BATCH, FitSpec, IterationState, ModelFamily, Pass, Run, Schedule
 from emdist.engine.reduce import PassData
 from emdist.engine.restarts import param_arrays
+from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointError, RestartState
 
-__all__ = ["ACCELERATIONS", "AcceleratedFamily", "AcceleratedSchedule", "squarem_step"]
+__all__ = [
+    "ACCELERATIONS",
+    "AcceleratedFamily",
+    "AcceleratedSchedule",
+    "accelerated",
+    "squarem_step",
+]
 
 P = TypeVar("P")
 S = TypeVar("S")
@@ -78,6 +85,17 @@ class AcceleratedFamily(ModelFamily[P, S], Protocol):
         ``None`` when no valid parameters are near ``vector`` (then EM steps instead).
         """
         ...
+
+
+def accelerated(schedule: Schedule, acceleration: str | None, updates: str) -> Schedule:
+    """An estimator's schedule with its ``acceleration`` (batch EM only; else one-line error)."""
+    if acceleration is None:
+        return schedule
+    if schedule is not BATCH:
+        raise InvalidParameterError(
+            f"acceleration={acceleration!r} needs updates='batch'; got updates={updates!r}"
+        )
+    return AcceleratedSchedule(acceleration)
 
 
 def squarem_step(x0: Any, x1: Any, x2: Any, step_max: float) -> tuple[Any, float]:

@@ -21,8 +21,14 @@ from emdist._typing import CovarianceType, FloatArray
 from emdist.exceptions import FitError
 from emdist.kernels.gaussian import compute_precision_cholesky
 from emdist.kernels.mixture import MixtureParams
+from emdist.kernels.variational import VariationalParams
 
-__all__ = ["mixture_from_vector", "mixture_to_vector"]
+__all__ = [
+    "mixture_from_vector",
+    "mixture_to_vector",
+    "variational_from_vector",
+    "variational_to_vector",
+]
 
 # Least eigenvalue of a projected covariance relative to its largest, when reg_covar is 0:
 # keeps the Cholesky factor of the precision finite.
@@ -81,6 +87,16 @@ def mixture_from_vector(
     # The least weight an M-step gives is about 10 eps of a row: keep every component alive.
     w = np.maximum(w / w.sum(), 10 * np.finfo(np.float64).eps)
     weights = w / w.sum()
+    projected = _project_covariances(covs, covariance_type, reg_covar)
+    if projected is None:
+        return None
+    return MixtureParams(weights, means, *projected)
+
+
+def _project_covariances(
+    covs: FloatArray, covariance_type: CovarianceType, reg_covar: float
+) -> tuple[FloatArray, FloatArray] | None:
+    """Covariances with eigenvalues (variances) >= the floor, and their precision factors."""
     if covariance_type in ("full", "tied"):
         covs = _floor_eigenvalues(covs, reg_covar)
     else:
@@ -92,4 +108,60 @@ def mixture_from_vector(
         return None
     if not np.all(np.isfinite(prec_chol)):
         return None
-    return MixtureParams(weights, means, covs, prec_chol)
+    return covs, prec_chol
+
+
+def variational_to_vector(params: VariationalParams) -> FloatArray:
+    """The variational posterior as one vector.
+
+    ``[log concentrations, log β, means, log(ν - d + 1), covariances]``: the positive
+    parameters by their logarithms (``ν > d - 1`` for the Wishart's expectations).
+    """
+    d = params.means.shape[1]
+    return np.concatenate(
+        [
+            np.log(params.weight_concentration).ravel(),
+            np.log(params.mean_precision),
+            params.means.ravel(),
+            np.log(np.atleast_1d(params.degrees_of_freedom) - (d - 1)),
+            params.covariances.ravel(),
+        ]
+    )
+
+
+def variational_from_vector(
+    vector: FloatArray, like: VariationalParams, covariance_type: CovarianceType, reg_covar: float
+) -> VariationalParams | None:
+    """A posterior from :func:`variational_to_vector`'s layout, projected onto valid ones.
+
+    ``None`` when the vector has a non-finite entry or a covariance cannot be made positive
+    definite with a finite precision factor.
+    """
+    if not np.all(np.isfinite(vector)):
+        return None
+    K, d = like.means.shape
+    sizes = [
+        like.weight_concentration.size,
+        K,
+        K * d,
+        np.atleast_1d(like.degrees_of_freedom).size,
+        like.covariances.size,
+    ]
+    parts = np.split(vector, np.cumsum(sizes)[:-1])
+    with np.errstate(over="ignore"):
+        concentration = np.exp(parts[0]).reshape(like.weight_concentration.shape)
+        precision = np.exp(parts[1])
+        dof = (np.exp(parts[3]) + (d - 1)).reshape(np.shape(like.degrees_of_freedom))
+    if not (
+        np.all(np.isfinite(concentration) & (concentration > 0))
+        and np.all(np.isfinite(precision) & (precision > 0))
+        and np.all(np.isfinite(dof) & (dof > d - 1))
+    ):
+        return None
+    covs = parts[4].reshape(like.covariances.shape).copy()
+    projected = _project_covariances(covs, covariance_type, reg_covar)
+    if projected is None:
+        return None
+    return VariationalParams(
+        concentration, precision, parts[2].reshape(K, d).copy(), np.asarray(dof), *projected
+    )

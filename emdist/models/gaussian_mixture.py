@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
-from emdist.engine.acceleration import ACCELERATIONS, AcceleratedSchedule
+from emdist.engine.acceleration import ACCELERATIONS, accelerated
 from emdist.engine.data import FitData
-from emdist.engine.em import BATCH, ModelPlan, Observer, Schedule
+from emdist.engine.em import ModelPlan, Observer, Schedule
 from emdist.engine.reduce import map_reduce
 from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
@@ -308,15 +308,7 @@ class GaussianMixture(BaseMixture):
 
     def _schedule(self) -> Schedule:
         """Batch EM, accelerated batch EM (``acceleration``) or incremental EM (``updates``)."""
-        schedule = super()._schedule()
-        if self.acceleration is None:
-            return schedule
-        if schedule is not BATCH:
-            raise InvalidParameterError(
-                f"acceleration={self.acceleration!r} needs updates='batch'; "
-                f"got updates={self.updates!r}"
-            )
-        return AcceleratedSchedule(self.acceleration)
+        return accelerated(super()._schedule(), self.acceleration, self.updates)
 
     def _family(self) -> GaussianMixtureFamily:
         return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar))

@@ -1,5 +1,7 @@
 """Accelerated EM (``acceleration='squarem'`` / ``'overrelax'``): the engine's promises.
 
+GaussianMixture throughout, BayesianGaussianMixture for the bound, optimum and resume.
+
 - a proposal lands on valid parameters whatever the vector (simplex, covariances >= reg);
 - the bound history never decreases, for every covariance type, and the reported bound is
   the best evaluated one;
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any
 
 import dask.array as da
@@ -26,7 +29,12 @@ from emdist.engine.data import compute_context
 from emdist.engine.em import run_restarts
 from emdist.exceptions import InvalidParameterError
 from emdist.kernels import MixtureParams, compute_precision_cholesky
-from emdist.kernels.mixture_vector import mixture_from_vector, mixture_to_vector
+from emdist.kernels.mixture_vector import (
+    mixture_from_vector,
+    mixture_to_vector,
+    variational_from_vector,
+    variational_to_vector,
+)
 from tests.conftest import COVARIANCE_TYPES, overlapping_data
 
 METHODS = ("squarem", "overrelax")
@@ -84,6 +92,34 @@ def test_a_wild_vector_lands_on_valid_parameters(covariance_type: str) -> None:
         compute_precision_cholesky(params.covariances, covariance_type),  # type: ignore[arg-type]
     )
     assert mixture_from_vector(vector * np.nan, like, covariance_type, reg) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_a_wild_vector_lands_on_a_valid_variational_posterior(covariance_type: str) -> None:
+    est = emdist.BayesianGaussianMixture(
+        3, covariance_type=covariance_type, max_iter=3, random_state=0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(_data())
+    like = est._params()
+    rng = np.random.default_rng(1)
+    vector = variational_to_vector(like) + rng.normal(
+        scale=30, size=variational_to_vector(like).size
+    )
+    params = variational_from_vector(vector, like, covariance_type, 1e-6)  # type: ignore[arg-type]
+    assert params is not None
+    d = like.means.shape[1]
+    assert np.all(params.weight_concentration > 0) and np.all(params.mean_precision > 0)
+    assert np.all(params.degrees_of_freedom > d - 1)
+    assert_allclose(
+        params.precisions_cholesky,
+        compute_precision_cholesky(params.covariances, covariance_type),  # type: ignore[arg-type]
+    )
+    back = variational_from_vector(variational_to_vector(like), like, covariance_type, 1e-6)  # type: ignore[arg-type]
+    assert back is not None
+    assert_allclose(back.degrees_of_freedom, like.degrees_of_freedom, rtol=1e-12)
+    assert_allclose(back.covariances, like.covariances, rtol=1e-9)
 
 
 def test_valid_parameters_round_trip_through_the_vector() -> None:
@@ -244,3 +280,56 @@ def test_acceleration_with_incremental_updates_is_refused_before_any_read(tmp_pa
     missing = tmp_path / "nothing.zarr"
     with pytest.raises(InvalidParameterError, match="acceleration='squarem' needs updates"):
         emdist.GaussianMixture(2, acceleration="squarem", updates="incremental").fit(str(missing))
+
+
+# --- the variational mixture ----------------------------------------------------------------
+
+
+def _bgmm(**kw: Any) -> emdist.BayesianGaussianMixture:
+    base: dict[str, Any] = {
+        "n_components": 5,
+        "init_params": "k-means++",
+        "tol": 1e-7,
+        "max_iter": 300,
+        "random_state": 0,
+        "prefit_on_sample": False,
+    }
+    return emdist.BayesianGaussianMixture(**{**base, **kw})
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_variational_bound_never_decreases_and_reaches_plain_optimum(
+    covariance_type: str, method: str
+) -> None:
+    plain = _bgmm(covariance_type=covariance_type, acceleration=None).fit(_data())
+    fast = _bgmm(covariance_type=covariance_type, acceleration=method).fit(_data())
+    bounds = np.asarray(fast.lower_bounds_)
+    assert fast.converged_ and len(bounds) == fast.n_iter_
+    assert np.all(np.diff(bounds) >= 0), np.diff(bounds).min()
+    assert fast.lower_bound_ == bounds.max()
+    assert fast.n_iter_ < plain.n_iter_, (fast.n_iter_, plain.n_iter_)
+    assert fast.lower_bound_ > plain.lower_bound_ - 1e-6
+
+
+@pytest.mark.filterwarnings("ignore::emdist.ConvergenceWarning")
+def test_killed_accelerated_variational_fit_resumes_bit_for_bit(tmp_path: Any) -> None:
+    make = functools.partial(
+        _bgmm, covariance_type="diag", n_init=2, tol=0.0, max_iter=12, acceleration="squarem"
+    )
+    X = da.from_array(_data(), chunks=(100, 3))
+    reference = make().fit(X)
+
+    def stop(state: emdist.IterationState) -> None:
+        if (state.restart, state.iteration) == (1, 5):
+            raise Stop
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Stop):
+        make(checkpoint=str(ckpt), observer=stop).fit(X)
+    seen: list[tuple[int, int]] = []
+    resumed = make(
+        checkpoint=str(ckpt), observer=lambda s: seen.append((s.restart, s.iteration))
+    ).fit(X)
+    assert (1, 6) in seen and (1, 5) not in seen
+    _assert_bitwise(_fitted(reference), _fitted(resumed))  # type: ignore[arg-type]
