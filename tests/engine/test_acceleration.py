@@ -333,3 +333,19 @@ def test_killed_accelerated_variational_fit_resumes_bit_for_bit(tmp_path: Any) -
     ).fit(X)
     assert (1, 6) in seen and (1, 5) not in seen
     _assert_bitwise(_fitted(reference), _fitted(resumed))  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore::emdist.ConvergenceWarning")
+def test_a_k_sweep_of_accelerated_fits_shares_passes_and_equals_fits_alone() -> None:
+    X = da.from_array(_data(), chunks=(100, 3))
+    make = functools.partial(_gmm, tol=1e-6, max_iter=50, n_init=2)
+    sweep = [make(n_components=k, acceleration=m) for k, m in ((2, "squarem"), (3, "overrelax"))]
+    sweep.append(_bgmm(n_components=4, acceleration="squarem", max_iter=50))
+    emdist.fit_shared(sweep, X)
+    alone = [
+        make(n_components=2, acceleration="squarem"),
+        make(n_components=3, acceleration="overrelax"),
+    ]
+    alone.append(_bgmm(n_components=4, acceleration="squarem", max_iter=50))
+    for shared, single in zip(sweep, alone, strict=True):
+        _assert_bitwise(_fitted(shared), _fitted(single.fit(X)))  # type: ignore[arg-type]
