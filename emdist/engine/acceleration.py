@@ -260,6 +260,8 @@ class AcceleratedSchedule:
         state.base, state.point, state.em_step = point, step, True
         if self.method == "overrelax":
             state.step_max = eta = 1.0 if base is None else state.step_max * _RELAX_GROWTH
+            if eta <= 1.0:
+                return
             x, m = family.to_vector(point), family.to_vector(step)
             relaxed = family.from_vector(x + eta * (m - x), step)
             if relaxed is not None:
