@@ -1,5 +1,6 @@
 # Two commands a fresh machine needs: `make demo` and `make test` (`make test-quick`: the
-# tests that start no service: no Prefect server, flow, emdist process or Dask scheduler).
+# tests that start no process or cluster: no Prefect server, flow, emdist process or Dask
+# cluster; the `service` marker is set by fixture in tests/conftest.py).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,7 +13,7 @@ export DO_NOT_TRACK := 1
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[pipeline,test]'
 	touch $@
 
 venv: $(BIN)/.installed
@@ -25,17 +26,24 @@ lint: venv
 	$(BIN)/ruff format --check emdist pipeline flows tests benchmarks deploy
 	$(BIN)/mypy
 
-# Everything, also tests/system/test_real_deploy.py (root + Debian packages: see .ci/run).
+# Debian packages of tests/system/test_real_deploy.py: installed when missing, as root only
+# (elsewhere those tests are skipped, saying what is missing).
+ENSURE_PACKAGES = if [ "$$(id -u)" -eq 0 ]; then tools/ensure-debian-packages; fi
+
+# Everything. As root, also deploy/ for real (SLURM, Docker) and the full-disk tests.
 test: lint
+	$(ENSURE_PACKAGES)
 	$(BIN)/python -m pytest -q
 
-# The quick subset: no services (Prefect, flows, CLI processes), no SLURM or Docker.
+# The quick loop: no process or cluster started (Prefect, flows, CLI, Dask), nothing slow.
 test-quick: venv
 	$(BIN)/python -m pytest -q -m "not slow and not service and not real_deploy"
 
-# deploy/ for real: a one-node SLURM cluster and the compose stack in Docker (as root).
+# deploy/ for real: a one-node SLURM cluster and the compose stack in Docker (as root:
+# `sudo make test-deploy`); fails, rather than skips, where they cannot run.
 test-deploy: venv
-	$(BIN)/python -m pytest -q -m real_deploy
+	$(ENSURE_PACKAGES)
+	EMDIST_REQUIRE_ROOT_TESTS=1 $(BIN)/python -m pytest -q -m real_deploy
 
 bench: venv
 	$(BIN)/python benchmarks/bench_em.py

@@ -5,7 +5,7 @@ iteration, timing each commit (``CheckpointStore.save``) and each iteration (the
 ``IterationState.seconds``), and reports commit time / iteration time. Also times a run
 without checkpoints on the same data for the end-to-end difference.
 
-    python benchmarks/bench_checkpoint.py                    # 1M x 32, K=16 (the issue's case)
+    python benchmarks/bench_checkpoint.py                    # 1M x 32, K=16 (the default)
     python benchmarks/bench_checkpoint.py --n-samples 200000 # quicker
 """
 

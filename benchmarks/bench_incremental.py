@@ -17,7 +17,7 @@ left above 1% weight, batch vs incremental (``lower_bound_`` is exact for both).
 
     .venv/bin/python benchmarks/bench_incremental.py                    # 200k x 16, K=16
     .venv/bin/python benchmarks/bench_incremental.py --n 50000 --chunk-rows 3125 --shards 8 16
-    .venv/bin/python benchmarks/bench_incremental.py --n 1000000 --d 32 # the issue's size
+    .venv/bin/python benchmarks/bench_incremental.py --n 1000000 --d 32 # 1M x 32 (README)
 """
 
 from __future__ import annotations

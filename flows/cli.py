@@ -17,9 +17,9 @@ from typing import Any
 import click
 
 from pipeline.cli import help_text, make_cli, on_interrupt, run_cli
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, check_input, load_config
 
-__all__ = ["build_cli", "help_text", "main", "parse_args"]
+__all__ = ["build_cli", "help_text", "main", "parse_args", "selection_table"]
 
 FLOW_NAMES = ("pipeline", "select-k")
 
@@ -54,6 +54,7 @@ _config_option = click.option(
 def run_command(config: str) -> None:
     """Run the whole job (prepare data → fit → label → report) as a Prefect flow."""
     cfg = load_config(config)  # before Prefect's import: a bad file is reported at once
+    check_input(cfg, config)
     on_interrupt(cfg)
     flows = _flows()
     result = _finish(flows.clustering_pipeline(config_path=config, return_state=True))
@@ -116,11 +117,29 @@ def select_k_command(config: str, k: tuple[int, ...], more_k: tuple[int, ...]) -
         raise click.UsageError("give the candidates after --k: --k 2 4 8")
     if not candidates:
         raise ConfigError("give candidate numbers of components: --k 2 4 8")
+    check_input(cfg, config)
     on_interrupt(cfg)
     flows = _flows()
     state = flows.choose_components(candidates=candidates, config_path=config, return_state=True)
     result = _finish(state)
+    click.echo(selection_table(result["rows"]))
     click.echo(f"best K by {result['criterion']}: {result['best_k']}; report: {result['report']}")
+
+
+def selection_table(rows: list[dict[str, Any]]) -> str:
+    """The fits of ``select-k``, one line per K: BIC, AIC, final lower bound, converged."""
+
+    def number(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [f"{'K':>4}  {'BIC':>16}  {'AIC':>16}  {'lower bound':>12}  converged"]
+    lines += [
+        f"{row['k']:>4}  {number(row.get('bic'), ',.2f'):>16}  "
+        f"{number(row.get('aic'), ',.2f'):>16}  {number(row.get('lower_bound'), '.6f'):>12}  "
+        f"{'yes' if row.get('converged') else 'no'}"
+        for row in rows
+    ]
+    return "\n".join(lines)
 
 
 def _schedule_options(command: Any) -> Any:
@@ -154,12 +173,19 @@ def _flow_and_parameters(config: str, flow_name: str) -> tuple[Any, dict[str, An
 
 @click.command("serve")
 @_schedule_options
-def serve_command(config: str, cron: str, name: str, flow_name: str) -> None:
+def serve_command(config: str, cron: str, name: str, flow_name: str) -> int:
     """Run a flow on a cron schedule in this process (no work pool needed)."""
     flow, parameters = _flow_and_parameters(config, flow_name)
     from flows.deployments import serve_pipeline
 
-    serve_pipeline(config, cron=cron, name=name, flow=flow, parameters=parameters)
+    try:
+        serve_pipeline(config, cron=cron, name=name, flow=flow, parameters=parameters)
+    except KeyboardInterrupt:
+        pass
+    # Serving ends only when stopped (Prefect's serve takes the Ctrl-C and returns): one
+    # line, and the status of a command stopped by Ctrl-C, as run and fit give.
+    click.echo(f"stopped: no more scheduled runs of {name} from this process", err=True)
+    return 130
 
 
 @click.command("deploy")
@@ -197,7 +223,7 @@ def parse_args(argv: Sequence[str]) -> tuple[str, dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``emdist`` console script."""
+    """Entry point of the command line (the ``emdist`` script runs it via ``flows.console``)."""
     return run_cli(build_cli(), argv)
 
 

@@ -17,9 +17,17 @@ from uuid import UUID
 
 from prefect import Flow
 
+from emdist.exceptions import EmdistError
 from flows.pipeline_flow import clustering_pipeline
 
-__all__ = ["PROJECT_ROOT", "deploy_pipeline", "entrypoint", "serve_pipeline"]
+__all__ = [
+    "PROJECT_ROOT",
+    "WorkPoolMissingError",
+    "check_work_pool",
+    "deploy_pipeline",
+    "entrypoint",
+    "serve_pipeline",
+]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +37,34 @@ def entrypoint(flow: Flow[..., Any]) -> str:
     source = inspect.getsourcefile(flow.fn)
     assert source is not None
     return f"{Path(source).resolve().relative_to(PROJECT_ROOT).as_posix()}:{flow.fn.__name__}"
+
+
+class WorkPoolMissingError(EmdistError):
+    """The work pool a deployment names does not exist on the Prefect server."""
+
+
+def check_work_pool(name: str) -> None:
+    """Refuse, in one line saying how to create it, a work pool the server does not have.
+
+    Prefect finds out only deep inside ``deploy`` (a long traceback ending in "Could not find
+    work pool"); the user needs the one command that creates it.
+
+    Raises
+    ------
+    WorkPoolMissingError
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            raise WorkPoolMissingError(
+                f"no work pool {name!r} on the Prefect server at {client.api_url}: create it "
+                f"with `prefect work-pool create {name} --type process` (or run the schedule "
+                "in this process with `emdist serve`, no pool needed)"
+            ) from None
 
 
 def _parameters(config_path: str, extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -68,7 +104,13 @@ def deploy_pipeline(
     -------
     uuid.UUID
         The deployment's id.
+
+    Raises
+    ------
+    WorkPoolMissingError
+        Before anything is registered, when ``work_pool`` does not exist.
     """
+    check_work_pool(work_pool)
     loaded = flow.from_source(source=str(PROJECT_ROOT), entrypoint=entrypoint(flow))
     deployment_id: UUID = loaded.deploy(  # type: ignore[union-attr,assignment]
         name=name,

@@ -33,15 +33,27 @@ class OneLineUserErrors(logging.Filter):
         return True
 
 
+#: How Prefect's engines say a run stopped by Ctrl-C (SIGINT): "Crash detected! <this>".
+INTERRUPTED = "Execution was aborted by an interrupt signal"
+
+
 class _DropUserErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, _MARK, False):
             return False
+        if not record.name.startswith("prefect"):
+            return True
+        message = record.getMessage()
         # The engines' last lines repeat the failure ("Finished in state Failed(...)"); the
-        # command prints it once, in the user's words.
+        # command prints it once, in the user's words. A Ctrl-C is no crash to the user
+        # ("ERROR ... Crash detected!"): the command says "interrupted" or "stopped" once.
+        # The run's own log on the server keeps both.
         return not (
-            record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
-            and record.getMessage().startswith("Finished in state Failed")
+            (
+                record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+                and message.startswith("Finished in state Failed")
+            )
+            or INTERRUPTED in message
         )
 
 

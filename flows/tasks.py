@@ -25,7 +25,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from emdist.engine.em import IterationState
+from emdist import IterationState
 from flows.logs import install_run_log_filter
 from pipeline import steps
 from pipeline.config import RunConfig

@@ -24,6 +24,7 @@ import json
 import re
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from emdist import __version__
 from emdist._typing import COVARIANCE_TYPES
 from emdist.io.ingest import SOURCE_FORMATS
 from emdist.registry import model_families
@@ -40,13 +42,14 @@ from pipeline.config import ConfigError, RunConfig, load_config, parse_config
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from emdist.engine.em import IterationState
+    from emdist import IterationState
 
 __all__ = [
     "STEP_COMMANDS",
     "help_text",
     "main",
     "make_cli",
+    "not_converged_message",
     "on_interrupt",
     "progress_observer",
     "run_cli",
@@ -250,9 +253,19 @@ def generate_command(
     click.echo(f"wrote {n_samples:,} x {n_features} to {ds.data_path}")
 
 
+class _FilePath(click.Path):
+    """A path argument; one holding a NUL byte is a usage error (Click's own stat raises)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Refuse a NUL byte in one line, as Click refuses any other bad value."""
+        if "\0" in str(value):
+            self.fail(f"{str(value)!r} holds a NUL byte, which no file name can", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @click.command("ingest")
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("source", type=_FilePath(path_type=Path))
+@click.argument("dest", type=_FilePath(path_type=Path))
 @click.option(
     "--format",
     "format_",
@@ -323,6 +336,27 @@ def _fit_config(options: dict[str, Any]) -> RunConfig:
     return parse_config(data, "the command line", names=FIT_OPTION_NAMES)
 
 
+def not_converged_message(config: RunConfig, n_iter: int, lower_bounds: Sequence[float]) -> str:
+    """Why a fit stopped unconverged, in the command line's words (one line)."""
+    from emdist.registry import family_class
+
+    estimator = family_class(config.model.family)()
+    tol = float(config.model.tol if config.model.tol is not None else estimator.tol)
+    stopped = f"not converged after --max-iter {n_iter} iterations"
+    rerun = "rerun with a larger --max-iter"
+    change = abs(lower_bounds[-1] - lower_bounds[-2]) if len(lower_bounds) >= 2 else None
+    last = f"last change {change:.1e}" if change is not None else "one iteration"
+    if tol == 0:
+        # Convergence is a change below tol: with tol 0 only max_iter stops the fit.
+        return f"{stopped}: --tol 0 never stops early ({last}); {rerun} or a --tol above 0"
+    if not estimator.tol_is_bound_change:
+        # K-means: tol bounds the centres' squared shift, not the change of the bound.
+        return f"{stopped} (the centres still moved by --tol {tol:g} or more); {rerun}"
+    if change is None:
+        return f"{stopped} ({last}); {rerun}"
+    return f"{stopped} ({last} >= --tol {tol:g}); {rerun}"
+
+
 def _short(summary: dict[str, Any]) -> dict[str, Any]:
     keep = ("model_path", "family", "n_components", "n_iter", "converged", "bic", "aic")
     out = {k: summary[k] for k in keep if summary.get(k) is not None}
@@ -335,7 +369,13 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--model", type=click.Choice(FAMILIES), default="gmm", help="Model family.")
 @click.option(
-    "-k", "k", type=click.IntRange(min=1), default=8, help="Number of components (clusters)."
+    "-k",
+    "--n-components",
+    "--n-clusters",
+    "k",
+    type=click.IntRange(min=1),
+    default=8,
+    help="Number of components (clusters); scikit-learn's n_components / n_clusters.",
 )
 @click.option(
     "--covariance-type",
@@ -382,10 +422,12 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
 @click.option("--restart", is_flag=True, help="Discard the --checkpoint and start over.")
 @click.option(
     "--warm-start/--cold-start",
-    default=True,
+    # A new model starts cold: --overwrite must not turn into "continue the model it
+    # replaces". Scheduled jobs (run, serve, deploy) keep model.warm_start's default, true.
+    default=False,
     show_default=True,
-    help="On new or changed DATA, start from the model already at --out when it has the same "
-    "--model, -k, --covariance-type and number of features (else cold, with a note).",
+    help="Start from the model already at --out when it has the same --model, -k, "
+    "--covariance-type and number of features (else cold, with a note).",
 )
 @click.option(
     "--out",
@@ -412,12 +454,25 @@ def fit_command(**options: Any) -> None:
     earlier fit of the same DATA into the same folder wrote it.
     """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
     config = _fit_config(options)
+    from emdist import ConvergenceWarning
     from pipeline.job import LocalSteps, fit_only
 
     on_interrupt(config)
-    with progress_observer(config.model.max_iter) as bar:
-        steps = LocalSteps(bar, log=lambda line: _say(line, "note"))
-        summary = fit_only(config, steps=steps, flag="--overwrite")
+    # Python prints a warning as "path/to/module.py:455: Category: text" and the source
+    # line; the command says what happened in its own words, one line each.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        with progress_observer(config.model.max_iter) as bar:
+            steps = LocalSteps(bar, log=lambda line: _say(line, "note"))
+            summary = fit_only(config, steps=steps, flag="--overwrite")
+    said = set()
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if not issubclass(w.category, ConvergenceWarning) and text not in said:
+            said.add(text)
+            _say(text, "warning")
+    if not summary.converged:
+        _say(not_converged_message(config, summary.n_iter, summary.lower_bounds), "note")
     out = summary.to_dict() if options["as_json"] else _short(summary.to_dict())
     click.echo(json.dumps(out, indent=2))
 
@@ -455,9 +510,13 @@ def predict_command(
     DEST   the Zarr group to write: arrays labels, responsibilities, log_likelihood
     """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
     import emdist
+    from emdist.io.persistence import NotAModelError
     from pipeline.cluster import connect
 
-    fitted = emdist.load_model(model)
+    try:
+        fitted = emdist.load_model(model)
+    except NotAModelError as exc:
+        raise NotAModelError(f"{exc} (MODEL is the --out of `emdist fit`)") from None
     with connect(scheduler):
         path = emdist.write_predictions(
             fitted,
@@ -513,6 +572,9 @@ def make_cli() -> click.Group:
         },
     )
     @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+    @click.version_option(
+        __version__, "--version", prog_name="emdist", message="%(prog)s %(version)s"
+    )
     def cli(debug: bool) -> None:
         """Out-of-core K-means and Gaussian mixtures fitted by EM on Dask and Zarr."""
 
@@ -547,9 +609,48 @@ def _is_user_error(exc: BaseException) -> bool:
     return is_user_error(exc)
 
 
+# The Python arguments a library error names (recorded by EmdistError.naming), in the words
+# of the command that ran: its arguments and flags, or a job configuration's keys.
+_ARGUMENT_WORDS: dict[str, dict[str, str]] = {
+    "ingest": {
+        "source": "SOURCE",
+        "dest": "DEST",
+        "source_format": "--format",
+        "dataset": "--dataset",
+    },
+    # fit has no --format: a file it cannot tell is ingested first, by `emdist ingest`.
+    "fit": {"source": "DATA", "dest": "--ingest-to", "source_format": "emdist ingest --format"},
+}
+_CONFIG_WORDS = {
+    "source": "input.path",
+    "dest": "output.data",
+    "source_format": "input.format",
+    "dataset": "input.dataset",
+}
+
+
+def _argument_words(command: str | None) -> Callable[[str, object], str | None]:
+    """How ``command`` names a Python argument (set to a value) of the library."""
+    names = _ARGUMENT_WORDS.get(command or "", _CONFIG_WORDS)
+    flags = command in STEP_COMMANDS
+
+    def words(argument: str, value: object) -> str | None:
+        if argument == "emdist.io.ingest":
+            return f"emdist ingest {value} data.zarr"
+        name = names.get(argument)
+        if name is None or value is None or argument in ("source", "dest"):
+            return name  # a path is in the message already
+        # A value after a flag (--format hdf5), or a configuration key (input.format: hdf5).
+        return f"{name} {value}" if flags else f"{name}: {value}"
+
+    return words
+
+
 def _speak(exc: BaseException, command: str | None) -> tuple[str, str | None]:
     """The message of ``exc`` in the user's interface, and a hint."""
-    text = str(exc)
+    from emdist.exceptions import EmdistError
+
+    text = exc.speak(_argument_words(command)) if isinstance(exc, EmdistError) else str(exc)
     step = command in STEP_COMMANDS
     # By name: importing emdist.io.checkpoint (and Dask) would add seconds to every error.
     checkpoint = type(exc).__name__.startswith("Checkpoint")

@@ -14,14 +14,20 @@ seconds instead of distributed's 30 s and a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import signal
+import threading
+import traceback
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import dask
 from distributed import Client, LocalCluster
 from distributed.client import AllExit
+from distributed.comm.core import connect as comm_connect
 
 from emdist.exceptions import EmdistError
 from pipeline.config import ClusterConfig
@@ -34,6 +40,7 @@ __all__ = [
     "connect",
     "dask_client",
     "local_cluster",
+    "probe_scheduler",
     "scheduler_answers",
     "unreachable_message",
     "worker_environment",
@@ -90,6 +97,27 @@ def worker_spawn_environment() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _children_ignore_ctrl_c(processes: bool) -> Iterator[None]:
+    """Spawn worker processes that ignore SIGINT; this process keeps its Ctrl-C.
+
+    A terminal's Ctrl-C reaches every process of its group: each worker would raise
+    KeyboardInterrupt inside distributed's nanny and print a traceback (and its peers a
+    ``CommClosedError`` each) above the one line the command prints. The workers need not
+    hear it: this process closes the cluster when it stops. A disposition of "ignore"
+    survives the spawn's exec, and Python installs its KeyboardInterrupt handler only over
+    the default one. Only the main thread may set a handler; elsewhere nothing changes.
+    """
+    if not processes or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def local_cluster(
     n_workers: int,
     threads_per_worker: int,
@@ -120,16 +148,17 @@ def local_cluster(
         Closed on exit.
     """
     with worker_spawn_environment():
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            processes=processes,
-            # In-process clusters default to the inproc transport, which takes no host.
-            protocol="tcp://",
-            memory_limit=memory_limit,
-            host="127.0.0.1",
-            dashboard_address=dashboard_address,
-        )
+        with _children_ignore_ctrl_c(processes):
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                processes=processes,
+                # In-process clusters default to the inproc transport, which takes no host.
+                protocol="tcp://",
+                memory_limit=memory_limit,
+                host="127.0.0.1",
+                dashboard_address=dashboard_address,
+            )
         try:
             yield cluster
         finally:
@@ -143,6 +172,47 @@ def unreachable_message(address: str, timeout: float) -> str:
         "and port, that a scheduler runs there (`dask scheduler --host HOST --port PORT`), "
         "and that this machine can reach it"
     )
+
+
+async def _identity(address: str, timeout: float) -> Any:
+    comm = await asyncio.wait_for(comm_connect(address, timeout=timeout), timeout)
+    try:
+        await asyncio.wait_for(comm.write({"op": "identity"}), timeout)
+        return await asyncio.wait_for(comm.read(), timeout)
+    finally:
+        comm.abort()
+
+
+def probe_scheduler(address: str, timeout: float) -> None:
+    """Check, within ``timeout`` seconds in all, that a Dask scheduler answers at ``address``.
+
+    distributed's ``Client(timeout=...)`` bounds the TCP connection only: a peer that
+    accepts it but never speaks Dask's protocol (an HTTP server, a wrong port) keeps the
+    client waiting for its handshake indefinitely, and an unroutable address ends in
+    distributed's own traceback. The probe asks the scheduler for its identity on a
+    separate thread's event loop (whatever loop the caller runs) with one deadline for the
+    connection, the handshake and the answer.
+
+    Raises
+    ------
+    SchedulerUnreachableError
+        One line naming the address and the timeout.
+    """
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(asyncio.run(_identity(address, timeout)))
+        except BaseException as exc:  # reported below as "no scheduler answered"
+            outcome.append(exc)
+
+    # A daemon thread: a peer that ignores even the deadline cannot keep the process alive.
+    thread = threading.Thread(target=run, name="emdist-scheduler-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    answer = outcome[0] if outcome else None
+    if not (isinstance(answer, dict) and answer.get("type") == "Scheduler"):
+        raise SchedulerUnreachableError(unreachable_message(address, timeout))
 
 
 def scheduler_answers(address: str, timeout: float = 2.0) -> bool:
@@ -171,6 +241,26 @@ class _DropUnretrievedAllExit(logging.Filter):
 _ALLEXIT_FILTER = _DropUnretrievedAllExit()
 
 
+class _DropDetachedDashboardSessions(logging.Filter):
+    """Drop bokeh's traceback for a dashboard tab closed while a message was in flight.
+
+    Closing the tab detaches the bokeh session; a message still being handled then reads
+    ``ServerConnection.session``, whose ``assert`` fails, and bokeh's websocket handler logs
+    that AssertionError with its traceback (into a flow run's log too). The job is
+    unaffected and the user closed the tab on purpose; bokeh's other errors stay.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, AssertionError):
+            return True
+        frames = traceback.extract_tb(error.__traceback__)
+        return not any(f.filename.endswith("bokeh/server/connection.py") for f in frames)
+
+
+_DASHBOARD_FILTER = _DropDetachedDashboardSessions()
+
+
 @contextlib.contextmanager
 def connect(
     address: str | None, *, timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -197,6 +287,7 @@ def connect(
     if address is None:
         yield None
         return
+    probe_scheduler(address, timeout)
     try:
         client = Client(address, timeout=timeout, set_as_default=True)
     except (OSError, TimeoutError):
@@ -224,6 +315,7 @@ def dask_client(
     """
     # Idempotent: a logger holds a filter once.
     logging.getLogger("asyncio").addFilter(_ALLEXIT_FILTER)
+    logging.getLogger("bokeh.server.views.ws").addFilter(_DASHBOARD_FILTER)
     # INFO from distributed (the scheduler, nannies, closed connections with their
     # tracebacks) drowns the job's own log lines.
     logging.getLogger("distributed").setLevel(logging.WARNING)

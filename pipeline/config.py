@@ -27,15 +27,27 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from dask.utils import format_bytes, parse_bytes
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from emdist.exceptions import EmdistError
+from emdist.io.checkpoint import MAX_KEEP
 from emdist.io.ingest import SOURCE_FORMATS
+from emdist.io.integrity import MAX_CHUNKS, memory_limit_bytes
 from emdist.io.synthetic import MAX_COMPONENTS
+from emdist.models._validation import MAX_N_INIT
 from emdist.registry import model_families
 
 __all__ = [
@@ -47,6 +59,7 @@ __all__ = [
     "OutputConfig",
     "RunConfig",
     "SyntheticConfig",
+    "check_input",
     "load_config",
     "parse_config",
 ]
@@ -63,6 +76,28 @@ CHECKPOINT_VERSION = re.compile(r"[0-9a-f]{16}")
 _ADDRESS = re.compile(r"(tcp|tls)://[A-Za-z0-9_.\-\[\]:]+:\d{1,5}")
 
 
+#: Most candidates of ``select_k`` (each is a whole fit).
+MAX_SELECT_K = 100
+#: Largest configuration file read (a run configuration is a few hundred bytes).
+MAX_CONFIG_BYTES = 1 * 2**20
+#: Most YAML nodes a configuration may expand to, aliases expanded (an alias bomb expands a
+#: few lines into gigabytes).
+MAX_CONFIG_NODES = 10_000
+
+
+def _no_bool(value: Any) -> Any:
+    # YAML's `true` is not a number: pydantic would take it as 1.
+    if isinstance(value, bool):
+        raise ValueError(f"got {value!r}; expected a number, not a boolean")
+    return value
+
+
+#: An int that is written as an int (not ``true``, ``8.0`` or ``"8"``).
+Int = Annotated[int, Strict()]
+#: A float that is not a boolean.
+Float = Annotated[float, BeforeValidator(_no_bool)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,14 +105,31 @@ class _Strict(BaseModel):
 class SyntheticConfig(_Strict):
     """A generated Gaussian-mixture dataset (for demos, tests and benchmarks)."""
 
-    n_samples: int = Field(200_000, gt=0)
-    n_features: int = Field(8, gt=0)
+    n_samples: Int = Field(200_000, gt=0)
+    n_features: Int = Field(8, gt=0)
     # The generator places the means by rejection sampling, quadratic in their number.
-    n_components: int = Field(5, gt=0, le=MAX_COMPONENTS)
+    n_components: Int = Field(5, gt=0, le=MAX_COMPONENTS)
     covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
-    separation: float = Field(6.0, gt=0, allow_inf_nan=False)
-    chunk_rows: int = Field(20_000, gt=0)
-    random_state: int = Field(0, ge=0)
+    separation: Float = Field(6.0, gt=0, allow_inf_nan=False)
+    chunk_rows: Int = Field(20_000, gt=0)
+    random_state: Int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _fits_the_machine(self) -> SyntheticConfig:
+        n_chunks = -(-self.n_samples // self.chunk_rows)
+        if n_chunks > MAX_CHUNKS:
+            raise ValueError(
+                f"n_samples={self.n_samples:,} in chunks of chunk_rows={self.chunk_rows:,} "
+                f"makes {n_chunks:,} chunks; at most {MAX_CHUNKS:,} are possible"
+            )
+        chunk = min(self.chunk_rows, self.n_samples) * self.n_features * 8
+        if chunk > memory_limit_bytes():
+            raise ValueError(
+                f"a chunk of {self.chunk_rows:,} rows x n_features={self.n_features:,} takes "
+                f"{format_bytes(chunk)}, more than the {format_bytes(memory_limit_bytes())} "
+                f"one chunk may take on this machine"
+            )
+        return self
 
 
 class InputConfig(_Strict):
@@ -107,24 +159,24 @@ class ModelConfig(_Strict):
     """The model family and its parameters (scikit-learn's names and meanings)."""
 
     family: str = Field("gmm", description="a registered model family (emdist.registry)")
-    n_components: int = Field(8, gt=0)
+    n_components: Int = Field(8, gt=0)
     covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
-    tol: float | None = Field(None, ge=0, allow_inf_nan=False)
-    reg_covar: float = Field(1e-6, ge=0, allow_inf_nan=False)
-    max_iter: int = Field(100, gt=0)
-    n_init: int = Field(1, gt=0)
+    tol: Float | None = Field(None, ge=0, allow_inf_nan=False)
+    reg_covar: Float = Field(1e-6, ge=0, allow_inf_nan=False)
+    max_iter: Int = Field(100, gt=0)
+    n_init: Int = Field(1, gt=0, le=MAX_N_INIT)
     # The estimators' own default (scikit-learn's too); tests/pipeline/test_config.py checks
     # they agree.
     init_params: Literal["kmeans", "k-means++", "random", "random_from_data"] = "kmeans"
-    random_state: int | None = Field(0, ge=0)
-    init_sample_size: int | None = Field(None, gt=0)
+    random_state: Int | None = Field(0, ge=0)
+    init_sample_size: Int | None = Field(None, gt=0)
     # The estimators' own defaults; tests/pipeline/test_config.py checks they agree.
     updates: Literal["batch", "incremental"] = Field(
         "batch",
         description="'incremental': an M-step after every shard of the row-blocks, not once "
         "per pass (usually fewer passes; README, 'Incremental EM')",
     )
-    n_shards: int = Field(8, gt=0, description="shards of updates='incremental'")
+    n_shards: Int = Field(8, gt=0, description="shards of updates='incremental'")
     # The mixtures' own default; K-means has no such parameter and ignores it.
     acceleration: Literal["squarem", "overrelax"] | None = Field(
         None,
@@ -134,9 +186,9 @@ class ModelConfig(_Strict):
     weight_concentration_prior_type: Literal["dirichlet_process", "dirichlet_distribution"] = (
         "dirichlet_process"
     )
-    weight_concentration_prior: float | None = Field(None, gt=0)
-    mean_precision_prior: float | None = Field(None, gt=0)
-    degrees_of_freedom_prior: float | None = Field(None, gt=0)
+    weight_concentration_prior: Float | None = Field(None, gt=0, allow_inf_nan=False)
+    mean_precision_prior: Float | None = Field(None, gt=0, allow_inf_nan=False)
+    degrees_of_freedom_prior: Float | None = Field(None, gt=0, allow_inf_nan=False)
     warm_start: bool = Field(
         True,
         description="on new data, start from the model at output.model when it has the same "
@@ -171,7 +223,10 @@ class ModelConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    """Where results go; everything defaults to files under ``dir``."""
+    """Where results go; everything defaults to files under ``dir``.
+
+    In a run configuration ``dir`` defaults to ``runs/<name>`` (the job's name).
+    """
 
     dir: str = "runs/emdist"
     data: str | None = Field(None, description="ingested Zarr array (default <dir>/data.zarr)")
@@ -192,9 +247,9 @@ class CheckpointConfig(_Strict):
 
     enabled: bool = True
     path: str | None = None
-    every: int = Field(1, gt=0)
-    keep: int = Field(2, gt=0)
-    versions: int = Field(
+    every: Int = Field(1, gt=0)
+    keep: Int = Field(2, gt=0, le=MAX_KEEP)
+    versions: Int = Field(
         3,
         gt=0,
         description="checkpoints kept under path, one per version of the input data "
@@ -207,12 +262,12 @@ class ClusterConfig(_Strict):
     """The Dask cluster: a scheduler address, or an embedded LocalCluster."""
 
     address: str | None = None
-    n_workers: int | None = Field(None, gt=0)
-    threads_per_worker: int | None = Field(None, gt=0)
+    n_workers: Int | None = Field(None, gt=0)
+    threads_per_worker: Int | None = Field(None, gt=0)
     memory_limit: str | None = "auto"
     processes: bool = True
     dashboard: bool = Field(False, description="serve the Dask dashboard on 127.0.0.1:8787")
-    connect_timeout: float = Field(
+    connect_timeout: Float = Field(
         5.0, gt=0, description="seconds to wait for the scheduler at address to answer"
     )
 
@@ -260,7 +315,45 @@ class RunConfig(_Strict):
     output: OutputConfig = OutputConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     cluster: ClusterConfig = ClusterConfig()
-    select_k: list[int] | None = Field(None, description="candidate K for the selection flow")
+    select_k: list[Int] | None = Field(
+        None, description="candidate K for the selection flow", max_length=MAX_SELECT_K
+    )
+
+    @field_validator("select_k")
+    @classmethod
+    def _candidates(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("give at least one candidate K")
+        bad = [k for k in value if k < 1]
+        if bad:
+            raise ValueError(f"got {value!r}; every candidate K must be >= 1 (not {bad[0]})")
+        if len(set(value)) != len(value):
+            raise ValueError(f"got {value!r}; a candidate K is listed twice")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _output_dir_named_after_the_job(cls, data: Any) -> Any:
+        # Two jobs of different names must not share (and then refuse) one folder.
+        if not isinstance(data, dict):
+            return data
+        output = data.get("output", {})
+        name = data.get("name", "emdist")
+        if isinstance(output, dict) and "dir" not in output and isinstance(name, str):
+            data = {**data, "output": {**output, "dir": f"runs/{name}"}}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if value in ("", ".", "..") or "/" in value or "\\" in value:
+            raise ValueError(
+                f"got {value!r}; the name is also the default output folder runs/<name>: "
+                "give a name without '/' (and not '.' or '..')"
+            )
+        return value
 
     @model_validator(mode="after")
     def _enough_rows(self) -> RunConfig:
@@ -350,6 +443,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     the setting the user meant (two ``model:`` sections, say).
     """
 
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expanded_size(node)
+        return super().construct_document(node)
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
@@ -360,6 +457,38 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a document whose nodes, aliases expanded, exceed :data:`MAX_CONFIG_NODES`.
+
+    An alias repeats the node it names; nested aliases multiply (nine lines can expand to
+    10**9 nodes), which no run configuration needs. Counted on the composed graph with
+    each node's expanded size memoised, so the count itself stays cheap.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            if sizes[key] < 0:  # a node inside itself: infinite
+                raise ConfigError("the configuration refers to itself (a recursive YAML alias)")
+            return sizes[key]
+        sizes[key] = -1
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        if total > MAX_CONFIG_NODES:
+            raise ConfigError(
+                f"the configuration expands to more than {MAX_CONFIG_NODES:,} values (YAML "
+                f"aliases repeated inside each other); write the values out"
+            )
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 def _looks_like_zarr(path: str) -> bool:
@@ -379,6 +508,8 @@ def _format_errors(
             msg = "unknown field (check the spelling)"
         elif err["type"] == "value_error":
             msg = str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else msg
+        elif err["type"] in ("int_type", "int_from_float", "int_parsing"):
+            msg = f"got {err['input']!r}; expected an integer"
         elif err["type"] == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
             msg = f"got {err['input']!r}; allowed values: {expected}"
@@ -463,12 +594,38 @@ def _location_problems(config: RunConfig) -> list[tuple[str, str]]:
     if config.checkpoint.enabled:
         ckpt = config.checkpoint_path
         if ckpt.exists() and not ckpt.is_dir():
-            problems.append(("checkpoint.path", f"{ckpt} is a file, not a checkpoint folder"))
+            kind = "a regular file" if ckpt.is_file() else "a device, pipe or socket"
+            problems.append(("checkpoint.path", f"{ckpt} is {kind}, not a checkpoint folder"))
         elif ckpt.is_dir() and any(ckpt.iterdir()) and not _holds_checkpoints(ckpt):
             problems.append(
                 ("checkpoint.path", f"{ckpt} is a folder that holds no emdist checkpoint")
             )
     return problems
+
+
+def check_input(config: RunConfig, source: str = "the configuration") -> None:
+    """Refuse a job whose input file is missing or unreadable, before any service starts.
+
+    Not part of :func:`parse_config`: a scheduled job may be deployed before its first
+    input arrives. The commands that run a job now (``run``, ``select-k``) call it, so the
+    mistake is said before Prefect's server and a Dask cluster take their seconds to start.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``input.path`` and ``source``.
+    """
+    path = config.input.path
+    if path is None or "://" in path:
+        return
+    p = Path(path)
+    problem = None
+    if not p.exists():
+        problem = "does not exist"
+    elif not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
+        problem = "cannot be read (permissions)"
+    if problem is not None:
+        raise ConfigError(f"input.path: {p} {problem} (in {source})")
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
@@ -480,9 +637,21 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
         If the file is missing, unparsable or invalid.
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"configuration file {p} does not exist")
-    text = p.read_text()
+    if not p.is_file():
+        raise ConfigError(f"configuration file {p} is not a regular file")
+    with p.open("rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"configuration file {p} is larger than {format_bytes(MAX_CONFIG_BYTES)}; a run "
+            f"configuration is a few lines"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"configuration file {p} is not UTF-8 text ({exc.reason})") from None
     try:
         if p.suffix == ".toml":
             data = tomllib.loads(text)

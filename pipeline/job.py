@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from emdist import CheckpointStore
 from emdist.engine.em import Observer
-from emdist.io.checkpoint import CheckpointStore
 from pipeline import steps as plain
 from pipeline.cluster import (
     SchedulerLostError,
@@ -29,7 +29,14 @@ from pipeline.cluster import (
     unreachable_message,
 )
 from pipeline.config import RunConfig
-from pipeline.outputs import check_outputs, claim, derived_outputs, job_id
+from pipeline.outputs import (
+    check_outputs,
+    claim,
+    derived_outputs,
+    job_id,
+    selection_config,
+    selection_dir,
+)
 from pipeline.report import ReportRef, write_report
 from pipeline.steps import DatasetRef, FitSummary, PredictionsRef, SelectionResult
 
@@ -174,10 +181,17 @@ def summary_path(config: RunConfig) -> Path:
 
 
 def write_summary(
-    config: RunConfig, data: DatasetRef, fit: FitSummary, predictions: PredictionsRef | None
+    config: RunConfig,
+    data: DatasetRef,
+    fit: FitSummary,
+    predictions: PredictionsRef | None,
+    path: Path | None = None,
 ) -> Path:
-    """Write the run's references as JSON, atomically (temp file + rename)."""
-    path = summary_path(config)
+    """Write the run's references as JSON, atomically (temp file + rename).
+
+    ``path`` defaults to :func:`summary_path`.
+    """
+    path = path if path is not None else summary_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "job": job_id(config),
@@ -333,19 +347,23 @@ def run_selection(
     """Fit each candidate K, pick the best by BIC, label with it and report.
 
     Parameters are those of :func:`run_job`, plus ``candidates`` (numbers of components).
+    Everything it writes (a model per candidate, the best one's labels, the report and the
+    summary) goes under :func:`~pipeline.outputs.selection_dir`, never over the outputs of
+    :func:`run_job`: a folder never mixes the model of one K with the labels of another.
     """
-    steps = _start(config, steps, observer, derived_outputs(config))
+    chosen = selection_config(config, config.model.n_components)
+    outputs = [p for p in derived_outputs(chosen) if p != chosen.model_path]
+    steps = _start(chosen, steps, observer, outputs)
     data = steps.prepare(config)
     with _on_cluster(config, steps) as address:
         selection = steps.select(config, data, candidates, address)
         best = next(r for r in selection.rows if r["k"] == selection.best_k)
-        best_cfg = config.model_copy(
-            update={"model": config.model.model_copy(update={"n_components": selection.best_k})}
-        )
-        predictions = steps.label(best_cfg, data, best["model_path"], address)
-    write_summary(best_cfg, data, selection.best_fit, predictions)
-    report = steps.report(best_cfg, data, selection.best_fit, predictions, selection)
-    claim(config.report_dir, config)
+        chosen = selection_config(config, selection.best_k)
+        predictions = steps.label(chosen, data, best["model_path"], address)
+    summary = selection_dir(config) / "summary.json"
+    write_summary(chosen, data, selection.best_fit, predictions, summary)
+    report = steps.report(chosen, data, selection.best_fit, predictions, selection)
+    claim(chosen.report_dir, config)
     return SelectionJobResult(data, selection, predictions, report)
 
 

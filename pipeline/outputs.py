@@ -34,6 +34,8 @@ __all__ = [
     "job_id",
     "may_replace",
     "owner",
+    "selection_config",
+    "selection_dir",
 ]
 
 JOB_ATTRIBUTE = "emdist_job"
@@ -78,6 +80,34 @@ def claim(path: str | Path, config: RunConfig) -> None:
         node.attrs[JOB_ATTRIBUTE] = job_id(config)
     elif p.is_dir():
         (p / _MARK_FILE).write_text(job_id(config) + "\n")
+
+
+def selection_dir(config: RunConfig) -> Path:
+    """The folder of everything ``select-k`` writes: ``<output.dir>/select-k``.
+
+    A selection never writes the run's model, labels or report: after ``run`` (one K) and
+    ``select-k`` (another), each folder holds the outputs of one K only.
+    """
+    return Path(config.output.dir) / "select-k"
+
+
+def selection_config(config: RunConfig, n_components: int) -> RunConfig:
+    """``config`` with the chosen K and the labels and report of :func:`selection_dir`.
+
+    The job's identity (:func:`job_id`) is unchanged: a re-run may replace them.
+    """
+    base = selection_dir(config)
+    return config.model_copy(
+        update={
+            "model": config.model.model_copy(update={"n_components": n_components}),
+            "output": config.output.model_copy(
+                update={
+                    "predictions": str(base / "predictions.zarr"),
+                    "report": str(base / "report"),
+                }
+            ),
+        }
+    )
 
 
 def derived_outputs(config: RunConfig, *, label: bool = True, report: bool = True) -> list[Path]:

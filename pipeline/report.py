@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,14 @@ matplotlib.use("Agg")  # files only: the job may run where there is no display
 import dask.array as da  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import emdist  # noqa: E402
+from emdist.exceptions import FeatureNamesWarning  # noqa: E402
+from emdist.io import open_zarr_array  # noqa: E402
 from emdist.io.atomic import atomic_output  # noqa: E402
-from emdist.io.sources import open_zarr_array  # noqa: E402
 from emdist.io.synthetic import open_synthetic  # noqa: E402
 from pipeline.steps import DatasetRef, FitSummary, PredictionsRef, SelectionResult  # noqa: E402
 
@@ -37,6 +40,8 @@ __all__ = [
     "data_sample",
     "feature_names",
     "inline_images",
+    "lower_bound_figure",
+    "selection_figure",
     "summary_rows",
     "truth_agreement",
     "write_report",
@@ -77,6 +82,12 @@ def data_sample(
 
 
 def _plot_lower_bound(fit: FitSummary, bound_name: str, tol: float | None, path: Path) -> None:
+    fig = lower_bound_figure(fit, bound_name, tol)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def lower_bound_figure(fit: FitSummary, bound_name: str, tol: float | None) -> Figure:
     """The bound per iteration, and its change on a log axis against ``tol``."""
     fig, (ax, ax_change) = plt.subplots(1, 2, figsize=(10, 3.5))
     bounds = np.asarray(fit.lower_bounds)
@@ -105,7 +116,9 @@ def _plot_lower_bound(fit: FitSummary, bound_name: str, tol: float | None, path:
         shown = [float(v) for v in change[change > 0]] + ([tol] if tol else [])
         floor = (min(shown) if shown else 1.0) / 10
         zero = change == 0
-        ax_change.semilogy(its[1:], np.where(zero, floor, change), marker="o", ms=3)
+        # NaN breaks the line: a zero change is only its marker at the bottom, with no
+        # slope drawn into a value it does not have.
+        ax_change.semilogy(its[1:], np.where(zero, np.nan, change), marker="o", ms=3)
         if zero.any():
             ax_change.scatter(
                 its[1:][zero],
@@ -127,25 +140,44 @@ def _plot_lower_bound(fit: FitSummary, bound_name: str, tol: float | None, path:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def _plot_selection(selection: SelectionResult, path: Path) -> None:
+    fig = selection_figure(selection)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _plot_selection(selection: SelectionResult, path: Path) -> None:
+def selection_figure(selection: SelectionResult) -> Figure:
+    """The information criteria against the number of components, and the pick."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ks = [r["k"] for r in selection.rows]
     if selection.criterion == "inertia":
         ax.plot(ks, [r["inertia"] for r in selection.rows], marker="o", label="inertia")
+        ax.set_ylabel("inertia")
+        handles = ax.get_lines()
     else:
-        ax.plot(ks, [r["bic"] for r in selection.rows], marker="o", label="BIC")
-        ax.plot(ks, [r["aic"] for r in selection.rows], marker="s", label="AIC")
-    ax.axvline(selection.best_k, color="grey", ls="--", label=f"best K = {selection.best_k}")
+        # BIC and AIC differ by their penalties, often by more than either varies with K:
+        # on one axis they are two flat lines. Each gets its own axis (and colour).
+        bic_colour, aic_colour = "tab:blue", "tab:orange"
+        ax.plot(ks, [r["bic"] for r in selection.rows], marker="o", color=bic_colour, label="BIC")
+        ax.set_ylabel("BIC", color=bic_colour)
+        ax.tick_params(axis="y", colors=bic_colour)
+        ax_aic = ax.twinx()
+        ax_aic.plot(
+            ks, [r["aic"] for r in selection.rows], marker="s", color=aic_colour, label="AIC"
+        )
+        ax_aic.set_ylabel("AIC", color=aic_colour)
+        ax_aic.tick_params(axis="y", colors=aic_colour)
+        handles = [*ax.get_lines(), *ax_aic.get_lines()]
+    best = ax.axvline(selection.best_k, color="grey", ls="--", label=f"best K = {selection.best_k}")
     ax.set_xlabel("number of components K")
-    ax.legend()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(handles=[*handles, best], fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _component_colours(n_components: int) -> list[Any]:
@@ -160,7 +192,11 @@ def _plot_clusters(
     components = model.components()
     K = len(components.means)
     colours = _component_colours(K)
-    labels = np.asarray(model.predict(X))
+    with warnings.catch_warnings():
+        # X holds rows of the store the model was fitted on, read without its column
+        # names: nothing to warn the reader of the report about.
+        warnings.simplefilter("ignore", FeatureNamesWarning)
+        labels = np.asarray(model.predict(X))
     center = X.mean(axis=0)
     # PCA by SVD of the centred sample: the two directions of largest spread.
     _, sv, vt = np.linalg.svd(X - center, full_matrices=False)
@@ -336,6 +372,28 @@ def adjusted_rand_index(contingency: np.ndarray[Any, Any]) -> float:
     return (index - expected) / (maximum - expected)
 
 
+def _bound_and_score(fit: FitSummary) -> str | None:
+    """Why the final lower bound and the mean log-likelihood differ (one sentence)."""
+    if fit.score is None or not fit.lower_bounds:
+        return None
+    bound = fit.lower_bounds[-1]
+    if fit.family == "gmm":
+        # engine.em: a pass's E-step gives the bound of the parameters it ran with, then the
+        # M-step updates them; the model keeps the updated ones (as scikit-learn does).
+        return (
+            "the final lower bound is the mean log-likelihood of the parameters before the "
+            "last M-step (scikit-learn's lower_bound_); the mean log-likelihood above is that "
+            f"of the final parameters, after it: the last M-step gained {fit.score - bound:.2e}"
+        )
+    if fit.family == "bayesian_gmm":
+        return (
+            "the final lower bound is the ELBO per sample (up to a constant fixed by the "
+            "priors), not a log-likelihood; the mean log-likelihood above is that of the "
+            "final parameters' expected mixture"
+        )
+    return None
+
+
 def write_report(
     config_name: str,
     data: DatasetRef,
@@ -388,6 +446,9 @@ def write_report(
         lines.append(
             f"- mean log-likelihood: {fit.score:.6f}; BIC: {fit.bic:.2f}; AIC: {fit.aic:.2f}"
         )
+        why = _bound_and_score(fit)
+        if why:
+            lines.append(f"- {why}")
     if fit.inertia is not None:
         lines.append(f"- inertia: {fit.inertia:.6g}")
     if ari is not None:

@@ -34,7 +34,14 @@ from emdist.models.selection import summary_statistics_shared
 from emdist.registry import family_class
 from pipeline.cluster import connect
 from pipeline.config import CHECKPOINT_VERSION, ConfigError, ModelConfig, RunConfig
-from pipeline.outputs import check_outputs, claim, may_replace
+from pipeline.outputs import (
+    JOB_ATTRIBUTE,
+    check_outputs,
+    claim,
+    job_id,
+    may_replace,
+    selection_dir,
+)
 
 __all__ = [
     "DatasetRef",
@@ -424,10 +431,13 @@ def _save_fit(
     model_path: Path,
     fit_seconds: float,
     extra: dict[str, Any],
+    owner: str,
 ) -> FitSummary:
     estimator = prepared.estimator
-    # Atomic: the previous model stays whole at model_path until this one is complete.
-    emdist.save_model(estimator, model_path, overwrite=True)
+    # Atomic: the previous model stays whole at model_path until this one is complete. It
+    # is claimed by the job in the same step: a kill right after it appears must not leave
+    # a model the re-run refuses to replace.
+    emdist.save_model(estimator, model_path, overwrite=True, attributes={JOB_ATTRIBUTE: owner})
     first = prepared.first_iteration
     return FitSummary(
         model_path=str(model_path),
@@ -464,14 +474,15 @@ def _fit_and_save(
     model_path: Path,
     checkpoint: CheckpointStore | None,
     observer: Observer | None,
-    start: _Start | None = None,
+    start: _Start | None,
+    owner: str,
 ) -> FitSummary:
     prepared = _prepare_fit(model, data, checkpoint, observer, start)
     start_time = time.perf_counter()
     prepared.estimator.fit(X)
     fit_seconds = time.perf_counter() - start_time
     extra = prepared.estimator.summary_statistics(X)
-    return _save_fit(prepared, model, model_path, fit_seconds, extra)
+    return _save_fit(prepared, model, model_path, fit_seconds, extra, owner)
 
 
 def fit_model(
@@ -510,8 +521,9 @@ def fit_model(
     store = checkpoint_store(config, version / "checkpoint.zarr") if version else None
     start = _previous_model(config, version)
     with connect(scheduler):
-        fit = _fit_and_save(config.model, data, X, config.model_path, store, observer, start)
-    claim(fit.model_path, config)
+        fit = _fit_and_save(
+            config.model, data, X, config.model_path, store, observer, start, job_id(config)
+        )
     if version is not None:
         prune_checkpoints(config.checkpoint_path, config.checkpoint.versions, version)
     return fit
@@ -562,7 +574,7 @@ def select_components(
     criterion = "bic"
     rows: list[dict[str, Any]] = []
     fits: dict[int, FitSummary] = {}
-    base = Path(config.output.dir) / "select-k"
+    base = selection_dir(config)
     ks = sorted(set(candidates))
     check_outputs(config, [base / f"k{k}" / "model.zarr" for k in ks])
     X = open_dataset(data)
@@ -584,8 +596,7 @@ def select_components(
         fit_seconds = time.perf_counter() - start_time
         extras = summary_statistics_shared(estimators, X)
         for (k, model, model_path, version, prepared), extra in zip(plans, extras, strict=True):
-            fit = _save_fit(prepared, model, model_path, fit_seconds, extra)
-            claim(fit.model_path, config)
+            fit = _save_fit(prepared, model, model_path, fit_seconds, extra, job_id(config))
             if version is not None:
                 prune_checkpoints(version.parent, config.checkpoint.versions, version)
             fits[k] = fit

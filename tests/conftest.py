@@ -1,19 +1,34 @@
-"""Shared fixtures for the core-library tests: data makers, Zarr stores and schedulers.
+"""Shared fixtures: data makers, Zarr stores, schedulers and servers; and the test markers.
 
-Everything here is real: Zarr arrays are written to ``tmp_path`` on disk and the distributed
+Everything here is real: Zarr arrays are written to ``tmp_path`` on disk, the distributed
 scheduler is a real two-process ``LocalCluster`` on 127.0.0.1, started once per session and
-only when a test asks for it.
+only when a test asks for it, and the Prefect server is a real ``prefect server`` process.
+Which tests are ``service`` tests, and which are skipped for want of root or Debian
+packages, is decided in ``tests/markers.py`` and applied by the hooks at the end.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import distributed
 import numpy as np
 import pytest
-import zarr
+
+from tests import helpers
+from tests.markers import (
+    REQUIRE_ENV,
+    ROOT_FIXTURES,
+    SERVICE_FIXTURES,
+    host_gap,
+    missing_debian_packages,
+    service_fixture,
+    verdict,
+)
+from tests.services import PrefectServer, Services, start_prefect_server
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -86,15 +101,12 @@ def write_zarr(tmp_path: Path) -> Callable[..., str]:
 
     def write(X: np.ndarray, chunk_rows: int, name: str | None = None) -> str:
         path = tmp_path / (name or f"x{next(counter)}.zarr")
-        zarr.create_array(
-            str(path), data=X, chunks=(chunk_rows, X.shape[1]), zarr_format=3, overwrite=True
-        )
-        return str(path)
+        return helpers.write_zarr(path, X, chunk_rows, compressors="auto")
 
     return write
 
 
-@pytest.fixture(scope="session")
+@service_fixture(scope="session")
 def local_cluster() -> Iterator[distributed.LocalCluster]:
     """One real two-process LocalCluster on 127.0.0.1 for the whole session.
 
@@ -114,15 +126,58 @@ def dask_client(local_cluster: distributed.LocalCluster) -> Iterator[distributed
         yield client
 
 
-# Test modules that start services: Prefect's server (flows, the CLI's Prefect commands),
-# emdist processes, Dask schedulers. `make test-quick` (`-m "not slow and not service"`)
-# leaves them out; marking them here keeps the list in one place.
-SERVICE_MODULES = frozenset({"test_cli", "test_flows", "test_real_services"})
+@service_fixture()
+def services(tmp_path: Path) -> Iterator[Services]:
+    """Processes started by one test, all stopped at its end (pass or fail)."""
+    started = Services(tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+@service_fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """One real ``prefect server`` on a free 127.0.0.1 port for one module's tests."""
+    root = tmp_path_factory.mktemp("prefect-server")
+    started = Services(root)
+    try:
+        yield start_prefect_server(started, root / "home")
+    finally:
+        started.stop_all()
+
+
+# -- markers -----------------------------------------------------------------------------------
+
+_MUST_FAIL = pytest.StashKey[str]()
+_HOST_MARKERS = ("real_deploy", "needs_root")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test of :data:`SERVICE_MODULES` as ``service``."""
+    """Markers by fixture (``service``, ``needs_root``); skip (or fail) what this host can't run."""
+    required = os.environ.get(REQUIRE_ENV) == "1"
+    is_root = os.geteuid() == 0
+    missing = functools.cache(missing_debian_packages)
     for item in items:
-        module = getattr(item, "module", None)
-        if module is not None and module.__name__.rsplit(".", 1)[-1] in SERVICE_MODULES:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SERVICE_FIXTURES:
             item.add_marker(pytest.mark.service)
+        for name in sorted(fixtures & ROOT_FIXTURES.keys()):
+            item.add_marker(pytest.mark.needs_root(ROOT_FIXTURES[name]))
+        markers = {m.name: m.args for m in item.iter_markers() if m.name in _HOST_MARKERS}
+        if not markers:
+            continue
+        gap = host_gap(markers, is_root=is_root, missing_packages=missing)
+        action, reason = verdict(gap, required=required)
+        if action == "skip":
+            item.add_marker(pytest.mark.skip(reason=reason))
+        elif action == "fail":
+            item.stash[_MUST_FAIL] = reason
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail, before any fixture starts, a test that must run here but cannot."""
+    reason = item.stash.get(_MUST_FAIL, None)
+    if reason is not None:
+        pytest.fail(reason, pytrace=False)

@@ -27,7 +27,6 @@ from tests.services import Service, Services, wait_for
 
 __all__ = ["DockerEngine", "compose_binary", "docker_engine"]
 
-DEBIAN_PACKAGES = ("docker.io", "debootstrap")
 SOCKET = Path("/var/run/docker.sock")
 
 
@@ -72,7 +71,7 @@ class DockerEngine:
 def _require_tools() -> None:
     missing = [t for t in ("dockerd", "docker", "debootstrap") if not shutil.which(t)]
     assert not missing, (
-        f"{missing} not found: apt-get install {' '.join(DEBIAN_PACKAGES)} (as root; .ci/run does)"
+        f"{missing} not found: run tools/ensure-debian-packages as root (make test does)"
     )
     assert os.geteuid() == 0, "dockerd and debootstrap run as root here"
 

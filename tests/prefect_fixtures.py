@@ -33,7 +33,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import psutil
-import pytest
+
+from tests.markers import service_fixture
 
 # Pin this process's temporary directory before TMPDIR changes (tempfile caches it).
 tempfile.gettempdir()
@@ -111,7 +112,7 @@ def _start() -> str:
     return _api_url
 
 
-@pytest.fixture(scope="session")
+@service_fixture(scope="session")
 def prefect_harness() -> Iterator[str]:
     """Prefect's test harness (a temporary server on 127.0.0.1); yields its API URL."""
     global _users, _stack

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -287,6 +288,16 @@ class PrefectServer:
     def env(self, home: Path, **extra: str) -> dict[str, str]:
         """Environment of a client process of this server (own ``PREFECT_HOME``)."""
         return service_env(home, api_url=self.api_url, **extra)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST ``body`` (JSON) to ``path`` of its API; its JSON answer."""
+        request = urllib.request.Request(
+            f"{self.api_url}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.load(resp)
 
 
 def start_prefect_server(services: Services, home: Path, timeout: float = 180.0) -> PrefectServer:

@@ -31,8 +31,6 @@ from tests.services import HOST, Services, free_port, wait_for, wait_gone
 
 __all__ = ["Slurm", "slurm_cluster"]
 
-#: Debian's packages providing the daemons and clients (installed by .ci/run).
-DEBIAN_PACKAGES = ("slurm-wlm", "munge")
 NODE = "emdist0"
 #: What the node advertises. More than this machine has (SlurmdParameters=config_overrides):
 #: the flow job asks for 2 CPUs and 8G as on a real site, next to the worker jobs.
@@ -134,7 +132,7 @@ def _leftovers(marker: str) -> list[psutil.Process]:
 def _require_tools() -> None:
     missing = [t for t in ("munged", "slurmctld", "slurmd", "sbatch") if not shutil.which(t)]
     assert not missing, (
-        f"{missing} not found: apt-get install {' '.join(DEBIAN_PACKAGES)} (as root; .ci/run does)"
+        f"{missing} not found: run tools/ensure-debian-packages as root (make test does)"
     )
     assert os.geteuid() == 0, "the SLURM daemons run as root here"
 

@@ -331,6 +331,10 @@ class ModelPlan(Generic[P, S]):
         ``final_pass(result)``: whether ``score`` needs the statistics of one more pass
         under the restart's final parameters (K-means re-assigns under its final centres);
         that pass is shared with the other restarts' iterations. ``None``: never.
+    in_memory : callable or None
+        ``in_memory(data, spec)``: the model's own run of every restart on data held in
+        memory, with no pass per iteration (K-means keeps per-row bounds between
+        iterations), or ``None`` where passes must run (data out of core, a checkpoint...).
     """
 
     family: ModelFamily[P, S]
@@ -339,6 +343,7 @@ class ModelPlan(Generic[P, S]):
     score: Callable[[EMResult[P, S]], float]
     tol: float
     final_pass: Callable[[EMResult[P, S]], bool] | None = None
+    in_memory: Callable[[FitData, FitSpec[P, S]], BestRun[P] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -686,6 +691,11 @@ def run_restarts(data: FitData, spec: FitSpec[P, S]) -> BestRun[P]:
     -------
     BestRun
     """
+    model = spec._model()
+    if model.in_memory is not None:
+        best = model.in_memory(data, spec)
+        if best is not None:
+            return best
     return run_groups(data.rows, [RestartGroup.open(data, spec)])[0]
 
 

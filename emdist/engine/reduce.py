@@ -155,8 +155,8 @@ def build_reduction(
 
     The graph is written with keys derived from one token of the pass (the data's name, the
     function and its arguments): building it through ``delayed`` tokenized every task and
-    cost about as much as the threaded scheduler's whole run of a 16-block pass (measured
-    ~8 -> ~3 ms per pass on 1M x 32 in 16 blocks; benchmarks/bench_pass_graph.py).
+    cost about as much as the threaded scheduler's whole run of a 16-block pass
+    (benchmarks/README.md, "Read path").
     """
     rows = as_rows(X)
     x = rows.x

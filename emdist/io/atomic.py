@@ -10,7 +10,9 @@ back.
 
 With ``overwrite``, only an output of the same kind that emdist wrote (or an empty folder) is
 replaced: :func:`output_kind` recognises it by the attribute emdist writes in its root
-``zarr.json``. A user's folder given by mistake as a destination is never deleted.
+``zarr.json``. A user's folder given by mistake as a destination is never deleted, and an
+output a running fit is reading (a dataset: :class:`emdist.io.locks.ReaderLock`) is not
+replaced under it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from emdist.exceptions import EmdistError
-from emdist.io.locks import WriterLock, remove_stale_lock
+from emdist.io.locks import WriterLock, check_no_readers, remove_stale_lock
 
 __all__ = [
     "DiskFullError",
@@ -226,7 +228,13 @@ def atomic_output(
     dest = Path(dest)
     # One writer at a time: a second one would delete the first's partial output in
     # recover_output below, or swap over it.
-    lock = WriterLock(dest, "output").acquire()
+    try:
+        lock = WriterLock(dest, "output").acquire()
+    except OSError as exc:
+        # A disk too full for even the lock file: the same one line as a full disk later.
+        if not is_disk_full(exc):
+            raise
+        raise disk_full_error(dest, needed) from None
     try:
         with _atomic_output(dest, overwrite, kind, needed) as tmp:
             yield tmp
@@ -243,6 +251,9 @@ def _atomic_output(
         raise OutputExistsError(f"{dest} exists; pass overwrite=True to replace it")
     if (dest.exists() or dest.is_symlink()) and kind is not None:
         check_replaceable(dest, kind)
+    # A running fit reading dest holds a shared lock: replacing its data under it would feed
+    # it a mixture of two datasets. Checked again just before the swap.
+    check_no_readers(dest, kind or "output")
     dest.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
     tmp = dest.with_name(f"{dest.name}.partial-{token}")
@@ -258,6 +269,11 @@ def _atomic_output(
         raise
     if not tmp.exists():
         raise FileNotFoundError(f"nothing was written to {tmp}")
+    try:
+        check_no_readers(dest, kind or "output")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = dest.with_name(f"{dest.name}.old-{token}")
     if dest.exists():
         os.replace(dest, old)

@@ -32,9 +32,12 @@ is opened for writing.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import re
 import shutil
+import stat
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,9 +50,16 @@ import zarr
 from emdist._typing import AnyArray, FloatArray
 from emdist.exceptions import EmdistError, EmdistWarning, InvalidParameterError
 from emdist.io.atomic import disk_full_error, is_disk_full
-from emdist.io.integrity import UnsafeNameError, check_contained, safe_child, safe_name
+from emdist.io.integrity import (
+    UnsafeNameError,
+    check_contained,
+    check_declared_size,
+    safe_child,
+    safe_name,
+)
 from emdist.io.integrity import array_digest as _digest
 from emdist.io.locks import WriterLock, WriterLockedError
+from emdist.registry import estimator_class
 
 __all__ = [
     "BestState",
@@ -69,6 +79,17 @@ VERSION = 2
 _STATE_NAME = re.compile(r"s[0-9]{6,}")
 # Group of a running restart inside a state.
 _RUN_NAME = "r{}"
+#: Most committed states a checkpoint keeps (``keep``): a longer ``committed`` list is damage,
+#: refused before any of its names is looked at.
+MAX_KEEP = 1000
+#: Most arrays a state may list (parameters, bounds and carry of every running restart): a
+#: state of the largest ``n_init`` holds a few per restart.
+MAX_ARRAYS = 100_000
+#: Most restarts a state may list when the configuration does not say ``n_init``.
+MAX_RESTARTS = 100_000
+# Seeds are non-negative 64-bit integers, stored as decimal strings.
+_SEED = re.compile(r"[0-9]{1,20}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class CheckpointError(EmdistError, RuntimeError):
@@ -191,6 +212,21 @@ def _json_safe(obj: Any) -> Any:
     return repr(obj)
 
 
+def _file_kind(path: Path) -> str:
+    """What ``path`` is, in words (for errors about a location that is not a directory)."""
+    mode = path.stat().st_mode
+    for test, words in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISREG, "a regular file"),
+    ):
+        if test(mode):
+            return words
+    return "not a directory"
+
+
 def _diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
@@ -208,17 +244,44 @@ def _int_field(
     """An integer attribute within ``[low, high]``, or CheckpointError naming the field."""
     value = attrs.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise CheckpointError(f"field '{prefix}{key}' is {value!r}, not an integer")
+        raise CheckpointError(f"field '{prefix}{key}' is {_short(value)}, not an integer")
     if value < low or (high is not None and value > high):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         raise CheckpointError(f"field '{prefix}{key}' is {value}, outside {bound}")
     return value
 
 
+def _bool_field(attrs: Mapping[str, Any], key: str, prefix: str = "") -> bool:
+    value = attrs.get(key)
+    if not isinstance(value, bool):
+        raise CheckpointError(f"field '{prefix}{key}' is {_short(value)}, not a boolean")
+    return value
+
+
+def _list_field(attrs: Mapping[str, Any], key: str, longest: int, prefix: str = "") -> list[Any]:
+    """A list attribute of at most ``longest`` entries (checked before any entry is used)."""
+    value = attrs.get(key)
+    if not isinstance(value, list):
+        raise CheckpointError(f"field '{prefix}{key}' is {_short(value)}, not a list")
+    if len(value) > longest:
+        raise CheckpointError(
+            f"field '{prefix}{key}' lists {len(value):,} entries; at most {longest:,} are possible"
+        )
+    return value
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a stored value, cut short (a hostile field may be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({type(value).__name__})"
+
+
 def _float_array(arrays: Mapping[str, AnyArray], key: str, ndim: int) -> FloatArray:
     value = arrays.get(key)
     if value is None or value.dtype.kind != "f" or value.ndim != ndim:
         raise CheckpointError(f"field {key!r} is missing or not a {ndim}-D float array")
+    if not np.all(np.isfinite(value)):
+        raise CheckpointError(f"field {key!r} holds NaN or infinity")
     return value
 
 
@@ -247,10 +310,11 @@ class CheckpointStore:
         keep: int = 2,
         overwrite: bool = False,
     ) -> None:
-        if every < 1:
-            raise InvalidParameterError(f"every must be >= 1; got {every}")
-        if keep < 1:
-            raise InvalidParameterError(f"keep must be >= 1; got {keep}")
+        for name, value, high in (("every", every, None), ("keep", keep, MAX_KEEP)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise InvalidParameterError(f"{name} must be an int >= 1; got {value!r}")
+            if high is not None and value > high:
+                raise InvalidParameterError(f"{name} must be at most {high}; got {value!r}")
         self.path = Path(path)
         self.every = int(every)
         self.keep = int(keep)
@@ -286,7 +350,15 @@ class CheckpointStore:
         if self.overwrite or not (self.path / "zarr.json").exists() or self._is_bare_group():
             return None
         seed = self._open_root(mode="r").attrs.get("seed")
-        return None if seed is None else int(str(seed))
+        if seed is None:
+            return None
+        if not isinstance(seed, str) or not _SEED.fullmatch(seed) or int(seed) >= 2**64:
+            raise CheckpointError(
+                f"the checkpoint at {self.path} is damaged: field 'seed' is {_short(seed)}, not "
+                f"a non-negative 64-bit integer as a decimal string; start over with "
+                f"overwrite=True"
+            )
+        return int(seed)
 
     def open(
         self, config: Mapping[str, Any], fingerprint: Mapping[str, Any], seed: int = 0
@@ -318,6 +390,11 @@ class CheckpointStore:
         """
         config_j = _json_safe(dict(config))
         fingerprint_j = _json_safe(dict(fingerprint))
+        if self.path.exists() and not self.path.is_dir():
+            raise CheckpointError(
+                f"the checkpoint location {self.path} is {_file_kind(self.path)}, not a "
+                f"directory; choose a directory (it is created when missing)"
+            )
         # One writer per checkpoint, taken before anything is deleted or written. Held until
         # close(), or until this store is garbage-collected or the process exits.
         if self._lock is None:
@@ -340,26 +417,7 @@ class CheckpointStore:
                     f"{self.path} exists but is not an emdist checkpoint; choose another "
                     f"location or delete it"
                 )
-            # Created with its attributes in one metadata write: a kill can't leave a root
-            # group that says nothing (which the next run would refuse as foreign).
-            root = zarr.open_group(
-                str(self.path),
-                mode="w",
-                use_consolidated=False,
-                attributes={
-                    "format": FORMAT,
-                    "version": VERSION,
-                    "config": config_j,
-                    "fingerprint": fingerprint_j,
-                    "committed": [],
-                    # How many commits were made: `committed` may be empty only while this
-                    # is 0, so an emptied list is damage, not a fresh checkpoint.
-                    "commits": 0,
-                    # As a string: JSON numbers may lose 64-bit integers in other readers.
-                    "seed": str(seed),
-                },
-            )
-            self._root = root
+            self._root = self._create_root(config_j, fingerprint_j, seed)
             return None
         root = self._open_root(mode="r+")
         attrs = root.attrs.asdict()
@@ -427,17 +485,28 @@ class CheckpointStore:
         assert self._root is not None
         attrs = self._root.attrs
         names = attrs.get("committed", [])
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names[:MAX_KEEP]):
             raise CheckpointError(
                 f"the checkpoint at {self.path} is damaged: field 'committed' must be a list "
-                f"of state names; got {names!r}"
+                f"of state names; got {_short(names)}"
             )
-        commits = attrs.get("commits", 0)
+        if len(names) > MAX_KEEP:
+            raise CheckpointError(
+                f"the checkpoint at {self.path} is damaged: field 'committed' lists "
+                f"{len(names):,} states; at most {MAX_KEEP} are ever kept"
+            )
+        # Absent in checkpoints written before the count was kept.
+        commits = attrs.get("commits", len(names))
+        if isinstance(commits, bool) or not isinstance(commits, int) or commits < len(names):
+            raise CheckpointError(
+                f"the checkpoint at {self.path} is damaged: field 'commits' is "
+                f"{_short(commits)}, not an integer >= {len(names)} (the committed states)"
+            )
         if not names and commits != 0:
             # Reading on would discard (and prune) every state the checkpoint holds.
             raise CheckpointError(
                 f"the checkpoint at {self.path} is damaged: field 'committed' is empty but "
-                f"{commits!r} commits were made; refusing to discard its states"
+                f"{commits} commits were made; refusing to discard its states"
             )
         for name in names:
             try:
@@ -508,48 +577,84 @@ class CheckpointStore:
     def _read_arrays(self, group: zarr.Group, checksums: Any) -> dict[str, AnyArray]:
         out = {}
         if not isinstance(checksums, Mapping):
-            raise CheckpointError("field 'checksums' is not a mapping")
+            raise CheckpointError(f"field 'checksums' is {_short(checksums)}, not a mapping")
+        if len(checksums) > MAX_ARRAYS:
+            raise CheckpointError(
+                f"field 'checksums' lists {len(checksums):,} arrays; at most {MAX_ARRAYS:,} "
+                f"are possible"
+            )
         for name, expected in checksums.items():
+            if not isinstance(expected, str) or not _SHA256.fullmatch(expected):
+                raise CheckpointError(f"field 'checksums.{name}' is not a SHA-256 digest")
             node = group[safe_name(name, "checkpoint field 'checksums'")]
             if not isinstance(node, zarr.Array):
                 raise CheckpointError(f"{name} is not an array")
+            # Bounded before it is read: an edited header must not allocate TiBs.
+            check_declared_size(tuple(node.shape), node.dtype, f"array {name}")
             arr = np.asarray(node[...])
             if _digest(arr) != expected:
                 raise CheckpointError(f"array {name} does not match its checksum")
             out[name] = arr
         return out
 
-    def _n_init(self) -> int | None:
+    def _config(self) -> Mapping[str, Any]:
         assert self._root is not None
         config = self._root.attrs.get("config")
-        n_init = config.get("n_init") if isinstance(config, dict) else None
-        return n_init if isinstance(n_init, int) and not isinstance(n_init, bool) else None
+        return config if isinstance(config, Mapping) else {}
+
+    def _config_int(self, key: str) -> int | None:
+        value = self._config().get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def _n_init(self) -> int | None:
+        return self._config_int("n_init")
+
+    def _check_params(self, params: dict[str, AnyArray], where: str) -> None:
+        """Value checks of a stored restart's parameters, as a saved model's (by its estimator).
+
+        The estimator named by the configuration checks shapes against the configuration
+        and the data's width, finiteness, weights on the simplex, positive definite
+        covariances and precisions that invert them. Without a known estimator, every
+        parameter must at least be a finite float array.
+        """
+        for key, value in params.items():
+            # Parameters are float arrays (means, covariances, centres, weights...):
+            # anything else would fail deep inside EM, or worse, be silently cast.
+            if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
+                raise CheckpointError(f"field '{where}/{key}' is not a finite float array")
+        assert self._root is not None
+        config = self._config()
+        cls = estimator_class(str(config.get("estimator")))
+        fingerprint = self._root.attrs.get("fingerprint")
+        n_features = fingerprint.get("n_features") if isinstance(fingerprint, Mapping) else None
+        check = getattr(cls, "check_state_params", None)
+        if check is None or not isinstance(n_features, int) or isinstance(n_features, bool):
+            return
+        try:
+            check(params, config, n_features)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"the parameters in '{where}' cannot be a model: {exc}") from None
 
     def _read_state(self, name: str) -> FitState:
         group = zarr.open_group(str(self.path / name), mode="r", use_consolidated=False)
         attrs: dict[str, Any] = dict(group.attrs.asdict())
-        if not attrs.get("complete"):
+        if attrs.get("complete") is not True:
             raise CheckpointError("state was not completely written")
         n_init = self._n_init()
         high = None if n_init is None else n_init - 1
+        most = MAX_RESTARTS if n_init is None else n_init
+        max_iter = self._config_int("max_iter")
         arrays = self._read_arrays(group, attrs.get("checksums"))
-        entries = attrs.get("running")
-        if not isinstance(entries, list):
-            raise CheckpointError(f"field 'running' is {entries!r}, not a list")
-        finished_raw = attrs.get("finished")
-        if not isinstance(finished_raw, list):
-            raise CheckpointError(f"field 'finished' is {finished_raw!r}, not a list")
+        entries = _list_field(attrs, "running", most)
+        finished_raw = _list_field(attrs, "finished", most)
         finished = tuple(_int_field({"finished": v}, "finished", 0, high) for v in finished_raw)
         running: list[RestartState] = []
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
-                raise CheckpointError(f"field 'running[{i}]' is {entry!r}, not a mapping")
+                raise CheckpointError(f"field 'running[{i}]' is {_short(entry)}, not a mapping")
             prefix = f"running[{i}]."
             restart = _int_field(entry, "restart", 0, high, prefix)
-            if not isinstance(entry.get("converged"), bool):
-                raise CheckpointError(
-                    f"field '{prefix}converged' is {entry.get('converged')!r}, not a boolean"
-                )
+            converged = _bool_field(entry, "converged", prefix)
             run = _RUN_NAME.format(restart)
             params = {
                 k.removeprefix(f"{run}/params/"): v
@@ -558,13 +663,13 @@ class CheckpointStore:
             }
             if not params:
                 raise CheckpointError(f"restart {restart} has no parameters")
-            for key, value in params.items():
-                # Parameters are float arrays (means, covariances, centres, weights...):
-                # anything else would fail deep inside EM, or worse, be silently cast.
-                if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
-                    raise CheckpointError(f"field '{run}/params/{key}' is not a finite float array")
+            self._check_params(params, f"{run}/params")
             lower_bounds = _float_array(arrays, f"{run}/lower_bounds", ndim=1)
             _int_field(entry, "iteration", len(lower_bounds), len(lower_bounds), prefix)
+            if max_iter is not None and len(lower_bounds) > max_iter:
+                raise CheckpointError(
+                    f"field '{prefix}iteration' is {len(lower_bounds)}, beyond max_iter={max_iter}"
+                )
             carry = {
                 k.removeprefix(f"{run}/carry/"): v
                 for k, v in arrays.items()
@@ -575,14 +680,15 @@ class CheckpointStore:
             listed = entry.get("carry", [])
             if (
                 not isinstance(listed, list)
+                or len(listed) > MAX_ARRAYS
                 or not all(isinstance(n, str) for n in listed)
                 or sorted(listed) != sorted(carry)
             ):
                 raise CheckpointError(
-                    f"field '{prefix}carry' is {listed!r}; the state holds "
-                    f"{sorted(carry)!r} for restart {restart}"
+                    f"field '{prefix}carry' is {_short(listed)}; the state holds "
+                    f"{_short(sorted(carry))} for restart {restart}"
                 )
-            running.append(RestartState(restart, params, lower_bounds, entry["converged"], carry))
+            running.append(RestartState(restart, params, lower_bounds, converged, carry))
         indices = [r.restart for r in running] + list(finished)
         if len(set(indices)) != len(indices):
             raise CheckpointError(f"restarts {indices} are listed twice (running, finished)")
@@ -590,10 +696,13 @@ class CheckpointStore:
         if attrs.get("best") is not None:
             b = attrs["best"]
             if not isinstance(b, dict):
-                raise CheckpointError(f"field 'best' is {b!r}, not a mapping")
+                raise CheckpointError(f"field 'best' is {_short(b)}, not a mapping")
             best_params = {
                 k.removeprefix("best/"): v for k, v in arrays.items() if k.startswith("best/")
             }
+            if not best_params:
+                raise CheckpointError("field 'best' has no parameters")
+            self._check_params(best_params, "best")
             for run_state in running:
                 for key, value in run_state.params.items():
                     other = best_params.get(key)
@@ -603,16 +712,25 @@ class CheckpointStore:
                             f"{run_state.restart}'s '{key}' in shape"
                         )
             score = b.get("score")
-            if isinstance(score, bool) or not isinstance(score, int | float):
-                raise CheckpointError(f"field 'best.score' is {score!r}, not a number")
-            if not isinstance(b.get("converged"), bool):
-                raise CheckpointError(f"field 'best.converged' is {b.get('converged')!r}")
+            if (
+                isinstance(score, bool)
+                or not isinstance(score, int | float)
+                or not math.isfinite(score)
+            ):
+                raise CheckpointError(f"field 'best.score' is {_short(score)}, not a finite number")
+            best_bounds = _float_array(arrays, "best_lower_bounds", ndim=1)
+            # n_iter is the kept restart's iteration count: one bound per iteration.
+            n_iter = _int_field(b, "n_iter", max(1, len(best_bounds)), len(best_bounds), "best.")
+            if max_iter is not None and n_iter > max_iter:
+                raise CheckpointError(
+                    f"field 'best.n_iter' is {n_iter}, beyond max_iter={max_iter}"
+                )
             best = BestState(
                 restart=_int_field(b, "restart", 0, high, "best."),
                 params=best_params,
-                lower_bounds=_float_array(arrays, "best_lower_bounds", ndim=1),
-                n_iter=_int_field(b, "n_iter", 0, None, "best."),
-                converged=b["converged"],
+                lower_bounds=best_bounds,
+                n_iter=n_iter,
+                converged=_bool_field(b, "converged", "best."),
                 score=float(score),
             )
             if best.restart not in finished:
@@ -621,7 +739,7 @@ class CheckpointStore:
             raise CheckpointError(f"restarts {list(finished)} are finished but 'best' is missing")
         extra = attrs.get("extra", {})
         if not isinstance(extra, dict):
-            raise CheckpointError(f"field 'extra' is {extra!r}, not a mapping")
+            raise CheckpointError(f"field 'extra' is {_short(extra)}, not a mapping")
         return FitState(
             running=tuple(sorted(running, key=lambda r: r.restart)),
             finished=tuple(sorted(finished)),
@@ -630,6 +748,37 @@ class CheckpointStore:
         )
 
     # -- writing ---------------------------------------------------------------------------
+
+    def _create_root(self, config_j: Any, fingerprint_j: Any, seed: int) -> zarr.Group:
+        """Create the root group of a new checkpoint; a full disk is one line, nothing left."""
+        existed = self.path.exists()
+        try:
+            # Created with its attributes in one metadata write: a kill can't leave a root
+            # group that says nothing (which the next run would refuse as foreign).
+            return zarr.open_group(
+                str(self.path),
+                mode="w",
+                use_consolidated=False,
+                attributes={
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "config": config_j,
+                    "fingerprint": fingerprint_j,
+                    "committed": [],
+                    # How many commits were made: `committed` may be empty only while this
+                    # is 0, so an emptied list is damage, not a fresh checkpoint.
+                    "commits": 0,
+                    # As a string: JSON numbers may lose 64-bit integers in other readers.
+                    "seed": str(seed),
+                },
+            )
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            error = disk_full_error(self.path, None)
+            if not existed:  # an empty folder was checked above; a new one is removed
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise error from None
 
     def save(self, state: FitState) -> None:
         """Commit ``state`` atomically, then prune old states.

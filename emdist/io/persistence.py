@@ -8,21 +8,25 @@ hold the fitted arrays. Loading therefore never runs code from the store.
 Verification on load: every array carries a SHA-256 in the attributes (the
 digest checkpoints use, :func:`emdist.io.integrity.array_digest`) and a CRC-32C per chunk; an
 array's declared size is bounded before it is read; and the values must make a usable model
-(weights >= 0 summing to 1, finite means, triangular precision Cholesky factors with a
-positive diagonal, shapes consistent with ``n_components`` and ``n_features_in_``). Anything
-else raises :class:`ModelFormatError` naming the field.
+(each estimator's ``check_fitted_values``: weights >= 0 summing to 1, finite means,
+positive definite covariances, precision Cholesky factors triangular with a positive
+diagonal and inverse to the covariances, ``precisions_`` their product, shapes consistent
+with ``n_components`` and ``n_features_in_``, a finite ``lower_bound_`` that is the last of
+the ``n_iter_`` finite ``lower_bounds_``, a finite non-negative ``inertia_``). Anything else
+raises :class:`ModelFormatError` naming the field.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import zarr
 
-from emdist.exceptions import EmdistError
+from emdist.exceptions import EmdistError, InvalidParameterError, not_fitted_error
 from emdist.io.atomic import atomic_output
 from emdist.io.integrity import (
     IntegrityError,
@@ -37,7 +41,13 @@ from emdist.io.integrity import (
 )
 from emdist.registry import estimator_class, model_families
 
-__all__ = ["ModelFormatError", "load_model", "save_model"]
+__all__ = [
+    "ModelFormatError",
+    "NotAModelError",
+    "UnsupportedModelError",
+    "load_model",
+    "save_model",
+]
 
 FORMAT = "emdist-model"
 # 2: arrays carry SHA-256 checksums and CRC-32C chunks (version 1 had neither).
@@ -46,10 +56,22 @@ _PREFIXES = ("params", "fitted")
 # Not saved: callables and locations that belong to one run, and data-sized results.
 _SKIP_PARAMS = ("observer", "checkpoint")
 _SKIP_ATTRS = ("labels_",)
+# The names of the columns fitted on (scikit-learn's object array of str), kept as JSON.
+_FEATURE_NAMES = "feature_names_in_"
+# The attributes save_model writes itself.
+_MODEL_KEYS = ("format", "version", "estimator", "params", "fitted", "checksums")
 
 
 class ModelFormatError(EmdistError, ValueError):
     """A path does not hold a model this version of emdist can load."""
+
+
+class NotAModelError(ModelFormatError):
+    """A path holds no emdist model at all (nothing, a file, a data array, another group)."""
+
+
+class UnsupportedModelError(EmdistError, TypeError):
+    """:func:`save_model` was given an object that is not an emdist estimator."""
 
 
 def _json_value(value: Any) -> Any:
@@ -70,7 +92,13 @@ def _from_json(value: Any) -> Any:
     return value
 
 
-def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+def save_model(
+    estimator: Any,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    attributes: Mapping[str, str] | None = None,
+) -> None:
     """Save a fitted estimator to a Zarr group at ``path`` (atomically).
 
     Parameters
@@ -80,13 +108,23 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
     path : str or path
     overwrite : bool, default=False
         Replace an existing model at ``path`` (the old one stays until the new one is whole).
+    attributes : mapping of str to str, optional
+        Extra attributes of the model's group (who wrote it), written with the model in the
+        same atomic step: a process killed after the model appears never leaves it without
+        them. They cannot replace the model's own keys.
     """
+    extra = dict(attributes or {})
+    clash = sorted(set(extra) & set(_MODEL_KEYS))
+    if clash or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise InvalidParameterError(
+            f"attributes must map new str names to str values (not {clash or extra!r})"
+        )
     name = type(estimator).__name__
     if estimator_class(name) is not type(estimator):
         supported = sorted(cls.__name__ for cls in model_families().values())
-        raise TypeError(f"cannot save a {name}; supported: {supported}")
+        raise UnsupportedModelError(f"cannot save a {name}; supported: {supported}")
     if not estimator.__sklearn_is_fitted__():
-        raise ValueError(f"this {name} is not fitted; fit it before saving")
+        raise not_fitted_error(estimator)
     params: dict[str, Any] = {}
     param_arrays: dict[str, np.ndarray[Any, Any]] = {}
     for key, value in estimator.get_params().items():
@@ -103,7 +141,9 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
     for key, value in vars(estimator).items():
         if not key.endswith("_") or key.startswith("_") or key in _SKIP_ATTRS:
             continue
-        if isinstance(value, np.ndarray):
+        if key == _FEATURE_NAMES:
+            fitted[key] = [str(name) for name in value]  # strings: JSON, not an object array
+        elif isinstance(value, np.ndarray):
             fitted_arrays[key] = value
         else:
             fitted[key] = _json_value(value)
@@ -122,6 +162,7 @@ def save_model(estimator: Any, path: str | os.PathLike[str], *, overwrite: bool 
                 checksums[f"{prefix}/{key}"] = array_digest(value)
         group.attrs.update(
             {
+                **extra,
                 "format": FORMAT,
                 "version": VERSION,
                 "estimator": name,
@@ -146,9 +187,11 @@ def load_model(path: str | os.PathLike[str]) -> Any:
 
     Raises
     ------
+    NotAModelError
+        If ``path`` does not exist or holds no emdist model (a :class:`ModelFormatError`).
     ModelFormatError
-        If ``path`` holds no emdist model, one of an unknown kind or version, or one that
-        fails its verification (see the module docstring); the message names the field.
+        If ``path`` holds a model of an unknown kind or version, or one that fails its
+        verification (see the module docstring); the message names the field.
     """
     try:
         check_contained(path, "model")
@@ -157,10 +200,15 @@ def load_model(path: str | os.PathLike[str]) -> Any:
     try:
         group = zarr.open_group(str(path), mode="r")
         attrs: dict[str, Any] = dict(group.attrs.asdict())
-    except Exception as exc:
-        raise ModelFormatError(f"no emdist model at {os.fspath(path)!r}: {exc}") from None
+    except Exception:
+        # Zarr's reason ("an array already exists in store file://...") names its internals,
+        # not the user's mistake.
+        attrs = {}
     if attrs.get("format") != FORMAT:
-        raise ModelFormatError(f"{os.fspath(path)!r} does not hold an emdist model")
+        missing = not os.path.lexists(path)
+        raise NotAModelError(
+            f"{os.fspath(path)} {'does not exist' if missing else 'is not an emdist model'}"
+        )
     if attrs.get("version") != VERSION:
         older = (
             " (saved without checksums: fit or save it again)" if attrs.get("version") == 1 else ""
@@ -235,11 +283,22 @@ def _build(cls: type[Any], arrays: dict[str, np.ndarray[Any, Any]], attrs: dict[
             params[name.removeprefix("params/")] = value
     estimator = cls(**params)
     for key, value in dict(attrs["fitted"]).items():
+        if key == _FEATURE_NAMES:
+            value = _feature_names(value)
         setattr(estimator, _fitted_name(cls, key), _from_json(value))
     for name, value in arrays.items():
         if name.startswith("fitted/"):
             setattr(estimator, _fitted_name(cls, name.removeprefix("fitted/")), value)
+    names = getattr(estimator, _FEATURE_NAMES, None)
+    if names is not None and len(names) != getattr(estimator, "n_features_in_", None):
+        raise ValueError(f"field {_FEATURE_NAMES!r} does not name n_features_in_ features")
     return estimator
+
+
+def _feature_names(value: Any) -> np.ndarray[Any, Any]:
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise ValueError(f"field {_FEATURE_NAMES!r} is not a list of strings")
+    return np.asarray(value, dtype=object)
 
 
 def _check_values(estimator: Any, where: str) -> None:

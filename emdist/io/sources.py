@@ -7,8 +7,13 @@ Column chunking is removed: every kernel needs whole rows.
 
 A Zarr array is verified before anything is read (:func:`emdist.io.integrity.verify_array`):
 one that emdist wrote must match the shape, chunks, dtype and chunk count it recorded and
-have every chunk file, and each chunk's CRC-32C is checked as it is read. Any array's
-declared chunk count and chunk size are bounded, so an edited header fails fast.
+have every chunk file holding the data recorded for its position, and each chunk's CRC-32C
+is checked as it is read. Any array's declared chunk count and chunk size are bounded, so an
+edited header fails fast.
+
+While a Dask array made here from an emdist store lives (a fit), it holds a shared lock on
+the store (:class:`emdist.io.locks.ReaderLock`), so that ``ingest(..., overwrite=True)`` of
+the same path is refused instead of replacing the data under the fit.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ import scipy.sparse
 import zarr
 from dask.base import tokenize
 
-from emdist.exceptions import InvalidDataError
+from emdist.exceptions import InvalidDataError, InvalidDataTypeError
 from emdist.io.chunking import read_block_rows
-from emdist.io.integrity import CheckedReader, verify_array
+from emdist.io.integrity import RECORD_KEY, CheckedReader, check_metadata_files, verify_array
+from emdist.io.locks import ReaderLock
 
 __all__ = [
     "as_dask_array",
@@ -68,6 +74,17 @@ def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array[Any]:
         message lists the arrays it holds), or (``IntegrityError``) an array that fails
         verification.
     """
+    if "\0" not in os.fspath(path) and Path(path).is_file():
+        # A Zarr array is a directory; a file is data to convert first (CSV, .npy...).
+        raise InvalidDataError(
+            f"{os.fspath(path)} is a file, not a Zarr array; convert it first with "
+            f"emdist.io.ingest.ingest({os.fspath(path)!r}, 'data.zarr') and pass data.zarr"
+        ).naming(
+            "emdist.io.ingest",
+            f"emdist.io.ingest.ingest({os.fspath(path)!r}, 'data.zarr')",
+            os.fspath(path),
+        )
+    check_metadata_files(path)  # before zarr opens it: a named pipe would never return
     try:
         node = zarr.open(str(path), mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
@@ -154,15 +171,19 @@ def is_out_of_core(X: Any) -> bool:
 def as_numpy_array(X: Any, what: str = "X") -> np.ndarray[Any, Any]:
     """In-memory ``X`` as a validated numpy array (scikit-learn's ``check_array`` rules).
 
-    Sparse matrices are refused (every kernel works on dense row-blocks). Unlike
-    scikit-learn, an object array is refused too rather than converted to float64: it
-    comes from text or mixed columns (a pandas frame with a string column), and the same
-    data stored in Zarr or Dask is refused as well, so both paths agree.
+    Sparse matrices are refused (every kernel works on dense row-blocks). An object array
+    (a pandas frame with mixed or nullable columns, a list of ``Decimal``) is converted to
+    float64 as scikit-learn does; one holding a value that is not a number (text,
+    ``None``, ``pd.NA``) is refused naming the first such value, its row and column (and
+    the column's name for a DataFrame).
 
     Raises
     ------
     TypeError
         For sparse input.
+    InvalidDataTypeError
+        For an object array holding something that is not a number (a ``TypeError`` and
+        an :class:`InvalidDataError`).
     InvalidDataError
         As :func:`validate_array_like`.
     """
@@ -171,9 +192,37 @@ def as_numpy_array(X: Any, what: str = "X") -> np.ndarray[Any, Any]:
             f"{what} is a sparse {type(X).__name__}; sparse data is not supported, pass a "
             f"dense array (X.toarray()) or store it densely in Zarr."
         )
-    arr = np.asarray(X)
+    try:
+        arr = np.asarray(X)
+    except ValueError as exc:  # rows of different lengths (a ragged list)
+        raise InvalidDataError(
+            f"{what} cannot be read as a 2-D array: {' '.join(str(exc).split())}"
+        ) from None
+    if arr.dtype == object and arr.ndim == 2:
+        arr = _object_to_float(arr, X, what)
     validate_array_like(arr.shape, arr.dtype, what)
     return arr
+
+
+def _object_to_float(arr: np.ndarray[Any, Any], X: Any, what: str) -> np.ndarray[Any, Any]:
+    """An object array of numbers as float64; else the first value that is not one."""
+    try:
+        return arr.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        failure = exc
+    for (row, col), value in np.ndenumerate(arr):
+        try:
+            float(value)
+        except (TypeError, ValueError) as exc:
+            columns = getattr(X, "columns", None)
+            name = f" ({columns[col]!r})" if columns is not None and len(columns) > col else ""
+            # numpy's own words end the message ("float() argument must be a string or a
+            # real number, not 'dict'"): code written against scikit-learn matches them.
+            raise InvalidDataTypeError(
+                f"{what} must hold real numbers; got {value!r} at row {row}, column "
+                f"{col}{name} of an object array ({exc})."
+            ) from None
+    raise InvalidDataTypeError(f"{what} must hold real numbers; got an object array ({failure}).")
 
 
 def _numpy_chunk_rows(n: int, d: int, itemsize: int) -> int:
@@ -206,13 +255,15 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
     InvalidDataError
         For data of the wrong rank or dtype, or with no rows.
     """
+    verified = False
     if isinstance(X, str | os.PathLike | Path):
         X = open_zarr_array(X)
+        verified = X.attrs.get(RECORD_KEY) is not None
     elif isinstance(X, zarr.Group):
         X = data_array_of_group(X, str(X.store_path))
-        verify_array(X, _where(X))
+        verified = verify_array(X, _where(X))
     elif isinstance(X, zarr.Array):
-        verify_array(X, _where(X))
+        verified = verify_array(X, _where(X))
     if isinstance(X, zarr.Array):
         validate_array_like(X.shape, X.dtype)
         stored_rows = (X.shards or X.chunks)[0]
@@ -221,10 +272,15 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
         chunks = (rows, X.shape[1])
         # As da.from_zarr does (same name, so graphs stay deterministic), but reading through
         # CheckedReader: a chunk failing its CRC-32C is reported with the store and rows.
+        reader = CheckedReader(X, _where(X))
+        root = getattr(X.store, "root", None)
+        if verified and root is not None:
+            # Held by the reader, so for as long as the graph reading it lives.
+            reader.hold(ReaderLock(root).acquire())
         return cast(
             da.Array,
             da.from_array(
-                CheckedReader(X, _where(X)),
+                reader,
                 chunks=chunks,
                 name="from-zarr-" + tokenize(X, chunks),
                 fancy=False,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,14 @@ from emdist._version import __version__
 from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.atomic import atomic_output
 from emdist.io.chunking import default_chunk_rows
-from emdist.io.integrity import CheckedReader, create_verified_array, seal, verify_array
+from emdist.io.integrity import (
+    MAX_CHUNKS,
+    CheckedReader,
+    create_verified_array,
+    memory_limit_bytes,
+    seal,
+    verify_array,
+)
 from emdist.kernels.covariance import full_covariances
 
 __all__ = [
@@ -324,6 +332,71 @@ class _RowSource:
         return np.concatenate(parts_X), np.concatenate(parts_y)
 
 
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.absolute().parents):
+        if candidate.exists():
+            return candidate
+    return Path.cwd()
+
+
+def check_generation_size(
+    n_samples: int,
+    n_features: int,
+    n_components: int,
+    covariance_type: str,
+    chunk_rows: int,
+    itemsize: int,
+    path: Path,
+) -> None:
+    """Refuse, before anything is written, a dataset this machine cannot generate.
+
+    The bounds: at most :data:`~emdist.io.integrity.MAX_CHUNKS` chunks (a store of more
+    chunks is refused when read, and writing millions of one-row chunks takes hours); one
+    chunk and the true covariances within the memory a read may take
+    (:func:`~emdist.io.integrity.memory_limit_bytes`); the whole array within the free space
+    of the disk that will hold it.
+
+    Raises
+    ------
+    InvalidParameterError
+        One line naming the argument and the bound.
+    """
+    n_chunks = -(-n_samples // chunk_rows)
+    if n_chunks > MAX_CHUNKS:
+        raise InvalidParameterError(
+            f"n_samples={n_samples:,} in chunks of chunk_rows={chunk_rows:,} rows makes "
+            f"{n_chunks:,} chunks; at most {MAX_CHUNKS:,} are possible: raise chunk_rows to at "
+            f"least {-(-n_samples // MAX_CHUNKS):,}"
+        )
+    memory = memory_limit_bytes()
+    chunk_bytes = chunk_rows * n_features * itemsize
+    if chunk_bytes > memory:
+        raise InvalidParameterError(
+            f"one chunk of {chunk_rows:,} rows x n_features={n_features:,} takes "
+            f"{chunk_bytes / 2**30:,.1f} GiB, more than the {memory / 2**30:,.1f} GiB a chunk "
+            f"may take on this machine: lower n_features or chunk_rows"
+        )
+    per_component = {"full": n_features**2, "tied": 0, "diag": n_features, "spherical": 1}
+    truth_bytes = 8 * (
+        n_components * (per_component.get(covariance_type, n_features**2) + n_features)
+        + (n_features**2 if covariance_type == "tied" else 0)
+    )
+    if truth_bytes > memory:
+        raise InvalidParameterError(
+            f"the covariances of n_components={n_components:,} components of "
+            f"n_features={n_features:,} take {truth_bytes / 2**30:,.1f} GiB, more than this "
+            f"machine's {memory / 2**30:,.1f} GiB limit: lower n_features or n_components"
+        )
+    total = n_samples * n_features * itemsize
+    where = _nearest_existing(path.parent if path.parent != path else path)
+    free = shutil.disk_usage(where).free
+    if total > free:
+        raise InvalidParameterError(
+            f"n_samples={n_samples:,} x n_features={n_features:,} takes "
+            f"{total / 2**30:,.1f} GiB; {where} has {free / 2**30:,.1f} GiB free"
+        )
+
+
 # --------------------------------------------------------------------------------------
 # Public entry points
 
@@ -349,6 +422,14 @@ def _validate(
         # The means are placed by rejection sampling, quadratic in their number.
         raise InvalidParameterError(
             f"n_components must be <= {MAX_COMPONENTS:,}; got {n_components}"
+        )
+    means_bytes = 8 * (n_components + 1) * n_features
+    if means_bytes > memory_limit_bytes():
+        # Checked before the centre and means are allocated (n_features floats each).
+        raise InvalidParameterError(
+            f"the means of n_components={n_components:,} components of "
+            f"n_features={n_features:,} take {means_bytes / 2**30:,.1f} GiB, more than this "
+            f"machine's {memory_limit_bytes() / 2**30:,.1f} GiB limit: lower n_features"
         )
     if covariance_type not in COVARIANCE_TYPES:
         raise InvalidParameterError(
@@ -480,6 +561,7 @@ def make_gaussian_mixture(
         rows = int(chunk_rows)
     rows = min(rows, n)  # Zarr pads edge chunks to full size: no chunk larger than the data
     target = Path(path)
+    check_generation_size(n, d, K, covariance_type, rows, out_dtype.itemsize, target)
     if (
         overwrite
         and target.exists()

@@ -6,9 +6,9 @@ are allocated once per chunk and reused (``out=``), which also spares the mmap a
 faults that fresh allocations cost under distributed's ``MALLOC_TRIM_THRESHOLD_=65536``.
 
 Sub-blocks must not be too small either: every numpy call releases and re-takes the GIL, and
-with two Dask threads calls of ~10 us spend as long handing the GIL over as computing
-(measured: a 1024 x 32 subtraction ran 1.1x faster on two threads than on one, a 4096 x 32
-exponential 2.0x). Each kernel's sub-block size is a compromise measured on 1M x 32, K=16.
+with two Dask threads short calls spend as long handing the GIL over as computing. Each
+kernel's sub-block size is a compromise measured on 1M x 32, K=16 (benchmarks/README.md,
+"Kernel sub-block sizes").
 """
 
 from __future__ import annotations

@@ -93,7 +93,9 @@ class ScanStats:
         else:
             delta = other.mean - self.mean
             mean = self.mean + delta * (other.n / n)
-            m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
+            # An overflow to inf is the scale check's to report (models._validation).
+            with np.errstate(over="ignore", invalid="ignore"):
+                m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
         bad = [(r, c) for r, c in ((self.bad_row, self.bad_col), (other.bad_row, other.bad_col))]
         bad = [b for b in bad if b[0] >= 0]
         bad_row, bad_col = min(bad) if bad else (-1, -1)
@@ -135,7 +137,9 @@ def scan_chunk(block: RowBlock, seed: int, sample_size: int) -> ScanStats:
     if finite.all():
         bad_row = bad_col = -1
         mean = Xf.mean(axis=0) if n else np.zeros(d)
-        m2 = ((Xf - mean) ** 2).sum(axis=0) if n else np.zeros(d)
+        # An overflow to inf is the scale check's to report (models._validation).
+        with np.errstate(over="ignore", invalid="ignore"):
+            m2 = ((Xf - mean) ** 2).sum(axis=0) if n else np.zeros(d)
     else:
         r, c = np.argwhere(~finite)[0]
         bad_row, bad_col = int(r) + row_offset, int(c)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import abc
 import inspect
+import math
 import numbers
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 import dask.array as da
 import numpy as np
@@ -44,6 +45,7 @@ __all__ = [
     "estimator_config",
     "fit_seed",
     "fitted_array",
+    "fitted_float",
     "fitted_int",
 ]
 
@@ -334,6 +336,7 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
         """
         self._validate_params()
         self._check_input(X)
+        self._reset_fit_input(X)  # feature_names_in_, as scikit-learn's fit
         warm = self._warm()
         start = self._start_from
         n_init = 1 if warm or start is not None else self._n_init()
@@ -394,6 +397,72 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
             Naming the field that is missing, misshaped, non-finite or out of range.
         """
         fitted_int(self, "n_features_in_")
+        n_iter = fitted_int(self, "n_iter_")
+        converged = getattr(self, "converged_", None)
+        if not isinstance(converged, bool):
+            raise ValueError(f"field 'converged_' is {converged!r}, not a bool")
+        # n_iter_ and lower_bounds_ are both the kept restart's: one bound per iteration.
+        bounds = getattr(self, "lower_bounds_", None)
+        if not isinstance(bounds, list) or len(bounds) != n_iter:
+            length = len(bounds) if isinstance(bounds, list) else type(bounds).__name__
+            raise ValueError(
+                f"field 'lower_bounds_' must be a list of n_iter_={n_iter} numbers; got {length}"
+            )
+        if not all(_finite_real(v) for v in bounds):
+            raise ValueError("field 'lower_bounds_' holds a value that is not a finite number")
+        self.check_parameter_values()
+
+    def check_parameter_values(self) -> None:
+        """Check the fitted parameters alone (also those of a checkpoint's restarts).
+
+        Raises
+        ------
+        ValueError
+            Naming the field that is missing, misshaped, non-finite or out of range.
+        """
+
+    #: The engine's parameters class of the estimator (checks of checkpointed states).
+    _params_type: ClassVar[Callable[..., Any] | None] = None
+
+    @classmethod
+    def check_state_params(
+        cls, arrays: Mapping[str, Any], config: Mapping[str, Any], n_features: int
+    ) -> None:
+        """Check the parameters of a checkpointed restart as a saved model's are checked.
+
+        Parameters
+        ----------
+        arrays : mapping
+            The restart's parameter arrays, by name (``params.arrays()``).
+        config : mapping
+            The fit's configuration (components, covariance type).
+        n_features : int
+
+        Raises
+        ------
+        ValueError
+            Naming the field that is missing, misshaped, non-finite or out of range.
+        """
+        if cls._params_type is None:
+            return
+        # Concrete estimators give every parameter a default (scikit-learn's convention).
+        estimator = cast(Callable[[], BaseEstimator], cls)()
+        for key in (cls._n_components_param, "covariance_type"):
+            if key in config:
+                setattr(estimator, key, config[key])
+        estimator.n_features_in_ = n_features
+        try:
+            params = cls._params_type(**arrays)
+        except TypeError:
+            raise ValueError(
+                f"fields {sorted(arrays)} are not the parameters of a {cls.__name__}"
+            ) from None
+        estimator._set_params(params)
+        estimator.check_parameter_values()
+
+    def _set_params(self, params: Any) -> None:
+        """Set the fitted parameter attributes from the engine's parameters."""
+        raise NotImplementedError
 
     # -- what reports ask of every model ---------------------------------------------------
 
@@ -460,6 +529,22 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> Any:
     if float(total) <= 0:
         raise InvalidParameterError("sample_weight sums to zero; at least one weight must be > 0")
     return w
+
+
+def _finite_real(value: Any) -> bool:
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def fitted_float(estimator: Any, field: str) -> float:
+    """``estimator.<field>`` if it is a finite number, else ``ValueError`` naming the field."""
+    value: Any = getattr(estimator, field, None)
+    if not _finite_real(value):
+        raise ValueError(f"field {field!r} is {value!r}, not a finite number")
+    return float(value)
 
 
 def fitted_int(estimator: Any, field: str) -> int:

@@ -8,6 +8,7 @@ the same per-block functions over their own log-probability kernel.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -22,6 +23,7 @@ from emdist.engine.restarts import BestRun
 from emdist.engine.seeding import kmeans_plusplus, sample_summary
 from emdist.exceptions import InvalidParameterError
 from emdist.kernels.covariance import covariance_shape, full_covariances
+from emdist.kernels.gaussian import precisions_from_cholesky
 from emdist.kernels.mixture import (
     MixtureStats,
     labels_from_log_prob,
@@ -37,6 +39,7 @@ from emdist.models._base import (
     Components,
     apply_rows,
     fitted_array,
+    fitted_float,
     fitted_int,
 )
 from emdist.models._sklearn import DensityMixin
@@ -48,6 +51,7 @@ from emdist.models._validation import (
     non_negative_real,
     one_of,
     positive_int,
+    restart_count,
 )
 from emdist.models.kmeans import fit_kmeans
 
@@ -61,6 +65,18 @@ __all__ = [
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 # How far saved weights may sum from 1 (float rounding of a normalisation) and still load.
 _WEIGHT_SUM_TOL = 1e-6
+
+
+def _inverse_of(precision: FloatArray, covariance: FloatArray) -> bool:
+    """Whether ``precision @ covariance`` is the identity up to the rounding of an inverse.
+
+    The rounding of an inverse grows with the condition number, so the tolerance does too
+    (a well-conditioned pair must agree to about 1e-8; a tampered one is off by O(1)).
+    """
+    d = covariance.shape[0]
+    cond = float(np.linalg.cond(covariance))
+    residual = float(np.max(np.abs(precision @ covariance - np.eye(d))))
+    return math.isfinite(cond) and residual <= max(1e-8, 1e4 * np.finfo(np.float64).eps * cond)
 
 
 def check_user_array(value: Any, shape: tuple[int, ...], name: str) -> FloatArray:
@@ -160,7 +176,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         "tol": non_negative_real,
         "reg_covar": non_negative_real,
         "max_iter": positive_int,
-        "n_init": positive_int,
+        "n_init": restart_count,
         "init_params": one_of(INIT_PARAMS),
         "init_sample_size": any_of(is_none, positive_int),
         **UPDATES_CONSTRAINTS,
@@ -219,7 +235,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
     def _apply(
         self, fn: Callable[..., Any], X: Any, out_width: int | None, dtype: Any = np.float64
     ) -> Any:
-        self._check_fitted()
+        self._check_fitted(X)
         log_prob, args = self._log_prob()
         return apply_rows(
             X,
@@ -296,12 +312,26 @@ class BaseMixture(DensityMixin, BaseEstimator):
         self._set_params(best.params)
 
     def check_fitted_values(self) -> None:
-        """Weights >= 0 summing to 1, finite means, triangular factors with a positive diagonal.
+        """The base class's checks, a finite ``lower_bound_``, and the parameters' values.
 
-        See the base class. With a positive diagonal a triangular Cholesky factor is
-        invertible, so the precision it gives is positive definite.
+        ``lower_bound_`` is the last of ``lower_bounds_`` (the kept restart's last iteration).
         """
         super().check_fitted_values()
+        bound = fitted_float(self, "lower_bound_")
+        if bound != float(self.lower_bounds_[-1]):
+            raise ValueError(
+                f"field 'lower_bound_' ({bound!r}) is not the last of 'lower_bounds_' "
+                f"({self.lower_bounds_[-1]!r})"
+            )
+
+    def check_parameter_values(self) -> None:
+        """Weights on the simplex, finite means, covariances and precisions that agree.
+
+        ``covariances_`` must be positive definite (a Cholesky factorisation exists; positive
+        variances for 'diag' and 'spherical'); ``precisions_cholesky_`` a triangular factor
+        with a positive diagonal whose precision is the inverse of the covariance (within
+        float rounding); ``precisions_``, where present, that precision.
+        """
         d = fitted_int(self, "n_features_in_")
         K = fitted_int(self, "n_components")
         weights = fitted_array(self, "weights_", (K,))
@@ -315,9 +345,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
             raise ValueError(f"field 'covariance_type' is {self.covariance_type!r}")
         shape = covariance_shape(self.covariance_type, K, d)
         factor = fitted_array(self, "precisions_cholesky_", shape)
-        for field in ("covariances_", "precisions_"):
-            if hasattr(self, field):
-                fitted_array(self, field, shape)
+        covariances = fitted_array(self, "covariances_", shape)
         if self.covariance_type in ("diag", "spherical"):
             diagonal, triangular = factor, True
         else:
@@ -329,6 +357,28 @@ class BaseMixture(DensityMixin, BaseEstimator):
                 "field 'precisions_cholesky_' is not a triangular factor with a positive "
                 "diagonal (its precision would not be positive definite)"
             )
+        full_cov = full_covariances(covariances, self.covariance_type, K, d)
+        precision = precisions_from_cholesky(factor, self.covariance_type)
+        full_prec = full_covariances(precision, self.covariance_type, K, d)
+        for k, cov in enumerate(full_cov):
+            who = "the tied covariance" if self.covariance_type == "tied" else f"component {k}"
+            try:
+                np.linalg.cholesky(cov)
+            except np.linalg.LinAlgError:
+                raise ValueError(f"field 'covariances_' is not positive definite ({who})") from None
+            if not _inverse_of(full_prec[k], cov):
+                raise ValueError(
+                    f"field 'precisions_cholesky_' does not match 'covariances_' ({who}: "
+                    f"its precision is not the covariance's inverse)"
+                )
+        if getattr(self, "precisions_", None) is not None:
+            saved = fitted_array(self, "precisions_", shape)
+            scale = max(float(np.max(np.abs(precision))), np.finfo(np.float64).tiny)
+            if float(np.max(np.abs(saved - precision))) > 1e-9 * scale:
+                raise ValueError(
+                    "field 'precisions_' does not match 'precisions_cholesky_' (it must be "
+                    "the factor times its transpose)"
+                )
 
     def components(self) -> Components:
         """Means, mixing weights and every component's full covariance."""

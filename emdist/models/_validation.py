@@ -14,20 +14,25 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from emdist.exceptions import InvalidParameterError
+import numpy as np
+
+from emdist.exceptions import InvalidDataError, InvalidParameterError
 
 __all__ = [
+    "MAX_N_INIT",
     "UPDATES",
     "UPDATES_CONSTRAINTS",
     "Constraint",
     "any_of",
     "boolean",
+    "check_data_scale",
     "is_none",
     "literal",
     "non_negative_real",
     "one_of",
     "positive_finite_real",
     "positive_int",
+    "restart_count",
     "shards_of",
     "validate_parameters",
 ]
@@ -57,6 +62,13 @@ def _is_real(value: Any) -> bool:
 
 
 positive_int = Constraint("a positive int", lambda v: _is_int(v) and int(v) >= 1)
+#: Most restarts of one fit. Each is a full EM run whose parameters are held side by side
+#: (and seeded up front): a count beyond this would hang the fit long before it helped.
+MAX_N_INIT = 10_000
+restart_count = Constraint(
+    f"a positive int at most {MAX_N_INIT:,}",
+    lambda v: _is_int(v) and 1 <= int(v) <= MAX_N_INIT,
+)
 # A NaN fails ``>= 0`` as it should.
 non_negative_real = Constraint(">= 0", lambda v: _is_real(v) and float(v) >= 0)
 boolean = Constraint("a bool", lambda v: isinstance(v, bool))
@@ -112,3 +124,50 @@ def validate_parameters(constraints: Mapping[str, Constraint], params: Mapping[s
         value = params[name]
         if not constraint(value):
             raise InvalidParameterError(f"{name} must be {constraint.description}; got {value!r}")
+
+
+def check_data_scale(n_samples: int, variance: Any, sample: Any, model: str = "this model") -> None:
+    """Refuse data whose squared distances can overflow float64, from the scan's statistics.
+
+    A row's squared distance from the mean is at most ``n_samples`` times the summed
+    per-feature variance, and two rows are at most twice that far apart: when
+    ``4 * n_samples * Σ variance`` overflows (or the variance itself did), distances and
+    second moments may become infinite, and a fit would report an infinite inertia or
+    bound instead of failing. Checked before any pass over the data.
+
+    Parameters
+    ----------
+    n_samples : int
+    variance : ndarray of shape (n_features,)
+        Per-feature variance from the scan pass.
+    sample : ndarray of shape (m, n_features)
+        The scan's sample of rows (its largest magnitude names the scale when the
+        variance overflowed).
+    model : str
+        The estimator, for the message.
+
+    Raises
+    ------
+    InvalidDataError
+        One line: the scale of the data and by how much to scale it down.
+    """
+    variance = np.asarray(variance, dtype=np.float64)
+    limit = float(np.finfo(np.float64).max)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(np.sum(variance))
+        bound = 4.0 * max(int(n_samples), 1) * total
+    if math.isfinite(bound) and bound < limit:
+        return
+    if math.isfinite(total):
+        scale = math.sqrt(total)
+    else:
+        sample = np.asarray(sample, dtype=np.float64)
+        scale = float(np.max(np.abs(sample))) if sample.size else math.inf
+    # Bring the summed squares of every row well inside float64 (about 1e300).
+    target = math.sqrt(limit / (4.0 * max(int(n_samples), 1) * max(len(variance), 1))) / 1e3
+    factor = scale / target if math.isfinite(scale) and scale > 0 else math.inf
+    raise InvalidDataError(
+        f"X is too large in scale for {model}: values of the order of {scale:.3g} make "
+        f"squared distances overflow float64; divide X by about {factor:.1g} (or standardise "
+        f"each feature) before fitting."
+    )

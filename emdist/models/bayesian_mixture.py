@@ -45,7 +45,14 @@ from emdist.kernels.variational import (
 )
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, initial_resp_stats
-from emdist.models._validation import Constraint, any_of, boolean, is_none, one_of
+from emdist.models._validation import (
+    Constraint,
+    any_of,
+    boolean,
+    check_data_scale,
+    is_none,
+    one_of,
+)
 from emdist.registry import register_family
 
 __all__ = [
@@ -512,6 +519,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         "prefit_on_sample": boolean,
         "acceleration": any_of(is_none, one_of(ACCELERATIONS)),
     }
+    _params_type = VariationalParams
     _convergence_quantity = "change of the per-sample lower bound"
     bound_name = "ELBO per sample"
 
@@ -575,6 +583,10 @@ degrees_of_freedom_prior_, covariance_prior_ :
         _check_priors(self, _n_features(X), self.covariance_type)
 
     def _plan(self, data: FitData, warm: bool) -> ModelPlan[VariationalParams, VariationalStats]:
+        summary = data.summary
+        check_data_scale(
+            summary.n_samples, summary.variance, summary.sample, "BayesianGaussianMixture"
+        )
         covariance_type: CovarianceType = self.covariance_type
         K = int(self.n_components)
         user = _check_priors(self, data.summary.n_features, covariance_type)

@@ -36,7 +36,7 @@ from emdist.kernels.rows import RowBlock
 from emdist.models._criteria import KernelStep, log_lik_sum_chunk, pass_data
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
-from emdist.models._validation import Constraint, any_of, is_none, one_of
+from emdist.models._validation import Constraint, any_of, check_data_scale, is_none, one_of
 from emdist.registry import register_family
 
 __all__ = ["GaussianMixture", "GaussianMixtureFamily", "initial_mixture_params"]
@@ -240,6 +240,7 @@ class GaussianMixture(BaseMixture):
         **BaseMixture._parameter_constraints,
         "acceleration": any_of(is_none, one_of(ACCELERATIONS)),
     }
+    _params_type = MixtureParams
     _convergence_quantity = "change of the mean log-likelihood"
     bound_name = "mean log-likelihood per sample"
 
@@ -314,6 +315,8 @@ class GaussianMixture(BaseMixture):
         return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar))
 
     def _plan(self, data: FitData, warm: bool) -> ModelPlan[MixtureParams, MixtureStats]:
+        summary = data.summary
+        check_data_scale(summary.n_samples, summary.variance, summary.sample, "GaussianMixture")
         previous = self._params() if warm else self._start_from
 
         def make_start(restart: int, restart_seed: int) -> MixtureParams:
@@ -378,7 +381,7 @@ class GaussianMixture(BaseMixture):
         dict
             ``{"score": ..., "bic": ..., "aic": ...}``.
         """
-        self._check_fitted()
+        self._check_fitted(X)
         step, args = self._criteria_step()
         data = pass_data(X, self.n_features_in_, type(self).__name__)
         return self._criteria_from(map_reduce(data, step.estep_chunk, args), int(data.shape[0]))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import dask.array as da
@@ -13,10 +15,18 @@ import numpy as np
 
 from emdist._random import child_seeds
 from emdist._typing import AnyArray, FloatArray
-from emdist.engine.data import FitData
-from emdist.engine.em import EMResult, FitSpec, ModelPlan, Observer, run_restarts
+from emdist.engine.data import FitData, active_client
+from emdist.engine.em import (
+    BATCH,
+    EMResult,
+    FitSpec,
+    IterationState,
+    ModelPlan,
+    Observer,
+    run_restarts,
+)
 from emdist.engine.reduce import PassData, map_reduce
-from emdist.engine.restarts import BestRun
+from emdist.engine.restarts import BestRun, best_run, keep_best
 from emdist.engine.seeding import kmeans_plusplus
 from emdist.exceptions import ConvergenceWarning, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
@@ -28,6 +38,7 @@ from emdist.kernels.kmeans import (
     kmeans_mstep,
     kmeans_transform_chunk,
 )
+from emdist.kernels.kmeans_bounds import lloyd_bounds
 from emdist.kernels.rebase import rebase_kmeans_stats
 from emdist.kernels.rows import RowBlock
 from emdist.models._base import (
@@ -35,6 +46,7 @@ from emdist.models._base import (
     Components,
     apply_rows,
     fitted_array,
+    fitted_float,
     fitted_int,
 )
 from emdist.models._criteria import KernelStep, label_counts_chunk, pass_data
@@ -44,10 +56,12 @@ from emdist.models._validation import (
     UPDATES_CONSTRAINTS,
     Constraint,
     any_of,
+    check_data_scale,
     is_none,
     literal,
     non_negative_real,
     positive_int,
+    restart_count,
 )
 from emdist.registry import register_family
 
@@ -151,13 +165,116 @@ def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> Flo
     return centers
 
 
+def _in_memory_run(
+    data: FitData, spec: FitSpec[KMeansParams, KMeansStats]
+) -> BestRun[KMeansParams] | None:
+    """The fit on in-memory data with Hamerly's bounds, or ``None`` where passes must run.
+
+    Passes run instead for data out of core or on a cluster, with a checkpoint (whose
+    iterations are passes), a warm start's previous bound, incremental updates, or per-row
+    weights (the bounds' centre sums are unweighted).
+    """
+    if (
+        spec.checkpoint is not None
+        or spec.previous_bound is not None
+        or spec.schedule is not BATCH
+        or data.per_row
+    ):
+        return None
+    block = _in_memory_block(data)
+    if block is None:
+        return None
+    return _fit_in_memory(spec, block)
+
+
+def _in_memory_block(data: FitData) -> AnyArray | None:
+    """The data as one numpy array when the user passed in-memory data and no cluster runs.
+
+    In-memory data larger than a few thousand rows arrives as a Dask view in several
+    blocks (``FitData`` does not keep the user's array): it is gathered into one array,
+    a copy of the data held for the fit.
+    """
+    if isinstance(data.X, np.ndarray):
+        return data.X
+    if not data.in_memory or active_client() is not None:
+        return None
+    block: AnyArray = data.X.compute(scheduler="synchronous")
+    return block
+
+
+def _fit_in_memory(spec: FitSpec[KMeansParams, KMeansStats], X: AnyArray) -> BestRun[KMeansParams]:
+    """The restarts on one in-memory block: Lloyd with Hamerly's bounds, one after another.
+
+    No pass over the data per iteration: the bounds, labels and distances of every row stay
+    in memory between iterations, and only rows whose bounds fail are scored
+    (:mod:`emdist.kernels.kmeans_bounds`). Assignments are exactly Lloyd's, as with the
+    passes; the observer sees the same iterations, restart after restart. Centres are each
+    cluster's mean about a fixed point, so they may differ from the passes' (the mean about
+    the previous centre) in the last digits.
+    """
+    model = spec.model
+    assert model is not None
+    best = None
+    for restart, restart_seed in enumerate(spec.seeds):
+        start = model.make_start(restart, restart_seed).centers
+        report = _Report(restart, X.shape[0], spec.observer)
+        run = lloyd_bounds(X, start, max_iter=spec.max_iter, tol=model.tol, on_iteration=report)
+        # One bound per iteration, as a pass-driven restart records them (n_iter_).
+        assert len(report.history) == run.n_iter
+        best = keep_best(
+            best,
+            restart,
+            KMeansParams(run.centers),
+            tuple(report.history),
+            run.converged,
+            -run.final_inertia,
+        )
+    return best_run(best, KMeansParams)
+
+
+@dataclass
+class _Report:
+    """The iterations of one in-memory restart: its bounds, and the observer's view."""
+
+    restart: int
+    n_samples: int
+    observer: Observer | None
+    history: list[float] = field(default_factory=list)
+    clock: float = field(default_factory=time.perf_counter)
+
+    def __call__(
+        self, iteration: int, inertia: float, centers: FloatArray, converged: bool
+    ) -> bool:
+        now = time.perf_counter()
+        seconds, self.clock = now - self.clock, now
+        bound = -inertia / self.n_samples
+        change = bound - self.history[-1] if self.history else math.inf
+        self.history.append(bound)
+        if self.observer is None:
+            return False
+        state = IterationState(
+            restart=self.restart,
+            iteration=iteration,
+            lower_bound=bound,
+            change=change,
+            params=KMeansParams(centers),
+            converged=converged,
+            seconds=seconds,
+            lower_bounds=tuple(self.history),
+        )
+        return bool(self.observer(state))
+
+
 def kmeans_plan(
     data: FitData, n_clusters: int, init: Any, tol: float
 ) -> ModelPlan[KMeansParams, KMeansStats]:
     """Lloyd's algorithm as a model plan: seeding, the family, restarts compared by inertia.
 
-    ``tol`` is relative to the mean feature variance (scikit-learn's meaning).
+    ``tol`` is relative to the mean feature variance (scikit-learn's meaning). In-memory
+    data runs with Hamerly's bounds (:func:`_in_memory_run`) instead of passes.
     """
+    summary = data.summary
+    check_data_scale(summary.n_samples, summary.variance, summary.sample, "K-means")
     return ModelPlan(
         KMeansFamily(),
         lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed)),
@@ -167,6 +284,7 @@ def kmeans_plan(
         # The restarts loop runs that pass beside the other restarts' iterations, so
         # _final_inertia finds it done.
         final_pass=_needs_final_pass,
+        in_memory=_in_memory_run,
     )
 
 
@@ -266,7 +384,7 @@ default='k-means++'
         "n_clusters": positive_int,
         "max_iter": positive_int,
         "tol": non_negative_real,
-        "n_init": any_of(literal("auto"), positive_int),
+        "n_init": any_of(literal("auto"), restart_count),
         "init_sample_size": any_of(is_none, positive_int),
         **UPDATES_CONSTRAINTS,
     }
@@ -275,6 +393,7 @@ default='k-means++'
     tol_is_bound_change = False
     bound_name = "-inertia / n"
     _config_aliases: ClassVar[dict[str, str]] = {"n_components": "n_clusters"}
+    _params_type = KMeansParams
 
     def __init__(
         self,
@@ -392,7 +511,7 @@ default='k-means++'
             ``{"score": ..., "bic": ..., "aic": ...}``, the score being the mean
             log-likelihood per sample.
         """
-        self._check_fitted()
+        self._check_fitted(X)
         step, args = self._criteria_step()
         data = pass_data(X, self.n_features_in_, type(self).__name__)
         known = getattr(self, "_training_sizes", None)
@@ -439,7 +558,7 @@ default='k-means++'
         -------
         ndarray of shape (n_samples,), or a lazy dask.array.Array for non-numpy input
         """
-        self._check_fitted()
+        self._check_fitted(X)
         return apply_rows(
             X,
             kmeans_labels_chunk,
@@ -451,8 +570,15 @@ default='k-means++'
         )
 
     def transform(self, X: Any) -> Any:
-        """Euclidean distance of every sample to every centre, (n_samples, n_clusters)."""
-        self._check_fitted()
+        """Euclidean distance of every sample to every centre, (n_samples, n_clusters).
+
+        A DataFrame (columns ``kmeans0``...) after ``set_output(transform="pandas")``.
+        """
+        return self._wrap_output(self._distances(X), X)
+
+    def _distances(self, X: Any) -> Any:
+        """The distances :meth:`transform` returns, as an array whatever ``set_output``."""
+        self._check_fitted(X)
         return apply_rows(
             X,
             kmeans_transform_chunk,
@@ -463,10 +589,18 @@ default='k-means++'
         )
 
     def check_fitted_values(self) -> None:
-        """Centres of shape (n_clusters, n_features_in_), finite (see the base class)."""
+        """The base class's checks and a finite, non-negative ``inertia_``."""
         super().check_fitted_values()
+        if fitted_float(self, "inertia_") < 0:
+            raise ValueError(f"field 'inertia_' is {self.inertia_!r}, not >= 0")
+
+    def check_parameter_values(self) -> None:
+        """Centres of shape (n_clusters, n_features_in_), finite."""
         shape = (fitted_int(self, "n_clusters"), fitted_int(self, "n_features_in_"))
         fitted_array(self, "cluster_centers_", shape)
+
+    def _set_params(self, params: KMeansParams) -> None:
+        self.cluster_centers_ = params.centers
 
     @property
     def _n_features_out(self) -> int:
@@ -483,7 +617,7 @@ default='k-means++'
 
     def score(self, X: Any, y: Any = None) -> float:
         """Minus the inertia of ``X`` under the fitted centres."""
-        d = self.transform(X)
+        d = self._distances(X)
         closest = d.min(axis=1)
         total = (closest**2).sum()
         return -float(total.compute() if isinstance(total, da.Array) else total)

@@ -1,4 +1,4 @@
-"""Incremental EM (issue 8, part 1): the pieces and the engine's promises.
+"""Incremental EM: the pieces and the engine's promises.
 
 - statistics re-expressed about another shift equal those taken about it (every type);
 - the free energy of a pass's own responsibilities is the pass's bound;
@@ -371,6 +371,7 @@ RESUME_MODELS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::emdist.ConvergenceWarning")
 @pytest.mark.parametrize(
     ("model", "stop_at"),

@@ -16,62 +16,21 @@ mixture with a full or tied covariance prior reads one more pass for it.
 
 from __future__ import annotations
 
-import collections
-import threading
-from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import numpy as np
 import pytest
 import zarr
 from numpy.testing import assert_array_equal
-from zarr.storage import LocalStore, WrapperStore
+from zarr.storage import LocalStore
 
 import emdist
 from tests.conftest import gmm_init, make_blobs
+from tests.helpers import CountingStore
 
 CHUNK_ROWS = 64
 N_ROWS = 600  # 10 chunks, the last one partial (600 = 9 * 64 + 24)
 N_CHUNKS = 10
-
-
-class CountingStore(WrapperStore[LocalStore]):
-    """Counts the reads of every key (``get``, partial reads and batched reads alike)."""
-
-    def __init__(self, store: LocalStore, counts: collections.Counter[str] | None = None) -> None:
-        super().__init__(store)
-        self.counts: collections.Counter[str] = collections.Counter() if counts is None else counts
-        self._lock = threading.Lock()
-
-    def _with_store(self, store: LocalStore) -> CountingStore:
-        return type(self)(store, self.counts)  # copies share one counter
-
-    def _note(self, key: str) -> None:
-        with self._lock:
-            self.counts[key] += 1
-
-    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        self._note(key)
-        return await self._store.get(key, prototype, byte_range)
-
-    async def get_partial_values(
-        self, prototype: Any, key_ranges: Iterable[tuple[str, Any]]
-    ) -> list[Any]:
-        key_ranges = list(key_ranges)
-        for key, _ in key_ranges:
-            self._note(key)
-        return await self._store.get_partial_values(prototype, key_ranges)
-
-    async def _get_many(self, requests: Iterable[tuple[str, Any, Any]]) -> AsyncGenerator[Any]:
-        requests = list(requests)
-        for key, *_ in requests:
-            self._note(key)
-        async for item in self._store._get_many(requests):
-            yield item
-
-    def chunk_reads(self) -> dict[str, int]:
-        """Reads per chunk key (metadata documents left out)."""
-        return {k: v for k, v in self.counts.items() if k.startswith("c/")}
 
 
 def _chunk_keys() -> set[str]:

@@ -1,4 +1,4 @@
-"""Restarts side by side (issue 8): one pass per iteration feeds every running restart.
+"""Restarts side by side: one pass per iteration feeds every running restart.
 
 The reference is the restarts run one after another with the plain EM loop
 (:func:`emdist.engine.em.run_em`), from the starts and seeds the estimator derives
@@ -19,7 +19,6 @@ import dask
 import numpy as np
 import pytest
 import zarr
-from zarr.storage import LocalStore
 
 import emdist
 from emdist._random import child_seeds, resolve_seed
@@ -28,7 +27,7 @@ from emdist.engine.em import EMResult, run_em
 from emdist.io.checkpoint import CheckpointStore
 from emdist.models.kmeans import _needs_final_pass
 from tests.conftest import overlapping_data
-from tests.engine.test_reads import CountingStore
+from tests.helpers import open_counted
 
 CHUNK_ROWS = 64
 
@@ -148,16 +147,9 @@ def test_shared_restarts_equal_sequential_runs(data_path: str, kind: str) -> Non
         assert len(set(scores)) > 1  # the comparison mattered
 
 
-def _counted(path: str) -> tuple[zarr.Array, CountingStore]:
-    store = CountingStore(LocalStore(path, read_only=True))
-    arr = zarr.open_array(store, mode="r")
-    store.counts.clear()
-    return arr, store
-
-
 @pytest.mark.parametrize("kind", ["kmeans", "gmm"])
 def test_restarts_read_each_chunk_once_per_pass(data_path: str, kind: str) -> None:
-    arr, store = _counted(data_path)
+    arr, store = open_counted(data_path)
     fit_quietly(MAKERS[kind](), arr)
     results, _, _ = sequential(MAKERS[kind](), data_path)
     # The scan, then one pass per iteration of the longest restart; a K-means restart whose
@@ -179,6 +171,7 @@ def crash_at(restart: int, iteration: int) -> Any:
     return observer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(MAKERS))
 @pytest.mark.parametrize("every", [1, 3])
 def test_resume_mid_group_is_bit_identical(

@@ -50,6 +50,7 @@ from emdist.exceptions import InvalidDataError
 from flows.deployments import PROJECT_ROOT, entrypoint
 from flows.pipeline_flow import FLOWS, choose_components, clustering_pipeline
 from tests import prefect_fixtures
+from tests.markers import service_fixture
 from tests.prefect_fixtures import dask_worker_processes, wait_until_gone
 
 N_SAMPLES, N_FEATURES, TRUE_K, CHUNK_ROWS = 20_000, 4, 3, 4_000
@@ -156,7 +157,7 @@ def run_flow(flow: Callable[..., Any], **parameters: Any) -> FlowRecord:
     )
 
 
-@pytest.fixture(scope="module")
+@service_fixture(scope="module")
 def cluster_address() -> Iterator[str]:
     """A LocalCluster of threads in this process, on TCP so flows can connect by address."""
     with LocalCluster(
@@ -497,3 +498,25 @@ def test_serve_and_deploy_reach_every_flow_by_its_entrypoint(name: str) -> None:
     flow = FLOWS[name]
     loaded = load_flow_from_entrypoint(str(PROJECT_ROOT / entrypoint(flow)))
     assert loaded.name == flow.name
+
+
+def test_deploy_to_a_missing_work_pool_is_one_line_saying_how_to_create_it(
+    prefect_harness: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from flows.cli import main
+
+    (tmp_path / "job.yaml").write_text("input:\n  path: data.zarr\n")
+    monkeypatch.chdir(tmp_path)
+    code = main(["deploy", "--config", "job.yaml", "--pool", "emdist-nowhere"])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert out == "" and "Traceback" not in err
+    message = " ".join(err.split())
+    assert message.count("error:") == 1, err
+    assert "no work pool 'emdist-nowhere'" in message
+    assert "prefect work-pool create emdist-nowhere --type process" in message
+    with get_client(sync_client=True) as client:
+        assert not client.read_deployments()

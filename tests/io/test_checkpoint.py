@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints and exact resume (issue 3, parts 2 and 3).
+"""Crash-safe checkpoints and exact resume.
 
 Everything is real: Zarr stores on disk under ``tmp_path``, fits killed with SIGKILL in
 subprocesses (``tests/_fit_worker.py``), checkpoints damaged by hand with file operations.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import random
@@ -30,14 +29,17 @@ import pytest
 import zarr
 
 import emdist
-from emdist.exceptions import ConvergenceWarning
+from emdist.exceptions import ConvergenceWarning, InvalidParameterError
 from emdist.io.checkpoint import (
     CheckpointError,
     CheckpointFallbackWarning,
     CheckpointMismatchError,
     CheckpointStore,
 )
+from emdist.io.integrity import array_digest
 from tests.conftest import overlapping_data
+from tests.helpers import tree_digest, write_zarr
+from tests.markers import service_fixture
 
 WORKER = Path(__file__).parents[1] / "_fit_worker.py"
 EMDIST_SRC = Path(emdist.__file__).parent
@@ -45,13 +47,6 @@ EMDIST_SRC = Path(emdist.__file__).parent
 # --------------------------------------------------------------------------------------------
 # data and helpers
 # --------------------------------------------------------------------------------------------
-
-
-def write_zarr(path: Path, X: np.ndarray, chunk_rows: int) -> str:
-    zarr.create_array(
-        str(path), data=X, chunks=(chunk_rows, X.shape[1]), compressors=None, overwrite=True
-    )
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +102,6 @@ def no_convergence_warning() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         yield
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    """Content hash of every file under ``path`` (to prove a location was left untouched)."""
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
 
 
 def root_attrs(ckpt: Path) -> dict[str, Any]:
@@ -274,7 +260,7 @@ class Zygote:
         self.proc.wait(timeout=60)
 
 
-@pytest.fixture(scope="module")
+@service_fixture(scope="module")
 def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
     server = Zygote(tmp_path_factory.mktemp("zygote") / "server.log")
     yield server
@@ -771,6 +757,7 @@ def test_checkpoint_records_the_seed_of_the_fit(tmp_path: Path, small: str, esti
     assert CheckpointStore(ckpt).stored_seed() == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make_rng", [np.random.RandomState, np.random.default_rng], ids=["RandomState", "Generator"]
 )
@@ -1006,3 +993,230 @@ def test_checkpoint_holds_only_zarr_metadata_and_raw_chunks(tmp_path: Path, smal
         assert owner is not None, f"{path} belongs to no array"
         rel = path.relative_to(owner).parts
         assert rel[0] == "c" and all(part.isdigit() for part in rel[1:]), path
+
+
+# --------------------------------------------------------------------------------------------
+# tampered states: fields edited and array checksums recomputed, as an attacker would
+# --------------------------------------------------------------------------------------------
+
+
+def replace_array(state: Path, key: str, value: np.ndarray) -> None:
+    """Rewrite array ``key`` of a state with ``value`` and a checksum that matches it."""
+    group = zarr.open_group(str(state), mode="r+", use_consolidated=False)
+    del group[key]
+    target = group.create_array(key, shape=value.shape, dtype=value.dtype, compressors=None)
+    target[...] = value
+    doc = json.loads((state / "zarr.json").read_text())
+    doc["attributes"]["checksums"][key] = array_digest(value)
+    (state / "zarr.json").write_text(json.dumps(doc))
+
+
+def edit_state(state: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    doc = json.loads((state / "zarr.json").read_text())
+    edit(doc["attributes"])
+    (state / "zarr.json").write_text(json.dumps(doc))
+
+
+def read_array(state: Path, key: str) -> np.ndarray:
+    return np.asarray(zarr.open_array(str(state / key), mode="r")[...])
+
+
+def _negated_covariance(state: Path, run: str) -> None:
+    cov = read_array(state, f"{run}/covariances").copy()
+    cov[0] = -np.eye(cov.shape[-1])
+    replace_array(state, f"{run}/covariances", cov)
+
+
+def _weights(state: Path, run: str) -> None:
+    replace_array(state, f"{run}/weights", np.array([0.9, 0.9, -0.8]))
+
+
+def _means_wrong_shape_with_inf(state: Path, run: str) -> None:
+    replace_array(state, f"{run}/means", np.full((5, 2), np.inf))
+
+
+def _means_wrong_shape(state: Path, run: str) -> None:
+    replace_array(state, f"{run}/means", np.zeros((5, 2)))
+
+
+def _factor_of_another_covariance(state: Path, run: str) -> None:
+    factor = read_array(state, f"{run}/precisions_cholesky").copy()
+    replace_array(state, f"{run}/precisions_cholesky", 3 * factor)
+
+
+TAMPERED_PARAMS: dict[str, tuple[Callable[[Path, str], None], str]] = {
+    "covariance -I": (_negated_covariance, "covariances_"),
+    "negative weights": (_weights, "weights_"),
+    "means of a wrong shape with inf": (_means_wrong_shape_with_inf, "means"),
+    "means of a wrong shape": (_means_wrong_shape, "means_"),
+    "factor of another covariance": (_factor_of_another_covariance, "precisions_cholesky_"),
+}
+
+
+def every_state(ckpt: Path, edit: Callable[[Path], None]) -> None:
+    for name in committed(ckpt):
+        edit(ckpt / name)
+
+
+def assert_refused(ckpt: Path, small: str, *words: str) -> None:
+    before = tree_digest(ckpt)
+    with pytest.raises(CheckpointError) as info:
+        GMM(checkpoint=ckpt).fit(small)
+    message = str(info.value)
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, message
+    assert tree_digest(ckpt) == before  # refused without touching the checkpoint
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED_PARAMS))
+def test_tampered_running_parameters_are_refused_naming_the_field(
+    interrupted: tuple[Path, dict[str, np.ndarray]], small: str, case: str
+) -> None:
+    """Parameters are checked as a saved model's are: shapes against the configuration,
+    finite, weights on the simplex, covariances positive definite, precisions inverse."""
+    ckpt, _ = interrupted
+    edit, field = TAMPERED_PARAMS[case]
+    every_state(ckpt, lambda state: edit(state, "r0/params"))
+    assert_refused(ckpt, small, field, "r0/params")
+
+
+@pytest.fixture
+def finished(tmp_path: Path, small: str, reference: dict[str, np.ndarray]) -> Path:
+    """A checkpoint of a finished fit: its newest state holds only the best restart."""
+    ckpt = tmp_path / "ckpt"
+    GMM(checkpoint=ckpt).fit(small)
+    assert state_attrs(ckpt, committed(ckpt)[-1])["running"] == []
+    return ckpt
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED_PARAMS))
+def test_tampered_best_parameters_are_refused_naming_the_field(
+    finished: Path, small: str, case: str
+) -> None:
+    edit, field = TAMPERED_PARAMS[case]
+
+    def tamper(state: Path) -> None:
+        if state_attrs(state.parent, state.name).get("best") is not None:
+            edit(state, "best")
+
+    every_state(finished, tamper)
+    newest = finished / committed(finished)[-1]
+    assert newest.exists()
+    with pytest.raises(CheckpointError, match=re.escape(field)):
+        _read(finished)
+
+
+def _read(ckpt: Path) -> Any:
+    store = CheckpointStore(ckpt)
+    store._root = zarr.open_group(str(ckpt), mode="r", use_consolidated=False)
+    return store._read_state(committed(ckpt)[-1])
+
+
+TAMPERED_FIELDS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "n_iter of another length": (lambda a: a["best"].update(n_iter=2), "best.n_iter"),
+    "NaN score": (lambda a: a["best"].update(score=float("nan")), "best.score"),
+    "converged not a bool": (lambda a: a["best"].update(converged="yes"), "best.converged"),
+    "a million running": (lambda a: a.update(running=[{}] * 1_000_000), "running"),
+    "a million finished": (lambda a: a.update(finished=[0] * 1_000_000), "finished"),
+    "checksum not a digest": (
+        lambda a: a["checksums"].update(best_lower_bounds="x" * 64),
+        "checksums.best_lower_bounds",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED_FIELDS))
+def test_tampered_state_fields_are_refused_naming_the_field(finished: Path, case: str) -> None:
+    edit, field = TAMPERED_FIELDS[case]
+    edit_state(finished / committed(finished)[-1], edit)
+    with pytest.raises(CheckpointError, match=re.escape(f"'{field}'")) as info:
+        _read(finished)
+    assert len(str(info.value)) < 300
+
+
+def test_nan_bound_of_a_running_restart_is_refused(
+    interrupted: tuple[Path, dict[str, np.ndarray]], small: str
+) -> None:
+    ckpt, _ = interrupted
+
+    def tamper(state: Path) -> None:
+        bounds = read_array(state, "r0/lower_bounds").copy()
+        bounds[-1] = np.nan
+        replace_array(state, "r0/lower_bounds", bounds)
+
+    every_state(ckpt, tamper)
+    assert_refused(ckpt, small, "'r0/lower_bounds'")
+
+
+def test_iterations_beyond_max_iter_are_refused(
+    interrupted: tuple[Path, dict[str, np.ndarray]], small: str
+) -> None:
+    ckpt, _ = interrupted
+
+    def tamper(state: Path) -> None:
+        replace_array(state, "r0/lower_bounds", np.linspace(-5, -1, 500))
+        edit_state(state, lambda a: a["running"][0].update(iteration=500))
+
+    every_state(ckpt, tamper)
+    assert_refused(ckpt, small, "'running[0].iteration'", "max_iter")
+
+
+@pytest.mark.parametrize("seed", ["abc", "-1", "1e6", 12, "9" * 400])
+def test_garbage_seed_is_one_line_naming_the_field(
+    interrupted: tuple[Path, dict[str, np.ndarray]], small: str, seed: Any
+) -> None:
+    ckpt, _ = interrupted
+    doc = json.loads((ckpt / "zarr.json").read_text())
+    doc["attributes"]["seed"] = seed
+    (ckpt / "zarr.json").write_text(json.dumps(doc))
+    assert_refused(ckpt, small, "'seed'")
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        pytest.param([f"s{i:06d}" for i in range(1_000_000)], id="a million states"),
+        pytest.param(["s000001"] * 2000, id="two thousand repeats"),
+    ],
+)
+def test_overlong_committed_list_is_refused_before_use(
+    interrupted: tuple[Path, dict[str, np.ndarray]], small: str, names: list[str]
+) -> None:
+    ckpt, _ = interrupted
+    doc = json.loads((ckpt / "zarr.json").read_text())
+    doc["attributes"].update(committed=names, commits=len(names))
+    (ckpt / "zarr.json").write_text(json.dumps(doc))
+    assert_refused(ckpt, small, "'committed'", f"{len(names):,}")
+
+
+@pytest.mark.parametrize("commits", [True, "3", -1, 1.5])
+def test_commits_count_must_be_an_int(
+    interrupted: tuple[Path, dict[str, np.ndarray]], small: str, commits: Any
+) -> None:
+    ckpt, _ = interrupted
+    doc = json.loads((ckpt / "zarr.json").read_text())
+    doc["attributes"]["commits"] = commits
+    (ckpt / "zarr.json").write_text(json.dumps(doc))
+    assert_refused(ckpt, small, "'commits'")
+
+
+@pytest.mark.parametrize("path", ["/dev/null", "/dev/zero"])
+def test_character_device_as_checkpoint_is_one_line(small: str, path: str) -> None:
+    with pytest.raises(CheckpointError, match="character device") as info:
+        GMM(checkpoint=path).fit(small)
+    assert "\n" not in str(info.value)
+
+
+def test_regular_file_as_checkpoint_is_one_line(tmp_path: Path, small: str) -> None:
+    plain = tmp_path / "notes.txt"
+    plain.write_text("mine")
+    with pytest.raises(CheckpointError, match="regular file"):
+        GMM(checkpoint=plain).fit(small)
+    assert plain.read_text() == "mine"
+
+
+@pytest.mark.parametrize("keep", [True, 0, 10**9, 2.0])
+def test_keep_is_bounded(tmp_path: Path, keep: Any) -> None:
+    with pytest.raises(InvalidParameterError, match="keep"):
+        CheckpointStore(tmp_path / "ckpt", keep=keep)

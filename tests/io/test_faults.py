@@ -1,4 +1,4 @@
-"""Fault injection (issue 11): damaged, edited or hostile stores give one clear error, lose nothing.
+"""Fault injection: damaged, edited or hostile stores give one clear error, lose nothing.
 
 Every case damages a real Zarr store on disk (an ingested dataset, a saved model, a
 checkpoint) or points an output at a folder emdist did not write, then asserts the message's
@@ -9,7 +9,6 @@ a previous output is byte for byte unchanged, no new output appears. No mocks.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import time
@@ -27,23 +26,16 @@ from emdist.exceptions import ConvergenceWarning, InvalidDataError
 from emdist.io.atomic import DiskFullError, NotAnOutputError
 from emdist.io.checkpoint import CheckpointError, CheckpointStore
 from emdist.io.ingest import ingest
-from emdist.io.integrity import MAX_CHUNKS, IntegrityError, array_digest
+from emdist.io.integrity import MAX_CHUNKS, IntegrityError, array_digest, seal
 from emdist.io.locks import WriterLockedError
 from emdist.io.persistence import ModelFormatError, load_model, save_model
 from pipeline.cli import main as cli_main
+from tests.helpers import tree_digest
+from tests.markers import root_fixture, service_fixture
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    """Content hash of every file under ``path`` (proves a location was left untouched)."""
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
 
 
 def make_victim(parent: Path) -> tuple[Path, dict[str, str]]:
@@ -376,10 +368,12 @@ def test_one_chunk_declared_larger_than_memory_fails_fast(tmp_path: Path) -> Non
 
 
 def rewrite(model: Path, name: str, change: Callable[[np.ndarray], np.ndarray]) -> None:
-    """Change an array and its SHA-256 together: only the value checks can catch this."""
+    """Change an array, its SHA-256 and its record together: only the value checks can catch
+    this."""
     arr = zarr.open_array(str(model / name), mode="r+")
     value = change(np.asarray(arr[...]).copy())
     arr[...] = value
+    seal(arr)  # the chunk's new CRC in the record, as a tamperer who knows the format would
     edit_attrs(model, lambda a: a["checksums"].update({name: array_digest(value)}))
 
 
@@ -450,6 +444,7 @@ def _model_delete_array(p: Path) -> None:
 def _model_value_without_checksum(p: Path) -> None:
     arr = zarr.open_array(str(p / "fitted" / "means_"), mode="r+")
     arr[0, 0] = 1e6
+    seal(arr)  # its record follows the new chunk; the model's SHA-256 does not
 
 
 def _model_shape_edited(p: Path) -> None:
@@ -664,16 +659,15 @@ def test_reingesting_a_damaged_dataset_is_refused_and_keeps_it(
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
+@root_fixture("mounts a 2 MiB tmpfs")
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs: a real file system that fills up (mounting needs root)."""
-    import os
+    """A 2 MiB tmpfs: a real file system that fills up (mounting needs root).
+
+    Skipped where not root, and failed instead under ``EMDIST_REQUIRE_ROOT_TESTS=1`` (as
+    .ci/run runs): a skipped test proves nothing (``tests/markers.py``).
+    """
     import subprocess
 
-    if os.geteuid() != 0:
-        # Not skipped: a skipped test proves nothing. The suite runs as root (.ci/run), as
-        # the deploy tests need too.
-        pytest.fail("the full-disk tests mount a small tmpfs, which needs root: run as root")
     mnt = tmp_path / "small"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
@@ -740,7 +734,7 @@ def hold_lock(target: Path, pid: int) -> Path:
     return lock
 
 
-@pytest.fixture
+@service_fixture()
 def other_process() -> Iterator[int]:
     import subprocess
     import sys

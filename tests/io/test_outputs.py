@@ -1,4 +1,4 @@
-"""Per-sample outputs written out of core to Zarr, atomically (issue 3, part 4).
+"""Per-sample outputs written out of core to Zarr, atomically.
 
 Real Zarr stores under ``tmp_path``; failures are real (a NaN in a late chunk of the data
 makes the per-block check raise while the output is being stored).
@@ -6,7 +6,6 @@ makes the per-block check raise while the output is being stored).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,9 @@ import emdist
 from emdist.exceptions import InvalidDataError
 from emdist.io.atomic import OutputExistsError
 from tests.conftest import overlapping_data
+from tests.helpers import tree_digest, write_zarr
 
 N, CHUNK = 4000, 250
-
-
-def write_zarr(path: Path, X: np.ndarray, chunk_rows: int = CHUNK) -> str:
-    zarr.create_array(str(path), data=X, chunks=(chunk_rows, X.shape[1]), compressors=None)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +35,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def X_zarr(X: np.ndarray, data_dir: Path) -> str:
-    return write_zarr(data_dir / "X.zarr", X)
+    return write_zarr(data_dir / "X.zarr", X, CHUNK)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +43,7 @@ def X_nan(X: np.ndarray, data_dir: Path) -> str:
     """The same data with one NaN in the last chunk."""
     bad = X.copy()
     bad[N - 7, 2] = np.nan
-    return write_zarr(data_dir / "X_nan.zarr", bad)
+    return write_zarr(data_dir / "X_nan.zarr", bad, CHUNK)
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +58,6 @@ def kmeans(X_zarr: str) -> emdist.KMeans:
 
 def computed(value: Any) -> np.ndarray:
     return np.asarray(value.compute() if hasattr(value, "compute") else value)
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
 
 
 def leftovers(dest: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""Saving fitted estimators to Zarr and loading them back (issue 3, part 4).
+"""Saving fitted estimators to Zarr and loading them back.
 
 Real Zarr stores under ``tmp_path``; the tampering tests edit a saved model's metadata
 document by hand, as an attacker with write access to the store would.
@@ -7,8 +7,11 @@ document by hand, as an attacker with write access to the store would.
 from __future__ import annotations
 
 import ast
-import hashlib
+import copy
 import json
+import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,11 @@ import pytest
 import zarr
 
 import emdist
+from emdist.exceptions import EmdistError, NotFittedError
 from emdist.io.atomic import OutputExistsError
 from emdist.io.persistence import ModelFormatError, load_model, save_model
 from tests.conftest import overlapping_data
+from tests.helpers import tree_digest
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -87,14 +92,6 @@ def assert_same_predictions(loaded: Any, original: Any, data: Any) -> None:
         assert got.dtype == want.dtype and got.shape == want.shape, name
         assert np.array_equal(got, want), name
     assert loaded.score(data) == original.score(data)
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
 
 
 def siblings(path: Path) -> list[str]:
@@ -354,3 +351,118 @@ def test_unsupported_object_cannot_be_saved(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="cannot save"):
         save_model(object(), tmp_path / "model.zarr")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unfitted_or_unsupported_saves_raise_emdist_errors_in_one_line(tmp_path: Path) -> None:
+    for model in (emdist.GaussianMixture(2), emdist.KMeans(2), emdist.BayesianGaussianMixture(2)):
+        with pytest.raises(NotFittedError) as info:
+            save_model(model, tmp_path / "model.zarr")
+        assert "\n" not in str(info.value)
+    with pytest.raises(EmdistError, match="cannot save"):
+        save_model(object(), tmp_path / "model.zarr")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# values that cannot be a model, saved with checksums that match them
+# --------------------------------------------------------------------------------------------
+
+
+def _negate_first(name: str) -> Callable[[Any], None]:
+    def edit(model: Any) -> None:
+        value = getattr(model, name).copy()
+        value[0] = -np.eye(value.shape[-1])
+        setattr(model, name, value)
+
+    return edit
+
+
+def _set(name: str, value: Any) -> Callable[[Any], None]:
+    return lambda model: setattr(model, name, value)
+
+
+def _other_factor(model: Any) -> None:
+    # A valid triangular factor with a positive diagonal, of another covariance.
+    factor = model.precisions_cholesky_.copy()
+    factor[0] = 2 * factor[0]
+    model.precisions_cholesky_ = factor
+
+
+INVALID_GMM_VALUES: dict[str, tuple[Callable[[Any], None], str]] = {
+    "covariance -I": (_negate_first("covariances_"), "covariances_"),
+    "precision -I": (_negate_first("precisions_"), "precisions_"),
+    "factor of another covariance": (_other_factor, "precisions_cholesky_"),
+    "NaN lower bound": (_set("lower_bound_", float("nan")), "lower_bound_"),
+    "infinite lower bound": (_set("lower_bound_", float("inf")), "lower_bound_"),
+    "lower bound not the last": (_set("lower_bound_", 1.0), "lower_bound_"),
+    "bounds shorter than n_iter_": (lambda m: m.lower_bounds_.pop(), "lower_bounds_"),
+    "NaN in the bounds": (lambda m: m.lower_bounds_.__setitem__(0, float("nan")), "lower_bounds_"),
+    "n_iter_ zero": (_set("n_iter_", 0), "n_iter_"),
+    "negative weight": (_set("weights_", np.array([1.5, -0.25, -0.25])), "weights_"),
+    "weights summing to 2": (_set("weights_", np.array([1.0, 0.5, 0.5])), "weights_"),
+    "converged_ not a bool": (_set("converged_", "yes"), "converged_"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_GMM_VALUES))
+def test_mixture_values_that_cannot_be_a_model_are_refused_naming_the_field(
+    tmp_path: Path, gmm: emdist.GaussianMixture, case: str
+) -> None:
+    """save_model writes checksums of whatever it is given: as an attacker who recomputes
+    them, the values themselves must be checked on load."""
+    edit, field = INVALID_GMM_VALUES[case]
+    model = copy.deepcopy(gmm)
+    edit(model)
+    path = tmp_path / "model.zarr"
+    save_model(model, path)
+    with pytest.raises(ModelFormatError, match=re.escape(f"'{field}'")) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("cls", [emdist.GaussianMixture, emdist.BayesianGaussianMixture])
+def test_negative_covariance_of_every_type_is_refused(
+    tmp_path: Path, X: np.ndarray, covariance_type: str, cls: type[Any]
+) -> None:
+    model = cls(3, covariance_type=covariance_type, random_state=0, max_iter=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(X)
+    save_model(model, tmp_path / "good.zarr")
+    load_model(tmp_path / "good.zarr")  # the unedited model loads
+    model.covariances_ = -model.covariances_
+    save_model(model, tmp_path / "bad.zarr")
+    with pytest.raises(ModelFormatError, match="'covariances_'"):
+        load_model(tmp_path / "bad.zarr")
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (_set("inertia_", float("nan")), "inertia_"),
+        (_set("inertia_", -1.0), "inertia_"),
+        (lambda m: m.lower_bounds_.append(-1.0), "lower_bounds_"),
+    ],
+)
+def test_kmeans_values_that_cannot_be_a_model_are_refused(
+    tmp_path: Path, X: np.ndarray, edit: Callable[[Any], None], field: str
+) -> None:
+    model = emdist.KMeans(3, random_state=0).fit(X)
+    edit(model)
+    save_model(model, tmp_path / "model.zarr")
+    with pytest.raises(ModelFormatError, match=re.escape(f"'{field}'")):
+        load_model(tmp_path / "model.zarr")
+
+
+def test_extra_attributes_are_written_with_the_model(
+    tmp_path: Path, gmm: emdist.GaussianMixture
+) -> None:
+    path = tmp_path / "model.zarr"
+    save_model(gmm, path, attributes={"emdist_job": "job-1"})
+    assert json.loads((path / "zarr.json").read_text())["attributes"]["emdist_job"] == "job-1"
+    assert_same_attributes(load_model(path), gmm)
+    for bad in ({"format": "x"}, {"checksums": "x"}, {"job": 1}):
+        with pytest.raises(EmdistError, match="attributes"):
+            save_model(gmm, tmp_path / "other.zarr", attributes=bad)  # type: ignore[dict-item]
+    assert not (tmp_path / "other.zarr").exists()

@@ -1,6 +1,6 @@
 """Small stored chunks are read as fewer, larger Dask blocks, each a whole number of chunks.
 
-Counted on the store itself (``tests.engine.test_reads.CountingStore``): grouping chunks into
+Counted on the store itself (``tests.helpers.CountingStore``): grouping chunks into
 blocks must still read every stored chunk exactly once per pass, and a damaged chunk inside
 a block of many must still be named by its own rows.
 """
@@ -26,7 +26,7 @@ from emdist.io.chunking import (
     read_block_rows,
 )
 from emdist.io.integrity import IntegrityError, create_verified_array, seal
-from tests.engine.test_reads import CountingStore
+from tests.helpers import CountingStore
 
 CHUNK = 50
 

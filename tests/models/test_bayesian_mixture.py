@@ -253,17 +253,11 @@ def test_schedulers_give_bitwise_identical_fits(X: np.ndarray) -> None:
     _assert_same_fit(sync, threaded, rtol=0.0)
 
 
-def test_distributed_cluster_matches_threads(X: np.ndarray) -> None:
-    import distributed
-
-    threaded = _fit(_uneven(X), covariance_type="tied")
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster),
-    ):
-        remote = _fit(_uneven(X), covariance_type="tied")
+def test_distributed_cluster_matches_threads(X: np.ndarray, dask_client: Any) -> None:
+    with dask.config.set(scheduler="threads"):
+        threaded = _fit(_uneven(X), covariance_type="tied")
+    remote = _fit(_uneven(X), covariance_type="tied")  # on the session's two-process cluster
+    assert len(dask_client.scheduler_info()["workers"]) == 2
     _assert_same_fit(threaded, remote, rtol=0.0)
 
 

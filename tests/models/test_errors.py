@@ -1,7 +1,8 @@
-"""Bad input gets a clear error that says what is wrong and what to change (issue 2, item 5)."""
+"""Bad input gets a clear error that says what is wrong and what to change."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -13,11 +14,13 @@ from sklearn.cluster import KMeans as SkKMeans
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import emdist
+from emdist.exceptions import InvalidParameterError
 from tests.conftest import COVARIANCE_TYPES, make_blobs
+from tests.helpers import estimator_classes
 
+# Every registered estimator, with 2 clusters or components (its first parameter).
 ESTIMATORS: dict[str, Callable[..., Any]] = {
-    "kmeans": lambda **kw: emdist.KMeans(n_clusters=2, random_state=0, **kw),
-    "gmm": lambda **kw: emdist.GaussianMixture(n_components=2, random_state=0, **kw),
+    cls.family_name: functools.partial(cls, 2, random_state=0) for cls in estimator_classes()
 }
 
 
@@ -81,8 +84,12 @@ def test_predict_rejects_non_finite_values(
         pytest.param(np.arange(10.0), r"must be 2-D.*got 1-D.*reshape\(-1, 1\)", id="1-D"),
         pytest.param(np.zeros((4, 5, 2)), r"must be 2-D.*got 3-D", id="3-D"),
         pytest.param(np.array([["a", "b"], ["c", "d"]]), r"real numbers.*<U1", id="strings"),
+        # An object array of numbers is converted as scikit-learn does
+        # (tests/models/test_sklearn.py); one holding text is refused, naming the value.
         pytest.param(
-            np.array([[1.0, 2.0], [3.0, 4.0]], dtype=object), r"real numbers.*object", id="object"
+            np.array([[1.0, 2.0], [3.0, "x"]], dtype=object),
+            r"real numbers; got 'x' at row 1, column 1 of an object array",
+            id="object-with-text",
         ),
         pytest.param(np.ones((5, 2), dtype=complex), r"real numbers.*complex", id="complex"),
         pytest.param(np.empty((0, 3)), r"0 samples", id="zero-rows"),
@@ -304,3 +311,67 @@ def test_negative_precisions_init_raises_without_numpy_noise() -> None:
     )
     with pytest.raises(ValueError, match=r"precisions_init must be positive"):
         gm.fit(_good_data())
+
+
+# --- data whose squared distances overflow, sizes beyond the machine ---------------------------
+
+
+@pytest.mark.parametrize("kind", ["numpy", "zarr"])
+@pytest.mark.parametrize("scale", [1e300, 1e160])
+@pytest.mark.parametrize(
+    "cls", [emdist.KMeans, emdist.GaussianMixture, emdist.BayesianGaussianMixture]
+)
+def test_data_whose_squared_distances_overflow_is_refused_before_any_pass(
+    cls: type[Any], scale: float, kind: str, write_zarr: Callable[..., str]
+) -> None:
+    """K-means used to report converged, an infinite inertia and one cluster here."""
+    X = _good_data() * scale
+    passes: list[Any] = []
+    model = cls(2, random_state=0, observer=passes.append)
+    with pytest.raises(emdist.InvalidDataError, match="scale") as info:
+        model.fit(_as_kind(X, kind, write_zarr))
+    message = str(info.value)
+    assert "\n" not in message and "divide X by" in message
+    assert passes == []  # refused after the scan, before any EM pass
+
+
+def test_data_at_a_large_but_safe_scale_still_fits() -> None:
+    X = _good_data() * 1e100
+    model = emdist.KMeans(2, random_state=0).fit(X)
+    assert np.isfinite(model.inertia_) and len(set(model.labels_.tolist())) == 2
+
+
+@pytest.mark.parametrize("cls", [emdist.KMeans, emdist.GaussianMixture])
+def test_huge_n_init_is_refused_up_front(cls: type[Any]) -> None:
+    with pytest.raises(InvalidParameterError, match=r"n_init must be .*at most 10,000"):
+        cls(2, n_init=10**9).fit(_good_data())
+
+
+@pytest.mark.parametrize(
+    "X", [[[1.0, 2.0], [3.0], [4.0, 5.0]], [[1.0, 2.0], [3.0, [4.0]]]], ids=["short", "nested"]
+)
+@pytest.mark.parametrize("model", ESTIMATORS)
+def test_ragged_list_is_one_line_invalid_data_error(model: str, X: Any) -> None:
+    with pytest.raises(emdist.InvalidDataError, match="cannot be read as a 2-D array") as info:
+        ESTIMATORS[model]().fit(X)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"n_samples": 2_000_000, "n_features": 2, "chunk_rows": 1}, "chunks"),
+        ({"n_samples": 10, "n_features": 10**9}, "n_features"),
+        ({"n_samples": 10, "n_features": 100_000, "chunk_rows": 1}, "covariances"),
+        ({"n_samples": 10**14, "n_features": 1, "chunk_rows": 10**8}, "free"),
+    ],
+)
+def test_generating_beyond_the_machine_is_refused_before_writing(
+    tmp_path: Any, kwargs: dict[str, Any], words: str
+) -> None:
+    from emdist.io.synthetic import make_gaussian_mixture
+
+    with pytest.raises(InvalidParameterError, match=words) as info:
+        make_gaussian_mixture(tmp_path / "big.zarr", n_components=3, **kwargs)
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []

@@ -19,6 +19,7 @@ import emdist
 from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointMismatchError
 from tests.conftest import COVARIANCE_TYPES, gmm_init, make_blobs
+from tests.helpers import estimator_classes
 
 CENTRES = [[0.0, 0.0, 0.0], [6.0, 0.0, 1.0], [0.0, 7.0, -2.0], [5.0, 6.0, 5.0]]
 
@@ -112,7 +113,7 @@ def test_variational_incremental_prunes_like_batch(prior_type: str) -> None:
         ({"n_shards": 2.5}, "n_shards must be a positive int; got 2.5"),
     ],
 )
-@pytest.mark.parametrize("estimator", ["GaussianMixture", "BayesianGaussianMixture", "KMeans"])
+@pytest.mark.parametrize("estimator", [cls.__name__ for cls in estimator_classes()])
 def test_bad_update_schedule_is_a_clear_error(
     estimator: str, params: dict[str, Any], message: str
 ) -> None:

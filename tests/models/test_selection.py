@@ -1,4 +1,4 @@
-"""K sweeps that share every pass (issue 8): ``select_n_components`` and ``fit_shared``.
+"""K sweeps that share every pass: ``select_n_components`` and ``fit_shared``.
 
 Each fit of a sweep must equal its own separate ``fit`` bit for bit (the sweep's seed set
 as ``random_state``), and the sweep must read each stored chunk once per pass for all K.
@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from zarr.storage import LocalStore
 
 import emdist
 from emdist.exceptions import InvalidParameterError
 from tests.conftest import overlapping_data
-from tests.engine.test_reads import CountingStore
+from tests.helpers import CountingStore, open_counted
 
 KS = [1, 2, 3, 4, 5]
 
@@ -96,21 +95,14 @@ def _passes(store: CountingStore) -> int:
     return reads.pop()
 
 
-def _counted(path: str) -> tuple[zarr.Array, CountingStore]:
-    store = CountingStore(LocalStore(path, read_only=True))
-    arr = zarr.open_array(store, mode="r")
-    store.counts.clear()
-    return arr, store
-
-
 @pytest.mark.parametrize("kind", ["kmeans", "gmm"])
 def test_sweep_reads_each_chunk_once_per_pass_for_all_k(data_path: str, kind: str) -> None:
     separate = []
     for k in KS:
-        arr, store = _counted(data_path)
+        arr, store = open_counted(data_path)
         quietly(TEMPLATES[kind](k, random_state=4).fit, arr)
         separate.append(_passes(store))  # the scan and one pass per iteration of the fit
-    arr, store = _counted(data_path)
+    arr, store = open_counted(data_path)
     quietly(emdist.select_n_components, arr, TEMPLATES[kind](random_state=4), KS)
     # One scan, the passes of the longest fit (all others run in them), one criteria pass.
     assert _passes(store) == 1 + max(p - 1 for p in separate) + 1
@@ -121,6 +113,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_fit_shared_with_checkpoints_resumes_bit_for_bit(tmp_path: Path, data_path: str) -> None:
     def make(k: int, **kw: Any) -> Any:
         return TEMPLATES["gmm"](k, random_state=7, **kw)

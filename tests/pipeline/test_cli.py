@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -23,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,7 +36,13 @@ from emdist.io.checkpoint import CheckpointStore
 from emdist.io.synthetic import open_synthetic
 from emdist.registry import model_families
 from flows.cli import build_cli, help_text, main
-from tests.prefect_fixtures import processes_with_env, subprocess_environment, wait_until_gone
+from tests.markers import service_fixture
+from tests.prefect_fixtures import (  # noqa: F401 - prefect_harness is a fixture
+    prefect_harness,
+    processes_with_env,
+    subprocess_environment,
+    wait_until_gone,
+)
 
 N_SAMPLES, N_FEATURES, TRUE_K, CHUNK_ROWS = 20_000, 4, 3, 4_000
 COMMANDS = (
@@ -92,7 +100,7 @@ def in_process(
     return code, out, " ".join(err.split())
 
 
-@pytest.fixture(scope="module")
+@service_fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     root = tmp_path_factory.mktemp("cli")
     return Workspace(root, subprocess_environment(root / "prefect-home"))
@@ -357,6 +365,45 @@ def test_report_rewrites_the_report_from_disk(ws: Workspace, ran: Run) -> None:
     assert f"iterations: {n_iter} (converged)" in (report_dir / "report.md").read_text()
     for png in ("lower_bound.png", "clusters.png"):
         assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_select_k_after_run_never_leaves_a_mixed_output_folder(ws: Workspace, ran: Run) -> None:
+    ok(ran.proc)
+    report = (ran.out / "report" / "report.md").read_text()
+    summary = (ran.out / "summary.json").read_text()
+    labels = np.asarray(zarr.open_array(str(ran.out / "predictions.zarr" / "labels"))[:])
+    # Without the true K among the candidates, the pick differs from the run's K.
+    proc = ok(ws.emdist("select-k", "--config", str(ran.config), "--k", "2", "4"))
+    best = int(re.search(r"best K by bic: (\d+)", proc.stdout).group(1))  # type: ignore[union-attr]
+    assert best != TRUE_K
+    # The run's folder is the run's, whole: model, labels, report and summary of K = TRUE_K.
+    assert emdist.load_model(ran.out / "model.zarr").n_components == TRUE_K
+    np.testing.assert_array_equal(
+        zarr.open_array(str(ran.out / "predictions.zarr" / "labels"))[:], labels
+    )
+    assert (ran.out / "report" / "report.md").read_text() == report
+    assert (ran.out / "summary.json").read_text() == summary
+    # The selection's are in select-k/, all of the best K.
+    chosen = ran.out / "select-k"
+    picked = emdist.load_model(chosen / f"k{best}" / "model.zarr")
+    assert picked.n_components == best
+    chosen_labels = zarr.open_array(str(chosen / "predictions.zarr" / "labels"))[:]
+    assert int(np.max(chosen_labels)) == best - 1
+    assert f"K = {best}" in (chosen / "report" / "report.md").read_text()
+    assert json.loads((chosen / "summary.json").read_text())["fit"]["n_components"] == best
+    assert f"report: {chosen / 'report' / 'report.md'}" in proc.stdout
+    # The table: one row per candidate, K, BIC, AIC, bound and convergence, as fitted.
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["K", "BIC", "AIC", "lower", "bound", "converged"], proc.stdout
+    for k, line in zip((2, 4), lines[1:3], strict=True):
+        model = emdist.load_model(chosen / f"k{k}" / "model.zarr")
+        fields = line.split()
+        assert int(fields[0]) == k
+        assert float(fields[1].replace(",", "")) == pytest.approx(
+            model.bic(ran.out / "dataset.zarr" / "data"), abs=0.01
+        )
+        assert float(fields[3]) == pytest.approx(model.lower_bounds_[-1], abs=5e-7)
+        assert fields[4] == ("yes" if model.converged_ else "no")
 
 
 def test_report_before_any_run_is_a_user_error(
@@ -673,7 +720,7 @@ def test_ctrl_c_on_a_checkpointed_fit_says_how_to_resume(
     assert saved is not None and saved.iteration >= int(match.group(1)) >= 1
 
 
-@pytest.fixture
+@service_fixture()
 def dask_scheduler(ws: Workspace) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A real ``dask scheduler`` and one worker on 127.0.0.1, as separate processes."""
     with socket.socket() as s:
@@ -771,13 +818,20 @@ def committed_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def interrupt_after_first_commit(
-    proc: subprocess.Popen[str], checkpoints: Path
+    proc: subprocess.Popen[str], checkpoints: Path, *, group: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """Send SIGINT (Ctrl-C) once a checkpoint under ``checkpoints`` holds an iteration."""
+    """Send SIGINT (Ctrl-C) once a checkpoint under ``checkpoints`` holds an iteration.
+
+    ``group``: to ``proc``'s whole process group (started with ``start_new_session``), as
+    a terminal does.
+    """
     try:
         while proc.poll() is None and committed_checkpoint(checkpoints) is None:
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        if group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=300)
     finally:
         proc.kill()
@@ -785,8 +839,17 @@ def interrupt_after_first_commit(
 
 
 @pytest.mark.service
-def test_ctrl_c_on_a_flow_run_says_how_to_resume(ws: Workspace) -> None:
-    folder = ws.dir / "ctrlc-run"
+@pytest.mark.parametrize(
+    "cluster",
+    [{"n_workers": 1, "processes": False}, {"n_workers": 2, "processes": True}],
+    ids=["threads", "two-worker-processes"],
+)
+def test_ctrl_c_on_a_flow_run_says_how_to_resume(
+    ws: Workspace,
+    prefect_harness: str,  # noqa: F811 - the fixture imported above
+    cluster: dict[str, Any],
+) -> None:
+    folder = ws.dir / f"ctrlc-run-{cluster['n_workers']}"
     folder.mkdir()
     (folder / "job.yaml").write_text(
         yaml.safe_dump(
@@ -803,22 +866,27 @@ def test_ctrl_c_on_a_flow_run_says_how_to_resume(ws: Workspace) -> None:
                 # tol 0: never converges, so the fit is still running when interrupted.
                 "model": {"n_components": TRUE_K, "tol": 0.0, "max_iter": 100_000},
                 "output": {"dir": "out"},
-                "cluster": {"n_workers": 1, "processes": False},
+                "cluster": cluster,
             }
         )
     )
+    # Against a running Prefect server, as a user with many runs has one (a terminal's
+    # Ctrl-C reaches every process of its group, and would stop a temporary server too).
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "run", "--config", "job.yaml"],
         cwd=folder,
-        env=ws.env,
+        env={**ws.env, "PREFECT_API_URL": prefect_harness},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
-    done = interrupt_after_first_commit(proc, folder / "out" / "checkpoints")
+    # As a terminal's Ctrl-C: SIGINT to the command and the worker processes it started.
+    done = interrupt_after_first_commit(proc, folder / "out" / "checkpoints", group=True)
     checkpoint = version_checkpoint(folder / "out" / "checkpoints")
     assert done.returncode == 130, done.stderr
-    assert "Traceback" not in done.stderr
+    for noise in ("Traceback", "KeyboardInterrupt", "CommClosedError", "ERROR"):
+        assert noise not in done.stderr, done.stderr
     match = re.search(
         r"interrupted: after iteration (\d+): checkpoint saved in (\S+); "
         r"rerun the same command to resume",
@@ -828,3 +896,142 @@ def test_ctrl_c_on_a_flow_run_says_how_to_resume(ws: Workspace) -> None:
     assert Path(match.group(2)) == checkpoint
     saved = CheckpointStore(checkpoint).load()
     assert saved is not None and saved.iteration >= int(match.group(1)) >= 1
+
+
+# -- what a new user meets first ----------------------------------------------------------------
+
+
+def test_version_and_scikit_learn_spellings_of_k(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = in_process(["--version"], tmp_path, monkeypatch, capsys)
+    assert (code, out.strip(), err) == (0, f"emdist {emdist.__version__}", "")
+    from flows.cli import parse_args
+
+    for spelling in ("-k", "--n-components", "--n-clusters"):
+        name, params = parse_args(["fit", "d.zarr", spelling, "7"])
+        assert (name, params["k"]) == ("fit", 7), spelling
+    assert "--n-components" in help_text(build_cli(), "fit")
+
+
+def test_a_new_model_starts_cold_even_over_the_one_it_replaces(
+    ws: Workspace,
+    generated: subprocess.CompletedProcess[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ok(generated)
+    args = ["fit", "g.zarr/data", "-k", "4", "--out", "cold.zarr", "--max-iter", "2", "--json"]
+    code, out, err = in_process(args, ws.dir, monkeypatch, capsys)
+    assert code == 0, err
+    first = json.loads(out)
+    code, out, err = in_process([*args, "--overwrite"], ws.dir, monkeypatch, capsys)
+    assert code == 0, err
+    again = json.loads(out)
+    # The same fit from the same cold start, not a continuation of the model it replaced.
+    assert not again["warm_started"] and "warm start" not in err
+    assert again["lower_bounds"] == first["lower_bounds"]
+    # Asked for, the warm start continues from the model at --out.
+    code, out, err = in_process([*args, "--overwrite", "--warm-start"], ws.dir, monkeypatch, capsys)
+    assert code == 0, err
+    warm = json.loads(out)
+    assert warm["warm_started"] and "warm start from the previous model" in err
+    assert warm["lower_bounds"][0] != first["lower_bounds"][0]
+
+
+def test_a_fit_that_did_not_converge_says_so_in_one_line_of_the_cli(
+    ws: Workspace, generated: subprocess.CompletedProcess[str]
+) -> None:
+    ok(generated)
+    proc = ok(ws.emdist("fit", "g.zarr/data", "-k", "4", "--out", "nc.zarr", "--max-iter", "2"))
+    bounds = emdist.load_model(ws.dir / "nc.zarr").lower_bounds_
+    assert "Warning" not in proc.stderr and ".py:" not in proc.stderr
+    line = " ".join(proc.stderr.split())
+    change = abs(bounds[-1] - bounds[-2])
+    assert (
+        f"note: not converged after --max-iter 2 iterations (last change {change:.1e} >= "
+        "--tol 0.001); rerun with a larger --max-iter" in line
+    ), proc.stderr
+    # --tol 0 never stops before --max-iter: said so, not "above tol=0.0".
+    args = ["fit", "g.zarr/data", "-k", "4", "--out", "nc0.zarr", "--max-iter", "2", "--tol", "0"]
+    proc = ok(ws.emdist(*args))
+    line = " ".join(proc.stderr.split())
+    assert "Warning" not in proc.stderr and "above tol" not in proc.stderr
+    assert "note: not converged after --max-iter 2 iterations: --tol 0 never stops early" in line
+
+
+def test_predict_with_something_that_is_not_a_model_says_so(
+    ws: Workspace,
+    generated: subprocess.CompletedProcess[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ok(generated)
+    (ws.dir / "notes.md").write_text("not a model\n")
+    for not_a_model in ("g.zarr/data", "notes.md", "nothing-here.zarr"):
+        args = ["predict", not_a_model, "g.zarr/data", "p-nm.zarr"]
+        code, out, err = in_process(args, ws.dir, monkeypatch, capsys)
+        assert code == 2 and out == ""
+        what = "does not exist" if "nothing" in not_a_model else "is not an emdist model"
+        assert err == f"error: {not_a_model} {what} (MODEL is the --out of `emdist fit`)", err
+        assert not (ws.dir / "p-nm.zarr").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "select-k"])
+def test_a_missing_input_is_reported_before_prefect_starts(ws: Workspace, command: str) -> None:
+    folder = ws.dir / f"missing-before-{command}"
+    folder.mkdir()
+    (folder / "job.yaml").write_text(
+        "input:\n  path: nowhere/measurements.csv\nselect_k: [2, 3]\noutput:\n  dir: out\n"
+    )
+    probe = (
+        "import sys; from flows.cli import main; "
+        f"code = main([{command!r}, '--config', 'job.yaml']); "
+        "print(code, 'prefect' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=folder, env=ws.env, capture_output=True, text=True
+    )
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert message == (
+        f"error: input.path: {folder / 'nowhere' / 'measurements.csv'} does not exist "
+        f"(in {Path('job.yaml')})"
+    ), proc.stderr
+    assert not (folder / "out").exists()
+
+
+@pytest.mark.service
+def test_ctrl_c_on_an_idle_serve_is_one_line_and_status_130(
+    ws: Workspace,
+    prefect_harness: str,  # noqa: F811 - the fixture imported above
+) -> None:
+    folder = ws.dir / "serve-idle"
+    folder.mkdir()
+    (folder / "job.yaml").write_text("input:\n  path: data.zarr\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--config", "job.yaml", "--cron", "0 2 * * *"],
+        cwd=folder,
+        env={**ws.env, "PREFECT_API_URL": prefect_harness},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # serving once it says so
+            if "is being served" in line:
+                break
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    for noise in ("Traceback", "ERROR", "Crash"):
+        assert noise not in stderr, stderr
+    stopped = [line for line in stderr.splitlines() if line.startswith("stopped:")]
+    assert stopped == ["stopped: no more scheduled runs of emdist-scheduled from this process"], (
+        stderr
+    )

@@ -23,7 +23,7 @@ from emdist.registry import model_families
 from tests.conftest import overlapping_data
 from tests.prefect_fixtures import subprocess_environment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.service]
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +114,39 @@ def test_fit_killed_at_a_random_moment_resumes_to_the_uninterrupted_model(
     resumed = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     same_model(tmp_path / "ref.zarr", tmp_path / "model.zarr")
+
+
+@pytest.mark.parametrize("family", ["kmeans", "gmm"])
+def test_fit_killed_as_its_model_appears_reruns_to_the_same_model(
+    tmp_path: Path, data: Path, family: str
+) -> None:
+    """The model is claimed by the job in the rename that makes it appear.
+
+    It used to be claimed by a second write after the rename: a kill in between left a
+    model the re-run refused to replace ("not written by this job"), or a torn zarr.json.
+    """
+    env = subprocess_environment(tmp_path / "prefect-home")
+    reference = subprocess.run(
+        fit_args(data, family, "batch", tmp_path / "ref-ckpt.zarr", tmp_path / "ref.zarr"),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "model.zarr"
+    args = fit_args(data, family, "batch", tmp_path / "ckpt.zarr", out)
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    while not out.exists() and proc.poll() is None:
+        time.sleep(0.0005)
+    proc.kill()
+    proc.wait()
+    assert out.exists(), "the fit ended before its model appeared"
+    # Whatever instant the kill hit, the model that appeared is whole and the job's.
+    meta = json.loads((out / "zarr.json").read_text())
+    assert meta["attributes"].get("emdist_job"), "the model appeared unclaimed"
+    rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    same_model(tmp_path / "ref.zarr", out)

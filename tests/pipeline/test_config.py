@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import ConfigError, RunConfig, load_config, parse_config
+from tests.helpers import estimator_classes
 
 YAML_CONFIG = """\
 name: measurements
@@ -125,6 +126,27 @@ def test_absolute_paths_and_urls_are_kept(tmp_path: Path) -> None:
 def test_default_output_dir_is_under_the_config_folder(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "job.yaml", "input:\n  path: x.npy\n"))
     assert config.output.dir == str(tmp_path / "runs" / "emdist")
+
+
+def test_default_output_dir_is_named_after_the_job(tmp_path: Path) -> None:
+    text = "name: nightly\ninput:\n  path: x.npy\noutput:\n  responsibilities: true\n"
+    config = load_config(write(tmp_path, "job.yaml", text))
+    assert config.output.dir == str(tmp_path / "runs" / "nightly")
+    assert config.model_path == tmp_path / "runs" / "nightly" / "model.zarr"
+    # Two jobs that differ only by name no longer share (and refuse) one output folder.
+    other = parse_config({"name": "weekly", "input": {"path": "x.npy"}}, base=tmp_path)
+    assert other.output.dir == str(tmp_path / "runs" / "weekly")
+    # An explicit output.dir wins.
+    given = parse_config(
+        {"name": "weekly", "input": {"path": "x.npy"}, "output": {"dir": "o"}}, base=tmp_path
+    )
+    assert given.output.dir == str(tmp_path / "o")
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "."])
+def test_a_job_name_that_cannot_name_its_folder_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="name: "):
+        parse_config({"name": name, "input": {"path": "x.npy"}})
 
 
 def test_parse_config_resolves_against_the_given_base(tmp_path: Path) -> None:
@@ -331,9 +353,9 @@ def test_demo_defaults_span_many_chunks_on_an_embedded_cluster(tmp_path: Path) -
 def test_default_init_params_is_the_library_default() -> None:
     import inspect
 
-    import emdist
-
-    for estimator in (emdist.GaussianMixture, emdist.BayesianGaussianMixture):
+    mixtures = [c for c in estimator_classes() if "init_params" in inspect.signature(c).parameters]
+    assert len(mixtures) >= 2
+    for estimator in mixtures:
         library = inspect.signature(estimator).parameters["init_params"].default
         assert RunConfig.model_fields["model"].default.init_params == library
 
@@ -410,10 +432,8 @@ def test_config_faults_are_one_config_error_naming_the_field(tmp_path: Path, cas
 def test_update_schedule_defaults_are_the_library_defaults() -> None:
     import inspect
 
-    import emdist
-
     model = RunConfig.model_fields["model"].default
-    for estimator in (emdist.GaussianMixture, emdist.BayesianGaussianMixture, emdist.KMeans):
+    for estimator in estimator_classes():
         params = inspect.signature(estimator).parameters
         assert model.updates == params["updates"].default == "batch"
         assert model.n_shards == params["n_shards"].default
@@ -455,3 +475,106 @@ def test_acceleration_reaches_the_mixtures() -> None:
                 "model": {"acceleration": "squarem", "updates": "incremental"},
             }
         )
+
+
+# --------------------------------------------------------------------------------------------
+# bounds: types, counts and sizes refused before any work
+# --------------------------------------------------------------------------------------------
+
+
+def _with(section: str, **fields: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"input": {"path": "x.npy"}}
+    if section == "generate":
+        data["input"] = {"generate": fields}
+    elif section:
+        data[section] = fields
+    else:
+        data.update(fields)
+    return data
+
+
+BOUND_CASES = {
+    "n_components true": (_with("model", n_components=True), "model.n_components"),
+    "max_iter false": (_with("model", max_iter=False), "model.max_iter"),
+    "n_init a float": (_with("model", n_init=2.0), "model.n_init"),
+    "n_init a string": (_with("model", n_init="2"), "model.n_init"),
+    "tol true": (_with("model", tol=True), "model.tol"),
+    "n_init 1e9": (_with("model", n_init=10**9), "model.n_init"),
+    "keep 1e9": (_with("checkpoint", keep=10**9), "checkpoint.keep"),
+    "select_k zero and negative": (_with("", select_k=[0, -1]), "select_k"),
+    "select_k empty": (_with("", select_k=[]), "select_k"),
+    "select_k twice": (_with("", select_k=[2, 2]), "select_k"),
+    "select_k bools": (_with("", select_k=[True, 2]), "select_k"),
+    "select_k too many": (_with("", select_k=list(range(1, 1000))), "select_k"),
+    "chunk_rows 1 over 2e6 rows": (
+        _with("generate", n_samples=2_000_000, chunk_rows=1),
+        "input.generate",
+    ),
+    "n_features 1e9": (_with("generate", n_features=10**9), "input.generate"),
+    "n_samples 1e13": (_with("generate", n_samples=10**13), "input.generate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOUND_CASES))
+def test_out_of_bounds_values_are_refused_naming_the_field(case: str) -> None:
+    data, field = BOUND_CASES[case]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert f"  - {field}" in str(info.value), str(info.value)
+
+
+YAML_ALIAS_BOMB = """\
+input: {path: x.npy}
+name: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def test_yaml_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.yaml", YAML_ALIAS_BOMB)
+    with pytest.raises(ConfigError, match="expands to more than") as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+
+
+def test_recursive_yaml_alias_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.yaml", "input: {path: x.npy}\nname: &a [*a]\n")
+    with pytest.raises(ConfigError, match="refers to itself|expands"):
+        load_config(path)
+
+
+def test_a_few_aliases_are_still_fine(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "job.yaml",
+        "input: {path: x.npy}\nmodel: &m {n_components: 3}\nselect_k: &k [2, 3]\n",
+    )
+    config = load_config(path)
+    assert config.model.n_components == 3 and config.select_k == [2, 3]
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
+def test_config_that_is_a_device_is_not_a_regular_file(device: str) -> None:
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(device)
+
+
+def test_config_folder_is_not_a_regular_file(tmp_path: Path) -> None:
+    folder = tmp_path / "job.yaml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(folder)
+
+
+def test_oversized_config_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("input: {path: x.npy}\n" + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config(path)

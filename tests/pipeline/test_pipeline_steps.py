@@ -42,6 +42,7 @@ from pipeline.steps import (
     prepare_data,
     select_components,
 )
+from tests.markers import service_fixture
 from tests.prefect_fixtures import dask_worker_processes, wait_until_gone
 
 N_SAMPLES, N_FEATURES, TRUE_K, CHUNK_ROWS = 20_000, 4, 3, 4_000
@@ -335,6 +336,7 @@ def test_fit_without_checkpoint_writes_none(tmp_path: Path) -> None:
 # -- choosing K -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_select_components_picks_the_true_k_by_bic(tmp_path: Path) -> None:
     config = generated_config(tmp_path / "out", model={"max_iter": 50})
     data = prepare_data(config)
@@ -383,7 +385,7 @@ def test_select_components_kmeans_does_not_just_pick_the_largest_k(tmp_path: Pat
 # -- the whole job on a real LocalCluster -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@service_fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobResult, set[int], RunConfig]:
     config = generated_config(
         tmp_path_factory.mktemp("job") / "out",
@@ -415,6 +417,7 @@ def test_run_job_end_to_end_on_a_local_cluster(
     assert result.predictions.counts == fitted.predictions.counts
 
 
+@pytest.mark.service
 def test_run_job_with_a_threaded_local_cluster(tmp_path: Path) -> None:
     config = generated_config(tmp_path / "out", cluster={"n_workers": 1, "processes": False})
     result = run_job(config)
@@ -449,6 +452,7 @@ def test_run_job_refuses_an_output_it_did_not_write_before_any_work(
     assert files(out) == before, "the job wrote something although it refused to run"
 
 
+@pytest.mark.service
 def test_run_job_replaces_what_an_earlier_run_of_the_same_job_wrote(tmp_path: Path) -> None:
     config = generated_config(tmp_path / "out", cluster={"n_workers": 1, "processes": False})
     first = run_job(config)
@@ -487,6 +491,7 @@ def test_outputs_must_not_coincide_with_the_input(tmp_path: Path) -> None:
 # -- the cluster ------------------------------------------------------------------------------
 
 
+@pytest.mark.service
 def test_dashboard_is_served_and_its_link_announced() -> None:
     lines: list[str] = []
     config = ClusterConfig(n_workers=1, processes=False, dashboard=True)
@@ -501,6 +506,7 @@ def test_dashboard_is_served_and_its_link_announced() -> None:
     assert "<html" in html.lower()
 
 
+@pytest.mark.service
 def test_embedded_workers_start_without_malloc_trim_threshold(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -524,6 +530,7 @@ def test_embedded_workers_start_without_malloc_trim_threshold(
     assert os.environ[MALLOC_TRIM] == "65536"  # this process's value is given back
 
 
+@pytest.mark.service
 def test_a_cancelled_gather_leaves_no_allexit_traceback(caplog: pytest.LogCaptureFixture) -> None:
     # A cancelled pass leaves distributed's gather waiters raising AllExit with nobody to
     # retrieve it; asyncio logs that from the loop's thread, after Ctrl-C and before any
@@ -542,6 +549,32 @@ def test_a_cancelled_gather_leaves_no_allexit_traceback(caplog: pytest.LogCaptur
             client.sync(leave_unretrieved, [AllExit(), RuntimeError("a real fault")])
     unretrieved = [r for r in caplog.records if "never retrieved" in r.getMessage()]
     assert [str(r.exc_info[1]) for r in unretrieved if r.exc_info] == ["a real fault"]
+
+
+def test_a_closed_dashboard_tab_leaves_no_bokeh_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    # A browser that closes the dashboard detaches the bokeh session while a message is in
+    # flight; handling it then reads ServerConnection.session, which asserts, and bokeh
+    # logs the AssertionError with its traceback. Other errors of bokeh's stay.
+    from bokeh.server.connection import ServerConnection
+
+    closed = ServerConnection.__new__(ServerConnection)
+    closed._session = None
+    try:
+        closed.session  # noqa: B018 - the property's own assertion
+    except AssertionError as exc:
+        detached = exc
+    ws_log = logging.getLogger("bokeh.server.views.ws")
+    config = ClusterConfig(n_workers=1, processes=False, dashboard=True)
+    with dask_client(config), caplog.at_level(logging.ERROR):
+        for error in (detached, RuntimeError("a real fault")):
+            try:
+                raise error
+            except Exception as e:
+                ws_log.error(
+                    "Handler or its work threw an exception: %r: %r", e, None, exc_info=True
+                )
+    logged = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert [type(e) for e in logged] == [RuntimeError]
 
 
 def test_an_unreachable_scheduler_is_named_with_what_to_check() -> None:

@@ -7,6 +7,7 @@ Zarr on disk); the Prefect flow and the SIGKILL-resume of the same case are in
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ from emdist.io.synthetic import make_gaussian_mixture
 from pipeline.config import ConfigError, RunConfig, parse_config
 from pipeline.job import run_job
 from pipeline.steps import checkpoint_for, data_version, prune_checkpoints
+from tests.helpers import estimator_classes
 
 # Overlapping clusters (separation 1.5, K=5): a cold fit needs ~17 EM iterations, so the
 # warm start's saving is visible. The input grows by 20%, as a nightly export does.
@@ -76,6 +78,7 @@ def summary(out: Path) -> dict[str, Any]:
     return dict(json.loads((out / "summary.json").read_text()))
 
 
+@pytest.mark.service
 def test_second_run_on_grown_data_warm_starts_and_keeps_the_old_outputs_until_done(
     tmp_path: Path,
 ) -> None:
@@ -135,6 +138,7 @@ def test_second_run_on_grown_data_warm_starts_and_keeps_the_old_outputs_until_do
     np.testing.assert_array_equal(emdist.load_model(out / "model.zarr").means_, new_model.means_)
 
 
+@pytest.mark.service
 def test_an_incompatible_previous_model_means_a_cold_start_that_says_why(tmp_path: Path) -> None:
     path, rows = grown_input(tmp_path)
     out = tmp_path / "out"
@@ -167,17 +171,9 @@ def test_data_version_changes_with_the_data_and_old_checkpoints_are_pruned(
     assert sorted(p.name for p in root.iterdir()) == sorted([keys[0], keys[3], keys[4], "mine"])
 
 
-@pytest.mark.parametrize(
-    ("estimator", "k"),
-    [
-        (emdist.GaussianMixture, {"n_components": K}),
-        (emdist.KMeans, {"n_clusters": K}),
-        (emdist.BayesianGaussianMixture, {"n_components": K}),
-    ],
-)
-def test_warm_start_from_saves_iterations_in_every_family(
-    tmp_path: Path, estimator: Any, k: dict[str, int]
-) -> None:
+@pytest.mark.parametrize("estimator", estimator_classes(), ids=lambda c: c.family_name)
+def test_warm_start_from_saves_iterations_in_every_family(tmp_path: Path, estimator: Any) -> None:
+    k = {next(iter(inspect.signature(estimator).parameters)): K}  # n_clusters, n_components
     _, rows = grown_input(tmp_path)
     tol: dict[str, Any] = {} if estimator is emdist.KMeans else {"tol": 1e-4}
     if estimator is emdist.BayesianGaussianMixture:
@@ -201,6 +197,7 @@ def test_warm_start_from_saves_iterations_in_every_family(
     assert "not a" in str(emdist.KMeans(K).warm_start_from(emdist.GaussianMixture(K)))
 
 
+@pytest.mark.slow
 def test_choosing_k_again_on_grown_data_warm_starts_every_candidate(tmp_path: Path) -> None:
     from pipeline.steps import prepare_data, select_components
 

@@ -29,18 +29,15 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.services import PrefectServer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -133,83 +130,10 @@ def parse_bytes(text: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# A real Prefect server, started in the background by the first test so that it is up by
-# the time the deploy test needs it (~15 s on 2 cores).
-
-
-class PrefectServer:
-    def __init__(self, home: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.api = f"http://127.0.0.1:{self.port}/api"
-        self.env = {
-            **os.environ,
-            **TELEMETRY_OFF,
-            "PREFECT_HOME": str(home / "prefect"),
-            "TMPDIR": str(home),
-            "PREFECT_API_URL": self.api,
-            "PREFECT_CLI_WRAP_LINES": "false",
-            "COLUMNS": "200",
-        }
-        self.env.pop("EMDIST_PROJECT_DIR", None)
-        self.log = (home / "server.log").open("w")
-        self.proc = subprocess.Popen(
-            [tool("prefect"), "server", "start", "--host", "127.0.0.1"]
-            + ["--port", str(self.port), "--analytics-off"],
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped whole, by its id
-        )
-
-    def wait(self, timeout: float = 120) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, Path(self.log.name).read_text()
-            try:
-                with urllib.request.urlopen(f"{self.api}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return self.api
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail(f"prefect server not healthy in {timeout} s")
-
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        req = urllib.request.Request(
-            f"{self.api}{path}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.load(r)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    server = PrefectServer(tmp_path_factory.mktemp("prefect-server"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-# ---------------------------------------------------------------------------------------
 # YAML
 
 
-def test_yamllint_every_yaml_file(prefect_server: PrefectServer, tmp_path: Path) -> None:
-    # (prefect_server: start it now, in the background, for the last test.)
+def test_yamllint_every_yaml_file(tmp_path: Path) -> None:
     config = DEPLOY / ".yamllint.yaml"
     listed = run(tool("yamllint"), "--list-files", "-c", str(config), "deploy")
     ok(listed)
@@ -345,7 +269,8 @@ def test_dockerfile_passes_hadolint_and_copies_what_the_context_holds(tmp_path: 
     assert "# syntax=" not in text  # BuildKit would pull the frontend from a registry
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert re.search(r'pip install --no-cache-dir "\./\[io\]"', text)  # = pip install .[io]
+    # = pip install .[io,pipeline]: the flows and the CLI need the pipeline extra.
+    assert re.search(r'pip install --no-cache-dir "\./\[io,pipeline\]"', text)
     env = dict(re.findall(r"\b(PREFECT_SERVER_ANALYTICS_ENABLED|DO_NOT_TRACK)=(\S+)", text))
     assert env == TELEMETRY_OFF
     assert not re.search(r"(?i)(api_key|password|secret|token)\s*=", text)
@@ -621,16 +546,19 @@ def test_prefect_yaml_names_the_real_flow_and_valid_configs() -> None:
 
 
 @pytest.mark.slow
-def test_prefect_deploy_against_a_real_server(prefect_server: PrefectServer) -> None:
+def test_prefect_deploy_against_a_real_server(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
     from prefect.workers.process import ProcessWorker
 
-    prefect_server.wait()
     # The pool, as `prefect work-pool create emdist-process --type process` makes it.
     template = ProcessWorker.get_default_base_job_template()
     body = {"name": "emdist-process", "type": "process", "base_job_template": template}
     assert prefect_server.post("/work_pools/", body)["name"] == "emdist-process"
     deploy = [tool("prefect"), "--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml"]
-    ok(run(*deploy, "--all", env=prefect_server.env, timeout=180))
+    env = prefect_server.env(tmp_path, PREFECT_CLI_WRAP_LINES="false", COLUMNS="200")
+    env.pop("EMDIST_PROJECT_DIR", None)  # the project root is the checkout
+    ok(run(*deploy, "--all", env=env, timeout=180))
 
     found = prefect_server.post("/deployments/filter", {})
     deployments = {d["name"]: d for d in found}

@@ -1,8 +1,11 @@
 """deploy/ run for real: the SLURM job script on a SLURM cluster, the compose stack in Docker.
 
 Both tests need root and Debian's packages (``slurm-wlm munge``; ``docker.io
-debootstrap``), which ``.ci/run`` installs. They start every daemon themselves on
-127.0.0.1 and stop it, with whatever it started, also when they fail. Nothing is mocked:
+debootstrap``), which ``tools/ensure-debian-packages`` installs (``make test`` and
+``make test-deploy`` run it as root). Without them the tests are skipped, saying what is
+missing, and under ``EMDIST_REQUIRE_ROOT_TESTS=1`` (.ci/run) they fail instead
+(tests/markers.py). They start every daemon themselves on 127.0.0.1 and stop it, with
+whatever it started, also when they fail. Nothing is mocked:
 
 * SLURM: ``sbatch deploy/slurm/run_flow.sbatch`` as deploy/README.md says; the flow job
   starts dask-jobqueue's ``SLURMCluster``, whose workers are SLURM jobs; then the same
@@ -38,6 +41,7 @@ from prefect.client.orchestration import SyncPrefectClient
 
 import emdist
 from tests.docker_engine import compose_binary, docker_engine
+from tests.markers import service_fixture
 from tests.services import HOST, PROJECT_ROOT, free_port, wait_for
 from tests.slurm import Slurm, slurm_cluster
 from tests.system.test_real_services import assert_same_model
@@ -110,7 +114,7 @@ def check_outputs(out: Path, n_samples: int = 200_000) -> Any:
 # -- SLURM -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
+@service_fixture()
 def slurm(tmp_path: Path) -> Iterator[Slurm]:
     """A one-node SLURM cluster on 127.0.0.1 for one test (daemons, jobs and folder go)."""
     with slurm_cluster(clean_env(tmp_path)) as cluster:

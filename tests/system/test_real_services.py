@@ -18,7 +18,6 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,6 @@ from tests.services import (
     run_command,
     start_dask_scheduler,
     start_dask_worker,
-    start_prefect_server,
     wait_for,
     wait_gone,
 )
@@ -75,27 +73,6 @@ def assert_same_model(a: Any, b: Any, what: str) -> None:
         )
     assert a.n_iter_ == b.n_iter_, f"{what}: n_iter_ {a.n_iter_} != {b.n_iter_}"
     assert list(a.lower_bounds_) == list(b.lower_bounds_), f"{what}: lower bounds differ"
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    """Processes started by one test, all stopped at its end (pass or fail)."""
-    started = Services(tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop_all()
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    """One real ``prefect server`` on a free 127.0.0.1 port for this module's tests."""
-    root = tmp_path_factory.mktemp("prefect-server")
-    started = Services(root)
-    try:
-        yield start_prefect_server(started, root / "home")
-    finally:
-        started.stop_all()
 
 
 def client(server: PrefectServer) -> SyncPrefectClient:
