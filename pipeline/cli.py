@@ -88,6 +88,7 @@ FIT_OPTION_NAMES = {
     "model.tol": "--tol",
     "model.updates": "--updates",
     "model.n_shards": "--n-shards",
+    "model.acceleration": "--acceleration",
     "model.random_state": "--seed",
     "model.warm_start": "--warm-start",
     "output.model": "--out",
@@ -312,6 +313,7 @@ def _fit_config(options: dict[str, Any]) -> RunConfig:
             "n_init": options["n_init"],
             "updates": options["updates"],
             "n_shards": options["n_shards"],
+            "acceleration": options["acceleration"],
             "random_state": options["seed"],
             "warm_start": options["warm_start"],
         },
@@ -403,6 +405,12 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
     default=8,
     show_default=True,
     help="Shards of --updates incremental.",
+)
+@click.option(
+    "--acceleration",
+    type=click.Choice(["squarem", "overrelax"]),
+    default=None,
+    help="Accelerated EM of the mixtures (--updates batch).  [default: plain EM]",
 )
 @click.option("--seed", type=int, default=0, help="Random seed of the initialisation.")
 @click.option(

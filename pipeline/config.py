@@ -177,6 +177,12 @@ class ModelConfig(_Strict):
         "per pass (usually fewer passes; README, 'Incremental EM')",
     )
     n_shards: Int = Field(8, gt=0, description="shards of updates='incremental'")
+    # The mixtures' own default; K-means has no such parameter and ignores it.
+    acceleration: Literal["squarem", "overrelax"] | None = Field(
+        None,
+        description="accelerated EM of the mixtures with updates='batch' (README, "
+        "'Accelerated EM'); unset: plain EM",
+    )
     weight_concentration_prior_type: Literal["dirichlet_process", "dirichlet_distribution"] = (
         "dirichlet_process"
     )
@@ -188,6 +194,14 @@ class ModelConfig(_Strict):
         description="on new data, start from the model at output.model when it has the same "
         "family, n_components, covariance_type and n_features (else a cold start, logged)",
     )
+
+    @model_validator(mode="after")
+    def _acceleration_of_batch_em(self) -> ModelConfig:
+        if self.acceleration is not None and self.updates != "batch":
+            raise ValueError(
+                f"acceleration ({self.acceleration!r}) needs updates='batch'; got {self.updates!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sample_holds_the_components(self) -> ModelConfig:

@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
+from emdist.engine.acceleration import ACCELERATIONS, accelerated
 from emdist.engine.data import FitData
-from emdist.engine.em import ModelPlan, Observer, run_em
+from emdist.engine.em import ModelPlan, Observer, Schedule, run_em
 from emdist.engine.reduce import map_reduce
 from emdist.engine.threads import blas_single_threaded
 from emdist.exceptions import InvalidDataError, InvalidParameterError
@@ -27,6 +28,7 @@ from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array
 from emdist.kernels.gaussian import precisions_from_cholesky
 from emdist.kernels.mixture import MixtureStats
+from emdist.kernels.mixture_vector import variational_from_vector, variational_to_vector
 from emdist.kernels.rebase import rebase_mixture_stats
 from emdist.kernels.rows import RowBlock
 from emdist.kernels.variational import (
@@ -43,7 +45,14 @@ from emdist.kernels.variational import (
 )
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, initial_resp_stats
-from emdist.models._validation import Constraint, boolean, check_data_scale, one_of
+from emdist.models._validation import (
+    Constraint,
+    any_of,
+    boolean,
+    check_data_scale,
+    is_none,
+    one_of,
+)
 from emdist.registry import register_family
 
 __all__ = [
@@ -123,6 +132,16 @@ class BayesianMixtureFamily:
     def entropy(self, stats: VariationalStats, params: VariationalParams) -> float:
         """0: the statistics carry ``Σ r log r`` themselves."""
         return 0.0
+
+    # -- accelerated EM (emdist.engine.acceleration) ------------------------------------
+
+    def to_vector(self, params: VariationalParams) -> FloatArray:
+        """The posterior as one vector (positive parameters by their logarithms)."""
+        return variational_to_vector(params)
+
+    def from_vector(self, vector: FloatArray, like: VariationalParams) -> VariationalParams | None:
+        """A posterior from a vector, projected (covariances positive definite)."""
+        return variational_from_vector(vector, like, self.covariance_type, self.reg_covar)
 
     def free_energy(
         self, stats: VariationalStats, entropy: float, params: VariationalParams
@@ -446,6 +465,11 @@ default='dirichlet_process'
         Incremental: the posterior's global factors are updated after every shard
         (incremental variational Bayes).
     {{fit_hooks}}
+    acceleration : {'squarem', 'overrelax'} or None, default=None
+        Accelerated variational EM with ``updates='batch'`` (as
+        :class:`~emdist.GaussianMixture`'s; the posterior is extrapolated with its positive
+        parameters by their logarithms). ``n_iter_`` then counts passes, rejected
+        proposals included, and ``lower_bounds_`` repeats the accepted bound on those.
 
     Attributes
     ----------
@@ -493,6 +517,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         **BaseMixture._parameter_constraints,
         "weight_concentration_prior_type": one_of(WEIGHT_PRIOR_TYPES),
         "prefit_on_sample": boolean,
+        "acceleration": any_of(is_none, one_of(ACCELERATIONS)),
     }
     _params_type = VariationalParams
     _convergence_quantity = "change of the per-sample lower bound"
@@ -522,6 +547,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         n_shards: int = 8,
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
+        acceleration: str | None = None,
     ) -> None:
         super().__init__(
             n_components=n_components,
@@ -539,6 +565,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
             observer=observer,
             checkpoint=checkpoint,
         )
+        self.acceleration = acceleration
         self.prefit_on_sample = prefit_on_sample
         self.weight_concentration_prior_type = weight_concentration_prior_type
         self.weight_concentration_prior = weight_concentration_prior
@@ -546,6 +573,10 @@ degrees_of_freedom_prior_, covariance_prior_ :
         self.mean_prior = mean_prior
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
         self.covariance_prior = covariance_prior
+
+    def _schedule(self) -> Schedule:
+        """Batch, accelerated batch (``acceleration``) or incremental EM (``updates``)."""
+        return accelerated(super()._schedule(), self.acceleration, self.updates)
 
     def _check_input(self, X: Any) -> None:
         # The priors are checked against n_features before the data is read.

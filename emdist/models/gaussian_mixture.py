@@ -10,8 +10,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
+from emdist.engine.acceleration import ACCELERATIONS, accelerated
 from emdist.engine.data import FitData
-from emdist.engine.em import ModelPlan, Observer
+from emdist.engine.em import ModelPlan, Observer, Schedule
 from emdist.engine.reduce import map_reduce
 from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
@@ -29,12 +30,13 @@ from emdist.kernels.mixture import (
     mixture_log_prob_chunk,
     mixture_mstep,
 )
+from emdist.kernels.mixture_vector import mixture_from_vector, mixture_to_vector
 from emdist.kernels.rebase import mixture_expected_log_lik, rebase_mixture_stats
 from emdist.kernels.rows import RowBlock
 from emdist.models._criteria import KernelStep, log_lik_sum_chunk, pass_data
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
-from emdist.models._validation import check_data_scale
+from emdist.models._validation import Constraint, any_of, check_data_scale, is_none, one_of
 from emdist.registry import register_family
 
 __all__ = ["GaussianMixture", "GaussianMixtureFamily", "initial_mixture_params"]
@@ -93,6 +95,16 @@ class GaussianMixtureFamily:
     def free_energy(self, stats: MixtureStats, entropy: float, params: MixtureParams) -> float:
         """``(E_r[log p(X, Z | params)] + H(r)) / n`` for the responsibilities behind ``stats``."""
         return (mixture_expected_log_lik(stats, params, self.covariance_type) + entropy) / stats.n
+
+    # -- accelerated EM (emdist.engine.acceleration) ------------------------------------
+
+    def to_vector(self, params: MixtureParams) -> FloatArray:
+        """Log-weights, means and covariances as one vector."""
+        return mixture_to_vector(params)
+
+    def from_vector(self, vector: FloatArray, like: MixtureParams) -> MixtureParams | None:
+        """Parameters from a vector, projected (simplex, covariances >= ``reg_covar``)."""
+        return mixture_from_vector(vector, like, self.covariance_type, self.reg_covar)
 
 
 def initial_mixture_params(
@@ -197,20 +209,37 @@ class GaussianMixture(BaseMixture):
         Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
     {{updates}}
     {{fit_hooks}}
+    acceleration : {'squarem', 'overrelax'} or None, default=None
+        Accelerated EM with ``updates='batch'`` (:mod:`emdist.engine.acceleration`): every
+        pass evaluates one point, an EM iterate or an extrapolation along EM steps
+        (``'squarem'``: squared extrapolation, ``'overrelax'``: adaptive over-relaxation),
+        projected onto the parameter space; a proposal whose bound would drop is rejected
+        and the next pass takes the plain EM step, so the bound history never decreases.
+        ``None``: plain EM, scikit-learn's iterations.
 
     Attributes
     ----------
     weights_, means_, covariances_, precisions_, precisions_cholesky_ : ndarray
     converged_ : bool
+        Whether the change of the bound from one accepted point to its EM step fell below
+        ``tol`` (every iteration of plain EM).
     n_iter_ : int
+        Passes over the data of the best restart (with acceleration, rejected proposals
+        included).
     lower_bound_ : float
         Mean log-likelihood per sample of the parameters before the last M-step (as
-        scikit-learn).
+        scikit-learn); with acceleration, of the last accepted point, the best evaluated;
+        the fitted parameters are its EM step.
     lower_bounds_ : list of float
-        ``lower_bound`` per iteration of the best restart.
+        ``lower_bound`` per iteration (pass) of the best restart; a pass whose proposal
+        was rejected repeats the accepted bound.
     n_features_in_ : int
     """
 
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        **BaseMixture._parameter_constraints,
+        "acceleration": any_of(is_none, one_of(ACCELERATIONS)),
+    }
     _params_type = MixtureParams
     _convergence_quantity = "change of the mean log-likelihood"
     bound_name = "mean log-likelihood per sample"
@@ -235,6 +264,7 @@ class GaussianMixture(BaseMixture):
         n_shards: int = 8,
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
+        acceleration: str | None = None,
     ) -> None:
         super().__init__(
             n_components=n_components,
@@ -255,6 +285,7 @@ class GaussianMixture(BaseMixture):
         self.weights_init = weights_init
         self.means_init = means_init
         self.precisions_init = precisions_init
+        self.acceleration = acceleration
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
         """Fit the model, one pass over the data per iteration.
@@ -275,6 +306,10 @@ class GaussianMixture(BaseMixture):
         self
         """
         return self._fit(X, sample_weight)
+
+    def _schedule(self) -> Schedule:
+        """Batch EM, accelerated batch EM (``acceleration``) or incremental EM (``updates``)."""
+        return accelerated(super()._schedule(), self.acceleration, self.updates)
 
     def _family(self) -> GaussianMixtureFamily:
         return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar))

@@ -486,6 +486,11 @@ BAD_CONFIGS = {
         ["fit", "nowhere.zarr", "--covariance-type", "ful"],
         ["--covariance-type", "'ful'", "is not one of", "'full'", "'spherical'"],
     ),
+    "fit-acceleration-of-incremental-em": (
+        {},
+        ["fit", "nowhere.zarr", "--acceleration", "squarem", "--updates", "incremental"],
+        ["acceleration ('squarem') needs updates='batch'", "'incremental'"],
+    ),
     "report-invalid-yaml": (
         {"broken.yaml": "input: [\n"},
         ["report", "--config", "broken.yaml"],

@@ -452,6 +452,31 @@ def test_update_schedule_reaches_every_estimator() -> None:
         parse_config({"input": {"path": "x.npy"}, "model": {"updates": "online"}})
 
 
+def test_acceleration_reaches_the_mixtures() -> None:
+    import inspect
+
+    import emdist
+
+    assert RunConfig.model_fields["model"].default.acceleration is None
+    for estimator in (emdist.GaussianMixture, emdist.BayesianGaussianMixture):
+        assert inspect.signature(estimator).parameters["acceleration"].default is None
+    config = parse_config(
+        {"input": {"path": "x.npy"}, "model": {"family": "gmm", "acceleration": "squarem"}}
+    )
+    assert emdist.GaussianMixture.from_config(config.model.model_dump()).acceleration == "squarem"
+    # K-means has no acceleration: the field is left out.
+    assert "acceleration" not in emdist.KMeans.from_config(config.model.model_dump()).get_params()
+    with pytest.raises(ConfigError, match="model.acceleration"):
+        parse_config({"input": {"path": "x.npy"}, "model": {"acceleration": "anderson"}})
+    with pytest.raises(ConfigError, match="needs updates='batch'"):
+        parse_config(
+            {
+                "input": {"path": "x.npy"},
+                "model": {"acceleration": "squarem", "updates": "incremental"},
+            }
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # bounds: types, counts and sizes refused before any work
 # --------------------------------------------------------------------------------------------

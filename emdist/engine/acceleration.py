@@ -1,0 +1,304 @@
+"""Accelerated EM: extrapolation along EM steps, at one pass over the data per proposal.
+
+Near convergence EM is a linear iteration whose rate is the largest fraction of missing
+information: on overlapping mixtures it crawls. Two accelerations, chosen by the
+estimators' ``acceleration`` parameter:
+
+- ``"squarem"``: squared extrapolation (Varadhan & Roland 2008, step length "S3") along
+  two consecutive EM steps ``r = θ1 - θ0``, ``v = (θ2 - θ1) - r`` (``θ1 = M(θ0)``,
+  ``θ2 = M(θ1)``, ``M`` the EM map): ``α = ||r|| / ||v||`` clipped to ``[1, step_max]``,
+  ``θ' = θ0 + 2 α r + α² v`` (``α = 1`` gives ``θ2``, plain EM). ``step_max`` starts at
+  4, grows 4x when an accepted proposal reached it, and a rejection divides it by 4 (not
+  below 1; the next EM pass then allows 4 again).
+- ``"overrelax"``: adaptive over-relaxation (Salakhutdinov & Roweis 2003):
+  ``θ' = θ + η (M(θ) - θ)``, ``η`` grown 1.2x after every accepted pass, back to 1 (a
+  plain EM step) after a rejection.
+
+Out of core what counts is passes, not iterations, so every pass evaluates one point: its
+statistics give both the point's bound and its EM step. A proposal is accepted when its
+bound is at least the accepted one; else the next pass evaluates the EM step of the
+accepted point (known from the pass that evaluated it), so a rejection costs exactly its
+one pass. SQUAREM alternates an *EM pass* at ``θ1 = M(θ0)`` (whose EM step ``θ2`` gives
+the extrapolation) and a *proposal pass*; over-relaxation proposes after every accepted
+pass. Proposals are made in the family's vector space and projected back onto the
+parameter space (:meth:`AcceleratedFamily.from_vector`).
+
+- **Bound history**: one entry per pass, the accepted bound (a rejected pass repeats it),
+  so it never decreases and its length counts the passes.
+- **Convergence**: the family's test on the change of the bound from one accepted point
+  to the next — for SQUAREM only on EM passes (an accepted point to its EM step), as
+  batch EM tests it.
+- **Result**: the restart's parameters are the EM step of its last accepted point (as
+  batch EM's: the parameters after the last M-step); its bound is that point's, the best
+  evaluated.
+
+Restarts run side by side and K sweeps share passes as batch EM's do; the checkpoint's
+``carry`` holds the next point, the accepted point and the step state, so a resumed fit
+repeats the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, cast
+
+import numpy as np
+
+from emdist.engine.em import BATCH, FitSpec, IterationState, ModelFamily, Pass, Run, Schedule
+from emdist.engine.reduce import PassData
+from emdist.engine.restarts import param_arrays
+from emdist.exceptions import InvalidParameterError
+from emdist.io.checkpoint import CheckpointError, RestartState
+
+__all__ = [
+    "ACCELERATIONS",
+    "AcceleratedFamily",
+    "AcceleratedSchedule",
+    "accelerated",
+    "squarem_step",
+]
+
+P = TypeVar("P")
+S = TypeVar("S")
+
+#: The accelerations an estimator's ``acceleration`` parameter accepts (``None``: plain EM).
+ACCELERATIONS = ("squarem", "overrelax")
+
+# Growth of the over-relaxation factor after an accepted step.
+_RELAX_GROWTH = 1.2
+
+# Growth (and shrink) factor of the largest step length (SQUAREM's ``mstep``).
+_STEP_FACTOR = 4.0
+
+
+class AcceleratedFamily(ModelFamily[P, S], Protocol):
+    """What accelerated EM needs from a model family besides :class:`ModelFamily`."""
+
+    def to_vector(self, params: P) -> Any:
+        """The parameters as one float64 vector in which extrapolation is meaningful."""
+        ...
+
+    def from_vector(self, vector: Any, like: P) -> P | None:
+        """Parameters from :meth:`to_vector`'s layout, projected onto the parameter space.
+
+        ``None`` when no valid parameters are near ``vector`` (then EM steps instead).
+        """
+        ...
+
+
+def accelerated(schedule: Schedule, acceleration: str | None, updates: str) -> Schedule:
+    """An estimator's schedule with its ``acceleration`` (batch EM only; else one-line error)."""
+    if acceleration is None:
+        return schedule
+    if schedule is not BATCH:
+        raise InvalidParameterError(
+            f"acceleration={acceleration!r} needs updates='batch'; got updates={updates!r}"
+        )
+    return AcceleratedSchedule(acceleration)
+
+
+def squarem_step(x0: Any, x1: Any, x2: Any, step_max: float) -> tuple[Any, float]:
+    """SQUAREM's proposal from three EM iterates (``x1 = M(x0)``, ``x2 = M(x1)``).
+
+    Returns the proposal and the step length ``α`` in ``[1, step_max]`` (S3:
+    ``||r|| / ||v||``); ``α = 1`` gives ``x2``.
+    """
+    r = x1 - x0
+    v = (x2 - x1) - r
+    norm_v = float(np.linalg.norm(v))
+    alpha = float(np.linalg.norm(r)) / norm_v if norm_v > 0 else math.inf
+    alpha = min(max(alpha, 1.0), step_max)
+    return x0 + 2.0 * alpha * r + alpha * alpha * v, alpha
+
+
+@dataclass
+class _Squarem:
+    """What one accelerated restart keeps between passes."""
+
+    #: The point the next pass evaluates (``None``: the restart's parameters, the start).
+    point: Any = None
+    #: Whether that point is the EM step of ``base`` (else an extrapolated proposal).
+    em_step: bool = True
+    #: The last accepted point (``None`` before the first pass).
+    base: Any = None
+    #: SQUAREM: the largest step length allowed; over-relaxation: the factor ``η``.
+    step_max: float = _STEP_FACTOR
+    #: Step length of the pending proposal.
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True)
+class AcceleratedSchedule:
+    """Batch EM accelerated by SQUAREM or over-relaxation, as a schedule of the EM driver.
+
+    Restarts run side by side (one pass serves every running restart and the fits of a K
+    sweep); each pass evaluates one point per restart. ``max_iter`` counts passes. The
+    family must be an :class:`AcceleratedFamily`.
+
+    Attributes
+    ----------
+    method : {'squarem', 'overrelax'}
+    """
+
+    method: str = "squarem"
+
+    @property
+    def side_by_side(self) -> bool:
+        """True: every pass feeds every running restart."""
+        return True
+
+    def bind(self, X: PassData, seed: int) -> AcceleratedSchedule:
+        """Itself: nothing depends on the data."""
+        return self
+
+    @staticmethod
+    def _state(run: Run[Any, Any]) -> _Squarem:
+        if run.carry is None:
+            run.carry = _Squarem()
+        state: _Squarem = run.carry
+        return state
+
+    def resume(self, run: Run[Any, Any], saved: RestartState, family: Any) -> None:
+        """The next point, the accepted one and the step state of the committed pass."""
+        if not run.history:
+            return
+        carry = saved.carry
+        try:
+            flags = np.asarray(carry["steps"], dtype=np.float64)
+            point = {
+                k.removeprefix("point/"): v for k, v in carry.items() if k.startswith("point/")
+            }
+            base = {k.removeprefix("base/"): v for k, v in carry.items() if k.startswith("base/")}
+            params_type: Any = type(run.params)
+            run.carry = _Squarem(
+                point=params_type(**point),
+                em_step=bool(flags[0]),
+                base=params_type(**base),
+                step_max=float(flags[1]),
+                alpha=float(flags[2]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CheckpointError(
+                f"the accelerated EM state of the checkpoint is damaged ({exc})"
+            ) from None
+
+    def em_over(self, run: Run[Any, Any], spec: FitSpec[Any, Any]) -> bool:
+        """Converged, stopped by the observer, or out of passes."""
+        return run.converged or run.stopped or len(run.history) >= spec.max_iter
+
+    def request(self, run: Run[Any, Any], spec: FitSpec[Any, Any]) -> Pass[Any]:
+        """The E-step over the whole data under the point this pass evaluates."""
+        state = self._state(run)
+        return Pass(spec.family, run.params if state.point is None else state.point)
+
+    def apply(
+        self, run: Run[Any, Any], stats: Any, seconds: float, spec: FitSpec[Any, Any]
+    ) -> tuple[IterationState[Any] | None, bool]:
+        """Accept or reject the point, plan the next one; commit as batch EM does."""
+        family = cast(AcceleratedFamily[Any, Any], spec.family)
+        state = self._state(run)
+        point = run.params if state.point is None else state.point
+        bound = family.lower_bound(stats, point)
+        accepted_bound = run.history[-1] if run.history else -math.inf
+        reported_before = run.history[-1] if run.history else run.prev
+        step = family.mstep(stats, point)
+        if state.em_step:
+            if bound < accepted_bound:
+                # The EM step of the accepted point lowers the bound: at the optimum up to
+                # rounding (or the covariance floor). Keep the accepted point and stop.
+                run.converged = True
+                run.history.append(accepted_bound)
+            else:
+                run.converged = family.converged(run.prev, bound, point, step, spec.tol)
+                run.history.append(bound)
+                self._after_em_pass(family, state, point, step)
+                run.params, run.prev, run.stats = step, bound, stats
+        elif bound >= accepted_bound:
+            if self.method == "overrelax":
+                # Every accepted pass is a (relaxed) EM iteration: tested as one.
+                run.converged = family.converged(run.prev, bound, point, step, spec.tol)
+                run.history.append(bound)
+                self._after_em_pass(family, state, point, step)
+            else:
+                # An accepted proposal: its EM step comes next.
+                if state.alpha >= state.step_max:
+                    state.step_max *= _STEP_FACTOR
+                run.history.append(bound)
+                state.base, state.point, state.em_step = point, step, True
+            run.params, run.prev, run.stats = step, bound, stats
+        else:
+            # Rejected: the EM step of the accepted point (the restart's parameters) next.
+            if self.method == "overrelax":
+                state.step_max = 1.0
+            else:
+                state.step_max = max(1.0, state.step_max / _STEP_FACTOR)
+            run.history.append(accepted_bound)
+            state.point, state.em_step = run.params, True
+        iteration = len(run.history)
+        it = IterationState(
+            restart=run.restart,
+            iteration=iteration,
+            lower_bound=run.history[-1],
+            change=run.history[-1] - reported_before,
+            params=run.params,
+            converged=run.converged,
+            seconds=seconds,
+            lower_bounds=tuple(run.history),
+        )
+        checkpoint = spec.checkpoint
+        commit = checkpoint is not None and (
+            iteration % checkpoint.every == 0 or run.converged or iteration == spec.max_iter
+        )
+        return it, commit
+
+    def _after_em_pass(
+        self, family: AcceleratedFamily[Any, Any], state: _Squarem, point: Any, step: Any
+    ) -> None:
+        """Plan the pass after an accepted pass at ``point`` (``step`` its EM step)."""
+        base = state.base
+        state.base, state.point, state.em_step = point, step, True
+        if self.method == "overrelax":
+            state.step_max = eta = 1.0 if base is None else state.step_max * _RELAX_GROWTH
+            if eta <= 1.0:
+                return
+            x, m = family.to_vector(point), family.to_vector(step)
+            relaxed = family.from_vector(x + eta * (m - x), step)
+            if relaxed is not None:
+                state.point, state.em_step, state.alpha = relaxed, False, eta
+            return
+        if base is None:
+            return
+        proposal, alpha = squarem_step(
+            family.to_vector(base),
+            family.to_vector(point),
+            family.to_vector(step),
+            state.step_max,
+        )
+        if alpha <= 1.0:
+            if state.step_max <= 1.0:
+                # Held to plain EM by a rejection: allow extrapolation again next time.
+                state.step_max *= _STEP_FACTOR
+            return
+        projected = family.from_vector(proposal, step)
+        if projected is None:
+            return
+        state.point, state.em_step, state.alpha = projected, False, alpha
+
+    def saved(self, run: Run[Any, Any]) -> RestartState | None:
+        """Parameters, bound history, and the next point, accepted point and step state."""
+        state = self._state(run)
+        carry: dict[str, Any] = {}
+        if run.history:
+            carry["steps"] = np.array(
+                [float(state.em_step), state.step_max, state.alpha], dtype=np.float64
+            )
+            carry.update({f"point/{k}": v for k, v in param_arrays(state.point).items()})
+            carry.update({f"base/{k}": v for k, v in param_arrays(state.base).items()})
+        return RestartState(
+            run.restart,
+            param_arrays(run.params),
+            np.asarray(run.history, dtype=np.float64),
+            run.converged,
+            carry=carry,
+        )
