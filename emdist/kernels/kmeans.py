@@ -311,7 +311,8 @@ def _estep_kernel(
 ) -> tuple[float, int]:
     """Add the rows ``row0, row0 + 1, ...`` of ``X`` to the statistics.
 
-    Distances are measured from ``centers``, sums taken about ``about``. Returns the block's inertia and the new count of kept far rows.
+    Distances are measured from ``centers``, sums taken about ``about``. Returns the block's
+    inertia and the new count of kept far rows.
     """
     n, d = X.shape
     K = centers.shape[0]

@@ -166,9 +166,8 @@ def test_kmeans_passes_converge_strictly_as_sklearn(
         data = da.from_array(X, chunks=((97, 3, 1250, 41, 1609), 8))
     else:
         checkpoint = tmp_path / "fit.ckpt"
-    ours = emdist.KMeans(
-        n_clusters=5, init=init, tol=0.0, max_iter=300, checkpoint=checkpoint
-    ).fit(data)
+    ours = emdist.KMeans(n_clusters=5, init=init, tol=0.0, max_iter=300, checkpoint=checkpoint)
+    ours.fit(data)
 
     assert ours.converged_ is True
     assert ours.n_iter_ == ref.n_iter_
