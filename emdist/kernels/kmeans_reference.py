@@ -111,7 +111,7 @@ def kmeans_estep_reference(block: RowBlock, params: KMeansParams) -> KMeansStats
     dist = np.einsum("nd,nd->n", diff, diff)
     # Per-cluster sums of the differences from the reference points: a sparse one-hot
     # (K, n) @ (n, d).
-    about = np.asarray(X, dtype=np.float64) - params.about[labels]
+    about = diff if params.reference is None else np.asarray(X, np.float64) - params.about[labels]
     onehot = scipy.sparse.csc_array((np.ones(n), labels, np.arange(n + 1)), shape=(K, n))
     top = _farthest(dist, min(K, n))
     return KMeansStats(
