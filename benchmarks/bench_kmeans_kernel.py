@@ -143,7 +143,7 @@ def estep_direct(block: RowBlock, params: KMeansParams) -> KMeansStats:
     )  # fmt: skip
     return KMeansStats(
         n, counts, sx, inertia, far_dist, far_row + row_offset, far_label,
-        np.asarray(X[far_row], dtype=np.float64), centers,
+        np.asarray(X[far_row], dtype=np.float64), centers, centers,
     )  # fmt: skip
 
 

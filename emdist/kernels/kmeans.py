@@ -4,17 +4,28 @@ The assignment step runs as compiled numba kernels (:mod:`emdist.kernels._jit`: 
 Dask's threads compute side by side). Per sub-block of rows, one BLAS GEMM scores every
 row against every centre with the expansion ``‖c̃‖² - 2x·c̃`` (centres taken about their
 mean, so that it holds far from the origin); then one compiled sweep takes the argmin
-(lowest index on ties), and, from the float64 differences ``x - c_label``, adds the
-per-cluster sums about the centres, the counts, the inertia ``Σ‖x - c_label‖²`` (exact far
-from the origin) and keeps the block's ``K`` rows farthest from their centres (the
-candidates that re-seed an empty cluster, so no extra pass is needed when one empties).
+(lowest index on ties), adds the per-cluster sums ``Σ (x - r_label)`` about each cluster's
+fixed reference point (see below), the counts, the inertia ``Σ‖x - c_label‖²`` from the
+float64 differences (exact far from the origin) and keeps the block's ``K`` rows farthest
+from their centres (the candidates that re-seed an empty cluster, so no extra pass is
+needed when one empties).
 No ``(n, K)`` temporary is made for the whole block. A fused all-numba loop of direct
 distances was measured too and lost to the GEMM (benchmarks/README.md, "Compiled K-means
 kernel"). :mod:`emdist.kernels.kmeans_reference` is the same step in plain numpy.
 
+Exact centres: a cluster's sums are taken about a reference point ``r_k`` that stays put
+from one iteration to the next (the restart's starting centre of that cluster;
+``KMeansParams.reference``), and the M-step's centre is ``r_k + Σ (x - r_k) / n_k``. Every
+term is a function of the row and ``r_k`` alone, and the sums are added in a fixed order
+(row order in a block, the reduction's fixed tree across blocks), so the same rows give
+the same centre bit for bit: once no label changes no centre moves, and ``tol=0`` stops
+there, as scikit-learn's strict convergence does. Sums about the moving centre
+(``c + Σ (x - c) / n``) would move a settled centre by an ulp now and then, for ever.
+
 Precision: float32 data are scored in float32 (rows shifted by a float32 reference point,
 which is exact where the data sit far from the origin), everything else in float64; the
-statistics are float64 differences from the float64 centres whatever the dtype.
+statistics are float64 differences from float64 centres and reference points whatever the
+dtype.
 """
 
 from __future__ import annotations
@@ -47,13 +58,38 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class KMeansParams:
-    """Cluster centres, shape (n_clusters, n_features)."""
+    """Cluster centres and the fixed points their sums are taken about.
+
+    Attributes
+    ----------
+    centers : ndarray of shape (n_clusters, n_features)
+    reference : ndarray of shape (n_clusters, n_features) or None
+        The point each cluster's sums are taken about, the same from one iteration to the
+        next so that the same rows give the same centre bit for bit (see the module's
+        docstring). ``None`` (starting centres): the centres themselves, which the M-step
+        then keeps as the reference of the restart.
+    """
 
     centers: FloatArray
+    reference: FloatArray | None = None
+
+    def __post_init__(self) -> None:
+        if self.reference is not None and np.shape(self.reference) != np.shape(self.centers):
+            raise ValueError(
+                f"the reference points have shape {np.shape(self.reference)}; "
+                f"the centres {np.shape(self.centers)}"
+            )
+
+    @property
+    def about(self) -> FloatArray:
+        """The points the sums of a step under these parameters are taken about."""
+        return self.centers if self.reference is None else self.reference
 
     def arrays(self) -> dict[str, FloatArray]:
-        """The parameters as a name -> array mapping."""
-        return {"centers": self.centers}
+        """The parameters as a name -> array mapping (checkpoints store every one)."""
+        if self.reference is None:
+            return {"centers": self.centers}
+        return {"centers": self.centers, "reference": self.reference}
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,14 +103,17 @@ class KMeansStats:
     counts : ndarray of shape (n_clusters,)
         Rows assigned to each cluster.
     sx : ndarray of shape (n_clusters, n_features)
-        ``Σ (x - c_k)`` over the rows assigned to cluster ``k`` (sums about the centres).
+        ``Σ (x - r_k)`` over the rows assigned to cluster ``k``, about ``reference``.
     inertia : float
         ``Σ ‖x - c_label‖²``.
     far_dist, far_row, far_label, far_x : ndarray
         The rows farthest from their centres (at most ``n_clusters``), ordered by
         decreasing distance then increasing row: candidates to re-seed empty clusters.
     shift : ndarray of shape (n_clusters, n_features)
-        The centres the step ran under.
+        The centres the step ran under (the inertia and far distances are measured from
+        them).
+    reference : ndarray of shape (n_clusters, n_features)
+        The points ``sx`` is taken about (:attr:`KMeansParams.about`).
     """
 
     n: int
@@ -86,12 +125,17 @@ class KMeansStats:
     far_label: IntArray
     far_x: FloatArray
     shift: FloatArray
+    reference: FloatArray
 
     def __add__(self, other: KMeansStats) -> KMeansStats:
         if not isinstance(other, KMeansStats):
             return NotImplemented
         if self.shift is not other.shift and not np.array_equal(self.shift, other.shift):
             raise ValueError("cannot add K-means statistics taken under different centres")
+        if self.reference is not other.reference and not np.array_equal(
+            self.reference, other.reference
+        ):
+            raise ValueError("cannot add K-means statistics taken about different references")
         dist = np.concatenate([self.far_dist, other.far_dist])
         row = np.concatenate([self.far_row, other.far_row])
         keep = np.lexsort((row, -dist))[: self.shift.shape[0]]
@@ -105,6 +149,7 @@ class KMeansStats:
             np.concatenate([self.far_label, other.far_label])[keep],
             np.concatenate([self.far_x, other.far_x])[keep],
             self.shift,
+            self.reference,
         )
 
 
@@ -208,8 +253,10 @@ def _offer_far(
 
 
 @jit
-def _add_row(X: AnyArray, i: int, k: int, centers: FloatArray, sx: FloatArray) -> float:
-    """Add ``x_i - c_k`` to ``sx[k]``; return ``‖x_i - c_k‖²`` (float64 whatever the dtype).
+def _add_row(
+    X: AnyArray, i: int, k: int, centers: FloatArray, about: FloatArray, sx: FloatArray
+) -> float:
+    """Add ``x_i - r_k`` to ``sx[k]``; return ``‖x_i - c_k‖²`` (float64 whatever the dtype).
 
     Four running sums of squares: one would be a chain of ``d`` dependent additions (~4
     cycles each), the bound of the whole sweep once the rows are in cache.
@@ -218,22 +265,27 @@ def _add_row(X: AnyArray, i: int, k: int, centers: FloatArray, sx: FloatArray) -
     s0 = s1 = s2 = s3 = 0.0
     j = 0
     while j + 4 <= d:
-        t0 = np.float64(X[i, j]) - centers[k, j]
-        t1 = np.float64(X[i, j + 1]) - centers[k, j + 1]
-        t2 = np.float64(X[i, j + 2]) - centers[k, j + 2]
-        t3 = np.float64(X[i, j + 3]) - centers[k, j + 3]
-        sx[k, j] += t0
-        sx[k, j + 1] += t1
-        sx[k, j + 2] += t2
-        sx[k, j + 3] += t3
+        x0 = np.float64(X[i, j])
+        x1 = np.float64(X[i, j + 1])
+        x2 = np.float64(X[i, j + 2])
+        x3 = np.float64(X[i, j + 3])
+        t0 = x0 - centers[k, j]
+        t1 = x1 - centers[k, j + 1]
+        t2 = x2 - centers[k, j + 2]
+        t3 = x3 - centers[k, j + 3]
+        sx[k, j] += x0 - about[k, j]
+        sx[k, j + 1] += x1 - about[k, j + 1]
+        sx[k, j + 2] += x2 - about[k, j + 2]
+        sx[k, j + 3] += x3 - about[k, j + 3]
         s0 += t0 * t0
         s1 += t1 * t1
         s2 += t2 * t2
         s3 += t3 * t3
         j += 4
     while j < d:
-        t0 = np.float64(X[i, j]) - centers[k, j]
-        sx[k, j] += t0
+        x0 = np.float64(X[i, j])
+        t0 = x0 - centers[k, j]
+        sx[k, j] += x0 - about[k, j]
         s0 += t0 * t0
         j += 1
     return (s0 + s1) + (s2 + s3)
@@ -244,6 +296,7 @@ def _estep_kernel(
     X: AnyArray,
     row0: int,
     centers: FloatArray,
+    about: FloatArray,
     ref: AnyArray,
     neg2_t: AnyArray,
     bias: AnyArray,
@@ -258,7 +311,8 @@ def _estep_kernel(
 ) -> tuple[float, int]:
     """Add the rows ``row0, row0 + 1, ...`` of ``X`` to the statistics.
 
-    Returns the block's inertia and the new count of kept far rows.
+    Distances are measured from ``centers``, sums taken about ``about``. Returns the block's
+    inertia and the new count of kept far rows.
     """
     n, d = X.shape
     K = centers.shape[0]
@@ -273,7 +327,7 @@ def _estep_kernel(
         part = 0.0
         for i in range(m):
             k = _argmin_row(scores, i, bias)
-            dist = _add_row(X, start + i, k, centers, sx)
+            dist = _add_row(X, start + i, k, centers, about, sx)
             counts[k] += 1.0
             part += dist
             n_far = _offer_far(dist, row0 + start + i, k, far_dist, far_row, far_label, n_far)
@@ -393,6 +447,7 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
     if block.weights is not None:
         return _weighted_estep(block, params)
     centers = _centers(params.centers)
+    about = _centers(params.about)
     K, d = centers.shape
     n = X.shape[0]
     keep = min(K, n)
@@ -408,7 +463,7 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
         scoring = _Scoring.of(centers, Xr.dtype)
         rows = _sub_block_rows(K, d)
         inertia, n_far = _estep_kernel(
-            Xr, 0, centers, scoring.ref, scoring.neg2_t, scoring.bias, scoring.shift_rows,
+            Xr, 0, centers, about, scoring.ref, scoring.neg2_t, scoring.bias, scoring.shift_rows,
             rows, counts, sx, far_dist, far_row, far_label, n_far,
         )  # fmt: skip
     return KMeansStats(
@@ -421,6 +476,7 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
         far_label=far_label,
         far_x=np.asarray(X[far_row], dtype=np.float64).reshape(keep, d),
         shift=params.centers,
+        reference=params.about,
     )
 
 
@@ -439,7 +495,7 @@ def _weighted_estep(block: RowBlock, params: KMeansParams) -> KMeansStats:
     diff = X - centers[labels]
     counts = np.bincount(labels, weights=w, minlength=K).astype(np.float64)
     sx = np.zeros_like(centers)
-    np.add.at(sx, labels, diff * w[:, None])
+    np.add.at(sx, labels, (X - np.asarray(params.about, dtype=np.float64)[labels]) * w[:, None])
     inertia = float(w @ np.einsum("ij,ij->i", diff, diff))
     return dataclasses.replace(plain, counts=counts, sx=sx, inertia=inertia)
 
@@ -447,11 +503,15 @@ def _weighted_estep(block: RowBlock, params: KMeansParams) -> KMeansStats:
 def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:
     """New centres from reduced statistics, re-seeding empty clusters from far points.
 
-    An empty cluster takes the row farthest from its own centre (then the next farthest,
-    and so on), which leaves its old cluster — as scikit-learn's Lloyd does. No centre is
-    ever sent to the origin. A row that sits exactly on its centre is no candidate: moving
-    it lowers nothing, and on data with fewer distinct points than clusters it would make
-    the empty cluster chase the same point forever; such a cluster keeps its centre.
+    A centre is ``r_k + Σ (x - r_k) / n_k`` about its fixed reference point, so the same rows
+    give the same centre bit for bit (the module's docstring); the new parameters keep the
+    references. An empty cluster takes the row farthest from its own centre (then the next
+    farthest, and so on), which leaves its old cluster — as scikit-learn's Lloyd does — and
+    that row becomes its reference too (a reference near its rows keeps their differences
+    small). No centre is ever sent to the origin. A row that sits exactly on its centre is
+    no candidate: moving it lowers nothing, and on data with fewer distinct points than
+    clusters it would make the empty cluster chase the same point forever; such a cluster
+    keeps its centre.
 
     Parameters
     ----------
@@ -461,31 +521,26 @@ def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:
     Returns
     -------
     params : KMeansParams
-        The new centres.
+        The new centres and their reference points.
     n_relocated : int
         Number of empty clusters that were re-seeded.
     """
     counts = stats.counts.copy()
-    sums = stats.sx + counts[:, None] * stats.shift  # Σ x per cluster
+    about = np.asarray(stats.reference, dtype=np.float64)
+    sums = stats.sx.copy()  # Σ (x - r_k) per cluster
     empty = np.flatnonzero(counts == 0)
-    new_centers = np.empty_like(stats.shift)
-    relocated: dict[int, FloatArray] = {}
+    new_centers = np.array(stats.shift, dtype=np.float64, copy=True)
+    reference = about.copy()
     n_candidates = int(np.count_nonzero(stats.far_dist > 0))
-    for j, k in enumerate(empty[:n_candidates]):
+    relocated = [int(k) for k in empty[:n_candidates]]
+    for j, k in enumerate(relocated):
         x = stats.far_x[j]
         old = int(stats.far_label[j])
-        sums[old] -= x
+        sums[old] -= x - about[old]
         counts[old] -= 1
-        relocated[int(k)] = x
+        new_centers[k] = x
+        reference[k] = x
     for k in range(len(counts)):
-        if int(k) in relocated:
-            new_centers[k] = relocated[int(k)]
-        elif counts[k] > 0:
-            # Mean about the old centre: exact where a raw sum would cancel.
-            if counts[k] == stats.counts[k]:
-                new_centers[k] = stats.shift[k] + stats.sx[k] / counts[k]
-            else:
-                new_centers[k] = sums[k] / counts[k]
-        else:
-            new_centers[k] = stats.shift[k]
-    return KMeansParams(new_centers), len(relocated)
+        if counts[k] > 0 and k not in relocated:
+            new_centers[k] = about[k] + sums[k] / counts[k]
+    return KMeansParams(new_centers, reference), len(relocated)

@@ -109,17 +109,20 @@ def kmeans_estep_reference(block: RowBlock, params: KMeansParams) -> KMeansStats
     # Differences in float64 whatever the data dtype (float32 and integers convert exactly).
     diff = np.asarray(X, dtype=np.float64) - centers[labels]
     dist = np.einsum("nd,nd->n", diff, diff)
-    # Per-cluster sums of the differences: a sparse one-hot (K, n) @ (n, d).
+    # Per-cluster sums of the differences from the reference points: a sparse one-hot
+    # (K, n) @ (n, d).
+    about = diff if params.reference is None else np.asarray(X, np.float64) - params.about[labels]
     onehot = scipy.sparse.csc_array((np.ones(n), labels, np.arange(n + 1)), shape=(K, n))
     top = _farthest(dist, min(K, n))
     return KMeansStats(
         n=int(n),
         counts=np.bincount(labels, minlength=K).astype(np.float64),
-        sx=np.asarray(onehot @ diff, dtype=np.float64).reshape(K, d),
+        sx=np.asarray(onehot @ about, dtype=np.float64).reshape(K, d),
         inertia=float(dist.sum()),
         far_dist=dist[top],
         far_row=top.astype(np.int64) + row_offset,
         far_label=labels[top].astype(np.int64),
         far_x=np.asarray(X[top], dtype=np.float64).reshape(len(top), d),
         shift=centers,
+        reference=params.about,
     )

@@ -19,6 +19,7 @@ the statistics, so :func:`mixture_expected_log_lik` computes it from them alone.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -119,31 +120,46 @@ def mixture_expected_log_lik(
     return total
 
 
-def rebase_kmeans_stats(stats: KMeansStats, centers: FloatArray) -> KMeansStats:
-    """K-means statistics of the same assignments, about (and measured from) other centres.
+def rebase_kmeans_stats(
+    stats: KMeansStats, centers: FloatArray, reference: FloatArray | None = None
+) -> KMeansStats:
+    """K-means statistics of the same assignments, measured from other centres.
 
-    The assignments stay those of the step that made ``stats``; their sums move to
-    ``centers`` and the inertia becomes ``Σ ‖x - c_label‖²`` for the new centres (exactly:
-    ``‖x - c‖² = ‖x - s‖² + 2 (x - s)·δ + ‖δ‖²`` summed per cluster). The far-point
-    candidates are measured again from their rows, which they carry, and re-ordered.
+    The assignments stay those of the step that made ``stats``. Their sums move to the
+    reference points ``reference`` (``Σ (x - r') = Σ (x - r) + n (r - r')``; nothing moves,
+    bit for bit, where the reference is the same) and the inertia becomes
+    ``Σ ‖x - c_label‖²`` for the new centres (exactly:
+    ``‖x - c‖² = ‖x - s‖² + 2 (x - s)·δ + ‖δ‖²`` summed per cluster, ``s`` the old centres,
+    ``δ = s - c``). The far-point candidates are measured again from their rows, which they
+    carry, and re-ordered.
 
     Parameters
     ----------
     stats : KMeansStats
     centers : ndarray of shape (n_clusters, n_features)
+    reference : ndarray of shape (n_clusters, n_features), optional
+        The points the sums are to be about; ``centers`` by default.
 
     Returns
     -------
     KMeansStats
-        ``stats`` itself when the centres are equal.
+        ``stats`` itself when the centres and the reference points are equal.
     """
-    if stats.shift is centers or np.array_equal(stats.shift, centers):
+    about = centers if reference is None else reference
+    same_centers = stats.shift is centers or np.array_equal(stats.shift, centers)
+    same_about = stats.reference is about or np.array_equal(stats.reference, about)
+    if same_centers and same_about:
         return stats
-    delta = stats.shift - centers
     counts = stats.counts
+    sx = stats.sx if same_about else stats.sx + counts[:, None] * (stats.reference - about)
+    if same_centers:
+        return dataclasses.replace(stats, sx=sx, shift=centers, reference=about)
+    delta = stats.shift - centers
+    # Σ (x - s): the sums about the old centres, from those about the old reference.
+    about_shift = stats.sx + counts[:, None] * (stats.reference - stats.shift)
     inertia = (
         stats.inertia
-        + 2.0 * float(np.einsum("kd,kd->", stats.sx, delta))
+        + 2.0 * float(np.einsum("kd,kd->", about_shift, delta))
         + float(np.sum(counts * np.sum(delta**2, axis=1)))
     )
     diff = stats.far_x - centers[stats.far_label]
@@ -152,11 +168,12 @@ def rebase_kmeans_stats(stats: KMeansStats, centers: FloatArray) -> KMeansStats:
     return KMeansStats(
         n=stats.n,
         counts=counts,
-        sx=stats.sx + counts[:, None] * delta,
+        sx=sx,
         inertia=max(inertia, 0.0),
         far_dist=far_dist[order],
         far_row=stats.far_row[order],
         far_label=stats.far_label[order],
         far_x=stats.far_x[order],
         shift=centers,
+        reference=about,
     )

@@ -80,7 +80,9 @@ class KMeansFamily:
 
     The lower bound is ``-inertia / n_samples``; convergence is scikit-learn's: the squared
     centre shift summed over clusters is at most ``tol`` (an absolute tolerance here; the
-    estimator scales the user's ``tol`` by the mean feature variance).
+    estimator scales the user's ``tol`` by the mean feature variance). Centres are sums about
+    fixed reference points (:mod:`emdist.kernels.kmeans`), so an iteration whose labels equal
+    the previous one's moves no centre: ``tol=0`` is scikit-learn's strict convergence.
     """
 
     #: Incremental EM (emdist.engine.incremental) restores kept statistics of this class.
@@ -112,8 +114,8 @@ class KMeansFamily:
     # -- incremental EM (emdist.engine.incremental) -------------------------------------
 
     def rebase(self, stats: KMeansStats, params: KMeansParams) -> KMeansStats:
-        """The same assignments about (and measured from) the centres of ``params``."""
-        return rebase_kmeans_stats(stats, params.centers)
+        """The same assignments measured from the centres of ``params``, about its references."""
+        return rebase_kmeans_stats(stats, params.centers, params.about)
 
     def entropy(self, stats: KMeansStats, params: KMeansParams) -> float:
         """0: hard assignments have no entropy."""
@@ -209,8 +211,8 @@ def _fit_in_memory(spec: FitSpec[KMeansParams, KMeansStats], X: AnyArray) -> Bes
     in memory between iterations, and only rows whose bounds fail are scored
     (:mod:`emdist.kernels.kmeans_bounds`). Assignments are exactly Lloyd's, as with the
     passes; the observer sees the same iterations, restart after restart. Centres are each
-    cluster's mean about a fixed point, so they may differ from the passes' (the mean about
-    the previous centre) in the last digits.
+    cluster's mean about one fixed point, the passes' about each cluster's starting centre
+    and summed block by block, so the two may differ in the last digits.
     """
     model = spec.model
     assert model is not None

@@ -121,6 +121,27 @@ def test_rebased_kmeans_statistics_measure_the_same_assignments_from_new_centres
     assert np.all(np.diff(moved.far_dist) <= 0)  # re-ordered, farthest first
 
 
+def test_rebased_kmeans_statistics_keep_their_sums_about_an_unchanged_reference() -> None:
+    # Incremental K-means adds the shards' sums about the restart's fixed reference points:
+    # new centres leave them bit for bit as they are; a moved reference moves them exactly.
+    X = _data()
+    start = X[:4].copy()
+    stats = kmeans_estep_chunk(RowBlock(X, 0), KMeansParams(X[20:24].copy(), start))
+    centers = X[10:14].copy()
+    moved = rebase_kmeans_stats(stats, centers, start)
+    assert_array_equal(moved.sx, stats.sx)
+    assert moved.shift is centers and moved.reference is start
+    d2 = ((X[:, None, :] - stats.shift[None]) ** 2).sum(-1)
+    labels = d2.argmin(1)
+    assert_allclose(moved.inertia, float(((X - centers[labels]) ** 2).sum()), rtol=1e-12)
+    other = X[30:34].copy()
+    about_other = rebase_kmeans_stats(stats, centers, other)
+    sums = np.stack([(X[labels == k] - other[k]).sum(0) for k in range(4)])
+    assert_allclose(about_other.sx, sums, atol=1e-9)
+    assert about_other.inertia == moved.inertia
+    assert rebase_kmeans_stats(stats, stats.shift.copy(), start.copy()) is stats
+
+
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_free_energy_of_a_pass_is_its_log_likelihood(covariance_type: str) -> None:
     # F(q, θ) = log p(X | θ) when q is the posterior under θ: the entropy and the expected

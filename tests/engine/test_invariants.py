@@ -434,19 +434,28 @@ def test_translating_the_data_moves_only_the_gmm_means(
 
 
 @pytest.mark.filterwarnings("ignore::emdist.ConvergenceWarning")  # n_iter_ is compared instead
+@pytest.mark.parametrize("tol", [1e-4, 0.0])
+@pytest.mark.parametrize("kind", ["numpy", "dask"])
 @pytest.mark.parametrize(("offset", "dtype", "step"), TRANSLATIONS)
 def test_translating_the_data_moves_only_the_kmeans_centres(
-    offset: float, dtype: Any, step: float
+    offset: float, dtype: Any, step: float, kind: str, tol: float
 ) -> None:
+    # numpy runs the in-memory bounds, a Dask array the passes (sums about each cluster's
+    # starting centre); tol=0 runs both to strict convergence, where no label changes.
     X, Xt = _translation_pair(offset, dtype, step)
     init = X[[0, 1, 2]].copy()
-    near = emdist.KMeans(n_clusters=3, init=init).fit(X)
-    far = emdist.KMeans(n_clusters=3, init=init + offset).fit(Xt)
-    tol = _translation_tol(offset)
-    assert_array_equal(far.labels_, near.labels_)
+
+    def data(A: np.ndarray) -> Any:
+        return A if kind == "numpy" else da.from_array(A, chunks=(UNEVEN, A.shape[1]))
+
+    near = emdist.KMeans(n_clusters=3, init=init, tol=tol).fit(data(X))
+    far = emdist.KMeans(n_clusters=3, init=init + offset, tol=tol).fit(data(Xt))
+    rtol = _translation_tol(offset)
+    assert near.converged_ and far.converged_
+    assert_array_equal(np.asarray(far.labels_), np.asarray(near.labels_))
     assert far.n_iter_ == near.n_iter_
-    assert_allclose(far.cluster_centers_ - offset, near.cluster_centers_, atol=tol * _SCALE)
-    assert_allclose(far.inertia_, near.inertia_, rtol=tol)
+    assert_allclose(far.cluster_centers_ - offset, near.cluster_centers_, atol=rtol * _SCALE)
+    assert_allclose(far.inertia_, near.inertia_, rtol=rtol)
 
 
 # --- the initialisation sample ------------------------------------------------------------

@@ -321,6 +321,51 @@ def test_kmeans_mstep_reseeds_empty_cluster_from_farthest_point() -> None:
     assert_allclose(params.centers[2], [130.0, 100.0])
     assert_allclose(params.centers[1], [110.5, 100.0])
     assert_allclose(params.centers[0], [101.0, 100.0])
+    # The re-seeded cluster's sums are taken about its new centre from now on; the others
+    # keep their reference points (the centres of the step, as none was given).
+    assert_array_equal(params.reference[2], X[5])
+    assert_array_equal(params.reference[:2], centers[:2])
+
+
+def test_kmeans_estep_sums_about_the_reference_and_measures_from_the_centres() -> None:
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((300, D)) * 3 + 40.0
+    centers = X[:K] + 0.25
+    reference = X[10 : 10 + K].copy()
+    stats = kmeans_estep_chunk(RowBlock(X, 0), KMeansParams(centers, reference))
+    labels = cdist(X, centers, "sqeuclidean").argmin(axis=1)
+    expected_sx = np.stack([(X[labels == k] - reference[k]).sum(axis=0) for k in range(K)])
+    assert_allclose(stats.sx, expected_sx, rtol=1e-12, atol=1e-11)
+    assert_allclose(stats.inertia, float(((X - centers[labels]) ** 2).sum()), rtol=1e-12)
+    assert stats.shift is centers and stats.reference is reference
+    params, _ = kmeans_mstep(stats)
+    means = np.stack([X[labels == k].mean(axis=0) for k in range(K)])
+    assert_allclose(params.centers, means, rtol=1e-13)
+    assert params.reference is not None
+    assert_array_equal(params.reference, reference)
+
+
+def test_kmeans_same_labels_give_the_same_centres_bit_for_bit() -> None:
+    # Two steps under different centres that assign every row alike: about a fixed reference
+    # the sums and so the centres are equal bit for bit, whatever the centres of the step
+    # (about the step's own centres they may differ in the last digits).
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((4000, D)) + np.repeat(np.eye(K, D) * 20.0, 1000, axis=0) + 1e3
+    start = X[[0, 1000, 2000, 3000]].copy()
+    labels = cdist(X, start, "sqeuclidean").argmin(axis=1)
+    means = np.stack([X[labels == k].mean(axis=0) for k in range(K)])
+    a, b = means + 1e-3, means - 1e-3
+    assert_array_equal(cdist(X, a, "sqeuclidean").argmin(1), labels)
+    assert_array_equal(cdist(X, b, "sqeuclidean").argmin(1), labels)
+    step_a = kmeans_mstep(kmeans_estep_chunk(RowBlock(X, 0), KMeansParams(a, start)))[0]
+    step_b = kmeans_mstep(kmeans_estep_chunk(RowBlock(X, 0), KMeansParams(b, start)))[0]
+    assert_array_equal(step_a.centers, step_b.centers)
+    assert_allclose(step_a.centers, means, rtol=1e-14)
+
+
+def test_kmeans_reference_of_another_shape_is_refused() -> None:
+    with pytest.raises(ValueError, match="reference points have shape"):
+        KMeansParams(np.zeros((K, D)), np.zeros((K + 1, D)))
 
 
 def test_scan_chunk_moments_and_sample() -> None:

@@ -89,6 +89,20 @@ def test_compiled_estep_matches_the_numpy_reference(n: int, d: int, K: int, layo
     )
 
 
+@pytest.mark.parametrize("layout", ["float64", "float32", "int32", "fortran"])
+@pytest.mark.parametrize(("n", "d", "K"), SHAPES)
+def test_compiled_estep_sums_about_the_reference_as_the_numpy_one(
+    n: int, d: int, K: int, layout: str
+) -> None:
+    X, centers = _block(n, d, K, seed=n + d + K)
+    Xl = LAYOUTS[layout](X)
+    reference = centers + np.random.default_rng(n).standard_normal(centers.shape)
+    params = KMeansParams(centers, reference)
+    got = kmeans_estep_chunk(RowBlock(Xl, 100), params)
+    assert_same_stats(got, kmeans_estep_reference(RowBlock(Xl, 100), params))
+    assert got.shift is params.centers and got.reference is reference
+
+
 def test_labels_are_int64_and_transform_float64_for_every_dtype() -> None:
     X, centers = _block(50, 3, 4, seed=1)
     for Xl in (X, X.astype(np.float32), np.round(X).astype(np.int16)):

@@ -6,6 +6,9 @@ mixture), so any difference is in the arithmetic, not in when the loop stopped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -132,3 +135,42 @@ def test_warm_started_refit_matches_sklearn() -> None:
     assert_allclose(ours.lower_bound_, ref.lower_bound_, rtol=RTOL)
     assert_allclose(ours.means_, ref.means_, rtol=RTOL, atol=ATOL)
     assert_allclose(ours.covariances_, ref.covariances_, rtol=RTOL, atol=ATOL)
+
+
+def _strict_case() -> tuple[np.ndarray, np.ndarray]:
+    """Blobs whose Lloyd run settles after a dozen iterations, and random rows as centres."""
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((5, 8)) * 3
+    X = centers[rng.integers(0, 5, 3000)] + rng.standard_normal((3000, 8)) * 2.0
+    return X, X[rng.choice(len(X), 5, replace=False)].copy()
+
+
+@pytest.mark.parametrize("kind", ["zarr", "dask", "numpy-checkpoint"])
+def test_kmeans_passes_converge_strictly_as_sklearn(
+    kind: str, write_zarr: Callable[..., str], tmp_path: Path
+) -> None:
+    # tol=0 is scikit-learn's strict convergence: the run stops at the first iteration whose
+    # labels equal the previous one's. Passes keep no labels (a Zarr store, a Dask array,
+    # in-memory data with a checkpoint): the same rows must give the same centre bit for
+    # bit, so that the shift is exactly 0 there.
+    X, init = _strict_case()
+    ref = sklearn.cluster.KMeans(
+        n_clusters=5, init=init, n_init=1, algorithm="lloyd", tol=0.0, max_iter=300
+    ).fit(X)
+    assert ref.n_iter_ < 300
+    data: np.ndarray | str | da.Array = X
+    checkpoint = None
+    if kind == "zarr":
+        data = write_zarr(X, chunk_rows=700)
+    elif kind == "dask":
+        data = da.from_array(X, chunks=((97, 3, 1250, 41, 1609), 8))
+    else:
+        checkpoint = tmp_path / "fit.ckpt"
+    ours = emdist.KMeans(n_clusters=5, init=init, tol=0.0, max_iter=300, checkpoint=checkpoint)
+    ours.fit(data)
+
+    assert ours.converged_ is True
+    assert ours.n_iter_ == ref.n_iter_
+    assert_array_equal(np.asarray(ours.labels_), ref.labels_)
+    assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-10, atol=1e-12)
+    assert_allclose(ours.inertia_, ref.inertia_, rtol=1e-10)
