@@ -292,7 +292,12 @@ def resolve_priors(
 
 def _n_features(X: Any) -> int:
     """Number of columns of ``X`` without reading it."""
-    shape = np.shape(X) if isinstance(X, np.ndarray | list | tuple) else None
+    try:
+        shape = np.shape(X) if isinstance(X, np.ndarray | list | tuple) else None
+    except ValueError as exc:  # rows of different lengths (a ragged list)
+        raise InvalidDataError(
+            f"X cannot be read as a 2-D array: {' '.join(str(exc).split())}"
+        ) from None
     if shape is None:
         shape = as_dask_array(X).shape
     if len(shape) != 2:
