@@ -75,6 +75,8 @@ class KMeansStats:
         decreasing distance then increasing row: candidates to re-seed empty clusters.
     shift : ndarray of shape (n_clusters, n_features)
         The centres the step ran under.
+    far_w : ndarray or None, default=None
+        Weights of the far rows (``sample_weight``); ``None``: each weighs 1.
     """
 
     n: int
@@ -86,6 +88,7 @@ class KMeansStats:
     far_label: IntArray
     far_x: FloatArray
     shift: FloatArray
+    far_w: FloatArray | None = None
 
     def __add__(self, other: KMeansStats) -> KMeansStats:
         if not isinstance(other, KMeansStats):
@@ -95,6 +98,9 @@ class KMeansStats:
         dist = np.concatenate([self.far_dist, other.far_dist])
         row = np.concatenate([self.far_row, other.far_row])
         keep = np.lexsort((row, -dist))[: self.shift.shape[0]]
+        far_w = None
+        if self.far_w is not None or other.far_w is not None:
+            far_w = np.concatenate([_far_weights(self), _far_weights(other)])[keep]
         return KMeansStats(
             self.n + other.n,
             self.counts + other.counts,
@@ -105,7 +111,12 @@ class KMeansStats:
             np.concatenate([self.far_label, other.far_label])[keep],
             np.concatenate([self.far_x, other.far_x])[keep],
             self.shift,
+            far_w,
         )
+
+
+def _far_weights(stats: KMeansStats) -> FloatArray:
+    return np.ones(len(stats.far_dist)) if stats.far_w is None else stats.far_w
 
 
 # --- compiled kernels -----------------------------------------------------------------------
@@ -428,11 +439,21 @@ def _weighted_estep(block: RowBlock, params: KMeansParams) -> KMeansStats:
     """Assignment statistics of rows that count ``block.weights`` times each.
 
     Counts, sums and inertia weigh every row (scikit-learn's ``sample_weight``); the far
-    points that re-seed empty clusters are those of the unweighted step.
+    points that re-seed empty clusters are, as scikit-learn's, the rows farthest from their
+    centres by plain (unweighted) distance, and carry their weights to the M-step. Rows of
+    weight 0 are no candidates: moving one would leave its new cluster empty again (where
+    scikit-learn sends that centre to the origin).
     """
     X = np.asarray(block.x, dtype=np.float64)
     w = np.asarray(block.weights, dtype=np.float64)
-    plain = kmeans_estep_chunk(RowBlock(block.x, block.row_offset), params)
+    positive = np.flatnonzero(w > 0)
+    if len(positive) == len(w):
+        plain = kmeans_estep_chunk(RowBlock(block.x, block.row_offset), params)
+        far_local = plain.far_row - block.row_offset
+    else:
+        plain = kmeans_estep_chunk(RowBlock(block.x[positive], 0), params)
+        far_local = positive[plain.far_row]
+        plain = dataclasses.replace(plain, far_row=far_local + block.row_offset)
     centers = np.asarray(params.centers, dtype=np.float64)
     K = centers.shape[0]
     labels = kmeans_labels_chunk(block.x, centers)
@@ -441,7 +462,9 @@ def _weighted_estep(block: RowBlock, params: KMeansParams) -> KMeansStats:
     sx = np.zeros_like(centers)
     np.add.at(sx, labels, diff * w[:, None])
     inertia = float(w @ np.einsum("ij,ij->i", diff, diff))
-    return dataclasses.replace(plain, counts=counts, sx=sx, inertia=inertia)
+    return dataclasses.replace(
+        plain, n=len(w), counts=counts, sx=sx, inertia=inertia, far_w=w[far_local]
+    )
 
 
 def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:
@@ -471,11 +494,13 @@ def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:
     new_centers = np.empty_like(stats.shift)
     relocated: dict[int, FloatArray] = {}
     n_candidates = int(np.count_nonzero(stats.far_dist > 0))
+    far_w = _far_weights(stats)
     for j, k in enumerate(empty[:n_candidates]):
         x = stats.far_x[j]
         old = int(stats.far_label[j])
-        sums[old] -= x
-        counts[old] -= 1
+        # The row leaves with its weight (scikit-learn's _relocate_empty_clusters_dense).
+        sums[old] -= far_w[j] * x
+        counts[old] -= far_w[j]
         relocated[int(k)] = x
     for k in range(len(counts)):
         if int(k) in relocated:

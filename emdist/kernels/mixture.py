@@ -467,6 +467,8 @@ def mixture_random_resp_stats_chunk(
     X, row_offset = block.x, block.row_offset
     resp = row_uniforms(seed, row_offset, X.shape[0], shift.shape[0])
     resp /= resp.sum(axis=1, keepdims=True)
+    if block.weights is not None:
+        resp *= np.asarray(block.weights, dtype=np.float64)[:, None]
     return mixture_stats_from_resp(X, resp, shift, covariance_type)
 
 
@@ -480,5 +482,7 @@ def mixture_hard_resp_stats_chunk(
     X = block.x
     labels = kmeans_labels_chunk(X, centers)
     resp = np.zeros((X.shape[0], centers.shape[0]))
-    resp[np.arange(X.shape[0]), labels] = 1.0
+    resp[np.arange(X.shape[0]), labels] = (
+        1.0 if block.weights is None else np.asarray(block.weights, dtype=np.float64)
+    )
     return mixture_stats_from_resp(X, resp, shift, covariance_type)

@@ -159,4 +159,5 @@ def rebase_kmeans_stats(stats: KMeansStats, centers: FloatArray) -> KMeansStats:
         far_label=stats.far_label[order],
         far_x=stats.far_x[order],
         shift=centers,
+        far_w=None if stats.far_w is None else stats.far_w[order],
     )

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Self, cast
 
 import dask.array as da
 import numpy as np
+import zarr
 
 from emdist._random import child_seeds, resolve_seed
 from emdist._typing import FloatArray
@@ -32,7 +33,7 @@ from emdist.engine.incremental import IncrementalSchedule
 from emdist.engine.restarts import BestRun
 from emdist.exceptions import ConvergenceWarning, InvalidDataError, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
-from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
+from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core, open_zarr_array
 from emdist.models._sklearn import SklearnEstimatorMixin
 from emdist.models._validation import Constraint, shards_of, validate_parameters
 
@@ -288,7 +289,7 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
     def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
         """Set the fitted attributes from the kept restart."""
 
-    def fit(self, X: Any, y: Any = None) -> Self:
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> Self:
         """Fit the model, one pass over the data per iteration.
 
         Parameters
@@ -297,19 +298,20 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
             Data of shape (n_samples, n_features); a path names a Zarr array (or a
             dataset group written by emdist, whose data array is used).
         y : ignored
+        sample_weight : array-like, dask.array.Array, zarr.Array, str or path of shape \
+(n_samples,), optional
+            How many times each row counts (finite, >= 0, not all zero): integer weights
+            fit as the rows repeated that many times. ``None``: every row once. Checked
+            before any pass over ``X``; covered by the checkpoint's fingerprint.
 
         Returns
         -------
         self
         """
-        return self._fit(X, None)
+        return self._fit(X, sample_weight)
 
     def _fit(self, X: Any, sample_weight: Any) -> Self:
         """The fit template; ``sample_weight`` as :meth:`GaussianMixture.fit` takes it."""
-        if sample_weight is not None and self.checkpoint is not None:
-            # The checkpoint's fingerprint covers the data, not the weights: a resume with
-            # other weights would continue another fit.
-            raise InvalidParameterError("sample_weight cannot be used with a checkpoint")
         spec = self._setup_fit(X)
         assert spec.scan is not None
         if sample_weight is not None:
@@ -499,15 +501,22 @@ def _n_rows(X: Any) -> int:
 def check_sample_weight(sample_weight: Any, n_samples: int) -> Any:
     """``sample_weight`` checked: ``n_samples`` finite values >= 0, not all zero.
 
-    A Dask array stays lazy; its values are checked by one small compute over the
-    weights alone (not the data).
+    A Dask array, a Zarr array or the path of one stays lazy; its values are checked by
+    one small compute over the weights alone (not the data).
 
     Raises
     ------
     InvalidParameterError
         One line naming what is wrong.
     """
-    w: Any = sample_weight if isinstance(sample_weight, da.Array) else np.asarray(sample_weight)
+    w: Any = sample_weight
+    if isinstance(w, str | os.PathLike):
+        w = open_zarr_array(w)
+    if isinstance(w, zarr.Array):
+        # Out of core: read block by block with the data's row-blocks (FitData aligns).
+        w = da.from_zarr(w)
+    if not isinstance(w, da.Array):
+        w = np.asarray(w)
     if w.ndim != 1 or w.shape[0] != n_samples:
         raise InvalidParameterError(
             f"sample_weight has shape {tuple(w.shape)}; expected ({n_samples},), one weight "
@@ -657,3 +666,14 @@ def fit_seed(random_state: Any, checkpoint: CheckpointStore | None) -> int:
     """The fit's seed: the one a resumable checkpoint recorded, else from ``random_state``."""
     stored = checkpoint.stored_seed() if checkpoint is not None else None
     return stored if stored is not None else resolve_seed(random_state)
+
+
+def weights_like(sample_weight: Any, values: Any) -> Any:
+    """``sample_weight`` checked against ``values`` (one per row) and held as they are.
+
+    numpy for numpy ``values``; a Dask array with the row chunks of Dask ``values``.
+    """
+    w = check_sample_weight(sample_weight, int(values.shape[0]))
+    if isinstance(values, da.Array):
+        return da.asarray(w).rechunk((values.chunks[0],))
+    return np.asarray(w.compute() if isinstance(w, da.Array) else w)
