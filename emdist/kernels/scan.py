@@ -11,11 +11,15 @@ the sample is identical for every chunking, scheduler and worker count.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import numpy as np
 
 from emdist._typing import FloatArray, IntArray
 from emdist.kernels.rows import RowBlock
+
+#: 64-bit lanes of the weights' digest.
+_U64: TypeAlias = np.ndarray[Any, np.dtype[np.uint64]]
 
 __all__ = ["ScanStats", "row_uniforms", "scan_chunk", "weights_digest"]
 
@@ -89,7 +93,7 @@ class ScanStats:
     sample: FloatArray
     sample_size: int
     sample_weight: FloatArray | None = None
-    weights_digest: IntArray | None = None
+    weights_digest: _U64 | None = None
 
     def __add__(self, other: ScanStats) -> ScanStats:
         n = self.n + other.n
@@ -194,14 +198,14 @@ def scan_chunk(block: RowBlock, seed: int, sample_size: int) -> ScanStats:
 _MASKS = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03))
 
 
-def _mix64(z: IntArray) -> IntArray:
+def _mix64(z: _U64) -> _U64:
     """splitmix64's finaliser: every input bit moves about half of the output bits."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
 
 
-def weights_digest(weights: FloatArray, row_offset: int) -> IntArray:
+def weights_digest(weights: FloatArray, row_offset: int) -> _U64:
     """Two 64-bit lanes: XOR over the rows of a hash of (global row index, weight bits).
 
     XOR adds in any order, so the digest of the data is the same for every chunking and
