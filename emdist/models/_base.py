@@ -314,11 +314,7 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
         """The fit template; ``sample_weight`` as :meth:`GaussianMixture.fit` takes it."""
         spec = self._setup_fit(X)
         assert spec.scan is not None
-        if sample_weight is not None:
-            if not is_out_of_core(X):
-                X = as_numpy_array(X)
-            sample_weight = check_sample_weight(sample_weight, _n_rows(X))
-        per_row = None if sample_weight is None else {"weights": sample_weight}
+        X, per_row = fit_inputs(X, sample_weight)
         with compute_context():
             data = spec.scan.open(X, per_row=per_row)
             best = run_restarts(data, spec.planned(self._plan(data, spec.warm)))
@@ -478,12 +474,14 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
         """
 
     @abc.abstractmethod
-    def summary_statistics(self, X: Any) -> dict[str, Any]:
+    def summary_statistics(self, X: Any, sample_weight: Any = None) -> dict[str, Any]:
         """The figures a report shows for this fit on ``X`` (at most one pass over it).
 
         Parameters
         ----------
         X : array-like, dask.array.Array, zarr.Array, str or path
+        sample_weight : array-like, dask.array.Array, zarr.Array, str or path, optional
+            Weights of the rows (the fit's), for the criteria.
 
         Returns
         -------
@@ -491,6 +489,15 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
             Some of ``score``, ``bic``, ``aic``, ``inertia`` (floats) and ``weights``
             (list of floats), as the model defines them.
         """
+
+
+def fit_inputs(X: Any, sample_weight: Any) -> tuple[Any, dict[str, Any] | None]:
+    """``X`` and the per-row inputs of a fit, ``sample_weight`` checked before any pass."""
+    if sample_weight is None:
+        return X, None
+    if not is_out_of_core(X):
+        X = as_numpy_array(X)
+    return X, {"weights": check_sample_weight(sample_weight, _n_rows(X))}
 
 
 def _n_rows(X: Any) -> int:
@@ -677,3 +684,9 @@ def weights_like(sample_weight: Any, values: Any) -> Any:
     if isinstance(values, da.Array):
         return da.asarray(w).rechunk((values.chunks[0],))
     return np.asarray(w.compute() if isinstance(w, da.Array) else w)
+
+
+def weight_total(sample_weight: Any, n_samples: int) -> float:
+    """``Σ sample_weight`` (checked): the number of samples the weighted rows count for."""
+    total = check_sample_weight(sample_weight, n_samples).sum()
+    return float(total.compute() if isinstance(total, da.Array) else total)

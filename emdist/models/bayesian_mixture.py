@@ -637,7 +637,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
     def _log_prob(self) -> tuple[Callable[..., FloatArray], tuple[Any, ...]]:
         return variational_log_prob_chunk, (self._params(), self.covariance_type)
 
-    def summary_statistics(self, X: Any) -> dict[str, Any]:
+    def summary_statistics(self, X: Any, sample_weight: Any = None) -> dict[str, Any]:
         """The mixing weights (a variational mixture is judged by its ELBO, not a BIC)."""
         self._check_fitted()
         return {"weights": [float(w) for w in self.weights_]}

@@ -50,7 +50,7 @@ from emdist.models._base import (
     fitted_int,
     weights_like,
 )
-from emdist.models._criteria import KernelStep, label_counts_chunk, pass_data
+from emdist.models._criteria import KernelStep, criteria_rows, label_counts_chunk
 from emdist.models._docs import fill_doc
 from emdist.models._sklearn import ClusterMixin, TransformerMixin
 from emdist.models._validation import (
@@ -494,7 +494,7 @@ default='k-means++'
         self._check_fitted()
         return Components(self.cluster_centers_, None, None)
 
-    def information_criteria(self, X: Any) -> dict[str, float]:
+    def information_criteria(self, X: Any, sample_weight: Any = None) -> dict[str, float]:
         """BIC and AIC of the clustering read as identical spherical Gaussians (X-means).
 
         Inertia alone always falls as K grows; Pelleg & Moore's X-means criterion scores
@@ -508,6 +508,9 @@ default='k-means++'
         ----------
         X : array-like, dask.array.Array, zarr.Array, str or path
             The training data.
+        sample_weight : array-like, dask.array.Array, zarr.Array, str or path, optional
+            The weights it was fitted with (``inertia_`` is weighted then): sizes are
+            summed weights and ``n = Σ w``, the criteria of the rows repeated ``w`` times.
 
         Returns
         -------
@@ -517,18 +520,18 @@ default='k-means++'
         """
         self._check_fitted(X)
         step, args = self._criteria_step()
-        data = pass_data(X, self.n_features_in_, type(self).__name__)
+        rows, n = criteria_rows(X, self.n_features_in_, type(self).__name__, sample_weight)
         known = getattr(self, "_training_sizes", None)
-        if known is not None and isinstance(data, da.Array) and data.name == known[0]:
+        if known is not None and isinstance(rows, da.Array) and rows.name == known[0]:
             # The training data as fitted: its sizes came with the fit's last pass.
-            return self._criteria_from(known[1], int(data.shape[0]))
-        return self._criteria_from(map_reduce(data, step.estep_chunk, args), int(data.shape[0]))
+            return self._criteria_from(known[1], n)
+        return self._criteria_from(map_reduce(rows, step.estep_chunk, args), n)
 
     def _criteria_step(self) -> tuple[KernelStep, tuple[Any, ...]]:
         """The reduction behind :meth:`information_criteria`: cluster sizes."""
         return KernelStep(label_counts_chunk), (self.cluster_centers_,)
 
-    def _criteria_from(self, sizes: AnyArray, n: int) -> dict[str, float]:
+    def _criteria_from(self, sizes: AnyArray, n: float) -> dict[str, float]:
         """The X-means score, BIC and AIC from the cluster sizes of ``n`` samples."""
         K, d = self.cluster_centers_.shape
         counts = np.asarray(sizes).astype(float)
@@ -544,9 +547,9 @@ default='k-means++'
             "aic": float(-2 * log_lik + 2 * n_params),
         }
 
-    def summary_statistics(self, X: Any) -> dict[str, Any]:
+    def summary_statistics(self, X: Any, sample_weight: Any = None) -> dict[str, Any]:
         """Inertia, and the X-means score, BIC and AIC of the training data ``X`` (one pass)."""
-        return self._summary_with(self.information_criteria(X))
+        return self._summary_with(self.information_criteria(X, sample_weight))
 
     def _summary_with(self, criteria: dict[str, float]) -> dict[str, Any]:
         return {"inertia": float(self.inertia_), **criteria}

@@ -288,3 +288,40 @@ def test_weighted_fit_resumes_bit_for_bit_and_refuses_other_weights(
         assert "data.sample_weight" in str(err.value)
         resumed = fitted(make(checkpoint=ckpt).fit(Xz, sample_weight=da.from_array(w, 64)))
     assert_same_fit(resumed, reference)
+
+
+@pytest.mark.parametrize("model", [emdist.KMeans, emdist.GaussianMixture])
+def test_criteria_of_weighted_rows_are_those_of_repeated_rows(model: Any) -> None:
+    w = np.random.default_rng(9).integers(0, 4, N)
+    repeated_X = np.repeat(X, w, axis=0)
+    fitted_model = model(3, random_state=0).fit(X, sample_weight=w)
+    weighted = fitted_model.information_criteria(da.from_array(X, chunks=70), sample_weight=w)
+    if model is emdist.KMeans:
+        # inertia_ is the weighted inertia: that of the repeated rows.
+        km = model(3, init=fitted_model.cluster_centers_, n_init=1, max_iter=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", emdist.ConvergenceWarning)
+            km.fit(repeated_X)
+        km.cluster_centers_ = fitted_model.cluster_centers_
+        km.inertia_ = fitted_model.inertia_
+        repeated = km.information_criteria(repeated_X)
+    else:
+        repeated = fitted_model.information_criteria(repeated_X)
+        assert fitted_model.bic(X, sample_weight=w) == pytest.approx(repeated["bic"], rel=1e-10)
+        assert fitted_model.aic(X, sample_weight=w) == pytest.approx(repeated["aic"], rel=1e-10)
+    for key in ("score", "bic", "aic"):
+        assert weighted[key] == pytest.approx(repeated[key], rel=1e-10)
+
+
+def test_a_weighted_k_sweep_equals_weighted_fits_one_by_one() -> None:
+    w = np.random.default_rng(10).uniform(0.0, 3.0, N)
+    Xd = da.from_array(X, chunks=70)
+    sweep = emdist.select_n_components(
+        Xd, emdist.GaussianMixture(random_state=4), [2, 3], sample_weight=w
+    )
+    for k, est, row in zip(sweep.n_components, sweep.estimators, sweep.criteria, strict=True):
+        alone = emdist.GaussianMixture(k, random_state=4).fit(Xd, sample_weight=w)
+        assert np.array_equal(est.means_, alone.means_)
+        assert row["bic"] == alone.information_criteria(Xd, sample_weight=w)["bic"]
+    unweighted = emdist.select_n_components(Xd, emdist.GaussianMixture(random_state=4), [2, 3])
+    assert not np.array_equal(unweighted.estimators[0].means_, sweep.estimators[0].means_)
