@@ -528,9 +528,11 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> Any:
         raise InvalidParameterError(
             f"sample_weight has shape {tuple(w.shape)}; expected ({n_samples},), one weight "
             f"per row of X"
-        )
+        ).naming("sample_weight", "sample_weight")
     if not np.issubdtype(w.dtype, np.number) or np.issubdtype(w.dtype, np.complexfloating):
-        raise InvalidParameterError(f"sample_weight must hold real numbers; got {w.dtype}")
+        raise InvalidParameterError(f"sample_weight must hold real numbers; got {w.dtype}").naming(
+            "sample_weight", "sample_weight"
+        )
     w = w.astype(np.float64)
     if n_samples == 0:
         return w  # no rows: the data check says so
@@ -539,11 +541,17 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> Any:
     else:
         finite, low, total = np.isfinite(w).all(), w.min(), w.sum()
     if not bool(finite):
-        raise InvalidParameterError("sample_weight contains NaN or infinity")
+        raise InvalidParameterError("sample_weight contains NaN or infinity").naming(
+            "sample_weight", "sample_weight"
+        )
     if float(low) < 0:
-        raise InvalidParameterError(f"sample_weight must be >= 0; its smallest is {float(low)}")
+        raise InvalidParameterError(
+            f"sample_weight must be >= 0; its smallest is {float(low)}"
+        ).naming("sample_weight", "sample_weight")
     if float(total) <= 0:
-        raise InvalidParameterError("sample_weight sums to zero; at least one weight must be > 0")
+        raise InvalidParameterError(
+            "sample_weight sums to zero; at least one weight must be > 0"
+        ).naming("sample_weight", "sample_weight")
     return w
 
 
