@@ -19,7 +19,6 @@ statistics are float64 differences from the float64 centres whatever the dtype.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,6 +250,39 @@ def _add_row(X: AnyArray, i: int, k: int, centers: FloatArray, sx: FloatArray) -
 
 
 @jit
+def _add_row_weighted(
+    X: AnyArray, i: int, k: int, centers: FloatArray, sx: FloatArray, wi: float
+) -> float:
+    """Add ``wi (x_i - c_k)`` to ``sx[k]``; return the unweighted ``‖x_i - c_k‖²``.
+
+    Four running sums of squares, as :func:`_add_row`.
+    """
+    d = X.shape[1]
+    s0 = s1 = s2 = s3 = 0.0
+    j = 0
+    while j + 4 <= d:
+        t0 = np.float64(X[i, j]) - centers[k, j]
+        t1 = np.float64(X[i, j + 1]) - centers[k, j + 1]
+        t2 = np.float64(X[i, j + 2]) - centers[k, j + 2]
+        t3 = np.float64(X[i, j + 3]) - centers[k, j + 3]
+        sx[k, j] += wi * t0
+        sx[k, j + 1] += wi * t1
+        sx[k, j + 2] += wi * t2
+        sx[k, j + 3] += wi * t3
+        s0 += t0 * t0
+        s1 += t1 * t1
+        s2 += t2 * t2
+        s3 += t3 * t3
+        j += 4
+    while j < d:
+        t0 = np.float64(X[i, j]) - centers[k, j]
+        sx[k, j] += wi * t0
+        s0 += t0 * t0
+        j += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+@jit
 def _estep_kernel(
     X: AnyArray,
     row0: int,
@@ -266,10 +298,12 @@ def _estep_kernel(
     far_row: IntArray,
     far_label: IntArray,
     n_far: int,
+    weights: FloatArray | None = None,
 ) -> tuple[float, int]:
     """Add the rows ``row0, row0 + 1, ...`` of ``X`` to the statistics.
 
-    Returns the block's inertia and the new count of kept far rows.
+    Returns the block's inertia and the new count of kept far rows. ``weights``: every
+    row's counts, sums and inertia weigh ``weights[i]``; a row of weight 0 is no far row.
     """
     n, d = X.shape
     K = centers.shape[0]
@@ -284,9 +318,17 @@ def _estep_kernel(
         part = 0.0
         for i in range(m):
             k = _argmin_row(scores, i, bias)
-            dist = _add_row(X, start + i, k, centers, sx)
-            counts[k] += 1.0
-            part += dist
+            if weights is None:
+                dist = _add_row(X, start + i, k, centers, sx)
+                counts[k] += 1.0
+                part += dist
+            else:
+                wi = weights[start + i]
+                dist = _add_row_weighted(X, start + i, k, centers, sx, wi)
+                counts[k] += wi
+                part += wi * dist
+                if wi <= 0.0:
+                    continue
             n_far = _offer_far(dist, row0 + start + i, k, far_dist, far_row, far_label, n_far)
         inertia += part
     return inertia, n_far
@@ -401,8 +443,12 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
     KMeansStats
     """
     X, row_offset = block.x, block.row_offset
-    if block.weights is not None:
-        return _weighted_estep(block, params)
+    # Weights (scikit-learn's sample_weight) weigh counts, sums and inertia; the far rows
+    # that re-seed an empty cluster are, as scikit-learn's, the rows farthest from their
+    # centres by plain distance, and carry their weights to the M-step. A row of weight 0
+    # is no candidate: its new cluster would be empty again (scikit-learn then sends that
+    # centre to the origin).
+    weights = None if block.weights is None else np.asarray(block.weights, dtype=np.float64)
     centers = _centers(params.centers)
     K, d = centers.shape
     n = X.shape[0]
@@ -420,8 +466,12 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
         rows = _sub_block_rows(K, d)
         inertia, n_far = _estep_kernel(
             Xr, 0, centers, scoring.ref, scoring.neg2_t, scoring.bias, scoring.shift_rows,
-            rows, counts, sx, far_dist, far_row, far_label, n_far,
+            rows, counts, sx, far_dist, far_row, far_label, n_far, weights,
         )  # fmt: skip
+    if n_far < keep:
+        # Rows of weight 0 left places unfilled.
+        far_dist, far_row, far_label = far_dist[:n_far], far_row[:n_far], far_label[:n_far]
+        keep = n_far
     return KMeansStats(
         n=int(n),
         counts=counts,
@@ -432,38 +482,7 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
         far_label=far_label,
         far_x=np.asarray(X[far_row], dtype=np.float64).reshape(keep, d),
         shift=params.centers,
-    )
-
-
-def _weighted_estep(block: RowBlock, params: KMeansParams) -> KMeansStats:
-    """Assignment statistics of rows that count ``block.weights`` times each.
-
-    Counts, sums and inertia weigh every row (scikit-learn's ``sample_weight``); the far
-    points that re-seed empty clusters are, as scikit-learn's, the rows farthest from their
-    centres by plain (unweighted) distance, and carry their weights to the M-step. Rows of
-    weight 0 are no candidates: moving one would leave its new cluster empty again (where
-    scikit-learn sends that centre to the origin).
-    """
-    X = np.asarray(block.x, dtype=np.float64)
-    w = np.asarray(block.weights, dtype=np.float64)
-    positive = np.flatnonzero(w > 0)
-    if len(positive) == len(w):
-        plain = kmeans_estep_chunk(RowBlock(block.x, block.row_offset), params)
-        far_local = plain.far_row - block.row_offset
-    else:
-        plain = kmeans_estep_chunk(RowBlock(block.x[positive], 0), params)
-        far_local = positive[plain.far_row]
-        plain = dataclasses.replace(plain, far_row=far_local + block.row_offset)
-    centers = np.asarray(params.centers, dtype=np.float64)
-    K = centers.shape[0]
-    labels = kmeans_labels_chunk(block.x, centers)
-    diff = X - centers[labels]
-    counts = np.bincount(labels, weights=w, minlength=K).astype(np.float64)
-    sx = np.zeros_like(centers)
-    np.add.at(sx, labels, diff * w[:, None])
-    inertia = float(w @ np.einsum("ij,ij->i", diff, diff))
-    return dataclasses.replace(
-        plain, n=len(w), counts=counts, sx=sx, inertia=inertia, far_w=w[far_local]
+        far_w=None if weights is None else weights[far_row],
     )
 
 

@@ -33,7 +33,7 @@ from scipy.special import betaln, digamma, gammaln
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.exceptions import FitError
-from emdist.kernels._blocks import iter_sub_blocks, logsumexp_rows, sub_block_rows
+from emdist.kernels._blocks import iter_sub_blocks, sub_block_rows
 from emdist.kernels.gaussian import (
     compute_precision_cholesky,
     estimate_log_gaussian_prob,
@@ -299,38 +299,18 @@ def variational_estep_chunk(
     """
     X = block.x
     shift = params.means
-    if block.weights is not None:
-        return _weighted_variational_estep(X, block.weights, params, covariance_type)
+    w = block.weights
     nk, sx, sxx, log_norm, r_log_r = fused_estep(
         X,
         shift,
         params.precisions_cholesky,
         covariance_type,
         _log_offsets(params, X.shape[1]),
+        w,
     )
-    moments = MixtureStats(float(X.shape[0]), log_norm, nk, sx, sxx, shift)
-    return VariationalStats(moments, r_log_r)
-
-
-def _weighted_variational_estep(
-    X: AnyArray, weights: AnyArray, params: VariationalParams, covariance_type: CovarianceType
-) -> VariationalStats:
-    """The variational E-step of rows that count ``weights`` times each (``sample_weight``).
-
-    Every sum weighs its row, the entropy term ``Σ r log r`` too: the statistics are those
-    of the rows repeated ``w`` times (for integer weights).
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    log_rho = variational_log_prob_chunk(X, params, covariance_type)
-    log_norm = logsumexp_rows(log_rho)
-    log_resp = log_rho - log_norm[:, None]
-    resp = np.exp(log_resp)
-    r_log_r = float(w @ np.sum(resp * log_resp, axis=1))
-    resp *= w[:, None]
-    stats = mixture_stats_from_resp(X, resp, params.means, covariance_type)
-    moments = MixtureStats(
-        float(w.sum()), float(w @ log_norm), stats.nk, stats.sx, stats.sxx, stats.shift
-    )
+    # Weights weigh every sum, the entropy term Σ r log r too: the rows repeated w times.
+    n = float(X.shape[0]) if w is None else float(np.sum(w, dtype=np.float64))
+    moments = MixtureStats(n, log_norm, nk, sx, sxx, shift)
     return VariationalStats(moments, r_log_r)
 
 
