@@ -44,6 +44,8 @@ class DataSummary:
     weights_digest : str or None
         A chunking-independent digest of every weight (the checkpoint fingerprint's), from
         the same pass.
+    weight_sum : float or None
+        ``Σ sample_weight`` (``None``: unweighted data).
     """
 
     n_samples: int
@@ -54,6 +56,7 @@ class DataSummary:
     sample_rows: IntArray
     sample_weight: FloatArray | None = None
     weights_digest: str | None = None
+    weight_sum: float | None = None
 
 
 def scan_data(X: PassData, seed: int, sample_size: int) -> DataSummary:
@@ -95,6 +98,7 @@ def scan_data(X: PassData, seed: int, sample_size: int) -> DataSummary:
         sample_rows=stats.sample_rows,
         sample_weight=stats.sample_weight,
         weights_digest=None if digest is None else "".join(f"{int(v):016x}" for v in digest),
+        weight_sum=stats.weight_sum,
     )
 
 

@@ -81,6 +81,8 @@ class ScanStats:
     weights_digest : ndarray of shape (2,) uint64 or None
         XOR over the weighted rows of a hash of (row index, weight): the same for any
         chunking, and changed by any changed weight (the checkpoint's fingerprint).
+    weight_sum : float or None
+        ``Σ w`` over the rows seen (``None``: the rows carry no weights).
     """
 
     n: int
@@ -94,6 +96,7 @@ class ScanStats:
     sample_size: int
     sample_weight: FloatArray | None = None
     weights_digest: _U64 | None = None
+    weight_sum: float | None = None
 
     def __add__(self, other: ScanStats) -> ScanStats:
         n = self.n + other.n
@@ -115,11 +118,13 @@ class ScanStats:
         # Order by (key, row): a total order, so the merge is associative and commutative.
         order = np.lexsort((rows, keys))[: self.sample_size]
         sample = np.concatenate([self.sample, other.sample])[order]
-        sample_weight = digest = None
+        sample_weight = digest = weight_sum = None
         if self.sample_weight is not None and other.sample_weight is not None:
             sample_weight = np.concatenate([self.sample_weight, other.sample_weight])[order]
         if self.weights_digest is not None and other.weights_digest is not None:
             digest = self.weights_digest ^ other.weights_digest
+        if self.weight_sum is not None and other.weight_sum is not None:
+            weight_sum = self.weight_sum + other.weight_sum
         return ScanStats(
             n,
             mean,
@@ -132,6 +137,7 @@ class ScanStats:
             self.sample_size,
             sample_weight,
             digest,
+            weight_sum,
         )
 
     @property
@@ -192,6 +198,7 @@ def scan_chunk(block: RowBlock, seed: int, sample_size: int) -> ScanStats:
         sample_size=sample_size,
         sample_weight=None if w is None else w[order].copy(),
         weights_digest=None if w is None else weights_digest(w, row_offset),
+        weight_sum=None if w is None else float(np.sum(w)),
     )
 
 

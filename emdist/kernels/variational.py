@@ -328,10 +328,14 @@ def scatter_stats_chunk(block: RowBlock, center: FloatArray) -> MixtureStats:
     Returns
     -------
     MixtureStats
-        ``sx = Σ (x - c)``, ``sxx = Σ (x - c)(x - c)ᵀ`` with one component.
+        ``sx = Σ (x - c)``, ``sxx = Σ (x - c)(x - c)ᵀ`` with one component (each row
+        weighted by ``block.weights``, when given; ``nk`` the total weight).
     """
     X = block.x
-    resp = np.ones((X.shape[0], 1))
+    if block.weights is not None:
+        resp = np.asarray(block.weights, dtype=np.float64).reshape(-1, 1)
+    else:
+        resp = np.ones((X.shape[0], 1))
     return mixture_stats_from_resp(X, resp, center[None, :], "full")
 
 

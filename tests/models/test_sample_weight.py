@@ -156,11 +156,7 @@ def test_kmeans_plusplus_never_seeds_from_a_row_of_weight_zero() -> None:
 
 MIXTURES = [
     pytest.param(emdist.GaussianMixture, {}, id="GMM"),
-    pytest.param(
-        emdist.BayesianGaussianMixture,
-        {"prefit_on_sample": False, "mean_prior": np.zeros(3), "covariance_prior": None},
-        id="BGMM",
-    ),
+    pytest.param(emdist.BayesianGaussianMixture, {"prefit_on_sample": False}, id="BGMM"),
 ]
 
 
@@ -169,20 +165,11 @@ MIXTURES = [
 def test_mixtures_with_integer_weights_fit_as_repeated_rows(
     model: Any, extra: dict[str, Any], covariance_type: str
 ) -> None:
+    """Default priors included: the variational mixture's mean and covariance priors are
+    the weighted data's, as those of the repeated rows."""
     w = np.random.default_rng(6).integers(0, 4, N)
     repeated_X = np.repeat(X, w, axis=0)
-    extra = dict(extra)
     if model is emdist.BayesianGaussianMixture:
-        # The default covariance prior is the data's covariance: given, as the repeated
-        # rows' own, so both fits start from the same prior.
-        cov = np.cov(repeated_X.T)
-        extra["covariance_prior"] = {
-            "full": cov,
-            "tied": cov,
-            "diag": np.diag(cov),
-            "spherical": float(np.mean(np.diag(cov))),
-        }[covariance_type]
-        extra["mean_prior"] = repeated_X.mean(axis=0)
         init: dict[str, Any] = {"init_params": "random_from_data", "random_state": 0}
     else:
         init = gmm_init(X, 3, covariance_type, seed=3)
@@ -224,7 +211,9 @@ def _zarr_weights(path: Path, w: np.ndarray, chunk: int) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("model", [emdist.KMeans, emdist.GaussianMixture])
+@pytest.mark.parametrize(
+    "model", [emdist.KMeans, emdist.GaussianMixture, emdist.BayesianGaussianMixture]
+)
 def test_zarr_weights_and_any_chunking_give_the_in_memory_fit(model: Any, tmp_path: Path) -> None:
     w = np.random.default_rng(7).uniform(0.0, 2.0, N)
     Xz = write_zarr(tmp_path / "x.zarr", X, 64)
