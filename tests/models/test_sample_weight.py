@@ -253,16 +253,19 @@ def _crash_at(iteration: int) -> Any:
     return observer
 
 
+@pytest.mark.parametrize("updates", ["batch", "incremental"])
 @pytest.mark.parametrize("model", [emdist.KMeans, emdist.GaussianMixture])
 def test_weighted_fit_resumes_bit_for_bit_and_refuses_other_weights(
-    model: Any, tmp_path: Path
+    model: Any, updates: str, tmp_path: Path
 ) -> None:
     from tests.io.test_checkpoint import assert_same_fit, fitted
 
     w = np.random.default_rng(8).uniform(0.1, 2.0, N)
     Xz = write_zarr(tmp_path / "x.zarr", X, 64)
     ckpt = tmp_path / "ckpt"
-    make = lambda **kw: model(3, n_init=2, random_state=1, max_iter=8, tol=0.0, **kw)  # noqa: E731
+    make = lambda **kw: model(  # noqa: E731
+        3, n_init=2, random_state=1, max_iter=8, tol=0.0, updates=updates, n_shards=3, **kw
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", emdist.ConvergenceWarning)
         reference = fitted(make().fit(Xz, sample_weight=w))
