@@ -31,7 +31,12 @@ from emdist.engine.data import FitData, ScanSpec, compute_context
 from emdist.engine.em import BATCH, FitSpec, ModelPlan, Schedule, run_restarts
 from emdist.engine.incremental import IncrementalSchedule
 from emdist.engine.restarts import BestRun
-from emdist.exceptions import ConvergenceWarning, InvalidDataError, InvalidParameterError
+from emdist.exceptions import (
+    ConvergenceWarning,
+    EmdistError,
+    InvalidDataError,
+    InvalidParameterError,
+)
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core, open_zarr_array
 from emdist.models._sklearn import SklearnEstimatorMixin
@@ -518,7 +523,12 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> Any:
     """
     w: Any = sample_weight
     if isinstance(w, str | os.PathLike):
-        w = open_zarr_array(w)
+        try:
+            w = open_zarr_array(w)
+        except EmdistError as exc:
+            raise InvalidParameterError(f"sample_weight: {exc}").naming(
+                "sample_weight", "sample_weight"
+            ) from None
     if isinstance(w, zarr.Array):
         # Out of core: read block by block with the data's row-blocks (FitData aligns).
         w = da.from_zarr(w)

@@ -239,6 +239,9 @@ def test_a_weights_store_of_another_length_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(InvalidParameterError, match=r"sample_weight has shape \(305,\)") as err:
         emdist.KMeans(3).fit(_unreadable(), sample_weight=wz)
     assert "\n" not in str(err.value)
+    with pytest.raises(InvalidParameterError, match=r"^sample_weight: .*missing\.zarr") as err:
+        emdist.KMeans(3).fit(_unreadable(), sample_weight=tmp_path / "missing.zarr")
+    assert "\n" not in str(err.value)
 
 
 class _Crash(Exception):
