@@ -266,10 +266,11 @@ class GaussianMixture(BaseMixture):
             Data of shape (n_samples, n_features); a path names a Zarr array (or a
             dataset group written by emdist, whose data array is used).
         y : ignored
-        sample_weight : array-like or dask.array.Array of shape (n_samples,), optional
+        sample_weight : array-like, dask.array.Array, zarr.Array, str or path of shape \
+(n_samples,), optional
             How many times each row counts (finite, >= 0, not all zero): integer weights
             fit as the rows repeated that many times. ``None``: every row once. Checked
-            before any pass over ``X``; not with ``checkpoint``.
+            before any pass over ``X``; covered by the checkpoint's fingerprint.
 
         Returns
         -------
