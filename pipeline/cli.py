@@ -80,6 +80,7 @@ EXAMPLES = textwrap.dedent(
 # The fields of a configuration that `emdist fit` builds from its options, by option.
 FIT_OPTION_NAMES = {
     "input.path": "DATA",
+    "input.sample_weight": "--sample-weight",
     "model.family": "--model",
     "model.n_components": "-k",
     "model.covariance_type": "--covariance-type",
@@ -304,7 +305,7 @@ def ingest_command(
 def _fit_config(options: dict[str, Any]) -> RunConfig:
     out = Path(options["out"])
     data: dict[str, Any] = {
-        "input": {"path": str(options["data"])},
+        "input": {"path": str(options["data"]), "sample_weight": options["sample_weight"]},
         "model": {
             "family": options["model"],
             "n_components": options["k"],
@@ -413,6 +414,12 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
     help="Accelerated EM of the mixtures (--updates batch).  [default: plain EM]",
 )
 @click.option("--seed", type=int, default=0, help="Random seed of the initialisation.")
+@click.option(
+    "--sample-weight",
+    metavar="PATH",
+    help="A Zarr array or .npy file of one weight per row of DATA (finite, >= 0): rows "
+    "count that many times in the fit and its criteria.  [default: every row once]",
+)
 @click.option(
     "--checkpoint",
     metavar="PATH",
@@ -619,13 +626,19 @@ _ARGUMENT_WORDS: dict[str, dict[str, str]] = {
         "dataset": "--dataset",
     },
     # fit has no --format: a file it cannot tell is ingested first, by `emdist ingest`.
-    "fit": {"source": "DATA", "dest": "--ingest-to", "source_format": "emdist ingest --format"},
+    "fit": {
+        "source": "DATA",
+        "dest": "--ingest-to",
+        "source_format": "emdist ingest --format",
+        "sample_weight": "--sample-weight",
+    },
 }
 _CONFIG_WORDS = {
     "source": "input.path",
     "dest": "output.data",
     "source_format": "input.format",
     "dataset": "input.dataset",
+    "sample_weight": "input.sample_weight",
 }
 
 

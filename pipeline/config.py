@@ -8,6 +8,7 @@ Example (YAML)::
 
     input:
       path: data/measurements.csv      # .npy, .csv, .parquet, .h5 or a Zarr array
+      sample_weight: data/weights.zarr # optional: one weight per row (Zarr array or .npy)
     model:
       family: gmm                      # gmm | kmeans | bayesian_gmm
       n_components: 8
@@ -139,6 +140,11 @@ class InputConfig(_Strict):
     format: str = Field("auto", description="'auto' or one of emdist.io.ingest.SOURCE_FORMATS")
     dataset: str | None = Field(None, description="HDF5 dataset name")
     generate: SyntheticConfig | None = None
+    sample_weight: str | None = Field(
+        None,
+        description="a Zarr array or .npy file of shape (n_samples,): the weight of every row "
+        "(scikit-learn's sample_weight) for the fit and its criteria",
+    )
 
     @field_validator("format")
     @classmethod
@@ -422,7 +428,12 @@ class RunConfig(_Strict):
 
         return self.model_copy(
             update={
-                "input": self.input.model_copy(update={"path": fix(self.input.path)}),
+                "input": self.input.model_copy(
+                    update={
+                        "path": fix(self.input.path),
+                        "sample_weight": fix(self.input.sample_weight),
+                    }
+                ),
                 "output": self.output.model_copy(
                     update={
                         k: fix(getattr(self.output, k))
@@ -626,6 +637,9 @@ def check_input(config: RunConfig, source: str = "the configuration") -> None:
         problem = "cannot be read (permissions)"
     if problem is not None:
         raise ConfigError(f"input.path: {p} {problem} (in {source})")
+    weights = config.input.sample_weight
+    if weights is not None and "://" not in weights and not Path(weights).exists():
+        raise ConfigError(f"input.sample_weight: {weights} does not exist (in {source})")
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:

@@ -467,6 +467,26 @@ def open_dataset(data: DatasetRef) -> da.Array:
     return as_dask_array(data.path)
 
 
+def open_weights(config: RunConfig) -> Any:
+    """``input.sample_weight`` as the fit takes it: a Zarr array or a .npy file, or ``None``.
+
+    A .npy file is memory-mapped (never unpickled); a Zarr array is opened lazily, read
+    block by block with the data's row-blocks. Its values are checked by the fit, before
+    any pass over the data.
+    """
+    path = config.input.sample_weight
+    if path is None:
+        return None
+    if path.endswith(".npy"):
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InvalidParameterError(
+                f"sample_weight {path} is not a readable .npy array ({exc})"
+            ).naming("sample_weight", "sample_weight") from None
+    return path
+
+
 def _fit_and_save(
     model: ModelConfig,
     data: DatasetRef,
@@ -476,12 +496,13 @@ def _fit_and_save(
     observer: Observer | None,
     start: _Start | None,
     owner: str,
+    sample_weight: Any = None,
 ) -> FitSummary:
     prepared = _prepare_fit(model, data, checkpoint, observer, start)
     start_time = time.perf_counter()
-    prepared.estimator.fit(X)
+    prepared.estimator.fit(X, sample_weight=sample_weight)
     fit_seconds = time.perf_counter() - start_time
-    extra = prepared.estimator.summary_statistics(X)
+    extra = prepared.estimator.summary_statistics(X, sample_weight)
     return _save_fit(prepared, model, model_path, fit_seconds, extra, owner)
 
 
@@ -517,12 +538,21 @@ def fit_model(
     check_outputs(config, [config.model_path])
     # Opened and verified once, before anything is written (a damaged store is refused here).
     X = open_dataset(data)
+    weights = open_weights(config)
     version = checkpoint_for(config, data.path).parent if config.checkpoint.enabled else None
     store = checkpoint_store(config, version / "checkpoint.zarr") if version else None
     start = _previous_model(config, version)
     with connect(scheduler):
         fit = _fit_and_save(
-            config.model, data, X, config.model_path, store, observer, start, job_id(config)
+            config.model,
+            data,
+            X,
+            config.model_path,
+            store,
+            observer,
+            start,
+            job_id(config),
+            weights,
         )
     if version is not None:
         prune_checkpoints(config.checkpoint_path, config.checkpoint.versions, version)
@@ -578,6 +608,7 @@ def select_components(
     ks = sorted(set(candidates))
     check_outputs(config, [base / f"k{k}" / "model.zarr" for k in ks])
     X = open_dataset(data)
+    weights = open_weights(config)
     # As fit_model, per candidate: a checkpoint per data version, warm from its last model.
     key = data_version(data.path) if config.checkpoint.enabled else None
     with connect(scheduler):
@@ -592,9 +623,9 @@ def select_components(
             plans.append((k, model, model_path, version, prepared))
         estimators = [prepared.estimator for *_, prepared in plans]
         start_time = time.perf_counter()
-        emdist.fit_shared(estimators, X)
+        emdist.fit_shared(estimators, X, weights)
         fit_seconds = time.perf_counter() - start_time
-        extras = summary_statistics_shared(estimators, X)
+        extras = summary_statistics_shared(estimators, X, weights)
         for (k, model, model_path, version, prepared), extra in zip(plans, extras, strict=True):
             fit = _save_fit(prepared, model, model_path, fit_seconds, extra, job_id(config))
             if version is not None:

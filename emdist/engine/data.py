@@ -147,8 +147,10 @@ def prepare_fit_data(
     size = default_sample_size(n_clusters) if sample_size is None else int(sample_size)
     if size < n_clusters:
         raise InvalidParameterError(f"init_sample_size={size} must be >= {what}={n_clusters}")
-    summary = scan_data(X_fit, seed, size)
-    return FitData(X_fit, summary, in_memory, _aligned(X_fit, per_row or {}))
+    aligned = _aligned(X_fit, per_row or {})
+    # The per-row inputs ride along the scan: the sample keeps its rows' weights.
+    summary = scan_data(Rows(X_fit, aligned), seed, size)
+    return FitData(X_fit, summary, in_memory, aligned)
 
 
 def _aligned(X: Data, per_row: Mapping[str, Any]) -> dict[str, Data]:

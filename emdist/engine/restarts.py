@@ -57,19 +57,23 @@ def data_fingerprint(data: FitData) -> dict[str, Any]:
     """A fingerprint of the data from the scan pass: shape, dtype, chunking and moments.
 
     The per-feature mean and variance depend on every value, so a modified dataset is
-    noticed without an extra read.
+    noticed without an extra read; so is every weight of a weighted fit (the scan's digest).
     """
     moments = hashlib.sha256()
     moments.update(np.ascontiguousarray(data.summary.mean).tobytes())
     moments.update(np.ascontiguousarray(data.summary.variance).tobytes())
     chunks = hashlib.sha256(repr(data.row_chunks).encode()).hexdigest()[:16]
-    return {
+    fingerprint: dict[str, Any] = {
         "n_samples": data.summary.n_samples,
         "n_features": data.summary.n_features,
         "dtype": str(data.X.dtype),
         "row_chunks": chunks,
         "moments_sha256": moments.hexdigest(),
     }
+    if data.summary.weights_digest is not None:
+        # Computed by the scan pass: a resume with other weights would continue another fit.
+        fingerprint["sample_weight"] = data.summary.weights_digest
+    return fingerprint
 
 
 def param_arrays(params: Any) -> dict[str, Any]:

@@ -13,11 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from emdist._typing import FloatArray, IntArray
-from emdist.engine.reduce import Data, map_reduce, row_offsets
+from emdist.engine.reduce import PassData, as_rows, map_reduce, row_offsets
 from emdist.exceptions import InvalidDataError
 from emdist.kernels.scan import ScanStats, scan_chunk
 
-__all__ = ["DataSummary", "kmeans_plusplus", "sample_summary", "scan_data"]
+__all__ = [
+    "DataSummary",
+    "kmeans_plusplus",
+    "sample_rows_by_weight",
+    "sample_summary",
+    "scan_data",
+]
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,14 @@ class DataSummary:
         Uniform sample of rows, in random order (float64).
     sample_rows : ndarray of shape (m,)
         Global indices of the sampled rows.
+    sample_weight : ndarray of shape (m,) or None
+        ``sample_weight`` of the sampled rows (``None``: unweighted data). Rows of weight 0
+        are sampled only when fewer than ``m`` rows weigh more.
+    weights_digest : str or None
+        A chunking-independent digest of every weight (the checkpoint fingerprint's), from
+        the same pass.
+    weight_sum : float or None
+        ``Σ sample_weight`` (``None``: unweighted data).
     """
 
     n_samples: int
@@ -40,14 +54,19 @@ class DataSummary:
     variance: FloatArray
     sample: FloatArray
     sample_rows: IntArray
+    sample_weight: FloatArray | None = None
+    weights_digest: str | None = None
+    weight_sum: float | None = None
 
 
-def scan_data(X: Data, seed: int, sample_size: int) -> DataSummary:
+def scan_data(X: PassData, seed: int, sample_size: int) -> DataSummary:
     """One pass: reject non-finite values, compute moments, draw a uniform sample.
 
     Parameters
     ----------
-    X : dask.array.Array or ndarray of shape (n_samples, n_features)
+    X : dask.array.Array, ndarray or Rows of shape (n_samples, n_features)
+        With its ``weights`` (:class:`~emdist.engine.reduce.Rows`), the sample carries
+        the sampled rows' weights and the summary the weights' digest.
     seed : int
         Seed of the sampling stream (the sample depends only on it and the data).
     sample_size : int
@@ -69,13 +88,17 @@ def scan_data(X: Data, seed: int, sample_size: int) -> DataSummary:
             f"X contains NaN or infinity at row {stats.bad_row}, column {stats.bad_col} "
             f"(row-block {block}); remove or impute non-finite values before fitting."
         )
+    digest = stats.weights_digest
     return DataSummary(
         n_samples=stats.n,
-        n_features=int(X.shape[1]),
+        n_features=int(as_rows(X).shape[1]),
         mean=stats.mean,
         variance=stats.variance,
         sample=stats.sample,
         sample_rows=stats.sample_rows,
+        sample_weight=stats.sample_weight,
+        weights_digest=None if digest is None else "".join(f"{int(v):016x}" for v in digest),
+        weight_sum=stats.weight_sum,
     )
 
 
@@ -105,6 +128,7 @@ def sample_summary(summary: DataSummary) -> DataSummary:
         variance=sample.var(axis=0),
         sample=sample,
         sample_rows=summary.sample_rows,
+        sample_weight=summary.sample_weight,
     )
 
 
@@ -167,3 +191,25 @@ def kmeans_plusplus(
         closest = cand_dist[best]
         potential = float(pots[best])
     return indices
+
+
+def sample_rows_by_weight(
+    n: int, size: int, rng: np.random.Generator, sample_weight: FloatArray | None
+) -> IntArray:
+    """``size`` distinct rows of ``n`` drawn with probability proportional to their weight.
+
+    scikit-learn's random seeding with ``sample_weight``; uniform without weights.
+
+    Raises
+    ------
+    InvalidDataError
+        If fewer than ``size`` rows weigh more than zero.
+    """
+    if sample_weight is None:
+        return np.asarray(rng.choice(n, size, replace=False))
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if np.count_nonzero(w) < size:
+        raise InvalidDataError(
+            f"only {np.count_nonzero(w)} rows have sample_weight > 0; {size} are needed to seed"
+        )
+    return np.asarray(rng.choice(n, size, replace=False, p=w / w.sum()))

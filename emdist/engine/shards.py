@@ -150,6 +150,8 @@ def stats_to_arrays(stats: Any, prefix: str = "") -> dict[str, AnyArray]:
         value = getattr(stats, f.name)
         if dataclasses.is_dataclass(value):
             out.update(stats_to_arrays(value, f"{prefix}{f.name}."))
+        elif value is None:
+            continue  # an optional field left out (its default on the way back)
         else:
             out[f"{prefix}{f.name}"] = np.asarray(value)
     return out
@@ -170,6 +172,8 @@ def stats_from_arrays(cls: type[Any], arrays: dict[str, AnyArray], prefix: str =
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             kwargs[f.name] = stats_from_arrays(kind, arrays, f"{prefix}{f.name}.")
             continue
+        if f"{prefix}{f.name}" not in arrays and f.default is None:
+            continue  # an optional field that was None
         value = arrays[f"{prefix}{f.name}"]
         kwargs[f.name] = value.item() if value.ndim == 0 else value
     return cls(**kwargs)

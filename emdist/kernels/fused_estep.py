@@ -44,6 +44,7 @@ def axis_aligned_estep(
     nk: FloatArray,
     sx: FloatArray,
     sxx: FloatArray,
+    weights: FloatArray | None = None,
 ) -> tuple[float, float]:
     """E-step of a ``diag`` or ``spherical`` mixture on the rows of ``X``, accumulated in place.
 
@@ -62,6 +63,8 @@ def axis_aligned_estep(
     spherical : bool
     nk, sx, sxx : ndarrays of shape (K,), (K, d) and (K, d) or (K, 1)
         Accumulators, float64 (``sxx`` of ``spherical`` as a column).
+    weights : ndarray of shape (n,), optional
+        Row weights (``sample_weight``): every sum below weighs its row.
 
     Returns
     -------
@@ -108,9 +111,15 @@ def axis_aligned_estep(
             if e > 0.0:
                 e_log_e += e * shifted
         row_norm = math.log(total)
-        log_norm += row_norm + amax
         # Σ_k r log r = Σ_k r (lp_k - amax - row_norm) = Σ_k e (lp_k - amax) / total - row_norm.
-        r_log_r += e_log_e / total - row_norm
+        if weights is None:
+            log_norm += row_norm + amax
+            r_log_r += e_log_e / total - row_norm
+        else:
+            wi = weights[i]
+            log_norm += wi * (row_norm + amax)
+            r_log_r += wi * (e_log_e / total - row_norm)
+            total /= wi  # r = w e / total: the row's weight in every moment below
         for k in range(K):
             r = resp[k] / total
             nk[k] += r
@@ -131,7 +140,9 @@ def axis_aligned_estep(
 
 
 @jit
-def normalise_whitened(Y: AnyArray, const: FloatArray, resp: FloatArray) -> tuple[float, float]:
+def normalise_whitened(
+    Y: AnyArray, const: FloatArray, resp: FloatArray, weights: FloatArray | None = None
+) -> tuple[float, float]:
     """Responsibilities from whitened differences ``Y[k] = U_kᵀ (x - μ_k)``.
 
     Parameters
@@ -141,7 +152,9 @@ def normalise_whitened(Y: AnyArray, const: FloatArray, resp: FloatArray) -> tupl
     const : ndarray of shape (K,)
         ``log π_k + log det U_k - d/2 log 2π`` (plus the variational offsets).
     resp : ndarray of shape (K, m), float64
-        Filled with the responsibilities.
+        Filled with the responsibilities (times the row's weight with ``weights``).
+    weights : ndarray of shape (m,), optional
+        Row weights (``sample_weight``): the sums and responsibilities weigh their row.
 
     Returns
     -------
@@ -186,9 +199,15 @@ def normalise_whitened(Y: AnyArray, const: FloatArray, resp: FloatArray) -> tupl
     r_log_r = 0.0
     for t in range(m):
         row_norm = math.log(total[t])
-        log_norm += row_norm + amax[t]
         # Σ_k r log r = Σ_k e (lp_k - amax) / total - log total (the responsibilities sum to 1).
-        r_log_r += e_log_e[t] / total[t] - row_norm
+        if weights is None:
+            log_norm += row_norm + amax[t]
+            r_log_r += e_log_e[t] / total[t] - row_norm
+        else:
+            wt = weights[t]
+            log_norm += wt * (row_norm + amax[t])
+            r_log_r += wt * (e_log_e[t] / total[t] - row_norm)
+            total[t] /= wt  # r = w e / total
     for k in range(K):
         row = resp[k]
         for t in range(m):

@@ -30,7 +30,6 @@ dtype.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +113,8 @@ class KMeansStats:
         them).
     reference : ndarray of shape (n_clusters, n_features)
         The points ``sx`` is taken about (:attr:`KMeansParams.about`).
+    far_w : ndarray or None, default=None
+        Weights of the far rows (``sample_weight``); ``None``: each weighs 1.
     """
 
     n: int
@@ -126,6 +127,7 @@ class KMeansStats:
     far_x: FloatArray
     shift: FloatArray
     reference: FloatArray
+    far_w: FloatArray | None = None
 
     def __add__(self, other: KMeansStats) -> KMeansStats:
         if not isinstance(other, KMeansStats):
@@ -139,6 +141,9 @@ class KMeansStats:
         dist = np.concatenate([self.far_dist, other.far_dist])
         row = np.concatenate([self.far_row, other.far_row])
         keep = np.lexsort((row, -dist))[: self.shift.shape[0]]
+        far_w = None
+        if self.far_w is not None or other.far_w is not None:
+            far_w = np.concatenate([_far_weights(self), _far_weights(other)])[keep]
         return KMeansStats(
             self.n + other.n,
             self.counts + other.counts,
@@ -150,7 +155,12 @@ class KMeansStats:
             np.concatenate([self.far_x, other.far_x])[keep],
             self.shift,
             self.reference,
+            far_w,
         )
+
+
+def _far_weights(stats: KMeansStats) -> FloatArray:
+    return np.ones(len(stats.far_dist)) if stats.far_w is None else stats.far_w
 
 
 # --- compiled kernels -----------------------------------------------------------------------
@@ -292,6 +302,50 @@ def _add_row(
 
 
 @jit
+def _add_row_weighted(
+    X: AnyArray,
+    i: int,
+    k: int,
+    centers: FloatArray,
+    about: FloatArray,
+    sx: FloatArray,
+    wi: float,
+) -> float:
+    """Add ``wi (x_i - r_k)`` to ``sx[k]``; return the unweighted ``‖x_i - c_k‖²``.
+
+    Four running sums of squares, as :func:`_add_row`.
+    """
+    d = X.shape[1]
+    s0 = s1 = s2 = s3 = 0.0
+    j = 0
+    while j + 4 <= d:
+        x0 = np.float64(X[i, j])
+        x1 = np.float64(X[i, j + 1])
+        x2 = np.float64(X[i, j + 2])
+        x3 = np.float64(X[i, j + 3])
+        t0 = x0 - centers[k, j]
+        t1 = x1 - centers[k, j + 1]
+        t2 = x2 - centers[k, j + 2]
+        t3 = x3 - centers[k, j + 3]
+        sx[k, j] += wi * (x0 - about[k, j])
+        sx[k, j + 1] += wi * (x1 - about[k, j + 1])
+        sx[k, j + 2] += wi * (x2 - about[k, j + 2])
+        sx[k, j + 3] += wi * (x3 - about[k, j + 3])
+        s0 += t0 * t0
+        s1 += t1 * t1
+        s2 += t2 * t2
+        s3 += t3 * t3
+        j += 4
+    while j < d:
+        x0 = np.float64(X[i, j])
+        t0 = x0 - centers[k, j]
+        sx[k, j] += wi * (x0 - about[k, j])
+        s0 += t0 * t0
+        j += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+@jit
 def _estep_kernel(
     X: AnyArray,
     row0: int,
@@ -308,11 +362,13 @@ def _estep_kernel(
     far_row: IntArray,
     far_label: IntArray,
     n_far: int,
+    weights: FloatArray | None = None,
 ) -> tuple[float, int]:
     """Add the rows ``row0, row0 + 1, ...`` of ``X`` to the statistics.
 
     Distances are measured from ``centers``, sums taken about ``about``. Returns the block's
-    inertia and the new count of kept far rows.
+    inertia and the new count of kept far rows. ``weights``: every row's counts, sums and
+    inertia weigh ``weights[i]``; a row of weight 0 is no far row.
     """
     n, d = X.shape
     K = centers.shape[0]
@@ -327,9 +383,17 @@ def _estep_kernel(
         part = 0.0
         for i in range(m):
             k = _argmin_row(scores, i, bias)
-            dist = _add_row(X, start + i, k, centers, about, sx)
-            counts[k] += 1.0
-            part += dist
+            if weights is None:
+                dist = _add_row(X, start + i, k, centers, about, sx)
+                counts[k] += 1.0
+                part += dist
+            else:
+                wi = weights[start + i]
+                dist = _add_row_weighted(X, start + i, k, centers, about, sx, wi)
+                counts[k] += wi
+                part += wi * dist
+                if wi <= 0.0:
+                    continue
             n_far = _offer_far(dist, row0 + start + i, k, far_dist, far_row, far_label, n_far)
         inertia += part
     return inertia, n_far
@@ -444,8 +508,12 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
     KMeansStats
     """
     X, row_offset = block.x, block.row_offset
-    if block.weights is not None:
-        return _weighted_estep(block, params)
+    # Weights (scikit-learn's sample_weight) weigh counts, sums and inertia; the far rows
+    # that re-seed an empty cluster are, as scikit-learn's, the rows farthest from their
+    # centres by plain distance, and carry their weights to the M-step. A row of weight 0
+    # is no candidate: its new cluster would be empty again (scikit-learn then sends that
+    # centre to the origin).
+    weights = None if block.weights is None else np.asarray(block.weights, dtype=np.float64)
     centers = _centers(params.centers)
     about = _centers(params.about)
     K, d = centers.shape
@@ -464,8 +532,12 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
         rows = _sub_block_rows(K, d)
         inertia, n_far = _estep_kernel(
             Xr, 0, centers, about, scoring.ref, scoring.neg2_t, scoring.bias, scoring.shift_rows,
-            rows, counts, sx, far_dist, far_row, far_label, n_far,
+            rows, counts, sx, far_dist, far_row, far_label, n_far, weights,
         )  # fmt: skip
+    if n_far < keep:
+        # Rows of weight 0 left places unfilled.
+        far_dist, far_row, far_label = far_dist[:n_far], far_row[:n_far], far_label[:n_far]
+        keep = n_far
     return KMeansStats(
         n=int(n),
         counts=counts,
@@ -477,27 +549,8 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
         far_x=np.asarray(X[far_row], dtype=np.float64).reshape(keep, d),
         shift=params.centers,
         reference=params.about,
+        far_w=None if weights is None else weights[far_row],
     )
-
-
-def _weighted_estep(block: RowBlock, params: KMeansParams) -> KMeansStats:
-    """Assignment statistics of rows that count ``block.weights`` times each.
-
-    Counts, sums and inertia weigh every row (scikit-learn's ``sample_weight``); the far
-    points that re-seed empty clusters are those of the unweighted step.
-    """
-    X = np.asarray(block.x, dtype=np.float64)
-    w = np.asarray(block.weights, dtype=np.float64)
-    plain = kmeans_estep_chunk(RowBlock(block.x, block.row_offset), params)
-    centers = np.asarray(params.centers, dtype=np.float64)
-    K = centers.shape[0]
-    labels = kmeans_labels_chunk(block.x, centers)
-    diff = X - centers[labels]
-    counts = np.bincount(labels, weights=w, minlength=K).astype(np.float64)
-    sx = np.zeros_like(centers)
-    np.add.at(sx, labels, (X - np.asarray(params.about, dtype=np.float64)[labels]) * w[:, None])
-    inertia = float(w @ np.einsum("ij,ij->i", diff, diff))
-    return dataclasses.replace(plain, counts=counts, sx=sx, inertia=inertia)
 
 
 def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:
@@ -533,11 +586,13 @@ def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:
     reference = about.copy()
     n_candidates = int(np.count_nonzero(stats.far_dist > 0))
     relocated = [int(k) for k in empty[:n_candidates]]
+    far_w = _far_weights(stats)
     for j, k in enumerate(relocated):
         x = stats.far_x[j]
         old = int(stats.far_label[j])
-        sums[old] -= x - about[old]
-        counts[old] -= 1
+        # The row leaves with its weight (scikit-learn's _relocate_empty_clusters_dense).
+        sums[old] -= far_w[j] * (x - about[old])
+        counts[old] -= far_w[j]
         new_centers[k] = x
         reference[k] = x
     for k in range(len(counts)):

@@ -208,31 +208,14 @@ def mixture_estep_chunk(
     """
     X = block.x
     shift = params.means
-    if block.weights is not None:
-        return _weighted_mixture_estep(X, block.weights, params, covariance_type)
+    w = block.weights
     nk, sx, sxx, log_lik, _ = fused_estep(
-        X, shift, params.precisions_cholesky, covariance_type, np.log(params.weights)
+        X, shift, params.precisions_cholesky, covariance_type, np.log(params.weights), w
     )
-    return MixtureStats(float(X.shape[0]), log_lik, nk, sx, sxx, shift)
-
-
-def _weighted_mixture_estep(
-    X: AnyArray, weights: AnyArray, params: MixtureParams, covariance_type: CovarianceType
-) -> MixtureStats:
-    """The E-step of rows that count ``weights`` times each (``sample_weight``).
-
-    Every sum weighs its row: the statistics are those of the rows repeated ``w`` times
-    (for integer weights), so the M-step needs no change.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    log_prob = mixture_log_prob_chunk(X, params, covariance_type)
-    log_norm = logsumexp_rows(log_prob)
-    resp = np.exp(log_prob - log_norm[:, None])
-    resp *= w[:, None]
-    stats = mixture_stats_from_resp(X, resp, params.means, covariance_type)
-    return MixtureStats(
-        float(w.sum()), float(w @ log_norm), stats.nk, stats.sx, stats.sxx, stats.shift
-    )
+    # With weights every sum weighs its row: the statistics of the rows repeated w times
+    # (integer weights), so the M-step is unchanged; n counts the total weight.
+    n = float(X.shape[0]) if w is None else float(np.sum(w, dtype=np.float64))
+    return MixtureStats(n, log_lik, nk, sx, sxx, shift)
 
 
 def fused_estep(
@@ -241,6 +224,7 @@ def fused_estep(
     precisions_cholesky: FloatArray,
     covariance_type: CovarianceType,
     log_offsets: FloatArray,
+    weights: AnyArray | None = None,
 ) -> tuple[FloatArray, FloatArray, FloatArray, float, float]:
     """The E-step of a Gaussian mixture (EM or variational) on one block, as moments.
 
@@ -263,6 +247,9 @@ def fused_estep(
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
     log_offsets : ndarray of shape (n_components,)
         Added to every component's log-density (``log π_k`` for EM).
+    weights : ndarray of shape (n_rows,), optional
+        Row weights (``sample_weight``): every sum weighs its row, in the same compiled
+        loops.
 
     Returns
     -------
@@ -276,6 +263,7 @@ def fused_estep(
         ``Σ_i Σ_k r_ik log r_ik``.
     """
     K, d = shift.shape
+    w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
     zero = MixtureStats.zero(shift, covariance_type)
     nk, sx, sxx = zero.nk, zero.sx, zero.sxx
     log_det = np.broadcast_to(log_det_cholesky(precisions_cholesky, covariance_type, d), (K,))
@@ -294,18 +282,20 @@ def fused_estep(
             nk,
             sx,
             sxx.reshape(K, -1),
+            w,
         )
         return nk, sx, sxx, float(log_norm), float(r_log_r)
     dtype = compute_dtype(X.dtype)
     blocks = ComponentBlocks(shift, precisions_cholesky, covariance_type, dtype=dtype)
     log_norm = r_log_r = 0.0
     resp = np.empty((K, 0))
-    for _, Xt in iter_sub_blocks_t(X, blocks.rows, dtype):
+    for start, Xt in iter_sub_blocks_t(X, blocks.rows, dtype):
         blocks.centre(Xt)
         Y = blocks.whiten()
         if resp.shape[1] != Xt.shape[1]:
             resp = np.empty((K, Xt.shape[1]))
-        norm, rlr = normalise_whitened(Y, const, resp)
+        w_sub = None if w is None else w[start : start + Xt.shape[1]]
+        norm, rlr = normalise_whitened(Y, const, resp, w_sub)
         log_norm += norm
         r_log_r += rlr
         # Y is free again: it takes the responsibility-weighted differences r ⊙ Z.
@@ -467,6 +457,8 @@ def mixture_random_resp_stats_chunk(
     X, row_offset = block.x, block.row_offset
     resp = row_uniforms(seed, row_offset, X.shape[0], shift.shape[0])
     resp /= resp.sum(axis=1, keepdims=True)
+    if block.weights is not None:
+        resp *= np.asarray(block.weights, dtype=np.float64)[:, None]
     return mixture_stats_from_resp(X, resp, shift, covariance_type)
 
 
@@ -480,5 +472,7 @@ def mixture_hard_resp_stats_chunk(
     X = block.x
     labels = kmeans_labels_chunk(X, centers)
     resp = np.zeros((X.shape[0], centers.shape[0]))
-    resp[np.arange(X.shape[0]), labels] = 1.0
+    resp[np.arange(X.shape[0]), labels] = (
+        1.0 if block.weights is None else np.asarray(block.weights, dtype=np.float64)
+    )
     return mixture_stats_from_resp(X, resp, shift, covariance_type)

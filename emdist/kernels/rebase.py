@@ -176,4 +176,5 @@ def rebase_kmeans_stats(
         far_x=stats.far_x[order],
         shift=centers,
         reference=about,
+        far_w=None if stats.far_w is None else stats.far_w[order],
     )

@@ -11,13 +11,17 @@ the sample is identical for every chunking, scheduler and worker count.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import numpy as np
 
 from emdist._typing import FloatArray, IntArray
 from emdist.kernels.rows import RowBlock
 
-__all__ = ["ScanStats", "row_uniforms", "scan_chunk"]
+#: 64-bit lanes of the weights' digest.
+_U64: TypeAlias = np.ndarray[Any, np.dtype[np.uint64]]
+
+__all__ = ["ScanStats", "row_uniforms", "scan_chunk", "weights_digest"]
 
 
 def row_uniforms(seed: int, row_start: int, n_rows: int, per_row: int = 1) -> FloatArray:
@@ -72,6 +76,13 @@ class ScanStats:
         The sampled rows (float64).
     sample_size : int
         Capacity of the sample.
+    sample_weight : ndarray of shape (m,) or None
+        Weights of the sampled rows (``None``: the rows carry none).
+    weights_digest : ndarray of shape (2,) uint64 or None
+        XOR over the weighted rows of a hash of (row index, weight): the same for any
+        chunking, and changed by any changed weight (the checkpoint's fingerprint).
+    weight_sum : float or None
+        ``Σ w`` over the rows seen (``None``: the rows carry no weights).
     """
 
     n: int
@@ -83,6 +94,9 @@ class ScanStats:
     sample_rows: IntArray
     sample: FloatArray
     sample_size: int
+    sample_weight: FloatArray | None = None
+    weights_digest: _U64 | None = None
+    weight_sum: float | None = None
 
     def __add__(self, other: ScanStats) -> ScanStats:
         n = self.n + other.n
@@ -104,8 +118,26 @@ class ScanStats:
         # Order by (key, row): a total order, so the merge is associative and commutative.
         order = np.lexsort((rows, keys))[: self.sample_size]
         sample = np.concatenate([self.sample, other.sample])[order]
+        sample_weight = digest = weight_sum = None
+        if self.sample_weight is not None and other.sample_weight is not None:
+            sample_weight = np.concatenate([self.sample_weight, other.sample_weight])[order]
+        if self.weights_digest is not None and other.weights_digest is not None:
+            digest = self.weights_digest ^ other.weights_digest
+        if self.weight_sum is not None and other.weight_sum is not None:
+            weight_sum = self.weight_sum + other.weight_sum
         return ScanStats(
-            n, mean, m2, bad_row, bad_col, keys[order], rows[order], sample, self.sample_size
+            n,
+            mean,
+            m2,
+            bad_row,
+            bad_col,
+            keys[order],
+            rows[order],
+            sample,
+            self.sample_size,
+            sample_weight,
+            digest,
+            weight_sum,
         )
 
     @property
@@ -147,6 +179,10 @@ def scan_chunk(block: RowBlock, seed: int, sample_size: int) -> ScanStats:
         mean = np.zeros(d)
         m2 = np.zeros(d)
     keys = row_uniforms(seed, row_offset, n)[:, 0]
+    w = None if block.weights is None else np.asarray(block.weights, dtype=np.float64)
+    if w is not None:
+        # A row of weight 0 counts for nothing: sampled only when the others are too few.
+        keys = np.where(w > 0, keys, np.inf)
     take = min(sample_size, n)
     idx = np.argpartition(keys, take - 1)[:take] if 0 < take < n else np.arange(take)
     order = idx[np.lexsort((idx, keys[idx]))]
@@ -160,4 +196,35 @@ def scan_chunk(block: RowBlock, seed: int, sample_size: int) -> ScanStats:
         sample_rows=(order + row_offset).astype(np.int64),
         sample=Xf[order].copy(),
         sample_size=sample_size,
+        sample_weight=None if w is None else w[order].copy(),
+        weights_digest=None if w is None else weights_digest(w, row_offset),
+        weight_sum=None if w is None else float(np.sum(w)),
     )
+
+
+_MASKS = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03))
+
+
+def _mix64(z: _U64) -> _U64:
+    """splitmix64's finaliser: every input bit moves about half of the output bits."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def weights_digest(weights: FloatArray, row_offset: int) -> _U64:
+    """Two 64-bit lanes: XOR over the rows of a hash of (global row index, weight bits).
+
+    XOR adds in any order, so the digest of the data is the same for every chunking and
+    reduction tree; a weight moved to another row or changed in any bit changes it.
+    """
+    bits = np.ascontiguousarray(weights, dtype=np.float64).view(np.uint64)
+    rows = np.arange(row_offset, row_offset + len(bits), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        lanes = [
+            np.bitwise_xor.reduce(_mix64(bits ^ _mix64(rows * mask + mask)))
+            if len(bits)
+            else np.uint64(0)
+            for mask in _MASKS
+        ]
+    return np.array(lanes, dtype=np.uint64)

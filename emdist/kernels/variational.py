@@ -299,14 +299,18 @@ def variational_estep_chunk(
     """
     X = block.x
     shift = params.means
+    w = block.weights
     nk, sx, sxx, log_norm, r_log_r = fused_estep(
         X,
         shift,
         params.precisions_cholesky,
         covariance_type,
         _log_offsets(params, X.shape[1]),
+        w,
     )
-    moments = MixtureStats(float(X.shape[0]), log_norm, nk, sx, sxx, shift)
+    # Weights weigh every sum, the entropy term Σ r log r too: the rows repeated w times.
+    n = float(X.shape[0]) if w is None else float(np.sum(w, dtype=np.float64))
+    moments = MixtureStats(n, log_norm, nk, sx, sxx, shift)
     return VariationalStats(moments, r_log_r)
 
 
@@ -324,10 +328,14 @@ def scatter_stats_chunk(block: RowBlock, center: FloatArray) -> MixtureStats:
     Returns
     -------
     MixtureStats
-        ``sx = Σ (x - c)``, ``sxx = Σ (x - c)(x - c)ᵀ`` with one component.
+        ``sx = Σ (x - c)``, ``sxx = Σ (x - c)(x - c)ᵀ`` with one component (each row
+        weighted by ``block.weights``, when given; ``nk`` the total weight).
     """
     X = block.x
-    resp = np.ones((X.shape[0], 1))
+    if block.weights is not None:
+        resp = np.asarray(block.weights, dtype=np.float64).reshape(-1, 1)
+    else:
+        resp = np.ones((X.shape[0], 1))
     return mixture_stats_from_resp(X, resp, center[None, :], "full")
 
 

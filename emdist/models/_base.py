@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Self, cast
 
 import dask.array as da
 import numpy as np
+import zarr
 
 from emdist._random import child_seeds, resolve_seed
 from emdist._typing import FloatArray
@@ -30,9 +31,14 @@ from emdist.engine.data import FitData, ScanSpec, compute_context
 from emdist.engine.em import BATCH, FitSpec, ModelPlan, Schedule, run_restarts
 from emdist.engine.incremental import IncrementalSchedule
 from emdist.engine.restarts import BestRun
-from emdist.exceptions import ConvergenceWarning, InvalidDataError, InvalidParameterError
+from emdist.exceptions import (
+    ConvergenceWarning,
+    EmdistError,
+    InvalidDataError,
+    InvalidParameterError,
+)
 from emdist.io.checkpoint import CheckpointStore
-from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
+from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core, open_zarr_array
 from emdist.models._sklearn import SklearnEstimatorMixin
 from emdist.models._validation import Constraint, shards_of, validate_parameters
 
@@ -288,7 +294,7 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
     def _record(self, best: BestRun[Any], data: FitData, X: Any) -> None:
         """Set the fitted attributes from the kept restart."""
 
-    def fit(self, X: Any, y: Any = None) -> Self:
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> Self:
         """Fit the model, one pass over the data per iteration.
 
         Parameters
@@ -297,26 +303,23 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
             Data of shape (n_samples, n_features); a path names a Zarr array (or a
             dataset group written by emdist, whose data array is used).
         y : ignored
+        sample_weight : array-like, dask.array.Array, zarr.Array, str or path of shape \
+(n_samples,), optional
+            How many times each row counts (finite, >= 0, not all zero): integer weights
+            fit as the rows repeated that many times. ``None``: every row once. Checked
+            before any pass over ``X``; covered by the checkpoint's fingerprint.
 
         Returns
         -------
         self
         """
-        return self._fit(X, None)
+        return self._fit(X, sample_weight)
 
     def _fit(self, X: Any, sample_weight: Any) -> Self:
         """The fit template; ``sample_weight`` as :meth:`GaussianMixture.fit` takes it."""
-        if sample_weight is not None and self.checkpoint is not None:
-            # The checkpoint's fingerprint covers the data, not the weights: a resume with
-            # other weights would continue another fit.
-            raise InvalidParameterError("sample_weight cannot be used with a checkpoint")
         spec = self._setup_fit(X)
         assert spec.scan is not None
-        if sample_weight is not None:
-            if not is_out_of_core(X):
-                X = as_numpy_array(X)
-            sample_weight = check_sample_weight(sample_weight, _n_rows(X))
-        per_row = None if sample_weight is None else {"weights": sample_weight}
+        X, per_row = fit_inputs(X, sample_weight)
         with compute_context():
             data = spec.scan.open(X, per_row=per_row)
             best = run_restarts(data, spec.planned(self._plan(data, spec.warm)))
@@ -476,12 +479,14 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
         """
 
     @abc.abstractmethod
-    def summary_statistics(self, X: Any) -> dict[str, Any]:
+    def summary_statistics(self, X: Any, sample_weight: Any = None) -> dict[str, Any]:
         """The figures a report shows for this fit on ``X`` (at most one pass over it).
 
         Parameters
         ----------
         X : array-like, dask.array.Array, zarr.Array, str or path
+        sample_weight : array-like, dask.array.Array, zarr.Array, str or path, optional
+            Weights of the rows (the fit's), for the criteria.
 
         Returns
         -------
@@ -489,6 +494,15 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
             Some of ``score``, ``bic``, ``aic``, ``inertia`` (floats) and ``weights``
             (list of floats), as the model defines them.
         """
+
+
+def fit_inputs(X: Any, sample_weight: Any) -> tuple[Any, dict[str, Any] | None]:
+    """``X`` and the per-row inputs of a fit, ``sample_weight`` checked before any pass."""
+    if sample_weight is None:
+        return X, None
+    if not is_out_of_core(X):
+        X = as_numpy_array(X)
+    return X, {"weights": check_sample_weight(sample_weight, _n_rows(X))}
 
 
 def _n_rows(X: Any) -> int:
@@ -499,22 +513,36 @@ def _n_rows(X: Any) -> int:
 def check_sample_weight(sample_weight: Any, n_samples: int) -> Any:
     """``sample_weight`` checked: ``n_samples`` finite values >= 0, not all zero.
 
-    A Dask array stays lazy; its values are checked by one small compute over the
-    weights alone (not the data).
+    A Dask array, a Zarr array or the path of one stays lazy; its values are checked by
+    one small compute over the weights alone (not the data).
 
     Raises
     ------
     InvalidParameterError
         One line naming what is wrong.
     """
-    w: Any = sample_weight if isinstance(sample_weight, da.Array) else np.asarray(sample_weight)
+    w: Any = sample_weight
+    if isinstance(w, str | os.PathLike):
+        try:
+            w = open_zarr_array(w)
+        except EmdistError as exc:
+            raise InvalidParameterError(f"sample_weight: {exc}").naming(
+                "sample_weight", "sample_weight"
+            ) from None
+    if isinstance(w, zarr.Array):
+        # Out of core: read block by block with the data's row-blocks (FitData aligns).
+        w = da.from_zarr(w)
+    if not isinstance(w, da.Array):
+        w = np.asarray(w)
     if w.ndim != 1 or w.shape[0] != n_samples:
         raise InvalidParameterError(
             f"sample_weight has shape {tuple(w.shape)}; expected ({n_samples},), one weight "
             f"per row of X"
-        )
+        ).naming("sample_weight", "sample_weight")
     if not np.issubdtype(w.dtype, np.number) or np.issubdtype(w.dtype, np.complexfloating):
-        raise InvalidParameterError(f"sample_weight must hold real numbers; got {w.dtype}")
+        raise InvalidParameterError(f"sample_weight must hold real numbers; got {w.dtype}").naming(
+            "sample_weight", "sample_weight"
+        )
     w = w.astype(np.float64)
     if n_samples == 0:
         return w  # no rows: the data check says so
@@ -523,11 +551,17 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> Any:
     else:
         finite, low, total = np.isfinite(w).all(), w.min(), w.sum()
     if not bool(finite):
-        raise InvalidParameterError("sample_weight contains NaN or infinity")
+        raise InvalidParameterError("sample_weight contains NaN or infinity").naming(
+            "sample_weight", "sample_weight"
+        )
     if float(low) < 0:
-        raise InvalidParameterError(f"sample_weight must be >= 0; its smallest is {float(low)}")
+        raise InvalidParameterError(
+            f"sample_weight must be >= 0; its smallest is {float(low)}"
+        ).naming("sample_weight", "sample_weight")
     if float(total) <= 0:
-        raise InvalidParameterError("sample_weight sums to zero; at least one weight must be > 0")
+        raise InvalidParameterError(
+            "sample_weight sums to zero; at least one weight must be > 0"
+        ).naming("sample_weight", "sample_weight")
     return w
 
 
@@ -657,3 +691,20 @@ def fit_seed(random_state: Any, checkpoint: CheckpointStore | None) -> int:
     """The fit's seed: the one a resumable checkpoint recorded, else from ``random_state``."""
     stored = checkpoint.stored_seed() if checkpoint is not None else None
     return stored if stored is not None else resolve_seed(random_state)
+
+
+def weights_like(sample_weight: Any, values: Any) -> Any:
+    """``sample_weight`` checked against ``values`` (one per row) and held as they are.
+
+    numpy for numpy ``values``; a Dask array with the row chunks of Dask ``values``.
+    """
+    w = check_sample_weight(sample_weight, int(values.shape[0]))
+    if isinstance(values, da.Array):
+        return da.asarray(w).rechunk((values.chunks[0],))
+    return np.asarray(w.compute() if isinstance(w, da.Array) else w)
+
+
+def weight_total(sample_weight: Any, n_samples: int) -> float:
+    """``Σ sample_weight`` (checked): the number of samples the weighted rows count for."""
+    total = check_sample_weight(sample_weight, n_samples).sum()
+    return float(total.compute() if isinstance(total, da.Array) else total)

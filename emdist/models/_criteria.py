@@ -12,17 +12,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import dask.array as da
 import numpy as np
 
 from emdist._typing import AnyArray
-from emdist.engine.reduce import Data
+from emdist.engine.reduce import Data, PassData, Rows
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
 from emdist.kernels.kmeans import kmeans_labels_chunk
 from emdist.kernels.mixture import score_samples_from_log_prob
 from emdist.kernels.rows import RowBlock
-from emdist.models._base import _first_non_finite, check_features
+from emdist.models._base import _first_non_finite, check_features, weights_like
 
-__all__ = ["KernelStep", "label_counts_chunk", "log_lik_sum_chunk", "pass_data"]
+__all__ = [
+    "KernelStep",
+    "criteria_rows",
+    "label_counts_chunk",
+    "log_lik_sum_chunk",
+    "pass_data",
+]
 
 
 @dataclass(frozen=True)
@@ -44,16 +51,40 @@ class KernelStep:
 
 
 def label_counts_chunk(block: RowBlock, centers: AnyArray) -> AnyArray:
-    """Samples of one block nearest to each centre (int64, adds exactly)."""
+    """Samples of one block nearest to each centre (int64, adds exactly; float64 weights)."""
     _first_non_finite(block.x, block.row_offset)
     labels = kmeans_labels_chunk(block.x, centers)
+    if block.weights is not None:
+        w = np.asarray(block.weights, dtype=np.float64)
+        return np.bincount(labels, weights=w, minlength=centers.shape[0])
     return np.bincount(labels, minlength=centers.shape[0]).astype(np.int64)
 
 
 def log_lik_sum_chunk(block: RowBlock, log_prob: Callable[..., AnyArray], *args: Any) -> float:
-    """``Σ log p(x)`` over one block under a mixture's per-block log-probability kernel."""
+    """``Σ w log p(x)`` over one block under a mixture's per-block log-probability kernel."""
     _first_non_finite(block.x, block.row_offset)
-    return float(np.sum(score_samples_from_log_prob(block.x, log_prob, *args)))
+    log_p = score_samples_from_log_prob(block.x, log_prob, *args)
+    if block.weights is not None:
+        return float(np.asarray(block.weights, dtype=np.float64) @ log_p)
+    return float(np.sum(log_p))
+
+
+def criteria_rows(
+    X: Any, n_features: int, name: str, sample_weight: Any = None
+) -> tuple[PassData, float]:
+    """What a criteria pass runs over, and the number of samples it counts.
+
+    With ``sample_weight`` the rows carry their weights and the count is their sum: the
+    criteria of the rows repeated ``w`` times.
+    """
+    data = pass_data(X, n_features, name)
+    if sample_weight is None:
+        return data, float(data.shape[0])
+    w = weights_like(sample_weight, data)
+    total = w.sum()
+    return Rows(data, {"weights": w}), float(
+        total.compute() if isinstance(total, da.Array) else total
+    )
 
 
 def pass_data(X: Any, n_features: int, name: str) -> Data:

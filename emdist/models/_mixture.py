@@ -20,7 +20,7 @@ from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArra
 from emdist.engine.data import FitData
 from emdist.engine.reduce import map_reduce
 from emdist.engine.restarts import BestRun
-from emdist.engine.seeding import kmeans_plusplus, sample_summary
+from emdist.engine.seeding import kmeans_plusplus, sample_rows_by_weight, sample_summary
 from emdist.exceptions import InvalidParameterError
 from emdist.kernels.covariance import covariance_shape, full_covariances
 from emdist.kernels.gaussian import precisions_from_cholesky
@@ -41,6 +41,7 @@ from emdist.models._base import (
     fitted_array,
     fitted_float,
     fitted_int,
+    weights_like,
 )
 from emdist.models._sklearn import DensityMixin
 from emdist.models._validation import (
@@ -128,7 +129,9 @@ def initial_resp_stats(
         # at the cost of no pass over the data (docs/design.md#initialisation). When the data
         # has no more rows than the sample, the sample is all of it.
         sample = data.summary.sample
-        on_sample = FitData(sample, sample_summary(data.summary), in_memory=True)
+        w = data.summary.sample_weight
+        per_row = {} if w is None else {"weights": w}
+        on_sample = FitData(sample, sample_summary(data.summary), True, per_row)
         (km_seed,) = child_seeds(seed, 1)
         run = fit_kmeans(
             on_sample,
@@ -140,14 +143,15 @@ def initial_resp_stats(
             seed=km_seed,
         )
         return mixture_hard_resp_stats_chunk(
-            RowBlock(sample), run.params.centers, shift, covariance_type
+            RowBlock(sample, weights=w), run.params.centers, shift, covariance_type
         )
     if init_params in ("k-means++", "random_from_data"):
         sample = data.summary.sample
+        w = data.summary.sample_weight
         if init_params == "k-means++":
-            idx = kmeans_plusplus(sample, K, rng)
+            idx = kmeans_plusplus(sample, K, rng, sample_weight=w)
         else:
-            idx = rng.choice(len(sample), K, replace=False)
+            idx = sample_rows_by_weight(len(sample), K, rng, w)
         # One row per component, as scikit-learn's one-hot responsibilities at those rows.
         return mixture_stats_from_resp(sample[idx], np.eye(K), shift, covariance_type)
     if init_params == "random":
@@ -269,10 +273,19 @@ class BaseMixture(DensityMixin, BaseEstimator):
         """Log-likelihood ``log p(x)`` of every sample; lazy for non-numpy input."""
         return self._apply(score_samples_from_log_prob, X, None)
 
-    def score(self, X: Any, y: Any = None) -> float:
-        """Mean log-likelihood per sample of ``X`` (computed, also for lazy input)."""
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Mean log-likelihood per sample of ``X`` (computed, also for lazy input).
+
+        With ``sample_weight``, per unit weight: ``Σ w log p(x) / Σ w`` (the score of the
+        rows repeated ``w`` times).
+        """
         s = self.score_samples(X)
-        return float(s.mean().compute() if isinstance(s, da.Array) else s.mean())
+        if sample_weight is not None:
+            w = weights_like(sample_weight, s)
+            mean: Any = (s * w).sum() / w.sum()
+        else:
+            mean = s.mean()
+        return float(mean.compute() if isinstance(mean, da.Array) else mean)
 
     def sample(self, n_samples: int = 1) -> tuple[FloatArray, AnyArray]:
         """Draw samples from the fitted mixture.

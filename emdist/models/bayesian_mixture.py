@@ -21,7 +21,7 @@ from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.engine.acceleration import ACCELERATIONS, accelerated
 from emdist.engine.data import FitData
 from emdist.engine.em import ModelPlan, Observer, Schedule, run_em
-from emdist.engine.reduce import map_reduce
+from emdist.engine.reduce import PassData, Rows, map_reduce
 from emdist.engine.threads import blas_single_threaded
 from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
@@ -260,6 +260,18 @@ def resolve_priors(
     summary = data.summary
     n = summary.n_samples
     covariance: FloatArray | float
+    if "weights" in data.per_row and (mean_prior is None or covariance_prior is None):
+        return _weighted_priors(
+            data,
+            n_components=n_components,
+            covariance_type=covariance_type,
+            weight_concentration_prior_type=weight_concentration_prior_type,
+            weight_concentration_prior=weight_concentration_prior,
+            mean_precision_prior=mean_precision_prior,
+            mean_prior=mean_prior,
+            degrees_of_freedom_prior=degrees_of_freedom_prior,
+            covariance_prior=covariance_prior,
+        )
     if covariance_prior is not None:
         covariance = covariance_prior
     else:
@@ -285,6 +297,62 @@ def resolve_priors(
         ),
         mean_precision=float(mean_precision_prior),
         mean=summary.mean.copy() if mean_prior is None else mean_prior,
+        degrees_of_freedom=float(degrees_of_freedom_prior),
+        covariance=covariance,
+    )
+
+
+def _weighted_priors(
+    data: FitData,
+    *,
+    n_components: int,
+    covariance_type: CovarianceType,
+    weight_concentration_prior_type: WeightPriorType,
+    weight_concentration_prior: float | None,
+    mean_precision_prior: float,
+    mean_prior: FloatArray | None,
+    degrees_of_freedom_prior: float,
+    covariance_prior: FloatArray | float | None,
+) -> VariationalPriors:
+    """:func:`resolve_priors` of weighted rows: the weighted mean and covariance.
+
+    The defaults of the rows repeated ``w`` times (``ddof=1`` on ``n = Σ w``), from one pass
+    of weighted moments about the scan pass's mean (the scan's own moments are unweighted).
+
+    Raises
+    ------
+    InvalidDataError
+        If the covariance is needed and the weights sum to at most 1.
+    """
+    scatter: MixtureStats = map_reduce(data.rows, scatter_stats_chunk, data.summary.mean)
+    total = float(scatter.nk[0])
+    delta = scatter.sx[0] / total
+    mean = data.summary.mean + delta
+    covariance: FloatArray | float
+    if covariance_prior is not None:
+        covariance = covariance_prior
+    else:
+        if total <= 1.0:
+            raise InvalidDataError(
+                f"The default covariance_prior is the weighted covariance of X, which needs "
+                f"sample_weight to sum to more than 1 (got {total}); pass covariance_prior."
+            )
+        full = (scatter.sxx[0] - total * np.outer(delta, delta)) / (total - 1.0)
+        if covariance_type in ("full", "tied"):
+            covariance = full
+        elif covariance_type == "diag":
+            covariance = np.diag(full).copy()
+        else:
+            covariance = float(np.mean(np.diag(full)))
+    return VariationalPriors(
+        weight_concentration_prior_type=weight_concentration_prior_type,
+        weight_concentration=(
+            1.0 / n_components
+            if weight_concentration_prior is None
+            else float(weight_concentration_prior)
+        ),
+        mean_precision=float(mean_precision_prior),
+        mean=mean if mean_prior is None else mean_prior,
         degrees_of_freedom=float(degrees_of_freedom_prior),
         covariance=covariance,
     )
@@ -366,14 +434,20 @@ def prefit_on_sample(
     -------
     VariationalParams
     """
-    sample = data.summary.sample
+    summary = data.summary
+    sample: PassData = summary.sample
+    total: float = summary.n_samples
+    if summary.sample_weight is not None and summary.weight_sum is not None:
+        # The sample's rows weigh what they weigh in the data; scaled to the total weight.
+        sample = Rows(summary.sample, {"weights": summary.sample_weight})
+        total = summary.weight_sum
     # One BLAS thread whatever the scheduler: the start must not depend on it (bitwise).
     with blas_single_threaded():
         on_sample = SampleFitFamily(family.covariance_type, family.reg_covar, family.priors)
         result = run_em(sample, on_sample, start, tol=tol, max_iter=max_iter)
         assert result.stats is not None  # max_iter >= 1: at least one pass ran
         moments = result.stats.moments
-        factor = data.summary.n_samples / moments.n
+        factor = total / moments.n
         scaled = dataclasses.replace(
             moments,
             n=moments.n * factor,
@@ -673,7 +747,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
     def _log_prob(self) -> tuple[Callable[..., FloatArray], tuple[Any, ...]]:
         return variational_log_prob_chunk, (self._params(), self.covariance_type)
 
-    def summary_statistics(self, X: Any) -> dict[str, Any]:
+    def summary_statistics(self, X: Any, sample_weight: Any = None) -> dict[str, Any]:
         """The mixing weights (a variational mixture is judged by its ELBO, not a BIC)."""
         self._check_fitted()
         return {"weights": [float(w) for w in self.weights_]}

@@ -33,7 +33,8 @@ from emdist.kernels.mixture import (
 from emdist.kernels.mixture_vector import mixture_from_vector, mixture_to_vector
 from emdist.kernels.rebase import mixture_expected_log_lik, rebase_mixture_stats
 from emdist.kernels.rows import RowBlock
-from emdist.models._criteria import KernelStep, log_lik_sum_chunk, pass_data
+from emdist.models._base import weight_total
+from emdist.models._criteria import KernelStep, criteria_rows, log_lik_sum_chunk
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
 from emdist.models._validation import Constraint, any_of, check_data_scale, is_none, one_of
@@ -296,10 +297,11 @@ class GaussianMixture(BaseMixture):
             Data of shape (n_samples, n_features); a path names a Zarr array (or a
             dataset group written by emdist, whose data array is used).
         y : ignored
-        sample_weight : array-like or dask.array.Array of shape (n_samples,), optional
+        sample_weight : array-like, dask.array.Array, zarr.Array, str or path of shape \
+(n_samples,), optional
             How many times each row counts (finite, >= 0, not all zero): integer weights
             fit as the rows repeated that many times. ``None``: every row once. Checked
-            before any pass over ``X``; not with ``checkpoint``.
+            before any pass over ``X``; covered by the checkpoint's fingerprint.
 
         Returns
         -------
@@ -369,12 +371,15 @@ class GaussianMixture(BaseMixture):
             shape = as_dask_array(X).shape
         return int(shape[0])
 
-    def information_criteria(self, X: Any) -> dict[str, float]:
+    def information_criteria(self, X: Any, sample_weight: Any = None) -> dict[str, float]:
         """Mean log-likelihood, BIC and AIC of ``X`` from one pass over it.
 
         Parameters
         ----------
         X : array-like, dask.array.Array, zarr.Array, str or path
+        sample_weight : array-like, dask.array.Array, zarr.Array, str or path, optional
+            Weights of the rows: the criteria of the rows repeated ``w`` times (``n`` is
+            ``Σ w``).
 
         Returns
         -------
@@ -383,8 +388,8 @@ class GaussianMixture(BaseMixture):
         """
         self._check_fitted(X)
         step, args = self._criteria_step()
-        data = pass_data(X, self.n_features_in_, type(self).__name__)
-        return self._criteria_from(map_reduce(data, step.estep_chunk, args), int(data.shape[0]))
+        rows, n = criteria_rows(X, self.n_features_in_, type(self).__name__, sample_weight)
+        return self._criteria_from(map_reduce(rows, step.estep_chunk, args), n)
 
     def _criteria_step(self) -> tuple[KernelStep, tuple[Any, ...]]:
         """The reduction behind :meth:`information_criteria`: the summed log-likelihood."""
@@ -394,7 +399,7 @@ class GaussianMixture(BaseMixture):
             self.covariance_type,
         )
 
-    def _criteria_from(self, log_lik: float, n: int) -> dict[str, float]:
+    def _criteria_from(self, log_lik: float, n: float) -> dict[str, float]:
         """Mean log-likelihood, BIC and AIC from the summed log-likelihood of ``n`` samples."""
         score = float(log_lik) / n
         p = self._n_parameters()
@@ -404,18 +409,30 @@ class GaussianMixture(BaseMixture):
             "aic": float(-2 * score * n + 2 * p),
         }
 
-    def bic(self, X: Any) -> float:
-        """Bayesian information criterion of the model on ``X`` (lower is better)."""
+    def bic(self, X: Any, sample_weight: Any = None) -> float:
+        """Bayesian information criterion of the model on ``X`` (lower is better).
+
+        ``sample_weight``: that of the rows repeated ``w`` times (``n = Σ w``).
+        """
+        n = self._weighted_n(X, sample_weight)
+        score = self.score(X, sample_weight=sample_weight)
+        return float(-2 * score * n + self._n_parameters() * np.log(n))
+
+    def aic(self, X: Any, sample_weight: Any = None) -> float:
+        """Akaike information criterion of the model on ``X`` (lower is better).
+
+        ``sample_weight``: that of the rows repeated ``w`` times (``n = Σ w``).
+        """
+        n = self._weighted_n(X, sample_weight)
+        return -2 * self.score(X, sample_weight=sample_weight) * n + 2 * self._n_parameters()
+
+    def _weighted_n(self, X: Any, sample_weight: Any) -> float:
         n = self._n_samples(X)
-        return float(-2 * self.score(X) * n + self._n_parameters() * np.log(n))
+        return float(n) if sample_weight is None else weight_total(sample_weight, n)
 
-    def aic(self, X: Any) -> float:
-        """Akaike information criterion of the model on ``X`` (lower is better)."""
-        return -2 * self.score(X) * self._n_samples(X) + 2 * self._n_parameters()
-
-    def summary_statistics(self, X: Any) -> dict[str, Any]:
+    def summary_statistics(self, X: Any, sample_weight: Any = None) -> dict[str, Any]:
         """Mean log-likelihood, BIC and AIC of ``X`` (one pass), and the mixing weights."""
-        return self._summary_with(self.information_criteria(X))
+        return self._summary_with(self.information_criteria(X, sample_weight))
 
     def _summary_with(self, criteria: dict[str, float]) -> dict[str, Any]:
         return {**criteria, "weights": [float(w) for w in self.weights_]}

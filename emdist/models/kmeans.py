@@ -27,7 +27,7 @@ from emdist.engine.em import (
 )
 from emdist.engine.reduce import PassData, map_reduce
 from emdist.engine.restarts import BestRun, best_run, keep_best
-from emdist.engine.seeding import kmeans_plusplus
+from emdist.engine.seeding import kmeans_plusplus, sample_rows_by_weight
 from emdist.exceptions import ConvergenceWarning, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.kmeans import (
@@ -48,8 +48,9 @@ from emdist.models._base import (
     fitted_array,
     fitted_float,
     fitted_int,
+    weights_like,
 )
-from emdist.models._criteria import KernelStep, label_counts_chunk, pass_data
+from emdist.models._criteria import KernelStep, criteria_rows, label_counts_chunk
 from emdist.models._docs import fill_doc
 from emdist.models._sklearn import ClusterMixin, TransformerMixin
 from emdist.models._validation import (
@@ -150,13 +151,14 @@ def _final_inertia(X: PassData, result: EMResult[KMeansParams, KMeansStats]) -> 
 
 def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> FloatArray:
     """Starting centres: k-means++ or random rows of the scan sample, or user arrays."""
-    sample = data.summary.sample
+    sample, w = data.summary.sample, data.summary.sample_weight
     rng = np.random.default_rng(seed)
     if isinstance(init, str):
+        # Weighted as scikit-learn's seeding: a row's chance grows with its sample_weight.
         if init == "k-means++":
-            return sample[kmeans_plusplus(sample, n_clusters, rng)].copy()
+            return sample[kmeans_plusplus(sample, n_clusters, rng, sample_weight=w)].copy()
         if init == "random":
-            return sample[rng.choice(len(sample), n_clusters, replace=False)].copy()
+            return sample[sample_rows_by_weight(len(sample), n_clusters, rng, w)].copy()
         raise InvalidParameterError(f"init must be 'k-means++', 'random' or an array; got {init!r}")
     centers = np.asarray(init, dtype=np.float64)
     expected = (n_clusters, data.summary.n_features)
@@ -174,7 +176,8 @@ def _in_memory_run(
 
     Passes run instead for data out of core or on a cluster, with a checkpoint (whose
     iterations are passes), a warm start's previous bound, incremental updates, or per-row
-    weights (the bounds' centre sums are unweighted).
+    weights (``sample_weight``: the bounds kernel keeps unweighted centre sums and counts,
+    and its empty-cluster relocation moves rows of weight 1; the passes weigh both).
     """
     if (
         spec.checkpoint is not None
@@ -457,6 +460,7 @@ default='k-means++'
         self._training_sizes: tuple[str, AnyArray] | None = None
         if (
             isinstance(data.X, da.Array)
+            and not data.per_row  # weighted sizes are not the criteria's row counts
             and isinstance(stats, KMeansStats)
             and np.array_equal(stats.shift, self.cluster_centers_)
         ):
@@ -492,7 +496,7 @@ default='k-means++'
         self._check_fitted()
         return Components(self.cluster_centers_, None, None)
 
-    def information_criteria(self, X: Any) -> dict[str, float]:
+    def information_criteria(self, X: Any, sample_weight: Any = None) -> dict[str, float]:
         """BIC and AIC of the clustering read as identical spherical Gaussians (X-means).
 
         Inertia alone always falls as K grows; Pelleg & Moore's X-means criterion scores
@@ -506,6 +510,9 @@ default='k-means++'
         ----------
         X : array-like, dask.array.Array, zarr.Array, str or path
             The training data.
+        sample_weight : array-like, dask.array.Array, zarr.Array, str or path, optional
+            The weights it was fitted with (``inertia_`` is weighted then): sizes are
+            summed weights and ``n = Σ w``, the criteria of the rows repeated ``w`` times.
 
         Returns
         -------
@@ -515,18 +522,18 @@ default='k-means++'
         """
         self._check_fitted(X)
         step, args = self._criteria_step()
-        data = pass_data(X, self.n_features_in_, type(self).__name__)
+        rows, n = criteria_rows(X, self.n_features_in_, type(self).__name__, sample_weight)
         known = getattr(self, "_training_sizes", None)
-        if known is not None and isinstance(data, da.Array) and data.name == known[0]:
+        if known is not None and isinstance(rows, da.Array) and rows.name == known[0]:
             # The training data as fitted: its sizes came with the fit's last pass.
-            return self._criteria_from(known[1], int(data.shape[0]))
-        return self._criteria_from(map_reduce(data, step.estep_chunk, args), int(data.shape[0]))
+            return self._criteria_from(known[1], n)
+        return self._criteria_from(map_reduce(rows, step.estep_chunk, args), n)
 
     def _criteria_step(self) -> tuple[KernelStep, tuple[Any, ...]]:
         """The reduction behind :meth:`information_criteria`: cluster sizes."""
         return KernelStep(label_counts_chunk), (self.cluster_centers_,)
 
-    def _criteria_from(self, sizes: AnyArray, n: int) -> dict[str, float]:
+    def _criteria_from(self, sizes: AnyArray, n: float) -> dict[str, float]:
         """The X-means score, BIC and AIC from the cluster sizes of ``n`` samples."""
         K, d = self.cluster_centers_.shape
         counts = np.asarray(sizes).astype(float)
@@ -542,9 +549,9 @@ default='k-means++'
             "aic": float(-2 * log_lik + 2 * n_params),
         }
 
-    def summary_statistics(self, X: Any) -> dict[str, Any]:
+    def summary_statistics(self, X: Any, sample_weight: Any = None) -> dict[str, Any]:
         """Inertia, and the X-means score, BIC and AIC of the training data ``X`` (one pass)."""
-        return self._summary_with(self.information_criteria(X))
+        return self._summary_with(self.information_criteria(X, sample_weight))
 
     def _summary_with(self, criteria: dict[str, float]) -> dict[str, Any]:
         return {"inertia": float(self.inertia_), **criteria}
@@ -609,17 +616,40 @@ default='k-means++'
         """Columns of :meth:`transform`: one distance per centre."""
         return int(self.cluster_centers_.shape[0])
 
-    def fit_predict(self, X: Any, y: Any = None) -> Any:
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
+        """Compute the centres, one pass over the data per Lloyd iteration.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+            Data of shape (n_samples, n_features); a path names a Zarr array (or a
+            dataset group written by emdist, whose data array is used).
+        y : ignored
+        sample_weight : array-like, dask.array.Array, zarr.Array, str or path of shape \
+(n_samples,), optional
+            Weight of every row, as scikit-learn's: weighted centres, inertia, seeding and
+            empty-cluster relocation. Checked (length, finite, >= 0, not all zero)
+            before any pass. In-memory data then runs the passes, not the bounded loop.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, sample_weight)
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
         """Fit, then return the labels of ``X``."""
-        return self.fit(X).labels_
+        return self.fit(X, sample_weight=sample_weight).labels_
 
-    def fit_transform(self, X: Any, y: Any = None) -> Any:
+    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
         """Fit, then return the distances of ``X`` to the centres."""
-        return self.fit(X).transform(X)
+        return self.fit(X, sample_weight=sample_weight).transform(X)
 
-    def score(self, X: Any, y: Any = None) -> float:
-        """Minus the inertia of ``X`` under the fitted centres."""
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Minus the (weighted) inertia of ``X`` under the fitted centres."""
         d = self._distances(X)
-        closest = d.min(axis=1)
-        total = (closest**2).sum()
+        closest = d.min(axis=1) ** 2
+        if sample_weight is not None:
+            closest = closest * weights_like(sample_weight, closest)
+        total = closest.sum()
         return -float(total.compute() if isinstance(total, da.Array) else total)

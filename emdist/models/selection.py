@@ -19,8 +19,8 @@ from emdist.engine.data import FitData, compute_context
 from emdist.engine.em import FitSpec, RestartGroup, run_groups
 from emdist.engine.lockstep import shared_pass
 from emdist.exceptions import InvalidParameterError
-from emdist.models._base import BaseEstimator
-from emdist.models._criteria import pass_data
+from emdist.models._base import BaseEstimator, fit_inputs
+from emdist.models._criteria import criteria_rows
 
 __all__ = [
     "ComponentSelection",
@@ -34,7 +34,9 @@ __all__ = [
 CRITERIA = ("bic", "aic", "lower_bound")
 
 
-def fit_shared(estimators: Sequence[BaseEstimator], X: Any) -> list[BaseEstimator]:
+def fit_shared(
+    estimators: Sequence[BaseEstimator], X: Any, sample_weight: Any = None
+) -> list[BaseEstimator]:
     """Fit several estimators on the same data, one read of it per pass for all of them.
 
     Every estimator is fitted as by its own ``fit`` (its parameters, seed, checkpoint,
@@ -50,6 +52,8 @@ def fit_shared(estimators: Sequence[BaseEstimator], X: Any) -> list[BaseEstimato
         emdist estimators (any families), distinct objects.
     X : array-like, dask.array.Array, zarr.Array, str or path
         The data, as for ``fit``.
+    sample_weight : array-like, dask.array.Array, zarr.Array, str or path, optional
+        Weights of the rows, as for ``fit``; every fit uses them.
 
     Returns
     -------
@@ -70,19 +74,22 @@ def fit_shared(estimators: Sequence[BaseEstimator], X: Any) -> list[BaseEstimato
             "updates='incremental' fits run alone, not sharing passes with other fits: "
             "fit each estimator with its own fit(), or use updates='batch'"
         )
+    X, per_row = fit_inputs(X, sample_weight)
     with compute_context():
-        datas = _scan_once_per_key(X, specs)
+        datas = _scan_once_per_key(X, specs, per_row)
         groups = [
             RestartGroup.open(data, s.planned(e._plan(data, s.warm)))
             for e, s, data in zip(estimators, specs, datas, strict=True)
         ]
-        bests = run_groups(datas[0].X, groups)
+        bests = run_groups(datas[0].rows, groups)
     for e, best, data in zip(estimators, bests, datas, strict=True):
         e._finish_fit(best, data, X)
     return estimators
 
 
-def _scan_once_per_key(X: Any, specs: list[FitSpec[Any, Any]]) -> list[FitData]:
+def _scan_once_per_key(
+    X: Any, specs: list[FitSpec[Any, Any]], per_row: dict[str, Any] | None = None
+) -> list[FitData]:
     """One scan pass per distinct (sample seed, sample size): the data of every fit."""
     scans = [s.scan for s in specs]
     assert all(scan is not None for scan in scans)
@@ -95,7 +102,7 @@ def _scan_once_per_key(X: Any, specs: list[FitSpec[Any, Any]]) -> list[FitData]:
     for scan in scans:
         assert scan is not None
         if scan.key not in scanned:
-            scanned[scan.key] = scan.open(X, n_clusters=largest[scan.key])
+            scanned[scan.key] = scan.open(X, n_clusters=largest[scan.key], per_row=per_row)
         out.append(scanned[scan.key])
     return out
 
@@ -104,7 +111,9 @@ def _has_criteria(model: Any) -> bool:
     return hasattr(model, "_criteria_step")
 
 
-def information_criteria_shared(models: Sequence[Any], X: Any) -> list[dict[str, float]]:
+def information_criteria_shared(
+    models: Sequence[Any], X: Any, sample_weight: Any = None
+) -> list[dict[str, float]]:
     """``model.information_criteria(X)`` of every model, from one pass over ``X``.
 
     Parameters
@@ -112,6 +121,8 @@ def information_criteria_shared(models: Sequence[Any], X: Any) -> list[dict[str,
     models : sequence of fitted KMeans or GaussianMixture
         Fitted on ``X`` (K-means' criteria need its training data).
     X : array-like, dask.array.Array, zarr.Array, str or path
+    sample_weight : array-like, dask.array.Array, zarr.Array, str or path, optional
+        Weights of the rows (``n = Σ w``), as the models' own ``information_criteria``.
 
     Returns
     -------
@@ -131,20 +142,23 @@ def information_criteria_shared(models: Sequence[Any], X: Any) -> list[dict[str,
     n_features = {int(m.n_features_in_) for m in models}
     if len(n_features) != 1:
         raise InvalidParameterError(f"the models were fitted on {sorted(n_features)} features")
-    data = pass_data(X, n_features.pop(), type(models[0]).__name__)
+    data, n = criteria_rows(X, n_features.pop(), type(models[0]).__name__, sample_weight)
     steps = [m._criteria_step() for m in models]
     stats = shared_pass(data, steps)
-    n = int(data.shape[0])
     return [m._criteria_from(s, n) for m, s in zip(models, stats, strict=True)]
 
 
-def summary_statistics_shared(models: Sequence[Any], X: Any) -> list[dict[str, Any]]:
+def summary_statistics_shared(
+    models: Sequence[Any], X: Any, sample_weight: Any = None
+) -> list[dict[str, Any]]:
     """``model.summary_statistics(X)`` of every model, with one pass over ``X`` for all.
 
     Parameters
     ----------
     models : sequence of fitted estimators
     X : array-like, dask.array.Array, zarr.Array, str or path
+    sample_weight : array-like, dask.array.Array, zarr.Array, str or path, optional
+        Weights of the rows, for the criteria (:func:`information_criteria_shared`).
 
     Returns
     -------
@@ -152,11 +166,12 @@ def summary_statistics_shared(models: Sequence[Any], X: Any) -> list[dict[str, A
     """
     models = list(models)
     with_criteria = [m for m in models if _has_criteria(m)]
-    criteria = dict(
-        zip(map(id, with_criteria), information_criteria_shared(with_criteria, X), strict=True)
-    )
+    shared = information_criteria_shared(with_criteria, X, sample_weight)
+    criteria = dict(zip(map(id, with_criteria), shared, strict=True))
     return [
-        m._summary_with(criteria[id(m)]) if id(m) in criteria else m.summary_statistics(X)
+        m._summary_with(criteria[id(m)])
+        if id(m) in criteria
+        else m.summary_statistics(X, sample_weight)
         for m in models
     ]
 
@@ -213,6 +228,7 @@ def select_n_components(
     n_components: Iterable[int] = range(2, 13),
     *,
     criterion: str = "bic",
+    sample_weight: Any = None,
 ) -> ComponentSelection:
     """Fit ``estimator`` for every candidate number of components and choose one.
 
@@ -236,6 +252,8 @@ def select_n_components(
         :class:`~emdist.KMeans` (the X-means criteria, see
         :meth:`emdist.KMeans.information_criteria`); ``'lower_bound'`` (highest wins) for
         any family, and the one that applies to the variational mixture (its ELBO).
+    sample_weight : array-like, dask.array.Array, zarr.Array, str or path, optional
+        Weights of the rows, for every fit and the criteria.
 
     Returns
     -------
@@ -269,13 +287,14 @@ def select_n_components(
     params = {**estimator.get_params(), "random_state": seed}
     name = estimator._n_components_param
     models = [type(estimator)(**{**params, name: k}) for k in candidates]
-    fit_shared(models, X)
+    fit_shared(models, X, sample_weight)
     rows: list[dict[str, float]] = [
         {"lower_bound": float(m.lower_bounds_[-1]) if m.lower_bounds_ else float("nan")}
         for m in models
     ]
     if _has_criteria(estimator):
-        for row, c in zip(rows, information_criteria_shared(models, X), strict=True):
+        criteria = information_criteria_shared(models, X, sample_weight)
+        for row, c in zip(rows, criteria, strict=True):
             row.update(c)
     values = [row[criterion] for row in rows]
     if criterion == "lower_bound":

@@ -75,6 +75,16 @@ with warnings.catch_warnings():
 # runs in a fresh interpreter in test_sklearn_array_api_check below.
 @_CHECKS
 def test_sklearn_check_estimator(estimator: Any, check: Callable[[Any], None]) -> None:
+    name = getattr(check, "func", check).__name__
+    if isinstance(estimator, emdist.KMeans) and name.startswith("check_sample_weight"):
+        # As scikit-learn checks its own KMeans (n_clusters=2): the weights checks fit 16
+        # rows of 4 distinct points, where 8 clusters warn that some coincide.
+        estimator = clone(estimator).set_params(n_clusters=2)
+        if name == "check_sample_weight_equivalence_on_dense_data":
+            # scikit-learn expects its own KMeans to fail this check: seeding draws rows
+            # of the weighted and of the repeated data differently, so the two fits start
+            # apart. Equivalence from the same start is tested in test_sample_weight.py.
+            pytest.xfail("sample_weight is not equivalent to removing/repeating samples.")
     check(estimator)
 
 
