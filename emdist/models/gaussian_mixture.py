@@ -34,6 +34,13 @@ from emdist.kernels.rows import RowBlock
 from emdist.models._criteria import KernelStep, log_lik_sum_chunk, pass_data
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
+from emdist.models._partial import (
+    MIXTURE_STREAM_ATTRIBUTES,
+    check_stream_values,
+    partial_fit_mixture,
+    step_decay_constraint,
+)
+from emdist.models._validation import Constraint
 from emdist.models._validation import check_data_scale
 from emdist.registry import register_family
 
@@ -195,6 +202,9 @@ class GaussianMixture(BaseMixture):
         Start from the previous fit's parameters (one restart).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
+    step_decay : float in (0.5, 1], default=0.6
+        ``κ`` of :meth:`partial_fit`'s step sizes ``η_t = (t + 2)^-κ``: smaller forgets
+        old batches faster (benchmarks/README.md, "partial_fit").
     {{updates}}
     {{fit_hooks}}
 
@@ -209,9 +219,19 @@ class GaussianMixture(BaseMixture):
     lower_bounds_ : list of float
         ``lower_bound`` per iteration of the best restart.
     n_features_in_ : int
+    n_steps_ : int
+        Batches :meth:`partial_fit` has seen since the last ``fit`` (absent before).
+    running_nk_, running_sx_, running_sxx_ : ndarray
+        :meth:`partial_fit`'s running statistics per unit weight (counts, first and
+        second moments about ``means_``), saved with the model.
     """
 
     _params_type = MixtureParams
+    _stream_attributes = MIXTURE_STREAM_ATTRIBUTES
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        **BaseMixture._parameter_constraints,
+        "step_decay": step_decay_constraint,
+    }
     _convergence_quantity = "change of the mean log-likelihood"
     bound_name = "mean log-likelihood per sample"
 
@@ -231,6 +251,7 @@ class GaussianMixture(BaseMixture):
         random_state: Any = None,
         warm_start: bool = False,
         init_sample_size: int | None = None,
+        step_decay: float = 0.6,
         updates: str = "batch",
         n_shards: int = 8,
         observer: Observer | None = None,
@@ -255,6 +276,7 @@ class GaussianMixture(BaseMixture):
         self.weights_init = weights_init
         self.means_init = means_init
         self.precisions_init = precisions_init
+        self.step_decay = step_decay
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
         """Fit the model, one pass over the data per iteration.
@@ -275,6 +297,36 @@ class GaussianMixture(BaseMixture):
         self
         """
         return self._fit(X, sample_weight)
+
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
+        """One stepwise-EM update on a batch (Liang & Klein 2009; Cappé & Moulines 2009).
+
+        The running statistics per unit weight move towards the batch's,
+        ``s_t = (1 - η_t) s_{t-1} + η_t · stats(batch) / n_batch`` with
+        ``η_t = (t + 2)^-step_decay`` (``t`` updates so far), and the M-step runs on them.
+        The first call of an unfitted model seeds from its batch as ``fit`` does and
+        takes ``η = 1``: one EM iteration on the batch. After ``fit`` (or a loaded fitted
+        model) the first update starts from the fitted parameters, also with ``η = 1``.
+        ``fit`` starts the stream over.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+            The batch, (n_rows, n_features); a Dask batch is reduced over its blocks.
+        y : ignored
+        sample_weight : array-like or dask.array.Array of shape (n_rows,), optional
+            How many times each row of the batch counts.
+
+        Returns
+        -------
+        self
+        """
+        return partial_fit_mixture(self, X, sample_weight)
+
+    def check_fitted_values(self) -> None:
+        """The mixture's checks, and :meth:`partial_fit`'s running statistics if present."""
+        super().check_fitted_values()
+        check_stream_values(self, MIXTURE_STREAM_ATTRIBUTES)
 
     def _family(self) -> GaussianMixtureFamily:
         return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar))
