@@ -18,6 +18,7 @@ reduces a batch with the ordinary E-step kernels and hands the totals here.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from emdist._typing import CovarianceType, FloatArray
 from emdist.kernels.kmeans import KMeansStats
@@ -65,7 +66,9 @@ def blend_mixture_stats(
     n = float(batch.n)
     if running is None:
         eta = 1.0
-    new = MixtureStats(1.0, batch.log_lik / n, batch.nk / n, batch.sx / n, batch.sxx / n, batch.shift)
+    new = MixtureStats(
+        1.0, batch.log_lik / n, batch.nk / n, batch.sx / n, batch.sxx / n, batch.shift
+    )
     if eta == 1.0 or running is None:
         return new
     # Exact algebra to the batch's shift (docs/design.md, "Incremental EM"), then a convex
@@ -119,15 +122,14 @@ def minibatch_centers(
     return new_centers, new_counts
 
 
-def low_count_clusters(counts: FloatArray, ratio: float, n_rows: int) -> FloatArray:
+def low_count_clusters(counts: FloatArray, ratio: float, n_rows: int) -> npt.NDArray[np.bool_]:
     """Which centres scikit-learn's mini-batch step moves to random rows (a bool mask).
 
     Those whose weight is below ``ratio`` times the largest, at most half the batch's rows
     (the lightest first).
     """
-    low = counts < ratio * counts.max()
+    low: npt.NDArray[np.bool_] = np.asarray(counts < ratio * counts.max())
     if low.sum() > 0.5 * n_rows:
         keep = np.argsort(counts)[int(0.5 * n_rows) :]
         low[keep] = False
     return low
-

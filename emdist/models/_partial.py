@@ -19,7 +19,7 @@ move by one update (:mod:`emdist.kernels.stepwise`) and the ordinary M-step runs
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from emdist.engine.data import FitData, compute_context
 from emdist.engine.reduce import Rows, map_reduce
 from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
+from emdist.kernels.covariance import covariance_shape
 from emdist.kernels.kmeans import KMeansParams, KMeansStats, kmeans_estep_chunk
 from emdist.kernels.mixture import MixtureParams, MixtureStats
 from emdist.kernels.rebase import rebase_mixture_stats
@@ -39,7 +40,6 @@ from emdist.kernels.stepwise import (
     scaled_mixture_stats,
     step_size,
 )
-from emdist.kernels.covariance import covariance_shape
 from emdist.models._base import (
     check_features,
     check_sample_weight,
@@ -47,10 +47,6 @@ from emdist.models._base import (
     fitted_int,
 )
 from emdist.models._validation import Constraint
-
-if TYPE_CHECKING:
-    from emdist.models.gaussian_mixture import GaussianMixture
-    from emdist.models.kmeans import KMeans
 
 __all__ = [
     "MIXTURE_STREAM_ATTRIBUTES",
@@ -72,9 +68,11 @@ REASSIGNMENT_RATIO = 0.01
 
 step_decay_constraint = Constraint(
     "a float in (0.5, 1]",
-    lambda v: isinstance(v, int | float | np.floating)
-    and not isinstance(v, bool)
-    and 0.5 < float(v) <= 1.0,
+    lambda v: (
+        isinstance(v, int | float | np.floating)
+        and not isinstance(v, bool)
+        and 0.5 < float(v) <= 1.0
+    ),
 )
 
 
@@ -148,7 +146,7 @@ def _record_step(estimator: Any, bound: float, n_steps: int) -> None:
 # -- stepwise EM --------------------------------------------------------------------------
 
 
-def _running_mixture(estimator: GaussianMixture) -> MixtureStats | None:
+def _running_mixture(estimator: Any) -> MixtureStats | None:
     """The kept statistics per unit weight, about ``means_`` (``None`` if there are none)."""
     if not all(hasattr(estimator, a) for a in MIXTURE_STREAM_ATTRIBUTES):
         return None
@@ -162,10 +160,8 @@ def _running_mixture(estimator: GaussianMixture) -> MixtureStats | None:
     )
 
 
-def partial_fit_mixture(
-    estimator: GaussianMixture, X: Any, sample_weight: Any
-) -> GaussianMixture:
-    """One stepwise-EM update of ``estimator`` on the batch ``X`` (see the module docstring)."""
+def partial_fit_mixture(estimator: Any, X: Any, sample_weight: Any) -> None:
+    """One stepwise-EM update of a GaussianMixture on the batch ``X`` (module docstring)."""
     estimator._validate_params()
     _refuse_checkpoint(estimator)
     family = estimator._family()
@@ -190,14 +186,13 @@ def partial_fit_mixture(
     estimator.running_sx_ = kept.sx
     estimator.running_sxx_ = kept.sxx
     _record_step(estimator, batch.log_lik / batch.n, n_steps + 1)
-    return estimator
 
 
 # -- mini-batch K-means -------------------------------------------------------------------
 
 
-def partial_fit_kmeans(estimator: KMeans, X: Any, sample_weight: Any) -> KMeans:
-    """One mini-batch K-means step of ``estimator`` on the batch ``X`` (scikit-learn's rule)."""
+def partial_fit_kmeans(estimator: Any, X: Any, sample_weight: Any) -> None:
+    """One mini-batch K-means step of a KMeans on the batch ``X`` (scikit-learn's rule)."""
     estimator._validate_params()
     _refuse_checkpoint(estimator)
     K = int(estimator.n_clusters)
@@ -253,7 +248,6 @@ def partial_fit_kmeans(estimator: KMeans, X: Any, sample_weight: Any) -> KMeans:
     estimator.__dict__.pop("labels_", None)
     estimator._training_sizes = None
     _record_step(estimator, -float(stats.inertia) / weight, n_steps + 1)
-    return estimator
 
 
 # -- what a saved stream must hold --------------------------------------------------------

@@ -40,8 +40,7 @@ from emdist.models._partial import (
     partial_fit_mixture,
     step_decay_constraint,
 )
-from emdist.models._validation import Constraint
-from emdist.models._validation import check_data_scale
+from emdist.models._validation import Constraint, check_data_scale
 from emdist.registry import register_family
 
 __all__ = ["GaussianMixture", "GaussianMixtureFamily", "initial_mixture_params"]
@@ -228,6 +227,10 @@ class GaussianMixture(BaseMixture):
 
     _params_type = MixtureParams
     _stream_attributes = MIXTURE_STREAM_ATTRIBUTES
+    n_steps_: int
+    running_nk_: FloatArray
+    running_sx_: FloatArray
+    running_sxx_: FloatArray
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {
         **BaseMixture._parameter_constraints,
         "step_decay": step_decay_constraint,
@@ -321,7 +324,8 @@ class GaussianMixture(BaseMixture):
         -------
         self
         """
-        return partial_fit_mixture(self, X, sample_weight)
+        partial_fit_mixture(self, X, sample_weight)
+        return self
 
     def check_fitted_values(self) -> None:
         """The mixture's checks, and :meth:`partial_fit`'s running statistics if present."""

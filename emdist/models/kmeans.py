@@ -405,6 +405,10 @@ default='k-means++'
     _config_aliases: ClassVar[dict[str, str]] = {"n_components": "n_clusters"}
     _params_type = KMeansParams
     _stream_attributes = KMEANS_STREAM_ATTRIBUTES
+    n_steps_: int
+    counts_: FloatArray
+    n_since_reassign_: int
+    stream_seed_: int
 
     def __init__(
         self,
@@ -630,7 +634,8 @@ default='k-means++'
             ``inertia_`` is the batch's under the centres before the step; ``labels_``
             is not set.
         """
-        return partial_fit_kmeans(self, X, sample_weight)
+        partial_fit_kmeans(self, X, sample_weight)
+        return self
 
     def check_parameter_values(self) -> None:
         """Centres of shape (n_clusters, n_features_in_), finite."""
