@@ -44,22 +44,28 @@ from emdist.models._base import (
     check_features,
     check_sample_weight,
     fitted_array,
+    fitted_float,
     fitted_int,
 )
 from emdist.models._validation import Constraint
 
 __all__ = [
     "MIXTURE_STREAM_ATTRIBUTES",
+    "VARIATIONAL_STREAM_ATTRIBUTES",
     "KMEANS_STREAM_ATTRIBUTES",
     "REASSIGNMENT_RATIO",
     "check_stream_values",
     "partial_fit_kmeans",
     "partial_fit_mixture",
+    "partial_fit_variational",
     "step_decay_constraint",
 ]
 
 #: The running state of a mixture's stream (dropped by ``fit``).
 MIXTURE_STREAM_ATTRIBUTES = ("n_steps_", "running_nk_", "running_sx_", "running_sxx_")
+#: The running state of the variational mixture's stream: the mixture's and the weight of
+#: every row seen (SVI's data size).
+VARIATIONAL_STREAM_ATTRIBUTES = (*MIXTURE_STREAM_ATTRIBUTES, "n_seen_")
 #: The running state of K-means' stream (dropped by ``fit``).
 KMEANS_STREAM_ATTRIBUTES = ("n_steps_", "counts_", "n_since_reassign_", "stream_seed_")
 #: scikit-learn's ``MiniBatchKMeans`` default: centres lighter than this fraction of the
@@ -148,7 +154,7 @@ def _record_step(estimator: Any, bound: float, n_steps: int) -> None:
 
 def _running_mixture(estimator: Any) -> MixtureStats | None:
     """The kept statistics per unit weight, about ``means_`` (``None`` if there are none)."""
-    if not all(hasattr(estimator, a) for a in MIXTURE_STREAM_ATTRIBUTES):
+    if not all(hasattr(estimator, a) for a in estimator._stream_attributes):
         return None
     return MixtureStats(
         1.0,
@@ -186,6 +192,44 @@ def partial_fit_mixture(estimator: Any, X: Any, sample_weight: Any) -> None:
     estimator.running_sx_ = kept.sx
     estimator.running_sxx_ = kept.sxx
     _record_step(estimator, batch.log_lik / batch.n, n_steps + 1)
+
+
+def partial_fit_variational(estimator: Any, X: Any, sample_weight: Any) -> None:
+    """One stochastic variational update of a BayesianGaussianMixture (Hoffman et al. 2013).
+
+    The posterior's natural parameters are the prior's plus the expected sufficient
+    statistics, so SVI's step ``λ ← (1 - ρ) λ + ρ (prior + D · stats(batch) / n_batch)``
+    is the variational M-step run on the stepwise-blended statistics per unit weight
+    scaled to ``D``: here the weight of every row seen so far (``n_seen_``).
+    """
+    estimator._validate_params()
+    _refuse_checkpoint(estimator)
+    covariance_type = estimator.covariance_type
+    with compute_context():
+        if estimator.__sklearn_is_fitted__():
+            rows = _later_batch(estimator, X, sample_weight)
+            params = estimator._params()
+            running = _running_mixture(estimator)
+            n_steps = int(estimator.n_steps_) if running is not None else 0
+            n_seen = float(estimator.n_seen_) if running is not None else 0.0
+        else:
+            rows, params, _ = _first_batch(estimator, X, sample_weight)
+            running, n_steps, n_seen = None, 0, 0.0
+        family = estimator._family()  # the priors are known once the first batch is
+        batch = map_reduce(rows, _checked_estep, family.estep_chunk, params)
+    eta = 1.0 if running is None else step_size(n_steps, float(estimator.step_decay))
+    moments = blend_mixture_stats(running, batch.moments, eta, covariance_type)
+    n_seen += float(batch.n)
+    new = family.mstep(type(batch)(scaled_mixture_stats(moments, n_seen), 0.0), params)
+    # The batch's own ELBO per sample (as a fit on the batch alone reports it).
+    bound = family.lower_bound(batch, params)
+    kept = rebase_mixture_stats(moments, new.means, covariance_type)
+    estimator._set_params(new)
+    estimator.running_nk_ = kept.nk
+    estimator.running_sx_ = kept.sx
+    estimator.running_sxx_ = kept.sxx
+    estimator.n_seen_ = n_seen
+    _record_step(estimator, bound, n_steps + 1)
 
 
 # -- mini-batch K-means -------------------------------------------------------------------
@@ -282,7 +326,9 @@ def check_stream_values(estimator: Any, attributes: tuple[str, ...]) -> None:
         raise ValueError(f"field {missing[0]!r} is missing (the stream's state is partial)")
     _count(estimator, "n_steps_", 1)
     d = fitted_int(estimator, "n_features_in_")
-    if attributes == MIXTURE_STREAM_ATTRIBUTES:
+    if "n_seen_" in attributes and not fitted_float(estimator, "n_seen_") > 0:
+        raise ValueError(f"field 'n_seen_' is {estimator.n_seen_!r}, not > 0")
+    if "running_nk_" in attributes:
         K = fitted_int(estimator, "n_components")
         _non_negative(estimator, "running_nk_", (K,))
         fitted_array(estimator, "running_sx_", (K, d))

@@ -242,3 +242,59 @@ def test_loaded_stream_state_is_checked(tmp_path: Path) -> None:
     group.attrs["fitted"] = fitted
     with pytest.raises(ModelFormatError, match="n_since_reassign_"):
         emdist.load_model(path)
+
+
+# -- the variational mixture: stochastic variational inference ---------------------------
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_first_variational_update_is_one_variational_iteration(covariance_type: str) -> None:
+    X = overlapping_data(seed=3)
+    # No prefit on the scan sample: its budget follows max_iter, which differs here.
+    common = dict(
+        covariance_type=covariance_type, random_state=5, init_params="k-means++",
+        prefit_on_sample=False,
+    )  # fmt: skip
+    ours = emdist.BayesianGaussianMixture(4, **common).partial_fit(X)
+    fit = emdist.BayesianGaussianMixture(4, max_iter=1, tol=0.0, **common)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", emdist.ConvergenceWarning)
+        fit.fit(X)
+    for name in ("weight_concentration_", "mean_precision_", "means_", "covariances_"):
+        assert_allclose(getattr(ours, name), getattr(fit, name), rtol=1e-10, atol=1e-12)
+    assert ours.lower_bound_ == pytest.approx(fit.lower_bound_, rel=1e-10)
+    assert ours.n_seen_ == len(X) and ours.n_steps_ == 1
+
+
+def test_svi_streams_to_the_truth_and_prunes_extra_components() -> None:
+    rng = np.random.default_rng(1)
+    bgm = emdist.BayesianGaussianMixture(6, random_state=0, init_params="k-means++")
+    for _ in range(60):
+        bgm.partial_fit(_draw(rng, 250))
+    big = np.argsort(bgm.weights_)[::-1][:3]
+    assert bgm.weights_[big].sum() > 0.97  # the three extra components are emptied
+    order = big[np.argsort(bgm.means_[big, 0] + 2 * bgm.means_[big, 1])]
+    assert_allclose(bgm.means_[order], TRUE_MEANS, atol=0.1)
+    assert_allclose(bgm.weights_[order], TRUE_WEIGHTS, atol=0.03)
+    assert bgm.n_seen_ == 60 * 250
+
+
+def test_svi_save_and_load_between_batches_change_nothing(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    batches = [_draw(rng, 150) for _ in range(5)]
+
+    def make() -> emdist.BayesianGaussianMixture:
+        return emdist.BayesianGaussianMixture(
+            4, covariance_type="diag", weight_concentration_prior_type="dirichlet_distribution",
+            random_state=2,
+        )  # fmt: skip
+
+    plain = _stream(make(), batches, None, 0)
+    resumed = _stream(make(), batches, tmp_path / "model", 2)
+    for name in ("weight_concentration_", "means_", "covariances_", "running_sxx_", "n_seen_"):
+        assert_array_equal(getattr(resumed, name), getattr(plain, name))
+    # A Dask batch gives the numpy batch's update.
+    lazy = make()
+    for X in batches:
+        lazy.partial_fit(da.from_array(X, chunks=(40, 2)))
+    assert_allclose(lazy.means_, plain.means_, rtol=1e-12, atol=1e-13)
