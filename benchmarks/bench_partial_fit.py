@@ -4,10 +4,12 @@ Data: the overlapping blob dataset of ``_common`` (``--n`` rows, ``--d`` feature
 components, full covariances), in memory. The reference bound ``B*`` is the mean
 log-likelihood per sample of a batch fit run to ``tol=1e-6`` on all the rows.
 
-Part 1 (step decay): a fresh ``GaussianMixture`` is streamed the rows in batches of
-``--batch`` rows (a seeded permutation, one per epoch) for ``--epochs`` epochs; after each
-epoch its bound on all the rows is measured (untimed) and reported as the gap to ``B*``
-per sample. One row per ``step_decay``; medians over ``--repeats`` seeds of the stream.
+Part 1 (step decay): a ``GaussianMixture`` is streamed the rows in batches of ``--batch``
+rows (a seeded permutation, one per epoch) for ``--epochs`` epochs, from starting
+parameters seeded on the first batch; after each epoch its bound on all the rows is
+measured and reported as the gap per sample to batch EM run to ``tol=1e-6`` from the same
+start (so that a different local optimum of the start does not count against the
+stream). One row per ``step_decay``; medians over ``--repeats`` seeds of the stream.
 
 Part 2 (a scheduled job whose input grew): a model is fitted (``tol=1e-6``) on the first
 ``n / (1 + growth)`` rows; the input grows to ``n`` rows. Then, from that model:
@@ -62,17 +64,34 @@ def _stream(gm: emdist.GaussianMixture, X: np.ndarray, batch: int, rng: Any, fra
         epoch += 1
 
 
-def decay_table(X: np.ndarray, b_star: float, args: argparse.Namespace) -> str:
-    rows = []
-    for kappa in args.decays:
-        gaps: list[list[float]] = [[] for _ in range(args.epochs)]
-        for rep in range(args.repeats):
-            gm = emdist.GaussianMixture(args.k, step_decay=kappa, random_state=rep)
+def _start(X: np.ndarray, k: int, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Starting parameters from the first batch (k-means init, as the stream's first call)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", emdist.ConvergenceWarning)
+        gm = emdist.GaussianMixture(k, max_iter=1, random_state=seed).fit(X[:batch])
+    return {"weights_init": gm.weights_, "means_init": gm.means_, "precisions_init": gm.precisions_}
+
+
+def decay_table(X: np.ndarray, args: argparse.Namespace) -> str:
+    gaps: dict[float, list[list[float]]] = {
+        kappa: [[] for _ in range(args.epochs)] for kappa in args.decays
+    }
+    for rep in range(args.repeats):
+        order = np.random.default_rng([rep, 9]).permutation(len(X))
+        init = _start(X[order], args.k, args.batch, rep)
+        # The batch fit from the same start: the optimum this start leads batch EM to.
+        ref = emdist.GaussianMixture(args.k, tol=1e-6, max_iter=1000, **init).fit(X)
+        b_ref = _bound(ref, X)
+        for kappa in args.decays:
+            gm = emdist.GaussianMixture(args.k, step_decay=kappa, **init)
             stream = _stream(gm, X, args.batch, np.random.default_rng([rep, 9]), 1)
             for e in range(args.epochs):
                 _, bound = next(stream)
-                gaps[e].append(b_star - bound)
-        rows.append([kappa, *(f"{median(g):.4f}" for g in gaps)])
+                gaps[kappa][e].append(b_ref - bound)
+    rows = [
+        [kappa, *(f"{median(g):.4f} ({min(g):.4f} to {max(g):.4f})" for g in gaps[kappa])]
+        for kappa in args.decays
+    ]
     header = ["step_decay", *(f"gap after epoch {e + 1}" for e in range(args.epochs))]
     return format_table(header, rows)
 
@@ -141,8 +160,11 @@ def main() -> None:
     b_star = _bound(ref, X)
     print(environment())
     print(f"\n{args.n} x {args.d}, K={args.k}, full; batches of {args.batch}; B* = {b_star:.5f}")
-    print("\nPart 1: gap to B* per sample after each epoch of partial_fit from scratch\n")
-    print(decay_table(X, b_star, args))
+    print(
+        "\nPart 1: gap per sample to batch EM from the same start, after each epoch of "
+        "partial_fit (median, min to max over seeds)\n"
+    )
+    print(decay_table(X, args))
     print(f"\nPart 2: grown by {args.growth:.0%}, from the model of the old rows\n")
     print(grown_table(X, b_star, args))
 
