@@ -448,7 +448,7 @@ default='dirichlet_process'
         Start from the previous fit's posterior (one restart).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
-    step_decay : float in (0.5, 1], default=0.6
+    step_decay : float in (0.5, 1], default=0.7
         ``κ`` of :meth:`partial_fit`'s step sizes ``ρ_t = (t + 2)^-κ``.
     {{updates}}
         Incremental: the posterior's global factors are updated after every shard
@@ -538,7 +538,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         random_state: Any = None,
         warm_start: bool = False,
         init_sample_size: int | None = None,
-        step_decay: float = 0.6,
+        step_decay: float = 0.7,
         updates: str = "batch",
         n_shards: int = 8,
         observer: Observer | None = None,

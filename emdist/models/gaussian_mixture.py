@@ -201,7 +201,7 @@ class GaussianMixture(BaseMixture):
         Start from the previous fit's parameters (one restart).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
-    step_decay : float in (0.5, 1], default=0.6
+    step_decay : float in (0.5, 1], default=0.7
         ``κ`` of :meth:`partial_fit`'s step sizes ``η_t = (t + 2)^-κ``: smaller forgets
         old batches faster (benchmarks/README.md, "partial_fit").
     {{updates}}
@@ -254,7 +254,7 @@ class GaussianMixture(BaseMixture):
         random_state: Any = None,
         warm_start: bool = False,
         init_sample_size: int | None = None,
-        step_decay: float = 0.6,
+        step_decay: float = 0.7,
         updates: str = "batch",
         n_shards: int = 8,
         observer: Observer | None = None,
