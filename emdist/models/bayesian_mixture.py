@@ -569,9 +569,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         self.covariance_prior = covariance_prior
         self.step_decay = step_decay
 
-    def partial_fit(
-        self, X: Any, y: Any = None, sample_weight: Any = None
-    ) -> BayesianGaussianMixture:
+    def partial_fit(self, X: Any, y: Any = None) -> BayesianGaussianMixture:
         """One stochastic variational inference update on a batch (Hoffman et al. 2013).
 
         The running expected statistics per unit weight move towards the batch's with
@@ -587,13 +585,13 @@ degrees_of_freedom_prior_, covariance_prior_ :
         X : array-like, dask.array.Array, zarr.Array, str or path
             The batch, (n_rows, n_features); a Dask batch is reduced over its blocks.
         y : ignored
-        sample_weight : array-like or dask.array.Array of shape (n_rows,), optional
 
         Returns
         -------
         self
+            As ``fit``, no ``sample_weight``: the variational E-step counts every row once.
         """
-        partial_fit_variational(self, X, sample_weight)
+        partial_fit_variational(self, X, None)
         return self
 
     def _family(self) -> BayesianMixtureFamily:
