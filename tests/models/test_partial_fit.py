@@ -298,3 +298,19 @@ def test_svi_save_and_load_between_batches_change_nothing(tmp_path: Path) -> Non
     for X in batches:
         lazy.partial_fit(da.from_array(X, chunks=(40, 2)))
     assert_allclose(lazy.means_, plain.means_, rtol=1e-12, atol=1e-13)
+
+
+def test_kmeans_partial_fit_after_fit_starts_from_the_fitted_centres() -> None:
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    X, _ = make_blobs(300, centers, seed=4)
+    km = emdist.KMeans(3, random_state=0).fit(X)
+    fitted = km.cluster_centers_.copy()
+    batch, _ = make_blobs(100, centers, seed=5)
+    km.partial_fit(batch)
+    # As scikit-learn's MiniBatchKMeans started from those centres (zero counts).
+    ref = sklearn.cluster.MiniBatchKMeans(3, init=fitted, n_init=1).partial_fit(batch)
+    assert_allclose(km.cluster_centers_, ref.cluster_centers_, rtol=1e-12, atol=1e-12)
+    assert_allclose(km.counts_, ref._counts)
+    assert not hasattr(km, "labels_")  # the fitted data's labels no longer match
+    km.fit(X)
+    assert not any(hasattr(km, a) for a in ("n_steps_", "counts_", "stream_seed_"))
