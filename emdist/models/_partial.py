@@ -263,12 +263,13 @@ def partial_fit_kmeans(estimator: Any, X: Any, sample_weight: Any) -> None:
         stats: KMeansStats = map_reduce(
             rows, _checked_estep, kmeans_estep_chunk, KMeansParams(centers)
         )
-        centers, counts = minibatch_centers(centers, counts, stats)
         n_rows = int(stats.n)
-        # scikit-learn checks every 10 * n_clusters rows seen, and whenever a centre has
-        # never been assigned anything.
+        # scikit-learn looks for light centres every 10 * n_clusters rows seen, and
+        # whenever a centre had no weight before the step (so always on the first).
         n_since += n_rows
-        if (counts == 0).any() or n_since >= 10 * K:
+        reassign = bool((counts == 0).any()) or n_since >= 10 * K
+        centers, counts = minibatch_centers(centers, counts, stats)
+        if reassign:
             n_since = 0
             low = low_count_clusters(counts, REASSIGNMENT_RATIO, n_rows)
             n_low = int(low.sum())

@@ -314,3 +314,20 @@ def test_kmeans_partial_fit_after_fit_starts_from_the_fitted_centres() -> None:
     assert not hasattr(km, "labels_")  # the fitted data's labels no longer match
     km.fit(X)
     assert not any(hasattr(km, a) for a in ("n_steps_", "counts_", "stream_seed_"))
+
+
+def test_kmeans_looks_for_light_centres_when_one_had_no_weight_before_the_step() -> None:
+    # 19 rows (fewer than 10 * n_clusters): only a centre without weight *before* the step
+    # makes scikit-learn look, and the first step always does. Centre 1 gets 0.001 of
+    # weight, below 1% of centre 0's 18: it moves to a row and takes the lightest other
+    # weight, as scikit-learn's.
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.standard_normal((18, 2)), [[50.0, 50.0]]])
+    w = np.r_[np.ones(18), 0.001]
+    init = np.array([[0.0, 0.0], [50.0, 50.0]])
+    km = emdist.KMeans(2, init=init, random_state=0).partial_fit(X, sample_weight=w)
+    ref = sklearn.cluster.MiniBatchKMeans(2, init=init, n_init=1, random_state=0)
+    ref.partial_fit(X, sample_weight=w)
+    assert_allclose(km.counts_, ref._counts, rtol=1e-12)
+    assert km.counts_[1] == km.counts_[0] == pytest.approx(18.0)
+    assert any(np.array_equal(km.cluster_centers_[1], row) for row in X)
