@@ -119,7 +119,6 @@ def _first_batch(estimator: Any, X: Any, sample_weight: Any) -> tuple[Rows, Any,
         per_row = {"weights": check_sample_weight(sample_weight, n)}
     data: FitData = spec.scan.open(X, per_row=per_row)
     start = estimator._plan(data, False).make_start(0, spec.seeds[0])
-    estimator.n_features_in_ = data.summary.n_features
     return data.rows, start, spec.seed
 
 
@@ -138,15 +137,17 @@ def _later_batch(estimator: Any, X: Any, sample_weight: Any) -> Rows:
     return Rows(x, per_row)
 
 
-def _record_step(estimator: Any, bound: float, n_steps: int) -> None:
+def _record_step(estimator: Any, rows: Rows, bound: float, n_steps: int) -> None:
     # One update is recorded as a one-iteration fit (what a saved model must hold): its
     # bound is the batch's under the parameters before the update, and one update is no
-    # convergence test.
+    # convergence test. The width last: it makes the estimator fitted, so a first batch
+    # that fails leaves it unfitted.
     estimator.lower_bound_ = bound
     estimator.lower_bounds_ = [bound]
     estimator.n_iter_ = 1
     estimator.converged_ = False
     estimator.n_steps_ = n_steps
+    estimator.n_features_in_ = int(rows.x.shape[1])
 
 
 # -- stepwise EM --------------------------------------------------------------------------
@@ -191,7 +192,7 @@ def partial_fit_mixture(estimator: Any, X: Any, sample_weight: Any) -> None:
     estimator.running_nk_ = kept.nk
     estimator.running_sx_ = kept.sx
     estimator.running_sxx_ = kept.sxx
-    _record_step(estimator, batch.log_lik / batch.n, n_steps + 1)
+    _record_step(estimator, rows, batch.log_lik / batch.n, n_steps + 1)
 
 
 def partial_fit_variational(estimator: Any, X: Any, sample_weight: Any) -> None:
@@ -229,7 +230,7 @@ def partial_fit_variational(estimator: Any, X: Any, sample_weight: Any) -> None:
     estimator.running_sx_ = kept.sx
     estimator.running_sxx_ = kept.sxx
     estimator.n_seen_ = n_seen
-    _record_step(estimator, bound, n_steps + 1)
+    _record_step(estimator, rows, bound, n_steps + 1)
 
 
 # -- mini-batch K-means -------------------------------------------------------------------
@@ -292,7 +293,7 @@ def partial_fit_kmeans(estimator: Any, X: Any, sample_weight: Any) -> None:
     # Labels and cluster sizes of a previous fit's data no longer match the centres.
     estimator.__dict__.pop("labels_", None)
     estimator._training_sizes = None
-    _record_step(estimator, -float(stats.inertia) / weight, n_steps + 1)
+    _record_step(estimator, rows, -float(stats.inertia) / weight, n_steps + 1)
 
 
 # -- what a saved stream must hold --------------------------------------------------------

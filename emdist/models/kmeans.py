@@ -617,9 +617,10 @@ default='k-means++'
         moves to their mean: ``c ← c + (x̄_batch,k - c) · n_batch,k / N_k``. Centres lighter
         than 1% of the heaviest move to random rows of the batch (checked every
         ``10 * n_clusters`` rows, and whenever a centre had no weight before the step),
-        seeded by the stream and the step. The first call of an unfitted model seeds from its batch as
-        ``fit`` does; after ``fit`` (or a loaded fitted model) the fitted centres start the
-        stream with zero counts, as an ``init`` array does. ``fit`` starts it over.
+        seeded by the stream and the step. The first call of an unfitted model seeds from
+        its batch as ``fit`` does; after ``fit`` (or a loaded fitted model) the fitted
+        centres start the stream with zero counts, as an ``init`` array does. ``fit``
+        starts it over.
 
         Parameters
         ----------

@@ -331,3 +331,19 @@ def test_kmeans_looks_for_light_centres_when_one_had_no_weight_before_the_step()
     assert_allclose(km.counts_, ref._counts, rtol=1e-12)
     assert km.counts_[1] == km.counts_[0] == pytest.approx(18.0)
     assert any(np.array_equal(km.cluster_centers_[1], row) for row in X)
+
+
+def test_a_first_batch_that_fails_leaves_the_estimator_unfitted() -> None:
+    # From given parameters, the second component gets no weight on this batch: with no
+    # reg_covar its covariance is zero and the M-step of the update refuses it.
+    X = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    gm = emdist.GaussianMixture(
+        2,
+        reg_covar=0.0,
+        weights_init=np.array([0.5, 0.5]),
+        means_init=np.array([[0.5, 0.5], [100.0, 100.0]]),
+        precisions_init=np.array([np.eye(2), np.eye(2)]),
+    )
+    with pytest.raises(emdist.FitError):
+        gm.partial_fit(X)
+    assert not gm.__sklearn_is_fitted__()
