@@ -18,6 +18,7 @@ import pytest
 import sklearn.cluster
 import sklearn.exceptions
 import sklearn.mixture
+import zarr
 from numpy.testing import assert_allclose, assert_array_equal
 
 import emdist
@@ -25,6 +26,7 @@ from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.persistence import ModelFormatError
 from emdist.kernels.stepwise import step_size
 from tests.conftest import COVARIANCE_TYPES, gmm_init, make_blobs, overlapping_data
+from tests.helpers import write_zarr
 
 TRUE_MEANS = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
 TRUE_WEIGHTS = np.array([0.5, 0.3, 0.2])
@@ -230,8 +232,6 @@ def test_partial_fit_checks_its_batch() -> None:
 
 
 def test_loaded_stream_state_is_checked(tmp_path: Path) -> None:
-    import zarr
-
     rng = np.random.default_rng(0)
     km = emdist.KMeans(3, random_state=0).partial_fit(_draw(rng, 100))
     path = tmp_path / "m"
@@ -347,3 +347,16 @@ def test_a_first_batch_that_fails_leaves_the_estimator_unfitted() -> None:
     with pytest.raises(emdist.FitError):
         gm.partial_fit(X)
     assert not gm.__sklearn_is_fitted__()
+
+
+def test_zarr_batches_give_the_numpy_updates(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    batches = [_draw(rng, 200) for _ in range(3)]
+    paths = [write_zarr(tmp_path / f"b{i}.zarr", X, 64) for i, X in enumerate(batches)]
+    a = emdist.GaussianMixture(3, covariance_type="diag", random_state=3)
+    b = emdist.GaussianMixture(3, covariance_type="diag", random_state=3)
+    for X, path in zip(batches, paths, strict=True):
+        a.partial_fit(X)
+        b.partial_fit(path)
+    assert_allclose(b.means_, a.means_, rtol=1e-12, atol=1e-13)
+    assert_allclose(b.covariances_, a.covariances_, rtol=1e-12, atol=1e-13)
