@@ -105,6 +105,9 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
     tol_is_bound_change: ClassVar[bool] = True
     #: Family-neutral configuration names that this estimator calls otherwise.
     _config_aliases: ClassVar[dict[str, str]] = {}
+    #: The running state ``partial_fit`` keeps (``emdist.models._partial``); ``fit`` drops
+    #: it, since it belongs to the parameters the stream reached.
+    _stream_attributes: ClassVar[tuple[str, ...]] = ()
 
     random_state: Any
     max_iter: int
@@ -375,6 +378,8 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
 
     def _finish_fit(self, best: BestRun[Any], data: FitData, X: Any) -> None:
         """Record the kept restart; warn if it did not converge."""
+        for name in self._stream_attributes:
+            self.__dict__.pop(name, None)
         self.converged_ = best.converged
         self.n_iter_ = best.n_iter
         self.lower_bounds_ = list(best.lower_bounds)

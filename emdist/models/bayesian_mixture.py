@@ -45,6 +45,12 @@ from emdist.kernels.variational import (
 )
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, initial_resp_stats
+from emdist.models._partial import (
+    VARIATIONAL_STREAM_ATTRIBUTES,
+    check_stream_values,
+    partial_fit_variational,
+    step_decay_constraint,
+)
 from emdist.models._validation import (
     Constraint,
     any_of,
@@ -540,6 +546,8 @@ default='dirichlet_process'
         Start from the previous fit's posterior (one restart).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
+    step_decay : float in (0.5, 1], default=0.7
+        ``κ`` of :meth:`partial_fit`'s step sizes ``ρ_t = (t + 2)^-κ``.
     {{updates}}
         Incremental: the posterior's global factors are updated after every shard
         (incremental variational Bayes).
@@ -584,6 +592,11 @@ degrees_of_freedom_prior_, covariance_prior_ :
     lower_bounds_ : list of float
         ``lower_bound`` per iteration of the best restart (never decreasing).
     n_features_in_ : int
+    n_steps_, n_seen_ : int, float
+        Batches :meth:`partial_fit` has seen since the last ``fit``, and their total
+        weight (absent before).
+    running_nk_, running_sx_, running_sxx_ : ndarray
+        :meth:`partial_fit`'s running statistics per unit weight, about ``means_``.
 
     Notes
     -----
@@ -597,8 +610,15 @@ degrees_of_freedom_prior_, covariance_prior_ :
         "weight_concentration_prior_type": one_of(WEIGHT_PRIOR_TYPES),
         "prefit_on_sample": boolean,
         "acceleration": any_of(is_none, one_of(ACCELERATIONS)),
+        "step_decay": step_decay_constraint,
     }
     _params_type = VariationalParams
+    _stream_attributes = VARIATIONAL_STREAM_ATTRIBUTES
+    n_steps_: int
+    n_seen_: float
+    running_nk_: FloatArray
+    running_sx_: FloatArray
+    running_sxx_: FloatArray
     _convergence_quantity = "change of the per-sample lower bound"
     bound_name = "ELBO per sample"
 
@@ -622,6 +642,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         random_state: Any = None,
         warm_start: bool = False,
         init_sample_size: int | None = None,
+        step_decay: float = 0.7,
         updates: str = "batch",
         n_shards: int = 8,
         observer: Observer | None = None,
@@ -652,6 +673,49 @@ degrees_of_freedom_prior_, covariance_prior_ :
         self.mean_prior = mean_prior
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
         self.covariance_prior = covariance_prior
+        self.step_decay = step_decay
+
+    def partial_fit(self, X: Any, y: Any = None) -> BayesianGaussianMixture:
+        """One stochastic variational inference update on a batch (Hoffman et al. 2013).
+
+        The running expected statistics per unit weight move towards the batch's with
+        ``ρ_t = (t + 2)^-step_decay``, and the variational M-step runs on them scaled to
+        the weight of every row seen so far (``n_seen_``, SVI's data size): a natural-
+        gradient step on the posterior's global factors. The first call of an unfitted
+        model seeds from its batch as ``fit`` does (priors included) and takes ``ρ = 1``:
+        one variational iteration on the batch. After ``fit`` (or a loaded fitted model)
+        the first update starts from the fitted posterior, also with ``ρ = 1``.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+            The batch, (n_rows, n_features); a Dask batch is reduced over its blocks.
+        y : ignored
+
+        Returns
+        -------
+        self
+            As ``fit``, no ``sample_weight``: the variational E-step counts every row once.
+        """
+        partial_fit_variational(self, X, None)
+        return self
+
+    def _family(self) -> BayesianMixtureFamily:
+        """The engine family of the fitted priors (set by ``fit`` or the first batch)."""
+        priors = VariationalPriors(
+            self.weight_concentration_prior_type,
+            self.weight_concentration_prior_,
+            self.mean_precision_prior_,
+            np.asarray(self.mean_prior_, dtype=np.float64),
+            self.degrees_of_freedom_prior_,
+            self.covariance_prior_,
+        )
+        return BayesianMixtureFamily(self.covariance_type, float(self.reg_covar), priors)
+
+    def check_fitted_values(self) -> None:
+        """The mixture's checks, and :meth:`partial_fit`'s running statistics if present."""
+        super().check_fitted_values()
+        check_stream_values(self, VARIATIONAL_STREAM_ATTRIBUTES)
 
     def _schedule(self) -> Schedule:
         """Batch, accelerated batch (``acceleration``) or incremental EM (``updates``)."""

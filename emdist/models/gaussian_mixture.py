@@ -37,6 +37,12 @@ from emdist.models._base import weight_total
 from emdist.models._criteria import KernelStep, criteria_rows, log_lik_sum_chunk
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
+from emdist.models._partial import (
+    MIXTURE_STREAM_ATTRIBUTES,
+    check_stream_values,
+    partial_fit_mixture,
+    step_decay_constraint,
+)
 from emdist.models._validation import Constraint, any_of, check_data_scale, is_none, one_of
 from emdist.registry import register_family
 
@@ -208,6 +214,9 @@ class GaussianMixture(BaseMixture):
         Start from the previous fit's parameters (one restart).
     init_sample_size : int, optional
         Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
+    step_decay : float in (0.5, 1], default=0.7
+        ``κ`` of :meth:`partial_fit`'s step sizes ``η_t = (t + 2)^-κ``: smaller forgets
+        old batches faster (benchmarks/README.md, "partial_fit").
     {{updates}}
     {{fit_hooks}}
     acceleration : {'squarem', 'overrelax'} or None, default=None
@@ -235,13 +244,24 @@ class GaussianMixture(BaseMixture):
         ``lower_bound`` per iteration (pass) of the best restart; a pass whose proposal
         was rejected repeats the accepted bound.
     n_features_in_ : int
+    n_steps_ : int
+        Batches :meth:`partial_fit` has seen since the last ``fit`` (absent before).
+    running_nk_, running_sx_, running_sxx_ : ndarray
+        :meth:`partial_fit`'s running statistics per unit weight (counts, first and
+        second moments about ``means_``), saved with the model.
     """
 
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {
         **BaseMixture._parameter_constraints,
         "acceleration": any_of(is_none, one_of(ACCELERATIONS)),
+        "step_decay": step_decay_constraint,
     }
     _params_type = MixtureParams
+    _stream_attributes = MIXTURE_STREAM_ATTRIBUTES
+    n_steps_: int
+    running_nk_: FloatArray
+    running_sx_: FloatArray
+    running_sxx_: FloatArray
     _convergence_quantity = "change of the mean log-likelihood"
     bound_name = "mean log-likelihood per sample"
 
@@ -261,6 +281,7 @@ class GaussianMixture(BaseMixture):
         random_state: Any = None,
         warm_start: bool = False,
         init_sample_size: int | None = None,
+        step_decay: float = 0.7,
         updates: str = "batch",
         n_shards: int = 8,
         observer: Observer | None = None,
@@ -287,6 +308,7 @@ class GaussianMixture(BaseMixture):
         self.means_init = means_init
         self.precisions_init = precisions_init
         self.acceleration = acceleration
+        self.step_decay = step_decay
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
         """Fit the model, one pass over the data per iteration.
@@ -312,6 +334,37 @@ class GaussianMixture(BaseMixture):
     def _schedule(self) -> Schedule:
         """Batch EM, accelerated batch EM (``acceleration``) or incremental EM (``updates``)."""
         return accelerated(super()._schedule(), self.acceleration, self.updates)
+
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
+        """One stepwise-EM update on a batch (Liang & Klein 2009; Cappé & Moulines 2009).
+
+        The running statistics per unit weight move towards the batch's,
+        ``s_t = (1 - η_t) s_{t-1} + η_t · stats(batch) / n_batch`` with
+        ``η_t = (t + 2)^-step_decay`` (``t`` updates so far), and the M-step runs on them.
+        The first call of an unfitted model seeds from its batch as ``fit`` does and
+        takes ``η = 1``: one EM iteration on the batch. After ``fit`` (or a loaded fitted
+        model) the first update starts from the fitted parameters, also with ``η = 1``.
+        ``fit`` starts the stream over.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+            The batch, (n_rows, n_features); a Dask batch is reduced over its blocks.
+        y : ignored
+        sample_weight : array-like or dask.array.Array of shape (n_rows,), optional
+            How many times each row of the batch counts.
+
+        Returns
+        -------
+        self
+        """
+        partial_fit_mixture(self, X, sample_weight)
+        return self
+
+    def check_fitted_values(self) -> None:
+        """The mixture's checks, and :meth:`partial_fit`'s running statistics if present."""
+        super().check_fitted_values()
+        check_stream_values(self, MIXTURE_STREAM_ATTRIBUTES)
 
     def _family(self) -> GaussianMixtureFamily:
         return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar))

@@ -52,6 +52,11 @@ from emdist.models._base import (
 )
 from emdist.models._criteria import KernelStep, criteria_rows, label_counts_chunk
 from emdist.models._docs import fill_doc
+from emdist.models._partial import (
+    KMEANS_STREAM_ATTRIBUTES,
+    check_stream_values,
+    partial_fit_kmeans,
+)
 from emdist.models._sklearn import ClusterMixin, TransformerMixin
 from emdist.models._validation import (
     UPDATES_CONSTRAINTS,
@@ -374,6 +379,11 @@ default='k-means++'
     lower_bounds_ : list of float
         ``-inertia / n_samples`` per iteration of the best restart.
     n_features_in_ : int
+    n_steps_ : int
+        Batches :meth:`partial_fit` has seen since the last ``fit`` (absent before).
+    counts_ : ndarray of shape (n_clusters,)
+        :meth:`partial_fit`'s weight of the rows assigned to each centre (with
+        ``n_since_reassign_`` and ``stream_seed_``, saved with the model).
 
     Examples
     --------
@@ -399,6 +409,11 @@ default='k-means++'
     bound_name = "-inertia / n"
     _config_aliases: ClassVar[dict[str, str]] = {"n_components": "n_clusters"}
     _params_type = KMeansParams
+    _stream_attributes = KMEANS_STREAM_ATTRIBUTES
+    n_steps_: int
+    counts_: FloatArray
+    n_since_reassign_: int
+    stream_seed_: int
 
     def __init__(
         self,
@@ -602,6 +617,35 @@ default='k-means++'
         super().check_fitted_values()
         if fitted_float(self, "inertia_") < 0:
             raise ValueError(f"field 'inertia_' is {self.inertia_!r}, not >= 0")
+        check_stream_values(self, KMEANS_STREAM_ATTRIBUTES)
+
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
+        """One mini-batch K-means step on a batch (scikit-learn's ``MiniBatchKMeans``).
+
+        Every centre keeps the weight of the rows ever assigned to it (``counts_``) and
+        moves to their mean: ``c ← c + (x̄_batch,k - c) · n_batch,k / N_k``. Centres lighter
+        than 1% of the heaviest move to random rows of the batch (checked every
+        ``10 * n_clusters`` rows, and whenever a centre had no weight before the step),
+        seeded by the stream and the step. The first call of an unfitted model seeds from
+        its batch as ``fit`` does; after ``fit`` (or a loaded fitted model) the fitted
+        centres start the stream with zero counts, as an ``init`` array does. ``fit``
+        starts it over.
+
+        Parameters
+        ----------
+        X : array-like, dask.array.Array, zarr.Array, str or path
+            The batch, (n_rows, n_features); a Dask batch is reduced over its blocks.
+        y : ignored
+        sample_weight : array-like or dask.array.Array of shape (n_rows,), optional
+
+        Returns
+        -------
+        self
+            ``inertia_`` is the batch's under the centres before the step; ``labels_``
+            is not set.
+        """
+        partial_fit_kmeans(self, X, sample_weight)
+        return self
 
     def check_parameter_values(self) -> None:
         """Centres of shape (n_clusters, n_features_in_), finite."""
