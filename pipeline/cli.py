@@ -313,7 +313,7 @@ def _fit_config(options: dict[str, Any]) -> RunConfig:
             "n_init": options["n_init"],
             "updates": options["updates"],
             "n_shards": options["n_shards"],
-            "acceleration": options["acceleration"],
+            "acceleration": None if options["acceleration"] == "none" else options["acceleration"],
             "random_state": options["seed"],
             "warm_start": options["warm_start"],
         },
@@ -408,9 +408,11 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option(
     "--acceleration",
-    type=click.Choice(["squarem", "overrelax"]),
-    default=None,
-    help="Accelerated EM of the mixtures (--updates batch).  [default: plain EM]",
+    type=click.Choice(["auto", "squarem", "overrelax", "none"]),
+    default="auto",
+    show_default=True,
+    help="Accelerated EM of the mixtures (--updates batch); auto: squarem with --updates "
+    "batch, plain EM with incremental; none: plain EM.",
 )
 @click.option("--seed", type=int, default=0, help="Random seed of the initialisation.")
 @click.option(
