@@ -313,7 +313,7 @@ def _fit_config(options: dict[str, Any]) -> RunConfig:
             "n_init": options["n_init"],
             "updates": options["updates"],
             "n_shards": options["n_shards"],
-            "acceleration": None if options["acceleration"] == "none" else options["acceleration"],
+            "acceleration": options["acceleration"],
             "random_state": options["seed"],
             "warm_start": options["warm_start"],
         },
