@@ -14,6 +14,9 @@ estimators' ``acceleration`` parameter:
   ``θ' = θ + η (M(θ) - θ)``, ``η`` grown 1.2x after every accepted pass, back to 1 (a
   plain EM step) after a rejection.
 
+``"auto"``, the estimators' default, is SQUAREM with batch EM and leaves incremental EM
+plain (:func:`accelerated`); ``None`` is plain EM, scikit-learn's iterations.
+
 Out of core what counts is passes, not iterations, so every pass evaluates one point: its
 statistics give both the point's bound and its EM step. A proposal is accepted when its
 bound is at least the accepted one; else the next pass evaluates the EM step of the
