@@ -76,6 +76,7 @@ def main() -> None:
             store = TimedStore(work / "ckpt.zarr", every=1, overwrite=True) if with_ckpt else None
             gm = emdist.GaussianMixture(
                 **common,
+                acceleration=None,  # plain EM: the figures are per EM iteration
                 checkpoint=store,
                 observer=lambda s, acc=iter_seconds: acc.append(s.seconds),
             )

@@ -80,6 +80,7 @@ def gmm_run(
         updates=updates,
         n_shards=n_shards,
         observer=observe,
+        acceleration=None,  # against plain batch EM (bench_acceleration.py: the other)
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", emdist.ConvergenceWarning)
@@ -105,6 +106,7 @@ def part_gmm(args: argparse.Namespace, tmp: Path) -> None:
         tol=args.tol_ref,
         max_iter=1000,
         random_state=0,
+        acceleration=None,
     )
     start = time.perf_counter()
     ref.fit(path)
@@ -180,6 +182,7 @@ def part_bayesian(args: argparse.Namespace, tmp: Path) -> None:
             init_params="k-means++",
             updates=updates,
             n_shards=args.shards[0],
+            acceleration=None,
         )
         start = time.perf_counter()
         model.fit(path)

@@ -98,6 +98,7 @@ def fit_model(kind: str, path: str, n_features: int, K: int, max_iter: int) -> f
             weights_init=np.full(K, 1.0 / K),
             means_init=means,
             precisions_init=precisions,
+            acceleration=None,
         )
     else:
         raise ValueError(kind)

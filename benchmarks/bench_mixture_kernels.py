@@ -177,7 +177,13 @@ def run_iterations(args: argparse.Namespace) -> None:
 
         def gm(observe: Any, ct: str = ct, start: dict[str, Any] = start) -> Any:
             return emdist.GaussianMixture(
-                K, covariance_type=ct, tol=0.0, max_iter=args.iters, observer=observe, **start
+                K,
+                covariance_type=ct,
+                tol=0.0,
+                max_iter=args.iters,
+                observer=observe,
+                acceleration=None,  # one EM iteration per pass
+                **start,
             )
 
         def emd(data: np.ndarray, gm: Callable[[Any], Any] = gm) -> Callable[[], float]:

@@ -184,7 +184,12 @@ def bench_sweep(path: Path, args: argparse.Namespace, family: str) -> list[list[
         template = lambda k: emdist.KMeans(k, random_state=0)  # noqa: E731
     else:
         template = lambda k: emdist.GaussianMixture(  # noqa: E731
-            k, covariance_type="diag", init_params="k-means++", random_state=0, max_iter=200
+            k,
+            covariance_type="diag",
+            init_params="k-means++",
+            random_state=0,
+            max_iter=200,
+            acceleration=None,
         )
     variants: dict[str, Callable[[Any], list[float]]] = {
         "one fit per K": lambda X: separate_sweep(X, ks, template),

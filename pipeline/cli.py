@@ -409,9 +409,11 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option(
     "--acceleration",
-    type=click.Choice(["squarem", "overrelax"]),
-    default=None,
-    help="Accelerated EM of the mixtures (--updates batch).  [default: plain EM]",
+    type=click.Choice(["auto", "squarem", "overrelax", "none"]),
+    default="auto",
+    show_default=True,
+    help="Accelerated EM of the mixtures (--updates batch); auto: squarem with --updates "
+    "batch, plain EM with incremental; none: plain EM.",
 )
 @click.option("--seed", type=int, default=0, help="Random seed of the initialisation.")
 @click.option(

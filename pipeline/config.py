@@ -184,10 +184,11 @@ class ModelConfig(_Strict):
     )
     n_shards: Int = Field(8, gt=0, description="shards of updates='incremental'")
     # The mixtures' own default; K-means has no such parameter and ignores it.
-    acceleration: Literal["squarem", "overrelax"] | None = Field(
-        None,
+    acceleration: Literal["auto", "squarem", "overrelax", "none"] = Field(
+        "auto",
         description="accelerated EM of the mixtures with updates='batch' (README, "
-        "'Accelerated EM'); unset: plain EM",
+        "'Accelerated EM'); 'auto': squarem with updates='batch', plain EM with "
+        "'incremental'; 'none': plain EM, scikit-learn's iterations",
     )
     weight_concentration_prior_type: Literal["dirichlet_process", "dirichlet_distribution"] = (
         "dirichlet_process"
@@ -203,7 +204,7 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _acceleration_of_batch_em(self) -> ModelConfig:
-        if self.acceleration is not None and self.updates != "batch":
+        if self.acceleration not in ("auto", "none") and self.updates != "batch":
             raise ValueError(
                 f"acceleration ({self.acceleration!r}) needs updates='batch'; got {self.updates!r}"
             )

@@ -14,6 +14,9 @@ estimators' ``acceleration`` parameter:
   ``θ' = θ + η (M(θ) - θ)``, ``η`` grown 1.2x after every accepted pass, back to 1 (a
   plain EM step) after a rejection.
 
+``"auto"``, the estimators' default, is SQUAREM with batch EM and leaves incremental EM
+plain (:func:`accelerated`); ``None`` is plain EM, scikit-learn's iterations.
+
 Out of core what counts is passes, not iterations, so every pass evaluates one point: its
 statistics give both the point's bound and its EM step. A proposal is accepted when its
 bound is at least the accepted one; else the next pass evaluates the EM step of the
@@ -53,6 +56,7 @@ from emdist.io.checkpoint import CheckpointError, RestartState
 
 __all__ = [
     "ACCELERATIONS",
+    "AUTO_ACCELERATION",
     "AcceleratedFamily",
     "AcceleratedSchedule",
     "accelerated",
@@ -62,8 +66,14 @@ __all__ = [
 P = TypeVar("P")
 S = TypeVar("S")
 
-#: The accelerations an estimator's ``acceleration`` parameter accepts (``None``: plain EM).
-ACCELERATIONS = ("squarem", "overrelax")
+#: The accelerations an estimator's ``acceleration`` parameter accepts (``None``: plain EM;
+#: ``"auto"``, the default: ``"squarem"`` with ``updates='batch'``, plain EM with incremental).
+ACCELERATIONS = ("auto", "squarem", "overrelax")
+
+#: What ``acceleration="auto"`` means with batch EM: SQUAREM measured fewer passes and less
+#: time than plain EM on every mixture of ``benchmarks/bench_acceleration.py``, with a bound
+#: never worse (benchmarks/README.md).
+AUTO_ACCELERATION = "squarem"
 
 # Growth of the over-relaxation factor after an accepted step.
 _RELAX_GROWTH = 1.2
@@ -88,9 +98,17 @@ class AcceleratedFamily(ModelFamily[P, S], Protocol):
 
 
 def accelerated(schedule: Schedule, acceleration: str | None, updates: str) -> Schedule:
-    """An estimator's schedule with its ``acceleration`` (batch EM only; else one-line error)."""
+    """An estimator's schedule with its ``acceleration`` (batch EM only; else one-line error).
+
+    ``"auto"`` is SQUAREM for batch EM and leaves any other schedule (incremental EM) as it
+    is; an explicit ``"squarem"`` or ``"overrelax"`` with another schedule is an error.
+    """
     if acceleration is None:
         return schedule
+    if acceleration == "auto":
+        if schedule is not BATCH:
+            return schedule
+        acceleration = AUTO_ACCELERATION
     if schedule is not BATCH:
         raise InvalidParameterError(
             f"acceleration={acceleration!r} needs updates='batch'; got updates={updates!r}"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Self
 
 import dask.array as da
 import numpy as np
@@ -196,6 +196,19 @@ class BaseMixture(DensityMixin, BaseEstimator):
     lower_bound_: float
     max_iter: int
     tol: float
+
+    @classmethod
+    def from_config(cls, params: Mapping[str, Any], **runtime: Any) -> Self:
+        """Build from a family-neutral model configuration (see the base class).
+
+        A null field there means the estimator's default, so plain EM is spelt
+        ``acceleration: none`` (``acceleration=None``); the default is ``'auto'``.
+        """
+        params = dict(params)
+        if params.get("acceleration") == "none" and "acceleration" in cls._param_names():
+            del params["acceleration"]
+            return super().from_config(params, **runtime).set_params(acceleration=None)
+        return super().from_config(params, **runtime)
 
     def __init__(
         self,

@@ -552,11 +552,14 @@ default='dirichlet_process'
         Incremental: the posterior's global factors are updated after every shard
         (incremental variational Bayes).
     {{fit_hooks}}
-    acceleration : {'squarem', 'overrelax'} or None, default=None
+    acceleration : {'auto', 'squarem', 'overrelax'} or None, default='auto'
         Accelerated variational EM with ``updates='batch'`` (as
         :class:`~emdist.GaussianMixture`'s; the posterior is extrapolated with its positive
         parameters by their logarithms). ``n_iter_`` then counts passes, rejected
         proposals included, and ``lower_bounds_`` repeats the accepted bound on those.
+        ``'auto'``: ``'squarem'`` with ``updates='batch'``, plain EM with
+        ``updates='incremental'``. ``None``: plain variational EM, scikit-learn's
+        iterations.
 
     Attributes
     ----------
@@ -647,7 +650,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         n_shards: int = 8,
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
-        acceleration: str | None = None,
+        acceleration: str | None = "auto",
     ) -> None:
         super().__init__(
             n_components=n_components,

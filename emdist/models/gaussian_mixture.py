@@ -219,13 +219,16 @@ class GaussianMixture(BaseMixture):
         old batches faster (benchmarks/README.md, "partial_fit").
     {{updates}}
     {{fit_hooks}}
-    acceleration : {'squarem', 'overrelax'} or None, default=None
+    acceleration : {'auto', 'squarem', 'overrelax'} or None, default='auto'
         Accelerated EM with ``updates='batch'`` (:mod:`emdist.engine.acceleration`): every
         pass evaluates one point, an EM iterate or an extrapolation along EM steps
         (``'squarem'``: squared extrapolation, ``'overrelax'``: adaptive over-relaxation),
         projected onto the parameter space; a proposal whose bound would drop is rejected
         and the next pass takes the plain EM step, so the bound history never decreases.
-        ``None``: plain EM, scikit-learn's iterations.
+        ``'auto'``: ``'squarem'`` with ``updates='batch'`` (fewer passes than plain EM on
+        every measured mixture), plain EM with ``updates='incremental'``. ``None``: plain
+        EM, scikit-learn's iterations. ``'squarem'`` or ``'overrelax'`` with
+        ``updates='incremental'`` is an error.
 
     Attributes
     ----------
@@ -286,7 +289,7 @@ class GaussianMixture(BaseMixture):
         n_shards: int = 8,
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
-        acceleration: str | None = None,
+        acceleration: str | None = "auto",
     ) -> None:
         super().__init__(
             n_components=n_components,

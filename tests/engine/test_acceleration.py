@@ -178,15 +178,22 @@ def test_converges_to_plain_optimum_in_fewer_passes(method: str) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::emdist.ConvergenceWarning")
-def test_acceleration_none_is_plain_em() -> None:
-    # The default path: the scikit-learn oracle tests exercise it.
-    a = _fitted(_gmm(acceleration=None, max_iter=10).fit(_data()))
-    b = _fitted(
-        emdist.GaussianMixture(
-            4, init_params="k-means++", tol=0.0, max_iter=10, random_state=0
-        ).fit(_data())
-    )
-    _assert_bitwise(a, b)
+def test_default_is_squarem_with_batch_and_plain_em_with_incremental() -> None:
+    # acceleration=None, plain EM, is what the scikit-learn oracle tests exercise.
+    X = _data()
+    kw: dict[str, Any] = {"init_params": "k-means++", "tol": 0.0, "random_state": 0}
+    default = emdist.GaussianMixture(4, max_iter=10, **kw)
+    assert default.acceleration == "auto"
+    got = _fitted(default.fit(X))
+    _assert_bitwise(got, _fitted(_gmm(max_iter=10).fit(X)))
+    plain = _fitted(_gmm(acceleration=None, max_iter=10).fit(X))
+    assert not np.array_equal(got["lower_bounds_"], plain["lower_bounds_"])
+    # Incremental EM: 'auto' leaves it plain (no error), as acceleration=None.
+    for cls in (emdist.GaussianMixture, emdist.BayesianGaussianMixture):
+        inc = {"updates": "incremental", "n_shards": 3, "max_iter": 4, **kw}
+        _assert_bitwise(
+            _fitted(cls(3, **inc).fit(X)), _fitted(cls(3, acceleration=None, **inc).fit(X))
+        )
 
 
 # --- invariances ----------------------------------------------------------------------------

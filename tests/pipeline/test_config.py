@@ -457,9 +457,18 @@ def test_acceleration_reaches_the_mixtures() -> None:
 
     import emdist
 
-    assert RunConfig.model_fields["model"].default.acceleration is None
+    # The default agrees with the estimators': SQUAREM with batch EM, plain incremental EM.
+    assert RunConfig.model_fields["model"].default.acceleration == "auto"
     for estimator in (emdist.GaussianMixture, emdist.BayesianGaussianMixture):
-        assert inspect.signature(estimator).parameters["acceleration"].default is None
+        assert inspect.signature(estimator).parameters["acceleration"].default == "auto"
+    incremental = parse_config(
+        {"input": {"path": "x.npy"}, "model": {"family": "gmm", "updates": "incremental"}}
+    )
+    assert incremental.model.acceleration == "auto"
+    plain = parse_config(
+        {"input": {"path": "x.npy"}, "model": {"family": "gmm", "acceleration": "none"}}
+    )
+    assert emdist.GaussianMixture.from_config(plain.model.model_dump()).acceleration is None
     config = parse_config(
         {"input": {"path": "x.npy"}, "model": {"family": "gmm", "acceleration": "squarem"}}
     )
