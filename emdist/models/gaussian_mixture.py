@@ -313,27 +313,6 @@ class GaussianMixture(BaseMixture):
         self.acceleration = acceleration
         self.step_decay = step_decay
 
-    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
-        """Fit the model, one pass over the data per iteration.
-
-        Parameters
-        ----------
-        X : array-like, dask.array.Array, zarr.Array, str or path
-            Data of shape (n_samples, n_features); a path names a Zarr array (or a
-            dataset group written by emdist, whose data array is used).
-        y : ignored
-        sample_weight : array-like, dask.array.Array, zarr.Array, str or path of shape \
-(n_samples,), optional
-            How many times each row counts (finite, >= 0, not all zero): integer weights
-            fit as the rows repeated that many times. ``None``: every row once. Checked
-            before any pass over ``X``; covered by the checkpoint's fingerprint.
-
-        Returns
-        -------
-        self
-        """
-        return self._fit(X, sample_weight)
-
     def _schedule(self) -> Schedule:
         """Batch EM, accelerated batch EM (``acceleration``) or incremental EM (``updates``)."""
         return accelerated(super()._schedule(), self.acceleration, self.updates)
