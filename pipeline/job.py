@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from emdist import CheckpointStore
-from emdist.engine.em import Observer
+from emdist import CheckpointStore, Observer
 from pipeline import steps as plain
 from pipeline.cluster import (
     SchedulerLostError,

@@ -29,9 +29,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import emdist  # noqa: E402
 from emdist.exceptions import FeatureNamesWarning  # noqa: E402
-from emdist.io import open_zarr_array  # noqa: E402
-from emdist.io.atomic import atomic_output  # noqa: E402
-from emdist.io.synthetic import open_synthetic  # noqa: E402
+from emdist.io import atomic_output, open_synthetic, open_zarr_array  # noqa: E402
 from pipeline.steps import DatasetRef, FitSummary, PredictionsRef, SelectionResult  # noqa: E402
 
 __all__ = [

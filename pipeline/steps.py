@@ -24,14 +24,17 @@ import numpy as np
 import zarr
 
 import emdist
-from emdist.engine.em import IterationState, Observer
+from emdist import CheckpointStore, IterationState, Observer, family_class
 from emdist.exceptions import InvalidParameterError
-from emdist.io.checkpoint import CheckpointStore
-from emdist.io.integrity import RECORD_KEY
-from emdist.io.sources import as_dask_array, open_zarr_array
-from emdist.io.synthetic import make_gaussian_mixture, open_synthetic
-from emdist.models.selection import summary_statistics_shared
-from emdist.registry import family_class
+from emdist.io import (
+    RECORD_KEY,
+    as_dask_array,
+    ingest,
+    make_gaussian_mixture,
+    open_synthetic,
+    open_zarr_array,
+    parse_source_format,
+)
 from pipeline.cluster import connect
 from pipeline.config import CHECKPOINT_VERSION, ConfigError, ModelConfig, RunConfig
 from pipeline.outputs import (
@@ -173,8 +176,6 @@ def prepare_data(config: RunConfig) -> DatasetRef:
     Idempotent: a generated dataset with the same settings, or an ingested one from the
     same unchanged source, is reused.
     """
-    from emdist.io.ingest import ingest, parse_source_format
-
     gen = config.input.generate
     if gen is not None:
         group = config.synthetic_path
@@ -625,7 +626,7 @@ def select_components(
         start_time = time.perf_counter()
         emdist.fit_shared(estimators, X, weights)
         fit_seconds = time.perf_counter() - start_time
-        extras = summary_statistics_shared(estimators, X, weights)
+        extras = emdist.summary_statistics_shared(estimators, X, weights)
         for (k, model, model_path, version, prepared), extra in zip(plans, extras, strict=True):
             fit = _save_fit(prepared, model, model_path, fit_seconds, extra, job_id(config))
             if version is not None:
