@@ -462,7 +462,7 @@ def fit_command(**options: Any) -> None:
     """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
     config = _fit_config(options)
     from emdist import ConvergenceWarning
-    from pipeline.job import LocalSteps, fit_only
+    from pipeline.job import Hooks, fit_only
 
     on_interrupt(config)
     # Python prints a warning as "path/to/module.py:455: Category: text" and the source
@@ -470,8 +470,8 @@ def fit_command(**options: Any) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         with progress_observer(config.model.max_iter) as bar:
-            steps = LocalSteps(bar, log=lambda line: _say(line, "note"))
-            summary = fit_only(config, steps=steps, flag="--overwrite")
+            hooks = Hooks(bar, log=lambda line: _say(line, "note"))
+            summary = fit_only(config, hooks=hooks, flag="--overwrite")
     said = set()
     for w in caught:
         text = " ".join(str(w.message).split())

@@ -9,8 +9,9 @@ as_dask_array, open_zarr_array
     Open (and verify) a Zarr array as the row-chunked array a fit runs over.
 ingest, parse_source_format, SOURCE_FORMATS
     Copy a .npy, CSV, Parquet, HDF5 or Zarr source into a verified row-chunked Zarr array.
-make_gaussian_mixture, open_synthetic, MAX_COMPONENTS
-    Generate a Gaussian-mixture dataset with its true parameters, and open one again.
+make_gaussian_mixture, sample_gaussian_mixture, open_synthetic, MAX_COMPONENTS
+    Generate a Gaussian-mixture dataset with its true parameters (on disk, or a sample in
+    memory), and open one again.
 atomic_output, check_replaceable, OutputKind, OutputExistsError
     Write an output whole or not at all, and refuse to replace what emdist did not write.
 NotAModelError
@@ -30,7 +31,12 @@ from emdist.io.ingest import SOURCE_FORMATS, ingest, parse_source_format
 from emdist.io.integrity import MAX_CHUNKS, RECORD_KEY, memory_limit_bytes
 from emdist.io.persistence import NotAModelError
 from emdist.io.sources import as_dask_array, open_zarr_array
-from emdist.io.synthetic import MAX_COMPONENTS, make_gaussian_mixture, open_synthetic
+from emdist.io.synthetic import (
+    MAX_COMPONENTS,
+    make_gaussian_mixture,
+    open_synthetic,
+    sample_gaussian_mixture,
+)
 
 __all__ = [
     "MAX_CHUNKS",
@@ -50,4 +56,5 @@ __all__ = [
     "open_synthetic",
     "open_zarr_array",
     "parse_source_format",
+    "sample_gaussian_mixture",
 ]
