@@ -2,7 +2,7 @@
 
 Runs the fit step on the demo dataset twice on the same embedded LocalCluster: once plain
 (``pipeline.steps.fit_model``), once as the flow's ``fit`` task inside a Prefect flow with
-the per-iteration log line and progress artifact (``flows.tasks.IterationLogger``). Reports
+the per-iteration log line and progress artifact of ``flows.tasks.PrefectHooks``. Reports
 the median iteration time of both, the time spent in Prefect's per-iteration hook, and the
 whole flow's wall time compared with the plain steps.
 
@@ -68,7 +68,10 @@ def main() -> None:
 
             @flow(name="bench-fit")
             def bench_flow() -> Any:
-                return tasks.fit_task(config, data, address)
+                hooks = tasks.PrefectHooks()  # as the flows show a fit
+                with hooks.fitting(config, "fit") as observer:
+                    fit = tasks.fit_task(config, data, scheduler=address, observer=observer)
+                return hooks.fitted(config, fit)
 
             start = time.perf_counter()
             summary = bench_flow()

@@ -1,7 +1,8 @@
 """The job as Prefect flows: the whole pipeline, and choosing the number of components.
 
 Both flows run the sequence of :mod:`pipeline.job` (written once, also used without
-Prefect), with each step as a Prefect task (:class:`flows.tasks.TaskSteps`).
+Prefect) over :data:`flows.tasks.TASKS`, the job's plain stages each decorated as a Prefect
+task, and show it through :class:`flows.tasks.PrefectHooks`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.tasks import TaskSteps
+from flows.tasks import TASKS, PrefectHooks
 from pipeline.config import ConfigError, RunConfig, load_config, parse_config
 from pipeline.job import run_job, run_selection
 
@@ -42,7 +43,7 @@ def clustering_pipeline(
     dict
         Paths of the model, predictions and report, and the fit's figures.
     """
-    result = run_job(resolve_config(config_path, config), steps=TaskSteps())
+    result = run_job(resolve_config(config_path, config), steps=TASKS, hooks=PrefectHooks())
     fit, predictions = result.fit, result.predictions
     get_run_logger().info("report written to %s", result.report.markdown_path)
     return {
@@ -88,7 +89,7 @@ def choose_components(
             f"select-k needs candidate numbers of components >= 1 (--k, or select_k in the "
             f"configuration); got {candidates}"
         )
-    result = run_selection(cfg, list(candidates), steps=TaskSteps())
+    result = run_selection(cfg, list(candidates), steps=TASKS, hooks=PrefectHooks())
     selection = result.selection
     return {
         "best_k": selection.best_k,

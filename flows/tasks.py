@@ -1,11 +1,15 @@
-"""Prefect tasks: thin shells over ``pipeline`` steps, and the job's steps as tasks.
+"""The job's stages as Prefect tasks, and what a flow run shows of them.
+
+:data:`TASKS` is :data:`pipeline.job.STEPS` with each plain function decorated once with
+``prefect.task``: no stage is written here. :class:`PrefectHooks` is what the run shows
+around them: a log line per EM iteration, progress artifacts, the fit's warnings in the
+run's logs and summary, and the report as markdown and table artifacts.
 
 Retries go on I/O-bound steps (preparing data, writing labels and reports), and never on a
 user's mistake (a missing input, bad data, an output that may not be replaced): trying again
 cannot fix those. The fit has no retries: it is checkpointed, so running it again — a retry
 of the flow, or a new run of the same configuration — resumes from the last committed
-iteration instead of starting over. Warnings of the fit (non-convergence, a checkpoint
-fallback) go to the run's logs and its summary artifact.
+iteration instead of starting over.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
@@ -25,16 +30,18 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from emdist import IterationState
+from emdist import IterationState, Observer
 from flows.logs import install_run_log_filter
-from pipeline import steps
 from pipeline.config import RunConfig
 from pipeline.errors import is_user_error
-from pipeline.report import ReportRef, inline_images, write_report
+from pipeline.job import STEPS, Hooks, Steps
+from pipeline.report import ReportRef, inline_images
+from pipeline.steps import DatasetRef, FitSummary, SelectionResult
 
 __all__ = [
+    "TASKS",
     "IterationLogger",
-    "TaskSteps",
+    "PrefectHooks",
     "fit_task",
     "label_task",
     "prepare_data_task",
@@ -58,7 +65,8 @@ class IterationLogger:
         self.min_interval = min_interval
         self._last_update = time.monotonic()
         self.logger = get_run_logger()
-        self.artifact_id = create_progress_artifact(
+        # Called from a synchronous flow, the creation is synchronous too: its id.
+        self.artifact_id: UUID = create_progress_artifact(  # type: ignore[assignment]
             progress=0.0, key=key, description="EM iterations of the current restart"
         )
 
@@ -84,7 +92,7 @@ class IterationLogger:
             update_progress_artifact(self.artifact_id, progress=min(progress, 100.0))
             self._last_update = now
 
-    def finish(self, fit: steps.FitSummary) -> None:
+    def finish(self, fit: FitSummary) -> None:
         """Set the final progress: 100% for a converged fit, also one restored whole."""
         progress = 100.0 if fit.converged else 100.0 * fit.n_iter / self.max_iter
         update_progress_artifact(self.artifact_id, progress=min(progress, 100.0))
@@ -116,166 +124,132 @@ def logged_warnings() -> Iterator[list[str]]:
                 get_run_logger().warning("%s", said[-1])
 
 
-@task(
+prepare_data_task = task(
     name="prepare-data",
     retries=2,
     retry_delay_seconds=2,
     retry_condition_fn=retry_unless_user_error,
-)
-def prepare_data_task(config: RunConfig) -> steps.DatasetRef:
-    """Generate, ingest or open the dataset as row-chunked Zarr."""
-    data = steps.prepare_data(config)
-    get_run_logger().info(
-        "dataset %s: %d x %d in %d chunks",
-        data.path,
-        data.n_samples,
-        data.n_features,
-        data.n_chunks,
-    )
-    return data
-
-
-@task(name="fit")
-def fit_task(config: RunConfig, data: steps.DatasetRef, scheduler: str | None) -> steps.FitSummary:
-    """Fit the model, checkpointed; a re-run resumes from the checkpoint."""
-    logger = get_run_logger()
-    progress = IterationLogger(config.model.max_iter)
-    with logged_warnings() as said:
-        fit = steps.fit_model(config, data, scheduler=scheduler, observer=progress)
-    progress.finish(fit)
-    if fit.start:
-        # Warm or cold, and why: a scheduled run on new data says which it did.
-        logger.info("%s", fit.start)
-    if fit.resumed_iterations:
-        logger.info("resumed after %d checkpointed iterations", fit.resumed_iterations)
-    return dataclasses.replace(fit, warnings=said)
-
-
-@task(
+)(STEPS.prepare)
+# No retries: a re-run resumes from the checkpoint.
+fit_task = task(name="fit")(STEPS.fit)
+select_k_task = task(name="select-k")(STEPS.select)
+label_task = task(
     name="label",
     retries=2,
     retry_delay_seconds=2,
     retry_condition_fn=retry_unless_user_error,
+)(STEPS.label)
+report_task = task(
+    name="report",
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_user_error,
+)(STEPS.report)
+
+#: The job's stages as Prefect tasks of the current flow: :data:`pipeline.job.STEPS`, each
+#: function decorated once.
+TASKS = Steps(
+    prepare=prepare_data_task,
+    fit=fit_task,
+    select=select_k_task,
+    label=label_task,
+    report=report_task,
 )
-def label_task(
-    config: RunConfig, data: steps.DatasetRef, model_path: str, scheduler: str | None
-) -> steps.PredictionsRef:
-    """Write labels (and optional per-sample outputs) to Zarr atomically."""
-    return steps.label_data(config, data, model_path, scheduler=scheduler)
 
 
 def _median(values: list[float]) -> float | None:
     return round(sorted(values)[len(values) // 2], 4) if values else None
 
 
-@task(
-    name="report",
-    retries=1,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_unless_user_error,
-)
-def report_task(
-    config: RunConfig,
-    data: steps.DatasetRef,
-    fit: steps.FitSummary,
-    predictions: steps.PredictionsRef | None,
-    selection: steps.SelectionResult | None = None,
-) -> ReportRef:
-    """Write the report and publish it as Prefect artifacts (markdown and tables)."""
-    report = write_report(config.name, data, fit, predictions, config.report_dir, selection)
-    banner = ""
-    if not fit.converged:
-        banner = (
-            f"**Not converged**: stopped after max_iter={fit.n_iter} iterations; raise "
-            "`model.max_iter` (CLI: `--max-iter`) or `model.tol`.\n\n"
-        )
-    create_markdown_artifact(
-        markdown=banner
-        + inline_images(report.markdown, report.dir)
-        + f"\n\nReport folder: `{report.dir}`\n",
-        key="emdist-report",
-        description=f"emdist report of {config.name}",
-    )
-    run_rows: list[dict[str, Any]] = [
-        {"quantity": "family", "value": fit.family},
-        {"quantity": "n_components", "value": fit.n_components},
-        {"quantity": "iterations", "value": fit.n_iter},
-        {"quantity": "converged", "value": fit.converged},
-        {"quantity": "start", "value": fit.start or "cold start"},
-        {"quantity": "lower_bound", "value": fit.lower_bounds[-1] if fit.lower_bounds else None},
-        {"quantity": "bic", "value": fit.bic},
-        {"quantity": "aic", "value": fit.aic},
-        {"quantity": "inertia", "value": fit.inertia},
-        {"quantity": "fit_seconds", "value": round(fit.fit_seconds, 3)},
-        {"quantity": "median_seconds_per_iteration", "value": _median(fit.iteration_seconds)},
-        {"quantity": "warnings", "value": "; ".join(fit.warnings) or "none"},
-    ]
-    create_table_artifact(table=run_rows, key="emdist-summary", description="run summary")
-    create_table_artifact(table=report.rows, key="emdist-components", description="components")
-    if selection is not None:
-        create_table_artifact(
-            table=[{k: v for k, v in r.items() if k != "model_path"} for r in selection.rows],
-            key="emdist-select-k",
-            description=f"fits per K; best K by {selection.criterion}: {selection.best_k}",
-        )
-    return report
+class PrefectHooks(Hooks):
+    """What a flow run shows of the job: logs of the run, and Prefect artifacts.
 
+    One per flow run: it keeps the running fit's progress artifact and warnings between
+    :meth:`fitting` and :meth:`fitted`.
+    """
 
-@task(name="select-k")
-def select_k_task(
-    config: RunConfig, data: steps.DatasetRef, candidates: list[int], scheduler: str | None
-) -> steps.SelectionResult:
-    """Fit one checkpointed model per candidate K and pick the best by BIC (inertia)."""
-    with logged_warnings():
-        return steps.select_components(
-            config,
-            data,
-            candidates,
-            scheduler=scheduler,
-            observer=IterationLogger(config.model.max_iter, key="emdist-select-k-progress"),
-        )
-
-
-class TaskSteps:
-    """The job's steps (:class:`pipeline.job.JobSteps`) as Prefect tasks of the current flow."""
-
-    def prepare(self, config: RunConfig) -> steps.DatasetRef:
-        """Run :func:`prepare_data_task`."""
-        return prepare_data_task(config)
-
-    def fit(
-        self, config: RunConfig, data: steps.DatasetRef, scheduler: str | None
-    ) -> steps.FitSummary:
-        """Run :func:`fit_task`."""
-        return fit_task(config, data, scheduler)
-
-    def select(
-        self,
-        config: RunConfig,
-        data: steps.DatasetRef,
-        candidates: list[int],
-        scheduler: str | None,
-    ) -> steps.SelectionResult:
-        """Run :func:`select_k_task`."""
-        return select_k_task(config, data, candidates, scheduler)
-
-    def label(
-        self, config: RunConfig, data: steps.DatasetRef, model_path: str, scheduler: str | None
-    ) -> steps.PredictionsRef:
-        """Run :func:`label_task`."""
-        return label_task(config, data, model_path, scheduler)
-
-    def report(
-        self,
-        config: RunConfig,
-        data: steps.DatasetRef,
-        fit: steps.FitSummary,
-        predictions: steps.PredictionsRef | None,
-        selection: steps.SelectionResult | None = None,
-    ) -> ReportRef:
-        """Run :func:`report_task`."""
-        return report_task(config, data, fit, predictions, selection)
+    def __init__(self) -> None:
+        super().__init__()
+        self._progress: IterationLogger | None = None
+        self._said: list[str] = []
 
     def log(self, message: str) -> None:
         """Log ``message`` to the flow run (and so to the terminal of ``emdist run``)."""
         get_run_logger().info("%s", message)
+
+    def prepared(self, config: RunConfig, data: DatasetRef) -> None:
+        """Log the dataset's size and chunking."""
+        get_run_logger().info(
+            "dataset %s: %d x %d in %d chunks",
+            data.path,
+            data.n_samples,
+            data.n_features,
+            data.n_chunks,
+        )
+
+    @contextlib.contextmanager
+    def fitting(self, config: RunConfig, stage: str) -> Iterator[Observer | None]:
+        """An :class:`IterationLogger` for the fit; its warnings go to the run's logs."""
+        self._progress = IterationLogger(config.model.max_iter, key=f"emdist-{stage}-progress")
+        with logged_warnings() as said:
+            self._said = said
+            yield self._progress
+
+    def fitted(self, config: RunConfig, fit: FitSummary) -> FitSummary:
+        """Complete the progress, say how the fit started, and keep its warnings."""
+        logger = get_run_logger()
+        if self._progress is not None:
+            self._progress.finish(fit)
+        if fit.start:
+            # Warm or cold, and why: a scheduled run on new data says which it did.
+            logger.info("%s", fit.start)
+        if fit.resumed_iterations:
+            logger.info("resumed after %d checkpointed iterations", fit.resumed_iterations)
+        return dataclasses.replace(fit, warnings=list(self._said))
+
+    def reported(
+        self,
+        config: RunConfig,
+        fit: FitSummary,
+        report: ReportRef,
+        selection: SelectionResult | None = None,
+    ) -> None:
+        """Publish the report as Prefect artifacts (markdown and tables)."""
+        banner = ""
+        if not fit.converged:
+            banner = (
+                f"**Not converged**: stopped after max_iter={fit.n_iter} iterations; raise "
+                "`model.max_iter` (CLI: `--max-iter`) or `model.tol`.\n\n"
+            )
+        create_markdown_artifact(
+            markdown=banner
+            + inline_images(report.markdown, report.dir)
+            + f"\n\nReport folder: `{report.dir}`\n",
+            key="emdist-report",
+            description=f"emdist report of {config.name}",
+        )
+        run_rows: list[dict[str, Any]] = [
+            {"quantity": "family", "value": fit.family},
+            {"quantity": "n_components", "value": fit.n_components},
+            {"quantity": "iterations", "value": fit.n_iter},
+            {"quantity": "converged", "value": fit.converged},
+            {"quantity": "start", "value": fit.start or "cold start"},
+            {
+                "quantity": "lower_bound",
+                "value": fit.lower_bounds[-1] if fit.lower_bounds else None,
+            },
+            {"quantity": "bic", "value": fit.bic},
+            {"quantity": "aic", "value": fit.aic},
+            {"quantity": "inertia", "value": fit.inertia},
+            {"quantity": "fit_seconds", "value": round(fit.fit_seconds, 3)},
+            {"quantity": "median_seconds_per_iteration", "value": _median(fit.iteration_seconds)},
+            {"quantity": "warnings", "value": "; ".join(fit.warnings) or "none"},
+        ]
+        create_table_artifact(table=run_rows, key="emdist-summary", description="run summary")
+        create_table_artifact(table=report.rows, key="emdist-components", description="components")
+        if selection is not None:
+            create_table_artifact(
+                table=[{k: v for k, v in r.items() if k != "model_path"} for r in selection.rows],
+                key="emdist-select-k",
+                description=f"fits per K; best K by {selection.criterion}: {selection.best_k}",
+            )

@@ -33,10 +33,8 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from emdist import __version__
-from emdist._typing import COVARIANCE_TYPES
-from emdist.io.ingest import SOURCE_FORMATS
-from emdist.registry import model_families
+from emdist import COVARIANCE_TYPES, __version__, model_families
+from emdist.io import SOURCE_FORMATS
 from pipeline.config import ConfigError, RunConfig, load_config, parse_config
 
 if TYPE_CHECKING:
@@ -239,7 +237,7 @@ def generate_command(
 
     The data array is DEST/data, the true parameters DEST/truth, the labels DEST/labels.
     """
-    from emdist.io.synthetic import make_gaussian_mixture
+    from emdist.io import make_gaussian_mixture
 
     ds = make_gaussian_mixture(
         dest,
@@ -287,7 +285,7 @@ def ingest_command(
     SOURCE  a .npy, .csv, .parquet, .h5 file or a Zarr array
     DEST    the Zarr array to write (it appears whole or not at all)
     """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
-    from emdist.io.ingest import ingest, parse_source_format
+    from emdist.io import ingest, parse_source_format
 
     result = ingest(
         source,
@@ -339,7 +337,7 @@ def _fit_config(options: dict[str, Any]) -> RunConfig:
 
 def not_converged_message(config: RunConfig, n_iter: int, lower_bounds: Sequence[float]) -> str:
     """Why a fit stopped unconverged, in the command line's words (one line)."""
-    from emdist.registry import family_class
+    from emdist import family_class
 
     estimator = family_class(config.model.family)()
     tol = float(config.model.tol if config.model.tol is not None else estimator.tol)
@@ -464,7 +462,7 @@ def fit_command(**options: Any) -> None:
     """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
     config = _fit_config(options)
     from emdist import ConvergenceWarning
-    from pipeline.job import LocalSteps, fit_only
+    from pipeline.job import Hooks, fit_only
 
     on_interrupt(config)
     # Python prints a warning as "path/to/module.py:455: Category: text" and the source
@@ -472,8 +470,8 @@ def fit_command(**options: Any) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         with progress_observer(config.model.max_iter) as bar:
-            steps = LocalSteps(bar, log=lambda line: _say(line, "note"))
-            summary = fit_only(config, steps=steps, flag="--overwrite")
+            hooks = Hooks(bar, log=lambda line: _say(line, "note"))
+            summary = fit_only(config, hooks=hooks, flag="--overwrite")
     said = set()
     for w in caught:
         text = " ".join(str(w.message).split())
@@ -519,7 +517,7 @@ def predict_command(
     DEST   the Zarr group to write: arrays labels, responsibilities, log_likelihood
     """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
     import emdist
-    from emdist.io.persistence import NotAModelError
+    from emdist.io import NotAModelError
     from pipeline.cluster import connect
 
     try:

@@ -43,13 +43,9 @@ from pydantic import (
     model_validator,
 )
 
+from emdist import MAX_N_INIT, model_families
 from emdist.exceptions import EmdistError
-from emdist.io.checkpoint import MAX_KEEP
-from emdist.io.ingest import SOURCE_FORMATS
-from emdist.io.integrity import MAX_CHUNKS, memory_limit_bytes
-from emdist.io.synthetic import MAX_COMPONENTS
-from emdist.models._validation import MAX_N_INIT
-from emdist.registry import model_families
+from emdist.io import MAX_CHUNKS, MAX_COMPONENTS, MAX_KEEP, SOURCE_FORMATS, memory_limit_bytes
 
 __all__ = [
     "CheckpointConfig",
@@ -137,7 +133,7 @@ class InputConfig(_Strict):
     """Where the data comes from: a file to ingest, a Zarr array, or a generator."""
 
     path: str | None = None
-    format: str = Field("auto", description="'auto' or one of emdist.io.ingest.SOURCE_FORMATS")
+    format: str = Field("auto", description="'auto' or one of emdist.io.SOURCE_FORMATS")
     dataset: str | None = Field(None, description="HDF5 dataset name")
     generate: SyntheticConfig | None = None
     sample_weight: str | None = Field(

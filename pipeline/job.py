@@ -1,10 +1,13 @@
 """The job's sequence, written once: check outputs → prepare data → fit → label → report.
 
 :func:`run_job`, :func:`run_selection` and :func:`fit_only` say *what* runs in which order
-and on which cluster; a :class:`JobSteps` object says *how* each step runs.
-:class:`LocalSteps` calls the plain functions of :mod:`pipeline.steps`; the Prefect flows
-(``flows/pipeline_flow.py``) pass steps that run each one as a Prefect task. So the CLI,
-tests and the flows share one sequence, one output check and one cluster life cycle.
+and on which cluster. The stages themselves are one :class:`Steps` value of plain
+functions (:data:`STEPS`: those of :mod:`pipeline.steps` and :mod:`pipeline.report`); the
+Prefect flows (``flows/``) decorate these very functions with ``prefect.task`` and pass
+them here as another :class:`Steps`. What an orchestrator shows while the stages run (a
+progress bar, log lines, Prefect artifacts) is a :class:`Hooks` object, which watches and
+never does a stage's work. So the CLI, tests and the flows share one sequence, one output
+check and one cluster life cycle, and no stage is written twice.
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from emdist import CheckpointStore
-from emdist.engine.em import Observer
+from emdist import CheckpointStore, Observer
 from pipeline import steps as plain
 from pipeline.cluster import (
     SchedulerLostError,
@@ -37,14 +39,15 @@ from pipeline.outputs import (
     selection_config,
     selection_dir,
 )
-from pipeline.report import ReportRef, write_report
+from pipeline.report import ReportRef, report_job
 from pipeline.steps import DatasetRef, FitSummary, PredictionsRef, SelectionResult
 
 __all__ = [
+    "STEPS",
+    "Hooks",
     "JobResult",
-    "JobSteps",
-    "LocalSteps",
     "SelectionJobResult",
+    "Steps",
     "fit_only",
     "read_summary",
     "report_from_disk",
@@ -74,54 +77,119 @@ class SelectionJobResult:
     report: ReportRef
 
 
-class JobSteps(Protocol):
-    """How each step of a job runs (plain calls, or Prefect tasks)."""
+# -- the stages -----------------------------------------------------------------------------
 
-    def prepare(self, config: RunConfig) -> DatasetRef:
-        """Generate, ingest or open the dataset."""
-        ...
 
-    def fit(self, config: RunConfig, data: DatasetRef, scheduler: str | None) -> FitSummary:
-        """Fit and save the model."""
-        ...
+class PrepareStep(Protocol):
+    """``prepare(config) -> DatasetRef``."""
 
-    def select(
-        self, config: RunConfig, data: DatasetRef, candidates: list[int], scheduler: str | None
-    ) -> SelectionResult:
-        """Fit one model per candidate K and pick one."""
-        ...
+    def __call__(self, config: RunConfig) -> DatasetRef: ...  # noqa: D102
 
-    def label(
-        self, config: RunConfig, data: DatasetRef, model_path: str, scheduler: str | None
-    ) -> PredictionsRef:
-        """Write the labels."""
-        ...
 
-    def report(
+class FitStep(Protocol):
+    """``fit(config, data, *, scheduler, observer) -> FitSummary``."""
+
+    def __call__(  # noqa: D102
+        self,
+        config: RunConfig,
+        data: DatasetRef,
+        *,
+        scheduler: str | None = None,
+        observer: Observer | None = None,
+    ) -> FitSummary: ...
+
+
+class SelectStep(Protocol):
+    """``select(config, data, candidates, *, scheduler, observer) -> SelectionResult``."""
+
+    def __call__(  # noqa: D102
+        self,
+        config: RunConfig,
+        data: DatasetRef,
+        candidates: list[int],
+        *,
+        scheduler: str | None = None,
+        observer: Observer | None = None,
+    ) -> SelectionResult: ...
+
+
+class LabelStep(Protocol):
+    """``label(config, data, model_path, *, scheduler) -> PredictionsRef``."""
+
+    def __call__(  # noqa: D102
+        self, config: RunConfig, data: DatasetRef, model_path: str, *, scheduler: str | None = None
+    ) -> PredictionsRef: ...
+
+
+class ReportStep(Protocol):
+    """``report(config, data, fit, predictions, selection) -> ReportRef``."""
+
+    def __call__(  # noqa: D102
         self,
         config: RunConfig,
         data: DatasetRef,
         fit: FitSummary,
         predictions: PredictionsRef | None,
         selection: SelectionResult | None = None,
-    ) -> ReportRef:
-        """Write the report."""
-        ...
-
-    def log(self, message: str) -> None:
-        """Tell the user one line (the dashboard's link)."""
-        ...
+    ) -> ReportRef: ...
 
 
-class LocalSteps:
-    """The steps as plain calls in this process.
+@dataclass(frozen=True)
+class Steps:
+    """The job's stages as plain functions.
+
+    Each takes plain inputs (the configuration, small references, a scheduler address)
+    and returns a small JSON-able reference.
+    :func:`run_job` calls ``prepare``, ``fit``, ``label``, ``report``; :func:`run_selection`
+    calls ``prepare``, ``select``, ``label``, ``report``; :func:`fit_only` calls ``prepare``,
+    ``fit``. An orchestrator passes the same functions wrapped (the Prefect flows: each
+    one decorated once with ``prefect.task``), never other ones.
+
+    Attributes
+    ----------
+    prepare : callable
+        Generate, ingest or open the dataset (:func:`pipeline.steps.prepare_data`).
+    fit : callable
+        Fit the model, checkpointed, and save it (:func:`pipeline.steps.fit_model`).
+    select : callable
+        Fit one model per candidate K and pick one
+        (:func:`pipeline.steps.select_components`).
+    label : callable
+        Write the labels (:func:`pipeline.steps.label_data`).
+    report : callable
+        Write the report (:func:`pipeline.report.report_job`).
+    """
+
+    prepare: PrepareStep
+    fit: FitStep
+    select: SelectStep
+    label: LabelStep
+    report: ReportStep
+
+
+#: The stages as plain calls in this process.
+STEPS = Steps(
+    prepare=plain.prepare_data,
+    fit=plain.fit_model,
+    select=plain.select_components,
+    label=plain.label_data,
+    report=report_job,
+)
+
+
+class Hooks:
+    """What the job shows of its stages while they run: the plain version, in this process.
+
+    A hook only watches: it never does a stage's work, and a job runs the same without
+    it. An orchestrator subclasses it to show more (the Prefect flows log every EM
+    iteration and publish artifacts, ``flows.tasks.PrefectHooks``).
 
     Parameters
     ----------
     observer : callable, optional
-        Called after every EM iteration (a progress bar).
+        Called after every EM iteration of the fits (a progress bar).
     log : callable, optional
-        Where one-line messages go (default: nowhere).
+        Where one-line messages for the user go (default: nowhere).
     """
 
     def __init__(
@@ -130,46 +198,33 @@ class LocalSteps:
         self.observer = observer
         self._log = log
 
-    def prepare(self, config: RunConfig) -> DatasetRef:
-        """Generate, ingest or open the dataset."""
-        return plain.prepare_data(config)
+    def log(self, message: str) -> None:
+        """Tell the user one line (a dashboard's link, how a fit started)."""
+        if self._log is not None:
+            self._log(message)
 
-    def fit(self, config: RunConfig, data: DatasetRef, scheduler: str | None) -> FitSummary:
-        """Fit and save the model; say how it started when a previous model was involved."""
-        fit = plain.fit_model(config, data, scheduler=scheduler, observer=self.observer)
+    def prepared(self, config: RunConfig, data: DatasetRef) -> None:
+        """After the data is ready (here: nothing)."""
+
+    @contextlib.contextmanager
+    def fitting(self, config: RunConfig, stage: str) -> Iterator[Observer | None]:
+        """Around a fit (``stage`` ``"fit"``) or a selection (``"select-k"``): the observer."""
+        yield self.observer
+
+    def fitted(self, config: RunConfig, fit: FitSummary) -> FitSummary:
+        """After a fit: say how it started when a previous model was involved."""
         if fit.warm_started or "previous model" in fit.start:
             self.log(fit.start)
         return fit
 
-    def select(
-        self, config: RunConfig, data: DatasetRef, candidates: list[int], scheduler: str | None
-    ) -> SelectionResult:
-        """Fit one model per candidate K and pick the best by BIC."""
-        return plain.select_components(
-            config, data, candidates, scheduler=scheduler, observer=self.observer
-        )
-
-    def label(
-        self, config: RunConfig, data: DatasetRef, model_path: str, scheduler: str | None
-    ) -> PredictionsRef:
-        """Write the labels."""
-        return plain.label_data(config, data, model_path, scheduler=scheduler)
-
-    def report(
+    def reported(
         self,
         config: RunConfig,
-        data: DatasetRef,
         fit: FitSummary,
-        predictions: PredictionsRef | None,
+        report: ReportRef,
         selection: SelectionResult | None = None,
-    ) -> ReportRef:
-        """Write the report."""
-        return write_report(config.name, data, fit, predictions, config.report_dir, selection)
-
-    def log(self, message: str) -> None:
-        """Pass ``message`` on."""
-        if self._log is not None:
-            self._log(message)
+    ) -> None:
+        """After the report is written (here: nothing)."""
 
 
 # -- the run's summary on disk --------------------------------------------------------------
@@ -225,7 +280,7 @@ def report_from_disk(config: RunConfig) -> ReportRef:
     """Rewrite the report of a finished run from its saved summary and model."""
     data, fit, predictions = read_summary(config)
     check_outputs(config, [config.report_dir])
-    report = write_report(config.name, data, fit, predictions, config.report_dir)
+    report = report_job(config, data, fit, predictions)
     claim(config.report_dir, config)
     return report
 
@@ -268,10 +323,10 @@ def _quiet_reconnects() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _on_cluster(config: RunConfig, steps: JobSteps) -> Iterator[str]:
+def _on_cluster(config: RunConfig, hooks: Hooks) -> Iterator[str]:
     """The job's scheduler address, for the numeric steps; says so if it goes away."""
     quiet = contextlib.nullcontext() if config.cluster.address is None else _quiet_reconnects()
-    with quiet, dask_client(config.cluster, announce=steps.log) as client:
+    with quiet, dask_client(config.cluster, announce=hooks.log) as client:
         address = str(client.scheduler_info()["address"])
         try:
             yield address
@@ -291,11 +346,9 @@ def _on_cluster(config: RunConfig, steps: JobSteps) -> Iterator[str]:
 
 def _start(
     config: RunConfig,
-    steps: JobSteps | None,
-    observer: Observer | None,
     outputs: list[Path],
     flag: str = "output.overwrite: true",
-) -> JobSteps:
+) -> None:
     """Check what the job would replace and that its scheduler answers, before any work."""
     check_outputs(config, outputs, flag=flag)
     address = config.cluster.address
@@ -305,11 +358,28 @@ def _start(
         raise SchedulerUnreachableError(
             unreachable_message(address, config.cluster.connect_timeout)
         )
-    return steps if steps is not None else LocalSteps(observer)
+
+
+def _prepare(config: RunConfig, steps: Steps, hooks: Hooks) -> DatasetRef:
+    data = steps.prepare(config)
+    hooks.prepared(config, data)
+    return data
+
+
+def _fit(
+    config: RunConfig, data: DatasetRef, scheduler: str | None, steps: Steps, hooks: Hooks
+) -> FitSummary:
+    with hooks.fitting(config, "fit") as observer:
+        fit = steps.fit(config, data, scheduler=scheduler, observer=observer)
+    return hooks.fitted(config, fit)
 
 
 def run_job(
-    config: RunConfig, observer: Observer | None = None, *, steps: JobSteps | None = None
+    config: RunConfig,
+    observer: Observer | None = None,
+    *,
+    steps: Steps = STEPS,
+    hooks: Hooks | None = None,
 ) -> JobResult:
     """Prepare data, fit (checkpointed), label and report, on the configured cluster.
 
@@ -317,22 +387,26 @@ def run_job(
     ----------
     config : RunConfig
     observer : callable, optional
-        Called after every EM iteration (with the default :class:`LocalSteps`).
-    steps : JobSteps, optional
-        How each step runs (default: plain calls in this process).
+        Called after every EM iteration (when ``hooks`` is not given).
+    steps : Steps, optional
+        The stages (default: :data:`STEPS`, plain calls in this process).
+    hooks : Hooks, optional
+        What is shown while they run (default: ``Hooks(observer)``).
 
     Raises
     ------
     OutputExistsError
         Before any work, if an output exists that this job did not write.
     """
-    steps = _start(config, steps, observer, derived_outputs(config))
-    data = steps.prepare(config)
-    with _on_cluster(config, steps) as address:
-        fit = steps.fit(config, data, address)
-        predictions = steps.label(config, data, fit.model_path, address)
+    hooks = hooks if hooks is not None else Hooks(observer)
+    _start(config, derived_outputs(config))
+    data = _prepare(config, steps, hooks)
+    with _on_cluster(config, hooks) as address:
+        fit = _fit(config, data, address, steps, hooks)
+        predictions = steps.label(config, data, fit.model_path, scheduler=address)
     write_summary(config, data, fit, predictions)
     report = steps.report(config, data, fit, predictions)
+    hooks.reported(config, fit, report)
     claim(config.report_dir, config)
     return JobResult(data, fit, predictions, report)
 
@@ -342,7 +416,8 @@ def run_selection(
     candidates: list[int],
     observer: Observer | None = None,
     *,
-    steps: JobSteps | None = None,
+    steps: Steps = STEPS,
+    hooks: Hooks | None = None,
 ) -> SelectionJobResult:
     """Fit each candidate K, pick the best by BIC, label with it and report.
 
@@ -351,18 +426,20 @@ def run_selection(
     summary) goes under :func:`~pipeline.outputs.selection_dir`, never over the outputs of
     :func:`run_job`: a folder never mixes the model of one K with the labels of another.
     """
+    hooks = hooks if hooks is not None else Hooks(observer)
     chosen = selection_config(config, config.model.n_components)
-    outputs = [p for p in derived_outputs(chosen) if p != chosen.model_path]
-    steps = _start(chosen, steps, observer, outputs)
-    data = steps.prepare(config)
-    with _on_cluster(config, steps) as address:
-        selection = steps.select(config, data, candidates, address)
+    _start(chosen, [p for p in derived_outputs(chosen) if p != chosen.model_path])
+    data = _prepare(config, steps, hooks)
+    with _on_cluster(config, hooks) as address:
+        with hooks.fitting(config, "select-k") as watch:
+            selection = steps.select(config, data, candidates, scheduler=address, observer=watch)
         best = next(r for r in selection.rows if r["k"] == selection.best_k)
         chosen = selection_config(config, selection.best_k)
-        predictions = steps.label(chosen, data, best["model_path"], address)
+        predictions = steps.label(chosen, data, best["model_path"], scheduler=address)
     summary = selection_dir(config) / "summary.json"
     write_summary(chosen, data, selection.best_fit, predictions, summary)
     report = steps.report(chosen, data, selection.best_fit, predictions, selection)
+    hooks.reported(chosen, selection.best_fit, report, selection)
     claim(chosen.report_dir, config)
     return SelectionJobResult(data, selection, predictions, report)
 
@@ -371,7 +448,8 @@ def fit_only(
     config: RunConfig,
     observer: Observer | None = None,
     *,
-    steps: JobSteps | None = None,
+    steps: Steps = STEPS,
+    hooks: Hooks | None = None,
     flag: str = "output.overwrite: true",
 ) -> FitSummary:
     """Prepare data and fit, on ``config.cluster.address`` or Dask's local threads.
@@ -380,10 +458,10 @@ def fit_only(
     a small file should not pay for starting worker processes). ``flag`` is how the user
     asks to replace an output, for the error message.
     """
-    outputs = derived_outputs(config, label=False, report=False)
-    steps = _start(config, steps, observer, outputs, flag)
-    data = steps.prepare(config)
+    hooks = hooks if hooks is not None else Hooks(observer)
+    _start(config, derived_outputs(config, label=False, report=False), flag)
+    data = _prepare(config, steps, hooks)
     if config.cluster.address is None:
-        return steps.fit(config, data, None)
-    with _on_cluster(config, steps) as address:
-        return steps.fit(config, data, address)
+        return _fit(config, data, None, steps, hooks)
+    with _on_cluster(config, hooks) as address:
+        return _fit(config, data, address, steps, hooks)

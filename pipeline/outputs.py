@@ -22,7 +22,7 @@ from pathlib import Path
 
 import zarr
 
-from emdist.io.atomic import OutputExistsError, OutputKind, check_replaceable
+from emdist.io import OutputExistsError, OutputKind, check_replaceable
 from pipeline.config import ConfigError, RunConfig
 
 __all__ = [

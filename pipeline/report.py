@@ -29,9 +29,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import emdist  # noqa: E402
 from emdist.exceptions import FeatureNamesWarning  # noqa: E402
-from emdist.io import open_zarr_array  # noqa: E402
-from emdist.io.atomic import atomic_output  # noqa: E402
-from emdist.io.synthetic import open_synthetic  # noqa: E402
+from emdist.io import atomic_output, open_synthetic, open_zarr_array  # noqa: E402
+from pipeline.config import RunConfig  # noqa: E402
 from pipeline.steps import DatasetRef, FitSummary, PredictionsRef, SelectionResult  # noqa: E402
 
 __all__ = [
@@ -41,6 +40,7 @@ __all__ = [
     "feature_names",
     "inline_images",
     "lower_bound_figure",
+    "report_job",
     "selection_figure",
     "summary_rows",
     "truth_agreement",
@@ -491,3 +491,26 @@ def write_report(
         images=[str(report_dir / i) for i in images],
         rows=rows,
     )
+
+
+def report_job(
+    config: RunConfig,
+    data: DatasetRef,
+    fit: FitSummary,
+    predictions: PredictionsRef | None,
+    selection: SelectionResult | None = None,
+) -> ReportRef:
+    """The job's report stage: :func:`write_report` into ``config``'s report folder.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The run; its ``name`` titles the report, its ``report_dir`` holds it.
+    data, fit, predictions, selection
+        What the earlier stages returned (``selection`` only when choosing K).
+
+    Returns
+    -------
+    ReportRef
+    """
+    return write_report(config.name, data, fit, predictions, config.report_dir, selection)

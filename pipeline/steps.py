@@ -24,14 +24,17 @@ import numpy as np
 import zarr
 
 import emdist
-from emdist.engine.em import IterationState, Observer
+from emdist import CheckpointStore, IterationState, Observer, family_class
 from emdist.exceptions import InvalidParameterError
-from emdist.io.checkpoint import CheckpointStore
-from emdist.io.integrity import RECORD_KEY
-from emdist.io.sources import as_dask_array, open_zarr_array
-from emdist.io.synthetic import make_gaussian_mixture, open_synthetic
-from emdist.models.selection import summary_statistics_shared
-from emdist.registry import family_class
+from emdist.io import (
+    RECORD_KEY,
+    as_dask_array,
+    ingest,
+    make_gaussian_mixture,
+    open_synthetic,
+    open_zarr_array,
+    parse_source_format,
+)
 from pipeline.cluster import connect
 from pipeline.config import CHECKPOINT_VERSION, ConfigError, ModelConfig, RunConfig
 from pipeline.outputs import (
@@ -48,7 +51,6 @@ __all__ = [
     "FitSummary",
     "PredictionsRef",
     "SelectionResult",
-    "build_estimator",
     "checkpoint_for",
     "connect",
     "data_version",
@@ -173,8 +175,6 @@ def prepare_data(config: RunConfig) -> DatasetRef:
     Idempotent: a generated dataset with the same settings, or an ingested one from the
     same unchanged source, is reused.
     """
-    from emdist.io.ingest import ingest, parse_source_format
-
     gen = config.input.generate
     if gen is not None:
         group = config.synthetic_path
@@ -227,20 +227,6 @@ def prepare_data(config: RunConfig) -> DatasetRef:
     )
     claim(result.path, config)
     return _describe(Path(result.path))
-
-
-def build_estimator(
-    model: ModelConfig,
-    *,
-    checkpoint: CheckpointStore | None = None,
-    observer: Observer | None = None,
-) -> Any:
-    """The estimator a model configuration describes (its family from the registry)."""
-    estimator_type = family_class(model.family)
-    # warm_start here is the job's (start from the previous run's model, see fit_model),
-    # not scikit-learn's (continue this object's own fit).
-    params = model.model_dump(exclude={"family", "warm_start"})
-    return estimator_type.from_config(params, checkpoint=checkpoint, observer=observer)
 
 
 _log = logging.getLogger("emdist.pipeline")
@@ -408,7 +394,13 @@ def _prepare_fit(
         prepared.seconds.append(state.seconds)
         return observer(state) if observer is not None else None
 
-    estimator = build_estimator(model, checkpoint=checkpoint, observer=watch)
+    # The estimator the configuration describes, its family from the registry. warm_start
+    # here is the job's (start from the previous run's model, see fit_model), not
+    # scikit-learn's (continue this object's own fit).
+    params = model.model_dump(exclude={"family", "warm_start"})
+    estimator = family_class(model.family).from_config(
+        params, checkpoint=checkpoint, observer=watch
+    )
     prepared.estimator = estimator
     if start is not None and start.previous is not None:
         refused = estimator.warm_start_from(start.previous, data.n_features)
@@ -487,25 +479,6 @@ def open_weights(config: RunConfig) -> Any:
     return path
 
 
-def _fit_and_save(
-    model: ModelConfig,
-    data: DatasetRef,
-    X: da.Array,
-    model_path: Path,
-    checkpoint: CheckpointStore | None,
-    observer: Observer | None,
-    start: _Start | None,
-    owner: str,
-    sample_weight: Any = None,
-) -> FitSummary:
-    prepared = _prepare_fit(model, data, checkpoint, observer, start)
-    start_time = time.perf_counter()
-    prepared.estimator.fit(X, sample_weight=sample_weight)
-    fit_seconds = time.perf_counter() - start_time
-    extra = prepared.estimator.summary_statistics(X, sample_weight)
-    return _save_fit(prepared, model, model_path, fit_seconds, extra, owner)
-
-
 def fit_model(
     config: RunConfig,
     data: DatasetRef,
@@ -534,7 +507,7 @@ def fit_model(
     -------
     FitSummary
     """
-    # Refused before the fit, not after an hour of it; _fit_and_save then replaces it.
+    # Refused before the fit, not after an hour of it; _save_fit then replaces it.
     check_outputs(config, [config.model_path])
     # Opened and verified once, before anything is written (a damaged store is refused here).
     X = open_dataset(data)
@@ -543,16 +516,13 @@ def fit_model(
     store = checkpoint_store(config, version / "checkpoint.zarr") if version else None
     start = _previous_model(config, version)
     with connect(scheduler):
-        fit = _fit_and_save(
-            config.model,
-            data,
-            X,
-            config.model_path,
-            store,
-            observer,
-            start,
-            job_id(config),
-            weights,
+        prepared = _prepare_fit(config.model, data, store, observer, start)
+        start_time = time.perf_counter()
+        prepared.estimator.fit(X, sample_weight=weights)
+        fit_seconds = time.perf_counter() - start_time
+        extra = prepared.estimator.summary_statistics(X, weights)
+        fit = _save_fit(
+            prepared, config.model, config.model_path, fit_seconds, extra, job_id(config)
         )
     if version is not None:
         prune_checkpoints(config.checkpoint_path, config.checkpoint.versions, version)
@@ -625,7 +595,7 @@ def select_components(
         start_time = time.perf_counter()
         emdist.fit_shared(estimators, X, weights)
         fit_seconds = time.perf_counter() - start_time
-        extras = summary_statistics_shared(estimators, X, weights)
+        extras = emdist.summary_statistics_shared(estimators, X, weights)
         for (k, model, model_path, version, prepared), extra in zip(plans, extras, strict=True):
             fit = _save_fit(prepared, model, model_path, fit_seconds, extra, job_id(config))
             if version is not None:

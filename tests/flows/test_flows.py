@@ -22,7 +22,7 @@ from tests.prefect_fixtures import prefect_harness  # noqa: F401
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -49,6 +49,9 @@ import emdist
 from emdist.exceptions import InvalidDataError
 from flows.deployments import PROJECT_ROOT, entrypoint
 from flows.pipeline_flow import FLOWS, choose_components, clustering_pipeline
+from flows.tasks import TASKS
+from pipeline.config import parse_config
+from pipeline.job import STEPS, Steps, run_job, run_selection
 from tests import prefect_fixtures
 from tests.markers import service_fixture
 from tests.prefect_fixtures import dask_worker_processes, wait_until_gone
@@ -363,11 +366,18 @@ def test_scheduled_job_on_grown_input_fits_the_new_rows_warm_started(
     assert len(versions) == 2
 
 
-def test_choose_components_picks_the_true_k_and_tabulates(
-    prefect_harness: str, cluster_address: str, tmp_path: Path
-) -> None:
-    config = job(str(tmp_path / "out"), {"address": cluster_address}, max_iter=50)
-    record = run_flow(choose_components, candidates=[4, 2, 3], config=config)
+@pytest.fixture(scope="module")
+def selection_run(
+    prefect_harness: str, cluster_address: str, tmp_path_factory: pytest.TempPathFactory
+) -> FlowRecord:
+    """The K-selection flow over candidates 4, 2, 3, on the module's cluster."""
+    out = tmp_path_factory.mktemp("select") / "out"
+    config = job(str(out), {"address": cluster_address}, max_iter=50)
+    return run_flow(choose_components, candidates=[4, 2, 3], config=config)
+
+
+def test_choose_components_picks_the_true_k_and_tabulates(selection_run: FlowRecord) -> None:
+    record = selection_run
     assert record.state.is_completed(), record.state.message
     result = record.result
     assert result["criterion"] == "bic"
@@ -394,6 +404,78 @@ def test_choose_components_picks_the_true_k_and_tabulates(
     iterations = [int(m.group(2)) for m in record.iteration_lines()]
     assert iterations.count(1) == 3
     assert len(iterations) == sum(row["n_iter"] for row in table)
+
+
+# -- one sequence of the same stages, with and without Prefect --------------------------------
+
+
+def test_the_flow_tasks_are_the_plain_steps_decorated() -> None:
+    from prefect import Task
+
+    for stage in fields(Steps):
+        wrapped = getattr(TASKS, stage.name)
+        assert isinstance(wrapped, Task), stage.name
+        assert wrapped.fn is getattr(STEPS, stage.name), stage.name
+
+
+def flow_stages(flow_run_id: UUID) -> list[str]:
+    """The :class:`Steps` fields whose tasks the flow run ran, in the order they started."""
+    by_task_name = {getattr(TASKS, stage.name).name: stage.name for stage in fields(Steps)}
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    started = sorted((run.start_time, run.name) for run in runs if run.start_time is not None)
+    assert len(started) == len(runs), "a task run of the finished flow never started"
+    # A task run is named "<task name>-<3 random characters>".
+    return [by_task_name[name.rsplit("-", 1)[0]] for _, name in started]
+
+
+def recording(steps: Steps, calls: list[str]) -> Steps:
+    """``steps`` with every call's field name appended to ``calls``."""
+
+    def record(name: str, stage: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return stage(*args, **kwargs)
+
+        return call
+
+    return Steps(**{s.name: record(s.name, getattr(steps, s.name)) for s in fields(Steps)})
+
+
+def tiny_job(out: Path) -> dict[str, Any]:
+    config = job(str(out), {"n_workers": 1, "processes": False}, max_iter=20)
+    config["input"]["generate"].update(n_samples=1_200, chunk_rows=400)
+    return config
+
+
+def test_the_local_job_and_the_flow_run_the_same_stages(
+    first_run: FirstRun, tmp_path: Path
+) -> None:
+    calls: list[str] = []
+    run_job(parse_config(tiny_job(tmp_path / "out")), steps=recording(STEPS, calls))
+    assert calls == ["prepare", "fit", "label", "report"]
+    assert flow_stages(first_run.record.flow_run_id) == calls
+
+
+def test_the_local_selection_and_the_flow_run_the_same_stages(
+    selection_run: FlowRecord, tmp_path: Path
+) -> None:
+    calls: list[str] = []
+    config = parse_config(tiny_job(tmp_path / "out"))
+    run_selection(config, [2, 3], steps=recording(STEPS, calls))
+    assert calls == ["prepare", "select", "label", "report"]
+    assert flow_stages(selection_run.flow_run_id) == calls
+
+
+def test_the_tasks_inputs_are_hashed_without_errors(
+    first_run: FirstRun, selection_run: FlowRecord
+) -> None:
+    # Prefect keys every task run by its inputs (the fit's observer among them): a key it
+    # cannot compute is an error with a traceback in the run's logs.
+    for record in (first_run.record, selection_run):
+        assert not any("cache key" in m for m in record.messages())
 
 
 # -- failures ---------------------------------------------------------------------------------
