@@ -5,10 +5,18 @@ Dask's threads compute side by side). Per sub-block of rows, one BLAS GEMM score
 row against every centre with the expansion ``‖c̃‖² - 2x·c̃`` (centres taken about their
 mean, so that it holds far from the origin); then one compiled sweep takes the argmin
 (lowest index on ties), adds the per-cluster sums ``Σ (x - r_label)`` about each cluster's
-fixed reference point (see below), the counts, the inertia ``Σ‖x - c_label‖²`` from the
-float64 differences (exact far from the origin) and keeps the block's ``K`` rows farthest
-from their centres (the candidates that re-seed an empty cluster, so no extra pass is
-needed when one empties).
+fixed reference point (see below), the counts, the inertia ``Σ‖x - c_label‖²`` and keeps
+the block's ``K`` rows farthest from their centres (the candidates that re-seed an empty
+cluster, so no extra pass is needed when one empties). Several restarts' centres are
+scored and swept in the same walk (:func:`kmeans_estep_many`): a sub-block is read from
+memory once for all of them, while each restart's arithmetic stays what it is alone.
+
+The inertia: a row's distance to its centre comes from the scores the argmin already has
+(``‖x‖² - 2x·m + ‖m‖² + score + bias``) wherever a bound on that expansion's rounding
+(from ``‖x‖``, ``‖m‖``, ``‖c - m‖`` and ε) is below ``2^-40`` of the distance, and from
+float64 differences elsewhere — rows far from the origin relative to their spread, where
+the expansion cancels (data translated by 1e9 takes differences throughout). The far rows
+are always ranked by exact distances.
 No ``(n, K)`` temporary is made for the whole block. A fused all-numba loop of direct
 distances was measured too and lost to the GEMM (benchmarks/README.md, "Compiled K-means
 kernel"). :mod:`emdist.kernels.kmeans_reference` is the same step in plain numpy.
@@ -24,8 +32,9 @@ there, as scikit-learn's strict convergence does. Sums about the moving centre
 
 Precision: float32 data are scored in float32 (rows shifted by a float32 reference point,
 which is exact where the data sit far from the origin), everything else in float64; the
-statistics are float64 differences from float64 centres and reference points whatever the
-dtype.
+sums are float64 differences from float64 reference points whatever the dtype, and float32
+data take their inertia from float64 differences (their float32 scores are no exact
+expansion).
 """
 
 from __future__ import annotations
@@ -344,10 +353,11 @@ def _walk_kernel(
     ``expand`` (float64 scores): a row's squared distance to its centre is taken from the
     expansion ``‖x‖² - 2x·m + ‖m‖² + score + bias`` (``x·m`` one GEMV per sub-block,
     ``‖x‖²`` once per row for every restart) where its rounding error, at most
-    ``γ (‖x‖ + ‖m‖ + ‖c - m‖)²`` (``radius = ‖m‖ + ‖c - m‖``), is below ``2^-42`` of the
-    distance; elsewhere (rows far from the origin relative to their spread, rows on their
-    centre) from float64 differences. Far rows are kept by their exact distances: a row
-    whose distance could pass the kept farthest ones is measured exactly first.
+    ``γ_{d+5} (‖x‖ + ‖m‖ + ‖c - m‖)²`` (``radius = ‖m‖ + ‖c - m‖``), is below ``2^-40``
+    (~9e-13) of the distance; elsewhere (rows far from the origin relative to their spread,
+    rows on their centre) from float64 differences. Far rows are kept by their exact
+    distances: a row whose distance could pass the kept farthest ones is measured exactly
+    first.
     """
     n, d = X.shape
     R, K = bias.shape
@@ -357,11 +367,12 @@ def _walk_kernel(
     norm_sq = np.empty(rows)
     norm = np.empty(rows)
     xm = np.empty(rows, dtype=neg2_t.dtype)
-    # The rounding of ‖x‖², x·m, the scores (dot products of d terms) and the four sums
-    # of the expansion: γ_{d+5} ≤ (d + 5) ε / (1 - (d + 5) ε), doubled for a margin.
+    # The rounding of ‖x‖², x·m, the scores, the bias (dot products of d terms, each off
+    # by at most γ_d Σ|a_j b_j| ≤ γ_d ‖a‖ ‖b‖) and the four sums of the expansion:
+    # γ_{d+5} = (d + 5) ε / (1 - (d + 5) ε) times (‖x‖ + ‖m‖ + ‖c - m‖)².
     eps = np.finfo(np.float64).eps
-    gamma = 2.0 * (d + 5) * eps / (1.0 - (d + 5) * eps)
-    close = 2.0**-42
+    gamma = (d + 5) * eps / (1.0 - (d + 5) * eps)
+    close = 2.0**-40
     for start in range(0, n, rows):
         m = min(rows, n - start)
         if expand:
