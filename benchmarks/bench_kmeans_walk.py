@@ -16,10 +16,16 @@ In one process, on the same 400k x 32 blobs (K = 16) written twice — uncompres
   budget, so the two differ in what a pass costs, not in the iterations a restart needs).
 
 Every restart's statistics from the walk are checked equal, bit for bit, to its lone
-E-step's. Medians (min-max) of the rounds; the load average before and after.
+E-step's. Medians (min-max) of the rounds, wall and process CPU seconds; the load average
+before and after.
 
-    .venv/bin/python benchmarks/bench_kmeans_walk.py                    # ~3 min
+``--kernels`` times instead the kernels alone on the in-memory block, one thread, CPU
+seconds: one restart, 8 restarts as 8 kernel calls, 8 restarts in one walk, and that walk
+with the inertia from float64 differences for every row (the expansion switched off).
+
+    .venv/bin/python benchmarks/bench_kmeans_walk.py                    # ~5 min
     .venv/bin/python benchmarks/bench_kmeans_walk.py --repeats 3 --n-samples 100000
+    .venv/bin/python benchmarks/bench_kmeans_walk.py --kernels
 """
 
 from __future__ import annotations
@@ -86,9 +92,13 @@ def main() -> None:
     p.add_argument("--max-iter", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5, help="rounds of the passes")
     p.add_argument("--fit-repeats", type=int, default=3, help="rounds of the fits")
+    p.add_argument("--kernels", action="store_true", help="the kernels alone, in memory")
     args = p.parse_args()
     n, d, K, R = args.n_samples, args.n_features, args.k, args.n_init
     print(_common.environment())
+    if args.kernels:
+        kernels(n, d, K, R, args.repeats)
+        return
     with _common.scratch_dir() as tmp:
         data = _common.make_blobs(n, d, K, seed=0)
         plain, packed = str(tmp / "plain.zarr"), str(tmp / "zstd.zarr")
@@ -170,6 +180,50 @@ def main() -> None:
         ]
         header = ["fit", "wall s", "vs n_init=1", "CPU s", "vs n_init=1 CPU", "n_iter_"]
         print(_common.format_table(header, rows))
+    print(f"\nload {load()} at the end")
+
+
+def kernels(n: int, d: int, K: int, R: int, repeats: int) -> None:
+    """The E-step kernels alone on one in-memory block, one BLAS thread, CPU seconds."""
+    import threadpoolctl
+
+    from emdist.kernels import kmeans as kernel
+
+    data = _common.make_blobs(n, d, K, seed=0)
+    rng = np.random.default_rng(1)
+    starts = [KMeansParams(data[np.sort(rng.choice(n, K, replace=False))]) for _ in range(R)]
+    block = RowBlock(data, 0)
+    walk = kernel._walk_kernel
+
+    def differences(*args: Any) -> Any:
+        return walk(*args[:8], False, *args[9:])  # expand=False: every row by differences
+
+    def by_differences() -> Any:
+        kernel._walk_kernel = differences
+        try:
+            return kernel.kmeans_estep_many(block, starts)
+        finally:
+            kernel._walk_kernel = walk
+
+    contenders: dict[str, Callable[[], Any]] = {
+        "1 restart": lambda: kernel.kmeans_estep_chunk(block, starts[0]),
+        f"{R} restarts, {R} kernel calls": lambda: [
+            kernel.kmeans_estep_chunk(block, s) for s in starts
+        ],
+        f"{R} restarts in one walk": lambda: kernel.kmeans_estep_many(block, starts),
+        f"{R} restarts in one walk, inertia by differences": by_differences,
+    }
+    with threadpoolctl.threadpool_limits(limits=1):
+        kernel.kmeans_estep_many(RowBlock(data[:1000], 0), starts)
+        _, cpu = interleave(contenders, repeats)
+    one = _common.median(cpu["1 restart"])
+    rows = [
+        [name, f"{1e3 * _common.median(ts):.1f} ({_common.spread([1e3 * t for t in ts])})",
+         f"{_common.median(ts) / one:.2f}x"]
+        for name, ts in cpu.items()
+    ]  # fmt: skip
+    print(f"\nE-step kernels, {n} x {d} in memory, K={K}, one thread:")
+    print(_common.format_table(["kernel", "CPU ms", "vs 1 restart"], rows))
     print(f"\nload {load()} at the end")
 
 
