@@ -17,6 +17,7 @@ The inertia: a row's distance to its centre comes from the scores the argmin alr
 float64 differences elsewhere — rows far from the origin relative to their spread, where
 the expansion cancels (data translated by 1e9 takes differences throughout). The far rows
 are always ranked by exact distances.
+
 No ``(n, K)`` temporary is made for the whole block. A fused all-numba loop of direct
 distances was measured too and lost to the GEMM (benchmarks/README.md, "Compiled K-means
 kernel"). :mod:`emdist.kernels.kmeans_reference` is the same step in plain numpy.
@@ -416,8 +417,12 @@ def _walk_kernel(
                 part += wi * dist
                 if wi <= 0.0:
                     continue
+                # A row whose distance by differences (itself within γ of the true one)
+                # could pass the last kept far row is measured by differences and offered.
                 nf = n_far[r]
-                if nf < keep or (keep > 0 and dist + err >= far_dist[r, keep - 1]):
+                if nf < keep or (
+                    keep > 0 and (dist + err) * (1.0 + gamma) >= far_dist[r, keep - 1]
+                ):
                     if not exact:
                         dist = _sq_dist(X, start + i, k, centers[r])
                     n_far[r] = _offer_far(
