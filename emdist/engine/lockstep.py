@@ -3,11 +3,13 @@
 For data that does not fit in memory a fit costs its passes over the data. Restarts
 (``n_init``) and the fits of a K sweep are independent runs of EM over the same data, so
 one pass can serve them all: every block is read once and each run's E-step runs on it
-(one kernel call per block and run), the per-run statistics travel together as one
-:class:`StatsTuple`, which adds element-wise, and the usual fixed-shape tree reduction
-(:func:`emdist.engine.reduce.map_reduce`) sums them. Every run's statistics are then the
-very sums it would have had alone — the same kernel on the same block, added in the same
-tree order — so results are identical, bit for bit, to running the runs one after another.
+(one kernel call per block and run, or one call for all the runs of a family that walks a
+block once for all of them: K-means' ``estep_many``), the per-run statistics travel
+together as one :class:`StatsTuple`, which adds element-wise, and the usual fixed-shape
+tree reduction (:func:`emdist.engine.reduce.map_reduce`) sums them. Every run's statistics
+are then the very sums it would have had alone — the same arithmetic on the same block,
+added in the same tree order — so results are identical, bit for bit, to running the runs
+one after another.
 """
 
 from __future__ import annotations
@@ -53,8 +55,25 @@ def _estep_all(
     families: tuple[EStep, ...],
     params: tuple[Any, ...],
 ) -> StatsTuple:
-    """Every run's E-step on one block (one block read serves them all)."""
-    return StatsTuple(tuple(f.estep_chunk(block, p) for f, p in zip(families, params, strict=True)))
+    """Every run's E-step on one block (one block read serves them all).
+
+    Runs of one family that has ``estep_many`` (K-means: one walk over the block for all
+    its restarts) go to it together; each value is the one ``estep_chunk`` would give.
+    """
+    out: list[Any] = [None] * len(families)
+    together: dict[int, list[int]] = {}
+    for i, family in enumerate(families):
+        if getattr(family, "estep_many", None) is None:
+            out[i] = family.estep_chunk(block, params[i])
+            continue
+        first = next((j for j in together if families[j] == family), i)
+        together.setdefault(first, []).append(i)
+    for first, members in together.items():
+        many = getattr(families[first], "estep_many")  # noqa: B009 (optional method)
+        stats = many(block, [params[i] for i in members])
+        for i, s in zip(members, stats, strict=True):
+            out[i] = s
+    return StatsTuple(tuple(out))
 
 
 def shared_pass(X: PassData, steps: Sequence[tuple[EStep, Any]]) -> list[Any]:

@@ -5,10 +5,19 @@ Dask's threads compute side by side). Per sub-block of rows, one BLAS GEMM score
 row against every centre with the expansion ``‖c̃‖² - 2x·c̃`` (centres taken about their
 mean, so that it holds far from the origin); then one compiled sweep takes the argmin
 (lowest index on ties), adds the per-cluster sums ``Σ (x - r_label)`` about each cluster's
-fixed reference point (see below), the counts, the inertia ``Σ‖x - c_label‖²`` from the
-float64 differences (exact far from the origin) and keeps the block's ``K`` rows farthest
-from their centres (the candidates that re-seed an empty cluster, so no extra pass is
-needed when one empties).
+fixed reference point (see below), the counts, the inertia ``Σ‖x - c_label‖²`` and keeps
+the block's ``K`` rows farthest from their centres (the candidates that re-seed an empty
+cluster, so no extra pass is needed when one empties). Several restarts' centres are
+scored and swept in the same walk (:func:`kmeans_estep_many`): a sub-block is read from
+memory once for all of them, while each restart's arithmetic stays what it is alone.
+
+The inertia: a row's distance to its centre comes from the scores the argmin already has
+(``‖x‖² - 2x·m + ‖m‖² + score + bias``) wherever a bound on that expansion's rounding
+(from ``‖x‖``, ``‖m‖``, ``‖c - m‖`` and ε) is below ``2^-40`` of the distance, and from
+float64 differences elsewhere — rows far from the origin relative to their spread, where
+the expansion cancels (data translated by 1e9 takes differences throughout). The far rows
+are always ranked by exact distances.
+
 No ``(n, K)`` temporary is made for the whole block. A fused all-numba loop of direct
 distances was measured too and lost to the GEMM (benchmarks/README.md, "Compiled K-means
 kernel"). :mod:`emdist.kernels.kmeans_reference` is the same step in plain numpy.
@@ -24,12 +33,14 @@ there, as scikit-learn's strict convergence does. Sums about the moving centre
 
 Precision: float32 data are scored in float32 (rows shifted by a float32 reference point,
 which is exact where the data sit far from the origin), everything else in float64; the
-statistics are float64 differences from float64 centres and reference points whatever the
-dtype.
+sums are float64 differences from float64 reference points whatever the dtype, and float32
+data take their inertia from float64 differences (their float32 scores are no exact
+expansion).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +60,7 @@ __all__ = [
     "KMeansParams",
     "KMeansStats",
     "kmeans_estep_chunk",
+    "kmeans_estep_many",
     "kmeans_labels_chunk",
     "kmeans_mstep",
     "kmeans_transform_chunk",
@@ -263,90 +275,50 @@ def _offer_far(
 
 
 @jit
-def _add_row(
-    X: AnyArray, i: int, k: int, centers: FloatArray, about: FloatArray, sx: FloatArray
-) -> float:
-    """Add ``x_i - r_k`` to ``sx[k]``; return ``‖x_i - c_k‖²`` (float64 whatever the dtype).
+def _add_sums(X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray) -> None:
+    """Add ``x_i - r_k`` to ``sx[k]`` (float64 whatever the dtype)."""
+    for j in range(X.shape[1]):
+        sx[k, j] += np.float64(X[i, j]) - about[k, j]
+
+
+@jit
+def _add_sums_weighted(
+    X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray, wi: float
+) -> None:
+    """Add ``wi (x_i - r_k)`` to ``sx[k]``."""
+    for j in range(X.shape[1]):
+        sx[k, j] += wi * (np.float64(X[i, j]) - about[k, j])
+
+
+@jit
+def _sq_dist(X: AnyArray, i: int, k: int, centers: FloatArray) -> float:
+    """``‖x_i - c_k‖²`` from float64 differences (exact far from the origin).
 
     Four running sums of squares: one would be a chain of ``d`` dependent additions (~4
-    cycles each), the bound of the whole sweep once the rows are in cache.
+    cycles each).
     """
     d = X.shape[1]
     s0 = s1 = s2 = s3 = 0.0
     j = 0
     while j + 4 <= d:
-        x0 = np.float64(X[i, j])
-        x1 = np.float64(X[i, j + 1])
-        x2 = np.float64(X[i, j + 2])
-        x3 = np.float64(X[i, j + 3])
-        t0 = x0 - centers[k, j]
-        t1 = x1 - centers[k, j + 1]
-        t2 = x2 - centers[k, j + 2]
-        t3 = x3 - centers[k, j + 3]
-        sx[k, j] += x0 - about[k, j]
-        sx[k, j + 1] += x1 - about[k, j + 1]
-        sx[k, j + 2] += x2 - about[k, j + 2]
-        sx[k, j + 3] += x3 - about[k, j + 3]
+        t0 = np.float64(X[i, j]) - centers[k, j]
+        t1 = np.float64(X[i, j + 1]) - centers[k, j + 1]
+        t2 = np.float64(X[i, j + 2]) - centers[k, j + 2]
+        t3 = np.float64(X[i, j + 3]) - centers[k, j + 3]
         s0 += t0 * t0
         s1 += t1 * t1
         s2 += t2 * t2
         s3 += t3 * t3
         j += 4
     while j < d:
-        x0 = np.float64(X[i, j])
-        t0 = x0 - centers[k, j]
-        sx[k, j] += x0 - about[k, j]
+        t0 = np.float64(X[i, j]) - centers[k, j]
         s0 += t0 * t0
         j += 1
     return (s0 + s1) + (s2 + s3)
 
 
 @jit
-def _add_row_weighted(
-    X: AnyArray,
-    i: int,
-    k: int,
-    centers: FloatArray,
-    about: FloatArray,
-    sx: FloatArray,
-    wi: float,
-) -> float:
-    """Add ``wi (x_i - r_k)`` to ``sx[k]``; return the unweighted ``‖x_i - c_k‖²``.
-
-    Four running sums of squares, as :func:`_add_row`.
-    """
-    d = X.shape[1]
-    s0 = s1 = s2 = s3 = 0.0
-    j = 0
-    while j + 4 <= d:
-        x0 = np.float64(X[i, j])
-        x1 = np.float64(X[i, j + 1])
-        x2 = np.float64(X[i, j + 2])
-        x3 = np.float64(X[i, j + 3])
-        t0 = x0 - centers[k, j]
-        t1 = x1 - centers[k, j + 1]
-        t2 = x2 - centers[k, j + 2]
-        t3 = x3 - centers[k, j + 3]
-        sx[k, j] += wi * (x0 - about[k, j])
-        sx[k, j + 1] += wi * (x1 - about[k, j + 1])
-        sx[k, j + 2] += wi * (x2 - about[k, j + 2])
-        sx[k, j + 3] += wi * (x3 - about[k, j + 3])
-        s0 += t0 * t0
-        s1 += t1 * t1
-        s2 += t2 * t2
-        s3 += t3 * t3
-        j += 4
-    while j < d:
-        x0 = np.float64(X[i, j])
-        t0 = x0 - centers[k, j]
-        sx[k, j] += wi * (x0 - about[k, j])
-        s0 += t0 * t0
-        j += 1
-    return (s0 + s1) + (s2 + s3)
-
-
-@jit
-def _estep_kernel(
+def _walk_kernel(
     X: AnyArray,
     row0: int,
     centers: FloatArray,
@@ -355,48 +327,108 @@ def _estep_kernel(
     neg2_t: AnyArray,
     bias: AnyArray,
     shift_rows: bool,
+    expand: bool,
+    means: AnyArray,
+    mean_sq: FloatArray,
+    radius: FloatArray,
     rows: int,
     counts: FloatArray,
     sx: FloatArray,
+    inertia: FloatArray,
     far_dist: FloatArray,
     far_row: IntArray,
     far_label: IntArray,
-    n_far: int,
+    n_far: IntArray,
     weights: FloatArray | None = None,
-) -> tuple[float, int]:
-    """Add the rows ``row0, row0 + 1, ...`` of ``X`` to the statistics.
+) -> None:
+    """Add the rows ``row0, row0 + 1, ...`` of ``X`` to the statistics of ``R`` restarts.
 
-    Distances are measured from ``centers``, sums taken about ``about``. Returns the block's
-    inertia and the new count of kept far rows. ``weights``: every row's counts, sums and
-    inertia weigh ``weights[i]``; a row of weight 0 is no far row.
+    One walk over the block: per sub-block of ``rows`` rows (in cache), each restart's GEMM
+    of scores and its sweep (argmin, sums, inertia, far rows). Arrays are stacked by
+    restart: ``centers``/``about`` (R, K, d), ``ref`` (R, d), ``neg2_t`` (R, d, K),
+    ``bias``/``counts``/``radius`` (R, K), ``sx`` (R, K, d), ``far_*`` (R, keep);
+    ``means``/``mean_sq``: each restart's scoring point ``m`` and ``‖m‖²``. Distances are
+    measured from ``centers``, sums taken about ``about``; ``weights``: every row's counts,
+    sums and inertia weigh ``weights[i]``, and a row of weight 0 is no far row.
+
+    ``expand`` (float64 scores): a row's squared distance to its centre is taken from the
+    expansion ``‖x‖² - 2x·m + ‖m‖² + score + bias`` (``x·m`` one GEMV per sub-block,
+    ``‖x‖²`` once per row for every restart) where its rounding error, at most
+    ``γ_{d+5} (‖x‖ + ‖m‖ + ‖c - m‖)²`` (``radius = ‖m‖ + ‖c - m‖``), is below ``2^-40``
+    (~9e-13) of the distance; elsewhere (rows far from the origin relative to their spread,
+    rows on their centre) from float64 differences. Far rows are kept by their exact
+    distances: a row whose distance could pass the kept farthest ones is measured exactly
+    first.
     """
     n, d = X.shape
-    K = centers.shape[0]
+    R, K = bias.shape
+    keep = far_dist.shape[1]
     xbuf = np.empty((rows, d), dtype=neg2_t.dtype)
     scores = np.empty((rows, K), dtype=neg2_t.dtype)
-    inertia = 0.0
+    norm_sq = np.empty(rows)
+    norm = np.empty(rows)
+    xm = np.empty(rows, dtype=neg2_t.dtype)
+    # The rounding of ‖x‖², x·m, the scores, the bias (dot products of d terms, each off
+    # by at most γ_d Σ|a_j b_j| ≤ γ_d ‖a‖ ‖b‖) and the four sums of the expansion:
+    # γ_{d+5} = (d + 5) ε / (1 - (d + 5) ε) times (‖x‖ + ‖m‖ + ‖c - m‖)².
+    eps = np.finfo(np.float64).eps
+    gamma = (d + 5) * eps / (1.0 - (d + 5) * eps)
+    close = 2.0**-40
     for start in range(0, n, rows):
         m = min(rows, n - start)
-        _score_rows(X, start, m, ref, neg2_t, shift_rows, xbuf, scores)
-        # Summed per sub-block, then into the total: the error of the inertia stays that of
-        # short sums, not of a million-term running sum.
-        part = 0.0
-        for i in range(m):
-            k = _argmin_row(scores, i, bias)
-            if weights is None:
-                dist = _add_row(X, start + i, k, centers, about, sx)
-                counts[k] += 1.0
-                part += dist
-            else:
-                wi = weights[start + i]
-                dist = _add_row_weighted(X, start + i, k, centers, about, sx, wi)
-                counts[k] += wi
+        if expand:
+            for i in range(m):
+                s = 0.0
+                for j in range(d):
+                    v = np.float64(X[start + i, j])
+                    s += v * v
+                norm_sq[i] = s
+                norm[i] = np.sqrt(s)
+        for r in range(R):
+            _score_rows(X, start, m, ref[r], neg2_t[r], shift_rows, xbuf, scores)
+            if expand:
+                np.dot(X[start : start + m], means[r], xm[:m])
+            # Summed per sub-block, then into the total: the error of the inertia stays that
+            # of short sums, not of a million-term running sum.
+            part = 0.0
+            for i in range(m):
+                k = _argmin_row(scores, i, bias[r])
+                wi = 1.0
+                if weights is None:
+                    _add_sums(X, start + i, k, about[r], sx[r])
+                    counts[r, k] += 1.0
+                else:
+                    wi = weights[start + i]
+                    _add_sums_weighted(X, start + i, k, about[r], sx[r], wi)
+                    counts[r, k] += wi
+                exact = True
+                err = 0.0
+                dist = 0.0
+                if expand:
+                    dist = (norm_sq[i] - 2.0 * np.float64(xm[i]) + mean_sq[r]) + (
+                        np.float64(scores[i, k]) + np.float64(bias[r, k])
+                    )
+                    t = norm[i] + radius[r, k]
+                    err = gamma * t * t
+                    exact = err > close * dist
+                if exact:
+                    dist = _sq_dist(X, start + i, k, centers[r])
+                    err = 0.0
                 part += wi * dist
                 if wi <= 0.0:
                     continue
-            n_far = _offer_far(dist, row0 + start + i, k, far_dist, far_row, far_label, n_far)
-        inertia += part
-    return inertia, n_far
+                # A row whose distance by differences (itself within γ of the true one)
+                # could pass the last kept far row is measured by differences and offered.
+                nf = n_far[r]
+                if nf < keep or (
+                    keep > 0 and (dist + err) * (1.0 + gamma) >= far_dist[r, keep - 1]
+                ):
+                    if not exact:
+                        dist = _sq_dist(X, start + i, k, centers[r])
+                    n_far[r] = _offer_far(
+                        dist, row0 + start + i, k, far_dist[r], far_row[r], far_label[r], nf
+                    )
+            inertia[r] += part
 
 
 @jit
@@ -507,6 +539,44 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
     -------
     KMeansStats
     """
+    return kmeans_estep_many(block, (params,))[0]
+
+
+def kmeans_estep_many(block: RowBlock, params: Sequence[KMeansParams]) -> list[KMeansStats]:
+    """The statistics of several restarts on one block, in one walk over its rows.
+
+    Each sub-block of rows is scored and swept for every restart while it is in cache, so
+    the block is read from memory once for all of them (restarts of a fit, fits of a K
+    sweep). Every restart's arithmetic is the one it runs alone — its own GEMM of the same
+    shape on the same rows, the same sweep — so each statistics value equals, bit for bit,
+    :func:`kmeans_estep_chunk` under those parameters. (One GEMM against all the restarts'
+    centres stacked was measured too: slower at K=16, its (rows, R·K) scores leave the
+    cache, and its columns round differently from a lone restart's GEMM.)
+
+    Parameters
+    ----------
+    block : RowBlock
+    params : sequence of KMeansParams
+        One per restart; restarts of the same number of clusters share the walk.
+
+    Returns
+    -------
+    list of KMeansStats
+        In the order of ``params``.
+    """
+    out: list[KMeansStats | None] = [None] * len(params)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault(tuple(np.shape(p.centers)), []).append(i)
+    for members in groups.values():
+        stats = _estep_group(block, [params[i] for i in members])
+        for i, s in zip(members, stats, strict=True):
+            out[i] = s
+    return [s for s in out if s is not None]
+
+
+def _estep_group(block: RowBlock, group: Sequence[KMeansParams]) -> list[KMeansStats]:
+    """:func:`kmeans_estep_many` for restarts of the same shape of centres."""
     X, row_offset = block.x, block.row_offset
     # Weights (scikit-learn's sample_weight) weigh counts, sums and inertia; the far rows
     # that re-seed an empty cluster are, as scikit-learn's, the rows farthest from their
@@ -514,43 +584,59 @@ def kmeans_estep_chunk(block: RowBlock, params: KMeansParams) -> KMeansStats:
     # is no candidate: its new cluster would be empty again (scikit-learn then sends that
     # centre to the origin).
     weights = None if block.weights is None else np.asarray(block.weights, dtype=np.float64)
-    centers = _centers(params.centers)
-    about = _centers(params.about)
-    K, d = centers.shape
+    R = len(group)
+    centers = np.stack([_centers(p.centers) for p in group])
+    about = np.stack([_centers(p.about) for p in group])
+    _, K, d = centers.shape
     n = X.shape[0]
     keep = min(K, n)
-    counts = np.zeros(K)
-    sx = np.zeros((K, d))
-    far_dist = np.empty(keep)
-    far_row = np.empty(keep, dtype=np.int64)
-    far_label = np.empty(keep, dtype=np.int64)
-    inertia = 0.0
-    n_far = 0
+    counts = np.zeros((R, K))
+    sx = np.zeros((R, K, d))
+    inertia = np.zeros(R)
+    far_dist = np.empty((R, keep))
+    far_row = np.empty((R, keep), dtype=np.int64)
+    far_label = np.empty((R, keep), dtype=np.int64)
+    n_far = np.zeros(R, dtype=np.int64)
     if n:
         Xr = as_row_major(X)
-        scoring = _Scoring.of(centers, Xr.dtype)
-        rows = _sub_block_rows(K, d)
-        inertia, n_far = _estep_kernel(
-            Xr, 0, centers, about, scoring.ref, scoring.neg2_t, scoring.bias, scoring.shift_rows,
-            rows, counts, sx, far_dist, far_row, far_label, n_far, weights,
+        scorings = [_Scoring.of(c, Xr.dtype) for c in centers]
+        first = scorings[0]
+        means = np.stack([c.mean(axis=0) for c in centers])
+        radius = np.linalg.norm(means, axis=1)[:, None] + np.linalg.norm(
+            centers - means[:, None, :], axis=2
+        )
+        _walk_kernel(
+            Xr, 0, centers, about,
+            np.stack([s.ref for s in scorings]),
+            np.stack([s.neg2_t for s in scorings]),
+            np.stack([s.bias for s in scorings]),
+            first.shift_rows, not first.shift_rows,
+            # (float32 data does not expand: its means only type the unused GEMV)
+            means.astype(first.dtype), np.einsum("rd,rd->r", means, means), radius,
+            _sub_block_rows(K, d),
+            counts, sx, inertia, far_dist, far_row, far_label, n_far, weights,
         )  # fmt: skip
-    if n_far < keep:
-        # Rows of weight 0 left places unfilled.
-        far_dist, far_row, far_label = far_dist[:n_far], far_row[:n_far], far_label[:n_far]
-        keep = n_far
-    return KMeansStats(
-        n=int(n),
-        counts=counts,
-        sx=sx,
-        inertia=float(inertia),
-        far_dist=far_dist,
-        far_row=far_row + row_offset,
-        far_label=far_label,
-        far_x=np.asarray(X[far_row], dtype=np.float64).reshape(keep, d),
-        shift=params.centers,
-        reference=params.about,
-        far_w=None if weights is None else weights[far_row],
-    )
+    out = []
+    for r, p in enumerate(group):
+        # Rows of weight 0 may leave places unfilled.
+        kept = int(n_far[r])
+        rows = far_row[r, :kept]
+        out.append(
+            KMeansStats(
+                n=int(n),
+                counts=counts[r],
+                sx=sx[r],
+                inertia=float(inertia[r]),
+                far_dist=far_dist[r, :kept],
+                far_row=rows + row_offset,
+                far_label=far_label[r, :kept],
+                far_x=np.asarray(X[rows], dtype=np.float64).reshape(kept, d),
+                shift=p.centers,
+                reference=p.about,
+                far_w=None if weights is None else weights[rows],
+            )
+        )
+    return out
 
 
 def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:

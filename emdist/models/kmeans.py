@@ -6,7 +6,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -34,6 +34,7 @@ from emdist.kernels.kmeans import (
     KMeansParams,
     KMeansStats,
     kmeans_estep_chunk,
+    kmeans_estep_many,
     kmeans_labels_chunk,
     kmeans_mstep,
     kmeans_transform_chunk,
@@ -97,6 +98,13 @@ class KMeansFamily:
     def estep_chunk(self, block: RowBlock, params: KMeansParams) -> KMeansStats:
         """Assignment statistics of one block."""
         return kmeans_estep_chunk(block, params)
+
+    def estep_many(self, block: RowBlock, params: Sequence[KMeansParams]) -> list[KMeansStats]:
+        """Several restarts' statistics of one block, in one walk over its rows.
+
+        Each equals, bit for bit, what :meth:`estep_chunk` gives under its parameters.
+        """
+        return kmeans_estep_many(block, params)
 
     def mstep(self, stats: KMeansStats, params: KMeansParams) -> KMeansParams:
         """New centres; empty clusters re-seeded from far points."""

@@ -24,8 +24,15 @@ import emdist
 from emdist._random import child_seeds, resolve_seed
 from emdist.engine.data import compute_context, prepare_fit_data
 from emdist.engine.em import EMResult, run_em
+from emdist.engine.lockstep import shared_pass
+from emdist.engine.reduce import map_reduce
+from emdist.io import as_dask_array
 from emdist.io.checkpoint import CheckpointStore
-from emdist.models.kmeans import _needs_final_pass
+from emdist.kernels.gaussian import compute_precision_cholesky
+from emdist.kernels.kmeans import KMeansParams
+from emdist.kernels.mixture import MixtureParams
+from emdist.models.gaussian_mixture import GaussianMixtureFamily
+from emdist.models.kmeans import KMeansFamily, _needs_final_pass
 from tests.conftest import overlapping_data
 from tests.helpers import open_counted
 
@@ -251,3 +258,33 @@ def test_shared_passes_are_the_same_on_a_distributed_cluster(
     for k, model, row in zip(sweep.n_components, sweep.estimators, sweep.criteria, strict=True):
         assert_params_equal(params_of(model), params_of(alone[k]))
         assert row["bic"] == bics[k]
+
+
+def test_kmeans_runs_of_a_shared_pass_walk_each_block_once_with_their_lone_statistics(
+    data_path: str,
+) -> None:
+    # K-means runs of two sizes go to one walk per block (KMeansFamily.estep_many), a
+    # mixture run beside them to its own kernel; every run's reduced statistics equal, bit
+    # for bit, those of its pass alone.
+    X = as_dask_array(data_path)
+    rows = np.asarray(X)
+    rng = np.random.default_rng(5)
+    kmeans = KMeansFamily()
+    assert callable(kmeans.estep_many)
+    steps: list[tuple[Any, Any]] = [
+        (kmeans, KMeansParams(rows[rng.choice(len(rows), k, replace=False)])) for k in (3, 5, 3)
+    ]
+    cov = np.ones((2, 3))
+    mixture = MixtureParams(
+        np.full(2, 0.5), rows[:2].copy(), cov, compute_precision_cholesky(cov, "diag")
+    )
+    steps.insert(1, (GaussianMixtureFamily("diag", 1e-6), mixture))
+    shared = shared_pass(X, steps)
+    for (family, params), got in zip(steps, shared, strict=True):
+        alone = map_reduce(X, family.estep_chunk, params)
+        assert type(got) is type(alone)
+        for name, value in vars(alone).items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(getattr(got, name), value, err_msg=name)
+            elif isinstance(value, float | int):
+                assert getattr(got, name) == value, name

@@ -20,6 +20,7 @@ from emdist.kernels.kmeans import (
     KMeansParams,
     KMeansStats,
     kmeans_estep_chunk,
+    kmeans_estep_many,
     kmeans_labels_chunk,
     kmeans_transform_chunk,
 )
@@ -181,3 +182,81 @@ def test_float32_far_from_the_origin_keeps_labels_and_float64_statistics() -> No
     assert_allclose(far.sx, near.sx, rtol=0, atol=1e-6)
     assert_allclose(far.inertia, near.inertia, rtol=1e-9)
     assert_array_equal(far.far_row, near.far_row)
+
+
+# --- restarts in one walk ------------------------------------------------------------------
+
+
+def assert_identical_stats(got: KMeansStats, want: KMeansStats) -> None:
+    """Every field equal, bit for bit."""
+    assert got.n == want.n and got.inertia == want.inertia
+    for name in ("counts", "sx", "far_dist", "far_row", "far_label", "far_x"):
+        assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert (got.far_w is None) == (want.far_w is None)
+    if want.far_w is not None:
+        assert_array_equal(got.far_w, want.far_w)
+    assert got.shift is want.shift and got.reference is want.reference
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("layout", ["float64", "float32", "int32", "fortran"])
+def test_restarts_in_one_walk_equal_each_restart_alone(layout: str, weighted: bool) -> None:
+    # Several sub-blocks (2000 rows at K = 16, d = 32), restarts of two sizes (the walk
+    # groups them by K) in mixed order, one with reference points apart from its centres.
+    X, _ = _block(2000, 32, 16, seed=11)
+    Xl = LAYOUTS[layout](X)
+    rng = np.random.default_rng(12)
+    params = [KMeansParams(X[rng.choice(2000, 16, replace=False)]) for _ in range(3)]
+    params.insert(1, KMeansParams(X[rng.choice(2000, 5, replace=False)]))
+    moved = params[2].centers + rng.standard_normal((16, 32))
+    params.append(KMeansParams(moved, reference=params[2].centers))
+    weights = rng.uniform(0.0, 3.0, 2000) if weighted else None
+    if weights is not None:
+        weights[::7] = 0.0
+    block = RowBlock(Xl, 40, weights=weights)
+    walked = kmeans_estep_many(block, params)
+    assert len(walked) == len(params)
+    for p, got in zip(params, walked, strict=True):
+        assert_identical_stats(got, kmeans_estep_chunk(block, p))
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e9])
+def test_inertia_far_from_the_origin_is_that_of_exact_differences(offset: float) -> None:
+    # Rows far from the origin relative to their spread: the expansion ‖x‖² - 2x·c + ‖c‖²
+    # would lose ~eps·offset² to cancellation (~1e2 at 1e9), so these rows take float64
+    # differences; on a grid the translated rows are the same points, exactly.
+    X, centers = _block(1500, 6, 4, seed=13)
+    X, centers = np.round(X * 64) / 64, np.round(centers * 64) / 64
+    near = kmeans_estep_chunk(RowBlock(X, 0), KMeansParams(centers))
+    far = kmeans_estep_chunk(RowBlock(X + offset, 0), KMeansParams(centers + offset))
+    assert_array_equal(far.counts, near.counts)
+    assert_allclose(far.inertia, near.inertia, rtol=1e-12)
+    assert_array_equal(far.far_row, near.far_row)
+    assert_allclose(far.far_dist, near.far_dist, rtol=1e-12)
+
+
+def test_far_rows_are_kept_by_exact_distance_where_the_inertia_is_expanded() -> None:
+    # Near the origin the inertia comes from the expansion; the far rows still are the rows
+    # of largest exact distance, ties broken by row, whatever the chunking.
+    X, centers = _block(3000, 8, 6, seed=14)
+    params = KMeansParams(centers)
+    whole = kmeans_estep_chunk(RowBlock(X, 0), params)
+    exact = ((X - centers[kmeans_labels_chunk(X, centers)]) ** 2).sum(axis=1)
+    order = np.lexsort((np.arange(3000), -exact))[:6]
+    assert_array_equal(whole.far_row, order)
+    assert_array_equal(
+        whole.far_dist,
+        [_exact_row(X[i], centers[k]) for i, k in zip(whole.far_row, whole.far_label, strict=True)],
+    )
+    assert_allclose(whole.inertia, exact.sum(), rtol=1e-13)
+
+
+def _exact_row(x: np.ndarray, c: np.ndarray) -> float:
+    """``‖x - c‖²`` summed as the kernel sums it (four running sums, for exact equality)."""
+    t = (x - c) ** 2
+    s = [0.0, 0.0, 0.0, 0.0]
+    for j in range(len(t) - len(t) % 4):
+        s[j % 4] += t[j]
+    for j in range(len(t) - len(t) % 4, len(t)):
+        s[0] += t[j]
+    return (s[0] + s[1]) + (s[2] + s[3])

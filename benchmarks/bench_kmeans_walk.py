@@ -1,0 +1,261 @@
+"""K-means from a Zarr store: restarts in one walk, a pass against the read floor, weights.
+
+In one process, on the same 400k x 32 blobs (K = 16) written twice — uncompressed and zstd
+(level 3), 50 000-row chunks — interleaved rounds time:
+
+* **read floor**: a pass that only reads every chunk (emdist's own pass, whose kernel
+  counts the rows: read + decompress, no compute);
+* **pass, 1 restart**: one K-means iteration's pass (``map_reduce`` of the E-step);
+* **pass, 8 restarts in one walk**: the shared pass of 8 restarts, handed to
+  ``KMeansFamily.estep_many`` (one walk over each block for all of them);
+* **pass, 8 restarts one kernel each**: the same shared pass with a family that has no
+  ``estep_many`` (each restart's kernel walks the block on its own: what ran before);
+* **weighted pass**: the 1-restart pass with ``sample_weight`` (uncompressed store);
+* **fits**: ``KMeans(n_init=1)`` and ``KMeans(n_init=8)`` from the zstd store, k-means++
+  starts, ``tol=0``, ``max_iter`` fixed (20 by default: every restart runs its whole
+  budget, so the two differ in what a pass costs, not in the iterations a restart needs).
+
+Every restart's statistics from the walk are checked equal, bit for bit, to its lone
+E-step's. Medians (min-max) of the rounds, wall and process CPU seconds; the load average
+before and after.
+
+``--kernels`` times instead the kernels alone on the in-memory block, one thread, CPU
+seconds: one restart, 8 restarts as 8 kernel calls, 8 restarts in one walk, and that walk
+with the inertia from float64 differences for every row (the expansion switched off).
+
+    .venv/bin/python benchmarks/bench_kmeans_walk.py                    # ~5 min
+    .venv/bin/python benchmarks/bench_kmeans_walk.py --repeats 3 --n-samples 100000
+    .venv/bin/python benchmarks/bench_kmeans_walk.py --kernels
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+import dask.array as da  # noqa: E402
+import numpy as np  # noqa: E402
+import zarr  # noqa: E402
+
+import emdist  # noqa: E402
+from emdist.engine.lockstep import shared_pass  # noqa: E402
+from emdist.engine.reduce import Rows, map_reduce  # noqa: E402
+from emdist.io import as_dask_array  # noqa: E402
+from emdist.kernels.kmeans import KMeansParams, KMeansStats, kmeans_estep_chunk  # noqa: E402
+from emdist.kernels.rows import RowBlock  # noqa: E402
+from emdist.models.kmeans import KMeansFamily  # noqa: E402
+
+
+@dataclass(frozen=True)
+class OneKernelEach:
+    """K-means without ``estep_many``: a shared pass calls each restart's kernel alone."""
+
+    def estep_chunk(self, block: RowBlock, params: KMeansParams) -> KMeansStats:
+        return kmeans_estep_chunk(block, params)
+
+
+def count_rows(block: RowBlock) -> int:
+    """The kernel of a read-only pass: the block must have been read to be counted."""
+    return block.n_rows
+
+
+def load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall s, process CPU s) of one call: CPU time is what a loaded machine disturbs least."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n-samples", type=int, default=400_000)
+    p.add_argument("--n-features", type=int, default=32)
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--chunk-rows", type=int, default=50_000)
+    p.add_argument("--n-init", type=int, default=8)
+    p.add_argument("--max-iter", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5, help="rounds of the passes")
+    p.add_argument("--fit-repeats", type=int, default=3, help="rounds of the fits")
+    p.add_argument("--kernels", action="store_true", help="the kernels alone, in memory")
+    args = p.parse_args()
+    n, d, K, R = args.n_samples, args.n_features, args.k, args.n_init
+    print(_common.environment())
+    if args.kernels:
+        kernels(n, d, K, R, args.repeats)
+        return
+    with _common.scratch_dir() as tmp:
+        data = _common.make_blobs(n, d, K, seed=0)
+        plain, packed = str(tmp / "plain.zarr"), str(tmp / "zstd.zarr")
+        _common.write_zarr(plain, n, d, chunk_rows=args.chunk_rows, fill=data)
+        zarr.create_array(
+            packed, data=data, chunks=(args.chunk_rows, d), compressors=zarr.codecs.ZstdCodec()
+        )
+        rng = np.random.default_rng(1)
+        starts = [KMeansParams(data[np.sort(rng.choice(n, K, replace=False))]) for _ in range(R)]
+        weights = rng.uniform(0.5, 2.0, n)
+        del data
+        family, alone = KMeansFamily(), OneKernelEach()
+
+        # The walk gives each restart its lone statistics, bit for bit.
+        X = as_dask_array(packed)
+        walked = shared_pass(X, [(family, s) for s in starts])
+        for s, got in zip(starts, walked, strict=True):
+            want = map_reduce(X, family.estep_chunk, s)
+            assert got.inertia == want.inertia and np.array_equal(got.sx, want.sx)
+            assert np.array_equal(got.counts, want.counts)
+            assert np.array_equal(got.far_row, want.far_row)
+
+        def passes(path: str) -> dict[str, Callable[[], Any]]:
+            def run(fn: Callable[[da.Array], Any]) -> Callable[[], Any]:
+                return lambda: fn(as_dask_array(path))
+
+            return {
+                "read floor": run(lambda X: map_reduce(X, count_rows)),
+                "pass, 1 restart": run(lambda X: map_reduce(X, family.estep_chunk, starts[0])),
+                f"pass, {R} restarts in one walk": run(
+                    lambda X: shared_pass(X, [(family, s) for s in starts])
+                ),
+                f"pass, {R} restarts one kernel each": run(
+                    lambda X: shared_pass(X, [(alone, s) for s in starts])
+                ),
+            }
+
+        contenders: dict[str, Callable[[], Any]] = {}
+        for label, path in (("uncompressed", plain), ("zstd", packed)):
+            for name, fn in passes(path).items():
+                contenders[f"{label}: {name}"] = fn
+
+        def weighted() -> Any:
+            X = as_dask_array(plain)
+            w = da.from_array(weights, chunks=(X.chunks[0],))
+            return map_reduce(Rows(X, {"weights": w}), family.estep_chunk, starts[0])
+
+        contenders["uncompressed: pass, 1 restart, weighted"] = weighted
+        times, cpu = interleave(contenders, args.repeats)
+        rows = []
+        for label in ("uncompressed", "zstd"):
+            floor = f"{label}: read floor"
+            for name in contenders:
+                if name.startswith(label):
+                    base = (_common.median(times[floor]), _common.median(cpu[floor]))
+                    rows.append([name, *cells(times[name], cpu[name], *base)])
+        print(f"\nOne pass, {n} x {d}, K={K}, chunks of {args.chunk_rows} rows:")
+        header = ["pass", "wall s", "/ read floor", "CPU s", "/ read floor CPU"]
+        print(_common.format_table(header, rows))
+
+        def fit(n_init: int) -> Callable[[], Any]:
+            def run() -> Any:
+                km = emdist.KMeans(
+                    K, n_init=n_init, tol=0.0, max_iter=args.max_iter, random_state=0
+                )
+                km.fit(packed)
+                iters[n_init] = int(km.n_iter_)
+                return km
+
+            return run
+
+        iters: dict[int, int] = {}
+        fits, fits_cpu = interleave({f"n_init={m}": fit(m) for m in (1, R)}, args.fit_repeats)
+        base = (_common.median(fits["n_init=1"]), _common.median(fits_cpu["n_init=1"]))
+        print(f"\nFits from the zstd store, k-means++, tol=0, max_iter={args.max_iter}:")
+        rows = [
+            [name, *cells(ts, fits_cpu[name], *base), iters[int(name.split("=")[1])]]
+            for name, ts in fits.items()
+        ]
+        header = ["fit", "wall s", "vs n_init=1", "CPU s", "vs n_init=1 CPU", "n_iter_"]
+        print(_common.format_table(header, rows))
+    print(f"\nload {load()} at the end")
+
+
+def kernels(n: int, d: int, K: int, R: int, repeats: int) -> None:
+    """The E-step kernels alone on one in-memory block, one BLAS thread, CPU seconds."""
+    import threadpoolctl
+
+    from emdist.kernels import kmeans as kernel
+
+    data = _common.make_blobs(n, d, K, seed=0)
+    rng = np.random.default_rng(1)
+    starts = [KMeansParams(data[np.sort(rng.choice(n, K, replace=False))]) for _ in range(R)]
+    block = RowBlock(data, 0)
+    walk = kernel._walk_kernel
+
+    def differences(*args: Any) -> Any:
+        return walk(*args[:8], False, *args[9:])  # expand=False: every row by differences
+
+    def by_differences() -> Any:
+        kernel._walk_kernel = differences
+        try:
+            return kernel.kmeans_estep_many(block, starts)
+        finally:
+            kernel._walk_kernel = walk
+
+    contenders: dict[str, Callable[[], Any]] = {
+        "1 restart": lambda: kernel.kmeans_estep_chunk(block, starts[0]),
+        f"{R} restarts, {R} kernel calls": lambda: [
+            kernel.kmeans_estep_chunk(block, s) for s in starts
+        ],
+        f"{R} restarts in one walk": lambda: kernel.kmeans_estep_many(block, starts),
+        f"{R} restarts in one walk, inertia by differences": by_differences,
+    }
+    with threadpoolctl.threadpool_limits(limits=1):
+        kernel.kmeans_estep_many(RowBlock(data[:1000], 0), starts)
+        _, cpu = interleave(contenders, repeats)
+    one = _common.median(cpu["1 restart"])
+    rows = [
+        [name, f"{1e3 * _common.median(ts):.1f} ({_common.spread([1e3 * t for t in ts])})",
+         f"{_common.median(ts) / one:.2f}x"]
+        for name, ts in cpu.items()
+    ]  # fmt: skip
+    print(f"\nE-step kernels, {n} x {d} in memory, K={K}, one thread:")
+    print(_common.format_table(["kernel", "CPU ms", "vs 1 restart"], rows))
+    print(f"\nload {load()} at the end")
+
+
+def interleave(
+    contenders: dict[str, Callable[[], Any]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds of every contender, once per round (after one warm-up each),
+    the order rotating."""
+    for fn in contenders.values():
+        timed(fn)
+    names = list(contenders)
+    print(f"load {load()} at the start")
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            w, c = timed(contenders[name])
+            wall[name].append(w)
+            cpu[name].append(c)
+    return wall, cpu
+
+
+def cells(times: list[float], cpu: list[float], base: float, base_cpu: float) -> list[str]:
+    """Wall median (min-max), its ratio to ``base``; CPU median, its ratio to ``base_cpu``."""
+    med, med_cpu = _common.median(times), _common.median(cpu)
+    return [
+        f"{med:.3f} ({_common.spread(times)})",
+        f"{med / base:.2f}x",
+        f"{med_cpu:.3f}",
+        f"{med_cpu / base_cpu:.2f}x",
+    ]
+
+
+if __name__ == "__main__":
+    main()
