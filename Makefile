@@ -35,9 +35,14 @@ test: lint
 	$(ENSURE_PACKAGES)
 	$(BIN)/python -m pytest -q
 
-# The quick loop: no process or cluster started (Prefect, flows, CLI, Dask), nothing slow.
+# The quick loop: no process or cluster started (Prefect, flows, CLI, Dask), nothing slow;
+# spread over one pytest-xdist worker per core (a module's tests stay on one worker, so its
+# module-scoped fixtures are built once). `make test` stays in one process: its Prefect
+# harness is one per session.
+QUICK_WORKERS ?= auto
 test-quick: venv
-	$(BIN)/python -m pytest -q -m "not slow and not service and not real_deploy"
+	$(BIN)/python -m pytest -q -m "not slow and not service and not real_deploy" \
+		-n $(QUICK_WORKERS) --dist loadscope
 
 # deploy/ for real: a one-node SLURM cluster and the compose stack in Docker (as root:
 # `sudo make test-deploy`); fails, rather than skips, where they cannot run.

@@ -1,7 +1,8 @@
 """What marks a test, decided in one place (``tests/conftest.py`` applies it).
 
 - ``service``: a test that starts a process or a cluster (a Prefect server, a Dask
-  ``LocalCluster`` or scheduler, an ``emdist`` process, a process it SIGKILLs) carries it.
+  ``LocalCluster`` or scheduler, an ``emdist`` process, a fresh Python interpreter, a
+  process it SIGKILLs) carries it.
   Fixtures that start one are declared with :func:`service_fixture`; every test that uses
   one, directly or through another fixture, gets the marker. ``make test-quick`` leaves
   these tests out.

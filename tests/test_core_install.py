@@ -17,6 +17,8 @@ import textwrap
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # What only pipeline/ and flows/ import. pyyaml and click are the pipeline's too, but dask
@@ -54,6 +56,7 @@ def _run(code: str, blocked: tuple[str, ...]) -> subprocess.CompletedProcess[str
     )
 
 
+@pytest.mark.service
 def test_library_runs_without_the_pipeline_extra(tmp_path: Path) -> None:
     # scikit-learn and pandas are optional too: absent here as well.
     result = _run(
@@ -94,6 +97,7 @@ def test_library_runs_without_the_pipeline_extra(tmp_path: Path) -> None:
     assert lines[1:] == ["asked for: ['pyarrow']", "loaded: []"]
 
 
+@pytest.mark.service
 def test_console_script_without_the_pipeline_extra_says_what_to_install() -> None:
     result = _run(
         """
@@ -110,6 +114,7 @@ def test_console_script_without_the_pipeline_extra_says_what_to_install() -> Non
     assert message.endswith("pip install 'emdist[pipeline]'")
 
 
+@pytest.mark.service
 def test_console_script_with_the_pipeline_extra_runs_the_command_line() -> None:
     result = _run(
         """

@@ -481,16 +481,30 @@ def reference(small: str) -> dict[str, np.ndarray]:
     return ref
 
 
-@pytest.fixture
-def interrupted(
-    tmp_path: Path, small: str, reference: dict[str, np.ndarray]
-) -> tuple[Path, dict[str, np.ndarray]]:
-    """A checkpoint of a fit interrupted after iteration 4, and the uninterrupted fit."""
-    ckpt = tmp_path / "ckpt"
+@pytest.fixture(scope="module")
+def interrupted_once(tmp_path_factory: pytest.TempPathFactory, small: str) -> Path:
+    """A checkpoint of a fit interrupted after iteration 4, made once per module.
+
+    Tests damage or rewrite their checkpoint, so each gets a copy (``interrupted``): the fit
+    is deterministic, so a copy is the checkpoint a fit of its own would have left, and
+    copying costs a fraction of the fit.
+    """
+    ckpt = tmp_path_factory.mktemp("interrupted") / "ckpt"
     with pytest.raises(Crash):
         GMM(checkpoint=ckpt, observer=crash_at(0, 4)).fit(small)
     names = committed(ckpt)
     assert [state_iteration(ckpt, n) for n in names] == [3, 4]
+    return ckpt
+
+
+@pytest.fixture
+def interrupted(
+    tmp_path: Path, interrupted_once: Path, reference: dict[str, np.ndarray]
+) -> tuple[Path, dict[str, np.ndarray]]:
+    """This test's copy of the checkpoint interrupted after iteration 4, and the uninterrupted
+    fit."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(interrupted_once, ckpt)
     return ckpt, reference
 
 
@@ -1082,12 +1096,21 @@ def test_tampered_running_parameters_are_refused_naming_the_field(
     assert_refused(ckpt, small, field, "r0/params")
 
 
-@pytest.fixture
-def finished(tmp_path: Path, small: str, reference: dict[str, np.ndarray]) -> Path:
-    """A checkpoint of a finished fit: its newest state holds only the best restart."""
-    ckpt = tmp_path / "ckpt"
+@pytest.fixture(scope="module")
+def finished_once(tmp_path_factory: pytest.TempPathFactory, small: str) -> Path:
+    """A checkpoint of a finished fit, made once per module (tests tamper with copies)."""
+    ckpt = tmp_path_factory.mktemp("finished") / "ckpt"
     GMM(checkpoint=ckpt).fit(small)
     assert state_attrs(ckpt, committed(ckpt)[-1])["running"] == []
+    return ckpt
+
+
+@pytest.fixture
+def finished(tmp_path: Path, finished_once: Path) -> Path:
+    """This test's copy of a finished fit's checkpoint: its newest state holds only the best
+    restart."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(finished_once, ckpt)
     return ckpt
 
 

@@ -107,12 +107,21 @@ def fit(data: Any, **kwargs: Any) -> emdist.GaussianMixture:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def checkpoint(tmp_path: Path, X: np.ndarray) -> Path:
-    """A checkpoint holding two committed states (keep=2) of an unfinished fit."""
-    ckpt = tmp_path / "ckpt"
+@pytest.fixture(scope="module")
+def checkpoint_once(tmp_path_factory: pytest.TempPathFactory, X: np.ndarray) -> Path:
+    """A checkpoint of an unfinished fit, made once per module (tests damage copies of it)."""
+    ckpt = tmp_path_factory.mktemp("checkpoint") / "ckpt"
     store = CheckpointStore(ckpt, keep=2)
     fit(X, checkpoint=store)
+    return ckpt
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path, checkpoint_once: Path) -> Path:
+    """This test's copy of a checkpoint holding two committed states (keep=2) of an unfinished
+    fit. The fit is deterministic: the copy is what a fit of its own would have left."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_once, ckpt)
     return ckpt
 
 
@@ -600,10 +609,13 @@ class _Stop(Exception):
     pass
 
 
-@pytest.fixture
-def checkpoint_two_restarts(tmp_path: Path, X: np.ndarray) -> Path:
-    """A checkpoint of an n_init=2 fit: both kept states hold restart 1 running and a best."""
-    ckpt = tmp_path / "ckpt2"
+@pytest.fixture(scope="module")
+def checkpoint_two_restarts_once(tmp_path_factory: pytest.TempPathFactory, X: np.ndarray) -> Path:
+    """A checkpoint of an n_init=2 fit: both kept states hold restart 1 running and a best.
+
+    Made once per module; tests tamper with copies (``checkpoint_two_restarts``).
+    """
+    ckpt = tmp_path_factory.mktemp("two-restarts") / "ckpt2"
 
     def stop(state: Any) -> None:
         if (state.restart, state.iteration) == (1, 6):
@@ -614,6 +626,14 @@ def checkpoint_two_restarts(tmp_path: Path, X: np.ndarray) -> Path:
     for name in json.loads((ckpt / "zarr.json").read_text())["attributes"]["committed"]:
         attrs = json.loads((ckpt / name / "zarr.json").read_text())["attributes"]
         assert [r["restart"] for r in attrs["running"]] == [1] and attrs["best"] is not None
+    return ckpt
+
+
+@pytest.fixture
+def checkpoint_two_restarts(tmp_path: Path, checkpoint_two_restarts_once: Path) -> Path:
+    """This test's copy of the n_init=2 checkpoint (restart 1 running, a best kept)."""
+    ckpt = tmp_path / "ckpt2"
+    shutil.copytree(checkpoint_two_restarts_once, ckpt)
     return ckpt
 
 

@@ -36,6 +36,7 @@ from emdist.io.ingest import (
     detect_format,
     ingest,
 )
+from tests.markers import root_fixture
 
 NAMES = ["alpha", "beta", "gamma", "delta"]
 CSV_ENGINES = ["numpy", "pyarrow"]
@@ -610,12 +611,13 @@ def test_fitting_a_csv_path_says_to_ingest_it_first(
 # A full disk: one line naming the path and the space, nothing left behind
 
 
-@pytest.fixture
+@root_fixture("mounts a 1 MiB tmpfs")
 def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs filled to the last byte by ``fill``: a real full file system."""
-    if os.geteuid() != 0:
-        # Not skipped: a skipped test proves nothing (the suite runs as root, see .ci/run).
-        pytest.fail("the full-disk tests mount a tmpfs, which needs root: run as root")
+    """A 1 MiB tmpfs filled to the last byte by ``fill``: a real full file system.
+
+    Skipped where not root, and failed instead under ``EMDIST_REQUIRE_ROOT_TESTS=1`` (as
+    .ci/run runs): a skipped test proves nothing (``tests/markers.py``).
+    """
     mnt = tmp_path / "full"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)

@@ -507,6 +507,7 @@ def test_convergence_warning_is_sklearns_in_this_process() -> None:
     assert issubclass(record[0].category, EmdistWarning)
 
 
+@pytest.mark.service
 @pytest.mark.parametrize("sklearn_first", [True, False], ids=["sklearn-first", "emdist-first"])
 def test_convergence_warning_subclasses_sklearns_whatever_the_import_order(
     sklearn_first: bool,
@@ -535,6 +536,7 @@ def test_convergence_warning_subclasses_sklearns_whatever_the_import_order(
     assert result.stdout.split() == [before, "True", "True"]
 
 
+@pytest.mark.service
 def test_convergence_warning_without_sklearn() -> None:
     result = _run_python(
         """
