@@ -104,7 +104,7 @@ def scan_data(X: PassData, seed: int, sample_size: int, missing: str | None = No
         raise InvalidDataError(
             f"{where}: a missing value; pass missing='marginalize' to fit with missing "
             f"values, or remove or impute them."
-        ).naming("missing", "pass missing='marginalize'", "marginalize")
+        ).naming("missing", "missing='marginalize'", "marginalize")
     if stats.empty_row >= 0:
         block = bisect.bisect_right(row_offsets(X), stats.empty_row) - 1
         raise InvalidDataError(

@@ -377,7 +377,7 @@ def cast_and_check(
             problem = f"non-finite value {float(before)}"
             hint = (
                 "Remove or impute NaN and infinite values first, or keep NaN as missing "
-                "values with allow_missing=True (then fit with missing='marginalize')"
+                "values with allow_missing=True"
             )
         error = reader.error(row0 + r, c, problem, hint)
         if not allow_missing and np.isnan(before):
