@@ -41,6 +41,8 @@ from emdist.kernels.rows import RowBlock
 __all__ = [
     "MISSING",
     "check_missing_rows",
+    "incomplete_stats",
+    "marginal_log_prob",
     "missing_mask",
     "mixture_estep_missing_chunk",
     "mixture_log_prob_missing_chunk",
@@ -119,14 +121,14 @@ class _Marginal:
         self,
         Xo: FloatArray,
         observed: AnyArray,
-        params: MixtureParams,
+        means: FloatArray,
+        cov: FloatArray,
         covariance_type: CovarianceType,
         conditional: bool,
     ) -> None:
-        means = params.means
         K = means.shape[0]
         n, p = Xo.shape
-        cov = params.covariances
+        self.covariances = cov
         self.observed = observed
         self.covariance_type = covariance_type
         self.log_prob = np.empty((n, K))
@@ -167,11 +169,11 @@ class _Marginal:
             log_det = 2.0 * np.sum(np.log(np.diag(L)))
             self.log_prob[:, k] = -0.5 * (p * _LOG_2PI + maha + log_det)
 
-    def filled_differences(self, k: int, params: MixtureParams) -> FloatArray:
+    def filled_differences(self, k: int) -> FloatArray:
         """``E[x | x_o, k] - μ_k`` of the pattern's rows, (n, d): 0 missing for axis-aligned."""
         Zk = self.Z[k]
         n = Zk.shape[0]
-        d = params.means.shape[1]
+        d = self.observed.shape[0]
         out = np.zeros((n, d))
         out[:, self.observed] = Zk
         if self.covariance_type in ("full", "tied"):
@@ -179,53 +181,81 @@ class _Marginal:
             out[:, ~self.observed] = Zk @ self.A[j].T
         return out
 
-    def conditional_cov(self, k: int, params: MixtureParams) -> FloatArray:
+    def conditional_cov(self, k: int) -> FloatArray:
         """``Cov[x_m | x_o, k]``: (m, m) for full/tied, the (m,) variances otherwise."""
         miss = ~self.observed
         ct = self.covariance_type
         if ct == "full" or ct == "tied":
             return np.asarray(self.C[0 if ct == "tied" else k])
         if ct == "diag":
-            return np.asarray(params.covariances[k, miss])
-        return np.full(int(miss.sum()), float(params.covariances[k]))
+            return np.asarray(self.covariances[k, miss])
+        return np.full(int(miss.sum()), float(self.covariances[k]))
+
+    def conditional_log_det(self, k: int) -> float:
+        """``log |Cov[x_m | x_o, k]|`` (the entropy of the missing values needs it)."""
+        C = self.conditional_cov(k)
+        if C.ndim == 1:
+            return float(np.sum(np.log(C)))
+        sign, log_det = np.linalg.slogdet(C)
+        return float(log_det) if sign > 0 else -np.inf
 
 
-def _incomplete_stats(
+def incomplete_stats(
     X: AnyArray,
     mask: AnyArray,
     weights: AnyArray | None,
-    params: MixtureParams,
+    means: FloatArray,
+    covariances: FloatArray,
     covariance_type: CovarianceType,
-) -> MixtureStats:
-    """Statistics of the rows of ``X`` with a missing value (the others are skipped)."""
-    shift = params.means
+    log_offsets: FloatArray,
+) -> tuple[MixtureStats, float, float]:
+    """Moments of the rows of ``X`` with a missing value (the others are skipped).
+
+    Responsibilities ``∝ exp(log_offsets_k) N(x_o | μ_ko, Σ_k,oo)``; the moments are about
+    ``means`` with the conditional expectations of the missing values filled in.
+
+    Returns
+    -------
+    stats : MixtureStats
+        ``log_lik`` is ``Σ_i w_i log Σ_k ρ_ik``.
+    r_log_r : float
+        ``Σ_i w_i Σ_k r_ik log r_ik``.
+    entropy : float
+        ``Σ_i w_i Σ_k r_ik H[x_m | x_o, k]``, the entropy of the missing values'
+        conditionals (the variational bound counts it).
+    """
+    shift = means
     zero = MixtureStats.zero(shift, covariance_type)
     nk, sx, sxx = zero.nk, zero.sx, zero.sxx
-    log_lik = 0.0
+    log_lik = r_log_r = entropy = 0.0
     n_total = 0.0
-    log_w = np.log(params.weights)
     for observed, rows in missing_patterns(mask):
         Xo = np.asarray(X[np.ix_(rows, np.flatnonzero(observed))], dtype=np.float64)
         w = None if weights is None else np.asarray(weights, dtype=np.float64)[rows]
-        marginal = _Marginal(Xo, observed, params, covariance_type, conditional=True)
-        lp = marginal.log_prob + log_w
+        marginal = _Marginal(Xo, observed, means, covariances, covariance_type, True)
+        lp = marginal.log_prob + log_offsets
         norm = logsumexp_rows(lp)
-        resp = np.exp(lp - norm[:, None])
+        log_resp = lp - norm[:, None]
+        resp = np.exp(log_resp)
+        rlr = np.sum(resp * log_resp, axis=1)
         if w is not None:
             resp *= w[:, None]
             log_lik += float(w @ norm)
+            r_log_r += float(w @ rlr)
             n_total += float(np.sum(w))
         else:
             log_lik += float(np.sum(norm))
+            r_log_r += float(np.sum(rlr))
             n_total += float(len(rows))
         nk += resp.sum(axis=0)
         miss = np.flatnonzero(~observed)
         for k in range(shift.shape[0]):
-            D = marginal.filled_differences(k, params)
+            D = marginal.filled_differences(k)
             r = resp[:, k]
             rk = float(r.sum())
             sx[k] += r @ D
-            C = marginal.conditional_cov(k, params)
+            C = marginal.conditional_cov(k)
+            entropy += rk * 0.5 * (len(miss) * (1.0 + _LOG_2PI) + marginal.conditional_log_det(k))
             if covariance_type == "full" or covariance_type == "tied":
                 moment = (D * r[:, None]).T @ D
                 moment[np.ix_(miss, miss)] += rk * C
@@ -242,7 +272,22 @@ def _incomplete_stats(
         sxx = 0.5 * (sxx + sxx.transpose(0, 2, 1))
     elif covariance_type == "tied":
         sxx = 0.5 * (sxx + sxx.T)
-    return MixtureStats(n_total, log_lik, nk, sx, sxx, shift)
+    return MixtureStats(n_total, log_lik, nk, sx, sxx, shift), r_log_r, entropy
+
+
+def marginal_log_prob(
+    X: AnyArray,
+    mask: AnyArray,
+    means: FloatArray,
+    covariances: FloatArray,
+    covariance_type: CovarianceType,
+    out: FloatArray,
+) -> None:
+    """``log N(x_o | μ_ko, Σ_k,oo)`` of every incomplete row of ``X`` into ``out[row]``."""
+    for observed, rows in missing_patterns(mask):
+        Xo = np.asarray(X[np.ix_(rows, np.flatnonzero(observed))], dtype=np.float64)
+        marginal = _Marginal(Xo, observed, means, covariances, covariance_type, False)
+        out[rows] = marginal.log_prob
 
 
 def mixture_estep_missing_chunk(
@@ -266,7 +311,15 @@ def mixture_estep_missing_chunk(
     check_missing_rows(block.x, block.row_offset)
     complete = ~mask.any(axis=1)
     w = block.weights
-    stats = _incomplete_stats(block.x, mask, w, params, covariance_type)
+    stats, _, _ = incomplete_stats(
+        block.x,
+        mask,
+        w,
+        params.means,
+        params.covariances,
+        covariance_type,
+        np.log(params.weights),
+    )
     if complete.any():
         part = RowBlock(
             np.asarray(block.x)[complete],
@@ -289,12 +342,11 @@ def mixture_log_prob_missing_chunk(
     if not mask.any():
         return mixture_log_prob_chunk(X, params, covariance_type)
     out = np.empty((X.shape[0], params.n_components))
-    complete = np.flatnonzero(~mask.any(axis=1))
-    if complete.size:
-        out[complete] = mixture_log_prob_chunk(np.asarray(X)[complete], params, covariance_type)
-    log_w = np.log(params.weights)
-    for observed, rows in missing_patterns(mask):
-        Xo = np.asarray(X[np.ix_(rows, np.flatnonzero(observed))], dtype=np.float64)
-        marginal = _Marginal(Xo, observed, params, covariance_type, conditional=False)
-        out[rows] = marginal.log_prob + log_w
+    incomplete = mask.any(axis=1)
+    if not incomplete.all():
+        out[~incomplete] = mixture_log_prob_chunk(
+            np.asarray(X)[~incomplete], params, covariance_type
+        )
+    marginal_log_prob(X, mask, params.means, params.covariances, covariance_type, out)
+    out[incomplete] += np.log(params.weights)
     return out
