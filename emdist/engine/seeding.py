@@ -46,6 +46,10 @@ class DataSummary:
         the same pass.
     weight_sum : float or None
         ``Σ sample_weight`` (``None``: unweighted data).
+    n_observed : ndarray of shape (n_features,) or None
+        Observed values per feature when the data holds missing values (NaN, with
+        ``missing='marginalize'``); ``None``: it holds none. ``mean`` and ``variance`` are
+        over the observed values.
     """
 
     n_samples: int
@@ -57,6 +61,7 @@ class DataSummary:
     sample_weight: FloatArray | None = None
     weights_digest: str | None = None
     weight_sum: float | None = None
+    n_observed: FloatArray | None = None
 
 
 def scan_data(X: PassData, seed: int, sample_size: int, missing: str | None = None) -> DataSummary:
@@ -122,6 +127,7 @@ def scan_data(X: PassData, seed: int, sample_size: int, missing: str | None = No
         sample_weight=stats.sample_weight,
         weights_digest=None if digest is None else "".join(f"{int(v):016x}" for v in digest),
         weight_sum=stats.weight_sum,
+        n_observed=stats.n_obs,
     )
 
 

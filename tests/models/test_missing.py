@@ -16,6 +16,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import pytest
+import scipy.special
 import scipy.stats
 
 import emdist
@@ -412,3 +413,104 @@ def test_missing_is_a_parameter_checked_before_any_read() -> None:
     assert clone(gm).missing == "marginalize"
     with pytest.raises(InvalidParameterError, match=r"missing must be one of"):
         emdist.GaussianMixture(2, missing="impute").fit(_data())
+
+
+# --- BayesianGaussianMixture ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
+def test_variational_bound_never_decreases_with_20_percent_missing(ct: str) -> None:
+    X = _data(n=400, frac=0.2, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", emdist.ConvergenceWarning)
+        bgm = emdist.BayesianGaussianMixture(
+            n_components=5,
+            covariance_type=ct,
+            random_state=0,
+            missing="marginalize",
+            acceleration=None,
+            prefit_on_sample=False,
+            max_iter=40,
+            tol=0.0,
+        ).fit(X)
+    bounds = np.asarray(bgm.lower_bounds_)
+    assert len(bounds) == 40
+    assert np.all(np.diff(bounds) >= -1e-12 * np.abs(bounds[1:])), np.diff(bounds).min()
+    assert bounds[-1] > bounds[0]
+
+
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
+def test_variational_fit_without_nan_is_bit_for_bit_that_of_missing_error(ct: str) -> None:
+    X = _data(frac=0.0)
+    w = np.random.default_rng(4).uniform(0.5, 2.0, len(X))
+    for sample_weight in (None, w):
+        a, b = (
+            emdist.BayesianGaussianMixture(
+                n_components=3, covariance_type=ct, random_state=0, missing=missing
+            ).fit(X, sample_weight=sample_weight)
+            for missing in ("error", "marginalize")
+        )
+        assert a.lower_bounds_ == b.lower_bounds_
+        for name in ("weight_concentration_", "means_", "covariances_", "mean_prior_"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+
+
+@pytest.mark.parametrize("ct", ["full", "diag"])
+def test_variational_scores_of_incomplete_rows_use_the_observed_marginal(ct: str) -> None:
+    from emdist.kernels.variational import _log_offsets
+
+    X = _data(n=200, seed=9)
+    bgm = emdist.BayesianGaussianMixture(
+        n_components=3, covariance_type=ct, random_state=0, missing="marginalize"
+    ).fit(X)
+    K, d = bgm.means_.shape
+    full = _full_covs(bgm.covariances_, ct, K, d)
+    offsets = _log_offsets(bgm._params(), d)
+    expected = np.array(
+        [
+            scipy.special.logsumexp(
+                [
+                    offsets[k]
+                    + scipy.stats.multivariate_normal(
+                        bgm.means_[k][~np.isnan(row)],
+                        full[k][np.ix_(~np.isnan(row), ~np.isnan(row))],
+                    ).logpdf(row[~np.isnan(row)])
+                    for k in range(K)
+                ]
+            )
+            for row in X
+        ]
+    )
+    np.testing.assert_allclose(bgm.score_samples(X), expected, rtol=1e-10)
+
+
+def test_variational_fit_with_nan_resumes_bit_for_bit_and_ignores_chunking(
+    tmp_path: Path,
+) -> None:
+    from tests.io.test_checkpoint import assert_same_fit, fitted
+
+    X = _data(n=300, seed=10)
+    make = lambda **kw: emdist.BayesianGaussianMixture(  # noqa: E731
+        n_components=3,
+        n_init=2,
+        random_state=1,
+        max_iter=8,
+        tol=0.0,
+        missing="marginalize",
+        **kw,
+    )
+    Xz = write_zarr(tmp_path / "x.zarr", X, 64)
+    ckpt = tmp_path / "ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", emdist.ConvergenceWarning)
+        reference = fitted(make().fit(Xz))
+        with pytest.raises(_Crash):
+            make(checkpoint=ckpt, observer=_crash_at(3)).fit(Xz)
+        resumed = fitted(make(checkpoint=ckpt).fit(Xz))
+        # At tol=0 accelerated EM's accept/reject decisions at the optimum follow rounding:
+        # the chunking comparison is of plain EM.
+        plain = make(acceleration=None).fit(Xz)
+        other = make(acceleration=None).fit(write_zarr(tmp_path / "y.zarr", X, 101))
+    assert_same_fit(resumed, reference)
+    np.testing.assert_allclose(other.means_, plain.means_, rtol=1e-8)
+    np.testing.assert_allclose(other.lower_bounds_, plain.lower_bounds_, rtol=1e-10)
