@@ -514,3 +514,25 @@ def test_variational_fit_with_nan_resumes_bit_for_bit_and_ignores_chunking(
     assert_same_fit(resumed, reference)
     np.testing.assert_allclose(other.means_, plain.means_, rtol=1e-8)
     np.testing.assert_allclose(other.lower_bounds_, plain.lower_bounds_, rtol=1e-10)
+
+
+def test_incremental_em_and_partial_fit_take_missing_values() -> None:
+    X = _data(n=600, seed=3)
+    Xd = da.from_array(X, chunks=75)
+    kw: dict[str, Any] = dict(random_state=0, missing="marginalize", tol=1e-8, max_iter=500)
+    batch = emdist.GaussianMixture(3, acceleration=None, **kw).fit(Xd)
+    incremental = emdist.GaussianMixture(3, updates="incremental", n_shards=4, **kw).fit(Xd)
+    assert np.all(np.diff(incremental.lower_bounds_) >= 0.0)
+    assert incremental.lower_bound_ == pytest.approx(batch.lower_bound_, abs=1e-6)
+    np.testing.assert_allclose(incremental.means_, batch.means_, atol=1e-3)
+    stream = emdist.GaussianMixture(3, missing="marginalize", random_state=0)
+    for start in range(0, len(X), 200):
+        stream.partial_fit(X[start : start + 200])
+    distance = np.linalg.norm(stream.means_[:, None, :] - batch.means_[None, :, :], axis=2)
+    assert np.all(distance.min(axis=1) < 0.5), distance
+    bad = X[:200].copy()
+    bad[5, 0] = np.inf
+    with pytest.raises(InvalidDataError, match=r"infinity at row 5, column 0"):
+        stream.partial_fit(bad)
+    with pytest.raises(InvalidDataError, match=r"NaN or infinity at row"):
+        emdist.GaussianMixture(3, random_state=0).partial_fit(X[:200])
