@@ -23,6 +23,7 @@ component and batched products over its rows.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import scipy.linalg
@@ -108,6 +109,143 @@ def missing_patterns(mask: AnyArray) -> Iterator[tuple[AnyArray, AnyArray]]:
         yield ~pattern, incomplete[order[bounds[p] : bounds[p + 1]]]
 
 
+#: Rows a missing pattern must average for full/tied rows to be grouped by pattern (below,
+#: the per-pattern factorisations cost more than batching rows by missing count: measured
+#: break-even about 110 rows, 16 features, K = 8; benchmarks/README.md, "Missing values").
+ROWS_PER_PATTERN = 128
+
+
+class _Conditionals(Protocol):
+    """Every component's marginal and conditionals on a group of incomplete rows."""
+
+    #: ``log N(x_o | μ_ko, Σ_k,oo)`` of the group's rows, (n_rows, K).
+    log_prob: FloatArray
+
+    def add(self, k: int, r: FloatArray, sx: FloatArray, sxx: FloatArray) -> float:
+        """Add component ``k``'s moments of the rows weighted by ``r``; ``Σ r H`` returned."""
+        ...
+
+
+class _AxisRows:
+    """``diag``/``spherical`` components on incomplete rows, all patterns at once.
+
+    The marginal drops the missing coordinates; a missing coordinate's conditional mean is
+    the component mean (a zero difference) and its conditional variance the component's.
+    """
+
+    def __init__(
+        self,
+        X: AnyArray,
+        mask: AnyArray,
+        means: FloatArray,
+        cov: FloatArray,
+        covariance_type: CovarianceType,
+    ) -> None:
+        K, d = means.shape
+        self.covariance_type = covariance_type
+        self.var = cov if covariance_type == "diag" else np.repeat(cov[:, None], d, axis=1)
+        self.observed = ~mask
+        self.missing = mask.astype(np.float64)
+        observed = self.observed.astype(np.float64)
+        Xf = np.asarray(X, dtype=np.float64)
+        self.Z = np.where(self.observed[None], Xf[None] - means[:, None, :], 0.0)
+        self.Z2 = self.Z**2
+        p = observed.sum(axis=1)
+        maha = np.einsum("knd,kd->kn", self.Z2, 1.0 / self.var)
+        log_det = np.log(self.var) @ observed.T
+        self.log_prob = (-0.5 * (p * _LOG_2PI + maha + log_det)).T
+
+    def add(self, k: int, r: FloatArray, sx: FloatArray, sxx: FloatArray) -> float:
+        """Add component ``k``'s moments of the rows weighted by ``r``; ``Σ r H`` returned."""
+        sx[k] += r @ self.Z[k]
+        if self.covariance_type == "diag":
+            sxx[k] += r @ self.Z2[k] + (r @ self.missing) * self.var[k]
+        else:
+            sxx[k] += r @ self.Z2[k].sum(axis=1) + r @ (self.missing @ self.var[k])
+        per_row = self.missing @ (1.0 + _LOG_2PI + np.log(self.var[k]))
+        return float(0.5 * (r @ per_row))
+
+
+class _FullRows:
+    """``full``/``tied`` components on incomplete rows with ``c`` missing values each.
+
+    Through the precision ``P = Σ⁻¹``: with ``z = x - μ`` (0 where missing) and
+    ``u = P z``, the conditional mean is ``E[x_m | x_o] - μ_m = -P_mm⁻¹ u_m``, the
+    conditional covariance ``P_mm⁻¹``, the observed marginal's Mahalanobis distance
+    ``zᵀ u - u_mᵀ P_mm⁻¹ u_m`` and ``log |Σ_oo| = log |Σ| + log |P_mm|`` (Schur
+    complements). So a row costs one ``c x c`` factorisation beside products of length
+    ``d``, batched over the group's rows whatever their patterns.
+    """
+
+    def __init__(
+        self,
+        X: FloatArray,
+        mask: AnyArray,
+        means: FloatArray,
+        cov: FloatArray,
+        covariance_type: CovarianceType,
+        conditional: bool,
+    ) -> None:
+        K, d = means.shape
+        n = X.shape[0]
+        self.covariance_type = covariance_type
+        covs = cov[None] if covariance_type == "tied" else cov
+        self.observed = ~mask
+        c = int(mask[0].sum())
+        self.c = c
+        # Missing coordinates of every row, (n, c), in increasing order.
+        self.M = np.nonzero(mask)[1].reshape(n, c)
+        rows = np.arange(n)[:, None]
+        self.precisions = np.stack([np.linalg.inv(S) for S in covs])
+        log_det_cov = np.array([np.linalg.slogdet(S)[1] for S in covs])
+        self.C: list[FloatArray] = []
+        self.log_det_c: list[FloatArray] = []
+        for P in self.precisions:
+            Pmm = P[self.M[:, :, None], self.M[:, None, :]]
+            try:
+                L = np.linalg.cholesky(Pmm)
+            except np.linalg.LinAlgError:
+                raise FitError(
+                    "A conditional covariance of a row's missing values is not positive "
+                    "definite; increase reg_covar or scale the input data."
+                ) from None
+            self.log_det_c.append(-2.0 * np.sum(np.log(np.diagonal(L, axis1=1, axis2=2)), axis=1))
+            self.C.append(np.linalg.inv(Pmm))
+        self.Z = np.where(self.observed[None], X[None] - means[:, None, :], 0.0)
+        self.V = np.empty((K, n, c))
+        self.log_prob = np.empty((n, K))
+        p = d - c
+        for k in range(K):
+            j = 0 if covariance_type == "tied" else k
+            U = self.Z[k] @ self.precisions[j]
+            Um = U[rows, self.M]
+            V = np.einsum("nab,nb->na", self.C[j], Um)
+            self.V[k] = V
+            maha = np.einsum("ni,ni->n", self.Z[k], U) - np.einsum("na,na->n", Um, V)
+            # log |Σ_oo| = log |Σ| - log |Cov[x_m | x_o]|.
+            log_det_oo = log_det_cov[j] - self.log_det_c[j]
+            self.log_prob[:, k] = -0.5 * (p * _LOG_2PI + maha + log_det_oo)
+
+    def add(self, k: int, r: FloatArray, sx: FloatArray, sxx: FloatArray) -> float:
+        """Add component ``k``'s moments of the rows weighted by ``r``; ``Σ r H`` returned."""
+        j = 0 if self.covariance_type == "tied" else k
+        n = r.shape[0]
+        D = self.Z[k].copy()
+        D[np.arange(n)[:, None], self.M] = -self.V[k]
+        sx[k] += r @ D
+        moment = (D * r[:, None]).T @ D
+        np.add.at(
+            moment,
+            (self.M[:, :, None], self.M[:, None, :]),
+            r[:, None, None] * self.C[j],
+        )
+        if self.covariance_type == "full":
+            sxx[k] += moment
+        else:
+            sxx += moment
+        return float(0.5 * (r @ (self.c * (1.0 + _LOG_2PI) + self.log_det_c[j])))
+
+
 class _Marginal:
     """Every component's marginal on one pattern's observed coordinates.
 
@@ -191,6 +329,22 @@ class _Marginal:
             return np.asarray(self.covariances[k, miss])
         return np.full(int(miss.sum()), float(self.covariances[k]))
 
+    def add(self, k: int, r: FloatArray, sx: FloatArray, sxx: FloatArray) -> float:
+        """Add component ``k``'s moments of the rows weighted by ``r``; ``Σ r H`` returned."""
+        miss = np.flatnonzero(~self.observed)
+        D = self.filled_differences(k)
+        rk = float(r.sum())
+        sx[k] += r @ D
+        C = self.conditional_cov(k)
+        ct = self.covariance_type
+        moment = (D * r[:, None]).T @ D
+        moment[np.ix_(miss, miss)] += rk * C
+        if ct == "full":
+            sxx[k] += moment
+        else:
+            sxx += moment
+        return rk * 0.5 * (len(miss) * (1.0 + _LOG_2PI) + self.conditional_log_det(k))
+
     def conditional_log_det(self, k: int) -> float:
         """``log |Cov[x_m | x_o, k]|`` (the entropy of the missing values needs it)."""
         C = self.conditional_cov(k)
@@ -198,6 +352,59 @@ class _Marginal:
             return float(np.sum(np.log(C)))
         sign, log_det = np.linalg.slogdet(C)
         return float(log_det) if sign > 0 else -np.inf
+
+
+def _groups(
+    X: AnyArray,
+    mask: AnyArray,
+    means: FloatArray,
+    covariances: FloatArray,
+    covariance_type: CovarianceType,
+    conditional: bool,
+    grouping: str = "auto",
+) -> Iterator[tuple[AnyArray, _Conditionals]]:
+    """The incomplete rows of a block in groups, each with its components' conditionals.
+
+    ``diag``/``spherical``: one vectorised group (dropping coordinates needs no
+    factorisation). ``full``/``tied``: one group per missing pattern when the patterns are
+    few (``grouping='pattern'``, or ``'auto'`` when they average at least
+    :data:`ROWS_PER_PATTERN` rows: a Cholesky factor per pattern and component), else
+    rows grouped by their number of missing values, each row's small factorisation
+    batched (``'row'``, :class:`_FullRows`; missing completely at random over many
+    features makes nearly every row its own pattern).
+    """
+    incomplete = np.flatnonzero(mask.any(axis=1))
+    if incomplete.size == 0:
+        return
+    if covariance_type in ("diag", "spherical"):
+        yield (
+            incomplete,
+            _AxisRows(X[incomplete], mask[incomplete], means, covariances, covariance_type),
+        )
+        return
+    patterns = list(missing_patterns(mask))
+    by_row = grouping == "row" or (
+        grouping == "auto" and len(patterns) * ROWS_PER_PATTERN > incomplete.size
+    )
+    if by_row:
+        counts = mask[incomplete].sum(axis=1)
+        for c in np.unique(counts):
+            rows = incomplete[counts == c]
+            yield (
+                rows,
+                _FullRows(
+                    np.asarray(X[rows], dtype=np.float64),
+                    mask[rows],
+                    means,
+                    covariances,
+                    covariance_type,
+                    conditional,
+                ),
+            )
+        return
+    for observed, rows in patterns:
+        Xo = np.asarray(X[np.ix_(rows, np.flatnonzero(observed))], dtype=np.float64)
+        yield rows, _Marginal(Xo, observed, means, covariances, covariance_type, conditional)
 
 
 def incomplete_stats(
@@ -208,11 +415,14 @@ def incomplete_stats(
     covariances: FloatArray,
     covariance_type: CovarianceType,
     log_offsets: FloatArray,
+    grouping: str = "auto",
 ) -> tuple[MixtureStats, float, float]:
     """Moments of the rows of ``X`` with a missing value (the others are skipped).
 
     Responsibilities ``∝ exp(log_offsets_k) N(x_o | μ_ko, Σ_k,oo)``; the moments are about
     ``means`` with the conditional expectations of the missing values filled in.
+    ``grouping``: how full/tied rows are batched (:func:`_groups`; the same numbers up to
+    rounding).
 
     Returns
     -------
@@ -229,11 +439,10 @@ def incomplete_stats(
     nk, sx, sxx = zero.nk, zero.sx, zero.sxx
     log_lik = r_log_r = entropy = 0.0
     n_total = 0.0
-    for observed, rows in missing_patterns(mask):
-        Xo = np.asarray(X[np.ix_(rows, np.flatnonzero(observed))], dtype=np.float64)
+    groups = _groups(X, mask, means, covariances, covariance_type, True, grouping)
+    for rows, group in groups:
         w = None if weights is None else np.asarray(weights, dtype=np.float64)[rows]
-        marginal = _Marginal(Xo, observed, means, covariances, covariance_type, True)
-        lp = marginal.log_prob + log_offsets
+        lp = group.log_prob + log_offsets
         norm = logsumexp_rows(lp)
         log_resp = lp - norm[:, None]
         resp = np.exp(log_resp)
@@ -248,26 +457,8 @@ def incomplete_stats(
             r_log_r += float(np.sum(rlr))
             n_total += float(len(rows))
         nk += resp.sum(axis=0)
-        miss = np.flatnonzero(~observed)
         for k in range(shift.shape[0]):
-            D = marginal.filled_differences(k)
-            r = resp[:, k]
-            rk = float(r.sum())
-            sx[k] += r @ D
-            C = marginal.conditional_cov(k)
-            entropy += rk * 0.5 * (len(miss) * (1.0 + _LOG_2PI) + marginal.conditional_log_det(k))
-            if covariance_type == "full" or covariance_type == "tied":
-                moment = (D * r[:, None]).T @ D
-                moment[np.ix_(miss, miss)] += rk * C
-                if covariance_type == "full":
-                    sxx[k] += moment
-                else:
-                    sxx += moment
-            elif covariance_type == "diag":
-                sxx[k] += r @ D**2
-                sxx[k, miss] += rk * C
-            else:
-                sxx[k] += r @ np.einsum("nd,nd->n", D, D) + rk * float(np.sum(C))
+            entropy += group.add(k, resp[:, k], sx, sxx)
     if covariance_type == "full":
         sxx = 0.5 * (sxx + sxx.transpose(0, 2, 1))
     elif covariance_type == "tied":
@@ -284,10 +475,8 @@ def marginal_log_prob(
     out: FloatArray,
 ) -> None:
     """``log N(x_o | μ_ko, Σ_k,oo)`` of every incomplete row of ``X`` into ``out[row]``."""
-    for observed, rows in missing_patterns(mask):
-        Xo = np.asarray(X[np.ix_(rows, np.flatnonzero(observed))], dtype=np.float64)
-        marginal = _Marginal(Xo, observed, means, covariances, covariance_type, False)
-        out[rows] = marginal.log_prob
+    for rows, group in _groups(X, mask, means, covariances, covariance_type, False):
+        out[rows] = group.log_prob
 
 
 def mixture_estep_missing_chunk(

@@ -536,3 +536,27 @@ def test_incremental_em_and_partial_fit_take_missing_values() -> None:
         stream.partial_fit(bad)
     with pytest.raises(InvalidDataError, match=r"NaN or infinity at row"):
         emdist.GaussianMixture(3, random_state=0).partial_fit(X[:200])
+
+
+@pytest.mark.parametrize("ct", ["full", "tied"])
+def test_rows_grouped_by_pattern_or_factorised_row_by_row_give_the_same_statistics(
+    ct: str,
+) -> None:
+    from emdist.kernels.missing import incomplete_stats
+
+    X = _data(n=500, seed=11)
+    weights, means, covs = _start(ct)
+    w = np.random.default_rng(5).uniform(0.5, 2.0, len(X))
+    mask = np.isnan(X)
+    by_pattern, by_row = (
+        incomplete_stats(X, mask, w, means, covs, ct, np.log(weights), grouping=g)
+        for g in ("pattern", "row")
+    )
+    for a, b in ((by_pattern[0], by_row[0]),):
+        assert a.n == pytest.approx(b.n, rel=1e-14)
+        assert a.log_lik == pytest.approx(b.log_lik, rel=1e-12)
+        np.testing.assert_allclose(a.nk, b.nk, rtol=1e-12)
+        np.testing.assert_allclose(a.sx, b.sx, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(a.sxx, b.sxx, rtol=1e-10, atol=1e-10)
+    assert by_pattern[1] == pytest.approx(by_row[1], rel=1e-12)
+    assert by_pattern[2] == pytest.approx(by_row[2], rel=1e-12)
