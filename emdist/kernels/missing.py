@@ -101,12 +101,21 @@ def missing_patterns(mask: AnyArray) -> Iterator[tuple[AnyArray, AnyArray]]:
     incomplete = np.flatnonzero(mask.any(axis=1))
     if incomplete.size == 0:
         return
-    patterns, inverse = np.unique(mask[incomplete], axis=0, return_inverse=True)
+    codes = _pattern_codes(mask[incomplete])
+    patterns, first, inverse = np.unique(codes, axis=0, return_index=True, return_inverse=True)
     inverse = np.asarray(inverse).reshape(-1)
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(len(patterns) + 1))
-    for p, pattern in enumerate(patterns):
-        yield ~pattern, incomplete[order[bounds[p] : bounds[p + 1]]]
+    for p in range(len(patterns)):
+        yield ~mask[incomplete[first[p]]], incomplete[order[bounds[p] : bounds[p + 1]]]
+
+
+def _pattern_codes(mask: AnyArray) -> AnyArray:
+    """One integer per row naming its pattern (up to 62 features), else the rows themselves."""
+    d = mask.shape[1]
+    if d <= 62:
+        return np.asarray(mask.astype(np.int64) @ (np.int64(1) << np.arange(d, dtype=np.int64)))
+    return mask
 
 
 #: Rows a missing pattern must average for full/tied rows to be grouped by pattern (below,
@@ -166,6 +175,12 @@ class _AxisRows:
         return float(0.5 * (r @ per_row))
 
 
+def _precisions(covs: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Inverses and log-determinants of the (K or 1, d, d) covariances."""
+    inverse = np.asarray(np.linalg.inv(covs), dtype=np.float64)
+    return inverse, np.asarray(np.linalg.slogdet(covs)[1], dtype=np.float64)
+
+
 class _FullRows:
     """``full``/``tied`` components on incomplete rows with ``c`` missing values each.
 
@@ -196,12 +211,16 @@ class _FullRows:
         # Missing coordinates of every row, (n, c), in increasing order.
         self.M = np.nonzero(mask)[1].reshape(n, c)
         rows = np.arange(n)[:, None]
-        self.precisions = np.stack([np.linalg.inv(S) for S in covs])
-        log_det_cov = np.array([np.linalg.slogdet(S)[1] for S in covs])
+        self.precisions, log_det_cov = _precisions(covs)
         self.C: list[FloatArray] = []
         self.log_det_c: list[FloatArray] = []
         for P in self.precisions:
             Pmm = P[self.M[:, :, None], self.M[:, None, :]]
+            if c == 1:
+                # One missing value: its conditional variance is 1 / P_mm, no factorisation.
+                self.log_det_c.append(-np.log(Pmm[:, 0, 0]))
+                self.C.append(1.0 / Pmm)
+                continue
             try:
                 L = np.linalg.cholesky(Pmm)
             except np.linalg.LinAlgError:
@@ -234,11 +253,11 @@ class _FullRows:
         D[np.arange(n)[:, None], self.M] = -self.V[k]
         sx[k] += r @ D
         moment = (D * r[:, None]).T @ D
-        np.add.at(
-            moment,
-            (self.M[:, :, None], self.M[:, None, :]),
-            r[:, None, None] * self.C[j],
-        )
+        d = moment.shape[0]
+        # Σ_i r_i Cov_i scattered onto each row's (m, m) block: one bincount.
+        cells = (self.M[:, :, None] * d + self.M[:, None, :]).ravel()
+        weighted = (r[:, None, None] * self.C[j]).ravel()
+        moment += np.bincount(cells, weights=weighted, minlength=d * d).reshape(d, d)
         if self.covariance_type == "full":
             sxx[k] += moment
         else:
@@ -382,9 +401,9 @@ def _groups(
             _AxisRows(X[incomplete], mask[incomplete], means, covariances, covariance_type),
         )
         return
-    patterns = list(missing_patterns(mask))
+    n_patterns = len(np.unique(_pattern_codes(mask[incomplete]), axis=0))
     by_row = grouping == "row" or (
-        grouping == "auto" and len(patterns) * ROWS_PER_PATTERN > incomplete.size
+        grouping == "auto" and n_patterns * ROWS_PER_PATTERN > incomplete.size
     )
     if by_row:
         counts = mask[incomplete].sum(axis=1)
@@ -402,7 +421,7 @@ def _groups(
                 ),
             )
         return
-    for observed, rows in patterns:
+    for observed, rows in missing_patterns(mask):
         Xo = np.asarray(X[np.ix_(rows, np.flatnonzero(observed))], dtype=np.float64)
         yield rows, _Marginal(Xo, observed, means, covariances, covariance_type, conditional)
 
