@@ -435,7 +435,7 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
     default="error",
     show_default=True,
     help="What NaN in DATA means: error refuses it; marginalize fits it as missing values "
-    "(gmm, bgmm), and a DATA file ingested first keeps its NaN.",
+    "(gmm, bayesian_gmm), and a DATA file ingested first keeps its NaN.",
 )
 @click.option("--seed", type=int, default=0, help="Random seed of the initialisation.")
 @click.option(

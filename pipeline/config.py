@@ -225,7 +225,7 @@ class ModelConfig(_Strict):
             if "missing" not in family_class(self.family)._param_names():
                 raise ValueError(
                     f"missing='marginalize' needs a family that fits missing values "
-                    f"(gmm, bgmm); got family={self.family!r}"
+                    f"(gmm, bayesian_gmm); got family={self.family!r}"
                 )
         return self
 
