@@ -626,25 +626,38 @@ def _first_non_finite(block: np.ndarray[Any, Any], row_offset: int) -> None:
         )
 
 
-def check_rows(block: np.ndarray[Any, Any], row_offset: int, allow_missing: bool) -> None:
-    """Refuse non-finite values; with ``allow_missing`` only infinity and all-NaN rows."""
-    if allow_missing:
+def check_rows(block: np.ndarray[Any, Any], row_offset: int, missing: str | None) -> None:
+    """Refuse non-finite values; with ``missing='marginalize'`` only infinity and all-NaN rows.
+
+    ``missing``: the estimator's parameter (``None``: it has none). With ``'error'`` a NaN's
+    refusal says that ``missing='marginalize'`` scores rows with missing values.
+    """
+    if missing == "marginalize":
         check_missing_rows(block, row_offset)
-    else:
+        return
+    try:
         _first_non_finite(block, row_offset)
+    except InvalidDataError as exc:
+        r, c = np.argwhere(~np.isfinite(block))[0]
+        if missing is None or not np.isnan(block[r, c]):
+            raise
+        raise InvalidDataError(
+            f"{str(exc).rstrip('.')}, or set missing='marginalize' to score rows with missing "
+            f"values."
+        ).naming("missing", "missing='marginalize'", "marginalize") from None
 
 
 def _rowwise_block(
     block: np.ndarray[Any, Any],
     fn: Any,
     args: tuple[Any, ...],
-    allow_missing: bool = False,
+    missing: str | None = None,
     block_info: dict[Any, Any] | None = None,
 ) -> Any:
     offset = 0
     if block_info is not None and 0 in block_info:
         offset = int(block_info[0]["array-location"][0][0])
-    check_rows(block, offset, allow_missing)
+    check_rows(block, offset, missing)
     return fn(block, *args)
 
 
@@ -656,19 +669,20 @@ def apply_rows(
     name: str,
     out_width: int | None,
     dtype: Any = np.float64,
-    allow_missing: bool = False,
+    missing: str | None = None,
 ) -> Any:
     """Apply a per-block kernel to every row of ``X``.
 
     In-memory data (numpy, lists, pandas...) in, numpy out; Dask, Zarr or a path in, a
     lazy Dask array out. ``out_width`` is the number of output columns, or ``None`` for
-    one value per row. ``allow_missing``: NaN marks a missing value the kernel handles
-    (``missing='marginalize'``); infinity and rows with every value missing are refused.
+    one value per row. ``missing``: the estimator's parameter (``None``: it has none);
+    with ``'marginalize'`` NaN marks a missing value the kernel handles, and infinity and
+    rows with every value missing are refused.
     """
     if not is_out_of_core(X):
         arr = as_numpy_array(X)
         check_features(arr, n_features, name)
-        check_rows(arr, 0, allow_missing)
+        check_rows(arr, 0, missing)
         return fn(arr, *args)
     Xd = as_dask_array(X)
     check_features(Xd, n_features, name)
@@ -678,7 +692,7 @@ def apply_rows(
             Xd,
             fn,
             args,
-            allow_missing,
+            missing,
             dtype=dtype,
             drop_axis=1,
             chunks=(Xd.chunks[0],),
@@ -688,7 +702,7 @@ def apply_rows(
         Xd,
         fn,
         args,
-        allow_missing,
+        missing,
         dtype=dtype,
         chunks=(Xd.chunks[0], (out_width,)),
     )

@@ -278,7 +278,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
             name=type(self).__name__,
             out_width=out_width,
             dtype=dtype,
-            allow_missing=getattr(self, "missing", "error") == "marginalize",
+            missing=getattr(self, "missing", None),
         )
 
     def predict(self, X: Any) -> Any:

@@ -560,3 +560,18 @@ def test_rows_grouped_by_pattern_or_factorised_row_by_row_give_the_same_statisti
         np.testing.assert_allclose(a.sxx, b.sxx, rtol=1e-10, atol=1e-10)
     assert by_pattern[1] == pytest.approx(by_row[1], rel=1e-12)
     assert by_pattern[2] == pytest.approx(by_row[2], rel=1e-12)
+
+
+def test_prediction_of_nan_by_a_model_fitted_without_it_names_missing_marginalize() -> None:
+    gm = emdist.GaussianMixture(3, random_state=0).fit(_data(frac=0.0))
+    X = _data(seed=12)
+    with pytest.raises(InvalidDataError, match=r"set missing='marginalize'") as err:
+        gm.predict(X)
+    assert "\n" not in str(err.value)
+    # The choice is read at prediction: the fitted model scores the observed values.
+    got = gm.set_params(missing="marginalize").score_samples(X)
+    assert np.all(np.isfinite(got))
+    complete = ~np.isnan(X).any(axis=1)
+    np.testing.assert_array_equal(
+        got[complete], gm.set_params(missing="error").score_samples(X[complete])
+    )
