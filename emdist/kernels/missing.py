@@ -266,7 +266,7 @@ class _FullRows:
 
 
 class _Marginal:
-    """Every component's marginal on one pattern's observed coordinates.
+    """``full``/``tied`` components' marginals on one pattern's observed coordinates.
 
     Attributes
     ----------
@@ -292,12 +292,6 @@ class _Marginal:
         # Differences to every component on the observed coordinates, (K, n, p).
         self.Z = Xo[None, :, :] - means[:, observed][:, None, :]
         m = int((~observed).sum())
-        if covariance_type in ("diag", "spherical"):
-            var = cov[:, observed] if covariance_type == "diag" else cov[:, None]
-            maha = np.einsum("knp,kp->kn", self.Z**2, 1.0 / np.broadcast_to(var, (K, p)))
-            log_det = np.sum(np.log(np.broadcast_to(var, (K, p))), axis=1)
-            self.log_prob[:] = (-0.5 * (p * _LOG_2PI + maha + log_det[:, None])).T
-            return
         covs = cov[None] if covariance_type == "tied" else cov
         miss = ~observed
         # Conditional means' coefficients A_k = Σ_mo Σ_oo⁻¹ (m, p) and covariances C_k.
@@ -327,26 +321,16 @@ class _Marginal:
             self.log_prob[:, k] = -0.5 * (p * _LOG_2PI + maha + log_det)
 
     def filled_differences(self, k: int) -> FloatArray:
-        """``E[x | x_o, k] - μ_k`` of the pattern's rows, (n, d): 0 missing for axis-aligned."""
+        """``E[x | x_o, k] - μ_k`` of the pattern's rows, (n, d)."""
         Zk = self.Z[k]
-        n = Zk.shape[0]
-        d = self.observed.shape[0]
-        out = np.zeros((n, d))
+        out = np.empty((Zk.shape[0], self.observed.shape[0]))
         out[:, self.observed] = Zk
-        if self.covariance_type in ("full", "tied"):
-            j = 0 if self.covariance_type == "tied" else k
-            out[:, ~self.observed] = Zk @ self.A[j].T
+        out[:, ~self.observed] = Zk @ self.A[0 if self.covariance_type == "tied" else k].T
         return out
 
     def conditional_cov(self, k: int) -> FloatArray:
-        """``Cov[x_m | x_o, k]``: (m, m) for full/tied, the (m,) variances otherwise."""
-        miss = ~self.observed
-        ct = self.covariance_type
-        if ct == "full" or ct == "tied":
-            return np.asarray(self.C[0 if ct == "tied" else k])
-        if ct == "diag":
-            return np.asarray(self.covariances[k, miss])
-        return np.full(int(miss.sum()), float(self.covariances[k]))
+        """``Cov[x_m | x_o, k]``, (m, m)."""
+        return np.asarray(self.C[0 if self.covariance_type == "tied" else k])
 
     def add(self, k: int, r: FloatArray, sx: FloatArray, sxx: FloatArray) -> float:
         """Add component ``k``'s moments of the rows weighted by ``r``; ``Σ r H`` returned."""
@@ -366,10 +350,7 @@ class _Marginal:
 
     def conditional_log_det(self, k: int) -> float:
         """``log |Cov[x_m | x_o, k]|`` (the entropy of the missing values needs it)."""
-        C = self.conditional_cov(k)
-        if C.ndim == 1:
-            return float(np.sum(np.log(C)))
-        sign, log_det = np.linalg.slogdet(C)
+        sign, log_det = np.linalg.slogdet(self.conditional_cov(k))
         return float(log_det) if sign > 0 else -np.inf
 
 

@@ -575,3 +575,21 @@ def test_prediction_of_nan_by_a_model_fitted_without_it_names_missing_marginaliz
     np.testing.assert_array_equal(
         got[complete], gm.set_params(missing="error").score_samples(X[complete])
     )
+
+
+def test_a_repeated_pattern_is_grouped_and_equals_the_dense_reference() -> None:
+    from emdist.kernels.missing import ROWS_PER_PATTERN
+
+    X = _data(n=600, frac=0.0, seed=13)
+    X[::3, 0] = np.nan  # one structured pattern (a sensor often absent): 200 rows
+    X[1::6, 2] = np.nan
+    assert (np.isnan(X[:, 0]).sum()) >= ROWS_PER_PATTERN
+    n_iter, reg = 3, 1e-6
+    weights, means, covs = _start("full")
+    ref_w, ref_m, ref_c, ref_bounds = _reference_em(X, weights, means, covs, "full", n_iter, reg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", emdist.ConvergenceWarning)
+        gm = _gmm("full", max_iter=n_iter, tol=0.0, reg_covar=reg).fit(X)
+    np.testing.assert_allclose(gm.lower_bounds_, ref_bounds, rtol=1e-10)
+    np.testing.assert_allclose(gm.means_, ref_m, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gm.covariances_, ref_c, rtol=1e-9, atol=1e-12)
