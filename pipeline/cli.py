@@ -88,6 +88,7 @@ FIT_OPTION_NAMES = {
     "model.updates": "--updates",
     "model.n_shards": "--n-shards",
     "model.acceleration": "--acceleration",
+    "model.missing": "--missing",
     "model.random_state": "--seed",
     "model.warm_start": "--warm-start",
     "output.model": "--out",
@@ -275,9 +276,20 @@ class _FilePath(click.Path):
 @click.option(
     "--dataset", metavar="NAME", help="HDF5 dataset to read.  [default: the only 2-D one]"
 )
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Keep missing values as NaN (NaN, Parquet nulls, empty CSV fields) for a fit with "
+    "--missing marginalize; infinity is still refused.",
+)
 @_overwrite()
 def ingest_command(
-    source: Path, dest: Path, format_: str, dataset: str | None, overwrite: bool
+    source: Path,
+    dest: Path,
+    format_: str,
+    dataset: str | None,
+    allow_missing: bool,
+    overwrite: bool,
 ) -> None:
     """Convert SOURCE to a row-chunked Zarr array DEST, checking every value.
 
@@ -293,6 +305,7 @@ def ingest_command(
         source_format=parse_source_format(format_),
         dataset=dataset,
         overwrite=overwrite,
+        allow_missing=allow_missing,
     )
     click.echo(
         f"ingested {result.shape[0]:,} x {result.shape[1]} ({result.source_format}) into "
@@ -313,6 +326,7 @@ def _fit_config(options: dict[str, Any]) -> RunConfig:
             "updates": options["updates"],
             "n_shards": options["n_shards"],
             "acceleration": options["acceleration"],
+            "missing": options["missing"],
             "random_state": options["seed"],
             "warm_start": options["warm_start"],
         },
@@ -412,6 +426,14 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
     show_default=True,
     help="Accelerated EM of the mixtures (--updates batch); auto: squarem with --updates "
     "batch, plain EM with incremental; none: plain EM.",
+)
+@click.option(
+    "--missing",
+    type=click.Choice(["error", "marginalize"]),
+    default="error",
+    show_default=True,
+    help="What NaN in DATA means: error refuses it; marginalize fits it as missing values "
+    "(gmm, bayesian_gmm), and a DATA file ingested first keeps its NaN.",
 )
 @click.option("--seed", type=int, default=0, help="Random seed of the initialisation.")
 @click.option(
@@ -624,6 +646,7 @@ _ARGUMENT_WORDS: dict[str, dict[str, str]] = {
         "dest": "DEST",
         "source_format": "--format",
         "dataset": "--dataset",
+        "allow_missing": "--allow-missing",
     },
     # fit has no --format: a file it cannot tell is ingested first, by `emdist ingest`.
     "fit": {
@@ -631,6 +654,8 @@ _ARGUMENT_WORDS: dict[str, dict[str, str]] = {
         "dest": "--ingest-to",
         "source_format": "emdist ingest --format",
         "sample_weight": "--sample-weight",
+        "missing": "--missing",
+        "allow_missing": "--missing marginalize",
     },
 }
 _CONFIG_WORDS = {
@@ -639,6 +664,8 @@ _CONFIG_WORDS = {
     "source_format": "input.format",
     "dataset": "input.dataset",
     "sample_weight": "input.sample_weight",
+    "missing": "model.missing",
+    "allow_missing": "model.missing: marginalize",
 }
 
 

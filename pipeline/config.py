@@ -186,6 +186,13 @@ class ModelConfig(_Strict):
         "'Accelerated EM'); 'auto': squarem with updates='batch', plain EM with "
         "'incremental'; 'none': plain EM, scikit-learn's iterations",
     )
+    # The mixtures' own default; K-means refuses 'marginalize' (checked below).
+    missing: Literal["error", "marginalize"] = Field(
+        "error",
+        description="what NaN in the data means: 'error' refuses it; 'marginalize' fits it as "
+        "missing values (Gaussian mixtures; README, 'Missing values'), and an ingested "
+        "input keeps its NaN",
+    )
     weight_concentration_prior_type: Literal["dirichlet_process", "dirichlet_distribution"] = (
         "dirichlet_process"
     )
@@ -204,6 +211,18 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"acceleration ({self.acceleration!r}) needs updates='batch'; got {self.updates!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _missing_of_a_family_that_fits_it(self) -> ModelConfig:
+        if self.missing == "marginalize" and self.family in model_families():
+            from emdist.registry import family_class
+
+            if "missing" not in family_class(self.family)._param_names():
+                raise ValueError(
+                    f"missing='marginalize' needs a family that fits missing values "
+                    f"(gmm, bayesian_gmm); got family={self.family!r}"
+                )
         return self
 
     @model_validator(mode="after")

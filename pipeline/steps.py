@@ -224,6 +224,8 @@ def prepare_data(config: RunConfig) -> DatasetRef:
         source_format=parse_source_format(config.input.format),
         dataset=config.input.dataset,
         overwrite=may_replace(config.data_path, config),
+        # A fit that marginalizes missing values keeps the source's NaN (and nulls).
+        allow_missing=config.model.missing == "marginalize",
     )
     claim(result.path, config)
     return _describe(Path(result.path))

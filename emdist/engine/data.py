@@ -102,6 +102,7 @@ def prepare_fit_data(
     sample_size: int | None,
     what: str,
     per_row: Mapping[str, Any] | None = None,
+    missing: str | None = None,
 ) -> FitData:
     """Open ``X``, run the scan pass, and reject data that cannot be clustered.
 
@@ -120,6 +121,8 @@ def prepare_fit_data(
     per_row : mapping of str to array-like, optional
         Per-row inputs by :class:`~emdist.kernels.rows.RowBlock` field name, checked by the
         model; here only aligned with ``X``'s row-blocks (numpy for in-memory ``X``).
+    missing : {'error', 'marginalize'} or None, optional
+        The estimator's ``missing`` parameter (:func:`emdist.engine.seeding.scan_data`).
 
     Returns
     -------
@@ -149,7 +152,7 @@ def prepare_fit_data(
         raise InvalidParameterError(f"init_sample_size={size} must be >= {what}={n_clusters}")
     aligned = _aligned(X_fit, per_row or {})
     # The per-row inputs ride along the scan: the sample keeps its rows' weights.
-    summary = scan_data(Rows(X_fit, aligned), seed, size)
+    summary = scan_data(Rows(X_fit, aligned), seed, size, missing)
     return FitData(X_fit, summary, in_memory, aligned)
 
 
@@ -182,18 +185,23 @@ class ScanSpec:
         Seed of the scan pass's sample.
     sample_size : int or None
         Rows the scan samples for seeding (``None``: the default for ``n_clusters``).
+    missing : {'error', 'marginalize'} or None, default=None
+        The estimator's ``missing`` parameter (``None``: it has none): whether NaN marks
+        a missing value, and how the refusal of NaN is worded.
     """
 
     n_clusters: int
     what: str
     sample_seed: int
     sample_size: int | None
+    missing: str | None = None
 
     @property
-    def key(self) -> tuple[int, int]:
-        """Fits with equal keys can share one scan pass (same sample seed and size)."""
+    def key(self) -> tuple[int, int, str | None]:
+        """Fits with equal keys can share one scan pass (same sample seed, size, missing)."""
         size = self.sample_size
-        return self.sample_seed, default_sample_size(self.n_clusters) if size is None else size
+        resolved = default_sample_size(self.n_clusters) if size is None else size
+        return self.sample_seed, resolved, self.missing
 
     def open(
         self, X: Any, n_clusters: int | None = None, per_row: Mapping[str, Any] | None = None
@@ -209,4 +217,5 @@ class ScanSpec:
             sample_size=self.key[1],
             what=self.what,
             per_row=per_row,
+            missing=self.missing,
         )

@@ -46,6 +46,10 @@ class DataSummary:
         the same pass.
     weight_sum : float or None
         ``Σ sample_weight`` (``None``: unweighted data).
+    n_observed : ndarray of shape (n_features,) or None
+        Observed values per feature when the data holds missing values (NaN, with
+        ``missing='marginalize'``); ``None``: it holds none. ``mean`` and ``variance`` are
+        over the observed values.
     """
 
     n_samples: int
@@ -57,9 +61,10 @@ class DataSummary:
     sample_weight: FloatArray | None = None
     weights_digest: str | None = None
     weight_sum: float | None = None
+    n_observed: FloatArray | None = None
 
 
-def scan_data(X: PassData, seed: int, sample_size: int) -> DataSummary:
+def scan_data(X: PassData, seed: int, sample_size: int, missing: str | None = None) -> DataSummary:
     """One pass: reject non-finite values, compute moments, draw a uniform sample.
 
     Parameters
@@ -71,6 +76,11 @@ def scan_data(X: PassData, seed: int, sample_size: int) -> DataSummary:
         Seed of the sampling stream (the sample depends only on it and the data).
     sample_size : int
         Rows to sample (all rows if the data has fewer).
+    missing : {'error', 'marginalize'} or None, default=None
+        The estimator's ``missing`` parameter (``None``: it has none). With
+        ``'marginalize'`` NaN marks a missing value: moments are over the observed values
+        and the sample keeps its NaN; infinity and rows with every value missing are
+        refused. Otherwise NaN is refused, the message saying how to allow it.
 
     Returns
     -------
@@ -81,12 +91,30 @@ def scan_data(X: PassData, seed: int, sample_size: int) -> DataSummary:
     InvalidDataError
         If the data holds NaN or infinity; the message names the row, column and block.
     """
-    stats: ScanStats = map_reduce(X, scan_chunk, seed, sample_size)
+    allow = missing == "marginalize"
+    stats: ScanStats = map_reduce(X, scan_chunk, seed, sample_size, allow)
     if stats.bad_row >= 0:
         block = bisect.bisect_right(row_offsets(X), stats.bad_row) - 1
-        raise InvalidDataError(
+        where = (
             f"X contains NaN or infinity at row {stats.bad_row}, column {stats.bad_col} "
-            f"(row-block {block}); remove or impute non-finite values before fitting."
+            f"(row-block {block})"
+        )
+        if not stats.bad_is_nan:
+            raise InvalidDataError(f"{where}: an infinite value; remove or replace it first.")
+        if missing is None:
+            raise InvalidDataError(
+                f"{where}: a missing value, which this estimator does not fit; remove or "
+                f"impute them (GaussianMixture fits them with missing='marginalize')."
+            )
+        raise InvalidDataError(
+            f"{where}: a missing value; pass missing='marginalize' to fit with missing "
+            f"values, or remove or impute them."
+        ).naming("missing", "missing='marginalize'", "marginalize")
+    if stats.empty_row >= 0:
+        block = bisect.bisect_right(row_offsets(X), stats.empty_row) - 1
+        raise InvalidDataError(
+            f"X row {stats.empty_row} (row-block {block}) has every value missing (NaN); "
+            f"a row needs at least one observed value: drop it."
         )
     digest = stats.weights_digest
     return DataSummary(
@@ -99,6 +127,7 @@ def scan_data(X: PassData, seed: int, sample_size: int) -> DataSummary:
         sample_weight=stats.sample_weight,
         weights_digest=None if digest is None else "".join(f"{int(v):016x}" for v in digest),
         weight_sum=stats.weight_sum,
+        n_observed=stats.n_obs,
     )
 
 
@@ -121,11 +150,13 @@ def sample_summary(summary: DataSummary) -> DataSummary:
         sample and global row indices.
     """
     sample = summary.sample
+    # Missing values (NaN) of a sample of missing='marginalize' data: over the observed.
+    has_nan = bool(np.isnan(sample).any())
     return DataSummary(
         n_samples=int(sample.shape[0]),
         n_features=summary.n_features,
-        mean=sample.mean(axis=0),
-        variance=sample.var(axis=0),
+        mean=np.nanmean(sample, axis=0) if has_nan else sample.mean(axis=0),
+        variance=np.nanvar(sample, axis=0) if has_nan else sample.var(axis=0),
         sample=sample,
         sample_rows=summary.sample_rows,
         sample_weight=summary.sample_weight,

@@ -326,6 +326,7 @@ def ingest(
     delimiter: str | None = None,
     csv_engine: Literal["auto", "pyarrow", "numpy"] = "auto",
     overwrite: bool = False,
+    allow_missing: bool = False,
 ) -> IngestResult:
     """Convert a data file into a row-chunked Zarr v3 array, streaming and validating it.
 
@@ -367,6 +368,11 @@ def ingest(
         output stays intact until the new one is complete, then is swapped out; see
         "Atomicity" below. ``source`` and ``dest`` may be the same Zarr array (to rechunk
         or recompress it).
+    allow_missing : bool, default=False
+        Keep missing values as NaN instead of refusing them: NaN in any format, a null in
+        Parquet, an empty field (or ``NA``, ``null``... pyarrow's null spellings) in CSV.
+        For a fit with ``missing='marginalize'``; infinity is still refused. Recorded in
+        the provenance (``allow_missing: true``).
 
     Returns
     -------
@@ -438,10 +444,12 @@ def ingest(
         delimiter=delimiter,
         csv_engine=csv_engine,
         format_given=source_format is not None,
+        allow_missing=bool(allow_missing),
     )
     if stat.S_ISDIR(info.st_mode) and not reader_type.claims(src):
         raise reader_type.not_this_format(src, "it is a directory", options)
     reader = reader_type.open(src, options)
+    reader.allow_missing = bool(allow_missing)
     if chunk_rows is not None:
         rows = int(chunk_rows)
         if reader.n_rows:
@@ -467,7 +475,7 @@ def ingest(
                 compressors=compressors,
             )
             for block, row0 in reader.blocks(rows):
-                writer.write(cast_and_check(reader, block, row0, target))
+                writer.write(cast_and_check(reader, block, row0, target, bool(allow_missing)))
             if writer.written + writer.buffered == 0:
                 raise IngestError(src, "no data rows")
             array = writer.finish()
@@ -491,6 +499,8 @@ def ingest(
                 "emdist_version": __version__,
                 "created_by": "emdist.io.ingest",
             }
+            if allow_missing:
+                attrs["provenance"]["allow_missing"] = True
             array.attrs.update(attrs)
             seal(array)  # shape, chunks, dtype and chunk count, checked on every open
             # Close before the swap: an HDF5 handle, or the old store when source is dest.

@@ -448,13 +448,17 @@ def mixture_random_resp_stats_chunk(
     seed: int,
     shift: FloatArray,
     covariance_type: CovarianceType,
+    fill: FloatArray | None = None,
 ) -> MixtureStats:
     """Statistics under random responsibilities (``init_params='random'``).
 
     Row ``i`` draws its responsibilities from a stream positioned at ``i``, so the
-    initialisation does not depend on the chunking.
+    initialisation does not depend on the chunking. ``fill``: per-feature values that
+    replace NaN (missing values, imputed for the start only).
     """
     X, row_offset = block.x, block.row_offset
+    if fill is not None:
+        X = np.where(np.isnan(X), fill[None, :], X)
     resp = row_uniforms(seed, row_offset, X.shape[0], shift.shape[0])
     resp /= resp.sum(axis=1, keepdims=True)
     if block.weights is not None:

@@ -83,6 +83,14 @@ class ScanStats:
         chunking, and changed by any changed weight (the checkpoint's fingerprint).
     weight_sum : float or None
         ``Σ w`` over the rows seen (``None``: the rows carry no weights).
+    n_obs : ndarray of shape (n_features,) or None
+        Observed values per feature, when a scan allowing missing values met a NaN
+        (``None``: every feature has ``n`` values; ``mean`` and ``m2`` are then over them).
+    bad_is_nan : bool
+        Whether the value at ``bad_row, bad_col`` is a NaN (else an infinity).
+    empty_row : int
+        Global index of the first row with every value missing (scans allowing missing
+        values), or -1.
     """
 
     n: int
@@ -97,10 +105,16 @@ class ScanStats:
     sample_weight: FloatArray | None = None
     weights_digest: _U64 | None = None
     weight_sum: float | None = None
+    n_obs: FloatArray | None = None
+    bad_is_nan: bool = False
+    empty_row: int = -1
 
     def __add__(self, other: ScanStats) -> ScanStats:
         n = self.n + other.n
-        if self.n == 0:
+        n_obs = None
+        if self.n_obs is not None or other.n_obs is not None:
+            mean, m2, n_obs = _merge_observed(self, other)
+        elif self.n == 0:
             mean, m2 = other.mean, other.m2
         elif other.n == 0:
             mean, m2 = self.mean, self.m2
@@ -110,9 +124,16 @@ class ScanStats:
             # An overflow to inf is the scale check's to report (models._validation).
             with np.errstate(over="ignore", invalid="ignore"):
                 m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
-        bad = [(r, c) for r, c in ((self.bad_row, self.bad_col), (other.bad_row, other.bad_col))]
+        bad = [
+            (r, c, nan)
+            for r, c, nan in (
+                (self.bad_row, self.bad_col, self.bad_is_nan),
+                (other.bad_row, other.bad_col, other.bad_is_nan),
+            )
+        ]
         bad = [b for b in bad if b[0] >= 0]
-        bad_row, bad_col = min(bad) if bad else (-1, -1)
+        bad_row, bad_col, bad_is_nan = min(bad) if bad else (-1, -1, False)
+        empty = [r for r in (self.empty_row, other.empty_row) if r >= 0]
         keys = np.concatenate([self.sample_keys, other.sample_keys])
         rows = np.concatenate([self.sample_rows, other.sample_rows])
         # Order by (key, row): a total order, so the merge is associative and commutative.
@@ -138,15 +159,38 @@ class ScanStats:
             sample_weight,
             digest,
             weight_sum,
+            n_obs,
+            bad_is_nan,
+            min(empty) if empty else -1,
         )
 
     @property
     def variance(self) -> FloatArray:
-        """Per-feature population variance (``ddof=0``, as ``np.var``)."""
+        """Per-feature population variance (``ddof=0``, as ``np.var``) of the observed values."""
+        if self.n_obs is not None:
+            return np.asarray(self.m2 / np.maximum(self.n_obs, 1))
         return self.m2 / max(self.n, 1)
 
 
-def scan_chunk(block: RowBlock, seed: int, sample_size: int) -> ScanStats:
+def _merge_observed(a: ScanStats, b: ScanStats) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Chan et al.'s merge feature by feature, each over its own observed values."""
+    na = np.full(a.mean.shape, float(a.n)) if a.n_obs is None else a.n_obs
+    nb = np.full(b.mean.shape, float(b.n)) if b.n_obs is None else b.n_obs
+    n = na + nb
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        delta = b.mean - a.mean
+        frac = np.where(n > 0, nb / np.where(n > 0, n, 1), 0.0)
+        mean = a.mean + delta * frac
+        both = np.where(n > 0, na * nb / np.where(n > 0, n, 1), 0.0)
+        m2 = a.m2 + b.m2 + delta**2 * both
+    mean = np.where(na == 0, b.mean, np.where(nb == 0, a.mean, mean))
+    m2 = np.where(na == 0, b.m2, np.where(nb == 0, a.m2, m2))
+    return mean, m2, n
+
+
+def scan_chunk(
+    block: RowBlock, seed: int, sample_size: int, allow_missing: bool = False
+) -> ScanStats:
     """Scan one block: first non-finite value, moments, and its share of the sample.
 
     Parameters
@@ -157,6 +201,10 @@ def scan_chunk(block: RowBlock, seed: int, sample_size: int) -> ScanStats:
         Key of the sampling stream.
     sample_size : int
         Number of rows the whole sample holds.
+    allow_missing : bool, default=False
+        NaN marks a missing value (``missing='marginalize'``): moments are over the
+        observed values of every feature, the first row with every value missing is
+        recorded, and only infinity is a bad value.
 
     Returns
     -------
@@ -166,7 +214,28 @@ def scan_chunk(block: RowBlock, seed: int, sample_size: int) -> ScanStats:
     n, d = X.shape
     Xf = np.asarray(X, dtype=np.float64)
     finite = np.isfinite(Xf)
-    if finite.all():
+    n_obs = None
+    empty_row = -1
+    bad_is_nan = False
+    if allow_missing and not finite.all():
+        nan = np.isnan(Xf)
+        inf = ~finite & ~nan
+        bad_row = bad_col = -1
+        if inf.any():
+            r, c = np.argwhere(inf)[0]
+            bad_row, bad_col = int(r) + row_offset, int(c)
+        empty = np.flatnonzero(nan.all(axis=1)) if d else np.empty(0, dtype=np.int64)
+        if empty.size:
+            empty_row = int(empty[0]) + row_offset
+        n_obs = (~nan).sum(axis=0).astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            observed = np.where(nan, 0.0, Xf)
+            mean = np.where(n_obs > 0, observed.sum(axis=0) / np.maximum(n_obs, 1), 0.0)
+            m2 = np.where(nan, 0.0, (Xf - mean) ** 2).sum(axis=0)
+        if bad_row >= 0:
+            mean = np.zeros(d)
+            m2 = np.zeros(d)
+    elif finite.all():
         bad_row = bad_col = -1
         mean = Xf.mean(axis=0) if n else np.zeros(d)
         # An overflow to inf is the scale check's to report (models._validation).
@@ -175,6 +244,7 @@ def scan_chunk(block: RowBlock, seed: int, sample_size: int) -> ScanStats:
     else:
         r, c = np.argwhere(~finite)[0]
         bad_row, bad_col = int(r) + row_offset, int(c)
+        bad_is_nan = bool(np.isnan(Xf[r, c]))
         # The fit will stop with an error naming this row; moments are irrelevant now.
         mean = np.zeros(d)
         m2 = np.zeros(d)
@@ -199,6 +269,9 @@ def scan_chunk(block: RowBlock, seed: int, sample_size: int) -> ScanStats:
         sample_weight=None if w is None else w[order].copy(),
         weights_digest=None if w is None else weights_digest(w, row_offset),
         weight_sum=None if w is None else float(np.sum(w)),
+        n_obs=n_obs,
+        bad_is_nan=bad_is_nan,
+        empty_row=empty_row,
     )
 
 

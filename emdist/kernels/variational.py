@@ -39,6 +39,12 @@ from emdist.kernels.gaussian import (
     estimate_log_gaussian_prob,
     log_det_cholesky,
 )
+from emdist.kernels.missing import (
+    check_missing_rows,
+    incomplete_stats,
+    marginal_log_prob,
+    missing_mask,
+)
 from emdist.kernels.mixture import (
     MixtureStats,
     empirical_moments,
@@ -56,6 +62,9 @@ __all__ = [
     "expected_log_weights",
     "scatter_stats_chunk",
     "variational_estep_chunk",
+    "variational_estep_missing_chunk",
+    "variational_log_prob_missing_chunk",
+    "pairwise_scatter_chunk",
     "variational_log_prob_chunk",
     "variational_lower_bound",
     "variational_mstep",
@@ -157,7 +166,8 @@ class VariationalStats:
         for the EM mixture; its ``log_lik`` holds ``Σ_i log Σ_k ρ_ik`` (the E-step's
         normaliser, which is not a likelihood and does not enter the bound).
     resp_log_resp : float
-        ``Σ_i Σ_k r_ik log r_ik`` (minus the entropy of ``q(Z)``, Bishop eq. 10.75).
+        ``Σ_i Σ_k r_ik log r_ik`` (minus the entropy of ``q(Z)``, Bishop eq. 10.75); with
+        missing values also minus ``Σ_i Σ_k r_ik H[q(x_m | z = k)]``.
     """
 
     moments: MixtureStats
@@ -312,6 +322,79 @@ def variational_estep_chunk(
     n = float(X.shape[0]) if w is None else float(np.sum(w, dtype=np.float64))
     moments = MixtureStats(n, log_norm, nk, sx, sxx, shift)
     return VariationalStats(moments, r_log_r)
+
+
+def variational_estep_missing_chunk(
+    block: RowBlock, params: VariationalParams, covariance_type: CovarianceType
+) -> VariationalStats:
+    """:func:`variational_estep_chunk` of rows that may hold NaN (``missing='marginalize'``).
+
+    ``q(x_m | z = k)`` is optimal jointly with ``q(Z)`` (mean field over ``θ`` only): the
+    conditional of ``N(m_k, (ν_k W_k)⁻¹)`` given ``x_o``, whose log-normaliser makes
+    ``log ρ_ik`` the same offsets as complete rows plus ``log N(x_o | m_ko, S_k,oo)`` with
+    ``S_k = (ν_k W_k)⁻¹`` (the ``covariances``). The moments take the conditional means
+    and covariances as the EM mixture's do; ``resp_log_resp`` also subtracts the
+    conditionals' entropy, which the ELBO counts (docs/design.md, "Missing values"). A
+    block without NaN is :func:`variational_estep_chunk` itself.
+    """
+    mask = missing_mask(block)
+    if not mask.any():
+        return variational_estep_chunk(block, params, covariance_type)
+    check_missing_rows(block.x, block.row_offset)
+    w = block.weights
+    offsets = _log_offsets(params, block.x.shape[1])
+    moments, r_log_r, entropy = incomplete_stats(
+        block.x, mask, w, params.means, params.covariances, covariance_type, offsets
+    )
+    stats = VariationalStats(moments, r_log_r - entropy)
+    complete = ~mask.any(axis=1)
+    if complete.any():
+        part = RowBlock(
+            np.asarray(block.x)[complete],
+            block.row_offset,
+            None if w is None else np.asarray(w)[complete],
+        )
+        stats = variational_estep_chunk(part, params, covariance_type) + stats
+    return stats
+
+
+def variational_log_prob_missing_chunk(
+    X: AnyArray, params: VariationalParams, covariance_type: CovarianceType
+) -> FloatArray:
+    """``log ρ_nk`` of a block with NaN: incomplete rows on their observed coordinates."""
+    mask = np.isnan(X)
+    if not mask.any():
+        return variational_log_prob_chunk(X, params, covariance_type)
+    out = np.empty((X.shape[0], params.n_components))
+    incomplete = mask.any(axis=1)
+    if not incomplete.all():
+        out[~incomplete] = variational_log_prob_chunk(
+            np.asarray(X)[~incomplete], params, covariance_type
+        )
+    marginal_log_prob(X, mask, params.means, params.covariances, covariance_type, out)
+    out[incomplete] += _log_offsets(params, X.shape[1])
+    return out
+
+
+def pairwise_scatter_chunk(block: RowBlock, center: FloatArray) -> FloatArray:
+    """Pairwise moments about ``center`` of rows with missing values, shape (2, d, d + 1).
+
+    ``[0][j, l] = Σ w (x_j - c_j)(x_l - c_l)`` and ``[1][j, l] = Σ w`` over the rows
+    observing both ``j`` and ``l``; column ``d`` holds ``Σ w (x_j - c_j)`` and ``Σ w`` over
+    the rows observing ``j``. The default priors of data with missing values.
+    """
+    X = np.asarray(block.x, dtype=np.float64)
+    observed = (~np.isnan(X)).astype(np.float64)
+    Z = np.where(observed > 0, X - center[None, :], 0.0)
+    ones = np.ones((X.shape[0], 1))
+    w = (
+        np.ones((X.shape[0], 1))
+        if block.weights is None
+        else np.asarray(block.weights, dtype=np.float64)[:, None]
+    )
+    return np.stack(
+        [(Z * w).T @ np.hstack([Z, ones]), (observed * w).T @ np.hstack([observed, ones])]
+    )
 
 
 def scatter_stats_chunk(block: RowBlock, center: FloatArray) -> MixtureStats:

@@ -39,6 +39,7 @@ from emdist.exceptions import (
 )
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core, open_zarr_array
+from emdist.kernels.missing import check_missing_rows
 from emdist.models._sklearn import SklearnEstimatorMixin
 from emdist.models._validation import Constraint, shards_of, validate_parameters
 
@@ -372,6 +373,7 @@ class BaseEstimator(SklearnEstimatorMixin, abc.ABC):
                 what=self._n_components_param,
                 sample_seed=sample_seed,
                 sample_size=self.init_sample_size,
+                missing=getattr(self, "missing", None),
             ),
             warm=warm,
         )
@@ -624,16 +626,38 @@ def _first_non_finite(block: np.ndarray[Any, Any], row_offset: int) -> None:
         )
 
 
+def check_rows(block: np.ndarray[Any, Any], row_offset: int, missing: str | None) -> None:
+    """Refuse non-finite values; with ``missing='marginalize'`` only infinity and all-NaN rows.
+
+    ``missing``: the estimator's parameter (``None``: it has none). With ``'error'`` a NaN's
+    refusal says that ``missing='marginalize'`` scores rows with missing values.
+    """
+    if missing == "marginalize":
+        check_missing_rows(block, row_offset)
+        return
+    try:
+        _first_non_finite(block, row_offset)
+    except InvalidDataError as exc:
+        r, c = np.argwhere(~np.isfinite(block))[0]
+        if missing is None or not np.isnan(block[r, c]):
+            raise
+        raise InvalidDataError(
+            f"{str(exc).rstrip('.')}, or set missing='marginalize' to score rows with missing "
+            f"values."
+        ).naming("missing", "missing='marginalize'", "marginalize") from None
+
+
 def _rowwise_block(
     block: np.ndarray[Any, Any],
     fn: Any,
     args: tuple[Any, ...],
+    missing: str | None = None,
     block_info: dict[Any, Any] | None = None,
 ) -> Any:
     offset = 0
     if block_info is not None and 0 in block_info:
         offset = int(block_info[0]["array-location"][0][0])
-    _first_non_finite(block, offset)
+    check_rows(block, offset, missing)
     return fn(block, *args)
 
 
@@ -645,26 +669,42 @@ def apply_rows(
     name: str,
     out_width: int | None,
     dtype: Any = np.float64,
+    missing: str | None = None,
 ) -> Any:
     """Apply a per-block kernel to every row of ``X``.
 
     In-memory data (numpy, lists, pandas...) in, numpy out; Dask, Zarr or a path in, a
     lazy Dask array out. ``out_width`` is the number of output columns, or ``None`` for
-    one value per row.
+    one value per row. ``missing``: the estimator's parameter (``None``: it has none);
+    with ``'marginalize'`` NaN marks a missing value the kernel handles, and infinity and
+    rows with every value missing are refused.
     """
     if not is_out_of_core(X):
         arr = as_numpy_array(X)
         check_features(arr, n_features, name)
-        _first_non_finite(arr, 0)
+        check_rows(arr, 0, missing)
         return fn(arr, *args)
     Xd = as_dask_array(X)
     check_features(Xd, n_features, name)
     if out_width is None:
         return da.map_blocks(
-            _rowwise_block, Xd, fn, args, dtype=dtype, drop_axis=1, chunks=(Xd.chunks[0],)
+            _rowwise_block,
+            Xd,
+            fn,
+            args,
+            missing,
+            dtype=dtype,
+            drop_axis=1,
+            chunks=(Xd.chunks[0],),
         )
     return da.map_blocks(
-        _rowwise_block, Xd, fn, args, dtype=dtype, chunks=(Xd.chunks[0], (out_width,))
+        _rowwise_block,
+        Xd,
+        fn,
+        args,
+        missing,
+        dtype=dtype,
+        chunks=(Xd.chunks[0], (out_width,)),
     )
 
 

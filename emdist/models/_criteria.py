@@ -19,6 +19,7 @@ from emdist._typing import AnyArray
 from emdist.engine.reduce import Data, PassData, Rows
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
 from emdist.kernels.kmeans import kmeans_labels_chunk
+from emdist.kernels.missing import check_missing_rows
 from emdist.kernels.mixture import score_samples_from_log_prob
 from emdist.kernels.rows import RowBlock
 from emdist.models._base import _first_non_finite, check_features, weights_like
@@ -28,6 +29,7 @@ __all__ = [
     "criteria_rows",
     "label_counts_chunk",
     "log_lik_sum_chunk",
+    "log_lik_sum_missing_chunk",
     "pass_data",
 ]
 
@@ -63,6 +65,17 @@ def label_counts_chunk(block: RowBlock, centers: AnyArray) -> AnyArray:
 def log_lik_sum_chunk(block: RowBlock, log_prob: Callable[..., AnyArray], *args: Any) -> float:
     """``Σ w log p(x)`` over one block under a mixture's per-block log-probability kernel."""
     _first_non_finite(block.x, block.row_offset)
+    log_p = score_samples_from_log_prob(block.x, log_prob, *args)
+    if block.weights is not None:
+        return float(np.asarray(block.weights, dtype=np.float64) @ log_p)
+    return float(np.sum(log_p))
+
+
+def log_lik_sum_missing_chunk(
+    block: RowBlock, log_prob: Callable[..., AnyArray], *args: Any
+) -> float:
+    """:func:`log_lik_sum_chunk` of rows that may hold NaN (``missing='marginalize'``)."""
+    check_missing_rows(block.x, block.row_offset)
     log_p = score_samples_from_log_prob(block.x, log_prob, *args)
     if block.weights is not None:
         return float(np.asarray(block.weights, dtype=np.float64) @ log_p)

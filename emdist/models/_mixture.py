@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, ClassVar, Self
 
 import dask.array as da
@@ -124,14 +125,20 @@ def initial_resp_stats(
     K = n_components
     shift = np.tile(data.summary.mean, (K, 1))
     rng = np.random.default_rng(seed)
+    # Missing values (missing='marginalize') are imputed by the feature means of the
+    # observed values for the start only: K-means and one-hot starts need whole rows, and
+    # the EM iterations that follow treat the values as missing (docs/design.md).
+    sample = _imputed(data.summary.sample, data.summary.mean)
+    fill = data.summary.mean if sample is not data.summary.sample else None
     if init_params == "kmeans":
         # K-means on the scan sample, in memory: scikit-learn's start (hard K-means labels)
         # at the cost of no pass over the data (docs/design.md#initialisation). When the data
         # has no more rows than the sample, the sample is all of it.
-        sample = data.summary.sample
         w = data.summary.sample_weight
         per_row = {} if w is None else {"weights": w}
-        on_sample = FitData(sample, sample_summary(data.summary), True, per_row)
+        on_sample = FitData(
+            sample, sample_summary(replace(data.summary, sample=sample)), True, per_row
+        )
         (km_seed,) = child_seeds(seed, 1)
         run = fit_kmeans(
             on_sample,
@@ -146,7 +153,6 @@ def initial_resp_stats(
             RowBlock(sample, weights=w), run.params.centers, shift, covariance_type
         )
     if init_params in ("k-means++", "random_from_data"):
-        sample = data.summary.sample
         w = data.summary.sample_weight
         if init_params == "k-means++":
             idx = kmeans_plusplus(sample, K, rng, sample_weight=w)
@@ -161,9 +167,18 @@ def initial_resp_stats(
             int(rng.integers(2**63 - 1)),
             shift,
             covariance_type,
+            fill,
         )
         return stats
     raise InvalidParameterError(f"init_params must be one of {INIT_PARAMS}; got {init_params!r}")
+
+
+def _imputed(sample: FloatArray, mean: FloatArray) -> FloatArray:
+    """``sample`` with every NaN replaced by its feature's mean (itself when it has none)."""
+    nan = np.isnan(sample)
+    if not nan.any():
+        return sample
+    return np.where(nan, mean[None, :], sample)
 
 
 class BaseMixture(DensityMixin, BaseEstimator):
@@ -263,6 +278,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
             name=type(self).__name__,
             out_width=out_width,
             dtype=dtype,
+            missing=getattr(self, "missing", None),
         )
 
     def predict(self, X: Any) -> Any:

@@ -30,6 +30,7 @@ from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.sources import as_dask_array, as_numpy_array, is_out_of_core
 from emdist.kernels.covariance import covariance_shape
 from emdist.kernels.kmeans import KMeansParams, KMeansStats, kmeans_estep_chunk
+from emdist.kernels.missing import check_missing_rows
 from emdist.kernels.mixture import MixtureParams, MixtureStats
 from emdist.kernels.rebase import rebase_mixture_stats
 from emdist.kernels.rows import RowBlock
@@ -93,8 +94,15 @@ def _non_finite_at(x: Any, row_offset: int) -> None:
 
 
 def _checked_estep(block: RowBlock, estep: Callable[..., Any], *args: Any) -> Any:
-    """The E-step of a block whose values are checked first (a later batch is not scanned)."""
-    _non_finite_at(block.x, block.row_offset)
+    """The E-step of a block whose values are checked first (a later batch is not scanned).
+
+    A family with ``missing='marginalize'`` takes NaN: only infinity and rows with every
+    value missing are refused.
+    """
+    if getattr(getattr(estep, "__self__", None), "missing", "error") == "marginalize":
+        check_missing_rows(block.x, block.row_offset)
+    else:
+        _non_finite_at(block.x, block.row_offset)
     return estep(block, *args)
 
 

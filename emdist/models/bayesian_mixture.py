@@ -27,6 +27,7 @@ from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array
 from emdist.kernels.gaussian import precisions_from_cholesky
+from emdist.kernels.missing import MISSING
 from emdist.kernels.mixture import MixtureStats
 from emdist.kernels.mixture_vector import variational_from_vector, variational_to_vector
 from emdist.kernels.rebase import rebase_mixture_stats
@@ -37,9 +38,12 @@ from emdist.kernels.variational import (
     VariationalPriors,
     VariationalStats,
     WeightPriorType,
+    pairwise_scatter_chunk,
     scatter_stats_chunk,
     variational_estep_chunk,
+    variational_estep_missing_chunk,
     variational_log_prob_chunk,
+    variational_log_prob_missing_chunk,
     variational_lower_bound,
     variational_mstep,
 )
@@ -97,11 +101,15 @@ class BayesianMixtureFamily:
     covariance_type: CovarianceType
     reg_covar: float
     priors: VariationalPriors
+    #: ``'marginalize'``: NaN marks a missing value (:mod:`emdist.kernels.missing`).
+    missing: str = "error"
     #: Incremental EM (emdist.engine.incremental) restores kept statistics of this class.
     stats_type: ClassVar[type[VariationalStats]] = VariationalStats
 
     def estep_chunk(self, block: RowBlock, params: VariationalParams) -> VariationalStats:
         """Variational responsibilities of one block, reduced to statistics."""
+        if self.missing == "marginalize":
+            return variational_estep_missing_chunk(block, params, self.covariance_type)
         return variational_estep_chunk(block, params, self.covariance_type)
 
     def mstep(self, stats: VariationalStats, params: VariationalParams) -> VariationalParams:
@@ -266,7 +274,8 @@ def resolve_priors(
     summary = data.summary
     n = summary.n_samples
     covariance: FloatArray | float
-    if "weights" in data.per_row and (mean_prior is None or covariance_prior is None):
+    missing = summary.n_observed is not None
+    if (missing or "weights" in data.per_row) and (mean_prior is None or covariance_prior is None):
         return _weighted_priors(
             data,
             n_components=n_components,
@@ -308,6 +317,28 @@ def resolve_priors(
     )
 
 
+def _pairwise_moments(data: FitData) -> tuple[FloatArray, FloatArray, float]:
+    """Mean, covariance and total weight of data with missing values, pair by pair.
+
+    Every mean over the rows observing the feature, every covariance entry over the rows
+    observing both features (``ddof=1`` on their weight): one pass. A pairwise matrix need
+    not be positive definite; then its diagonal (the variances) is used.
+    """
+    center = data.summary.mean
+    moments = np.asarray(map_reduce(data.rows, pairwise_scatter_chunk, center))
+    d = center.shape[0]
+    products, counts = moments[0, :, :d], moments[1, :, :d]
+    n_j = moments[1, :, d]
+    delta = moments[0, :, d] / np.maximum(n_j, 1e-300)
+    full = (products - counts * np.outer(delta, delta)) / np.maximum(counts - 1.0, 1e-300)
+    full = 0.5 * (full + full.T)
+    try:
+        np.linalg.cholesky(full)
+    except np.linalg.LinAlgError:
+        full = np.diag(np.diag(full))
+    return center + delta, full, float(np.max(n_j))
+
+
 def _weighted_priors(
     data: FitData,
     *,
@@ -324,16 +355,22 @@ def _weighted_priors(
 
     The defaults of the rows repeated ``w`` times (``ddof=1`` on ``n = Σ w``), from one pass
     of weighted moments about the scan pass's mean (the scan's own moments are unweighted).
+    Data with missing values (weighted or not) take them pair by pair
+    (:func:`_pairwise_moments`).
 
     Raises
     ------
     InvalidDataError
         If the covariance is needed and the weights sum to at most 1.
     """
-    scatter: MixtureStats = map_reduce(data.rows, scatter_stats_chunk, data.summary.mean)
-    total = float(scatter.nk[0])
-    delta = scatter.sx[0] / total
-    mean = data.summary.mean + delta
+    if data.summary.n_observed is not None:
+        mean, full, total = _pairwise_moments(data)
+    else:
+        scatter: MixtureStats = map_reduce(data.rows, scatter_stats_chunk, data.summary.mean)
+        total = float(scatter.nk[0])
+        delta = scatter.sx[0] / total
+        mean = data.summary.mean + delta
+        full = (scatter.sxx[0] - total * np.outer(delta, delta)) / max(total - 1.0, 1e-300)
     covariance: FloatArray | float
     if covariance_prior is not None:
         covariance = covariance_prior
@@ -343,7 +380,6 @@ def _weighted_priors(
                 f"The default covariance_prior is the weighted covariance of X, which needs "
                 f"sample_weight to sum to more than 1 (got {total}); pass covariance_prior."
             )
-        full = (scatter.sxx[0] - total * np.outer(delta, delta)) / (total - 1.0)
         if covariance_type in ("full", "tied"):
             covariance = full
         elif covariance_type == "diag":
@@ -449,7 +485,9 @@ def prefit_on_sample(
         total = summary.weight_sum
     # One BLAS thread whatever the scheduler: the start must not depend on it (bitwise).
     with blas_single_threaded():
-        on_sample = SampleFitFamily(family.covariance_type, family.reg_covar, family.priors)
+        on_sample = SampleFitFamily(
+            family.covariance_type, family.reg_covar, family.priors, family.missing
+        )
         result = run_em(sample, on_sample, start, tol=tol, max_iter=max_iter)
         assert result.stats is not None  # max_iter >= 1: at least one pass ran
         moments = result.stats.moments
@@ -614,6 +652,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         "prefit_on_sample": boolean,
         "acceleration": any_of(is_none, one_of(ACCELERATIONS)),
         "step_decay": step_decay_constraint,
+        "missing": one_of(MISSING),
     }
     _params_type = VariationalParams
     _stream_attributes = VARIATIONAL_STREAM_ATTRIBUTES
@@ -651,6 +690,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
         acceleration: str | None = "auto",
+        missing: str = "error",
     ) -> None:
         super().__init__(
             n_components=n_components,
@@ -677,6 +717,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
         self.covariance_prior = covariance_prior
         self.step_decay = step_decay
+        self.missing = missing
 
     def partial_fit(self, X: Any, y: Any = None) -> BayesianGaussianMixture:
         """One stochastic variational inference update on a batch (Hoffman et al. 2013).
@@ -713,7 +754,9 @@ degrees_of_freedom_prior_, covariance_prior_ :
             self.degrees_of_freedom_prior_,
             self.covariance_prior_,
         )
-        return BayesianMixtureFamily(self.covariance_type, float(self.reg_covar), priors)
+        return BayesianMixtureFamily(
+            self.covariance_type, float(self.reg_covar), priors, self.missing
+        )
 
     def check_fitted_values(self) -> None:
         """The mixture's checks, and :meth:`partial_fit`'s running statistics if present."""
@@ -749,7 +792,7 @@ degrees_of_freedom_prior_, covariance_prior_ :
         )
         # The resolved priors are attributes as soon as they are known, as scikit-learn's.
         self._set_priors(priors)
-        family = BayesianMixtureFamily(covariance_type, float(self.reg_covar), priors)
+        family = BayesianMixtureFamily(covariance_type, float(self.reg_covar), priors, self.missing)
         previous = self._params() if warm else self._start_from
 
         def make_start(restart: int, restart_seed: int) -> VariationalParams:
@@ -812,6 +855,8 @@ degrees_of_freedom_prior_, covariance_prior_ :
         )
 
     def _log_prob(self) -> tuple[Callable[..., FloatArray], tuple[Any, ...]]:
+        if self.missing == "marginalize":
+            return variational_log_prob_missing_chunk, (self._params(), self.covariance_type)
         return variational_log_prob_chunk, (self._params(), self.covariance_type)
 
     def summary_statistics(self, X: Any, sample_weight: Any = None) -> dict[str, Any]:

@@ -23,6 +23,11 @@ from emdist.kernels.gaussian import (
     precision_cholesky_from_precisions,
     precisions_from_cholesky,
 )
+from emdist.kernels.missing import (
+    MISSING,
+    mixture_estep_missing_chunk,
+    mixture_log_prob_missing_chunk,
+)
 from emdist.kernels.mixture import (
     MixtureParams,
     MixtureStats,
@@ -34,7 +39,12 @@ from emdist.kernels.mixture_vector import mixture_from_vector, mixture_to_vector
 from emdist.kernels.rebase import mixture_expected_log_lik, rebase_mixture_stats
 from emdist.kernels.rows import RowBlock
 from emdist.models._base import weight_total
-from emdist.models._criteria import KernelStep, criteria_rows, log_lik_sum_chunk
+from emdist.models._criteria import (
+    KernelStep,
+    criteria_rows,
+    log_lik_sum_chunk,
+    log_lik_sum_missing_chunk,
+)
 from emdist.models._docs import fill_doc
 from emdist.models._mixture import BaseMixture, check_user_array, initial_resp_stats
 from emdist.models._partial import (
@@ -59,11 +69,19 @@ class GaussianMixtureFamily:
 
     covariance_type: CovarianceType
     reg_covar: float
+    #: ``'marginalize'``: NaN marks a missing value (:mod:`emdist.kernels.missing`).
+    missing: str = "error"
     #: Incremental EM (emdist.engine.incremental) restores kept statistics of this class.
     stats_type: ClassVar[type[MixtureStats]] = MixtureStats
 
     def estep_chunk(self, block: RowBlock, params: MixtureParams) -> MixtureStats:
-        """Responsibilities of one block, reduced to sufficient statistics."""
+        """Responsibilities of one block, reduced to sufficient statistics.
+
+        With ``missing='marginalize'`` a block holding NaN takes the incomplete-data E-step
+        on its incomplete rows; a block without NaN is the same E-step either way.
+        """
+        if self.missing == "marginalize":
+            return mixture_estep_missing_chunk(block, params, self.covariance_type)
         return mixture_estep_chunk(block, params, self.covariance_type)
 
     def mstep(self, stats: MixtureStats, params: MixtureParams) -> MixtureParams:
@@ -229,6 +247,18 @@ class GaussianMixture(BaseMixture):
         every measured mixture), plain EM with ``updates='incremental'``. ``None``: plain
         EM, scikit-learn's iterations. ``'squarem'`` or ``'overrelax'`` with
         ``updates='incremental'`` is an error.
+    missing : {'error', 'marginalize'}, default='error'
+        What a NaN in the data means. ``'error'``: refused (one line naming the row and
+        column). ``'marginalize'``: a missing value. Each row is scored by every
+        component's marginal density on its observed coordinates, and the M-step uses the
+        conditional expectations of the missing coordinates given the observed ones
+        (EM for incomplete data, Ghahramani & Jordan 1994); ``score_samples``, ``score``,
+        ``predict`` and ``predict_proba`` give the marginal on the observed coordinates.
+        A row with every value missing is refused, infinity always. Rows without NaN go
+        through the same kernels as with ``'error'``: on data without NaN both give the
+        same fit, bit for bit. The start (``init_params``) imputes the scan sample's
+        missing values by the feature means (``'random'``: every row's), for the start
+        only.
 
     Attributes
     ----------
@@ -258,6 +288,7 @@ class GaussianMixture(BaseMixture):
         **BaseMixture._parameter_constraints,
         "acceleration": any_of(is_none, one_of(ACCELERATIONS)),
         "step_decay": step_decay_constraint,
+        "missing": one_of(MISSING),
     }
     _params_type = MixtureParams
     _stream_attributes = MIXTURE_STREAM_ATTRIBUTES
@@ -290,6 +321,7 @@ class GaussianMixture(BaseMixture):
         observer: Observer | None = None,
         checkpoint: CheckpointStore | str | os.PathLike[str] | None = None,
         acceleration: str | None = "auto",
+        missing: str = "error",
     ) -> None:
         super().__init__(
             n_components=n_components,
@@ -312,6 +344,7 @@ class GaussianMixture(BaseMixture):
         self.precisions_init = precisions_init
         self.acceleration = acceleration
         self.step_decay = step_decay
+        self.missing = missing
 
     def _schedule(self) -> Schedule:
         """Batch EM, accelerated batch EM (``acceleration``) or incremental EM (``updates``)."""
@@ -349,7 +382,7 @@ class GaussianMixture(BaseMixture):
         check_stream_values(self, MIXTURE_STREAM_ATTRIBUTES)
 
     def _family(self) -> GaussianMixtureFamily:
-        return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar))
+        return GaussianMixtureFamily(self.covariance_type, float(self.reg_covar), self.missing)
 
     def _plan(self, data: FitData, warm: bool) -> ModelPlan[MixtureParams, MixtureStats]:
         summary = data.summary
@@ -394,6 +427,8 @@ class GaussianMixture(BaseMixture):
         )
 
     def _log_prob(self) -> tuple[Callable[..., FloatArray], tuple[Any, ...]]:
+        if self.missing == "marginalize":
+            return mixture_log_prob_missing_chunk, (self._params(), self.covariance_type)
         return mixture_log_prob_chunk, (self._params(), self.covariance_type)
 
     def _n_parameters(self) -> int:
@@ -428,6 +463,12 @@ class GaussianMixture(BaseMixture):
 
     def _criteria_step(self) -> tuple[KernelStep, tuple[Any, ...]]:
         """The reduction behind :meth:`information_criteria`: the summed log-likelihood."""
+        if self.missing == "marginalize":
+            return KernelStep(log_lik_sum_missing_chunk), (
+                mixture_log_prob_missing_chunk,
+                self._params(),
+                self.covariance_type,
+            )
         return KernelStep(log_lik_sum_chunk), (
             mixture_log_prob_chunk,
             self._params(),

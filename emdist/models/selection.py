@@ -90,14 +90,14 @@ def fit_shared(
 def _scan_once_per_key(
     X: Any, specs: list[FitSpec[Any, Any]], per_row: dict[str, Any] | None = None
 ) -> list[FitData]:
-    """One scan pass per distinct (sample seed, sample size): the data of every fit."""
+    """One scan pass per distinct (sample seed, sample size, missing): the data of every fit."""
     scans = [s.scan for s in specs]
     assert all(scan is not None for scan in scans)
-    largest: dict[tuple[int, int], int] = {}
+    largest: dict[tuple[int, int, str | None], int] = {}
     for scan in scans:
         assert scan is not None
         largest[scan.key] = max(largest.get(scan.key, 0), scan.n_clusters)
-    scanned: dict[tuple[int, int], FitData] = {}
+    scanned: dict[tuple[int, int, str | None], FitData] = {}
     out = []
     for scan in scans:
         assert scan is not None

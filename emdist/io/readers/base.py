@@ -110,6 +110,8 @@ class ReadOptions:
         HDF5: the dataset to read.
     header, delimiter, csv_engine
         CSV: see :func:`emdist.io.ingest.ingest`.
+    allow_missing : bool
+        Keep missing values as NaN (:func:`emdist.io.ingest.ingest`'s ``allow_missing``).
     """
 
     dtype: np.dtype[Any]
@@ -118,6 +120,7 @@ class ReadOptions:
     delimiter: str | None = None
     csv_engine: Literal["auto", "pyarrow", "numpy"] = "auto"
     format_given: bool = False
+    allow_missing: bool = False
 
 
 _REGISTRY: dict[str, type[Reader]] = {}
@@ -146,6 +149,9 @@ class Reader(abc.ABC):
     source_dtype : str
     extra : dict
         Format-specific provenance (HDF5 dataset, CSV delimiter...).
+    allow_missing : bool
+        Whether a missing value (a null, an empty CSV field) is read as NaN rather than
+        refused; set by :func:`emdist.io.ingest.ingest` after :meth:`open`.
     """
 
     name: ClassVar[str]
@@ -159,6 +165,7 @@ class Reader(abc.ABC):
     feature_names: list[str] | None
     source_dtype: str
     extra: dict[str, Any]
+    allow_missing: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -340,19 +347,40 @@ def decode_names(value: Any) -> list[str] | None:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in items]
 
 
-def cast_and_check(reader: Reader, block: AnyArray, row0: int, dtype: np.dtype[Any]) -> AnyArray:
-    """Cast a block to ``dtype``; raise at the first value that is not finite after it."""
+def cast_and_check(
+    reader: Reader,
+    block: AnyArray,
+    row0: int,
+    dtype: np.dtype[Any],
+    allow_missing: bool = False,
+) -> AnyArray:
+    """Cast a block to ``dtype``; raise at the first value that is not finite after it.
+
+    ``allow_missing``: NaN is kept (a missing value); infinity is still refused.
+    """
     with np.errstate(over="ignore"):  # overflow to float32 is reported below, by value
         out = np.ascontiguousarray(block, dtype=dtype)
     finite = np.isfinite(out)
-    if not finite.all():
-        r, c = (int(i) for i in np.argwhere(~finite)[0])
+    bad = ~finite
+    if allow_missing and not finite.all():
+        bad &= ~np.isnan(out)
+    if bad.any():
+        r, c = (int(i) for i in np.argwhere(bad)[0])
         before = block[r, c]
         if np.isfinite(before):
             problem = f"value {before.item()!r} overflows {dtype} (it would become {out[r, c]})"
             hint = "Ingest as float64 or rescale the feature"
+        elif allow_missing or not np.isnan(before):
+            problem = f"non-finite value {float(before)}"
+            hint = "Remove or replace infinite values first"
         else:
             problem = f"non-finite value {float(before)}"
-            hint = "Remove or impute NaN and infinite values first"
-        raise reader.error(row0 + r, c, problem, hint)
+            hint = (
+                "Remove or impute NaN and infinite values first, or keep NaN as missing "
+                "values with allow_missing=True"
+            )
+        error = reader.error(row0 + r, c, problem, hint)
+        if not allow_missing and np.isnan(before):
+            error.naming("allow_missing", "allow_missing=True")
+        raise error
     return out

@@ -12,6 +12,7 @@ import codecs
 import csv
 import io
 import itertools
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +76,21 @@ def _parse_float(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
+
+
+#: What pyarrow's CSV reader reads as null by default: missing values when they are kept.
+_NULL_SPELLINGS = frozenset(
+    {
+        "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+        "1.#QNAN", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null",
+    }
+)  # fmt: skip
+
+
+def _missing_as_nan(text: str) -> float:
+    """A CSV field as a float, a null spelling (an empty field, ``NA``...) as NaN."""
+    field = text.strip().strip('"')
+    return math.nan if field in _NULL_SPELLINGS else float(field)
 
 
 def _detect_delimiter(path: Path, first_line: str) -> str:
@@ -238,6 +254,9 @@ class CsvReader(Reader):
                         quotechar='"',
                         dtype=np.float64,
                         ndmin=2,
+                        # Kept missing values: pyarrow's null spellings read as NaN, alike
+                        # in both engines.
+                        converters=_missing_as_nan if self.allow_missing else None,
                     )
                 except ValueError as exc:
                     raise self._explain_block(str(exc)) from None
@@ -271,21 +290,26 @@ class CsvReader(Reader):
                     hint="Every row needs the same number of values",
                 )
             for j, field in enumerate(fields):
+                if self.allow_missing and field.strip().strip('"') in _NULL_SPELLINGS:
+                    continue
                 if _parse_float(field) is None:
+                    empty = not field.strip()
                     what = (
                         "empty value (missing)"
-                        if not field.strip()
+                        if empty
                         else f"value {field.strip()[:40]!r} is not a number"
                     )
-                    return IngestError(
+                    error = IngestError(
                         self.path,
                         what,
                         row=row,
                         line=line,
                         column=j,
                         column_name=column_name(self.feature_names, j),
-                        hint="Only numeric columns without missing values can be ingested",
+                        hint="Only numeric columns without missing values can be ingested"
+                        + (", unless allow_missing=True keeps them as NaN" if empty else ""),
                     )
+                    return error.naming("allow_missing", "allow_missing=True") if empty else error
         return IngestError(
             self.path,
             f"cannot parse lines {self._first_line}-{self._first_line + len(self._lines) - 1}: "
@@ -333,7 +357,7 @@ class CsvReader(Reader):
                 for j, col in enumerate(batch.columns):
                     # pyarrow reads "", "NaN", "NA", "null"... as null; the numpy pass
                     # tells which.
-                    if col.null_count:
+                    if col.null_count and not self.allow_missing:
                         raise self._locate("missing value")
                     out[:, j] = col.to_numpy(zero_copy_only=False)
                 yield out, row0
@@ -348,11 +372,12 @@ class CsvReader(Reader):
             engine="numpy",
             dtype=self._target_dtype,
         )
+        numpy_reader.allow_missing = self.allow_missing
         try:
             rows = chunk_rows_for_bytes(self.n_features, 8, DEFAULT_CHUNK_BYTES)
             for block, row0 in numpy_reader.blocks(rows):
                 # The same check as the writer's: the numpy pass must find what pyarrow did.
-                cast_and_check(numpy_reader, block, row0, self._target_dtype)
+                cast_and_check(numpy_reader, block, row0, self._target_dtype, self.allow_missing)
         except IngestError as exc:
             return exc
         return IngestError(self.path, f"cannot parse the CSV: {message}")

@@ -78,9 +78,15 @@ class ParquetReader(Reader):
             n = batch.num_rows
             out = np.empty((n, self.n_features), dtype=np.float64)
             for j, col in enumerate(batch.columns):
-                if col.null_count:
+                # A null is a missing value (NaN) when the ingest keeps them.
+                if col.null_count and not self.allow_missing:
                     r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-                    raise self.error(start + r, j, "missing value (null)")
+                    raise self.error(
+                        start + r,
+                        j,
+                        "missing value (null)",
+                        "Keep missing values as NaN with allow_missing=True, or remove them",
+                    ).naming("allow_missing", "allow_missing=True")
                 out[:, j] = col.to_numpy(zero_copy_only=False)
             yield out, start
             start += n
