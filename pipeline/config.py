@@ -216,7 +216,7 @@ class ModelConfig(_Strict):
     @model_validator(mode="after")
     def _missing_of_a_family_that_fits_it(self) -> ModelConfig:
         if self.missing == "marginalize" and self.family in model_families():
-            from emdist.registry import family_class
+            from emdist import family_class
 
             if "missing" not in family_class(self.family)._param_names():
                 raise ValueError(
