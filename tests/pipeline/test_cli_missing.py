@@ -114,13 +114,13 @@ def test_model_missing_in_a_run_configuration() -> None:
     config = parse_config({**base, "model": {"missing": "marginalize"}}, "test")
     assert config.model.missing == "marginalize"
     assert parse_config(base, "test").model.missing == emdist.GaussianMixture().missing
-    from pipeline.steps import build_estimator
-
     for family in ("gmm", "bayesian_gmm"):
         chosen = parse_config(
             {**base, "model": {"family": family, "missing": "marginalize"}}, "test"
         )
-        assert build_estimator(chosen.model).missing == "marginalize"
+        params = chosen.model.model_dump(exclude={"family", "warm_start"})
+        estimator = emdist.family_class(family).from_config(params)
+        assert estimator.missing == "marginalize"
     with pytest.raises(ConfigError, match="model.missing"):
         parse_config({**base, "model": {"missing": "impute"}}, "test")
     with pytest.raises(ConfigError, match="needs a family that fits missing values"):
