@@ -24,6 +24,7 @@ __all__ = [
     "as_row_major",
     "component_block_rows",
     "compute_dtype",
+    "feature_block_rows",
     "iter_row_blocks",
     "iter_sub_blocks",
     "iter_sub_blocks_t",
@@ -47,6 +48,9 @@ _TARGET_COMPONENT_ELEMENTS = {
     "spherical": 1 << 19,
 }
 
+# Elements of one sub-block's quadratic features (float64): ~1 MB, see feature_block_rows.
+_TARGET_FEATURE_ELEMENTS = 1 << 17
+
 
 def sub_block_rows(width: int) -> int:
     """Rows per sub-block so that a ``(rows, width)`` float64 temporary stays ~4 MB."""
@@ -57,6 +61,16 @@ def component_block_rows(n_components: int, n_features: int, covariance_type: st
     """Rows per sub-block for ``(n_components, n_features, rows)`` float64 temporaries."""
     width = max(n_components * n_features, 1)
     return int(min(4096, max(64, _TARGET_COMPONENT_ELEMENTS[covariance_type] // width)))
+
+
+def feature_block_rows(n_columns: int) -> int:
+    """Rows per sub-block of the mixture E-step's quadratic features, ``(rows, n_columns)``.
+
+    ~1 MB of float64 features: they, the float32 copy and the small ``(rows, K)`` arrays
+    stay in a core's L2 between the two GEMMs that read them (``full``, d = 32: 233 rows;
+    ``diag``: 2016). Measurements: benchmarks/README.md, "Mixture E-step as two GEMMs".
+    """
+    return int(min(4096, max(64, _TARGET_FEATURE_ELEMENTS // max(n_columns, 1))))
 
 
 def iter_sub_blocks(X: AnyArray, rows: int) -> Iterator[tuple[int, FloatArray]]:
