@@ -8,9 +8,10 @@ responsibilities ``R``. The steps around them are compiled here, both GIL-free
 
 * :func:`quadratic_features` — the rows minus the centre and their products, one row of
   ``A`` at a time (the inner loops run along contiguous slices, so they vectorise).
-* :func:`responsibilities` — log-sum-exp over the components of each row of log-densities,
-  the responsibilities in place (times the row's weight with ``sample_weight``), ``Σ r`` per
-  component, ``Σ log p(x)`` and ``Σ r log r``.
+* :func:`shift_log_densities` and :func:`responsibilities` — log-sum-exp over the
+  components of each row of log-densities (numpy's SIMD ``exp`` in between), the
+  responsibilities (times the row's weight with ``sample_weight``), ``Σ r`` per component,
+  ``Σ log p(x)`` and ``Σ r log r``.
 
 Every loop runs in a fixed order (no ``fastmath``), so the results do not depend on the
 chunking beyond the rounding of the sums. The numpy references these kernels are tested
@@ -32,6 +33,7 @@ __all__ = [
     "SPHERICAL_FEATURES",
     "quadratic_features",
     "responsibilities",
+    "shift_log_densities",
 ]
 
 # Which quadratic features a covariance type needs (the ``kind`` of quadratic_features).
@@ -100,15 +102,8 @@ def quadratic_features(
 
 
 @jit
-def responsibilities(
-    L: AnyArray,
-    const: FloatArray,
-    R: FloatArray,
-    nk: FloatArray,
-    weights: FloatArray | None,
-    start: int,
-) -> tuple[float, float]:
-    """Responsibilities from the log-density GEMM's output, row by row.
+def shift_log_densities(L: AnyArray, const: FloatArray, S: FloatArray, amax: FloatArray) -> None:
+    """``S = L + const - max_k(L + const)`` per row, the maxima into ``amax``.
 
     Parameters
     ----------
@@ -117,8 +112,52 @@ def responsibilities(
     const : ndarray of shape (K,)
         ``log π_k + log det U_k - d/2 log 2π`` (plus the variational offsets): the
         log-density is ``L + const``.
-    R : ndarray of shape (m, K), float64
-        Filled with the responsibilities (times the row's weight with ``weights``).
+    S : ndarray of shape (m, K), float64
+        Output: the log-densities shifted by their row's maximum (0 where every component's
+        log-density is ``-inf``).
+    amax : ndarray of shape (m,), float64
+        Output: the row maxima (0 where not finite).
+    """
+    m, K = L.shape
+    for t in range(m):
+        src = L[t]
+        row = S[t]
+        top = -np.inf
+        for k in range(K):
+            v = np.float64(src[k]) + const[k]
+            row[k] = v
+            if v > top:
+                top = v
+        if not np.isfinite(top):
+            top = 0.0
+        amax[t] = top
+        for k in range(K):
+            row[k] -= top
+
+
+@jit
+def responsibilities(
+    S: FloatArray,
+    E: FloatArray,
+    amax: FloatArray,
+    nk: FloatArray,
+    weights: FloatArray | None,
+    start: int,
+) -> tuple[float, float]:
+    """Responsibilities from shifted log-densities and their exponentials, in ``E``.
+
+    ``exp`` itself runs in numpy between :func:`shift_log_densities` and this (its SIMD
+    ``exp`` is ~10x numba's scalar one, which took half of a ``diag`` E-step).
+
+    Parameters
+    ----------
+    S : ndarray of shape (m, K), float64
+        Log-densities shifted by their row's maximum (:func:`shift_log_densities`).
+    E : ndarray of shape (m, K), float64
+        ``exp(S)`` on entry; the responsibilities on return (times the row's weight with
+        ``weights``).
+    amax : ndarray of shape (m,)
+        The row maxima the log-densities were shifted by.
     nk : ndarray of shape (K,), float64
         ``Σ r`` added in place.
     weights : ndarray of shape (n,), optional
@@ -134,37 +173,27 @@ def responsibilities(
     r_log_r : float
         ``Σ_i Σ_k r_ik log r_ik``.
     """
-    m, K = L.shape
+    m, K = S.shape
     log_norm = 0.0
     r_log_r = 0.0
     for t in range(m):
-        src = L[t]
-        row = R[t]
-        amax = -np.inf
-        for k in range(K):
-            v = np.float64(src[k]) + const[k]
-            row[k] = v
-            if v > amax:
-                amax = v
-        if not np.isfinite(amax):
-            amax = 0.0
+        shifted = S[t]
+        row = E[t]
         total = 0.0
         e_log_e = 0.0
         for k in range(K):
-            shifted = row[k] - amax
-            e = math.exp(shifted)
-            row[k] = e
+            e = row[k]
             total += e
             if e > 0.0:
-                e_log_e += e * shifted
+                e_log_e += e * shifted[k]
         row_norm = math.log(total)
         # Σ_k r log r = Σ_k e (lp_k - amax) / total - log total (the responsibilities sum to 1).
         if weights is None:
-            log_norm += row_norm + amax
+            log_norm += row_norm + amax[t]
             r_log_r += e_log_e / total - row_norm
         else:
             wt = weights[start + t]
-            log_norm += wt * (row_norm + amax)
+            log_norm += wt * (row_norm + amax[t])
             r_log_r += wt * (e_log_e / total - row_norm)
             total /= wt  # r = w e / total: the row's weight in every moment
         for k in range(K):

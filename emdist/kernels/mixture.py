@@ -23,7 +23,11 @@ from emdist.kernels._blocks import (
     logsumexp_rows,
 )
 from emdist.kernels.covariance import covariance_shape
-from emdist.kernels.fused_estep import quadratic_features, responsibilities
+from emdist.kernels.fused_estep import (
+    quadratic_features,
+    responsibilities,
+    shift_log_densities,
+)
 from emdist.kernels.gaussian import ComponentBlocks, compute_precision_cholesky, log_det_cholesky
 from emdist.kernels.kmeans import kmeans_labels_chunk
 from emdist.kernels.quadratic import QuadraticMaps
@@ -287,7 +291,9 @@ def fused_estep(
     A = np.empty((rows, p))
     A32 = np.empty((rows if lp32 else 0, p), dtype=np.float32)
     L = np.empty((rows, K), dtype=lp_dtype)
+    S = np.empty((rows, K))
     R = np.empty((rows, K))
+    amax = np.empty(rows)
     G = np.zeros((K, p))
     G_sub = np.empty((K, p))
     nk = np.zeros(K)
@@ -298,7 +304,9 @@ def fused_estep(
         A32_m = A32[:m] if lp32 else A32
         quadratic_features(X, start, maps.centre, maps.kind, A_m, A32_m)
         np.matmul(A32_m if lp32 else A_m, coefficients, out=L[:m])
-        norm, rlr = responsibilities(L[:m], const, R[:m], nk, w, start)
+        shift_log_densities(L[:m], const, S[:m], amax[:m])
+        np.exp(S[:m], out=R[:m])
+        norm, rlr = responsibilities(S[:m], R[:m], amax[:m], nk, w, start)
         log_norm += norm
         r_log_r += rlr
         np.matmul(R[:m].T, A_m, out=G_sub)
