@@ -52,6 +52,7 @@ from emdist.kernels.mixture_reference import (  # noqa: E402
     mixture_estep_reference,
     variational_estep_reference,
 )
+from emdist.kernels.rows import RowBlock  # noqa: E402
 from emdist.kernels.variational import VariationalParams, variational_estep_chunk  # noqa: E402
 
 COV_TYPES = ("full", "tied", "diag", "spherical")
@@ -93,7 +94,7 @@ def kernel_contenders(X: np.ndarray, K: int, seed: int) -> list[tuple[str, Calla
         )
 
         def bind(fn: Callable[..., object], data: np.ndarray, params: Any, c: str) -> Any:
-            return lambda: fn(data, 0, params, c)
+            return lambda: fn(RowBlock(data, 0), params, c)
 
         out += [
             (f"GMM {ct} numpy", bind(mixture_estep_reference, X, gmm, ct)),
@@ -263,19 +264,21 @@ K, d, m = 4, 3, 64
 res = {}
 for dt in (np.float64, np.float32):
     X = rng.standard_normal((m, d)).astype(dt)
-    means = rng.standard_normal((K, d))
-    args = (X, means, np.ascontiguousarray(means.T), np.ones((d, K)), np.zeros(K))
+    p = d * (d + 1) // 2 + d + 1
+    A = np.empty((m, p))
+    A32 = np.empty((m if dt == np.float32 else 0, p), dtype=np.float32)
     t0 = time.perf_counter()
-    f.axis_aligned_estep(*args, False, np.zeros(K), np.zeros((K, d)), np.zeros((K, d)))
-    res["axis_aligned_estep " + dt.__name__] = time.perf_counter() - t0
-    Y = rng.standard_normal((K, d, m)).astype(dt)
-    resp = np.empty((K, m))
+    f.quadratic_features(X, 0, np.zeros(d), f.FULL_FEATURES, A, A32)
+    res["quadratic_features " + dt.__name__] = time.perf_counter() - t0
+    L = rng.standard_normal((m, K)).astype(dt)
+    S, E, amax = np.empty((m, K)), np.empty((m, K)), np.empty(m)
     t0 = time.perf_counter()
-    f.normalise_whitened(Y, np.zeros(K), resp)
-    res["normalise_whitened " + dt.__name__] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    f.weight_differences(Y, resp, np.empty_like(Y), np.zeros(K), np.zeros((K, d)))
-    res["weight_differences " + dt.__name__] = time.perf_counter() - t0
+    f.shift_log_densities(L, np.zeros(K), S, amax)
+    res["shift_log_densities " + dt.__name__] = time.perf_counter() - t0
+np.exp(S, out=E)
+t0 = time.perf_counter()
+f.responsibilities(S, E, amax, np.zeros(K), None, 0)
+res["responsibilities float64"] = time.perf_counter() - t0
 print(repr(res))
 """
 
