@@ -287,7 +287,7 @@ def fused_estep(
     lp32 = X.dtype == np.float32 and covariance_type in ("full", "tied")
     lp_dtype = np.float32 if lp32 else np.float64
     coefficients = np.ascontiguousarray(maps.coefficients, dtype=lp_dtype)
-    rows = max(1, min(n, feature_block_rows(p)))
+    rows = max(1, min(n, feature_block_rows(p, K)))
     A = np.empty((rows, p))
     A32 = np.empty((rows if lp32 else 0, p), dtype=np.float32)
     L = np.empty((rows, K), dtype=lp_dtype)
