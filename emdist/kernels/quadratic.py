@@ -20,8 +20,8 @@ Numerics: the moments about ``c`` are moved to the shift ``μ_k`` exactly in alg
 (:meth:`QuadraticMaps.moments`); in floating point the move costs about
 ``eps · (|μ_k - c| / σ_k)²`` relative to the covariance of component ``k``, ``σ_k`` its
 spread. ``c`` is the mean of the means, so data far from the origin costs nothing (the
-rows and means are differenced from ``c`` first, in float64), and components within a few
-hundred of their own standard deviations of ``c`` keep ~1e-11 in float64. The features and
+rows and means are differenced from ``c`` first, in float64): components 300 of their own
+standard deviations from ``c`` keep ~1e-9 in float64, 5 of them ~1e-12. The features and
 the moments are float64 whatever the data's dtype (products of float32 values are exact in
 float64); only the log-density GEMM of ``full``/``tied`` float32 data runs in float32.
 """
