@@ -7,7 +7,8 @@ Three parts, chosen with ``--parts`` (default all):
   Gaussian mixture and the variational one: the numpy reference
   (:mod:`emdist.kernels.mixture_reference`) against the compiled kernel the estimators run
   (:mod:`emdist.kernels.fused_estep`), on float64 data, and the compiled kernel on the
-  same data as float32. Interleaved rounds; medians in seconds per 1M rows.
+  same data as float32. Interleaved rounds; medians of the thread's CPU seconds per 1M rows
+  (robust to other processes on the machine), and the square-GEMM floor of ``full``.
 * ``iteration`` — seconds per iteration of a whole in-memory fit, emdist (default threaded
   scheduler, one BLAS thread per Dask thread) against scikit-learn (its own BLAS threads),
   from the same starting parameters, as ``bench_em.py`` and ``bench_bayesian.py`` time
@@ -52,6 +53,7 @@ from emdist.kernels.mixture_reference import (  # noqa: E402
     mixture_estep_reference,
     variational_estep_reference,
 )
+from emdist.kernels.rows import RowBlock  # noqa: E402
 from emdist.kernels.variational import VariationalParams, variational_estep_chunk  # noqa: E402
 
 COV_TYPES = ("full", "tied", "diag", "spherical")
@@ -93,7 +95,7 @@ def kernel_contenders(X: np.ndarray, K: int, seed: int) -> list[tuple[str, Calla
         )
 
         def bind(fn: Callable[..., object], data: np.ndarray, params: Any, c: str) -> Any:
-            return lambda: fn(data, 0, params, c)
+            return lambda: fn(RowBlock(data, 0), params, c)
 
         out += [
             (f"GMM {ct} numpy", bind(mixture_estep_reference, X, gmm, ct)),
@@ -116,9 +118,11 @@ def run_kernels(args: argparse.Namespace) -> None:
             call()
         for r in range(args.repeats):
             for name, call in contenders:
-                t0 = time.perf_counter()
+                # CPU time of this one thread: the kernels and their BLAS run in it, and on a
+                # shared machine it does not count the time other processes hold the core.
+                t0 = time.thread_time()
                 call()
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(time.thread_time() - t0)
             print(f"  round {r + 1}/{args.repeats}, load {os.getloadavg()[0]:.2f}", flush=True)
     per_m = 1e6 / n
     rows = []
@@ -133,8 +137,26 @@ def run_kernels(args: argparse.Namespace) -> None:
                 f"{speedup:.2f}x",
             ]
         )
-    print(f"\none E-step on a {n} x {d} chunk, K={K}, one thread: seconds per 1M rows")
+    print(f"\none E-step on a {n} x {d} chunk, K={K}, one thread: CPU seconds per 1M rows")
     print(_common.format_table(["kernel", "median s", "min-max", "vs numpy"], rows))
+    with threadpoolctl.threadpool_limits(1):
+        for dtype in (np.float64, np.float32):
+            A = np.random.default_rng(0).standard_normal((2048, 2048)).astype(dtype)
+            best = np.inf
+            for _ in range(3):
+                t0 = time.thread_time()
+                A @ A
+                best = min(best, time.thread_time() - t0)
+            rate = 2.0 * 2048**3 / best
+            floor = 4.0 * K * d * d * 1e6 / rate
+            full = _common.median(
+                times["GMM full compiled" + (" float32" if dtype == np.float32 else "")]
+            )
+            print(
+                f"square GEMM {np.dtype(dtype).name}, one thread: {rate / 1e9:.1f} GFLOP/s; "
+                f"full's 4Kd^2 flops per 1M rows: {floor:.3f} s; GMM full compiled "
+                f"{full * per_m / floor:.2f}x that floor"
+            )
 
 
 # --- part 2: whole iterations against scikit-learn ----------------------------------------
@@ -263,19 +285,21 @@ K, d, m = 4, 3, 64
 res = {}
 for dt in (np.float64, np.float32):
     X = rng.standard_normal((m, d)).astype(dt)
-    means = rng.standard_normal((K, d))
-    args = (X, means, np.ascontiguousarray(means.T), np.ones((d, K)), np.zeros(K))
+    p = d * (d + 1) // 2 + d + 1
+    A = np.empty((m, p))
+    A32 = np.empty((m if dt == np.float32 else 0, p), dtype=np.float32)
     t0 = time.perf_counter()
-    f.axis_aligned_estep(*args, False, np.zeros(K), np.zeros((K, d)), np.zeros((K, d)))
-    res["axis_aligned_estep " + dt.__name__] = time.perf_counter() - t0
-    Y = rng.standard_normal((K, d, m)).astype(dt)
-    resp = np.empty((K, m))
+    f.quadratic_features(X, 0, np.zeros(d), f.FULL_FEATURES, A, A32)
+    res["quadratic_features " + dt.__name__] = time.perf_counter() - t0
+    L = rng.standard_normal((m, K)).astype(dt)
+    S, E, amax = np.empty((m, K)), np.empty((m, K)), np.empty(m)
     t0 = time.perf_counter()
-    f.normalise_whitened(Y, np.zeros(K), resp)
-    res["normalise_whitened " + dt.__name__] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    f.weight_differences(Y, resp, np.empty_like(Y), np.zeros(K), np.zeros((K, d)))
-    res["weight_differences " + dt.__name__] = time.perf_counter() - t0
+    f.shift_log_densities(L, np.zeros(K), S, amax)
+    res["shift_log_densities " + dt.__name__] = time.perf_counter() - t0
+np.exp(S, out=E)
+t0 = time.perf_counter()
+f.responsibilities(S, E, amax, np.zeros(K), None, 0)
+res["responsibilities float64"] = time.perf_counter() - t0
 print(repr(res))
 """
 

@@ -24,6 +24,7 @@ __all__ = [
     "as_row_major",
     "component_block_rows",
     "compute_dtype",
+    "feature_block_rows",
     "iter_row_blocks",
     "iter_sub_blocks",
     "iter_sub_blocks_t",
@@ -47,6 +48,12 @@ _TARGET_COMPONENT_ELEMENTS = {
     "spherical": 1 << 19,
 }
 
+# Elements of one sub-block's quadratic features (float64): ~1 MB, see feature_block_rows.
+_TARGET_FEATURE_ELEMENTS = 1 << 17
+# OpenBLAS (0.3.x, x86-64) runs a GEMM with M N K <= 100³ in its small-matrix kernels; a
+# margin below that keeps the mixture E-step's GEMMs there (feature_block_rows).
+_SMALL_GEMM_MNK = 900_000
+
 
 def sub_block_rows(width: int) -> int:
     """Rows per sub-block so that a ``(rows, width)`` float64 temporary stays ~4 MB."""
@@ -57,6 +64,20 @@ def component_block_rows(n_components: int, n_features: int, covariance_type: st
     """Rows per sub-block for ``(n_components, n_features, rows)`` float64 temporaries."""
     width = max(n_components * n_features, 1)
     return int(min(4096, max(64, _TARGET_COMPONENT_ELEMENTS[covariance_type] // width)))
+
+
+def feature_block_rows(n_columns: int, n_components: int) -> int:
+    """Rows per sub-block of the mixture E-step's quadratic features, ``(rows, n_columns)``.
+
+    As many rows as keep the two GEMMs on them (``rows x n_columns x n_components`` each)
+    within OpenBLAS's small-matrix path, which skips packing and ran them 1.6x faster
+    (``full``, d = 32, K = 16: 96 rows at 65 GFLOP/s, 116 rows or more at 41), and the
+    features within ~1 MB of L2. Measurements: benchmarks/README.md, "Mixture E-step as two
+    GEMMs".
+    """
+    width = max(n_columns, 1)
+    small = _SMALL_GEMM_MNK // (width * max(n_components, 1))
+    return int(min(4096, _TARGET_FEATURE_ELEMENTS // width, max(32, small)))
 
 
 def iter_sub_blocks(X: AnyArray, rows: int) -> Iterator[tuple[int, FloatArray]]:

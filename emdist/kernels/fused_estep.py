@@ -1,24 +1,21 @@
-"""Compiled (numba) loops of the mixture E-steps: what follows or replaces the BLAS products.
+"""Compiled (numba) loops of the mixture E-steps: what surrounds its two GEMMs.
 
-Two kinds of kernel, both GIL-free (:func:`emdist.kernels._jit.jit`) and both writing no
-temporary larger than one row or one sub-block:
+Every covariance type runs its E-step on a sub-block of ``m`` rows as two GEMMs across all
+components (:mod:`emdist.kernels.quadratic`): the log-densities ``A @ B`` of the quadratic
+features ``A = [φ(x - c), x - c, 1]``, and the moments ``Rᵀ @ A`` under the
+responsibilities ``R``. The steps around them are compiled here, both GIL-free
+(:func:`emdist.kernels._jit.jit`) and writing nothing larger than the sub-block:
 
-* :func:`axis_aligned_estep` — the whole ``diag``/``spherical`` E-step of a row block in
-  one pass over its rows: differences to every mean, log-densities, log-sum-exp,
-  responsibilities, the moments about the means and ``Σ r log r``. numpy needs a dozen
-  calls and ``(K, d, m)`` temporaries for the same (benchmarks/README.md, "Compiled mixture
-  kernels").
-* :func:`normalise_whitened` and :func:`weight_differences` — for ``full``/``tied`` the
-  Mahalanobis products and the second moments stay BLAS GEMMs; these fuse the cheap steps
-  between them: ``‖Y_k‖²`` of the whitened differences, log-sum-exp and responsibilities,
-  then ``r ⊙ Z`` with ``Σ r`` and ``Σ r Z``.
+* :func:`quadratic_features` — the rows minus the centre and their products, one row of
+  ``A`` at a time (the inner loops run along contiguous slices, so they vectorise).
+* :func:`shift_log_densities` and :func:`responsibilities` — log-sum-exp over the
+  components of each row of log-densities (numpy's SIMD ``exp`` in between), the
+  responsibilities (times the row's weight with ``sample_weight``), ``Σ r`` per component,
+  ``Σ log p(x)`` and ``Σ r log r``.
 
-Every loop runs in a fixed order along arrays laid out so that the innermost loop carries
-no reduction (components for the log-densities, features or rows for the moments): LLVM
-vectorises them without ``fastmath``, and the results do not depend on the chunking beyond
-the rounding of the sums. Inputs may be float32 or float64; everything is accumulated in
-float64. The numpy references these kernels are tested against are in
-:mod:`emdist.kernels.mixture_reference`.
+Every loop runs in a fixed order (no ``fastmath``), so the results do not depend on the
+chunking beyond the rounding of the sums. The numpy references these kernels are tested
+against are in :mod:`emdist.kernels.mixture_reference`.
 """
 
 from __future__ import annotations
@@ -30,41 +27,144 @@ import numpy as np
 from emdist._typing import AnyArray, FloatArray
 from emdist.kernels._jit import jit
 
-__all__ = ["axis_aligned_estep", "normalise_whitened", "weight_differences"]
+__all__ = [
+    "FULL_FEATURES",
+    "DIAG_FEATURES",
+    "SPHERICAL_FEATURES",
+    "quadratic_features",
+    "responsibilities",
+    "shift_log_densities",
+]
+
+# Which quadratic features a covariance type needs (the ``kind`` of quadratic_features).
+FULL_FEATURES = 0  # the upper triangle of (x - c)(x - c)ᵀ, row by row: d (d + 1) / 2
+DIAG_FEATURES = 1  # (x - c)², d
+SPHERICAL_FEATURES = 2  # ‖x - c‖², 1
 
 
 @jit
-def axis_aligned_estep(
-    X: AnyArray,
-    means: FloatArray,
-    means_t: FloatArray,
-    scale_t: FloatArray,
-    const: FloatArray,
-    spherical: bool,
-    nk: FloatArray,
-    sx: FloatArray,
-    sxx: FloatArray,
-    weights: FloatArray | None = None,
-) -> tuple[float, float]:
-    """E-step of a ``diag`` or ``spherical`` mixture on the rows of ``X``, accumulated in place.
+def quadratic_features(
+    X: AnyArray, start: int, centre: FloatArray, kind: int, A: FloatArray, A32: AnyArray
+) -> None:
+    """Rows ``start : start + len(A)`` of ``X`` as ``[φ(x - c), x - c, 1]``, into ``A``.
 
     Parameters
     ----------
-    X : ndarray of shape (n, d), float32 or float64, C-contiguous
-    means : ndarray of shape (K, d)
-        The means, which are also the shift of the moments.
-    means_t : ndarray of shape (d, K)
-        ``means.T``, C-contiguous (the log-density loop runs along the components).
-    scale_t : ndarray of shape (d, K) or (1, K)
-        Squared precision factors ``U²`` (``diag``, transposed) or ``U²`` per component
-        (``spherical``).
+    X : ndarray of shape (n, d), float32 or float64
+    start : int
+        First row.
+    centre : ndarray of shape (d,)
+        ``c``, float64: the differences ``x - c`` are formed in float64 (exact for float32
+        data) and every product from them.
+    kind : int
+        :data:`FULL_FEATURES`, :data:`DIAG_FEATURES` or :data:`SPHERICAL_FEATURES`.
+    A : ndarray of shape (m, q + d + 1), float64
+        Output; ``q`` is the number of quadratic features of ``kind``.
+    A32 : ndarray of shape (m, q + d + 1) or (0, q + d + 1), float32
+        A float32 copy of ``A`` when it has rows (for float32 log-density GEMMs).
+    """
+    m, p = A.shape
+    d = centre.shape[0]
+    xc = np.empty(d)
+    copy = A32.shape[0] > 0
+    for t in range(m):
+        a = A[t]
+        for j in range(d):
+            xc[j] = np.float64(X[start + t, j]) - centre[j]
+        if kind == 0:
+            o = 0
+            for i in range(d):
+                xi = xc[i]
+                width = d - i
+                dst = a[o : o + width]
+                src = xc[i:]
+                for j in range(width):
+                    dst[j] = xi * src[j]
+                o += width
+        elif kind == 1:
+            o = d
+            for j in range(d):
+                a[j] = xc[j] * xc[j]
+        else:
+            o = 1
+            s = 0.0
+            for j in range(d):
+                s += xc[j] * xc[j]
+            a[0] = s
+        lin = a[o : o + d]
+        for j in range(d):
+            lin[j] = xc[j]
+        a[o + d] = 1.0
+        if copy:
+            b = A32[t]
+            for j in range(p):
+                b[j] = a[j]
+
+
+@jit
+def shift_log_densities(L: AnyArray, const: FloatArray, S: FloatArray, amax: FloatArray) -> None:
+    """``S = L + const - max_k(L + const)`` per row, the maxima into ``amax``.
+
+    Parameters
+    ----------
+    L : ndarray of shape (m, K), float32 or float64
+        ``-½ maha(x)`` of every row under every component (the GEMM's output).
     const : ndarray of shape (K,)
-        ``log π_k + log det U_k - d/2 log 2π`` (plus the variational offsets).
-    spherical : bool
-    nk, sx, sxx : ndarrays of shape (K,), (K, d) and (K, d) or (K, 1)
-        Accumulators, float64 (``sxx`` of ``spherical`` as a column).
+        ``log π_k + log det U_k - d/2 log 2π`` (plus the variational offsets): the
+        log-density is ``L + const``.
+    S : ndarray of shape (m, K), float64
+        Output: the log-densities shifted by their row's maximum (0 where every component's
+        log-density is ``-inf``).
+    amax : ndarray of shape (m,), float64
+        Output: the row maxima (0 where not finite).
+    """
+    m, K = L.shape
+    for t in range(m):
+        src = L[t]
+        row = S[t]
+        top = -np.inf
+        for k in range(K):
+            v = np.float64(src[k]) + const[k]
+            row[k] = v
+            if v > top:
+                top = v
+        if not np.isfinite(top):
+            top = 0.0
+        amax[t] = top
+        for k in range(K):
+            row[k] -= top
+
+
+@jit
+def responsibilities(
+    S: FloatArray,
+    E: FloatArray,
+    amax: FloatArray,
+    nk: FloatArray,
+    weights: FloatArray | None,
+    start: int,
+) -> tuple[float, float]:
+    """Responsibilities from shifted log-densities and their exponentials, in ``E``.
+
+    ``exp`` itself runs in numpy between :func:`shift_log_densities` and this (its SIMD
+    ``exp`` is ~10x numba's scalar one, which took half of a ``diag`` E-step).
+
+    Parameters
+    ----------
+    S : ndarray of shape (m, K), float64
+        Log-densities shifted by their row's maximum (:func:`shift_log_densities`).
+    E : ndarray of shape (m, K), float64
+        ``exp(S)`` on entry; the responsibilities on return (times the row's weight with
+        ``weights``).
+    amax : ndarray of shape (m,)
+        The row maxima the log-densities were shifted by.
+    nk : ndarray of shape (K,), float64
+        ``Σ r`` added in place.
     weights : ndarray of shape (n,), optional
-        Row weights (``sample_weight``): every sum below weighs its row.
+        Row weights (``sample_weight``) of the whole block; row ``t`` weighs
+        ``weights[start + t]``.
+    start : int
+        Index of the sub-block's first row in ``weights``.
 
     Returns
     -------
@@ -73,192 +173,31 @@ def axis_aligned_estep(
     r_log_r : float
         ``Σ_i Σ_k r_ik log r_ik``.
     """
-    n, d = X.shape
-    K = means.shape[0]
-    acc = np.empty(K)
-    resp = np.empty(K)
+    m, K = S.shape
     log_norm = 0.0
     r_log_r = 0.0
-    for i in range(n):
-        for k in range(K):
-            acc[k] = 0.0
-        # Σ_j (x_j - μ_kj)² U_kj² for all k at once: the inner loop runs over components.
-        for j in range(d):
-            xj = np.float64(X[i, j])
-            if spherical:
-                for k in range(K):
-                    z = xj - means_t[j, k]
-                    acc[k] += z * z
-            else:
-                for k in range(K):
-                    z = xj - means_t[j, k]
-                    acc[k] += z * z * scale_t[j, k]
-        amax = -np.inf
-        for k in range(K):
-            scaled = acc[k] * scale_t[0, k] if spherical else acc[k]
-            resp[k] = const[k] - 0.5 * scaled
-            if resp[k] > amax:
-                amax = resp[k]
-        if not np.isfinite(amax):
-            amax = 0.0
+    for t in range(m):
+        shifted = S[t]
+        row = E[t]
         total = 0.0
         e_log_e = 0.0
         for k in range(K):
-            shifted = resp[k] - amax
-            e = math.exp(shifted)
-            resp[k] = e
+            e = row[k]
             total += e
             if e > 0.0:
-                e_log_e += e * shifted
+                e_log_e += e * shifted[k]
         row_norm = math.log(total)
-        # Σ_k r log r = Σ_k r (lp_k - amax - row_norm) = Σ_k e (lp_k - amax) / total - row_norm.
-        if weights is None:
-            log_norm += row_norm + amax
-            r_log_r += e_log_e / total - row_norm
-        else:
-            wi = weights[i]
-            log_norm += wi * (row_norm + amax)
-            r_log_r += wi * (e_log_e / total - row_norm)
-            total /= wi  # r = w e / total: the row's weight in every moment below
-        for k in range(K):
-            r = resp[k] / total
-            nk[k] += r
-            if r == 0.0:
-                continue
-            # Moments about the means: the inner loop runs over features.
-            if spherical:
-                sxx[k, 0] += r * acc[k]
-                for j in range(d):
-                    sx[k, j] += r * (np.float64(X[i, j]) - means[k, j])
-            else:
-                for j in range(d):
-                    z = np.float64(X[i, j]) - means[k, j]
-                    w = r * z
-                    sx[k, j] += w
-                    sxx[k, j] += w * z
-    return log_norm, r_log_r
-
-
-@jit
-def normalise_whitened(
-    Y: AnyArray, const: FloatArray, resp: FloatArray, weights: FloatArray | None = None
-) -> tuple[float, float]:
-    """Responsibilities from whitened differences ``Y[k] = U_kᵀ (x - μ_k)``.
-
-    Parameters
-    ----------
-    Y : ndarray of shape (K, d, m), float32 or float64
-        Output of the Mahalanobis GEMMs, feature-major.
-    const : ndarray of shape (K,)
-        ``log π_k + log det U_k - d/2 log 2π`` (plus the variational offsets).
-    resp : ndarray of shape (K, m), float64
-        Filled with the responsibilities (times the row's weight with ``weights``).
-    weights : ndarray of shape (m,), optional
-        Row weights (``sample_weight``): the sums and responsibilities weigh their row.
-
-    Returns
-    -------
-    log_norm : float
-        ``Σ_i log Σ_k exp(lp_ik)``.
-    r_log_r : float
-        ``Σ_i Σ_k r_ik log r_ik``.
-    """
-    K, d, m = Y.shape
-    amax = np.full(m, -np.inf)
-    total = np.zeros(m)
-    for k in range(K):
-        row = resp[k]
-        for t in range(m):
-            row[t] = 0.0
-        # ‖Y_k‖² accumulated in float64 along the rows (no reduction in the inner loop).
-        for j in range(d):
-            y = Y[k, j]
-            for t in range(m):
-                v = np.float64(y[t])
-                row[t] += v * v
-        c = const[k]
-        for t in range(m):
-            lp = c - 0.5 * row[t]
-            row[t] = lp
-            if lp > amax[t]:
-                amax[t] = lp
-    e_log_e = np.zeros(m)
-    for t in range(m):
-        if not np.isfinite(amax[t]):
-            amax[t] = 0.0
-    for k in range(K):
-        row = resp[k]
-        for t in range(m):
-            shifted = row[t] - amax[t]
-            e = math.exp(shifted)
-            row[t] = e
-            total[t] += e
-            if e > 0.0:
-                e_log_e[t] += e * shifted
-    log_norm = 0.0
-    r_log_r = 0.0
-    for t in range(m):
-        row_norm = math.log(total[t])
         # Σ_k r log r = Σ_k e (lp_k - amax) / total - log total (the responsibilities sum to 1).
         if weights is None:
             log_norm += row_norm + amax[t]
-            r_log_r += e_log_e[t] / total[t] - row_norm
+            r_log_r += e_log_e / total - row_norm
         else:
-            wt = weights[t]
+            wt = weights[start + t]
             log_norm += wt * (row_norm + amax[t])
-            r_log_r += wt * (e_log_e[t] / total[t] - row_norm)
-            total[t] /= wt  # r = w e / total
-    for k in range(K):
-        row = resp[k]
-        for t in range(m):
-            row[t] /= total[t]
+            r_log_r += wt * (e_log_e / total - row_norm)
+            total /= wt  # r = w e / total: the row's weight in every moment
+        for k in range(K):
+            r = row[k] / total
+            row[k] = r
+            nk[k] += r
     return log_norm, r_log_r
-
-
-@jit
-def weight_differences(
-    Z: AnyArray, resp: FloatArray, W: AnyArray, nk: FloatArray, sx: FloatArray
-) -> None:
-    """``W = r ⊙ Z`` for the moment GEMM, with ``Σ r`` and ``Σ r Z`` added to ``nk``, ``sx``.
-
-    Parameters
-    ----------
-    Z : ndarray of shape (K, d, m), float32 or float64
-        Differences to the shift, feature-major.
-    resp : ndarray of shape (K, m), float64
-    W : ndarray shaped and typed like ``Z``
-        Output.
-    nk : ndarray of shape (K,), float64
-    sx : ndarray of shape (K, d), float64
-    """
-    K, d, m = Z.shape
-    # Eight interleaved partial sums per (k, j): independent chains the compiler can put in
-    # one vector register, in a fixed order (no fastmath).
-    part = np.zeros(8)
-    for k in range(K):
-        r = resp[k]
-        s = 0.0
-        for t in range(m):
-            s += r[t]
-        nk[k] += s
-        m8 = m - m % 8
-        for j in range(d):
-            z = Z[k, j]
-            w = W[k, j]
-            for q in range(8):
-                part[q] = 0.0
-            for t0 in range(0, m8, 8):
-                for q in range(8):
-                    v = z[t0 + q] * r[t0 + q]
-                    w[t0 + q] = v
-                    part[q] += np.float64(v)
-            tail = 0.0
-            for t in range(m8, m):
-                v = z[t] * r[t]
-                w[t] = v
-                tail += np.float64(v)
-            sx[k, j] += (
-                ((part[0] + part[1]) + (part[2] + part[3]))
-                + ((part[4] + part[5]) + (part[6] + part[7]))
-                + tail
-            )

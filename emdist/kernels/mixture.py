@@ -16,11 +16,21 @@ import numpy as np
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.exceptions import FitError
-from emdist.kernels._blocks import as_row_major, compute_dtype, iter_sub_blocks_t, logsumexp_rows
+from emdist.kernels._blocks import (
+    as_row_major,
+    feature_block_rows,
+    iter_sub_blocks_t,
+    logsumexp_rows,
+)
 from emdist.kernels.covariance import covariance_shape
-from emdist.kernels.fused_estep import axis_aligned_estep, normalise_whitened, weight_differences
+from emdist.kernels.fused_estep import (
+    quadratic_features,
+    responsibilities,
+    shift_log_densities,
+)
 from emdist.kernels.gaussian import ComponentBlocks, compute_precision_cholesky, log_det_cholesky
 from emdist.kernels.kmeans import kmeans_labels_chunk
+from emdist.kernels.quadratic import QuadraticMaps
 from emdist.kernels.rows import RowBlock
 from emdist.kernels.scan import row_uniforms
 
@@ -229,11 +239,13 @@ def fused_estep(
     """The E-step of a Gaussian mixture (EM or variational) on one block, as moments.
 
     Log-responsibilities ``log ρ_ik = log_offsets_k + log N(x_i | s_k, Σ_k)``, normalised
-    over the components; the moments are taken about ``s_k`` (the means), where the
-    differences the densities need serve again. ``diag`` and ``spherical`` run entirely in
-    one compiled row loop; ``full`` and ``tied`` keep the two GEMMs per component in BLAS
-    and run the steps between them compiled (:mod:`emdist.kernels.fused_estep`). float32
-    data runs its GEMMs in float32 (:func:`~emdist.kernels._blocks.compute_dtype`).
+    over the components, and the moments about ``s_k`` (the means). Every covariance type
+    runs, per sub-block that fits in L2, two GEMMs across all components on the rows'
+    quadratic features (:mod:`emdist.kernels.quadratic`): the log-densities, then the
+    moments under the responsibilities; the features and the log-sum-exp between them are
+    compiled (:mod:`emdist.kernels.fused_estep`) and nothing of size ``(n, K)`` is written
+    beyond the sub-block. float32 data runs the ``full``/``tied`` log-density GEMM in
+    float32; the moments are float64 GEMMs on exact float64 features whatever the dtype.
     The numpy reference is :func:`emdist.kernels.mixture_reference.mixture_estep_reference`.
 
     Parameters
@@ -263,49 +275,44 @@ def fused_estep(
         ``Σ_i Σ_k r_ik log r_ik``.
     """
     K, d = shift.shape
+    X = as_row_major(X)
+    n = X.shape[0]
     w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
-    zero = MixtureStats.zero(shift, covariance_type)
-    nk, sx, sxx = zero.nk, zero.sx, zero.sxx
     log_det = np.broadcast_to(log_det_cholesky(precisions_cholesky, covariance_type, d), (K,))
     const = np.ascontiguousarray(log_offsets + log_det - 0.5 * d * np.log(2 * np.pi))
-    if covariance_type in ("diag", "spherical"):
-        spherical = covariance_type == "spherical"
-        scale = precisions_cholesky**2
-        scale_t = scale[None, :] if spherical else scale.T
-        log_norm, r_log_r = axis_aligned_estep(
-            as_row_major(X),
-            np.ascontiguousarray(shift),
-            np.ascontiguousarray(shift.T),
-            np.ascontiguousarray(scale_t),
-            const,
-            spherical,
-            nk,
-            sx,
-            sxx.reshape(K, -1),
-            w,
-        )
-        return nk, sx, sxx, float(log_norm), float(r_log_r)
-    dtype = compute_dtype(X.dtype)
-    blocks = ComponentBlocks(shift, precisions_cholesky, covariance_type, dtype=dtype)
+    maps = QuadraticMaps(shift, precisions_cholesky, covariance_type)
+    p = maps.n_columns
+    # float32 data: the log-density GEMM of full/tied (the one whose width grows with d²)
+    # runs in float32; features, responsibilities and moments stay float64.
+    lp32 = X.dtype == np.float32 and covariance_type in ("full", "tied")
+    lp_dtype = np.float32 if lp32 else np.float64
+    coefficients = np.ascontiguousarray(maps.coefficients, dtype=lp_dtype)
+    rows = max(1, min(n, feature_block_rows(p, K)))
+    A = np.empty((rows, p))
+    A32 = np.empty((rows if lp32 else 0, p), dtype=np.float32)
+    L = np.empty((rows, K), dtype=lp_dtype)
+    S = np.empty((rows, K))
+    R = np.empty((rows, K))
+    amax = np.empty(rows)
+    G = np.zeros((K, p))
+    G_sub = np.empty((K, p))
+    nk = np.zeros(K)
     log_norm = r_log_r = 0.0
-    resp = np.empty((K, 0))
-    for start, Xt in iter_sub_blocks_t(X, blocks.rows, dtype):
-        blocks.centre(Xt)
-        Y = blocks.whiten()
-        if resp.shape[1] != Xt.shape[1]:
-            resp = np.empty((K, Xt.shape[1]))
-        w_sub = None if w is None else w[start : start + Xt.shape[1]]
-        norm, rlr = normalise_whitened(Y, const, resp, w_sub)
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        A_m = A[:m]
+        A32_m = A32[:m] if lp32 else A32
+        quadratic_features(X, start, maps.centre, maps.kind, A_m, A32_m)
+        np.matmul(A32_m if lp32 else A_m, coefficients, out=L[:m])
+        shift_log_densities(L[:m], const, S[:m], amax[:m])
+        np.exp(S[:m], out=R[:m])
+        norm, rlr = responsibilities(S[:m], R[:m], amax[:m], nk, w, start)
         log_norm += norm
         r_log_r += rlr
-        # Y is free again: it takes the responsibility-weighted differences r ⊙ Z.
-        weight_differences(blocks.Z, resp, Y, nk, sx)
-        moments = np.matmul(Y, blocks.Z.transpose(0, 2, 1), out=blocks.moments)
-        if covariance_type == "full":
-            sxx += moments
-        else:
-            sxx += moments.sum(axis=0)
-    return nk, sx, _symmetrise(sxx, covariance_type), float(log_norm), float(r_log_r)
+        np.matmul(R[:m].T, A_m, out=G_sub)
+        G += G_sub
+    sx, sxx = maps.moments(G, nk)
+    return nk, sx, sxx, float(log_norm), float(r_log_r)
 
 
 def mixture_stats_from_resp(

@@ -1,9 +1,10 @@
 """numpy references of the mixture E-steps: readable, and the oracle of the compiled ones.
 
 The E-steps the estimators run (:func:`emdist.kernels.mixture.mixture_estep_chunk`,
-:func:`emdist.kernels.variational.variational_estep_chunk`) fuse their loops in numba
-(:mod:`emdist.kernels.fused_estep`) and keep BLAS only for the ``full``/``tied`` products.
-These are the same computations written plainly with numpy, as they ran before the compiled
+:func:`emdist.kernels.variational.variational_estep_chunk`) run two GEMMs across all
+components on quadratic features of the rows (:mod:`emdist.kernels.quadratic`) with compiled
+loops between them (:mod:`emdist.kernels.fused_estep`). These are the same statistics
+computed plainly with numpy from differences to every mean, as they ran before the compiled
 kernels (benchmarks/README.md, "Compiled mixture kernels", compares the two): every block is
 computed in float64, the differences to the means are feature-major ``(K, d, m)`` arrays
 (:class:`~emdist.kernels.gaussian.ComponentBlocks`), and each step is one numpy call. The

@@ -207,8 +207,11 @@ def test_numpy_and_uneven_dask_chunks_give_the_same_fit(method: str) -> None:
     got = _fitted(
         _gmm(acceleration=method, max_iter=25).fit(da.from_array(X, chunks=((70, 130, 1, 399), 3)))
     )
+    # One pass differs between the chunkings by the rounding of its sums, ~1e-15 relative
+    # (the moments are summed about the mean of the means, kernels.quadratic); 25 accelerated
+    # iterations amplify that to ~2e-11.
     for name in ref:
-        assert_allclose(got[name], ref[name], rtol=1e-12, atol=1e-12, err_msg=name)
+        assert_allclose(got[name], ref[name], rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 class Stop(Exception):

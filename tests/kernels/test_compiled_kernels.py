@@ -186,3 +186,40 @@ def test_far_from_the_origin(covariance_type: str, dtype: Any) -> None:
     # float64: the means at 1e6 keep ~1e-10 of their fraction (ulp(1e6) = 1.2e-10).
     _assert_stats_close(far, near, rtol=2e-5 if float32_products else 1e-8)
     assert far.shift is moved.means
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_components_far_apart_relative_to_their_spread(covariance_type: str, dtype: Any) -> None:
+    # The moments are summed about one centre (the mean of the means) and moved to each
+    # mean, which costs ~eps (|μ_k - c| / σ_k)² of a component's own moments: components
+    # ~300 standard deviations from the centre (and 1e3 from the origin) keep ~1e-9 in
+    # float64, far inside what each component's statistics are compared at here.
+    rng = np.random.default_rng(10)
+    K, d, n = 4, 5, 2000
+    centres = rng.standard_normal((K, d)) * 100.0 + 1e3
+    X = (centres[rng.integers(0, K, n)] + rng.standard_normal((n, d))).astype(dtype)
+    covariances = _covariances(covariance_type, K, d, rng)
+    params = MixtureParams(
+        np.full(K, 1.0 / K),
+        centres + 0.1,
+        covariances,
+        compute_precision_cholesky(covariances, covariance_type),
+    )
+    got = mixture_estep_chunk(RowBlock(X, 0), params, covariance_type)
+    want = mixture_estep_reference(
+        RowBlock(np.asarray(X, dtype=np.float64), 0), params, covariance_type
+    )
+    float32_products = dtype == np.float32 and covariance_type in ("full", "tied")
+    rtol = 2e-5 if float32_products else 1e-7
+    assert_allclose(got.nk, want.nk, rtol=rtol, atol=rtol)
+    # float32 log-densities about the centre: ~eps32 (|x - c| / σ)² nats, 3e-4 a row here.
+    assert_allclose(got.log_lik, want.log_lik, rtol=1e-4 if float32_products else rtol)
+    # Each component against its own scale (a component's moments are ~nk σ², not ~nk |μ|²).
+    per_component = covariance_type != "tied"
+    sxx_got = got.sxx.reshape(K, -1) if per_component else got.sxx[None]
+    sxx_want = want.sxx.reshape(K, -1) if per_component else want.sxx[None]
+    for a, b in zip(sxx_got, sxx_want, strict=True):
+        assert_allclose(a, b, rtol=rtol, atol=rtol * float(np.max(np.abs(b))))
+    spread = np.sqrt(np.maximum(want.nk, 1.0))[:, None]
+    assert_allclose(got.sx / spread, want.sx / spread, atol=rtol * 10)
