@@ -46,6 +46,9 @@ class DataSummary:
         the same pass.
     weight_sum : float or None
         ``Σ sample_weight`` (``None``: unweighted data).
+    seed : int or None
+        Seed of the sampling stream; the passes of a start that reads the data derive
+        their streams from it (``None``: a summary of a sample, which no start reads).
     """
 
     n_samples: int
@@ -57,6 +60,7 @@ class DataSummary:
     sample_weight: FloatArray | None = None
     weights_digest: str | None = None
     weight_sum: float | None = None
+    seed: int | None = None
 
 
 def scan_data(X: PassData, seed: int, sample_size: int) -> DataSummary:
@@ -99,6 +103,7 @@ def scan_data(X: PassData, seed: int, sample_size: int) -> DataSummary:
         sample_weight=stats.sample_weight,
         weights_digest=None if digest is None else "".join(f"{int(v):016x}" for v in digest),
         weight_sum=stats.weight_sum,
+        seed=seed,
     )
 
 

@@ -13,6 +13,7 @@ from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.engine.acceleration import ACCELERATIONS, accelerated
 from emdist.engine.data import FitData
 from emdist.engine.em import ModelPlan, Observer, Schedule
+from emdist.engine.oversampling import CellStart, start_seed, uses_cell_start
 from emdist.engine.reduce import map_reduce
 from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
@@ -125,6 +126,7 @@ def initial_mixture_params(
     means_init: Any,
     precisions_init: Any,
     seed: int,
+    start: CellStart | None = None,
 ) -> MixtureParams:
     """Starting parameters of one restart, as scikit-learn builds them.
 
@@ -164,15 +166,16 @@ def initial_mixture_params(
         covariance_type=covariance_type,
         init_params=init_params,
         seed=seed,
+        start=start,
     )
-    start = family.mstep(
+    first = family.mstep(
         stats, MixtureParams(np.full(K, 1 / K), stats.shift, np.empty(0), np.empty(0))
     )
     return MixtureParams(
-        start.weights if weights is None else weights,
-        start.means if means is None else means,
-        start.covariances if prec_chol is None else covariances,
-        start.precisions_cholesky if prec_chol is None else prec_chol,
+        first.weights if weights is None else weights,
+        first.means if means is None else means,
+        first.covariances if prec_chol is None else covariances,
+        first.precisions_cholesky if prec_chol is None else prec_chol,
     )
 
 
@@ -355,6 +358,18 @@ class GaussianMixture(BaseMixture):
         summary = data.summary
         check_data_scale(summary.n_samples, summary.variance, summary.sample, "GaussianMixture")
         previous = self._params() if warm else self._start_from
+        K = int(self.n_components)
+        start = None
+        user = (self.weights_init, self.means_init, self.precisions_init)
+        if (
+            previous is None
+            and self.init_params == "kmeans"
+            and any(a is None for a in user)
+            and uses_cell_start(data)
+        ):
+            # k-means|| over the data (two passes shared by the restarts) instead of K-means
+            # on the sample alone: docs/design.md#initialisation.
+            start = CellStart(data, K, start_seed(data))
 
         def make_start(restart: int, restart_seed: int) -> MixtureParams:
             if previous is not None:
@@ -369,6 +384,7 @@ class GaussianMixture(BaseMixture):
                 means_init=self.means_init,
                 precisions_init=self.precisions_init,
                 seed=restart_seed,
+                start=start,
             )
 
         return ModelPlan(
@@ -377,6 +393,7 @@ class GaussianMixture(BaseMixture):
             MixtureParams,
             score=lambda result: result.lower_bound,
             tol=float(self.tol),
+            start=start,
         )
 
     def _set_params(self, params: MixtureParams) -> None:

@@ -25,9 +25,10 @@ from emdist.engine.em import (
     Observer,
     run_restarts,
 )
+from emdist.engine.oversampling import CellStart, start_seed, uses_cell_start
 from emdist.engine.reduce import PassData, map_reduce
 from emdist.engine.restarts import BestRun, best_run, keep_best
-from emdist.engine.seeding import kmeans_plusplus, sample_rows_by_weight
+from emdist.engine.seeding import kmeans_plusplus, sample_rows_by_weight, sample_summary
 from emdist.exceptions import ConvergenceWarning, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.kmeans import (
@@ -77,6 +78,7 @@ __all__ = [
     "fit_kmeans",
     "initial_centers",
     "kmeans_plan",
+    "sample_lloyd",
 ]
 
 
@@ -154,12 +156,23 @@ def _final_inertia(X: PassData, result: EMResult[KMeansParams, KMeansStats]) -> 
     return final.inertia
 
 
-def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> FloatArray:
-    """Starting centres: k-means++ or random rows of the scan sample, or user arrays."""
+def initial_centers(
+    data: FitData, n_clusters: int, init: Any, seed: int, start: CellStart | None = None
+) -> FloatArray:
+    """Starting centres: k-means||, k-means++ or random rows of the scan sample, or arrays.
+
+    ``start``: the fit's k-means|| candidates (``init='k-means++'`` on data larger than the
+    scan sample), clustered here with the restart's seed; Lloyd on the scan sample then
+    places the centres (:func:`sample_lloyd`).
+    """
     sample, w = data.summary.sample, data.summary.sample_weight
     rng = np.random.default_rng(seed)
     if isinstance(init, str):
         # Weighted as scikit-learn's seeding: a row's chance grows with its sample_weight.
+        if init == "k-means++" and start is not None:
+            seeded = start.centers(seed)
+            if seeded is not None:
+                return sample_lloyd(data, n_clusters, seeded, seed).params.centers
         if init == "k-means++":
             return sample[kmeans_plusplus(sample, n_clusters, rng, sample_weight=w)].copy()
         if init == "random":
@@ -172,6 +185,22 @@ def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> Flo
     if not np.all(np.isfinite(centers)):
         raise InvalidParameterError("init contains NaN or infinity")
     return centers
+
+
+def sample_lloyd(data: FitData, n_clusters: int, init: Any, seed: int) -> BestRun[KMeansParams]:
+    """K-means on the scan sample alone, in memory, from ``init`` (reads no data).
+
+    scikit-learn's K-means of a mixture's ``init_params='kmeans'`` (300 iterations,
+    ``tol=1e-4``), and the last step of the k-means|| start: the sample's rows place the
+    centres that the candidates' cells seeded.
+    """
+    sample, w = data.summary.sample, data.summary.sample_weight
+    on_sample = FitData(
+        sample, sample_summary(data.summary), True, {} if w is None else {"weights": w}
+    )
+    return fit_kmeans(
+        on_sample, n_clusters=n_clusters, init=init, n_init=1, max_iter=300, tol=1e-4, seed=seed
+    )
 
 
 def _in_memory_run(
@@ -285,9 +314,12 @@ def kmeans_plan(
     """
     summary = data.summary
     check_data_scale(summary.n_samples, summary.variance, summary.sample, "K-means")
+    start = None
+    if isinstance(init, str) and init == "k-means++" and uses_cell_start(data):
+        start = CellStart(data, n_clusters, start_seed(data))
     return ModelPlan(
         KMeansFamily(),
-        lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed)),
+        lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed, start)),
         KMeansParams,
         score=lambda result: -_final_inertia(data.rows, result),
         tol=float(np.mean(data.summary.variance)) * tol,
@@ -295,6 +327,7 @@ def kmeans_plan(
         # _final_inertia finds it done.
         final_pass=_needs_final_pass,
         in_memory=_in_memory_run,
+        start=start,
     )
 
 
