@@ -544,13 +544,17 @@ class RestartGroup(Generic[P, S]):
         return out
 
     def start_passes(self) -> StartPasses | None:
-        """The start's passes still to run, if a restart of this group starts fresh."""
+        """The start's passes still to run for the restarts of this group that start fresh."""
         start = self.spec._model().start
-        if start is None or not start.pending:
+        if start is None:
             return None
-        if not any(run.params is None and not run.finished for run in self.runs):
+        fresh = [run for run in self.runs if run.params is None and not run.finished]
+        if not fresh:
             return None  # every restart resumed from the checkpoint: no start to make
-        return start
+        if not self.schedule.side_by_side:
+            fresh = fresh[:1]  # restarts one after another: the others start later
+        start.want([self.spec.seeds[run.restart] for run in fresh])
+        return start if start.pending else None
 
     @property
     def pending(self) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from emdist.engine.reduce import PassData, map_reduce
 from emdist.kernels.rows import RowBlock
 
-__all__ = ["EStep", "StatsTuple", "shared_kernel_pass", "shared_pass"]
+__all__ = ["EStep", "StatsTuple", "kernels_all", "shared_kernel_pass", "shared_pass"]
 
 
 class EStep(Protocol):
@@ -84,7 +84,7 @@ def shared_pass(X: PassData, steps: Sequence[tuple[EStep, Any]]) -> list[Any]:
     return list(total.items)
 
 
-def _kernels_all(
+def kernels_all(
     block: RowBlock, calls: tuple[tuple[Callable[..., Any], tuple[Any, ...]], ...]
 ) -> StatsTuple:
     """Every kernel on one block (one block read serves them all)."""
@@ -113,5 +113,5 @@ def shared_kernel_pass(
     if len(calls) == 1:
         fn, args = calls[0]
         return [map_reduce(X, fn, *args)]
-    total: StatsTuple = map_reduce(X, _kernels_all, tuple(calls))
+    total: StatsTuple = map_reduce(X, kernels_all, tuple(calls))
     return list(total.items)

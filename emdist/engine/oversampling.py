@@ -35,20 +35,16 @@ import numpy as np
 from emdist._random import child_seeds
 from emdist._typing import FloatArray, IntArray
 from emdist.engine.data import FitData
-from emdist.engine.lockstep import shared_kernel_pass
+from emdist.engine.lockstep import StatsTuple, kernels_all, shared_kernel_pass
 from emdist.engine.reduce import PassData
 from emdist.engine.seeding import kmeans_plusplus
-from emdist.kernels.oversampling import (
-    CellStats,
-    D2Sample,
-    cell_stats_chunk,
-    d2_sample_chunk,
-    nearest,
-)
+from emdist.kernels.oversampling import D2Sample, d2_sample_chunk, nearest
 
 __all__ = [
-    "CellStart",
     "Cells",
+    "LabelKernel",
+    "OversampledStart",
+    "Refine",
     "StartPasses",
     "cell_centers",
     "cluster_cells",
@@ -59,10 +55,16 @@ __all__ = [
 
 #: Candidates per cluster drawn in each of the two rounds (Bahmani et al.'s ``l = 2K``).
 OVERSAMPLING = 2
+#: Seedings of the cells per restart (the best is kept).
+TRIES = 10
 
 
 class StartPasses(Protocol):
     """A start that reads the data: the kernels of its passes, one after another."""
+
+    def want(self, seeds: Sequence[int]) -> None:
+        """The seeds of the restarts about to start (a start may read for each)."""
+        ...
 
     @property
     def pending(self) -> bool:
@@ -121,35 +123,62 @@ def start_seed(data: FitData) -> int:
 
 @dataclass(frozen=True)
 class Cells:
-    """The candidates' cells: what the re-clustering in memory works on.
+    """The candidates' cells: what the seeding in memory works on.
 
     Attributes
     ----------
     points : ndarray of shape (m, n_features)
         Every non-empty cell's weighted mean.
     weight : ndarray of shape (m,)
-        ``Σ w`` of its rows.
+        Its weight.
     """
 
     points: FloatArray
     weight: FloatArray
 
 
-class CellStart:
-    """k-means|| candidates of one fit, weighted by their cells (two passes, then memory).
+#: ``refine(seeds, rows, weights, seed)``: centres from seeds by Lloyd on weighted rows.
+Refine = Callable[[FloatArray, FloatArray, FloatArray, int], FloatArray]
+#: ``label_kernel(centres)``: the per-block kernel (and arguments) of the labelling pass.
+LabelKernel = Callable[[FloatArray], tuple[Callable[..., Any], tuple[Any, ...]]]
+
+
+class OversampledStart:
+    """k-means|| over the data for the restarts of one fit: one pass, then one more per start.
+
+    Pass 1 draws ``2K`` rows with probability ∝ ``w D²`` to ``2K`` first candidates
+    (greedy k-means++ on the scan sample): with the sample, they are the rows the seeding
+    works on in memory. A restart's centres (:meth:`centers`): the candidates' cells of
+    those rows, clustered (:func:`cluster_cells`), then ``refine`` (Lloyd on the rows). With
+    ``label_kernel`` (a mixture, whose start is the moments of hard labels over all the
+    data, as scikit-learn's), pass 2 labels the data under the centres of every restart
+    that starts, in one read.
 
     Parameters
     ----------
     data : FitData
-        Scanned data (the first candidates come from its scan sample).
+        Scanned data.
     n_clusters : int
     seed : int
         Seed of the start (first candidates and the pass's draws).
+    refine : callable
+        ``refine(seeds, rows, weights, seed)`` -> centres.
+    label_kernel : callable, optional
+        ``label_kernel(centres)`` -> (kernel, args) of the labelling pass.
     """
 
-    def __init__(self, data: FitData, n_clusters: int, seed: int) -> None:
+    def __init__(
+        self,
+        data: FitData,
+        n_clusters: int,
+        seed: int,
+        refine: Refine,
+        label_kernel: LabelKernel | None = None,
+    ) -> None:
         self.data = data
         self.n_clusters = n_clusters
+        self.refine = refine
+        self.label_kernel = label_kernel
         first_seed, self._draw_seed = child_seeds(seed, 2)
         summary = data.summary
         sample, w = summary.sample, summary.sample_weight
@@ -157,48 +186,109 @@ class CellStart:
         idx = kmeans_plusplus(sample, n_first, np.random.default_rng(first_seed), w)
         self._first = sample[idx].copy()
         self._drawn: D2Sample | None = None
-        self._candidates: FloatArray | None = None
-        self._cells: Cells | None = None
+        self._wanted: list[int] = []
+        self._asked: list[int] = []
+        self._centers: dict[int, FloatArray | None] = {}
+        self._labelled: dict[int, Any] = {}
+
+    def want(self, seeds: Sequence[int]) -> None:
+        """The restarts (by seed) about to start: pass 2 labels under their centres."""
+        self._wanted += [s for s in seeds if s not in self._wanted]
+
+    def _unlabelled(self) -> list[int]:
+        """Wanted restarts whose labelling pass has not run (and that have centres)."""
+        if self.label_kernel is None or self._drawn is None:
+            return []
+        out = []
+        for s in self._wanted:
+            if s in self._labelled:
+                continue
+            if self.centers(s) is None:
+                self._labelled[s] = None  # the model falls back to the sample's start
+            else:
+                out.append(s)
+        return out
 
     @property
     def pending(self) -> bool:
         """Whether a pass is still needed."""
-        return self._cells is None
+        return self._drawn is None or bool(self._unlabelled())
 
     def request(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        """Pass 1: the D² sample; pass 2: the cells of every candidate."""
+        """Pass 1: the D² sample; pass 2: the labels under every wanted restart's centres."""
         if self._drawn is None:
             size = OVERSAMPLING * self.n_clusters
             return d2_sample_chunk, (self._first, self._draw_seed, size)
-        self._candidates = np.concatenate([self._first, self._drawn.x])
-        return cell_stats_chunk, (self._candidates,)
+        label_kernel = self.label_kernel
+        assert label_kernel is not None
+        self._asked = self._unlabelled()
+        calls = []
+        for s in self._asked:
+            centers = self.centers(s)
+            assert centers is not None
+            calls.append(label_kernel(centers))
+        return kernels_all, (tuple(calls),)
 
     def receive(self, stats: Any) -> None:
-        """Keep the D² sample, then the cells."""
+        """Keep the D² sample, then the labelling statistics of every restart asked."""
         if self._drawn is None:
             assert isinstance(stats, D2Sample)
             self._drawn = stats
             return
-        assert isinstance(stats, CellStats) and self._candidates is not None
-        self._cells = _cells(self._candidates, stats)
-
-    def cells(self) -> Cells:
-        """The weighted cells, running the passes first if they have not run."""
-        if self.pending:
-            run_start_passes(self.data.rows, [self])
-        assert self._cells is not None
-        return self._cells
+        assert isinstance(stats, StatsTuple)
+        for s, item in zip(self._asked, stats.items, strict=True):
+            self._labelled[s] = item
 
     def centers(self, seed: int) -> FloatArray | None:
-        """One restart's centres: the cells clustered with its seed (``None``: too few cells).
+        """A restart's centres (``None``: fewer distinct rows than clusters to seed from)."""
+        if seed not in self._centers:
+            if self._drawn is None:
+                run_start_passes(self.data.rows, [self])
+            self._centers[seed] = self._compute_centers(seed)
+        return self._centers[seed]
 
-        Fewer distinct cells than clusters (data with few distinct rows) leave the start
-        to k-means++ on the sample.
-        """
-        cells = self.cells()
+    def labelled(self, seed: int) -> Any:
+        """The labelling pass's statistics under a restart's centres (``None``: no centres)."""
+        self.want([seed])
+        if self.pending:
+            run_start_passes(self.data.rows, [self])
+        return self._labelled[seed]
+
+    def _compute_centers(self, seed: int) -> FloatArray | None:
+        cells = self._cells()
         if len(np.unique(cells.points, axis=0)) < self.n_clusters:
             return None
-        return cell_centers(cells, cluster_cells(cells, self.n_clusters, seed), self.n_clusters)
+        seeds = cell_centers(cells, cluster_cells(cells, self.n_clusters, seed), self.n_clusters)
+        rows, weights = self._rows()
+        return self.refine(seeds, rows, weights, seed)
+
+    def _cells(self) -> Cells:
+        """The first candidates' cells over all the data, and the D² rows with their weights.
+
+        Bahmani et al. weigh every candidate by the rows nearest to it, which takes a pass
+        once the candidates are known; the first candidates' cells come from pass 1 itself
+        (the distances are those of the D² draw), and a D² row weighs its own weight.
+        """
+        assert self._drawn is not None
+        cells = self._drawn.cells
+        keep = np.flatnonzero(cells.weight > 0)
+        means = self._first[keep] + cells.sx[keep] / cells.weight[keep, None]
+        return Cells(
+            np.concatenate([means, self._drawn.x]),
+            np.concatenate([cells.weight[keep], self._drawn.weight]),
+        )
+
+    def _rows(self) -> tuple[FloatArray, FloatArray]:
+        """The scan sample (each row standing for ``n / m`` rows) and the D² rows."""
+        assert self._drawn is not None
+        summary = self.data.summary
+        sample, w = summary.sample, summary.sample_weight
+        scale = summary.n_samples / len(sample)
+        sample_w = np.full(len(sample), scale) if w is None else scale * w
+        # A D² row already in the sample counts once.
+        new = ~np.isin(self._drawn.rows, summary.sample_rows)
+        rows = np.concatenate([sample, self._drawn.x[new]])
+        return rows, np.concatenate([sample_w, self._drawn.weight[new]])
 
 
 def _distinct_rows(sample: FloatArray, w: FloatArray | None) -> int:
@@ -206,26 +296,22 @@ def _distinct_rows(sample: FloatArray, w: FloatArray | None) -> int:
     return int(len(np.unique(rows, axis=0)))
 
 
-def _cells(candidates: FloatArray, stats: CellStats) -> Cells:
-    """Non-empty cells as weighted means."""
-    keep = np.flatnonzero(stats.weight > 0)
-    weight = stats.weight[keep]
-    return Cells(candidates[keep] + stats.sx[keep] / weight[:, None], weight)
-
-
 def cluster_cells(cells: Cells, n_clusters: int, seed: int, max_iter: int = 300) -> IntArray:
     """Weighted greedy k-means++ and weighted Lloyd on the cells: each cell's cluster.
 
-    Lloyd runs until no cell changes cluster (or ``max_iter``); an emptied cluster takes
-    the cell farthest from its centre, as scikit-learn relocates empty clusters.
+    ``TRIES`` seedings, each followed by Lloyd until no cell changes cluster (or
+    ``max_iter``), and the clustering of the lowest weighted cost is kept: the cells are
+    few, so this costs little, and a single k-means++ on a few dozen points lands in a
+    poor local optimum far more often than on the rows they stand for. An emptied cluster
+    takes the cell farthest from its centre, as scikit-learn relocates empty clusters.
 
     Parameters
     ----------
     cells : Cells
-        At least ``n_clusters`` of them.
+        At least ``n_clusters`` distinct ones.
     n_clusters : int
     seed : int
-        Seed of the restart's k-means++.
+        Seed of the restart's seedings.
     max_iter : int, default=300
 
     Returns
@@ -233,10 +319,23 @@ def cluster_cells(cells: Cells, n_clusters: int, seed: int, max_iter: int = 300)
     ndarray of shape (m,)
         The cluster of every cell.
     """
-    points, weight = cells.points, cells.weight
     rng = np.random.default_rng(seed)
+    best: tuple[float, IntArray] | None = None
+    for _ in range(TRIES):
+        labels, cost = _weighted_lloyd(cells, n_clusters, rng, max_iter)
+        if best is None or cost < best[0]:
+            best = (cost, labels)
+    assert best is not None
+    return best[1]
+
+
+def _weighted_lloyd(
+    cells: Cells, n_clusters: int, rng: np.random.Generator, max_iter: int
+) -> tuple[IntArray, float]:
+    points, weight = cells.points, cells.weight
     centers = points[kmeans_plusplus(points, n_clusters, rng, sample_weight=weight)].copy()
     labels: IntArray | None = None
+    dist = np.zeros(len(points))
     for _ in range(max_iter):
         new, dist = nearest(points, centers)
         if labels is not None and np.array_equal(new, labels):
@@ -248,11 +347,9 @@ def cluster_cells(cells: Cells, n_clusters: int, seed: int, max_iter: int = 300)
             mass[labels[far]] -= weight[far]
             labels[far], dist[far] = k, 0.0
             mass[k] = weight[far]
-        sums = np.zeros_like(centers)
-        np.add.at(sums, labels, points * weight[:, None])
-        centers = sums / np.bincount(labels, weights=weight, minlength=n_clusters)[:, None]
+        centers = cell_centers(cells, labels, n_clusters)
     assert labels is not None
-    return labels
+    return labels, float(weight @ dist)
 
 
 def cell_centers(cells: Cells, labels: IntArray, n_clusters: int) -> FloatArray:

@@ -1,17 +1,14 @@
 """k-means|| on one block: a D²-weighted sample of rows, and the statistics of candidate cells.
 
 The default start of K-means and of the Gaussian mixture oversamples candidate centres over
-the whole data (Bahmani et al. 2012, "Scalable k-means++"), in two passes
-(:mod:`emdist.engine.oversampling`):
-
-1. :func:`d2_sample_chunk`: every row's squared distance ``D²`` to the first candidates,
-   and a sample of ``size`` rows drawn without replacement with probability proportional
-   to ``w D²``. Row ``i`` gets the key ``E_i / (w_i D²_i)``, ``E_i`` exponential from a
-   counter-based stream positioned at the row's global index, and the rows with the
-   smallest keys form the sample (the exponential race, weighted priority sampling): the
-   sample depends only on the seed and the data, never on the chunking.
-2. :func:`cell_stats_chunk`: the weight and sum of the rows nearest to each candidate (its
-   Voronoi cell), from which the candidates are re-clustered in memory.
+the whole data (Bahmani et al. 2012, "Scalable k-means++"; :mod:`emdist.engine.oversampling`).
+:func:`d2_sample_chunk` computes every row's squared distance ``D²`` to the first
+candidates, the weight and sum of every candidate's cell (the rows nearest to it), and a
+sample of ``size`` rows drawn without replacement with probability proportional to
+``w D²``. Row ``i`` gets the key ``E_i / (w_i D²_i)``, ``E_i`` exponential from a
+counter-based stream positioned at the row's global index, and the rows with the smallest
+keys form the sample (the exponential race, weighted priority sampling): the sample depends
+only on the seed and the data, never on the chunking.
 
 Distances are computed row by row (differences, not the GEMM expansion), so a row's
 distances, and with them its key and its cell, are the same in every block it can fall in.
@@ -27,7 +24,7 @@ from emdist._typing import FloatArray, IntArray
 from emdist.kernels.rows import RowBlock
 from emdist.kernels.scan import row_uniforms
 
-__all__ = ["CellStats", "D2Sample", "cell_stats_chunk", "d2_sample_chunk", "nearest"]
+__all__ = ["CellStats", "D2Sample", "d2_sample_chunk", "nearest"]
 
 #: Rows per sub-block of the distance computation (bounds the (rows, m, d) temporary).
 _SUB_ROWS_BYTES = 8 * 2**20
@@ -56,7 +53,7 @@ def nearest(X: FloatArray, centers: FloatArray) -> tuple[IntArray, FloatArray]:
 
 @dataclass(frozen=True, eq=False)
 class D2Sample:
-    """Summable result of a D² sampling pass.
+    """Summable result of a D² sampling pass, with the cells of the centres it measured to.
 
     Attributes
     ----------
@@ -66,25 +63,38 @@ class D2Sample:
         Their global indices.
     x : ndarray of shape (m, n_features)
         The sampled rows (float64).
+    weight : ndarray of shape (m,)
+        Their weights (1 without ``sample_weight``).
     size : int
         Capacity of the sample.
     cost : float
-        ``Σ w D²`` over the rows seen (the k-means cost of the first candidates).
+        ``Σ w D²`` over the rows seen (the k-means cost of the centres).
+    cells : CellStats
+        Weight and sum of the rows nearest to each centre (the distances are the same).
     """
 
     keys: FloatArray
     rows: IntArray
     x: FloatArray
+    weight: FloatArray
     size: int
     cost: float
+    cells: CellStats
 
     def __add__(self, other: D2Sample) -> D2Sample:
         keys = np.concatenate([self.keys, other.keys])
         rows = np.concatenate([self.rows, other.rows])
         # Order by (key, row): a total order, so the merge is associative and commutative.
         order = np.lexsort((rows, keys))[: self.size]
-        x = np.concatenate([self.x, other.x])[order]
-        return D2Sample(keys[order], rows[order], x, self.size, self.cost + other.cost)
+        return D2Sample(
+            keys[order],
+            rows[order],
+            np.concatenate([self.x, other.x])[order],
+            np.concatenate([self.weight, other.weight])[order],
+            self.size,
+            self.cost + other.cost,
+            self.cells + other.cells,
+        )
 
 
 def d2_sample_chunk(block: RowBlock, centers: FloatArray, seed: int, size: int) -> D2Sample:
@@ -107,8 +117,9 @@ def d2_sample_chunk(block: RowBlock, centers: FloatArray, seed: int, size: int) 
     """
     X = np.asarray(block.x, dtype=np.float64)
     n, d = X.shape
-    _, dist = nearest(X, centers)
-    mass = dist if block.weights is None else dist * np.asarray(block.weights, dtype=np.float64)
+    labels, dist = nearest(X, centers)
+    w = np.ones(n) if block.weights is None else np.asarray(block.weights, dtype=np.float64)
+    mass = dist * w
     # E / mass with E exponential: P(row is the smallest key) ∝ mass (the exponential race).
     expo = -np.log1p(-row_uniforms(seed, block.row_offset, n)[:, 0])
     with np.errstate(divide="ignore"):
@@ -124,8 +135,10 @@ def d2_sample_chunk(block: RowBlock, centers: FloatArray, seed: int, size: int) 
         keys=keys[order],
         rows=(order + block.row_offset).astype(np.int64),
         x=X[order].copy().reshape(len(order), d),
+        weight=w[order].copy(),
         size=size,
         cost=float(mass.sum()),
+        cells=_cell_stats(X, w, centers, labels),
     )
 
 
@@ -148,23 +161,9 @@ class CellStats:
         return CellStats(self.weight + other.weight, self.sx + other.sx)
 
 
-def cell_stats_chunk(block: RowBlock, candidates: FloatArray) -> CellStats:
-    """Weight and sum of every candidate's cell in one block.
-
-    Parameters
-    ----------
-    block : RowBlock
-    candidates : ndarray of shape (m, n_features)
-
-    Returns
-    -------
-    CellStats
-    """
-    X = np.asarray(block.x, dtype=np.float64)
-    m, d = candidates.shape
-    labels, _ = nearest(X, candidates)
-    w = np.ones(len(X)) if block.weights is None else np.asarray(block.weights, np.float64)
+def _cell_stats(X: FloatArray, w: FloatArray, centers: FloatArray, labels: IntArray) -> CellStats:
+    m, d = centers.shape
     weight = np.bincount(labels, weights=w, minlength=m).astype(np.float64)
     sx = np.zeros((m, d))
-    np.add.at(sx, labels, (X - candidates[labels]) * w[:, None])
+    np.add.at(sx, labels, (X - centers[labels]) * w[:, None])
     return CellStats(weight, sx)

@@ -18,10 +18,10 @@ import numpy as np
 from emdist._random import child_seeds, resolve_seed
 from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray
 from emdist.engine.data import FitData
-from emdist.engine.oversampling import CellStart
+from emdist.engine.oversampling import OversampledStart
 from emdist.engine.reduce import map_reduce
 from emdist.engine.restarts import BestRun
-from emdist.engine.seeding import kmeans_plusplus, sample_rows_by_weight
+from emdist.engine.seeding import kmeans_plusplus, sample_rows_by_weight, sample_summary
 from emdist.exceptions import InvalidParameterError
 from emdist.kernels.covariance import covariance_shape, full_covariances
 from emdist.kernels.gaussian import precisions_from_cholesky
@@ -55,7 +55,7 @@ from emdist.models._validation import (
     positive_int,
     restart_count,
 )
-from emdist.models.kmeans import sample_lloyd
+from emdist.models.kmeans import fit_kmeans
 
 __all__ = [
     "BaseMixture",
@@ -98,7 +98,7 @@ def initial_resp_stats(
     covariance_type: CovarianceType,
     init_params: str,
     seed: int,
-    start: CellStart | None = None,
+    start: OversampledStart | None = None,
 ) -> MixtureStats:
     """Moments of the initial responsibilities of one restart.
 
@@ -107,10 +107,10 @@ def initial_resp_stats(
     variational one for ``BayesianGaussianMixture``. ``kmeans`` labels the scan sample by
     K-means run on it in memory, ``k-means++`` and ``random_from_data`` give one-hot rows of
     the scan sample: none of them reads the data. ``random`` (random responsibilities for
-    every row, as scikit-learn) takes one pass. With ``start`` (the fit's k-means||
-    candidates, for ``kmeans`` on data larger than the sample), the K-means on the sample
-    starts from the candidates' cells clustered (:mod:`emdist.engine.oversampling`)
-    instead of k-means++ on the sample.
+    every row, as scikit-learn) takes one pass. With ``start`` (the fit's k-means|| start,
+    for ``kmeans`` on data larger than the sample), ``kmeans`` is scikit-learn's start at
+    the price of two passes: K-means centres seeded over all the data and the moments of
+    every row under their labels (:mod:`emdist.engine.oversampling`).
 
     Parameters
     ----------
@@ -121,7 +121,7 @@ def initial_resp_stats(
     seed : int
         Seed of the restart.
     start : CellStart, optional
-        The fit's k-means|| candidates (shared by its restarts).
+        The fit's k-means|| start (its passes shared by the restarts).
 
     Returns
     -------
@@ -134,13 +134,26 @@ def initial_resp_stats(
     if init_params == "kmeans":
         # K-means on the scan sample, in memory: scikit-learn's start (hard K-means labels)
         # at the cost of no pass over the data (docs/design.md#initialisation). When the data
-        # has no more rows than the sample, the sample is all of it; on larger data it
-        # starts from the k-means|| cells of the whole data (two passes, ``start``).
+        # has no more rows than the sample, the sample is all of it; on larger data the
+        # k-means|| start gives centres and the labels of every row (two passes).
+        labelled = None if start is None else start.labelled(seed)
+        if labelled is not None:
+            stats: MixtureStats = labelled
+            return stats
         sample = data.summary.sample
         w = data.summary.sample_weight
+        per_row = {} if w is None else {"weights": w}
+        on_sample = FitData(sample, sample_summary(data.summary), True, per_row)
         (km_seed,) = child_seeds(seed, 1)
-        seeded = None if start is None else start.centers(km_seed)
-        run = sample_lloyd(data, K, "k-means++" if seeded is None else seeded, km_seed)
+        run = fit_kmeans(
+            on_sample,
+            n_clusters=K,
+            init="k-means++",
+            n_init=1,
+            max_iter=300,
+            tol=1e-4,
+            seed=km_seed,
+        )
         return mixture_hard_resp_stats_chunk(
             RowBlock(sample, weights=w), run.params.centers, shift, covariance_type
         )

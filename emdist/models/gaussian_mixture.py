@@ -13,7 +13,7 @@ from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.engine.acceleration import ACCELERATIONS, accelerated
 from emdist.engine.data import FitData
 from emdist.engine.em import ModelPlan, Observer, Schedule
-from emdist.engine.oversampling import CellStart, start_seed, uses_cell_start
+from emdist.engine.oversampling import OversampledStart
 from emdist.engine.reduce import map_reduce
 from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
@@ -28,6 +28,7 @@ from emdist.kernels.mixture import (
     MixtureParams,
     MixtureStats,
     mixture_estep_chunk,
+    mixture_hard_resp_stats_chunk,
     mixture_log_prob_chunk,
     mixture_mstep,
 )
@@ -45,6 +46,7 @@ from emdist.models._partial import (
     step_decay_constraint,
 )
 from emdist.models._validation import Constraint, any_of, check_data_scale, is_none, one_of
+from emdist.models.kmeans import oversampled_start
 from emdist.registry import register_family
 
 __all__ = ["GaussianMixture", "GaussianMixtureFamily", "initial_mixture_params"]
@@ -126,7 +128,7 @@ def initial_mixture_params(
     means_init: Any,
     precisions_init: Any,
     seed: int,
-    start: CellStart | None = None,
+    start: OversampledStart | None = None,
 ) -> MixtureParams:
     """Starting parameters of one restart, as scikit-learn builds them.
 
@@ -361,15 +363,19 @@ class GaussianMixture(BaseMixture):
         K = int(self.n_components)
         start = None
         user = (self.weights_init, self.means_init, self.precisions_init)
-        if (
-            previous is None
-            and self.init_params == "kmeans"
-            and any(a is None for a in user)
-            and uses_cell_start(data)
-        ):
+        if previous is None and self.init_params == "kmeans" and any(a is None for a in user):
             # k-means|| over the data (two passes shared by the restarts) instead of K-means
             # on the sample alone: docs/design.md#initialisation.
-            start = CellStart(data, K, start_seed(data))
+            shift = np.tile(summary.mean, (K, 1))
+            covariance_type = self.covariance_type
+            start = oversampled_start(
+                data,
+                K,
+                label_kernel=lambda centers: (
+                    mixture_hard_resp_stats_chunk,
+                    (centers, shift, covariance_type),
+                ),
+            )
 
         def make_start(restart: int, restart_seed: int) -> MixtureParams:
             if previous is not None:

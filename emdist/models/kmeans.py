@@ -25,10 +25,15 @@ from emdist.engine.em import (
     Observer,
     run_restarts,
 )
-from emdist.engine.oversampling import CellStart, start_seed, uses_cell_start
+from emdist.engine.oversampling import (
+    LabelKernel,
+    OversampledStart,
+    start_seed,
+    uses_cell_start,
+)
 from emdist.engine.reduce import PassData, map_reduce
 from emdist.engine.restarts import BestRun, best_run, keep_best
-from emdist.engine.seeding import kmeans_plusplus, sample_rows_by_weight, sample_summary
+from emdist.engine.seeding import DataSummary, kmeans_plusplus, sample_rows_by_weight
 from emdist.exceptions import ConvergenceWarning, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.kmeans import (
@@ -78,7 +83,8 @@ __all__ = [
     "fit_kmeans",
     "initial_centers",
     "kmeans_plan",
-    "sample_lloyd",
+    "lloyd_on_rows",
+    "oversampled_start",
 ]
 
 
@@ -157,22 +163,21 @@ def _final_inertia(X: PassData, result: EMResult[KMeansParams, KMeansStats]) -> 
 
 
 def initial_centers(
-    data: FitData, n_clusters: int, init: Any, seed: int, start: CellStart | None = None
+    data: FitData, n_clusters: int, init: Any, seed: int, start: OversampledStart | None = None
 ) -> FloatArray:
     """Starting centres: k-means||, k-means++ or random rows of the scan sample, or arrays.
 
-    ``start``: the fit's k-means|| candidates (``init='k-means++'`` on data larger than the
-    scan sample), clustered here with the restart's seed; Lloyd on the scan sample then
-    places the centres (:func:`sample_lloyd`).
+    ``start``: the fit's k-means|| start (``init='k-means++'`` on data larger than the scan
+    sample), which gives the restart's centres (:mod:`emdist.engine.oversampling`).
     """
     sample, w = data.summary.sample, data.summary.sample_weight
     rng = np.random.default_rng(seed)
     if isinstance(init, str):
         # Weighted as scikit-learn's seeding: a row's chance grows with its sample_weight.
         if init == "k-means++" and start is not None:
-            seeded = start.centers(seed)
+            seeded: FloatArray | None = start.centers(seed)
             if seeded is not None:
-                return sample_lloyd(data, n_clusters, seeded, seed).params.centers
+                return seeded
         if init == "k-means++":
             return sample[kmeans_plusplus(sample, n_clusters, rng, sample_weight=w)].copy()
         if init == "random":
@@ -187,19 +192,39 @@ def initial_centers(
     return centers
 
 
-def sample_lloyd(data: FitData, n_clusters: int, init: Any, seed: int) -> BestRun[KMeansParams]:
-    """K-means on the scan sample alone, in memory, from ``init`` (reads no data).
+def lloyd_on_rows(
+    seeds: FloatArray, rows: FloatArray, weights: FloatArray, seed: int
+) -> FloatArray:
+    """Weighted Lloyd in memory from ``seeds`` (the last step of the k-means|| start).
 
-    scikit-learn's K-means of a mixture's ``init_params='kmeans'`` (300 iterations,
-    ``tol=1e-4``), and the last step of the k-means|| start: the sample's rows place the
-    centres that the candidates' cells seeded.
+    scikit-learn's K-means of a mixture's start: 300 iterations at most, ``tol=1e-4``
+    relative to the rows' mean (weighted) variance.
     """
-    sample, w = data.summary.sample, data.summary.sample_weight
-    on_sample = FitData(
-        sample, sample_summary(data.summary), True, {} if w is None else {"weights": w}
+    mean = weights @ rows / weights.sum()
+    summary = DataSummary(
+        n_samples=len(rows),
+        n_features=rows.shape[1],
+        mean=mean,
+        variance=weights @ (rows - mean) ** 2 / weights.sum(),
+        sample=rows,
+        sample_rows=np.arange(len(rows)),
+        sample_weight=weights,
     )
-    return fit_kmeans(
-        on_sample, n_clusters=n_clusters, init=init, n_init=1, max_iter=300, tol=1e-4, seed=seed
+    on_rows = FitData(rows, summary, True, {"weights": weights})
+    run = fit_kmeans(
+        on_rows, n_clusters=len(seeds), init=seeds, n_init=1, max_iter=300, tol=1e-4, seed=seed
+    )
+    return run.params.centers
+
+
+def oversampled_start(
+    data: FitData, n_clusters: int, label_kernel: LabelKernel | None = None
+) -> OversampledStart | None:
+    """The k-means|| start of a fit, or ``None`` where the scan sample holds every row."""
+    if not uses_cell_start(data):
+        return None
+    return OversampledStart(
+        data, n_clusters, start_seed(data), refine=lloyd_on_rows, label_kernel=label_kernel
     )
 
 
@@ -315,8 +340,8 @@ def kmeans_plan(
     summary = data.summary
     check_data_scale(summary.n_samples, summary.variance, summary.sample, "K-means")
     start = None
-    if isinstance(init, str) and init == "k-means++" and uses_cell_start(data):
-        start = CellStart(data, n_clusters, start_seed(data))
+    if isinstance(init, str) and init == "k-means++":
+        start = oversampled_start(data, n_clusters)
     return ModelPlan(
         KMeansFamily(),
         lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed, start)),
