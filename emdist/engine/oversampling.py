@@ -1,27 +1,27 @@
-"""The default start on data larger than the scan sample: k-means|| in two passes.
+"""The default start on data larger than the scan sample: k-means|| in at most two passes.
 
-K-means++ on the scan sample alone misses what a uniform sample under-represents: small,
-far clusters and the tails of heavy-tailed data, and its Lloyd iterations see the sample's
-clusters, not the data's (docs/design.md#initialisation). k-means|| (Bahmani et al. 2012)
-oversamples candidate centres over all the data instead, here in two passes:
+K-means++ on the scan sample alone lands in poor local optima on data a uniform sample
+under-represents (heavy tails, clusters of unequal weights): docs/design.md#initialisation.
+k-means|| (Bahmani et al. 2012) oversamples candidate centres over all the data instead:
 
-- the first candidates are greedy k-means++ on the scan sample (``2K`` of them, no read);
+- the first ``2K`` candidates are greedy k-means++ on the scan sample (no read);
 - pass 1 draws ``2K`` more rows with probability proportional to ``w D²`` (their weighted
-  squared distance to the first candidates): the rows the sample explains worst;
-- pass 2 gives every candidate the weight and mean of its cell (the rows nearest to it).
+  squared distance to the first candidates: the rows the sample explains worst) and, from
+  the same distances, weighs every first candidate by the rows nearest to it (its cell);
+- in memory, per restart: the best of ``TRIES`` weighted greedy k-means++ seedings of the
+  cells and drawn rows, each followed by weighted Lloyd on them (:func:`cluster_cells`),
+  then ``refine`` (the model's weighted Lloyd on the sample and the drawn rows);
+- pass 2, for a mixture only: every row labelled under each starting restart's centres, the
+  moments of those hard labels being its start (scikit-learn's).
 
-In memory, the cells' means weighted by their weights are then clustered by weighted
-greedy k-means++ and weighted Lloyd (:meth:`CellStart.centers`), one run per restart with
-the restart's seed: the restarts of a fit share the two passes. A few dozen cells seed
-well but place the centres coarsely; the models then run Lloyd on the scan sample from
-those centres, in memory, as the sample start did from k-means++. Every fit sharing a read
-(the restarts of a fit, the fits of a K sweep) runs its passes together, one read for all
-(:func:`run_start_passes`), before the first EM pass.
+The restarts of a fit share both passes, and every fit sharing a read (a K sweep) runs its
+passes in the same reads (:func:`run_start_passes`), before the first EM pass.
 
 Everything random derives from the scan's seed: the first candidates from it, the
 exponential draws of pass 1 from a stream keyed by the global row index
 (:mod:`emdist.kernels.oversampling`), so the start is the same for every chunking and a
-fit killed during its start redoes the same start when run again.
+fit killed during its start redoes the same start when run again (nothing is committed
+before the first iteration).
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ __all__ = [
     "cluster_cells",
     "run_start_passes",
     "start_seed",
-    "uses_cell_start",
+    "uses_oversampling",
 ]
 
-#: Candidates per cluster drawn in each of the two rounds (Bahmani et al.'s ``l = 2K``).
+#: First candidates per cluster, and rows per cluster drawn by D² (Bahmani et al.'s ``l = 2K``).
 OVERSAMPLING = 2
 #: Seedings of the cells per restart (the best is kept).
 TRIES = 10
@@ -106,7 +106,7 @@ def run_start_passes(X: PassData, starts: Sequence[StartPasses]) -> int:
             start.receive(stats)
 
 
-def uses_cell_start(data: FitData) -> bool:
+def uses_oversampling(data: FitData) -> bool:
     """Whether the data has rows the scan sample does not hold (then k-means|| is worth it).
 
     On data no larger than the sample, k-means++ on the sample is k-means++ on all the

@@ -120,7 +120,7 @@ def initial_resp_stats(
     init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}
     seed : int
         Seed of the restart.
-    start : CellStart, optional
+    start : OversampledStart, optional
         The fit's k-means|| start (its passes shared by the restarts).
 
     Returns

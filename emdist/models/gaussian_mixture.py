@@ -204,12 +204,14 @@ class GaussianMixture(BaseMixture):
     n_init : int, default=1
         Restarts; the one with the highest final lower bound is kept.
     init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
-        How the initial responsibilities are chosen. ``kmeans``: the labels of K-means
-        run in memory on the scan pass's uniform sample (``init_sample_size`` rows; all
-        rows of smaller data), where scikit-learn runs K-means over all the data;
-        ``k-means++`` and ``random_from_data``: one-hot rows of that sample. None of them
-        reads the data beyond the scan pass; ``random`` (random responsibilities for every
-        row) takes one pass.
+        How the initial responsibilities are chosen. ``kmeans``: hard K-means labels,
+        scikit-learn's start. On data no larger than the scan pass's uniform sample
+        (``init_sample_size`` rows) K-means runs on it in memory and reads nothing; on
+        larger data the centres come from k-means|| over all the rows and every row is
+        labelled under them, in two passes shared by the restarts
+        (:mod:`emdist.engine.oversampling`). ``k-means++`` and ``random_from_data``:
+        one-hot rows of the sample, no read; ``random`` (random responsibilities for
+        every row) takes one pass.
     weights_init : ndarray of shape (n_components,), optional
     means_init : ndarray of shape (n_components, n_features), optional
     precisions_init : ndarray, optional
@@ -218,7 +220,8 @@ class GaussianMixture(BaseMixture):
     warm_start : bool, default=False
         Start from the previous fit's parameters (one restart).
     init_sample_size : int, optional
-        Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
+        Rows sampled for seeding; default ``max(10000, 100 * n_components)``. Data with
+        more rows starts by k-means|| (``init_params='kmeans'``: two passes).
     step_decay : float in (0.5, 1], default=0.7
         ``κ`` of :meth:`partial_fit`'s step sizes ``η_t = (t + 2)^-κ``: smaller forgets
         old batches faster (benchmarks/README.md, "partial_fit").

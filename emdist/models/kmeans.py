@@ -29,7 +29,7 @@ from emdist.engine.oversampling import (
     LabelKernel,
     OversampledStart,
     start_seed,
-    uses_cell_start,
+    uses_oversampling,
 )
 from emdist.engine.reduce import PassData, map_reduce
 from emdist.engine.restarts import BestRun, best_run, keep_best
@@ -221,7 +221,7 @@ def oversampled_start(
     data: FitData, n_clusters: int, label_kernel: LabelKernel | None = None
 ) -> OversampledStart | None:
     """The k-means|| start of a fit, or ``None`` where the scan sample holds every row."""
-    if not uses_cell_start(data):
+    if not uses_oversampling(data):
         return None
     return OversampledStart(
         data, n_clusters, start_seed(data), refine=lloyd_on_rows, label_kernel=label_kernel
@@ -406,9 +406,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         Number of clusters.
     init : {'k-means++', 'random'} or ndarray of shape (n_clusters, n_features), \
 default='k-means++'
-        Seeding. Both strategies run on a uniform sample of rows drawn in the one scan
-        pass that also validates the data (``init_sample_size`` rows), never one pass per
-        centre.
+        Seeding, never one pass per centre. Both run on a uniform sample of rows drawn in
+        the scan pass that also validates the data (``init_sample_size`` rows); on data
+        with more rows, ``k-means++`` is k-means|| over all of them, one pass shared by
+        the restarts (:mod:`emdist.engine.oversampling`).
     n_init : 'auto' or int, default='auto'
         Restarts; the one with the lowest inertia is kept. ``'auto'`` means 1 for
         ``k-means++`` and for an explicit array, 10 for ``random``.
@@ -420,7 +421,8 @@ default='k-means++'
     random_state : int, RandomState, Generator or None, default=None
         Seed of everything random in the fit (sampling and seeding).
     init_sample_size : int, optional
-        Rows sampled for seeding; default ``max(10000, 100 * n_clusters)``.
+        Rows sampled for seeding; default ``max(10000, 100 * n_clusters)``. Data with
+        more rows starts by k-means|| (``init='k-means++'``: one pass).
     {{updates}}
     {{fit_hooks}}
 
