@@ -39,6 +39,7 @@ import numpy as np
 
 from emdist.engine.data import FitData, ScanSpec
 from emdist.engine.lockstep import shared_pass
+from emdist.engine.oversampling import StartPasses, run_start_passes
 from emdist.engine.reduce import PassData
 from emdist.engine.restarts import BestRun, best_run, data_fingerprint, keep_best, param_arrays
 from emdist.engine.shards import Shards, shard_pass, shards_pass
@@ -335,6 +336,12 @@ class ModelPlan(Generic[P, S]):
         ``in_memory(data, spec)``: the model's own run of every restart on data held in
         memory, with no pass per iteration (K-means keeps per-row bounds between
         iterations), or ``None`` where passes must run (data out of core, a checkpoint...).
+    start : StartPasses or None
+        The passes the restarts' start reads the data with (k-means||,
+        :mod:`emdist.engine.oversampling`), shared by every restart; the driver runs them,
+        one read for every fit of the pass, before the first iteration of a restart that
+        starts fresh. ``make_start`` runs them itself if they have not run. ``None``: the
+        start reads nothing (or reads on its own).
     """
 
     family: ModelFamily[P, S]
@@ -344,6 +351,7 @@ class ModelPlan(Generic[P, S]):
     tol: float
     final_pass: Callable[[EMResult[P, S]], bool] | None = None
     in_memory: Callable[[FitData, FitSpec[P, S]], BestRun[P] | None] | None = None
+    start: StartPasses | None = None
 
 
 @dataclass(frozen=True)
@@ -535,6 +543,19 @@ class RestartGroup(Generic[P, S]):
                 out.append(self.schedule.request(run, self.spec))
         return out
 
+    def start_passes(self) -> StartPasses | None:
+        """The start's passes still to run for the restarts of this group that start fresh."""
+        start = self.spec._model().start
+        if start is None:
+            return None
+        fresh = [run for run in self.runs if run.params is None and not run.finished]
+        if not fresh:
+            return None  # every restart resumed from the checkpoint: no start to make
+        if not self.schedule.side_by_side:
+            fresh = fresh[:1]  # restarts one after another: the others start later
+        start.want([self.spec.seeds[run.restart] for run in fresh])
+        return start if start.pending else None
+
     @property
     def pending(self) -> bool:
         """Whether any restart still needs a pass."""
@@ -636,6 +657,8 @@ def _run_passes(X: PassData, passes: Sequence[Pass[Any]]) -> list[Any]:
 
 def drive(X: PassData, groups: Sequence[RestartGroup[Any, Any]]) -> None:
     """Run the groups' restarts until every one is finished (see :func:`run_groups`)."""
+    # The passes of the groups' starts first, one read for all of them.
+    run_start_passes(X, [s for s in (group.start_passes() for group in groups) if s is not None])
     while True:
         for group in groups:
             group.settle()

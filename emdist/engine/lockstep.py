@@ -14,14 +14,14 @@ one after another.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from emdist.engine.reduce import PassData, map_reduce
 from emdist.kernels.rows import RowBlock
 
-__all__ = ["EStep", "StatsTuple", "shared_pass"]
+__all__ = ["EStep", "StatsTuple", "kernels_all", "shared_kernel_pass", "shared_pass"]
 
 
 class EStep(Protocol):
@@ -100,4 +100,37 @@ def shared_pass(X: PassData, steps: Sequence[tuple[EStep, Any]]) -> list[Any]:
     families = tuple(f for f, _ in steps)
     params = tuple(p for _, p in steps)
     total: StatsTuple = map_reduce(X, _estep_all, families, params)
+    return list(total.items)
+
+
+def kernels_all(
+    block: RowBlock, calls: tuple[tuple[Callable[..., Any], tuple[Any, ...]], ...]
+) -> StatsTuple:
+    """Every kernel on one block (one block read serves them all)."""
+    return StatsTuple(tuple(fn(block, *args) for fn, args in calls))
+
+
+def shared_kernel_pass(
+    X: PassData, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]
+) -> list[Any]:
+    """The reduced results of several per-block kernels from one pass over ``X``.
+
+    As :func:`shared_pass` for kernels other than E-steps (the passes of a start); each
+    result equals, bit for bit, ``map_reduce(X, fn, *args)``.
+
+    Parameters
+    ----------
+    X : dask.array.Array, ndarray or Rows
+    calls : sequence of (kernel, args)
+
+    Returns
+    -------
+    list
+    """
+    if not calls:
+        return []
+    if len(calls) == 1:
+        fn, args = calls[0]
+        return [map_reduce(X, fn, *args)]
+    total: StatsTuple = map_reduce(X, kernels_all, tuple(calls))
     return list(total.items)

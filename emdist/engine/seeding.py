@@ -50,6 +50,9 @@ class DataSummary:
         Observed values per feature when the data holds missing values (NaN, with
         ``missing='marginalize'``); ``None``: it holds none. ``mean`` and ``variance`` are
         over the observed values.
+    seed : int or None
+        Seed of the sampling stream; the passes of a start that reads the data derive
+        their streams from it (``None``: a summary of a sample, which no start reads).
     """
 
     n_samples: int
@@ -62,6 +65,7 @@ class DataSummary:
     weights_digest: str | None = None
     weight_sum: float | None = None
     n_observed: FloatArray | None = None
+    seed: int | None = None
 
 
 def scan_data(X: PassData, seed: int, sample_size: int, missing: str | None = None) -> DataSummary:
@@ -128,6 +132,7 @@ def scan_data(X: PassData, seed: int, sample_size: int, missing: str | None = No
         weights_digest=None if digest is None else "".join(f"{int(v):016x}" for v in digest),
         weight_sum=stats.weight_sum,
         n_observed=stats.n_obs,
+        seed=seed,
     )
 
 

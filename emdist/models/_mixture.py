@@ -19,6 +19,7 @@ import numpy as np
 from emdist._random import child_seeds, resolve_seed
 from emdist._typing import COVARIANCE_TYPES, AnyArray, CovarianceType, FloatArray
 from emdist.engine.data import FitData
+from emdist.engine.oversampling import OversampledStart
 from emdist.engine.reduce import map_reduce
 from emdist.engine.restarts import BestRun
 from emdist.engine.seeding import kmeans_plusplus, sample_rows_by_weight, sample_summary
@@ -98,6 +99,7 @@ def initial_resp_stats(
     covariance_type: CovarianceType,
     init_params: str,
     seed: int,
+    start: OversampledStart | None = None,
 ) -> MixtureStats:
     """Moments of the initial responsibilities of one restart.
 
@@ -106,7 +108,10 @@ def initial_resp_stats(
     variational one for ``BayesianGaussianMixture``. ``kmeans`` labels the scan sample by
     K-means run on it in memory, ``k-means++`` and ``random_from_data`` give one-hot rows of
     the scan sample: none of them reads the data. ``random`` (random responsibilities for
-    every row, as scikit-learn) takes one pass.
+    every row, as scikit-learn) takes one pass. With ``start`` (the fit's k-means|| start,
+    for ``kmeans`` on data larger than the sample), ``kmeans`` is scikit-learn's start at
+    the price of two passes: K-means centres seeded over all the data and the moments of
+    every row under their labels (:mod:`emdist.engine.oversampling`).
 
     Parameters
     ----------
@@ -116,6 +121,8 @@ def initial_resp_stats(
     init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}
     seed : int
         Seed of the restart.
+    start : OversampledStart, optional
+        The fit's k-means|| start (its passes shared by the restarts).
 
     Returns
     -------
@@ -133,7 +140,12 @@ def initial_resp_stats(
     if init_params == "kmeans":
         # K-means on the scan sample, in memory: scikit-learn's start (hard K-means labels)
         # at the cost of no pass over the data (docs/design.md#initialisation). When the data
-        # has no more rows than the sample, the sample is all of it.
+        # has no more rows than the sample, the sample is all of it; on larger data the
+        # k-means|| start gives centres and the labels of every row (two passes).
+        labelled = None if start is None else start.labelled(seed)
+        if labelled is not None:
+            stats: MixtureStats = labelled
+            return stats
         w = data.summary.sample_weight
         per_row = {} if w is None else {"weights": w}
         on_sample = FitData(

@@ -13,6 +13,7 @@ from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.engine.acceleration import ACCELERATIONS, accelerated
 from emdist.engine.data import FitData
 from emdist.engine.em import ModelPlan, Observer, Schedule
+from emdist.engine.oversampling import OversampledStart
 from emdist.engine.reduce import map_reduce
 from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
@@ -32,6 +33,7 @@ from emdist.kernels.mixture import (
     MixtureParams,
     MixtureStats,
     mixture_estep_chunk,
+    mixture_hard_resp_stats_chunk,
     mixture_log_prob_chunk,
     mixture_mstep,
 )
@@ -54,6 +56,7 @@ from emdist.models._partial import (
     step_decay_constraint,
 )
 from emdist.models._validation import Constraint, any_of, check_data_scale, is_none, one_of
+from emdist.models.kmeans import oversampled_start
 from emdist.registry import register_family
 
 __all__ = ["GaussianMixture", "GaussianMixtureFamily", "initial_mixture_params"]
@@ -143,6 +146,7 @@ def initial_mixture_params(
     means_init: Any,
     precisions_init: Any,
     seed: int,
+    start: OversampledStart | None = None,
 ) -> MixtureParams:
     """Starting parameters of one restart, as scikit-learn builds them.
 
@@ -182,15 +186,16 @@ def initial_mixture_params(
         covariance_type=covariance_type,
         init_params=init_params,
         seed=seed,
+        start=start,
     )
-    start = family.mstep(
+    first = family.mstep(
         stats, MixtureParams(np.full(K, 1 / K), stats.shift, np.empty(0), np.empty(0))
     )
     return MixtureParams(
-        start.weights if weights is None else weights,
-        start.means if means is None else means,
-        start.covariances if prec_chol is None else covariances,
-        start.precisions_cholesky if prec_chol is None else prec_chol,
+        first.weights if weights is None else weights,
+        first.means if means is None else means,
+        first.covariances if prec_chol is None else covariances,
+        first.precisions_cholesky if prec_chol is None else prec_chol,
     )
 
 
@@ -217,12 +222,14 @@ class GaussianMixture(BaseMixture):
     n_init : int, default=1
         Restarts; the one with the highest final lower bound is kept.
     init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
-        How the initial responsibilities are chosen. ``kmeans``: the labels of K-means
-        run in memory on the scan pass's uniform sample (``init_sample_size`` rows; all
-        rows of smaller data), where scikit-learn runs K-means over all the data;
-        ``k-means++`` and ``random_from_data``: one-hot rows of that sample. None of them
-        reads the data beyond the scan pass; ``random`` (random responsibilities for every
-        row) takes one pass.
+        How the initial responsibilities are chosen. ``kmeans``: hard K-means labels,
+        scikit-learn's start. On data no larger than the scan pass's uniform sample
+        (``init_sample_size`` rows) K-means runs on it in memory and reads nothing; on
+        larger data the centres come from k-means|| over all the rows and every row is
+        labelled under them, in two passes shared by the restarts
+        (:mod:`emdist.engine.oversampling`). ``k-means++`` and ``random_from_data``:
+        one-hot rows of the sample, no read; ``random`` (random responsibilities for
+        every row) takes one pass.
     weights_init : ndarray of shape (n_components,), optional
     means_init : ndarray of shape (n_components, n_features), optional
     precisions_init : ndarray, optional
@@ -231,7 +238,8 @@ class GaussianMixture(BaseMixture):
     warm_start : bool, default=False
         Start from the previous fit's parameters (one restart).
     init_sample_size : int, optional
-        Rows sampled for seeding; default ``max(10000, 100 * n_components)``.
+        Rows sampled for seeding; default ``max(10000, 100 * n_components)``. Data with
+        more rows starts by k-means|| (``init_params='kmeans'``: two passes).
     step_decay : float in (0.5, 1], default=0.7
         ``κ`` of :meth:`partial_fit`'s step sizes ``η_t = (t + 2)^-κ``: smaller forgets
         old batches faster (benchmarks/README.md, "partial_fit").
@@ -388,6 +396,22 @@ class GaussianMixture(BaseMixture):
         summary = data.summary
         check_data_scale(summary.n_samples, summary.variance, summary.sample, "GaussianMixture")
         previous = self._params() if warm else self._start_from
+        K = int(self.n_components)
+        start = None
+        user = (self.weights_init, self.means_init, self.precisions_init)
+        if previous is None and self.init_params == "kmeans" and any(a is None for a in user):
+            # k-means|| over the data (two passes shared by the restarts) instead of K-means
+            # on the sample alone: docs/design.md#initialisation.
+            shift = np.tile(summary.mean, (K, 1))
+            covariance_type = self.covariance_type
+            start = oversampled_start(
+                data,
+                K,
+                label_kernel=lambda centers: (
+                    mixture_hard_resp_stats_chunk,
+                    (centers, shift, covariance_type),
+                ),
+            )
 
         def make_start(restart: int, restart_seed: int) -> MixtureParams:
             if previous is not None:
@@ -402,6 +426,7 @@ class GaussianMixture(BaseMixture):
                 means_init=self.means_init,
                 precisions_init=self.precisions_init,
                 seed=restart_seed,
+                start=start,
             )
 
         return ModelPlan(
@@ -410,6 +435,7 @@ class GaussianMixture(BaseMixture):
             MixtureParams,
             score=lambda result: result.lower_bound,
             tol=float(self.tol),
+            start=start,
         )
 
     def _set_params(self, params: MixtureParams) -> None:

@@ -25,9 +25,15 @@ from emdist.engine.em import (
     Observer,
     run_restarts,
 )
+from emdist.engine.oversampling import (
+    LabelKernel,
+    OversampledStart,
+    start_seed,
+    uses_oversampling,
+)
 from emdist.engine.reduce import PassData, map_reduce
 from emdist.engine.restarts import BestRun, best_run, keep_best
-from emdist.engine.seeding import kmeans_plusplus, sample_rows_by_weight
+from emdist.engine.seeding import DataSummary, kmeans_plusplus, sample_rows_by_weight
 from emdist.exceptions import ConvergenceWarning, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.kmeans import (
@@ -78,6 +84,8 @@ __all__ = [
     "fit_kmeans",
     "initial_centers",
     "kmeans_plan",
+    "lloyd_on_rows",
+    "oversampled_start",
 ]
 
 
@@ -162,12 +170,22 @@ def _final_inertia(X: PassData, result: EMResult[KMeansParams, KMeansStats]) -> 
     return final.inertia
 
 
-def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> FloatArray:
-    """Starting centres: k-means++ or random rows of the scan sample, or user arrays."""
+def initial_centers(
+    data: FitData, n_clusters: int, init: Any, seed: int, start: OversampledStart | None = None
+) -> FloatArray:
+    """Starting centres: k-means||, k-means++ or random rows of the scan sample, or arrays.
+
+    ``start``: the fit's k-means|| start (``init='k-means++'`` on data larger than the scan
+    sample), which gives the restart's centres (:mod:`emdist.engine.oversampling`).
+    """
     sample, w = data.summary.sample, data.summary.sample_weight
     rng = np.random.default_rng(seed)
     if isinstance(init, str):
         # Weighted as scikit-learn's seeding: a row's chance grows with its sample_weight.
+        if init == "k-means++" and start is not None:
+            seeded: FloatArray | None = start.centers(seed)
+            if seeded is not None:
+                return seeded
         if init == "k-means++":
             return sample[kmeans_plusplus(sample, n_clusters, rng, sample_weight=w)].copy()
         if init == "random":
@@ -180,6 +198,42 @@ def initial_centers(data: FitData, n_clusters: int, init: Any, seed: int) -> Flo
     if not np.all(np.isfinite(centers)):
         raise InvalidParameterError("init contains NaN or infinity")
     return centers
+
+
+def lloyd_on_rows(
+    seeds: FloatArray, rows: FloatArray, weights: FloatArray, seed: int
+) -> FloatArray:
+    """Weighted Lloyd in memory from ``seeds`` (the last step of the k-means|| start).
+
+    scikit-learn's K-means of a mixture's start: 300 iterations at most, ``tol=1e-4``
+    relative to the rows' mean (weighted) variance.
+    """
+    mean = weights @ rows / weights.sum()
+    summary = DataSummary(
+        n_samples=len(rows),
+        n_features=rows.shape[1],
+        mean=mean,
+        variance=weights @ (rows - mean) ** 2 / weights.sum(),
+        sample=rows,
+        sample_rows=np.arange(len(rows)),
+        sample_weight=weights,
+    )
+    on_rows = FitData(rows, summary, True, {"weights": weights})
+    run = fit_kmeans(
+        on_rows, n_clusters=len(seeds), init=seeds, n_init=1, max_iter=300, tol=1e-4, seed=seed
+    )
+    return run.params.centers
+
+
+def oversampled_start(
+    data: FitData, n_clusters: int, label_kernel: LabelKernel | None = None
+) -> OversampledStart | None:
+    """The k-means|| start of a fit, or ``None`` where the scan sample holds every row."""
+    if not uses_oversampling(data):
+        return None
+    return OversampledStart(
+        data, n_clusters, start_seed(data), refine=lloyd_on_rows, label_kernel=label_kernel
+    )
 
 
 def _in_memory_run(
@@ -293,9 +347,12 @@ def kmeans_plan(
     """
     summary = data.summary
     check_data_scale(summary.n_samples, summary.variance, summary.sample, "K-means")
+    start = None
+    if isinstance(init, str) and init == "k-means++":
+        start = oversampled_start(data, n_clusters)
     return ModelPlan(
         KMeansFamily(),
-        lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed)),
+        lambda restart, seed: KMeansParams(initial_centers(data, n_clusters, init, seed, start)),
         KMeansParams,
         score=lambda result: -_final_inertia(data.rows, result),
         tol=float(np.mean(data.summary.variance)) * tol,
@@ -303,6 +360,7 @@ def kmeans_plan(
         # _final_inertia finds it done.
         final_pass=_needs_final_pass,
         in_memory=_in_memory_run,
+        start=start,
     )
 
 
@@ -356,9 +414,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         Number of clusters.
     init : {'k-means++', 'random'} or ndarray of shape (n_clusters, n_features), \
 default='k-means++'
-        Seeding. Both strategies run on a uniform sample of rows drawn in the one scan
-        pass that also validates the data (``init_sample_size`` rows), never one pass per
-        centre.
+        Seeding, never one pass per centre. Both run on a uniform sample of rows drawn in
+        the scan pass that also validates the data (``init_sample_size`` rows); on data
+        with more rows, ``k-means++`` is k-means|| over all of them, one pass shared by
+        the restarts (:mod:`emdist.engine.oversampling`).
     n_init : 'auto' or int, default='auto'
         Restarts; the one with the lowest inertia is kept. ``'auto'`` means 1 for
         ``k-means++`` and for an explicit array, 10 for ``random``.
@@ -370,7 +429,8 @@ default='k-means++'
     random_state : int, RandomState, Generator or None, default=None
         Seed of everything random in the fit (sampling and seeding).
     init_sample_size : int, optional
-        Rows sampled for seeding; default ``max(10000, 100 * n_clusters)``.
+        Rows sampled for seeding; default ``max(10000, 100 * n_clusters)``. Data with
+        more rows starts by k-means|| (``init='k-means++'``: one pass).
     {{updates}}
     {{fit_hooks}}
 

@@ -331,12 +331,16 @@ def test_resumed_fit_with_missing_values_equals_the_uninterrupted_one(
     assert_same_fit(resumed, reference)
 
 
+@pytest.mark.parametrize("init_sample_size", [10_000, 120])
 @pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random", "random_from_data"])
-def test_every_start_copes_with_missing_values(init_params: str) -> None:
+def test_every_start_copes_with_missing_values(init_params: str, init_sample_size: int) -> None:
+    # A sample smaller than the data is the case where the default start would read the
+    # data (k-means||): with missing values it keeps to the mean-imputed sample.
     X = _data(n=300, seed=8)
     gm = emdist.GaussianMixture(
         3,
         init_params=init_params,
+        init_sample_size=init_sample_size,
         n_init=4,
         random_state=0,
         missing="marginalize",
