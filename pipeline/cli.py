@@ -207,6 +207,27 @@ _scheduler = click.option(
 )
 
 
+def _dtype() -> Callable[[Any], Any]:
+    return click.option(
+        "--dtype",
+        type=click.Choice(["float64", "float32"]),
+        default="float64",
+        show_default=True,
+        help="Data type of the stored values.",
+    )
+
+
+def _compressor() -> Callable[[Any], Any]:
+    # Uncompressed by default: dense float features barely compress and read faster raw.
+    return click.option(
+        "--compressor",
+        type=click.Choice(["none", "lz4", "zstd", "blosc-zstd"]),
+        default="none",
+        show_default=True,
+        help="Codec of the stored chunks (lz4 and blosc-zstd: Blosc with byte shuffle).",
+    )
+
+
 @click.command("generate")
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--n-samples", type=click.IntRange(min=1), default=200_000, help="Rows to write.")
@@ -224,6 +245,8 @@ _scheduler = click.option(
     "--chunk-rows", type=click.IntRange(min=1), default=20_000, help="Rows per Zarr chunk."
 )
 @click.option("--seed", type=int, default=0, help="Random seed (same seed, same rows).")
+@_dtype()
+@_compressor()
 @_overwrite()
 def generate_command(
     dest: Path,
@@ -233,6 +256,8 @@ def generate_command(
     covariance_type: str,
     chunk_rows: int,
     seed: int,
+    dtype: str,
+    compressor: str,
     overwrite: bool,
 ) -> None:
     """Write a synthetic Gaussian-mixture dataset (with its truth) to a Zarr group DEST.
@@ -249,6 +274,8 @@ def generate_command(
         covariance_type=covariance_type,  # type: ignore[arg-type]
         chunk_rows=chunk_rows,
         random_state=seed,
+        dtype=dtype,
+        compressor=compressor,  # type: ignore[arg-type]
         overwrite=overwrite,
     )
     click.echo(f"wrote {n_samples:,} x {n_features} to {ds.data_path}")
@@ -277,9 +304,17 @@ class _FilePath(click.Path):
 @click.option(
     "--dataset", metavar="NAME", help="HDF5 dataset to read.  [default: the only 2-D one]"
 )
+@_dtype()
+@_compressor()
 @_overwrite()
 def ingest_command(
-    source: Path, dest: Path, format_: str, dataset: str | None, overwrite: bool
+    source: Path,
+    dest: Path,
+    format_: str,
+    dataset: str | None,
+    dtype: str,
+    compressor: str,
+    overwrite: bool,
 ) -> None:
     """Convert SOURCE to a row-chunked Zarr array DEST, checking every value.
 
@@ -294,6 +329,8 @@ def ingest_command(
         dest,
         source_format=parse_source_format(format_),
         dataset=dataset,
+        compressor=compressor,  # type: ignore[arg-type]
+        dtype=dtype,  # type: ignore[arg-type]
         overwrite=overwrite,
     )
     click.echo(
