@@ -791,13 +791,49 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="the scratch folder of an earlier --keep run: reuse its store",
     )
+    p.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="measure nothing: merge these results JSON files (of runs on the same store, "
+        "e.g. with --reuse) into one table and --plot",
+    )
     for step in ("generate", "floor", "run", "minibatch", "daskml", "ingest"):
         p.add_argument(f"--skip-{step}", action="store_true")
     return p.parse_args(argv)
 
 
+def merge(paths: Sequence[Path]) -> dict[str, Any]:
+    """Results of several invocations as one: later steps added, runs joined."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        part = json.loads(path.read_text())
+        for key, value in part.items():
+            if key == "run":
+                merged.setdefault("run", {}).update(value)
+            elif key == "centre_scores":
+                merged.setdefault(key, {}).update(value)
+            elif key not in merged or key not in ("args", "machine", "versions", "cgroup"):
+                merged[key] = value
+    return merged
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.report:
+        results = merge(args.report)
+        print(table(results))
+        print(json.dumps(results.get("centre_scores", {}), indent=1))
+        if args.plot:
+            a = results["args"]
+            plot(
+                results,
+                args.plot,
+                f"{a['size_gb']} GB store: {a['dtype']}, {a['compressor']}, "
+                f"chunks of {int(a['chunk_rows']):,} rows",
+            )
+        return
     tag = f"{args.size_gb:g}gb-{args.dtype}-{args.compressor}-{args.chunk_rows}" + (
         f"-cg{args.memory_limit_gb:g}" if args.memory_limit_gb else ""
     )
