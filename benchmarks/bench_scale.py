@@ -667,7 +667,13 @@ def table(results: dict[str, Any]) -> str:
         )
 
     for kind, r in results.get("floor", {}).items():
-        add(f"cold read floor ({kind})", r["inner_seconds"], r, f"{r['gb_per_s']:.2f} GB/s")
+        stored = r["gb_per_s"] * r["inner_seconds"] * GB
+        add(
+            f"cold read floor ({kind})",
+            r["inner_seconds"],
+            {**r, "passes_read": r.get("read_bytes", 0) / stored},
+            f"{r['gb_per_s']:.2f} GB/s",
+        )
     for key, r in results.get("run", {}).items():
         add(
             f"emdist run {key}",
