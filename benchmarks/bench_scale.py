@@ -252,7 +252,7 @@ def run_measured(
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run ``cmd`` with its tree sampled; its output goes to ``log``."""
-    before = device_read_bytes(log)
+    before = device_read_bytes(log.parent)
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -280,7 +280,7 @@ def run_measured(
     result.update(monitor.summary(proc.pid))
     # The processes' own counters cannot say it: a reaped child's bytes are added to its
     # parent's (/proc/PID/io), so a LocalCluster's workers would count twice.
-    result["device_read_bytes"] = device_read_bytes(log) - before
+    result["device_read_bytes"] = device_read_bytes(log.parent) - before
     if code != 0 and not timed_out:
         tail = log.read_text()[-3000:]
         print(f"warning: {' '.join(cmd[:3])} exited {code}:\n{tail}", flush=True)
