@@ -802,6 +802,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=None, help="results JSON (default: in --scratch's parent)"
     )
     p.add_argument("--plot", type=Path, default=None, help="PNG of the results")
+    p.add_argument("--title", default="", help="a second line for the plot's title")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
     p.add_argument(
         "--reuse",
@@ -849,7 +850,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results,
                 args.plot,
                 f"{a['size_gb']} GB store: {a['dtype']}, {a['compressor']}, "
-                f"chunks of {int(a['chunk_rows']):,} rows",
+                f"chunks of {int(a['chunk_rows']):,} rows"
+                + (f"\n{args.title}" if args.title else ""),
             )
         return
     tag = f"{args.size_gb:g}gb-{args.dtype}-{args.compressor}-{args.chunk_rows}" + (
