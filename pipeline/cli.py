@@ -206,6 +206,27 @@ _scheduler = click.option(
 )
 
 
+def _dtype() -> Callable[[Any], Any]:
+    return click.option(
+        "--dtype",
+        type=click.Choice(["float64", "float32"]),
+        default="float64",
+        show_default=True,
+        help="Data type of the stored values.",
+    )
+
+
+def _compressor() -> Callable[[Any], Any]:
+    # Uncompressed by default: dense float features barely compress and read faster raw.
+    return click.option(
+        "--compressor",
+        type=click.Choice(["none", "lz4", "zstd", "blosc-zstd"]),
+        default="none",
+        show_default=True,
+        help="Codec of the stored chunks (lz4 and blosc-zstd: Blosc with byte shuffle).",
+    )
+
+
 @click.command("generate")
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--n-samples", type=click.IntRange(min=1), default=200_000, help="Rows to write.")
@@ -223,6 +244,8 @@ _scheduler = click.option(
     "--chunk-rows", type=click.IntRange(min=1), default=20_000, help="Rows per Zarr chunk."
 )
 @click.option("--seed", type=int, default=0, help="Random seed (same seed, same rows).")
+@_dtype()
+@_compressor()
 @_overwrite()
 def generate_command(
     dest: Path,
@@ -232,6 +255,8 @@ def generate_command(
     covariance_type: str,
     chunk_rows: int,
     seed: int,
+    dtype: str,
+    compressor: str,
     overwrite: bool,
 ) -> None:
     """Write a synthetic Gaussian-mixture dataset (with its truth) to a Zarr group DEST.
@@ -248,6 +273,8 @@ def generate_command(
         covariance_type=covariance_type,  # type: ignore[arg-type]
         chunk_rows=chunk_rows,
         random_state=seed,
+        dtype=dtype,
+        compressor=compressor,  # type: ignore[arg-type]
         overwrite=overwrite,
     )
     click.echo(f"wrote {n_samples:,} x {n_features} to {ds.data_path}")
@@ -282,6 +309,8 @@ class _FilePath(click.Path):
     help="Keep missing values as NaN (NaN, Parquet nulls, empty CSV fields) for a fit with "
     "--missing marginalize; infinity is still refused.",
 )
+@_dtype()
+@_compressor()
 @_overwrite()
 def ingest_command(
     source: Path,
@@ -289,6 +318,8 @@ def ingest_command(
     format_: str,
     dataset: str | None,
     allow_missing: bool,
+    dtype: str,
+    compressor: str,
     overwrite: bool,
 ) -> None:
     """Convert SOURCE to a row-chunked Zarr array DEST, checking every value.
@@ -304,6 +335,8 @@ def ingest_command(
         dest,
         source_format=parse_source_format(format_),
         dataset=dataset,
+        compressor=compressor,  # type: ignore[arg-type]
+        dtype=dtype,  # type: ignore[arg-type]
         overwrite=overwrite,
         allow_missing=allow_missing,
     )

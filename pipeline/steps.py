@@ -50,6 +50,7 @@ __all__ = [
     "DatasetRef",
     "FitSummary",
     "PredictionsRef",
+    "cluster_sizes",
     "SelectionResult",
     "checkpoint_for",
     "connect",
@@ -548,9 +549,19 @@ def label_data(
             overwrite=may_replace(config.predictions_path, config),
         )
         claim(path, config)
-        labels = zarr.open_array(str(path / "labels"), mode="r")
-        counts = np.bincount(da.from_zarr(labels).compute(), minlength=config.model.n_components)
-    return PredictionsRef(str(path), [int(c) for c in counts])
+        counts = cluster_sizes(path / "labels", config.model.n_components)
+    return PredictionsRef(str(path), counts)
+
+
+def cluster_sizes(labels_path: Path, n_components: int) -> list[int]:
+    """Samples per cluster of a labels array, counted block by block and summed.
+
+    Gathering the labels for one ``np.bincount`` would hold all of them (n int64s: 3 GB at
+    375M rows) twice over, in a worker and in this process; per-block counts are K numbers.
+    """
+    labels = zarr.open_array(str(labels_path), mode="r")
+    counts = da.bincount(da.from_zarr(labels), minlength=n_components).compute()
+    return [int(c) for c in counts]
 
 
 def select_components(

@@ -62,6 +62,7 @@ from emdist.io.readers.base import cast_and_check
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
+    "CompressorName",
     "IngestError",
     "IngestResult",
     "SOURCE_FORMATS",
@@ -71,6 +72,7 @@ __all__ = [
     "detect_format",
     "parse_source_format",
     "ingest",
+    "resolve_compressor",
 ]
 
 #: A format's name: one of :data:`SOURCE_FORMATS`.
@@ -275,9 +277,14 @@ class _ChunkWriter:
         return self.array
 
 
-def _resolve_compressor(
+def resolve_compressor(
     compressor: CompressorName | BytesBytesCodec | None, itemsize: int
 ) -> tuple[list[BytesBytesCodec] | None, str]:
+    """The Zarr codecs of a compressor name (or codec), and the name recorded for it.
+
+    ``None`` and ``'none'`` give no codec. Shared by ingest and the synthetic datasets, so
+    both name their compressors alike.
+    """
     if compressor is None or compressor == "none":
         return None, "none"
     if isinstance(compressor, BytesBytesCodec):
@@ -430,7 +437,7 @@ def ingest(
         raise InvalidParameterError(
             f"csv_engine must be 'auto', 'pyarrow' or 'numpy'; got {csv_engine!r}"
         )
-    compressors, codec_name = _resolve_compressor(compressor, target.itemsize)
+    compressors, codec_name = resolve_compressor(compressor, target.itemsize)
     _check_dest(out, overwrite)  # fail before reading a byte of a large source
     # Size and mtime before reading: if the source changes while we convert, the recorded
     # provenance no longer matches it, so pipeline.steps re-ingests instead of reusing.

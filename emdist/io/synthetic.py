@@ -48,6 +48,7 @@ from emdist._version import __version__
 from emdist.exceptions import InvalidDataError, InvalidParameterError
 from emdist.io.atomic import atomic_output
 from emdist.io.chunking import default_chunk_rows
+from emdist.io.ingest import CompressorName, resolve_compressor
 from emdist.io.integrity import (
     MAX_CHUNKS,
     CheckedReader,
@@ -500,6 +501,7 @@ def make_gaussian_mixture(
     chunk_rows: int | None = None,
     random_state: Any = None,
     dtype: Any = np.float64,
+    compressor: CompressorName | None = None,
     labels: bool = True,
     overwrite: bool = False,
 ) -> SyntheticDataset:
@@ -532,6 +534,10 @@ def make_gaussian_mixture(
         be regenerated).
     dtype : {float64, float32}, default=float64
         Of the data (the draw is in float64, then cast).
+    compressor : {'none', 'zstd', 'lz4', 'blosc-lz4', 'blosc-zstd'}, optional
+        Codec of the ``data`` chunks, as :func:`emdist.io.ingest.ingest` names them.
+        Default: none (dense floats barely compress and read faster raw). The data do not
+        depend on it.
     labels : bool, default=True
         Also store the true component of each row in ``path/labels``.
     overwrite : bool, default=False
@@ -560,6 +566,7 @@ def make_gaussian_mixture(
             raise InvalidParameterError(f"chunk_rows must be a positive int; got {chunk_rows!r}")
         rows = int(chunk_rows)
     rows = min(rows, n)  # Zarr pads edge chunks to full size: no chunk larger than the data
+    codecs, codec_name = resolve_compressor(compressor, out_dtype.itemsize)
     target = Path(path)
     check_generation_size(n, d, K, covariance_type, rows, out_dtype.itemsize, target)
     if (
@@ -582,6 +589,7 @@ def make_gaussian_mixture(
         "seed": seed,
         "generation_block_rows": GENERATION_BLOCK_ROWS,
         "dtype": str(out_dtype),
+        "compressor": codec_name,
         "chunk_rows": rows,
         "labels": bool(labels),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -594,14 +602,15 @@ def make_gaussian_mixture(
     with atomic_output(path, overwrite=overwrite, kind="synthetic", needed=needed) as tmp:
         root = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
         root.attrs["synthetic"] = settings
-        # Uncompressed (dense floats barely compress and read faster raw), every chunk
-        # written, each with a CRC-32C: see emdist.io.integrity.
+        # Uncompressed by default (dense floats barely compress and read faster raw), every
+        # chunk written, each with a CRC-32C: see emdist.io.integrity.
         data = create_verified_array(
             root,
             "data",
             shape=(n, d),
             chunks=(rows, d),
             dtype=out_dtype,
+            compressors=codecs,
             fill_value=0.0,
             dimension_names=("sample", "feature"),
         )

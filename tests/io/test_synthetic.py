@@ -15,6 +15,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
 import emdist
+from emdist.exceptions import EmdistError
 from emdist.io.atomic import OutputExistsError
 from emdist.io.synthetic import (
     GENERATION_BLOCK_ROWS,
@@ -192,3 +193,21 @@ def test_kmeans_recovers_the_truth_from_the_path(dataset: SyntheticDataset) -> N
     km = emdist.KMeans(4, random_state=0).fit(dataset.data_path)
     labels = np.asarray(km.predict(dataset.data_path))
     assert adjusted_rand_score(dataset.load_labels(), labels) > 0.95
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "lz4"])
+def test_compressed_dataset_holds_the_same_rows(compressor: str, tmp_path: Path) -> None:
+    plain = make_gaussian_mixture(tmp_path / "p.zarr", 1000, 3, 2, random_state=4, chunk_rows=250)
+    packed = make_gaussian_mixture(
+        tmp_path / "c.zarr", 1000, 3, 2, random_state=4, chunk_rows=300, compressor=compressor
+    )
+    data = packed.open_data()
+    np.testing.assert_array_equal(data[...], plain.open_data()[...])
+    codecs = [type(c).__name__ for c in data.compressors]
+    assert codecs[0] == ("ZstdCodec" if compressor == "zstd" else "BloscCodec")
+    assert [type(c).__name__ for c in plain.open_data().compressors] == ["Crc32cCodec"]
+    settings = zarr.open_group(str(tmp_path / "c.zarr"), mode="r").attrs["synthetic"]
+    assert settings["compressor"] == ("zstd" if compressor == "zstd" else "blosc-lz4")
+    with pytest.raises(EmdistError, match="compressor must be"):
+        make_gaussian_mixture(tmp_path / "x.zarr", 10, 2, 1, compressor="gzip")  # type: ignore[arg-type]
+    assert not (tmp_path / "x.zarr").exists()

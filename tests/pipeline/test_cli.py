@@ -147,6 +147,37 @@ def test_generate(
     assert zarr.open_array(str(ws.dir / "g.zarr" / "data"), mode="r").shape[0] == N_SAMPLES
 
 
+def test_generate_and_ingest_take_dtype_and_compressor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["generate", "g.zarr", "--n-samples", "600", "--n-features", "3", "--chunk-rows", "200"]
+    code, _, err = in_process(
+        [*args, "--dtype", "float32", "--compressor", "lz4"], tmp_path, monkeypatch, capsys
+    )
+    assert code == 0, err
+    data = zarr.open_array(str(tmp_path / "g.zarr" / "data"), mode="r")
+    assert data.dtype == np.float32
+    assert type(data.compressors[0]).__name__ == "BloscCodec"
+    assert open_synthetic(tmp_path / "g.zarr").dtype == "float32"
+    code, _, err = in_process(
+        ["ingest", "g.zarr/data", "i.zarr", "--compressor", "zstd", "--dtype", "float64"],
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    ingested = zarr.open_array(str(tmp_path / "i.zarr"), mode="r")
+    assert ingested.dtype == np.float64
+    assert type(ingested.compressors[0]).__name__ == "ZstdCodec"
+    np.testing.assert_array_equal(ingested[...], data[...].astype(np.float64))
+    # A codec the command does not offer is a usage error naming the option, nothing written.
+    code, _, err = in_process(
+        ["generate", "h.zarr", "--compressor", "gzip"], tmp_path, monkeypatch, capsys
+    )
+    assert code == 2 and "--compressor" in err
+    assert not (tmp_path / "h.zarr").exists()
+
+
 def test_ingest_npy(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

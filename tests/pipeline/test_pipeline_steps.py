@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import socket
+import tracemalloc
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from pipeline.steps import (
     DatasetRef,
     FitSummary,
     PredictionsRef,
+    cluster_sizes,
     fit_model,
     label_data,
     prepare_data,
@@ -587,3 +589,23 @@ def test_an_unreachable_scheduler_is_named_with_what_to_check() -> None:
             pass
     assert address in str(err.value) and "dask scheduler" in str(err.value)
     assert is_user_error(err.value)
+
+
+def test_cluster_sizes_never_gather_the_labels(tmp_path: Path) -> None:
+    # The cluster sizes of the label step are summed block by block: the labels (n int64s,
+    # 3 GB at 375M rows) never gather in one process, neither the client nor a worker.
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 5, size=400_000)
+    labels = zarr.create_array(
+        str(tmp_path / "labels"), shape=values.shape, chunks=(10_000,), dtype=np.int64
+    )
+    labels[...] = values
+    tracemalloc.start()
+    try:
+        counts = cluster_sizes(tmp_path / "labels", 6)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert counts == np.bincount(values, minlength=6).tolist()
+    assert counts[5] == 0 and sum(counts) == 400_000
+    assert peak < labels.nbytes / 4, (peak, labels.nbytes)
