@@ -166,6 +166,33 @@ def test_parquet_integer_columns_and_types_are_recorded(tmp_path: Path) -> None:
     assert arr.attrs["provenance"]["source_dtype"] == "int64, float"
 
 
+def test_a_parquet_read_holds_a_few_row_groups_not_the_file(tmp_path: Path) -> None:
+    # pyarrow's default pre-buffering keeps every column chunk read until the file is
+    # closed: an ingest's memory grew to the file's size (2 GB for a 1.6 GB file).
+    from emdist.io.readers.base import ReadOptions
+    from emdist.io.readers.parquet import ParquetReader
+
+    rows, groups, d = 20_000, 12, 8
+    rng = np.random.default_rng(0)
+    names = [f"f{j}" for j in range(d)]
+    schema = pa.schema([(n, pa.float64()) for n in names])
+    with pq.ParquetWriter(tmp_path / "x.parquet", schema, compression="none") as writer:
+        for _ in range(groups):
+            X = rng.normal(size=(rows, d))
+            writer.write_table(pa.table({n: X[:, j] for j, n in enumerate(names)}))
+    group_bytes = rows * d * 8
+    reader = ParquetReader.open(tmp_path / "x.parquet", ReadOptions(np.dtype(np.float64)))
+    base = pa.total_allocated_bytes()
+    held = []
+    try:
+        for _block, _start in reader.blocks(rows // 4):
+            held.append(pa.total_allocated_bytes() - base)
+    finally:
+        reader.close()
+    assert len(held) == 4 * groups
+    assert max(held) < 3 * group_bytes, (max(held), group_bytes)
+
+
 def test_float32_output(tmp_path: Path, X: np.ndarray) -> None:
     small = (X[:, [0, 3]] / 1e300 * 1e30).astype(np.float32)  # inside float32's range
     np.save(tmp_path / "x.npy", small)

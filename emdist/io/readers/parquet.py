@@ -14,6 +14,9 @@ from emdist.io.readers.base import IngestError, Reader, ReadOptions
 __all__ = ["ParquetReader"]
 
 
+_READ_BUFFER = 16 << 20  # bytes per column-chunk read
+
+
 class ParquetReader(Reader):
     """Record batches of a Parquet file, checked column by column (needs pyarrow)."""
 
@@ -59,7 +62,10 @@ class ParquetReader(Reader):
         except ImportError as exc:  # pragma: no cover - pyarrow is in the io extra
             raise ImportError("reading Parquet needs pyarrow: pip install 'emdist[io]'") from exc
         try:
-            file = pq.ParquetFile(path)
+            # pre_buffer (pyarrow's default) keeps every column chunk it has read until the
+            # file is closed: memory grows to the file's size. A bounded read buffer instead
+            # keeps an ingest's memory flat whatever the file's size.
+            file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER)
         except (pa.ArrowInvalid, OSError) as exc:
             # The first sentence of pyarrow's message ("Parquet magic bytes not found...").
             lines = str(exc).strip().split(". ")[0].splitlines()
