@@ -43,6 +43,7 @@ import scipy.linalg.cython_blas  # noqa: F401
 from emdist._typing import AnyArray, FloatArray, IntArray
 from emdist.kernels._blocks import as_row_major
 from emdist.kernels._jit import jit
+from emdist.kernels.kmeans import _sq_dist
 
 __all__ = ["BoundedLloyd", "LloydState", "lloyd_bounds"]
 
@@ -72,29 +73,6 @@ def _sq_distance_seq(X: AnyArray, i: int, centers: FloatArray, k: int) -> float:
         t = np.float64(X[i, j]) - centers[k, j]
         s += t * t
     return s
-
-
-@jit
-def _sq_distance(X: AnyArray, i: int, centers: FloatArray, k: int) -> float:
-    """``‖x_i - c_k‖²`` from float64 differences (four running sums: a bound, not a label)."""
-    d = X.shape[1]
-    s0 = s1 = s2 = s3 = 0.0
-    j = 0
-    while j + 4 <= d:
-        t0 = np.float64(X[i, j]) - centers[k, j]
-        t1 = np.float64(X[i, j + 1]) - centers[k, j + 1]
-        t2 = np.float64(X[i, j + 2]) - centers[k, j + 2]
-        t3 = np.float64(X[i, j + 3]) - centers[k, j + 3]
-        s0 += t0 * t0
-        s1 += t1 * t1
-        s2 += t2 * t2
-        s3 += t3 * t3
-        j += 4
-    while j < d:
-        t0 = np.float64(X[i, j]) - centers[k, j]
-        s0 += t0 * t0
-        j += 1
-    return (s0 + s1) + (s2 + s3)
 
 
 @jit
@@ -238,7 +216,7 @@ def _assign(
             bound = max(lower[i], half_gap[a])
             if upper[i] < bound:
                 continue
-            u = np.sqrt(_sq_distance(X, i, centers, a)) * up + tiny
+            u = np.sqrt(_sq_dist(X, i, a, centers)) * up + tiny
             upper[i] = u
             if u < bound:
                 continue
