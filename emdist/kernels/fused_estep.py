@@ -30,6 +30,8 @@ from emdist.kernels._jit import jit
 __all__ = [
     "FULL_FEATURES",
     "DIAG_FEATURES",
+    "add_float32",
+    "nearest_labels",
     "SPHERICAL_FEATURES",
     "quadratic_features",
     "responsibilities",
@@ -58,14 +60,17 @@ def quadratic_features(
         data) and every product from them.
     kind : int
         :data:`FULL_FEATURES`, :data:`DIAG_FEATURES` or :data:`SPHERICAL_FEATURES`.
-    A : ndarray of shape (m, q + d + 1), float64
-        Output; ``q`` is the number of quadratic features of ``kind``.
+    A : ndarray of shape (m, q + d + 1), float64 or float32
+        Output; ``q`` is the number of quadratic features of ``kind``. float32 (``full``
+        features of float32 rows): the differences are rounded to float32 once and
+        multiplied in float32, which rounds each product as the float64 product would be
+        (a product of two float32 values is exact in float64).
     A32 : ndarray of shape (m, q + d + 1) or (0, q + d + 1), float32
         A float32 copy of ``A`` when it has rows (for float32 log-density GEMMs).
     """
     m, p = A.shape
     d = centre.shape[0]
-    xc = np.empty(d)
+    xc = np.empty(d, dtype=A.dtype)
     copy = A32.shape[0] > 0
     for t in range(m):
         a = A[t]
@@ -102,6 +107,36 @@ def quadratic_features(
 
 
 @jit
+def add_float32(total: FloatArray, part: AnyArray) -> None:
+    """``total += part`` for a float64 ``total`` and float32 ``part`` (numpy's mixed-dtype
+    ``+=`` casts through a buffer: ~5x slower on a sub-block's moments)."""
+    a = total.ravel()
+    b = part.ravel()
+    for i in range(a.shape[0]):
+        a[i] += np.float64(b[i])
+
+
+@jit
+def nearest_labels(scores: AnyArray, offsets: AnyArray, labels: AnyArray, start: int) -> None:
+    """``labels[start + i] = argmin_k scores[i, k] + offsets[k]`` (the first on ties).
+
+    With ``scores = (x - c) @ (-2 δᵀ)`` and ``offsets = ‖δ_k‖²``, ``δ_k = μ_k - c``, the
+    nearest mean of every row (Euclidean).
+    """
+    m, K = scores.shape
+    for i in range(m):
+        row = scores[i]
+        best = 0
+        top = row[0] + offsets[0]
+        for k in range(1, K):
+            v = row[k] + offsets[k]
+            if v < top:
+                top = v
+                best = k
+        labels[start + i] = best
+
+
+@jit
 def shift_log_densities(L: AnyArray, const: FloatArray, S: FloatArray, amax: FloatArray) -> None:
     """``S = L + const - max_k(L + const)`` per row, the maxima into ``amax``.
 
@@ -112,9 +147,9 @@ def shift_log_densities(L: AnyArray, const: FloatArray, S: FloatArray, amax: Flo
     const : ndarray of shape (K,)
         ``log π_k + log det U_k - d/2 log 2π`` (plus the variational offsets): the
         log-density is ``L + const``.
-    S : ndarray of shape (m, K), float64
+    S : ndarray of shape (m, K), float64 or float32
         Output: the log-densities shifted by their row's maximum (0 where every component's
-        log-density is ``-inf``).
+        log-density is ``-inf``), each difference formed in float64 and rounded once.
     amax : ndarray of shape (m,), float64
         Output: the row maxima (0 where not finite).
     """
@@ -125,14 +160,13 @@ def shift_log_densities(L: AnyArray, const: FloatArray, S: FloatArray, amax: Flo
         top = -np.inf
         for k in range(K):
             v = np.float64(src[k]) + const[k]
-            row[k] = v
             if v > top:
                 top = v
         if not np.isfinite(top):
             top = 0.0
         amax[t] = top
         for k in range(K):
-            row[k] -= top
+            row[k] = (np.float64(src[k]) + const[k]) - top
 
 
 @jit
@@ -151,11 +185,11 @@ def responsibilities(
 
     Parameters
     ----------
-    S : ndarray of shape (m, K), float64
+    S : ndarray of shape (m, K), float64 or float32
         Log-densities shifted by their row's maximum (:func:`shift_log_densities`).
-    E : ndarray of shape (m, K), float64
+    E : ndarray of shape (m, K), float64 or float32
         ``exp(S)`` on entry; the responsibilities on return (times the row's weight with
-        ``weights``).
+        ``weights``). Every sum is taken in float64 whatever the dtype.
     amax : ndarray of shape (m,)
         The row maxima the log-densities were shifted by.
     nk : ndarray of shape (K,), float64
@@ -182,10 +216,10 @@ def responsibilities(
         total = 0.0
         e_log_e = 0.0
         for k in range(K):
-            e = row[k]
+            e = np.float64(row[k])
             total += e
             if e > 0.0:
-                e_log_e += e * shifted[k]
+                e_log_e += e * np.float64(shifted[k])
         row_norm = math.log(total)
         # Σ_k r log r = Σ_k e (lp_k - amax) / total - log total (the responsibilities sum to 1).
         if weights is None:
@@ -197,7 +231,7 @@ def responsibilities(
             r_log_r += wt * (e_log_e / total - row_norm)
             total /= wt  # r = w e / total: the row's weight in every moment
         for k in range(K):
-            r = row[k] / total
-            row[k] = r
-            nk[k] += r
+            row[k] = np.float64(row[k]) / total
+            # The responsibility as stored (float32 rows round it): Σ r matches the moments.
+            nk[k] += np.float64(row[k])
     return log_norm, r_log_r

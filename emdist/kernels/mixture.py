@@ -24,6 +24,8 @@ from emdist.kernels._blocks import (
 )
 from emdist.kernels.covariance import covariance_shape
 from emdist.kernels.fused_estep import (
+    add_float32,
+    nearest_labels,
     quadratic_features,
     responsibilities,
     shift_log_densities,
@@ -54,6 +56,9 @@ __all__ = [
 # component divides by a tiny number instead of zero; we do the same so that our numbers
 # agree with it to the last digits.
 _NK_EPS = 10 * np.finfo(np.float64).eps
+
+# Rows per GEMM of float32 rows by the means' offsets, to find each row's nearest mean.
+_ASSIGN_ROWS = 4096
 
 
 @dataclass(frozen=True, eq=False)
@@ -281,16 +286,14 @@ def fused_estep(
     log_det = np.broadcast_to(log_det_cholesky(precisions_cholesky, covariance_type, d), (K,))
     const = np.ascontiguousarray(log_offsets + log_det - 0.5 * d * np.log(2 * np.pi))
     maps = QuadraticMaps(shift, precisions_cholesky, covariance_type)
+    if X.dtype == np.float32 and covariance_type in ("full", "tied"):
+        return _estep_float32_by_nearest_mean(X, maps, const, w)
+    coefficients = maps.coefficients
     p = maps.n_columns
-    # float32 data: the log-density GEMM of full/tied (the one whose width grows with d²)
-    # runs in float32; features, responsibilities and moments stay float64.
-    lp32 = X.dtype == np.float32 and covariance_type in ("full", "tied")
-    lp_dtype = np.float32 if lp32 else np.float64
-    coefficients = np.ascontiguousarray(maps.coefficients, dtype=lp_dtype)
     rows = max(1, min(n, feature_block_rows(p, K)))
     A = np.empty((rows, p))
-    A32 = np.empty((rows if lp32 else 0, p), dtype=np.float32)
-    L = np.empty((rows, K), dtype=lp_dtype)
+    no_copy = np.empty((0, p), dtype=np.float32)
+    L = np.empty((rows, K))
     S = np.empty((rows, K))
     R = np.empty((rows, K))
     amax = np.empty(rows)
@@ -301,9 +304,8 @@ def fused_estep(
     for start in range(0, n, rows):
         m = min(rows, n - start)
         A_m = A[:m]
-        A32_m = A32[:m] if lp32 else A32
-        quadratic_features(X, start, maps.centre, maps.kind, A_m, A32_m)
-        np.matmul(A32_m if lp32 else A_m, coefficients, out=L[:m])
+        quadratic_features(X, start, maps.centre, maps.kind, A_m, no_copy)
+        np.matmul(A_m, coefficients, out=L[:m])
         shift_log_densities(L[:m], const, S[:m], amax[:m])
         np.exp(S[:m], out=R[:m])
         norm, rlr = responsibilities(S[:m], R[:m], amax[:m], nk, w, start)
@@ -313,6 +315,75 @@ def fused_estep(
         G += G_sub
     sx, sxx = maps.moments(G, nk)
     return nk, sx, sxx, float(log_norm), float(r_log_r)
+
+
+
+def _estep_float32_by_nearest_mean(
+    X: AnyArray, maps: QuadraticMaps, const: FloatArray, w: FloatArray | None
+) -> tuple[FloatArray, FloatArray, FloatArray, float, float]:
+    """:func:`fused_estep` of float32 rows (``full``/``tied``): both GEMMs in float32.
+
+    The rows are grouped by their nearest mean ``μ_g`` and each group's quadratic features
+    are taken about ``μ_g``, not about one shared centre: a row is never farther from its
+    features' centre than from any mean, so the float32 features, log-densities and moment
+    sums carry errors of float32's precision relative to the spread of the components the
+    row weighs in, whatever their distance from each other or from the origin (the shared
+    centre cost ``eps (|μ_k - c| / σ_k)²``, 3e-4 of a covariance at 5 standard deviations
+    in float32). Every sub-block's sums are added in float64 and moved from the group's
+    centre to each mean in float64. docs/design.md, "Numerics".
+    """
+    K, d = maps.shift.shape
+    n = X.shape[0]
+    p = maps.n_columns
+    labels = np.empty(n, dtype=np.int16 if K < 2**15 else np.int64)
+    # The nearest mean in float32: a GEMM of the rows less the means' centre (exact for
+    # rows far from the origin, where x and c agree in their leading bits) by -2 δᵀ. Its
+    # rounding only makes a row's group a near-nearest mean, which costs nothing.
+    centre32 = maps.centre.astype(np.float32)
+    directions = np.ascontiguousarray(-2.0 * (maps.shift - centre32).T, dtype=np.float32)
+    offsets = np.einsum("ki,ki->k", maps.shift - centre32, maps.shift - centre32)
+    step = min(n, _ASSIGN_ROWS)
+    diff = np.empty((step, d), dtype=np.float32)
+    scores = np.empty((step, K), dtype=np.float32)
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        np.subtract(X[start : start + m], centre32, out=diff[:m])
+        np.matmul(diff[:m], directions, out=scores[:m])
+        nearest_labels(scores[:m], offsets, labels, start)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(K + 1))
+    Xs = np.take(X, order, axis=0)
+    ws = None if w is None else np.take(w, order)
+    rows = max(1, min(n, feature_block_rows(p, K)))
+    A = np.empty((rows, p), dtype=np.float32)
+    no_copy = np.empty((0, p), dtype=np.float32)
+    L = np.empty((rows, K), dtype=np.float32)
+    # Shifted log-densities and responsibilities in float32 (numpy's float64 exp leaves
+    # its SIMD loop for the whole call when any value underflows: 15x slower here).
+    S = np.empty((rows, K), dtype=np.float32)
+    R = np.empty((rows, K), dtype=np.float32)
+    amax = np.empty(rows)
+    G_sub = np.empty((K, p), dtype=np.float32)
+    groups = [g for g in range(K) if bounds[g + 1] > bounds[g]]
+    G = np.zeros((len(groups), K, p))
+    nk = np.zeros((len(groups), K))
+    log_norm = r_log_r = 0.0
+    for j, g in enumerate(groups):
+        about = maps.about(maps.shift[g])
+        coefficients = np.ascontiguousarray(about.coefficients, dtype=np.float32)
+        for start in range(int(bounds[g]), int(bounds[g + 1]), rows):
+            m = min(rows, int(bounds[g + 1]) - start)
+            quadratic_features(Xs, start, about.centre, about.kind, A[:m], no_copy)
+            np.matmul(A[:m], coefficients, out=L[:m])
+            shift_log_densities(L[:m], const, S[:m], amax[:m])
+            np.exp(S[:m], out=R[:m])
+            norm, rlr = responsibilities(S[:m], R[:m], amax[:m], nk[j], ws, start)
+            log_norm += norm
+            r_log_r += rlr
+            np.matmul(R[:m].T, A[:m], out=G_sub)
+            add_float32(G[j], G_sub)
+    sx, sxx = maps.moments_about_centres(G, nk, maps.shift[groups])
+    return nk.sum(axis=0), sx, sxx, float(log_norm), float(r_log_r)
 
 
 def mixture_stats_from_resp(

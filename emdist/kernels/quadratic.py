@@ -28,6 +28,8 @@ float64); only the log-density GEMM of ``full``/``tied`` float32 data runs in fl
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from emdist._typing import CovarianceType, FloatArray
@@ -47,11 +49,13 @@ class QuadraticMaps:
     precisions_cholesky : ndarray
         Shaped by ``covariance_type``.
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    centre : ndarray of shape (n_features,), optional
+        ``c``, the point the features are taken about; the mean of the means by default.
 
     Attributes
     ----------
     centre : ndarray of shape (n_features,)
-        ``c``, the mean of the means.
+        ``c``, float64.
     kind : int
         Which quadratic features (:func:`emdist.kernels.fused_estep.quadratic_features`).
     n_quadratic : int
@@ -61,38 +65,57 @@ class QuadraticMaps:
     """
 
     def __init__(
-        self, shift: FloatArray, precisions_cholesky: FloatArray, covariance_type: CovarianceType
+        self,
+        shift: FloatArray,
+        precisions_cholesky: FloatArray,
+        covariance_type: CovarianceType,
+        centre: FloatArray | None = None,
     ) -> None:
         K, d = shift.shape
         self.covariance_type = covariance_type
         self.shift = shift
-        self.centre = np.ascontiguousarray(np.mean(shift, axis=0), dtype=np.float64)
-        self.delta = shift - self.centre
-        delta = self.delta
         if covariance_type in ("full", "tied"):
             P = precisions_from_cholesky(precisions_cholesky, covariance_type)
             P = np.broadcast_to(P, (K, d, d))
             rows, cols = np.triu_indices(d)
             # Off-diagonal products appear once in the triangle and twice in the form.
             quad = P[:, rows, cols] * np.where(rows == cols, 1.0, 2.0)
-            p_delta = np.einsum("kij,kj->ki", P, delta)
+            self._precision = P
             self.kind = FULL_FEATURES
             self.n_quadratic = d * (d + 1) // 2
         elif covariance_type == "diag":
             P2 = precisions_cholesky**2
             quad = P2
-            p_delta = P2 * delta
+            self._precision = P2
             self.kind = DIAG_FEATURES
             self.n_quadratic = d
         else:
             p2 = precisions_cholesky**2
             quad = p2[:, None]
-            p_delta = p2[:, None] * delta
+            self._precision = p2[:, None]
             self.kind = SPHERICAL_FEATURES
             self.n_quadratic = 1
+        self._quad = quad
+        self._set_centre(np.mean(shift, axis=0) if centre is None else centre)
+
+    def _set_centre(self, centre: FloatArray) -> None:
+        """Take the features about ``centre``: ``δ_k`` and the coefficients ``B``."""
+        self.centre = np.ascontiguousarray(centre, dtype=np.float64)
+        self.delta = self.shift - self.centre
+        delta = self.delta
+        if self.kind == FULL_FEATURES:
+            p_delta = np.einsum("kij,kj->ki", self._precision, delta)
+        else:
+            p_delta = self._precision * delta
         offset = np.einsum("ki,ki->k", delta, p_delta)
-        B = np.concatenate([quad, -2.0 * p_delta, offset[:, None]], axis=1)
+        B = np.concatenate([self._quad, -2.0 * p_delta, offset[:, None]], axis=1)
         self.coefficients: FloatArray = np.ascontiguousarray(-0.5 * B.T)
+
+    def about(self, centre: FloatArray) -> QuadraticMaps:
+        """The same maps with the features taken about ``centre`` (precisions shared)."""
+        maps = copy.copy(self)
+        maps._set_centre(centre)
+        return maps
 
     @property
     def n_columns(self) -> int:
@@ -139,4 +162,42 @@ class QuadraticMaps:
         else:
             sxx = G[:, 0] - 2.0 * np.einsum("ki,ki->k", delta, srx)
             sxx += nk * np.einsum("ki,ki->k", delta, delta)
+        return np.ascontiguousarray(sx), np.ascontiguousarray(sxx)
+
+    def moments_about_centres(
+        self, G: FloatArray, nk: FloatArray, centres: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """:meth:`moments` of rows taken in groups, each group's features about its centre.
+
+        ``full``/``tied`` only.
+
+        Parameters
+        ----------
+        G : ndarray of shape (n_groups, n_components, q + d + 1)
+            ``Σ_i r_ik a_g(x_i)`` over the rows of group ``g``, features about ``centres[g]``.
+        nk : ndarray of shape (n_groups, n_components)
+            ``Σ_i r_ik`` over the rows of each group.
+        centres : ndarray of shape (n_groups, n_features)
+
+        Returns
+        -------
+        sx, sxx
+            As :meth:`moments`, summed over the groups.
+        """
+        K, d = self.shift.shape
+        q = self.n_quadratic
+        delta = self.shift[None, :, :] - centres[:, None, :]  # (g, K, d)
+        srx = G[:, :, q : q + d]
+        sx = np.sum(srx - nk[:, :, None] * delta, axis=0)
+        S = np.empty((K, d, d))
+        rows, cols = np.triu_indices(d)
+        quad = np.sum(G[:, :, :q], axis=0)
+        S[:, rows, cols] = quad
+        S[:, cols, rows] = quad
+        # Every group's move is linear in its sums, so the moves are summed over the groups.
+        cross = np.einsum("gki,gkj->kij", delta, srx)
+        sxx = S - cross - cross.transpose(0, 2, 1)
+        sxx += np.einsum("gk,gki,gkj->kij", nk, delta, delta)
+        if self.covariance_type == "tied":
+            sxx = sxx.sum(axis=0)
         return np.ascontiguousarray(sx), np.ascontiguousarray(sxx)
