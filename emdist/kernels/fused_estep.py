@@ -108,8 +108,10 @@ def quadratic_features(
 
 @jit
 def add_float32(total: FloatArray, part: AnyArray) -> None:
-    """``total += part`` for a float64 ``total`` and float32 ``part`` (numpy's mixed-dtype
-    ``+=`` casts through a buffer: ~5x slower on a sub-block's moments)."""
+    """``total += part`` for a float64 ``total`` and a float32 ``part``.
+
+    numpy's mixed-dtype ``+=`` casts through a buffer: ~4x slower on a sub-block's moments.
+    """
     a = total.ravel()
     b = part.ravel()
     for i in range(a.shape[0]):

@@ -317,7 +317,6 @@ def fused_estep(
     return nk, sx, sxx, float(log_norm), float(r_log_r)
 
 
-
 def _estep_float32_by_nearest_mean(
     X: AnyArray, maps: QuadraticMaps, const: FloatArray, w: FloatArray | None
 ) -> tuple[FloatArray, FloatArray, FloatArray, float, float]:
