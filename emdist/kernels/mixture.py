@@ -57,6 +57,10 @@ __all__ = [
 # agree with it to the last digits.
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
+# Shifted log-densities below this are dropped (responsibility 0) in float32: e^-50 is far
+# below float32's precision and keeps exp and the moment GEMM off subnormal numbers.
+_FLOAT32_LOG_FLOOR = -50.0
+
 # Rows per GEMM of float32 rows by the means' offsets, to find each row's nearest mean.
 _ASSIGN_ROWS = 4096
 
@@ -306,7 +310,7 @@ def fused_estep(
         A_m = A[:m]
         quadratic_features(X, start, maps.centre, maps.kind, A_m, no_copy)
         np.matmul(A_m, coefficients, out=L[:m])
-        shift_log_densities(L[:m], const, S[:m], amax[:m])
+        shift_log_densities(L[:m], const, S[:m], amax[:m], -np.inf)
         np.exp(S[:m], out=R[:m])
         norm, rlr = responsibilities(S[:m], R[:m], amax[:m], nk, w, start)
         log_norm += norm
@@ -374,7 +378,7 @@ def _estep_float32_by_nearest_mean(
             m = min(rows, int(bounds[g + 1]) - start)
             quadratic_features(Xs, start, about.centre, about.kind, A[:m], no_copy)
             np.matmul(A[:m], coefficients, out=L[:m])
-            shift_log_densities(L[:m], const, S[:m], amax[:m])
+            shift_log_densities(L[:m], const, S[:m], amax[:m], _FLOAT32_LOG_FLOOR)
             np.exp(S[:m], out=R[:m])
             norm, rlr = responsibilities(S[:m], R[:m], amax[:m], nk[j], ws, start)
             log_norm += norm
