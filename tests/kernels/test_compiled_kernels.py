@@ -223,3 +223,71 @@ def test_components_far_apart_relative_to_their_spread(covariance_type: str, dty
         assert_allclose(a, b, rtol=rtol, atol=rtol * float(np.max(np.abs(b))))
     spread = np.sqrt(np.maximum(want.nk, 1.0))[:, None]
     assert_allclose(got.sx / spread, want.sx / spread, atol=rtol * 10)
+
+
+def _far_mixture(
+    covariance_type: str, distance: float, offset: float, K: int = 4, d: int = 16, n: int = 6000
+) -> tuple[np.ndarray, MixtureParams]:
+    # Components of spread ~1, each `distance` from the data's centre, the whole translated
+    # by `offset`; the parameters are near the truth (means off by ~0.1).
+    rng = np.random.default_rng(12)
+    directions = rng.standard_normal((K, d))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    centres = distance * directions
+    A = rng.standard_normal((K, d, d)) * 0.15 + np.eye(d)
+    covariances = A @ A.transpose(0, 2, 1)
+    if covariance_type == "tied":
+        covariances = covariances.mean(axis=0)
+    labels = rng.integers(0, K, n)
+    X = centres[labels] + rng.standard_normal((n, d))
+    params = MixtureParams(
+        np.full(K, 1.0 / K),
+        centres + offset + 0.1 * rng.standard_normal((K, d)),
+        covariances,
+        compute_precision_cholesky(covariances, covariance_type),
+    )
+    return (X + offset).astype(np.float32), params
+
+
+def _assert_float32_precision(got: MixtureStats, want: MixtureStats, K: int) -> None:
+    # What a fit takes from the statistics, in the units of the components (spread ~1):
+    # weights, the means' move (Σ r (x - μ) / Σ r), second moments per row, the bound.
+    assert_allclose(got.nk, want.nk, rtol=1e-6, atol=1e-6)
+    nk = np.maximum(want.nk, 1.0)
+    assert_allclose(got.sx / nk[:, None], want.sx / nk[:, None], rtol=0, atol=2e-6)
+    if got.sxx.ndim == 3:
+        assert_allclose(got.sxx / nk[:, None, None], want.sxx / nk[:, None, None], atol=1e-5)
+    else:
+        assert_allclose(got.sxx / nk.sum(), want.sxx / nk.sum(), atol=1e-5)
+    assert abs(got.log_lik - want.log_lik) <= 2e-6 * got.n  # nats per row
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6], ids=["at-origin", "translated-1e6"])
+@pytest.mark.parametrize("distance", [5.0, 50.0, 300.0])
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_float32_statistics_keep_their_precision_far_from_the_centre(
+    covariance_type: str, distance: float, offset: float
+) -> None:
+    # float32 full/tied run both GEMMs in float32 on features about each row's nearest mean:
+    # against float64 on the same float32 values, every statistic keeps float32's precision
+    # relative to the component's own spread, whatever the distance of the components from
+    # the data's centre or the origin (docs/design.md, "Numerics"). Features about one
+    # shared centre lost ~6e-8 (distance / σ)² nats per row: 4e-4 at 50 σ.
+    X, params = _far_mixture(covariance_type, distance, offset)
+    got = mixture_estep_chunk(RowBlock(X, 0), params, covariance_type)
+    want = mixture_estep_reference(RowBlock(X.astype(np.float64), 0), params, covariance_type)
+    _assert_float32_precision(got, want, params.n_components)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_float32_statistics_do_not_depend_on_the_blocks(covariance_type: str) -> None:
+    # Every block groups its own rows by nearest mean and sums in float64; only the
+    # float32 sums within a sub-block depend on which rows share it.
+    X, params = _far_mixture(covariance_type, 50.0, 1e6)
+    whole = mixture_estep_chunk(RowBlock(X, 0), params, covariance_type)
+    parts = [
+        mixture_estep_chunk(RowBlock(X[a:b], a), params, covariance_type)
+        for a, b in ((0, 1000), (1000, 1001), (1001, 4500), (4500, len(X)))
+    ]
+    total = parts[0] + parts[1] + parts[2] + parts[3]
+    _assert_float32_precision(total, whole, params.n_components)
