@@ -253,8 +253,9 @@ def fused_estep(
     quadratic features (:mod:`emdist.kernels.quadratic`): the log-densities, then the
     moments under the responsibilities; the features and the log-sum-exp between them are
     compiled (:mod:`emdist.kernels.fused_estep`) and nothing of size ``(n, K)`` is written
-    beyond the sub-block. float32 data runs the ``full``/``tied`` log-density GEMM in
-    float32; the moments are float64 GEMMs on exact float64 features whatever the dtype.
+    beyond the sub-block. float32 data with ``full``/``tied`` runs in float32, each row's
+    features about its nearest mean (:func:`_estep_float32_by_nearest_mean`); every other
+    dtype and type in float64, as here.
     The numpy reference is :func:`emdist.kernels.mixture_reference.mixture_estep_reference`.
 
     Parameters

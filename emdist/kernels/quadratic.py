@@ -21,9 +21,10 @@ Numerics: the moments about ``c`` are moved to the shift ``μ_k`` exactly in alg
 ``eps · (|μ_k - c| / σ_k)²`` relative to the covariance of component ``k``, ``σ_k`` its
 spread. ``c`` is the mean of the means, so data far from the origin costs nothing (the
 rows and means are differenced from ``c`` first, in float64): components 300 of their own
-standard deviations from ``c`` keep ~1e-9 in float64, 5 of them ~1e-12. The features and
-the moments are float64 whatever the data's dtype (products of float32 values are exact in
-float64); only the log-density GEMM of ``full``/``tied`` float32 data runs in float32.
+standard deviations from ``c`` keep ~1e-9 in float64, 5 of them ~1e-12. float32 data
+(``full``/``tied``) takes its features about each row's nearest mean instead
+(:meth:`QuadraticMaps.about`, :meth:`QuadraticMaps.moments_about_centres`), where float32
+loses nothing to the distance between the components.
 """
 
 from __future__ import annotations
