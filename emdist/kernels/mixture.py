@@ -346,7 +346,7 @@ def _estep_float32_by_nearest_mean(
     centre32 = maps.centre.astype(np.float32)
     directions = np.ascontiguousarray(-2.0 * (maps.shift - centre32).T, dtype=np.float32)
     offsets = np.einsum("ki,ki->k", maps.shift - centre32, maps.shift - centre32)
-    step = min(n, _ASSIGN_ROWS)
+    step = max(1, min(n, _ASSIGN_ROWS))
     diff = np.empty((step, d), dtype=np.float32)
     scores = np.empty((step, K), dtype=np.float32)
     for start in range(0, n, step):
