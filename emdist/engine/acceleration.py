@@ -60,6 +60,7 @@ __all__ = [
     "AcceleratedFamily",
     "AcceleratedSchedule",
     "accelerated",
+    "anderson_step",
     "squarem_step",
 ]
 
@@ -68,7 +69,7 @@ S = TypeVar("S")
 
 #: The accelerations an estimator's ``acceleration`` parameter accepts (``None``: plain EM;
 #: ``"auto"``, the default: ``"squarem"`` with ``updates='batch'``, plain EM with incremental).
-ACCELERATIONS = ("auto", "squarem", "overrelax")
+ACCELERATIONS = ("auto", "squarem", "overrelax", "daarem")
 
 #: What ``acceleration="auto"`` means with batch EM: SQUAREM measured fewer passes and less
 #: time than plain EM on every mixture of ``benchmarks/bench_acceleration.py``, with a bound
@@ -80,6 +81,13 @@ _RELAX_GROWTH = 1.2
 
 # Growth (and shrink) factor of the largest step length (SQUAREM's ``mstep``).
 _STEP_FACTOR = 4.0
+
+# DAAREM: the window of EM steps Anderson mixing uses (it restarts when full), and the
+# damping schedule: the coefficients' squared norm is ``δ = 1 / (1 + A^(κ - s))`` of the
+# undamped least squares', ``s`` the count of accepted proposals.
+_WINDOW = 5
+_DAMP_BASE = 1.2
+_DAMP_KAPPA = 25.0
 
 
 class AcceleratedFamily(ModelFamily[P, S], Protocol):
@@ -130,6 +138,57 @@ def squarem_step(x0: Any, x1: Any, x2: Any, step_max: float) -> tuple[Any, float
     return x0 + 2.0 * alpha * r + alpha * alpha * v, alpha
 
 
+def anderson_step(
+    x: Any, f: Any, dx: Any, df: Any, shrink: float
+) -> Any:
+    """Damped Anderson mixing's proposal (DAAREM, Henderson & Varadhan 2019).
+
+    ``x`` is the current iterate, ``f = M(x) - x`` its EM step; the rows of ``dx`` and
+    ``df`` are the differences of consecutive iterates and of their EM steps (the window).
+    The coefficients ``γ`` minimise ``||f - dfᵀ γ||² + λ ||γ||²`` with ``λ`` such that
+    ``||γ||² = δ ||γ₀||²`` (``γ₀`` the least-squares ones, ``δ = 1 / (1 + A^(κ - shrink))``);
+    the proposal is ``x + f - (dx + df)ᵀ γ`` (``γ = 0``: ``M(x)``, plain EM).
+    """
+    u, d, vt = np.linalg.svd(np.asarray(df).T, full_matrices=False)
+    keep = d > d[0] * 1e-12 if d.size and d[0] > 0 else np.zeros(d.size, dtype=bool)
+    if not keep.any():
+        return x + f
+    u, d, vt = u[:, keep], d[keep], vt[keep]
+    uf = u.T @ f
+    squared = float(np.sum((uf / d) ** 2))
+    delta = 1.0 / (1.0 + _DAMP_BASE ** (_DAMP_KAPPA - shrink))
+    target = delta * squared
+    lam = _ridge_for_norm(uf, d, target) if target > 0 else 0.0
+    gamma = vt.T @ (d * uf / (d * d + lam))
+    return x + f - (np.asarray(dx) + np.asarray(df)).T @ gamma
+
+
+def _ridge_for_norm(uf: Any, d: Any, target: float) -> float:
+    """The ridge ``λ >= 0`` whose coefficients' squared norm is ``target`` (bisection in log λ).
+
+    ``||γ(λ)||² = Σ (d uf / (d² + λ))²`` falls from ``||γ₀||²`` at ``λ = 0`` to zero; a
+    fixed bracket and step count keep it deterministic (resume repeats it bit for bit).
+    """
+    num = (d * uf) ** 2
+    d2 = d * d
+
+    def norm2(lam: float) -> float:
+        return float(np.sum(num / (d2 + lam) ** 2))
+
+    hi = math.sqrt(float(np.sum(num)) / target)  # norm2(hi) <= target
+    lo = hi * 1e-30
+    if norm2(lo) <= target:
+        return 0.0
+    log_lo, log_hi = math.log(lo), math.log(hi)
+    for _ in range(100):
+        mid = 0.5 * (log_lo + log_hi)
+        if norm2(math.exp(mid)) > target:
+            log_lo = mid
+        else:
+            log_hi = mid
+    return math.exp(0.5 * (log_lo + log_hi))
+
+
 @dataclass
 class _Squarem:
     """What one accelerated restart keeps between passes."""
@@ -144,6 +203,10 @@ class _Squarem:
     step_max: float = _STEP_FACTOR
     #: Step length of the pending proposal.
     alpha: float = 1.0
+    #: DAAREM's window: differences of consecutive accepted points (rows) and of their EM
+    #: steps, in :meth:`AcceleratedFamily.to_vector`'s layout (``None``: empty).
+    dx: Any = None
+    df: Any = None
 
 
 @dataclass(frozen=True)
@@ -170,10 +233,10 @@ class AcceleratedSchedule:
         """Itself: nothing depends on the data."""
         return self
 
-    @staticmethod
-    def _state(run: Run[Any, Any]) -> _Squarem:
+    def _state(self, run: Run[Any, Any]) -> _Squarem:
         if run.carry is None:
-            run.carry = _Squarem()
+            # DAAREM's ``step_max`` slot counts accepted proposals (its damping), from 0.
+            run.carry = _Squarem(step_max=0.0 if self.method == "daarem" else _STEP_FACTOR)
         state: _Squarem = run.carry
         return state
 
@@ -189,12 +252,17 @@ class AcceleratedSchedule:
             }
             base = {k.removeprefix("base/"): v for k, v in carry.items() if k.startswith("base/")}
             params_type: Any = type(run.params)
+            dx, df = carry.get("window/dx"), carry.get("window/df")
+            if (dx is None) != (df is None):
+                raise KeyError("window/dx" if dx is None else "window/df")
             run.carry = _Squarem(
                 point=params_type(**point),
                 em_step=bool(flags[0]),
                 base=params_type(**base),
                 step_max=float(flags[1]),
                 alpha=float(flags[2]),
+                dx=None if dx is None else np.asarray(dx, dtype=np.float64),
+                df=None if df is None else np.asarray(df, dtype=np.float64),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CheckpointError(
@@ -230,10 +298,19 @@ class AcceleratedSchedule:
             else:
                 run.converged = family.converged(run.prev, bound, point, step, spec.tol)
                 run.history.append(bound)
-                self._after_em_pass(family, state, point, step)
+                if self.method == "daarem":
+                    self._after_iterate(family, state, run.params, point, step)
+                else:
+                    self._after_em_pass(family, state, point, step)
                 run.params, run.prev, run.stats = step, bound, stats
         elif bound >= accepted_bound:
-            if self.method == "overrelax":
+            if self.method == "daarem":
+                # An accepted Anderson proposal is the next iterate, tested as an EM one.
+                run.converged = family.converged(run.prev, bound, point, step, spec.tol)
+                run.history.append(bound)
+                state.step_max += 1.0
+                self._after_iterate(family, state, run.params, point, step)
+            elif self.method == "overrelax":
                 # Every accepted pass is a (relaxed) EM iteration: tested as one.
                 run.converged = family.converged(run.prev, bound, point, step, spec.tol)
                 run.history.append(bound)
@@ -249,6 +326,8 @@ class AcceleratedSchedule:
             # Rejected: the EM step of the accepted point (the restart's parameters) next.
             if self.method == "overrelax":
                 state.step_max = 1.0
+            elif self.method == "daarem":
+                pass  # the damping holds (the next iterate is the EM step, no proposal)
             else:
                 state.step_max = max(1.0, state.step_max / _STEP_FACTOR)
             run.history.append(accepted_bound)
@@ -269,6 +348,42 @@ class AcceleratedSchedule:
             iteration % checkpoint.every == 0 or run.converged or iteration == spec.max_iter
         )
         return it, commit
+
+    def _after_iterate(
+        self,
+        family: AcceleratedFamily[Any, Any],
+        state: _Squarem,
+        base_step: Any,
+        point: Any,
+        step: Any,
+    ) -> None:
+        """DAAREM: plan the pass after the new iterate ``point`` (``step`` its EM step).
+
+        The window gains the differences from the previous iterate ``state.base`` (whose
+        EM step is ``base_step``); the next point is the Anderson proposal from the window,
+        or the EM step when the window is empty (the first pass) or the proposal has no
+        valid parameters near it. A full window restarts empty after its proposal.
+        """
+        x = family.to_vector(point)
+        f = family.to_vector(step) - x
+        if state.base is not None:
+            x_old = family.to_vector(state.base)
+            f_old = family.to_vector(base_step) - x_old
+            rows = ((x - x_old)[None, :], (f - f_old)[None, :])
+            if state.dx is None:
+                state.dx, state.df = rows
+            else:
+                state.dx = np.concatenate([state.dx, rows[0]])
+                state.df = np.concatenate([state.df, rows[1]])
+        state.base, state.point, state.em_step = point, step, True
+        if state.dx is None:
+            return
+        proposal = anderson_step(x, f, state.dx, state.df, state.step_max)
+        if state.dx.shape[0] >= _WINDOW:
+            state.dx = state.df = None
+        projected = family.from_vector(proposal, step)
+        if projected is not None:
+            state.point, state.em_step = projected, False
 
     def _after_em_pass(
         self, family: AcceleratedFamily[Any, Any], state: _Squarem, point: Any, step: Any
@@ -313,6 +428,8 @@ class AcceleratedSchedule:
             )
             carry.update({f"point/{k}": v for k, v in param_arrays(state.point).items()})
             carry.update({f"base/{k}": v for k, v in param_arrays(state.base).items()})
+            if state.dx is not None:
+                carry["window/dx"], carry["window/df"] = state.dx, state.df
         return RestartState(
             run.restart,
             param_arrays(run.params),
