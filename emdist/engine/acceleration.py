@@ -88,6 +88,7 @@ _STEP_FACTOR = 4.0
 _WINDOW = 5
 _DAMP_BASE = 1.2
 _DAMP_KAPPA = 25.0
+_DAMP_REJECT = 1.0
 
 
 class AcceleratedFamily(ModelFamily[P, S], Protocol):
@@ -327,7 +328,9 @@ class AcceleratedSchedule:
             if self.method == "overrelax":
                 state.step_max = 1.0
             elif self.method == "daarem":
-                pass  # the damping holds (the next iterate is the EM step, no proposal)
+                # A rejection costs a pass here (no tolerance for a lower bound, unlike
+                # the paper's): damp the next proposals harder.
+                state.step_max -= _DAMP_REJECT
             else:
                 state.step_max = max(1.0, state.step_max / _STEP_FACTOR)
             run.history.append(accepted_bound)
