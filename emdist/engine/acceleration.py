@@ -69,7 +69,7 @@ S = TypeVar("S")
 
 #: The accelerations an estimator's ``acceleration`` parameter accepts (``None``: plain EM;
 #: ``"auto"``, the default: ``"squarem"`` with ``updates='batch'``, plain EM with incremental).
-ACCELERATIONS = ("auto", "squarem", "overrelax", "daarem")
+ACCELERATIONS = ("auto", "squarem", "overrelax", "daarem", "secant")
 
 #: What ``acceleration="auto"`` means with batch EM: SQUAREM measured fewer passes and less
 #: time than plain EM on every mixture of ``benchmarks/bench_acceleration.py``, with a bound
@@ -299,13 +299,21 @@ class AcceleratedSchedule:
             else:
                 run.converged = family.converged(run.prev, bound, point, step, spec.tol)
                 run.history.append(bound)
-                if self.method == "daarem":
+                if self.method == "secant":
+                    self._after_secant(family, state, run.params, point, step)
+                elif self.method == "daarem":
                     self._after_iterate(family, state, run.params, point, step)
                 else:
                     self._after_em_pass(family, state, point, step)
                 run.params, run.prev, run.stats = step, bound, stats
         elif bound >= accepted_bound:
-            if self.method == "daarem":
+            if self.method == "secant":
+                run.converged = family.converged(run.prev, bound, point, step, spec.tol)
+                run.history.append(bound)
+                if state.alpha >= state.step_max:
+                    state.step_max *= _STEP_FACTOR
+                self._after_secant(family, state, run.params, point, step)
+            elif self.method == "daarem":
                 # An accepted Anderson proposal is the next iterate, tested as an EM one.
                 run.converged = family.converged(run.prev, bound, point, step, spec.tol)
                 run.history.append(bound)
@@ -351,6 +359,40 @@ class AcceleratedSchedule:
             iteration % checkpoint.every == 0 or run.converged or iteration == spec.max_iter
         )
         return it, commit
+
+    def _after_secant(
+        self,
+        family: AcceleratedFamily[Any, Any],
+        state: _Squarem,
+        base_step: Any,
+        point: Any,
+        step: Any,
+    ) -> None:
+        """Secant: the next point ``x + α r`` (``r`` the EM step of ``x = point``).
+
+        ``α = ||s|| / ||y||`` (SQUAREM's S3 length) from the last two accepted points:
+        ``s`` the move between them, ``y`` the change of their EM steps; clipped to
+        ``[1, step_max]`` as SQUAREM's. In EM's linear phase (rate ``λ``) it is
+        ``1 / (1 - λ)``, the jump to the fixed point along the slowest direction.
+        """
+        base = state.base
+        state.base, state.point, state.em_step = point, step, True
+        if base is None:
+            return
+        x, m = family.to_vector(point), family.to_vector(step)
+        x_old = family.to_vector(base)
+        s = x - x_old
+        y = (m - x) - (family.to_vector(base_step) - x_old)
+        norm_y = float(np.linalg.norm(y))
+        alpha = float(np.linalg.norm(s)) / norm_y if norm_y > 0 else math.inf
+        alpha = min(max(alpha, 1.0), state.step_max)
+        if alpha <= 1.0:
+            if state.step_max <= 1.0:
+                state.step_max *= _STEP_FACTOR
+            return
+        projected = family.from_vector(x + alpha * (m - x), step)
+        if projected is not None:
+            state.point, state.em_step, state.alpha = projected, False, alpha
 
     def _after_iterate(
         self,
