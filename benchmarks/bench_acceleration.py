@@ -102,7 +102,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--gap", type=float, default=1e-4)
     parser.add_argument("--tol", type=float, default=1e-9)
-    parser.add_argument("--methods", nargs="+", default=["squarem", "overrelax", "daarem", "secant"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["squarem", "overrelax", "daarem", "secant"]
+    )
     parser.add_argument(
         "--cases", nargs="+", default=[_label(c) for c in CASES], help="e.g. 'diag K=6 16x8d'"
     )

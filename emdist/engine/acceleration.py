@@ -10,9 +10,21 @@ estimators' ``acceleration`` parameter:
   ``θ' = θ0 + 2 α r + α² v`` (``α = 1`` gives ``θ2``, plain EM). ``step_max`` starts at
   4, grows 4x when an accepted proposal reached it, and a rejection divides it by 4 (not
   below 1; the next EM pass then allows 4 again).
+- ``"secant"``: SQUAREM's step length, proposed after every accepted pass rather than
+  every other one: ``θ' = θ + α (M(θ) - θ)`` with ``α = ||s|| / ||y||``, ``s`` the move
+  from the previous accepted point to ``θ`` and ``y`` the change of their EM steps (a
+  secant estimate of ``1 / (1 - λ)``, ``λ`` EM's rate along the slowest direction), clipped
+  to ``[1, step_max]`` as SQUAREM's.
 - ``"overrelax"``: adaptive over-relaxation (Salakhutdinov & Roweis 2003):
   ``θ' = θ + η (M(θ) - θ)``, ``η`` grown 1.2x after every accepted pass, back to 1 (a
   plain EM step) after a rejection.
+- ``"daarem"``: damped Anderson acceleration (Henderson & Varadhan 2019): over a window
+  of the last (up to 5) accepted points ``x_i`` and their EM steps ``f_i = M(x_i) - x_i``,
+  ``θ' = x + f - (ΔX + ΔF) γ`` with ``γ`` the ridge solution of ``min ||f - ΔF γ||``
+  whose squared norm is ``δ = 1 / (1 + 1.2^(25 - s))`` of the least-squares one (``s``
+  counts accepted proposals, less one per rejection: a rejection costs a pass here,
+  where the paper tolerates a small drop of the bound); the window restarts empty when
+  full.
 
 ``"auto"``, the estimators' default, is SQUAREM with batch EM and leaves incremental EM
 plain (:func:`accelerated`); ``None`` is plain EM, scikit-learn's iterations.
@@ -22,22 +34,22 @@ statistics give both the point's bound and its EM step. A proposal is accepted w
 bound is at least the accepted one; else the next pass evaluates the EM step of the
 accepted point (known from the pass that evaluated it), so a rejection costs exactly its
 one pass. SQUAREM alternates an *EM pass* at ``θ1 = M(θ0)`` (whose EM step ``θ2`` gives
-the extrapolation) and a *proposal pass*; over-relaxation proposes after every accepted
-pass. Proposals are made in the family's vector space and projected back onto the
-parameter space (:meth:`AcceleratedFamily.from_vector`).
+the extrapolation) and a *proposal pass*; the secant step, over-relaxation and DAAREM
+propose after every accepted pass. Proposals are made in the family's vector space and
+projected back onto the parameter space (:meth:`AcceleratedFamily.from_vector`).
 
 - **Bound history**: one entry per pass, the accepted bound (a rejected pass repeats it),
   so it never decreases and its length counts the passes.
 - **Convergence**: the family's test on the change of the bound from one accepted point
   to the next — for SQUAREM only on EM passes (an accepted point to its EM step), as
-  batch EM tests it.
+  batch EM tests it; for the others on every accepted pass.
 - **Result**: the restart's parameters are the EM step of its last accepted point (as
   batch EM's: the parameters after the last M-step); its bound is that point's, the best
   evaluated.
 
 Restarts run side by side and K sweeps share passes as batch EM's do; the checkpoint's
-``carry`` holds the next point, the accepted point and the step state, so a resumed fit
-repeats the uninterrupted one bit for bit.
+``carry`` holds the next point, the accepted point and the step state (DAAREM: its window
+too, two float64 arrays), so a resumed fit repeats the uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -109,8 +121,8 @@ class AcceleratedFamily(ModelFamily[P, S], Protocol):
 def accelerated(schedule: Schedule, acceleration: str | None, updates: str) -> Schedule:
     """An estimator's schedule with its ``acceleration`` (batch EM only; else one-line error).
 
-    ``"auto"`` is SQUAREM for batch EM and leaves any other schedule (incremental EM) as it
-    is; an explicit ``"squarem"`` or ``"overrelax"`` with another schedule is an error.
+    ``"auto"`` is :data:`AUTO_ACCELERATION` for batch EM and leaves any other schedule
+    (incremental EM) as it is; an explicit method with another schedule is an error.
     """
     if acceleration is None:
         return schedule
@@ -139,9 +151,7 @@ def squarem_step(x0: Any, x1: Any, x2: Any, step_max: float) -> tuple[Any, float
     return x0 + 2.0 * alpha * r + alpha * alpha * v, alpha
 
 
-def anderson_step(
-    x: Any, f: Any, dx: Any, df: Any, shrink: float
-) -> Any:
+def anderson_step(x: Any, f: Any, dx: Any, df: Any, shrink: float) -> Any:
     """Damped Anderson mixing's proposal (DAAREM, Henderson & Varadhan 2019).
 
     ``x`` is the current iterate, ``f = M(x) - x`` its EM step; the rows of ``dx`` and
@@ -200,7 +210,8 @@ class _Squarem:
     em_step: bool = True
     #: The last accepted point (``None`` before the first pass).
     base: Any = None
-    #: SQUAREM: the largest step length allowed; over-relaxation: the factor ``η``.
+    #: SQUAREM, secant: the largest step length allowed; over-relaxation: the factor ``η``;
+    #: DAAREM: the damping count ``s``.
     step_max: float = _STEP_FACTOR
     #: Step length of the pending proposal.
     alpha: float = 1.0
@@ -212,7 +223,7 @@ class _Squarem:
 
 @dataclass(frozen=True)
 class AcceleratedSchedule:
-    """Batch EM accelerated by SQUAREM or over-relaxation, as a schedule of the EM driver.
+    """Batch EM accelerated by extrapolation along EM steps, as a schedule of the EM driver.
 
     Restarts run side by side (one pass serves every running restart and the fits of a K
     sweep); each pass evaluates one point per restart. ``max_iter`` counts passes. The
@@ -220,7 +231,7 @@ class AcceleratedSchedule:
 
     Attributes
     ----------
-    method : {'squarem', 'overrelax'}
+    method : {'squarem', 'secant', 'overrelax', 'daarem'}
     """
 
     method: str = "squarem"

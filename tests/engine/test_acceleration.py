@@ -1,4 +1,6 @@
-"""Accelerated EM (``acceleration='squarem'`` / ``'overrelax'`` / ``'daarem'``): the engine's promises.
+"""Accelerated EM (``acceleration='squarem'``, ``'secant'``, ``'overrelax'``, ``'daarem'``).
+
+The engine's promises.
 
 GaussianMixture throughout, BayesianGaussianMixture for the bound, optimum and resume.
 
@@ -41,10 +43,10 @@ from emdist.kernels.mixture_vector import (
 )
 from tests.conftest import COVARIANCE_TYPES, overlapping_data
 
-METHODS = ("squarem", "overrelax", "daarem")
+METHODS = ("squarem", "secant", "overrelax", "daarem")
 # The extrapolations that take 0.6x plain EM's passes or fewer on the tests' mixtures; DAAREM
 # takes fewer than plain on the diag one, not that few (benchmarks/README.md).
-EXTRAPOLATIONS = ("squarem", "overrelax")
+EXTRAPOLATIONS = ("squarem", "secant", "overrelax")
 
 
 @functools.cache
@@ -317,6 +319,8 @@ def _uninterrupted_fit(method: str) -> dict[str, np.ndarray]:
         ("squarem", (1, 8)),
         ("squarem", (1, 9)),
         ("overrelax", (1, 6)),
+        ("secant", (0, 3)),
+        ("secant", (1, 8)),
         # DAAREM: a full window (restarted empty), a part-full one, and the first proposal.
         ("daarem", (0, 3)),
         ("daarem", (1, 7)),
@@ -437,9 +441,7 @@ def test_variational_daarem_bound_never_decreases_and_reaches_plain_optimum(
 
 @pytest.mark.filterwarnings("ignore::emdist.ConvergenceWarning")
 @pytest.mark.parametrize("method", ["squarem", "daarem"])
-def test_killed_accelerated_variational_fit_resumes_bit_for_bit(
-    method: str, tmp_path: Any
-) -> None:
+def test_killed_accelerated_variational_fit_resumes_bit_for_bit(method: str, tmp_path: Any) -> None:
     make = functools.partial(
         _bgmm, covariance_type="diag", n_init=2, tol=0.0, max_iter=12, acceleration=method
     )
@@ -465,7 +467,7 @@ def test_killed_accelerated_variational_fit_resumes_bit_for_bit(
 def test_a_k_sweep_of_accelerated_fits_shares_passes_and_equals_fits_alone() -> None:
     X = da.from_array(_data(), chunks=(100, 3))
     make = functools.partial(_gmm, tol=1e-6, max_iter=50, n_init=2)
-    members = ((2, "squarem"), (3, "overrelax"), (4, "daarem"))
+    members = ((2, "squarem"), (3, "overrelax"), (4, "daarem"), (3, "secant"))
     sweep = [make(n_components=k, acceleration=m) for k, m in members]
     sweep.append(_bgmm(n_components=4, acceleration="squarem", max_iter=50))
     sweep.append(_bgmm(n_components=3, acceleration="daarem", max_iter=50))
