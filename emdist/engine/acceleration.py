@@ -26,8 +26,9 @@ estimators' ``acceleration`` parameter:
   where the paper tolerates a small drop of the bound); the window restarts empty when
   full.
 
-``"auto"``, the estimators' default, is SQUAREM with batch EM and leaves incremental EM
-plain (:func:`accelerated`); ``None`` is plain EM, scikit-learn's iterations.
+``"auto"``, the estimators' default, is the secant step with batch EM and leaves
+incremental EM plain (:func:`accelerated`); ``None`` is plain EM, scikit-learn's
+iterations.
 
 Out of core what counts is passes, not iterations, so every pass evaluates one point: its
 statistics give both the point's bound and its EM step. A proposal is accepted when its
@@ -80,13 +81,15 @@ P = TypeVar("P")
 S = TypeVar("S")
 
 #: The accelerations an estimator's ``acceleration`` parameter accepts (``None``: plain EM;
-#: ``"auto"``, the default: ``"squarem"`` with ``updates='batch'``, plain EM with incremental).
-ACCELERATIONS = ("auto", "squarem", "overrelax", "daarem", "secant")
+#: ``"auto"``, the default: :data:`AUTO_ACCELERATION` with ``updates='batch'``, plain EM
+#: with incremental).
+ACCELERATIONS = ("auto", "secant", "squarem", "overrelax", "daarem")
 
-#: What ``acceleration="auto"`` means with batch EM: SQUAREM measured fewer passes and less
-#: time than plain EM on every mixture of ``benchmarks/bench_acceleration.py``, with a bound
-#: never worse (benchmarks/README.md).
-AUTO_ACCELERATION = "squarem"
+#: What ``acceleration="auto"`` means with batch EM: the secant step took the fewest passes
+#: to within 1e-4 per sample of the best bound on 6 of the 7 overlapping mixtures of
+#: ``benchmarks/bench_acceleration.py`` (0.29-0.73x plain EM's; SQUAREM 0.44-0.71x), with a
+#: bound never worse (benchmarks/README.md).
+AUTO_ACCELERATION = "secant"
 
 # Growth of the over-relaxation factor after an accepted step.
 _RELAX_GROWTH = 1.2
