@@ -87,7 +87,7 @@ ACCELERATIONS = ("auto", "secant", "squarem", "overrelax", "daarem")
 
 #: What ``acceleration="auto"`` means with batch EM: the secant step took the fewest passes
 #: to within 1e-4 per sample of the best bound on 6 of the 7 overlapping mixtures of
-#: ``benchmarks/bench_acceleration.py`` (0.29-0.73x plain EM's; SQUAREM 0.44-0.71x), with a
+#: ``benchmarks/bench_acceleration.py`` (0.29-0.71x plain EM's; SQUAREM 0.44-0.71x), with a
 #: bound never worse (benchmarks/README.md).
 AUTO_ACCELERATION = "secant"
 
