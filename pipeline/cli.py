@@ -454,10 +454,10 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option(
     "--acceleration",
-    type=click.Choice(["auto", "squarem", "overrelax", "none"]),
+    type=click.Choice(["auto", "secant", "squarem", "overrelax", "daarem", "none"]),
     default="auto",
     show_default=True,
-    help="Accelerated EM of the mixtures (--updates batch); auto: squarem with --updates "
+    help="Accelerated EM of the mixtures (--updates batch); auto: secant with --updates "
     "batch, plain EM with incremental; none: plain EM.",
 )
 @click.option(

@@ -180,10 +180,10 @@ class ModelConfig(_Strict):
     )
     n_shards: Int = Field(8, gt=0, description="shards of updates='incremental'")
     # The mixtures' own default; K-means has no such parameter and ignores it.
-    acceleration: Literal["auto", "squarem", "overrelax", "none"] = Field(
+    acceleration: Literal["auto", "secant", "squarem", "overrelax", "daarem", "none"] = Field(
         "auto",
         description="accelerated EM of the mixtures with updates='batch' (README, "
-        "'Accelerated EM'); 'auto': squarem with updates='batch', plain EM with "
+        "'Accelerated EM'); 'auto': secant with updates='batch', plain EM with "
         "'incremental'; 'none': plain EM, scikit-learn's iterations",
     )
     # The mixtures' own default; K-means refuses 'marginalize' (checked below).

@@ -10,34 +10,47 @@ estimators' ``acceleration`` parameter:
   ``θ' = θ0 + 2 α r + α² v`` (``α = 1`` gives ``θ2``, plain EM). ``step_max`` starts at
   4, grows 4x when an accepted proposal reached it, and a rejection divides it by 4 (not
   below 1; the next EM pass then allows 4 again).
+- ``"secant"``: SQUAREM's step length, proposed after every accepted pass rather than
+  every other one: ``θ' = θ + α (M(θ) - θ)`` with ``α = ||s|| / ||y||``, ``s`` the move
+  from the previous accepted point to ``θ`` and ``y`` the change of their EM steps (a
+  secant estimate of ``1 / (1 - λ)``, ``λ`` EM's rate along the slowest direction), clipped
+  to ``[1, step_max]`` as SQUAREM's.
 - ``"overrelax"``: adaptive over-relaxation (Salakhutdinov & Roweis 2003):
   ``θ' = θ + η (M(θ) - θ)``, ``η`` grown 1.2x after every accepted pass, back to 1 (a
   plain EM step) after a rejection.
+- ``"daarem"``: damped Anderson acceleration (Henderson & Varadhan 2019): over a window
+  of the last (up to 5) accepted points ``x_i`` and their EM steps ``f_i = M(x_i) - x_i``,
+  ``θ' = x + f - (ΔX + ΔF) γ`` with ``γ`` the ridge solution of ``min ||f - ΔF γ||``
+  whose squared norm is ``δ = 1 / (1 + 1.2^(25 - s))`` of the least-squares one (``s``
+  counts accepted proposals, less one per rejection: a rejection costs a pass here,
+  where the paper tolerates a small drop of the bound); the window restarts empty when
+  full.
 
-``"auto"``, the estimators' default, is SQUAREM with batch EM and leaves incremental EM
-plain (:func:`accelerated`); ``None`` is plain EM, scikit-learn's iterations.
+``"auto"``, the estimators' default, is the secant step with batch EM and leaves
+incremental EM plain (:func:`accelerated`); ``None`` is plain EM, scikit-learn's
+iterations.
 
 Out of core what counts is passes, not iterations, so every pass evaluates one point: its
 statistics give both the point's bound and its EM step. A proposal is accepted when its
 bound is at least the accepted one; else the next pass evaluates the EM step of the
 accepted point (known from the pass that evaluated it), so a rejection costs exactly its
 one pass. SQUAREM alternates an *EM pass* at ``θ1 = M(θ0)`` (whose EM step ``θ2`` gives
-the extrapolation) and a *proposal pass*; over-relaxation proposes after every accepted
-pass. Proposals are made in the family's vector space and projected back onto the
-parameter space (:meth:`AcceleratedFamily.from_vector`).
+the extrapolation) and a *proposal pass*; the secant step, over-relaxation and DAAREM
+propose after every accepted pass. Proposals are made in the family's vector space and
+projected back onto the parameter space (:meth:`AcceleratedFamily.from_vector`).
 
 - **Bound history**: one entry per pass, the accepted bound (a rejected pass repeats it),
   so it never decreases and its length counts the passes.
 - **Convergence**: the family's test on the change of the bound from one accepted point
   to the next — for SQUAREM only on EM passes (an accepted point to its EM step), as
-  batch EM tests it.
+  batch EM tests it; for the others on every accepted pass.
 - **Result**: the restart's parameters are the EM step of its last accepted point (as
   batch EM's: the parameters after the last M-step); its bound is that point's, the best
   evaluated.
 
 Restarts run side by side and K sweeps share passes as batch EM's do; the checkpoint's
-``carry`` holds the next point, the accepted point and the step state, so a resumed fit
-repeats the uninterrupted one bit for bit.
+``carry`` holds the next point, the accepted point and the step state (DAAREM: its window
+too, two float64 arrays), so a resumed fit repeats the uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -60,6 +73,7 @@ __all__ = [
     "AcceleratedFamily",
     "AcceleratedSchedule",
     "accelerated",
+    "anderson_step",
     "squarem_step",
 ]
 
@@ -67,19 +81,29 @@ P = TypeVar("P")
 S = TypeVar("S")
 
 #: The accelerations an estimator's ``acceleration`` parameter accepts (``None``: plain EM;
-#: ``"auto"``, the default: ``"squarem"`` with ``updates='batch'``, plain EM with incremental).
-ACCELERATIONS = ("auto", "squarem", "overrelax")
+#: ``"auto"``, the default: :data:`AUTO_ACCELERATION` with ``updates='batch'``, plain EM
+#: with incremental).
+ACCELERATIONS = ("auto", "secant", "squarem", "overrelax", "daarem")
 
-#: What ``acceleration="auto"`` means with batch EM: SQUAREM measured fewer passes and less
-#: time than plain EM on every mixture of ``benchmarks/bench_acceleration.py``, with a bound
-#: never worse (benchmarks/README.md).
-AUTO_ACCELERATION = "squarem"
+#: What ``acceleration="auto"`` means with batch EM: the secant step took the fewest passes
+#: to within 1e-4 per sample of the best bound on 6 of the 7 overlapping mixtures of
+#: ``benchmarks/bench_acceleration.py`` (0.29-0.71x plain EM's; SQUAREM 0.44-0.71x), with a
+#: bound never worse (benchmarks/README.md).
+AUTO_ACCELERATION = "secant"
 
 # Growth of the over-relaxation factor after an accepted step.
 _RELAX_GROWTH = 1.2
 
 # Growth (and shrink) factor of the largest step length (SQUAREM's ``mstep``).
 _STEP_FACTOR = 4.0
+
+# DAAREM: the window of EM steps Anderson mixing uses (it restarts when full), and the
+# damping schedule: the coefficients' squared norm is ``δ = 1 / (1 + A^(κ - s))`` of the
+# undamped least squares', ``s`` the count of accepted proposals.
+_WINDOW = 5
+_DAMP_BASE = 1.2
+_DAMP_KAPPA = 25.0
+_DAMP_REJECT = 1.0
 
 
 class AcceleratedFamily(ModelFamily[P, S], Protocol):
@@ -100,8 +124,8 @@ class AcceleratedFamily(ModelFamily[P, S], Protocol):
 def accelerated(schedule: Schedule, acceleration: str | None, updates: str) -> Schedule:
     """An estimator's schedule with its ``acceleration`` (batch EM only; else one-line error).
 
-    ``"auto"`` is SQUAREM for batch EM and leaves any other schedule (incremental EM) as it
-    is; an explicit ``"squarem"`` or ``"overrelax"`` with another schedule is an error.
+    ``"auto"`` is :data:`AUTO_ACCELERATION` for batch EM and leaves any other schedule
+    (incremental EM) as it is; an explicit method with another schedule is an error.
     """
     if acceleration is None:
         return schedule
@@ -130,6 +154,55 @@ def squarem_step(x0: Any, x1: Any, x2: Any, step_max: float) -> tuple[Any, float
     return x0 + 2.0 * alpha * r + alpha * alpha * v, alpha
 
 
+def anderson_step(x: Any, f: Any, dx: Any, df: Any, shrink: float) -> Any:
+    """Damped Anderson mixing's proposal (DAAREM, Henderson & Varadhan 2019).
+
+    ``x`` is the current iterate, ``f = M(x) - x`` its EM step; the rows of ``dx`` and
+    ``df`` are the differences of consecutive iterates and of their EM steps (the window).
+    The coefficients ``γ`` minimise ``||f - dfᵀ γ||² + λ ||γ||²`` with ``λ`` such that
+    ``||γ||² = δ ||γ₀||²`` (``γ₀`` the least-squares ones, ``δ = 1 / (1 + A^(κ - shrink))``);
+    the proposal is ``x + f - (dx + df)ᵀ γ`` (``γ = 0``: ``M(x)``, plain EM).
+    """
+    u, d, vt = np.linalg.svd(np.asarray(df).T, full_matrices=False)
+    keep = d > d[0] * 1e-12 if d.size and d[0] > 0 else np.zeros(d.size, dtype=bool)
+    if not keep.any():
+        return x + f
+    u, d, vt = u[:, keep], d[keep], vt[keep]
+    uf = u.T @ f
+    squared = float(np.sum((uf / d) ** 2))
+    delta = 1.0 / (1.0 + _DAMP_BASE ** (_DAMP_KAPPA - shrink))
+    target = delta * squared
+    lam = _ridge_for_norm(uf, d, target) if target > 0 else 0.0
+    gamma = vt.T @ (d * uf / (d * d + lam))
+    return x + f - (np.asarray(dx) + np.asarray(df)).T @ gamma
+
+
+def _ridge_for_norm(uf: Any, d: Any, target: float) -> float:
+    """The ridge ``λ >= 0`` whose coefficients' squared norm is ``target`` (bisection in log λ).
+
+    ``||γ(λ)||² = Σ (d uf / (d² + λ))²`` falls from ``||γ₀||²`` at ``λ = 0`` to zero; a
+    fixed bracket and step count keep it deterministic (resume repeats it bit for bit).
+    """
+    num = (d * uf) ** 2
+    d2 = d * d
+
+    def norm2(lam: float) -> float:
+        return float(np.sum(num / (d2 + lam) ** 2))
+
+    hi = math.sqrt(float(np.sum(num)) / target)  # norm2(hi) <= target
+    lo = hi * 1e-30
+    if norm2(lo) <= target:
+        return 0.0
+    log_lo, log_hi = math.log(lo), math.log(hi)
+    for _ in range(100):
+        mid = 0.5 * (log_lo + log_hi)
+        if norm2(math.exp(mid)) > target:
+            log_lo = mid
+        else:
+            log_hi = mid
+    return math.exp(0.5 * (log_lo + log_hi))
+
+
 @dataclass
 class _Squarem:
     """What one accelerated restart keeps between passes."""
@@ -140,15 +213,20 @@ class _Squarem:
     em_step: bool = True
     #: The last accepted point (``None`` before the first pass).
     base: Any = None
-    #: SQUAREM: the largest step length allowed; over-relaxation: the factor ``η``.
+    #: SQUAREM, secant: the largest step length allowed; over-relaxation: the factor ``η``;
+    #: DAAREM: the damping count ``s``.
     step_max: float = _STEP_FACTOR
     #: Step length of the pending proposal.
     alpha: float = 1.0
+    #: DAAREM's window: differences of consecutive accepted points (rows) and of their EM
+    #: steps, in :meth:`AcceleratedFamily.to_vector`'s layout (``None``: empty).
+    dx: Any = None
+    df: Any = None
 
 
 @dataclass(frozen=True)
 class AcceleratedSchedule:
-    """Batch EM accelerated by SQUAREM or over-relaxation, as a schedule of the EM driver.
+    """Batch EM accelerated by extrapolation along EM steps, as a schedule of the EM driver.
 
     Restarts run side by side (one pass serves every running restart and the fits of a K
     sweep); each pass evaluates one point per restart. ``max_iter`` counts passes. The
@@ -156,7 +234,7 @@ class AcceleratedSchedule:
 
     Attributes
     ----------
-    method : {'squarem', 'overrelax'}
+    method : {'squarem', 'secant', 'overrelax', 'daarem'}
     """
 
     method: str = "squarem"
@@ -170,10 +248,10 @@ class AcceleratedSchedule:
         """Itself: nothing depends on the data."""
         return self
 
-    @staticmethod
-    def _state(run: Run[Any, Any]) -> _Squarem:
+    def _state(self, run: Run[Any, Any]) -> _Squarem:
         if run.carry is None:
-            run.carry = _Squarem()
+            # DAAREM's ``step_max`` slot counts accepted proposals (its damping), from 0.
+            run.carry = _Squarem(step_max=0.0 if self.method == "daarem" else _STEP_FACTOR)
         state: _Squarem = run.carry
         return state
 
@@ -189,12 +267,17 @@ class AcceleratedSchedule:
             }
             base = {k.removeprefix("base/"): v for k, v in carry.items() if k.startswith("base/")}
             params_type: Any = type(run.params)
+            dx, df = carry.get("window/dx"), carry.get("window/df")
+            if (dx is None) != (df is None):
+                raise KeyError("window/dx" if dx is None else "window/df")
             run.carry = _Squarem(
                 point=params_type(**point),
                 em_step=bool(flags[0]),
                 base=params_type(**base),
                 step_max=float(flags[1]),
                 alpha=float(flags[2]),
+                dx=None if dx is None else np.asarray(dx, dtype=np.float64),
+                df=None if df is None else np.asarray(df, dtype=np.float64),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CheckpointError(
@@ -230,10 +313,27 @@ class AcceleratedSchedule:
             else:
                 run.converged = family.converged(run.prev, bound, point, step, spec.tol)
                 run.history.append(bound)
-                self._after_em_pass(family, state, point, step)
+                if self.method == "secant":
+                    self._after_secant(family, state, run.params, point, step)
+                elif self.method == "daarem":
+                    self._after_iterate(family, state, run.params, point, step)
+                else:
+                    self._after_em_pass(family, state, point, step)
                 run.params, run.prev, run.stats = step, bound, stats
         elif bound >= accepted_bound:
-            if self.method == "overrelax":
+            if self.method == "secant":
+                run.converged = family.converged(run.prev, bound, point, step, spec.tol)
+                run.history.append(bound)
+                if state.alpha >= state.step_max:
+                    state.step_max *= _STEP_FACTOR
+                self._after_secant(family, state, run.params, point, step)
+            elif self.method == "daarem":
+                # An accepted Anderson proposal is the next iterate, tested as an EM one.
+                run.converged = family.converged(run.prev, bound, point, step, spec.tol)
+                run.history.append(bound)
+                state.step_max += 1.0
+                self._after_iterate(family, state, run.params, point, step)
+            elif self.method == "overrelax":
                 # Every accepted pass is a (relaxed) EM iteration: tested as one.
                 run.converged = family.converged(run.prev, bound, point, step, spec.tol)
                 run.history.append(bound)
@@ -249,6 +349,10 @@ class AcceleratedSchedule:
             # Rejected: the EM step of the accepted point (the restart's parameters) next.
             if self.method == "overrelax":
                 state.step_max = 1.0
+            elif self.method == "daarem":
+                # A rejection costs a pass here (no tolerance for a lower bound, unlike
+                # the paper's): damp the next proposals harder.
+                state.step_max -= _DAMP_REJECT
             else:
                 state.step_max = max(1.0, state.step_max / _STEP_FACTOR)
             run.history.append(accepted_bound)
@@ -269,6 +373,76 @@ class AcceleratedSchedule:
             iteration % checkpoint.every == 0 or run.converged or iteration == spec.max_iter
         )
         return it, commit
+
+    def _after_secant(
+        self,
+        family: AcceleratedFamily[Any, Any],
+        state: _Squarem,
+        base_step: Any,
+        point: Any,
+        step: Any,
+    ) -> None:
+        """Secant: the next point ``x + α r`` (``r`` the EM step of ``x = point``).
+
+        ``α = ||s|| / ||y||`` (SQUAREM's S3 length) from the last two accepted points:
+        ``s`` the move between them, ``y`` the change of their EM steps; clipped to
+        ``[1, step_max]`` as SQUAREM's. In EM's linear phase (rate ``λ``) it is
+        ``1 / (1 - λ)``, the jump to the fixed point along the slowest direction.
+        """
+        base = state.base
+        state.base, state.point, state.em_step = point, step, True
+        if base is None:
+            return
+        x, m = family.to_vector(point), family.to_vector(step)
+        x_old = family.to_vector(base)
+        s = x - x_old
+        y = (m - x) - (family.to_vector(base_step) - x_old)
+        norm_y = float(np.linalg.norm(y))
+        alpha = float(np.linalg.norm(s)) / norm_y if norm_y > 0 else math.inf
+        alpha = min(max(alpha, 1.0), state.step_max)
+        if alpha <= 1.0:
+            if state.step_max <= 1.0:
+                state.step_max *= _STEP_FACTOR
+            return
+        projected = family.from_vector(x + alpha * (m - x), step)
+        if projected is not None:
+            state.point, state.em_step, state.alpha = projected, False, alpha
+
+    def _after_iterate(
+        self,
+        family: AcceleratedFamily[Any, Any],
+        state: _Squarem,
+        base_step: Any,
+        point: Any,
+        step: Any,
+    ) -> None:
+        """DAAREM: plan the pass after the new iterate ``point`` (``step`` its EM step).
+
+        The window gains the differences from the previous iterate ``state.base`` (whose
+        EM step is ``base_step``); the next point is the Anderson proposal from the window,
+        or the EM step when the window is empty (the first pass) or the proposal has no
+        valid parameters near it. A full window restarts empty after its proposal.
+        """
+        x = family.to_vector(point)
+        f = family.to_vector(step) - x
+        if state.base is not None:
+            x_old = family.to_vector(state.base)
+            f_old = family.to_vector(base_step) - x_old
+            rows = ((x - x_old)[None, :], (f - f_old)[None, :])
+            if state.dx is None:
+                state.dx, state.df = rows
+            else:
+                state.dx = np.concatenate([state.dx, rows[0]])
+                state.df = np.concatenate([state.df, rows[1]])
+        state.base, state.point, state.em_step = point, step, True
+        if state.dx is None:
+            return
+        proposal = anderson_step(x, f, state.dx, state.df, state.step_max)
+        if state.dx.shape[0] >= _WINDOW:
+            state.dx = state.df = None
+        projected = family.from_vector(proposal, step)
+        if projected is not None:
+            state.point, state.em_step = projected, False
 
     def _after_em_pass(
         self, family: AcceleratedFamily[Any, Any], state: _Squarem, point: Any, step: Any
@@ -313,6 +487,8 @@ class AcceleratedSchedule:
             )
             carry.update({f"point/{k}": v for k, v in param_arrays(state.point).items()})
             carry.update({f"base/{k}": v for k, v in param_arrays(state.base).items()})
+            if state.dx is not None:
+                carry["window/dx"], carry["window/df"] = state.dx, state.df
         return RestartState(
             run.restart,
             param_arrays(run.params),

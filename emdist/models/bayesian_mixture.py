@@ -590,12 +590,12 @@ default='dirichlet_process'
         Incremental: the posterior's global factors are updated after every shard
         (incremental variational Bayes).
     {{fit_hooks}}
-    acceleration : {'auto', 'squarem', 'overrelax'} or None, default='auto'
+    acceleration : {'auto', 'secant', 'squarem', 'overrelax', 'daarem'} or None, default='auto'
         Accelerated variational EM with ``updates='batch'`` (as
         :class:`~emdist.GaussianMixture`'s; the posterior is extrapolated with its positive
         parameters by their logarithms). ``n_iter_`` then counts passes, rejected
         proposals included, and ``lower_bounds_`` repeats the accepted bound on those.
-        ``'auto'``: ``'squarem'`` with ``updates='batch'``, plain EM with
+        ``'auto'``: ``'secant'`` with ``updates='batch'``, plain EM with
         ``updates='incremental'``. ``None``: plain variational EM, scikit-learn's
         iterations.
 

@@ -245,16 +245,19 @@ class GaussianMixture(BaseMixture):
         old batches faster (benchmarks/README.md, "partial_fit").
     {{updates}}
     {{fit_hooks}}
-    acceleration : {'auto', 'squarem', 'overrelax'} or None, default='auto'
+    acceleration : {'auto', 'secant', 'squarem', 'overrelax', 'daarem'} or None, default='auto'
         Accelerated EM with ``updates='batch'`` (:mod:`emdist.engine.acceleration`): every
         pass evaluates one point, an EM iterate or an extrapolation along EM steps
-        (``'squarem'``: squared extrapolation, ``'overrelax'``: adaptive over-relaxation),
-        projected onto the parameter space; a proposal whose bound would drop is rejected
-        and the next pass takes the plain EM step, so the bound history never decreases.
-        ``'auto'``: ``'squarem'`` with ``updates='batch'`` (fewer passes than plain EM on
-        every measured mixture), plain EM with ``updates='incremental'``. ``None``: plain
-        EM, scikit-learn's iterations. ``'squarem'`` or ``'overrelax'`` with
-        ``updates='incremental'`` is an error.
+        (``'secant'``: ``θ + α (M(θ) - θ)`` after every accepted pass, ``α`` a secant
+        estimate from the last two; ``'squarem'``: squared extrapolation along two EM
+        steps; ``'overrelax'``: adaptive over-relaxation; ``'daarem'``: damped Anderson
+        acceleration over a window of EM steps), projected onto the parameter space; a
+        proposal whose bound would drop is rejected and the next pass takes the plain EM
+        step, so the bound history never decreases. ``'auto'``: ``'secant'`` with
+        ``updates='batch'`` (the fewest passes on the measured mixtures,
+        benchmarks/README.md), plain EM with ``updates='incremental'``. ``None``: plain
+        EM, scikit-learn's iterations. An explicit method with ``updates='incremental'``
+        is an error.
     missing : {'error', 'marginalize'}, default='error'
         What a NaN in the data means. ``'error'``: refused (one line naming the row and
         column). ``'marginalize'``: a missing value. Each row is scored by every

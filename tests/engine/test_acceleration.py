@@ -1,4 +1,6 @@
-"""Accelerated EM (``acceleration='squarem'`` / ``'overrelax'``): the engine's promises.
+"""Accelerated EM (``acceleration='squarem'``, ``'secant'``, ``'overrelax'``, ``'daarem'``).
+
+The engine's promises.
 
 GaussianMixture throughout, BayesianGaussianMixture for the bound, optimum and resume.
 
@@ -6,6 +8,8 @@ GaussianMixture throughout, BayesianGaussianMixture for the bound, optimum and r
 - the bound history never decreases, for every covariance type, and the reported bound is
   the best evaluated one;
 - it converges to plain EM's optimum in fewer passes where plain EM needs 50+;
+- DAAREM's Anderson mixing: exact on a linear map, damped towards the EM step, its window
+  checkpointed as Zarr arrays;
 - numpy vs unevenly chunked Dask: the same fit;
 - a fit killed mid-way resumes from its checkpoint bit for bit;
 - restarts side by side equal the restarts run one by one, bit for bit;
@@ -22,9 +26,11 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import pytest
+import zarr
 from numpy.testing import assert_allclose, assert_array_equal
 
 import emdist
+from emdist.engine.acceleration import anderson_step
 from emdist.engine.data import compute_context
 from emdist.engine.em import run_restarts
 from emdist.exceptions import InvalidParameterError
@@ -37,7 +43,10 @@ from emdist.kernels.mixture_vector import (
 )
 from tests.conftest import COVARIANCE_TYPES, overlapping_data
 
-METHODS = ("squarem", "overrelax")
+METHODS = ("squarem", "secant", "overrelax", "daarem")
+# The extrapolations that take 0.6x plain EM's passes or fewer on the tests' mixtures; DAAREM
+# takes fewer than plain on the diag one, not that few (benchmarks/README.md).
+EXTRAPOLATIONS = ("squarem", "secant", "overrelax")
 
 
 @functools.cache
@@ -153,7 +162,7 @@ def test_bound_history_never_decreases(covariance_type: str, method: str) -> Non
     assert not np.array_equal(bounds, plain)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", EXTRAPOLATIONS)
 def test_converges_to_plain_optimum_in_fewer_passes(method: str) -> None:
     # diag, K=3 on the overlapping clusters: plain EM needs 60+ iterations at tol=1e-8.
     make = functools.partial(
@@ -177,15 +186,102 @@ def test_converges_to_plain_optimum_in_fewer_passes(method: str) -> None:
     assert_allclose(fast.weights_[fast_order], plain.weights_[order], atol=1e-3)
 
 
+def test_default_converges_to_plain_optimum_in_at_most_half_the_passes() -> None:
+    # The diag K=3 mixture above, the default acceleration (the secant step): 24 passes
+    # against plain EM's 67 at tol=1e-8, the benchmark's target ratio of 0.5 with room.
+    make = functools.partial(
+        emdist.GaussianMixture,
+        3,
+        covariance_type="diag",
+        init_params="k-means++",
+        tol=1e-8,
+        max_iter=500,
+        random_state=0,
+    )
+    plain = make(acceleration=None).fit(_data())
+    fast = make().fit(_data())
+    assert fast.acceleration == "auto" and plain.converged_ and fast.converged_
+    assert fast.n_iter_ <= 0.5 * plain.n_iter_, (fast.n_iter_, plain.n_iter_)
+    assert fast.lower_bound_ >= plain.lower_bound_ - 1e-9
+
+
+def test_daarem_converges_to_plain_optimum_in_fewer_passes() -> None:
+    # The diag K=3 mixture above: plain EM 67 passes at tol=1e-8, DAAREM 53 (a rejected
+    # proposal costs its pass; squarem 30).
+    make = functools.partial(
+        emdist.GaussianMixture,
+        3,
+        covariance_type="diag",
+        init_params="k-means++",
+        tol=1e-8,
+        max_iter=500,
+        random_state=0,
+    )
+    plain = make(acceleration=None).fit(_data())
+    fast = make(acceleration="daarem").fit(_data())
+    assert plain.converged_ and fast.converged_
+    assert fast.n_iter_ < plain.n_iter_, (fast.n_iter_, plain.n_iter_)
+    assert abs(fast.lower_bound_ - plain.lower_bound_) < 1e-6
+
+
+def test_anderson_step_is_exact_on_a_linear_map_and_damped_towards_the_em_step() -> None:
+    # For M(x) = A x + b, undamped Anderson mixing over p consecutive differences lands on
+    # the fixed point (it is GMRES); the damping shrinks the coefficients towards M(x).
+    rng = np.random.default_rng(0)
+    p = 4
+    A = rng.normal(size=(p, p)) * 0.3
+    b = rng.normal(size=p)
+    xs = [np.zeros(p)]
+    for _ in range(p):
+        xs.append(A @ xs[-1] + b)
+    fs = [A @ x + b - x for x in xs]
+    dx = np.diff(np.array(xs), axis=0)
+    df = np.diff(np.array(fs), axis=0)
+    fixed = np.linalg.solve(np.eye(p) - A, b)
+    undamped = anderson_step(xs[-1], fs[-1], dx, df, shrink=1000.0)
+    assert_allclose(undamped, fixed, atol=1e-12)
+    em = xs[-1] + fs[-1]
+    assert np.linalg.norm(em - fixed) > 1e-3
+    # shrink = 0: ||γ||² is 1 / (1 + 1.2^25) of the least squares' (~0.1 of its norm); the
+    # fewer accepted proposals (the lower shrink), the closer the proposal to the EM step.
+    dist = [
+        float(np.linalg.norm(anderson_step(xs[-1], fs[-1], dx, df, shrink=s) - em))
+        for s in (-20.0, 0.0, 10.0)
+    ]
+    assert 0 < dist[0] < dist[1] < dist[2] < float(np.linalg.norm(undamped - em))
+    assert dist[1] < 0.3 * float(np.linalg.norm(undamped - em))
+
+
 @pytest.mark.filterwarnings("ignore::emdist.ConvergenceWarning")
-def test_default_is_squarem_with_batch_and_plain_em_with_incremental() -> None:
+def test_daarem_window_is_checkpointed_as_zarr_arrays(tmp_path: Any) -> None:
+    ckpt = tmp_path / "ckpt"
+
+    def stop(state: emdist.IterationState) -> None:
+        if state.iteration == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _gmm(acceleration="daarem", checkpoint=str(ckpt), observer=stop).fit(_data())
+    arrays = {str(p.parent.relative_to(ckpt)) for p in ckpt.rglob("zarr.json")}
+    window = sorted(a for a in arrays if "/carry/window/" in a)
+    # Five passes: the start, its EM step, then three accepted points or rejections; the
+    # window holds a difference per accepted point after the first.
+    assert {w.rsplit("/", 1)[1] for w in window} == {"df", "dx"}, arrays
+    for name in window:
+        stored = zarr.open_array(str(ckpt / name), mode="r")
+        assert stored.dtype == np.float64 and stored.ndim == 2 and stored.shape[0] >= 1
+    assert not list(ckpt.rglob("*.pkl")) and not list(ckpt.rglob("*.pickle"))
+
+
+@pytest.mark.filterwarnings("ignore::emdist.ConvergenceWarning")
+def test_default_is_secant_with_batch_and_plain_em_with_incremental() -> None:
     # acceleration=None, plain EM, is what the scikit-learn oracle tests exercise.
     X = _data()
     kw: dict[str, Any] = {"init_params": "k-means++", "tol": 0.0, "random_state": 0}
     default = emdist.GaussianMixture(4, max_iter=10, **kw)
     assert default.acceleration == "auto"
     got = _fitted(default.fit(X))
-    _assert_bitwise(got, _fitted(_gmm(max_iter=10).fit(X)))
+    _assert_bitwise(got, _fitted(_gmm(max_iter=10, acceleration="secant").fit(X)))
     plain = _fitted(_gmm(acceleration=None, max_iter=10).fit(X))
     assert not np.array_equal(got["lower_bounds_"], plain["lower_bounds_"])
     # Incremental EM: 'auto' leaves it plain (no error), as acceleration=None.
@@ -237,7 +333,18 @@ def _uninterrupted_fit(method: str) -> dict[str, np.ndarray]:
 @pytest.mark.filterwarnings("ignore::emdist.ConvergenceWarning")
 @pytest.mark.parametrize(
     ("method", "stop_at"),
-    [("squarem", (0, 3)), ("squarem", (1, 8)), ("squarem", (1, 9)), ("overrelax", (1, 6))],
+    [
+        ("squarem", (0, 3)),
+        ("squarem", (1, 8)),
+        ("squarem", (1, 9)),
+        ("overrelax", (1, 6)),
+        ("secant", (0, 3)),
+        ("secant", (1, 8)),
+        # DAAREM: a full window (restarted empty), a part-full one, and the first proposal.
+        ("daarem", (0, 3)),
+        ("daarem", (1, 7)),
+        ("daarem", (1, 11)),
+    ],
 )
 def test_killed_accelerated_fit_resumes_bit_for_bit(
     method: str, stop_at: tuple[int, int], tmp_path: Any
@@ -321,7 +428,7 @@ def _bgmm(**kw: Any) -> emdist.BayesianGaussianMixture:
     return emdist.BayesianGaussianMixture(**{**base, **kw})
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", EXTRAPOLATIONS)
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_variational_bound_never_decreases_and_reaches_plain_optimum(
     covariance_type: str, method: str
@@ -336,10 +443,26 @@ def test_variational_bound_never_decreases_and_reaches_plain_optimum(
     assert fast.lower_bound_ > plain.lower_bound_ - 1e-6
 
 
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_variational_daarem_bound_never_decreases_and_reaches_plain_optimum(
+    covariance_type: str,
+) -> None:
+    # Not faster than plain EM on every type here (full: 49 passes against 29).
+    plain = _bgmm(covariance_type=covariance_type, acceleration=None).fit(_data())
+    fast = _bgmm(covariance_type=covariance_type, acceleration="daarem").fit(_data())
+    bounds = np.asarray(fast.lower_bounds_)
+    assert fast.converged_ and len(bounds) == fast.n_iter_
+    assert np.all(np.diff(bounds) >= 0), np.diff(bounds).min()
+    assert fast.lower_bound_ == bounds.max()
+    assert not np.array_equal(bounds, np.asarray(plain.lower_bounds_))
+    assert fast.lower_bound_ > plain.lower_bound_ - 1e-6
+
+
 @pytest.mark.filterwarnings("ignore::emdist.ConvergenceWarning")
-def test_killed_accelerated_variational_fit_resumes_bit_for_bit(tmp_path: Any) -> None:
+@pytest.mark.parametrize("method", ["squarem", "daarem"])
+def test_killed_accelerated_variational_fit_resumes_bit_for_bit(method: str, tmp_path: Any) -> None:
     make = functools.partial(
-        _bgmm, covariance_type="diag", n_init=2, tol=0.0, max_iter=12, acceleration="squarem"
+        _bgmm, covariance_type="diag", n_init=2, tol=0.0, max_iter=12, acceleration=method
     )
     X = da.from_array(_data(), chunks=(100, 3))
     reference = make().fit(X)
@@ -363,13 +486,13 @@ def test_killed_accelerated_variational_fit_resumes_bit_for_bit(tmp_path: Any) -
 def test_a_k_sweep_of_accelerated_fits_shares_passes_and_equals_fits_alone() -> None:
     X = da.from_array(_data(), chunks=(100, 3))
     make = functools.partial(_gmm, tol=1e-6, max_iter=50, n_init=2)
-    sweep = [make(n_components=k, acceleration=m) for k, m in ((2, "squarem"), (3, "overrelax"))]
+    members = ((2, "squarem"), (3, "overrelax"), (4, "daarem"), (3, "secant"))
+    sweep = [make(n_components=k, acceleration=m) for k, m in members]
     sweep.append(_bgmm(n_components=4, acceleration="squarem", max_iter=50))
+    sweep.append(_bgmm(n_components=3, acceleration="daarem", max_iter=50))
     emdist.fit_shared(sweep, X)
-    alone = [
-        make(n_components=2, acceleration="squarem"),
-        make(n_components=3, acceleration="overrelax"),
-    ]
+    alone = [make(n_components=k, acceleration=m) for k, m in members]
     alone.append(_bgmm(n_components=4, acceleration="squarem", max_iter=50))
+    alone.append(_bgmm(n_components=3, acceleration="daarem", max_iter=50))
     for shared, single in zip(sweep, alone, strict=True):
         _assert_bitwise(_fitted(shared), _fitted(single.fit(X)))  # type: ignore[arg-type]
