@@ -510,11 +510,7 @@ def mixture_estep_missing_chunk(
         np.log(params.weights),
     )
     if complete.any():
-        part = RowBlock(
-            np.asarray(block.x)[complete],
-            block.row_offset,
-            None if w is None else np.asarray(w)[complete],
-        )
+        part = block.select(complete)
         stats = mixture_estep_chunk(part, params, covariance_type) + stats
     return stats
 

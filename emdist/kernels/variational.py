@@ -349,11 +349,7 @@ def variational_estep_missing_chunk(
     stats = VariationalStats(moments, r_log_r - entropy)
     complete = ~mask.any(axis=1)
     if complete.any():
-        part = RowBlock(
-            np.asarray(block.x)[complete],
-            block.row_offset,
-            None if w is None else np.asarray(w)[complete],
-        )
+        part = block.select(complete)
         stats = variational_estep_chunk(part, params, covariance_type) + stats
     return stats
 

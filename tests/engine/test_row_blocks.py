@@ -138,3 +138,21 @@ def test_in_memory_weights_add_no_task_per_block(chunk_rows: int) -> None:
     # for bit.
     aligned = Rows(x, {"weights": da.from_array(W, chunks=(x.chunks[0],))})
     assert np.array_equal(map_reduce(data.rows, probe_weights), map_reduce(aligned, probe_weights))
+
+
+def test_a_selection_carries_its_rows_per_row_inputs_and_global_indices() -> None:
+    block = RowBlock(X[40:70], 40, W[40:70], MASK[40:70])
+    keep = MASK[40:70].any(axis=1)
+    part = block.select(keep)
+    mine = np.flatnonzero(keep)
+    assert np.array_equal(part.x, X[40:70][mine])
+    assert part.weights is not None and np.array_equal(part.weights, W[40:70][mine])
+    assert part.mask is not None and np.array_equal(part.mask, MASK[40:70][mine])
+    assert not part.contiguous and block.contiguous
+    assert np.array_equal(part.global_index, 40 + mine)
+    assert np.array_equal(block.global_index, np.arange(40, 70))
+    # Rows of a selection keep their global indices; a selection by index is the same.
+    assert np.array_equal(part.rows(1, 3).global_index, 40 + mine[1:3])
+    again = block.select(mine)
+    assert np.array_equal(again.x, part.x) and np.array_equal(again.global_index, 40 + mine)
+    assert RowBlock(X[40:70], 40, None).select(keep).weights is None
