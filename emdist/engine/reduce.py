@@ -56,9 +56,9 @@ class Rows:
         (``weights``, ``mask``): numpy when ``x`` is. For Dask ``x`` each is either
         *aligned*, a Dask array with ``x``'s row chunks (block ``i`` of the input holds the
         rows of block ``i`` of ``x``: out-of-core inputs, read block by block), or *whole*,
-        held in one block (numpy, or a Dask array of one row-block) over the rows of the
-        data ``x`` was cut from, in which a block's rows start at the block's global row
-        offset. A whole input rides in each block's task (one key per pass, sliced there:
+        held in one block (numpy, or a Dask array of one row-block) over the rows of ``x``
+        or of the data ``x``'s blocks were taken from (a shard's), in which a block's rows
+        start at its place in ``x``, or at its global row offset. A whole input rides in each block's task (one key per pass, sliced there:
         no task of its own per block); :func:`emdist.engine.data.align_per_row` chooses.
         Each block's slice reaches the kernels in the block's ``RowBlock``.
     """
@@ -147,23 +147,25 @@ def _block_stats(
     names: tuple[str, ...],
     flat: tuple[bool, ...],
     wholes: tuple[str, ...],
+    rows_here: int,
     block_id: tuple[int, ...],
 ) -> Any:
-    # ``parts``: the blocks of the per-row inputs (``names``; ``flat``: one value per row,
-    # carried as an (n, 1) column), the kernel, the blocks' row offsets, then the kernel's
-    # arguments.
-    # Then the kernel, the blocks' row offsets, the whole per-row inputs (``wholes``: their
-    # names; each block's rows sliced from its global row offset, a view), then the
-    # kernel's arguments.
+    # ``parts``: the blocks of the aligned per-row inputs (``names``; ``flat``: one value
+    # per row, carried as an (n, 1) column), the kernel, the blocks' global and local row
+    # offsets (``rows_here``: the pass's rows), the whole per-row inputs (``wholes``: their
+    # names; each block's rows sliced from them, a view), then the kernel's arguments.
     n = len(names)
     per_row = {
         name: part[:, 0] if one else part
         for name, one, part in zip(names, flat, parts[:n], strict=True)
     }
-    chunk_fn, offsets, *rest = parts[n:]
+    chunk_fn, (offsets, local), *rest = parts[n:]
     start = offsets[block_id[0]]
     for name, value in zip(wholes, rest[: len(wholes)], strict=True):
-        per_row[name] = value[start : start + x.shape[0]]
+        # A whole input of the pass's own rows is cut at the block's place among them;
+        # one of the data the pass's blocks were taken from (a shard's), at its global row.
+        at = local[block_id[0]] if value.shape[0] == rows_here else start
+        per_row[name] = value[at : at + x.shape[0]]
     args = rest[len(wholes) :]
     block = RowBlock(x, start, **per_row)
     return single_blas_task(chunk_fn, block, *args)
@@ -232,12 +234,13 @@ def build_reduction(
         x,
         *columns,
         chunk_fn,
-        _shared(f"emdist-offsets-{token}", starts),
+        _shared(f"emdist-offsets-{token}", (starts, row_offsets(x))),
         *(_one_block(w) for w in whole_inputs),
         *shared,
         names=names,
         flat=flat,
         wholes=wholes,
+        rows_here=int(x.shape[0]),
         name=f"emdist-stats-{token}",
         meta=np.empty((0, 0), dtype=object),
         # Two dimensions like the data's blocks: dropping the column axis would make Dask
@@ -296,7 +299,8 @@ def map_reduce(
         Extra arguments, shipped once per pass.
     offsets : sequence of int, optional
         Global index of the first row of every block of ``X`` (when ``X`` holds some of the
-        blocks of larger data: a shard); by default the blocks' own offsets.
+        blocks of larger data: a shard); by default the blocks' own offsets. A whole
+        per-row input of that larger data (:class:`Rows`) is cut there.
     split_every : int, default=8
         Fan-in of the reduction tree.
 

@@ -97,6 +97,11 @@ def test_shards_hand_every_block_its_global_offset_and_per_row_inputs(
         mine = np.concatenate([np.arange(starts[b], ends[b]) for b in idx])
         np.testing.assert_allclose(every[s], expected(mine), rtol=1e-12)
         np.testing.assert_allclose(shard_pass(rows, shards, s, probe), every[s], rtol=0)
+        # The shard's blocks with weights of their own rows alone: cut where each block
+        # stands among them, while the blocks keep their global offsets.
+        own = Rows(rows.x.blocks[list(idx)], {"weights": W[mine], "mask": MASK[mine]})
+        offsets = [starts[b] for b in idx]
+        np.testing.assert_allclose(map_reduce(own, probe, offsets=offsets), every[s], rtol=0)
     np.testing.assert_allclose(sum(every), expected(), rtol=1e-12)
 
 
