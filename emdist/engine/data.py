@@ -178,7 +178,8 @@ def align_per_row(
     dict of str to array
         numpy for numpy ``X``; else *whole* (:class:`~emdist.engine.reduce.Rows`: one
         block, carried into every block's task and sliced there, so a pass has no task
-        per block for it; persisted beside persisted ``X``) for in-memory inputs, and
+        per block for it; numpy, or a Dask array persisted on the workers when a
+        distributed client is active) for in-memory inputs, and
         *aligned*, rechunked to ``X``'s row chunks, for out-of-core ones (read block by
         block, each pass).
     """
@@ -191,9 +192,12 @@ def align_per_row(
             out[name] = np.asarray(arr)
         elif isinstance(arr, np.ndarray) or in_memory:
             held = np.asarray(arr.compute() if isinstance(arr, da.Array) else arr)
-            # A random key (``name=False``): hashing the values costs ~10 ms per 1M rows.
-            whole = da.from_array(held, chunks=held.shape, name=False)
-            out[name] = whole.persist() if active_client() is not None else whole
+            if active_client() is None:
+                out[name] = held  # carried in the pass's graph, in a key it has anyway
+            else:
+                # On the workers once, not in every pass's graph. A random key
+                # (``name=False``): hashing the values costs ~10 ms per 1M rows.
+                out[name] = da.from_array(held, chunks=held.shape, name=False).persist()
         else:
             out[name] = arr.rechunk({0: X.chunks[0], **{i: -1 for i in range(1, arr.ndim)}})
     return out

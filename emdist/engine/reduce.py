@@ -16,6 +16,7 @@ only keys of the same graph, which tuple tasks may.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias, TypeVar
@@ -101,13 +102,8 @@ def _is_whole(value: Data, x: da.Array) -> bool:
     return value.numblocks[0] == 1 and tuple(value.chunks[0]) != tuple(x.chunks[0])
 
 
-def _whole_block(value: Data) -> da.Array:
-    """A whole per-row input as a Dask array of one block, every axis in it."""
-    if isinstance(value, np.ndarray):
-        # ``name=False``: a random key, not a hash of the values (~10 ms per 1M float64,
-        # every pass); a fit makes its whole inputs once (align_per_row).
-        made: da.Array = da.from_array(value, chunks=value.shape, name=False)
-        return made
+def _whole_block(value: da.Array) -> da.Array:
+    """A whole Dask per-row input as one block, every axis in it."""
     one: da.Array = value.rechunk(value.shape) if value.npartitions != 1 else value
     return one
 
@@ -153,16 +149,18 @@ def _block_stats(
 ) -> Any:
     # ``parts``: the blocks of the aligned per-row inputs (``names``; ``flat``: one value
     # per row, carried as an (n, 1) column), the kernel, the blocks' global and local row
-    # offsets (``rows_here``: the pass's rows), the whole per-row inputs (``wholes``: their
-    # names; each block's rows sliced from them, a view), then the kernel's arguments.
+    # offsets (``rows_here``: the pass's rows) with the whole per-row inputs held in
+    # memory, the whole Dask ones (``wholes``: their names; each block's rows are sliced
+    # from a whole input, a view), then the kernel's arguments.
     n = len(names)
     per_row = {
         name: part[:, 0] if one else part
         for name, one, part in zip(names, flat, parts[:n], strict=True)
     }
-    chunk_fn, (offsets, local), *rest = parts[n:]
+    chunk_fn, (offsets, local, held), *rest = parts[n:]
     start = offsets[block_id[0]]
-    for name, value in zip(wholes, rest[: len(wholes)], strict=True):
+    whole = {**held, **dict(zip(wholes, rest[: len(wholes)], strict=True))}
+    for name, value in whole.items():
         # A whole input of the pass's own rows is cut at the block's place among them;
         # one of the data the pass's blocks were taken from (a shard's), at its global row.
         at = local[block_id[0]] if value.shape[0] == rows_here else start
@@ -207,10 +205,13 @@ def build_reduction(
         x = x.rechunk({1: -1})
     # Per-row inputs chunked like the rows, two-dimensional: map_blocks aligns blocks by
     # index, and a 1-D array would be aligned with the columns (so it travels as a column).
-    # Whole inputs ride in every block's task as one key each, sliced there.
-    wholes = tuple(sorted(k for k, v in rows.per_row.items() if _is_whole(v, x)))
-    whole_inputs = [_whole_block(rows.per_row[name]) for name in wholes]
-    names = tuple(sorted(k for k in rows.per_row if k not in wholes))
+    # Whole inputs ride in every block's task, sliced there: held in memory, in the key
+    # of the offsets (no key of their own); Dask ones (persisted), one key each.
+    whole = {k: v for k, v in rows.per_row.items() if _is_whole(v, x)}
+    held = {k: v for k, v in whole.items() if isinstance(v, np.ndarray)}
+    wholes = tuple(sorted(k for k in whole if k not in held))
+    whole_inputs = [_whole_block(da.asarray(whole[name])) for name in wholes]
+    names = tuple(sorted(k for k in rows.per_row if k not in whole))
     inputs = [da.asarray(rows.per_row[name]) for name in names]
     flat = tuple(a.ndim == 1 for a in inputs)
     columns = [
@@ -222,6 +223,9 @@ def build_reduction(
         x.name,
         [c.name for c in columns],
         [w.name for w in whole_inputs],
+        # Keys unique to this pass, not a hash of the held values (~10 ms per 1M float64):
+        # a key reused with other values could be answered from another pass's result.
+        uuid.uuid4().hex if held else None,
         chunk_fn,
         args,
         starts,
@@ -235,7 +239,7 @@ def build_reduction(
         x,
         *columns,
         chunk_fn,
-        _shared(f"emdist-offsets-{token}", (starts, row_offsets(x))),
+        _shared(f"emdist-offsets-{token}", (starts, row_offsets(x), held)),
         *(_one_block(w) for w in whole_inputs),
         *shared,
         names=names,

@@ -110,8 +110,8 @@ def test_fit_data_aligns_per_row_inputs_with_the_row_blocks() -> None:
     data = prepare_fit_data(
         x, n_clusters=2, seed=0, sample_size=20, what="n_clusters", per_row={"weights": W}
     )
-    # In-memory weights are held whole (one block, sliced inside each block's task).
-    assert data.per_row["weights"].numblocks == (1,)
+    # In-memory weights are held whole, in memory (sliced inside each block's task).
+    assert isinstance(data.per_row["weights"], np.ndarray)
     got = map_reduce(data.rows, lambda b: np.array([(b.weights * b.x[:, 0]).sum()]))
     np.testing.assert_allclose(got, [(W * X[:, 0]).sum()], rtol=1e-12)
     # Lazy weights of out-of-core data are read block by block, with the data's chunks.
@@ -131,14 +131,14 @@ def probe_weights(block: RowBlock) -> np.ndarray:
 
 @pytest.mark.parametrize("chunk_rows", [30, 7])
 def test_in_memory_weights_add_no_task_per_block(chunk_rows: int) -> None:
-    # What sample_weight costs a pass beyond its kernel is graph tasks: the weights of a
-    # fit on in-memory weights are one key per pass, not a slice (and reshape) per block.
+    # What sample_weight costs a pass beyond its kernel is graph tasks: in-memory weights
+    # of a fit ride in a key the pass has anyway, not in a slice (and reshape) per block.
     x = da.from_array(X, chunks=(chunk_rows, D))
     data = prepare_fit_data(
         x, n_clusters=2, seed=0, sample_size=20, what="n_clusters", per_row={"weights": W}
     )
     assert x.numblocks[0] >= 4
-    assert _tasks(data.rows) <= _tasks(Rows(x)) + 1
+    assert _tasks(data.rows) <= _tasks(Rows(x))
     # Whole or aligned, every block's kernel sees the same weights: the same sums, bit
     # for bit.
     aligned = Rows(x, {"weights": da.from_array(W, chunks=(x.chunks[0],))})
