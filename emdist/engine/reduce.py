@@ -60,7 +60,8 @@ class Rows:
         held in one block (numpy, or a Dask array of one row-block) over the rows of ``x``
         or of the data ``x``'s blocks were taken from (a shard's), in which a block's rows
         start at its place in ``x``, or at its global row offset. A whole input rides in
-        each block's task (one key per pass, sliced there: no task of its own per block);
+        each block's task and is sliced there: numpy in the key of the pass's row offsets
+        (no key of its own), a Dask one as one key per pass; no task per block.
         :func:`emdist.engine.data.align_per_row` chooses. Each block's slice reaches the
         kernels in the block's ``RowBlock``.
     """
