@@ -10,7 +10,10 @@ In one process, on the same 400k x 32 blobs (K = 16) written twice — uncompres
   ``KMeansFamily.estep_many`` (one walk over each block for all of them);
 * **pass, 8 restarts one kernel each**: the same shared pass with a family that has no
   ``estep_many`` (each restart's kernel walks the block on its own: what ran before);
-* **weighted pass**: the 1-restart pass with ``sample_weight`` (uncompressed store);
+* **weighted pass**: the 1-restart pass with ``sample_weight`` (uncompressed store), the
+  weights held as a fit holds in-memory weights (``align_per_row``: whole, sliced inside
+  each block's task), and as per-block Dask weights (a task per block: what a fit ran
+  before);
 * **fits**: ``KMeans(n_init=1)`` and ``KMeans(n_init=8)`` from the zstd store, k-means++
   starts, ``tol=0``, ``max_iter`` fixed (20 by default: every restart runs its whole
   budget, so the two differ in what a pass costs, not in the iterations a restart needs).
@@ -26,6 +29,7 @@ with the inertia from float64 differences for every row (the expansion switched 
     .venv/bin/python benchmarks/bench_kmeans_walk.py                    # ~5 min
     .venv/bin/python benchmarks/bench_kmeans_walk.py --repeats 3 --n-samples 100000
     .venv/bin/python benchmarks/bench_kmeans_walk.py --kernels
+    .venv/bin/python benchmarks/bench_kmeans_walk.py --weights --repeats 15   # weights only
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 
 import emdist  # noqa: E402
+from emdist.engine.data import align_per_row  # noqa: E402
 from emdist.engine.lockstep import shared_pass  # noqa: E402
 from emdist.engine.reduce import Rows, map_reduce  # noqa: E402
 from emdist.io import as_dask_array  # noqa: E402
@@ -93,6 +98,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="rounds of the passes")
     p.add_argument("--fit-repeats", type=int, default=3, help="rounds of the fits")
     p.add_argument("--kernels", action="store_true", help="the kernels alone, in memory")
+    p.add_argument(
+        "--weights",
+        action="store_true",
+        help="only the uncompressed store's floor, 1-restart pass and weighted passes",
+    )
     args = p.parse_args()
     n, d, K, R = args.n_samples, args.n_features, args.k, args.n_init
     print(_common.environment())
@@ -139,14 +149,25 @@ def main() -> None:
         contenders: dict[str, Callable[[], Any]] = {}
         for label, path in (("uncompressed", plain), ("zstd", packed)):
             for name, fn in passes(path).items():
+                if args.weights and (label == "zstd" or "restarts" in name):
+                    continue
                 contenders[f"{label}: {name}"] = fn
+        # As a fit holds in-memory weights of store data: made once, whole.
+        held = align_per_row(as_dask_array(plain), {"weights": weights})
 
         def weighted() -> Any:
+            X = as_dask_array(plain)
+            return map_reduce(Rows(X, held), family.estep_chunk, starts[0])
+
+        def weighted_per_block() -> Any:
             X = as_dask_array(plain)
             w = da.from_array(weights, chunks=(X.chunks[0],))
             return map_reduce(Rows(X, {"weights": w}), family.estep_chunk, starts[0])
 
         contenders["uncompressed: pass, 1 restart, weighted"] = weighted
+        contenders["uncompressed: pass, 1 restart, weighted per block (before)"] = (
+            weighted_per_block
+        )
         times, cpu = interleave(contenders, args.repeats)
         rows = []
         for label in ("uncompressed", "zstd"):
@@ -158,6 +179,9 @@ def main() -> None:
         print(f"\nOne pass, {n} x {d}, K={K}, chunks of {args.chunk_rows} rows:")
         header = ["pass", "wall s", "/ read floor", "CPU s", "/ read floor CPU"]
         print(_common.format_table(header, rows))
+        if args.weights:
+            print(f"\nload {load()} at the end")
+            return
 
         def fit(n_init: int) -> Callable[[], Any]:
             def run() -> Any:

@@ -553,6 +553,13 @@ def fit_command(**options: Any) -> None:
     is_flag=True,
     help="Also write each sample's log-likelihood (mixtures only).",
 )
+@click.option(
+    "--missing",
+    type=click.Choice(["error", "marginalize"]),
+    help="What NaN in DATA means: marginalize labels and scores a row with missing values "
+    "on its observed values (gmm, bayesian_gmm models); error refuses NaN.  [default: the "
+    "model's own, as `emdist fit --missing` fitted it]",
+)
 @_overwrite()
 @_scheduler
 def predict_command(
@@ -561,6 +568,7 @@ def predict_command(
     dest: Path,
     responsibilities: bool,
     log_likelihood: bool,
+    missing: str | None,
     overwrite: bool,
     scheduler: str | None,
 ) -> None:
@@ -572,6 +580,7 @@ def predict_command(
     DEST   the Zarr group to write: arrays labels, responsibilities, log_likelihood
     """  # noqa: D301 - Click's \b (no rewrap) must be a real backspace
     import emdist
+    from emdist.exceptions import InvalidParameterError
     from emdist.io import NotAModelError
     from pipeline.cluster import connect
 
@@ -579,6 +588,17 @@ def predict_command(
         fitted = emdist.load_model(model)
     except NotAModelError as exc:
         raise NotAModelError(f"{exc} (MODEL is the --out of `emdist fit`)") from None
+    if missing is not None:
+        if "missing" not in fitted.get_params():
+            # Only --missing marginalize asks something of the model: K-means refuses NaN.
+            if missing == "marginalize":
+                raise InvalidParameterError(
+                    f"--missing marginalize: MODEL is a {type(fitted).__name__}, which cannot "
+                    f"score rows with missing values; a gmm or bayesian_gmm model can"
+                )
+        else:
+            # Read at prediction only: a mixture fitted without NaN marginalizes as well.
+            fitted.set_params(missing=missing)
     with connect(scheduler):
         path = emdist.write_predictions(
             fitted,
@@ -690,6 +710,7 @@ _ARGUMENT_WORDS: dict[str, dict[str, str]] = {
         "missing": "--missing",
         "allow_missing": "--missing marginalize",
     },
+    "predict": {"source": "DATA", "missing": "--missing"},
 }
 _CONFIG_WORDS = {
     "source": "input.path",

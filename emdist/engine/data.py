@@ -24,6 +24,7 @@ __all__ = [
     "FitData",
     "ScanSpec",
     "active_client",
+    "align_per_row",
     "compute_context",
     "default_sample_size",
     "prepare_fit_data",
@@ -67,7 +68,7 @@ class FitData:
     in_memory : bool
         Whether the user passed in-memory data.
     per_row : mapping of str to array
-        Per-row inputs of the fit (``weights``...), chunked like ``X``
+        Per-row inputs of the fit (``weights``...), as :func:`align_per_row` holds them
         (:class:`~emdist.engine.reduce.Rows`).
     """
 
@@ -150,14 +151,38 @@ def prepare_fit_data(
     size = default_sample_size(n_clusters) if sample_size is None else int(sample_size)
     if size < n_clusters:
         raise InvalidParameterError(f"init_sample_size={size} must be >= {what}={n_clusters}")
-    aligned = _aligned(X_fit, per_row or {})
+    aligned = align_per_row(X_fit, per_row or {}, in_memory=in_memory)
     # The per-row inputs ride along the scan: the sample keeps its rows' weights.
     summary = scan_data(Rows(X_fit, aligned), seed, size, missing)
     return FitData(X_fit, summary, in_memory, aligned)
 
 
-def _aligned(X: Data, per_row: Mapping[str, Any]) -> dict[str, Data]:
-    """Every per-row input as ``X`` is held: numpy, or Dask with ``X``'s row chunks."""
+def align_per_row(
+    X: Data, per_row: Mapping[str, Any], *, in_memory: bool = True
+) -> dict[str, Data]:
+    """Every per-row input as the passes over ``X`` read it, decided once per fit.
+
+    Parameters
+    ----------
+    X : dask.array.Array or ndarray
+        The fit's data as its passes run over it.
+    per_row : mapping of str to array-like
+        Per-row inputs (numpy, Dask or Zarr-backed Dask arrays), one row each per row of
+        ``X``.
+    in_memory : bool, default=True
+        Whether the user's data is in memory: its per-row inputs are then made whole even
+        when given as Dask arrays (computed here, once).
+
+    Returns
+    -------
+    dict of str to array
+        numpy for numpy ``X``; else *whole* (:class:`~emdist.engine.reduce.Rows`: one
+        block, carried into every block's task and sliced there, so a pass has no task
+        per block for it; numpy, or a Dask array persisted on the workers when a
+        distributed client is active) for in-memory inputs, and
+        *aligned*, rechunked to ``X``'s row chunks, for out-of-core ones (read block by
+        block, each pass).
+    """
     out: dict[str, Data] = {}
     for name, value in per_row.items():
         arr: Data = value if isinstance(value, da.Array) else np.asarray(value)
@@ -165,9 +190,16 @@ def _aligned(X: Data, per_row: Mapping[str, Any]) -> dict[str, Data]:
             raise InvalidDataError(f"{name} has {arr.shape[0]} rows; X has {X.shape[0]}")
         if isinstance(X, np.ndarray):
             out[name] = np.asarray(arr)
+        elif isinstance(arr, np.ndarray) or in_memory:
+            held = np.asarray(arr.compute() if isinstance(arr, da.Array) else arr)
+            if active_client() is None:
+                out[name] = held  # carried in the pass's graph, in a key it has anyway
+            else:
+                # On the workers once, not in every pass's graph. A random key
+                # (``name=False``): hashing the values costs ~10 ms per 1M rows.
+                out[name] = da.from_array(held, chunks=held.shape, name=False).persist()
         else:
-            lazy = da.asarray(arr)
-            out[name] = lazy.rechunk({0: X.chunks[0], **{i: -1 for i in range(1, lazy.ndim)}})
+            out[name] = arr.rechunk({0: X.chunks[0], **{i: -1 for i in range(1, arr.ndim)}})
     return out
 
 

@@ -16,6 +16,7 @@ only keys of the same graph, which tuple tasks may.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias, TypeVar
@@ -53,8 +54,16 @@ class Rows:
     x : dask.array.Array or ndarray of shape (n_samples, n_features)
     per_row : mapping of str to array
         Per-row inputs by the name of their :class:`~emdist.kernels.rows.RowBlock` field
-        (``weights``, ``mask``): numpy when ``x`` is, else Dask arrays with ``x``'s row
-        chunks. Each block's slice reaches the kernels in the block's ``RowBlock``.
+        (``weights``, ``mask``): numpy when ``x`` is. For Dask ``x`` each is either
+        *aligned*, a Dask array with ``x``'s row chunks (block ``i`` of the input holds the
+        rows of block ``i`` of ``x``: out-of-core inputs, read block by block), or *whole*,
+        held in one block (numpy, or a Dask array of one row-block) over the rows of ``x``
+        or of the data ``x``'s blocks were taken from (a shard's), in which a block's rows
+        start at its place in ``x``, or at its global row offset. A whole input rides in
+        each block's task and is sliced there: numpy in the key of the pass's row offsets
+        (no key of its own), a Dask one as one key per pass; no task per block.
+        :func:`emdist.engine.data.align_per_row` chooses. Each block's slice reaches the
+        kernels in the block's ``RowBlock``.
     """
 
     x: Data
@@ -66,11 +75,18 @@ class Rows:
         return tuple(self.x.shape)
 
     def blocks(self, idx: Sequence[int]) -> Rows:
-        """The row-blocks ``idx`` of ``x`` and of every per-row input (Dask data only)."""
+        """The row-blocks ``idx`` of ``x`` and of every per-row input (Dask data only).
+
+        Whole per-row inputs stay whole (a block finds its rows by its global row offset,
+        which the caller passes on: :func:`emdist.engine.shards.shard_rows`).
+        """
         x = self.x
         assert isinstance(x, da.Array)
-        aligned = {k: _row_chunked(v, x.chunks[0]) for k, v in self.per_row.items()}
-        return Rows(x.blocks[list(idx)], {k: v.blocks[list(idx)] for k, v in aligned.items()})
+        per_row = {
+            k: v if _is_whole(v, x) else _row_chunked(v, x.chunks[0]).blocks[list(idx)]
+            for k, v in self.per_row.items()
+        }
+        return Rows(x.blocks[list(idx)], per_row)
 
 
 def _row_chunked(value: Data, row_chunks: tuple[int, ...]) -> da.Array:
@@ -78,6 +94,19 @@ def _row_chunked(value: Data, row_chunks: tuple[int, ...]) -> da.Array:
     arr = da.asarray(value)
     out: da.Array = arr.rechunk({0: row_chunks, **{i: -1 for i in range(1, arr.ndim)}})
     return out
+
+
+def _is_whole(value: Data, x: da.Array) -> bool:
+    """Whether a per-row input of Dask ``x`` is held whole (see :class:`Rows`)."""
+    if isinstance(value, np.ndarray):
+        return True
+    return value.numblocks[0] == 1 and tuple(value.chunks[0]) != tuple(x.chunks[0])
+
+
+def _whole_block(value: da.Array) -> da.Array:
+    """A whole Dask per-row input as one block, every axis in it."""
+    one: da.Array = value.rechunk(value.shape) if value.npartitions != 1 else value
+    return one
 
 
 #: What a pass runs over: data alone, or with its per-row inputs.
@@ -115,18 +144,30 @@ def _block_stats(
     *parts: Any,
     names: tuple[str, ...],
     flat: tuple[bool, ...],
+    wholes: tuple[str, ...],
+    rows_here: int,
     block_id: tuple[int, ...],
 ) -> Any:
-    # ``parts``: the blocks of the per-row inputs (``names``; ``flat``: one value per row,
-    # carried as an (n, 1) column), the kernel, the blocks' row offsets, then the kernel's
-    # arguments.
+    # ``parts``: the blocks of the aligned per-row inputs (``names``; ``flat``: one value
+    # per row, carried as an (n, 1) column), the kernel, the blocks' global and local row
+    # offsets (``rows_here``: the pass's rows) with the whole per-row inputs held in
+    # memory, the whole Dask ones (``wholes``: their names; each block's rows are sliced
+    # from a whole input, a view), then the kernel's arguments.
     n = len(names)
     per_row = {
         name: part[:, 0] if one else part
         for name, one, part in zip(names, flat, parts[:n], strict=True)
     }
-    chunk_fn, offsets, *args = parts[n:]
-    block = RowBlock(x, offsets[block_id[0]], **per_row)
+    chunk_fn, (offsets, local, held), *rest = parts[n:]
+    start = offsets[block_id[0]]
+    whole = {**held, **dict(zip(wholes, rest[: len(wholes)], strict=True))}
+    for name, value in whole.items():
+        # A whole input of the pass's own rows is cut at the block's place among them;
+        # one of the data the pass's blocks were taken from (a shard's), at its global row.
+        at = local[block_id[0]] if value.shape[0] == rows_here else start
+        per_row[name] = value[at : at + x.shape[0]]
+    args = rest[len(wholes) :]
+    block = RowBlock(x, start, **per_row)
     return single_blas_task(chunk_fn, block, *args)
 
 
@@ -165,7 +206,13 @@ def build_reduction(
         x = x.rechunk({1: -1})
     # Per-row inputs chunked like the rows, two-dimensional: map_blocks aligns blocks by
     # index, and a 1-D array would be aligned with the columns (so it travels as a column).
-    names = tuple(sorted(rows.per_row))
+    # Whole inputs ride in every block's task, sliced there: held in memory, in the key
+    # of the offsets (no key of their own); Dask ones (persisted), one key each.
+    whole = {k: v for k, v in rows.per_row.items() if _is_whole(v, x)}
+    held = {k: v for k, v in whole.items() if isinstance(v, np.ndarray)}
+    wholes = tuple(sorted(k for k in whole if k not in held))
+    whole_inputs = [_whole_block(da.asarray(whole[name])) for name in wholes]
+    names = tuple(sorted(k for k in rows.per_row if k not in whole))
     inputs = [da.asarray(rows.per_row[name]) for name in names]
     flat = tuple(a.ndim == 1 for a in inputs)
     columns = [
@@ -173,7 +220,18 @@ def build_reduction(
         for a, one in zip(inputs, flat, strict=True)
     ]
     starts = list(row_offsets(x) if offsets is None else offsets)
-    token = tokenize(x.name, [c.name for c in columns], chunk_fn, args, starts, split_every)
+    token = tokenize(
+        x.name,
+        [c.name for c in columns],
+        [w.name for w in whole_inputs],
+        # Keys unique to this pass, not a hash of the held values (~10 ms per 1M float64):
+        # a key reused with other values could be answered from another pass's result.
+        uuid.uuid4().hex if held else None,
+        chunk_fn,
+        args,
+        starts,
+        split_every,
+    )
     shared = [
         a if _is_scalar(a) else _shared(f"emdist-arg{i}-{token}", a) for i, a in enumerate(args)
     ]
@@ -182,10 +240,13 @@ def build_reduction(
         x,
         *columns,
         chunk_fn,
-        _shared(f"emdist-offsets-{token}", starts),
+        _shared(f"emdist-offsets-{token}", (starts, row_offsets(x), held)),
+        *(_one_block(w) for w in whole_inputs),
         *shared,
         names=names,
         flat=flat,
+        wholes=wholes,
+        rows_here=int(x.shape[0]),
         name=f"emdist-stats-{token}",
         meta=np.empty((0, 0), dtype=object),
         # Two dimensions like the data's blocks: dropping the column axis would make Dask
@@ -206,6 +267,14 @@ def build_reduction(
     name = f"emdist-pass-{token}"
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[stats])
     return Delayed(keys[0], graph, layer=name)
+
+
+def _one_block(a: da.Array) -> Delayed:
+    # The key of a one-block array, as an argument every block's task receives whole.
+    key = (a.name,) + (0,) * a.ndim
+    graph = a.__dask_graph__()
+    layer = a.name if a.name in getattr(graph, "layers", {}) else None
+    return Delayed(key, graph, layer=layer)
 
 
 def _is_scalar(a: Any) -> bool:
@@ -236,7 +305,8 @@ def map_reduce(
         Extra arguments, shipped once per pass.
     offsets : sequence of int, optional
         Global index of the first row of every block of ``X`` (when ``X`` holds some of the
-        blocks of larger data: a shard); by default the blocks' own offsets.
+        blocks of larger data: a shard); by default the blocks' own offsets. A whole
+        per-row input of that larger data (:class:`Rows`) is cut there.
     split_every : int, default=8
         Fan-in of the reduction tree.
 

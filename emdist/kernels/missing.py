@@ -22,8 +22,8 @@ component and batched products over its rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol, TypeVar
 
 import numpy as np
 import scipy.linalg
@@ -42,7 +42,9 @@ from emdist.kernels.rows import RowBlock
 __all__ = [
     "MISSING",
     "check_missing_rows",
+    "estep_with_missing",
     "incomplete_stats",
+    "log_prob_with_missing",
     "marginal_log_prob",
     "missing_mask",
     "mixture_estep_missing_chunk",
@@ -494,28 +496,48 @@ def mixture_estep_missing_chunk(
     InvalidDataError
         A row with every value missing, or an infinite value (naming the row).
     """
+
+    def incomplete(mask: AnyArray) -> MixtureStats:
+        stats, _, _ = incomplete_stats(
+            block.x,
+            mask,
+            block.weights,
+            params.means,
+            params.covariances,
+            covariance_type,
+            np.log(params.weights),
+        )
+        return stats
+
+    return estep_with_missing(
+        block, lambda rows: mixture_estep_chunk(rows, params, covariance_type), incomplete
+    )
+
+
+def estep_with_missing(
+    block: RowBlock, complete: Callable[[RowBlock], S], incomplete: Callable[[AnyArray], S]
+) -> S:
+    """An E-step of a block whose rows may hold NaN, from the complete rows' and the rest's.
+
+    ``complete(rows)``: the model's E-step of rows without NaN (of the whole block when it
+    has none, bit for bit); ``incomplete(mask)``: the statistics of the block's incomplete
+    rows, given the block's mask. The complete rows are taken with
+    :meth:`RowBlock.select`, after every row was checked on the whole block (its row
+    numbers).
+
+    Raises
+    ------
+    InvalidDataError
+        A row with every value missing, or an infinite value (naming the row).
+    """
     mask = missing_mask(block)
     if not mask.any():
-        return mixture_estep_chunk(block, params, covariance_type)
+        return complete(block)
     check_missing_rows(block.x, block.row_offset)
-    complete = ~mask.any(axis=1)
-    w = block.weights
-    stats, _, _ = incomplete_stats(
-        block.x,
-        mask,
-        w,
-        params.means,
-        params.covariances,
-        covariance_type,
-        np.log(params.weights),
-    )
-    if complete.any():
-        part = RowBlock(
-            np.asarray(block.x)[complete],
-            block.row_offset,
-            None if w is None else np.asarray(w)[complete],
-        )
-        stats = mixture_estep_chunk(part, params, covariance_type) + stats
+    stats = incomplete(mask)
+    rows = ~mask.any(axis=1)
+    if rows.any():
+        stats = complete(block.select(rows)) + stats
     return stats
 
 
@@ -527,15 +549,54 @@ def mixture_log_prob_missing_chunk(
     Complete rows are :func:`~emdist.kernels.mixture.mixture_log_prob_chunk`'s; a row with
     every value missing must have been refused before (:func:`check_missing_rows`).
     """
+    return log_prob_with_missing(
+        X, params, covariance_type, mixture_log_prob_chunk, lambda: np.log(params.weights)
+    )
+
+
+class _Components(Protocol):
+    """Parameters with a Gaussian per component: what a row's marginal needs."""
+
+    @property
+    def n_components(self) -> int: ...
+
+    @property
+    def means(self) -> FloatArray: ...
+
+    @property
+    def covariances(self) -> FloatArray: ...
+
+
+P = TypeVar("P", bound=_Components)
+S = TypeVar("S", bound="_Summable")
+
+
+class _Summable(Protocol):
+    def __add__(self: S, other: S, /) -> S: ...
+
+
+def log_prob_with_missing(
+    X: AnyArray,
+    params: P,
+    covariance_type: CovarianceType,
+    complete: Callable[[AnyArray, P, CovarianceType], FloatArray],
+    offsets: Callable[[], FloatArray],
+) -> FloatArray:
+    """Per-component log-scores of rows that may hold NaN, shape (n_rows, K).
+
+    Complete rows are ``complete(rows, params, covariance_type)``'s (all of ``X`` when it
+    has no NaN, bit for bit); an incomplete row's are its marginal log-density on its
+    observed values (:func:`marginal_log_prob`, from ``params.means`` and
+    ``params.covariances``) plus ``offsets()``, the per-component terms of the model
+    (log-weights, or the variational mixture's expectations).
+    """
     mask = np.isnan(X)
     if not mask.any():
-        return mixture_log_prob_chunk(X, params, covariance_type)
+        return complete(X, params, covariance_type)
     out = np.empty((X.shape[0], params.n_components))
     incomplete = mask.any(axis=1)
     if not incomplete.all():
-        out[~incomplete] = mixture_log_prob_chunk(
-            np.asarray(X)[~incomplete], params, covariance_type
-        )
+        out[~incomplete] = complete(np.asarray(X)[~incomplete], params, covariance_type)
     marginal_log_prob(X, mask, params.means, params.covariances, covariance_type, out)
-    out[incomplete] += np.log(params.weights)
+    out[incomplete] += offsets()
     return out

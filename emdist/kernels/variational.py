@@ -40,10 +40,9 @@ from emdist.kernels.gaussian import (
     log_det_cholesky,
 )
 from emdist.kernels.missing import (
-    check_missing_rows,
+    estep_with_missing,
     incomplete_stats,
-    marginal_log_prob,
-    missing_mask,
+    log_prob_with_missing,
 )
 from emdist.kernels.mixture import (
     MixtureStats,
@@ -337,43 +336,30 @@ def variational_estep_missing_chunk(
     conditionals' entropy, which the ELBO counts (docs/design.md, "Missing values"). A
     block without NaN is :func:`variational_estep_chunk` itself.
     """
-    mask = missing_mask(block)
-    if not mask.any():
-        return variational_estep_chunk(block, params, covariance_type)
-    check_missing_rows(block.x, block.row_offset)
-    w = block.weights
-    offsets = _log_offsets(params, block.x.shape[1])
-    moments, r_log_r, entropy = incomplete_stats(
-        block.x, mask, w, params.means, params.covariances, covariance_type, offsets
-    )
-    stats = VariationalStats(moments, r_log_r - entropy)
-    complete = ~mask.any(axis=1)
-    if complete.any():
-        part = RowBlock(
-            np.asarray(block.x)[complete],
-            block.row_offset,
-            None if w is None else np.asarray(w)[complete],
+
+    def incomplete(mask: AnyArray) -> VariationalStats:
+        offsets = _log_offsets(params, block.x.shape[1])
+        moments, r_log_r, entropy = incomplete_stats(
+            block.x, mask, block.weights, params.means, params.covariances, covariance_type, offsets
         )
-        stats = variational_estep_chunk(part, params, covariance_type) + stats
-    return stats
+        return VariationalStats(moments, r_log_r - entropy)
+
+    return estep_with_missing(
+        block, lambda rows: variational_estep_chunk(rows, params, covariance_type), incomplete
+    )
 
 
 def variational_log_prob_missing_chunk(
     X: AnyArray, params: VariationalParams, covariance_type: CovarianceType
 ) -> FloatArray:
     """``log ρ_nk`` of a block with NaN: incomplete rows on their observed coordinates."""
-    mask = np.isnan(X)
-    if not mask.any():
-        return variational_log_prob_chunk(X, params, covariance_type)
-    out = np.empty((X.shape[0], params.n_components))
-    incomplete = mask.any(axis=1)
-    if not incomplete.all():
-        out[~incomplete] = variational_log_prob_chunk(
-            np.asarray(X)[~incomplete], params, covariance_type
-        )
-    marginal_log_prob(X, mask, params.means, params.covariances, covariance_type, out)
-    out[incomplete] += _log_offsets(params, X.shape[1])
-    return out
+    return log_prob_with_missing(
+        X,
+        params,
+        covariance_type,
+        variational_log_prob_chunk,
+        lambda: _log_offsets(params, X.shape[1]),
+    )
 
 
 def pairwise_scatter_chunk(block: RowBlock, center: FloatArray) -> FloatArray:

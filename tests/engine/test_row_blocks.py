@@ -14,9 +14,9 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from emdist.engine.data import prepare_fit_data
+from emdist.engine.data import align_per_row, prepare_fit_data
 from emdist.engine.lockstep import shared_pass
-from emdist.engine.reduce import Rows, map_reduce, row_offsets
+from emdist.engine.reduce import Rows, build_reduction, map_reduce, row_offsets
 from emdist.engine.shards import make_shards, shard_pass, shards_pass
 from emdist.kernels.rows import RowBlock
 
@@ -50,12 +50,14 @@ def expected(rows: np.ndarray | slice = slice(None)) -> np.ndarray:
     )
 
 
-def _rows() -> Rows:
+def _rows(whole: bool = False) -> Rows:
     x = da.from_array(X, chunks=(CHUNKS, D))
     return Rows(
         x,
         {
-            "weights": da.from_array(W, chunks=17),  # chunked otherwise: aligned by the pass
+            # Whole: in memory, each block's rows sliced by its global offset; else chunked
+            # otherwise than x, aligned by the pass.
+            "weights": W if whole else da.from_array(W, chunks=17),
             "mask": da.from_array(MASK, chunks=(50, 1)),
         },
     )
@@ -63,6 +65,7 @@ def _rows() -> Rows:
 
 def test_a_pass_hands_every_block_its_rows_weights_mask_and_offset() -> None:
     np.testing.assert_allclose(map_reduce(_rows(), probe), expected(), rtol=1e-12)
+    np.testing.assert_allclose(map_reduce(_rows(whole=True), probe), expected(), rtol=1e-12)
     in_memory = Rows(X, {"weights": W, "mask": MASK})
     np.testing.assert_allclose(map_reduce(in_memory, probe), expected(), rtol=1e-12)
 
@@ -80,9 +83,12 @@ def test_a_shared_pass_hands_every_run_the_same_block() -> None:
         np.testing.assert_allclose(value, factor * expected(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("whole", [False, True])
 @pytest.mark.parametrize("n_shards", [1, 3])
-def test_shards_hand_every_block_its_global_offset_and_per_row_inputs(n_shards: int) -> None:
-    rows = _rows()
+def test_shards_hand_every_block_its_global_offset_and_per_row_inputs(
+    n_shards: int, whole: bool
+) -> None:
+    rows = _rows(whole)
     shards = make_shards(rows, n_shards, seed=7)
     starts = row_offsets(rows)
     ends = [*starts[1:], N]
@@ -91,6 +97,11 @@ def test_shards_hand_every_block_its_global_offset_and_per_row_inputs(n_shards: 
         mine = np.concatenate([np.arange(starts[b], ends[b]) for b in idx])
         np.testing.assert_allclose(every[s], expected(mine), rtol=1e-12)
         np.testing.assert_allclose(shard_pass(rows, shards, s, probe), every[s], rtol=0)
+        # The shard's blocks with weights of their own rows alone: cut where each block
+        # stands among them, while the blocks keep their global offsets.
+        own = Rows(rows.x.blocks[list(idx)], {"weights": W[mine], "mask": MASK[mine]})
+        offsets = [starts[b] for b in idx]
+        np.testing.assert_allclose(map_reduce(own, probe, offsets=offsets), every[s], rtol=0)
     np.testing.assert_allclose(sum(every), expected(), rtol=1e-12)
 
 
@@ -99,6 +110,54 @@ def test_fit_data_aligns_per_row_inputs_with_the_row_blocks() -> None:
     data = prepare_fit_data(
         x, n_clusters=2, seed=0, sample_size=20, what="n_clusters", per_row={"weights": W}
     )
-    assert data.per_row["weights"].chunks[0] == x.chunks[0]
+    # In-memory weights are held whole, in memory (sliced inside each block's task).
+    assert isinstance(data.per_row["weights"], np.ndarray)
     got = map_reduce(data.rows, lambda b: np.array([(b.weights * b.x[:, 0]).sum()]))
     np.testing.assert_allclose(got, [(W * X[:, 0]).sum()], rtol=1e-12)
+    # Lazy weights of out-of-core data are read block by block, with the data's chunks.
+    lazy = align_per_row(x, {"weights": da.from_array(W, chunks=17)}, in_memory=False)
+    assert lazy["weights"].chunks[0] == x.chunks[0]
+
+
+def _tasks(rows: Rows) -> int:
+    reduction = build_reduction(rows, probe_weights)
+    return len(dict(reduction.__dask_graph__()))
+
+
+def probe_weights(block: RowBlock) -> np.ndarray:
+    w = np.ones(block.n_rows) if block.weights is None else block.weights
+    return np.array([w.sum(), (w * block.x[:, 0]).sum(), float(block.row_offset)])
+
+
+@pytest.mark.parametrize("chunk_rows", [30, 7])
+def test_in_memory_weights_add_no_task_per_block(chunk_rows: int) -> None:
+    # What sample_weight costs a pass beyond its kernel is graph tasks: in-memory weights
+    # of a fit ride in a key the pass has anyway, not in a slice (and reshape) per block.
+    x = da.from_array(X, chunks=(chunk_rows, D))
+    data = prepare_fit_data(
+        x, n_clusters=2, seed=0, sample_size=20, what="n_clusters", per_row={"weights": W}
+    )
+    assert x.numblocks[0] >= 4
+    assert _tasks(data.rows) <= _tasks(Rows(x))
+    # Whole or aligned, every block's kernel sees the same weights: the same sums, bit
+    # for bit.
+    aligned = Rows(x, {"weights": da.from_array(W, chunks=(x.chunks[0],))})
+    assert np.array_equal(map_reduce(data.rows, probe_weights), map_reduce(aligned, probe_weights))
+
+
+def test_a_selection_carries_its_rows_per_row_inputs_and_global_indices() -> None:
+    block = RowBlock(X[40:70], 40, W[40:70], MASK[40:70])
+    keep = MASK[40:70].any(axis=1)
+    part = block.select(keep)
+    mine = np.flatnonzero(keep)
+    assert np.array_equal(part.x, X[40:70][mine])
+    assert part.weights is not None and np.array_equal(part.weights, W[40:70][mine])
+    assert part.mask is not None and np.array_equal(part.mask, MASK[40:70][mine])
+    assert not part.contiguous and block.contiguous
+    assert np.array_equal(part.global_index, 40 + mine)
+    assert np.array_equal(block.global_index, np.arange(40, 70))
+    # Rows of a selection keep their global indices; a selection by index is the same.
+    assert np.array_equal(part.rows(1, 3).global_index, 40 + mine[1:3])
+    again = block.select(mine)
+    assert np.array_equal(again.x, part.x) and np.array_equal(again.global_index, 40 + mine)
+    assert RowBlock(X[40:70], 40, None).select(keep).weights is None

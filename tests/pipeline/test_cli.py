@@ -480,7 +480,7 @@ def test_console_script_is_installed(ws: Workspace) -> None:
             "fit",
             ["--model", "[" + "|".join(model_families()) + "]", "-k", "--checkpoint", "--restart"],
         ),
-        ("predict", ["MODEL", "DATA", "DEST", "--responsibilities", "--scheduler"]),
+        ("predict", ["MODEL", "DATA", "DEST", "--responsibilities", "--missing", "--scheduler"]),
         ("report", ["--config"]),
         ("run", ["--config"]),
         ("demo", ["--out", "--n-samples"]),

@@ -1,8 +1,10 @@
 """Missing values on the command line and in a run configuration.
 
 ``emdist fit --missing marginalize`` fits NaN as missing values (a file ingested first keeps
-its NaN), ``emdist ingest --allow-missing`` keeps them, and the refusals say which flag
-allows them, in one line. The CLI runs as a process, as a user starts it.
+its NaN), ``emdist ingest --allow-missing`` keeps them, ``emdist predict`` labels them as
+the model was fitted (or as its ``--missing`` says), so does a job's label step, and the
+refusals say which flag allows them, in one line. The CLI runs as a process, as a user
+starts it.
 """
 
 from __future__ import annotations
@@ -125,3 +127,88 @@ def test_model_missing_in_a_run_configuration() -> None:
         parse_config({**base, "model": {"missing": "impute"}}, "test")
     with pytest.raises(ConfigError, match="needs a family that fits missing values"):
         parse_config({**base, "model": {"family": "kmeans", "missing": "marginalize"}}, "test")
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def test_predict_on_nan_follows_the_model_or_its_missing_flag(tmp_path: Path) -> None:
+    import zarr
+
+    X = _data()
+    zarr.create_array(str(tmp_path / "d.zarr"), data=X, chunks=(150, 2))
+    complete = X[~np.isnan(X).any(axis=1)]
+    emdist.save_model(
+        emdist.GaussianMixture(2, random_state=0, missing="marginalize").fit(X), tmp_path / "m"
+    )
+    emdist.save_model(emdist.GaussianMixture(2, random_state=0).fit(complete), tmp_path / "e")
+    emdist.save_model(emdist.KMeans(2, random_state=0).fit(complete), tmp_path / "k")
+
+    def labels(dest: str) -> np.ndarray:
+        return np.asarray(zarr.open_group(str(tmp_path / dest), mode="r")["labels"][:])
+
+    # A model fitted with missing values labels and scores NaN data as it was fitted.
+    done = _emdist(tmp_path, "predict", "m", "d.zarr", "pm.zarr", "--log-likelihood")
+    assert done.returncode == 0, done.stderr
+    marginal = emdist.load_model(tmp_path / "m")
+    assert np.array_equal(labels("pm.zarr"), marginal.predict(X))
+    scores = zarr.open_group(str(tmp_path / "pm.zarr"), mode="r")["log_likelihood"][:]
+    np.testing.assert_allclose(scores, marginal.score_samples(X), rtol=1e-12)
+    # A model fitted without: refused in the command's words, one line, nothing written...
+    refused = _emdist(tmp_path, "predict", "e", "d.zarr", "pe.zarr")
+    assert refused.returncode == 2
+    assert "set --missing marginalize to score rows with missing values" in refused.stderr
+    assert "missing='marginalize'" not in refused.stderr and "model.missing" not in refused.stderr
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert not (tmp_path / "pe.zarr").exists()
+    # ...unless --missing marginalize says so: its marginals, as the library's.
+    done = _emdist(tmp_path, "predict", "e", "d.zarr", "pe.zarr", "--missing", "marginalize")
+    assert done.returncode == 0, done.stderr
+    fitted = emdist.load_model(tmp_path / "e").set_params(missing="marginalize")
+    assert np.array_equal(labels("pe.zarr"), fitted.predict(X))
+    # --missing error refuses NaN whatever the model; a good output it would replace stays.
+    before = _files(tmp_path / "pe.zarr")
+    strict = _emdist(
+        tmp_path, "predict", "m", "d.zarr", "pe.zarr", "--missing", "error", "--overwrite"
+    )
+    # (Blocks are checked in parallel: the row named is the first NaN of some block.)
+    assert strict.returncode == 2 and "contains NaN or infinity at row" in strict.stderr
+    assert strict.stderr.count("\n") == 1, strict.stderr
+    assert _files(tmp_path / "pe.zarr") == before
+    # K-means scores no row with missing values: the flag is refused before any read.
+    kmeans = _emdist(tmp_path, "predict", "k", "d.zarr", "pk.zarr", "--missing", "marginalize")
+    assert kmeans.returncode == 2
+    assert kmeans.stderr.startswith("error: --missing marginalize: MODEL is a KMeans")
+    assert kmeans.stderr.count("\n") == 1, kmeans.stderr
+    nan = _emdist(tmp_path, "predict", "k", "d.zarr", "pk.zarr")
+    assert nan.returncode == 2 and "contains NaN" in nan.stderr
+    assert nan.stderr.count("\n") == 1, nan.stderr
+    assert not (tmp_path / "pk.zarr").exists()
+
+
+def test_the_label_step_labels_nan_as_the_job_fitted(tmp_path: Path) -> None:
+    from pipeline.steps import fit_model, label_data, prepare_data
+
+    X = _data()
+    _write_csv(tmp_path / "x.csv", X)
+    config = parse_config(
+        {
+            "input": {"path": str(tmp_path / "x.csv")},
+            "model": {"n_components": 2, "missing": "marginalize"},
+            "output": {"dir": str(tmp_path / "out"), "log_likelihood": True},
+        },
+        "test",
+    )
+    data = prepare_data(config)
+    fit = fit_model(config, data, scheduler=None)
+    predictions = label_data(config, data, fit.model_path, scheduler=None)
+    assert sum(predictions.counts) == len(X)
+    import zarr
+
+    group = zarr.open_group(predictions.path, mode="r")
+    model = emdist.load_model(fit.model_path)
+    assert np.array_equal(np.asarray(group["labels"][:]), model.predict(X))
+    assert np.isfinite(group["log_likelihood"][:]).all()
