@@ -9,6 +9,8 @@ figures and the exact commands that made them):
 2. ``floor``: the cold read floor of that store (page cache dropped first: ``sync; echo 3 >
    /proc/sys/vm/drop_caches``, needs root): the chunk files read as bytes (the disk), and every
    chunk decoded (``da.from_zarr(...).sum()``, Dask threads: what any reader pays).
+   ``--keep-page-cache`` never drops it (every step): on a machine shared with other
+   measurements, for a store larger than the memory, whose every pass is cold anyway.
 3. ``run``: the whole job, ``emdist run --config`` (prepare data -> fit -> label -> report,
    Prefect's temporary server included), for each model of ``--models`` (``kmeans``,
    ``gmm-diag``, ``gmm-full``) on each scheduler of ``--schedulers`` (``cluster``: a 2-worker
@@ -107,8 +109,15 @@ def ensure_free(path: Path, needed: float, min_free_gb: float, what: str) -> Non
         )
 
 
-def drop_caches() -> bool:
-    """Empty the page cache (root only), so the next read comes from the disk."""
+def drop_caches(args: argparse.Namespace) -> bool:
+    """Empty the page cache (root only), so the next read comes from the disk.
+
+    Not with ``--keep-page-cache``: on a shared machine dropping the cache disturbs what
+    other processes measure, and a store larger than the memory is read cold on every pass
+    anyway (a pass evicts what the previous one left cached).
+    """
+    if args.keep_page_cache:
+        return False
     subprocess.run(["sync"], check=False)
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -394,7 +403,7 @@ def step_floor(
     out: dict[str, Any] = {}
     disk = du(store / "data")
     for kind in ("disk", "decode"):
-        drop_caches()
+        drop_caches(args)
         res = run_measured(
             [sys.executable, __file__, "_floor", kind, str(store)],
             log=args.logs / f"floor-{kind}.log",
@@ -441,7 +450,7 @@ def step_run(args: argparse.Namespace, store: Path, cgroup: MemoryCgroup | None)
             ensure_free(args.scratch, n * 8 + 1e9, args.min_free_gb, "the run's outputs")
             config = out / "job.yaml"
             config.write_text(job_config(args, store, model, sched, out))
-            drop_caches()
+            drop_caches(args)
             cmd = [*emdist_command(), "run", "--config", str(config)]
             print(f"$ {' '.join(cmd)}   # {key}", flush=True)
             env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
@@ -507,7 +516,7 @@ def minibatch(store: str, k: int, epochs: int, out: str) -> None:
 def step_minibatch(
     args: argparse.Namespace, store: Path, cgroup: MemoryCgroup | None
 ) -> dict[str, Any]:
-    drop_caches()
+    drop_caches(args)
     log = args.logs / "minibatch.log"
     out = args.scratch / "centres-minibatch.npy"
     cmd = [
@@ -560,7 +569,7 @@ def daskml(store: str, k: int, max_iter: int, init_iter: int, out: str) -> None:
 def step_daskml(
     args: argparse.Namespace, store: Path, cgroup: MemoryCgroup | None
 ) -> dict[str, Any]:
-    drop_caches()
+    drop_caches(args)
     log = args.logs / "daskml.log"
     out = args.scratch / "centres-daskml.npy"
     cmd = [
@@ -616,7 +625,7 @@ def step_ingest(
         [sys.executable, __file__, "_parquet", str(store), str(src), str(rows)], check=True
     )
     made = time.perf_counter() - t
-    drop_caches()
+    drop_caches(args)
     cmd = [
         *emdist_command(),
         "ingest",
@@ -798,6 +807,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run the measured processes in a memory cgroup of this size",
     )
     p.add_argument("--min-free-gb", type=float, default=10.0)
+    p.add_argument(
+        "--keep-page-cache",
+        action="store_true",
+        help="never drop the page cache (for a store larger than memory on a shared machine)",
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="results JSON (default: in --scratch's parent)"
     )
