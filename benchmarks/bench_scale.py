@@ -172,6 +172,14 @@ class MemoryCgroup:
     def enter(self) -> None:
         (self.path / "cgroup.procs").write_text(f"{os.getpid()}\n")
 
+    def oom_kills(self) -> int:
+        """Processes of the group the OOM killer has killed so far."""
+        name = "memory.events" if self.version == "v2" else "memory.oom_control"
+        with contextlib.suppress(OSError, StopIteration):
+            lines = (self.path / name).read_text().splitlines()
+            return int(next(ln.split()[1] for ln in lines if ln.startswith("oom_kill ")))
+        return 0
+
     def close(self) -> None:
         for _ in range(50):
             try:
@@ -262,6 +270,7 @@ def run_measured(
 ) -> dict[str, Any]:
     """Run ``cmd`` with its tree sampled; its output goes to ``log``."""
     before = device_read_bytes(log.parent)
+    kills = cgroup.oom_kills() if cgroup is not None else 0
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -287,6 +296,8 @@ def run_measured(
     seconds = time.perf_counter() - start
     result = {"seconds": seconds, "returncode": code, "timed_out": timed_out, "uptime": uptime()}
     result.update(monitor.summary(proc.pid))
+    if cgroup is not None:
+        result["oom_kills"] = cgroup.oom_kills() - kills
     # The processes' own counters cannot say it: a reaped child's bytes are added to its
     # parent's (/proc/PID/io), so a LocalCluster's workers would count twice.
     result["device_read_bytes"] = device_read_bytes(log.parent) - before
@@ -712,9 +723,15 @@ def table(results: dict[str, Any]) -> str:
         )
     if "daskml" in results:
         r = results["daskml"]
-        note = (
-            f"killed after {r['seconds']:.0f} s" if r["timed_out"] else f"n_iter {r.get('n_iter')}"
-        )
+        if r["timed_out"]:
+            note = f"stopped after {r['seconds']:.0f} s (--daskml-timeout)"
+        elif r.get("returncode"):
+            note = (
+                f"died after {r['seconds']:.0f} s (exit {r['returncode']}, "
+                f"{r.get('oom_kills', 0)} OOM kills)"
+            )
+        else:
+            note = f"n_iter {r.get('n_iter')}"
         add(
             "dask-ml KMeans (k-means||)",
             r.get("pass_estimate"),
@@ -755,7 +772,8 @@ def plot(results: dict[str, Any], path: Path, title: str) -> None:
         )
     if "daskml" in results:
         r = results["daskml"]
-        names.append("dask-ml KMeans" + (" (killed)" if r["timed_out"] else ""))
+        ended = " (stopped)" if r["timed_out"] else " (died)" if r.get("returncode") else ""
+        names.append("dask-ml KMeans" + ended)
         secs.append(r["pass_estimate"]), rss.append(max(r["worker_peak_rss"], r["root_peak_rss"]))
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 0.45 * len(names) + 1.4), sharey=True)
     y = np.arange(len(names))[::-1]
