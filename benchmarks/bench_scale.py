@@ -734,7 +734,7 @@ def table(results: dict[str, Any]) -> str:
             note = f"n_iter {r.get('n_iter')}"
         add(
             "dask-ml KMeans (k-means||)",
-            r.get("pass_estimate"),
+            None if r.get("returncode") and not r["timed_out"] else r.get("pass_estimate"),
             r,
             note + "; pass = wall / passes read",
         )
@@ -772,9 +772,11 @@ def plot(results: dict[str, Any], path: Path, title: str) -> None:
         )
     if "daskml" in results:
         r = results["daskml"]
-        ended = " (stopped)" if r["timed_out"] else " (died)" if r.get("returncode") else ""
+        died = bool(r.get("returncode")) and not r["timed_out"]
+        ended = " (stopped)" if r["timed_out"] else " (died: no pass)" if died else ""
         names.append("dask-ml KMeans" + ended)
-        secs.append(r["pass_estimate"]), rss.append(max(r["worker_peak_rss"], r["root_peak_rss"]))
+        secs.append(np.nan if died else r["pass_estimate"])
+        rss.append(max(r["worker_peak_rss"], r["root_peak_rss"]))
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 0.45 * len(names) + 1.4), sharey=True)
     y = np.arange(len(names))[::-1]
     a.barh(y, secs, color="tab:blue")
