@@ -9,6 +9,8 @@ figures and the exact commands that made them):
 2. ``floor``: the cold read floor of that store (page cache dropped first: ``sync; echo 3 >
    /proc/sys/vm/drop_caches``, needs root): the chunk files read as bytes (the disk), and every
    chunk decoded (``da.from_zarr(...).sum()``, Dask threads: what any reader pays).
+   ``--keep-page-cache`` never drops it (every step): on a machine shared with other
+   measurements, for a store larger than the memory, whose every pass is cold anyway.
 3. ``run``: the whole job, ``emdist run --config`` (prepare data -> fit -> label -> report,
    Prefect's temporary server included), for each model of ``--models`` (``kmeans``,
    ``gmm-diag``, ``gmm-full``) on each scheduler of ``--schedulers`` (``cluster``: a 2-worker
@@ -107,8 +109,15 @@ def ensure_free(path: Path, needed: float, min_free_gb: float, what: str) -> Non
         )
 
 
-def drop_caches() -> bool:
-    """Empty the page cache (root only), so the next read comes from the disk."""
+def drop_caches(args: argparse.Namespace) -> bool:
+    """Empty the page cache (root only), so the next read comes from the disk.
+
+    Not with ``--keep-page-cache``: on a shared machine dropping the cache disturbs what
+    other processes measure, and a store larger than the memory is read cold on every pass
+    anyway (a pass evicts what the previous one left cached).
+    """
+    if args.keep_page_cache:
+        return False
     subprocess.run(["sync"], check=False)
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -162,6 +171,14 @@ class MemoryCgroup:
 
     def enter(self) -> None:
         (self.path / "cgroup.procs").write_text(f"{os.getpid()}\n")
+
+    def oom_kills(self) -> int:
+        """Processes of the group the OOM killer has killed so far."""
+        name = "memory.events" if self.version == "v2" else "memory.oom_control"
+        with contextlib.suppress(OSError, StopIteration):
+            lines = (self.path / name).read_text().splitlines()
+            return int(next(ln.split()[1] for ln in lines if ln.startswith("oom_kill ")))
+        return 0
 
     def close(self) -> None:
         for _ in range(50):
@@ -253,6 +270,7 @@ def run_measured(
 ) -> dict[str, Any]:
     """Run ``cmd`` with its tree sampled; its output goes to ``log``."""
     before = device_read_bytes(log.parent)
+    kills = cgroup.oom_kills() if cgroup is not None else 0
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -278,6 +296,8 @@ def run_measured(
     seconds = time.perf_counter() - start
     result = {"seconds": seconds, "returncode": code, "timed_out": timed_out, "uptime": uptime()}
     result.update(monitor.summary(proc.pid))
+    if cgroup is not None:
+        result["oom_kills"] = cgroup.oom_kills() - kills
     # The processes' own counters cannot say it: a reaped child's bytes are added to its
     # parent's (/proc/PID/io), so a LocalCluster's workers would count twice.
     result["device_read_bytes"] = device_read_bytes(log.parent) - before
@@ -394,7 +414,7 @@ def step_floor(
     out: dict[str, Any] = {}
     disk = du(store / "data")
     for kind in ("disk", "decode"):
-        drop_caches()
+        drop_caches(args)
         res = run_measured(
             [sys.executable, __file__, "_floor", kind, str(store)],
             log=args.logs / f"floor-{kind}.log",
@@ -441,7 +461,7 @@ def step_run(args: argparse.Namespace, store: Path, cgroup: MemoryCgroup | None)
             ensure_free(args.scratch, n * 8 + 1e9, args.min_free_gb, "the run's outputs")
             config = out / "job.yaml"
             config.write_text(job_config(args, store, model, sched, out))
-            drop_caches()
+            drop_caches(args)
             cmd = [*emdist_command(), "run", "--config", str(config)]
             print(f"$ {' '.join(cmd)}   # {key}", flush=True)
             env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
@@ -507,7 +527,7 @@ def minibatch(store: str, k: int, epochs: int, out: str) -> None:
 def step_minibatch(
     args: argparse.Namespace, store: Path, cgroup: MemoryCgroup | None
 ) -> dict[str, Any]:
-    drop_caches()
+    drop_caches(args)
     log = args.logs / "minibatch.log"
     out = args.scratch / "centres-minibatch.npy"
     cmd = [
@@ -560,7 +580,7 @@ def daskml(store: str, k: int, max_iter: int, init_iter: int, out: str) -> None:
 def step_daskml(
     args: argparse.Namespace, store: Path, cgroup: MemoryCgroup | None
 ) -> dict[str, Any]:
-    drop_caches()
+    drop_caches(args)
     log = args.logs / "daskml.log"
     out = args.scratch / "centres-daskml.npy"
     cmd = [
@@ -616,7 +636,7 @@ def step_ingest(
         [sys.executable, __file__, "_parquet", str(store), str(src), str(rows)], check=True
     )
     made = time.perf_counter() - t
-    drop_caches()
+    drop_caches(args)
     cmd = [
         *emdist_command(),
         "ingest",
@@ -703,12 +723,18 @@ def table(results: dict[str, Any]) -> str:
         )
     if "daskml" in results:
         r = results["daskml"]
-        note = (
-            f"killed after {r['seconds']:.0f} s" if r["timed_out"] else f"n_iter {r.get('n_iter')}"
-        )
+        if r["timed_out"]:
+            note = f"stopped after {r['seconds']:.0f} s (--daskml-timeout)"
+        elif r.get("returncode"):
+            note = (
+                f"died after {r['seconds']:.0f} s (exit {r['returncode']}, "
+                f"{r.get('oom_kills', 0)} OOM kills)"
+            )
+        else:
+            note = f"n_iter {r.get('n_iter')}"
         add(
             "dask-ml KMeans (k-means||)",
-            r.get("pass_estimate"),
+            None if r.get("returncode") and not r["timed_out"] else r.get("pass_estimate"),
             r,
             note + "; pass = wall / passes read",
         )
@@ -746,8 +772,11 @@ def plot(results: dict[str, Any], path: Path, title: str) -> None:
         )
     if "daskml" in results:
         r = results["daskml"]
-        names.append("dask-ml KMeans" + (" (killed)" if r["timed_out"] else ""))
-        secs.append(r["pass_estimate"]), rss.append(max(r["worker_peak_rss"], r["root_peak_rss"]))
+        died = bool(r.get("returncode")) and not r["timed_out"]
+        ended = " (stopped)" if r["timed_out"] else " (died: no pass)" if died else ""
+        names.append("dask-ml KMeans" + ended)
+        secs.append(np.nan if died else r["pass_estimate"])
+        rss.append(max(r["worker_peak_rss"], r["root_peak_rss"]))
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 0.45 * len(names) + 1.4), sharey=True)
     y = np.arange(len(names))[::-1]
     a.barh(y, secs, color="tab:blue")
@@ -798,6 +827,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run the measured processes in a memory cgroup of this size",
     )
     p.add_argument("--min-free-gb", type=float, default=10.0)
+    p.add_argument(
+        "--keep-page-cache",
+        action="store_true",
+        help="never drop the page cache (for a store larger than memory on a shared machine)",
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="results JSON (default: in --scratch's parent)"
     )

@@ -13,6 +13,7 @@ check and one cluster life cycle, and no stage is written twice.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -40,7 +41,13 @@ from pipeline.outputs import (
     selection_dir,
 )
 from pipeline.report import ReportRef, report_job
-from pipeline.steps import DatasetRef, FitSummary, PredictionsRef, SelectionResult
+from pipeline.steps import (
+    DatasetRef,
+    FitSummary,
+    PredictionsRef,
+    SelectionResult,
+    criteria_with_labels,
+)
 
 __all__ = [
     "STEPS",
@@ -87,7 +94,7 @@ class PrepareStep(Protocol):
 
 
 class FitStep(Protocol):
-    """``fit(config, data, *, scheduler, observer) -> FitSummary``."""
+    """``fit(config, data, *, scheduler, observer, criteria) -> FitSummary``."""
 
     def __call__(  # noqa: D102
         self,
@@ -96,6 +103,7 @@ class FitStep(Protocol):
         *,
         scheduler: str | None = None,
         observer: Observer | None = None,
+        criteria: bool = True,
     ) -> FitSummary: ...
 
 
@@ -114,10 +122,16 @@ class SelectStep(Protocol):
 
 
 class LabelStep(Protocol):
-    """``label(config, data, model_path, *, scheduler) -> PredictionsRef``."""
+    """``label(config, data, model_path, *, scheduler, criteria) -> PredictionsRef``."""
 
     def __call__(  # noqa: D102
-        self, config: RunConfig, data: DatasetRef, model_path: str, *, scheduler: str | None = None
+        self,
+        config: RunConfig,
+        data: DatasetRef,
+        model_path: str,
+        *,
+        scheduler: str | None = None,
+        criteria: bool = False,
     ) -> PredictionsRef: ...
 
 
@@ -367,10 +381,15 @@ def _prepare(config: RunConfig, steps: Steps, hooks: Hooks) -> DatasetRef:
 
 
 def _fit(
-    config: RunConfig, data: DatasetRef, scheduler: str | None, steps: Steps, hooks: Hooks
+    config: RunConfig,
+    data: DatasetRef,
+    scheduler: str | None,
+    steps: Steps,
+    hooks: Hooks,
+    criteria: bool = True,
 ) -> FitSummary:
     with hooks.fitting(config, "fit") as observer:
-        fit = steps.fit(config, data, scheduler=scheduler, observer=observer)
+        fit = steps.fit(config, data, scheduler=scheduler, observer=observer, criteria=criteria)
     return hooks.fitted(config, fit)
 
 
@@ -402,8 +421,14 @@ def run_job(
     _start(config, derived_outputs(config))
     data = _prepare(config, steps, hooks)
     with _on_cluster(config, hooks) as address:
-        fit = _fit(config, data, address, steps, hooks)
-        predictions = steps.label(config, data, fit.model_path, scheduler=address)
+        # A Gaussian mixture's criteria come with the labels' pass, not a pass of their own
+        # after the fit: the same figures, one read of the data fewer.
+        later = criteria_with_labels(config.model)
+        fit = _fit(config, data, address, steps, hooks, criteria=not later)
+        predictions = steps.label(config, data, fit.model_path, scheduler=address, criteria=later)
+    if predictions.criteria is not None:
+        got = predictions.criteria
+        fit = dataclasses.replace(fit, score=got["score"], bic=got["bic"], aic=got["aic"])
     write_summary(config, data, fit, predictions)
     report = steps.report(config, data, fit, predictions)
     hooks.reported(config, fit, report)

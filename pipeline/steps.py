@@ -56,6 +56,7 @@ __all__ = [
     "connect",
     "data_version",
     "fit_model",
+    "criteria_with_labels",
     "label_data",
     "latest_checkpoint",
     "open_dataset",
@@ -117,6 +118,9 @@ class PredictionsRef:
 
     path: str
     counts: list[int]
+    # The fitted model's score, BIC and AIC on the data, when the label step computed them
+    # in its pass (label_data(criteria=True)).
+    criteria: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -488,6 +492,7 @@ def fit_model(
     *,
     scheduler: str | None = None,
     observer: Observer | None = None,
+    criteria: bool = True,
 ) -> FitSummary:
     """Fit the configured model to the dataset, checkpointed, and save it.
 
@@ -505,6 +510,10 @@ def fit_model(
         Address of a Dask scheduler; the local threaded scheduler when ``None``.
     observer : callable, optional
         Called after every EM iteration (progress bars, logging).
+    criteria : bool, default=True
+        ``False`` leaves the score, BIC and AIC of a model whose criteria take a pass of
+        their own (:func:`criteria_with_labels`) to the label step, which computes them in
+        its pass (``label_data(criteria=True)``): the summary then has them as ``None``.
 
     Returns
     -------
@@ -523,7 +532,10 @@ def fit_model(
         start_time = time.perf_counter()
         prepared.estimator.fit(X, sample_weight=weights)
         fit_seconds = time.perf_counter() - start_time
-        extra = prepared.estimator.summary_statistics(X, weights)
+        if criteria or not criteria_with_labels(config.model):
+            extra = prepared.estimator.summary_statistics(X, weights)
+        else:
+            extra = {"weights": [float(w) for w in prepared.estimator.weights_]}
         fit = _save_fit(
             prepared, config.model, config.model_path, fit_seconds, extra, job_id(config)
         )
@@ -532,13 +544,36 @@ def fit_model(
     return fit
 
 
+def criteria_with_labels(model: ModelConfig) -> bool:
+    """Whether a job computes this model's score, BIC and AIC in the label step's pass.
+
+    A Gaussian mixture's criteria need the log-likelihood under the final parameters, which
+    no pass of the fit computes (each runs under the parameters before its M-step): a pass
+    of their own after the fit, unless they come with the labels' pass, which reads every
+    row under those parameters anyway. K-means' come from the fit's last pass; a variational
+    mixture has none.
+    """
+    return model.family == "gmm"
+
+
 def label_data(
-    config: RunConfig, data: DatasetRef, model_path: str, *, scheduler: str | None = None
+    config: RunConfig,
+    data: DatasetRef,
+    model_path: str,
+    *,
+    scheduler: str | None = None,
+    criteria: bool = False,
 ) -> PredictionsRef:
-    """Write labels (and optional per-sample outputs) next to the data, atomically."""
+    """Write labels (and optional per-sample outputs) next to the data, atomically.
+
+    ``criteria``: also compute the model's score, BIC and AIC on the data (with the job's
+    sample weights) from the same reads, as ``PredictionsRef.criteria``: equal, bit for
+    bit, to what the fit step computes in a pass of its own (``fit_model(criteria=True)``).
+    """
     check_outputs(config, [config.predictions_path])
     model = emdist.load_model(model_path)
     mixture = model.gives_responsibilities
+    weights = open_weights(config) if criteria else None
     with connect(scheduler):
         path = emdist.write_predictions(
             model,
@@ -547,10 +582,14 @@ def label_data(
             responsibilities=config.output.responsibilities and mixture,
             log_likelihood=config.output.log_likelihood and mixture,
             overwrite=may_replace(config.predictions_path, config),
+            criteria=criteria,
+            sample_weight=weights,
         )
         claim(path, config)
         counts = cluster_sizes(path / "labels", config.model.n_components)
-    return PredictionsRef(str(path), counts)
+    found = zarr.open_group(str(path), mode="r").attrs.get("criteria") if criteria else None
+    scores = {k: float(v) for k, v in found.items()} if isinstance(found, dict) else None
+    return PredictionsRef(str(path), counts, scores)
 
 
 def cluster_sizes(labels_path: Path, n_components: int) -> list[int]:

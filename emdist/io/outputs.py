@@ -16,6 +16,7 @@ from typing import Any
 
 import dask.array as da
 import zarr
+from dask.base import compute
 
 from emdist.exceptions import InvalidParameterError
 from emdist.io.atomic import atomic_output
@@ -77,6 +78,8 @@ def write_predictions(
     responsibilities: bool = False,
     log_likelihood: bool = False,
     overwrite: bool = False,
+    criteria: bool = False,
+    sample_weight: Any = None,
 ) -> Path:
     """Write the labels of ``X`` (and optionally more) to a Zarr group at ``dest``.
 
@@ -96,6 +99,13 @@ def write_predictions(
         Replace an existing output (atomically). Only predictions emdist wrote (or an empty
         folder) are replaced; any other existing folder is refused
         (:class:`~emdist.io.atomic.NotAnOutputError`).
+    criteria : bool, default=False
+        Also compute the estimator's ``information_criteria(X, sample_weight)`` (score,
+        BIC, AIC) from the same reads, and record them in the group's attribute
+        ``criteria``: a Gaussian mixture's criteria need a pass under its final
+        parameters, which the labels' pass is. Equal, bit for bit, to a pass of their own.
+    sample_weight : array-like, dask.array.Array, zarr.Array, str or path, optional
+        Weights of the rows, for ``criteria`` only.
 
     Returns
     -------
@@ -103,6 +113,7 @@ def write_predictions(
         ``dest``.
     """
     Xd = as_dask_array(X)
+    reduction, n = _criteria_reduction(estimator, Xd, sample_weight) if criteria else (None, 0.0)
     outputs: dict[str, da.Array] = {"labels": estimator.predict(Xd)}
     if responsibilities or log_likelihood:
         if not estimator.gives_responsibilities:
@@ -142,10 +153,35 @@ def write_predictions(
             stores.append((arr, _GuardedTarget(target, tmp)))
         # One compute: every output of a block comes from one read of it.
         try:
-            da.store([a for a, _ in stores], [t for _, t in stores], lock=False)  # type: ignore[misc]
+            if reduction is None:
+                da.store([a for a, _ in stores], [t for _, t in stores], lock=False)  # type: ignore[misc]
+            else:
+                # Unoptimized: Dask's optimization fuses each block's read into the tasks of
+                # the outputs and into those of the criteria separately, reading it twice;
+                # as written, both take the one read task's block.
+                stored = da.store(
+                    [a for a, _ in stores],
+                    [t for _, t in stores],  # type: ignore[misc]
+                    lock=False,
+                    compute=False,
+                    optimize_graph=False,
+                )
+                _, total = compute(stored, reduction, optimize_graph=False)
+                group.attrs["criteria"] = estimator._criteria_from(total, n)
         except BaseException:
             _cancel(tmp)
             raise
         for _, guarded in stores:
             seal(guarded.target)
     return Path(dest)
+
+
+def _criteria_reduction(estimator: Any, Xd: da.Array, sample_weight: Any) -> tuple[Any, float]:
+    """The lazy pass behind ``estimator.information_criteria(Xd, sample_weight)``, and its n."""
+    if not hasattr(estimator, "_lazy_criteria"):
+        raise InvalidParameterError(
+            f"{type(estimator).__name__} computes no criteria in its predictions' pass; "
+            f"write them with criteria=False"
+        ).naming("criteria", "criteria")
+    reduction, n = estimator._lazy_criteria(Xd, sample_weight)
+    return reduction, n

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from dask.delayed import Delayed
 
 from emdist._typing import AnyArray, CovarianceType, FloatArray
 from emdist.engine.acceleration import ACCELERATIONS, accelerated
 from emdist.engine.data import FitData
 from emdist.engine.em import ModelPlan, Observer, Schedule
 from emdist.engine.oversampling import OversampledStart
-from emdist.engine.reduce import map_reduce
+from emdist.engine.reduce import build_reduction, map_reduce
 from emdist.exceptions import InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.io.sources import as_dask_array
@@ -489,6 +490,19 @@ class GaussianMixture(BaseMixture):
         step, args = self._criteria_step()
         rows, n = criteria_rows(X, self.n_features_in_, type(self).__name__, sample_weight)
         return self._criteria_from(map_reduce(rows, step.estep_chunk, args), n)
+
+    def _lazy_criteria(self, X: Any, sample_weight: Any = None) -> tuple[Delayed, float]:
+        """:meth:`information_criteria`'s pass over Dask ``X``, not computed, and its ``n``.
+
+        The same reduction (kernel, blocks, tree) as :meth:`information_criteria` builds, so
+        its sum is that method's, bit for bit: ``_criteria_from(sum, n)`` gives the
+        criteria. For computing them in a pass that reads ``X`` for something else.
+        """
+        self._check_fitted(X)
+        step, args = self._criteria_step()
+        rows, n = criteria_rows(X, self.n_features_in_, type(self).__name__, sample_weight)
+        assert not isinstance(rows, np.ndarray)  # X is a Dask array: so are its rows
+        return build_reduction(rows, step.estep_chunk, args), n
 
     def _criteria_step(self) -> tuple[KernelStep, tuple[Any, ...]]:
         """The reduction behind :meth:`information_criteria`: the summed log-likelihood."""

@@ -7,11 +7,14 @@ and one real two-process LocalCluster for :func:`pipeline.job.run_job`.
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import gc
 import logging
 import os
 import re
 import socket
+import threading
 import tracemalloc
 import urllib.request
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ import pytest
 import zarr
 from distributed.client import AllExit
 from sklearn.metrics import adjusted_rand_score
+from zarr.storage import LocalStore
 
 import emdist
 from emdist.io.atomic import OutputExistsError
@@ -31,7 +35,7 @@ from emdist.io.synthetic import open_synthetic
 from pipeline.cluster import MALLOC_TRIM, SchedulerUnreachableError, connect, dask_client
 from pipeline.config import ClusterConfig, ConfigError, RunConfig, parse_config
 from pipeline.errors import is_user_error
-from pipeline.job import JobResult, read_summary, run_job
+from pipeline.job import STEPS, JobResult, read_summary, run_job
 from pipeline.outputs import job_id, owner
 from pipeline.report import ReportRef, write_report
 from pipeline.steps import (
@@ -609,3 +613,93 @@ def test_cluster_sizes_never_gather_the_labels(tmp_path: Path) -> None:
     assert counts == np.bincount(values, minlength=6).tolist()
     assert counts[5] == 0 and sum(counts) == 400_000
     assert peak < labels.nbytes / 4, (peak, labels.nbytes)
+
+
+# -- passes over the data of a whole job ------------------------------------------------------
+
+
+def count_chunk_reads(monkeypatch: pytest.MonkeyPatch, root: Path) -> collections.Counter[str]:
+    """Reads of every chunk of the Zarr array at ``root``, by any store opened on it.
+
+    The job opens the data by path (its own ``LocalStore``s, in worker threads of this
+    process): the reads are counted on ``LocalStore.get`` itself, which still reads.
+    """
+    counts: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+    get = LocalStore.get
+    root = root.resolve()
+
+    async def counted_get(self: LocalStore, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key.startswith("c/") and Path(self.root).resolve() == root:
+            with lock:
+                counts[key] += 1
+        return await get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "get", counted_get)
+    return counts
+
+
+def test_a_mixture_job_scores_its_fit_in_the_labels_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Gaussian mixture's score, BIC and AIC need a pass under the final parameters; the
+    # label step reads every row under them anyway, so the job takes them from that pass:
+    # after the last iteration, every chunk is read once more (the labels'), not twice.
+    config = generated_config(
+        tmp_path / "out",
+        model={"acceleration": "none"},
+        cluster={"n_workers": 1, "threads_per_worker": 2, "processes": False},
+    )
+    data = prepare_data(config)
+    counts = count_chunk_reads(monkeypatch, Path(data.path))
+    at_last_iteration: collections.Counter[str] = collections.Counter()
+
+    labelled: collections.Counter[str] = collections.Counter()
+
+    def watch(state: Any) -> None:
+        at_last_iteration.clear()
+        at_last_iteration.update(counts)
+
+    def label(*args: Any, **kwargs: Any) -> PredictionsRef:
+        # The report reads a sample of the rows after it, for its plots.
+        out = STEPS.label(*args, **kwargs)
+        labelled.update(counts)
+        return out
+
+    result = run_job(config, watch, steps=dataclasses.replace(STEPS, label=label))
+    assert result.fit.n_iter >= 2 and at_last_iteration
+    after = labelled - at_last_iteration
+    assert len(after) == -(-N_SAMPLES // CHUNK_ROWS)
+    assert set(after.values()) == {1}, after
+    # The same figures as the fit step's own pass gives (fit_model alone, `emdist fit`), and
+    # as the saved model computes from the data on disk: bit for bit.
+    monkeypatch.undo()
+    model = emdist.load_model(result.fit.model_path)
+    own = model.information_criteria(data.path)
+    assert (result.fit.score, result.fit.bic, result.fit.aic) == (
+        own["score"],
+        own["bic"],
+        own["aic"],
+    )
+    _, fit, _ = read_summary(config)
+    assert (fit.score, fit.bic, fit.aic) == (own["score"], own["bic"], own["aic"])
+    assert result.predictions.criteria == own
+
+
+def test_the_fit_step_alone_still_scores_its_fit(fitted: Fitted) -> None:
+    # Without a label step after it (`emdist fit`), the fit step gives the criteria itself;
+    # the label step gives the same ones when asked.
+    config, data = fitted.config, fitted.data
+    assert fitted.fit.score is not None and fitted.predictions.criteria is None
+    with_labels = label_data(
+        config.model_copy(update={"output": config.output.model_copy(update={"overwrite": True})}),
+        data,
+        fitted.fit.model_path,
+        criteria=True,
+    )
+    assert with_labels.criteria == {
+        "score": fitted.fit.score,
+        "bic": fitted.fit.bic,
+        "aic": fitted.fit.aic,
+    }
+    assert with_labels.counts == fitted.predictions.counts
