@@ -1,7 +1,9 @@
-"""The default start on data larger than the scan sample (k-means||, emdist.engine.oversampling).
+"""The default start: k-means|| (emdist.engine.oversampling), over the data or in memory.
 
-What is checked: the start reaches the best optimum where k-means++ on the sample alone
-does not (heavy-tailed clusters of unequal weights), reads the data at most twice
+What is checked: on a bundled dataset the sample holds whole (wine), the start never ends in
+the poor basins one k-means++ seeding (scikit-learn's start) sometimes reaches, and reads
+nothing beyond the scan; on larger data it reaches the best optimum where k-means++ on the
+sample alone does not (heavy-tailed clusters of unequal weights), reads the data at most twice
 whatever the number of restarts or fits sharing the passes, is the same for a fixed
 ``random_state`` and any chunking, takes ``sample_weight`` into account, and a fit killed
 after its start resumes without reading it again and ends as an uninterrupted one.
@@ -116,6 +118,25 @@ def test_kmeans_default_start_on_wine_is_no_worse_than_scikit_learn() -> None:
     theirs = np.array([KMeans(3, n_init=1, random_state=s).fit(X).inertia_ for s in seeds])
     assert ours.max() / len(X) <= 7.21, np.flatnonzero(ours / len(X) > 7.21)
     assert ours.mean() <= theirs.mean(), (ours.mean(), theirs.mean())
+
+
+def test_gmm_default_start_on_wine_is_never_worse_than_scikit_learns_worst() -> None:
+    # The diagonal mixture from one k-means++ ended seed 29 at -15.82 per row, 9% below the
+    # optimum most seeds reach (-14.445; the best, -14.407). Over 200 seeds the k-means||
+    # start reached only those two; scikit-learn's start also ends at -14.455/-14.456 in
+    # 31% of its seeds.
+    from sklearn.mixture import GaussianMixture
+
+    X = _wine()
+    seeds = range(40)
+
+    def fits(cls: Any) -> np.ndarray:
+        return np.array(
+            [cls(3, covariance_type="diag", random_state=s).fit(X).score(X) for s in seeds]
+        )
+
+    ours, theirs = fits(emdist.GaussianMixture), fits(GaussianMixture)
+    assert ours.min() >= theirs.min(), (ours.min(), np.argmin(ours), theirs.min())
 
 
 def test_default_start_on_data_the_sample_holds_reads_nothing_beyond_the_scan(
