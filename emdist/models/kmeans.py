@@ -432,10 +432,12 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         Number of clusters.
     init : {'k-means++', 'random'} or ndarray of shape (n_clusters, n_features), \
 default='k-means++'
-        Seeding, never one pass per centre. Both run on a uniform sample of rows drawn in
-        the scan pass that also validates the data (``init_sample_size`` rows); on data
-        with more rows, ``k-means++`` is k-means|| over all of them, one pass shared by
-        the restarts (:mod:`emdist.engine.oversampling`).
+        Seeding, never one pass per centre. Both start from a uniform sample of rows drawn
+        in the scan pass that also validates the data (``init_sample_size`` rows).
+        ``k-means++`` is k-means|| over all the rows (:mod:`emdist.engine.oversampling`):
+        the best of 10 k-means++ seedings of 4K weighted candidates; in memory where the
+        sample holds every row, one pass shared by the restarts on larger data.
+        ``random``: rows of the sample.
     n_init : 'auto' or int, default='auto'
         Restarts; the one with the lowest inertia is kept. ``'auto'`` means 1 for
         ``k-means++`` and for an explicit array, 10 for ``random``.
