@@ -1,4 +1,4 @@
-"""The default start on data larger than the scan sample: k-means|| in at most two passes.
+"""The default start: k-means|| in at most two passes (none when the sample is all the data).
 
 K-means++ on the scan sample alone lands in poor local optima on data a uniform sample
 under-represents (heavy tails, clusters of unequal weights): docs/design.md#initialisation.
@@ -16,6 +16,9 @@ k-means|| (Bahmani et al. 2012) oversamples candidate centres over all the data 
 
 The restarts of a fit share both passes, and every fit sharing a read (a K sweep) runs its
 passes in the same reads (:func:`run_start_passes`), before the first EM pass.
+
+On data no larger than the scan sample the sample holds every row: the same start runs its
+two passes over the sample in memory (in the data's row order) and reads nothing.
 
 Everything random derives from the scan's seed: the first candidates from it, the
 exponential draws of pass 1 from a stream keyed by the global row index
@@ -36,7 +39,7 @@ from emdist._random import child_seeds
 from emdist._typing import FloatArray, IntArray
 from emdist.engine.data import FitData
 from emdist.engine.lockstep import StatsTuple, kernels_all, shared_kernel_pass
-from emdist.engine.reduce import PassData
+from emdist.engine.reduce import PassData, Rows
 from emdist.engine.seeding import kmeans_plusplus
 from emdist.kernels.oversampling import D2Sample, d2_sample_chunk, nearest
 
@@ -107,19 +110,28 @@ def run_start_passes(X: PassData, starts: Sequence[StartPasses]) -> int:
 
 
 def uses_oversampling(data: FitData) -> bool:
-    """Whether the data has rows the scan sample does not hold (then k-means|| is worth it).
+    """Whether the default start is k-means|| (over the data, or over a sample holding it all).
 
-    On data no larger than the sample, k-means++ on the sample is k-means++ on all the
-    data (scikit-learn's start) and reads nothing. Data with missing values
-    (``missing='marginalize'``) keeps the start on the mean-imputed sample: the passes'
-    squared distances need whole rows.
+    Data with missing values (``missing='marginalize'``) keeps k-means++ on the mean-imputed
+    sample: the passes' squared distances need whole rows. A summary of a sample (no scan
+    seed: the K-means a start runs on a sample) keeps k-means++ too.
     """
     summary = data.summary
-    return (
-        summary.seed is not None
-        and summary.n_observed is None
-        and summary.n_samples > len(summary.sample)
-    )
+    return summary.seed is not None and summary.n_observed is None
+
+
+def _sample_as_data(data: FitData) -> Rows | None:
+    """The scan sample in the data's row order when it holds every row, else ``None``.
+
+    The start's passes then run over it in memory: the row-keyed draws and the cells are
+    those a pass over the data would give, and nothing is read.
+    """
+    summary = data.summary
+    if summary.n_samples > len(summary.sample):
+        return None
+    order = np.argsort(summary.sample_rows, kind="stable")
+    w = summary.sample_weight
+    return Rows(summary.sample[order], {} if w is None else {"weights": w[order]})
 
 
 def start_seed(data: FitData) -> int:
@@ -152,6 +164,9 @@ LabelKernel = Callable[[FloatArray], tuple[Callable[..., Any], tuple[Any, ...]]]
 
 class OversampledStart:
     """k-means|| over the data for the restarts of one fit: one pass, then one more per start.
+
+    When the scan sample holds every row, both passes run over it in memory (no read;
+    :attr:`pending` is then always false).
 
     Pass 1 draws ``2K`` rows with probability ∝ ``w D²`` to ``2K`` first candidates
     (greedy k-means++ on the scan sample): with the sample, they are the rows the seeding
@@ -192,6 +207,7 @@ class OversampledStart:
         n_first = min(OVERSAMPLING * n_clusters, _distinct_rows(sample, w))
         idx = kmeans_plusplus(sample, n_first, np.random.default_rng(first_seed), w)
         self._first = sample[idx].copy()
+        self._in_memory = _sample_as_data(data)
         self._drawn: D2Sample | None = None
         self._wanted: list[int] = []
         self._asked: list[int] = []
@@ -216,10 +232,22 @@ class OversampledStart:
                 out.append(s)
         return out
 
+    def _needs_pass(self) -> bool:
+        return self._drawn is None or bool(self._unlabelled())
+
     @property
     def pending(self) -> bool:
-        """Whether a pass is still needed."""
-        return self._drawn is None or bool(self._unlabelled())
+        """Whether a pass over the data is still needed (never when it runs in memory)."""
+        return self._in_memory is None and self._needs_pass()
+
+    def _run_passes(self) -> None:
+        """The passes still needed: over the data, or over the sample in memory."""
+        if self._in_memory is None:
+            run_start_passes(self.data.rows, [self])
+            return
+        while self._needs_pass():
+            (stats,) = shared_kernel_pass(self._in_memory, [self.request()])
+            self.receive(stats)
 
     def request(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         """Pass 1: the D² sample; pass 2: the labels under every wanted restart's centres."""
@@ -250,15 +278,14 @@ class OversampledStart:
         """A restart's centres (``None``: fewer distinct rows than clusters to seed from)."""
         if seed not in self._centers:
             if self._drawn is None:
-                run_start_passes(self.data.rows, [self])
+                self._run_passes()
             self._centers[seed] = self._compute_centers(seed)
         return self._centers[seed]
 
     def labelled(self, seed: int) -> Any:
         """The labelling pass's statistics under a restart's centres (``None``: no centres)."""
         self.want([seed])
-        if self.pending:
-            run_start_passes(self.data.rows, [self])
+        self._run_passes()
         return self._labelled[seed]
 
     def _compute_centers(self, seed: int) -> FloatArray | None:

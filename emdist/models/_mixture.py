@@ -109,9 +109,10 @@ def initial_resp_stats(
     K-means run on it in memory, ``k-means++`` and ``random_from_data`` give one-hot rows of
     the scan sample: none of them reads the data. ``random`` (random responsibilities for
     every row, as scikit-learn) takes one pass. With ``start`` (the fit's k-means|| start,
-    for ``kmeans`` on data larger than the sample), ``kmeans`` is scikit-learn's start at
-    the price of two passes: K-means centres seeded over all the data and the moments of
-    every row under their labels (:mod:`emdist.engine.oversampling`).
+    the default for ``kmeans``), ``kmeans`` is K-means centres seeded over all the data
+    and the moments of every row under their labels: two passes, none where the sample
+    holds every row (:mod:`emdist.engine.oversampling`). Without it (data with missing
+    values), K-means with k-means++ on the mean-imputed sample.
 
     Parameters
     ----------
@@ -138,10 +139,9 @@ def initial_resp_stats(
     sample = _imputed(data.summary.sample, data.summary.mean)
     fill = data.summary.mean if sample is not data.summary.sample else None
     if init_params == "kmeans":
-        # K-means on the scan sample, in memory: scikit-learn's start (hard K-means labels)
-        # at the cost of no pass over the data (docs/design.md#initialisation). When the data
-        # has no more rows than the sample, the sample is all of it; on larger data the
-        # k-means|| start gives centres and the labels of every row (two passes).
+        # The k-means|| start gives centres and the labels of every row (two passes, in
+        # memory where the sample holds every row: docs/design.md#initialisation). Without
+        # it, K-means on the scan sample in memory, at no pass over the data.
         labelled = None if start is None else start.labelled(seed)
         if labelled is not None:
             stats: MixtureStats = labelled

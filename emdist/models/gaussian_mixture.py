@@ -223,14 +223,14 @@ class GaussianMixture(BaseMixture):
     n_init : int, default=1
         Restarts; the one with the highest final lower bound is kept.
     init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
-        How the initial responsibilities are chosen. ``kmeans``: hard K-means labels,
-        scikit-learn's start. On data no larger than the scan pass's uniform sample
-        (``init_sample_size`` rows) K-means runs on it in memory and reads nothing; on
-        larger data the centres come from k-means|| over all the rows and every row is
-        labelled under them, in two passes shared by the restarts
-        (:mod:`emdist.engine.oversampling`). ``k-means++`` and ``random_from_data``:
-        one-hot rows of the sample, no read; ``random`` (random responsibilities for
-        every row) takes one pass.
+        How the initial responsibilities are chosen. ``kmeans``: hard K-means labels of
+        every row, as scikit-learn's start, the centres from k-means|| over all the rows
+        (the best of 10 k-means++ seedings of 4K weighted candidates, then Lloyd;
+        :mod:`emdist.engine.oversampling`). On data no larger than the scan pass's uniform
+        sample (``init_sample_size`` rows) this runs on the sample in memory and reads
+        nothing; on larger data it takes two passes shared by the restarts.
+        ``k-means++`` and ``random_from_data``: one-hot rows of the sample, no read;
+        ``random`` (random responsibilities for every row) takes one pass.
     weights_init : ndarray of shape (n_components,), optional
     means_init : ndarray of shape (n_components, n_features), optional
     precisions_init : ndarray, optional

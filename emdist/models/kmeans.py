@@ -28,6 +28,7 @@ from emdist.engine.em import (
 from emdist.engine.oversampling import (
     LabelKernel,
     OversampledStart,
+    Refine,
     start_seed,
     uses_oversampling,
 )
@@ -175,8 +176,8 @@ def initial_centers(
 ) -> FloatArray:
     """Starting centres: k-means||, k-means++ or random rows of the scan sample, or arrays.
 
-    ``start``: the fit's k-means|| start (``init='k-means++'`` on data larger than the scan
-    sample), which gives the restart's centres (:mod:`emdist.engine.oversampling`).
+    ``start``: the fit's k-means|| start (``init='k-means++'``), which gives the restart's
+    centres (:mod:`emdist.engine.oversampling`).
     """
     sample, w = data.summary.sample, data.summary.sample_weight
     rng = np.random.default_rng(seed)
@@ -228,12 +229,29 @@ def lloyd_on_rows(
 def oversampled_start(
     data: FitData, n_clusters: int, label_kernel: LabelKernel | None = None
 ) -> OversampledStart | None:
-    """The k-means|| start of a fit, or ``None`` where the scan sample holds every row."""
+    """The k-means|| start of a fit (in memory where the scan sample holds every row).
+
+    ``None`` for data with missing values and for a sample's own K-means (no scan seed).
+    The centres of the cells are refined by Lloyd on the sample, except for K-means itself
+    (no ``label_kernel``) on data the sample holds whole: the fit's own Lloyd over the same
+    rows follows.
+    """
     if not uses_oversampling(data):
         return None
+    summary = data.summary
+    refine: Refine = lloyd_on_rows
+    if label_kernel is None and summary.n_samples <= len(summary.sample):
+        refine = _seeds_as_they_are
     return OversampledStart(
-        data, n_clusters, start_seed(data), refine=lloyd_on_rows, label_kernel=label_kernel
+        data, n_clusters, start_seed(data), refine=refine, label_kernel=label_kernel
     )
+
+
+def _seeds_as_they_are(
+    seeds: FloatArray, rows: FloatArray, weights: FloatArray, seed: int
+) -> FloatArray:
+    """No refinement: the fit's Lloyd runs over the same rows next."""
+    return seeds
 
 
 def _in_memory_run(
@@ -414,10 +432,12 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         Number of clusters.
     init : {'k-means++', 'random'} or ndarray of shape (n_clusters, n_features), \
 default='k-means++'
-        Seeding, never one pass per centre. Both run on a uniform sample of rows drawn in
-        the scan pass that also validates the data (``init_sample_size`` rows); on data
-        with more rows, ``k-means++`` is k-means|| over all of them, one pass shared by
-        the restarts (:mod:`emdist.engine.oversampling`).
+        Seeding, never one pass per centre. Both start from a uniform sample of rows drawn
+        in the scan pass that also validates the data (``init_sample_size`` rows).
+        ``k-means++`` is k-means|| over all the rows (:mod:`emdist.engine.oversampling`):
+        the best of 10 k-means++ seedings of 4K weighted candidates; in memory where the
+        sample holds every row, one pass shared by the restarts on larger data.
+        ``random``: rows of the sample.
     n_init : 'auto' or int, default='auto'
         Restarts; the one with the lowest inertia is kept. ``'auto'`` means 1 for
         ``k-means++`` and for an explicit array, 10 for ``random``.

@@ -792,8 +792,11 @@ def test_seeded_generator_random_state_resumes(
 
 
 def test_kmeans_interrupted_in_each_restart_resumes_exactly(tmp_path: Path, small: str) -> None:
-    # Restarts of 10 (max_iter), 7 (converged) and 9 (converged) iterations.
-    make = functools.partial(emdist.KMeans, 3, n_init=3, tol=1e-3, max_iter=10, random_state=0)
+    # Restarts of 10 (max_iter), 7 (converged) and 9 (converged) iterations, from random rows
+    # (the default k-means|| start's restarts here all converge within a few iterations).
+    make = functools.partial(
+        emdist.KMeans, 3, n_init=3, tol=1e-3, max_iter=10, init="random", random_state=45
+    )
     conv: dict[int, bool] = {}
     with no_convergence_warning():
         reference = fitted(
@@ -976,15 +979,16 @@ def test_source_never_unpickles() -> None:
 
 def test_checkpoint_holds_only_zarr_metadata_and_raw_chunks(tmp_path: Path, small: str) -> None:
     ckpt = tmp_path / "ckpt"
-    # Restarts of 10 (max_iter), 7 (converged) and 9 (converged) iterations: at iteration 8
-    # restart 1 is finished (best/) while restart 0 still runs.
+    # Restarts of 10 (max_iter), 7 (converged) and 9 (converged) iterations from random rows:
+    # at iteration 8 restart 1 is finished (best/) while restart 0 still runs.
     with pytest.raises(Crash), no_convergence_warning():
         emdist.KMeans(
             3,
             n_init=3,
             tol=1e-3,
             max_iter=10,
-            random_state=0,
+            init="random",
+            random_state=45,
             checkpoint=ckpt,
             observer=crash_at(0, 8),
         ).fit(small)
