@@ -321,6 +321,16 @@ def _add_sums_weighted(
 
 
 @jit
+def _norm(X: AnyArray, i: int) -> float:
+    """``‖x_i‖`` in float64."""
+    s = 0.0
+    for j in range(X.shape[1]):
+        v = np.float64(X[i, j])
+        s += v * v
+    return np.sqrt(s)
+
+
+@jit
 def _pick(
     X: AnyArray,
     i: int,
@@ -341,7 +351,8 @@ def _pick(
     ``numpy.argmin``), and almost always there is one. So the label does not depend on
     how the GEMM rounded — a GEMM over other rows, as the bounded walk runs, gives the
     same label. With ``want_lower``: also a lower bound on the squared distance to every
-    other centre (else 0).
+    other centre (else 0). Last, the exact squared distance to the label where it was
+    computed (else -1).
     """
     K = centers.shape[0]
     low = np.inf
@@ -358,9 +369,10 @@ def _pick(
     reach = low + 4.0 * band
     if second > reach:
         if not want_lower or K == 1:
-            return arg, np.inf if K == 1 else 0.0
+            return arg, np.inf if K == 1 else 0.0, -1.0
         # ‖x - c_k‖² ≥ ‖x - c_arg‖² + (v_k - v_arg) - 3 band for every other k.
-        return arg, _sq_dist(X, i, arg, centers) + (second - low) - 3.0 * band
+        sq = _sq_dist(X, i, arg, centers)
+        return arg, sq + (second - low) - 3.0 * band, sq
     best = -1
     best_sq = np.inf
     for k in range(K):
@@ -370,7 +382,7 @@ def _pick(
                 best_sq = sq
                 best = k
     if not want_lower:
-        return best, 0.0
+        return best, 0.0, best_sq
     v_best = np.float64(scores[j, best]) + np.float64(bias[best])
     other = np.inf
     for k in range(K):
@@ -378,7 +390,7 @@ def _pick(
             v = np.float64(scores[j, k]) + np.float64(bias[k])
             if v < other:
                 other = v
-    return best, best_sq + (other - v_best) - 3.0 * band
+    return best, best_sq + (other - v_best) - 3.0 * band, best_sq
 
 
 # Outward rounding of float64 bounds to float32: a product by (1 ± 2^-22) moves a value
@@ -457,21 +469,21 @@ def _walk_kernel(
     norm = np.empty(rows)
     lab = np.empty(rows, dtype=np.int64)
     low_sq = np.empty(rows)
+    # The exact squared distance of a row to its label where already computed (else -1):
+    # the sweep takes it instead of computing it again (the same function, the same value).
+    known = np.empty(rows)
     need = np.empty(rows, dtype=np.int64)
     up = 1.0 + delta
     scored = 0
     for start in range(0, n, rows):
         m = min(rows, n - start)
-        for i in range(m):
-            s = 0.0
-            for j in range(d):
-                v = np.float64(X[start + i, j])
-                s += v * v
-            norm[i] = np.sqrt(s)
+        # ‖x‖, for the rounding band of the rows scored (computed when first needed).
+        norm[:m] = -1.0
         for r in range(R):
             c = centers[r]
             s_r = src[r] if keep else -1
             m_need = 0
+            known[:m] = -1.0
             if s_r >= 0:
                 f = first[r]
                 for i in range(m):
@@ -484,10 +496,13 @@ def _walk_kernel(
                     bound = max(lo, half_gap[r, a])
                     if u >= bound:
                         # Tightened to the exact distance to its own centre before scoring.
-                        u = np.sqrt(_sq_dist(X, g, a, c)) * up + tiny
+                        sq = _sq_dist(X, g, a, c)
+                        known[i] = sq
+                        u = np.sqrt(sq) * up + tiny
                     if u < bound:
                         lab[i] = a
-                        low_sq[i] = lo * lo if lo > 0.0 else 0.0
+                        # (A distance here, not squared: marked by the sign of low_sq.)
+                        low_sq[i] = -1.0 - (lo if lo > 0.0 else 0.0)
                         continue
                     need[m_need] = i
                     m_need += 1
@@ -498,6 +513,8 @@ def _walk_kernel(
             if m_need == m:
                 _score_rows(X, start, m, ref[r], neg2_t[r], shift_rows, xbuf, scores)
                 for i in range(m):
+                    if norm[i] < 0.0:
+                        norm[i] = _norm(X, start + i)
                     t = norm[i] + radius[r]
                     band = gamma * t * t
                     if not keep:
@@ -510,7 +527,9 @@ def _walk_kernel(
                         if close == 1:
                             lab[i] = arg
                             continue
-                    lab[i], low_sq[i] = _pick(X, start + i, scores, i, bias[r], c, band, keep)
+                    lab[i], low_sq[i], known[i] = _pick(
+                        X, start + i, scores, i, bias[r], c, band, keep
+                    )
             elif m_need > 0:
                 # The rows whose bounds failed, gathered into one GEMM.
                 for q in range(m_need):
@@ -524,8 +543,10 @@ def _walk_kernel(
                 np.dot(xbuf[:m_need], neg2_t[r], scores[:m_need])
                 for q in range(m_need):
                     i = need[q]
+                    if norm[i] < 0.0:
+                        norm[i] = _norm(X, start + i)
                     t = norm[i] + radius[r]
-                    lab[i], low_sq[i] = _pick(
+                    lab[i], low_sq[i], known[i] = _pick(
                         X, start + i, scores, q, bias[r], c, gamma * t * t, keep
                     )
             scored += m_need
@@ -541,16 +562,20 @@ def _walk_kernel(
                     _add_sums_weighted(X, g, k, about[r], sx[r], wi)
                 else:
                     _add_sums(X, g, k, about[r], sx[r])
-                dist = _sq_dist(X, g, k, c)
+                dist = known[i] if known[i] >= 0.0 else _sq_dist(X, g, k, c)
                 counts[r, k] += wi
                 part += wi * dist
                 if keep:
                     labels[r, g] = k
                     u = np.sqrt(dist) * up + tiny
                     upper[r, g] = np.float32(u * _UP32 + _TINY32)
-                    lo = np.sqrt(low_sq[i]) * (1.0 - delta) - tiny if low_sq[i] > 0.0 else 0.0
-                    if low_sq[i] == np.inf:
+                    v = low_sq[i]
+                    if v < 0.0:
+                        lo = -1.0 - v  # a skipped row's moved lower bound
+                    elif v == np.inf:
                         lo = np.inf
+                    else:
+                        lo = np.sqrt(v) * (1.0 - delta) - tiny if v > 0.0 else 0.0
                     lower[r, g] = np.float32(lo * _DOWN32 - _TINY32)
                 if wi > 0.0:
                     nf = n_far[r]
