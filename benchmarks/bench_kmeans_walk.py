@@ -49,10 +49,10 @@ import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 
 import emdist  # noqa: E402
+from emdist.engine.kept import KeptState  # noqa: E402
 from emdist.engine.lockstep import shared_pass  # noqa: E402
 from emdist.engine.reduce import Rows, map_reduce  # noqa: E402
 from emdist.io import as_dask_array  # noqa: E402
-from emdist.engine.kept import KeptState  # noqa: E402
 from emdist.kernels.kmeans import (  # noqa: E402
     KMeansParams,
     KMeansStats,
@@ -276,9 +276,7 @@ class Bounded:
         self.t += 1
         X = self.source()
         family = KMeansFamily()
-        return self.kept.run(
-            Rows(X), family.estep_kept, [p[self.t] for p in self.paths], self.tags
-        )
+        return self.kept.run(Rows(X), family.estep_kept, [p[self.t] for p in self.paths], self.tags)
 
     def record(self) -> None:
         """The share of rows the last pass scored (read from the kept values, no compute)."""

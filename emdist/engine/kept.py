@@ -29,7 +29,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-from dask.base import tokenize
+from dask.base import compute, persist, tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
@@ -77,12 +77,14 @@ def _block_with_state(
 
 
 def _stats_of(pair: tuple[StatsTuple, Any]) -> StatsTuple:
-    return pair[0]
+    stats: StatsTuple = pair[0]
+    return stats
 
 
 def _sum_stats(*pairs_or_sums: Any) -> StatsTuple:
     values = [v[0] if isinstance(v, tuple) else v for v in pairs_or_sums]
-    return functools.reduce(lambda a, b: a + b, values)
+    total: StatsTuple = functools.reduce(lambda a, b: a + b, values)
+    return total
 
 
 class KeptState:
@@ -185,7 +187,7 @@ class KeptState:
         reduction = _reduction(pairs, token, split_every)
         # One run of the graph: the pairs stay where they were computed (workers, or this
         # process), the sums come back.
-        pairs, reduction = dask.persist(pairs, reduction)
+        pairs, reduction = persist(pairs, reduction)
         total: StatsTuple = reduction.compute()
         self._pairs = pairs
         return list(total.items)
@@ -194,7 +196,7 @@ class KeptState:
         """The kept state of every block (gathered here: for tests and measurements)."""
         if self._pairs is None:
             return [] if self._one is None else [self._one]
-        pairs = dask.compute(*self._pairs.to_delayed().ravel())
+        pairs = compute(*self._pairs.to_delayed().ravel())
         return [p[1] for p in pairs]
 
 
@@ -216,11 +218,11 @@ def _reduction(pairs: da.Array, token: str, split_every: int) -> Delayed:
         keys = parents
         level += 1
     name = f"emdist-kept-pass-{token}"
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[pairs])
+    dependency: Any = pairs
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[dependency])
     return Delayed(keys[0], graph, layer=name)
 
 
 def state_bytes(states: Sequence[Any]) -> int:
     """Memory held by kept states that tell their ``nbytes``."""
     return int(sum(int(getattr(s, "nbytes", 0)) for s in states))
-

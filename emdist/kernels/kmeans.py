@@ -327,7 +327,8 @@ def _norm(X: AnyArray, i: int) -> float:
     for j in range(X.shape[1]):
         v = np.float64(X[i, j])
         s += v * v
-    return np.sqrt(s)
+    out: float = np.sqrt(s)
+    return out
 
 
 @jit
@@ -340,7 +341,7 @@ def _pick(
     centers: FloatArray,
     band: float,
     want_lower: bool,
-) -> tuple[int, float]:
+) -> tuple[int, float, float]:
     """The label of row ``i`` (scores in row ``j``): the argmin of its exact distances.
 
     ``scores[j, k] + bias[k]`` is ``‖x - c_k‖²`` up to a term common to every ``k``, to
@@ -488,7 +489,7 @@ def _walk_kernel(
                 f = first[r]
                 for i in range(m):
                     g = start + i
-                    a = np.int64(old_labels[s_r, g])
+                    a = int(old_labels[s_r, g])
                     u = (np.float64(old_upper[s_r, g]) + drift[r, a]) * up + tiny
                     lo = np.float64(old_lower[s_r, g]) - (second[r] if a == f else drift[r, f])
                     if lo != np.inf:
@@ -893,8 +894,10 @@ def _estep_group(
     members: Sequence[int],
     kept: tuple[AnyArray, AnyArray, AnyArray],
 ) -> tuple[list[KMeansStats], int]:
-    """:func:`_estep` for restarts of the same shape of centres (``members``: their rows
-    in the kept arrays); the statistics and the rows scored."""
+    """:func:`_estep` for restarts of the same shape of centres.
+
+    ``members``: their rows in the kept arrays. Returns the statistics and the rows scored.
+    """
     X, row_offset = block.x, block.row_offset
     # Weights (scikit-learn's sample_weight) weigh counts, sums and inertia; the far rows
     # that re-seed an empty cluster are, as scikit-learn's, the rows farthest from their

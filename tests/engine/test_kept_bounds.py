@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.cluster import KMeans as SKKMeans
+from sklearn.datasets import make_blobs
 
 import emdist
 from emdist.engine.em import _kept_pass
@@ -28,7 +29,6 @@ from emdist.engine.lockstep import shared_pass
 from emdist.engine.reduce import Rows
 from emdist.kernels.kmeans import KMeansBounds, KMeansParams, KMeansStats, kmeans_mstep
 from emdist.models.kmeans import KMeansFamily
-from sklearn.datasets import make_blobs
 
 FAMILY = KMeansFamily()
 
