@@ -10,8 +10,14 @@ In one process, on the same 400k x 32 blobs (K = 16) written twice — uncompres
   ``KMeansFamily.estep_many`` (one walk over each block for all of them);
 * **pass, 8 restarts one kernel each**: the same shared pass with a family that has no
   ``estep_many`` (each restart's kernel walks the block on its own: what ran before);
+* **with bounds**: the 1-restart and 8-restart passes with Hamerly's bounds kept beside
+  the blocks (``emdist.engine.kept``): each call runs the next Lloyd iteration's pass
+  (from ``--bounds-from``) on the bounds the previous call left; "rows scored" is the
+  share whose bounds failed;
+* **in-memory Dask**: the same passes on the data held as an in-memory Dask array;
 * **weighted pass**: the 1-restart pass with ``sample_weight`` (uncompressed store);
-* **fits**: ``KMeans(n_init=1)`` and ``KMeans(n_init=8)`` from the zstd store, k-means++
+* **fits**: ``KMeans(n_init=1)`` and ``KMeans(n_init=8)``, with and without bounds
+  (``emdist.kept-state-bytes`` 0), from the zstd store, k-means++
   starts, ``tol=0``, ``max_iter`` fixed (20 by default: every restart runs its whole
   budget, so the two differ in what a pass costs, not in the iterations a restart needs).
 
@@ -20,8 +26,8 @@ E-step's. Medians (min-max) of the rounds, wall and process CPU seconds; the loa
 before and after.
 
 ``--kernels`` times instead the kernels alone on the in-memory block, one thread, CPU
-seconds: one restart, 8 restarts as 8 kernel calls, 8 restarts in one walk, and that walk
-with the inertia from float64 differences for every row (the expansion switched off).
+seconds: one restart, 8 restarts as 8 kernel calls, 8 restarts in one walk, and one and 8
+restarts with bounds (Lloyd's iterations 6..11, each on the previous one's bounds).
 
     .venv/bin/python benchmarks/bench_kmeans_walk.py                    # ~5 min
     .venv/bin/python benchmarks/bench_kmeans_walk.py --repeats 3 --n-samples 100000
