@@ -21,6 +21,11 @@ fit resumes where it stopped and ends with exactly the model an uninterrupted fi
 produced: all randomness derives from the seed recorded with the checkpoint, and parameters
 are stored bit for bit.
 
+A family that keeps per-row state beside the row blocks between passes (K-means' Hamerly
+bounds: ``estep_kept``) has its whole-data passes run through
+:class:`emdist.engine.kept.KeptState`, which the driver holds for its lifetime (never in
+the checkpoint); the statistics are those of the plain pass, bit for bit.
+
 Each batch iteration is one pass over the data and one ``compute``: the statistics produced
 under ``θ_t`` give both the lower bound of ``θ_t`` and the new parameters ``θ_{t+1}``, as in
 scikit-learn, so convergence costs no extra pass.
