@@ -352,8 +352,10 @@ def _pick(
     ``numpy.argmin``), and almost always there is one. So the label does not depend on
     how the GEMM rounded — a GEMM over other rows, as the bounded walk runs, gives the
     same label. With ``want_lower``: also a lower bound on the squared distance to every
-    other centre (else 0). Last, the exact squared distance to the label where it was
-    computed (else -1).
+    other centre (else 0), never below 0: far from the origin the band dwarfs the gaps
+    between scores, and a bound drawn from them alone is then negative. Centres compared by
+    exact distances bound it by those distances, not by their scores. Last, the exact
+    squared distance to the label where it was computed (else -1).
     """
     K = centers.shape[0]
     low = np.inf
@@ -373,25 +375,31 @@ def _pick(
             return arg, np.inf if K == 1 else 0.0, -1.0
         # ‖x - c_k‖² ≥ ‖x - c_arg‖² + (v_k - v_arg) - 3 band for every other k.
         sq = _sq_dist(X, i, arg, centers)
-        return arg, sq + (second - low) - 3.0 * band, sq
+        return arg, max(sq + (second - low) - 3.0 * band, 0.0), sq
     best = -1
     best_sq = np.inf
-    for k in range(K):
-        if np.float64(scores[j, k]) + np.float64(bias[k]) <= reach:
-            sq = _sq_dist(X, i, k, centers)
-            if sq < best_sq:
-                best_sq = sq
-                best = k
-    if not want_lower:
-        return best, 0.0, best_sq
-    v_best = np.float64(scores[j, best]) + np.float64(bias[best])
+    # The second smallest exact distance among the centres compared, and the smallest
+    # score of the others (each strictly farther than the label).
+    other_sq = np.inf
     other = np.inf
     for k in range(K):
-        if k != best:
-            v = np.float64(scores[j, k]) + np.float64(bias[k])
-            if v < other:
-                other = v
-    return best, best_sq + (other - v_best) - 3.0 * band, best_sq
+        v = np.float64(scores[j, k]) + np.float64(bias[k])
+        if v <= reach:
+            sq = _sq_dist(X, i, k, centers)
+            if sq < best_sq:
+                other_sq = best_sq
+                best_sq = sq
+                best = k
+            elif sq < other_sq:
+                other_sq = sq
+        elif v < other:
+            other = v
+    if not want_lower:
+        return best, 0.0, best_sq
+    if other < np.inf:
+        v_best = np.float64(scores[j, best]) + np.float64(bias[best])
+        other_sq = min(other_sq, max(best_sq + (other - v_best) - 3.0 * band, 0.0))
+    return best, other_sq, best_sq
 
 
 # Outward rounding of float64 bounds to float32: a product by (1 ± 2^-22) moves a value
@@ -400,6 +408,7 @@ def _pick(
 _UP32 = 1.0 + 2.0**-22
 _DOWN32 = 1.0 - 2.0**-22
 _TINY32 = 1e-44
+_MAX32 = float(np.finfo(np.float32).max)
 
 
 @jit
@@ -470,6 +479,10 @@ def _walk_kernel(
     norm = np.empty(rows)
     lab = np.empty(rows, dtype=np.int64)
     low_sq = np.empty(rows)
+    # Rows that kept their label on their bounds; ``moved_lo``: their moved lower bound (a
+    # distance, not squared).
+    skipped = np.empty(rows, dtype=np.bool_)
+    moved_lo = np.empty(rows)
     # The exact squared distance of a row to its label where already computed (else -1):
     # the sweep takes it instead of computing it again (the same function, the same value).
     known = np.empty(rows)
@@ -485,6 +498,7 @@ def _walk_kernel(
             s_r = src[r] if keep else -1
             m_need = 0
             known[:m] = -1.0
+            skipped[:m] = False
             if s_r >= 0:
                 f = first[r]
                 for i in range(m):
@@ -502,8 +516,8 @@ def _walk_kernel(
                         u = np.sqrt(sq) * up + tiny
                     if u < bound:
                         lab[i] = a
-                        # (A distance here, not squared: marked by the sign of low_sq.)
-                        low_sq[i] = -1.0 - (lo if lo > 0.0 else 0.0)
+                        skipped[i] = True
+                        moved_lo[i] = lo if lo > 0.0 else 0.0
                         continue
                     need[m_need] = i
                     m_need += 1
@@ -571,12 +585,14 @@ def _walk_kernel(
                     u = np.sqrt(dist) * up + tiny
                     upper[r, g] = np.float32(u * _UP32 + _TINY32)
                     v = low_sq[i]
-                    if v < 0.0:
-                        lo = -1.0 - v  # a skipped row's moved lower bound
+                    if skipped[i]:
+                        lo = moved_lo[i]
                     elif v == np.inf:
                         lo = np.inf
                     else:
                         lo = np.sqrt(v) * (1.0 - delta) - tiny if v > 0.0 else 0.0
+                    if _MAX32 < lo < np.inf:
+                        lo = _MAX32  # beyond float32: rounding would make it inf
                     lower[r, g] = np.float32(lo * _DOWN32 - _TINY32)
                 if wi > 0.0:
                     nf = n_far[r]

@@ -94,6 +94,28 @@ def test_bounded_passes_from_a_zarr_store_equal_plain_passes(
     assert _scored(kept) < 0.2 * 2 * len(X)
 
 
+@pytest.mark.parametrize(
+    ("offset", "dtype", "step"),
+    [
+        pytest.param(1e9, np.float64, 2.0**-10, id="1e9-float64"),
+        pytest.param(1e6, np.float32, 2.0**-3, id="1e6-float32"),
+    ],
+)
+def test_bounded_passes_far_from_the_origin_equal_plain_passes(
+    offset: float, dtype: Any, step: float
+) -> None:
+    # Far from the origin the scores' rounding band dwarfs the gaps between centres: a
+    # bound drawn from the scores is then below zero, and must be no bound at all (0), not
+    # one that lets a row keep a label another centre has taken.
+    X, _ = make_blobs(n_samples=6_000, n_features=3, centers=4, cluster_std=4.0, random_state=13)
+    X = np.round(X / step) * step
+    far = (X + offset).astype(dtype)
+    assert_array_equal(far.astype(np.float64) - offset, X)  # the same points, moved
+    rows = Rows(da.from_array(far, chunks=(1_700, 3)))
+    kept = _iterate(rows, _starts(far.astype(np.float64), 4, 2, seed=4), iterations=8)
+    assert kept.passes == 8
+
+
 def test_restarts_joining_and_leaving_keep_their_own_bounds() -> None:
     # A restart new to the pass starts without bounds; one that left is forgotten; the
     # others keep theirs. Every pass still equals the plain one.
