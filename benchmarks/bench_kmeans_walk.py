@@ -10,11 +10,17 @@ In one process, on the same 400k x 32 blobs (K = 16) written twice — uncompres
   ``KMeansFamily.estep_many`` (one walk over each block for all of them);
 * **pass, 8 restarts one kernel each**: the same shared pass with a family that has no
   ``estep_many`` (each restart's kernel walks the block on its own: what ran before);
+* **with bounds**: the 1-restart and 8-restart passes with Hamerly's bounds kept beside
+  the blocks (``emdist.engine.kept``): each call runs the next Lloyd iteration's pass
+  (from ``--bounds-from``) on the bounds the previous call left; "rows scored" is the
+  share whose bounds failed;
+* **in-memory Dask**: the same passes on the data held as an in-memory Dask array;
 * **weighted pass**: the 1-restart pass with ``sample_weight`` (uncompressed store), the
   weights held as a fit holds in-memory weights (``align_per_row``: whole, sliced inside
   each block's task), and as per-block Dask weights (a task per block: what a fit ran
   before);
-* **fits**: ``KMeans(n_init=1)`` and ``KMeans(n_init=8)`` from the zstd store, k-means++
+* **fits**: ``KMeans(n_init=1)`` and ``KMeans(n_init=8)``, with and without bounds
+  (``emdist.kept-state-bytes`` 0), from the zstd store, k-means++
   starts, ``tol=0``, ``max_iter`` fixed (20 by default: every restart runs its whole
   budget, so the two differ in what a pass costs, not in the iterations a restart needs).
 
@@ -23,8 +29,8 @@ E-step's. Medians (min-max) of the rounds, wall and process CPU seconds; the loa
 before and after.
 
 ``--kernels`` times instead the kernels alone on the in-memory block, one thread, CPU
-seconds: one restart, 8 restarts as 8 kernel calls, 8 restarts in one walk, and that walk
-with the inertia from float64 differences for every row (the expansion switched off).
+seconds: one restart, 8 restarts as 8 kernel calls, 8 restarts in one walk, and one and 8
+restarts with bounds (Lloyd's iterations 6..11, each on the previous one's bounds).
 
     .venv/bin/python benchmarks/bench_kmeans_walk.py                    # ~5 min
     .venv/bin/python benchmarks/bench_kmeans_walk.py --repeats 3 --n-samples 100000
@@ -47,16 +53,24 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+import dask  # noqa: E402
 import dask.array as da  # noqa: E402
 import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 
 import emdist  # noqa: E402
 from emdist.engine.data import align_per_row  # noqa: E402
+from emdist.engine.kept import KeptState  # noqa: E402
 from emdist.engine.lockstep import shared_pass  # noqa: E402
 from emdist.engine.reduce import Rows, map_reduce  # noqa: E402
 from emdist.io import as_dask_array  # noqa: E402
-from emdist.kernels.kmeans import KMeansParams, KMeansStats, kmeans_estep_chunk  # noqa: E402
+from emdist.kernels.kmeans import (  # noqa: E402
+    KMeansParams,
+    KMeansStats,
+    kmeans_estep_chunk,
+    kmeans_estep_many,
+    kmeans_mstep,
+)
 from emdist.kernels.rows import RowBlock  # noqa: E402
 from emdist.models.kmeans import KMeansFamily  # noqa: E402
 
@@ -99,6 +113,9 @@ def main() -> None:
     p.add_argument("--fit-repeats", type=int, default=3, help="rounds of the fits")
     p.add_argument("--kernels", action="store_true", help="the kernels alone, in memory")
     p.add_argument(
+        "--bounds-from", type=int, default=5, help="Lloyd iteration the bounded passes start at"
+    )
+    p.add_argument(
         "--weights",
         action="store_true",
         help="only the uncompressed store's floor, 1-restart pass and weighted passes",
@@ -131,33 +148,53 @@ def main() -> None:
             assert np.array_equal(got.counts, want.counts)
             assert np.array_equal(got.far_row, want.far_row)
 
-        def passes(path: str) -> dict[str, Callable[[], Any]]:
+        # Lloyd's centres, iteration after iteration, for the passes with bounds: each call
+        # runs the next iteration's pass on the bounds the previous call left.
+        in_memory = np.asarray(zarr.open_array(packed, mode="r")[:])
+        paths = trajectories(in_memory, starts, args.bounds_from + args.repeats + 2)
+        scored: dict[str, list[float]] = {}
+
+        def passes(source: Callable[[], da.Array]) -> dict[str, Callable[[], Any]]:
             def run(fn: Callable[[da.Array], Any]) -> Callable[[], Any]:
-                return lambda: fn(as_dask_array(path))
+                return lambda: fn(source())
 
             return {
                 "read floor": run(lambda X: map_reduce(X, count_rows)),
                 "pass, 1 restart": run(lambda X: map_reduce(X, family.estep_chunk, starts[0])),
+                "pass, 1 restart, bounds": Bounded(source, paths[:1], args.bounds_from, scored),
                 f"pass, {R} restarts in one walk": run(
                     lambda X: shared_pass(X, [(family, s) for s in starts])
+                ),
+                f"pass, {R} restarts in one walk, bounds": Bounded(
+                    source, paths, args.bounds_from, scored
                 ),
                 f"pass, {R} restarts one kernel each": run(
                     lambda X: shared_pass(X, [(alone, s) for s in starts])
                 ),
             }
 
+        def from_store(path: str) -> Callable[[], da.Array]:
+            return lambda: as_dask_array(path)
+
+        held = da.from_array(in_memory, chunks=(args.chunk_rows, d))
         contenders: dict[str, Callable[[], Any]] = {}
-        for label, path in (("uncompressed", plain), ("zstd", packed)):
-            for name, fn in passes(path).items():
-                if args.weights and (label == "zstd" or "restarts" in name):
+        for label, source in (
+            ("uncompressed", from_store(plain)),
+            ("zstd", from_store(packed)),
+            ("in-memory Dask", lambda: held),
+        ):
+            for name, fn in passes(source).items():
+                if args.weights and (label != "uncompressed" or "restarts" in name):
                     continue
                 contenders[f"{label}: {name}"] = fn
+                if isinstance(fn, Bounded):
+                    fn.name = f"{label}: {name}"
         # As a fit holds in-memory weights of store data: made once, whole.
-        held = align_per_row(as_dask_array(plain), {"weights": weights})
+        whole = align_per_row(as_dask_array(plain), {"weights": weights})
 
         def weighted() -> Any:
             X = as_dask_array(plain)
-            return map_reduce(Rows(X, held), family.estep_chunk, starts[0])
+            return map_reduce(Rows(X, whole), family.estep_chunk, starts[0])
 
         def weighted_per_block() -> Any:
             X = as_dask_array(plain)
@@ -170,41 +207,118 @@ def main() -> None:
         )
         times, cpu = interleave(contenders, args.repeats)
         rows = []
-        for label in ("uncompressed", "zstd"):
+        for label in ("uncompressed", "zstd", "in-memory Dask"):
             floor = f"{label}: read floor"
             for name in contenders:
                 if name.startswith(label):
                     base = (_common.median(times[floor]), _common.median(cpu[floor]))
-                    rows.append([name, *cells(times[name], cpu[name], *base)])
+                    share = scored.get(name)
+                    rows.append(
+                        [
+                            name,
+                            *cells(times[name], cpu[name], *base),
+                            "" if not share else f"{100 * _common.median(share):.1f}%",
+                        ]
+                    )
         print(f"\nOne pass, {n} x {d}, K={K}, chunks of {args.chunk_rows} rows:")
-        header = ["pass", "wall s", "/ read floor", "CPU s", "/ read floor CPU"]
+        print(
+            f"(bounds: passes of Lloyd iterations {args.bounds_from}.."
+            f"{args.bounds_from + args.repeats}, each on the bounds the previous one left)"
+        )
+        header = ["pass", "wall s", "/ read floor", "CPU s", "/ read floor CPU", "rows scored"]
         print(_common.format_table(header, rows))
         if args.weights:
             print(f"\nload {load()} at the end")
             return
 
-        def fit(n_init: int) -> Callable[[], Any]:
+        def fit(n_init: int, bounds: bool) -> Callable[[], Any]:
             def run() -> Any:
                 km = emdist.KMeans(
                     K, n_init=n_init, tol=0.0, max_iter=args.max_iter, random_state=0
                 )
-                km.fit(packed)
+                with dask.config.set({} if bounds else {"emdist.kept-state-bytes": 0}):
+                    km.fit(packed)
                 iters[n_init] = int(km.n_iter_)
                 return km
 
             return run
 
         iters: dict[int, int] = {}
-        fits, fits_cpu = interleave({f"n_init={m}": fit(m) for m in (1, R)}, args.fit_repeats)
+        fits, fits_cpu = interleave(
+            {
+                f"n_init={m}{'' if b else ', no bounds'}": fit(m, b)
+                for m in (1, R)
+                for b in (True, False)
+            },
+            args.fit_repeats,
+        )
         base = (_common.median(fits["n_init=1"]), _common.median(fits_cpu["n_init=1"]))
         print(f"\nFits from the zstd store, k-means++, tol=0, max_iter={args.max_iter}:")
         rows = [
-            [name, *cells(ts, fits_cpu[name], *base), iters[int(name.split("=")[1])]]
+            [name, *cells(ts, fits_cpu[name], *base), iters[int(name.split("=")[1].split(",")[0])]]
             for name, ts in fits.items()
         ]
         header = ["fit", "wall s", "vs n_init=1", "CPU s", "vs n_init=1 CPU", "n_iter_"]
         print(_common.format_table(header, rows))
     print(f"\nload {load()} at the end")
+
+
+def trajectories(
+    X: np.ndarray, starts: list[KMeansParams], iterations: int
+) -> list[list[KMeansParams]]:
+    """Every restart's parameters at Lloyd's iterations 1, 2, ... (plain passes in memory)."""
+    paths: list[list[KMeansParams]] = [[s] for s in starts]
+    block = RowBlock(X, 0)
+    for _ in range(iterations):
+        stats = kmeans_estep_many(block, [path[-1] for path in paths])
+        for path, st in zip(paths, stats, strict=True):
+            path.append(kmeans_mstep(st)[0])
+    return paths
+
+
+class Bounded:
+    """A pass with Hamerly's bounds: each call runs the next Lloyd iteration's pass on the
+    bounds the previous call left (the first call, the warm-up, starts them at
+    ``from_iteration``). Records the share of rows scored against every centre."""
+
+    def __init__(
+        self,
+        source: Callable[[], da.Array],
+        paths: list[list[KMeansParams]],
+        from_iteration: int,
+        scored: dict[str, list[float]],
+    ) -> None:
+        self.source, self.paths, self.scored = source, paths, scored
+        self.kept = KeptState(KMeansFamily.kept_bytes_per_row, limit=1 << 40)
+        self.t = from_iteration - 1
+        self.name = ""
+        family = KMeansFamily()
+        X = source()
+        # The bounds as the iteration before the first timed one left them.
+        self.kept.run(Rows(X), family.estep_kept, [p[self.t] for p in paths], self.tags)
+
+    @property
+    def tags(self) -> list[int]:
+        return list(range(len(self.paths)))
+
+    def __call__(self) -> Any:
+        self.record()
+        self.t += 1
+        X = self.source()
+        family = KMeansFamily()
+        return self.kept.run(Rows(X), family.estep_kept, [p[self.t] for p in self.paths], self.tags)
+
+    def record(self) -> None:
+        """The share of rows the last pass scored (read from the kept values, no compute)."""
+        pairs = self.kept._pairs
+        assert pairs is not None
+        graph = dict(pairs.__dask_graph__())
+        states = []
+        for (key,) in pairs.__dask_keys__():
+            value = graph[key]
+            states.append(getattr(value, "value", value)[1])
+        rows = sum(s.labels.size for s in states)
+        self.scored.setdefault(self.name, []).append(sum(s.scored for s in states) / rows)
 
 
 def kernels(n: int, d: int, K: int, R: int, repeats: int) -> None:
@@ -217,17 +331,25 @@ def kernels(n: int, d: int, K: int, R: int, repeats: int) -> None:
     rng = np.random.default_rng(1)
     starts = [KMeansParams(data[np.sort(rng.choice(n, K, replace=False))]) for _ in range(R)]
     block = RowBlock(data, 0)
-    walk = kernel._walk_kernel
+    paths = trajectories(data, starts, 12)
+    kept: dict[int, Any] = {}
 
-    def differences(*args: Any) -> Any:
-        return walk(*args[:8], False, *args[9:])  # expand=False: every row by differences
+    def bounded(restarts: int) -> Callable[[], Any]:
+        """Iterations 6, 7, ... of ``restarts`` restarts, each on the previous one's bounds."""
+        tags = list(range(restarts))
+        at = [5]
+        _, kept[restarts] = kernel.kmeans_estep_bounded(
+            block, [p[5] for p in paths[:restarts]], tags, None
+        )
 
-    def by_differences() -> Any:
-        kernel._walk_kernel = differences
-        try:
-            return kernel.kmeans_estep_many(block, starts)
-        finally:
-            kernel._walk_kernel = walk
+        def run() -> Any:
+            at[0] = 6 + (at[0] - 5) % 6
+            stats, kept[restarts] = kernel.kmeans_estep_bounded(
+                block, [p[at[0]] for p in paths[:restarts]], tags, kept[restarts]
+            )
+            return stats
+
+        return run
 
     contenders: dict[str, Callable[[], Any]] = {
         "1 restart": lambda: kernel.kmeans_estep_chunk(block, starts[0]),
@@ -235,7 +357,8 @@ def kernels(n: int, d: int, K: int, R: int, repeats: int) -> None:
             kernel.kmeans_estep_chunk(block, s) for s in starts
         ],
         f"{R} restarts in one walk": lambda: kernel.kmeans_estep_many(block, starts),
-        f"{R} restarts in one walk, inertia by differences": by_differences,
+        "1 restart, bounds": bounded(1),
+        f"{R} restarts in one walk, bounds": bounded(R),
     }
     with threadpoolctl.threadpool_limits(limits=1):
         kernel.kmeans_estep_many(RowBlock(data[:1000], 0), starts)

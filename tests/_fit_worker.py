@@ -41,7 +41,7 @@ import numpy as np
 import zarr
 
 import emdist
-from emdist.engine import lockstep
+from emdist.engine import kept, lockstep
 from emdist.exceptions import ConvergenceWarning
 from emdist.io.checkpoint import CheckpointStore, FitState
 
@@ -136,6 +136,16 @@ def mark_estep_passes(markers: Markers) -> None:
         return result
 
     lockstep.map_reduce = map_reduce
+    # K-means' passes with bounds kept beside the blocks run through KeptState instead.
+    run = kept.KeptState.run
+
+    def kept_run(self: kept.KeptState, *args: Any, **kwargs: Any) -> Any:
+        markers("estep-begin")
+        result = run(self, *args, **kwargs)
+        markers("estep-end")
+        return result
+
+    kept.KeptState.run = kept_run  # type: ignore[method-assign]
 
 
 def fitted_arrays(model: Any) -> dict[str, np.ndarray]:

@@ -21,6 +21,11 @@ fit resumes where it stopped and ends with exactly the model an uninterrupted fi
 produced: all randomness derives from the seed recorded with the checkpoint, and parameters
 are stored bit for bit.
 
+A family that keeps per-row state beside the row blocks between passes (K-means' Hamerly
+bounds: ``estep_kept``) has its whole-data passes run through
+:class:`emdist.engine.kept.KeptState`, which the driver holds for its lifetime (never in
+the checkpoint); the statistics are those of the plain pass, bit for bit.
+
 Each batch iteration is one pass over the data and one ``compute``: the statistics produced
 under ``θ_t`` give both the lower bound of ``θ_t`` and the new parameters ``θ_{t+1}``, as in
 scikit-learn, so convergence costs no extra pass.
@@ -38,9 +43,10 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from emdist.engine.data import FitData, ScanSpec
+from emdist.engine.kept import KeptState
 from emdist.engine.lockstep import shared_pass
 from emdist.engine.oversampling import StartPasses, run_start_passes
-from emdist.engine.reduce import PassData
+from emdist.engine.reduce import PassData, as_rows
 from emdist.engine.restarts import BestRun, best_run, data_fingerprint, keep_best, param_arrays
 from emdist.engine.shards import Shards, shard_pass, shards_pass
 from emdist.io.checkpoint import BestState, CheckpointStore, FitState, RestartState
@@ -543,6 +549,10 @@ class RestartGroup(Generic[P, S]):
                 out.append(self.schedule.request(run, self.spec))
         return out
 
+    def request_tags(self) -> list[int]:
+        """The restart behind each of :meth:`requests`' passes, in the same order."""
+        return [run.restart for run in self._in_pass()]
+
     def start_passes(self) -> StartPasses | None:
         """The start's passes still to run for the restarts of this group that start fresh."""
         start = self.spec._model().start
@@ -637,12 +647,24 @@ class RestartGroup(Generic[P, S]):
         return best_run(self.best, self.spec._model().params_type, self.best_stats)
 
 
-def _run_passes(X: PassData, passes: Sequence[Pass[Any]]) -> list[Any]:
-    """The statistics of every pass: the whole-data ones share one read, shard ones alone."""
+def _run_passes(
+    X: PassData,
+    passes: Sequence[Pass[Any]],
+    tags: Sequence[Any] = (),
+    kept: dict[str, KeptState] | None = None,
+) -> list[Any]:
+    """The statistics of every pass: the whole-data ones share one read, shard ones alone.
+
+    ``tags``: each pass's restart, the same from one pass to the next; ``kept``: where a
+    family that keeps per-row state between passes (``estep_kept``, K-means' bounds) keeps
+    it, for the driver's lifetime.
+    """
     out: list[Any] = [None] * len(passes)
     whole = [i for i, p in enumerate(passes) if p.shards is None]
+    steps = [(passes[i].family, passes[i].params) for i in whole]
+    kept_stats = _kept_pass(X, steps, [tags[i] for i in whole] if tags else [], kept)
     for i, stats in zip(
-        whole, shared_pass(X, [(passes[i].family, passes[i].params) for i in whole]), strict=True
+        whole, shared_pass(X, steps) if kept_stats is None else kept_stats, strict=True
     ):
         out[i] = stats
     for i, p in enumerate(passes):
@@ -655,10 +677,44 @@ def _run_passes(X: PassData, passes: Sequence[Pass[Any]]) -> list[Any]:
     return out
 
 
+def _kept_pass(
+    X: PassData,
+    steps: Sequence[tuple[Any, Any]],
+    tags: Sequence[Any],
+    kept: dict[str, KeptState] | None,
+) -> list[Any] | None:
+    """The whole-data passes run with kept per-row state, or ``None`` where they cannot.
+
+    They can when every one is of the same family and it keeps state (``estep_kept`` and
+    ``kept_bytes_per_row``), and that state for every restart fits the memory budget
+    (:mod:`emdist.engine.kept`); else the passes run without it and the state is dropped.
+    """
+    if kept is None or not steps or len(tags) != len(steps):
+        return None
+    family = steps[0][0]
+    estep_kept = getattr(family, "estep_kept", None)
+    per_row = getattr(family, "kept_bytes_per_row", None)
+    holder = kept.get("state")
+    if estep_kept is None or per_row is None or any(f != family for f, _ in steps):
+        if holder is not None:
+            holder.drop()
+        return None
+    if holder is None:
+        holder = kept["state"] = KeptState(int(per_row))
+    rows = as_rows(X)
+    if not holder.fits(int(rows.shape[0]), len(steps)):
+        holder.drop()
+        return None
+    return holder.run(rows, estep_kept, [p for _, p in steps], list(tags))
+
+
 def drive(X: PassData, groups: Sequence[RestartGroup[Any, Any]]) -> None:
     """Run the groups' restarts until every one is finished (see :func:`run_groups`)."""
     # The passes of the groups' starts first, one read for all of them.
     run_start_passes(X, [s for s in (group.start_passes() for group in groups) if s is not None])
+    # Per-row state kept between the passes of these groups (K-means' bounds); dropped
+    # with the driver, never committed to a checkpoint.
+    kept: dict[str, KeptState] = {}
     while True:
         for group in groups:
             group.settle()
@@ -666,8 +722,9 @@ def drive(X: PassData, groups: Sequence[RestartGroup[Any, Any]]) -> None:
         passes = [p for part in requests for p in part]
         if not passes:
             break
+        tags = [(g, run) for g, group in enumerate(groups) for run in group.request_tags()]
         start = time.perf_counter()
-        stats = _run_passes(X, passes)
+        stats = _run_passes(X, passes, tags, kept)
         seconds = time.perf_counter() - start
         calls = []
         offset = 0

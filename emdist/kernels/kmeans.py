@@ -57,8 +57,11 @@ from emdist.kernels._jit import jit
 from emdist.kernels.rows import RowBlock
 
 __all__ = [
+    "BOUND_BYTES_PER_ROW",
+    "KMeansBounds",
     "KMeansParams",
     "KMeansStats",
+    "kmeans_estep_bounded",
     "kmeans_estep_chunk",
     "kmeans_estep_many",
     "kmeans_labels_chunk",
@@ -275,22 +278,6 @@ def _offer_far(
 
 
 @jit
-def _add_sums(X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray) -> None:
-    """Add ``x_i - r_k`` to ``sx[k]`` (float64 whatever the dtype)."""
-    for j in range(X.shape[1]):
-        sx[k, j] += np.float64(X[i, j]) - about[k, j]
-
-
-@jit
-def _add_sums_weighted(
-    X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray, wi: float
-) -> None:
-    """Add ``wi (x_i - r_k)`` to ``sx[k]``."""
-    for j in range(X.shape[1]):
-        sx[k, j] += wi * (np.float64(X[i, j]) - about[k, j])
-
-
-@jit
 def _sq_dist(X: AnyArray, i: int, k: int, centers: FloatArray) -> float:
     """``‖x_i - c_k‖²`` from float64 differences (exact far from the origin).
 
@@ -318,6 +305,113 @@ def _sq_dist(X: AnyArray, i: int, k: int, centers: FloatArray) -> float:
 
 
 @jit
+def _add_sums(X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray) -> None:
+    """Add ``x_i - r_k`` to ``sx[k]`` (float64 whatever the dtype)."""
+    for j in range(X.shape[1]):
+        sx[k, j] += np.float64(X[i, j]) - about[k, j]
+
+
+@jit
+def _add_sums_weighted(
+    X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray, wi: float
+) -> None:
+    """Add ``wi (x_i - r_k)`` to ``sx[k]``."""
+    for j in range(X.shape[1]):
+        sx[k, j] += wi * (np.float64(X[i, j]) - about[k, j])
+
+
+@jit
+def _norm(X: AnyArray, i: int) -> float:
+    """``‖x_i‖`` in float64."""
+    s = 0.0
+    for j in range(X.shape[1]):
+        v = np.float64(X[i, j])
+        s += v * v
+    out: float = np.sqrt(s)
+    return out
+
+
+@jit
+def _pick(
+    X: AnyArray,
+    i: int,
+    scores: AnyArray,
+    j: int,
+    bias: AnyArray,
+    centers: FloatArray,
+    band: float,
+    want_lower: bool,
+) -> tuple[int, float, float]:
+    """The label of row ``i`` (scores in row ``j``): the argmin of its exact distances.
+
+    ``scores[j, k] + bias[k]`` is ``‖x - c_k‖²`` up to a term common to every ``k``, to
+    within ``band``; an exact distance from float64 differences (:func:`_sq_dist`) is within
+    ``band`` of the true one too. A centre whose score is more than ``4 band`` above the
+    smallest is therefore strictly farther by exact distances as well: only the centres
+    within that reach are compared by exact distances (lowest index on ties, as
+    ``numpy.argmin``), and almost always there is one. So the label does not depend on
+    how the GEMM rounded — a GEMM over other rows, as the bounded walk runs, gives the
+    same label. With ``want_lower``: also a lower bound on the squared distance to every
+    other centre (else 0), never below 0: far from the origin the band dwarfs the gaps
+    between scores, and a bound drawn from them alone is then negative. Centres compared by
+    exact distances bound it by those distances, not by their scores. Last, the exact
+    squared distance to the label where it was computed (else -1).
+    """
+    K = centers.shape[0]
+    low = np.inf
+    second = np.inf
+    arg = 0
+    for k in range(K):
+        v = np.float64(scores[j, k]) + np.float64(bias[k])
+        if v < low:
+            second = low
+            low = v
+            arg = k
+        elif v < second:
+            second = v
+    reach = low + 4.0 * band
+    if second > reach:
+        if not want_lower or K == 1:
+            return arg, np.inf if K == 1 else 0.0, -1.0
+        # ‖x - c_k‖² ≥ ‖x - c_arg‖² + (v_k - v_arg) - 3 band for every other k.
+        sq = _sq_dist(X, i, arg, centers)
+        return arg, max(sq + (second - low) - 3.0 * band, 0.0), sq
+    best = -1
+    best_sq = np.inf
+    # The second smallest exact distance among the centres compared, and the smallest
+    # score of the others (each strictly farther than the label).
+    other_sq = np.inf
+    other = np.inf
+    for k in range(K):
+        v = np.float64(scores[j, k]) + np.float64(bias[k])
+        if v <= reach:
+            sq = _sq_dist(X, i, k, centers)
+            if sq < best_sq:
+                other_sq = best_sq
+                best_sq = sq
+                best = k
+            elif sq < other_sq:
+                other_sq = sq
+        elif v < other:
+            other = v
+    if not want_lower:
+        return best, 0.0, best_sq
+    if other < np.inf:
+        v_best = np.float64(scores[j, best]) + np.float64(bias[best])
+        other_sq = min(other_sq, max(best_sq + (other - v_best) - 3.0 * band, 0.0))
+    return best, other_sq, best_sq
+
+
+# Outward rounding of float64 bounds to float32: a product by (1 ± 2^-22) moves a value
+# further than float32's rounding (2^-24 relative), and 1e-44 further than its smallest
+# step (1.4e-45), so a stored upper bound is never below the float64 one, a lower never above.
+_UP32 = 1.0 + 2.0**-22
+_DOWN32 = 1.0 - 2.0**-22
+_TINY32 = 1e-44
+_MAX32 = float(np.finfo(np.float32).max)
+
+
+@jit
 def _walk_kernel(
     X: AnyArray,
     row0: int,
@@ -327,10 +421,8 @@ def _walk_kernel(
     neg2_t: AnyArray,
     bias: AnyArray,
     shift_rows: bool,
-    expand: bool,
-    means: AnyArray,
-    mean_sq: FloatArray,
     radius: FloatArray,
+    gamma: float,
     rows: int,
     counts: FloatArray,
     sx: FloatArray,
@@ -339,96 +431,177 @@ def _walk_kernel(
     far_row: IntArray,
     far_label: IntArray,
     n_far: IntArray,
-    weights: FloatArray | None = None,
-) -> None:
+    weights: FloatArray,
+    weighted: bool,
+    keep: bool,
+    src: IntArray,
+    old_labels: AnyArray,
+    old_upper: AnyArray,
+    old_lower: AnyArray,
+    drift: FloatArray,
+    first: IntArray,
+    second: FloatArray,
+    half_gap: FloatArray,
+    labels: AnyArray,
+    upper: AnyArray,
+    lower: AnyArray,
+    delta: float,
+    tiny: float,
+) -> int:
     """Add the rows ``row0, row0 + 1, ...`` of ``X`` to the statistics of ``R`` restarts.
 
-    One walk over the block: per sub-block of ``rows`` rows (in cache), each restart's GEMM
-    of scores and its sweep (argmin, sums, inertia, far rows). Arrays are stacked by
-    restart: ``centers``/``about`` (R, K, d), ``ref`` (R, d), ``neg2_t`` (R, d, K),
-    ``bias``/``counts``/``radius`` (R, K), ``sx`` (R, K, d), ``far_*`` (R, keep);
-    ``means``/``mean_sq``: each restart's scoring point ``m`` and ``‖m‖²``. Distances are
-    measured from ``centers``, sums taken about ``about``; ``weights``: every row's counts,
-    sums and inertia weigh ``weights[i]``, and a row of weight 0 is no far row.
+    One walk over the block: per sub-block of ``rows`` rows (in cache), each restart's
+    labels, then its sweep (sums, counts, inertia, far rows) in row order. Arrays are
+    stacked by restart: ``centers``/``about`` (R, K, d), ``ref`` (R, d), ``neg2_t``
+    (R, d, K), ``bias``/``counts`` (R, K), ``sx`` (R, K, d), ``far_*`` (R, keep);
+    ``radius`` (R,): with ``‖x‖`` it bounds the scores' rounding (``band = gamma (‖x‖ +
+    radius)²``). Distances are measured from ``centers``, sums taken about ``about``;
+    ``weighted``: every row's counts, sums and inertia weigh ``weights[i]``, and a row of
+    weight 0 is no far row.
 
-    ``expand`` (float64 scores): a row's squared distance to its centre is taken from the
-    expansion ``‖x‖² - 2x·m + ‖m‖² + score + bias`` (``x·m`` one GEMV per sub-block,
-    ``‖x‖²`` once per row for every restart) where its rounding error, at most
-    ``γ_{d+5} (‖x‖ + ‖m‖ + ‖c - m‖)²`` (``radius = ‖m‖ + ‖c - m‖``), is below ``2^-40``
-    (~9e-13) of the distance; elsewhere (rows far from the origin relative to their spread,
-    rows on their centre) from float64 differences. Far rows are kept by their exact
-    distances: a row whose distance could pass the kept farthest ones is measured exactly
-    first.
+    Labels are the argmin of exact distances (:func:`_pick`), decided from one GEMM of
+    scores. With ``keep``, every restart ``r`` also writes its rows' label and Hamerly
+    bounds (``labels``/``upper``/``lower``, (R, n), float32 bounds rounded outward); where
+    ``src[r] >= 0`` the rows' bounds under the previous centres are
+    ``old_*[src[r]]``: moved by the centres' drift (``drift`` (R, K), the largest drift's
+    index ``first`` and the second largest ``second``), a row whose upper bound stays
+    below ``max(lower, half_gap[label])`` keeps its label without a score (the margins
+    ``delta``, ``tiny`` are far above the rounding of any distance here, so the exact
+    argmin could not differ), and only the other rows are gathered into the GEMM.
+    Skipped rows are swept as any other: the statistics equal, bit for bit, those of a
+    walk without bounds. Returns the rows scored by a GEMM.
     """
     n, d = X.shape
     R, K = bias.shape
-    keep = far_dist.shape[1]
+    n_keep = far_dist.shape[1]
     xbuf = np.empty((rows, d), dtype=neg2_t.dtype)
     scores = np.empty((rows, K), dtype=neg2_t.dtype)
-    norm_sq = np.empty(rows)
     norm = np.empty(rows)
-    xm = np.empty(rows, dtype=neg2_t.dtype)
-    # The rounding of ‖x‖², x·m, the scores, the bias (dot products of d terms, each off
-    # by at most γ_d Σ|a_j b_j| ≤ γ_d ‖a‖ ‖b‖) and the four sums of the expansion:
-    # γ_{d+5} = (d + 5) ε / (1 - (d + 5) ε) times (‖x‖ + ‖m‖ + ‖c - m‖)².
-    eps = np.finfo(np.float64).eps
-    gamma = (d + 5) * eps / (1.0 - (d + 5) * eps)
-    close = 2.0**-40
+    lab = np.empty(rows, dtype=np.int64)
+    low_sq = np.empty(rows)
+    # Rows that kept their label on their bounds; ``moved_lo``: their moved lower bound (a
+    # distance, not squared).
+    skipped = np.empty(rows, dtype=np.bool_)
+    moved_lo = np.empty(rows)
+    # The exact squared distance of a row to its label where already computed (else -1):
+    # the sweep takes it instead of computing it again (the same function, the same value).
+    known = np.empty(rows)
+    need = np.empty(rows, dtype=np.int64)
+    up = 1.0 + delta
+    scored = 0
     for start in range(0, n, rows):
         m = min(rows, n - start)
-        if expand:
-            for i in range(m):
-                s = 0.0
-                for j in range(d):
-                    v = np.float64(X[start + i, j])
-                    s += v * v
-                norm_sq[i] = s
-                norm[i] = np.sqrt(s)
+        # ‖x‖, for the rounding band of the rows scored (computed when first needed).
+        norm[:m] = -1.0
         for r in range(R):
-            _score_rows(X, start, m, ref[r], neg2_t[r], shift_rows, xbuf, scores)
-            if expand:
-                np.dot(X[start : start + m], means[r], xm[:m])
+            c = centers[r]
+            s_r = src[r] if keep else -1
+            m_need = 0
+            known[:m] = -1.0
+            skipped[:m] = False
+            if s_r >= 0:
+                f = first[r]
+                for i in range(m):
+                    g = start + i
+                    a = int(old_labels[s_r, g])
+                    u = (np.float64(old_upper[s_r, g]) + drift[r, a]) * up + tiny
+                    lo = np.float64(old_lower[s_r, g]) - (second[r] if a == f else drift[r, f])
+                    if lo != np.inf:
+                        lo = lo - abs(lo) * delta - tiny
+                    bound = max(lo, half_gap[r, a])
+                    if u >= bound:
+                        # Tightened to the exact distance to its own centre before scoring.
+                        sq = _sq_dist(X, g, a, c)
+                        known[i] = sq
+                        u = np.sqrt(sq) * up + tiny
+                    if u < bound:
+                        lab[i] = a
+                        skipped[i] = True
+                        moved_lo[i] = lo if lo > 0.0 else 0.0
+                        continue
+                    need[m_need] = i
+                    m_need += 1
+            else:
+                for i in range(m):
+                    need[i] = i
+                m_need = m
+            if m_need == m:
+                _score_rows(X, start, m, ref[r], neg2_t[r], shift_rows, xbuf, scores)
+                for i in range(m):
+                    if norm[i] < 0.0:
+                        norm[i] = _norm(X, start + i)
+                    t = norm[i] + radius[r]
+                    band = gamma * t * t
+                    if not keep:
+                        # The common case inline: one centre alone within reach of the lowest.
+                        arg = _argmin_row(scores, i, bias[r])
+                        reach = np.float64(scores[i, arg]) + np.float64(bias[r, arg]) + 4.0 * band
+                        close = 0
+                        for k in range(K):
+                            close += np.float64(scores[i, k]) + np.float64(bias[r, k]) <= reach
+                        if close == 1:
+                            lab[i] = arg
+                            continue
+                    lab[i], low_sq[i], known[i] = _pick(
+                        X, start + i, scores, i, bias[r], c, band, keep
+                    )
+            elif m_need > 0:
+                # The rows whose bounds failed, gathered into one GEMM.
+                for q in range(m_need):
+                    g = start + need[q]
+                    if shift_rows:
+                        for j in range(d):
+                            xbuf[q, j] = X[g, j] - ref[r, j]
+                    else:
+                        for j in range(d):
+                            xbuf[q, j] = X[g, j]
+                np.dot(xbuf[:m_need], neg2_t[r], scores[:m_need])
+                for q in range(m_need):
+                    i = need[q]
+                    if norm[i] < 0.0:
+                        norm[i] = _norm(X, start + i)
+                    t = norm[i] + radius[r]
+                    lab[i], low_sq[i], known[i] = _pick(
+                        X, start + i, scores, q, bias[r], c, gamma * t * t, keep
+                    )
+            scored += m_need
             # Summed per sub-block, then into the total: the error of the inertia stays that
             # of short sums, not of a million-term running sum.
             part = 0.0
             for i in range(m):
-                k = _argmin_row(scores, i, bias[r])
-                wi = 1.0
-                if weights is None:
-                    _add_sums(X, start + i, k, about[r], sx[r])
-                    counts[r, k] += 1.0
+                g = start + i
+                k = lab[i]
+                wi = weights[g] if weighted else 1.0
+                # (Two walks over the row: measured faster than one that does both.)
+                if weighted:
+                    _add_sums_weighted(X, g, k, about[r], sx[r], wi)
                 else:
-                    wi = weights[start + i]
-                    _add_sums_weighted(X, start + i, k, about[r], sx[r], wi)
-                    counts[r, k] += wi
-                exact = True
-                err = 0.0
-                dist = 0.0
-                if expand:
-                    dist = (norm_sq[i] - 2.0 * np.float64(xm[i]) + mean_sq[r]) + (
-                        np.float64(scores[i, k]) + np.float64(bias[r, k])
-                    )
-                    t = norm[i] + radius[r, k]
-                    err = gamma * t * t
-                    exact = err > close * dist
-                if exact:
-                    dist = _sq_dist(X, start + i, k, centers[r])
-                    err = 0.0
+                    _add_sums(X, g, k, about[r], sx[r])
+                dist = known[i] if known[i] >= 0.0 else _sq_dist(X, g, k, c)
+                counts[r, k] += wi
                 part += wi * dist
-                if wi <= 0.0:
-                    continue
-                # A row whose distance by differences (itself within γ of the true one)
-                # could pass the last kept far row is measured by differences and offered.
-                nf = n_far[r]
-                if nf < keep or (
-                    keep > 0 and (dist + err) * (1.0 + gamma) >= far_dist[r, keep - 1]
-                ):
-                    if not exact:
-                        dist = _sq_dist(X, start + i, k, centers[r])
-                    n_far[r] = _offer_far(
-                        dist, row0 + start + i, k, far_dist[r], far_row[r], far_label[r], nf
-                    )
+                if keep:
+                    labels[r, g] = k
+                    u = np.sqrt(dist) * up + tiny
+                    upper[r, g] = np.float32(u * _UP32 + _TINY32)
+                    v = low_sq[i]
+                    if skipped[i]:
+                        lo = moved_lo[i]
+                    elif v == np.inf:
+                        lo = np.inf
+                    else:
+                        lo = np.sqrt(v) * (1.0 - delta) - tiny if v > 0.0 else 0.0
+                    if _MAX32 < lo < np.inf:
+                        lo = _MAX32  # beyond float32: rounding would make it inf
+                    lower[r, g] = np.float32(lo * _DOWN32 - _TINY32)
+                if wi > 0.0:
+                    nf = n_far[r]
+                    if nf < n_keep or (n_keep > 0 and dist > far_dist[r, n_keep - 1]):
+                        n_far[r] = _offer_far(
+                            dist, row0 + g, k, far_dist[r], far_row[r], far_label[r], nf
+                        )
             inertia[r] += part
+    return scored
 
 
 @jit
@@ -564,19 +737,183 @@ def kmeans_estep_many(block: RowBlock, params: Sequence[KMeansParams]) -> list[K
     list of KMeansStats
         In the order of ``params``.
     """
+    return _estep(block, params, None, None)[0]
+
+
+@dataclass(frozen=True, eq=False)
+class KMeansBounds:
+    """Hamerly's per-row bounds of one block, for several restarts, kept between passes.
+
+    Twelve bytes per row and restart: the label (int32) and two float32 bounds rounded
+    outward — an upper bound on the row's distance to its centre, a lower bound on its
+    distance to every other centre, under ``centers``.
+
+    Attributes
+    ----------
+    tags : tuple
+        Which restart each row of the arrays belongs to (the engine's names for them).
+    centers : tuple of ndarray
+        Each restart's centres the bounds hold under.
+    labels : ndarray of shape (n_restarts, n_rows), int32
+    upper, lower : ndarray of shape (n_restarts, n_rows), float32
+    scored : int
+        Rows (times restarts) the pass that made these bounds scored against every centre;
+        the others kept their label on their bounds alone.
+    """
+
+    tags: tuple[Any, ...]
+    centers: tuple[FloatArray, ...]
+    labels: AnyArray
+    upper: AnyArray
+    lower: AnyArray
+    scored: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the per-row arrays."""
+        return int(self.labels.nbytes + self.upper.nbytes + self.lower.nbytes)
+
+
+#: Bytes a restart's bounds take per row (:class:`KMeansBounds`).
+BOUND_BYTES_PER_ROW = 12
+
+
+def kmeans_estep_bounded(
+    block: RowBlock,
+    params: Sequence[KMeansParams],
+    tags: Sequence[Any],
+    previous: KMeansBounds | None,
+) -> tuple[list[KMeansStats], KMeansBounds]:
+    """:func:`kmeans_estep_many` with Hamerly's bounds kept from the previous pass.
+
+    Restart ``tags[i]`` found in ``previous`` (with centres of the same shape) moves its
+    rows' bounds by how far each centre moved since, and scores against every centre only
+    the rows whose bounds fail; the others keep their label. The statistics equal, bit for
+    bit, those of :func:`kmeans_estep_many` (labels are the argmin of exact distances in
+    both, and every row is swept alike). A restart not in ``previous`` scores every row.
+
+    Parameters
+    ----------
+    block : RowBlock
+    params : sequence of KMeansParams
+    tags : sequence of hashable
+        One name per restart, the same from one pass to the next.
+    previous : KMeansBounds or None
+        The bounds the previous pass returned for this block.
+
+    Returns
+    -------
+    stats : list of KMeansStats
+        In the order of ``params``.
+    bounds : KMeansBounds
+        The bounds under ``params``' centres, for the next pass.
+    """
+    if len(tags) != len(params):
+        raise ValueError(f"{len(tags)} tags for {len(params)} restarts")
+    stats, bounds = _estep(block, params, tuple(tags), previous)
+    assert bounds is not None
+    return stats, bounds
+
+
+def _estep(
+    block: RowBlock,
+    params: Sequence[KMeansParams],
+    tags: tuple[Any, ...] | None,
+    previous: KMeansBounds | None,
+) -> tuple[list[KMeansStats], KMeansBounds | None]:
     out: list[KMeansStats | None] = [None] * len(params)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(params):
         groups.setdefault(tuple(np.shape(p.centers)), []).append(i)
+    n = block.x.shape[0]
+    keep = tags is not None
+    R = len(params)
+    labels = np.empty((R, n) if keep else (0, 0), dtype=np.int32)
+    upper = np.empty((R, n) if keep else (0, 0), dtype=np.float32)
+    lower = np.empty((R, n) if keep else (0, 0), dtype=np.float32)
+    scored = 0
     for members in groups.values():
-        stats = _estep_group(block, [params[i] for i in members])
+        stats, group_scored = _estep_group(
+            block,
+            [params[i] for i in members],
+            None if tags is None else [tags[i] for i in members],
+            previous,
+            members,
+            (labels, upper, lower),
+        )
+        scored += group_scored
         for i, s in zip(members, stats, strict=True):
             out[i] = s
-    return [s for s in out if s is not None]
+    result = [s for s in out if s is not None]
+    if tags is None:
+        return result, None
+    centers = tuple(_centers(p.centers) for p in params)
+    return result, KMeansBounds(tags, centers, labels, upper, lower, scored)
 
 
-def _estep_group(block: RowBlock, group: Sequence[KMeansParams]) -> list[KMeansStats]:
-    """:func:`kmeans_estep_many` for restarts of the same shape of centres."""
+def _previous_rows(
+    previous: KMeansBounds | None, tags: Sequence[Any] | None, centers: AnyArray, n: int
+) -> tuple[IntArray, AnyArray, AnyArray, AnyArray, FloatArray, IntArray, FloatArray]:
+    """Where each restart's previous bounds are (``-1``: none) and its centres' drift.
+
+    Returns ``src``, the previous labels/upper/lower arrays, and per restart the drift of
+    every centre (rounded up), the index of the largest and the second largest.
+    """
+    R, K, _ = centers.shape
+    src = np.full(R, -1, dtype=np.int64)
+    drift = np.zeros((R, K))
+    first = np.zeros(R, dtype=np.int64)
+    second = np.zeros(R)
+    empty_i = np.empty((0, 0), dtype=np.int32)
+    empty_f = np.empty((0, 0), dtype=np.float32)
+    if previous is None or tags is None or previous.labels.shape[1] != n:
+        return src, empty_i, empty_f, empty_f, drift, first, second
+    where = {t: i for i, t in enumerate(previous.tags)}
+    for r, tag in enumerate(tags):
+        s = where.get(tag)
+        if s is None or previous.centers[s].shape != centers[r].shape:
+            continue
+        src[r] = s
+        step = centers[r] - previous.centers[s]
+        sq = np.einsum("kd,kd->k", step, step)
+        drift[r] = np.sqrt(sq) * (1.0 + _DELTA) + np.where(sq > 0, _TINY, 0.0)
+        first[r] = int(np.argmax(drift[r]))
+        others = np.delete(drift[r], first[r])
+        second[r] = float(others.max()) if others.size else 0.0
+    return src, previous.labels, previous.upper, previous.lower, drift, first, second
+
+
+def _half_gaps(centers: AnyArray) -> FloatArray:
+    """Half the distance from every centre to its nearest other one, rounded down, (R, K)."""
+    R, K, _ = centers.shape
+    out = np.full((R, K), np.inf)
+    for r in range(R):
+        if K > 1:
+            c = centers[r]
+            sq = np.einsum("akd,akd->ak", c[:, None, :] - c[None], c[:, None, :] - c[None])
+            np.fill_diagonal(sq, np.inf)
+            out[r] = 0.5 * np.sqrt(sq.min(axis=1)) * (1.0 - _DELTA) - _TINY
+    return out
+
+
+# Margins of the bounds (as emdist.kernels.kmeans_bounds): relative, far above the rounding
+# of any distance or drift computed here, and absolute, for underflow.
+_DELTA = 1e-9
+_TINY = 1e-150
+
+
+def _estep_group(
+    block: RowBlock,
+    group: Sequence[KMeansParams],
+    tags: Sequence[Any] | None,
+    previous: KMeansBounds | None,
+    members: Sequence[int],
+    kept: tuple[AnyArray, AnyArray, AnyArray],
+) -> tuple[list[KMeansStats], int]:
+    """:func:`_estep` for restarts of the same shape of centres.
+
+    ``members``: their rows in the kept arrays. Returns the statistics and the rows scored.
+    """
     X, row_offset = block.x, block.row_offset
     # Weights (scikit-learn's sample_weight) weigh counts, sums and inertia; the far rows
     # that re-seed an empty cluster are, as scikit-learn's, the rows farthest from their
@@ -597,46 +934,70 @@ def _estep_group(block: RowBlock, group: Sequence[KMeansParams]) -> list[KMeansS
     far_row = np.empty((R, keep), dtype=np.int64)
     far_label = np.empty((R, keep), dtype=np.int64)
     n_far = np.zeros(R, dtype=np.int64)
+    scored = 0
     if n:
         Xr = as_row_major(X)
         scorings = [_Scoring.of(c, Xr.dtype) for c in centers]
-        first = scorings[0]
-        means = np.stack([c.mean(axis=0) for c in centers])
-        radius = np.linalg.norm(means, axis=1)[:, None] + np.linalg.norm(
-            centers - means[:, None, :], axis=2
+        first_scoring = scorings[0]
+        refs = np.stack([np.asarray(s.ref, dtype=np.float64) for s in scorings])
+        # With ‖x‖, bounds the rounding of the scores: (‖x‖ + ‖r‖ + max ‖c - r‖)², r the
+        # point the centres are scored about.
+        radius = np.linalg.norm(refs, axis=1) + np.max(
+            np.linalg.norm(centers - refs[:, None, :], axis=2), axis=1
         )
-        _walk_kernel(
+        if first_scoring.dtype == np.float32:
+            # float32 products and sums, and the float32 rounding of the shifted rows and
+            # centres.
+            gamma = 2.0 * (d + 8) * float(np.finfo(np.float32).eps)
+        else:
+            eps = float(np.finfo(np.float64).eps)
+            gamma = (d + 5) * eps / (1.0 - (d + 5) * eps)
+        use = tags is not None
+        src, old_labels, old_upper, old_lower, drift, first, second = _previous_rows(
+            previous, tags, centers, n
+        )
+        labels, upper, lower = kept
+        rows_of = np.asarray(members, dtype=np.int64)
+        # One group (restarts of one K): the kept arrays themselves, written in place.
+        whole = not use or np.array_equal(rows_of, np.arange(labels.shape[0]))
+        out_labels = labels if whole else labels[rows_of]
+        out_upper = upper if whole else upper[rows_of]
+        out_lower = lower if whole else lower[rows_of]
+        scored = _walk_kernel(
             Xr, 0, centers, about,
             np.stack([s.ref for s in scorings]),
             np.stack([s.neg2_t for s in scorings]),
             np.stack([s.bias for s in scorings]),
-            first.shift_rows, not first.shift_rows,
-            # (float32 data does not expand: its means only type the unused GEMV)
-            means.astype(first.dtype), np.einsum("rd,rd->r", means, means), radius,
+            first_scoring.shift_rows, radius, gamma,
             _sub_block_rows(K, d),
-            counts, sx, inertia, far_dist, far_row, far_label, n_far, weights,
+            counts, sx, inertia, far_dist, far_row, far_label, n_far,
+            weights if weights is not None else np.empty(0), weights is not None,
+            use, src, old_labels, old_upper, old_lower, drift, first, second,
+            _half_gaps(centers), out_labels, out_upper, out_lower, _DELTA, _TINY,
         )  # fmt: skip
+        if not whole:
+            labels[rows_of], upper[rows_of], lower[rows_of] = out_labels, out_upper, out_lower
     out = []
     for r, p in enumerate(group):
         # Rows of weight 0 may leave places unfilled.
-        kept = int(n_far[r])
-        rows = far_row[r, :kept]
+        kept_far = int(n_far[r])
+        rows = far_row[r, :kept_far]
         out.append(
             KMeansStats(
                 n=int(n),
                 counts=counts[r],
                 sx=sx[r],
                 inertia=float(inertia[r]),
-                far_dist=far_dist[r, :kept],
+                far_dist=far_dist[r, :kept_far],
                 far_row=rows + row_offset,
-                far_label=far_label[r, :kept],
-                far_x=np.asarray(X[rows], dtype=np.float64).reshape(kept, d),
+                far_label=far_label[r, :kept_far],
+                far_x=np.asarray(X[rows], dtype=np.float64).reshape(kept_far, d),
                 shift=p.centers,
                 reference=p.about,
                 far_w=None if weights is None else weights[rows],
             )
         )
-    return out
+    return out, int(scored)
 
 
 def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:

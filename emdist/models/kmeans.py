@@ -38,8 +38,11 @@ from emdist.engine.seeding import DataSummary, kmeans_plusplus, sample_rows_by_w
 from emdist.exceptions import ConvergenceWarning, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.kmeans import (
+    BOUND_BYTES_PER_ROW,
+    KMeansBounds,
     KMeansParams,
     KMeansStats,
+    kmeans_estep_bounded,
     kmeans_estep_chunk,
     kmeans_estep_many,
     kmeans_labels_chunk,
@@ -114,6 +117,24 @@ class KMeansFamily:
         Each equals, bit for bit, what :meth:`estep_chunk` gives under its parameters.
         """
         return kmeans_estep_many(block, params)
+
+    #: Bytes a restart's Hamerly bounds take per row (the engine's budget of kept state).
+    kept_bytes_per_row: ClassVar[int] = BOUND_BYTES_PER_ROW
+
+    def estep_kept(
+        self,
+        block: RowBlock,
+        params: Sequence[KMeansParams],
+        tags: Sequence[Any],
+        previous: KMeansBounds | None,
+    ) -> tuple[list[KMeansStats], KMeansBounds]:
+        """:meth:`estep_many` with the block's Hamerly bounds kept from pass to pass.
+
+        The engine keeps the returned bounds beside the block (:mod:`emdist.engine.kept`)
+        and hands them to the next pass; rows whose bounds prove their label are not
+        scored. The statistics equal :meth:`estep_many`'s, bit for bit.
+        """
+        return kmeans_estep_bounded(block, params, tags, previous)
 
     def mstep(self, stats: KMeansStats, params: KMeansParams) -> KMeansParams:
         """New centres; empty clusters re-seeded from far points."""

@@ -1,0 +1,203 @@
+"""K-means passes with Hamerly's bounds kept beside the row blocks, against plain passes.
+
+Each pass takes every block with the bounds the previous pass left for it and scores only
+the rows whose bounds fail; the statistics (centre sums, counts, inertia, far rows) must
+equal, bit for bit, those of the plain pass at every iteration — on several chunkings, with
+weights, with restarts side by side, from a Zarr store and on a two-process LocalCluster —
+and a fit must end with the same centres, inertia and labels, which are scikit-learn's
+from the same start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import distributed
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.cluster import KMeans as SKKMeans
+from sklearn.datasets import make_blobs
+
+import emdist
+from emdist.engine.em import _kept_pass
+from emdist.engine.kept import KeptState
+from emdist.engine.lockstep import shared_pass
+from emdist.engine.reduce import Rows
+from emdist.kernels.kmeans import KMeansBounds, KMeansParams, KMeansStats, kmeans_mstep
+from emdist.models.kmeans import KMeansFamily
+
+FAMILY = KMeansFamily()
+
+
+def _assert_identical(got: Sequence[KMeansStats], want: Sequence[KMeansStats]) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a.inertia == b.inertia
+        assert_array_equal(a.counts, b.counts)
+        assert_array_equal(a.sx, b.sx)
+        assert_array_equal(a.far_row, b.far_row)
+        assert_array_equal(a.far_dist, b.far_dist)
+        assert_array_equal(a.far_x, b.far_x)
+
+
+def _starts(X: np.ndarray, K: int, n: int, seed: int = 0) -> list[KMeansParams]:
+    rng = np.random.default_rng(seed)
+    return [KMeansParams(X[rng.choice(len(X), K, replace=False)]) for _ in range(n)]
+
+
+def _iterate(rows: Rows, starts: list[KMeansParams], iterations: int) -> KeptState:
+    """Lloyd's iterations, each pass with bounds checked against the plain pass."""
+    kept = KeptState(FAMILY.kept_bytes_per_row)
+    params = starts
+    tags = list(range(len(params)))
+    for _ in range(iterations):
+        plain = shared_pass(rows, [(FAMILY, p) for p in params])
+        bounded = kept.run(rows, FAMILY.estep_kept, params, tags)
+        _assert_identical(bounded, plain)
+        params = [kmeans_mstep(s)[0] for s in plain]
+    return kept
+
+
+def _scored(kept: KeptState) -> int:
+    states = kept.block_states()
+    assert all(isinstance(s, KMeansBounds) for s in states)
+    return sum(s.scored for s in states)
+
+
+@pytest.mark.parametrize("chunk_rows", [30_000, 7_000, 4_096])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_bounded_passes_equal_plain_passes_at_every_iteration(
+    chunk_rows: int, weighted: bool
+) -> None:
+    X, _ = make_blobs(n_samples=30_000, n_features=7, centers=6, random_state=3)
+    x = da.from_array(X, chunks=(chunk_rows, 7))
+    per_row = {}
+    if weighted:
+        w = np.random.default_rng(4).uniform(0.0, 2.0, len(X))
+        w[::97] = 0.0  # rows of weight 0 are no far rows
+        per_row["weights"] = da.from_array(w, chunks=chunk_rows)
+    kept = _iterate(Rows(x, per_row), _starts(X, 6, 3), iterations=10)
+    # The bounds did their work: the last pass scored a small part of the rows.
+    assert _scored(kept) < 0.2 * 3 * len(X)
+
+
+def test_bounded_passes_from_a_zarr_store_equal_plain_passes(
+    write_zarr: Callable[..., str],
+) -> None:
+    X, _ = make_blobs(n_samples=20_000, n_features=5, centers=4, random_state=5)
+    x = emdist.io.as_dask_array(write_zarr(X.astype(np.float32), 3_000))
+    kept = _iterate(Rows(x), _starts(X, 4, 2, seed=1), iterations=8)
+    assert _scored(kept) < 0.2 * 2 * len(X)
+
+
+@pytest.mark.parametrize(
+    ("offset", "dtype", "step"),
+    [
+        pytest.param(1e9, np.float64, 2.0**-10, id="1e9-float64"),
+        pytest.param(1e6, np.float32, 2.0**-3, id="1e6-float32"),
+    ],
+)
+def test_bounded_passes_far_from_the_origin_equal_plain_passes(
+    offset: float, dtype: Any, step: float
+) -> None:
+    # Far from the origin the scores' rounding band dwarfs the gaps between centres: a
+    # bound drawn from the scores is then below zero, and must be no bound at all (0), not
+    # one that lets a row keep a label another centre has taken.
+    X, _ = make_blobs(n_samples=6_000, n_features=3, centers=4, cluster_std=4.0, random_state=13)
+    X = np.round(X / step) * step
+    far = (X + offset).astype(dtype)
+    assert_array_equal(far.astype(np.float64) - offset, X)  # the same points, moved
+    rows = Rows(da.from_array(far, chunks=(1_700, 3)))
+    kept = _iterate(rows, _starts(far.astype(np.float64), 4, 2, seed=4), iterations=8)
+    assert kept.passes == 8
+
+
+def test_restarts_joining_and_leaving_keep_their_own_bounds() -> None:
+    # A restart new to the pass starts without bounds; one that left is forgotten; the
+    # others keep theirs. Every pass still equals the plain one.
+    X, _ = make_blobs(n_samples=12_000, n_features=4, centers=5, random_state=6)
+    rows = Rows(da.from_array(X, chunks=(5_000, 4)))
+    current = dict(enumerate(_starts(X, 5, 3, seed=2)))
+    kept = KeptState(FAMILY.kept_bytes_per_row)
+    for tags in ([0, 1], [1, 2], [2]):
+        for _ in range(3):
+            params = [current[t] for t in tags]
+            plain = shared_pass(rows, [(FAMILY, p) for p in params])
+            _assert_identical(kept.run(rows, FAMILY.estep_kept, params, tags), plain)
+            for t, stats in zip(tags, plain, strict=True):
+                current[t] = kmeans_mstep(stats)[0]
+    assert all(s.tags == (2,) for s in kept.block_states())
+
+
+def test_bounded_passes_on_a_local_cluster_keep_the_bounds_on_the_workers(
+    dask_client: distributed.Client,
+) -> None:
+    X, _ = make_blobs(n_samples=16_000, n_features=6, centers=4, random_state=7)
+    x = da.from_array(X, chunks=(4_000, 6)).persist()
+    kept = _iterate(Rows(x), _starts(X, 4, 2, seed=3), iterations=6)
+    # The kept results are held by the cluster's workers, not by this process.
+    pairs = kept._pairs
+    assert pairs is not None
+    keys = [key for (key,) in pairs.__dask_keys__()]
+    assert all(isinstance(pairs.dask[key], distributed.Future) for key in keys)
+    held = dask_client.who_has()
+    assert all(held.get(key) for key in keys)
+    assert _scored(kept) < 0.3 * 2 * len(X)
+
+
+@pytest.mark.parametrize("source", ["dask", "zarr"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fit_with_bounds_equals_the_fit_without(
+    source: str, weighted: bool, write_zarr: Callable[..., str]
+) -> None:
+    X, _ = make_blobs(n_samples=15_000, n_features=5, centers=5, random_state=8)
+    data: Any = da.from_array(X, chunks=(4_000, 5)) if source == "dask" else write_zarr(X, 3_500)
+    w = np.random.default_rng(9).uniform(0.5, 2.0, len(X)) if weighted else None
+    kw = {"n_clusters": 5, "n_init": 3, "init": "random", "tol": 0.0, "random_state": 0}
+    fits = []
+    for budget in (0, None):
+        settings = {} if budget is None else {"emdist.kept-state-bytes": budget}
+        with dask.config.set(settings):
+            fits.append(emdist.KMeans(**kw).fit(data, sample_weight=w))
+    plain, bounded = fits
+    assert_array_equal(bounded.cluster_centers_, plain.cluster_centers_)
+    assert bounded.inertia_ == plain.inertia_
+    assert bounded.lower_bounds_ == plain.lower_bounds_
+    assert bounded.n_iter_ == plain.n_iter_
+    assert_array_equal(np.asarray(bounded.labels_), np.asarray(plain.labels_))
+
+
+@pytest.mark.filterwarnings("ignore:KMeans did not converge")
+def test_fit_with_bounds_gives_scikit_learns_labels_from_the_same_start() -> None:
+    X, _ = make_blobs(n_samples=8_000, n_features=4, centers=6, random_state=10)
+    start = X[np.random.default_rng(11).choice(len(X), 6, replace=False)]
+    for max_iter in (1, 3, 300):
+        ours = emdist.KMeans(6, init=start, n_init=1, tol=0.0, max_iter=max_iter).fit(
+            da.from_array(X, chunks=(1_500, 4))
+        )
+        ref = SKKMeans(6, init=start, n_init=1, tol=0.0, max_iter=max_iter, algorithm="lloyd")
+        ref.fit(X)
+        assert_array_equal(np.asarray(ours.labels_), ref.labels_)
+        assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-12, atol=1e-12)
+        assert_allclose(ours.inertia_, ref.inertia_, rtol=1e-12)
+
+
+def test_passes_run_without_bounds_beyond_the_memory_budget() -> None:
+    X, _ = make_blobs(n_samples=1_000, n_features=3, centers=3, random_state=12)
+    rows = Rows(da.from_array(X, chunks=(400, 3)))
+    steps = [(FAMILY, p) for p in _starts(X, 3, 2)]
+    exact = 1_000 * 2 * FAMILY.kept_bytes_per_row
+    for limit, used in ((exact, True), (exact - 1, False)):
+        kept = {"state": KeptState(FAMILY.kept_bytes_per_row, limit=limit)}
+        got = _kept_pass(rows, steps, [(0, 0), (0, 1)], kept)
+        assert (got is not None) is used
+        assert (kept["state"].passes == 1) is used
+    # The budget is read from dask's config; 0 turns the kept state off.
+    with dask.config.set({"emdist.kept-state-bytes": 0}):
+        assert not KeptState(FAMILY.kept_bytes_per_row).fits(1, 1)
+    with dask.config.set({"emdist.kept-state-bytes": "1 MiB"}):
+        assert KeptState(FAMILY.kept_bytes_per_row).limit == 1 << 20
