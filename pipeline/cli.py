@@ -457,7 +457,7 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
     type=click.Choice(["auto", "secant", "squarem", "overrelax", "daarem", "none"]),
     default="auto",
     show_default=True,
-    help="Accelerated EM of the mixtures (--updates batch); auto: secant with --updates "
+    help="Accelerated EM of the mixtures (--updates batch); auto: squarem with --updates "
     "batch, plain EM with incremental; none: plain EM.",
 )
 @click.option(

@@ -183,7 +183,7 @@ class ModelConfig(_Strict):
     acceleration: Literal["auto", "secant", "squarem", "overrelax", "daarem", "none"] = Field(
         "auto",
         description="accelerated EM of the mixtures with updates='batch' (README, "
-        "'Accelerated EM'); 'auto': secant with updates='batch', plain EM with "
+        "'Accelerated EM'); 'auto': squarem with updates='batch', plain EM with "
         "'incremental'; 'none': plain EM, scikit-learn's iterations",
     )
     # The mixtures' own default; K-means refuses 'marginalize' (checked below).

@@ -595,7 +595,7 @@ default='dirichlet_process'
         :class:`~emdist.GaussianMixture`'s; the posterior is extrapolated with its positive
         parameters by their logarithms). ``n_iter_`` then counts passes, rejected
         proposals included, and ``lower_bounds_`` repeats the accepted bound on those.
-        ``'auto'``: ``'secant'`` with ``updates='batch'``, plain EM with
+        ``'auto'``: ``'squarem'`` with ``updates='batch'``, plain EM with
         ``updates='incremental'``. ``None``: plain variational EM, scikit-learn's
         iterations.
 

@@ -254,9 +254,9 @@ class GaussianMixture(BaseMixture):
         steps; ``'overrelax'``: adaptive over-relaxation; ``'daarem'``: damped Anderson
         acceleration over a window of EM steps), projected onto the parameter space; a
         proposal whose bound would drop is rejected and the next pass takes the plain EM
-        step, so the bound history never decreases. ``'auto'``: ``'secant'`` with
-        ``updates='batch'`` (the fewest passes on the measured mixtures,
-        benchmarks/README.md), plain EM with ``updates='incremental'``. ``None``: plain
+        step, so the bound history never decreases. ``'auto'``: ``'squarem'`` with
+        ``updates='batch'`` (fewer passes than plain EM on every measured mixture, a bound
+        no worse; benchmarks/README.md), plain EM with ``updates='incremental'``. ``None``: plain
         EM, scikit-learn's iterations. An explicit method with ``updates='incremental'``
         is an error.
     missing : {'error', 'marginalize'}, default='error'
