@@ -209,7 +209,8 @@ class ModelConfig(_Strict):
     def _acceleration_of_batch_em(self) -> ModelConfig:
         if self.acceleration not in ("auto", "none") and self.updates != "batch":
             raise ValueError(
-                f"acceleration ({self.acceleration!r}) needs updates='batch'; got {self.updates!r}"
+                f"model.acceleration {self.acceleration} needs model.updates batch; "
+                f"got {self.updates}"
             )
         return self
 
@@ -220,8 +221,8 @@ class ModelConfig(_Strict):
 
             if "missing" not in family_class(self.family)._param_names():
                 raise ValueError(
-                    f"missing='marginalize' needs a family that fits missing values "
-                    f"(gmm, bayesian_gmm); got family={self.family!r}"
+                    f"model.missing marginalize needs a model.family that fits missing "
+                    f"values (gmm, bayesian_gmm); got {self.family}"
                 )
         return self
 
@@ -528,13 +529,20 @@ def _format_errors(
 ) -> str:
     lines = [f"invalid configuration in {source}:"]
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        where = (names or {}).get(where, where)
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = (names or {}).get(path, path)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
         elif err["type"] == "value_error":
             msg = str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else msg
+            # A check across fields names them by their paths: said as the user wrote them.
+            for field in sorted(names or {}, key=len, reverse=True):
+                msg = msg.replace(field, (names or {})[field])
+            if names is not None and path not in names:
+                # A section ("model") is no word of the user's: the message names the fields.
+                lines.append(f"  - {msg}")
+                continue
         elif err["type"] in ("int_type", "int_from_float", "int_parsing"):
             msg = f"got {err['input']!r}; expected an integer"
         elif err["type"] == "literal_error":

@@ -520,7 +520,7 @@ BAD_CONFIGS = {
     "fit-acceleration-of-incremental-em": (
         {},
         ["fit", "nowhere.zarr", "--acceleration", "squarem", "--updates", "incremental"],
-        ["acceleration ('squarem') needs updates='batch'", "'incremental'"],
+        ["--acceleration squarem needs --updates batch; got incremental"],
     ),
     "report-invalid-yaml": (
         {"broken.yaml": "input: [\n"},

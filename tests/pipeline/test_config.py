@@ -477,7 +477,7 @@ def test_acceleration_reaches_the_mixtures() -> None:
     assert "acceleration" not in emdist.KMeans.from_config(config.model.model_dump()).get_params()
     with pytest.raises(ConfigError, match="model.acceleration"):
         parse_config({"input": {"path": "x.npy"}, "model": {"acceleration": "anderson"}})
-    with pytest.raises(ConfigError, match="needs updates='batch'"):
+    with pytest.raises(ConfigError, match="model.acceleration squarem needs model.updates batch"):
         parse_config(
             {
                 "input": {"path": "x.npy"},
