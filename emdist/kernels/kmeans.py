@@ -883,16 +883,19 @@ def _previous_rows(
     return src, previous.labels, previous.upper, previous.lower, drift, first, second
 
 
-def _half_gaps(centers: AnyArray) -> FloatArray:
-    """Half the distance from every centre to its nearest other one, rounded down, (R, K)."""
+def _half_gaps(centers: AnyArray, keep: bool) -> FloatArray:
+    """Half the distance from every centre to its nearest other one, rounded down, (R, K).
+
+    Only passes that keep bounds read it (``keep``); the others get infinities, O(R K).
+    """
+    # In the function: emdist.kernels.kmeans_bounds imports this module.
+    from emdist.kernels.kmeans_bounds import _half_gaps_kernel
+
     R, K, _ = centers.shape
     out = np.full((R, K), np.inf)
-    for r in range(R):
-        if K > 1:
-            c = centers[r]
-            sq = np.einsum("akd,akd->ak", c[:, None, :] - c[None], c[:, None, :] - c[None])
-            np.fill_diagonal(sq, np.inf)
-            out[r] = 0.5 * np.sqrt(sq.min(axis=1)) * (1.0 - _DELTA) - _TINY
+    if keep:
+        for r in range(R):
+            _half_gaps_kernel(np.ascontiguousarray(centers[r]), _DELTA, _TINY, out[r])
     return out
 
 
@@ -973,7 +976,7 @@ def _estep_group(
             counts, sx, inertia, far_dist, far_row, far_label, n_far,
             weights if weights is not None else np.empty(0), weights is not None,
             use, src, old_labels, old_upper, old_lower, drift, first, second,
-            _half_gaps(centers), out_labels, out_upper, out_lower, _DELTA, _TINY,
+            _half_gaps(centers, use), out_labels, out_upper, out_lower, _DELTA, _TINY,
         )  # fmt: skip
         if not whole:
             labels[rows_of], upper[rows_of], lower[rows_of] = out_labels, out_upper, out_lower

@@ -369,7 +369,12 @@ def _estep_float32_by_nearest_mean(
     amax = np.empty(rows)
     G_sub = np.empty((K, p), dtype=np.float32)
     groups = [g for g in range(K) if bounds[g + 1] > bounds[g]]
-    G = np.zeros((len(groups), K, p))
+    # One group's sums at a time: the quadratic columns of all groups add up in one (K, q)
+    # array, only the linear ones are kept per group (K d each, not K p).
+    q = maps.n_quadratic
+    G = np.zeros((K, p))
+    quad = np.zeros((K, q))
+    srx = np.empty((len(groups), K, d))
     nk = np.zeros((len(groups), K))
     log_norm = r_log_r = 0.0
     for j, g in enumerate(groups):
@@ -385,8 +390,11 @@ def _estep_float32_by_nearest_mean(
             log_norm += norm
             r_log_r += rlr
             np.matmul(R[:m].T, A[:m], out=G_sub)
-            add_float32(G[j], G_sub)
-    sx, sxx = maps.moments_about_centres(G, nk, maps.shift[groups])
+            add_float32(G, G_sub)
+        quad += G[:, :q]
+        srx[j] = G[:, q : q + d]
+        G[:] = 0.0
+    sx, sxx = maps.moments_about_centres(quad, srx, nk, maps.shift[groups])
     return nk.sum(axis=0), sx, sxx, float(log_norm), float(r_log_r)
 
 

@@ -166,7 +166,7 @@ class QuadraticMaps:
         return np.ascontiguousarray(sx), np.ascontiguousarray(sxx)
 
     def moments_about_centres(
-        self, G: FloatArray, nk: FloatArray, centres: FloatArray
+        self, quad: FloatArray, srx: FloatArray, nk: FloatArray, centres: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
         """:meth:`moments` of rows taken in groups, each group's features about its centre.
 
@@ -174,8 +174,13 @@ class QuadraticMaps:
 
         Parameters
         ----------
-        G : ndarray of shape (n_groups, n_components, q + d + 1)
-            ``Σ_i r_ik a_g(x_i)`` over the rows of group ``g``, features about ``centres[g]``.
+        quad : ndarray of shape (n_components, q)
+            The quadratic columns of ``Σ_i r_ik a_g(x_i)`` summed over every group (the
+            features of group ``g``'s rows about ``centres[g]``): a group's move changes
+            only the linear and constant terms, so one sum serves all groups and memory
+            does not grow with the number of groups.
+        srx : ndarray of shape (n_groups, n_components, n_features)
+            The linear columns of ``Σ_i r_ik a_g(x_i)``, group by group.
         nk : ndarray of shape (n_groups, n_components)
             ``Σ_i r_ik`` over the rows of each group.
         centres : ndarray of shape (n_groups, n_features)
@@ -186,13 +191,10 @@ class QuadraticMaps:
             As :meth:`moments`, summed over the groups.
         """
         K, d = self.shift.shape
-        q = self.n_quadratic
         delta = self.shift[None, :, :] - centres[:, None, :]  # (g, K, d)
-        srx = G[:, :, q : q + d]
         sx = np.sum(srx - nk[:, :, None] * delta, axis=0)
         S = np.empty((K, d, d))
         rows, cols = np.triu_indices(d)
-        quad = np.sum(G[:, :, :q], axis=0)
         S[:, rows, cols] = quad
         S[:, cols, rows] = quad
         # Every group's move is linear in its sums, so the moves are summed over the groups.
