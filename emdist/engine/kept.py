@@ -61,8 +61,8 @@ def _block_with_state(
     flat: tuple[bool, ...],
     block_id: tuple[int, ...],
 ) -> tuple[StatsTuple, Any]:
-    # ``parts``: the per-row inputs' blocks, the previous (stats, state) pair of the block or
-    # None, the kernel, the blocks' offsets, the parameters and the tags.
+    # ``parts``: the per-row inputs' blocks, the previous state of the block or None, the
+    # kernel, the blocks' offsets, the parameters and the tags.
     n = len(names)
     per_row = {
         name: part[:, 0] if one else part
@@ -70,15 +70,17 @@ def _block_with_state(
     }
     previous, kernel, offsets, params, tags = parts[n:]
     block = RowBlock(x, offsets[block_id[0]], **per_row)
-    stats, state = single_blas_task(
-        kernel, block, params, tags, None if previous is None else previous[1]
-    )
+    stats, state = single_blas_task(kernel, block, params, tags, previous)
     return StatsTuple(tuple(stats)), state
 
 
 def _stats_of(pair: tuple[StatsTuple, Any]) -> StatsTuple:
     stats: StatsTuple = pair[0]
     return stats
+
+
+def _state_of(pair: tuple[StatsTuple, Any]) -> Any:
+    return pair[1]
 
 
 def _sum_stats(*pairs_or_sums: Any) -> StatsTuple:
@@ -101,7 +103,7 @@ class KeptState:
     def __init__(self, bytes_per_row: int, limit: int | None = None) -> None:
         self.bytes_per_row = int(bytes_per_row)
         self.limit = budget() if limit is None else int(limit)
-        self._pairs: da.Array | None = None
+        self._states: da.Array | None = None
         self._one: Any = None
         #: Passes run with the state.
         self.passes = 0
@@ -112,7 +114,7 @@ class KeptState:
 
     def drop(self) -> None:
         """Forget the kept state (the next pass starts without it)."""
-        self._pairs = None
+        self._states = None
         self._one = None
 
     def run(
@@ -161,7 +163,7 @@ class KeptState:
             (a.reshape(-1, 1) if one else a).rechunk({0: x.chunks[0], 1: -1})
             for a, one in zip(inputs, flat, strict=True)
         ]
-        previous = self._pairs
+        previous = self._states
         if previous is not None and previous.numblocks[0] != x.numblocks[0]:
             previous = None
         starts = row_offsets(x)
@@ -185,19 +187,27 @@ class KeptState:
             chunks=((1,) * x.numblocks[0], (1,)),
         )
         reduction = _reduction(pairs, token, split_every)
-        # One run of the graph: the pairs stay where they were computed (workers, or this
+        # Only the states are kept, not the blocks' statistics beside them (K d floats per
+        # restart and block, the far rows): the budget counts the states.
+        states = da.map_blocks(
+            _state_of,
+            pairs,
+            name=f"emdist-kept-state-{token}",
+            meta=np.empty((0, 0), dtype=object),
+            chunks=pairs.chunks,
+        )
+        # One run of the graph: the states stay where they were computed (workers, or this
         # process), the sums come back.
-        pairs, reduction = persist(pairs, reduction)
+        states, reduction = persist(states, reduction)
         total: StatsTuple = reduction.compute()
-        self._pairs = pairs
+        self._states = states
         return list(total.items)
 
     def block_states(self) -> list[Any]:
         """The kept state of every block (gathered here: for tests and measurements)."""
-        if self._pairs is None:
+        if self._states is None:
             return [] if self._one is None else [self._one]
-        pairs = compute(*self._pairs.to_delayed().ravel())
-        return [p[1] for p in pairs]
+        return list(compute(*self._states.to_delayed().ravel()))
 
 
 def _reduction(pairs: da.Array, token: str, split_every: int) -> Delayed:

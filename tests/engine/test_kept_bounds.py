@@ -139,11 +139,11 @@ def test_bounded_passes_on_a_local_cluster_keep_the_bounds_on_the_workers(
     X, _ = make_blobs(n_samples=16_000, n_features=6, centers=4, random_state=7)
     x = da.from_array(X, chunks=(4_000, 6)).persist()
     kept = _iterate(Rows(x), _starts(X, 4, 2, seed=3), iterations=6)
-    # The kept results are held by the cluster's workers, not by this process.
-    pairs = kept._pairs
-    assert pairs is not None
-    keys = [key for (key,) in pairs.__dask_keys__()]
-    assert all(isinstance(pairs.dask[key], distributed.Future) for key in keys)
+    # The kept states are held by the cluster's workers, not by this process.
+    states = kept._states
+    assert states is not None
+    keys = [key for (key,) in states.__dask_keys__()]
+    assert all(isinstance(states.dask[key], distributed.Future) for key in keys)
     held = dask_client.who_has()
     assert all(held.get(key) for key in keys)
     assert _scored(kept) < 0.3 * 2 * len(X)
