@@ -29,12 +29,10 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-from dask.base import compute, persist, tokenize
-from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
+from dask.base import compute, persist
 
 from emdist.engine.lockstep import StatsTuple
-from emdist.engine.reduce import Rows, _shared, row_offsets
+from emdist.engine.reduce import Rows, block_results, sum_tree
 from emdist.engine.threads import single_blas_task
 from emdist.kernels.rows import RowBlock
 
@@ -54,23 +52,11 @@ def budget() -> int:
     return int(dask.utils.parse_bytes(value) if isinstance(value, str) else value)
 
 
-def _block_with_state(
-    x: np.ndarray[Any, Any],
-    *parts: Any,
-    names: tuple[str, ...],
-    flat: tuple[bool, ...],
-    block_id: tuple[int, ...],
+def _with_state(
+    block: RowBlock, kernel: StateKernel, params: Any, tags: Any, previous: Any = None
 ) -> tuple[StatsTuple, Any]:
-    # ``parts``: the per-row inputs' blocks, the previous state of the block or None, the
-    # kernel, the blocks' offsets, the parameters and the tags.
-    n = len(names)
-    per_row = {
-        name: part[:, 0] if one else part
-        for name, one, part in zip(names, flat, parts[:n], strict=True)
-    }
-    previous, kernel, offsets, params, tags = parts[n:]
-    block = RowBlock(x, offsets[block_id[0]], **per_row)
-    stats, state = single_blas_task(kernel, block, params, tags, previous)
+    # A block's (statistics, state) from the kernel, handed its previous state.
+    stats, state = kernel(block, params, tags, previous)
     return StatsTuple(tuple(stats)), state
 
 
@@ -154,39 +140,16 @@ class KeptState:
             )
             return list(stats)
         assert isinstance(x, da.Array)
-        if x.numblocks[1] != 1:
-            x = x.rechunk({1: -1})
-        names = tuple(sorted(X.per_row))
-        inputs = [da.asarray(X.per_row[name]) for name in names]
-        flat = tuple(a.ndim == 1 for a in inputs)
-        columns = [
-            (a.reshape(-1, 1) if one else a).rechunk({0: x.chunks[0], 1: -1})
-            for a, one in zip(inputs, flat, strict=True)
-        ]
         previous = self._states
         if previous is not None and previous.numblocks[0] != x.numblocks[0]:
             previous = None
-        starts = row_offsets(x)
-        token = tokenize(
-            x.name, [c.name for c in columns], kernel, params, tags, starts,
-            None if previous is None else previous.name,
+        # The plain pass's blocks and sum tree (emdist.engine.reduce), the previous state
+        # handed to each block's kernel.
+        pairs, token = block_results(
+            X, _with_state, kernel, tuple(params), tuple(tags), previous=previous,
+            prefix="emdist-kept",
         )  # fmt: skip
-        pairs = da.map_blocks(
-            _block_with_state,
-            x,
-            *columns,
-            previous,
-            kernel,
-            _shared(f"emdist-offsets-{token}", starts),
-            _shared(f"emdist-params-{token}", tuple(params)),
-            _shared(f"emdist-tags-{token}", tuple(tags)),
-            names=names,
-            flat=flat,
-            name=f"emdist-kept-{token}",
-            meta=np.empty((0, 0), dtype=object),
-            chunks=((1,) * x.numblocks[0], (1,)),
-        )
-        reduction = _reduction(pairs, token, split_every)
+        reduction = sum_tree(pairs, token, split_every, _sum_stats, _stats_of, "emdist-kept")
         # Only the states are kept, not the blocks' statistics beside them (K d floats per
         # restart and block, the far rows): the budget counts the states.
         states = da.map_blocks(
@@ -208,29 +171,6 @@ class KeptState:
         if self._states is None:
             return [] if self._one is None else [self._one]
         return list(compute(*self._states.to_delayed().ravel()))
-
-
-def _reduction(pairs: da.Array, token: str, split_every: int) -> Delayed:
-    """The fixed-shape sum tree of the blocks' statistics (as :func:`build_reduction`)."""
-    layer: dict[Any, Any] = {}
-    keys: list[Any] = [(pairs.name, i, 0) for i in range(pairs.numblocks[0])]
-    if len(keys) == 1:
-        key = (f"emdist-kept-sum-{token}", 0, 0)
-        layer[key] = (_stats_of, keys[0])
-        keys = [key]
-    level = 0
-    while len(keys) > 1:
-        parents = []
-        for j in range(0, len(keys), split_every):
-            sum_key = (f"emdist-kept-sum-{token}", level, j // split_every)
-            layer[sum_key] = (_sum_stats, *keys[j : j + split_every])
-            parents.append(sum_key)
-        keys = parents
-        level += 1
-    name = f"emdist-kept-pass-{token}"
-    dependency: Any = pairs
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[dependency])
-    return Delayed(keys[0], graph, layer=name)
 
 
 def state_bytes(states: Sequence[Any]) -> int:

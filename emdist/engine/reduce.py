@@ -35,9 +35,11 @@ __all__ = [
     "Data",
     "Rows",
     "Summable",
+    "block_results",
     "build_reduction",
     "map_reduce",
     "row_offsets",
+    "sum_tree",
 ]
 
 S = TypeVar("S")
@@ -152,7 +154,8 @@ def _block_stats(
     # per row, carried as an (n, 1) column), the kernel, the blocks' global and local row
     # offsets (``rows_here``: the pass's rows) with the whole per-row inputs held in
     # memory, the whole Dask ones (``wholes``: their names; each block's rows are sliced
-    # from a whole input, a view), then the kernel's arguments.
+    # from a whole input, a view), then the kernel's arguments (a kept state's pass: the
+    # block's previous state last, its own block of an aligned array, or None).
     n = len(names)
     per_row = {
         name: part[:, 0] if one else part
@@ -199,6 +202,24 @@ def build_reduction(
     cost about as much as the threaded scheduler's whole run of a 16-block pass
     (benchmarks/README.md, "Read path").
     """
+    stats, token = block_results(X, chunk_fn, *args, offsets=offsets)
+    return sum_tree(stats, token, split_every, _sum_values)
+
+
+def block_results(
+    X: da.Array | Rows,
+    chunk_fn: Callable[..., Any],
+    *args: Any,
+    offsets: Sequence[int] | None = None,
+    previous: da.Array | None = None,
+    prefix: str = "emdist",
+) -> tuple[da.Array, str]:
+    """The lazy ``chunk_fn(block, *args)`` of every row-block, and the pass's token.
+
+    What :func:`build_reduction` sums: an object array with one ``(1, 1)`` block per
+    row-block. ``previous`` (an earlier result of the same blocks, e.g. a kept state):
+    each block's own value is ``chunk_fn``'s last argument, after ``args``.
+    """
     rows = as_rows(X)
     x = rows.x
     assert isinstance(x, da.Array)
@@ -224,13 +245,13 @@ def build_reduction(
         x.name,
         [c.name for c in columns],
         [w.name for w in whole_inputs],
+        None if previous is None else previous.name,
         # Keys unique to this pass, not a hash of the held values (~10 ms per 1M float64):
         # a key reused with other values could be answered from another pass's result.
         uuid.uuid4().hex if held else None,
         chunk_fn,
         args,
         starts,
-        split_every,
     )
     shared = [
         a if _is_scalar(a) else _shared(f"emdist-arg{i}-{token}", a) for i, a in enumerate(args)
@@ -243,29 +264,51 @@ def build_reduction(
         _shared(f"emdist-offsets-{token}", (starts, row_offsets(x), held)),
         *(_one_block(w) for w in whole_inputs),
         *shared,
+        *(() if previous is None else (previous,)),
         names=names,
         flat=flat,
         wholes=wholes,
         rows_here=int(x.shape[0]),
-        name=f"emdist-stats-{token}",
+        name=f"{prefix}-stats-{token}",
         meta=np.empty((0, 0), dtype=object),
         # Two dimensions like the data's blocks: dropping the column axis would make Dask
         # concatenate (copy) every block before the kernel sees it.
         chunks=((1,) * x.numblocks[0], (1,)),
     )
+    return stats, token
+
+
+def sum_tree(
+    blocks: da.Array,
+    token: str,
+    split_every: int,
+    add: Callable[..., Any],
+    one: Callable[[Any], Any] | None = None,
+    prefix: str = "emdist",
+) -> Delayed:
+    """The fixed-shape sum tree (fan-in ``split_every``) of :func:`block_results`' blocks.
+
+    ``add`` sums several blocks' values (or partial sums); ``one`` maps a lone block's value
+    to its sum where that is not the value itself.
+    """
     layer: dict[Any, Any] = {}
-    keys: list[Any] = [(stats.name, i, 0) for i in range(x.numblocks[0])]
+    keys: list[Any] = [(blocks.name, i, 0) for i in range(blocks.numblocks[0])]
+    if len(keys) == 1 and one is not None:
+        key = (f"{prefix}-sum{split_every}-{token}", 0, 0)
+        layer[key] = (one, keys[0])
+        keys = [key]
     level = 0
     while len(keys) > 1:
         parents = []
         for j in range(0, len(keys), split_every):
-            sum_key = (f"emdist-sum-{token}", level, j // split_every)
-            layer[sum_key] = (_sum_values, *keys[j : j + split_every])
+            sum_key = (f"{prefix}-sum{split_every}-{token}", level, j // split_every)
+            layer[sum_key] = (add, *keys[j : j + split_every])
             parents.append(sum_key)
         keys = parents
         level += 1
-    name = f"emdist-pass-{token}"
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[stats])
+    name = f"{prefix}-pass{split_every}-{token}"
+    dependency: Any = blocks
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[dependency])
     return Delayed(keys[0], graph, layer=name)
 
 
