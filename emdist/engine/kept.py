@@ -160,8 +160,9 @@ class KeptState:
             chunks=pairs.chunks,
         )
         # One run of the graph: the states stay where they were computed (workers, or this
-        # process), the sums come back.
-        states, reduction = persist(states, reduction)
+        # process), the sums come back. Not optimized: blockwise fusion would fold each
+        # block's read into the states' tasks and read it again for the sums.
+        states, reduction = persist(states, reduction, optimize_graph=False)
         total: StatsTuple = reduction.compute()
         self._states = states
         return list(total.items)

@@ -43,16 +43,9 @@ import scipy.linalg.cython_blas  # noqa: F401
 from emdist._typing import AnyArray, FloatArray, IntArray
 from emdist.kernels._blocks import as_row_major
 from emdist.kernels._jit import jit
-from emdist.kernels.kmeans import _sq_dist
+from emdist.kernels.kmeans import _DELTA, _TINY, _half_gaps_kernel, _sq_dist
 
 __all__ = ["BoundedLloyd", "LloydState", "lloyd_bounds"]
-
-# Relative margin on every bound: a computed distance or drift is off by at most ~(d + 3)
-# units of roundoff (2.2e-16) from the true one (float64 differences, positive sums); 1e-9
-# covers that for any d below a million, and costs nothing measurable in skipped rows.
-_DELTA = 1e-9
-# Absolute margin: below ~1e-154 the squares underflow and relative errors no longer hold.
-_TINY = 1e-150
 
 
 def _gather_rows(n_clusters: int, n_features: int) -> int:
@@ -339,24 +332,6 @@ def _move_bounds(
         upper[i] = (upper[i] + drift[a]) * up + tiny
         v = lower[i] - (second if a == first else drift[first])
         lower[i] = v - abs(v) * delta - tiny
-
-
-@jit
-def _half_gaps_kernel(centers: FloatArray, delta: float, tiny: float, out: FloatArray) -> None:
-    K, d = centers.shape
-    gap = np.full(K, np.inf)
-    for a in range(K):
-        for b in range(a + 1, K):
-            s = 0.0
-            for j in range(d):
-                t = centers[a, j] - centers[b, j]
-                s += t * t
-            if s < gap[a]:
-                gap[a] = s
-            if s < gap[b]:
-                gap[b] = s
-    for k in range(K):
-        out[k] = 0.5 * np.sqrt(gap[k]) * (1.0 - delta) - tiny
 
 
 def _half_gaps(centers: FloatArray) -> FloatArray:
