@@ -310,13 +310,13 @@ class Bounded:
 
     def record(self) -> None:
         """The share of rows the last pass scored (read from the kept values, no compute)."""
-        pairs = self.kept._pairs
-        assert pairs is not None
-        graph = dict(pairs.__dask_graph__())
+        kept = self.kept._states
+        assert kept is not None
+        graph = dict(kept.__dask_graph__())
         states = []
-        for (key,) in pairs.__dask_keys__():
+        for (key,) in kept.__dask_keys__():
             value = graph[key]
-            states.append(getattr(value, "value", value)[1])
+            states.append(getattr(value, "value", value))
         rows = sum(s.labels.size for s in states)
         self.scored.setdefault(self.name, []).append(sum(s.scored for s in states) / rows)
 
