@@ -85,6 +85,8 @@ MAX_KEEP = 1000
 #: Most arrays a state may list (parameters, bounds and carry of every running restart): a
 #: state of the largest ``n_init`` holds a few per restart.
 MAX_ARRAYS = 100_000
+#: Times a reader follows a pointer that moved while it read (a fit commits every pass).
+_READ_ATTEMPTS = 20
 #: Most restarts a state may list when the configuration does not say ``n_init``.
 MAX_RESTARTS = 100_000
 # Seeds are non-negative 64-bit integers, stored as decimal strings.
@@ -545,34 +547,63 @@ class CheckpointStore:
     # -- reading ---------------------------------------------------------------------------
 
     def load(self) -> FitState | None:
-        """The newest committed state that verifies, or ``None`` if nothing is committed."""
-        if self._root is None:
-            self._root = self._open_root(mode="r")
-        names = self._committed()
-        self._check_contained()
-        errors = []
-        for i, name in enumerate(reversed(names)):
-            try:
-                state = self._read_state(name)
-            except Exception as exc:  # any damage: try the previous committed state
-                errors.append(f"{name}: {type(exc).__name__}: {exc}")
+        """The newest committed state that verifies, or ``None`` if nothing is committed.
+
+        A reader may run beside the fit writing the checkpoint (a progress message, a
+        report): when a state it was reading is pruned by a newer commit, it follows the new
+        pointer instead of calling the pruned state damaged.
+        """
+        for _ in range(_READ_ATTEMPTS):
+            if self._root is None:
+                self._root = self._open_root(mode="r")
+            names = self._committed()
+            self._check_contained()
+            errors = []
+            moved = False
+            for i, name in enumerate(reversed(names)):
+                try:
+                    state = self._read_state(name)
+                except Exception as exc:  # any damage: try the previous committed state
+                    if self._pointer_moved(names):
+                        moved = True
+                        break
+                    errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                    continue
+                if i > 0:
+                    warnings.warn(
+                        f"checkpoint state {names[-1]} at {self.path} is damaged "
+                        f"({errors[0]}); resuming from the older state {name}",
+                        CheckpointFallbackWarning,
+                        stacklevel=2,
+                    )
+                return state
+            if moved:
                 continue
-            if i > 0:
-                warnings.warn(
-                    f"checkpoint state {names[-1]} at {self.path} is damaged "
-                    f"({errors[0]}); resuming from the older state {name}",
-                    CheckpointFallbackWarning,
-                    stacklevel=2,
+            if errors:
+                # One line: the CLI prints it as the whole error.
+                raise CheckpointError(
+                    f"no committed state of the checkpoint at {self.path} is intact ("
+                    + "; ".join(errors)
+                    + "); start over with overwrite=True"
                 )
-            return state
-        if errors:
-            # One line: the CLI prints it as the whole error.
-            raise CheckpointError(
-                f"no committed state of the checkpoint at {self.path} is intact ("
-                + "; ".join(errors)
-                + "); start over with overwrite=True"
-            )
-        return None
+            return None
+        raise CheckpointError(
+            f"the checkpoint at {self.path} moved on {_READ_ATTEMPTS} times while it was "
+            f"read; read it again once its fit stops committing"
+        )
+
+    def _pointer_moved(self, names: list[str]) -> bool:
+        """Whether another process committed since ``names`` was read (then re-point)."""
+        if self._lock is not None:
+            return False  # this store is the writer: nobody else commits
+        try:
+            root = self._open_root(mode="r")
+        except CheckpointError:
+            return False
+        if root.attrs.get("committed") == names:
+            return False
+        self._root = root
+        return True
 
     def _read_arrays(self, group: zarr.Group, checksums: Any) -> dict[str, AnyArray]:
         out = {}
@@ -848,7 +879,7 @@ class CheckpointStore:
             )
             target[...] = value
             checksums[key] = _digest(value)
-        group.attrs.update(
+        group.update_attributes(
             {
                 "running": running,
                 "finished": [int(r) for r in state.finished],
@@ -860,8 +891,10 @@ class CheckpointStore:
         )
         committed = [*self._committed(), name]
         commits = self._root.attrs.get("commits", 0)
-        # The commit: one atomic rewrite of the root's metadata document.
-        self._root.attrs.update(
+        # The commit: one atomic rewrite of the root's metadata document. (Not
+        # ``attrs.update``: that rewrites the document once per key, and a kill between the
+        # two writes left a pointer that disagreed with its count, refused as damage.)
+        self._root = self._root.update_attributes(
             {
                 "committed": committed[-self.keep :],
                 "commits": (commits if isinstance(commits, int) else 0) + 1,

@@ -508,7 +508,7 @@ def ingest(
             }
             if allow_missing:
                 attrs["provenance"]["allow_missing"] = True
-            array.attrs.update(attrs)
+            array.update_attributes(attrs)
             seal(array)  # shape, chunks, dtype and chunk count, checked on every open
             # Close before the swap: an HDF5 handle, or the old store when source is dest.
             reader.close()

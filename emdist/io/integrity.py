@@ -347,7 +347,8 @@ def seal(array: zarr.Array[Any]) -> None:
     if crcs is not None:
         # Little-endian uint32s, base64: 5.3 characters per chunk in zarr.json.
         record["chunk_crc32c"] = base64.b64encode(crcs.astype("<u4").tobytes()).decode()
-    array.attrs.update({RECORD_KEY: record, WRITER_KEY: f"emdist {__version__}"})
+    # One metadata write (``attrs.update`` writes zarr.json once per key).
+    array.update_attributes({RECORD_KEY: record, WRITER_KEY: f"emdist {__version__}"})
 
 
 # -- reading -----------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ def write_predictions(
     outputs = {k: v.rechunk({0: rows}) for k, v in outputs.items()}
     with atomic_output(dest, overwrite=overwrite, kind="predictions") as tmp:
         group = zarr.open_group(str(tmp), mode="w")
-        group.attrs.update(
+        group.update_attributes(
             {
                 "emdist": "predictions",
                 "estimator": type(estimator).__name__,

@@ -160,7 +160,7 @@ def save_model(
                 target[...] = value
                 seal(target)
                 checksums[f"{prefix}/{key}"] = array_digest(value)
-        group.attrs.update(
+        group.update_attributes(
             {
                 **extra,
                 "format": FORMAT,

@@ -855,6 +855,50 @@ def test_keep_prunes_old_states(tmp_path: Path, small: str, keep: int) -> None:
     assert (last["running"], last["finished"]) == ([], [0, 1])
 
 
+def test_a_commit_rewrites_the_root_document_once(
+    tmp_path: Path, small: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pointer and its count in one write: a kill between two writes would leave a
+    # pointer that disagrees with its count, which the next run refuses as damage.
+    ckpt = tmp_path / "ckpt"
+    writes: list[dict[str, Any]] = []
+    real_set = zarr.storage.LocalStore.set
+
+    async def recording_set(self: Any, key: str, value: Any) -> None:
+        await real_set(self, key, value)
+        if Path(self.root) == ckpt and key == "zarr.json":
+            writes.append(root_attrs(ckpt))
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", recording_set)
+    with no_convergence_warning():
+        GMM(tol=0.0, max_iter=4, checkpoint=CheckpointStore(ckpt, keep=2)).fit(small)
+    assert [w["commits"] for w in writes] == [0, 1, 2, 3, 4]
+    for w in writes:
+        assert len(w["committed"]) == min(w["commits"], 2)
+
+
+def test_a_reader_beside_the_fit_follows_the_pointer_past_pruned_states(
+    tmp_path: Path, small: str
+) -> None:
+    # One reader object kept across commits, as a progress message or a report beside a
+    # running fit: the states it last saw are pruned (keep=1) by the time it reads again.
+    ckpt = tmp_path / "ckpt"
+    reader = CheckpointStore(ckpt)
+    seen: list[int] = []
+
+    def observer(it: Any) -> None:
+        state = reader.load()
+        assert state is not None
+        seen.append(state.iteration if state.running else -1)
+
+    with no_convergence_warning(), warnings.catch_warnings():
+        warnings.simplefilter("error", CheckpointFallbackWarning)  # nothing here is damaged
+        GMM(tol=0.0, max_iter=5, checkpoint=CheckpointStore(ckpt, keep=1)).set_params(
+            observer=observer
+        ).fit(small)
+    assert seen == [1, 2, 3, 4, -1]
+
+
 def test_every_n_commits_every_nth_iteration_and_restart_ends(tmp_path: Path, small: str) -> None:
     ckpt = tmp_path / "ckpt"
     newest_after: list[tuple[int, int, int | str | None]] = []
