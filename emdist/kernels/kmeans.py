@@ -58,6 +58,7 @@ from emdist.kernels.rows import RowBlock
 
 __all__ = [
     "BOUND_BYTES_PER_ROW",
+    "BlockMoments",
     "KMeansBounds",
     "KMeansParams",
     "KMeansStats",
@@ -305,19 +306,67 @@ def _sq_dist(X: AnyArray, i: int, k: int, centers: FloatArray) -> float:
 
 
 @jit
-def _add_sums(X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray) -> None:
-    """Add ``x_i - r_k`` to ``sx[k]`` (float64 whatever the dtype)."""
-    for j in range(X.shape[1]):
-        sx[k, j] += np.float64(X[i, j]) - about[k, j]
+def _add_moments(
+    X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray, sq: FloatArray
+) -> None:
+    """Add ``x_i - r_k`` to ``sx[k]`` and ``‖x_i - r_k‖²`` to ``sq[k]``.
+
+    In float64 whatever the dtype; the square is summed as :func:`_sq_dist` sums it, so about
+    the centres it equals the distance bit for bit.
+    """
+    d = X.shape[1]
+    s0 = s1 = s2 = s3 = 0.0
+    j = 0
+    while j + 4 <= d:
+        t0 = np.float64(X[i, j]) - about[k, j]
+        t1 = np.float64(X[i, j + 1]) - about[k, j + 1]
+        t2 = np.float64(X[i, j + 2]) - about[k, j + 2]
+        t3 = np.float64(X[i, j + 3]) - about[k, j + 3]
+        sx[k, j] += t0
+        sx[k, j + 1] += t1
+        sx[k, j + 2] += t2
+        sx[k, j + 3] += t3
+        s0 += t0 * t0
+        s1 += t1 * t1
+        s2 += t2 * t2
+        s3 += t3 * t3
+        j += 4
+    while j < d:
+        t0 = np.float64(X[i, j]) - about[k, j]
+        sx[k, j] += t0
+        s0 += t0 * t0
+        j += 1
+    sq[k] += (s0 + s1) + (s2 + s3)
 
 
 @jit
-def _add_sums_weighted(
-    X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray, wi: float
+def _add_moments_weighted(
+    X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray, sq: FloatArray, wi: float
 ) -> None:
-    """Add ``wi (x_i - r_k)`` to ``sx[k]``."""
-    for j in range(X.shape[1]):
-        sx[k, j] += wi * (np.float64(X[i, j]) - about[k, j])
+    """Add ``wi (x_i - r_k)`` to ``sx[k]`` and ``wi ‖x_i - r_k‖²`` to ``sq[k]``."""
+    d = X.shape[1]
+    s0 = s1 = s2 = s3 = 0.0
+    j = 0
+    while j + 4 <= d:
+        t0 = np.float64(X[i, j]) - about[k, j]
+        t1 = np.float64(X[i, j + 1]) - about[k, j + 1]
+        t2 = np.float64(X[i, j + 2]) - about[k, j + 2]
+        t3 = np.float64(X[i, j + 3]) - about[k, j + 3]
+        sx[k, j] += wi * t0
+        sx[k, j + 1] += wi * t1
+        sx[k, j + 2] += wi * t2
+        sx[k, j + 3] += wi * t3
+        s0 += t0 * t0
+        s1 += t1 * t1
+        s2 += t2 * t2
+        s3 += t3 * t3
+        j += 4
+    while j < d:
+        t0 = np.float64(X[i, j]) - about[k, j]
+        sx[k, j] += wi * t0
+        s0 += t0 * t0
+        j += 1
+    sq[k] += wi * ((s0 + s1) + (s2 + s3))
 
 
 @jit
@@ -426,14 +475,96 @@ def _walk_kernel(
     rows: int,
     counts: FloatArray,
     sx: FloatArray,
-    inertia: FloatArray,
+    sq: FloatArray,
+    exact: FloatArray,
     far_dist: FloatArray,
     far_row: IntArray,
     far_label: IntArray,
     n_far: IntArray,
     weights: FloatArray,
     weighted: bool,
-    keep: bool,
+) -> None:
+    """Add the rows ``row0, row0 + 1, ...`` of ``X`` to the statistics of ``R`` restarts.
+
+    One walk over the block: per sub-block of ``rows`` rows (in cache), each restart's
+    labels, then its sweep in row order: per cluster the counts, the sums ``sx`` and the
+    squared norms ``sq`` of ``x - about``, and ``exact``, the distances ``‖x - c‖²`` from
+    float64 differences; the far rows. Arrays are stacked by restart: ``centers``/``about``
+    (R, K, d), ``ref`` (R, d), ``neg2_t`` (R, d, K), ``bias``/``counts``/``sq``/``exact``
+    (R, K), ``sx`` (R, K, d), ``far_*`` (R, keep); ``radius`` (R,): with ``‖x‖`` it bounds
+    the scores' rounding (``band = gamma (‖x‖ + radius)²``). ``weighted``: every row's
+    counts, sums and squares weigh ``weights[i]``, and a row of weight 0 is no far row.
+
+    Labels are the argmin of exact distances (:func:`_pick`), decided from one GEMM of
+    scores. Every cluster's statistics are sums over its rows in row order, so they depend
+    on its rows alone: the bounded passes (:func:`_bounded_labels_kernel`,
+    :func:`_resweep_kernel`) recompute only the clusters whose rows changed and get the
+    same values bit for bit.
+    """
+    n, d = X.shape
+    R, K = bias.shape
+    n_keep = far_dist.shape[1]
+    xbuf = np.empty((rows, d), dtype=neg2_t.dtype)
+    scores = np.empty((rows, K), dtype=neg2_t.dtype)
+    norm = np.empty(rows)
+    lab = np.empty(rows, dtype=np.int64)
+    # The exact squared distance of a row to its label where already computed (else -1):
+    # the sweep takes it instead of computing it again (the same function, the same value).
+    known = np.empty(rows)
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        # ‖x‖, for the rounding band of the rows scored (computed when first needed).
+        norm[:m] = -1.0
+        for r in range(R):
+            c = centers[r]
+            known[:m] = -1.0
+            _score_rows(X, start, m, ref[r], neg2_t[r], shift_rows, xbuf, scores)
+            for i in range(m):
+                if norm[i] < 0.0:
+                    norm[i] = _norm(X, start + i)
+                t = norm[i] + radius[r]
+                band = gamma * t * t
+                # The common case inline: one centre alone within reach of the lowest.
+                arg = _argmin_row(scores, i, bias[r])
+                reach = np.float64(scores[i, arg]) + np.float64(bias[r, arg]) + 4.0 * band
+                close = 0
+                for k in range(K):
+                    close += np.float64(scores[i, k]) + np.float64(bias[r, k]) <= reach
+                if close == 1:
+                    lab[i] = arg
+                    continue
+                lab[i], _, known[i] = _pick(X, start + i, scores, i, bias[r], c, band, False)
+            for i in range(m):
+                g = start + i
+                k = lab[i]
+                wi = weights[g] if weighted else 1.0
+                # (Two walks over the row: measured faster than one that does both.)
+                if weighted:
+                    _add_moments_weighted(X, g, k, about[r], sx[r], sq[r], wi)
+                else:
+                    _add_moments(X, g, k, about[r], sx[r], sq[r])
+                dist = known[i] if known[i] >= 0.0 else _sq_dist(X, g, k, c)
+                counts[r, k] += wi
+                exact[r, k] += wi * dist
+                if wi > 0.0:
+                    nf = n_far[r]
+                    if nf < n_keep or (n_keep > 0 and dist > far_dist[r, n_keep - 1]):
+                        n_far[r] = _offer_far(
+                            dist, row0 + g, k, far_dist[r], far_row[r], far_label[r], nf
+                        )
+
+
+@jit
+def _bounded_labels_kernel(
+    X: AnyArray,
+    centers: FloatArray,
+    ref: AnyArray,
+    neg2_t: AnyArray,
+    bias: AnyArray,
+    shift_rows: bool,
+    radius: FloatArray,
+    gamma: float,
+    rows: int,
     src: IntArray,
     old_labels: AnyArray,
     old_upper: AnyArray,
@@ -445,57 +576,47 @@ def _walk_kernel(
     labels: AnyArray,
     upper: AnyArray,
     lower: AnyArray,
+    dist: FloatArray,
+    changed: AnyArray,
     delta: float,
     tiny: float,
 ) -> int:
-    """Add the rows ``row0, row0 + 1, ...`` of ``X`` to the statistics of ``R`` restarts.
+    """The labels of a bounded pass and the rows' new Hamerly bounds; no statistics.
 
-    One walk over the block: per sub-block of ``rows`` rows (in cache), each restart's
-    labels, then its sweep (sums, counts, inertia, far rows) in row order. Arrays are
-    stacked by restart: ``centers``/``about`` (R, K, d), ``ref`` (R, d), ``neg2_t``
-    (R, d, K), ``bias``/``counts`` (R, K), ``sx`` (R, K, d), ``far_*`` (R, keep);
-    ``radius`` (R,): with ``‖x‖`` it bounds the scores' rounding (``band = gamma (‖x‖ +
-    radius)²``). Distances are measured from ``centers``, sums taken about ``about``;
-    ``weighted``: every row's counts, sums and inertia weigh ``weights[i]``, and a row of
-    weight 0 is no far row.
-
-    Labels are the argmin of exact distances (:func:`_pick`), decided from one GEMM of
-    scores. With ``keep``, every restart ``r`` also writes its rows' label and Hamerly
-    bounds (``labels``/``upper``/``lower``, (R, n), float32 bounds rounded outward); where
-    ``src[r] >= 0`` the rows' bounds under the previous centres are
-    ``old_*[src[r]]``: moved by the centres' drift (``drift`` (R, K), the largest drift's
-    index ``first`` and the second largest ``second``), a row whose upper bound stays
-    below ``max(lower, half_gap[label])`` keeps its label without a score (the margins
+    Every restart ``r`` writes its rows' label and bounds (``labels``/``upper``/``lower``,
+    (R, n), float32 bounds rounded outward) and, in ``dist`` (R, n), the exact squared
+    distance of each row to its label where it was computed (else -1). Where
+    ``src[r] >= 0`` the rows' bounds under the previous centres are ``old_*[src[r]]``:
+    moved by the centres' drift (``drift`` (R, K), the largest drift's index ``first`` and
+    the second largest ``second``), a row whose upper bound stays below
+    ``max(lower, half_gap[label])`` keeps its label without a score (the margins
     ``delta``, ``tiny`` are far above the rounding of any distance here, so the exact
-    argmin could not differ), and only the other rows are gathered into the GEMM.
-    Skipped rows are swept as any other: the statistics equal, bit for bit, those of a
-    walk without bounds. Returns the rows scored by a GEMM.
+    argmin could not differ) and its moved upper bound; only the other rows are gathered
+    into the GEMM. ``changed`` (R, K) marks the clusters a row joined or left. Returns the
+    rows scored by a GEMM.
     """
     n, d = X.shape
     R, K = bias.shape
-    n_keep = far_dist.shape[1]
     xbuf = np.empty((rows, d), dtype=neg2_t.dtype)
     scores = np.empty((rows, K), dtype=neg2_t.dtype)
     norm = np.empty(rows)
     lab = np.empty(rows, dtype=np.int64)
     low_sq = np.empty(rows)
-    # Rows that kept their label on their bounds; ``moved_lo``: their moved lower bound (a
-    # distance, not squared).
+    # Rows that kept their label on their bounds; their moved bounds (distances, not
+    # squared).
     skipped = np.empty(rows, dtype=np.bool_)
     moved_lo = np.empty(rows)
-    # The exact squared distance of a row to its label where already computed (else -1):
-    # the sweep takes it instead of computing it again (the same function, the same value).
+    moved_up = np.empty(rows)
     known = np.empty(rows)
     need = np.empty(rows, dtype=np.int64)
     up = 1.0 + delta
     scored = 0
     for start in range(0, n, rows):
         m = min(rows, n - start)
-        # ‖x‖, for the rounding band of the rows scored (computed when first needed).
         norm[:m] = -1.0
         for r in range(R):
             c = centers[r]
-            s_r = src[r] if keep else -1
+            s_r = src[r]
             m_need = 0
             known[:m] = -1.0
             skipped[:m] = False
@@ -518,6 +639,7 @@ def _walk_kernel(
                         lab[i] = a
                         skipped[i] = True
                         moved_lo[i] = lo if lo > 0.0 else 0.0
+                        moved_up[i] = u
                         continue
                     need[m_need] = i
                     m_need += 1
@@ -531,19 +653,8 @@ def _walk_kernel(
                     if norm[i] < 0.0:
                         norm[i] = _norm(X, start + i)
                     t = norm[i] + radius[r]
-                    band = gamma * t * t
-                    if not keep:
-                        # The common case inline: one centre alone within reach of the lowest.
-                        arg = _argmin_row(scores, i, bias[r])
-                        reach = np.float64(scores[i, arg]) + np.float64(bias[r, arg]) + 4.0 * band
-                        close = 0
-                        for k in range(K):
-                            close += np.float64(scores[i, k]) + np.float64(bias[r, k]) <= reach
-                        if close == 1:
-                            lab[i] = arg
-                            continue
                     lab[i], low_sq[i], known[i] = _pick(
-                        X, start + i, scores, i, bias[r], c, band, keep
+                        X, start + i, scores, i, bias[r], c, gamma * t * t, True
                     )
             elif m_need > 0:
                 # The rows whose bounds failed, gathered into one GEMM.
@@ -562,46 +673,266 @@ def _walk_kernel(
                         norm[i] = _norm(X, start + i)
                     t = norm[i] + radius[r]
                     lab[i], low_sq[i], known[i] = _pick(
-                        X, start + i, scores, q, bias[r], c, gamma * t * t, keep
+                        X, start + i, scores, q, bias[r], c, gamma * t * t, True
                     )
             scored += m_need
-            # Summed per sub-block, then into the total: the error of the inertia stays that
-            # of short sums, not of a million-term running sum.
-            part = 0.0
             for i in range(m):
                 g = start + i
                 k = lab[i]
-                wi = weights[g] if weighted else 1.0
-                # (Two walks over the row: measured faster than one that does both.)
-                if weighted:
-                    _add_sums_weighted(X, g, k, about[r], sx[r], wi)
+                labels[r, g] = k
+                if s_r >= 0:
+                    a = int(old_labels[s_r, g])
+                    if a != k:
+                        changed[r, a] = True
+                        changed[r, k] = True
+                sq = known[i]
+                if sq < 0.0 and not skipped[i]:
+                    sq = _sq_dist(X, g, k, c)  # one centre: nothing else measured it
+                dist[r, g] = sq
+                u = np.sqrt(sq) * up + tiny if sq >= 0.0 else moved_up[i]
+                upper[r, g] = np.float32(u * _UP32 + _TINY32)
+                v = low_sq[i]
+                if skipped[i]:
+                    lo = moved_lo[i]
+                elif v == np.inf:
+                    lo = np.inf
                 else:
-                    _add_sums(X, g, k, about[r], sx[r])
-                dist = known[i] if known[i] >= 0.0 else _sq_dist(X, g, k, c)
-                counts[r, k] += wi
-                part += wi * dist
-                if keep:
-                    labels[r, g] = k
-                    u = np.sqrt(dist) * up + tiny
-                    upper[r, g] = np.float32(u * _UP32 + _TINY32)
-                    v = low_sq[i]
-                    if skipped[i]:
-                        lo = moved_lo[i]
-                    elif v == np.inf:
-                        lo = np.inf
-                    else:
-                        lo = np.sqrt(v) * (1.0 - delta) - tiny if v > 0.0 else 0.0
-                    if _MAX32 < lo < np.inf:
-                        lo = _MAX32  # beyond float32: rounding would make it inf
-                    lower[r, g] = np.float32(lo * _DOWN32 - _TINY32)
-                if wi > 0.0:
-                    nf = n_far[r]
-                    if nf < n_keep or (n_keep > 0 and dist > far_dist[r, n_keep - 1]):
-                        n_far[r] = _offer_far(
-                            dist, row0 + g, k, far_dist[r], far_row[r], far_label[r], nf
-                        )
-            inertia[r] += part
+                    lo = np.sqrt(v) * (1.0 - delta) - tiny if v > 0.0 else 0.0
+                if _MAX32 < lo < np.inf:
+                    lo = _MAX32  # beyond float32: rounding would make it inf
+                lower[r, g] = np.float32(lo * _DOWN32 - _TINY32)
     return scored
+
+
+@jit
+def _resweep_kernel(
+    X: AnyArray,
+    centers: FloatArray,
+    about: FloatArray,
+    labels: AnyArray,
+    dirty: AnyArray,
+    counts: FloatArray,
+    sx: FloatArray,
+    sq: FloatArray,
+    exact: FloatArray,
+    dist: FloatArray,
+    upper: AnyArray,
+    weights: FloatArray,
+    weighted: bool,
+    delta: float,
+    tiny: float,
+) -> int:
+    """The statistics of the ``dirty`` (R, K) clusters, from their rows, in row order.
+
+    As :func:`_walk_kernel` sums them (the same functions, the same order), so a cluster's
+    values equal the plain pass's bit for bit; the other clusters' are left as they are.
+    A row whose distance was not yet measured (``dist`` < 0) is measured, and its upper
+    bound tightened. Returns the rows visited.
+    """
+    n = X.shape[0]
+    R, K = dirty.shape
+    up = 1.0 + delta
+    visited = 0
+    for r in range(R):
+        any_dirty = False
+        for k in range(K):
+            if dirty[r, k]:
+                any_dirty = True
+                counts[r, k] = 0.0
+                sq[r, k] = 0.0
+                exact[r, k] = 0.0
+                sx[r, k, :] = 0.0
+        if not any_dirty:
+            continue
+        for i in range(n):
+            k = labels[r, i]
+            if not dirty[r, k]:
+                continue
+            visited += 1
+            wi = weights[i] if weighted else 1.0
+            if weighted:
+                _add_moments_weighted(X, i, k, about[r], sx[r], sq[r], wi)
+            else:
+                _add_moments(X, i, k, about[r], sx[r], sq[r])
+            dd = dist[r, i]
+            if dd < 0.0:
+                dd = _sq_dist(X, i, k, centers[r])
+                dist[r, i] = dd
+                upper[r, i] = np.float32((np.sqrt(dd) * up + tiny) * _UP32 + _TINY32)
+            counts[r, k] += wi
+            exact[r, k] += wi * dd
+    return visited
+
+
+@jit
+def _offer_far_any(
+    dist: float,
+    row: int,
+    label: int,
+    far_dist: FloatArray,
+    far_row: IntArray,
+    far_label: IntArray,
+    n_far: int,
+) -> int:
+    """:func:`_offer_far` for rows in any order: ties go to the lower row."""
+    keep = far_dist.shape[0]
+    if n_far < keep:
+        p = n_far
+        n_far += 1
+    elif keep > 0 and (
+        dist > far_dist[keep - 1] or (dist == far_dist[keep - 1] and row < far_row[keep - 1])
+    ):
+        p = keep - 1
+    else:
+        return n_far
+    while p > 0 and (dist > far_dist[p - 1] or (dist == far_dist[p - 1] and row < far_row[p - 1])):
+        far_dist[p] = far_dist[p - 1]
+        far_row[p] = far_row[p - 1]
+        far_label[p] = far_label[p - 1]
+        p -= 1
+    far_dist[p] = dist
+    far_row[p] = row
+    far_label[p] = label
+    return n_far
+
+
+@jit
+def _far_kernel(
+    X: AnyArray,
+    row0: int,
+    centers: FloatArray,
+    labels: AnyArray,
+    dist: FloatArray,
+    upper: AnyArray,
+    weights: FloatArray,
+    weighted: bool,
+    far_dist: FloatArray,
+    far_row: IntArray,
+    far_label: IntArray,
+    n_far: IntArray,
+    delta: float,
+    tiny: float,
+) -> int:
+    """The far rows of a bounded pass: those of the plain pass, from fewer distances.
+
+    The rows whose distance is known (``dist`` >= 0) are offered in row order. Of the others
+    (their upper bounds ``upper`` hold, rounded outward), the ``keep`` of largest upper bound
+    are measured and offered; then every other row whose upper bound reaches the ``keep``-th
+    far distance (less a margin far above the rounding of a distance): a row below it is
+    strictly nearer its centre than every kept row, so it is not among them, nor tied. The
+    kept rows are therefore the plain pass's, distances and order alike. Returns the rows
+    measured here.
+    """
+    n = X.shape[0]
+    R = centers.shape[0]
+    n_keep = far_dist.shape[1]
+    top_u = np.empty(max(n_keep, 1))
+    top_i = np.empty(max(n_keep, 1), dtype=np.int64)
+    up = 1.0 + delta
+    measured = 0
+    for r in range(R):
+        nf = 0
+        for i in range(n):
+            dd = dist[r, i]
+            if dd < 0.0 or (weighted and not weights[i] > 0.0):
+                continue
+            if nf < n_keep or (n_keep > 0 and dd > far_dist[r, n_keep - 1]):
+                nf = _offer_far(
+                    dd, row0 + i, labels[r, i], far_dist[r], far_row[r], far_label[r], nf
+                )
+        if n_keep == 0:
+            n_far[r] = nf
+            continue
+        # The unmeasured rows of largest upper bound (sorted by decreasing bound).
+        nt = 0
+        for i in range(n):
+            if dist[r, i] >= 0.0 or (weighted and not weights[i] > 0.0):
+                continue
+            u = np.float64(upper[r, i])
+            if nt < n_keep:
+                p = nt
+                nt += 1
+            elif u > top_u[n_keep - 1]:
+                p = n_keep - 1
+            else:
+                continue
+            while p > 0 and u > top_u[p - 1]:
+                top_u[p] = top_u[p - 1]
+                top_i[p] = top_i[p - 1]
+                p -= 1
+            top_u[p] = u
+            top_i[p] = i
+        for q in range(nt):
+            i = top_i[q]
+            k = labels[r, i]
+            dd = _sq_dist(X, i, k, centers[r])
+            dist[r, i] = dd
+            upper[r, i] = np.float32((np.sqrt(dd) * up + tiny) * _UP32 + _TINY32)
+            nf = _offer_far_any(dd, row0 + i, k, far_dist[r], far_row[r], far_label[r], nf)
+        measured += nt
+        if nt == n_keep:
+            # Rows whose bound is below ``reach`` are nearer than the last kept row.
+            reach = -1.0
+            if nf == n_keep:
+                reach = np.sqrt(far_dist[r, n_keep - 1]) * (1.0 - delta) - tiny
+            for i in range(n):
+                if dist[r, i] >= 0.0 or (weighted and not weights[i] > 0.0):
+                    continue
+                if np.float64(upper[r, i]) < reach:
+                    continue
+                k = labels[r, i]
+                dd = _sq_dist(X, i, k, centers[r])
+                dist[r, i] = dd
+                upper[r, i] = np.float32((np.sqrt(dd) * up + tiny) * _UP32 + _TINY32)
+                nf = _offer_far_any(dd, row0 + i, k, far_dist[r], far_row[r], far_label[r], nf)
+                measured += 1
+        n_far[r] = nf
+    return measured
+
+
+# Inertia from moments: ``Σ w ‖x - c‖² = Q - 2 (c - r)·S + W ‖c - r‖²`` errs by at most a
+# few units of roundoff times ``n (√Q + √W ‖c - r‖)²`` (Cauchy-Schwarz bounds |(c - r)·S|
+# by ‖c - r‖ √(W Q)), n the rows summed: the moments give the inertia where that scale is
+# at most this many times the result (cancellation costs at most ~4 bits more than the
+# sums of distances), and the distances' own sum is taken elsewhere.
+_MOMENT_REACH = 16.0
+
+
+@jit
+def _inertia_kernel(
+    counts: FloatArray,
+    sx: FloatArray,
+    sq: FloatArray,
+    exact: FloatArray,
+    centers: FloatArray,
+    about: FloatArray,
+    reach: float,
+    use_moments: AnyArray,
+) -> float:
+    """A restart's inertia from its per-cluster statistics, clusters in index order.
+
+    Cluster ``k`` takes ``sq - 2 δ·sx + W ‖δ‖²`` (``δ = c_k - r_k``) where
+    ``(√sq + √W ‖δ‖)² <= reach`` times that value, else ``exact[k]``, the sum of its
+    distances; ``use_moments[k]`` says which. A function of the statistics and the centres
+    alone: the plain and the bounded pass, which have the same statistics, get the same
+    inertia bit for bit.
+    """
+    K, d = centers.shape
+    total = 0.0
+    for k in range(K):
+        dd = 0.0
+        ds = 0.0
+        for j in range(d):
+            t = centers[k, j] - about[k, j]
+            dd += t * t
+            ds += t * sx[k, j]
+        w = counts[k]
+        value = sq[k] - 2.0 * ds + w * dd
+        scale = np.sqrt(sq[k]) + np.sqrt(w * dd)
+        ok = scale * scale <= reach * value
+        use_moments[k] = ok
+        total += value if ok else exact[k]
+    return total
 
 
 @jit
@@ -741,12 +1072,53 @@ def kmeans_estep_many(block: RowBlock, params: Sequence[KMeansParams]) -> list[K
 
 
 @dataclass(frozen=True, eq=False)
+class BlockMoments:
+    """One restart's per-cluster statistics of one block, kept beside its bounds.
+
+    What the pass that made them summed over each cluster's rows of the block, in row
+    order (:func:`_walk_kernel`): a cluster whose rows did not change keeps them, bit for
+    bit, and the next pass takes them instead of walking its rows again.
+
+    Attributes
+    ----------
+    counts : ndarray of shape (n_clusters,)
+        Rows (summed weights).
+    sx : ndarray of shape (n_clusters, n_features)
+        ``Σ w (x - r_k)``.
+    sq : ndarray of shape (n_clusters,)
+        ``Σ w ‖x - r_k‖²``.
+    exact : ndarray of shape (n_clusters,)
+        ``Σ w ‖x - c_k‖²`` from differences, under ``exact_at``'s centre.
+    exact_at : ndarray of shape (n_clusters, n_features)
+        The centre each ``exact`` was measured from.
+    reference : ndarray of shape (n_clusters, n_features)
+        The points ``r_k`` the sums are about.
+    """
+
+    counts: FloatArray
+    sx: FloatArray
+    sq: FloatArray
+    exact: FloatArray
+    exact_at: FloatArray
+    reference: FloatArray
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held (``K (3 d + 3)`` floats)."""
+        return int(
+            self.counts.nbytes + self.sx.nbytes + self.sq.nbytes + self.exact.nbytes
+            + self.exact_at.nbytes + self.reference.nbytes
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
 class KMeansBounds:
     """Hamerly's per-row bounds of one block, for several restarts, kept between passes.
 
     Twelve bytes per row and restart: the label (int32) and two float32 bounds rounded
     outward — an upper bound on the row's distance to its centre, a lower bound on its
-    distance to every other centre, under ``centers``.
+    distance to every other centre, under ``centers``. Beside them, per restart, the
+    block's per-cluster statistics (:class:`BlockMoments`, ``K (3 d + 3)`` floats).
 
     Attributes
     ----------
@@ -756,9 +1128,14 @@ class KMeansBounds:
         Each restart's centres the bounds hold under.
     labels : ndarray of shape (n_restarts, n_rows), int32
     upper, lower : ndarray of shape (n_restarts, n_rows), float32
+    moments : tuple of BlockMoments
+        Each restart's per-cluster statistics of the block.
     scored : int
         Rows (times restarts) the pass that made these bounds scored against every centre;
         the others kept their label on their bounds alone.
+    swept : int
+        Rows (times restarts) whose sums that pass added again (the rows of the clusters
+        whose rows in the block changed); the others' clusters kept their statistics.
     """
 
     tags: tuple[Any, ...]
@@ -766,12 +1143,17 @@ class KMeansBounds:
     labels: AnyArray
     upper: AnyArray
     lower: AnyArray
+    moments: tuple[BlockMoments, ...] = ()
     scored: int = 0
+    swept: int = 0
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the per-row arrays."""
-        return int(self.labels.nbytes + self.upper.nbytes + self.lower.nbytes)
+        """Memory held by the per-row arrays and the per-cluster statistics."""
+        return int(
+            self.labels.nbytes + self.upper.nbytes + self.lower.nbytes
+            + sum(m.nbytes for m in self.moments)
+        )  # fmt: skip
 
 
 #: Bytes a restart's bounds take per row (:class:`KMeansBounds`).
@@ -831,9 +1213,10 @@ def _estep(
     labels = np.empty((R, n) if keep else (0, 0), dtype=np.int32)
     upper = np.empty((R, n) if keep else (0, 0), dtype=np.float32)
     lower = np.empty((R, n) if keep else (0, 0), dtype=np.float32)
-    scored = 0
+    moments: list[BlockMoments | None] = [None] * R
+    scored = swept = 0
     for members in groups.values():
-        stats, group_scored = _estep_group(
+        stats, group_moments, group_scored, group_swept = _estep_group(
             block,
             [params[i] for i in members],
             None if tags is None else [tags[i] for i in members],
@@ -842,13 +1225,16 @@ def _estep(
             (labels, upper, lower),
         )
         scored += group_scored
-        for i, s in zip(members, stats, strict=True):
+        swept += group_swept
+        for i, s, mom in zip(members, stats, group_moments, strict=True):
             out[i] = s
+            moments[i] = mom
     result = [s for s in out if s is not None]
     if tags is None:
         return result, None
     centers = tuple(_centers(p.centers) for p in params)
-    return result, KMeansBounds(tags, centers, labels, upper, lower, scored)
+    kept = tuple(m for m in moments if m is not None)
+    return result, KMeansBounds(tags, centers, labels, upper, lower, kept, scored, swept)
 
 
 def _previous_rows(
@@ -930,10 +1316,11 @@ def _estep_group(
     previous: KMeansBounds | None,
     members: Sequence[int],
     kept: tuple[AnyArray, AnyArray, AnyArray],
-) -> tuple[list[KMeansStats], int]:
+) -> tuple[list[KMeansStats], list[BlockMoments | None], int, int]:
     """:func:`_estep` for restarts of the same shape of centres.
 
-    ``members``: their rows in the kept arrays. Returns the statistics and the rows scored.
+    ``members``: their rows in the kept arrays. Returns the statistics, the per-cluster
+    statistics to keep (with ``tags``), the rows scored and the rows swept.
     """
     X, row_offset = block.x, block.row_offset
     # Weights (scikit-learn's sample_weight) weigh counts, sums and inertia; the far rows
@@ -942,6 +1329,7 @@ def _estep_group(
     # is no candidate: its new cluster would be empty again (scikit-learn then sends that
     # centre to the origin).
     weights = None if block.weights is None else np.asarray(block.weights, dtype=np.float64)
+    w_arg = weights if weights is not None else np.empty(0)
     R = len(group)
     centers = np.stack([_centers(p.centers) for p in group])
     about = np.stack([_centers(p.about) for p in group])
@@ -950,12 +1338,15 @@ def _estep_group(
     keep = min(K, n)
     counts = np.zeros((R, K))
     sx = np.zeros((R, K, d))
-    inertia = np.zeros(R)
+    sq = np.zeros((R, K))
+    exact = np.zeros((R, K))
+    exact_at = centers.copy()
     far_dist = np.empty((R, keep))
     far_row = np.empty((R, keep), dtype=np.int64)
     far_label = np.empty((R, keep), dtype=np.int64)
     n_far = np.zeros(R, dtype=np.int64)
-    scored = 0
+    scored = swept = 0
+    use = tags is not None
     if n:
         Xr = as_row_major(X)
         scorings = [_Scoring.of(c, Xr.dtype) for c in centers]
@@ -973,42 +1364,42 @@ def _estep_group(
         else:
             eps = float(np.finfo(np.float64).eps)
             gamma = (d + 5) * eps / (1.0 - (d + 5) * eps)
-        use = tags is not None
-        src, old_labels, old_upper, old_lower, drift, first, second = _previous_rows(
-            previous, tags, centers, n
-        )
-        labels, upper, lower = kept
-        rows_of = np.asarray(members, dtype=np.int64)
-        # One group (restarts of one K): the kept arrays themselves, written in place.
-        whole = not use or np.array_equal(rows_of, np.arange(labels.shape[0]))
-        out_labels = labels if whole else labels[rows_of]
-        out_upper = upper if whole else upper[rows_of]
-        out_lower = lower if whole else lower[rows_of]
-        scored = _walk_kernel(
-            Xr, 0, centers, about,
+        scoring_args = (
             np.stack([s.ref for s in scorings]),
             np.stack([s.neg2_t for s in scorings]),
             np.stack([s.bias for s in scorings]),
-            first_scoring.shift_rows, radius, gamma,
+            first_scoring.shift_rows,
+            radius,
+            gamma,
             _sub_block_rows(K, d),
-            counts, sx, inertia, far_dist, far_row, far_label, n_far,
-            weights if weights is not None else np.empty(0), weights is not None,
-            use, src, old_labels, old_upper, old_lower, drift, first, second,
-            _half_gaps(centers, use), out_labels, out_upper, out_lower, _DELTA, _TINY,
-        )  # fmt: skip
-        if not whole:
-            labels[rows_of], upper[rows_of], lower[rows_of] = out_labels, out_upper, out_lower
+        )
+        if not use:
+            _walk_kernel(
+                Xr, 0, centers, about, *scoring_args, counts, sx, sq, exact,
+                far_dist, far_row, far_label, n_far, w_arg, weights is not None,
+            )  # fmt: skip
+        else:
+            scored, swept = _bounded_walk(
+                Xr, centers, about, scoring_args, tags, previous, members, kept, w_arg,
+                weights is not None, (counts, sx, sq, exact, exact_at),
+                (far_dist, far_row, far_label, n_far),
+            )  # fmt: skip
     out = []
+    moments: list[BlockMoments | None] = []
+    use_moments = np.empty(K, dtype=np.bool_)
     for r, p in enumerate(group):
         # Rows of weight 0 may leave places unfilled.
         kept_far = int(n_far[r])
         rows = far_row[r, :kept_far]
+        inertia = _inertia_kernel(
+            counts[r], sx[r], sq[r], exact[r], centers[r], about[r], _MOMENT_REACH, use_moments
+        )
         out.append(
             KMeansStats(
                 n=int(n),
                 counts=counts[r],
                 sx=sx[r],
-                inertia=float(inertia[r]),
+                inertia=float(inertia),
                 far_dist=far_dist[r, :kept_far],
                 far_row=rows + row_offset,
                 far_label=far_label[r, :kept_far],
@@ -1018,7 +1409,94 @@ def _estep_group(
                 far_w=None if weights is None else weights[rows],
             )
         )
-    return out, int(scored)
+        moments.append(
+            BlockMoments(counts[r], sx[r], sq[r], exact[r], exact_at[r], about[r]) if use else None
+        )
+    return out, moments, int(scored), int(swept)
+
+
+def _bounded_walk(
+    X: AnyArray,
+    centers: FloatArray,
+    about: FloatArray,
+    scoring_args: tuple[Any, ...],
+    tags: Sequence[Any],
+    previous: KMeansBounds | None,
+    members: Sequence[int],
+    kept: tuple[AnyArray, AnyArray, AnyArray],
+    weights: FloatArray,
+    weighted: bool,
+    stats: tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray],
+    far: tuple[FloatArray, IntArray, IntArray, IntArray],
+) -> tuple[int, int]:
+    """A bounded pass of restarts of one shape: labels and bounds, then only what changed.
+
+    1. Labels and Hamerly bounds (:func:`_bounded_labels_kernel`): the rows whose bounds
+       hold keep their label unscored, and the clusters rows joined or left are marked.
+    2. The per-cluster statistics: a cluster none of whose rows in the block changed (nor
+       its reference point) takes its kept ones; its inertia comes from its moments, or, where
+       they would cancel (:data:`_MOMENT_REACH`), from its kept sum of distances if its
+       centre has not moved. Every other cluster's rows are summed again, in row order
+       (:func:`_resweep_kernel`): the same values as a plain pass's, bit for bit.
+    3. The far rows, from the distances measured and the upper bounds (:func:`_far_kernel`).
+
+    Fills ``stats`` (counts, sx, sq, exact, exact_at) and ``far``; returns the rows scored
+    and the rows swept (times restarts).
+    """
+    counts, sx, sq, exact, exact_at = stats
+    far_dist, far_row, far_label, n_far = far
+    R, K, _ = centers.shape
+    n = X.shape[0]
+    src, old_labels, old_upper, old_lower, drift, first, second = _previous_rows(
+        previous, tags, centers, n
+    )
+    labels, upper, lower = kept
+    rows_of = np.asarray(members, dtype=np.int64)
+    # One group (restarts of one K): the kept arrays themselves, written in place.
+    whole = np.array_equal(rows_of, np.arange(labels.shape[0]))
+    out_labels = labels if whole else labels[rows_of]
+    out_upper = upper if whole else upper[rows_of]
+    out_lower = lower if whole else lower[rows_of]
+    dist = np.empty((R, n))
+    changed = np.zeros((R, K), dtype=np.bool_)
+    scored = _bounded_labels_kernel(
+        X, centers, *scoring_args, src, old_labels, old_upper, old_lower, drift, first,
+        second, _half_gaps(centers, True), out_labels, out_upper, out_lower, dist, changed,
+        _DELTA, _TINY,
+    )  # fmt: skip
+    dirty = np.ones((R, K), dtype=np.bool_)
+    use_moments = np.empty(K, dtype=np.bool_)
+    for r in range(R):
+        s = int(src[r])
+        if s < 0 or previous is None or not previous.moments:
+            continue
+        mom = previous.moments[s]
+        dirty[r] = changed[r] | np.any(about[r] != mom.reference, axis=1)
+        clean = ~dirty[r]
+        counts[r, clean] = mom.counts[clean]
+        sx[r, clean] = mom.sx[clean]
+        sq[r, clean] = mom.sq[clean]
+        exact[r, clean] = mom.exact[clean]
+        exact_at[r, clean] = mom.exact_at[clean]
+        # Clusters whose moments would cancel take their sum of distances: kept if their
+        # centre stayed put, else measured again.
+        _inertia_kernel(
+            counts[r], sx[r], sq[r], exact[r], centers[r], about[r], _MOMENT_REACH, use_moments
+        )
+        moved = np.any(centers[r] != exact_at[r], axis=1)
+        dirty[r] |= clean & ~use_moments & moved
+    exact_at[dirty] = centers[dirty]
+    swept = _resweep_kernel(
+        X, centers, about, out_labels, dirty, counts, sx, sq, exact, dist, out_upper,
+        weights, weighted, _DELTA, _TINY,
+    )  # fmt: skip
+    _far_kernel(
+        X, 0, centers, out_labels, dist, out_upper, weights, weighted, far_dist, far_row,
+        far_label, n_far, _DELTA, _TINY,
+    )  # fmt: skip
+    if not whole:
+        labels[rows_of], upper[rows_of], lower[rows_of] = out_labels, out_upper, out_lower
+    return int(scored), int(swept)
 
 
 def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:
