@@ -306,67 +306,19 @@ def _sq_dist(X: AnyArray, i: int, k: int, centers: FloatArray) -> float:
 
 
 @jit
-def _add_moments(
-    X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray, sq: FloatArray
-) -> None:
-    """Add ``x_i - r_k`` to ``sx[k]`` and ``‖x_i - r_k‖²`` to ``sq[k]``.
-
-    In float64 whatever the dtype; the square is summed as :func:`_sq_dist` sums it, so about
-    the centres it equals the distance bit for bit.
-    """
-    d = X.shape[1]
-    s0 = s1 = s2 = s3 = 0.0
-    j = 0
-    while j + 4 <= d:
-        t0 = np.float64(X[i, j]) - about[k, j]
-        t1 = np.float64(X[i, j + 1]) - about[k, j + 1]
-        t2 = np.float64(X[i, j + 2]) - about[k, j + 2]
-        t3 = np.float64(X[i, j + 3]) - about[k, j + 3]
-        sx[k, j] += t0
-        sx[k, j + 1] += t1
-        sx[k, j + 2] += t2
-        sx[k, j + 3] += t3
-        s0 += t0 * t0
-        s1 += t1 * t1
-        s2 += t2 * t2
-        s3 += t3 * t3
-        j += 4
-    while j < d:
-        t0 = np.float64(X[i, j]) - about[k, j]
-        sx[k, j] += t0
-        s0 += t0 * t0
-        j += 1
-    sq[k] += (s0 + s1) + (s2 + s3)
+def _add_sums(X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray) -> None:
+    """Add ``x_i - r_k`` to ``sx[k]`` (float64 whatever the dtype)."""
+    for j in range(X.shape[1]):
+        sx[k, j] += np.float64(X[i, j]) - about[k, j]
 
 
 @jit
-def _add_moments_weighted(
-    X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray, sq: FloatArray, wi: float
+def _add_sums_weighted(
+    X: AnyArray, i: int, k: int, about: FloatArray, sx: FloatArray, wi: float
 ) -> None:
-    """Add ``wi (x_i - r_k)`` to ``sx[k]`` and ``wi ‖x_i - r_k‖²`` to ``sq[k]``."""
-    d = X.shape[1]
-    s0 = s1 = s2 = s3 = 0.0
-    j = 0
-    while j + 4 <= d:
-        t0 = np.float64(X[i, j]) - about[k, j]
-        t1 = np.float64(X[i, j + 1]) - about[k, j + 1]
-        t2 = np.float64(X[i, j + 2]) - about[k, j + 2]
-        t3 = np.float64(X[i, j + 3]) - about[k, j + 3]
-        sx[k, j] += wi * t0
-        sx[k, j + 1] += wi * t1
-        sx[k, j + 2] += wi * t2
-        sx[k, j + 3] += wi * t3
-        s0 += t0 * t0
-        s1 += t1 * t1
-        s2 += t2 * t2
-        s3 += t3 * t3
-        j += 4
-    while j < d:
-        t0 = np.float64(X[i, j]) - about[k, j]
-        sx[k, j] += wi * t0
-        s0 += t0 * t0
-        j += 1
-    sq[k] += wi * ((s0 + s1) + (s2 + s3))
+    """Add ``wi (x_i - r_k)`` to ``sx[k]``."""
+    for j in range(X.shape[1]):
+        sx[k, j] += wi * (np.float64(X[i, j]) - about[k, j])
 
 
 @jit
@@ -475,6 +427,7 @@ def _walk_kernel(
     rows: int,
     segment: int,
     reach: float,
+    reach_ref: FloatArray,
     counts: FloatArray,
     sx: FloatArray,
     inertia: FloatArray,
@@ -484,6 +437,8 @@ def _walk_kernel(
     n_far: IntArray,
     weights: FloatArray,
     weighted: bool,
+    delta: float,
+    tiny: float,
 ) -> None:
     """Add the rows ``row0, row0 + 1, ...`` of ``X`` to the statistics of ``R`` restarts.
 
@@ -514,13 +469,17 @@ def _walk_kernel(
     # The exact squared distance of a row to its label where already computed (else -1):
     # the sweep takes it instead of computing it again (the same function, the same value).
     known = np.empty(rows)
-    # The current segment's statistics.
+    # The current segment's statistics, and its rows' labels and distances (-1: unknown).
     pc = np.zeros((R, K))
     psx = np.zeros((R, K, d))
     psq = np.zeros((R, K))
-    pe = np.zeros((R, K))
+    pe = np.zeros(K)
+    seg_lab = np.empty((R, segment), dtype=np.int64)
+    seg_dist = np.empty((R, segment))
+    seg_start = 0
     value = np.empty(K)
     ok = np.empty(K, dtype=np.bool_)
+    up = 1.0 + delta
     for start in range(0, n, rows):
         m = min(rows, n - start)
         # ‖x‖, for the rounding band of the rows scored (computed when first needed).
@@ -547,36 +506,56 @@ def _walk_kernel(
             for i in range(m):
                 g = start + i
                 k = lab[i]
-                # (Two walks over the row: measured faster than one that does both.)
+                # (Two walks over the row, the sums' vectorised: measured faster than one.)
                 if weighted:
                     wi = weights[g]
-                    _add_moments_weighted(X, g, k, about[r], psx[r], psq[r], wi)
+                    _add_sums_weighted(X, g, k, about[r], psx[r], wi)
                     pc[r, k] += wi
                 else:
                     wi = 1.0
-                    _add_moments(X, g, k, about[r], psx[r], psq[r])
+                    _add_sums(X, g, k, about[r], psx[r])
                     pc[r, k] += 1.0
-                dist = known[i] if known[i] >= 0.0 else _sq_dist(X, g, k, c)
-                pe[r, k] += wi * dist
-                if wi > 0.0:
+                q = _sq_dist(X, g, k, about[r])
+                psq[r, k] += wi * q
+                dist = known[i]
+                if wi > 0.0 and n_keep > 0:
                     nf = n_far[r]
-                    if nf < n_keep or (n_keep > 0 and dist > far_dist[r, n_keep - 1]):
+                    if dist < 0.0:
+                        # ‖x - c‖ <= ‖x - r‖ + ‖r - c‖: a row nearer its centre than the
+                        # last far row by that bound needs no distance (it would not enter).
+                        bound = (np.sqrt(q) + reach_ref[r, k]) * up + tiny
+                        if nf < n_keep or bound * bound >= far_dist[r, n_keep - 1]:
+                            dist = _sq_dist(X, g, k, c)
+                    if dist >= 0.0 and (nf < n_keep or dist > far_dist[r, n_keep - 1]):
                         n_far[r] = _offer_far(
                             dist, row0 + g, k, far_dist[r], far_row[r], far_label[r], nf
                         )
+                seg_lab[r, g - seg_start] = k
+                seg_dist[r, g - seg_start] = dist
         end = start + m
         if end % segment == 0 or end == n:
             for r in range(R):
-                _moment_terms(pc[r], psx[r], psq[r], centers[r], about[r], reach, value, ok)
-                inertia[r] += _inertia_of(value, ok, pe[r])
+                if not _moment_terms(pc[r], psx[r], psq[r], centers[r], about[r], reach, value, ok):
+                    # The sums of distances of the clusters whose moments would cancel.
+                    pe[:] = 0.0
+                    for g in range(seg_start, end):
+                        k = seg_lab[r, g - seg_start]
+                        if ok[k]:
+                            continue
+                        dd = seg_dist[r, g - seg_start]
+                        if dd < 0.0:
+                            dd = _sq_dist(X, g, k, centers[r])
+                        wi = weights[g] if weighted else 1.0
+                        pe[k] += wi * dd
+                inertia[r] += _inertia_of(value, ok, pe)
                 for k in range(K):
                     counts[r, k] += pc[r, k]
                     for j in range(d):
                         sx[r, k, j] += psx[r, k, j]
+            seg_start = end
             pc[:] = 0.0
             psx[:] = 0.0
             psq[:] = 0.0
-            pe[:] = 0.0
 
 
 @jit
@@ -834,11 +813,13 @@ def _bounded_kernel(
                     swept += 1
                     if weighted:
                         wi = weights[i]
-                        _add_moments_weighted(X, i, k, about[r], psx, psq, wi)
+                        _add_sums_weighted(X, i, k, about[r], psx, wi)
                         pc[k] += wi
                     else:
-                        _add_moments(X, i, k, about[r], psx, psq)
+                        wi = 1.0
+                        _add_sums(X, i, k, about[r], psx)
                         pc[k] += 1.0
+                    psq[k] += wi * _sq_dist(X, i, k, about[r])
             if not _moment_terms(pc, psx, psq, centers[r], about[r], reach, value, ok):
                 pe[:] = 0.0
                 for i in range(lo, hi):
@@ -1477,9 +1458,11 @@ def _estep_group(
             _MOMENT_REACH,
         )
         if not use:
+            # ‖c - r‖ per cluster, rounded up: with ‖x - r‖ it bounds a row's distance.
+            step = np.linalg.norm(centers - about, axis=2) * (1.0 + _DELTA) + _TINY
             _walk_kernel(
-                Xr, 0, centers, about, *scoring_args, counts, sx, inertia,
-                far_dist, far_row, far_label, n_far, w_arg, weights is not None,
+                Xr, 0, centers, about, *scoring_args, step, counts, sx, inertia,
+                far_dist, far_row, far_label, n_far, w_arg, weights is not None, _DELTA, _TINY,
             )  # fmt: skip
         else:
             assert tags is not None
