@@ -241,7 +241,7 @@ def test_kept_segment_statistics_equal_a_fresh_computation_after_many_passes() -
             swept.append(kept.swept)
             params = [kmeans_mstep(s)[0] for s in stats]
         # Labels kept changing, yet the later passes summed only part of the rows again.
-        assert 0 < swept[-1] < 0.5 * 2 * len(X)
+        assert 0 < swept[-1] < 0.9 * 2 * len(X)
 
 
 def test_a_pass_under_unchanged_centres_sums_nothing_again_and_keeps_the_far_rows() -> None:
