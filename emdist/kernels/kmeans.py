@@ -564,8 +564,8 @@ def _walk_kernel(
 @jit
 def _bounded_labels_kernel(
     X: AnyArray,
-    lo: int,
-    hi: int,
+    row_lo: int,
+    row_hi: int,
     centers: FloatArray,
     ref: AnyArray,
     neg2_t: AnyArray,
@@ -590,7 +590,7 @@ def _bounded_labels_kernel(
     delta: float,
     tiny: float,
 ) -> int:
-    """The labels of rows ``lo:hi`` in a bounded pass and their new bounds; no statistics.
+    """The labels of rows ``row_lo:row_hi`` in a bounded pass and their new bounds; no statistics.
 
     Every restart ``r`` writes its rows' label and bounds (``labels``/``upper``/``lower``,
     (R, n), float32 bounds rounded outward) and, in ``dist`` (R, n), the exact squared
@@ -620,8 +620,8 @@ def _bounded_labels_kernel(
     need = np.empty(rows, dtype=np.int64)
     up = 1.0 + delta
     scored = 0
-    for start in range(lo, hi, rows):
-        m = min(rows, hi - start)
+    for start in range(row_lo, row_hi, rows):
+        m = min(rows, row_hi - start)
         norm[:m] = -1.0
         for r in range(R):
             c = centers[r]
@@ -1532,8 +1532,7 @@ def _bounded_walk(
     far_dist, far_row, far_label, n_far = far
     R, K, d = centers.shape
     n = X.shape[0]
-    segment = int(scoring_args[-2])
-    n_seg = -(-n // segment)
+    n_seg = -(-n // int(scoring_args[-2]))
     src, old_labels, old_upper, old_lower, drift, first, second = _previous_rows(
         previous, tags, centers, n
     )
@@ -1564,8 +1563,10 @@ def _bounded_walk(
     seg_sx = np.empty((R, n_seg, K, d))
     seg_sq = np.empty((R, n_seg, K))
     dist = np.empty((R, n))
+    ref, neg2_t, bias, shift_rows, radius, gamma, rows, segment, reach = scoring_args
     scored, swept = _bounded_kernel(
-        X, centers, about, *scoring_args, src, old_labels, old_upper, old_lower, drift, first,
+        X, centers, about, ref, neg2_t, bias, shift_rows, radius, gamma, rows, segment, reach,
+        src, old_labels, old_upper, old_lower, drift, first,
         second, _half_gaps(centers, True), out_labels, out_upper, out_lower, dist, has_kept,
         moved_ref, kept_counts, kept_sx, kept_sq, seg_counts, seg_sx, seg_sq, counts, sx,
         inertia, weights, weighted, _DELTA, _TINY,
