@@ -5,18 +5,27 @@ Dask's threads compute side by side). Per sub-block of rows, one BLAS GEMM score
 row against every centre with the expansion ``‖c̃‖² - 2x·c̃`` (centres taken about their
 mean, so that it holds far from the origin); then one compiled sweep takes the argmin
 (lowest index on ties), adds the per-cluster sums ``Σ (x - r_label)`` about each cluster's
-fixed reference point (see below), the counts, the inertia ``Σ‖x - c_label‖²`` and keeps
-the block's ``K`` rows farthest from their centres (the candidates that re-seed an empty
-cluster, so no extra pass is needed when one empties). Several restarts' centres are
-scored and swept in the same walk (:func:`kmeans_estep_many`): a sub-block is read from
-memory once for all of them, while each restart's arithmetic stays what it is alone.
+fixed reference point (see below), the counts and the squared norms ``Σ‖x - r_label‖²``,
+and keeps the block's ``K`` rows farthest from their centres (the candidates that re-seed
+an empty cluster, so no extra pass is needed when one empties). Several restarts' centres
+are scored and swept in the same walk (:func:`kmeans_estep_many`): a sub-block is read
+from memory once for all of them, while each restart's arithmetic stays what it is alone.
 
-The inertia: a row's distance to its centre comes from the scores the argmin already has
-(``‖x‖² - 2x·m + ‖m‖² + score + bias``) wherever a bound on that expansion's rounding
-(from ``‖x‖``, ``‖m‖``, ``‖c - m‖`` and ε) is below ``2^-40`` of the distance, and from
-float64 differences elsewhere — rows far from the origin relative to their spread, where
-the expansion cancels (data translated by 1e9 takes differences throughout). The far rows
-are always ranked by exact distances.
+Segments: the statistics are summed per segment of ~4096 rows (:func:`_segment_rows`), then
+segment after segment into the block's. A cluster's statistics in a segment are a function
+of its rows there, in row order; a pass that keeps Hamerly's bounds between passes
+(:func:`kmeans_estep_bounded`) keeps them too, and sums again, while the segment's rows are
+in cache, only those of the clusters whose rows there changed — the same values, bit for
+bit, as the plain walk's.
+
+The inertia: per segment and cluster, from the moments about the reference point,
+``Σ‖x - c‖² = Q - 2 (c - r)·S + n ‖c - r‖²`` — no walk over rows — where that cannot
+cancel by more than a factor ``_MOMENT_REACH`` (its scale ``(√Q + √n ‖c - r‖)²`` against
+the result), and from the sum of the rows' float64 differences ``Σ‖x - c‖²`` elsewhere
+(centres far from their reference points relative to the cluster's spread). A function of
+the segment's statistics and the centres, in both kinds of pass. The far rows are ranked
+by exact distances, measured only for the rows that may be among them: the plain walk
+bounds a row's distance by ``‖x - r‖ + ‖r - c‖``, the bounded pass by its upper bound.
 
 No ``(n, K)`` temporary is made for the whole block. A fused all-numba loop of direct
 distances was measured too and lost to the GEMM (benchmarks/README.md, "Compiled K-means
@@ -33,9 +42,8 @@ there, as scikit-learn's strict convergence does. Sums about the moving centre
 
 Precision: float32 data are scored in float32 (rows shifted by a float32 reference point,
 which is exact where the data sit far from the origin), everything else in float64; the
-sums are float64 differences from float64 reference points whatever the dtype, and float32
-data take their inertia from float64 differences (their float32 scores are no exact
-expansion).
+sums, squared norms and distances are float64 differences from float64 points whatever
+the dtype.
 """
 
 from __future__ import annotations
@@ -1057,6 +1065,16 @@ _SUB_BLOCK_BYTES = 1 << 18
 _SEGMENT_ROWS = 4096
 
 
+def _segment_rows(n_clusters: int, n_features: int, rows: int) -> int:
+    """Rows of a segment: ~4096, more where its statistics would take over a byte a row.
+
+    (A block's last segment and its reference points add a little: under 2 bytes a row in
+    all for blocks of 50 000 rows up to K (d + 2) = 2700.)
+    """
+    want = max(_SEGMENT_ROWS, 8 * n_clusters * (n_features + 2))
+    return int(rows * max(1, -(-want // rows)))
+
+
 def _sub_block_rows(n_clusters: int, n_features: int) -> int:
     return int(min(4096, max(64, _SUB_BLOCK_BYTES // (8 * (n_clusters + n_features)))))
 
@@ -1243,8 +1261,9 @@ class KMeansBounds:
         )  # fmt: skip
 
 
-#: Bytes a restart's bounds take per row (:class:`KMeansBounds`).
-BOUND_BYTES_PER_ROW = 12
+#: Bytes a restart's kept state takes per row (:class:`KMeansBounds`): 12 for the bounds, at
+#: most 2 for the segments' statistics (:func:`_segment_rows`).
+BOUND_BYTES_PER_ROW = 14
 
 
 def kmeans_estep_bounded(
@@ -1434,7 +1453,7 @@ def _estep_group(
     use = tags is not None
     segments = None
     rows = _sub_block_rows(K, d)
-    segment = rows * max(1, _SEGMENT_ROWS // rows)
+    segment = _segment_rows(K, d, rows)
     if n:
         Xr = as_row_major(X)
         scorings = [_Scoring.of(c, Xr.dtype) for c in centers]

@@ -313,3 +313,16 @@ def test_inertia_falls_back_to_distances_where_the_moments_would_cancel() -> Non
     # Near the references the moments hold, and agree with the distances as closely.
     near = kmeans_estep_many(block, [KMeansParams(centers, centers + 1e-3)])[0]
     assert near.inertia == pytest.approx(want, rel=1e-13)
+
+
+@pytest.mark.parametrize(("n_clusters", "n_features"), [(3, 2), (16, 32), (64, 40)])
+def test_the_kept_state_takes_no_more_than_the_budget_counts(
+    n_clusters: int, n_features: int
+) -> None:
+    # The budget counts kept_bytes_per_row per row and restart: the bounds and the
+    # segments' statistics beside them together stay within it.
+    X = np.random.default_rng(30).normal(size=(50_000, n_features))
+    params = _starts(X, n_clusters, 2, seed=31)
+    _, kept = kmeans_estep_bounded(RowBlock(X, 0), params, [0, 1], None)
+    assert kept.nbytes <= 2 * len(X) * FAMILY.kept_bytes_per_row
+    assert all(m.counts.shape[1] == n_clusters for m in kept.moments)
