@@ -619,11 +619,8 @@ def _bounded_labels_kernel(
     norm = np.empty(rows)
     lab = np.empty(rows, dtype=np.int64)
     low_sq = np.empty(rows)
-    # Rows that kept their label on their bounds; their moved bounds (distances, not
-    # squared).
+    # Rows that kept their label on their bounds (written as they are met).
     skipped = np.empty(rows, dtype=np.bool_)
-    moved_lo = np.empty(rows)
-    moved_up = np.empty(rows)
     known = np.empty(rows)
     need = np.empty(rows, dtype=np.int64)
     up = 1.0 + delta
@@ -653,10 +650,15 @@ def _bounded_labels_kernel(
                         known[i] = sq
                         u = np.sqrt(sq) * up + tiny
                     if u < bound:
-                        lab[i] = a
+                        # Its label and moved bounds, written at once.
                         skipped[i] = True
-                        moved_lo[i] = lo if lo > 0.0 else 0.0
-                        moved_up[i] = u
+                        labels[r, g] = a
+                        dist[r, g] = known[i]
+                        upper[r, g] = np.float32(u * _UP32 + _TINY32)
+                        lo = lo if lo > 0.0 else 0.0
+                        if _MAX32 < lo < np.inf:
+                            lo = _MAX32  # beyond float32: rounding would make it inf
+                        lower[r, g] = np.float32(lo * _DOWN32 - _TINY32)
                         continue
                     need[m_need] = i
                     m_need += 1
@@ -694,6 +696,8 @@ def _bounded_labels_kernel(
                     )
             scored += m_need
             for i in range(m):
+                if skipped[i]:
+                    continue
                 g = start + i
                 k = lab[i]
                 labels[r, g] = k
@@ -703,15 +707,13 @@ def _bounded_labels_kernel(
                         changed[r, a] = True
                         changed[r, k] = True
                 sq = known[i]
-                if sq < 0.0 and not skipped[i]:
+                if sq < 0.0:
                     sq = _sq_dist(X, g, k, c)  # one centre: nothing else measured it
                 dist[r, g] = sq
-                u = np.sqrt(sq) * up + tiny if sq >= 0.0 else moved_up[i]
+                u = np.sqrt(sq) * up + tiny
                 upper[r, g] = np.float32(u * _UP32 + _TINY32)
                 v = low_sq[i]
-                if skipped[i]:
-                    lo = moved_lo[i]
-                elif v == np.inf:
+                if v == np.inf:
                     lo = np.inf
                 else:
                     lo = np.sqrt(v) * (1.0 - delta) - tiny if v > 0.0 else 0.0
