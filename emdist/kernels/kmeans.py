@@ -453,12 +453,15 @@ def _walk_kernel(
     One walk over the block: per sub-block of ``rows`` rows (in cache), each restart's
     labels, then its sweep in row order into the statistics of the current segment (every
     ``segment`` rows, a multiple of ``rows``): per cluster the counts, the sums and the
-    squared norms of ``x - about``, and the sum of distances ``‖x - c‖²`` from float64
-    differences; the far rows. At a segment's end, its inertia (:func:`_moment_terms`,
-    :func:`_inertia_of`) and its counts and sums are added to the block's, segment after
-    segment. Arrays are stacked by restart: ``centers``/``about`` (R, K, d), ``ref`` (R, d),
-    ``neg2_t`` (R, d, K), ``bias``/``counts`` (R, K), ``sx`` (R, K, d), ``inertia`` (R,),
-    ``far_*`` (R, keep); ``radius`` (R,): with ``‖x‖`` it bounds the scores' rounding
+    squared norms of ``x - about``; the far rows, an exact distance measured only for the
+    rows that ``‖x - about‖ + reach_ref`` (``‖c - about‖`` rounded up, (R, K)) does not
+    place nearer than the last far row. At a segment's end, its inertia
+    (:func:`_moment_terms`, :func:`_inertia_of`; the sum of distances ``‖x - c‖²`` from
+    float64 differences for the clusters whose moments would cancel) and its counts and
+    sums are added to the block's, segment after segment. Arrays are stacked by restart:
+    ``centers``/``about`` (R, K, d), ``ref`` (R, d), ``neg2_t`` (R, d, K),
+    ``bias``/``counts`` (R, K), ``sx`` (R, K, d), ``inertia`` (R,), ``far_*`` (R, keep);
+    ``radius`` (R,): with ``‖x‖`` it bounds the scores' rounding
     (``band = gamma (‖x‖ + radius)²``). ``weighted``: every row's counts, sums and squares
     weigh ``weights[i]``, and a row of weight 0 is no far row.
 
