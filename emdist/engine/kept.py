@@ -150,8 +150,8 @@ class KeptState:
             prefix="emdist-kept",
         )  # fmt: skip
         reduction = sum_tree(pairs, token, split_every, _sum_stats, _stats_of, "emdist-kept")
-        # Only the states are kept, not the blocks' statistics beside them (K d floats per
-        # restart and block, the far rows): the budget counts the states.
+        # Only the states are kept (for K-means: the bounds and the per-segment statistics),
+        # not the pass's statistics beside them (the far rows): the budget counts the states.
         states = da.map_blocks(
             _state_of,
             pairs,

@@ -5,18 +5,27 @@ Dask's threads compute side by side). Per sub-block of rows, one BLAS GEMM score
 row against every centre with the expansion ``‖c̃‖² - 2x·c̃`` (centres taken about their
 mean, so that it holds far from the origin); then one compiled sweep takes the argmin
 (lowest index on ties), adds the per-cluster sums ``Σ (x - r_label)`` about each cluster's
-fixed reference point (see below), the counts, the inertia ``Σ‖x - c_label‖²`` and keeps
-the block's ``K`` rows farthest from their centres (the candidates that re-seed an empty
-cluster, so no extra pass is needed when one empties). Several restarts' centres are
-scored and swept in the same walk (:func:`kmeans_estep_many`): a sub-block is read from
-memory once for all of them, while each restart's arithmetic stays what it is alone.
+fixed reference point (see below), the counts and the squared norms ``Σ‖x - r_label‖²``,
+and keeps the block's ``K`` rows farthest from their centres (the candidates that re-seed
+an empty cluster, so no extra pass is needed when one empties). Several restarts' centres
+are scored and swept in the same walk (:func:`kmeans_estep_many`): a sub-block is read
+from memory once for all of them, while each restart's arithmetic stays what it is alone.
 
-The inertia: a row's distance to its centre comes from the scores the argmin already has
-(``‖x‖² - 2x·m + ‖m‖² + score + bias``) wherever a bound on that expansion's rounding
-(from ``‖x‖``, ``‖m‖``, ``‖c - m‖`` and ε) is below ``2^-40`` of the distance, and from
-float64 differences elsewhere — rows far from the origin relative to their spread, where
-the expansion cancels (data translated by 1e9 takes differences throughout). The far rows
-are always ranked by exact distances.
+Segments: the statistics are summed per segment of ~4096 rows (:func:`_segment_rows`), then
+segment after segment into the block's. A cluster's statistics in a segment are a function
+of its rows there, in row order; a pass that keeps Hamerly's bounds between passes
+(:func:`kmeans_estep_bounded`) keeps them too, and sums again, while the segment's rows are
+in cache, only those of the clusters whose rows there changed — the same values, bit for
+bit, as the plain walk's.
+
+The inertia: per segment and cluster, from the moments about the reference point,
+``Σ‖x - c‖² = Q - 2 (c - r)·S + n ‖c - r‖²`` — no walk over rows — where that cannot
+cancel by more than a factor ``_MOMENT_REACH`` (its scale ``(√Q + √n ‖c - r‖)²`` against
+the result), and from the sum of the rows' float64 differences ``Σ‖x - c‖²`` elsewhere
+(centres far from their reference points relative to the cluster's spread). A function of
+the segment's statistics and the centres, in both kinds of pass. The far rows are ranked
+by exact distances, measured only for the rows that may be among them: the plain walk
+bounds a row's distance by ``‖x - r‖ + ‖r - c‖``, the bounded pass by its upper bound.
 
 No ``(n, K)`` temporary is made for the whole block. A fused all-numba loop of direct
 distances was measured too and lost to the GEMM (benchmarks/README.md, "Compiled K-means
@@ -33,9 +42,8 @@ there, as scikit-learn's strict convergence does. Sums about the moving centre
 
 Precision: float32 data are scored in float32 (rows shifted by a float32 reference point,
 which is exact where the data sit far from the origin), everything else in float64; the
-sums are float64 differences from float64 reference points whatever the dtype, and float32
-data take their inertia from float64 differences (their float32 scores are no exact
-expansion).
+sums, squared norms and distances are float64 differences from float64 points whatever
+the dtype.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from emdist.kernels.rows import RowBlock
 
 __all__ = [
     "BOUND_BYTES_PER_ROW",
+    "BlockMoments",
     "KMeansBounds",
     "KMeansParams",
     "KMeansStats",
@@ -424,6 +433,9 @@ def _walk_kernel(
     radius: FloatArray,
     gamma: float,
     rows: int,
+    segment: int,
+    reach: float,
+    reach_ref: FloatArray,
     counts: FloatArray,
     sx: FloatArray,
     inertia: FloatArray,
@@ -433,7 +445,146 @@ def _walk_kernel(
     n_far: IntArray,
     weights: FloatArray,
     weighted: bool,
-    keep: bool,
+    delta: float,
+    tiny: float,
+) -> None:
+    """Add the rows ``row0, row0 + 1, ...`` of ``X`` to the statistics of ``R`` restarts.
+
+    One walk over the block: per sub-block of ``rows`` rows (in cache), each restart's
+    labels, then its sweep in row order into the statistics of the current segment (every
+    ``segment`` rows, a multiple of ``rows``): per cluster the counts, the sums and the
+    squared norms of ``x - about``; the far rows, an exact distance measured only for the
+    rows that ``‖x - about‖ + reach_ref`` (``‖c - about‖`` rounded up, (R, K)) does not
+    place nearer than the last far row. At a segment's end, its inertia
+    (:func:`_moment_terms`, :func:`_inertia_of`; the sum of distances ``‖x - c‖²`` from
+    float64 differences for the clusters whose moments would cancel) and its counts and
+    sums are added to the block's, segment after segment. Arrays are stacked by restart:
+    ``centers``/``about`` (R, K, d), ``ref`` (R, d), ``neg2_t`` (R, d, K),
+    ``bias``/``counts`` (R, K), ``sx`` (R, K, d), ``inertia`` (R,), ``far_*`` (R, keep);
+    ``radius`` (R,): with ``‖x‖`` it bounds the scores' rounding
+    (``band = gamma (‖x‖ + radius)²``). ``weighted``: every row's counts, sums and squares
+    weigh ``weights[i]``, and a row of weight 0 is no far row.
+
+    Labels are the argmin of exact distances (:func:`_pick`), decided from one GEMM of
+    scores. A segment's statistics of a cluster are sums over its rows there, in row
+    order: the bounded passes (:func:`_bounded_kernel`) recompute only those whose rows
+    changed and get the same values bit for bit.
+    """
+    n, d = X.shape
+    R, K = bias.shape
+    n_keep = far_dist.shape[1]
+    xbuf = np.empty((rows, d), dtype=neg2_t.dtype)
+    scores = np.empty((rows, K), dtype=neg2_t.dtype)
+    norm = np.empty(rows)
+    lab = np.empty(rows, dtype=np.int64)
+    # The exact squared distance of a row to its label where already computed (else -1):
+    # the sweep takes it instead of computing it again (the same function, the same value).
+    known = np.empty(rows)
+    # The current segment's statistics, and its rows' labels and distances (-1: unknown).
+    pc = np.zeros((R, K))
+    psx = np.zeros((R, K, d))
+    psq = np.zeros((R, K))
+    pe = np.zeros(K)
+    seg_lab = np.empty((R, segment), dtype=np.int64)
+    seg_dist = np.empty((R, segment))
+    seg_start = 0
+    value = np.empty(K)
+    ok = np.empty(K, dtype=np.bool_)
+    up = 1.0 + delta
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        # ‖x‖, for the rounding band of the rows scored (computed when first needed).
+        norm[:m] = -1.0
+        for r in range(R):
+            c = centers[r]
+            known[:m] = -1.0
+            _score_rows(X, start, m, ref[r], neg2_t[r], shift_rows, xbuf, scores)
+            for i in range(m):
+                if norm[i] < 0.0:
+                    norm[i] = _norm(X, start + i)
+                t = norm[i] + radius[r]
+                band = gamma * t * t
+                # The common case inline: one centre alone within reach of the lowest.
+                arg = _argmin_row(scores, i, bias[r])
+                near = np.float64(scores[i, arg]) + np.float64(bias[r, arg]) + 4.0 * band
+                close = 0
+                for k in range(K):
+                    close += np.float64(scores[i, k]) + np.float64(bias[r, k]) <= near
+                if close == 1:
+                    lab[i] = arg
+                    continue
+                lab[i], _, known[i] = _pick(X, start + i, scores, i, bias[r], c, band, False)
+            # (Views taken once, not per row: measured 15% of a walk.)
+            ab = about[r]
+            sxr = psx[r]
+            for i in range(m):
+                g = start + i
+                k = lab[i]
+                # (Two walks over the row, the sums' vectorised: measured faster than one.)
+                if weighted:
+                    wi = weights[g]
+                    _add_sums_weighted(X, g, k, ab, sxr, wi)
+                    pc[r, k] += wi
+                else:
+                    wi = 1.0
+                    _add_sums(X, g, k, ab, sxr)
+                    pc[r, k] += 1.0
+                q = _sq_dist(X, g, k, ab)
+                psq[r, k] += wi * q
+                dist = known[i]
+                if wi > 0.0 and n_keep > 0:
+                    nf = n_far[r]
+                    if dist < 0.0:
+                        # ‖x - c‖ <= ‖x - r‖ + ‖r - c‖: a row nearer its centre than the
+                        # last far row by that bound needs no distance (it would not enter).
+                        bound = (np.sqrt(q) + reach_ref[r, k]) * up + tiny
+                        if nf < n_keep or bound * bound >= far_dist[r, n_keep - 1]:
+                            dist = _sq_dist(X, g, k, c)
+                    if dist >= 0.0 and (nf < n_keep or dist > far_dist[r, n_keep - 1]):
+                        n_far[r] = _offer_far(
+                            dist, row0 + g, k, far_dist[r], far_row[r], far_label[r], nf
+                        )
+                seg_lab[r, g - seg_start] = k
+                seg_dist[r, g - seg_start] = dist
+        end = start + m
+        if end % segment == 0 or end == n:
+            for r in range(R):
+                if not _moment_terms(pc[r], psx[r], psq[r], centers[r], about[r], reach, value, ok):
+                    # The sums of distances of the clusters whose moments would cancel.
+                    pe[:] = 0.0
+                    for g in range(seg_start, end):
+                        k = seg_lab[r, g - seg_start]
+                        if ok[k]:
+                            continue
+                        dd = seg_dist[r, g - seg_start]
+                        if dd < 0.0:
+                            dd = _sq_dist(X, g, k, centers[r])
+                        wi = weights[g] if weighted else 1.0
+                        pe[k] += wi * dd
+                inertia[r] += _inertia_of(value, ok, pe)
+                for k in range(K):
+                    counts[r, k] += pc[r, k]
+                    for j in range(d):
+                        sx[r, k, j] += psx[r, k, j]
+            seg_start = end
+            pc[:] = 0.0
+            psx[:] = 0.0
+            psq[:] = 0.0
+
+
+@jit
+def _bounded_labels_kernel(
+    X: AnyArray,
+    row_lo: int,
+    row_hi: int,
+    centers: FloatArray,
+    ref: AnyArray,
+    neg2_t: AnyArray,
+    bias: AnyArray,
+    shift_rows: bool,
+    radius: FloatArray,
+    gamma: float,
+    rows: int,
     src: IntArray,
     old_labels: AnyArray,
     old_upper: AnyArray,
@@ -445,57 +596,44 @@ def _walk_kernel(
     labels: AnyArray,
     upper: AnyArray,
     lower: AnyArray,
+    dist: FloatArray,
+    changed: AnyArray,
     delta: float,
     tiny: float,
 ) -> int:
-    """Add the rows ``row0, row0 + 1, ...`` of ``X`` to the statistics of ``R`` restarts.
+    """The labels of rows ``row_lo:row_hi`` in a bounded pass and their new bounds; no statistics.
 
-    One walk over the block: per sub-block of ``rows`` rows (in cache), each restart's
-    labels, then its sweep (sums, counts, inertia, far rows) in row order. Arrays are
-    stacked by restart: ``centers``/``about`` (R, K, d), ``ref`` (R, d), ``neg2_t``
-    (R, d, K), ``bias``/``counts`` (R, K), ``sx`` (R, K, d), ``far_*`` (R, keep);
-    ``radius`` (R,): with ``‖x‖`` it bounds the scores' rounding (``band = gamma (‖x‖ +
-    radius)²``). Distances are measured from ``centers``, sums taken about ``about``;
-    ``weighted``: every row's counts, sums and inertia weigh ``weights[i]``, and a row of
-    weight 0 is no far row.
-
-    Labels are the argmin of exact distances (:func:`_pick`), decided from one GEMM of
-    scores. With ``keep``, every restart ``r`` also writes its rows' label and Hamerly
-    bounds (``labels``/``upper``/``lower``, (R, n), float32 bounds rounded outward); where
-    ``src[r] >= 0`` the rows' bounds under the previous centres are
-    ``old_*[src[r]]``: moved by the centres' drift (``drift`` (R, K), the largest drift's
-    index ``first`` and the second largest ``second``), a row whose upper bound stays
-    below ``max(lower, half_gap[label])`` keeps its label without a score (the margins
+    Every restart ``r`` writes its rows' label and bounds (``labels``/``upper``/``lower``,
+    (R, n), float32 bounds rounded outward) and, in ``dist`` (R, n), the exact squared
+    distance of each row to its label where it was computed (else -1). Where
+    ``src[r] >= 0`` the rows' bounds under the previous centres are ``old_*[src[r]]``:
+    moved by the centres' drift (``drift`` (R, K), the largest drift's index ``first`` and
+    the second largest ``second``), a row whose upper bound stays below
+    ``max(lower, half_gap[label])`` keeps its label without a score (the margins
     ``delta``, ``tiny`` are far above the rounding of any distance here, so the exact
-    argmin could not differ), and only the other rows are gathered into the GEMM.
-    Skipped rows are swept as any other: the statistics equal, bit for bit, those of a
-    walk without bounds. Returns the rows scored by a GEMM.
+    argmin could not differ) and its moved upper bound; only the other rows are gathered
+    into the GEMM. ``changed`` (R, K) marks the clusters a row joined or left. Returns the
+    rows scored by a GEMM.
     """
     n, d = X.shape
     R, K = bias.shape
-    n_keep = far_dist.shape[1]
     xbuf = np.empty((rows, d), dtype=neg2_t.dtype)
     scores = np.empty((rows, K), dtype=neg2_t.dtype)
     norm = np.empty(rows)
     lab = np.empty(rows, dtype=np.int64)
     low_sq = np.empty(rows)
-    # Rows that kept their label on their bounds; ``moved_lo``: their moved lower bound (a
-    # distance, not squared).
+    # Rows that kept their label on their bounds (written as they are met).
     skipped = np.empty(rows, dtype=np.bool_)
-    moved_lo = np.empty(rows)
-    # The exact squared distance of a row to its label where already computed (else -1):
-    # the sweep takes it instead of computing it again (the same function, the same value).
     known = np.empty(rows)
     need = np.empty(rows, dtype=np.int64)
     up = 1.0 + delta
     scored = 0
-    for start in range(0, n, rows):
-        m = min(rows, n - start)
-        # ‖x‖, for the rounding band of the rows scored (computed when first needed).
+    for start in range(row_lo, row_hi, rows):
+        m = min(rows, row_hi - start)
         norm[:m] = -1.0
         for r in range(R):
             c = centers[r]
-            s_r = src[r] if keep else -1
+            s_r = src[r]
             m_need = 0
             known[:m] = -1.0
             skipped[:m] = False
@@ -515,9 +653,15 @@ def _walk_kernel(
                         known[i] = sq
                         u = np.sqrt(sq) * up + tiny
                     if u < bound:
-                        lab[i] = a
+                        # Its label and moved bounds, written at once.
                         skipped[i] = True
-                        moved_lo[i] = lo if lo > 0.0 else 0.0
+                        labels[r, g] = a
+                        dist[r, g] = known[i]
+                        upper[r, g] = np.float32(u * _UP32 + _TINY32)
+                        lo = lo if lo > 0.0 else 0.0
+                        if _MAX32 < lo < np.inf:
+                            lo = _MAX32  # beyond float32: rounding would make it inf
+                        lower[r, g] = np.float32(lo * _DOWN32 - _TINY32)
                         continue
                     need[m_need] = i
                     m_need += 1
@@ -531,19 +675,8 @@ def _walk_kernel(
                     if norm[i] < 0.0:
                         norm[i] = _norm(X, start + i)
                     t = norm[i] + radius[r]
-                    band = gamma * t * t
-                    if not keep:
-                        # The common case inline: one centre alone within reach of the lowest.
-                        arg = _argmin_row(scores, i, bias[r])
-                        reach = np.float64(scores[i, arg]) + np.float64(bias[r, arg]) + 4.0 * band
-                        close = 0
-                        for k in range(K):
-                            close += np.float64(scores[i, k]) + np.float64(bias[r, k]) <= reach
-                        if close == 1:
-                            lab[i] = arg
-                            continue
                     lab[i], low_sq[i], known[i] = _pick(
-                        X, start + i, scores, i, bias[r], c, band, keep
+                        X, start + i, scores, i, bias[r], c, gamma * t * t, True
                     )
             elif m_need > 0:
                 # The rows whose bounds failed, gathered into one GEMM.
@@ -562,46 +695,347 @@ def _walk_kernel(
                         norm[i] = _norm(X, start + i)
                     t = norm[i] + radius[r]
                     lab[i], low_sq[i], known[i] = _pick(
-                        X, start + i, scores, q, bias[r], c, gamma * t * t, keep
+                        X, start + i, scores, q, bias[r], c, gamma * t * t, True
                     )
             scored += m_need
-            # Summed per sub-block, then into the total: the error of the inertia stays that
-            # of short sums, not of a million-term running sum.
-            part = 0.0
             for i in range(m):
+                if skipped[i]:
+                    continue
                 g = start + i
                 k = lab[i]
-                wi = weights[g] if weighted else 1.0
-                # (Two walks over the row: measured faster than one that does both.)
-                if weighted:
-                    _add_sums_weighted(X, g, k, about[r], sx[r], wi)
+                labels[r, g] = k
+                if s_r >= 0:
+                    a = int(old_labels[s_r, g])
+                    if a != k:
+                        changed[r, a] = True
+                        changed[r, k] = True
+                sq = known[i]
+                if sq < 0.0:
+                    sq = _sq_dist(X, g, k, c)  # one centre: nothing else measured it
+                dist[r, g] = sq
+                u = np.sqrt(sq) * up + tiny
+                upper[r, g] = np.float32(u * _UP32 + _TINY32)
+                v = low_sq[i]
+                if v == np.inf:
+                    lo = np.inf
                 else:
-                    _add_sums(X, g, k, about[r], sx[r])
-                dist = known[i] if known[i] >= 0.0 else _sq_dist(X, g, k, c)
-                counts[r, k] += wi
-                part += wi * dist
-                if keep:
-                    labels[r, g] = k
-                    u = np.sqrt(dist) * up + tiny
-                    upper[r, g] = np.float32(u * _UP32 + _TINY32)
-                    v = low_sq[i]
-                    if skipped[i]:
-                        lo = moved_lo[i]
-                    elif v == np.inf:
-                        lo = np.inf
-                    else:
-                        lo = np.sqrt(v) * (1.0 - delta) - tiny if v > 0.0 else 0.0
-                    if _MAX32 < lo < np.inf:
-                        lo = _MAX32  # beyond float32: rounding would make it inf
-                    lower[r, g] = np.float32(lo * _DOWN32 - _TINY32)
-                if wi > 0.0:
-                    nf = n_far[r]
-                    if nf < n_keep or (n_keep > 0 and dist > far_dist[r, n_keep - 1]):
-                        n_far[r] = _offer_far(
-                            dist, row0 + g, k, far_dist[r], far_row[r], far_label[r], nf
-                        )
-            inertia[r] += part
+                    lo = np.sqrt(v) * (1.0 - delta) - tiny if v > 0.0 else 0.0
+                if _MAX32 < lo < np.inf:
+                    lo = _MAX32  # beyond float32: rounding would make it inf
+                lower[r, g] = np.float32(lo * _DOWN32 - _TINY32)
     return scored
+
+
+@jit
+def _bounded_kernel(
+    X: AnyArray,
+    centers: FloatArray,
+    about: FloatArray,
+    ref: AnyArray,
+    neg2_t: AnyArray,
+    bias: AnyArray,
+    shift_rows: bool,
+    radius: FloatArray,
+    gamma: float,
+    rows: int,
+    segment: int,
+    reach: float,
+    src: IntArray,
+    old_labels: AnyArray,
+    old_upper: AnyArray,
+    old_lower: AnyArray,
+    drift: FloatArray,
+    first: IntArray,
+    second: FloatArray,
+    half_gap: FloatArray,
+    labels: AnyArray,
+    upper: AnyArray,
+    lower: AnyArray,
+    dist: FloatArray,
+    has_kept: AnyArray,
+    moved_ref: AnyArray,
+    kept_counts: FloatArray,
+    kept_sx: FloatArray,
+    kept_sq: FloatArray,
+    seg_counts: FloatArray,
+    seg_sx: FloatArray,
+    seg_sq: FloatArray,
+    counts: FloatArray,
+    sx: FloatArray,
+    inertia: FloatArray,
+    weights: FloatArray,
+    weighted: bool,
+    delta: float,
+    tiny: float,
+) -> tuple[int, int]:
+    """A bounded pass over a block, segment by segment: labels, then what changed.
+
+    Per segment of ``segment`` rows (:func:`_walk_kernel`'s), while its rows are in cache:
+
+    1. the labels and Hamerly bounds of its rows (:func:`_bounded_labels_kernel`), which
+       marks the clusters rows joined or left;
+    2. per restart, the segment's statistics of every cluster (``seg_*`` (R, S, K, ...)):
+       where restart ``r`` has them kept (``has_kept[r]``, ``kept_*``) and none of the
+       cluster's rows in the segment changed, nor its reference point (``moved_ref``), the
+       kept ones; else summed again from its rows, in row order, as the plain walk sums
+       them (bit for bit the same);
+    3. the segment's inertia from them, with the sum of distances of the clusters whose
+       moments would cancel (measured again: such clusters are rare), and the segment's
+       counts and sums added to the block's, as the plain walk adds them.
+
+    Returns the rows scored by a GEMM and the rows summed again (times restarts).
+    """
+    n, d = X.shape
+    R, K = bias.shape
+    S = seg_counts.shape[1]
+    changed = np.zeros((R, K), dtype=np.bool_)
+    dirty = np.empty(K, dtype=np.bool_)
+    pe = np.zeros(K)
+    value = np.empty(K)
+    ok = np.empty(K, dtype=np.bool_)
+    up = 1.0 + delta
+    scored = 0
+    swept = 0
+    for s in range(S):
+        lo = s * segment
+        hi = min(n, lo + segment)
+        changed[:] = False
+        scored += _bounded_labels_kernel(
+            X, lo, hi, centers, ref, neg2_t, bias, shift_rows, radius, gamma, rows, src,
+            old_labels, old_upper, old_lower, drift, first, second, half_gap, labels, upper,
+            lower, dist, changed, delta, tiny,
+        )  # fmt: skip
+        for r in range(R):
+            pc = seg_counts[r, s]
+            psx = seg_sx[r, s]
+            psq = seg_sq[r, s]
+            # (Views taken once, not per row: measured 15% of a walk.)
+            ab = about[r]
+            c = centers[r]
+            any_dirty = False
+            for k in range(K):
+                dirty[k] = not has_kept[r] or changed[r, k] or moved_ref[r, k]
+                if dirty[k]:
+                    any_dirty = True
+                    pc[k] = 0.0
+                    psq[k] = 0.0
+                    psx[k, :] = 0.0
+                else:
+                    pc[k] = kept_counts[r, s, k]
+                    psq[k] = kept_sq[r, s, k]
+                    psx[k, :] = kept_sx[r, s, k, :]
+            if any_dirty:
+                for i in range(lo, hi):
+                    k = labels[r, i]
+                    if not dirty[k]:
+                        continue
+                    swept += 1
+                    if weighted:
+                        wi = weights[i]
+                        _add_sums_weighted(X, i, k, ab, psx, wi)
+                        pc[k] += wi
+                    else:
+                        wi = 1.0
+                        _add_sums(X, i, k, ab, psx)
+                        pc[k] += 1.0
+                    psq[k] += wi * _sq_dist(X, i, k, ab)
+            if not _moment_terms(pc, psx, psq, c, ab, reach, value, ok):
+                pe[:] = 0.0
+                for i in range(lo, hi):
+                    k = labels[r, i]
+                    if ok[k]:
+                        continue
+                    dd = dist[r, i]
+                    if dd < 0.0:
+                        dd = _sq_dist(X, i, k, c)
+                        dist[r, i] = dd
+                        upper[r, i] = np.float32((np.sqrt(dd) * up + tiny) * _UP32 + _TINY32)
+                    wi = weights[i] if weighted else 1.0
+                    pe[k] += wi * dd
+            inertia[r] += _inertia_of(value, ok, pe)
+            for k in range(K):
+                counts[r, k] += pc[k]
+                for j in range(d):
+                    sx[r, k, j] += psx[k, j]
+    return scored, swept
+
+
+@jit
+def _offer_far_any(
+    dist: float,
+    row: int,
+    label: int,
+    far_dist: FloatArray,
+    far_row: IntArray,
+    far_label: IntArray,
+    n_far: int,
+) -> int:
+    """:func:`_offer_far` for rows in any order: ties go to the lower row."""
+    keep = far_dist.shape[0]
+    if n_far < keep:
+        p = n_far
+        n_far += 1
+    elif keep > 0 and (
+        dist > far_dist[keep - 1] or (dist == far_dist[keep - 1] and row < far_row[keep - 1])
+    ):
+        p = keep - 1
+    else:
+        return n_far
+    while p > 0 and (dist > far_dist[p - 1] or (dist == far_dist[p - 1] and row < far_row[p - 1])):
+        far_dist[p] = far_dist[p - 1]
+        far_row[p] = far_row[p - 1]
+        far_label[p] = far_label[p - 1]
+        p -= 1
+    far_dist[p] = dist
+    far_row[p] = row
+    far_label[p] = label
+    return n_far
+
+
+@jit
+def _far_kernel(
+    X: AnyArray,
+    row0: int,
+    centers: FloatArray,
+    labels: AnyArray,
+    dist: FloatArray,
+    upper: AnyArray,
+    weights: FloatArray,
+    weighted: bool,
+    far_dist: FloatArray,
+    far_row: IntArray,
+    far_label: IntArray,
+    n_far: IntArray,
+    delta: float,
+    tiny: float,
+) -> int:
+    """The far rows of a bounded pass: those of the plain pass, from fewer distances.
+
+    The rows whose distance is known (``dist`` >= 0) are offered in row order. Of the others
+    (their upper bounds ``upper`` hold, rounded outward), the ``keep`` of largest upper bound
+    are measured and offered; then every other row whose upper bound reaches the ``keep``-th
+    far distance (less a margin far above the rounding of a distance): a row below it is
+    strictly nearer its centre than every kept row, so it is not among them, nor tied. The
+    kept rows are therefore the plain pass's, distances and order alike. Returns the rows
+    measured here.
+    """
+    n = X.shape[0]
+    R = centers.shape[0]
+    n_keep = far_dist.shape[1]
+    top_u = np.empty(max(n_keep, 1))
+    top_i = np.empty(max(n_keep, 1), dtype=np.int64)
+    up = 1.0 + delta
+    measured = 0
+    for r in range(R):
+        nf = 0
+        # One scan: the measured rows offered in row order, and the unmeasured rows of
+        # largest upper bound (sorted by decreasing bound).
+        nt = 0
+        for i in range(n):
+            if weighted and not weights[i] > 0.0:
+                continue
+            dd = dist[r, i]
+            if dd >= 0.0:
+                if nf < n_keep or (n_keep > 0 and dd > far_dist[r, n_keep - 1]):
+                    nf = _offer_far(
+                        dd, row0 + i, labels[r, i], far_dist[r], far_row[r], far_label[r], nf
+                    )
+                continue
+            if n_keep == 0:
+                continue
+            u = np.float64(upper[r, i])
+            if nt < n_keep:
+                p = nt
+                nt += 1
+            elif u > top_u[n_keep - 1]:
+                p = n_keep - 1
+            else:
+                continue
+            while p > 0 and u > top_u[p - 1]:
+                top_u[p] = top_u[p - 1]
+                top_i[p] = top_i[p - 1]
+                p -= 1
+            top_u[p] = u
+            top_i[p] = i
+        for q in range(nt):
+            i = top_i[q]
+            k = labels[r, i]
+            dd = _sq_dist(X, i, k, centers[r])
+            dist[r, i] = dd
+            upper[r, i] = np.float32((np.sqrt(dd) * up + tiny) * _UP32 + _TINY32)
+            nf = _offer_far_any(dd, row0 + i, k, far_dist[r], far_row[r], far_label[r], nf)
+        measured += nt
+        if nt == n_keep:
+            # Rows whose bound is below ``reach`` are nearer than the last kept row.
+            reach = -1.0
+            if nf == n_keep:
+                reach = np.sqrt(far_dist[r, n_keep - 1]) * (1.0 - delta) - tiny
+            for i in range(n):
+                if dist[r, i] >= 0.0 or (weighted and not weights[i] > 0.0):
+                    continue
+                if np.float64(upper[r, i]) < reach:
+                    continue
+                k = labels[r, i]
+                dd = _sq_dist(X, i, k, centers[r])
+                dist[r, i] = dd
+                upper[r, i] = np.float32((np.sqrt(dd) * up + tiny) * _UP32 + _TINY32)
+                nf = _offer_far_any(dd, row0 + i, k, far_dist[r], far_row[r], far_label[r], nf)
+                measured += 1
+        n_far[r] = nf
+    return measured
+
+
+# Inertia from moments: ``Σ w ‖x - c‖² = Q - 2 (c - r)·S + W ‖c - r‖²`` errs by at most a
+# few units of roundoff times ``n (√Q + √W ‖c - r‖)²`` (Cauchy-Schwarz bounds |(c - r)·S|
+# by ‖c - r‖ √(W Q)), n the rows summed. The moments give a cluster's inertia where that
+# scale is at most this many times the result: measured on 400k x 32 blobs (16 clusters,
+# random starts, 8 restarts), those up to 32 erred by at most 3.1e-14 relative (the sum of
+# distances: 6.5e-15), so 5 bits of the 52; beyond it the distances' own sum is taken.
+_MOMENT_REACH = 32.0
+
+
+@jit
+def _moment_terms(
+    counts: FloatArray,
+    sx: FloatArray,
+    sq: FloatArray,
+    centers: FloatArray,
+    about: FloatArray,
+    reach: float,
+    value: FloatArray,
+    ok: AnyArray,
+) -> bool:
+    """Each cluster's inertia from its moments (``value``) and whether it holds (``ok``).
+
+    ``value[k] = sq - 2 δ·sx + W ‖δ‖²`` with ``δ = c_k - r_k``; it holds where
+    ``(√sq + √W ‖δ‖)² <= reach`` times it. Returns whether every cluster's holds.
+    """
+    K, d = centers.shape
+    every = True
+    for k in range(K):
+        dd = 0.0
+        ds = 0.0
+        for j in range(d):
+            t = centers[k, j] - about[k, j]
+            dd += t * t
+            ds += t * sx[k, j]
+        w = counts[k]
+        v = sq[k] - 2.0 * ds + w * dd
+        scale = np.sqrt(sq[k]) + np.sqrt(w * dd)
+        good = scale * scale <= reach * v
+        value[k] = v
+        ok[k] = good
+        every = every and good
+    return every
+
+
+@jit
+def _inertia_of(value: FloatArray, ok: AnyArray, exact: FloatArray) -> float:
+    """``Σ_k`` of the moments' value where it holds, else of the sum of distances."""
+    total = 0.0
+    for k in range(value.shape[0]):
+        total += value[k] if ok[k] else exact[k]
+    return total
 
 
 @jit
@@ -629,6 +1063,21 @@ def _transform_kernel(X: AnyArray, centers_t: FloatArray, out: FloatArray) -> No
 # the 512 KB L2 cache between the GEMM and the sweep (benchmarks/README.md, "Compiled K-means
 # kernel").
 _SUB_BLOCK_BYTES = 1 << 18
+
+# Rows of a segment (rounded to sub-blocks): a bounded pass recomputes a cluster's statistics
+# segment by segment, while its rows are in cache, and keeps ``K (d + 2)`` floats per
+# segment (57 KB per 50 000 rows at K = 16, d = 32: a tenth of the bounds).
+_SEGMENT_ROWS = 4096
+
+
+def _segment_rows(n_clusters: int, n_features: int, rows: int) -> int:
+    """Rows of a segment: ~4096, more where its statistics would take over a byte a row.
+
+    (A block's last segment and its reference points add a little: under 2 bytes a row in
+    all for blocks of 50 000 rows up to K (d + 2) = 2700.)
+    """
+    want = max(_SEGMENT_ROWS, 8 * n_clusters * (n_features + 2))
+    return int(rows * max(1, -(-want // rows)))
 
 
 def _sub_block_rows(n_clusters: int, n_features: int) -> int:
@@ -741,12 +1190,45 @@ def kmeans_estep_many(block: RowBlock, params: Sequence[KMeansParams]) -> list[K
 
 
 @dataclass(frozen=True, eq=False)
+class BlockMoments:
+    """One restart's per-cluster statistics of one block's segments, kept beside its bounds.
+
+    What the pass that made them summed over each cluster's rows in each segment of the
+    block (every ~4096 rows, :func:`_walk_kernel`), in row order: a cluster whose rows in
+    a segment did not change keeps its statistics there, bit for bit, and the next pass
+    takes them instead of walking its rows again.
+
+    Attributes
+    ----------
+    counts : ndarray of shape (n_segments, n_clusters)
+        Rows (summed weights).
+    sx : ndarray of shape (n_segments, n_clusters, n_features)
+        ``Σ w (x - r_k)``.
+    sq : ndarray of shape (n_segments, n_clusters)
+        ``Σ w ‖x - r_k‖²``.
+    reference : ndarray of shape (n_clusters, n_features)
+        The points ``r_k`` the sums are about.
+    """
+
+    counts: FloatArray
+    sx: FloatArray
+    sq: FloatArray
+    reference: FloatArray
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held (``K (d + 2)`` floats per segment, ``K d`` more)."""
+        return int(self.counts.nbytes + self.sx.nbytes + self.sq.nbytes + self.reference.nbytes)
+
+
+@dataclass(frozen=True, eq=False)
 class KMeansBounds:
     """Hamerly's per-row bounds of one block, for several restarts, kept between passes.
 
     Twelve bytes per row and restart: the label (int32) and two float32 bounds rounded
     outward — an upper bound on the row's distance to its centre, a lower bound on its
-    distance to every other centre, under ``centers``.
+    distance to every other centre, under ``centers``. Beside them, per restart, the
+    block's per-cluster statistics (:class:`BlockMoments`, ``K (3 d + 3)`` floats).
 
     Attributes
     ----------
@@ -756,9 +1238,14 @@ class KMeansBounds:
         Each restart's centres the bounds hold under.
     labels : ndarray of shape (n_restarts, n_rows), int32
     upper, lower : ndarray of shape (n_restarts, n_rows), float32
+    moments : tuple of BlockMoments
+        Each restart's per-cluster statistics of the block.
     scored : int
         Rows (times restarts) the pass that made these bounds scored against every centre;
         the others kept their label on their bounds alone.
+    swept : int
+        Rows (times restarts) whose sums that pass added again (the rows of the clusters
+        whose rows in the block changed); the others' clusters kept their statistics.
     """
 
     tags: tuple[Any, ...]
@@ -766,16 +1253,22 @@ class KMeansBounds:
     labels: AnyArray
     upper: AnyArray
     lower: AnyArray
+    moments: tuple[BlockMoments, ...] = ()
     scored: int = 0
+    swept: int = 0
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the per-row arrays."""
-        return int(self.labels.nbytes + self.upper.nbytes + self.lower.nbytes)
+        """Memory held by the per-row arrays and the per-cluster statistics."""
+        return int(
+            self.labels.nbytes + self.upper.nbytes + self.lower.nbytes
+            + sum(m.nbytes for m in self.moments)
+        )  # fmt: skip
 
 
-#: Bytes a restart's bounds take per row (:class:`KMeansBounds`).
-BOUND_BYTES_PER_ROW = 12
+#: Bytes a restart's kept state takes per row (:class:`KMeansBounds`): 12 for the bounds, at
+#: most 2 for the segments' statistics (:func:`_segment_rows`).
+BOUND_BYTES_PER_ROW = 14
 
 
 def kmeans_estep_bounded(
@@ -831,9 +1324,10 @@ def _estep(
     labels = np.empty((R, n) if keep else (0, 0), dtype=np.int32)
     upper = np.empty((R, n) if keep else (0, 0), dtype=np.float32)
     lower = np.empty((R, n) if keep else (0, 0), dtype=np.float32)
-    scored = 0
+    moments: list[BlockMoments | None] = [None] * R
+    scored = swept = 0
     for members in groups.values():
-        stats, group_scored = _estep_group(
+        stats, group_moments, group_scored, group_swept = _estep_group(
             block,
             [params[i] for i in members],
             None if tags is None else [tags[i] for i in members],
@@ -842,13 +1336,16 @@ def _estep(
             (labels, upper, lower),
         )
         scored += group_scored
-        for i, s in zip(members, stats, strict=True):
+        swept += group_swept
+        for i, s, mom in zip(members, stats, group_moments, strict=True):
             out[i] = s
+            moments[i] = mom
     result = [s for s in out if s is not None]
     if tags is None:
         return result, None
     centers = tuple(_centers(p.centers) for p in params)
-    return result, KMeansBounds(tags, centers, labels, upper, lower, scored)
+    kept = tuple(m for m in moments if m is not None)
+    return result, KMeansBounds(tags, centers, labels, upper, lower, kept, scored, swept)
 
 
 def _previous_rows(
@@ -930,10 +1427,11 @@ def _estep_group(
     previous: KMeansBounds | None,
     members: Sequence[int],
     kept: tuple[AnyArray, AnyArray, AnyArray],
-) -> tuple[list[KMeansStats], int]:
+) -> tuple[list[KMeansStats], list[BlockMoments | None], int, int]:
     """:func:`_estep` for restarts of the same shape of centres.
 
-    ``members``: their rows in the kept arrays. Returns the statistics and the rows scored.
+    ``members``: their rows in the kept arrays. Returns the statistics, the segments'
+    statistics to keep (with ``tags``), the rows scored and the rows summed again.
     """
     X, row_offset = block.x, block.row_offset
     # Weights (scikit-learn's sample_weight) weigh counts, sums and inertia; the far rows
@@ -942,6 +1440,7 @@ def _estep_group(
     # is no candidate: its new cluster would be empty again (scikit-learn then sends that
     # centre to the origin).
     weights = None if block.weights is None else np.asarray(block.weights, dtype=np.float64)
+    w_arg = weights if weights is not None else np.empty(0)
     R = len(group)
     centers = np.stack([_centers(p.centers) for p in group])
     about = np.stack([_centers(p.about) for p in group])
@@ -955,7 +1454,11 @@ def _estep_group(
     far_row = np.empty((R, keep), dtype=np.int64)
     far_label = np.empty((R, keep), dtype=np.int64)
     n_far = np.zeros(R, dtype=np.int64)
-    scored = 0
+    scored = swept = 0
+    use = tags is not None
+    segments = None
+    rows = _sub_block_rows(K, d)
+    segment = _segment_rows(K, d, rows)
     if n:
         Xr = as_row_major(X)
         scorings = [_Scoring.of(c, Xr.dtype) for c in centers]
@@ -973,36 +1476,36 @@ def _estep_group(
         else:
             eps = float(np.finfo(np.float64).eps)
             gamma = (d + 5) * eps / (1.0 - (d + 5) * eps)
-        use = tags is not None
-        src, old_labels, old_upper, old_lower, drift, first, second = _previous_rows(
-            previous, tags, centers, n
-        )
-        labels, upper, lower = kept
-        rows_of = np.asarray(members, dtype=np.int64)
-        # One group (restarts of one K): the kept arrays themselves, written in place.
-        whole = not use or np.array_equal(rows_of, np.arange(labels.shape[0]))
-        out_labels = labels if whole else labels[rows_of]
-        out_upper = upper if whole else upper[rows_of]
-        out_lower = lower if whole else lower[rows_of]
-        scored = _walk_kernel(
-            Xr, 0, centers, about,
+        scoring_args = (
             np.stack([s.ref for s in scorings]),
             np.stack([s.neg2_t for s in scorings]),
             np.stack([s.bias for s in scorings]),
-            first_scoring.shift_rows, radius, gamma,
-            _sub_block_rows(K, d),
-            counts, sx, inertia, far_dist, far_row, far_label, n_far,
-            weights if weights is not None else np.empty(0), weights is not None,
-            use, src, old_labels, old_upper, old_lower, drift, first, second,
-            _half_gaps(centers, use), out_labels, out_upper, out_lower, _DELTA, _TINY,
-        )  # fmt: skip
-        if not whole:
-            labels[rows_of], upper[rows_of], lower[rows_of] = out_labels, out_upper, out_lower
+            first_scoring.shift_rows,
+            radius,
+            gamma,
+            rows,
+            segment,
+            _MOMENT_REACH,
+        )
+        if not use:
+            # ‖c - r‖ per cluster, rounded up: with ‖x - r‖ it bounds a row's distance.
+            step = np.linalg.norm(centers - about, axis=2) * (1.0 + _DELTA) + _TINY
+            _walk_kernel(
+                Xr, 0, centers, about, *scoring_args, step, counts, sx, inertia,
+                far_dist, far_row, far_label, n_far, w_arg, weights is not None, _DELTA, _TINY,
+            )  # fmt: skip
+        else:
+            assert tags is not None
+            scored, swept, segments = _bounded_walk(
+                Xr, centers, about, scoring_args, tags, previous, members, kept, w_arg,
+                weights is not None, (counts, sx, inertia), (far_dist, far_row, far_label, n_far),
+            )  # fmt: skip
     out = []
+    moments: list[BlockMoments | None] = []
     for r, p in enumerate(group):
         # Rows of weight 0 may leave places unfilled.
         kept_far = int(n_far[r])
-        rows = far_row[r, :kept_far]
+        rows_far = far_row[r, :kept_far]
         out.append(
             KMeansStats(
                 n=int(n),
@@ -1010,15 +1513,95 @@ def _estep_group(
                 sx=sx[r],
                 inertia=float(inertia[r]),
                 far_dist=far_dist[r, :kept_far],
-                far_row=rows + row_offset,
+                far_row=rows_far + row_offset,
                 far_label=far_label[r, :kept_far],
-                far_x=np.asarray(X[rows], dtype=np.float64).reshape(kept_far, d),
+                far_x=np.asarray(X[rows_far], dtype=np.float64).reshape(kept_far, d),
                 shift=p.centers,
                 reference=p.about,
-                far_w=None if weights is None else weights[rows],
+                far_w=None if weights is None else weights[rows_far],
             )
         )
-    return out, int(scored)
+        if not use:
+            moments.append(None)
+        elif segments is None:
+            moments.append(
+                BlockMoments(np.zeros((0, K)), np.zeros((0, K, d)), np.zeros((0, K)), about[r])
+            )
+        else:
+            seg_counts, seg_sx, seg_sq = segments
+            moments.append(BlockMoments(seg_counts[r], seg_sx[r], seg_sq[r], about[r]))
+    return out, moments, int(scored), int(swept)
+
+
+def _bounded_walk(
+    X: AnyArray,
+    centers: FloatArray,
+    about: FloatArray,
+    scoring_args: tuple[Any, ...],
+    tags: Sequence[Any],
+    previous: KMeansBounds | None,
+    members: Sequence[int],
+    kept: tuple[AnyArray, AnyArray, AnyArray],
+    weights: FloatArray,
+    weighted: bool,
+    totals: tuple[FloatArray, FloatArray, FloatArray],
+    far: tuple[FloatArray, IntArray, IntArray, IntArray],
+) -> tuple[int, int, tuple[FloatArray, FloatArray, FloatArray]]:
+    """A bounded pass of restarts of one shape (:func:`_bounded_kernel`), then its far rows.
+
+    Fills ``totals`` (counts, sx, inertia) and ``far``; returns the rows scored, the rows
+    summed again (times restarts) and the segments' statistics to keep.
+    """
+    counts, sx, inertia = totals
+    far_dist, far_row, far_label, n_far = far
+    R, K, d = centers.shape
+    n = X.shape[0]
+    n_seg = -(-n // int(scoring_args[-2]))
+    src, old_labels, old_upper, old_lower, drift, first, second = _previous_rows(
+        previous, tags, centers, n
+    )
+    labels, upper, lower = kept
+    rows_of = np.asarray(members, dtype=np.int64)
+    # One group (restarts of one K): the kept arrays themselves, written in place.
+    whole = np.array_equal(rows_of, np.arange(labels.shape[0]))
+    out_labels = labels if whole else labels[rows_of]
+    out_upper = upper if whole else upper[rows_of]
+    out_lower = lower if whole else lower[rows_of]
+    # The segments' statistics the previous pass kept, where it has them for this restart.
+    has_kept = np.zeros(R, dtype=np.bool_)
+    moved_ref = np.zeros((R, K), dtype=np.bool_)
+    kept_counts = np.zeros((R, n_seg, K))
+    kept_sx = np.zeros((R, n_seg, K, d))
+    kept_sq = np.zeros((R, n_seg, K))
+    for r in range(R):
+        s = int(src[r])
+        if s < 0 or previous is None or not previous.moments:
+            continue
+        mom = previous.moments[s]
+        if mom.counts.shape != (n_seg, K) or mom.sx.shape != (n_seg, K, d):
+            continue
+        has_kept[r] = True
+        moved_ref[r] = np.any(about[r] != mom.reference, axis=1)
+        kept_counts[r], kept_sx[r], kept_sq[r] = mom.counts, mom.sx, mom.sq
+    seg_counts = np.empty((R, n_seg, K))
+    seg_sx = np.empty((R, n_seg, K, d))
+    seg_sq = np.empty((R, n_seg, K))
+    dist = np.empty((R, n))
+    ref, neg2_t, bias, shift_rows, radius, gamma, rows, segment, reach = scoring_args
+    scored, swept = _bounded_kernel(
+        X, centers, about, ref, neg2_t, bias, shift_rows, radius, gamma, rows, segment, reach,
+        src, old_labels, old_upper, old_lower, drift, first,
+        second, _half_gaps(centers, True), out_labels, out_upper, out_lower, dist, has_kept,
+        moved_ref, kept_counts, kept_sx, kept_sq, seg_counts, seg_sx, seg_sq, counts, sx,
+        inertia, weights, weighted, _DELTA, _TINY,
+    )  # fmt: skip
+    _far_kernel(
+        X, 0, centers, out_labels, dist, out_upper, weights, weighted, far_dist, far_row,
+        far_label, n_far, _DELTA, _TINY,
+    )  # fmt: skip
+    if not whole:
+        labels[rows_of], upper[rows_of], lower[rows_of] = out_labels, out_upper, out_lower
+    return int(scored), int(swept), (seg_counts, seg_sx, seg_sq)
 
 
 def kmeans_mstep(stats: KMeansStats) -> tuple[KMeansParams, int]:

@@ -118,7 +118,8 @@ class KMeansFamily:
         """
         return kmeans_estep_many(block, params)
 
-    #: Bytes a restart's Hamerly bounds take per row (the engine's budget of kept state).
+    #: Bytes a restart's kept state (Hamerly bounds, segment statistics) takes per row: the
+    #: engine's budget of kept state.
     kept_bytes_per_row: ClassVar[int] = BOUND_BYTES_PER_ROW
 
     def estep_kept(

@@ -27,7 +27,15 @@ from emdist.engine.em import _kept_pass
 from emdist.engine.kept import KeptState
 from emdist.engine.lockstep import shared_pass
 from emdist.engine.reduce import Rows
-from emdist.kernels.kmeans import KMeansBounds, KMeansParams, KMeansStats, kmeans_mstep
+from emdist.kernels.kmeans import (
+    KMeansBounds,
+    KMeansParams,
+    KMeansStats,
+    kmeans_estep_bounded,
+    kmeans_estep_many,
+    kmeans_mstep,
+)
+from emdist.kernels.rows import RowBlock
 from emdist.models.kmeans import KMeansFamily
 
 FAMILY = KMeansFamily()
@@ -201,3 +209,120 @@ def test_passes_run_without_bounds_beyond_the_memory_budget() -> None:
         assert not KeptState(FAMILY.kept_bytes_per_row).fits(1, 1)
     with dask.config.set({"emdist.kept-state-bytes": "1 MiB"}):
         assert KeptState(FAMILY.kept_bytes_per_row).limit == 1 << 20
+
+
+def _fresh(block: RowBlock, params: list[KMeansParams], tags: list[int]) -> KMeansBounds:
+    """The bounds and statistics a block's first pass (no kept state) makes."""
+    return kmeans_estep_bounded(block, params, tags, None)[1]
+
+
+def test_kept_segment_statistics_equal_a_fresh_computation_after_many_passes() -> None:
+    # Each pass sums again only the clusters whose rows in a segment changed and keeps the
+    # others' statistics: after many passes with labels changing, the kept values must be
+    # those a pass without kept state computes, bit for bit, and so must the statistics.
+    X, _ = make_blobs(n_samples=20_000, n_features=6, centers=8, cluster_std=2.5, random_state=21)
+    w = np.random.default_rng(22).uniform(0.0, 2.0, len(X))
+    w[::53] = 0.0
+    for weights in (None, w):
+        block = RowBlock(X, 1_000, weights=weights)
+        params = _starts(X, 8, 2, seed=23)
+        tags = [0, 1]
+        kept: KMeansBounds | None = None
+        swept = []
+        for _ in range(12):
+            stats, kept = kmeans_estep_bounded(block, params, tags, kept)
+            _assert_identical(stats, kmeans_estep_many(block, params))
+            fresh = _fresh(block, params, tags)
+            for got, want in zip(kept.moments, fresh.moments, strict=True):
+                assert_array_equal(got.counts, want.counts)
+                assert_array_equal(got.sx, want.sx)
+                assert_array_equal(got.sq, want.sq)
+            assert_array_equal(kept.labels, fresh.labels)
+            swept.append(kept.swept)
+            params = [kmeans_mstep(s)[0] for s in stats]
+        # Labels kept changing, yet the later passes summed only part of the rows again.
+        assert 0 < swept[-1] < 0.9 * 2 * len(X)
+
+
+def test_a_pass_under_unchanged_centres_sums_nothing_again_and_keeps_the_far_rows() -> None:
+    # Under the same centres every row keeps its label on its bounds: no statistics are
+    # summed again and no row is scored, yet the far rows (measured only where an upper
+    # bound reaches the farthest ones) are the plain pass's.
+    X, _ = make_blobs(n_samples=12_000, n_features=5, centers=6, random_state=24)
+    rows = Rows(da.from_array(X, chunks=(2_500, 5)))
+    params = _starts(X, 6, 2, seed=25)
+    for _ in range(4):
+        plain = shared_pass(rows, [(FAMILY, p) for p in params])
+        params = [kmeans_mstep(s)[0] for s in plain]
+    kept = KeptState(FAMILY.kept_bytes_per_row)
+    plain = shared_pass(rows, [(FAMILY, p) for p in params])
+    for _ in range(2):
+        _assert_identical(kept.run(rows, FAMILY.estep_kept, params, [0, 1]), plain)
+    states = kept.block_states()
+    assert sum(s.swept for s in states) == 0
+    assert sum(s.scored for s in states) == 0
+
+
+def test_a_pass_where_a_cluster_empties_equals_the_plain_pass() -> None:
+    # A centre sent far from every row loses all its rows on a pass with bounds kept: the
+    # far rows that re-seed it, and so the next centres, are the plain pass's.
+    X, _ = make_blobs(n_samples=9_000, n_features=4, centers=5, random_state=26)
+    rows = Rows(da.from_array(X, chunks=(2_000, 4)))
+    params = _starts(X, 5, 1, seed=27)[0]
+    kept = KeptState(FAMILY.kept_bytes_per_row)
+    for _ in range(3):
+        plain = shared_pass(rows, [(FAMILY, params)])
+        _assert_identical(kept.run(rows, FAMILY.estep_kept, [params], [0]), plain)
+        params = kmeans_mstep(plain[0])[0]
+    centers = params.centers.copy()
+    centers[2] = X.max(axis=0) + 1e3
+    params = KMeansParams(centers, params.reference)
+    plain = shared_pass(rows, [(FAMILY, params)])
+    bounded = kept.run(rows, FAMILY.estep_kept, [params], [0])
+    _assert_identical(bounded, plain)
+    assert plain[0].counts[2] == 0
+    (want, n_want), (got, n_got) = kmeans_mstep(plain[0]), kmeans_mstep(bounded[0])
+    assert n_want == n_got == 1
+    assert_array_equal(got.centers, want.centers)
+    assert_array_equal(got.reference, want.reference)
+    # The next pass (the re-seeded cluster's reference moved) still equals the plain one.
+    _assert_identical(
+        kept.run(rows, FAMILY.estep_kept, [want], [0]), shared_pass(rows, [(FAMILY, want)])
+    )
+
+
+def test_inertia_falls_back_to_distances_where_the_moments_would_cancel() -> None:
+    # Sums about reference points far from the centres (1e7 against a spread of ~1): the
+    # moments Q - 2 δ·S + n ‖δ‖² would cancel every digit; the inertia must still be the sum
+    # of the distances, in plain and bounded passes alike.
+    X, _ = make_blobs(n_samples=6_000, n_features=3, centers=3, random_state=28)
+    rng = np.random.default_rng(29)
+    centers = X[rng.choice(len(X), 3, replace=False)]
+    reference = centers + 1e7
+    block = RowBlock(X, 0)
+    params = [KMeansParams(centers, reference)]
+    stats = kmeans_estep_many(block, params)[0]
+    labels = np.argmin(((X[:, None, :] - centers[None]) ** 2).sum(axis=2), axis=1)
+    diff = X.astype(np.longdouble) - centers[labels].astype(np.longdouble)
+    want = float(np.sum(diff * diff))
+    assert stats.inertia == pytest.approx(want, rel=1e-13)
+    kept = None
+    for _ in range(3):
+        bounded, kept = kmeans_estep_bounded(block, params, [0], kept)
+        _assert_identical(bounded, [stats])
+    # Near the references the moments hold, and agree with the distances as closely.
+    near = kmeans_estep_many(block, [KMeansParams(centers, centers + 1e-3)])[0]
+    assert near.inertia == pytest.approx(want, rel=1e-13)
+
+
+@pytest.mark.parametrize(("n_clusters", "n_features"), [(3, 2), (16, 32), (64, 40)])
+def test_the_kept_state_takes_no_more_than_the_budget_counts(
+    n_clusters: int, n_features: int
+) -> None:
+    # The budget counts kept_bytes_per_row per row and restart: the bounds and the
+    # segments' statistics beside them together stay within it.
+    X = np.random.default_rng(30).normal(size=(50_000, n_features))
+    params = _starts(X, n_clusters, 2, seed=31)
+    _, kept = kmeans_estep_bounded(RowBlock(X, 0), params, [0, 1], None)
+    assert kept.nbytes <= 2 * len(X) * FAMILY.kept_bytes_per_row
+    assert all(m.counts.shape[1] == n_clusters for m in kept.moments)
