@@ -118,6 +118,33 @@ class QuadraticMaps:
         maps._set_centre(centre)
         return maps
 
+    def coefficients_about(self, centres: FloatArray) -> FloatArray:
+        """:attr:`coefficients` with the features about each of ``centres``, (g, q + d + 1, K).
+
+        As :meth:`about` for every centre at once (``full``/``tied``).
+        """
+        delta = self.shift[None, :, :] - centres[:, None, :]  # (g, K, d)
+        p_delta = np.einsum("kij,gkj->gki", self._precision, delta)
+        offset = np.einsum("gki,gki->gk", delta, p_delta)
+        quad = np.broadcast_to(self._quad, (len(centres), *self._quad.shape))
+        B = np.concatenate([quad, -2.0 * p_delta, offset[:, :, None]], axis=2)
+        return np.ascontiguousarray(-0.5 * B.transpose(0, 2, 1))
+
+    def whitening_about(
+        self, precision_cholesky: FloatArray, centres: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """``tied``: ``[U | P δ_gᵀ]`` per centre, (g, d, d + K), and ``δ_gkᵀ P δ_gk``, (g, K).
+
+        ``δ_gk = μ_k - centres[g]``, ``P = U Uᵀ`` (``U`` the precision's Cholesky factor):
+        ``(x - μ_k)ᵀ P (x - μ_k) = ‖(x - c_g) U‖² - 2 (x - c_g)ᵀ P δ_gk + δ_gkᵀ P δ_gk``.
+        """
+        delta = self.shift[None, :, :] - centres[:, None, :]  # (g, K, d)
+        p_delta = delta @ self._precision[0]  # P is symmetric
+        offset = np.einsum("gki,gki->gk", delta, p_delta)
+        U = np.broadcast_to(precision_cholesky, (len(centres), *precision_cholesky.shape))
+        maps = np.concatenate([U, p_delta.transpose(0, 2, 1)], axis=2)
+        return np.ascontiguousarray(maps), np.ascontiguousarray(offset)
+
     @property
     def n_columns(self) -> int:
         """Columns of the features, ``q + d + 1``."""
