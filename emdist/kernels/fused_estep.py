@@ -36,8 +36,8 @@ __all__ = [
     "FULL_FEATURES",
     "DIAG_FEATURES",
     "grouped_estep_full32",
+    "group_by_nearest",
     "grouped_estep_tied32",
-    "nearest_labels",
     "SPHERICAL_FEATURES",
     "quadratic_features",
     "responsibilities",
@@ -113,23 +113,64 @@ def quadratic_features(
 
 
 @jit
-def nearest_labels(scores: AnyArray, offsets: AnyArray, labels: AnyArray, start: int) -> None:
-    """``labels[start + i] = argmin_k scores[i, k] + offsets[k]`` (the first on ties).
+def group_by_nearest(
+    X: AnyArray,
+    centre: AnyArray,
+    directions: AnyArray,
+    offsets: FloatArray,
+    rows: int,
+    order: AnyArray,
+    bounds: AnyArray,
+) -> None:
+    """The rows of ``X`` grouped by their nearest mean: a stable counting sort of the labels.
 
-    With ``scores = (x - c) @ (-2 δᵀ)`` and ``offsets = ‖δ_k‖²``, ``δ_k = μ_k - c``, the
-    nearest mean of every row (Euclidean).
+    Row ``i``'s label is ``argmin_k (x_i - c) · directions[:, k] + offsets[k]`` (the first on
+    ties): with ``directions = -2 δᵀ`` and ``offsets = ‖δ_k‖²``, ``δ_k = μ_k - c``, its
+    nearest mean (Euclidean), from one GEMM per ``rows`` rows in ``X``'s dtype.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32
+    centre : ndarray of shape (d,), float32
+    directions : ndarray of shape (d, K), float32
+    offsets : ndarray of shape (K,), float64
+    rows : int
+        Rows per GEMM.
+    order : ndarray of shape (n,), int64
+        Output: the row indices, group by group, in row order within each group.
+    bounds : ndarray of shape (K + 1,), int64
+        Output: group ``k`` is ``order[bounds[k]:bounds[k + 1]]``.
     """
-    m, K = scores.shape
-    for i in range(m):
-        row = scores[i]
-        best = 0
-        top = row[0] + offsets[0]
-        for k in range(1, K):
-            v = row[k] + offsets[k]
-            if v < top:
-                top = v
-                best = k
-        labels[start + i] = best
+    n, d = X.shape
+    K = offsets.shape[0]
+    labels = np.empty(n, dtype=np.int32)
+    diff = np.empty((min(rows, n), d), dtype=X.dtype)
+    scores = np.empty((min(rows, n), K), dtype=X.dtype)
+    bounds[:] = 0
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        for i in range(m):
+            for j in range(d):
+                diff[i, j] = X[start + i, j] - centre[j]
+        np.dot(diff[:m], directions, scores[:m])
+        for i in range(m):
+            row = scores[i]
+            best = 0
+            top = row[0] + offsets[0]
+            for k in range(1, K):
+                v = row[k] + offsets[k]
+                if v < top:
+                    top = v
+                    best = k
+            labels[start + i] = best
+            bounds[best + 1] += 1
+    for k in range(K):
+        bounds[k + 1] += bounds[k]
+    fill = bounds[:K].copy()
+    for i in range(n):
+        k = labels[i]
+        order[fill[k]] = i
+        fill[k] += 1
 
 
 @jit

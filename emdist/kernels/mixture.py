@@ -24,9 +24,9 @@ from emdist.kernels._blocks import (
 )
 from emdist.kernels.covariance import covariance_shape
 from emdist.kernels.fused_estep import (
+    group_by_nearest,
     grouped_estep_full32,
     grouped_estep_tied32,
-    nearest_labels,
     quadratic_features,
     responsibilities,
     shift_log_densities,
@@ -351,26 +351,18 @@ def _estep_float32_by_nearest_mean(
     """
     K, d = maps.shift.shape
     n = X.shape[0]
-    labels = np.empty(n, dtype=np.int16 if K < 2**15 else np.int64)
     # The nearest mean in float32: a GEMM of the rows less the means' centre (exact for
     # rows far from the origin, where x and c agree in their leading bits) by -2 δᵀ. Its
-    # rounding only makes a row's group a near-nearest mean, which costs nothing.
+    # rounding only makes a row's group a near-nearest mean, which costs nothing. The kernel
+    # reads the rows through ``order`` (no gathered copy).
     centre32 = maps.centre.astype(np.float32)
     directions = np.ascontiguousarray(-2.0 * (maps.shift - centre32).T, dtype=np.float32)
     offsets = np.einsum("ki,ki->k", maps.shift - centre32, maps.shift - centre32)
-    step = max(1, min(n, _ASSIGN_ROWS))
-    diff = np.empty((step, d), dtype=np.float32)
-    scores = np.empty((step, K), dtype=np.float32)
-    for start in range(0, n, step):
-        m = min(step, n - start)
-        np.subtract(X[start : start + m], centre32, out=diff[:m])
-        np.matmul(diff[:m], directions, out=scores[:m])
-        nearest_labels(scores[:m], offsets, labels, start)
-    # The rows in group order: the kernel reads them through ``order`` (no gathered copy).
-    order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(K + 1))
+    order = np.empty(n, dtype=np.int64)
+    bounds = np.empty(K + 1, dtype=np.int64)
+    group_by_nearest(X, centre32, directions, offsets, _ASSIGN_ROWS, order, bounds)
     groups = np.flatnonzero(bounds[1:] > bounds[:-1])
-    group_bounds = np.append(bounds[groups], bounds[-1]).astype(np.int64)
+    group_bounds = np.append(bounds[groups], bounds[-1])
     centres = np.ascontiguousarray(maps.shift[groups])
     weights = np.empty(0) if w is None else w
     srx = np.zeros((len(groups), K, d))
