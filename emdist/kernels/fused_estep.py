@@ -13,6 +13,10 @@ responsibilities ``R``. The steps around them are compiled here, both GIL-free
   responsibilities (times the row's weight with ``sample_weight``), ``Σ r`` per component,
   ``Σ log p(x)`` and ``Σ r log r``.
 
+float32 ``full``/``tied`` data runs instead as one call per block, GEMMs included
+(:func:`group_by_nearest`, then :func:`grouped_estep_full32` or
+:func:`grouped_estep_tied32`; :func:`emdist.kernels.mixture.fused_estep`).
+
 Every loop runs in a fixed order (no ``fastmath``), so the results do not depend on the
 chunking beyond the rounding of the sums. The numpy references these kernels are tested
 against are in :mod:`emdist.kernels.mixture_reference`.
