@@ -297,48 +297,30 @@ def responsibilities(
 
 
 @jit
-def _normalise_row(
-    v: FloatArray,
-    srow: AnyArray,
-    rrow: AnyArray,
+def _normalise(
+    L: AnyArray,
+    const: FloatArray,
+    S: AnyArray,
+    R: AnyArray,
+    amax: FloatArray,
     floor: float,
     nk: FloatArray,
-    weight: float,
+    weights: FloatArray | None,
+    start: int,
 ) -> tuple[float, float]:
-    """Responsibilities of one row from its log-densities ``v`` (float64, ``const`` added).
+    """Responsibilities of a sub-block from its log-densities less ``const``, into ``R``.
 
-    As :func:`shift_log_densities` then ``exp`` then :func:`responsibilities` for one row:
-    the shifted log-densities into ``srow`` (``-inf`` below ``floor``), the responsibilities
-    (times ``weight``) into ``rrow``, ``Σ r`` added to ``nk``; returns the row's
-    ``log p(x)`` and ``Σ r log r``, times ``weight``.
+    :func:`shift_log_densities`, ``exp`` (numba's scalar one: numpy's SIMD ``exp`` would
+    mean a call from Python per sub-block) and :func:`responsibilities`, as the float64
+    E-step runs them.
     """
-    K = v.shape[0]
-    top = -np.inf
-    for k in range(K):
-        if v[k] > top:
-            top = v[k]
-    if not np.isfinite(top):
-        top = 0.0
-    for k in range(K):
-        s = v[k] - top
-        srow[k] = s if not s < floor else -np.inf
-    for k in range(K):
-        rrow[k] = math.exp(srow[k])
-    total = 0.0
-    e_log_e = 0.0
-    for k in range(K):
-        e = np.float64(rrow[k])
-        total += e
-        if e > 0.0:
-            e_log_e += e * np.float64(srow[k])
-    row_norm = math.log(total)
-    norm = weight * (row_norm + top)
-    rlr = weight * (e_log_e / total - row_norm)
-    total /= weight
-    for k in range(K):
-        rrow[k] = np.float64(rrow[k]) / total
-        nk[k] += np.float64(rrow[k])
-    return norm, rlr
+    shift_log_densities(L, const, S, amax, floor)
+    for t in range(S.shape[0]):
+        srow = S[t]
+        rrow = R[t]
+        for k in range(srow.shape[0]):
+            rrow[k] = math.exp(srow[k])
+    return responsibilities(S, R, amax, nk, weights, start)
 
 
 @jit
@@ -405,8 +387,8 @@ coefficients_about`).
     G_sub = np.empty((K, p), dtype=np.float32)
     G = np.empty((K, p))
     xc = np.empty(d, dtype=np.float32)
-    v = np.empty(K)
-    weighted = weights.shape[0] > 0
+    amax = np.empty(rows)
+    ws = None if weights.shape[0] == 0 else weights[order]
     log_norm = 0.0
     r_log_r = 0.0
     for g in range(bounds.shape[0] - 1):
@@ -433,14 +415,9 @@ coefficients_about`).
                     lin[j] = xc[j]
                 a[o + d] = 1.0
             np.dot(A[:m], coefficients[g], L[:m])
-            for t in range(m):
-                lrow = L[t]
-                for k in range(K):
-                    v[k] = np.float64(lrow[k]) + const[k]
-                w = weights[order[start + t]] if weighted else 1.0
-                norm, rlr = _normalise_row(v, S[t], R[t], floor, nk[g], w)
-                log_norm += norm
-                r_log_r += rlr
+            norm, rlr = _normalise(L[:m], const, S[:m], R[:m], amax[:m], floor, nk[g], ws, start)
+            log_norm += norm
+            r_log_r += rlr
             np.dot(R[:m].T, A[:m], G_sub)
             total = G.ravel()
             part = G_sub.ravel()
@@ -510,8 +487,9 @@ def grouped_estep_tied32(
     Q_sub = np.empty((d, d), dtype=np.float32)
     F_sub = np.empty((K, d), dtype=np.float32)
     F = np.empty((K, d))
-    v = np.empty(K)
-    weighted = weights.shape[0] > 0
+    L = np.empty((rows, K))
+    amax = np.empty(rows)
+    ws = None if weights.shape[0] == 0 else weights[order]
     log_norm = 0.0
     r_log_r = 0.0
     for g in range(bounds.shape[0] - 1):
@@ -532,14 +510,13 @@ def grouped_estep_tied32(
                 for j in range(d):
                     y2 += np.float64(y[j]) * np.float64(y[j])
                 for k in range(K):
-                    v[k] = -0.5 * (y2 - 2.0 * np.float64(y[d + k]) + off[k]) + const[k]
-                w = weights[order[start + t]] if weighted else 1.0
-                norm, rlr = _normalise_row(v, S[t], R[t], floor, nk[g], w)
-                log_norm += norm
-                r_log_r += rlr
-            if weighted:
+                    L[t, k] = -0.5 * (y2 - 2.0 * np.float64(y[d + k]) + off[k])
+            norm, rlr = _normalise(L[:m], const, S[:m], R[:m], amax[:m], floor, nk[g], ws, start)
+            log_norm += norm
+            r_log_r += rlr
+            if ws is not None:
                 for t in range(m):
-                    w32 = np.float32(weights[order[start + t]])
+                    w32 = np.float32(ws[start + t])
                     for j in range(d):
                         Zw[t, j] = Z[t, j] * w32
                 np.dot(Zw[:m].T, Z[:m], Q_sub)
