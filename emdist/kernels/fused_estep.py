@@ -386,6 +386,8 @@ coefficients_about`).
     R = np.empty((rows, K), dtype=np.float32)
     G_sub = np.empty((K, p), dtype=np.float32)
     G = np.empty((K, p))
+    active = np.empty(K, dtype=np.int64)
+    R_active = np.empty(K * rows, dtype=np.float32)
     xc = np.empty(d, dtype=np.float32)
     amax = np.empty(rows)
     ws = None if weights.shape[0] == 0 else weights[order]
@@ -418,11 +420,30 @@ coefficients_about`).
             norm, rlr = _normalise(L[:m], const, S[:m], R[:m], amax[:m], floor, nk[g], ws, start)
             log_norm += norm
             r_log_r += rlr
-            np.dot(R[:m].T, A[:m], G_sub)
-            total = G.ravel()
-            part = G_sub.ravel()
-            for j in range(total.shape[0]):
-                total[j] += np.float64(part[j])
+            # Once the components separate, most have no responsibility (below the floor)
+            # for any row of a group's sub-block: the moment GEMM runs on the others only.
+            n_active = 0
+            for k in range(K):
+                for t in range(m):
+                    if R[t, k] != 0.0:
+                        active[n_active] = k
+                        n_active += 1
+                        break
+            if n_active == K:
+                np.dot(R[:m].T, A[:m], G_sub)
+            else:
+                Ra = R_active[: n_active * m].reshape((n_active, m))
+                for a in range(n_active):
+                    k = active[a]
+                    for t in range(m):
+                        Ra[a, t] = R[t, k]
+                np.dot(Ra, A[:m], G_sub[:n_active])
+            for a in range(n_active):
+                k = active[a] if n_active < K else a
+                row = G[k]
+                part = G_sub[a]
+                for j in range(p):
+                    row[j] += np.float64(part[j])
         for k in range(K):
             for j in range(q):
                 quad[k, j] += G[k, j]
