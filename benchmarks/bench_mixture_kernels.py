@@ -300,6 +300,16 @@ np.exp(S, out=E)
 t0 = time.perf_counter()
 f.responsibilities(S, E, amax, np.zeros(K), None, 0)
 res["responsibilities float64"] = time.perf_counter() - t0
+# The float32 full/tied E-step: the grouping and one grouped kernel each (all compiled).
+from emdist.kernels import compute_precision_cholesky
+from emdist.kernels.mixture import fused_estep
+X32 = rng.standard_normal((m, d)).astype(np.float32)
+means = rng.standard_normal((K, d))
+for ct, cov in (("full", np.repeat(np.eye(d)[None], K, axis=0)), ("tied", np.eye(d))):
+    pc = compute_precision_cholesky(cov, ct)
+    t0 = time.perf_counter()
+    fused_estep(X32, means, pc, ct, np.full(K, -np.log(K)))
+    res["float32 " + ct + " E-step (grouping, grouped kernel)"] = time.perf_counter() - t0
 print(repr(res))
 """
 

@@ -13,6 +13,10 @@ responsibilities ``R``. The steps around them are compiled here, both GIL-free
   responsibilities (times the row's weight with ``sample_weight``), ``Σ r`` per component,
   ``Σ log p(x)`` and ``Σ r log r``.
 
+float32 ``full``/``tied`` data runs instead as one call per block, GEMMs included
+(:func:`group_by_nearest`, then :func:`grouped_estep_full32` or
+:func:`grouped_estep_tied32`; :func:`emdist.kernels.mixture.fused_estep`).
+
 Every loop runs in a fixed order (no ``fastmath``), so the results do not depend on the
 chunking beyond the rounding of the sums. The numpy references these kernels are tested
 against are in :mod:`emdist.kernels.mixture_reference`.
@@ -24,14 +28,20 @@ import math
 
 import numpy as np
 
+# numba's np.dot calls scipy's BLAS, a library apart from numpy's: loaded here, at import,
+# so that threadpoolctl sees it and the one-BLAS-thread-per-Dask-thread policy
+# (emdist.engine.threads) limits it too.
+import scipy.linalg.cython_blas  # noqa: F401
+
 from emdist._typing import AnyArray, FloatArray
 from emdist.kernels._jit import jit
 
 __all__ = [
     "FULL_FEATURES",
     "DIAG_FEATURES",
-    "add_float32",
-    "nearest_labels",
+    "grouped_estep_full32",
+    "group_by_nearest",
+    "grouped_estep_tied32",
     "SPHERICAL_FEATURES",
     "quadratic_features",
     "responsibilities",
@@ -107,35 +117,64 @@ def quadratic_features(
 
 
 @jit
-def add_float32(total: FloatArray, part: AnyArray) -> None:
-    """``total += part`` for a float64 ``total`` and a float32 ``part``.
+def group_by_nearest(
+    X: AnyArray,
+    centre: AnyArray,
+    directions: AnyArray,
+    offsets: FloatArray,
+    rows: int,
+    order: AnyArray,
+    bounds: AnyArray,
+) -> None:
+    """The rows of ``X`` grouped by their nearest mean: a stable counting sort of the labels.
 
-    numpy's mixed-dtype ``+=`` casts through a buffer: ~4x slower on a sub-block's moments.
+    Row ``i``'s label is ``argmin_k (x_i - c) · directions[:, k] + offsets[k]`` (the first on
+    ties): with ``directions = -2 δᵀ`` and ``offsets = ‖δ_k‖²``, ``δ_k = μ_k - c``, its
+    nearest mean (Euclidean), from one GEMM per ``rows`` rows in ``X``'s dtype.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32
+    centre : ndarray of shape (d,), float32
+    directions : ndarray of shape (d, K), float32
+    offsets : ndarray of shape (K,), float64
+    rows : int
+        Rows per GEMM.
+    order : ndarray of shape (n,), int64
+        Output: the row indices, group by group, in row order within each group.
+    bounds : ndarray of shape (K + 1,), int64
+        Output: group ``k`` is ``order[bounds[k]:bounds[k + 1]]``.
     """
-    a = total.ravel()
-    b = part.ravel()
-    for i in range(a.shape[0]):
-        a[i] += np.float64(b[i])
-
-
-@jit
-def nearest_labels(scores: AnyArray, offsets: AnyArray, labels: AnyArray, start: int) -> None:
-    """``labels[start + i] = argmin_k scores[i, k] + offsets[k]`` (the first on ties).
-
-    With ``scores = (x - c) @ (-2 δᵀ)`` and ``offsets = ‖δ_k‖²``, ``δ_k = μ_k - c``, the
-    nearest mean of every row (Euclidean).
-    """
-    m, K = scores.shape
-    for i in range(m):
-        row = scores[i]
-        best = 0
-        top = row[0] + offsets[0]
-        for k in range(1, K):
-            v = row[k] + offsets[k]
-            if v < top:
-                top = v
-                best = k
-        labels[start + i] = best
+    n, d = X.shape
+    K = offsets.shape[0]
+    labels = np.empty(n, dtype=np.int32)
+    diff = np.empty((min(rows, n), d), dtype=X.dtype)
+    scores = np.empty((min(rows, n), K), dtype=X.dtype)
+    bounds[:] = 0
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        for i in range(m):
+            for j in range(d):
+                diff[i, j] = X[start + i, j] - centre[j]
+        np.dot(diff[:m], directions, scores[:m])
+        for i in range(m):
+            row = scores[i]
+            best = 0
+            top = row[0] + offsets[0]
+            for k in range(1, K):
+                v = row[k] + offsets[k]
+                if v < top:
+                    top = v
+                    best = k
+            labels[start + i] = best
+            bounds[best + 1] += 1
+    for k in range(K):
+        bounds[k + 1] += bounds[k]
+    fill = bounds[:K].copy()
+    for i in range(n):
+        k = labels[i]
+        order[fill[k]] = i
+        fill[k] += 1
 
 
 @jit
@@ -245,4 +284,273 @@ def responsibilities(
             row[k] = np.float64(row[k]) / total
             # The responsibility as stored (float32 rows round it): Σ r matches the moments.
             nk[k] += np.float64(row[k])
+    return log_norm, r_log_r
+
+
+# --- float32 E-steps of rows grouped by their nearest mean (full and tied) ------------------
+#
+# One call runs a whole block's E-step (every group, every sub-block), both GEMMs included:
+# numba's np.dot calls scipy's BLAS without the GIL. The float64 E-step above hands the GIL
+# over about seven times per 100-row sub-block; in float32, whose calls are shorter, two Dask
+# threads spent as long waiting for it as computing (two blocks on two threads took as long
+# as on one). benchmarks/README.md, "float32 E-step in one compiled call".
+
+
+@jit
+def _normalise(
+    L: AnyArray,
+    const: FloatArray,
+    S: AnyArray,
+    R: AnyArray,
+    amax: FloatArray,
+    floor: float,
+    nk: FloatArray,
+    weights: FloatArray | None,
+    start: int,
+) -> tuple[float, float]:
+    """Responsibilities of a sub-block from its log-densities less ``const``, into ``R``.
+
+    :func:`shift_log_densities`, ``exp`` (numba's scalar one: numpy's SIMD ``exp`` would
+    mean a call from Python per sub-block) and :func:`responsibilities`, as the float64
+    E-step runs them.
+    """
+    shift_log_densities(L, const, S, amax, floor)
+    for t in range(S.shape[0]):
+        srow = S[t]
+        rrow = R[t]
+        for k in range(srow.shape[0]):
+            rrow[k] = math.exp(srow[k])
+    return responsibilities(S, R, amax, nk, weights, start)
+
+
+@jit
+def grouped_estep_full32(
+    X: AnyArray,
+    order: AnyArray,
+    bounds: AnyArray,
+    centres: FloatArray,
+    coefficients: AnyArray,
+    const: FloatArray,
+    weights: FloatArray,
+    rows: int,
+    floor: float,
+    quad: FloatArray,
+    srx: FloatArray,
+    nk: FloatArray,
+) -> tuple[float, float]:
+    """The float32 ``full`` E-step of a block whose rows are grouped by their nearest mean.
+
+    Group ``g`` holds rows ``order[bounds[g]:bounds[g + 1]]``; their features
+    ``[φ(x - c_g), x - c_g, 1]`` (:func:`quadratic_features`, float32) are taken about
+    ``centres[g]``, the log-densities are one float32 GEMM by ``coefficients[g]``, the
+    moments another under the float32 responsibilities, and every sub-block's moments are
+    added in float64.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32, C-contiguous
+    order : ndarray of shape (n,), int
+        Row indices, group by group (rows are read through it; nothing is gathered).
+    bounds : ndarray of shape (n_groups + 1,), int
+    centres : ndarray of shape (n_groups, d), float64
+    coefficients : ndarray of shape (n_groups, p, K), float32
+        ``B`` about each group's centre (:meth:`~emdist.kernels.quadratic.QuadraticMaps.\
+coefficients_about`).
+    const : ndarray of shape (K,), float64
+        Added to every log-density (:func:`shift_log_densities`).
+    weights : ndarray of shape (n,) or (0,), float64
+        Row weights, or none.
+    rows : int
+        Rows per sub-block.
+    floor : float
+        As :func:`shift_log_densities`.
+    quad : ndarray of shape (K, q), float64
+        ``Σ r φ(x - c_g)`` over every group, added in place.
+    srx : ndarray of shape (n_groups, K, d), float64
+        ``Σ r (x - c_g)`` per group, written.
+    nk : ndarray of shape (n_groups, K), float64
+        ``Σ r`` per group, added in place.
+
+    Returns
+    -------
+    log_norm, r_log_r : float
+        As :func:`responsibilities`.
+    """
+    d = X.shape[1]
+    K = const.shape[0]
+    p = coefficients.shape[1]
+    q = p - d - 1
+    A = np.empty((rows, p), dtype=np.float32)
+    L = np.empty((rows, K), dtype=np.float32)
+    S = np.empty((rows, K), dtype=np.float32)
+    R = np.empty((rows, K), dtype=np.float32)
+    G_sub = np.empty((K, p), dtype=np.float32)
+    G = np.empty((K, p))
+    active = np.empty(K, dtype=np.int64)
+    R_active = np.empty(K * rows, dtype=np.float32)
+    xc = np.empty(d, dtype=np.float32)
+    amax = np.empty(rows)
+    ws = None if weights.shape[0] == 0 else weights[order]
+    log_norm = 0.0
+    r_log_r = 0.0
+    for g in range(bounds.shape[0] - 1):
+        G[:] = 0.0
+        c = centres[g]
+        for start in range(bounds[g], bounds[g + 1], rows):
+            m = min(rows, bounds[g + 1] - start)
+            for t in range(m):
+                a = A[t]
+                x = X[order[start + t]]
+                for j in range(d):
+                    xc[j] = np.float64(x[j]) - c[j]
+                o = 0
+                for i in range(d):
+                    xi = xc[i]
+                    width = d - i
+                    dst = a[o : o + width]
+                    src = xc[i:]
+                    for j in range(width):
+                        dst[j] = xi * src[j]
+                    o += width
+                lin = a[o : o + d]
+                for j in range(d):
+                    lin[j] = xc[j]
+                a[o + d] = 1.0
+            np.dot(A[:m], coefficients[g], L[:m])
+            norm, rlr = _normalise(L[:m], const, S[:m], R[:m], amax[:m], floor, nk[g], ws, start)
+            log_norm += norm
+            r_log_r += rlr
+            # Once the components separate, most have no responsibility (below the floor)
+            # for any row of a group's sub-block: the moment GEMM runs on the others only.
+            n_active = 0
+            for k in range(K):
+                for t in range(m):
+                    if R[t, k] != 0.0:
+                        active[n_active] = k
+                        n_active += 1
+                        break
+            if n_active == K:
+                np.dot(R[:m].T, A[:m], G_sub)
+            else:
+                Ra = R_active[: n_active * m].reshape((n_active, m))
+                for a in range(n_active):
+                    k = active[a]
+                    for t in range(m):
+                        Ra[a, t] = R[t, k]
+                np.dot(Ra, A[:m], G_sub[:n_active])
+            for a in range(n_active):
+                k = active[a] if n_active < K else a
+                row = G[k]
+                part = G_sub[a]
+                for j in range(p):
+                    row[j] += np.float64(part[j])
+        for k in range(K):
+            for j in range(q):
+                quad[k, j] += G[k, j]
+            for j in range(d):
+                srx[g, k, j] = G[k, q + j]
+    return log_norm, r_log_r
+
+
+@jit
+def grouped_estep_tied32(
+    X: AnyArray,
+    order: AnyArray,
+    bounds: AnyArray,
+    centres: FloatArray,
+    maps: AnyArray,
+    offsets: FloatArray,
+    const: FloatArray,
+    weights: FloatArray,
+    rows: int,
+    floor: float,
+    second: FloatArray,
+    srx: FloatArray,
+    nk: FloatArray,
+) -> tuple[float, float]:
+    """The float32 ``tied`` E-step of a block whose rows are grouped by their nearest mean.
+
+    With one precision ``P = U Uᵀ`` for all components, ``(x - μ_k)ᵀ P (x - μ_k) =
+    ‖(x - c) U‖² - 2 (x - c)ᵀ P δ_k + δ_kᵀ P δ_k`` (``δ_k = μ_k - c``): the rows' differences
+    to their group's centre times ``[U | P δᵀ]`` give every component's log-density, one
+    ``(m, d) @ (d, d + K)`` GEMM. The tied second moment sums over the components, and the
+    responsibilities of a row sum to its weight, so it needs no responsibilities:
+    ``Σ_k Σ_i r_ik (x - c)(x - c)ᵀ = Σ_i w_i (x - c)(x - c)ᵀ``, one ``(d, m) @ (m, d)`` GEMM;
+    the first moments ``Rᵀ (X - c)`` another. ~6 k flops a row against ~36 k for the
+    quadratic features.
+
+    Parameters
+    ----------
+    X, order, bounds, centres, const, weights, rows, floor
+        As :func:`grouped_estep_full32`.
+    maps : ndarray of shape (n_groups, d, d + K), float32
+        ``[U | P δ_gᵀ]`` per group, ``δ_g = μ - centres[g]``.
+    offsets : ndarray of shape (n_groups, K), float64
+        ``δ_gkᵀ P δ_gk``.
+    second : ndarray of shape (d, d), float64
+        ``Σ_i w_i (x - c_g)(x - c_g)ᵀ`` over every group, added in place.
+    srx : ndarray of shape (n_groups, K, d), float64
+        ``Σ r (x - c_g)`` per group, written.
+    nk : ndarray of shape (n_groups, K), float64
+        ``Σ r`` per group, added in place.
+
+    Returns
+    -------
+    log_norm, r_log_r : float
+    """
+    d = X.shape[1]
+    K = const.shape[0]
+    Z = np.empty((rows, d), dtype=np.float32)
+    Zw = np.empty((rows, d), dtype=np.float32)
+    Y = np.empty((rows, d + K), dtype=np.float32)
+    S = np.empty((rows, K), dtype=np.float32)
+    R = np.empty((rows, K), dtype=np.float32)
+    Q_sub = np.empty((d, d), dtype=np.float32)
+    F_sub = np.empty((K, d), dtype=np.float32)
+    F = np.empty((K, d))
+    L = np.empty((rows, K))
+    amax = np.empty(rows)
+    ws = None if weights.shape[0] == 0 else weights[order]
+    log_norm = 0.0
+    r_log_r = 0.0
+    for g in range(bounds.shape[0] - 1):
+        F[:] = 0.0
+        c = centres[g]
+        off = offsets[g]
+        for start in range(bounds[g], bounds[g + 1], rows):
+            m = min(rows, bounds[g + 1] - start)
+            for t in range(m):
+                x = X[order[start + t]]
+                z = Z[t]
+                for j in range(d):
+                    z[j] = np.float64(x[j]) - c[j]
+            np.dot(Z[:m], maps[g], Y[:m])
+            for t in range(m):
+                y = Y[t]
+                y2 = 0.0
+                for j in range(d):
+                    y2 += np.float64(y[j]) * np.float64(y[j])
+                for k in range(K):
+                    L[t, k] = -0.5 * (y2 - 2.0 * np.float64(y[d + k]) + off[k])
+            norm, rlr = _normalise(L[:m], const, S[:m], R[:m], amax[:m], floor, nk[g], ws, start)
+            log_norm += norm
+            r_log_r += rlr
+            if ws is not None:
+                for t in range(m):
+                    w32 = np.float32(ws[start + t])
+                    for j in range(d):
+                        Zw[t, j] = Z[t, j] * w32
+                np.dot(Zw[:m].T, Z[:m], Q_sub)
+            else:
+                np.dot(Z[:m].T, Z[:m], Q_sub)
+            np.dot(R[:m].T, Z[:m], F_sub)
+            for i in range(d):
+                for j in range(d):
+                    second[i, j] += np.float64(Q_sub[i, j])
+            for k in range(K):
+                for j in range(d):
+                    F[k, j] += np.float64(F_sub[k, j])
+        for k in range(K):
+            for j in range(d):
+                srx[g, k, j] = F[k, j]
     return log_norm, r_log_r

@@ -24,8 +24,9 @@ from emdist.kernels._blocks import (
 )
 from emdist.kernels.covariance import covariance_shape
 from emdist.kernels.fused_estep import (
-    add_float32,
-    nearest_labels,
+    group_by_nearest,
+    grouped_estep_full32,
+    grouped_estep_tied32,
     quadratic_features,
     responsibilities,
     shift_log_densities,
@@ -63,6 +64,11 @@ _FLOAT32_LOG_FLOOR = -50.0
 
 # Rows per GEMM of float32 rows by the means' offsets, to find each row's nearest mean.
 _ASSIGN_ROWS = 4096
+
+# Rows per sub-block of the float32 tied E-step: its (rows, d + K) GEMM output and the
+# (rows, d) differences stay in L1/L2 (benchmarks/README.md, "float32 E-step in one
+# compiled call").
+_TIED32_ROWS = 256
 
 
 @dataclass(frozen=True, eq=False)
@@ -292,7 +298,7 @@ def fused_estep(
     const = np.ascontiguousarray(log_offsets + log_det - 0.5 * d * np.log(2 * np.pi))
     maps = QuadraticMaps(shift, precisions_cholesky, covariance_type)
     if X.dtype == np.float32 and covariance_type in ("full", "tied"):
-        return _estep_float32_by_nearest_mean(X, maps, const, w)
+        return _estep_float32_by_nearest_mean(X, maps, precisions_cholesky, const, w)
     coefficients = maps.coefficients
     p = maps.n_columns
     rows = max(1, min(n, feature_block_rows(p, K)))
@@ -323,78 +329,63 @@ def fused_estep(
 
 
 def _estep_float32_by_nearest_mean(
-    X: AnyArray, maps: QuadraticMaps, const: FloatArray, w: FloatArray | None
+    X: AnyArray,
+    maps: QuadraticMaps,
+    precisions_cholesky: FloatArray,
+    const: FloatArray,
+    w: FloatArray | None,
 ) -> tuple[FloatArray, FloatArray, FloatArray, float, float]:
-    """:func:`fused_estep` of float32 rows (``full``/``tied``): both GEMMs in float32.
+    """:func:`fused_estep` of float32 rows (``full``/``tied``): every product in float32.
 
-    The rows are grouped by their nearest mean ``μ_g`` and each group's quadratic features
-    are taken about ``μ_g``, not about one shared centre: a row is never farther from its
-    features' centre than from any mean, so the float32 features, log-densities and moment
-    sums carry errors of float32's precision relative to the spread of the components the
-    row weighs in, whatever their distance from each other or from the origin (the shared
-    centre cost ``eps (|μ_k - c| / σ_k)²``, 3e-4 of a covariance at 5 standard deviations
-    in float32). Every sub-block's sums are added in float64 and moved from the group's
-    centre to each mean in float64. docs/design.md, "Numerics".
+    The rows are grouped by their nearest mean ``μ_g`` and each group's differences are
+    taken about ``μ_g``, not about one shared centre: a row is never farther from its
+    centre than from any mean, so the float32 log-densities and moment sums carry errors
+    of float32's precision relative to the spread of the components the row weighs in,
+    whatever their distance from each other or from the origin (the shared centre cost
+    ``eps (|μ_k - c| / σ_k)²``, 3e-4 of a covariance at 5 standard deviations in float32).
+    The whole block then runs in one compiled call, GEMMs included
+    (:func:`~emdist.kernels.fused_estep.grouped_estep_full32`: the quadratic features;
+    :func:`~emdist.kernels.fused_estep.grouped_estep_tied32`: the shared precision's
+    whitening, no features); every sub-block's sums are added in float64 and moved from
+    the group's centre to each mean in float64. docs/design.md, "Numerics".
     """
     K, d = maps.shift.shape
     n = X.shape[0]
-    p = maps.n_columns
-    labels = np.empty(n, dtype=np.int16 if K < 2**15 else np.int64)
     # The nearest mean in float32: a GEMM of the rows less the means' centre (exact for
     # rows far from the origin, where x and c agree in their leading bits) by -2 δᵀ. Its
-    # rounding only makes a row's group a near-nearest mean, which costs nothing.
+    # rounding only makes a row's group a near-nearest mean, which costs nothing. The kernel
+    # reads the rows through ``order`` (no gathered copy).
     centre32 = maps.centre.astype(np.float32)
     directions = np.ascontiguousarray(-2.0 * (maps.shift - centre32).T, dtype=np.float32)
     offsets = np.einsum("ki,ki->k", maps.shift - centre32, maps.shift - centre32)
-    step = max(1, min(n, _ASSIGN_ROWS))
-    diff = np.empty((step, d), dtype=np.float32)
-    scores = np.empty((step, K), dtype=np.float32)
-    for start in range(0, n, step):
-        m = min(step, n - start)
-        np.subtract(X[start : start + m], centre32, out=diff[:m])
-        np.matmul(diff[:m], directions, out=scores[:m])
-        nearest_labels(scores[:m], offsets, labels, start)
-    order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(K + 1))
-    Xs = np.take(X, order, axis=0)
-    ws = None if w is None else np.take(w, order)
-    rows = max(1, min(n, feature_block_rows(p, K)))
-    A = np.empty((rows, p), dtype=np.float32)
-    no_copy = np.empty((0, p), dtype=np.float32)
-    L = np.empty((rows, K), dtype=np.float32)
-    # Shifted log-densities and responsibilities in float32 (numpy's float64 exp leaves
-    # its SIMD loop for the whole call when any value underflows: 15x slower here).
-    S = np.empty((rows, K), dtype=np.float32)
-    R = np.empty((rows, K), dtype=np.float32)
-    amax = np.empty(rows)
-    G_sub = np.empty((K, p), dtype=np.float32)
-    groups = [g for g in range(K) if bounds[g + 1] > bounds[g]]
-    # One group's sums at a time: the quadratic columns of all groups add up in one (K, q)
-    # array, only the linear ones are kept per group (K d each, not K p).
-    q = maps.n_quadratic
-    G = np.zeros((K, p))
-    quad = np.zeros((K, q))
-    srx = np.empty((len(groups), K, d))
+    order = np.empty(n, dtype=np.int64)
+    bounds = np.empty(K + 1, dtype=np.int64)
+    group_by_nearest(X, centre32, directions, offsets, _ASSIGN_ROWS, order, bounds)
+    groups = np.flatnonzero(bounds[1:] > bounds[:-1])
+    group_bounds = np.append(bounds[groups], bounds[-1])
+    centres = np.ascontiguousarray(maps.shift[groups])
+    weights = np.empty(0) if w is None else w
+    srx = np.zeros((len(groups), K, d))
     nk = np.zeros((len(groups), K))
-    log_norm = r_log_r = 0.0
-    for j, g in enumerate(groups):
-        about = maps.about(maps.shift[g])
-        coefficients = np.ascontiguousarray(about.coefficients, dtype=np.float32)
-        for start in range(int(bounds[g]), int(bounds[g + 1]), rows):
-            m = min(rows, int(bounds[g + 1]) - start)
-            quadratic_features(Xs, start, about.centre, about.kind, A[:m], no_copy)
-            np.matmul(A[:m], coefficients, out=L[:m])
-            shift_log_densities(L[:m], const, S[:m], amax[:m], _FLOAT32_LOG_FLOOR)
-            np.exp(S[:m], out=R[:m])
-            norm, rlr = responsibilities(S[:m], R[:m], amax[:m], nk[j], ws, start)
-            log_norm += norm
-            r_log_r += rlr
-            np.matmul(R[:m].T, A[:m], out=G_sub)
-            add_float32(G, G_sub)
-        quad += G[:, :q]
-        srx[j] = G[:, q : q + d]
-        G[:] = 0.0
-    sx, sxx = maps.moments_about_centres(quad, srx, nk, maps.shift[groups])
+    q = maps.n_quadratic
+    quad = np.zeros((K, q))
+    if maps.covariance_type == "full":
+        coefficients = maps.coefficients_about(centres).astype(np.float32)
+        rows = max(1, min(n, feature_block_rows(maps.n_columns, K)))
+        log_norm, r_log_r = grouped_estep_full32(
+            X, order, group_bounds, centres, coefficients, const, weights, rows,
+            _FLOAT32_LOG_FLOOR, quad, srx, nk,
+        )  # fmt: skip
+    else:
+        whitening, offsets_g = maps.whitening_about(precisions_cholesky, centres)
+        second = np.zeros((d, d))
+        log_norm, r_log_r = grouped_estep_tied32(
+            X, order, group_bounds, centres, whitening.astype(np.float32), offsets_g, const,
+            weights, _TIED32_ROWS, _FLOAT32_LOG_FLOOR, second, srx, nk,
+        )  # fmt: skip
+        # The tied move sums over the components: the whole second moment rides on one.
+        quad[0] = second[np.triu_indices(d)]
+    sx, sxx = maps.moments_about_centres(quad, srx, nk, centres)
     return nk.sum(axis=0), sx, sxx, float(log_norm), float(r_log_r)
 
 

@@ -22,14 +22,13 @@ Numerics: the moments about ``c`` are moved to the shift ``μ_k`` exactly in alg
 spread. ``c`` is the mean of the means, so data far from the origin costs nothing (the
 rows and means are differenced from ``c`` first, in float64): components 300 of their own
 standard deviations from ``c`` keep ~1e-9 in float64, 5 of them ~1e-12. float32 data
-(``full``/``tied``) takes its features about each row's nearest mean instead
-(:meth:`QuadraticMaps.about`, :meth:`QuadraticMaps.moments_about_centres`), where float32
-loses nothing to the distance between the components.
+(``full``/``tied``) takes its differences about each row's nearest mean instead
+(:meth:`QuadraticMaps.coefficients_about`, :meth:`QuadraticMaps.whitening_about`,
+:meth:`QuadraticMaps.moments_about_centres`), where float32 loses nothing to the distance
+between the components.
 """
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 
@@ -112,11 +111,33 @@ class QuadraticMaps:
         B = np.concatenate([self._quad, -2.0 * p_delta, offset[:, None]], axis=1)
         self.coefficients: FloatArray = np.ascontiguousarray(-0.5 * B.T)
 
-    def about(self, centre: FloatArray) -> QuadraticMaps:
-        """The same maps with the features taken about ``centre`` (precisions shared)."""
-        maps = copy.copy(self)
-        maps._set_centre(centre)
-        return maps
+    def coefficients_about(self, centres: FloatArray) -> FloatArray:
+        """:attr:`coefficients` with the features about each of ``centres``, (g, q + d + 1, K).
+
+        As :meth:`about` for every centre at once (``full``/``tied``).
+        """
+        delta = self.shift[None, :, :] - centres[:, None, :]  # (g, K, d)
+        # P_k δ_gk as K batched (g, d) @ (d, d) products (P_k is symmetric).
+        p_delta = np.matmul(delta.transpose(1, 0, 2), self._precision).transpose(1, 0, 2)
+        offset = np.einsum("gki,gki->gk", delta, p_delta)
+        quad = np.broadcast_to(self._quad, (len(centres), *self._quad.shape))
+        B = np.concatenate([quad, -2.0 * p_delta, offset[:, :, None]], axis=2)
+        return np.ascontiguousarray(-0.5 * B.transpose(0, 2, 1))
+
+    def whitening_about(
+        self, precision_cholesky: FloatArray, centres: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """``tied``: ``[U | P δ_gᵀ]`` per centre, (g, d, d + K), and ``δ_gkᵀ P δ_gk``, (g, K).
+
+        ``δ_gk = μ_k - centres[g]``, ``P = U Uᵀ`` (``U`` the precision's Cholesky factor):
+        ``(x - μ_k)ᵀ P (x - μ_k) = ‖(x - c_g) U‖² - 2 (x - c_g)ᵀ P δ_gk + δ_gkᵀ P δ_gk``.
+        """
+        delta = self.shift[None, :, :] - centres[:, None, :]  # (g, K, d)
+        p_delta = delta @ self._precision[0]  # P is symmetric
+        offset = np.einsum("gki,gki->gk", delta, p_delta)
+        U = np.broadcast_to(precision_cholesky, (len(centres), *precision_cholesky.shape))
+        maps = np.concatenate([U, p_delta.transpose(0, 2, 1)], axis=2)
+        return np.ascontiguousarray(maps), np.ascontiguousarray(offset)
 
     @property
     def n_columns(self) -> int:
@@ -198,9 +219,11 @@ class QuadraticMaps:
         S[:, rows, cols] = quad
         S[:, cols, rows] = quad
         # Every group's move is linear in its sums, so the moves are summed over the groups.
-        cross = np.einsum("gki,gkj->kij", delta, srx)
+        # As K batched (d, g) @ (g, d) products.
+        delta_t = delta.transpose(1, 2, 0)  # (K, d, g)
+        cross = np.matmul(delta_t, srx.transpose(1, 0, 2))
         sxx = S - cross - cross.transpose(0, 2, 1)
-        sxx += np.einsum("gk,gki,gkj->kij", nk, delta, delta)
+        sxx += np.matmul(delta_t * nk.T[:, None, :], delta.transpose(1, 0, 2))
         if self.covariance_type == "tied":
             sxx = sxx.sum(axis=0)
         return np.ascontiguousarray(sx), np.ascontiguousarray(sxx)

@@ -17,6 +17,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from emdist.kernels import MixtureParams, compute_precision_cholesky, mixture_estep_chunk
+from emdist.kernels.fused_estep import group_by_nearest
 from emdist.kernels.mixture import MixtureStats
 from emdist.kernels.mixture_reference import mixture_estep_reference, variational_estep_reference
 from emdist.kernels.rows import RowBlock
@@ -292,3 +293,50 @@ def test_float32_statistics_do_not_depend_on_the_blocks(covariance_type: str) ->
     ]
     total = parts[0] + parts[1] + parts[2] + parts[3]
     _assert_float32_precision(total, whole, params.n_components)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6], ids=["at-origin", "translated-1e6"])
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_float32_weighted_statistics_are_those_of_repeated_rows(
+    covariance_type: str, offset: float
+) -> None:
+    # Integer weights: the statistics of the rows repeated that many times (0 drops a row).
+    # The float32 tied E-step takes its second moment from the weights alone (a row's
+    # responsibilities sum to its weight), full from the weighted responsibilities.
+    X, params = _far_mixture(covariance_type, 50.0, offset)
+    weights = np.random.default_rng(13).integers(0, 4, len(X)).astype(np.float64)
+    got = mixture_estep_chunk(RowBlock(X, 0, weights=weights), params, covariance_type)
+    repeated = np.repeat(X.astype(np.float64), weights.astype(np.int64), axis=0)
+    want = mixture_estep_reference(RowBlock(repeated, 0), params, covariance_type)
+    assert got.n == len(repeated)
+    _assert_float32_precision(got, want, params.n_components)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_float32_blocks_smaller_than_the_components(covariance_type: str) -> None:
+    # Three rows and six components: most means are no row's nearest (empty groups).
+    X, params = _far_mixture(covariance_type, 5.0, 1e6, K=6, n=3)
+    got = mixture_estep_chunk(RowBlock(X, 0), params, covariance_type)
+    want = mixture_estep_reference(RowBlock(X.astype(np.float64), 0), params, covariance_type)
+    _assert_float32_precision(got, want, params.n_components)
+
+
+def test_float32_rows_are_grouped_by_their_nearest_mean_in_row_order() -> None:
+    # The compiled grouping is a stable sort of the rows by their nearest mean: every row's
+    # group is its nearest mean (clear of ties here), rows keep their order within a group,
+    # and a mean nearest to no row has an empty group.
+    rng = np.random.default_rng(14)
+    K, d, n = 7, 5, 3000
+    means = rng.standard_normal((K, d)) * 10.0 + 1e5
+    X = (means[rng.integers(0, K - 1, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    centre = means.mean(axis=0)
+    centre32 = centre.astype(np.float32)
+    directions = np.ascontiguousarray(-2.0 * (means - centre32).T, dtype=np.float32)
+    offsets = np.einsum("ki,ki->k", means - centre32, means - centre32)
+    order = np.empty(n, dtype=np.int64)
+    bounds = np.empty(K + 1, dtype=np.int64)
+    group_by_nearest(X, centre32, directions, offsets, 256, order, bounds)
+    nearest = np.argmin(((X[:, None, :] - means[None]) ** 2).sum(axis=2), axis=1)
+    np.testing.assert_array_equal(order, np.argsort(nearest, kind="stable"))
+    np.testing.assert_array_equal(bounds, np.searchsorted(np.sort(nearest), np.arange(K + 1)))
+    assert bounds[K] - bounds[K - 1] == 0
