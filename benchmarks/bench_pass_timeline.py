@@ -39,7 +39,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 from bench_kmeans_walk import count_rows, load, trajectories  # noqa: E402
-from dask.diagnostics import Profiler  # noqa: E402
+from dask.diagnostics.profile import Profiler  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from emdist.engine.kept import KeptState  # noqa: E402
