@@ -63,6 +63,7 @@ from emdist.engine.data import align_per_row  # noqa: E402
 from emdist.engine.kept import KeptState  # noqa: E402
 from emdist.engine.lockstep import shared_pass  # noqa: E402
 from emdist.engine.reduce import Rows, map_reduce  # noqa: E402
+from emdist.engine.threads import blas_single_threaded  # noqa: E402
 from emdist.io import as_dask_array  # noqa: E402
 from emdist.kernels.kmeans import (  # noqa: E402
     KMeansParams,
@@ -126,7 +127,8 @@ def main() -> None:
     if args.kernels:
         kernels(n, d, K, R, args.repeats)
         return
-    with _common.scratch_dir() as tmp:
+    # BLAS at one thread per Dask thread, as a fit runs its passes (emdist.engine.threads).
+    with _common.scratch_dir() as tmp, blas_single_threaded():
         data = _common.make_blobs(n, d, K, seed=0)
         plain, packed = str(tmp / "plain.zarr"), str(tmp / "zstd.zarr")
         _common.write_zarr(plain, n, d, chunk_rows=args.chunk_rows, fill=data)
