@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+import dask
 import numpy as np
 
 from emdist.engine.data import FitData, ScanSpec
@@ -705,7 +706,10 @@ def _kept_pass(
     if not holder.fits(int(rows.shape[0]), len(steps)):
         holder.drop()
         return None
-    return holder.run(rows, estep_kept, [p for _, p in steps], list(tags))
+    # Blocks whose state proves them unchanged are left unread (dask config
+    # ``emdist.kept-skip``, on by default; off: every pass reads every block).
+    skip = getattr(family, "kept_skip", None) if dask.config.get("emdist.kept-skip", True) else None
+    return holder.run(rows, estep_kept, [p for _, p in steps], list(tags), skip=skip)
 
 
 def drive(X: PassData, groups: Sequence[RestartGroup[Any, Any]]) -> None:

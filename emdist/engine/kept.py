@@ -15,6 +15,14 @@ equal, bit for bit, those of a pass without state). The state lives as long as t
 :class:`KeptState` (one fit's passes) and is never written to a checkpoint: a resumed fit
 starts without it, which changes no result, only what its first pass computes.
 
+A family that can tell, from a block's kept state alone, that none of its rows changes
+under the next parameters (:class:`Skipping`; K-means: every row keeps its label on its
+bounds) has such *clean* blocks left unread: their statistics come from their states in a
+task without data, their states stand as they are (valid, under the parameters of the pass
+that last read the block), and the pass reads only the others. Should the totals of such a
+pass not stand (K-means: a cluster came out empty, which needs every block's far rows), the
+pass runs again reading every block.
+
 The state costs memory: ``bytes_per_row`` per row and restart. Above a budget (dask config
 ``emdist.kept-state-bytes``, :data:`DEFAULT_BUDGET` by default; 0 turns kept state off) the
 passes run without it.
@@ -24,19 +32,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import dask
 import dask.array as da
 import numpy as np
 from dask.base import compute, persist
+from dask.delayed import delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from emdist.engine.lockstep import StatsTuple
 from emdist.engine.reduce import Rows, block_results, sum_tree
 from emdist.engine.threads import single_blas_task
 from emdist.kernels.rows import RowBlock
 
-__all__ = ["DEFAULT_BUDGET", "KeptState", "budget"]
+__all__ = ["DEFAULT_BUDGET", "KeptState", "Skipping", "budget"]
 
 #: Default memory for kept per-row state, summed over the cluster (bytes): 2 GiB holds
 #: K-means' bounds of ~180 million rows for one restart (12 bytes a row).
@@ -46,6 +56,24 @@ DEFAULT_BUDGET = 2 << 30
 StateKernel = Callable[[RowBlock, Sequence[Any], Sequence[Any], Any], tuple[list[Any], Any]]
 
 
+class Skipping(Protocol):
+    """How a family's pass leaves unread the blocks its kept state proves unchanged."""
+
+    def reach(self, state: Any) -> Any:
+        """What the client keeps of a block's new state to decide (small; in the block's task)."""
+
+    def stays(self, reach: Any, params: Sequence[Any], tags: Sequence[Any]) -> bool:
+        """Whether the block of this reach needs no read under ``params`` (at the client)."""
+
+    def kept_stats(
+        self, state: Any, params: Sequence[Any], tags: Sequence[Any]
+    ) -> list[Any] | None:
+        """The block's statistics from its state alone, or ``None`` if it must be read."""
+
+    def stands(self, totals: Sequence[Any]) -> bool:
+        """Whether a pass's totals hold although blocks were left unread."""
+
+
 def budget() -> int:
     """The memory kept state may take (bytes; dask config ``emdist.kept-state-bytes``)."""
     value = dask.config.get("emdist.kept-state-bytes", DEFAULT_BUDGET)
@@ -53,19 +81,38 @@ def budget() -> int:
 
 
 def _with_state(
-    block: RowBlock, kernel: StateKernel, params: Any, tags: Any, previous: Any = None
-) -> tuple[StatsTuple, Any]:
-    # A block's (statistics, state) from the kernel, handed its previous state.
+    block: RowBlock,
+    kernel: StateKernel,
+    params: Any,
+    tags: Any,
+    skip: Skipping | None,
+    previous: Any = None,
+) -> tuple[StatsTuple, Any, Any]:
+    # A block's (statistics, state, reach) from the kernel, handed its previous state; the
+    # reach is taken here, while the state is at hand.
     stats, state = kernel(block, params, tags, previous)
-    return StatsTuple(tuple(stats)), state
+    return StatsTuple(tuple(stats)), state, None if skip is None else skip.reach(state)
 
 
-def _stats_of(pair: tuple[StatsTuple, Any]) -> StatsTuple:
+def _kept_pair(stats: list[Any], state: Any) -> tuple[StatsTuple, Any, Any]:
+    # An unread block: its statistics from its state, the state as it was, no new reach.
+    return StatsTuple(tuple(stats)), state, None
+
+
+def _kept_stats(skip: Skipping, state: Any, params: Any, tags: Any) -> list[Any] | None:
+    return skip.kept_stats(state, params, tags)
+
+
+def _reach_of(pair: tuple[StatsTuple, Any, Any]) -> Any:
+    return pair[2]
+
+
+def _stats_of(pair: tuple[Any, ...]) -> StatsTuple:
     stats: StatsTuple = pair[0]
     return stats
 
 
-def _state_of(pair: tuple[StatsTuple, Any]) -> Any:
+def _state_of(pair: tuple[Any, ...]) -> Any:
     return pair[1]
 
 
@@ -91,8 +138,14 @@ class KeptState:
         self.limit = budget() if limit is None else int(limit)
         self._states: da.Array | None = None
         self._one: Any = None
+        # Per block: what its state proves (Skipping.reach), kept here to decide unread blocks.
+        self._reaches: list[Any] = []
         #: Passes run with the state.
         self.passes = 0
+        #: Blocks read by each pass (an unread block costs no read of its data).
+        self.blocks_read: list[int] = []
+        #: Passes run again reading every block (their totals needed the unread blocks).
+        self.passes_read_again = 0
 
     def fits(self, n_rows: int, n_restarts: int) -> bool:
         """Whether the state of ``n_restarts`` restarts over ``n_rows`` rows fits the budget."""
@@ -102,6 +155,7 @@ class KeptState:
         """Forget the kept state (the next pass starts without it)."""
         self._states = None
         self._one = None
+        self._reaches = []
 
     def run(
         self,
@@ -110,6 +164,7 @@ class KeptState:
         params: Sequence[Any],
         tags: Sequence[Any],
         split_every: int = 8,
+        skip: Skipping | None = None,
     ) -> list[Any]:
         """One pass: every block's statistics under ``params``, its state kept for the next.
 
@@ -125,6 +180,9 @@ class KeptState:
             The restarts' names, the same from pass to pass.
         split_every : int, default=8
             Fan-in of the reduction tree (the plain pass's, for equal totals).
+        skip : Skipping, optional
+            Leave unread the blocks whose kept state proves them unchanged (the module's
+            docstring); their statistics are the family's from the state alone.
 
         Returns
         -------
@@ -138,17 +196,79 @@ class KeptState:
             stats, self._one = single_blas_task(
                 kernel, RowBlock(x, 0, **per_row), tuple(params), tuple(tags), self._one
             )
+            self.blocks_read.append(1)
             return list(stats)
         assert isinstance(x, da.Array)
         previous = self._states
         if previous is not None and previous.numblocks[0] != x.numblocks[0]:
             previous = None
+        kept: dict[int, list[Any]] = {}
+        if skip is not None and previous is not None and len(self._reaches) == x.numblocks[0]:
+            kept = self._unread(previous, skip, params, tags)
+        total = self._pass(X, kernel, params, tags, split_every, skip, previous, kept)
+        if kept and not skip.stands(total):  # type: ignore[union-attr]
+            # The unread blocks gave no far rows, and the totals need them: every block read.
+            self.passes_read_again += 1
+            total = self._pass(X, kernel, params, tags, split_every, skip, previous, {})
+        return total
+
+    def _unread(
+        self, previous: da.Array, skip: Skipping, params: Sequence[Any], tags: Sequence[Any]
+    ) -> dict[int, list[Any]]:
+        """The blocks this pass need not read, with their statistics from their states."""
+        candidates = [
+            i for i, reach in enumerate(self._reaches)
+            if reach is not None and skip.stays(reach, params, tags)
+        ]  # fmt: skip
+        if not candidates:
+            return {}
+        # One task per block, without its data, where its state is.
+        blocks = previous.to_delayed().ravel()
+        task = delayed(_kept_stats, pure=False)
+        got = compute(
+            *[task(skip, blocks[i], tuple(params), tuple(tags)) for i in candidates],
+            optimize_graph=False,
+        )
+        return {i: stats for i, stats in zip(candidates, got, strict=True) if stats is not None}
+
+    def _pass(
+        self,
+        X: Rows,
+        kernel: StateKernel,
+        params: Sequence[Any],
+        tags: Sequence[Any],
+        split_every: int,
+        skip: Skipping | None,
+        previous: da.Array | None,
+        kept: dict[int, list[Any]],
+    ) -> list[Any]:
         # The plain pass's blocks and sum tree (emdist.engine.reduce), the previous state
         # handed to each block's kernel.
         pairs, token = block_results(
-            X, _with_state, kernel, tuple(params), tuple(tags), previous=previous,
+            X, _with_state, kernel, tuple(params), tuple(tags), skip, previous=previous,
             prefix="emdist-kept",
         )  # fmt: skip
+        n_blocks = pairs.numblocks[0]
+        if kept:
+            assert previous is not None
+            # The unread blocks' tasks are dropped from the graph (nothing reads them), the
+            # others' kept; in their places, each unread block's statistics and old state.
+            read = {(pairs.name, i, 0) for i in range(n_blocks) if i not in kept}
+            whole: HighLevelGraph = pairs.__dask_graph__()  # type: ignore[assignment]
+            culled = da.Array(whole.cull(read), pairs.name, pairs.chunks, meta=pairs._meta)
+            name = f"emdist-kept-mixed-{token}"
+            layer: dict[Any, Any] = {
+                (name, i, 0): (
+                    (_kept_pair, kept[i], (previous.name, i, 0))
+                    if i in kept
+                    else (pairs.name, i, 0)
+                )
+                for i in range(n_blocks)
+            }
+            dependencies: list[Any] = [culled, previous]
+            graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
+            pairs = da.Array(graph, name, pairs.chunks, meta=pairs._meta)
+        self.blocks_read.append(n_blocks - len(kept))
         reduction = sum_tree(pairs, token, split_every, _sum_stats, _stats_of, "emdist-kept")
         # Only the states are kept (for K-means: the bounds and the per-segment statistics),
         # not the pass's statistics beside them (the far rows): the budget counts the states.
@@ -159,12 +279,26 @@ class KeptState:
             meta=np.empty((0, 0), dtype=object),
             chunks=pairs.chunks,
         )
+        reaches = da.map_blocks(
+            _reach_of,
+            pairs,
+            name=f"emdist-kept-reach-{token}",
+            meta=np.empty((0, 0), dtype=object),
+            chunks=pairs.chunks,
+        )
         # One run of the graph: the states stay where they were computed (workers, or this
-        # process), the sums come back. Not optimized: blockwise fusion would fold each
-        # block's read into the states' tasks and read it again for the sums.
-        states, reduction = persist(states, reduction, optimize_graph=False)
-        total: StatsTuple = reduction.compute()
+        # process), the sums and the reaches come back. Not optimized: blockwise fusion would
+        # fold each block's read into the states' tasks and read it again for the sums.
+        states, reduction, reaches = persist(states, reduction, reaches, optimize_graph=False)
+        total: StatsTuple
+        total, *new = compute(reduction, *reaches.to_delayed().ravel(), optimize_graph=False)
         self._states = states
+        if skip is None:
+            self._reaches = []
+        else:
+            old = self._reaches if len(self._reaches) == n_blocks else [None] * n_blocks
+            # An unread block keeps its reach (its state did not change).
+            self._reaches = [old[i] if i in kept else new[i] for i in range(n_blocks)]
         return list(total.items)
 
     def block_states(self) -> list[Any]:

@@ -50,6 +50,7 @@ from emdist.kernels.kmeans import (
     kmeans_transform_chunk,
 )
 from emdist.kernels.kmeans_bounds import lloyd_bounds
+from emdist.kernels.kmeans_clean import KMeansSkip
 from emdist.kernels.rebase import rebase_kmeans_stats
 from emdist.kernels.rows import RowBlock
 from emdist.models._base import (
@@ -121,6 +122,9 @@ class KMeansFamily:
     #: Bytes a restart's kept state (Hamerly bounds, segment statistics) takes per row: the
     #: engine's budget of kept state.
     kept_bytes_per_row: ClassVar[int] = BOUND_BYTES_PER_ROW
+
+    #: Blocks whose kept bounds prove every label are left unread by a fit's passes.
+    kept_skip: ClassVar[KMeansSkip] = KMeansSkip()
 
     def estep_kept(
         self,

@@ -9,6 +9,12 @@ A Zarr v3 array is written to disk and opened through a store wrapper that count
   the final ones (``emdist.models.kmeans._final_inertia``: labels and inertia must belong to
   the final centres).
 
+A K-means pass leaves unread the blocks whose kept bounds prove every label
+(``emdist.engine.kept``); the K-means counts here are taken with that off
+(``emdist.kept-skip``), so that every pass reads every chunk. With it on a pass reads each
+chunk at most once, and a late pass only the blocks that may change
+(tests/engine/test_kept_bounds.py).
+
 With explicit initial parameters, or a start drawn from the scan sample (K-means on it,
 k-means++, random rows, the variational fit on it), nothing else reads; a variational
 mixture with a full or tied covariance prior reads one more pass for it.
@@ -16,8 +22,10 @@ mixture with a full or tied covariance prior reads one more pass for it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -103,6 +111,13 @@ def test_gmm_sample_seeding_reads_nothing_extra(
     _assert_each_chunk_read(store, 1 + gm.n_iter_)
 
 
+@pytest.fixture
+def every_block_read() -> Iterator[None]:
+    """K-means passes read every block (none left unread on its kept bounds)."""
+    with dask.config.set({"emdist.kept-skip": False}):
+        yield
+
+
 def _kmeans_final_pass(init: np.ndarray, recorder: _Recorder) -> int:
     """1 if the last pass ran under centres other than the final ones (see the docstring)."""
     centres = [init] + [s.params.centers for s in recorder.states]
@@ -111,7 +126,7 @@ def _kmeans_final_pass(init: np.ndarray, recorder: _Recorder) -> int:
 
 
 def test_kmeans_not_converged_reads_scan_iterations_and_one_final_pass(
-    counted: tuple[zarr.Array, CountingStore, np.ndarray],
+    counted: tuple[zarr.Array, CountingStore, np.ndarray], every_block_read: None
 ) -> None:
     arr, store, X = counted
     init = X[[0, 1, 2]].copy()
@@ -124,7 +139,9 @@ def test_kmeans_not_converged_reads_scan_iterations_and_one_final_pass(
     _assert_each_chunk_read(store, 1 + 2 + 1)
 
 
-def test_kmeans_strictly_converged_needs_no_final_pass(tmp_path: Any) -> None:
+def test_kmeans_strictly_converged_needs_no_final_pass(
+    tmp_path: Any, every_block_read: None
+) -> None:
     # Integer points with power-of-two cluster sizes: every mean is exact, so once the
     # labels stop changing the centres are bitwise fixed and the last pass already ran
     # under the final centres.
@@ -146,7 +163,7 @@ def test_kmeans_strictly_converged_needs_no_final_pass(tmp_path: Any) -> None:
 
 
 def test_kmeans_default_seeding_reads_scan_iterations_and_final_pass(
-    counted: tuple[zarr.Array, CountingStore, np.ndarray],
+    counted: tuple[zarr.Array, CountingStore, np.ndarray], every_block_read: None
 ) -> None:
     arr, store, _ = counted
     recorder = _Recorder()
