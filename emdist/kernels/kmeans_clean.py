@@ -125,10 +125,11 @@ def block_stays(reach: BlockReach, params: Sequence[KMeansParams], tags: Sequenc
     cluster's largest) is farther for every row of ``a``. Each other, *near* centre came
     at most its drift nearer than the row's ``max(lower, 2 h - upper)``: the rows keep
     their labels while the cluster's least slack exceeds ``drift_a`` plus the largest
-    drift of its near centres. Margins wider than the kernel's; the restarts must be
-    exactly the block's.
+    drift of its near centres. Margins wider than the kernel's. Every restart must have
+    bounds in the block; restarts that have finished since may linger there (their memory
+    was the budget's while they ran; the block's next read drops them).
     """
-    if len(tags) != len(reach.tags) or set(tags) != set(reach.tags):
+    if not set(tags) <= set(reach.tags):
         return False
     where = {t: i for i, t in enumerate(reach.tags)}
     for tag, p in zip(tags, params, strict=True):

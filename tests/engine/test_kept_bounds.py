@@ -37,6 +37,7 @@ from emdist.kernels.kmeans import (
 )
 from emdist.kernels.rows import RowBlock
 from emdist.models.kmeans import KMeansFamily
+from tests.helpers import open_counted
 
 FAMILY = KMeansFamily()
 
@@ -326,3 +327,223 @@ def test_the_kept_state_takes_no_more_than_the_budget_counts(
     _, kept = kmeans_estep_bounded(RowBlock(X, 0), params, [0, 1], None)
     assert kept.nbytes <= 2 * len(X) * FAMILY.kept_bytes_per_row
     assert all(m.counts.shape[1] == n_clusters for m in kept.moments)
+
+
+# --- Blocks left unread: every row's label proved by the block's kept bounds ---------------
+
+
+def _assert_same_sums(got: Sequence[KMeansStats], want: Sequence[KMeansStats]) -> None:
+    # All but the far rows, which an unread block does not give.
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a.inertia == b.inertia
+        assert_array_equal(a.counts, b.counts)
+        assert_array_equal(a.sx, b.sx)
+
+
+def _assert_same_fit(a: Any, b: Any) -> None:
+    assert_array_equal(b.cluster_centers_, a.cluster_centers_)
+    assert b.inertia_ == a.inertia_
+    assert b.n_iter_ == a.n_iter_
+    assert b.lower_bounds_ == a.lower_bounds_
+    assert_array_equal(np.asarray(b.labels_), np.asarray(a.labels_))
+
+
+@pytest.fixture
+def kept_states(monkeypatch: pytest.MonkeyPatch) -> list[KeptState]:
+    """Every KeptState a fit makes, to read how many blocks its passes read."""
+    made: list[KeptState] = []
+    init = KeptState.__init__
+
+    def record(self: KeptState, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(KeptState, "__init__", record)
+    return made
+
+
+def _fit_both(data: Any, kept_states: list[KeptState], w: Any = None, **kw: Any) -> list[int]:
+    """Fits without and with unread blocks: equal bit for bit; the latter's blocks read."""
+    fits = []
+    for skip in (False, True):
+        kept_states.clear()
+        with dask.config.set({"emdist.kept-skip": skip}):
+            fits.append(emdist.KMeans(**kw).fit(data, sample_weight=w))
+        # The fit's passes (those of its starts on the scan sample come first).
+        read = kept_states[-1].blocks_read
+    _assert_same_fit(*fits)
+    return read
+
+
+def _moving_and_still(seed: int) -> np.ndarray:
+    """12 000 rows: two overlapping blobs (6 000 rows), then two tight blobs far away.
+
+    Centres in the overlapping blobs move for many iterations, those of the far blobs
+    settle at once: the blocks of far rows are then left unread.
+    """
+    rng = np.random.default_rng(seed)
+    near = [rng.normal(0.0, 1.0, (3_000, 3)), rng.normal(1.5, 1.0, (3_000, 3))]
+    far = [rng.normal(300.0, 1.0, (3_000, 3)), rng.normal(-300.0, 1.0, (3_000, 3))]
+    return np.concatenate(
+        [rng.permutation(np.concatenate(near)), rng.permutation(np.concatenate(far))]
+    )
+
+
+@pytest.mark.parametrize("chunk_rows", [4_000, 2_500, 1_100])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fit_leaving_unchanged_blocks_unread_equals_the_fit_reading_every_block(
+    chunk_rows: int, weighted: bool, kept_states: list[KeptState]
+) -> None:
+    X = _moving_and_still(41)
+    x = da.from_array(X, chunks=(chunk_rows, 3))
+    w = np.random.default_rng(42).uniform(0.0, 2.0, len(X)) if weighted else None
+    kw = {"n_clusters": 4, "n_init": 3, "init": "k-means++", "tol": 0.0, "random_state": 1}
+    read = _fit_both(x, kept_states, w, **kw)
+    # Once the far blobs' centres settled, only the blocks of the overlapping ones were read.
+    assert read[0] == x.numblocks[0]
+    assert -(-6_000 // chunk_rows) in read
+    assert min(read) <= -(-6_000 // chunk_rows)
+
+
+@pytest.mark.parametrize(
+    ("offset", "dtype", "step"),
+    [
+        pytest.param(1e9, np.float64, 2.0**-10, id="1e9-float64"),
+        pytest.param(1e6, np.float32, 2.0**-3, id="1e6-float32"),
+    ],
+)
+def test_fit_leaving_blocks_unread_far_from_the_origin_equals_the_fit_reading_every_block(
+    offset: float, dtype: Any, step: float, kept_states: list[KeptState]
+) -> None:
+    X = np.round(_moving_and_still(43) / step) * step
+    far = (X + offset).astype(dtype)
+    assert_array_equal(far.astype(np.float64) - offset, X)  # the same points, moved
+    x = da.from_array(far, chunks=(1_700, 3))
+    kw = {"n_clusters": 4, "n_init": 2, "init": "k-means++", "tol": 0.0, "random_state": 2}
+    read = _fit_both(x, kept_states, **kw)
+    assert min(read) < x.numblocks[0]
+
+
+def _grouped(rows_per_block: int, seed: int) -> np.ndarray:
+    """Blocks 0-1: two overlapping blobs; blocks 2-3: a tight blob far from both."""
+    rng = np.random.default_rng(seed)
+    near = np.concatenate(
+        [rng.normal(0.0, 1.0, (rows_per_block, 3)), rng.normal(1.5, 1.0, (rows_per_block, 3))]
+    )
+    return np.concatenate([rng.permutation(near), rng.normal(500.0, 1.0, (2 * rows_per_block, 3))])
+
+
+def test_a_late_pass_reads_only_the_blocks_whose_labels_may_change(
+    write_zarr: Callable[..., str],
+) -> None:
+    # Two overlapping blobs in the first two blocks keep moving their centres for many
+    # iterations; the blob of the last two blocks is far from both and its centre stays:
+    # after the first pass those blocks are not read again, and every other block is read
+    # once per pass.
+    X = _grouped(1_000, seed=44)
+    arr, store = open_counted(write_zarr(X, 1_000))
+    rows = Rows(emdist.io.as_dask_array(arr, chunk_rows=1_000))
+    assert rows.x.numblocks[0] == 4
+    params = KMeansParams(X[[0, 1, 2_500]])
+    kept = KeptState(FAMILY.kept_bytes_per_row)
+    skip = FAMILY.kept_skip
+    store.counts.clear()
+    for i in range(6):
+        before = dict(store.chunk_reads())
+        got = kept.run(rows, FAMILY.estep_kept, [params], [0], skip=skip)
+        plain = shared_pass(Rows(da.from_array(X, chunks=(1_000, 3))), [(FAMILY, params)])
+        _assert_same_sums(got, plain)
+        reads = {k: v - before.get(k, 0) for k, v in store.chunk_reads().items()}
+        read_now = {k for k, v in reads.items() if v}
+        assert all(v <= 1 for v in reads.values())  # at most once per pass
+        assert len(read_now) == kept.blocks_read[-1]
+        if i > 0:
+            assert read_now == {"c/0/0", "c/1/0"}, (i, reads)
+        new = kmeans_mstep(plain[0])[0]
+        assert not np.array_equal(new.centers[:2], params.centers[:2])  # still moving
+        params = new
+    assert kept.blocks_read == [4, 2, 2, 2, 2, 2]
+
+
+def test_a_fit_from_a_store_reads_fewer_blocks_leaving_unchanged_ones_unread(
+    write_zarr: Callable[..., str],
+) -> None:
+    X = _grouped(1_000, seed=45)
+    path = write_zarr(X, 1_000)
+    kw = {"n_clusters": 3, "init": X[[0, 1, 2_500]], "n_init": 1, "tol": 0.0}
+    reads, fits = [], []
+    for skip in (False, True):
+        arr, store = open_counted(path)
+        with dask.config.set({"emdist.kept-skip": skip, "emdist.block-size": 1_000 * 3 * 8}):
+            fits.append(emdist.KMeans(**kw).fit(arr))
+        reads.append(store.chunk_reads())
+    _assert_same_fit(*fits)
+    every, fewer = reads
+    passes = 1 + fits[0].n_iter_  # the scan pass, then one per iteration
+    assert set(every.values()) <= {passes, passes + 1}  # (+1: a final assignment pass)
+    assert all(fewer[k] <= every[k] for k in every)
+    # The far blob's blocks were read by the scan pass, the first and the final passes.
+    assert fewer["c/2/0"] < every["c/2/0"] and fewer["c/3/0"] < every["c/3/0"]
+
+
+def test_a_pass_whose_cluster_empties_after_unread_blocks_reads_every_block_again() -> None:
+    # Three tight blobs, one per group of blocks. The second pass under the same centres
+    # reads nothing; then one centre is sent far away, every row leaves it, and the pass
+    # leaves the other blobs' blocks unread: with a cluster empty it is run again reading
+    # every block, so its far rows (which re-seed the cluster) are the plain pass's.
+    rng = np.random.default_rng(46)
+    means = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0]])
+    X = np.concatenate([rng.normal(m, 1.0, (n, 2)) for m, n in zip(means, (2_000, 1_000, 1_000))])
+    rows = Rows(da.from_array(X, chunks=(1_000, 2)))
+    fitted = np.stack([X[:2_000].mean(0), X[2_000:3_000].mean(0), X[3_000:].mean(0)])
+    params = KMeansParams(fitted, fitted.copy())  # sums about fixed references
+    kept = KeptState(FAMILY.kept_bytes_per_row)
+    for _ in range(2):
+        got = kept.run(rows, FAMILY.estep_kept, [params], [0], skip=FAMILY.kept_skip)
+        _assert_same_sums(got, shared_pass(rows, [(FAMILY, params)]))
+    assert kept.blocks_read == [4, 0]
+    centers = params.centers.copy()
+    centers[2] = [1e4, 1e4]
+    moved = KMeansParams(centers, params.reference)
+    got = kept.run(rows, FAMILY.estep_kept, [moved], [0], skip=FAMILY.kept_skip)
+    plain = shared_pass(rows, [(FAMILY, moved)])
+    assert plain[0].counts[2] == 0
+    _assert_identical(got, plain)
+    # The pass read the moved cluster's block, found the cluster empty, and read all again.
+    assert kept.blocks_read[2:] == [1, 4] and kept.passes_read_again == 1
+    (want, _), (new, _) = kmeans_mstep(plain[0]), kmeans_mstep(got[0])
+    assert_array_equal(new.centers, want.centers)
+    assert_array_equal(new.reference, want.reference)
+    # The next pass (a reference moved) still equals the plain one.
+    got = kept.run(rows, FAMILY.estep_kept, [want], [0], skip=FAMILY.kept_skip)
+    _assert_identical(got, shared_pass(rows, [(FAMILY, want)]))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_resumed_fit_leaving_blocks_unread_equals_the_uninterrupted_one(
+    tmp_path: Any, kept_states: list[KeptState]
+) -> None:
+    # The checkpoint holds no kept state: a resumed fit starts without bounds, reads every
+    # block in its first pass, and ends as the uninterrupted fit.
+    X = _moving_and_still(47)
+    x = da.from_array(X, chunks=(2_000, 3))
+    start = np.concatenate([X[:2], np.full((1, 3), 300.0), np.full((1, 3), -300.0)])
+    whole = emdist.KMeans(4, init=start, n_init=1, tol=0.0).fit(x)
+    assert whole.n_iter_ > 4
+
+    def stop(it: Any) -> None:
+        if it.iteration == 3:
+            raise _Stop
+
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(_Stop):
+        emdist.KMeans(4, init=start, n_init=1, tol=0.0, checkpoint=ckpt, observer=stop).fit(x)
+    kept_states.clear()
+    resumed = emdist.KMeans(4, init=start, n_init=1, tol=0.0, checkpoint=ckpt).fit(x)
+    _assert_same_fit(whole, resumed)
+    read = kept_states[-1].blocks_read
+    assert read[0] == x.numblocks[0] and min(read) < x.numblocks[0]
