@@ -494,7 +494,9 @@ def test_a_pass_whose_cluster_empties_after_unread_blocks_reads_every_block_agai
     # every block, so its far rows (which re-seed the cluster) are the plain pass's.
     rng = np.random.default_rng(46)
     means = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0]])
-    X = np.concatenate([rng.normal(m, 1.0, (n, 2)) for m, n in zip(means, (2_000, 1_000, 1_000))])
+    X = np.concatenate(
+        [rng.normal(m, 1.0, (n, 2)) for m, n in zip(means, (2_000, 1_000, 1_000), strict=True)]
+    )
     rows = Rows(da.from_array(X, chunks=(1_000, 2)))
     fitted = np.stack([X[:2_000].mean(0), X[2_000:3_000].mean(0), X[3_000:].mean(0)])
     params = KMeansParams(fitted, fitted.copy())  # sums about fixed references
