@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -97,6 +98,13 @@ def _passes(store: CountingStore) -> int:
 
 @pytest.mark.parametrize("kind", ["kmeans", "gmm"])
 def test_sweep_reads_each_chunk_once_per_pass_for_all_k(data_path: str, kind: str) -> None:
+    # Passes counted as reads of every chunk: K-means passes read every block here (none
+    # left unread on its kept bounds, emdist.engine.kept).
+    with dask.config.set({"emdist.kept-skip": False}):
+        _sweep_reads_each_chunk_once_per_pass(data_path, kind)
+
+
+def _sweep_reads_each_chunk_once_per_pass(data_path: str, kind: str) -> None:
     separate = []
     for k in KS:
         arr, store = open_counted(data_path)
