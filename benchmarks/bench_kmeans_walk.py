@@ -28,6 +28,15 @@ Every restart's statistics from the walk are checked equal, bit for bit, to its 
 E-step's. Medians (min-max) of the rounds, wall and process CPU seconds; the load average
 before and after.
 
+``--skip-fits`` times instead whole fits, ``KMeans(n_init=1, tol=0, max_iter=...)`` from
+each store, with and without unread blocks (``emdist.kept-skip``: a pass leaves unread the
+blocks whose kept bounds prove every label), on the blobs as drawn (rows shuffled) and
+sorted by their nearest blob (each block holds few clusters, as data stored by region or
+time): wall per iteration against the read floor (fit wall / (n_iter x floor): the scan,
+the start's passes and the final pass included) and the blocks each pass read
+(``--init``: random rows by default, so that the fits run many iterations;
+``--spread``: the blobs moved apart by this factor, as clusters that overlap less).
+
 ``--kernels`` times instead the kernels alone on the in-memory block, one thread, CPU
 seconds: one restart, 8 restarts as 8 kernel calls, 8 restarts in one walk, and one and 8
 restarts with bounds (Lloyd's iterations 6..11, each on the previous one's bounds).
@@ -35,6 +44,7 @@ restarts with bounds (Lloyd's iterations 6..11, each on the previous one's bound
     .venv/bin/python benchmarks/bench_kmeans_walk.py                    # ~5 min
     .venv/bin/python benchmarks/bench_kmeans_walk.py --repeats 3 --n-samples 100000
     .venv/bin/python benchmarks/bench_kmeans_walk.py --kernels
+    .venv/bin/python benchmarks/bench_kmeans_walk.py --skip-fits --fit-repeats 3
     .venv/bin/python benchmarks/bench_kmeans_walk.py --weights --repeats 15   # weights only
 """
 
@@ -121,9 +131,19 @@ def main() -> None:
         action="store_true",
         help="only the uncompressed store's floor, 1-restart pass and weighted passes",
     )
+    p.add_argument(
+        "--skip-fits", action="store_true", help="whole fits with and without unread blocks"
+    )
+    p.add_argument("--init", default="random", help="the --skip-fits fits' init")
+    p.add_argument(
+        "--spread", type=float, default=1.0, help="--skip-fits: blob means scaled by this"
+    )
     args = p.parse_args()
     n, d, K, R = args.n_samples, args.n_features, args.k, args.n_init
     print(_common.environment())
+    if args.skip_fits:
+        skip_fits(n, d, K, args.chunk_rows, args.max_iter, args.fit_repeats, args.init, args.spread)
+        return
     if args.kernels:
         kernels(n, d, K, R, args.repeats)
         return
@@ -262,6 +282,95 @@ def main() -> None:
         ]
         header = ["fit", "wall s", "vs n_init=1", "CPU s", "vs n_init=1 CPU", "n_iter_"]
         print(_common.format_table(header, rows))
+    print(f"\nload {load()} at the end")
+
+
+def skip_fits(
+    n: int,
+    d: int,
+    K: int,
+    chunk_rows: int,
+    max_iter: int,
+    repeats: int,
+    init_: str,
+    spread: float,
+) -> None:
+    """Whole fits from each store, with and without unread blocks (``--skip-fits``)."""
+    made: list[KeptState] = []
+    init = KeptState.__init__
+
+    def record(self: KeptState, *a: Any, **kw: Any) -> None:
+        init(self, *a, **kw)
+        made.append(self)
+
+    KeptState.__init__ = record  # type: ignore[method-assign]
+    with _common.scratch_dir() as tmp, blas_single_threaded():
+        data = _common.make_blobs(n, d, K, seed=0)
+        _, means, _ = _common.blob_parameters(d, K, 0)
+        nearest = np.argmin(((data[:, None, :] - means[None]) ** 2).sum(axis=2), axis=1)
+        # The blobs moved apart (each row with its nearest blob's mean), shapes kept.
+        data += (spread - 1.0) * means[nearest]
+        stores: dict[str, str] = {}
+        for order, rows in (
+            ("shuffled", data),
+            ("sorted", data[np.argsort(nearest, kind="stable")]),
+        ):
+            plain, packed = str(tmp / f"{order}.zarr"), str(tmp / f"{order}-zstd.zarr")
+            _common.write_zarr(plain, n, d, chunk_rows=chunk_rows, fill=rows)
+            zarr.create_array(
+                packed, data=rows, chunks=(chunk_rows, d), compressors=zarr.codecs.ZstdCodec()
+            )
+            stores[f"{order}, uncompressed"] = plain
+            stores[f"{order}, zstd"] = packed
+        del data
+        outcome: dict[str, tuple[int, list[int]]] = {}
+
+        def fit(path: str, skip: bool, name: str) -> Callable[[], Any]:
+            def run() -> Any:
+                made.clear()
+                km = emdist.KMeans(
+                    K, n_init=1, init=init_, tol=0.0, max_iter=max_iter, random_state=0
+                )
+                with warnings.catch_warnings(), dask.config.set({"emdist.kept-skip": skip}):
+                    warnings.simplefilter("ignore")
+                    km.fit(path)
+                outcome[name] = (int(km.n_iter_), list(made[-1].blocks_read))
+                return km
+
+            return run
+
+        def floor_of(path: str) -> Callable[[], Any]:
+            return lambda: map_reduce(as_dask_array(path), count_rows)
+
+        contenders: dict[str, Callable[[], Any]] = {}
+        for label, path in stores.items():
+            contenders[f"{label}: read floor"] = floor_of(path)
+            for skip in (False, True):
+                name = f"{label}: fit{', unread blocks' if skip else ''}"
+                contenders[name] = fit(path, skip, name)
+        times, cpu = interleave(contenders, repeats)
+        table = []
+        for label in stores:
+            floor = _common.median(times[f"{label}: read floor"])
+            for skip in (False, True):
+                name = f"{label}: fit{', unread blocks' if skip else ''}"
+                iters, read = outcome[name]
+                wall = _common.median(times[name])
+                table.append(
+                    [
+                        name,
+                        f"{wall:.2f} ({_common.spread(times[name])})",
+                        iters,
+                        f"{wall / (iters * floor):.2f}x",
+                        " ".join(map(str, read)),
+                    ]
+                )
+        print(
+            f"\nFits, {n} x {d}, K={K}, chunks of {chunk_rows} rows, spread {spread}, "
+            f"init={init_}, tol=0, max_iter={max_iter}:"
+        )
+        header = ["fit", "wall s", "n_iter_", "/ (n_iter x floor)", "blocks read per pass"]
+        print(_common.format_table(header, table))
     print(f"\nload {load()} at the end")
 
 
