@@ -57,7 +57,8 @@ class BlockReach:
     centers : tuple of ndarray
         Each restart's centres the bounds hold under (the pass that last read the block).
     upper : ndarray of shape (n_restarts, n_clusters)
-        The largest upper bound of the cluster's rows (``-inf``: none in the block).
+        The largest upper bound of the cluster's rows (``-inf``: none in the block); with
+        restarts of several K, a restart's clusters are its first columns.
     slack : ndarray of shape (n_restarts, n_clusters)
         The smallest ``max(lower, 2 h - upper) - upper`` of the cluster's rows (``inf``:
         none), ``h`` half the distance from the cluster's centre to its nearest other one:
@@ -100,10 +101,11 @@ def block_reach(bounds: KMeansBounds) -> BlockReach:
     top = np.full((R, K), -np.inf)
     slack = np.full((R, K), np.inf)
     if R and bounds.labels.shape[1]:
+        # Restarts of several K side by side: each its own first columns (its labels
+        # never reach the others).
         half_gap = np.full((R, K), np.inf)
         for r, centers in enumerate(bounds.centers):
-            if centers.shape[0] == K:
-                half_gap[r] = _half_gaps(centers[None], True)[0]
+            half_gap[r, : centers.shape[0]] = _half_gaps(centers[None], True)[0]
         _reach_kernel(bounds.labels, bounds.upper, bounds.lower, half_gap, top, slack)
     return BlockReach(tuple(bounds.tags), tuple(bounds.centers), top, slack)
 
@@ -137,10 +139,10 @@ def block_stays(reach: BlockReach, params: Sequence[KMeansParams], tags: Sequenc
         centers = _centers(p.centers)
         before = reach.centers[s]
         K = centers.shape[0]
-        if centers.shape != before.shape or reach.upper.shape[1] != K:
+        if centers.shape != before.shape or reach.upper.shape[1] < K:
             return False
         drift = _drift(centers, before)
-        top = reach.upper[s]
+        top = reach.upper[s, :K]
         present = top > -np.inf
         if not np.any(present):
             continue
@@ -150,7 +152,7 @@ def block_stays(reach: BlockReach, params: Sequence[KMeansParams], tags: Sequenc
         near = apart <= 2.0 * reach_a[:, None]
         np.fill_diagonal(near, False)
         nearest = np.max(np.where(near, drift[None, :], 0.0), axis=1) if K > 1 else drift * 0
-        stays = reach.slack[s] - drift - nearest > _MARGIN * (reach_a + nearest) + _FLOOR
+        stays = reach.slack[s, :K] - drift - nearest > _MARGIN * (reach_a + nearest) + _FLOOR
         if not np.all(stays | ~present):
             return False
     return True

@@ -35,6 +35,7 @@ from emdist.kernels.kmeans import (
     kmeans_estep_many,
     kmeans_mstep,
 )
+from emdist.kernels.kmeans_clean import block_reach, block_stays
 from emdist.kernels.rows import RowBlock
 from emdist.models.kmeans import KMeansFamily
 from tests.helpers import open_counted
@@ -549,3 +550,60 @@ def test_a_resumed_fit_leaving_blocks_unread_equals_the_uninterrupted_one(
     _assert_same_fit(whole, resumed)
     read = kept_states[-1].blocks_read
     assert read[0] == x.numblocks[0] and min(read) < x.numblocks[0]
+
+
+def test_a_sweep_over_k_leaving_blocks_unread_equals_the_sweep_reading_every_block(
+    kept_states: list[KeptState],
+) -> None:
+    # Restarts of several K share every pass (and every block's kept state): each K's
+    # reach is its own, and a block is left unread only where it is for every one.
+    X = _moving_and_still(49)
+    x = da.from_array(X, chunks=(1_500, 3))
+    sweeps = []
+    for skip in (False, True):
+        kept_states.clear()
+        with dask.config.set({"emdist.kept-skip": skip}):
+            template = emdist.KMeans(init="k-means++", tol=0.0, random_state=5)
+            sweeps.append(emdist.select_n_components(x, template, [2, 3, 4, 5]))
+        read = kept_states[-1].blocks_read
+    for a, b in zip(*(s.estimators for s in sweeps), strict=True):
+        _assert_same_fit(a, b)
+    assert min(read) < x.numblocks[0]
+
+
+def test_unread_blocks_on_a_local_cluster_equal_reading_every_block(
+    dask_client: distributed.Client,
+) -> None:
+    # The clean blocks' statistics come from their states where the workers hold them;
+    # the states of unread blocks stay there.
+    X = _moving_and_still(50)
+    x = da.from_array(X, chunks=(2_000, 3)).persist()
+    rows = Rows(x)
+    params = [
+        KMeansParams(np.concatenate([X[:2], np.full((1, 3), 300.0), np.full((1, 3), -300.0)]))
+    ]
+    kept = KeptState(FAMILY.kept_bytes_per_row)
+    for _ in range(6):
+        got = kept.run(rows, FAMILY.estep_kept, params, [0], skip=FAMILY.kept_skip)
+        plain = shared_pass(rows, [(FAMILY, p) for p in params])
+        _assert_same_sums(got, plain)
+        params = [kmeans_mstep(plain[0])[0]]
+    assert kept.blocks_read[0] == 6 and min(kept.blocks_read) == 3
+    states = kept._states
+    assert states is not None
+    keys = [key for (key,) in states.__dask_keys__()]
+    assert all(isinstance(states.dask[key], distributed.Future) for key in keys)
+
+
+def test_a_block_stays_only_if_it_does_for_the_restarts_of_every_k() -> None:
+    # Restarts of K = 2 and K = 4 keep their bounds in one state; the K = 4 centres stay,
+    # the K = 2 ones move across the rows: the block must be read.
+    X = _moving_and_still(51)[:2_000]
+    four = KMeansParams(X[[0, 1, 2, 3]])
+    two = KMeansParams(X[[4, 5]])
+    _, bounds = kmeans_estep_bounded(RowBlock(X, 0), [two, four], ["two", "four"], None)
+    reach = block_reach(bounds)
+    assert block_stays(reach, [two, four], ["two", "four"])  # the same centres
+    moved = KMeansParams(two.centers[::-1].copy())
+    assert not block_stays(reach, [moved, four], ["two", "four"])
+    assert not block_stays(reach, [four, four], ["four", "other"])  # one without bounds
