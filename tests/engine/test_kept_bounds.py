@@ -5,7 +5,9 @@ the rows whose bounds fail; the statistics (centre sums, counts, inertia, far ro
 equal, bit for bit, those of the plain pass at every iteration — on several chunkings, with
 weights, with restarts side by side, from a Zarr store and on a two-process LocalCluster —
 and a fit must end with the same centres, inertia and labels, which are scikit-learn's
-from the same start.
+from the same start. A fit's passes leave unread the blocks whose kept bounds prove every
+label: such fits must equal, bit for bit, fits that read every block, and a late pass
+must read only the blocks whose labels may change.
 """
 
 from __future__ import annotations
