@@ -300,27 +300,79 @@ def responsibilities(
 def _normalise(
     L: AnyArray,
     const: FloatArray,
-    S: AnyArray,
     R: AnyArray,
-    amax: FloatArray,
     floor: float,
     nk: FloatArray,
     weights: FloatArray | None,
     start: int,
-) -> tuple[float, float]:
+    active: AnyArray,
+) -> tuple[int, float, float]:
     """Responsibilities of a sub-block from its log-densities less ``const``, into ``R``.
 
-    :func:`shift_log_densities`, ``exp`` (numba's scalar one: numpy's SIMD ``exp`` would
-    mean a call from Python per sub-block) and :func:`responsibilities`, as the float64
-    E-step runs them.
+    The arithmetic of :func:`shift_log_densities`, ``exp`` (numba's scalar one: numpy's
+    SIMD ``exp`` would mean a call from Python per sub-block) and :func:`responsibilities`,
+    as the float64 E-step runs them, in one pass over each row: the shifted log-density is
+    rounded to float32 and exponentiated in float32 as there, but not stored, and ``exp`` is
+    not called below ``floor`` (its value would be ``exp(-inf) = 0``), which once the
+    components separate is most of them.
+
+    Returns
+    -------
+    n_active : int
+        The components with a responsibility in the sub-block, ascending in
+        ``active[:n_active]``.
+    log_norm, r_log_r : float
+        As :func:`responsibilities`.
     """
-    shift_log_densities(L, const, S, amax, floor)
-    for t in range(S.shape[0]):
-        srow = S[t]
-        rrow = R[t]
-        for k in range(srow.shape[0]):
-            rrow[k] = math.exp(srow[k])
-    return responsibilities(S, R, amax, nk, weights, start)
+    m, K = L.shape
+    hit = np.zeros(K, dtype=np.bool_)
+    log_norm = 0.0
+    r_log_r = 0.0
+    for t in range(m):
+        src = L[t]
+        row = R[t]
+        top = -np.inf
+        for k in range(K):
+            v = np.float64(src[k]) + const[k]
+            if v > top:
+                top = v
+        if not np.isfinite(top):
+            top = 0.0
+        total = 0.0
+        e_log_e = 0.0
+        for k in range(K):
+            v = (np.float64(src[k]) + const[k]) - top
+            if v < floor:
+                row[k] = 0.0
+                continue
+            s32 = np.float32(v)
+            e = math.exp(s32)
+            row[k] = e
+            e64 = np.float64(e)
+            total += e64
+            if e64 > 0.0:
+                e_log_e += e64 * np.float64(s32)
+        row_norm = math.log(total)
+        if weights is None:
+            log_norm += row_norm + top
+            r_log_r += e_log_e / total - row_norm
+        else:
+            wt = weights[start + t]
+            log_norm += wt * (row_norm + top)
+            r_log_r += wt * (e_log_e / total - row_norm)
+            total /= wt
+        for k in range(K):
+            row[k] = np.float64(row[k]) / total
+            r = np.float64(row[k])
+            nk[k] += r
+            if r != 0.0:
+                hit[k] = True
+    n_active = 0
+    for k in range(K):
+        if hit[k]:
+            active[n_active] = k
+            n_active += 1
+    return n_active, log_norm, r_log_r
 
 
 @jit
@@ -381,15 +433,13 @@ coefficients_about`).
     p = coefficients.shape[1]
     q = p - d - 1
     A = np.empty((rows, p), dtype=np.float32)
+    xc = np.empty(d, dtype=np.float32)
     L = np.empty((rows, K), dtype=np.float32)
-    S = np.empty((rows, K), dtype=np.float32)
     R = np.empty((rows, K), dtype=np.float32)
     G_sub = np.empty((K, p), dtype=np.float32)
     G = np.empty((K, p))
     active = np.empty(K, dtype=np.int64)
     R_active = np.empty(K * rows, dtype=np.float32)
-    xc = np.empty(d, dtype=np.float32)
-    amax = np.empty(rows)
     ws = None if weights.shape[0] == 0 else weights[order]
     log_norm = 0.0
     r_log_r = 0.0
@@ -417,18 +467,11 @@ coefficients_about`).
                     lin[j] = xc[j]
                 a[o + d] = 1.0
             np.dot(A[:m], coefficients[g], L[:m])
-            norm, rlr = _normalise(L[:m], const, S[:m], R[:m], amax[:m], floor, nk[g], ws, start)
+            n_active, norm, rlr = _normalise(L[:m], const, R[:m], floor, nk[g], ws, start, active)
             log_norm += norm
             r_log_r += rlr
             # Once the components separate, most have no responsibility (below the floor)
             # for any row of a group's sub-block: the moment GEMM runs on the others only.
-            n_active = 0
-            for k in range(K):
-                for t in range(m):
-                    if R[t, k] != 0.0:
-                        active[n_active] = k
-                        n_active += 1
-                        break
             if n_active == K:
                 np.dot(R[:m].T, A[:m], G_sub)
             else:
@@ -439,7 +482,7 @@ coefficients_about`).
                         Ra[a, t] = R[t, k]
                 np.dot(Ra, A[:m], G_sub[:n_active])
             for a in range(n_active):
-                k = active[a] if n_active < K else a
+                k = active[a]
                 row = G[k]
                 part = G_sub[a]
                 for j in range(p):
@@ -503,13 +546,12 @@ def grouped_estep_tied32(
     Z = np.empty((rows, d), dtype=np.float32)
     Zw = np.empty((rows, d), dtype=np.float32)
     Y = np.empty((rows, d + K), dtype=np.float32)
-    S = np.empty((rows, K), dtype=np.float32)
     R = np.empty((rows, K), dtype=np.float32)
     Q_sub = np.empty((d, d), dtype=np.float32)
     F_sub = np.empty((K, d), dtype=np.float32)
     F = np.empty((K, d))
     L = np.empty((rows, K))
-    amax = np.empty(rows)
+    active = np.empty(K, dtype=np.int64)
     ws = None if weights.shape[0] == 0 else weights[order]
     log_norm = 0.0
     r_log_r = 0.0
@@ -532,7 +574,7 @@ def grouped_estep_tied32(
                     y2 += np.float64(y[j]) * np.float64(y[j])
                 for k in range(K):
                     L[t, k] = -0.5 * (y2 - 2.0 * np.float64(y[d + k]) + off[k])
-            norm, rlr = _normalise(L[:m], const, S[:m], R[:m], amax[:m], floor, nk[g], ws, start)
+            _, norm, rlr = _normalise(L[:m], const, R[:m], floor, nk[g], ws, start, active)
             log_norm += norm
             r_log_r += rlr
             if ws is not None:
