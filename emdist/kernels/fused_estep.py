@@ -453,19 +453,21 @@ coefficients_about`).
                 x = X[order[start + t]]
                 for j in range(d):
                     xc[j] = np.float64(x[j]) - c[j]
-                o = 0
-                for i in range(d):
+                # Row i of the upper triangle, (x_i x_j for j >= i), starts at
+                # o_i = i d - i (i - 1) / 2. Written from the last row up, each row as all d
+                # products x_i x_0 ... x_i x_{d-1} from o_i - i: the first i land on the
+                # previous row's place and are overwritten when it is written. One loop of
+                # fixed length d per row vectorises; widths d - i (remainders mostly) did
+                # not (6.0 against 4.2 ms per 50 000 rows, d = 32); the same products.
+                for i in range(d - 1, -1, -1):
                     xi = xc[i]
-                    width = d - i
-                    dst = a[o : o + width]
-                    src = xc[i:]
-                    for j in range(width):
-                        dst[j] = xi * src[j]
-                    o += width
-                lin = a[o : o + d]
+                    dst = a[i * d - (i * (i - 1)) // 2 - i :]
+                    for j in range(d):
+                        dst[j] = xi * xc[j]
+                lin = a[q : q + d]
                 for j in range(d):
                     lin[j] = xc[j]
-                a[o + d] = 1.0
+                a[q + d] = 1.0
             np.dot(A[:m], coefficients[g], L[:m])
             n_active, norm, rlr = _normalise(L[:m], const, R[:m], floor, nk[g], ws, start, active)
             log_norm += norm
