@@ -556,6 +556,7 @@ def grouped_estep_tied32(
     d = X.shape[1]
     K = const.shape[0]
     Z = np.empty((rows, d), dtype=np.float32)
+    Xs = np.empty((rows, d), dtype=np.float32)
     Zw = np.empty((rows, d), dtype=np.float32)
     Y = np.empty((rows, d + K), dtype=np.float32)
     R = np.empty((rows, K), dtype=np.float32)
@@ -573,8 +574,14 @@ def grouped_estep_tied32(
         off = offsets[g]
         for start in range(bounds[g], bounds[g + 1], rows):
             m = min(rows, bounds[g + 1] - start)
+            # The rows first, in a loop of their own (grouped_estep_full32).
             for t in range(m):
-                x = X[order[start + t]]
+                src = X[order[start + t]]
+                dst = Xs[t]
+                for j in range(d):
+                    dst[j] = src[j]
+            for t in range(m):
+                x = Xs[t]
                 z = Z[t]
                 for j in range(d):
                     z[j] = np.float64(x[j]) - c[j]
