@@ -10,14 +10,21 @@ underflows, data far from the origin.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numba
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
 from emdist.kernels import MixtureParams, compute_precision_cholesky, mixture_estep_chunk
-from emdist.kernels.fused_estep import group_by_nearest
+from emdist.kernels.fused_estep import (
+    _normalise,
+    group_by_nearest,
+    responsibilities,
+    shift_log_densities,
+)
 from emdist.kernels.mixture import MixtureStats
 from emdist.kernels.mixture_reference import mixture_estep_reference, variational_estep_reference
 from emdist.kernels.rows import RowBlock
@@ -340,3 +347,44 @@ def test_float32_rows_are_grouped_by_their_nearest_mean_in_row_order() -> None:
     np.testing.assert_array_equal(order, np.argsort(nearest, kind="stable"))
     np.testing.assert_array_equal(bounds, np.searchsorted(np.sort(nearest), np.arange(K + 1)))
     assert bounds[K] - bounds[K - 1] == 0
+
+
+@numba.njit
+def _exp_each(S: np.ndarray, E: np.ndarray) -> None:
+    # numba's scalar exp on each float32 value, as the grouped E-steps take it.
+    for t in range(S.shape[0]):
+        for k in range(S.shape[1]):
+            E[t, k] = math.exp(S[t, k])
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_float32_one_pass_normalisation_is_the_three_steps_bit_for_bit(weighted: bool) -> None:
+    # The grouped E-steps normalise each row in one pass and skip exp below the floor: the
+    # responsibilities, Σ r, the bound's sums and the components holding a responsibility
+    # must be exactly those of shift_log_densities, exp and responsibilities run apart.
+    rng = np.random.default_rng(15)
+    m, K, floor = 97, 9, -50.0
+    L = (rng.standard_normal((m, K)) * 40.0).astype(np.float32)
+    L[:, 3] = -1e4  # below the floor in every row: no responsibility anywhere
+    const = rng.standard_normal(K)
+    weights = rng.uniform(0.1, 3.0, m + 4) if weighted else None
+
+    S = np.empty((m, K), dtype=np.float32)
+    amax = np.empty(m)
+    shift_log_densities(L, const, S, amax, floor)
+    want_r = np.empty((m, K), dtype=np.float32)
+    _exp_each(S, want_r)
+    want_nk = np.zeros(K)
+    want_sums = responsibilities(S, want_r, amax, want_nk, weights, 4)
+
+    got_r = np.empty((m, K), dtype=np.float32)
+    got_nk = np.zeros(K)
+    active = np.empty(K, dtype=np.int64)
+    n_active, *got_sums = _normalise(L, const, got_r, floor, got_nk, weights, 4, active)
+
+    np.testing.assert_array_equal(got_r, want_r)
+    np.testing.assert_array_equal(got_nk, want_nk)
+    assert tuple(got_sums) == want_sums
+    held = np.flatnonzero((want_r != 0).any(axis=0))
+    np.testing.assert_array_equal(active[:n_active], held)
+    assert 3 not in held
