@@ -107,6 +107,14 @@ def _reach_of(pair: tuple[StatsTuple, Any, Any]) -> Any:
     return pair[2]
 
 
+def _part(pairs: da.Array, part: Callable[[Any], Any], name: str) -> da.Array:
+    # One part of every block's (statistics, state, reach), as a Dask array of objects.
+    out: da.Array = da.map_blocks(
+        part, pairs, name=name, meta=np.empty((0, 0), dtype=object), chunks=pairs.chunks
+    )
+    return out
+
+
 def _stats_of(pair: tuple[Any, ...]) -> StatsTuple:
     stats: StatsTuple = pair[0]
     return stats
@@ -272,33 +280,24 @@ class KeptState:
         reduction = sum_tree(pairs, token, split_every, _sum_stats, _stats_of, "emdist-kept")
         # Only the states are kept (for K-means: the bounds and the per-segment statistics),
         # not the pass's statistics beside them (the far rows): the budget counts the states.
-        states = da.map_blocks(
-            _state_of,
-            pairs,
-            name=f"emdist-kept-state-{token}",
-            meta=np.empty((0, 0), dtype=object),
-            chunks=pairs.chunks,
-        )
-        reaches = da.map_blocks(
-            _reach_of,
-            pairs,
-            name=f"emdist-kept-reach-{token}",
-            meta=np.empty((0, 0), dtype=object),
-            chunks=pairs.chunks,
-        )
+        states = _part(pairs, _state_of, f"emdist-kept-state-{token}")
         # One run of the graph: the states stay where they were computed (workers, or this
-        # process), the sums and the reaches come back. Not optimized: blockwise fusion would
-        # fold each block's read into the states' tasks and read it again for the sums.
+        # process), the sums (and, to decide unread blocks, the reaches) come back. Not
+        # optimized: blockwise fusion would fold each block's read into the states' tasks
+        # and read it again for the sums.
+        if skip is None:
+            states, reduction = persist(states, reduction, optimize_graph=False)
+            total: StatsTuple = reduction.compute()
+            self._states = states
+            self._reaches = []
+            return list(total.items)
+        reaches = _part(pairs, _reach_of, f"emdist-kept-reach-{token}")
         states, reduction, reaches = persist(states, reduction, reaches, optimize_graph=False)
-        total: StatsTuple
         total, *new = compute(reduction, *reaches.to_delayed().ravel(), optimize_graph=False)
         self._states = states
-        if skip is None:
-            self._reaches = []
-        else:
-            old = self._reaches if len(self._reaches) == n_blocks else [None] * n_blocks
-            # An unread block keeps its reach (its state did not change).
-            self._reaches = [old[i] if i in kept else new[i] for i in range(n_blocks)]
+        old = self._reaches if len(self._reaches) == n_blocks else [None] * n_blocks
+        # An unread block keeps its reach (its state did not change).
+        self._reaches = [old[i] if i in kept else new[i] for i in range(n_blocks)]
         return list(total.items)
 
     def block_states(self) -> list[Any]:

@@ -117,6 +117,22 @@ def quadratic_features(
 
 
 @jit
+def _gather_rows(X: AnyArray, order: AnyArray, start: int, m: int, Xs: AnyArray) -> None:
+    """Rows ``order[start : start + m]`` of ``X`` into ``Xs[:m]``.
+
+    A sub-block's rows first, in a loop that does nothing else: its loads miss the cache
+    (the rows are spread over the block) and run in parallel here; read one by one within
+    the features they stalled (5.9 against 4.1 ms per 50 000 rows, d = 32).
+    """
+    d = X.shape[1]
+    for t in range(m):
+        src = X[order[start + t]]
+        dst = Xs[t]
+        for j in range(d):
+            dst[j] = src[j]
+
+
+@jit
 def group_by_nearest(
     X: AnyArray,
     centre: AnyArray,
@@ -449,15 +465,7 @@ coefficients_about`).
         c = centres[g]
         for start in range(bounds[g], bounds[g + 1], rows):
             m = min(rows, bounds[g + 1] - start)
-            # The sub-block's rows first, in a loop that does nothing else: its loads miss
-            # the cache (the rows are spread over the block) and run in parallel here;
-            # read one by one within the features they stalled (5.9 against 4.1 ms
-            # per 50 000 rows, d = 32).
-            for t in range(m):
-                src = X[order[start + t]]
-                dst = Xs[t]
-                for j in range(d):
-                    dst[j] = src[j]
+            _gather_rows(X, order, start, m, Xs)
             for t in range(m):
                 a = A[t]
                 x = Xs[t]
@@ -574,12 +582,7 @@ def grouped_estep_tied32(
         off = offsets[g]
         for start in range(bounds[g], bounds[g + 1], rows):
             m = min(rows, bounds[g + 1] - start)
-            # The rows first, in a loop of their own (grouped_estep_full32).
-            for t in range(m):
-                src = X[order[start + t]]
-                dst = Xs[t]
-                for j in range(d):
-                    dst[j] = src[j]
+            _gather_rows(X, order, start, m, Xs)
             for t in range(m):
                 x = Xs[t]
                 z = Z[t]
