@@ -54,6 +54,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dask.config
 import numpy as np
 import zarr
 from zarr.abc.codec import BytesBytesCodec
@@ -62,6 +63,7 @@ from zarr.codecs import Crc32cCodec
 from emdist._typing import AnyArray
 from emdist._version import __version__
 from emdist.exceptions import EmdistError, EmdistWarning, InvalidDataError
+from emdist.io.chunk_files import ChunkFiles
 
 __all__ = [
     "RECORD_KEY",
@@ -660,14 +662,25 @@ class CheckedReader:
     read are checked against the CRCs pinned when the array was opened: a store replaced
     or rewritten while it is read stops the read.
 
+    Row blocks of a local array in a layout :class:`emdist.io.chunk_files.ChunkFiles` takes
+    are read from the chunk files in the calling thread, not through Zarr's event loop; a
+    chunk that read cannot take (missing, damaged) is read through Zarr, so what is returned
+    or raised is Zarr's.
+
     Parameters
     ----------
     array : zarr.Array
     where : str
         The array's location, for messages.
+    direct : bool, optional
+        Read from the chunk files where the layout allows. Default: Dask configuration
+        ``emdist.direct-read`` (``True`` unless set).
     """
 
-    def __init__(self, array: zarr.Array[Any], where: str) -> None:
+    def __init__(self, array: zarr.Array[Any], where: str, direct: bool | None = None) -> None:
+        if direct is None:
+            direct = bool(dask.config.get("emdist.direct-read", True))
+        self._direct = ChunkFiles.of(array) if direct else None
         self.array = array
         self.where = where
         self.shape = array.shape
@@ -688,7 +701,7 @@ class CheckedReader:
 
     def __getitem__(self, key: Any) -> Any:
         try:
-            out = self.array[key]
+            out = self._read(key)
         except (EmdistError, MemoryError):
             raise
         except Exception as exc:
@@ -708,6 +721,20 @@ class CheckedReader:
         if self._pinned is not None:
             self._check_pinned(key)
         return out
+
+    def _read(self, key: Any) -> Any:
+        """``array[key]``, from the chunk files for whole rows where the layout allows."""
+        if self._direct is not None and isinstance(key, tuple) and len(key) == 2:
+            rows, cols = key
+            if (
+                isinstance(rows, slice)
+                and isinstance(cols, slice)
+                and rows.step in (None, 1)
+                and cols.indices(self.shape[1]) == (0, self.shape[1], 1)
+            ):
+                start, stop, _ = rows.indices(self.shape[0])
+                return self._direct.read(start, max(start, stop))
+        return self.array[key]
 
     def _touched(self, key: Any) -> Iterator[tuple[int, ...]]:
         key = key if isinstance(key, tuple) else (key,)
