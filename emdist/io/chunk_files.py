@@ -36,6 +36,7 @@ import zarr
 from numcodecs.zstd import Zstd
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.core.chunk_grids import RegularChunkGrid
+from zarr.storage import LocalStore
 
 __all__ = ["ChunkFiles", "zstd_content_size"]
 
@@ -118,14 +119,14 @@ class ChunkFiles:
         Returns
         -------
         ChunkFiles or None
-            ``None`` unless the array is a 2-d Zarr v3 array in a local folder, not
+            ``None`` unless the array is a 2-d Zarr v3 array in a ``LocalStore``, not
             sharded, with whole rows in each chunk, a numeric dtype and the codecs
             ``bytes`` (little-endian), then optionally ``zstd``, then optionally ``crc32c``.
         """
-        root = getattr(array.store, "root", None)
         meta = array.metadata
+        # Exactly Zarr's local store: a subclass or a wrapper may serve other bytes.
         if (
-            root is None
+            type(array.store) is not LocalStore
             or sys.byteorder != "little"
             or meta.zarr_format != 3
             or array.ndim != 2
@@ -149,7 +150,8 @@ class ChunkFiles:
             codecs.pop(0)
         if codecs:
             return None
-        folder = Path(root) / array.path if array.path else Path(root)
+        root = Path(array.store.root)
+        folder = root / array.path if array.path else root
         return cls(array, folder, compressed=compressed, checksummed=checksummed)
 
     def read(self, start: int, stop: int) -> np.ndarray[Any, Any]:

@@ -31,6 +31,7 @@ from zarr.storage import LocalStore
 
 import emdist
 from emdist.io.atomic import OutputExistsError
+from emdist.io.chunk_files import ChunkFiles
 from emdist.io.synthetic import open_synthetic
 from pipeline.cluster import MALLOC_TRIM, SchedulerUnreachableError, connect, dask_client
 from pipeline.config import ClusterConfig, ConfigError, RunConfig, parse_config
@@ -622,7 +623,8 @@ def count_chunk_reads(monkeypatch: pytest.MonkeyPatch, root: Path) -> collection
     """Reads of every chunk of the Zarr array at ``root``, by any store opened on it.
 
     The job opens the data by path (its own ``LocalStore``s, in worker threads of this
-    process): the reads are counted on ``LocalStore.get`` itself, which still reads.
+    process): the reads are counted on ``LocalStore.get`` itself, which still reads, and
+    on the direct read of a chunk file.
     """
     counts: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
@@ -635,7 +637,19 @@ def count_chunk_reads(monkeypatch: pytest.MonkeyPatch, root: Path) -> collection
                 counts[key] += 1
         return await get(self, key, *args, **kwargs)
 
+    # Row blocks are read from the chunk files themselves where the layout allows
+    # (emdist.io.chunk_files): those reads are counted too.
+    read_chunk = ChunkFiles._read_chunk
+
+    def counted_read_chunk(self: ChunkFiles, index: int, *args: Any) -> bool:
+        done = read_chunk(self, index, *args)
+        if done and self.folder.resolve() == root:
+            with lock:
+                counts[f"c/{index}/0"] += 1
+        return done
+
     monkeypatch.setattr(LocalStore, "get", counted_get)
+    monkeypatch.setattr(ChunkFiles, "_read_chunk", counted_read_chunk)
     return counts
 
 
