@@ -8,11 +8,12 @@ page cache spent more CPU in that path than in its kernel, and could not use mor
 about 1.2 cores for it (benchmarks/README.md, "Reading chunk files directly").
 
 For the layouts most stores have, and every store emdist writes (one array, not sharded,
-whole rows per chunk, the ``bytes`` codec in little-endian order, then optionally
-``zstd``, then optionally ``crc32c``), :class:`ChunkFiles` reads a block in the thread that
-asks for it: one read of each chunk file into its place in the block (zstd decodes into
-it), the CRC-32C checked on the bytes read. The file reads and the decoding release the
-GIL, so two Dask threads read and compute side by side.
+whole rows per chunk, the ``bytes`` codec in little-endian order, then optionally ``zstd``
+or ``blosc``, then optionally ``crc32c``), :class:`ChunkFiles` reads a block in the thread
+that asks for it: one read of each chunk file into its place in the block (a compressed
+chunk decodes into it), the CRC-32C checked on the bytes read. The file reads and the
+decoding (numcodecs, as Zarr's own codecs call it) release the GIL, so two Dask threads
+read and compute side by side.
 
 It returns exactly what Zarr's read returns, or lets Zarr read: a chunk file that is
 missing (Zarr's fill value), not a regular file, of another size than its encoding gives,
@@ -27,18 +28,20 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import google_crc32c
 import numpy as np
 import zarr
+from numcodecs.blosc import Blosc
 from numcodecs.zstd import Zstd
-from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.storage import LocalStore
 
-__all__ = ["ChunkFiles", "zstd_content_size"]
+__all__ = ["ChunkFiles", "blosc_content_size", "zstd_content_size"]
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CRC_BYTES = 4
@@ -78,6 +81,45 @@ def zstd_content_size(frame: np.ndarray[Any, Any]) -> int | None:
     return size + 256 if field == 2 else size
 
 
+def blosc_content_size(frame: np.ndarray[Any, Any]) -> int | None:
+    """The decoded size a Blosc frame's header declares, or ``None`` if it is not one.
+
+    Parameters
+    ----------
+    frame : numpy.ndarray of uint8
+        The whole frame.
+
+    Returns
+    -------
+    int or None
+        The header's ``nbytes``, if its ``cbytes`` is the frame's length.
+    """
+    if frame.size < 16:
+        return None
+    header = bytes(frame[:16])
+    nbytes = int.from_bytes(header[4:8], "little")
+    cbytes = int.from_bytes(header[12:16], "little")
+    return nbytes if cbytes == frame.size else None
+
+
+def _zstd_decode(body: np.ndarray[Any, Any], out: np.ndarray[Any, Any]) -> None:
+    Zstd().decode(body, out=out)
+
+
+def _blosc_decode(body: np.ndarray[Any, Any], out: np.ndarray[Any, Any]) -> None:
+    Blosc().decode(body, out=out)
+
+
+Decoder = Callable[[np.ndarray[Any, Any], np.ndarray[Any, Any]], None]
+SizeOf = Callable[[np.ndarray[Any, Any]], int | None]
+
+# What decodes each compressor the direct read takes, and the size its header declares.
+_DECODERS: dict[str, tuple[SizeOf, Decoder]] = {
+    "zstd": (zstd_content_size, _zstd_decode),
+    "blosc": (blosc_content_size, _blosc_decode),
+}
+
+
 class ChunkFiles:
     """Row blocks of one Zarr array, read from its chunk files in the calling thread.
 
@@ -89,18 +131,18 @@ class ChunkFiles:
         The array; chunks the direct read cannot take are read through it.
     folder : pathlib.Path
         The array's folder on disk.
-    compressed : bool
-        Whether the chunks are Zstandard frames.
+    compressor : {"zstd", "blosc"} or None
+        What the chunks are compressed with.
     checksummed : bool
         Whether each chunk file ends with the CRC-32C of what precedes it.
     """
 
     def __init__(
-        self, array: zarr.Array[Any], folder: Path, *, compressed: bool, checksummed: bool
+        self, array: zarr.Array[Any], folder: Path, *, compressor: str | None, checksummed: bool
     ) -> None:
         self.array = array
         self.folder = folder
-        self.compressed = compressed
+        self.compressor = compressor
         self.checksummed = checksummed
         self.chunk_rows = int(array.chunks[0])
         self.n_features = int(array.shape[1])
@@ -121,7 +163,8 @@ class ChunkFiles:
         ChunkFiles or None
             ``None`` unless the array is a 2-d Zarr v3 array in a ``LocalStore``, not
             sharded, with whole rows in each chunk, a numeric dtype and the codecs
-            ``bytes`` (little-endian), then optionally ``zstd``, then optionally ``crc32c``.
+            ``bytes`` (little-endian), then optionally ``zstd`` or ``blosc``, then
+            optionally ``crc32c``.
         """
         meta = array.metadata
         # Exactly Zarr's local store: a subclass or a wrapper may serve other bytes.
@@ -142,9 +185,9 @@ class ChunkFiles:
             first.endian is not None and first.endian.value != "little"
         ):
             return None  # a transpose or another serializer first: Zarr's business
-        compressed = bool(codecs) and isinstance(codecs[0], ZstdCodec)
-        if compressed:
-            codecs.pop(0)
+        compressor = None
+        if codecs and isinstance(codecs[0], ZstdCodec | BloscCodec):
+            compressor = "zstd" if isinstance(codecs.pop(0), ZstdCodec) else "blosc"
         checksummed = bool(codecs) and isinstance(codecs[0], Crc32cCodec)
         if checksummed:
             codecs.pop(0)
@@ -152,7 +195,7 @@ class ChunkFiles:
             return None
         root = Path(array.store.root)
         folder = root / array.path if array.path else root
-        return cls(array, folder, compressed=compressed, checksummed=checksummed)
+        return cls(array, folder, compressor=compressor, checksummed=checksummed)
 
     def read(self, start: int, stop: int) -> np.ndarray[Any, Any]:
         """Rows ``start:stop`` of the array, as Zarr would return them.
@@ -194,11 +237,11 @@ class ChunkFiles:
                 return False
             size = st.st_size
             payload = size - _CRC_BYTES if self.checksummed else size
-            if payload < 0 or (not self.compressed and payload != self.chunk_bytes):
+            if payload < 0 or (self.compressor is None and payload != self.chunk_bytes):
                 return False
             # A whole uncompressed chunk lands in its place in the block: one copy, from
             # the page cache. Anything else is read whole first: the CRC covers it all.
-            direct = whole and not self.compressed
+            direct = whole and self.compressor is None
             raw = target if direct else np.empty(size, np.uint8)
             tail = np.empty(_CRC_BYTES if self.checksummed and direct else 0, np.uint8)
             if _read_all(fd, [raw, tail] if tail.size else [raw]) != size:
@@ -212,12 +255,13 @@ class ChunkFiles:
                 return False
         if direct:
             return True
-        if self.compressed:
-            if zstd_content_size(body) != self.chunk_bytes:
+        if self.compressor is not None:
+            content_size, decode = _DECODERS[self.compressor]
+            if content_size(body) != self.chunk_bytes:
                 return False
             decoded = target if whole else np.empty(self.chunk_bytes, np.uint8)
             try:
-                Zstd().decode(body, out=decoded)
+                decode(body, decoded)
             except (RuntimeError, ValueError):
                 return False
             if whole:

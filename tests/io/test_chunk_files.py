@@ -10,10 +10,11 @@ import dask
 import numpy as np
 import pytest
 import zarr
+from numcodecs.blosc import Blosc
 from numcodecs.zstd import Zstd
 
 from emdist.io import as_dask_array
-from emdist.io.chunk_files import ChunkFiles, zstd_content_size
+from emdist.io.chunk_files import ChunkFiles, blosc_content_size, zstd_content_size
 from emdist.io.integrity import CheckedReader, IntegrityError, create_verified_array, seal
 
 ZSTD = zarr.codecs.ZstdCodec()
@@ -24,6 +25,8 @@ LAYOUTS: dict[str, Any] = {
     "zstd": [ZSTD],
     "zstd+crc32c": [ZSTD, CRC],
     "zstd checksum level 5": [zarr.codecs.ZstdCodec(level=5, checksum=True)],
+    "blosc lz4": [zarr.codecs.BloscCodec(cname="lz4", shuffle="shuffle")],
+    "blosc zstd+crc32c": [zarr.codecs.BloscCodec(cname="zstd", shuffle="bitshuffle"), CRC],
 }
 
 
@@ -94,7 +97,7 @@ def test_the_configuration_sends_every_read_through_zarr(tmp_path: Path) -> None
 
 def test_layouts_it_cannot_take_are_left_to_zarr(tmp_path: Path) -> None:
     refused = {
-        "blosc": dict(compressors=[zarr.codecs.BloscCodec()]),
+        "gzip": dict(compressors=[zarr.codecs.GzipCodec()]),
         "big-endian": dict(serializer=zarr.codecs.BytesCodec(endian="big"), compressors=None),
         "transposed": dict(filters=[zarr.codecs.TransposeCodec(order=(1, 0))], compressors=None),
         "crc32c before zstd": dict(compressors=[CRC, ZSTD]),
@@ -151,16 +154,17 @@ def test_a_flipped_byte_is_refused_in_one_line_naming_the_rows(
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("layout", ["bytes", "zstd"])
+@pytest.mark.parametrize("layout", ["bytes", "zstd", "blosc lz4"])
 @pytest.mark.parametrize("change", ["truncated", "longer"])
 def test_a_chunk_of_another_size_is_never_read_as_data(
     tmp_path: Path, layout: str, change: str
 ) -> None:
     # Without a CRC only the size gives a damaged chunk away: Zarr refuses it, so must this.
     arr, data = _store(tmp_path, LAYOUTS[layout], n=300)
-    if layout == "zstd":  # a whole, valid frame of another length
+    if layout != "bytes":  # a whole, valid frame of another length
         other = np.arange(99 * 5 if change == "truncated" else 101 * 5, dtype=np.float64)
-        _chunk(tmp_path, 1).write_bytes(Zstd().encode(other))
+        codec = Zstd() if layout == "zstd" else Blosc(cname="lz4", typesize=8)
+        _chunk(tmp_path, 1).write_bytes(codec.encode(other))
     else:
         raw = _chunk(tmp_path, 1).read_bytes()
         _chunk(tmp_path, 1).write_bytes(raw[:-8] if change == "truncated" else raw + raw[:8])
@@ -223,15 +227,25 @@ def test_the_rows_come_from_the_chunk_files_not_through_zarr(tmp_path: Path, lay
     direct = ChunkFiles(
         zeros,
         files.folder,
-        compressed=files.compressed,
+        compressor=files.compressor,
         checksummed=files.checksummed,
     )
     for start, stop in [(0, 1003), (150, 160), (990, 1003)]:
         np.testing.assert_array_equal(direct.read(start, stop), data[start:stop])
-    assert (files.compressed, files.checksummed) == {
-        "bytes": (False, False),
-        "crc32c": (False, True),
-        "zstd": (True, False),
-        "zstd+crc32c": (True, True),
-        "zstd checksum level 5": (True, False),
+    assert (files.compressor, files.checksummed) == {
+        "bytes": (None, False),
+        "crc32c": (None, True),
+        "zstd": ("zstd", False),
+        "zstd+crc32c": ("zstd", True),
+        "zstd checksum level 5": ("zstd", False),
+        "blosc lz4": ("blosc", False),
+        "blosc zstd+crc32c": ("blosc", True),
     }[layout]
+
+
+@pytest.mark.parametrize("n_bytes", [0, 8, 70_000])
+def test_the_blosc_header_gives_the_decoded_size(n_bytes: int) -> None:
+    frame = np.frombuffer(Blosc(cname="lz4").encode(bytes(n_bytes)), np.uint8)
+    assert blosc_content_size(frame) == n_bytes
+    assert blosc_content_size(frame[:-1]) is None
+    assert blosc_content_size(frame[:8]) is None
