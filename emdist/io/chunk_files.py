@@ -225,27 +225,31 @@ class ChunkFiles:
     def _read_chunk(self, index: int, lo: int, hi: int, into: np.ndarray[Any, Any]) -> bool:
         """Rows ``lo:hi`` of chunk ``index`` into ``into``; ``False`` leaves them to Zarr."""
         path = self.folder / self._key((index, 0))
+        whole = lo == 0 and hi == self.chunk_rows
+        target = into.reshape(-1).view(np.uint8)
+        # A whole uncompressed chunk lands in its place in the block: one copy, from the
+        # page cache. Anything else is read whole first: the CRC covers it all.
+        direct = whole and self.compressor is None
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return False  # missing (the fill value) or unreadable: as Zarr says
-        whole = lo == 0 and hi == self.chunk_rows
-        target = into.reshape(-1).view(np.uint8)
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return False
             size = st.st_size
             payload = size - _CRC_BYTES if self.checksummed else size
-            if payload < 0 or (self.compressor is None and payload != self.chunk_bytes):
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or payload < 0
+                or (self.compressor is None and payload != self.chunk_bytes)
+            ):
                 return False
-            # A whole uncompressed chunk lands in its place in the block: one copy, from
-            # the page cache. Anything else is read whole first: the CRC covers it all.
-            direct = whole and self.compressor is None
             raw = target if direct else np.empty(size, np.uint8)
             tail = np.empty(_CRC_BYTES if self.checksummed and direct else 0, np.uint8)
             if _read_all(fd, [raw, tail] if tail.size else [raw]) != size:
                 return False  # the file changed size while it was read
+        except OSError:
+            return False  # an I/O error: Zarr's read says what it is
         finally:
             os.close(fd)
         body = raw[:payload]
@@ -262,7 +266,7 @@ class ChunkFiles:
             decoded = target if whole else np.empty(self.chunk_bytes, np.uint8)
             try:
                 decode(body, decoded)
-            except (RuntimeError, ValueError):
+            except Exception:  # noqa: BLE001 - whatever the codec raises, Zarr's read says
                 return False
             if whole:
                 return True
