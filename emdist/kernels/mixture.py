@@ -64,12 +64,13 @@ _FLOAT32_LOG_FLOOR = -50.0
 # Shifted log-densities below log(tiny) are dropped in float64 (responsibility 0): their
 # exp is subnormal (or 0), never more than 2.2e-308 of the row's largest, and subnormal
 # responsibilities ran the moment GEMM at half its rate and numpy's exp at a third
-# (benchmarks/README.md, "float64 E-step: runs of sub-blocks"). The statistics they fed are
+# (benchmarks/README.md, "float64 E-step in runs of sub-blocks"). The statistics they fed are
 # the same to the last bit unless a component's whole weight is below 1e-290.
 _FLOAT64_LOG_FLOOR = float(np.log(np.finfo(np.float64).tiny))
 
-# Features of a run of sub-blocks (float64 elements, ~1 MB, half of one core's L2), the rows the
-# float64 E-step runs through per pair of compiled calls (log_densities_run, moments_run).
+# Features of a run of sub-blocks (float64 elements, ~1 MB, half of one core's L2): the rows
+# the float64 E-step runs through per pair of compiled calls (log_densities_run,
+# moments_run). Longer runs leave L2; shorter ones pass the GIL more often.
 _RUN_FEATURE_ELEMENTS = 1 << 17
 
 # Rows per GEMM of float32 rows by the means' offsets, to find each row's nearest mean.
@@ -273,8 +274,8 @@ def fused_estep(
     GIL-free calls (:func:`~emdist.kernels.fused_estep.log_densities_run`, then numpy's
     ``exp`` over the run, :func:`~emdist.kernels.fused_estep.moments_run`), and drops
     responsibilities below ``2.2e-308`` of the row's largest (subnormal numbers, which
-    slowed the moment GEMM twofold). float32 data with ``full``/``tied`` runs in float32, each row's
-    features about its nearest mean (:func:`_estep_float32_by_nearest_mean`); every other
+    slowed the moment GEMM twofold). float32 data with ``full``/``tied`` runs in float32,
+    each row's features about its nearest mean (:func:`_estep_float32_by_nearest_mean`); every other
     dtype and type in float64, as here.
     The numpy reference is :func:`emdist.kernels.mixture_reference.mixture_estep_reference`.
 
