@@ -27,9 +27,8 @@ from emdist.kernels.fused_estep import (
     group_by_nearest,
     grouped_estep_full32,
     grouped_estep_tied32,
-    quadratic_features,
-    responsibilities,
-    shift_log_densities,
+    log_densities_run,
+    moments_run,
 )
 from emdist.kernels.gaussian import ComponentBlocks, compute_precision_cholesky, log_det_cholesky
 from emdist.kernels.kmeans import kmeans_labels_chunk
@@ -61,6 +60,18 @@ _NK_EPS = 10 * np.finfo(np.float64).eps
 # Shifted log-densities below this are dropped (responsibility 0) in float32: e^-50 is far
 # below float32's precision and keeps exp and the moment GEMM off subnormal numbers.
 _FLOAT32_LOG_FLOOR = -50.0
+
+# Shifted log-densities below log(tiny) are dropped in float64 (responsibility 0): their
+# exp is subnormal (or 0), never more than 2.2e-308 of the row's largest, and subnormal
+# responsibilities ran the moment GEMM at half its rate and numpy's exp at a third
+# (benchmarks/README.md, "float64 E-step in runs of sub-blocks"). The statistics they fed are
+# the same to the last bit unless a component's whole weight is below 1e-290.
+_FLOAT64_LOG_FLOOR = float(np.log(np.finfo(np.float64).tiny))
+
+# Features of a run of sub-blocks (float64 elements, ~1 MB, half of one core's L2): the rows
+# the float64 E-step runs through per pair of compiled calls (log_densities_run,
+# moments_run). Longer runs leave L2; shorter ones pass the GIL more often.
+_RUN_FEATURE_ELEMENTS = 1 << 17
 
 # Rows per GEMM of float32 rows by the means' offsets, to find each row's nearest mean.
 _ASSIGN_ROWS = 4096
@@ -259,8 +270,12 @@ def fused_estep(
     quadratic features (:mod:`emdist.kernels.quadratic`): the log-densities, then the
     moments under the responsibilities; the features and the log-sum-exp between them are
     compiled (:mod:`emdist.kernels.fused_estep`) and nothing of size ``(n, K)`` is written
-    beyond the sub-block. float32 data with ``full``/``tied`` runs in float32, each row's
-    features about its nearest mean (:func:`_estep_float32_by_nearest_mean`); every other
+    beyond a run of a few sub-blocks: float64 runs the GEMMs of a run's sub-blocks in two
+    GIL-free calls (:func:`~emdist.kernels.fused_estep.log_densities_run`, then numpy's
+    ``exp`` over the run, :func:`~emdist.kernels.fused_estep.moments_run`), and drops
+    responsibilities below ``2.2e-308`` of the row's largest (subnormal numbers, which
+    slowed the moment GEMM twofold). float32 data with ``full``/``tied`` runs in float32,
+    each row's features about its nearest mean (:func:`_estep_float32_by_nearest_mean`); every other
     dtype and type in float64, as here.
     The numpy reference is :func:`emdist.kernels.mixture_reference.mixture_estep_reference`.
 
@@ -302,28 +317,28 @@ def fused_estep(
     coefficients = maps.coefficients
     p = maps.n_columns
     rows = max(1, min(n, feature_block_rows(p, K)))
-    A = np.empty((rows, p))
-    no_copy = np.empty((0, p), dtype=np.float32)
-    L = np.empty((rows, K))
-    S = np.empty((rows, K))
-    R = np.empty((rows, K))
-    amax = np.empty(rows)
+    run = max(rows, min(n, rows * max(1, _RUN_FEATURE_ELEMENTS // (rows * p))))
+    A = np.empty((run, p))
+    L = np.empty((run, K))
+    S = np.empty((run, K))
+    R = np.empty((run, K))
+    amax = np.empty(run)
     G = np.zeros((K, p))
     G_sub = np.empty((K, p))
     nk = np.zeros(K)
+    weights_or_none = np.empty(0) if w is None else w
     log_norm = r_log_r = 0.0
-    for start in range(0, n, rows):
-        m = min(rows, n - start)
-        A_m = A[:m]
-        quadratic_features(X, start, maps.centre, maps.kind, A_m, no_copy)
-        np.matmul(A_m, coefficients, out=L[:m])
-        shift_log_densities(L[:m], const, S[:m], amax[:m], -np.inf)
+    for start in range(0, n, run):
+        m = min(run, n - start)
+        log_densities_run(
+            X, start, rows, maps.centre, maps.kind, coefficients, const, _FLOAT64_LOG_FLOOR,
+            A[:m], L[:m], S[:m], amax[:m],
+        )  # fmt: skip
         np.exp(S[:m], out=R[:m])
-        norm, rlr = responsibilities(S[:m], R[:m], amax[:m], nk, w, start)
-        log_norm += norm
-        r_log_r += rlr
-        np.matmul(R[:m].T, A_m, out=G_sub)
-        G += G_sub
+        log_norm, r_log_r = moments_run(
+            S[:m], R[:m], amax[:m], A[:m], rows, weights_or_none, start, nk, G, G_sub,
+            log_norm, r_log_r,
+        )  # fmt: skip
     sx, sxx = maps.moments(G, nk)
     return nk, sx, sxx, float(log_norm), float(r_log_r)
 
