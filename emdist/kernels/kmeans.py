@@ -62,6 +62,7 @@ import scipy.linalg.cython_blas  # noqa: F401
 from emdist._typing import AnyArray, FloatArray, IntArray
 from emdist.kernels._blocks import as_row_major
 from emdist.kernels._jit import jit
+from emdist.kernels._prefetch import PREFETCH_AHEAD, prefetch_row
 from emdist.kernels.rows import RowBlock
 
 __all__ = [
@@ -573,6 +574,15 @@ def _walk_kernel(
 
 
 @jit
+def _lower32(lo: float) -> np.float32:
+    """A lower bound (float64, may be inf or negative) as float32 rounded down, at least 0."""
+    lo = lo if lo > 0.0 else 0.0
+    if _MAX32 < lo < np.inf:
+        lo = _MAX32  # beyond float32: rounding would make it inf
+    return np.float32(lo * _DOWN32 - _TINY32)
+
+
+@jit
 def _bounded_labels_kernel(
     X: AnyArray,
     row_lo: int,
@@ -626,6 +636,10 @@ def _bounded_labels_kernel(
     skipped = np.empty(rows, dtype=np.bool_)
     known = np.empty(rows)
     need = np.empty(rows, dtype=np.int64)
+    # The rows whose moved bounds fail, with their lower bound and bound (tightened next).
+    tight = np.empty(rows, dtype=np.int64)
+    tight_lo = np.empty(rows)
+    tight_bound = np.empty(rows)
     up = 1.0 + delta
     scored = 0
     for start in range(row_lo, row_hi, rows):
@@ -636,9 +650,13 @@ def _bounded_labels_kernel(
             s_r = src[r]
             m_need = 0
             known[:m] = -1.0
-            skipped[:m] = False
+            skipped[:m] = True
             if s_r >= 0:
                 f = first[r]
+                # Every row's moved bounds, written as if it kept its label (the rows that
+                # do not are written again below), without reading the rows: a walk with
+                # no branch to mispredict, over the bounds alone.
+                n_tight = 0
                 for i in range(m):
                     g = start + i
                     a = int(old_labels[s_r, g])
@@ -647,25 +665,36 @@ def _bounded_labels_kernel(
                     if lo != np.inf:
                         lo = lo - abs(lo) * delta - tiny
                     bound = max(lo, half_gap[r, a])
-                    if u >= bound:
-                        # Tightened to the exact distance to its own centre before scoring.
-                        sq = _sq_dist(X, g, a, c)
-                        known[i] = sq
-                        u = np.sqrt(sq) * up + tiny
-                    if u < bound:
-                        # Its label and moved bounds, written at once.
-                        skipped[i] = True
-                        labels[r, g] = a
-                        dist[r, g] = known[i]
+                    labels[r, g] = a
+                    dist[r, g] = -1.0
+                    upper[r, g] = np.float32(u * _UP32 + _TINY32)
+                    lower[r, g] = _lower32(lo)
+                    tight[n_tight] = i
+                    tight_lo[n_tight] = lo
+                    tight_bound[n_tight] = bound
+                    n_tight += u >= bound
+                # The rows whose bounds failed, tightened to the exact distance to their own
+                # centre before scoring: one row after another with no test between them
+                # but their own, so their reads from memory overlap.
+                for q in range(n_tight):
+                    if q + PREFETCH_AHEAD < n_tight:
+                        prefetch_row(X, start + tight[q + PREFETCH_AHEAD])
+                    i = tight[q]
+                    g = start + i
+                    a = int(old_labels[s_r, g])
+                    sq = _sq_dist(X, g, a, c)
+                    known[i] = sq
+                    u = np.sqrt(sq) * up + tiny
+                    if u < tight_bound[q]:
+                        # Its label and moved bounds, the upper one now tight.
+                        dist[r, g] = sq
                         upper[r, g] = np.float32(u * _UP32 + _TINY32)
-                        lo = lo if lo > 0.0 else 0.0
-                        if _MAX32 < lo < np.inf:
-                            lo = _MAX32  # beyond float32: rounding would make it inf
-                        lower[r, g] = np.float32(lo * _DOWN32 - _TINY32)
                         continue
+                    skipped[i] = False
                     need[m_need] = i
                     m_need += 1
             else:
+                skipped[:m] = False
                 for i in range(m):
                     need[i] = i
                 m_need = m
@@ -790,6 +819,7 @@ def _bounded_kernel(
     S = seg_counts.shape[1]
     changed = np.zeros((R, K), dtype=np.bool_)
     dirty = np.empty(K, dtype=np.bool_)
+    sweep = np.empty(segment, dtype=np.int64)
     pe = np.zeros(K)
     value = np.empty(K)
     ok = np.empty(K, dtype=np.bool_)
@@ -825,11 +855,18 @@ def _bounded_kernel(
                     psq[k] = kept_sq[r, s, k]
                     psx[k, :] = kept_sx[r, s, k, :]
             if any_dirty:
+                # The rows of those clusters first (no branch to mispredict), then their
+                # sums over a list: one row after another, their reads from memory overlap.
+                n_sweep = 0
                 for i in range(lo, hi):
+                    sweep[n_sweep] = i
+                    n_sweep += dirty[labels[r, i]]
+                swept += n_sweep
+                for q in range(n_sweep):
+                    if q + PREFETCH_AHEAD < n_sweep:
+                        prefetch_row(X, sweep[q + PREFETCH_AHEAD])
+                    i = sweep[q]
                     k = labels[r, i]
-                    if not dirty[k]:
-                        continue
-                    swept += 1
                     if weighted:
                         wi = weights[i]
                         _add_sums_weighted(X, i, k, ab, psx, wi)
