@@ -414,6 +414,8 @@ def _pick(
     centers: FloatArray,
     band: float,
     want_lower: bool,
+    known_k: int,
+    known_sq: float,
 ) -> tuple[int, float, float]:
     """The label of row ``i`` (scores in row ``j``): the argmin of its exact distances.
 
@@ -428,7 +430,9 @@ def _pick(
     other centre (else 0), never below 0: far from the origin the band dwarfs the gaps
     between scores, and a bound drawn from them alone is then negative. Centres compared by
     exact distances bound it by those distances, not by their scores. Last, the exact
-    squared distance to the label where it was computed (else -1).
+    squared distance to the label where it was computed (else -1). ``known_sq``: the exact
+    squared distance to centre ``known_k`` where the caller has it (``known_k`` -1: none),
+    taken instead of computing it again (the same function of the same values).
     """
     K = centers.shape[0]
     low = np.inf
@@ -447,7 +451,7 @@ def _pick(
         if not want_lower or K == 1:
             return arg, np.inf if K == 1 else 0.0, -1.0
         # ‖x - c_k‖² ≥ ‖x - c_arg‖² + (v_k - v_arg) - 3 band for every other k.
-        sq = _sq_dist(X, i, arg, centers)
+        sq = known_sq if arg == known_k else _sq_dist(X, i, arg, centers)
         return arg, max(sq + (second - low) - 3.0 * band, 0.0), sq
     best = -1
     best_sq = np.inf
@@ -458,7 +462,7 @@ def _pick(
     for k in range(K):
         v = np.float64(scores[j, k]) + np.float64(bias[k])
         if v <= reach:
-            sq = _sq_dist(X, i, k, centers)
+            sq = known_sq if k == known_k else _sq_dist(X, i, k, centers)
             if sq < best_sq:
                 other_sq = best_sq
                 best_sq = sq
@@ -577,7 +581,9 @@ def _walk_kernel(
                 if close == 1:
                     lab[i] = arg
                     continue
-                lab[i], _, known[i] = _pick(X, start + i, scores, i, bias[r], c, band, False)
+                lab[i], _, known[i] = _pick(
+                    X, start + i, scores, i, bias[r], c, band, False, -1, -1.0
+                )
             # (Views taken once, not per row: measured 15% of a walk.)
             ab = about[r]
             sxr = psx[r]
@@ -698,6 +704,8 @@ def _bounded_labels_kernel(
     # Rows that kept their label on their bounds (written as they are met).
     skipped = np.empty(rows, dtype=np.bool_)
     known = np.empty(rows)
+    # The centre ``known`` is the distance to (-1: none): a row's old label once tightened.
+    hint = np.empty(rows, dtype=np.int64)
     need = np.empty(rows, dtype=np.int64)
     # The rows whose moved bounds fail, and the bound each must come under once tightened.
     tight = np.empty(rows, dtype=np.int64)
@@ -712,30 +720,41 @@ def _bounded_labels_kernel(
             s_r = src[r]
             m_need = 0
             known[:m] = -1.0
+            hint[:m] = -1
             skipped[:m] = True
             if s_r >= 0:
                 f = first[r]
                 # Every row's moved bounds, written as if it kept its label (the rows that
-                # do not are written again below), without reading the rows: a walk with
-                # no branch to mispredict, over the bounds alone.
+                # do not are written again below), without reading the rows: a walk over
+                # the bounds alone, which asks for the rows whose bounds fail. (Views taken
+                # once, not per row.)
+                o_lab = old_labels[s_r, start : start + m]
+                o_up = old_upper[s_r, start : start + m]
+                o_low = old_lower[s_r, start : start + m]
+                n_lab = labels[r, start : start + m]
+                n_up = upper[r, start : start + m]
+                n_low = lower[r, start : start + m]
+                dist[r, start : start + m] = -1.0
+                d_r = drift[r]
+                h_r = half_gap[r]
+                beyond_first = second[r]
+                to_first = d_r[f]
                 n_tight = 0
                 for i in range(m):
-                    g = start + i
-                    a = int(old_labels[s_r, g])
-                    u = (np.float64(old_upper[s_r, g]) + drift[r, a]) * up + tiny
-                    lo = np.float64(old_lower[s_r, g]) - (second[r] if a == f else drift[r, f])
+                    a = int(o_lab[i])
+                    u = (np.float64(o_up[i]) + d_r[a]) * up + tiny
+                    lo = np.float64(o_low[i]) - (beyond_first if a == f else to_first)
                     if lo != np.inf:
                         lo = lo - abs(lo) * delta - tiny
-                    bound = max(lo, half_gap[r, a])
-                    labels[r, g] = a
-                    dist[r, g] = -1.0
-                    upper[r, g] = np.float32(u * _UP32 + _TINY32)
-                    lower[r, g] = _lower32(lo)
+                    bound = max(lo, h_r[a])
+                    n_lab[i] = a
+                    n_up[i] = np.float32(u * _UP32 + _TINY32)
+                    n_low[i] = _lower32(lo)
                     tight[n_tight] = i
                     tight_bound[n_tight] = bound
                     if u >= bound:
                         # Asked for now, read in the next loop.
-                        prefetch_row(X, g)
+                        prefetch_row(X, start + i)
                         n_tight += 1
                 # The rows whose bounds failed, tightened to the exact distance to their own
                 # centre before scoring: one row after another with no test between them
@@ -746,6 +765,7 @@ def _bounded_labels_kernel(
                     a = int(old_labels[s_r, g])
                     sq = _sq_dist(X, g, a, c)
                     known[i] = sq
+                    hint[i] = a
                     u = np.sqrt(sq) * up + tiny
                     if u < tight_bound[q]:
                         # Its label and moved bounds, the upper one now tight.
@@ -767,8 +787,9 @@ def _bounded_labels_kernel(
                         norm[i] = _norm(X, start + i)
                     t = norm[i] + radius[r]
                     lab[i], low_sq[i], known[i] = _pick(
-                        X, start + i, scores, i, bias[r], c, gamma * t * t, True
-                    )
+                        X, start + i, scores, i, bias[r], c, gamma * t * t, True,
+                        hint[i], known[i],
+                    )  # fmt: skip
             elif m_need > 0:
                 # The rows whose bounds failed, gathered into one GEMM.
                 for q in range(m_need):
@@ -786,8 +807,9 @@ def _bounded_labels_kernel(
                         norm[i] = _norm(X, start + i)
                     t = norm[i] + radius[r]
                     lab[i], low_sq[i], known[i] = _pick(
-                        X, start + i, scores, q, bias[r], c, gamma * t * t, True
-                    )
+                        X, start + i, scores, q, bias[r], c, gamma * t * t, True,
+                        hint[i], known[i],
+                    )  # fmt: skip
             scored += m_need
             for i in range(m):
                 if skipped[i]:
