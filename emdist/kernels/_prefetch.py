@@ -23,7 +23,7 @@ from emdist.kernels._jit import jit
 __all__ = ["PREFETCH_AHEAD", "prefetch_row"]
 
 #: How many rows ahead of the one computed a kernel asks for: enough to cover a read from
-#: memory with the compute of the rows between (4, 8 and 16 measured alike, 2 slower).
+#: memory with the compute of the rows between (4, 8 and 16 measured alike).
 PREFETCH_AHEAD = 8
 
 _LINE = 64

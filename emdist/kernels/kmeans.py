@@ -1050,19 +1050,28 @@ def _far_kernel(
         # One scan: the measured rows offered in row order, and the unmeasured rows of
         # largest upper bound (sorted by decreasing bound).
         nt = 0
+        # What a row must exceed to enter either list (every row while it is not full):
+        # one test a row, without a branch on whether it was measured, passes the rows
+        # that enter (rarely, after the first) to the tests below.
+        cut_dist = np.inf if n_keep == 0 else -1.0
+        cut_u = np.inf if n_keep == 0 else -np.inf
         for i in range(n):
+            dd = dist[r, i]
+            u = np.float64(upper[r, i])
+            if not ((dd > cut_dist) | ((dd < 0.0) & (u > cut_u))):
+                continue
             if weighted and not weights[i] > 0.0:
                 continue
-            dd = dist[r, i]
             if dd >= 0.0:
                 if nf < n_keep or (n_keep > 0 and dd > far_dist[r, n_keep - 1]):
                     nf = _offer_far(
                         dd, row0 + i, labels[r, i], far_dist[r], far_row[r], far_label[r], nf
                     )
+                    if nf == n_keep:
+                        cut_dist = far_dist[r, n_keep - 1]
                 continue
             if n_keep == 0:
                 continue
-            u = np.float64(upper[r, i])
             if nt < n_keep:
                 p = nt
                 nt += 1
@@ -1076,6 +1085,8 @@ def _far_kernel(
                 p -= 1
             top_u[p] = u
             top_i[p] = i
+            if nt == n_keep:
+                cut_u = top_u[n_keep - 1]
         for q in range(nt):
             i = top_i[q]
             k = labels[r, i]
