@@ -6,7 +6,7 @@ between two reads keeps the core from running far enough ahead to overlap them. 
 the rows a few places ahead of the one computed (the LLVM ``prefetch`` intrinsic, a hint
 that never faults and changes no value) overlaps the reads: on 400k x 32 float64 rows,
 summing one row in five in row order took 7.1 ms without and 2.5 ms with
-(benchmarks/README.md, "Per-row bounds on Dask and store data").
+(benchmarks/README.md, "The bounded pass kernel: rows read from lists").
 """
 
 from __future__ import annotations

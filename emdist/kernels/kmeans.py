@@ -693,6 +693,12 @@ def _bounded_labels_kernel(
     argmin could not differ) and its moved upper bound; only the other rows are gathered
     into the GEMM. ``changed`` (R, K) marks the clusters a row joined or left. Returns the
     rows scored by a GEMM.
+
+    The rows read are a few picked by a test, and a read from memory where the test passes
+    would wait on it: the bounds are moved from the bounds alone, listing (and asking for,
+    :func:`~emdist.kernels._prefetch.prefetch_row`) the rows whose bounds fail, and those
+    are then tightened from the list (benchmarks/README.md, "The bounded pass kernel: rows
+    read from lists").
     """
     n, d = X.shape
     R, K = bias.shape
@@ -701,7 +707,7 @@ def _bounded_labels_kernel(
     norm = np.empty(rows)
     lab = np.empty(rows, dtype=np.int64)
     low_sq = np.empty(rows)
-    # Rows that kept their label on their bounds (written as they are met).
+    # Rows that kept their label on their bounds (written in full before scoring).
     skipped = np.empty(rows, dtype=np.bool_)
     known = np.empty(rows)
     # The centre ``known`` is the distance to (-1: none): a row's old label once tightened.
@@ -891,7 +897,9 @@ def _bounded_kernel(
        where restart ``r`` has them kept (``has_kept[r]``, ``kept_*``) and none of the
        cluster's rows in the segment changed, nor its reference point (``moved_ref``), the
        kept ones; else summed again from its rows, in row order, as the plain walk sums
-       them (bit for bit the same);
+       them (bit for bit the same): listed first, then read from the list, each asked for
+       ``PREFETCH_AHEAD`` rows ahead (:func:`_add_row`: differences and squares in one
+       walk);
     3. the segment's inertia from them, with the sum of distances of the clusters whose
        moments would cancel (measured again: such clusters are rare), and the segment's
        counts and sums added to the block's, as the plain walk adds them.
@@ -1100,8 +1108,9 @@ def _far_kernel(
             reach = -1.0
             if nf == n_keep:
                 reach = np.sqrt(far_dist[r, n_keep - 1]) * (1.0 - delta) - tiny
-            # The rows left unmeasured are bounded by the smallest bound measured above:
-            # where that is below ``reach``, none can enter, and the walk is spared.
+            # Every row left unmeasured has an upper bound at most the last of ``top_u``
+            # (the rows measured above): where that is below ``reach``, none can enter,
+            # and the walk is spared.
             beyond = n_keep > 0 and reach > top_u[n_keep - 1]
             for i in range(0 if beyond else n):
                 if dist[r, i] >= 0.0 or (weighted and not weights[i] > 0.0):
