@@ -278,10 +278,12 @@ def group_by_nearest(
             best = 0
             top = row[0] + offsets[0]
             for k in range(1, K):
+                # Selects, not a branch: which component wins is data-dependent, and
+                # mispredicted branches doubled the call's time once components separate.
                 v = row[k] + offsets[k]
-                if v < top:
-                    top = v
-                    best = k
+                lower = v < top
+                best = k if lower else best
+                top = v if lower else top
             labels[start + i] = best
             bounds[best + 1] += 1
     for k in range(K):
