@@ -553,13 +553,15 @@ def _normalise(
     """Responsibilities of a sub-block from its log-densities less ``const``, into ``R``.
 
     The arithmetic of :func:`shift_log_densities`, ``exp`` and :func:`responsibilities`,
-    as the float64 E-step runs them, row by row: the shifted log-density is rounded to
-    float32 and exponentiated in float32 as there (:func:`exp_float32`, libm's ``expf``
-    bit for bit), and below ``floor`` the responsibility is 0. Every component's ``exp``
-    is computed in one loop without calls or branches, which vectorises (numba's scalar
-    ``exp``, a libm call per value above the floor, took 8 of 14 ms per 100 000 rows while
-    the components overlap); the sums then run in component order as before, and adding
-    the zeros below the floor changes none of them.
+    as the float64 E-step runs them: the shifted log-density is rounded to float32 and
+    exponentiated in float32 as there (:func:`exp_float32`, libm's ``expf`` bit for bit),
+    and below ``floor`` the responsibility is 0. Every component's ``exp`` is computed in
+    one loop without calls or branches, which vectorises (numba's scalar ``exp``, a libm
+    call per value above the floor, took 8 of 14 ms per 100 000 rows while the components
+    overlap); the sums run in component order as before (adding the zeros below the floor
+    changes none of them). Each step runs over every row of the sub-block before the next:
+    the row maximum and the two sums are chains of dependent additions, and rows' chains
+    overlap only when nothing else sits between them.
 
     Returns
     -------
@@ -570,27 +572,30 @@ def _normalise(
         As :func:`responsibilities`.
     """
     m, K = L.shape
-    hit = np.zeros(K, dtype=np.bool_)
-    shifted = np.empty(K)
-    e = np.empty(K)
+    top = np.empty(m)
+    total = np.empty(m)
+    e_log_e = np.empty(m)
+    E = np.empty((m, K))
+    S = np.empty((m, K))
     kept = np.empty(K, dtype=np.bool_)
-    log_norm = 0.0
-    r_log_r = 0.0
     for t in range(m):
         src = L[t]
-        row = R[t]
-        top = -np.inf
+        row_top = -np.inf
         for k in range(K):
             v = np.float64(src[k]) + const[k]
-            shifted[k] = v
-            if v > top:
-                top = v
-        if not np.isfinite(top):
-            top = 0.0
+            if v > row_top:
+                row_top = v
+        top[t] = row_top if np.isfinite(row_top) else 0.0
+    for t in range(m):
+        src = L[t]
+        row_top = top[t]
+        e = E[t]
+        shifted = S[t]
         outside = False
         for k in range(K):
-            s32 = np.float32(shifted[k] - top)
-            keep = not shifted[k] - top < floor
+            v = (np.float64(src[k]) + const[k]) - row_top
+            s32 = np.float32(v)
+            keep = not v < floor
             kept[k] = keep
             # exp_float32 holds for |s| < 88; a kept value beyond (a floor below -88, or
             # NaN) is redone by libm below.
@@ -601,25 +606,40 @@ def _normalise(
             for k in range(K):
                 if kept[k] and not shifted[k] > -88.0:
                     e[k] = np.float64(math.exp(np.float32(shifted[k])))
-        total = 0.0
-        e_log_e = 0.0
+    for t in range(m):
+        e = E[t]
+        shifted = S[t]
+        row_total = 0.0
+        row_e_log_e = 0.0
         for k in range(K):
             ek = e[k]
-            total += ek
+            row_total += ek
             if ek > 0.0:
-                e_log_e += ek * shifted[k]
-        row_norm = math.log(total)
+                row_e_log_e += ek * shifted[k]
+        total[t] = row_total
+        e_log_e[t] = row_e_log_e
+    log_norm = 0.0
+    r_log_r = 0.0
+    for t in range(m):
+        row_total = total[t]
+        row_norm = math.log(row_total)
         if weights is None:
-            log_norm += row_norm + top
-            r_log_r += e_log_e / total - row_norm
+            log_norm += row_norm + top[t]
+            r_log_r += e_log_e[t] / row_total - row_norm
         else:
             wt = weights[start + t]
-            log_norm += wt * (row_norm + top)
-            r_log_r += wt * (e_log_e / total - row_norm)
-            total /= wt
+            log_norm += wt * (row_norm + top[t])
+            r_log_r += wt * (e_log_e[t] / row_total - row_norm)
+            total[t] = row_total / wt  # r = w e / total: the row's weight in every moment
+    hit = np.zeros(K, dtype=np.bool_)
+    for t in range(m):
+        row_total = total[t]
+        row = R[t]
+        e = E[t]
         for k in range(K):
-            r = np.float64(np.float32(e[k] / total))
+            r = np.float64(np.float32(e[k] / row_total))
             row[k] = r
+            # The responsibility as stored (float32): Σ r matches the moments.
             nk[k] += r
             hit[k] |= r != 0.0
     n_active = 0
