@@ -104,9 +104,26 @@ def _float64_from_bits_typing(typingctx: Any, i: Any) -> Any:
     return sig, codegen
 
 
+def _prefetch_typing(typingctx: Any, address: Any) -> Any:
+    """A hint to load the cache line at ``address`` (an integer) for reading; never faults."""
+    sig = types.void(types.intp)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
+        read, keep, data = ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)
+        builder.call(fn, [builder.inttoptr(args[0], i8p), read, keep, data])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 _fma: Any = intrinsic(_fma_typing)
 _float64_bits: Any = intrinsic(_float64_bits_typing)
 _float64_from_bits: Any = intrinsic(_float64_from_bits_typing)
+_prefetch: Any = intrinsic(_prefetch_typing)
 
 _EXP_TABLE_BITS = 5
 _EXP_N = 1 << _EXP_TABLE_BITS
@@ -717,6 +734,10 @@ coefficients_about`).
     active = np.empty(K, dtype=np.int64)
     R_active = np.empty(K * rows, dtype=np.float32)
     ws = None if weights.shape[0] == 0 else weights[order]
+    n = order.shape[0]
+    base = X.ctypes.data
+    row_bytes = X.strides[0]
+    row_bytes_used = d * X.itemsize
     log_norm = 0.0
     r_log_r = 0.0
     for g in range(bounds.shape[0] - 1):
@@ -725,7 +746,15 @@ coefficients_about`).
         for start in range(bounds[g], bounds[g + 1], rows):
             m = min(rows, bounds[g + 1] - start)
             _gather_rows(X, order, start, m, Xs)
+            # The next sub-block's rows (of this group or the next), asked for now: they
+            # are spread over the block and their loads stalled the gather above.
+            ahead = start + m
+            n_ahead = min(rows, n - ahead)
             for t in range(m):
+                if t < n_ahead:
+                    row_address = base + order[ahead + t] * row_bytes
+                    for line in range(0, row_bytes_used, 64):
+                        _prefetch(row_address + line)
                 a = A[t]
                 x = Xs[t]
                 for j in range(d):
