@@ -21,6 +21,7 @@ from numpy.testing import assert_allclose
 from emdist.kernels import MixtureParams, compute_precision_cholesky, mixture_estep_chunk
 from emdist.kernels.fused_estep import (
     _normalise,
+    exp_float32,
     group_by_nearest,
     responsibilities,
     shift_log_densities,
@@ -357,13 +358,18 @@ def _exp_each(S: np.ndarray, E: np.ndarray) -> None:
             E[t, k] = math.exp(S[t, k])
 
 
+@pytest.mark.parametrize("floor", [-50.0, -np.inf])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_float32_one_pass_normalisation_is_the_three_steps_bit_for_bit(weighted: bool) -> None:
+def test_float32_one_pass_normalisation_is_the_three_steps_bit_for_bit(
+    weighted: bool, floor: float
+) -> None:
     # The grouped E-steps normalise each row in one pass and skip exp below the floor: the
     # responsibilities, Σ r, the bound's sums and the components holding a responsibility
     # must be exactly those of shift_log_densities, exp and responsibilities run apart.
+    # Without a floor, shifted values below -88 are kept (libm computes their exp, 0 or
+    # subnormal).
     rng = np.random.default_rng(15)
-    m, K, floor = 97, 9, -50.0
+    m, K = 97, 9
     L = (rng.standard_normal((m, K)) * 40.0).astype(np.float32)
     L[:, 3] = -1e4  # below the floor in every row: no responsibility anywhere
     const = rng.standard_normal(K)
@@ -388,3 +394,28 @@ def test_float32_one_pass_normalisation_is_the_three_steps_bit_for_bit(weighted:
     held = np.flatnonzero((want_r != 0).any(axis=0))
     np.testing.assert_array_equal(active[:n_active], held)
     assert 3 not in held
+
+
+@numba.njit
+def _exp_pairs(bits: np.ndarray, libm: np.ndarray, ours: np.ndarray) -> None:
+    for i in range(bits.shape[0]):
+        x = bits[i : i + 1].view(np.float32)[0]
+        libm[i] = math.exp(x)
+        ours[i] = exp_float32(x)
+
+
+def test_float32_exp_is_libm_expf_bit_for_bit() -> None:
+    # The grouped E-steps' vectorisable exp must return what numba's math.exp (libm's expf)
+    # returns, bit for bit, on every float32 it is used on (|x| < 88): a stride through
+    # every float32 bit pattern of [-88, 88], the ends and the values near 0 included.
+    top = int(np.float32(88.0).view(np.uint32))
+    sample = np.concatenate(
+        [np.arange(0, top, 997, dtype=np.uint32), np.arange(0, 4096, dtype=np.uint32), [top - 1]]
+    ).astype(np.uint32)
+    bits = np.concatenate([sample, sample | np.uint32(0x80000000)])
+    values = bits.view(np.float32)
+    assert np.abs(values).max() < 88.0 and (values < -87.9).any() and (values > 87.9).any()
+    libm = np.empty(len(bits), dtype=np.float32)
+    ours = np.empty(len(bits), dtype=np.float32)
+    _exp_pairs(bits, libm, ours)
+    np.testing.assert_array_equal(ours.view(np.uint32), libm.view(np.uint32))
