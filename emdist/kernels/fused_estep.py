@@ -42,6 +42,7 @@ from numba.extending import intrinsic
 
 from emdist._typing import AnyArray, FloatArray
 from emdist.kernels._jit import jit
+from emdist.kernels._prefetch import prefetch_row
 
 __all__ = [
     "FULL_FEATURES",
@@ -104,26 +105,9 @@ def _float64_from_bits_typing(typingctx: Any, i: Any) -> Any:
     return sig, codegen
 
 
-def _prefetch_typing(typingctx: Any, address: Any) -> Any:
-    """A hint to load the cache line at ``address`` (an integer) for reading; never faults."""
-    sig = types.void(types.intp)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
-        read, keep, data = ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)
-        builder.call(fn, [builder.inttoptr(args[0], i8p), read, keep, data])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 _fma: Any = intrinsic(_fma_typing)
 _float64_bits: Any = intrinsic(_float64_bits_typing)
 _float64_from_bits: Any = intrinsic(_float64_from_bits_typing)
-_prefetch: Any = intrinsic(_prefetch_typing)
 
 _EXP_TABLE_BITS = 5
 _EXP_N = 1 << _EXP_TABLE_BITS
@@ -739,9 +723,6 @@ coefficients_about`).
     R_active = np.empty(K * rows, dtype=np.float32)
     ws = None if weights.shape[0] == 0 else weights[order]
     n = order.shape[0]
-    base = X.ctypes.data
-    row_bytes = X.strides[0]
-    row_bytes_used = d * X.itemsize
     log_norm = 0.0
     r_log_r = 0.0
     for g in range(bounds.shape[0] - 1):
@@ -756,9 +737,7 @@ coefficients_about`).
             n_ahead = min(rows, n - ahead)
             for t in range(m):
                 if t < n_ahead:
-                    row_address = base + order[ahead + t] * row_bytes
-                    for line in range(0, row_bytes_used, 64):
-                        _prefetch(row_address + line)
+                    prefetch_row(X, order[ahead + t])
                 a = A[t]
                 xc = Xs[t]  # x - c_g, float32
                 # Row i of the upper triangle, (x_i x_j for j >= i), starts at
