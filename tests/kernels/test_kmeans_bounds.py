@@ -247,3 +247,32 @@ def test_in_memory_estimator_equals_scikit_learn_lloyd(name: str) -> None:
     bounds = np.asarray(ours.lower_bounds_)
     assert len(bounds) == ours.n_iter_
     assert np.all(np.diff(bounds) >= -1e-12 * np.abs(bounds[1:]))
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("n_threads", [2, 3, 7])
+def test_steps_split_over_threads_give_the_one_thread_loop_bit_for_bit(
+    name: str, n_threads: int
+) -> None:
+    # Rows split for the assignment, clusters for the sums: every array the loop keeps or
+    # returns must not depend on the split, through ties, empty clusters and 1e9 offsets.
+    X, start = _case(name)
+    one = lloyd_bounds(X, start, max_iter=300, tol=0.0, record_labels=True, n_threads=1)
+    many = lloyd_bounds(X, start, max_iter=300, tol=0.0, record_labels=True, n_threads=n_threads)
+    assert_array_equal(many.centers, one.centers)
+    assert_array_equal(many.final_labels, one.final_labels)
+    assert many.inertias == one.inertias and many.final_inertia == one.final_inertia
+    assert (many.n_iter, many.converged) == (one.n_iter, one.converged)
+    assert many.full_rows == one.full_rows and many.swept_rows == one.swept_rows
+    for a, b in zip(many.label_history, one.label_history, strict=True):
+        assert_array_equal(a, b)
+
+
+def test_a_large_block_is_split_over_the_cores_by_default() -> None:
+    # From 65,536 rows the default splits each step; the result is the one-thread loop's.
+    X = _blobs(70_000, 3, 4, seed=9)
+    start = X[:4].copy()
+    default = lloyd_bounds(X, start, max_iter=50, tol=0.0)
+    one = lloyd_bounds(X, start, max_iter=50, tol=0.0, n_threads=1)
+    assert_array_equal(default.centers, one.centers)
+    assert default.inertias == one.inertias
