@@ -41,6 +41,7 @@ import numpy as np
 
 # numba's np.dot calls scipy's BLAS (see emdist.kernels.kmeans): loaded for threadpoolctl.
 import scipy.linalg.cython_blas  # noqa: F401
+from threadpoolctl import threadpool_limits
 
 from emdist._typing import AnyArray, FloatArray, IntArray
 from emdist.kernels._blocks import as_row_major
@@ -644,8 +645,12 @@ def lloyd_bounds(
     if n_threads is None:
         n_threads = usable_cores() if n >= _THREADED_MIN_ROWS else 1
     threads = _Threads(n, min(n_threads, n)) if n_threads > 1 and n > 1 else None
+    # BLAS's own threads would only spin beside the loop's: its GEMMs are of a few rows.
     try:
-        return _run(block, centers, ref, state, threads, max_iter, tol, on_iteration, record_labels)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return _run(
+                block, centers, ref, state, threads, max_iter, tol, on_iteration, record_labels
+            )
     finally:
         if threads is not None:
             threads.close()

@@ -35,7 +35,6 @@ from emdist.engine.oversampling import (
 from emdist.engine.reduce import PassData, map_reduce
 from emdist.engine.restarts import BestRun, best_run, keep_best
 from emdist.engine.seeding import DataSummary, kmeans_plusplus, sample_rows_by_weight
-from emdist.engine.threads import blas_single_threaded
 from emdist.exceptions import ConvergenceWarning, InvalidParameterError
 from emdist.io.checkpoint import CheckpointStore
 from emdist.kernels.kmeans import (
@@ -335,10 +334,7 @@ def _fit_in_memory(spec: FitSpec[KMeansParams, KMeansStats], X: AnyArray) -> Bes
     for restart, restart_seed in enumerate(spec.seeds):
         start = model.make_start(restart, restart_seed).centers
         report = _Report(restart, X.shape[0], spec.observer)
-        # Each step is split over the cores by emdist's threads; BLAS's own threads would
-        # only spin beside them (its GEMMs here are of a few rows).
-        with blas_single_threaded():
-            run = lloyd_bounds(X, start, max_iter=spec.max_iter, tol=model.tol, on_iteration=report)
+        run = lloyd_bounds(X, start, max_iter=spec.max_iter, tol=model.tol, on_iteration=report)
         # One bound per iteration, as a pass-driven restart records them (n_iter_).
         assert len(report.history) == run.n_iter
         best = keep_best(
