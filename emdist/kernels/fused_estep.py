@@ -43,6 +43,7 @@ from numba.extending import intrinsic
 from emdist._typing import AnyArray, FloatArray
 from emdist.kernels._jit import jit
 from emdist.kernels._prefetch import prefetch_row
+from emdist.kernels._simd import LANES, store_scaled8
 
 __all__ = [
     "FULL_FEATURES",
@@ -713,8 +714,11 @@ coefficients_about`).
     K = const.shape[0]
     p = coefficients.shape[1]
     q = p - d - 1
-    A = np.empty((rows, p), dtype=np.float32)
-    Xs = np.empty((rows, d), dtype=np.float32)
+    # A triangle row's last run of 8 products reads up to 7 values past the differences
+    # (zeros here) and writes as far past the triangle: into the linear features, and for
+    # d < 7 past the row (the last row's, into the 8 values past A).
+    A = np.empty(rows * p + LANES, dtype=np.float32)[: rows * p].reshape((rows, p))
+    Xs = np.zeros((rows, d + LANES), dtype=np.float32)
     L = np.empty((rows, K), dtype=np.float32)
     R = np.empty((rows, K), dtype=np.float32)
     G_sub = np.empty((K, p), dtype=np.float32)
@@ -738,19 +742,23 @@ coefficients_about`).
             for t in range(m):
                 if t < n_ahead:
                     prefetch_row(X, order[ahead + t])
+                # Row i of the upper triangle (x_i x_j for j >= i) as runs of 8 products,
+                # one 8-lane store each (_simd), from the first row down: a row's last run
+                # reaches past its d - i products into the next row's place (or the linear
+                # features'), written after it. 640 products per row for 528 (d = 32); a
+                # loop of fixed length d per row wrote 1 024 (overlapping), and loops of
+                # width d - i do not vectorise. The same products (benchmarks/README.md,
+                # "float32 features in 8-lane runs").
                 a = A[t]
-                xc = Xs[t]  # x - c_g, float32
-                # Row i of the upper triangle, (x_i x_j for j >= i), starts at
-                # o_i = i d - i (i - 1) / 2. Written from the last row up, each row as all d
-                # products x_i x_0 ... x_i x_{d-1} from o_i - i: the first i land on the
-                # previous row's place and are overwritten when it is written. One loop of
-                # fixed length d per row vectorises; widths d - i (remainders mostly) did
-                # not (6.0 against 4.2 ms per 50 000 rows, d = 32); the same products.
-                for i in range(d - 1, -1, -1):
+                xc = Xs[t]  # x - c_g, float32, then zeros
+                a_at = A.ctypes.data + t * A.strides[0]
+                x_at = Xs.ctypes.data + t * Xs.strides[0]
+                o = 0
+                for i in range(d):
                     xi = xc[i]
-                    dst = a[i * d - (i * (i - 1)) // 2 - i :]
-                    for j in range(d):
-                        dst[j] = xi * xc[j]
+                    for b in range(0, d - i, LANES):
+                        store_scaled8(a_at + (o + b) * 4, x_at + (i + b) * 4, xi)
+                    o += d - i
                 lin = a[q : q + d]
                 for j in range(d):
                     lin[j] = xc[j]

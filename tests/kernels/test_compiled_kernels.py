@@ -19,10 +19,12 @@ import pytest
 from numpy.testing import assert_allclose
 
 from emdist.kernels import MixtureParams, compute_precision_cholesky, mixture_estep_chunk
+from emdist.kernels._simd import store_scaled8
 from emdist.kernels.fused_estep import (
     _normalise,
     exp_float32,
     group_by_nearest,
+    grouped_estep_full32,
     responsibilities,
     shift_log_densities,
 )
@@ -419,3 +421,85 @@ def test_float32_exp_is_libm_expf_bit_for_bit() -> None:
     ours = np.empty(len(bits), dtype=np.float32)
     _exp_pairs(bits, libm, ours)
     np.testing.assert_array_equal(ours.view(np.uint32), libm.view(np.uint32))
+
+
+@numba.njit
+def _scaled8_each(src: np.ndarray, scale: np.ndarray, dst: np.ndarray) -> None:
+    for i in range(scale.shape[0]):
+        store_scaled8(dst.ctypes.data + 8 * i * 4, src.ctypes.data + i * 4, scale[i])
+
+
+def test_scaled8_stores_the_scalar_float32_products() -> None:
+    # The 8-lane store of the float32 full features: the products x_i x_j, bit for bit as
+    # float32 multiplies, from an unaligned source to an unaligned place, 8 and no more.
+    rng = np.random.default_rng(21)
+    src = (rng.standard_normal(300) * np.logspace(-30, 30, 300)).astype(np.float32)
+    src[:4] = [np.inf, -0.0, 1e-45, 3e38]
+    scale = src[:-8][::-1].copy()
+    dst = np.full(8 * len(scale) + 8, 7.0, dtype=np.float32)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        want = (src[np.arange(len(scale))[:, None] + np.arange(8)] * scale[:, None]).ravel()
+    _scaled8_each(src, scale, dst)
+    np.testing.assert_array_equal(dst[:-8].view(np.uint32), want.view(np.uint32))
+    np.testing.assert_array_equal(dst[-8:], 7.0)  # nothing past the last run
+    code = next(iter(_scaled8_each.inspect_asm().values()))
+    assert "vmulps" in code and "ymm" in code
+
+
+def _full32_reference(
+    X: np.ndarray, order: np.ndarray, bounds: np.ndarray, centres: np.ndarray,
+    coefficients: np.ndarray, const: np.ndarray, floor: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:  # fmt: skip
+    # What grouped_estep_full32 computes, in float64 numpy: the float32 differences, their
+    # features [φ, x - c, 1], the log-densities, the responsibilities above the floor.
+    d = X.shape[1]
+    K = const.shape[0]
+    iu = np.triu_indices(d)
+    quad = np.zeros((K, len(iu[0])))
+    srx = np.zeros((len(centres), K, d))
+    nk = np.zeros((len(centres), K))
+    log_norm = r_log_r = 0.0
+    for g in range(len(centres)):
+        rows = order[bounds[g] : bounds[g + 1]]
+        xc = (X[rows].astype(np.float64) - centres[g]).astype(np.float32).astype(np.float64)
+        products = (xc[:, :, None] * xc[:, None, :])[:, iu[0], iu[1]]
+        A = np.hstack([products, xc, np.ones((len(xc), 1))])
+        V = A @ coefficients[g].astype(np.float64) + const
+        top = V.max(axis=1, keepdims=True)
+        S = V - top
+        E = np.where(S < floor, 0.0, np.exp(S))
+        total = E.sum(axis=1)
+        R = E / total[:, None]
+        log_norm += float(np.sum(np.log(total) + top[:, 0]))
+        r_log_r += float(np.sum((E * np.where(E > 0, S, 0.0)).sum(axis=1) / total - np.log(total)))
+        G = R.T @ A
+        quad += G[:, : len(iu[0])]
+        srx[g] = G[:, len(iu[0]) : len(iu[0]) + d]
+        nk[g] = R.sum(axis=0)
+    return quad, srx, nk, log_norm, r_log_r
+
+
+@pytest.mark.parametrize("rows", [1, 7, 96])
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 6, 7, 8, 9, 15, 16, 17, 33])
+def test_float32_full_kernel_features_for_any_width(d: int, rows: int) -> None:
+    # The float32 full features are written as runs of 8 products that reach up to 7
+    # values past each triangle row (into the next row's place, the linear features, or
+    # for d < 7 past the sub-block's last row): every width and sub-block height must give
+    # the statistics of the same E-step computed in float64, to float32's precision.
+    rng = np.random.default_rng(100 + d)
+    n, K = 203, 4
+    p = d * (d + 1) // 2 + d + 1
+    X = (rng.standard_normal((n, d)) * 2.0 + 0.5).astype(np.float32)
+    order = rng.permutation(n).astype(np.int64)
+    bounds = np.array([0, 60, 61, n], dtype=np.int64)
+    centres = rng.standard_normal((3, d)) * 0.3
+    coefficients = (rng.standard_normal((3, p, K)) * 0.3).astype(np.float32)
+    const = rng.standard_normal(K)
+    quad, srx, nk = np.zeros((K, p - d - 1)), np.zeros((3, K, d)), np.zeros((3, K))
+    log_norm, r_log_r = grouped_estep_full32(
+        X, order, bounds, centres, coefficients, const, np.empty(0), rows, -50.0, quad, srx, nk
+    )
+    want = _full32_reference(X, order, bounds, centres, coefficients, const, -50.0)
+    for got, expected in zip((quad, srx, nk), want[:3], strict=True):
+        assert_allclose(got, expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max())
+    assert_allclose([log_norm, r_log_r], want[3:], rtol=2e-5)
