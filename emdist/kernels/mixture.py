@@ -32,7 +32,7 @@ from emdist.kernels.fused_estep import (
 )
 from emdist.kernels.gaussian import ComponentBlocks, compute_precision_cholesky, log_det_cholesky
 from emdist.kernels.kmeans import kmeans_labels_chunk
-from emdist.kernels.quadratic import QuadraticMaps
+from emdist.kernels.recent_maps import RecentMaps, recent_maps
 from emdist.kernels.rows import RowBlock
 from emdist.kernels.scan import row_uniforms
 
@@ -311,9 +311,11 @@ def fused_estep(
     w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
     log_det = np.broadcast_to(log_det_cholesky(precisions_cholesky, covariance_type, d), (K,))
     const = np.ascontiguousarray(log_offsets + log_det - 0.5 * d * np.log(2 * np.pi))
-    maps = QuadraticMaps(shift, precisions_cholesky, covariance_type)
+    # Every block of a pass has the same parameters: their maps are built once.
+    recent = recent_maps(shift, precisions_cholesky, covariance_type)
+    maps = recent.maps
     if X.dtype == np.float32 and covariance_type in ("full", "tied"):
-        return _estep_float32_by_nearest_mean(X, maps, precisions_cholesky, const, w)
+        return _estep_float32_by_nearest_mean(X, recent, const, w)
     coefficients = maps.coefficients
     p = maps.n_columns
     rows = max(1, min(n, feature_block_rows(p, K)))
@@ -344,11 +346,7 @@ def fused_estep(
 
 
 def _estep_float32_by_nearest_mean(
-    X: AnyArray,
-    maps: QuadraticMaps,
-    precisions_cholesky: FloatArray,
-    const: FloatArray,
-    w: FloatArray | None,
+    X: AnyArray, recent: RecentMaps, const: FloatArray, w: FloatArray | None
 ) -> tuple[FloatArray, FloatArray, FloatArray, float, float]:
     """:func:`fused_estep` of float32 rows (``full``/``tied``): every product in float32.
 
@@ -364,6 +362,7 @@ def _estep_float32_by_nearest_mean(
     whitening, no features); every sub-block's sums are added in float64 and moved from
     the group's centre to each mean in float64. docs/design.md, "Numerics".
     """
+    maps = recent.maps
     K, d = maps.shift.shape
     n = X.shape[0]
     # The nearest mean in float32: a GEMM of the rows less the means' centre (exact for
@@ -385,17 +384,17 @@ def _estep_float32_by_nearest_mean(
     q = maps.n_quadratic
     quad = np.zeros((K, q))
     if maps.covariance_type == "full":
-        coefficients = maps.coefficients_about(centres).astype(np.float32)
+        coefficients = recent.coefficients32_about(groups)
         rows = max(1, min(n, feature_block_rows(maps.n_columns, K)))
         log_norm, r_log_r = grouped_estep_full32(
             X, order, group_bounds, centres, coefficients, const, weights, rows,
             _FLOAT32_LOG_FLOOR, quad, srx, nk,
         )  # fmt: skip
     else:
-        whitening, offsets_g = maps.whitening_about(precisions_cholesky, centres)
+        whitening, offsets_g = recent.whitening32_about(groups)
         second = np.zeros((d, d))
         log_norm, r_log_r = grouped_estep_tied32(
-            X, order, group_bounds, centres, whitening.astype(np.float32), offsets_g, const,
+            X, order, group_bounds, centres, whitening, offsets_g, const,
             weights, _TIED32_ROWS, _FLOAT32_LOG_FLOOR, second, srx, nk,
         )  # fmt: skip
         # The tied move sums over the components: the whole second moment rides on one.
