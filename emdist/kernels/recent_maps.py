@@ -3,8 +3,8 @@
 Every block of a pass runs its E-step under the same parameters, and each block built the
 same :class:`~emdist.kernels.quadratic.QuadraticMaps` (the precisions, the coefficients)
 and, for float32 ``full``/``tied`` data, the same coefficients about each nearest mean:
-~1.5 ms of numpy per block at 32 features and K = 16, 3% of a 100 000-row float32 block's
-E-step, and more of smaller blocks (benchmarks/README.md, "float32 features in 8-lane
+~1.4 ms of numpy per block at 32 features and K = 16, 2-3% of a 100 000-row float32
+block's E-step, and more of smaller blocks (benchmarks/README.md, "float32 features in 8-lane
 runs"). The maps of the last few parameter sets are kept here, in the process (a Dask
 worker's threads share them), and found again by value: the means' bytes, then the
 precisions compared whole. An array changed in place is never served stale, and what is
