@@ -27,8 +27,9 @@ __all__ = ["RecentMaps", "recent_maps"]
 
 #: Parameter sets kept: restarts and K sweeps sharing a pass each bring their own.
 _SIZE = 16
-#: Bytes kept at most over every set. Coefficients about the means larger than a quarter
-#: of it are not kept (they are then built per block, as before).
+#: Bytes kept at most over every set. A set whose maps alone are larger is not kept, nor
+#: coefficients about the means larger than a quarter of it: those are built per block,
+#: as before, and a finished fit of a large model leaves nothing behind.
 _MAX_BYTES = 64 << 20
 #: Groups of means kept per set: blocks whose rows fall near different means differ.
 _GROUP_SETS = 4
@@ -40,14 +41,22 @@ class RecentMaps:
     Parameters
     ----------
     shift, precisions_cholesky, covariance_type
-        As :class:`~emdist.kernels.quadratic.QuadraticMaps` (copies are kept).
+        As :class:`~emdist.kernels.quadratic.QuadraticMaps`.
+    copy : bool, default=True
+        Keep copies of the arrays (a kept set must not change with the caller's arrays).
     """
 
     def __init__(
-        self, shift: FloatArray, precisions_cholesky: FloatArray, covariance_type: CovarianceType
+        self,
+        shift: FloatArray,
+        precisions_cholesky: FloatArray,
+        covariance_type: CovarianceType,
+        copy: bool = True,
     ) -> None:
-        self.precisions_cholesky = np.array(precisions_cholesky, copy=True)
-        means = np.array(shift, copy=True)
+        self.precisions_cholesky = (
+            np.array(precisions_cholesky, copy=True) if copy else np.asarray(precisions_cholesky)
+        )
+        means = np.array(shift, copy=True) if copy else np.asarray(shift)
         self.maps = QuadraticMaps(means, self.precisions_cholesky, covariance_type)
         self._about: OrderedDict[bytes, tuple[int, Any]] = OrderedDict()
         self._lock = threading.Lock()
@@ -131,12 +140,16 @@ def recent_maps(
         if found is not None and np.array_equal(found.precisions_cholesky, precisions_cholesky):
             _recent.move_to_end(key)
             return found
+    # The maps' arrays: the precisions and their copy, the factors, the coefficients.
+    K, d = shift.shape
+    n_columns = (d * (d + 1) // 2 if covariance_type in ("full", "tied") else d) + d + 1
+    if 3 * precisions_cholesky.nbytes + 8 * n_columns * K > _MAX_BYTES:
+        # Too large to keep: built for this block alone, as before, with no copies.
+        return RecentMaps(shift, precisions_cholesky, covariance_type, copy=False)
     made = RecentMaps(shift, precisions_cholesky, covariance_type)
     with _lock:
         _recent[key] = made
         _recent.move_to_end(key)
-        while len(_recent) > _SIZE or (
-            len(_recent) > 1 and sum(m.nbytes for m in _recent.values()) > _MAX_BYTES
-        ):
+        while len(_recent) > _SIZE or sum(m.nbytes for m in _recent.values()) > _MAX_BYTES:
             _recent.popitem(last=False)
     return made

@@ -90,3 +90,20 @@ def test_kept_maps_are_bounded_in_number_and_bytes() -> None:
     assert len(kept) == recent_maps_module._SIZE
     assert all(len(m._about) <= recent_maps_module._GROUP_SETS for m in kept)
     assert sum(m.nbytes for m in kept) <= recent_maps_module._MAX_BYTES
+
+
+def test_maps_larger_than_the_bound_are_built_for_the_block_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A model whose maps alone pass the bound is not kept (nor copied): a finished fit of a
+    # large model must not leave its maps in the process.
+    means, pc = _parameters("full", seed=7)
+    monkeypatch.setattr(recent_maps_module, "_MAX_BYTES", 3 * pc.nbytes)
+    made = recent_maps(means, pc, "full")
+    assert made.precisions_cholesky is pc
+    np.testing.assert_array_equal(
+        made.maps.coefficients, QuadraticMaps(means, pc, "full").coefficients
+    )
+    assert recent_maps(means, pc, "full") is not made
+    with recent_maps_module._lock:
+        assert not recent_maps_module._recent
