@@ -35,6 +35,19 @@ _MAX_BYTES = 64 << 20
 _GROUP_SETS = 4
 
 
+def _maps_nbytes(
+    shift: FloatArray, precisions_cholesky: FloatArray, covariance_type: CovarianceType
+) -> int:
+    """Bytes a set's maps hold, from the shapes alone (before building them).
+
+    The factors' copy, the precisions and their triangle (at most twice the factors'
+    size), and the coefficients: ``q + d + 1`` float64 columns per component.
+    """
+    K, d = shift.shape
+    q = {"full": d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": d}.get(covariance_type, 1)
+    return int(3 * precisions_cholesky.nbytes + 8 * (q + d + 1) * K)
+
+
 class RecentMaps:
     """The maps of one parameter set, and its float32 coefficients about groups of means.
 
@@ -60,8 +73,7 @@ class RecentMaps:
         self.maps = QuadraticMaps(means, self.precisions_cholesky, covariance_type)
         self._about: OrderedDict[bytes, tuple[int, Any]] = OrderedDict()
         self._lock = threading.Lock()
-        # The maps' own arrays: the precisions (twice), the coefficients.
-        self._own = 3 * self.precisions_cholesky.nbytes + self.maps.coefficients.nbytes
+        self._own = _maps_nbytes(shift, precisions_cholesky, covariance_type)
 
     @property
     def nbytes(self) -> int:
@@ -140,10 +152,7 @@ def recent_maps(
         if found is not None and np.array_equal(found.precisions_cholesky, precisions_cholesky):
             _recent.move_to_end(key)
             return found
-    # The maps' arrays: the precisions and their copy, the factors, the coefficients.
-    K, d = shift.shape
-    n_columns = (d * (d + 1) // 2 if covariance_type in ("full", "tied") else d) + d + 1
-    if 3 * precisions_cholesky.nbytes + 8 * n_columns * K > _MAX_BYTES:
+    if _maps_nbytes(shift, precisions_cholesky, covariance_type) > _MAX_BYTES:
         # Too large to keep: built for this block alone, as before, with no copies.
         return RecentMaps(shift, precisions_cholesky, covariance_type, copy=False)
     made = RecentMaps(shift, precisions_cholesky, covariance_type)
